@@ -1,0 +1,1 @@
+"""Execution accuracy (EX, Spider test-suite semantics), rewards, reports and plots."""

@@ -1,0 +1,33 @@
+"""The ``sqlsociety`` command line (Typer + Rich).
+
+Each package contributes its commands through a ``register(app)`` function so the
+root stays readable: evaluation (eval-predictions), society (ask, eval, roles),
+training (train), observability (traces, report).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # litellm otherwise stalls ~10 s on the network
+
+import typer
+
+app = typer.Typer(
+    name="sqlsociety",
+    help="Train and run a society of LLM agents for text-to-SQL.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+
+
+def _register_all() -> None:
+    from evaluation import cli as evaluation_cli
+
+    evaluation_cli.register(app)
+
+
+_register_all()
+
+if __name__ == "__main__":  # pragma: no cover
+    app()
