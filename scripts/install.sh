@@ -16,7 +16,7 @@ LLAMA_VERSION=0.3.36
 mkdir -p "$WHEELS"
 
 if [ "${SQLSOCIETY_GPU:-0}" != "1" ]; then
-  $PY -m pip install "torch==2.13.0" || $PY -m pip install torch --index-url https://download.pytorch.org/whl/cpu
+  $PY -m pip install "torch==2.13.0" || $PY -m pip install "torch>=2.4"
 fi
 
 if ! ls "$WHEELS"/llama_cpp_python-${LLAMA_VERSION}-*.whl >/dev/null 2>&1; then
