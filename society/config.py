@@ -1,0 +1,412 @@
+"""Society configuration: which roles exist, what model each is bound to, and the run limits.
+
+A YAML file (``configs/society.yaml`` is the default, ``configs/smoke.yaml`` the SmolLM2
+profile) is validated by the pydantic models below. Shape::
+
+    name: default
+    models:                       # alias -> where the model is served
+      coder:
+        embedded: qwen2.5-coder-0.5b          # started by the CLI (llama-cpp-python server)
+      remote:
+        base_url: http://localhost:8000/v1    # any OpenAI-compatible endpoint
+        model: Qwen/Qwen2.5-Coder-7B-Instruct
+        api_key_env: OPENAI_API_KEY           # name of the variable holding the key (optional)
+    roles:                        # role instances; `type` picks the node builder (society.roles)
+      - name: junior_direct
+        type: junior
+        persona: direct
+        model: coder
+        prompt: junior_direct                 # a name in society.prompts.PROMPTS, or {system:, user:}
+        sampling: {temperature: 0.2, max_tokens: 200, seed: 1}
+        count: 1                              # >1 makes junior_direct_1, junior_direct_2, ...
+      - name: supervisor
+        type: supervisor
+        policy: majority_vote                 # llm | majority_vote | bandit | first | random
+        ...
+    limits: {max_turns: 2, max_junior_rounds: 2}
+
+Runtime endpoint override (the trainer routes an alias to a LoRA-served model or to Agent
+Lightning's ``resources['main_llm']``): :meth:`SocietyConfig.with_endpoint`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+#: Directory of the shipped configuration files.
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+#: The default configuration file (Qwen2.5-Coder-0.5B for every role).
+DEFAULT_CONFIG = CONFIG_DIR / "society.yaml"
+#: The smoke configuration (SmolLM2-135M, small limits) used by tests and benchmarks.
+SMOKE_CONFIG = CONFIG_DIR / "smoke.yaml"
+
+
+class ConfigError(ValueError):
+    """Raised for an unusable configuration; the message names the file/field and the fix."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpec(_Strict):
+    """Where one model alias is served: an embedded GGUF or an OpenAI-compatible endpoint.
+
+    Exactly one of ``embedded`` or ``base_url`` must be given.
+
+    Attributes:
+        embedded: an alias of ``society.models.EMBEDDED_MODELS`` (e.g. ``qwen2.5-coder-0.5b``,
+            ``smollm2-135m``); the CLI serves it with llama-cpp-python on a free loopback port.
+        base_url: an OpenAI-compatible base URL ending in ``/v1`` (vLLM, Ollama, llama.cpp,
+            a hosted API, or Agent Lightning's LLMProxy).
+        model: the model name sent to ``base_url`` (required with ``base_url``).
+        api_key_env: name of the environment variable holding the API key (optional; local
+            servers accept any key).
+        api_key: a literal key, for runtime overrides only (never written to run snapshots).
+    """
+
+    embedded: str | None = None
+    base_url: str | None = None
+    model: str | None = None
+    api_key_env: str | None = None
+    api_key: str | None = Field(default=None, repr=False, exclude=True)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        if bool(self.embedded) == bool(self.base_url):
+            raise ValueError("give exactly one of `embedded: <alias>` or `base_url: http://.../v1` (+ `model:`)")
+        if self.base_url and not self.model:
+            raise ValueError(f"`model:` is required with base_url {self.base_url}")
+        if self.base_url and not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url {self.base_url!r} must start with http:// or https://")
+        return self
+
+    def resolved_api_key(self) -> str:
+        """The API key: ``api_key``, else ``$api_key_env``, else ``"sk-no-key"`` (local servers ignore it).
+
+        Raises:
+            ConfigError: ``api_key_env`` is named but unset.
+        """
+        if self.api_key:
+            return self.api_key
+        if self.api_key_env:
+            val = os.environ.get(self.api_key_env)
+            if not val:
+                raise ConfigError(f"environment variable {self.api_key_env} (api_key_env) is not set; export it")
+            return val
+        return "sk-no-key"
+
+
+class Sampling(_Strict):
+    """Sampling settings sent with every request of a role.
+
+    Attributes:
+        temperature: in [0, 2]; 0 is greedy.
+        max_tokens: completion token cap, in [1, 8192].
+        seed: request seed (llama.cpp and vLLM honour it); with ``count > 1`` instance ``i`` uses ``seed + i``.
+        top_p: nucleus sampling in (0, 1], or None for the server default.
+    """
+
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    max_tokens: int = Field(default=256, ge=1, le=8192)
+    seed: int | None = None
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+
+
+class PromptSpec(_Strict):
+    """An inline prompt template: ``system`` and ``user`` strings with ``{placeholders}``
+    (``{question}``, ``{schema}``, ``{sql}``, ``{execution}``, ``{feedback}``, ``{candidates}``;
+    write literal braces as ``{{`` ``}}``)."""
+
+    system: str
+    user: str
+
+
+class RoleConfig(_Strict):
+    """One role entry of the ``roles:`` list.
+
+    Attributes:
+        name: instance name (unique), e.g. ``junior_direct``; used in node names, run names and metadata.
+        type: role type, a key of ``society.roles.ROLE_TYPES`` (``junior``, ``supervisor``, ``senior``,
+            ``execution_reviewer``, ``semantic_reviewer``).
+        model: a key of ``models:`` (required by roles that call an LLM).
+        persona: the junior's strategy name (``direct``, ``step_by_step``, ``decompose`` or any new one).
+        prompt: a template name from ``society.prompts.PROMPTS`` or an inline ``{system, user}``;
+            None uses the role type's default.
+        sampling: see :class:`Sampling`.
+        count: how many instances of this role to run (juniors only; >1 adds ``_1``, ``_2`` suffixes).
+        policy: the supervisor's policy name (``society.policies.POLICIES``).
+        tools: tools the role may use: ``schema``, ``executor``, ``web_search`` (web search is present
+            only when ``TAVILY_API_KEY`` is set).
+        options: role-type options, validated by the role type's ``Options`` model.
+        enabled: False drops the role without deleting it.
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")
+    type: str
+    model: str | None = None
+    persona: str | None = None
+    prompt: str | PromptSpec | None = None
+    sampling: Sampling = Field(default_factory=Sampling)
+    count: int = Field(default=1, ge=1, le=16)
+    policy: str | None = None
+    tools: list[str] = Field(default_factory=lambda: ["schema", "executor"])
+    options: dict[str, Any] = Field(default_factory=dict)
+    enabled: bool = True
+
+    @field_validator("tools")
+    @classmethod
+    def _known_tools(cls, v: list[str]) -> list[str]:
+        known = {"schema", "executor", "web_search"}
+        bad = [t for t in v if t not in known]
+        if bad:
+            raise ValueError(f"unknown tools {bad}; known tools: {sorted(known)}")
+        return v
+
+
+class Limits(_Strict):
+    """Run limits.
+
+    Attributes:
+        max_turns: global turn limit = review rounds per question (>= 1); reaching it ends the run
+            with the best SQL so far.
+        max_junior_rounds: how many times juniors may draft (1 + CRITICAL restarts).
+        recursion_limit: LangGraph's super-step limit (a safety net above ``max_turns``).
+    """
+
+    max_turns: int = Field(default=2, ge=1, le=50)
+    max_junior_rounds: int = Field(default=2, ge=1, le=10)
+    recursion_limit: int = Field(default=100, ge=10, le=10_000)
+
+
+class LLMSettings(_Strict):
+    """Client settings for every LLM call.
+
+    Attributes:
+        timeout_s: per-request timeout in seconds (includes queueing on a busy local server).
+        retries: retries after the first failed attempt (connection error, timeout, HTTP 5xx/429).
+        backoff_s: first backoff delay in seconds; doubles each retry, capped at ``backoff_max_s``.
+        backoff_max_s: the largest delay between attempts.
+    """
+
+    timeout_s: float = Field(default=180.0, gt=0)
+    retries: int = Field(default=2, ge=0, le=10)
+    backoff_s: float = Field(default=1.0, ge=0)
+    backoff_max_s: float = Field(default=8.0, ge=0)
+
+
+class SchemaSettings(_Strict):
+    """How the schema is shown in prompts (``tools.schema.schema_prompt``): ``compact`` one-line
+    CREATE TABLE per table (else as stored); ``sample_rows`` example rows per table (0-5);
+    ``max_chars`` character budget (the text shrinks, then drops trailing tables, to fit; None = no cap)."""
+
+    compact: bool = True
+    sample_rows: int = Field(default=0, ge=0, le=5)
+    max_chars: int | None = Field(default=3000, ge=200)
+
+
+class ExecutionSettings(_Strict):
+    """Safe-executor limits for every tool call: ``timeout_s`` seconds per statement, ``max_rows`` rows kept."""
+
+    timeout_s: float = Field(default=5.0, gt=0)
+    max_rows: int = Field(default=10_000, ge=1)
+
+
+class BaselineSettings(_Strict):
+    """The single-agent baselines (``single``, ``write-check-rewrite``) reuse role bindings so the
+    comparison uses the same model: ``writer`` drafts (a junior role name), ``refiner`` checks and
+    rewrites (a senior role name), for at most ``max_turns`` rewrites."""
+
+    writer: str = "junior_direct"
+    refiner: str = "senior"
+    max_turns: int = Field(default=3, ge=1, le=20)
+
+
+class SocietyConfig(_Strict):
+    """The whole configuration (see the module docstring for the YAML shape).
+
+    Raises (on construction):
+        pydantic.ValidationError: a field is malformed, a role names an unknown model alias,
+            role type, policy or prompt, or names are duplicated.
+    """
+
+    name: str = "society"
+    models: dict[str, ModelSpec]
+    roles: list[RoleConfig]
+    limits: Limits = Field(default_factory=Limits)
+    llm: LLMSettings = Field(default_factory=LLMSettings)
+    schema_: SchemaSettings = Field(default_factory=SchemaSettings, alias="schema")
+    execution: ExecutionSettings = Field(default_factory=ExecutionSettings)
+    baselines: BaselineSettings = Field(default_factory=BaselineSettings)
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _check_bindings(self) -> SocietyConfig:
+        from society.policies import POLICIES, make_policy
+        from society.prompts import PROMPTS
+        from society.roles import ROLE_TYPES
+
+        names: set[str] = set()
+        for r in self.roles:
+            if r.name in names:
+                raise ValueError(f"role name {r.name!r} is used twice; role names must be unique")
+            names.add(r.name)
+            if r.type not in ROLE_TYPES:
+                raise ValueError(f"role {r.name}: unknown type {r.type!r}; known types: {sorted(ROLE_TYPES)}")
+            rtype = ROLE_TYPES[r.type]
+            if rtype.needs_model and not r.model:
+                raise ValueError(f"role {r.name} ({r.type}) calls an LLM: set `model:` to one of {sorted(self.models)}")
+            if r.model and r.model not in self.models:
+                raise ValueError(f"role {r.name}: model alias {r.model!r} is not in `models:` ({sorted(self.models)})")
+            if isinstance(r.prompt, str) and r.prompt not in PROMPTS:
+                raise ValueError(f"role {r.name}: unknown prompt {r.prompt!r}; known prompts: {sorted(PROMPTS)}")
+            if r.count > 1 and rtype.kind != "junior":
+                raise ValueError(f"role {r.name}: count > 1 is only supported for juniors")
+            if rtype.kind == "supervisor":
+                pol = r.policy or "majority_vote"
+                if pol not in POLICIES:
+                    raise ValueError(f"role {r.name}: unknown policy {pol!r}; known policies: {sorted(POLICIES)}")
+                if POLICIES[pol].needs_llm and not r.model:
+                    raise ValueError(f"role {r.name}: policy {pol} needs `model:`")
+                make_policy(pol, r.options)  # raises ValueError on bad options
+            elif r.policy:
+                raise ValueError(f"role {r.name}: `policy:` applies to supervisors only")
+            try:
+                rtype.Options.model_validate(r.options)
+            except ValidationError as e:
+                raise ValueError(f"role {r.name}: bad options: {e}") from None
+        kinds = [ROLE_TYPES[r.type].kind for r in self.roles if r.enabled]
+        for required in ("junior", "supervisor", "senior"):
+            if required not in kinds:
+                raise ValueError(f"the society needs at least one enabled {required} role")
+        for k in ("supervisor", "senior"):
+            if kinds.count(k) > 1:
+                raise ValueError(f"only one enabled {k} role is supported")
+        return self
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> SocietyConfig:
+        """Load and validate a YAML file (default :data:`DEFAULT_CONFIG`).
+
+        Raises:
+            ConfigError: the file is missing, not YAML, or fails validation (message names the file).
+        """
+        path = Path(path) if path is not None else DEFAULT_CONFIG
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist; pass --config pointing at a YAML file (see {CONFIG_DIR})")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path} is not valid YAML: {e}") from e
+        return cls.from_dict(data, source=str(path))
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "<dict>") -> SocietyConfig:
+        """Validate a mapping (e.g. parsed YAML).
+
+        Raises:
+            ConfigError: naming ``source`` and each invalid field.
+        """
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: the top level must be a mapping with `models:` and `roles:`")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            raise ConfigError(f"{source}: invalid society config:\n{e}") from None
+
+    def to_yaml(self) -> str:
+        """The configuration as YAML (literal API keys are never written)."""
+        return yaml.safe_dump(self.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=False)
+
+    # ------------------------------------------------------------------ derived views
+
+    def role(self, name: str) -> RoleConfig:
+        """The role entry named ``name``.
+
+        Raises:
+            ConfigError: no such role.
+        """
+        for r in self.roles:
+            if r.name == name:
+                return r
+        raise ConfigError(f"no role named {name!r}; roles: {[r.name for r in self.roles]}")
+
+    def instances(self, kind: str | None = None) -> list[RoleInstance]:
+        """Enabled role instances in config order (``count`` expanded), optionally of one kind
+        (``junior``, ``supervisor``, ``senior``, ``reviewer``; see ``society.roles.Role.kind``)."""
+        from society.roles import ROLE_TYPES
+
+        out: list[RoleInstance] = []
+        for r in self.roles:
+            if not r.enabled or (kind and ROLE_TYPES[r.type].kind != kind):
+                continue
+            for i in range(r.count):
+                name = r.name if r.count == 1 else f"{r.name}_{i + 1}"
+                sampling = r.sampling
+                if r.count > 1 and sampling.seed is not None:
+                    sampling = sampling.model_copy(update={"seed": sampling.seed + i})
+                out.append(RoleInstance(name=name, config=r, sampling=sampling))
+        return out
+
+    def embedded_aliases(self) -> dict[str, str]:
+        """Model alias -> embedded model name, for the aliases used by enabled roles that are embedded."""
+        used = {r.model for r in self.roles if r.enabled and r.model}
+        return {a: m.embedded for a, m in self.models.items() if a in used and m.embedded}
+
+    def with_endpoint(self, alias: str, base_url: str, model: str, *, api_key: str | None = None) -> SocietyConfig:
+        """A copy where ``alias`` points at ``base_url`` / ``model`` (e.g. a LoRA-served junior model or
+        Agent Lightning's ``resources['main_llm'].endpoint`` / ``.model``).
+
+        Raises:
+            ConfigError: ``alias`` is not in ``models:``.
+        """
+        if alias not in self.models:
+            raise ConfigError(f"model alias {alias!r} is not in the config's models ({sorted(self.models)})")
+        models = dict(self.models)
+        models[alias] = ModelSpec(base_url=base_url, model=model, api_key=api_key)
+        return self.model_copy(update={"models": models})
+
+    def with_embedded(self, embedded: str) -> SocietyConfig:
+        """A copy where every embedded alias serves ``embedded`` instead (the CLI's ``--model-alias``)."""
+        models = {a: (ModelSpec(embedded=embedded) if m.embedded else m) for a, m in self.models.items()}
+        return self.model_copy(update={"models": models})
+
+
+class RoleInstance(BaseModel):
+    """One running instance of a role: ``name`` (unique in the graph), its ``config`` entry and
+    its effective ``sampling`` (seed offset for ``count > 1``)."""
+
+    name: str
+    config: RoleConfig
+    sampling: Sampling
+
+    @property
+    def type(self) -> str:
+        return self.config.type
+
+    @property
+    def kind(self) -> str:
+        """Where the graph places it: ``junior``, ``supervisor``, ``senior`` or ``reviewer``."""
+        from society.roles import ROLE_TYPES
+
+        return ROLE_TYPES[self.type].kind
+
+    @property
+    def label(self) -> str:
+        """Run name of its LLM calls: ``junior:<persona>`` (``junior:<persona>:<i>`` with count > 1),
+        ``supervisor``, ``senior``, ``reviewer:<kind>`` (e.g. ``reviewer:semantic``)."""
+        kind = self.kind
+        if kind == "junior":
+            persona = self.config.persona or self.name
+            return f"junior:{persona}" if self.config.count == 1 else f"junior:{persona}:{self.name.rsplit('_', 1)[-1]}"
+        if kind == "reviewer":
+            return f"reviewer:{self.type.removesuffix('_reviewer')}"
+        return kind

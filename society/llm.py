@@ -1,0 +1,323 @@
+"""Chat models for the roles, one retrying call path, and the per-run call log.
+
+* :class:`Endpoint` / :class:`ChatModels`: resolve a role's model alias (config ``models:``,
+  optionally overridden at run time, e.g. by the trainer) to a ``langchain_openai.ChatOpenAI``
+  with the role's sampling settings; clients are cached per (endpoint, sampling).
+* :func:`invoke_llm`: every LLM call of every role goes through here. It invokes the model with
+  a LangChain config carrying ``run_name`` (e.g. ``junior:step_by_step``), ``tags`` ``[role, node]``
+  and ``metadata`` ``{role, role_instance, node, question_id, db_id, run_id, ...}`` on top of the
+  caller's callbacks (so LangSmith runs and Agent Lightning spans are named and attributable),
+  retries connection errors, timeouts, HTTP 5xx and 429 with exponential backoff, and logs the
+  call (prompt, response, tokens from ``usage_metadata``, latency) in a :class:`CallLog`.
+* :class:`CallLog`: thread-safe record of LLM and tool calls of one run (parallel juniors write
+  to it from LangGraph's worker threads).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.runnables import RunnableConfig
+
+from society.config import ConfigError, LLMSettings, Sampling, SocietyConfig
+
+
+class LLMError(RuntimeError):
+    """An LLM call failed. ``retryable`` tells whether the endpoint itself was the problem."""
+
+    retryable = False
+
+
+class EndpointUnavailable(LLMError):
+    """The endpoint kept failing (connection refused, timeout, 5xx/429) after all retries;
+    the question is marked failed and the run (or evaluation) continues."""
+
+    retryable = True
+
+
+class LLMRequestError(LLMError):
+    """The endpoint rejected the request (4xx, e.g. the prompt exceeds the context window); not retried."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """An OpenAI-compatible endpoint: ``base_url`` (ending in ``/v1``), ``model`` name, ``api_key``."""
+
+    base_url: str
+    model: str
+    api_key: str = "sk-no-key"
+
+
+@dataclass
+class LLMCallRecord:
+    """One LLM call as recorded in the run's trace.
+
+    Attributes:
+        role / label / node: role instance (``junior_direct``), run name (``junior:direct``), graph node.
+        alias / model / base_url: which model served it.
+        messages: the prompt as ``[{"role": "system"|"user"|"assistant", "content": str}]``.
+        response: the reply text (None when the call failed).
+        input_tokens / output_tokens: from the response's ``usage_metadata`` (0 when absent).
+        started / latency_s: wall-clock start (epoch seconds) and duration of all attempts (seconds).
+        attempts: attempts made (1 + retries used).
+        error: the final error, or None.
+    """
+
+    role: str
+    label: str
+    node: str
+    alias: str
+    model: str
+    base_url: str
+    messages: list[dict[str, str]]
+    response: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    started: float = 0.0
+    latency_s: float = 0.0
+    attempts: int = 1
+    error: str | None = None
+
+
+@dataclass
+class ToolCallRecord:
+    """One tool call: ``tool`` name, calling ``role``/``node``, ``args``, ``output`` text (truncated),
+    ``ok``, ``error``, ``started`` (epoch s) and ``latency_s``."""
+
+    tool: str
+    role: str
+    node: str
+    args: dict[str, Any]
+    output: str = ""
+    ok: bool = True
+    error: str | None = None
+    started: float = 0.0
+    latency_s: float = 0.0
+
+
+@dataclass
+class CallLog:
+    """Thread-safe log of one run's LLM and tool calls, plus per-role totals."""
+
+    llm_calls: list[LLMCallRecord] = field(default_factory=list)
+    tool_calls: list[ToolCallRecord] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add_llm(self, rec: LLMCallRecord) -> None:
+        with self._lock:
+            self.llm_calls.append(rec)
+
+    def add_tool(self, rec: ToolCallRecord) -> None:
+        with self._lock:
+            self.tool_calls.append(rec)
+
+    def per_role(self) -> dict[str, dict[str, float]]:
+        """Role instance -> ``{"llm_calls", "input_tokens", "output_tokens", "tokens", "model_s"}``."""
+        out: dict[str, dict[str, float]] = {}
+        with self._lock:
+            for c in self.llm_calls:
+                d = out.setdefault(c.role, {"llm_calls": 0, "input_tokens": 0, "output_tokens": 0, "tokens": 0, "model_s": 0.0})
+                d["llm_calls"] += 1
+                d["input_tokens"] += c.input_tokens
+                d["output_tokens"] += c.output_tokens
+                d["tokens"] += c.input_tokens + c.output_tokens
+                d["model_s"] += c.latency_s
+        return out
+
+    def model_busy_seconds(self) -> float:
+        """Wall-clock seconds during which at least one LLM call was in flight (union of call
+        intervals, so parallel juniors are not double-counted)."""
+        with self._lock:
+            spans = sorted((c.started, c.started + c.latency_s) for c in self.llm_calls)
+        total, cur_s, cur_e = 0.0, None, None
+        for s, e in spans:
+            if cur_e is None or s > cur_e:
+                if cur_e is not None:
+                    total += cur_e - cur_s
+                cur_s, cur_e = s, e
+            else:
+                cur_e = max(cur_e, e)
+        if cur_e is not None:
+            total += cur_e - cur_s
+        return total
+
+    def to_json(self) -> dict[str, Any]:
+        with self._lock:
+            return {"llm_calls": [asdict(c) for c in self.llm_calls], "tool_calls": [asdict(t) for t in self.tool_calls]}
+
+
+class ChatModels:
+    """Resolves model aliases to ``ChatOpenAI`` clients.
+
+    Args:
+        config: the society config (its ``models:`` and ``llm:`` sections).
+        endpoints: run-time overrides, alias -> :class:`Endpoint` (e.g. the embedded server the CLI
+            started, or the trainer's LoRA-served model). They win over ``models:``.
+
+    Raises (from :meth:`endpoint`):
+        ConfigError: an alias is embedded but no endpoint for it was given.
+    """
+
+    def __init__(self, config: SocietyConfig, endpoints: dict[str, Endpoint] | None = None) -> None:
+        self.config = config
+        self.endpoints = dict(endpoints or {})
+        self._clients: dict[tuple, Any] = {}
+        self._lock = threading.Lock()
+
+    def endpoint(self, alias: str) -> Endpoint:
+        """The endpoint serving ``alias``."""
+        if alias in self.endpoints:
+            return self.endpoints[alias]
+        spec = self.config.models.get(alias)
+        if spec is None:
+            raise ConfigError(f"model alias {alias!r} is not in the config's models ({sorted(self.config.models)})")
+        if spec.embedded:
+            raise ConfigError(
+                f"model alias {alias!r} is the embedded model {spec.embedded!r} but no server was started for it; "
+                "run through `sqlsociety ask/eval` (which start it), pass endpoints={alias: Endpoint(...)}, "
+                "or give the alias a base_url in the config"
+            )
+        return Endpoint(spec.base_url or "", spec.model or "", spec.resolved_api_key())
+
+    def chat(self, alias: str, sampling: Sampling) -> Any:
+        """A cached ``ChatOpenAI`` for ``alias`` with ``sampling``; the client does no retries itself
+        (:func:`invoke_llm` does) and times out after ``llm.timeout_s`` seconds."""
+        from langchain_openai import ChatOpenAI
+
+        ep = self.endpoint(alias)
+        key = (ep.base_url, ep.model, ep.api_key, sampling.temperature, sampling.max_tokens, sampling.seed, sampling.top_p)
+        with self._lock:
+            client = self._clients.get(key)
+            if client is None:
+                kwargs: dict[str, Any] = dict(
+                    model=ep.model,
+                    base_url=ep.base_url,
+                    api_key=ep.api_key,
+                    temperature=sampling.temperature,
+                    max_tokens=sampling.max_tokens,
+                    timeout=self.config.llm.timeout_s,
+                    max_retries=0,
+                    # ChatOpenAI sends `max_completion_tokens`; servers that only read the older
+                    # `max_tokens` (llama-cpp-python) would otherwise generate until the context fills.
+                    extra_body={"max_tokens": sampling.max_tokens},
+                )
+                if sampling.seed is not None:
+                    kwargs["seed"] = sampling.seed
+                if sampling.top_p is not None:
+                    kwargs["top_p"] = sampling.top_p
+                client = ChatOpenAI(**kwargs)
+                self._clients[key] = client
+        return client
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    try:
+        import httpx
+        import openai
+    except ImportError:  # pragma: no cover
+        return False
+    if isinstance(exc, (openai.APIConnectionError, openai.APITimeoutError, openai.RateLimitError, openai.InternalServerError)):
+        return True
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code >= 500 or exc.status_code == 429
+    return isinstance(exc, (httpx.TransportError, TimeoutError, ConnectionError))
+
+
+def message_dicts(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
+    """Chat messages as ``[{"role", "content"}]`` (OpenAI roles)."""
+    names = {"system": "system", "human": "user", "ai": "assistant", "tool": "tool"}
+    return [{"role": names.get(m.type, m.type), "content": m.content if isinstance(m.content, str) else str(m.content)} for m in messages]
+
+
+def child_config(
+    config: RunnableConfig | None,
+    *,
+    run_name: str,
+    tags: Sequence[str] = (),
+    metadata: dict[str, Any] | None = None,
+) -> RunnableConfig:
+    """``config`` (the node's config, holding the caller's callbacks) with a run name, extra tags
+    and metadata for one child call (LLM or tool), so its span nests under the node's span."""
+    cfg: dict[str, Any] = dict(config or {})
+    cfg["run_name"] = run_name
+    cfg["tags"] = list(dict.fromkeys([*(cfg.get("tags") or []), *tags]))
+    cfg["metadata"] = {**(cfg.get("metadata") or {}), **(metadata or {})}
+    cfg.pop("run_id", None)
+    return cfg  # type: ignore[return-value]
+
+
+def invoke_llm(
+    chat: Any,
+    messages: Sequence[BaseMessage],
+    *,
+    config: RunnableConfig | None,
+    settings: LLMSettings,
+    log: CallLog | None,
+    role: str,
+    label: str,
+    node: str,
+    alias: str,
+    metadata: dict[str, Any] | None = None,
+) -> AIMessage:
+    """Call ``chat`` with ``messages``, retrying endpoint failures, and log the call.
+
+    Args:
+        chat: a ``ChatOpenAI`` (from :meth:`ChatModels.chat`).
+        config: the calling node's ``RunnableConfig`` (callbacks, tags, metadata are kept).
+        settings: retries / backoff (see :class:`society.config.LLMSettings`).
+        role / label / node / alias: attribution: role instance, run name, graph node, model alias.
+        metadata: extra metadata for the run (merged over ``{role, role_instance, node, model_alias}``).
+
+    Returns:
+        The model's ``AIMessage`` (``usage_metadata`` holds token counts when the server reports them).
+
+    Raises:
+        EndpointUnavailable: after ``1 + settings.retries`` failed attempts on retryable errors.
+        LLMRequestError: the endpoint rejected the request (not retried).
+    """
+    md = {"role": label.split(":")[0], "role_instance": role, "node": node, "model_alias": alias, **(metadata or {})}
+    cfg = child_config(config, run_name=label, tags=[md["role"], node], metadata=md)
+    rec = LLMCallRecord(
+        role=role, label=label, node=node, alias=alias,
+        model=str(getattr(chat, "model_name", "")), base_url=str(getattr(chat, "openai_api_base", "") or ""),
+        messages=message_dicts(messages), started=time.time(),
+    )
+    t0 = time.perf_counter()
+    delay = settings.backoff_s
+    attempt = 0
+    try:
+        while True:
+            attempt += 1
+            try:
+                msg = chat.invoke(list(messages), config=cfg)
+                break
+            except Exception as exc:  # noqa: BLE001 - classified below
+                if not _is_retryable(exc):
+                    raise LLMRequestError(f"{label}: {alias} rejected the request: {type(exc).__name__}: {exc}") from exc
+                if attempt > settings.retries:
+                    raise EndpointUnavailable(
+                        f"{label}: endpoint for {alias} ({rec.base_url}) failed {attempt} times: {type(exc).__name__}: {exc}"
+                    ) from exc
+                time.sleep(min(delay, settings.backoff_max_s))
+                delay = delay * 2 if delay > 0 else 0.0
+    except LLMError as e:
+        rec.error = str(e)
+        rec.attempts = attempt
+        rec.latency_s = time.perf_counter() - t0
+        if log is not None:
+            log.add_llm(rec)
+        raise
+    rec.attempts = attempt
+    rec.latency_s = time.perf_counter() - t0
+    rec.response = msg.content if isinstance(msg.content, str) else str(msg.content)
+    usage = getattr(msg, "usage_metadata", None) or {}
+    rec.input_tokens = int(usage.get("input_tokens", 0) or 0)
+    rec.output_tokens = int(usage.get("output_tokens", 0) or 0)
+    if log is not None:
+        log.add_llm(rec)
+    return msg

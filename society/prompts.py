@@ -1,0 +1,142 @@
+"""Prompt templates of the roles, by name.
+
+A role's ``prompt:`` in the YAML config names one of :data:`PROMPTS` or gives an inline
+``{system, user}``. Templates are ``str.format`` strings; the variables a role fills are:
+
+* ``{question}`` the natural-language question; ``{schema}`` the prompt-ready schema text;
+* ``{feedback}`` reviewer/checker feedback, already wrapped as a section ('' when none);
+* ``{sql}`` / ``{execution}`` the query under review and its execution summary;
+* ``{candidates}`` the numbered candidate list (supervisor).
+
+Prompts are deliberately short: every token costs about as much as a millisecond of
+prompt processing for a 0.5B model on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass
+from typing import Any
+
+from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """A system + user message pair with ``{placeholders}``."""
+
+    system: str
+    user: str
+
+    def variables(self) -> set[str]:
+        """Placeholder names used by the template."""
+        names: set[str] = set()
+        for text in (self.system, self.user):
+            names |= {f for _, f, _, _ in string.Formatter().parse(text) if f}
+        return names
+
+    def render(self, **values: Any) -> list[BaseMessage]:
+        """The two chat messages with placeholders filled.
+
+        Raises:
+            KeyError: naming the placeholder that has no value and the values given.
+        """
+        missing = self.variables() - set(values)
+        if missing:
+            raise KeyError(f"prompt placeholders {sorted(missing)} have no value (given: {sorted(values)})")
+        return [SystemMessage(self.system.format(**values)), HumanMessage(self.user.format(**values))]
+
+
+_SQL_RULES = "Use only tables and columns from the schema. Write SQLite."
+
+PROMPTS: dict[str, PromptTemplate] = {
+    # ---------------------------------------------------------------- juniors (one per persona)
+    "junior_direct": PromptTemplate(
+        system=f"You translate questions into SQL. {_SQL_RULES} Reply with one query in a ```sql code block and nothing else.",
+        user="Schema:\n{schema}\n{feedback}\nQuestion: {question}",
+    ),
+    "junior_step_by_step": PromptTemplate(
+        system=(
+            f"You translate questions into SQL. {_SQL_RULES} Think briefly, then answer exactly as:\n"
+            "<reasoning>tables, joins, filters and aggregates needed</reasoning>\n<sql>one query</sql>"
+        ),
+        user="Schema:\n{schema}\n{feedback}\nQuestion: {question}",
+    ),
+    "junior_decompose": PromptTemplate(
+        system=(
+            f"You translate questions into SQL. {_SQL_RULES} First list the sub-questions (which table, "
+            "which filter, which grouping or ordering), one short line each. Then compose them into one "
+            "final query in a ```sql code block."
+        ),
+        user="Schema:\n{schema}\n{feedback}\nQuestion: {question}",
+    ),
+    # the observation routed back to a junior after its draft failed (continues its own conversation)
+    "junior_fix": PromptTemplate(
+        system="",
+        user="Running that query gave:\n{execution}\nFix the query. Reply with the corrected query in a ```sql code block.",
+    ),
+    # ---------------------------------------------------------------- supervisor (policy: llm)
+    "supervisor": PromptTemplate(
+        system="You pick the SQL query that best answers the question. Reply with the number of the best candidate only.",
+        user="Schema:\n{schema}\n\nQuestion: {question}\n\nCandidates:\n{candidates}\n\nBest candidate number:",
+    ),
+    # ---------------------------------------------------------------- senior refiner
+    "senior_check": PromptTemplate(
+        system=(
+            "You check a SQLite query against the question, the schema and its execution result: wrong "
+            "tables or columns, missing joins, filters or grouping, wrong aggregates or ordering. List the "
+            "problems in one or two short lines, then end with exactly one of: THE QUERY IS CORRECT. / "
+            "THE QUERY IS INCORRECT."
+        ),
+        user="Schema:\n{schema}\n\nQuestion: {question}\n\nQuery:\n```sql\n{sql}\n```\nExecution result:\n{execution}\n{feedback}",
+    ),
+    "senior_rewrite": PromptTemplate(
+        system=(
+            f"You fix SQLite queries. {_SQL_RULES} Rewrite the query so it answers the question and "
+            "addresses the feedback. Reply with the corrected query in a ```sql code block."
+        ),
+        user=(
+            "Schema:\n{schema}\n\nQuestion: {question}\n\nPrevious query:\n```sql\n{sql}\n```\n"
+            "Execution result:\n{execution}\n{feedback}"
+        ),
+    ),
+    # ---------------------------------------------------------------- semantic reviewer
+    "reviewer_semantic": PromptTemplate(
+        system=(
+            "You review whether a SQL query answers a question. Reply in exactly this format:\n"
+            "VERDICT: APPROVE or REVISE\n"
+            "SEVERITY: MINOR, MAJOR or CRITICAL (only with REVISE; CRITICAL = start again from scratch)\n"
+            "FEEDBACK: one sentence"
+        ),
+        user="Schema:\n{schema}\n\nQuestion: {question}\n\nQuery:\n```sql\n{sql}\n```\nExecution result:\n{execution}",
+    ),
+}
+
+#: Default prompt name per junior persona.
+PERSONA_PROMPTS: dict[str, str] = {
+    "direct": "junior_direct",
+    "step_by_step": "junior_step_by_step",
+    "decompose": "junior_decompose",
+}
+
+
+def get_prompt(spec: str | Any | None, default: str) -> PromptTemplate:
+    """Resolve a role's ``prompt:`` value: a name of :data:`PROMPTS`, an inline object with
+    ``system``/``user``, or None for ``default``.
+
+    Raises:
+        KeyError: an unknown prompt name (lists the known ones).
+    """
+    if spec is None:
+        spec = default
+    if isinstance(spec, str):
+        if spec not in PROMPTS:
+            raise KeyError(f"unknown prompt {spec!r}; known prompts: {sorted(PROMPTS)}")
+        return PROMPTS[spec]
+    return PromptTemplate(system=spec.system, user=spec.user)
+
+
+def feedback_section(feedback: str | None, title: str = "Feedback") -> str:
+    """``"\\n<title>: <feedback>\\n"`` or '' when there is no feedback (keeps prompts short)."""
+    feedback = (feedback or "").strip()
+    return f"\n{title}: {feedback}\n" if feedback else ""
