@@ -1,0 +1,121 @@
+"""Single-agent baselines on the same model and prompts as the society, for side-by-side EX.
+
+* ``single``: one-shot -- the writer (``baselines.writer``, a junior role; default
+  ``junior_direct``) drafts once; its SQL is the answer. One LLM call.
+* ``write-check-rewrite``: the self-correction loop of Agent Lightning's Spider example
+  (write -> execute -> check -> rewrite -> execute -> check ...), here the writer's draft followed
+  by the senior refiner's execute/check/rewrite nodes with ``baselines.max_turns`` rewrites.
+
+Both are LangGraph graphs over :class:`BaselineState`, run by ``society.run.run_society(...,
+agent=...)`` so they produce the same :class:`society.run.SocietyRun` records, traces and metadata.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.graph import END, START, StateGraph
+
+from society.config import ConfigError, SocietyConfig
+from society.graph import prepare
+from society.roles import ROLE_TYPES, Junior, Senior, failed, run_context
+from society.state import ExecSummary, SocietyState
+from society.toolkit import execute_summary
+
+#: Baseline agent names.
+BASELINES = ("single", "write-check-rewrite")
+
+
+class BaselineState(SocietyState, total=False):
+    """The society state plus the writer's draft keys (see :class:`society.state.JuniorState`)."""
+
+    messages: list[Any]
+    draft_sql: str | None
+    draft_raw: str
+    exec: ExecSummary | None
+    fixed: bool
+    llm_calls: int
+
+
+def _writer(config: SocietyConfig) -> Junior:
+    name = config.baselines.writer
+    insts = [i for i in config.instances("junior") if i.name == name or i.config.name == name]
+    if not insts:
+        raise ConfigError(f"baselines.writer {name!r} is not an enabled junior role; set it to one of "
+                          f"{[i.name for i in config.instances('junior')]}")
+    inst = insts[0]
+    # the baseline writer drafts only (no execution feedback): that is what makes it one-shot
+    inst = inst.model_copy(update={"config": inst.config.model_copy(update={"options": {**inst.config.options, "fix_on_error": False}})})
+    return Junior(inst)
+
+
+def _refiner(config: SocietyConfig) -> Senior:
+    name = config.baselines.refiner
+    insts = [i for i in config.instances("senior") if i.name == name]
+    if not insts:
+        raise ConfigError(f"baselines.refiner {name!r} is not an enabled senior role")
+    inst = insts[0]
+    opts = {**inst.config.options, "max_turns": config.baselines.max_turns}
+    return ROLE_TYPES[inst.type](inst.model_copy(update={"config": inst.config.model_copy(update={"options": opts})}))  # type: ignore[return-value]
+
+
+def build_baseline_graph(config: SocietyConfig, agent: str) -> Any:
+    """Compile the ``single`` or ``write-check-rewrite`` graph for ``config``.
+
+    Raises:
+        ValueError: unknown ``agent``; ConfigError: the writer/refiner role is missing.
+    """
+    if agent not in BASELINES:
+        raise ValueError(f"unknown baseline {agent!r}; choose one of {BASELINES}")
+    writer = _writer(config)
+
+    def finalize(state: BaselineState, config_: RunnableConfig) -> dict:
+        ctx = run_context(config_)
+        if agent == "single":
+            final, status = state.get("draft_sql"), "single"
+        else:
+            correct = state.get("senior_verdict") == "correct"
+            final = state.get("current_sql") if correct else (state.get("best_sql") or state.get("current_sql"))
+            status = "approved" if correct else "turn_limit"
+        if failed(state):
+            status = "failed"
+        ex = execute_summary(ctx.db_path, final, timeout_s=ctx.config.execution.timeout_s, max_rows=ctx.config.execution.max_rows)
+        err = next((e for e in state.get("errors") or [] if e.startswith("endpoint:")), None)
+        if err is None and not final:
+            err = "no SQL in the model output"
+        turns = sum(1 for t in state.get("senior_turns") or [] if t.kind == "rewrite")
+        return {"visits": ["finalize"], "final_sql": final, "final_exec": ex, "status": status, "error": err, "turn": turns}
+
+    g = StateGraph(BaselineState)
+    g.add_node("prepare", prepare)
+    g.add_node("write", writer.draft)
+    g.add_node("finalize", finalize)
+    g.add_edge(START, "prepare")
+    g.add_edge("prepare", "write")
+    if agent == "single":
+        g.add_edge("write", "finalize")
+    else:
+        senior = _refiner(config)
+
+        def handover(state: BaselineState) -> dict:
+            return {"visits": ["handover"], "current_sql": state.get("draft_sql"), "senior_visit_rewrites": 0}
+
+        g.add_node("handover", handover)
+        g.add_node("senior_execute", senior.execute_node)
+        g.add_node("senior_check", senior.check_node)
+        g.add_node("senior_rewrite", senior.rewrite_node)
+        g.add_conditional_edges("write", lambda s: "finalize" if failed(s) or not s.get("draft_sql") else "handover",
+                                ["handover", "finalize"])
+        g.add_edge("handover", "senior_execute")
+        # AL's loop checks every query, including the last rewrite (the verdict picks the answer)
+        g.add_edge("senior_execute", "senior_check")
+        g.add_conditional_edges(
+            "senior_check",
+            lambda s: "finalize" if failed(s) else ("senior_rewrite" if senior.after_check(s) == "rewrite" else "finalize"),
+            ["senior_rewrite", "finalize"],
+        )
+        g.add_conditional_edges("senior_rewrite", lambda s: "finalize" if failed(s) else "senior_execute",
+                                ["senior_execute", "finalize"])
+    g.add_edge("finalize", END)
+    return g.compile(name=agent)

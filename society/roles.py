@@ -1,0 +1,568 @@
+"""Role types and their node functions; the registry :data:`ROLE_TYPES` maps a config ``type:``
+to the class that builds the role's nodes.
+
+A role type is one class: subclass :class:`Role` (or :class:`Junior` / :class:`Reviewer`), set
+``type_name`` and ``kind`` (``junior``, ``supervisor``, ``senior`` or ``reviewer`` -- where the graph
+puts it), optionally an ``Options`` pydantic model for its ``options:`` in the YAML, and decorate it
+with :func:`register`. ``society.graph`` wires the roles by kind, so e.g. a new reviewer type joins
+the review chain without touching the graph.
+
+Every LLM call goes through :meth:`Role.llm` (retries, run name, tags, metadata, accounting), every
+execution through :meth:`Role.execute` (the ``sql_db_query`` tool). Node functions take the graph
+state and the node's ``RunnableConfig`` and return a partial state update; the per-run
+:class:`RunContext` travels in ``config["configurable"]["society"]``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.runnables import RunnableConfig
+from pydantic import BaseModel, ConfigDict, Field
+
+from society.candidate import Candidate
+from society.config import RoleInstance, SocietyConfig
+from society.llm import CallLog, ChatModels, EndpointUnavailable, LLMError, invoke_llm
+from society.policies import MajorityVotePolicy, PolicyContext, make_policy
+from society.prompts import PERSONA_PROMPTS, PROMPTS, PromptTemplate, feedback_section, get_prompt
+from society.state import ExecSummary, JuniorState, Review, SeniorTurn, Severity, SocietyState, SupervisorChoice, Verdict
+from society.toolkit import call_tool, sql_db_query, tools_for
+
+#: Prefix of an ``errors`` entry that marks the question failed (endpoint down after retries).
+ENDPOINT_FAILURE = "endpoint"
+
+
+@dataclass
+class RunContext:
+    """Per-run resources, passed to nodes and tools as ``config["configurable"]["society"]``.
+
+    Attributes:
+        config: the society config.
+        models: resolves model aliases to chat clients (with run-time endpoint overrides).
+        db_path / db_id / question_id / run_id: the task and run identity (also put in metadata).
+        log: the run's LLM/tool call log.
+        metadata: extra metadata added to every LLM and tool run (e.g. the trainer's rollout id).
+    """
+
+    config: SocietyConfig
+    models: ChatModels
+    db_path: str
+    db_id: str = ""
+    question_id: str = ""
+    run_id: str = ""
+    log: CallLog = field(default_factory=CallLog)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def meta(self, **extra: Any) -> dict[str, Any]:
+        """Metadata for one run: ``question_id``, ``db_id``, ``run_id``, the caller's metadata, ``extra``."""
+        return {"question_id": self.question_id, "db_id": self.db_id, "run_id": self.run_id, **self.metadata, **extra}
+
+
+def run_context(config: RunnableConfig | None) -> RunContext:
+    """The :class:`RunContext` of the current run.
+
+    Raises:
+        RuntimeError: the graph was invoked without one (use ``society.run.run_society``).
+    """
+    ctx = ((config or {}).get("configurable") or {}).get("society")
+    if not isinstance(ctx, RunContext):
+        raise RuntimeError("the society graph needs configurable['society'] = RunContext(...); call society.run.run_society")
+    return ctx
+
+
+def failed(state: dict) -> bool:
+    """True when an endpoint failure marked the question failed."""
+    return any(str(e).startswith(ENDPOINT_FAILURE + ":") for e in state.get("errors") or [])
+
+
+def _error_entry(role: str, exc: Exception) -> str:
+    kind = ENDPOINT_FAILURE if isinstance(exc, EndpointUnavailable) else "llm"
+    return f"{kind}: {role}: {exc}"
+
+
+def _extract_sql(text: str | None) -> str | None:
+    from evaluation.sql_text import extract_sql
+
+    return extract_sql(text)
+
+
+class _Options(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+#: Role type name -> class.
+ROLE_TYPES: dict[str, type[Role]] = {}
+
+
+def register(cls: type[Role]) -> type[Role]:
+    """Class decorator adding a role type to :data:`ROLE_TYPES` under ``cls.type_name``."""
+    if not cls.type_name or cls.kind not in {"junior", "supervisor", "senior", "reviewer"}:
+        raise ValueError(f"{cls.__name__}: set type_name and kind (junior|supervisor|senior|reviewer)")
+    ROLE_TYPES[cls.type_name] = cls
+    return cls
+
+
+class Role:
+    """Base of every role type.
+
+    Class attributes:
+        type_name: the config ``type:`` value.
+        kind: where the graph places it: ``junior`` | ``supervisor`` | ``senior`` | ``reviewer``.
+        needs_model: whether the role calls an LLM (then ``model:`` is required).
+        default_prompt: prompt name used when the config gives none.
+        Options: pydantic model validating the role's ``options:``.
+    """
+
+    type_name: ClassVar[str] = ""
+    kind: ClassVar[str] = ""
+    needs_model: ClassVar[bool] = True
+    default_prompt: ClassVar[str | None] = None
+    Options: ClassVar[type[BaseModel]] = _Options
+
+    def __init__(self, instance: RoleInstance) -> None:
+        self.instance = instance
+        self.name = instance.name
+        self.label = instance.label
+        self.options = self.Options.model_validate(instance.config.options)
+        default = self.default_prompt_for(instance.config)
+        self.prompt: PromptTemplate | None = (
+            get_prompt(instance.config.prompt, default) if (instance.config.prompt or default) else None
+        )
+
+    @classmethod
+    def default_prompt_for(cls, rc: Any) -> str | None:
+        """The prompt name used when the role config ``rc`` gives none."""
+        return cls.default_prompt
+
+    # ------------------------------------------------------------------ shared helpers
+
+    def metadata(self, ctx: RunContext) -> dict[str, Any]:
+        md = ctx.meta()
+        if self.instance.config.persona:
+            md["persona"] = self.instance.config.persona
+        return md
+
+    def llm(self, ctx: RunContext, messages: list[BaseMessage], config: RunnableConfig, node: str) -> AIMessage:
+        """One LLM call of this role (see :func:`society.llm.invoke_llm`; raises its errors)."""
+        alias = self.instance.config.model
+        if not alias:
+            raise LLMError(f"role {self.name} has no model alias")
+        chat = ctx.models.chat(alias, self.instance.sampling)
+        return invoke_llm(
+            chat, messages, config=config, settings=ctx.config.llm, log=ctx.log, role=self.name,
+            label=self.label, node=node, alias=alias, metadata=self.metadata(ctx),
+        )
+
+    def execute(self, ctx: RunContext, sql: str | None, config: RunnableConfig, node: str) -> ExecSummary:
+        """Execute ``sql`` through the ``sql_db_query`` tool (a traced tool call)."""
+        if not sql:
+            return ExecSummary(sql="", ok=False, error_category="none", error="no SQL")
+        msg = call_tool(sql_db_query, {"sql": sql}, config=config, role=self.name, label=self.label, node=node,
+                        log=ctx.log, metadata=self.metadata(ctx))
+        art = getattr(msg, "artifact", None)
+        if isinstance(art, ExecSummary):
+            return art
+        return ExecSummary(sql=sql, ok=False, error_category="other", error=str(msg.content))
+
+    def outside_knowledge(self, ctx: RunContext, question: str, config: RunnableConfig, node: str) -> str:
+        """Web-search context for the prompt when the role has the ``web_search`` tool, else ''."""
+        tools = tools_for(self.instance.config.tools)
+        if "web_search" not in tools:
+            return ""
+        msg = call_tool(tools["web_search"], {"query": question}, config=config, role=self.name, label=self.label,
+                        node=node, log=ctx.log, metadata=self.metadata(ctx))
+        return feedback_section(str(msg.content)[:800], "Outside knowledge")
+
+
+# ====================================================================== juniors
+
+
+@register
+class Junior(Role):
+    """A junior drafter with a persona; its subgraph (see ``society.graph.build_junior_graph``) is
+    draft -> execute -> [fix -> execute] -> finish, the execution result routed back to it once.
+
+    Options:
+        fix_on_error: rewrite the draft once when executing it fails (default True).
+    """
+
+    type_name = "junior"
+    kind = "junior"
+
+    class Options(_Options):
+        fix_on_error: bool = True
+
+    @classmethod
+    def default_prompt_for(cls, rc: Any) -> str:
+        return PERSONA_PROMPTS.get(rc.persona or "direct", "junior_direct")
+
+    def _node(self, step: str) -> str:
+        return f"{self.name}/{step}"
+
+    def draft(self, state: JuniorState, config: RunnableConfig) -> dict:
+        ctx = run_context(config)
+        fb = feedback_section(state.get("junior_feedback"), "A reviewer rejected the previous answer")
+        fb += self.outside_knowledge(ctx, state["question"], config, "draft")
+        assert self.prompt is not None
+        msgs = self.prompt.render(question=state["question"], schema=state.get("schema_text", ""), feedback=fb)
+        upd: dict[str, Any] = {"visits": [self._node("draft")], "messages": msgs, "llm_calls": 1, "fixed": False}
+        try:
+            ai = self.llm(ctx, msgs, config, "draft")
+        except LLMError as e:
+            return {**upd, "draft_sql": None, "draft_raw": "", "errors": [_error_entry(self.name, e)]}
+        raw = str(ai.content)
+        return {**upd, "messages": [*msgs, AIMessage(raw)], "draft_raw": raw, "draft_sql": _extract_sql(raw)}
+
+    def execute_draft(self, state: JuniorState, config: RunnableConfig) -> dict:
+        ctx = run_context(config)
+        return {"visits": [self._node("execute")], "exec": self.execute(ctx, state.get("draft_sql"), config, "execute")}
+
+    def after_execute(self, state: JuniorState) -> Literal["fix", "finish"]:
+        ex = state.get("exec")
+        if (self.options.fix_on_error and not state.get("fixed") and state.get("draft_sql")
+                and ex is not None and not ex.ok and not failed(state)):
+            return "fix"
+        return "finish"
+
+    def fix(self, state: JuniorState, config: RunnableConfig) -> dict:
+        """ReAct step: the executor's observation goes back into this junior's own conversation."""
+        ctx = run_context(config)
+        obs = HumanMessage(PROMPTS["junior_fix"].user.format(execution=state["exec"].as_text()))
+        msgs = [*state.get("messages", []), obs]
+        upd: dict[str, Any] = {"visits": [self._node("fix")], "fixed": True, "llm_calls": state.get("llm_calls", 0) + 1}
+        try:
+            ai = self.llm(ctx, msgs, config, "fix")
+        except LLMError as e:
+            return {**upd, "errors": [_error_entry(self.name, e)]}
+        raw = str(ai.content)
+        sql = _extract_sql(raw)
+        return {**upd, "messages": [*msgs, AIMessage(raw)], "draft_raw": raw, "draft_sql": sql or state.get("draft_sql")}
+
+    def finish(self, state: JuniorState, config: RunnableConfig) -> dict:
+        sql = state.get("draft_sql")
+        ex = state.get("exec")
+        cand = Candidate(
+            junior=self.name,
+            persona=self.instance.config.persona or self.name,
+            sql=sql,
+            raw=state.get("draft_raw", ""),
+            ok=bool(ex and ex.ok and sql),
+            error_category=(ex.error_category if ex and not ex.ok and sql else None),
+            error=(ex.error if ex and not ex.ok and sql else (None if sql else "no SQL in the model output")),
+            row_count=ex.row_count if ex and ex.ok else 0,
+            columns=list(ex.columns) if ex and ex.ok else [],
+            result_digest=ex.digest if ex and ex.ok else "",
+            fixed=bool(state.get("fixed")) and state.get("llm_calls", 0) > 1,
+            llm_calls=state.get("llm_calls", 0),
+        )
+        return {"candidates": [cand], "visits": [self._node("finish")]}
+
+
+# ====================================================================== supervisor
+
+
+@register
+class Supervisor(Role):
+    """Picks one candidate with a pluggable policy (``policy:`` in the config, options = policy kwargs).
+
+    On a policy error (e.g. a missing bandit file) it records the error and falls back to majority vote.
+    """
+
+    type_name = "supervisor"
+    kind = "supervisor"
+    needs_model = False
+    default_prompt = "supervisor"
+
+    class Options(BaseModel):
+        model_config = ConfigDict(extra="allow")
+
+    def __init__(self, instance: RoleInstance) -> None:
+        super().__init__(instance)
+        self.policy_name = instance.config.policy or "majority_vote"
+        self.policy = make_policy(self.policy_name, dict(instance.config.options))
+
+    def node(self, state: SocietyState, config: RunnableConfig) -> dict:
+        ctx = run_context(config)
+        order = {j.name: i for i, j in enumerate(ctx.config.instances("junior"))}
+        cands = sorted(state.get("candidates") or [], key=lambda c: order.get(c.junior, len(order)))
+        assert self.prompt is not None
+        prompt = self.prompt
+        pctx = PolicyContext(
+            schema_text=state.get("schema_text", ""),
+            ask_llm=lambda msgs: str(self.llm(ctx, msgs, config, "supervisor").content),
+            render_prompt=lambda text: prompt.render(question=state["question"], schema=state.get("schema_text", ""), candidates=text),
+        )
+        errors: list[str] = []
+        try:
+            pc = self.policy.choose(state["question"], cands, pctx)
+            policy = self.policy_name
+        except LLMError as e:
+            errors.append(_error_entry(self.name, e))
+            pc = MajorityVotePolicy().choose(state["question"], cands, pctx)
+            pc.info["fallback"] = f"{self.policy_name} failed: {e}"
+            policy = "majority_vote"
+        except Exception as e:  # noqa: BLE001 - e.g. a missing/invalid bandit file: fall back, record
+            errors.append(f"policy: {self.name}: {type(e).__name__}: {e}")
+            pc = MajorityVotePolicy().choose(state["question"], cands, pctx)
+            pc.info["fallback"] = f"{self.policy_name} failed: {type(e).__name__}: {e}"
+            policy = "majority_vote"
+        if not (-1 <= pc.index < len(cands)):
+            errors.append(f"policy: {self.name}: index {pc.index} out of range for {len(cands)} candidates")
+            pc.index = -1
+        choice = SupervisorChoice(
+            round=state.get("junior_round", 0), policy=policy, candidates=cands, index=pc.index,
+            scores=pc.scores, info={**pc.info, "configured_policy": self.policy_name},
+        )
+        chosen = choice.chosen
+        return {
+            "visits": ["supervisor"],
+            "choices": [choice],
+            "chosen": chosen,
+            "current_sql": chosen.sql if chosen else None,
+            "current_exec": None,
+            "senior_visit_rewrites": 0,
+            "feedback": "",
+            "errors": errors,
+        }
+
+
+# ====================================================================== senior
+
+
+@register
+class Senior(Role):
+    """The senior refiner: execute -> check -> rewrite on the chosen SQL (Agent Lightning's Spider
+    write/check/rewrite loop, starting from the supervisor's pick instead of writing from scratch).
+
+    Options:
+        max_turns: rewrites per senior visit (>= 0; 0 = only check).
+        check: ``llm`` (the model checks the query and its result) or ``execution`` (deterministic:
+            incorrect iff it errors or returns no rows; saves one LLM call per visit).
+        check_prompt: prompt name for the check (the role's ``prompt:`` is the rewrite prompt).
+    """
+
+    type_name = "senior"
+    kind = "senior"
+    default_prompt = "senior_rewrite"
+
+    class Options(_Options):
+        max_turns: int = Field(default=1, ge=0, le=20)
+        check: Literal["llm", "execution"] = "llm"
+        check_prompt: str = "senior_check"
+
+    def __init__(self, instance: RoleInstance) -> None:
+        super().__init__(instance)
+        self.check_prompt = get_prompt(self.options.check_prompt, "senior_check")
+
+    def execute_node(self, state: SocietyState, config: RunnableConfig) -> dict:
+        ctx = run_context(config)
+        sql = state.get("current_sql")
+        ex = self.execute(ctx, sql, config, "senior_execute")
+        upd: dict[str, Any] = {"visits": ["senior_execute"], "current_exec": ex}
+        if ex.ok:
+            upd["best_sql"] = sql
+        return upd
+
+    def needs_check(self, state: SocietyState) -> bool:
+        """Whether the loop may still rewrite in this visit (otherwise go straight to review)."""
+        return state.get("senior_visit_rewrites", 0) < self.options.max_turns
+
+    def check_node(self, state: SocietyState, config: RunnableConfig) -> dict:
+        ctx = run_context(config)
+        ex: ExecSummary = state.get("current_exec") or ExecSummary()
+        sql = state.get("current_sql")
+        upd: dict[str, Any] = {"visits": ["senior_check"]}
+        deterministic = "correct" if ex.ok and ex.row_count > 0 else "incorrect"
+        if self.options.check == "execution":
+            verdict, text, raw = deterministic, ex.as_text(), ""
+        else:
+            msgs = self.check_prompt.render(
+                question=state["question"], schema=state.get("schema_text", ""), sql=sql or "",
+                execution=ex.as_text(), feedback=feedback_section(state.get("feedback"), "Reviewer feedback"),
+            )
+            try:
+                raw = str(self.llm(ctx, msgs, config, "senior_check").content)
+            except LLMError as e:
+                return {**upd, "errors": [_error_entry(self.name, e)], "senior_verdict": deterministic}
+            verdict = parse_check(raw) or deterministic
+            text = re.sub(r"THE QUERY IS (IN)?CORRECT\.?", "", raw).strip() or ex.as_text()
+        turn = SeniorTurn(kind="check", sql_before=sql, sql_after=sql, execution_before=ex, verdict=verdict, feedback=text[:1000], raw=raw)
+        upd.update({"senior_turns": [turn], "senior_verdict": verdict})
+        if verdict == "incorrect":
+            upd["feedback"] = "\n".join(x for x in (state.get("feedback", ""), text[:600]) if x)
+        return upd
+
+    def after_check(self, state: SocietyState) -> Literal["rewrite", "review"]:
+        return "rewrite" if state.get("senior_verdict") == "incorrect" and self.needs_check(state) else "review"
+
+    def rewrite_node(self, state: SocietyState, config: RunnableConfig) -> dict:
+        ctx = run_context(config)
+        ex: ExecSummary = state.get("current_exec") or ExecSummary()
+        sql = state.get("current_sql")
+        feedback = state.get("feedback", "")
+        upd: dict[str, Any] = {"visits": ["senior_rewrite"], "senior_visit_rewrites": state.get("senior_visit_rewrites", 0) + 1, "feedback": ""}
+        assert self.prompt is not None
+        msgs = self.prompt.render(
+            question=state["question"], schema=state.get("schema_text", ""), sql=sql or "",
+            execution=ex.as_text(), feedback=feedback_section(feedback, "Feedback")
+            + self.outside_knowledge(ctx, state["question"], config, "senior_rewrite"),
+        )
+        try:
+            raw = str(self.llm(ctx, msgs, config, "senior_rewrite").content)
+        except LLMError as e:
+            return {**upd, "errors": [_error_entry(self.name, e)]}
+        new = _extract_sql(raw)
+        turn = SeniorTurn(kind="rewrite", sql_before=sql, sql_after=new or sql, execution_before=ex,
+                          verdict="rewritten" if new else "no_sql", feedback=feedback[:1000], raw=raw)
+        return {**upd, "senior_turns": [turn], "current_sql": new or sql}
+
+
+def parse_check(text: str) -> str | None:
+    """``correct`` / ``incorrect`` from the last verdict phrase in a check reply, or None when absent."""
+    up = (text or "").upper()
+    c, i = up.rfind("THE QUERY IS CORRECT"), up.rfind("THE QUERY IS INCORRECT")
+    if c < 0 and i < 0:
+        return None
+    return "correct" if c > i else "incorrect"
+
+
+# ====================================================================== reviewers
+
+
+class Reviewer(Role):
+    """Base of reviewers: :meth:`review` returns one :class:`Review` of the current SQL."""
+
+    kind = "reviewer"
+
+    def review(self, state: SocietyState, ctx: RunContext, config: RunnableConfig) -> tuple[Review, list[str]]:
+        raise NotImplementedError
+
+    def node(self, state: SocietyState, config: RunnableConfig) -> dict:
+        ctx = run_context(config)
+        review, errors = self.review(state, ctx, config)
+        return {"visits": [self.name], "reviews": [review], "errors": errors}
+
+
+#: Words that mark a question as asking for a single value.
+_SINGLE_VALUE = re.compile(r"^\s*(how many|what is the (total|average|number|maximum|minimum|count)|count\b)", re.I)
+_PER_GROUP = re.compile(r"\b(each|every|per|for all|by each|respectively)\b", re.I)
+_MAY_BE_EMPTY = re.compile(r"\b(if any|whether|is there|are there)\b", re.I)
+
+
+class SeverityMap(_Options):
+    """Severity per execution problem (see :class:`ExecutionReviewer`)."""
+
+    no_sql: Severity = Severity.CRITICAL
+    error: Severity = Severity.MAJOR
+    error_by_category: dict[str, Severity] = Field(default_factory=dict)
+    empty: Severity = Severity.MINOR
+    too_many_rows: Severity = Severity.MINOR
+    truncated: Severity = Severity.MINOR
+
+
+@register
+class ExecutionReviewer(Reviewer):
+    """Deterministic reviewer of the execution result.
+
+    REVISE when: there is no SQL (``no_sql``, default CRITICAL); it errors (``error``, default MAJOR,
+    per category overridable in ``error_by_category``, e.g. ``{no_such_table: CRITICAL}``); it returns
+    no rows although the question implies rows (``empty``, MINOR; questions with "if any", "whether",
+    "is there" may be empty); the question asks for one value ("how many", "what is the total/average...",
+    without "each/per/...") but several rows came back (``too_many_rows``, MINOR); the row cap was hit
+    (``truncated``, MINOR). Otherwise APPROVE.
+    """
+
+    type_name = "execution_reviewer"
+    needs_model = False
+
+    class Options(_Options):
+        severity: SeverityMap = Field(default_factory=SeverityMap)
+
+    def review(self, state: SocietyState, ctx: RunContext, config: RunnableConfig) -> tuple[Review, list[str]]:
+        sql = state.get("current_sql")
+        ex: ExecSummary | None = state.get("current_exec")
+        if ex is None or (sql and ex.sql != sql):
+            ex = self.execute(ctx, sql, config, self.name)
+        q = state["question"]
+        sev = self.options.severity
+        base = dict(reviewer=self.name, kind="execution", turn=state.get("turn", 0) + 1, sql=sql)
+        if not sql:
+            return Review(**base, verdict=Verdict.REVISE, severity=sev.no_sql, feedback="There is no SQL query; write one."), []
+        if not ex.ok:
+            s = sev.error_by_category.get(ex.error_category or "", sev.error)
+            return Review(**base, verdict=Verdict.REVISE, severity=s, feedback=f"The query fails: {ex.error}"), []
+        if ex.truncated:
+            return Review(**base, verdict=Verdict.REVISE, severity=sev.truncated,
+                          feedback=f"The result hit the row cap ({ex.row_count} rows); add filters or aggregation."), []
+        if ex.row_count == 0 and not _MAY_BE_EMPTY.search(q):
+            return Review(**base, verdict=Verdict.REVISE, severity=sev.empty,
+                          feedback="The query returns no rows; check filter values, joins and spelling against the data."), []
+        if ex.row_count > 1 and _SINGLE_VALUE.search(q) and not _PER_GROUP.search(q):
+            return Review(**base, verdict=Verdict.REVISE, severity=sev.too_many_rows,
+                          feedback=f"The question asks for one value but the query returns {ex.row_count} rows."), []
+        return Review(**base, verdict=Verdict.APPROVE), []
+
+
+def parse_review(text: str) -> tuple[Verdict, Severity | None, str] | None:
+    """Parse ``VERDICT: ...`` / ``SEVERITY: ...`` / ``FEEDBACK: ...`` (case-insensitive, any order).
+
+    Returns ``(verdict, severity, feedback)`` -- a REVISE without a valid severity is MAJOR -- or None
+    when no verdict word is found.
+    """
+    t = text or ""
+    m = re.search(r"VERDICT\s*[:\-]?\s*\**\s*(APPROVE|REVISE)", t, re.I) or re.search(r"\b(APPROVE|REVISE)\b", t, re.I)
+    if not m:
+        return None
+    verdict = Verdict(m.group(1).upper())
+    if verdict is Verdict.APPROVE:
+        return verdict, None, ""
+    s = re.search(r"SEVERITY\s*[:\-]?\s*\**\s*(MINOR|MAJOR|CRITICAL)", t, re.I)
+    f = re.search(r"FEEDBACK\s*[:\-]?\s*(.+)", t, re.I | re.S)
+    feedback = (f.group(1).strip() if f else t.strip())[:600]
+    return verdict, Severity(s.group(1).upper()) if s else Severity.MAJOR, feedback
+
+
+@register
+class SemanticReviewer(Reviewer):
+    """LLM reviewer: does the query answer the question? Replies are parsed by :func:`parse_review`.
+
+    Options:
+        unparsed: the verdict when the reply holds none (default APPROVE, so a rambling small model
+            cannot loop the run; the raw reply is kept in the review).
+    """
+
+    type_name = "semantic_reviewer"
+    default_prompt = "reviewer_semantic"
+
+    class Options(_Options):
+        unparsed: Verdict = Verdict.APPROVE
+
+    def review(self, state: SocietyState, ctx: RunContext, config: RunnableConfig) -> tuple[Review, list[str]]:
+        sql = state.get("current_sql")
+        ex: ExecSummary = state.get("current_exec") or ExecSummary()
+        base = dict(reviewer=self.name, kind="semantic", turn=state.get("turn", 0) + 1, sql=sql)
+        assert self.prompt is not None
+        msgs = self.prompt.render(question=state["question"], schema=state.get("schema_text", ""), sql=sql or "", execution=ex.as_text())
+        try:
+            raw = str(self.llm(ctx, msgs, config, self.name).content)
+        except LLMError as e:
+            return Review(**base, verdict=Verdict.APPROVE, feedback=f"review failed: {e}"), [_error_entry(self.name, e)]
+        parsed = parse_review(raw)
+        if parsed is None:
+            v = self.options.unparsed
+            return Review(**base, verdict=v, severity=None if v is Verdict.APPROVE else Severity.MINOR,
+                          feedback="(unparsed reply)", raw=raw), []
+        verdict, severity, feedback = parsed
+        return Review(**base, verdict=verdict, severity=severity, feedback=feedback, raw=raw), []
+
+
+def build_roles(config: SocietyConfig) -> dict[str, list[Role]]:
+    """Instantiate the enabled roles, grouped by kind (``junior`` list in config order, etc.)."""
+    out: dict[str, list[Role]] = {"junior": [], "supervisor": [], "senior": [], "reviewer": []}
+    for inst in config.instances():
+        cls = ROLE_TYPES[inst.type]
+        out[cls.kind].append(cls(inst))
+    return out
