@@ -25,6 +25,9 @@ def _register_all() -> None:
     from evaluation import cli as evaluation_cli
 
     evaluation_cli.register(app)
+    from society import commands as society_commands
+
+    society_commands.register(app)
 
 
 _register_all()

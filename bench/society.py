@@ -1,0 +1,119 @@
+"""Framework overhead of the society: wall time split into model time vs everything else.
+
+For a fixed set of Spider dev questions (the first ``--n`` executable ones, same every run) the
+society answers each question once (after one warm-up question that is not counted) and the
+benchmark reports, per question and in total:
+
+* wall      -- seconds from graph start to finish (``SocietyRun.seconds``);
+* model     -- seconds during which at least one LLM request was in flight (union of the LLM call
+               intervals, so parallel juniors are not double-counted; includes HTTP and the
+               server's queueing, i.e. everything the model server does);
+* tools     -- seconds inside tool calls (schema inspection, SQL execution);
+* other     -- wall - model - tools: LangGraph scheduling, state merging, prompt rendering, SQL
+               extraction, callbacks/tracing, recording;
+* overhead  -- (wall - model) / wall, the share of time not spent waiting for the model.
+
+Usage::
+
+    python bench/society.py                       # SmolLM2-135M (configs/smoke.yaml), 5 questions
+    python bench/society.py --config configs/society.yaml --n 3
+    python bench/society.py --base-url http://127.0.0.1:8080/v1 --model m   # an already-running server
+
+Prints a table and one JSON line (``--json`` to write it to a file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from society.config import SMOKE_CONFIG, SocietyConfig  # noqa: E402
+from society.llm import Endpoint  # noqa: E402
+from society.run import AGENTS, SocietyRun, run_society  # noqa: E402
+from tools.spider import load_examples  # noqa: E402
+
+
+def tool_seconds(run: SocietyRun) -> float:
+    """Seconds spent inside tool calls of ``run`` (they run outside LLM calls)."""
+    return sum(float(t["latency_s"]) for t in run.trace.get("tool_calls", []))
+
+
+def bench(config: SocietyConfig, endpoints: dict[str, Endpoint], n: int, agent: str, console: Console) -> dict:
+    examples = load_examples(split="dev", limit=n + 1)
+    warm, examples = examples[0], examples[1:]
+    run_society(warm.question, warm.db_path, config, question_id=warm.id, db_id=warm.db_id, endpoints=endpoints, agent=agent)
+    t = Table(title=f"{agent} · {config.name} · {len(examples)} questions")
+    for col in ("question", "wall s", "model s", "tools s", "other s", "overhead", "LLM calls", "tokens", "status"):
+        t.add_column(col, justify="right" if col != "question" else "left", overflow="fold")
+    rows = []
+    t0 = time.perf_counter()
+    for ex in examples:
+        run = run_society(ex.question, ex.db_path, config, question_id=ex.id, db_id=ex.db_id, endpoints=endpoints, agent=agent)
+        tools = tool_seconds(run)
+        other = max(0.0, run.seconds - run.model_seconds - tools)
+        rows.append({"id": ex.id, "wall": run.seconds, "model": run.model_seconds, "tools": tools, "other": other,
+                     "llm_calls": run.llm_calls, "tokens": run.tokens, "status": run.status})
+        t.add_row(ex.id, f"{run.seconds:.2f}", f"{run.model_seconds:.2f}", f"{tools:.3f}", f"{other:.3f}",
+                  f"{(run.seconds - run.model_seconds) / run.seconds:.1%}", str(run.llm_calls), str(run.tokens), run.status)
+    total = time.perf_counter() - t0
+    wall = sum(r["wall"] for r in rows)
+    model = sum(r["model"] for r in rows)
+    tools = sum(r["tools"] for r in rows)
+    other = sum(r["other"] for r in rows)
+    calls = sum(r["llm_calls"] for r in rows)
+    t.add_section()
+    t.add_row("all", f"{wall:.2f}", f"{model:.2f}", f"{tools:.3f}", f"{other:.3f}", f"{(wall - model) / wall:.1%}",
+              str(calls), str(sum(r["tokens"] for r in rows)), "")
+    console.print(t)
+    summary = {
+        "agent": agent, "config": config.name, "questions": len(rows), "wall_s": round(wall, 3), "model_s": round(model, 3),
+        "tools_s": round(tools, 4), "other_s": round(other, 4), "overhead_ratio": round((wall - model) / wall, 4),
+        "other_ms_per_llm_call": round(1000 * other / max(1, calls), 2), "llm_calls": calls,
+        "seconds_per_question": round(wall / len(rows), 3), "loop_wall_s": round(total, 3), "rows": rows,
+    }
+    console.print(
+        f"overhead (wall - model) / wall = {summary['overhead_ratio']:.1%}; tools {tools:.3f} s, "
+        f"other {other:.3f} s = {summary['other_ms_per_llm_call']:.1f} ms per LLM call"
+    )
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", type=Path, default=SMOKE_CONFIG, help="society config (default: configs/smoke.yaml)")
+    p.add_argument("--n", type=int, default=5, help="questions measured (after 1 warm-up)")
+    p.add_argument("--agent", default="society", choices=AGENTS)
+    p.add_argument("--base-url", help="use this OpenAI-compatible server for every model alias instead of the embedded one")
+    p.add_argument("--model", default="local", help="model name with --base-url")
+    p.add_argument("--json", type=Path, help="also write the summary JSON here")
+    a = p.parse_args(argv)
+    console = Console()
+    cfg = SocietyConfig.load(a.config)
+    if a.base_url:
+        for alias in list(cfg.models):
+            cfg = cfg.with_endpoint(alias, a.base_url, a.model)
+        summary = bench(cfg, {}, a.n, a.agent, console)
+    else:
+        from society.commands import serving
+
+        with serving(cfg) as endpoints:
+            summary = bench(cfg, endpoints, a.n, a.agent, console)
+    line = json.dumps({k: v for k, v in summary.items() if k != "rows"})
+    print(line)
+    if a.json:
+        a.json.write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,275 @@
+"""``sqlsociety ask``, ``sqlsociety eval`` and ``sqlsociety roles`` (Typer + Rich).
+
+``ask`` and ``eval`` start one llama-cpp-python server per embedded model the config uses, on a
+free loopback port, and always stop it (also on Ctrl-C or an error); aliases with a ``base_url``
+need no server. Every invocation writes a run directory (see ``society.run``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.panel import Panel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.syntax import Syntax
+from rich.table import Table
+
+from society.config import ConfigError, SocietyConfig
+from society.llm import Endpoint
+from society.run import AGENTS, EvalSummary, RunRecorder, SocietyRun, evaluate, run_society
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def load_config(config: Path | None, model_alias: str | None = None) -> SocietyConfig:
+    """Load ``config`` (default ``configs/society.yaml``); ``model_alias`` re-points every embedded
+    alias to that embedded model (e.g. ``smollm2-135m``).
+
+    Raises:
+        typer.BadParameter: the file is invalid or the model alias unknown.
+    """
+    try:
+        cfg = SocietyConfig.load(config)
+    except ConfigError as e:
+        raise typer.BadParameter(str(e), param_hint="'--config'") from e
+    if model_alias:
+        from society.models import EMBEDDED_MODELS
+
+        if model_alias not in EMBEDDED_MODELS:
+            raise typer.BadParameter(f"unknown model alias {model_alias!r}; embedded models: {sorted(EMBEDDED_MODELS)}",
+                                     param_hint="'--model-alias'")
+        cfg = cfg.with_embedded(model_alias)
+    return cfg
+
+
+@contextmanager
+def serving(config: SocietyConfig, *, quiet: bool = False) -> Iterator[dict[str, Endpoint]]:
+    """Start one embedded llama.cpp server per embedded model used by ``config``; yield alias ->
+    :class:`Endpoint`; stop every server on exit (normal, error or Ctrl-C)."""
+    from society.models import serve_embedded
+
+    endpoints: dict[str, Endpoint] = {}
+    with ExitStack() as stack:
+        servers: dict[str, object] = {}
+        for alias, embedded in config.embedded_aliases().items():
+            if embedded not in servers:
+                if not quiet:
+                    err_console.print(f"[dim]starting the embedded llama.cpp server for {embedded} ...[/dim]")
+                servers[embedded] = stack.enter_context(serve_embedded(embedded))
+            srv = servers[embedded]
+            endpoints[alias] = Endpoint(srv.base_url, srv.model)  # type: ignore[attr-defined]
+        if servers and not quiet:
+            err_console.print("[dim]server(s) ready: " + ", ".join(f"{m} at {s.base_url}" for m, s in servers.items()) + "[/dim]")  # type: ignore[attr-defined]
+        yield endpoints
+
+
+def _endpoint_text(config: SocietyConfig, alias: str | None) -> str:
+    if not alias:
+        return "-"
+    m = config.models[alias]
+    return f"{alias} = embedded {m.embedded}" if m.embedded else f"{alias} = {m.model} @ {m.base_url}"
+
+
+# ---------------------------------------------------------------------- printing
+
+
+def print_run(run: SocietyRun, *, max_rows: int = 20) -> None:
+    """Print a run: path through the graph, candidates and the supervisor's choice, senior turns,
+    reviews, the final SQL and its result table, and cost."""
+    console.print(Panel(f"[bold]{run.question}[/bold]\n[dim]db: {run.db_id} ({run.db_path})[/dim]", title=f"sqlsociety · {run.agent}"))
+    console.print("[bold]path[/bold]: " + " → ".join(run.path))
+    for ch in run.choices:
+        t = Table(title=f"candidates (round {ch.round}) · supervisor policy: {ch.policy}", show_lines=False)
+        for col in ("#", "junior", "SQL", "executes", "rows", "score", ""):
+            t.add_column(col, overflow="fold")
+        for i, c in enumerate(ch.candidates):
+            ex = "yes" if c.ok else ("no SQL" if not c.sql else f"no: {c.error_category}")
+            if c.fixed:
+                ex += " (fixed)"
+            score = f"{ch.scores[i]:.2f}" if i < len(ch.scores) else ""
+            t.add_row(str(i + 1), c.junior, c.sql or "-", ex, str(c.row_count) if c.ok else "", score,
+                      "[green]← chosen[/green]" if i == ch.index else "")
+        console.print(t)
+        extra = {k: v for k, v in ch.info.items() if k in ("fallback", "skipped", "reply")}
+        if extra:
+            console.print(f"[dim]supervisor: {extra}[/dim]")
+    if run.senior_turns:
+        t = Table(title="senior")
+        for col in ("step", "verdict", "SQL before", "SQL after"):
+            t.add_column(col, overflow="fold")
+        for s in run.senior_turns:
+            t.add_row(s.kind, s.verdict, s.sql_before or "-", (s.sql_after or "-") if s.kind == "rewrite" else "")
+        console.print(t)
+    if run.reviews:
+        t = Table(title="reviews")
+        for col in ("turn", "reviewer", "verdict", "severity", "feedback"):
+            t.add_column(col, overflow="fold")
+        for r in run.reviews:
+            t.add_row(str(r.turn), r.reviewer, r.verdict.value, r.severity.value if r.severity else "", r.feedback)
+        console.print(t)
+    if run.final_sql:
+        console.print(Panel(Syntax(run.final_sql, "sql", word_wrap=True), title=f"final SQL · {run.status}"))
+    else:
+        console.print(f"[red]no SQL[/red] ({run.status})")
+    res = run.result
+    if res is not None and res.ok:
+        t = Table(title=f"result: {res.row_count}{'+' if res.truncated else ''} rows")
+        for c in res.columns:
+            t.add_column(str(c), overflow="fold")
+        for row in res.rows[:max_rows]:
+            t.add_row(*["NULL" if v is None else str(v) for v in row])
+        console.print(t)
+        if res.row_count > max_rows:
+            console.print(f"[dim]... {res.row_count - max_rows} more rows[/dim]")
+    elif res is not None and res.sql:
+        console.print(f"[red]execution error[/red] ({res.error_category}): {res.error}")
+    if run.error:
+        console.print(f"[red]error[/red]: {run.error}")
+    console.print(
+        f"[dim]{run.seconds:.1f} s (model {run.model_seconds:.1f} s) · {run.llm_calls} LLM calls · "
+        f"{run.tokens} tokens · {run.turns} review turn(s)[/dim]"
+    )
+
+
+def print_summary(s: EvalSummary, split: str) -> None:
+    t = Table(title=f"{s.agent} on {split} ({s.n} questions)")
+    for col in ("EX %", "executes %", "failed", "s / q", "LLM calls / q", "tokens / q", "turns / q", "wall s"):
+        t.add_column(col, justify="right")
+    t.add_row(f"{100 * s.ex:.1f}", f"{100 * s.executed_ok:.1f}", str(s.failed), f"{s.seconds_per_q:.1f}",
+              f"{s.llm_calls_per_q:.1f}", f"{s.tokens_per_q:.0f}", f"{s.turns_per_q:.2f}", f"{s.wall_seconds:.0f}")
+    console.print(t)
+
+
+# ---------------------------------------------------------------------- commands
+
+
+def ask(
+    question: str = typer.Argument(..., help="The question, in English."),
+    db: str = typer.Option(..., "--db", help="A db_id of the bundled Spider data (e.g. concert_singer) or a path to any SQLite file."),
+    config: Path = typer.Option(None, "--config", "-c", help="Society config YAML [default: configs/society.yaml]."),
+    model_alias: str = typer.Option(None, "--model-alias", help="Serve every embedded role with this embedded model (qwen2.5-coder-0.5b, smollm2-135m)."),
+    agent: str = typer.Option("society", "--agent", help=f"One of {', '.join(AGENTS)}."),
+    data_dir: Path = typer.Option(None, "--data-dir", help="Spider-format data directory for db_ids [default: bundled]."),
+) -> None:
+    """Answer one question: prints the final SQL, its result, and the path through the graph."""
+    from tools.spider import DataError, resolve_database
+
+    if agent not in AGENTS:
+        raise typer.BadParameter(f"choose one of {AGENTS}", param_hint="'--agent'")
+    try:
+        db_path = resolve_database(db, data_dir)
+    except DataError as e:
+        raise typer.BadParameter(str(e), param_hint="'--db'") from e
+    cfg = load_config(config, model_alias)
+    db_id = db_path.stem if Path(db).suffix or Path(db).exists() else db
+    rec = RunRecorder(f"ask-{agent}", cfg, meta={"argv": sys.argv, "agent": agent, "db": str(db_path)})
+    try:
+        with serving(cfg) as endpoints:
+            run = run_society(question, db_path, cfg, db_id=db_id, endpoints=endpoints, agent=agent, recorder=rec,
+                              question_id="ask")
+    except KeyboardInterrupt:
+        err_console.print(f"[yellow]interrupted; server stopped; run directory: {rec.dir}[/yellow]")
+        raise typer.Exit(130) from None
+    print_run(run)
+    console.print(f"[dim]run directory: {rec.dir}[/dim]")
+    if run.status == "failed":
+        raise typer.Exit(1)
+
+
+def eval_cmd(
+    split: str = typer.Option("dev", "--split", help="Split name (dev, train, ...)."),
+    limit: int = typer.Option(None, "--limit", min=1, help="Only the first N executable questions."),
+    agent: str = typer.Option("society", "--agent", help=f"One of {', '.join(AGENTS)}."),
+    concurrency: int = typer.Option(1, "--concurrency", min=1, help="Questions run at once (threads)."),
+    config: Path = typer.Option(None, "--config", "-c", help="Society config YAML [default: configs/society.yaml]."),
+    model_alias: str = typer.Option(None, "--model-alias", help="Serve every embedded role with this embedded model."),
+    data_dir: Path = typer.Option(None, "--data-dir", help="Spider-format data directory [default: bundled]."),
+) -> None:
+    """Run an agent over a split with a progress bar; writes predictions and per-question JSONL; prints EX."""
+    from tools.spider import DataError, load_examples
+
+    if agent not in AGENTS:
+        raise typer.BadParameter(f"choose one of {AGENTS}", param_hint="'--agent'")
+    try:
+        examples = load_examples(data_dir, split, limit=limit)
+    except DataError as e:
+        raise typer.BadParameter(str(e), param_hint="'--split' / '--data-dir'") from e
+    if not examples:
+        raise typer.BadParameter(f"split {split!r} has no executable question", param_hint="'--split'")
+    cfg = load_config(config, model_alias)
+    rec = RunRecorder(f"eval-{agent}-{split}", cfg, meta={
+        "argv": sys.argv, "agent": agent, "split": split, "limit": limit, "concurrency": concurrency,
+        "question_ids": [e.id for e in examples],
+    })
+    done = {"n": 0, "match": 0}
+    summary: EvalSummary | None = None
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[ex]}"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False) as progress:
+        task = progress.add_task(f"{agent} · {split}", total=len(examples), ex="")
+
+        def on_result(r: dict) -> None:
+            done["n"] += 1
+            done["match"] += bool(r.get("match"))
+            progress.update(task, advance=1, ex=f"EX {100 * done['match'] / done['n']:.1f}%")
+
+        try:
+            with serving(cfg) as endpoints:
+                summary = evaluate(examples, cfg, agent=agent, concurrency=concurrency, endpoints=endpoints,
+                                   recorder=rec, on_result=on_result)
+        except KeyboardInterrupt:
+            progress.stop()
+            err_console.print(f"[yellow]interrupted after {done['n']} questions; server stopped; "
+                              f"kept: {rec.dir}[/yellow]")
+            raise typer.Exit(130) from None
+    assert summary is not None
+    print_summary(summary, split)
+    console.print(f"[dim]run directory: {rec.dir} (questions.jsonl, predictions.sql, traces/)[/dim]")
+
+
+def roles(
+    config: Path = typer.Option(None, "--config", "-c", help="Society config YAML [default: configs/society.yaml]."),
+) -> None:
+    """Print the roles of a config and what each is bound to (model, prompt, sampling, policy, tools)."""
+    from society.roles import ROLE_TYPES
+    from society.toolkit import web_search_available
+
+    cfg = load_config(config)
+    t = Table(title=f"roles · {cfg.name}" + (f" ({config})" if config else ""))
+    for col in ("role", "type", "persona / policy", "model", "prompt · sampling · options"):
+        t.add_column(col, overflow="fold")
+    for r in cfg.roles:
+        kind = ROLE_TYPES[r.type].kind
+        name = r.name + (f" ×{r.count}" if r.count > 1 else "") + ("" if r.enabled else " (disabled)")
+        who = f"policy: {r.policy or 'majority_vote'}" if kind == "supervisor" else (r.persona or "")
+        uses_llm = ROLE_TYPES[r.type].needs_model or (kind == "supervisor" and (r.policy == "llm"))
+        if r.prompt is None:
+            prompt = ROLE_TYPES[r.type].default_prompt_for(r) or "-"
+        else:
+            prompt = r.prompt if isinstance(r.prompt, str) else "(inline)"
+        s = r.sampling
+        parts = []
+        if uses_llm:
+            parts += [f"prompt={prompt}", f"T={s.temperature:g} max_tokens={s.max_tokens}" + (f" seed={s.seed}" if s.seed is not None else "")]
+        parts += [f"{k}={v}" for k, v in r.options.items()]
+        if "web_search" in r.tools:
+            parts.append("web_search=" + ("on" if web_search_available(r.tools) else "off (no TAVILY_API_KEY)"))
+        t.add_row(name, r.type, who, _endpoint_text(cfg, r.model) if uses_llm else "- (deterministic)", "\n".join(parts) or "-")
+    console.print(t)
+    lim = cfg.limits
+    console.print(f"limits: max_turns={lim.max_turns} review rounds, max_junior_rounds={lim.max_junior_rounds}; "
+                  f"llm: timeout={cfg.llm.timeout_s:g}s retries={cfg.llm.retries}; schema: compact={cfg.schema_.compact} "
+                  f"sample_rows={cfg.schema_.sample_rows}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``ask``, ``eval`` and ``roles`` to the root ``sqlsociety`` app."""
+    app.command("ask")(ask)
+    app.command("eval")(eval_cmd)
+    app.command("roles")(roles)

@@ -1,0 +1,257 @@
+"""Society parts that need no model server: config validation and role swaps, supervisor policies
+and the deterministic reviewer on real Spider executions, tools present/absent, the `roles`
+command, the run directory, and an endpoint that is down (a real closed port)."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from society.candidate import Candidate
+from society.config import DEFAULT_CONFIG, SMOKE_CONFIG, ConfigError, SocietyConfig
+from society.llm import CallLog, ChatModels
+from society.policies import POLICIES, BanditPolicy, PolicyContext, make_policy
+from society.roles import ExecutionReviewer, RunContext, Supervisor, parse_check, parse_review
+from society.state import Severity, Verdict
+from society.toolkit import execute_summary, tools_for
+from tools.spider import resolve_database
+
+CONCERT = str(resolve_database("concert_singer"))
+
+
+def _raw() -> dict:
+    return yaml.safe_load(DEFAULT_CONFIG.read_text())
+
+
+def _closed_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now: connections are refused
+    return port
+
+
+# ---------------------------------------------------------------------- config
+
+
+def test_shipped_configs_load_and_expand_roles():
+    for path in (DEFAULT_CONFIG, SMOKE_CONFIG):
+        cfg = SocietyConfig.load(path)
+        labels = [i.label for i in cfg.instances()]
+        assert labels[:3] == ["junior:direct", "junior:step_by_step", "junior:decompose"]
+        assert {"supervisor", "senior", "reviewer:execution", "reviewer:semantic"} <= set(labels)
+    assert SocietyConfig.load(SMOKE_CONFIG).embedded_aliases() == {"coder": "smollm2-135m"}
+    assert SocietyConfig.load(DEFAULT_CONFIG).embedded_aliases() == {"coder": "qwen2.5-coder-0.5b"}
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: d["roles"][0].update(model="nope"), "model alias 'nope'"),
+        (lambda d: d["roles"][0].update(type="wizard"), "unknown type 'wizard'"),
+        (lambda d: d["roles"][3].update(policy="coinflip"), "unknown policy 'coinflip'"),
+        (lambda d: d["roles"][1].update(name="junior_direct"), "used twice"),
+        (lambda d: d.update(roles=[r for r in d["roles"] if r["type"] != "senior"]), "senior role"),
+        (lambda d: d["roles"][4]["options"].update(check="vibes"), "bad options"),
+        (lambda d: d["roles"][0].update(prompt="no_such_prompt"), "unknown prompt"),
+        (lambda d: d["models"].update(coder={"base_url": "http://x/v1"}), "`model:` is required"),
+        (lambda d: d["roles"][0]["sampling"].update(temperature=5), "temperature"),
+    ],
+)
+def test_invalid_configs_name_the_problem(mutate, message):
+    d = _raw()
+    mutate(d)
+    with pytest.raises(ConfigError, match=message):
+        SocietyConfig.from_dict(d, source="test.yaml")
+
+
+def test_count_expands_juniors_with_seed_offsets():
+    d = _raw()
+    d["roles"][0]["count"] = 3
+    cfg = SocietyConfig.from_dict(d)
+    js = cfg.instances("junior")
+    assert [j.name for j in js[:3]] == ["junior_direct_1", "junior_direct_2", "junior_direct_3"]
+    assert [j.sampling.seed for j in js[:3]] == [11, 12, 13]
+    assert js[0].label == "junior:direct:1"
+
+
+def test_with_endpoint_overrides_a_copy_and_never_writes_the_key():
+    cfg = SocietyConfig.load(DEFAULT_CONFIG)
+    new = cfg.with_endpoint("coder", "http://127.0.0.1:8000/v1", "lora-juniors", api_key="secret-key")
+    assert cfg.models["coder"].embedded == "qwen2.5-coder-0.5b"
+    assert new.models["coder"].base_url == "http://127.0.0.1:8000/v1"
+    assert new.embedded_aliases() == {}
+    ep = ChatModels(new).endpoint("coder")
+    assert (ep.base_url, ep.model, ep.api_key) == ("http://127.0.0.1:8000/v1", "lora-juniors", "secret-key")
+    assert "secret-key" not in new.to_yaml()
+    with pytest.raises(ConfigError, match="not in the config"):
+        cfg.with_endpoint("nope", "http://x/v1", "m")
+    with pytest.raises(ConfigError, match="no server was started"):
+        ChatModels(cfg).endpoint("coder")
+
+
+# ---------------------------------------------------------------------- policies on real executions
+
+
+def _candidate(junior: str, sql: str | None) -> Candidate:
+    ex = execute_summary(CONCERT, sql)
+    return Candidate(junior=junior, persona=junior, sql=sql, ok=ex.ok, error_category=ex.error_category,
+                     error=ex.error, row_count=ex.row_count, columns=ex.columns, result_digest=ex.digest)
+
+
+@pytest.fixture(scope="module")
+def candidates() -> list[Candidate]:
+    return [
+        _candidate("a", "SELECT Name FROM singer WHERE Age > 40"),  # differs
+        _candidate("b", "SELECT count(*) FROM singer"),
+        _candidate("c", "SELECT COUNT(Singer_ID) FROM singer"),  # same result as b
+        _candidate("d", "SELECT count(*) FROM singers"),  # no such table
+        _candidate("e", None),
+    ]
+
+
+def test_majority_vote_picks_the_agreeing_results(candidates):
+    pc = make_policy("majority_vote").choose("How many singers?", candidates, PolicyContext())
+    assert pc.index == 1
+    assert pc.scores[1] == pc.scores[2] == pytest.approx(2 / 3)
+    assert pc.scores[3] == pc.scores[4] == 0.0
+
+
+def test_first_random_and_llm_shortcuts(candidates):
+    assert make_policy("first").choose("q", candidates, PolicyContext()).index == 0
+    picks = {make_policy("random", {"seed": s}).choose("q", candidates, PolicyContext()).index for s in range(20)}
+    assert picks <= {0, 1, 2} and len(picks) > 1  # only executed candidates
+    one = make_policy("llm").choose("q", [candidates[4], candidates[1]], PolicyContext())
+    assert one.index == 1 and one.info["skipped"] == "single candidate"
+    same = make_policy("llm").choose("q", [candidates[1], candidates[2]], PolicyContext())
+    assert same.index == 0 and same.info["skipped"] == "unanimous"
+    none = make_policy("majority_vote").choose("q", [candidates[4]], PolicyContext())
+    assert none.index == -1
+    assert set(POLICIES) == {"first", "random", "majority_vote", "llm", "bandit"}
+
+
+def test_bandit_policy_loads_lazily_and_the_supervisor_falls_back(tmp_path, candidates):
+    with pytest.raises(ValueError, match="path"):
+        BanditPolicy()
+    pol = BanditPolicy(path=str(tmp_path / "missing.joblib"))  # constructing does not touch the file
+    with pytest.raises(FileNotFoundError, match="missing.joblib"):
+        pol.choose("q", candidates, PolicyContext())
+    d = _raw()
+    d["roles"][3].update(policy="bandit", options={"path": str(tmp_path / "missing.joblib")})
+    cfg = SocietyConfig.from_dict(d)
+    sup = Supervisor(cfg.instances("supervisor")[0])
+    ctx = RunContext(config=cfg, models=ChatModels(cfg), db_path=CONCERT)
+    out = sup.node({"question": "How many singers are there?", "candidates": candidates}, {"configurable": {"society": ctx}})
+    choice = out["choices"][0]
+    assert choice.policy == "majority_vote" and choice.info["configured_policy"] == "bandit"
+    assert "missing.joblib" in choice.info["fallback"] and out["errors"]
+    assert out["chosen"].junior == "b"
+
+
+# ---------------------------------------------------------------------- deterministic reviewer
+
+
+@pytest.mark.parametrize(
+    "question, sql, verdict, severity",
+    [
+        ("How many singers are there?", "SELECT count(*) FROM singer", Verdict.APPROVE, None),
+        ("How many singers are there?", "SELECT count(*) FROM singers", Verdict.REVISE, Severity.MAJOR),
+        ("How many singers are there?", None, Verdict.REVISE, Severity.CRITICAL),
+        ("List the names of singers from Mars.", "SELECT Name FROM singer WHERE Country = 'Mars'", Verdict.REVISE, Severity.MINOR),
+        ("Are there singers from Mars, if any?", "SELECT Name FROM singer WHERE Country = 'Mars'", Verdict.APPROVE, None),
+        ("How many singers are there?", "SELECT Name FROM singer", Verdict.REVISE, Severity.MINOR),
+        ("How many singers are there for each country?", "SELECT Country, count(*) FROM singer GROUP BY Country", Verdict.APPROVE, None),
+    ],
+)
+def test_execution_reviewer_on_real_results(question, sql, verdict, severity):
+    cfg = SocietyConfig.load(DEFAULT_CONFIG)
+    rev = ExecutionReviewer(next(i for i in cfg.instances("reviewer") if i.type == "execution_reviewer"))
+    ctx = RunContext(config=cfg, models=ChatModels(cfg), db_path=CONCERT)
+    state = {"question": question, "current_sql": sql, "current_exec": execute_summary(CONCERT, sql), "turn": 0}
+    review, _ = rev.review(state, ctx, {"configurable": {"society": ctx}})
+    assert (review.verdict, review.severity) == (verdict, severity)
+    assert review.turn == 1
+
+
+def test_parsers():
+    assert parse_review("VERDICT: APPROVE") == (Verdict.APPROVE, None, "")
+    v, s, f = parse_review("VERDICT: REVISE\nSEVERITY: critical\nFEEDBACK: wrong table")
+    assert (v, s, f) == (Verdict.REVISE, Severity.CRITICAL, "wrong table")
+    assert parse_review("I think we should REVISE this.")[1] == Severity.MAJOR
+    assert parse_review("Looks fine to me") is None
+    assert parse_check("...THE QUERY IS INCORRECT. Actually THE QUERY IS CORRECT.") == "correct"
+    assert parse_check("THE QUERY IS INCORRECT.") == "incorrect"
+    assert parse_check("no verdict") is None
+
+
+# ---------------------------------------------------------------------- tools
+
+
+def test_web_search_tool_only_with_key_and_when_asked(monkeypatch):
+    monkeypatch.delenv("TAVILY_API_KEY", raising=False)
+    assert set(tools_for(["schema", "executor", "web_search"])) == {"sql_db_schema", "sql_db_query"}
+    monkeypatch.setenv("TAVILY_API_KEY", "tvly-test-not-used")  # building the client does no request
+    assert "web_search" in tools_for(["schema", "executor", "web_search"])
+    assert "web_search" not in tools_for(["schema", "executor"])
+
+
+# ---------------------------------------------------------------------- roles command
+
+
+def test_roles_command_shows_bindings_and_a_config_swap(tmp_path):
+    from society.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["roles"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    for text in ("junior_direct", "junior_step_by_step", "junior_decompose", "policy: majority_vote",
+                 "embedded qwen2.5-coder-0.5b", "reviewer_semantic", "max_turns=2"):
+        assert text in res.output
+    d = _raw()
+    d["roles"][3]["policy"] = "llm"
+    d["roles"].insert(3, {"name": "junior_sketch", "type": "junior", "persona": "sketch", "model": "remote",
+                          "prompt": "junior_direct", "sampling": {"temperature": 0.7, "max_tokens": 99}})
+    d["models"]["remote"] = {"base_url": "http://10.0.0.5:8000/v1", "model": "my-model"}
+    p = tmp_path / "swap.yaml"
+    p.write_text(yaml.safe_dump(d))
+    res = runner.invoke(app, ["roles", "--config", str(p)], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert "policy: llm" in res.output and "junior_sketch" in res.output
+    assert "my-model @ http://10.0.0.5:8000/v1" in res.output and "max_tokens=99" in res.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models: {}\nroles: []\n")
+    res = runner.invoke(app, ["roles", "--config", str(bad)])
+    assert res.exit_code != 0 and "needs at least one enabled junior role" in res.output
+
+
+# ---------------------------------------------------------------------- endpoint down
+
+
+def test_endpoint_down_is_retried_then_the_question_fails_and_the_eval_continues(tmp_path):
+    """A real closed loopback port: every attempt is refused; the run ends `failed`, keeps its
+    partial state, and the evaluation goes on to the next question and writes its files."""
+    from society.run import RunRecorder, evaluate
+    from tools.spider import load_examples
+
+    cfg = SocietyConfig.load(SMOKE_CONFIG).with_endpoint("coder", f"http://127.0.0.1:{_closed_port()}/v1", "none")
+    cfg = cfg.model_copy(update={"llm": cfg.llm.model_copy(update={"retries": 2, "backoff_s": 0.05})})
+    rec = RunRecorder("test-down", cfg, root=tmp_path)
+    examples = load_examples(split="dev", limit=2)
+    summary = evaluate(examples, cfg, recorder=rec)
+    assert summary.n == 2 and summary.failed == 2 and summary.ex == 0.0
+    lines = [json.loads(x) for x in rec.questions_path.read_text().splitlines()]
+    assert [x["question_id"] for x in lines] == [e.id for e in examples]
+    for line in lines:
+        assert line["status"] == "failed" and line["error"].startswith("endpoint:")
+        assert line["path"][0] == "prepare" and line["path"][-1] == "finalize"
+        assert "supervisor" in line["path"] and "senior_execute" not in line["path"]
+    trace = json.loads((rec.dir / "traces" / f"{examples[0].id}.json").read_text())
+    calls = trace["trace"]["llm_calls"]
+    assert len(calls) == 3 and all(c["attempts"] == 3 and c["error"] for c in calls)  # 1 + 2 retries each
+    assert {c["label"] for c in calls} == {"junior:direct", "junior:step_by_step", "junior:decompose"}
+    assert (rec.dir / "config.yaml").is_file() and len((rec.dir / "predictions.sql").read_text().splitlines()) == 2
+    assert json.loads((rec.dir / "summary.json").read_text())["failed"] == 2
