@@ -21,6 +21,15 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _root() -> None:
+    """SQL Society: a LangGraph society of text-to-SQL agents, trained role by role on Agent Lightning.
+
+    Command modules import their heavy dependencies (LangGraph, Agent Lightning, TRL) inside
+    the command functions, so `sqlsociety --help` and `eval-predictions` start fast.
+    """
+
+
 def _register_all() -> None:
     from evaluation import cli as evaluation_cli
 
