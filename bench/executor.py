@@ -1,0 +1,188 @@
+"""Throughput and latency of the safe SQL executor, and EX evaluation time, on Spider dev.
+
+Measures, over ALL executable Spider dev gold queries (972 with the bundled data):
+
+* 1 worker: queries/s with the default per-thread connection reuse, and with a fresh
+  connection per call (``tools.executor.REUSE_CONNECTIONS = False``) for comparison;
+  p50/p95/max latency from the executor's own ``elapsed_ms``;
+* N workers (processes, N = ``os.cpu_count()`` unless ``--workers``): queries/s over the
+  same queries on an already-started pool (start-up reported separately);
+* timeout precision: overshoot past ``timeout_s`` for a never-ending recursive CTE, and the
+  wall time of the single-instruction CPU bombs the executor defuses (trim/instr/LIKE/json_patch);
+* progress-handler overhead: one CPU-bound query through the executor vs a bare connection;
+* EX evaluation time of gold-vs-gold (``evaluation.ex.evaluate_predictions``), 1 and N workers.
+
+Usage::
+
+    python bench/executor.py                 # all of it (about a minute on 2 cores)
+    python bench/executor.py --repeat 3      # best of 3 passes for the throughput figures
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sqlite3
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tools import executor as ex  # noqa: E402
+from tools.spider import load_examples  # noqa: E402
+
+_INF = "WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r) SELECT count(*) FROM r"
+_BIG_A = "replace(hex(zeroblob(100000)), '0', 'a')"
+_BOMBS = {
+    "trim 200k x 200k": f"SELECT length(trim({_BIG_A}, replace(hex(zeroblob(100000)), '0', 'b') || 'a'))",
+    "instr 200k / 100k": f"SELECT instr({_BIG_A}, substr({_BIG_A}, 1, 100000) || 'b')",
+    "LIKE 200k x 100B": f"SELECT {_BIG_A} LIKE '%' || substr({_BIG_A}, 1, 98) || 'b'",
+    "json_patch 10k keys": (
+        "WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r WHERE i < 10000), "
+        "a AS MATERIALIZED (SELECT json_group_object('k' || i, i) AS o FROM r), "
+        "b AS MATERIALIZED (SELECT json_group_object('j' || i, i) AS o FROM r) "
+        "SELECT length(json_patch(a.o, b.o)) FROM a, b"
+    ),
+    "printf %.2e9c": "SELECT printf('%.*c', 2000000000, 'x')",
+}
+
+
+def _run_all(items: list[tuple[str, str]]) -> list[tuple[float, bool]]:
+    """Execute ``(db_path, sql)`` items in order; return ``(elapsed_ms, ok)`` per item."""
+    out = []
+    for db, sql in items:
+        r = ex.execute_sql(db, sql)
+        out.append((r.elapsed_ms, r.ok))
+    return out
+
+
+def _warm(_: int) -> int:
+    return os.getpid()
+
+
+def _pct(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+
+
+def bench_serial(items: list[tuple[str, str]], repeat: int, reuse: bool) -> tuple[float, list[float], int]:
+    """Best-of-``repeat`` queries/s in this process; latencies (ms) and errors of the best pass."""
+    ex.REUSE_CONNECTIONS = reuse
+    ex.close_connections()
+    best = (0.0, [], 0)
+    for _ in range(repeat):
+        t = time.perf_counter()
+        res = _run_all(items)
+        qps = len(items) / (time.perf_counter() - t)
+        if qps > best[0]:
+            best = (qps, [ms for ms, _ in res], sum(not ok for _, ok in res))
+    ex.REUSE_CONNECTIONS = True
+    return best
+
+
+def bench_parallel(items: list[tuple[str, str]], workers: int, repeat: int) -> tuple[float, float]:
+    """(start-up seconds, best queries/s) with ``workers`` processes; items grouped by database."""
+    by_db: dict[str, list] = {}
+    for it in items:
+        by_db.setdefault(it[0], []).append(it)
+    ordered = [it for db in sorted(by_db, key=lambda d: -len(by_db[d])) for it in by_db[db]]
+    size = max(1, len(ordered) // (workers * 4))
+    chunks = [ordered[i : i + size] for i in range(0, len(ordered), size)]
+    t = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(_warm, range(workers * 2)))
+        startup = time.perf_counter() - t
+        best = 0.0
+        for _ in range(repeat):
+            t = time.perf_counter()
+            list(pool.map(_run_all, chunks))
+            best = max(best, len(items) / (time.perf_counter() - t))
+    return startup, best
+
+
+def bench_timeouts(db: str) -> None:
+    over = []
+    for _ in range(10):
+        r = ex.execute_sql(db, _INF, timeout_s=0.1)
+        assert r.category == ex.ErrorCategory.TIMEOUT, r
+        over.append(r.elapsed_ms - 100.0)
+    print(f"timeout overshoot (never-ending CTE, timeout 100 ms, 10 runs): "
+          f"median {statistics.median(over):.2f} ms, max {max(over):.2f} ms")
+    for name, sql in _BOMBS.items():
+        t = time.perf_counter()
+        r = ex.execute_sql(db, sql, timeout_s=0.5)
+        wall = (time.perf_counter() - t) * 1000
+        outcome = "ok" if r.ok else r.category.value
+        print(f"  single-instruction bomb {name:22s} -> {outcome:7s} in {wall:7.1f} ms (timeout 500 ms)")
+
+
+def bench_handler_overhead(db: str) -> None:
+    q = "WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r WHERE i < 1000000) SELECT sum(i) FROM r"
+    bare = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    t_bare, t_exec = [], []
+    for _ in range(3):
+        t = time.perf_counter()
+        bare.execute(q).fetchall()
+        t_bare.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        assert ex.execute_sql(db, q, timeout_s=60).ok
+        t_exec.append(time.perf_counter() - t)
+    bare.close()
+    b, e = min(t_bare), min(t_exec)
+    print(f"progress handler every {ex.PROGRESS_STEPS} instructions: 1M-row CTE {b*1000:.0f} ms bare vs "
+          f"{e*1000:.0f} ms via executor ({(e / b - 1) * 100:+.1f}%)")
+
+
+def bench_ex(examples: list, workers: int) -> None:
+    try:
+        from evaluation.ex import evaluate_predictions
+    except ImportError as e:  # evaluation/ex.py not there yet
+        print(f"EX evaluation: skipped, evaluation.ex.evaluate_predictions is not importable ({e})")
+        return
+    golds = [e.gold_sql for e in examples]
+    for w in sorted({1, workers}):
+        t = time.perf_counter()
+        rep = evaluate_predictions(examples, golds, workers=w)
+        dt = time.perf_counter() - t
+        print(f"EX evaluation gold-vs-gold on dev ({rep.n} questions), workers={w}: "
+              f"EX = {rep.ex * 100:.2f}% in {dt:.2f} s")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data-dir", default=None, help="Spider-format directory (default: bundled data/spider)")
+    ap.add_argument("--split", default="dev")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes for the parallel figures")
+    ap.add_argument("--repeat", type=int, default=2, help="passes per throughput figure (best is reported)")
+    ap.add_argument("--skip-ex", action="store_true", help="do not time EX evaluation")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+
+    examples = load_examples(args.data_dir, split=args.split)
+    items = [(str(e.db_path), e.gold_sql) for e in examples]
+    print(f"sqlite {sqlite3.sqlite_version}, python {sys.version.split()[0]}, {os.cpu_count()} CPUs, "
+          f"{len(items)} {args.split} gold queries over {len({d for d, _ in items})} databases")
+
+    qps, lat, errors = bench_serial(items, args.repeat, reuse=True)
+    print(f"1 worker, connection reused per thread: {qps:8.1f} queries/s  "
+          f"p50 {_pct(lat, 0.5):.3f} ms  p95 {_pct(lat, 0.95):.3f} ms  max {max(lat):.1f} ms  errors {errors}")
+    qps1, lat1, errors1 = bench_serial(items, args.repeat, reuse=False)
+    print(f"1 worker, new connection per call:      {qps1:8.1f} queries/s  "
+          f"p50 {_pct(lat1, 0.5):.3f} ms  p95 {_pct(lat1, 0.95):.3f} ms  max {max(lat1):.1f} ms  errors {errors1}")
+    startup, qpsn = bench_parallel(items, args.workers, args.repeat)
+    print(f"{args.workers} workers (processes):              {qpsn:8.1f} queries/s  "
+          f"(pool start-up {startup * 1000:.0f} ms, not counted)")
+
+    db = str(examples[0].db_path)
+    bench_timeouts(db)
+    bench_handler_overhead(db)
+    if not args.skip_ex:
+        bench_ex(examples, args.workers)
+
+
+if __name__ == "__main__":
+    main()
