@@ -667,9 +667,14 @@ class RolloutArchive:
         status: str | Sequence[str] | None = None,
         mode: str | None = None,
         task_ids: Iterable[str] | None = None,
+        rollout_ids: Iterable[str] | None = None,
     ) -> list[RolloutRecord]:
-        """Rollouts in start-time order, optionally filtered by status(es), mode and task ids."""
+        """Rollouts in start-time order, optionally filtered by status(es), mode, task ids and rollout ids."""
         where, params = [], []
+        if rollout_ids is not None:
+            rids = list(rollout_ids)
+            where.append(f"r.rollout_id IN ({','.join('?' * len(rids))})")
+            params += rids
         if status is not None:
             statuses = [status] if isinstance(status, str) else list(status)
             where.append(f"r.status IN ({','.join('?' * len(statuses))})")
@@ -714,9 +719,8 @@ class RolloutArchive:
 
     def rollout(self, rollout_id: str) -> RolloutRecord:
         """One rollout by id. Raises KeyError naming the id when absent."""
-        for rec in self.rollouts():
-            if rec.rollout_id == rollout_id:
-                return rec
+        for rec in self.rollouts(rollout_ids=[rollout_id]):
+            return rec
         raise KeyError(f"no rollout {rollout_id!r} in {self.path}")
 
     def spans(self, rollout_id: str, attempt_id: str | Literal["latest"] | None = "latest") -> list[Span]:
