@@ -47,28 +47,35 @@ class PromptTemplate:
         return [SystemMessage(self.system.format(**values)), HumanMessage(self.user.format(**values))]
 
 
-_SQL_RULES = "Use only tables and columns from the schema. Write SQLite."
+#: One system message shared by every role: the schema comes first and is identical across the
+#: calls of a question, so llama.cpp (and vLLM's prefix cache) reuse its KV cache instead of
+#: re-reading the schema for each junior, the senior and the reviewers. Role instructions follow
+#: in the user message.
+SYSTEM = (
+    "You are an expert on SQLite working in a team that answers questions about one database. "
+    "Use only the tables and columns of this schema.\n\nSchema:\n{schema}"
+)
 
 PROMPTS: dict[str, PromptTemplate] = {
     # ---------------------------------------------------------------- juniors (one per persona)
     "junior_direct": PromptTemplate(
-        system=f"You translate questions into SQL. {_SQL_RULES} Reply with one query in a ```sql code block and nothing else.",
-        user="Schema:\n{schema}\n{feedback}\nQuestion: {question}",
+        system=SYSTEM,
+        user="{feedback}Write one SQLite query that answers the question. Reply with the query in a ```sql code block and nothing else.\n\nQuestion: {question}",
     ),
     "junior_step_by_step": PromptTemplate(
-        system=(
-            f"You translate questions into SQL. {_SQL_RULES} Think briefly, then answer exactly as:\n"
-            "<reasoning>tables, joins, filters and aggregates needed</reasoning>\n<sql>one query</sql>"
+        system=SYSTEM,
+        user=(
+            "{feedback}Write one SQLite query that answers the question. Think briefly, then answer exactly as:\n"
+            "<reasoning>tables, joins, filters and aggregates needed</reasoning>\n<sql>the query</sql>\n\nQuestion: {question}"
         ),
-        user="Schema:\n{schema}\n{feedback}\nQuestion: {question}",
     ),
     "junior_decompose": PromptTemplate(
-        system=(
-            f"You translate questions into SQL. {_SQL_RULES} First list the sub-questions (which table, "
-            "which filter, which grouping or ordering), one short line each. Then compose them into one "
-            "final query in a ```sql code block."
+        system=SYSTEM,
+        user=(
+            "{feedback}Write one SQLite query that answers the question. First list the sub-questions (which table, "
+            "which filter, which grouping or ordering), one short line each. Then compose them into one final query "
+            "in a ```sql code block.\n\nQuestion: {question}"
         ),
-        user="Schema:\n{schema}\n{feedback}\nQuestion: {question}",
     ),
     # the observation routed back to a junior after its draft failed (continues its own conversation)
     "junior_fix": PromptTemplate(
@@ -77,38 +84,40 @@ PROMPTS: dict[str, PromptTemplate] = {
     ),
     # ---------------------------------------------------------------- supervisor (policy: llm)
     "supervisor": PromptTemplate(
-        system="You pick the SQL query that best answers the question. Reply with the number of the best candidate only.",
-        user="Schema:\n{schema}\n\nQuestion: {question}\n\nCandidates:\n{candidates}\n\nBest candidate number:",
+        system=SYSTEM,
+        user=(
+            "Question: {question}\n\nCandidate queries and what running them returned:\n{candidates}\n\n"
+            "Which candidate answers the question best? Reply with its number only."
+        ),
     ),
     # ---------------------------------------------------------------- senior refiner
     "senior_check": PromptTemplate(
-        system=(
-            "You check a SQLite query against the question, the schema and its execution result: wrong "
-            "tables or columns, missing joins, filters or grouping, wrong aggregates or ordering. List the "
-            "problems in one or two short lines, then end with exactly one of: THE QUERY IS CORRECT. / "
-            "THE QUERY IS INCORRECT."
+        system=SYSTEM,
+        user=(
+            "Question: {question}\n\nQuery:\n```sql\n{sql}\n```\nExecution result:\n{execution}\n{feedback}\n"
+            "Check the query: wrong tables or columns, missing joins, filters or grouping, wrong aggregates or "
+            "ordering. List the problems in one or two short lines, then end with exactly one of: "
+            "THE QUERY IS CORRECT. / THE QUERY IS INCORRECT."
         ),
-        user="Schema:\n{schema}\n\nQuestion: {question}\n\nQuery:\n```sql\n{sql}\n```\nExecution result:\n{execution}\n{feedback}",
     ),
     "senior_rewrite": PromptTemplate(
-        system=(
-            f"You fix SQLite queries. {_SQL_RULES} Rewrite the query so it answers the question and "
-            "addresses the feedback. Reply with the corrected query in a ```sql code block."
-        ),
+        system=SYSTEM,
         user=(
-            "Schema:\n{schema}\n\nQuestion: {question}\n\nPrevious query:\n```sql\n{sql}\n```\n"
-            "Execution result:\n{execution}\n{feedback}"
+            "Question: {question}\n\nPrevious query:\n```sql\n{sql}\n```\nExecution result:\n{execution}\n{feedback}\n"
+            "Rewrite the query so it answers the question and fixes these problems. Reply with the corrected query "
+            "in a ```sql code block."
         ),
     ),
     # ---------------------------------------------------------------- semantic reviewer
     "reviewer_semantic": PromptTemplate(
-        system=(
-            "You review whether a SQL query answers a question. Reply in exactly this format:\n"
+        system=SYSTEM,
+        user=(
+            "Question: {question}\n\nQuery:\n```sql\n{sql}\n```\nExecution result:\n{execution}\n\n"
+            "Does the query answer the question? Reply in exactly this format:\n"
             "VERDICT: APPROVE or REVISE\n"
             "SEVERITY: MINOR, MAJOR or CRITICAL (only with REVISE; CRITICAL = start again from scratch)\n"
             "FEEDBACK: one sentence"
         ),
-        user="Schema:\n{schema}\n\nQuestion: {question}\n\nQuery:\n```sql\n{sql}\n```\nExecution result:\n{execution}",
     ),
 }
 
@@ -137,6 +146,6 @@ def get_prompt(spec: str | Any | None, default: str) -> PromptTemplate:
 
 
 def feedback_section(feedback: str | None, title: str = "Feedback") -> str:
-    """``"\\n<title>: <feedback>\\n"`` or '' when there is no feedback (keeps prompts short)."""
+    """``"<title>: <feedback>\\n\\n"`` or '' when there is no feedback (keeps prompts short)."""
     feedback = (feedback or "").strip()
-    return f"\n{title}: {feedback}\n" if feedback else ""
+    return f"{title}: {feedback}\n\n" if feedback else ""

@@ -434,8 +434,14 @@ def evaluate(
     t0 = time.perf_counter()
 
     def one(i: int, ex: Any) -> dict[str, Any]:
-        run = run_society(ex.question, ex.db_path, config, question_id=ex.id, db_id=ex.db_id, endpoints=endpoints,
-                          agent=agent, callbacks=callbacks)
+        try:
+            run = run_society(ex.question, ex.db_path, config, question_id=ex.id, db_id=ex.db_id, endpoints=endpoints,
+                              agent=agent, callbacks=callbacks)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as e:  # noqa: BLE001 - e.g. a missing database: mark this question failed, go on
+            run = SocietyRun(agent=agent, question=ex.question, question_id=ex.id, db_id=ex.db_id, db_path=str(ex.db_path),
+                             status="failed", error=f"{type(e).__name__}: {e}")
         m = execution_match(ex.db_path, run.final_sql, ex.gold_sql)
         extra: dict[str, Any] = {"match": m.match, "reason": m.reason, "gold_sql": ex.gold_sql, "index": ex.index}
         rec = run.to_record()
@@ -460,12 +466,16 @@ def evaluate(
                 if on_result:
                     on_result(results[i])
         else:
-            with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="eval")
+            try:
                 futs = {pool.submit(one, i, ex): i for i, ex in enumerate(examples)}
                 for f in as_completed(futs):
                     results[futs[f]] = f.result()
                     if on_result:
                         on_result(results[futs[f]])
+            finally:
+                # on Ctrl-C don't wait for queued questions; running ones end when the server stops
+                pool.shutdown(wait=False, cancel_futures=True)
     finally:
         wall = time.perf_counter() - t0
         recs = [results[i] for i in sorted(results)]

@@ -1,0 +1,209 @@
+"""The society graph end to end against a real llama-cpp-python server (SmolLM2-135M, the
+``smol_server`` fixture) on real Spider databases.
+
+Routing is driven deterministically without mocks: a real SQLite database whose only table is a
+view that raises at run time (``abs(-9223372036854775808)`` is SQLite's integer-overflow error)
+makes every query the model writes fail, so the deterministic execution reviewer's verdict is
+known in advance whatever the small model writes; its severities come from config.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+import yaml
+from langchain_core.callbacks import BaseCallbackHandler
+
+from society.config import SMOKE_CONFIG, SocietyConfig
+from society.run import run_society
+from tools.spider import load_examples, resolve_database
+
+pytestmark = pytest.mark.model
+
+CONCERT = resolve_database("concert_singer")
+
+
+def _raw() -> dict:
+    return yaml.safe_load(SMOKE_CONFIG.read_text())
+
+
+def _cfg(server, data: dict | None = None) -> SocietyConfig:
+    cfg = SocietyConfig.from_dict(data or _raw())
+    cfg = cfg.with_endpoint("coder", server.base_url, server.model)
+    return cfg.model_copy(update={"llm": cfg.llm.model_copy(update={"timeout_s": 120})})
+
+
+@pytest.fixture(scope="module")
+def failing_db(tmp_path_factory) -> str:
+    """A real SQLite file with a `singer` view that errors whenever it is read."""
+    path = tmp_path_factory.mktemp("db") / "broken_singer.sqlite"
+    con = sqlite3.connect(path)
+    con.execute(
+        "CREATE VIEW singer AS WITH t(Singer_ID, Name, Country, Age) AS (VALUES (1, 'Joe', 'France', 52)) "
+        "SELECT * FROM t WHERE abs(-9223372036854775808) > 0"
+    )
+    con.commit()
+    con.close()
+    with pytest.raises(sqlite3.OperationalError, match="integer overflow"):
+        sqlite3.connect(path).execute("SELECT count(*) FROM singer").fetchall()
+    return str(path)
+
+
+class Recorder(BaseCallbackHandler):
+    """Collects the LangChain runs the graph emits (as a tracer such as Agent Lightning's would)."""
+
+    def __init__(self) -> None:
+        self.llm: list[dict] = []
+        self.tools: list[dict] = []
+        self.chains: dict = {}
+
+    def on_chain_start(self, serialized, inputs, *, run_id, parent_run_id=None, tags=None, metadata=None, **kw):
+        self.chains[run_id] = {"name": kw.get("name"), "parent": parent_run_id}
+
+    def on_chat_model_start(self, serialized, messages, *, run_id, parent_run_id=None, tags=None, metadata=None, **kw):
+        self.llm.append({"name": kw.get("name"), "parent": parent_run_id, "tags": tags or [], "metadata": metadata or {}})
+
+    def on_tool_start(self, serialized, input_str, *, run_id, parent_run_id=None, tags=None, metadata=None, **kw):
+        self.tools.append({"name": kw.get("name") or (serialized or {}).get("name"), "parent": parent_run_id,
+                           "metadata": metadata or {}})
+
+
+def test_society_end_to_end_on_spider_questions(smol_server):
+    cfg = _cfg(smol_server)
+    for ex in load_examples(split="dev", limit=2):
+        cb = Recorder()
+        run = run_society(ex.question, ex.db_path, cfg, question_id=ex.id, db_id=ex.db_id, callbacks=[cb],
+                          metadata={"rollout_id": "ro-test"})
+        assert run.status in {"approved", "turn_limit"}, run.error
+        assert run.path[0] == "prepare" and run.path[-1] == "finalize"
+        for node in ("junior_direct/draft", "junior_step_by_step/draft", "junior_decompose/draft", "supervisor",
+                     "senior_execute", "reviewer_execution", "review_gate"):
+            assert node in run.path
+        assert [c.junior for c in run.candidates] == ["junior_direct", "junior_step_by_step", "junior_decompose"]
+        choice = run.choice
+        assert choice is not None and choice.policy == "majority_vote" and len(choice.candidates) == 3
+        assert len(choice.scores) == 3 and -1 <= choice.index < 3
+        assert run.reviews and all(r.turn >= 1 for r in run.reviews) and run.turns >= 1
+        assert run.final_sql is None or run.result is not None
+        # accounting and the local trace agree, per role
+        assert run.llm_calls == len(run.trace["llm_calls"]) >= 3 and run.tokens > 0
+        assert {"junior_direct", "junior_step_by_step", "junior_decompose"} <= set(run.per_role)
+        assert sum(v["llm_calls"] for v in run.per_role.values()) == run.llm_calls
+        assert all(c["messages"] and c["response"] is not None and c["latency_s"] > 0 for c in run.trace["llm_calls"])
+        assert any(t["tool"] == "sql_db_query" for t in run.trace["tool_calls"])
+        # every LLM/tool run reached the caller's callbacks, named, tagged and attributable
+        assert len(cb.llm) == run.llm_calls
+        for call in cb.llm:
+            md = call["metadata"]
+            assert call["name"] in {"junior:direct", "junior:step_by_step", "junior:decompose", "supervisor", "senior", "reviewer:semantic"}
+            assert md["question_id"] == ex.id and md["db_id"] == ex.db_id and md["run_id"] == run.run_id
+            assert md["rollout_id"] == "ro-test" and md["role"] == call["name"].split(":")[0] and md["node"] in call["tags"]
+            assert call["parent"] in cb.chains  # nested under a graph node's run
+        assert {"sql_db_schema", "sql_db_query"} <= {t["name"] for t in cb.tools}
+        assert all(t["parent"] in cb.chains for t in cb.tools)
+        assert any(c["name"] == "society" and c["parent"] is None for c in cb.chains.values())
+
+
+def test_critical_review_sends_the_question_back_to_the_juniors(smol_server, failing_db):
+    d = _raw()
+    for r in d["roles"]:
+        if r["type"] == "execution_reviewer":
+            r["options"] = {"severity": {"error": "CRITICAL", "no_sql": "CRITICAL"}}
+    d["limits"] = {"max_turns": 2, "max_junior_rounds": 2}
+    run = run_society("How many singers are there?", failing_db, _cfg(smol_server, d))
+    assert run.status == "turn_limit", (run.status, run.error, run.path)
+    assert run.junior_rounds == 2 and [c.round for c in run.choices] == [0, 1]
+    assert run.path.count("junior_direct/draft") == 2 and run.path.count("new_round") == 1
+    first_gate = run.path.index("review_gate")
+    assert run.path[first_gate + 1] == "new_round"
+    assert [r.severity.value for r in run.reviews if r.reviewer == "reviewer_execution"] == ["CRITICAL", "CRITICAL"]
+    assert "senior_rewrite" not in run.path[first_gate:]
+    # nothing executed OK, so the answer is the last chosen candidate's SQL
+    assert run.final_sql == run.choices[-1].chosen.sql and not run.result.ok
+
+
+def test_major_review_goes_to_the_senior_until_the_turn_limit(smol_server, failing_db):
+    d = _raw()
+    d["limits"] = {"max_turns": 3, "max_junior_rounds": 2}
+    for r in d["roles"]:
+        if r["type"] == "execution_reviewer":
+            r["options"] = {"severity": {"error": "MAJOR", "no_sql": "MAJOR"}}
+        if r["type"] == "senior":
+            r["options"] = {"max_turns": 1, "check": "execution"}
+    run = run_society("How many singers are there?", failing_db, _cfg(smol_server, d))
+    assert run.status == "turn_limit" and run.turns == 3
+    assert "new_round" not in run.path and run.path.count("junior_direct/draft") == 1
+    gates = [i for i, n in enumerate(run.path) if n == "review_gate"]
+    assert len(gates) == 3
+    assert all(run.path[i + 1] == "senior_rewrite" for i in gates[:-1]) and run.path[gates[-1] + 1] == "finalize"
+    assert {r.severity.value for r in run.reviews} == {"MAJOR"}
+    rewrites = [t for t in run.senior_turns if t.kind == "rewrite"]
+    assert len(rewrites) == 1 + 2  # one in the first visit (check said incorrect) + one per MAJOR review
+    assert all(t.feedback for t in rewrites)
+
+
+def test_swapping_roles_by_config_only(smol_server):
+    d = _raw()
+    d["roles"].insert(3, {"name": "junior_sketch", "type": "junior", "persona": "sketch", "model": "coder",
+                          "prompt": {"system": "Write one SQLite query for the question. Reply with SQL only.",
+                                     "user": "{schema}\n{feedback}\nQ: {question}"},
+                          "sampling": {"temperature": 0.0, "max_tokens": 64}})
+    sup = next(r for r in d["roles"] if r["type"] == "supervisor")
+    sup.update(policy="llm", options={"skip_when_unanimous": False})
+    cb = Recorder()
+    run = run_society("How many singers are there?", CONCERT, _cfg(smol_server, d), callbacks=[cb])
+    assert "junior_sketch/draft" in run.path
+    assert [c.junior for c in run.candidates][-1] == "junior_sketch" and len(run.candidates) == 4
+    sketch = [c for c in cb.llm if c["name"] == "junior:sketch"]
+    assert sketch and sketch[0]["metadata"]["persona"] == "sketch"
+    assert run.choice.info["configured_policy"] == "llm"
+    if run.choice.policy == "llm" and "skipped" not in run.choice.info:
+        assert any(c["name"] == "supervisor" for c in cb.llm) and "reply" in run.choice.info
+
+
+def test_malformed_output_fails_only_that_candidate(smol_server):
+    d = _raw()
+    d["roles"][0]["sampling"] = {"temperature": 0.0, "max_tokens": 1}  # one token: never a query
+    run = run_society("How many singers are there?", CONCERT, _cfg(smol_server, d))
+    direct = run.choices[0].candidates[0]
+    assert direct.junior == "junior_direct" and direct.sql is None and not direct.ok
+    assert direct.error == "no SQL in the model output" and direct.raw is not None
+    assert run.status in {"approved", "turn_limit", "failed"} and "finalize" in run.path
+    assert run.status != "failed" or run.error  # never crashes; a failure says why
+
+
+def test_senior_on_a_dead_endpoint_fails_the_question_but_keeps_the_candidates(smol_server):
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    d = _raw()
+    d["models"]["senior_model"] = {"base_url": f"http://127.0.0.1:{port}/v1", "model": "gone"}
+    for r in d["roles"]:
+        if r["type"] == "senior":
+            r["model"] = "senior_model"
+    d["llm"] = {"retries": 1, "backoff_s": 0.05, "timeout_s": 120}
+    cfg = SocietyConfig.from_dict(d).with_endpoint("coder", smol_server.base_url, smol_server.model)
+    run = run_society("How many singers are there?", CONCERT, cfg)
+    assert len(run.candidates) == 3 and run.choice is not None
+    if run.choice.chosen is not None:
+        assert run.status == "failed" and run.error.startswith("endpoint: senior")
+        senior_calls = [c for c in run.trace["llm_calls"] if c["role"] == "senior"]
+        assert len(senior_calls) == 1 and senior_calls[0]["attempts"] == 2
+        assert run.final_sql == run.choice.chosen.sql  # the best so far: the chosen candidate
+
+
+@pytest.mark.parametrize("agent", ["single", "write-check-rewrite"])
+def test_baselines(smol_server, agent):
+    run = run_society("How many singers are there?", CONCERT, _cfg(smol_server), agent=agent)
+    assert run.agent == agent and run.path[0] == "prepare" and run.path[-1] == "finalize"
+    assert "supervisor" not in run.path and not run.candidates
+    if agent == "single":
+        assert run.llm_calls == 1 and run.path == ["prepare", "junior_direct/draft", "finalize"] and run.status == "single"
+    else:
+        assert 1 <= run.llm_calls <= 1 + 2 * 3 + 1
+        if run.path[2] == "handover":
+            assert "senior_check" in run.path and run.status in {"approved", "turn_limit"}
