@@ -1,0 +1,193 @@
+"""Phase 1 (training/gather.py) and the society LitAgent (training/agent.py).
+
+The model tests run the real society on real Spider train tasks against the SmolLM2 llama.cpp
+server, through agl.Trainer with two runner processes, into the real SQLite store; the resume
+test SIGKILLs the whole gather process group mid-phase and resumes it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+pytest.importorskip("agentlightning")
+
+from evaluation.rewards import compute_reward  # noqa: E402
+from society.candidate import Candidate  # noqa: E402
+from society.config import SMOKE_CONFIG, SocietyConfig  # noqa: E402
+from society.policies import PolicyContext  # noqa: E402
+from training.agent import ATTR, EpsilonGreedyPolicy, with_exploration  # noqa: E402
+from training.gather import GatherConfig, gather, select_tasks  # noqa: E402
+from training.store import RolloutArchive  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+#: Four train tasks on two small databases (quick for SmolLM2).
+TASKS = ["train-0", "train-1", "train-2", "train-3"]
+
+
+def _cands() -> list[Candidate]:
+    return [
+        Candidate(junior="junior_a", persona="a", sql="SELECT 1", ok=True, result_digest="x", row_count=1),
+        Candidate(junior="junior_b", persona="b", sql="SELECT 2", ok=True, result_digest="y", row_count=1),
+        Candidate(junior="junior_c", persona="c", sql="SELECT 1 ", ok=True, result_digest="x", row_count=1),
+        Candidate(junior="junior_d", persona="d", sql=None, ok=False),
+    ]
+
+
+def test_epsilon_greedy_propensities() -> None:
+    greedy = EpsilonGreedyPolicy(base="majority_vote", epsilon=0.0).choose("q", _cands(), PolicyContext())
+    assert greedy.index == 0 and greedy.info["propensity"] == 1.0 and not greedy.info["explored"]
+
+    always = EpsilonGreedyPolicy(base="majority_vote", epsilon=1.0, seed=3)
+    picks = set()
+    for k in range(40):
+        ch = always.choose(f"q{k}", _cands(), PolicyContext())
+        assert ch.index in (0, 1, 2)  # never the candidate without SQL
+        assert ch.info["propensity"] == pytest.approx(1 / 3)
+        assert ch.info["base_index"] == 0
+        picks.add(ch.index)
+    assert picks == {0, 1, 2}
+
+    half = EpsilonGreedyPolicy(base="majority_vote", epsilon=0.5, seed=1)
+    ch = half.choose("same question", _cands(), PolicyContext())
+    again = EpsilonGreedyPolicy(base="majority_vote", epsilon=0.5, seed=1).choose("same question", _cands(), PolicyContext())
+    assert (ch.index, ch.info["explored"]) == (again.index, again.info["explored"])  # replays identically on resume
+    expected = 0.5 / 3 + (0.5 if ch.index == 0 else 0.0)
+    assert ch.info["propensity"] == pytest.approx(expected)
+
+    with pytest.raises(ValueError, match="epsilon"):
+        EpsilonGreedyPolicy(epsilon=1.5)
+
+
+def test_with_exploration_rewrites_the_supervisor_only() -> None:
+    cfg = SocietyConfig.load(SMOKE_CONFIG)
+    assert with_exploration(cfg, 0.0) is cfg
+    ex = with_exploration(cfg, 0.2, seed=7)
+    sup = ex.role("supervisor")
+    assert sup.policy == "epsilon_greedy"
+    assert sup.options == {"base": cfg.role("supervisor").policy, "base_options": dict(cfg.role("supervisor").options),
+                           "epsilon": 0.2, "seed": 7}
+    assert [r.name for r in ex.roles] == [r.name for r in cfg.roles]
+    assert ex.role("senior") == cfg.role("senior")
+    with pytest.raises(ValueError, match="epsilon"):
+        with_exploration(cfg, -0.1)
+
+
+def test_select_tasks(tmp_path: Path) -> None:
+    tasks = select_tasks(GatherConfig(run_dir=tmp_path, task_ids=["train-3", "train-1"]))
+    assert [t["task_id"] for t in tasks] == ["train-3", "train-1"]
+    assert set(tasks[0]) == {"task_id", "question", "db_id", "db_path", "gold_sql"}
+    assert Path(tasks[0]["db_path"]).is_file()
+    assert len(select_tasks(GatherConfig(run_dir=tmp_path, limit=3))) == 3
+    with pytest.raises(ValueError, match="train-99999"):
+        select_tasks(GatherConfig(run_dir=tmp_path, task_ids=["train-99999"]))
+    with pytest.raises(ValueError, match="n_runners"):
+        GatherConfig(run_dir=tmp_path, n_runners=0)
+
+
+_GATHER_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    sys.path.insert(0, {repo!r})
+    from training.gather import GatherConfig, gather
+    s = gather(GatherConfig(run_dir={run_dir!r}, society_config={config!r}, task_ids={tasks!r}, n_runners=2,
+                            epsilon=0.3, endpoints={{"coder": ({url!r}, {model!r})}}, progress=False))
+    print("SUMMARY " + json.dumps(s.to_json()), flush=True)
+    """
+)
+
+
+def _succeeded(store: Path) -> dict[str, tuple[str | None, float | None]]:
+    if not store.exists():
+        return {}
+    try:
+        with RolloutArchive(store) as arc:
+            return {r.rollout_id: (r.task_id, r.reward) for r in arc.rollouts(status="succeeded")}
+    except Exception:  # noqa: BLE001 - the writer may be creating the schema right now
+        return {}
+
+
+@pytest.mark.model
+def test_gather_killed_and_resumed(tmp_path: Path, smol_server) -> None:
+    run_dir = tmp_path / "run"
+    store = run_dir / "store.sqlite"
+    script = _GATHER_SCRIPT.format(repo=str(REPO), run_dir=str(run_dir), config=str(SMOKE_CONFIG), tasks=TASKS,
+                                   url=smol_server.base_url, model=smol_server.model)
+
+    # 1. start phase 1 in its own process group and SIGKILL all of it once a rollout finished
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True, text=True)
+    deadline = time.time() + 600
+    before: dict[str, tuple[str | None, float | None]] = {}
+    while time.time() < deadline and proc.poll() is None:
+        before = _succeeded(store)
+        if before:
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, f"gather ended before it could be killed:\n{proc.stdout.read()[-3000:]}"
+    assert before, "no rollout finished within 10 minutes"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    after_kill = _succeeded(store)
+    assert set(before) <= set(after_kill)
+    assert len({t for t, _ in after_kill.values()}) < len(TASKS), "the kill came after phase 1 finished"
+
+    # 2. resume in-process: nothing lost, finished tasks not redone, the rest completed
+    summary = gather(GatherConfig(run_dir=run_dir, society_config=SMOKE_CONFIG, task_ids=TASKS, n_runners=2,
+                                  epsilon=0.3, endpoints={"coder": (smol_server.base_url, smol_server.model)},
+                                  progress=False))
+    final = _succeeded(store)
+    for rid, (task, reward) in after_kill.items():
+        assert final[rid] == (task, reward)  # same ids, same rewards
+    done_before = {t for t, _ in after_kill.values()}
+    assert summary.skipped == len(done_before)
+    assert summary.run == len(TASKS) - len(done_before)
+    assert summary.succeeded == summary.run and summary.failed == 0
+    assert sorted(t for t, _ in final.values()) == sorted(TASKS)  # each task exactly once
+    assert json.loads((run_dir / "gather.json").read_text())["stored_succeeded"] == len(TASKS)
+
+    # 3. the killed run's in-flight rollouts were kept, marked cancelled, not counted as done
+    with RolloutArchive(store) as arc:
+        cancelled = arc.rollouts(status="cancelled")
+        assert summary.recovered == len(cancelled)
+        assert all(r.metadata["recovered"] == "cancel" for r in cancelled)
+        _check_society_spans(arc)
+
+    # 4. a third call has nothing left to do
+    again = gather(GatherConfig(run_dir=run_dir, society_config=SMOKE_CONFIG, task_ids=TASKS,
+                                endpoints={"coder": (smol_server.base_url, smol_server.model)}, progress=False))
+    assert (again.skipped, again.run) == (len(TASKS), 0)
+
+
+def _check_society_spans(arc: RolloutArchive) -> None:
+    """The span tree of real society rollouts: LangChain node/LLM spans, the run object, per-role outcomes, reward."""
+    for rec in arc.rollouts(status="succeeded"):
+        spans = arc.spans(rec.rollout_id)
+        outcome = [s for s in spans if s.attributes.get(f"{ATTR}.kind") == "role_outcomes"]
+        assert len(outcome) == 1, [s.name for s in spans]
+        a = outcome[0].attributes
+        assert a[f"{ATTR}.task_id"] == rec.task_id
+        juniors = list(a[f"{ATTR}.juniors"])
+        assert juniors and all(a[f"{ATTR}.junior.{j}.ex"] in (0, 1) for j in juniors)
+        assert a[f"{ATTR}.juniors_correct"] == sum(a[f"{ATTR}.junior.{j}.ex"] for j in juniors)
+        assert a[f"{ATTR}.reward.total"] == pytest.approx(rec.reward)
+        # the reward is the weighted reward of the final SQL against gold, recomputed here
+        task = rec.input
+        expect = compute_reward(a[f"{ATTR}.final.sql"] or None, task["gold_sql"], task["db_path"]).total
+        assert rec.reward == pytest.approx(expect)
+        if f"{ATTR}.supervisor.index" in a:
+            assert 0.0 < a[f"{ATTR}.supervisor.propensity"] <= 1.0  # epsilon=0.3 exploration logged
+        assert any(s.attributes.get(f"{ATTR}.kind") == "society_run" for s in spans)
+        llm = [s for s in spans if any(k.startswith("gen_ai.prompt") for k in s.attributes)]
+        assert llm, "no LLM span reached the store"
+        assert spans[-1].attributes.get("agentlightning.reward.0.value") == pytest.approx(rec.reward)

@@ -1,0 +1,440 @@
+"""The society as an Agent Lightning ``LitAgent``: one rollout = the society answering one Spider task.
+
+:class:`SocietyAgent` runs :func:`society.run.run_society` on a task, with the tracer's LangChain
+callback handler so every graph node, LLM call and tool call becomes a span, scores the final
+SQL with the weighted reward of :func:`evaluation.rewards.compute_reward`, records per-role
+outcomes as spans, and returns the reward (the runner turns it into Agent Lightning's reward
+span; the reward is *returned*, never also emitted).
+
+A rollout's input (a *task*, see :func:`task_from_example`) is a plain dict::
+
+    {"task_id": "train-12", "question": "...", "db_id": "concert_singer",
+     "db_path": "/.../concert_singer.sqlite", "gold_sql": "SELECT ..."}
+
+Resources: every ``agl.LLM`` resource whose name is a model alias of the society config points
+that alias at the resource's endpoint (``config.with_endpoint``), so an algorithm can route the
+juniors or the senior to a new model between rollouts (LoRA adapters, Agent Lightning's LLMProxy).
+
+Spans a society rollout leaves in the store (names as stored; see also ``training.adapter``):
+
+* the AgentOps LangChain handler's spans for the graph run, each node, and each LLM / tool run
+  (LLM spans carry ``gen_ai.prompt.*`` / ``gen_ai.completion.*`` and the LangChain metadata:
+  ``role``, ``role_instance``, ``node``, ``model_alias``, ``question_id``, ``rollout_id``);
+* ``agentlightning.object`` with ``sqlsociety.kind = "society_run"``: the whole
+  ``SocietyRun.to_record()`` as JSON (candidates with execution features, supervisor choices,
+  senior turns, reviews, per-role token counts);
+* ``agentlightning.annotation`` with ``sqlsociety.kind = "role_outcomes"`` and flat attributes
+  (see :func:`role_outcome_attributes`): each junior's EX, the supervisor's choice and whether
+  the chosen candidate was correct, the senior's EX before/after, review verdicts, reward parts;
+* ``agentlightning.annotation`` with ``agentlightning.reward.0.value``: the rollout's reward.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # litellm (imported by agl) stalls on the network otherwise
+os.environ.setdefault("AGENTOPS_LOG_LEVEL", "WARNING")  # AgentOps prints a "session replay" URL per trace otherwise
+
+import agentlightning as agl
+
+from evaluation.ex import execution_match
+from evaluation.rewards import RewardConfig, compute_reward
+from society.candidate import Candidate
+from society.config import ConfigError, SocietyConfig
+from society.policies import POLICIES, PolicyChoice, PolicyContext, SupervisorPolicy, make_policy, usable
+from tools.spider import SpiderExample, database_path, default_data_dir
+
+#: Attribute prefix of this project's span attributes.
+ATTR = "sqlsociety"
+#: ``sqlsociety.kind`` of the outcome annotation and of the run object span.
+KIND_ROLE_OUTCOMES = "role_outcomes"
+KIND_SOCIETY_RUN = "society_run"
+
+
+class RolloutFailed(RuntimeError):
+    """The society could not answer (endpoint down after retries, or the graph crashed).
+
+    Raised from ``rollout`` so Agent Lightning marks the attempt ``failed``; the spans recorded so
+    far (including the outcome annotation) stay in the store.
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# Tracer
+# --------------------------------------------------------------------------------------------
+
+
+class StoreTracer(agl.AgentOpsTracer):
+    """``AgentOpsTracer`` that always submits spans through its ``LightningSpanProcessor``
+    (``store.add_otel_span``, synchronously at span end) instead of the OTLP exporter.
+
+    Why: with ``ClientServerExecutionStrategy`` the runner's store client advertises OTLP, and
+    AgentOpsTracer then exports through AgentOps' ``AuthenticatedOTLPExporter``; with AgentOps
+    0.4.21 and opentelemetry-exporter-otlp-proto-http 1.45 that exporter fails
+    (``'BypassableAuthenticatedOTLPExporter' object has no attribute '_headers'``) and every span
+    except the reward is lost. The span-processor path is Agent Lightning's own non-OTLP path and
+    also guarantees every span is in the store before the attempt is marked finished.
+    """
+
+    def _enable_native_otlp_exporter(self, store: Any, rollout_id: str, attempt_id: str) -> None:
+        self._disable_native_otlp_exporter()
+
+    def get_langchain_handler(self, tags: list[str] | None = None) -> Any:  # type: ignore[override]
+        """AgentOps' LangChain handler, plus each run's name, tags and metadata as span attributes
+        (see :func:`named_langchain_handler`)."""
+        base = super().get_langchain_handler(tags)
+        return named_langchain_handler(base)
+
+
+#: Attribute names the named handler adds to every LangChain span.
+LC_RUN_NAME = "langchain.run_name"
+LC_TAGS = "langchain.tags"
+LC_METADATA = "langchain.metadata"
+
+
+def named_langchain_handler(handler: Any) -> Any:
+    """Make an AgentOps ``LangchainCallbackHandler`` record who ran.
+
+    AgentOps names every span generically (``chain.chain``, ``chat_model.llm``, ``tool.tool``)
+    and drops LangChain's run name, tags and metadata, so a node span cannot be told from
+    another; for chat models it also stores an empty ``gen_ai.prompt`` (it reads the nested
+    message lists as flat). This adds, on every chain / chat-model / LLM / tool span:
+    ``langchain.run_name`` (the graph node or the society's call label such as
+    ``junior:direct``), ``langchain.tags``, ``langchain.metadata.<key>`` for each scalar metadata
+    value (``role``, ``role_instance``, ``node``, ``model_alias``, ``question_id``,
+    ``rollout_id``, ``langgraph_node``, ...), and for chat models ``gen_ai.prompt`` as a JSON list
+    of ``{"role", "content"}`` (OpenAI role names).
+    """
+    import json
+
+    cls = type(handler)
+
+    class _Named(cls):  # type: ignore[misc, valid-type]
+        def _record(self, kwargs: dict[str, Any]) -> None:
+            span = self.active_spans.get(kwargs.get("run_id"))
+            if span is None:
+                return
+            if kwargs.get("name"):
+                span.set_attribute(LC_RUN_NAME, str(kwargs["name"]))
+            if kwargs.get("tags"):
+                span.set_attribute(LC_TAGS, [str(t) for t in kwargs["tags"]])
+            for k, v in (kwargs.get("metadata") or {}).items():
+                if isinstance(v, (str, bool, int, float)):
+                    span.set_attribute(f"{LC_METADATA}.{k}", v)
+
+        def on_chain_start(self, serialized: Any, inputs: Any, **kwargs: Any) -> None:
+            super().on_chain_start(serialized, inputs, **kwargs)
+            self._record(kwargs)
+
+        def on_tool_start(self, serialized: Any, input_str: Any, **kwargs: Any) -> None:
+            super().on_tool_start(serialized, input_str, **kwargs)
+            self._record(kwargs)
+
+        def on_llm_start(self, serialized: Any, prompts: Any, **kwargs: Any) -> None:
+            super().on_llm_start(serialized, prompts, **kwargs)
+            self._record(kwargs)
+
+        def on_chat_model_start(self, serialized: Any, messages: Any, **kwargs: Any) -> None:
+            super().on_chat_model_start(serialized, messages, **kwargs)
+            self._record(kwargs)
+            span = self.active_spans.get(kwargs.get("run_id"))
+            if span is not None:
+                from society.llm import message_dicts
+
+                flat = [m for batch in messages for m in (batch if isinstance(batch, list) else [batch])]
+                span.set_attribute("gen_ai.prompt", json.dumps(message_dicts(flat), ensure_ascii=False))
+
+    named = _Named.__new__(_Named)
+    named.__dict__.update(handler.__dict__)
+    return named
+
+
+# --------------------------------------------------------------------------------------------
+# Supervisor exploration (for logging bandit data during gathering)
+# --------------------------------------------------------------------------------------------
+
+
+class EpsilonGreedyPolicy(SupervisorPolicy):
+    """Explores around a base policy: with probability ``epsilon`` a uniformly random usable
+    candidate, else the base policy's pick.
+
+    The draw is seeded by ``(seed, question, candidate SQL)``, so a task replays identically on
+    resume and different runner processes do not share one random stream.
+
+    ``info`` records ``base_index``, ``explored`` and ``propensity``: the probability this policy
+    had of choosing the returned index, ``(1 - ε)·[index == base] + ε / |usable|``, which the
+    off-policy bandit estimators (inverse propensity scoring) need.
+
+    Options (the supervisor role's ``options:``): ``base`` (policy name, default
+    ``majority_vote``), ``base_options`` (its options), ``epsilon`` in [0, 1], ``seed``.
+    """
+
+    name = "epsilon_greedy"
+
+    def __init__(
+        self,
+        base: str = "majority_vote",
+        base_options: Mapping[str, Any] | None = None,
+        epsilon: float = 0.1,
+        seed: int = 0,
+    ) -> None:
+        if not 0.0 <= float(epsilon) <= 1.0:
+            raise ValueError(f"epsilon={epsilon!r}: the exploration rate must be in [0, 1]")
+        if base == self.name:
+            raise ValueError("epsilon_greedy cannot wrap itself; set `base` to another policy")
+        self.base_name = base
+        self.base = make_policy(base, dict(base_options or {}))
+        self.needs_llm = self.base.needs_llm  # type: ignore[misc]
+        self.epsilon = float(epsilon)
+        self.seed = int(seed)
+
+    def choose(self, question: str, candidates: Sequence[Candidate], context: PolicyContext) -> PolicyChoice:
+        base = self.base.choose(question, candidates, context)
+        idx = usable(candidates)
+        if not idx:
+            return base
+        rng = random.Random(f"{self.seed}|{question}|" + "|".join(c.sql or "" for c in candidates))
+        explored = rng.random() < self.epsilon
+        pick = rng.choice(idx) if explored else base.index
+        prop = self.epsilon / len(idx) + ((1.0 - self.epsilon) if pick == base.index else 0.0)
+        info = {**base.info, "base_policy": self.base_name, "base_index": base.index, "explored": explored,
+                "epsilon": self.epsilon, "propensity": prop}
+        return PolicyChoice(pick, base.scores, info)
+
+
+POLICIES.setdefault(EpsilonGreedyPolicy.name, EpsilonGreedyPolicy)
+
+
+def with_exploration(config: SocietyConfig, epsilon: float, seed: int = 0) -> SocietyConfig:
+    """A copy of ``config`` whose supervisor explores with probability ``epsilon`` around its
+    configured policy (see :class:`EpsilonGreedyPolicy`); ``epsilon == 0`` returns ``config``.
+
+    Raises:
+        ValueError: ``epsilon`` outside [0, 1].
+    """
+    if not 0.0 <= epsilon <= 1.0:
+        raise ValueError(f"exploration epsilon={epsilon!r} must be in [0, 1]")
+    if epsilon == 0.0:
+        return config
+    roles = []
+    for r in config.roles:
+        if r.type == "supervisor" and r.enabled and r.policy != EpsilonGreedyPolicy.name:
+            r = r.model_copy(update={
+                "policy": EpsilonGreedyPolicy.name,
+                "options": {"base": r.policy or "majority_vote", "base_options": dict(r.options),
+                            "epsilon": epsilon, "seed": seed},
+            })
+        roles.append(r)
+    return SocietyConfig.model_validate({**config.model_dump(by_alias=True), "roles": [r.model_dump() for r in roles],
+                                         "models": config.models})
+
+
+# --------------------------------------------------------------------------------------------
+# Tasks
+# --------------------------------------------------------------------------------------------
+
+
+def task_from_example(ex: SpiderExample) -> dict[str, Any]:
+    """The rollout input for one Spider example: ``task_id``, ``question``, ``db_id``, ``db_path``, ``gold_sql``."""
+    return {"task_id": ex.id, "question": ex.question, "db_id": ex.db_id, "db_path": str(ex.db_path),
+            "gold_sql": ex.gold_sql}
+
+
+def _task_db_path(task: Mapping[str, Any], data_dir: Path | None) -> Path:
+    p = Path(str(task.get("db_path") or ""))
+    if p.is_file():
+        return p
+    if task.get("db_id"):
+        q = database_path(data_dir or default_data_dir(), str(task["db_id"]))
+        if q.is_file():
+            return q
+    raise ValueError(f"task {task.get('task_id')!r}: no database at {p} nor for db_id {task.get('db_id')!r}; "
+                     "pass db_path or set SQLSOCIETY_DATA_DIR")
+
+
+# --------------------------------------------------------------------------------------------
+# Per-role outcomes
+# --------------------------------------------------------------------------------------------
+
+
+def role_outcome_attributes(run: Any, gold_sql: str, db_path: str | Path, reward: Any) -> dict[str, Any]:
+    """Flat span attributes (prefix ``sqlsociety.``) giving each role's credit in one run.
+
+    Keys (``J`` = a junior instance name, e.g. ``junior_direct``; ``i`` = review number)::
+
+        task_id, db_id, status, final.sql, final.ex (0/1), final.ex_reason
+        junior.J.index, .persona, .sql, .executes, .fixed, .ex      -- EX of J's candidate vs gold
+        juniors (the names in candidate order), juniors_correct (how many candidates match gold)
+        supervisor.index (-1: none), .choice (junior name), .policy, .chosen_ex, .best_possible
+            (1 if any candidate was correct), .explored, .propensity (when exploring)
+        senior.before_sql, .before_ex, .after_sql, .after_ex, .turns, .improved (-1/0/+1)
+        review.i.reviewer, .verdict, .severity
+        reward.total and reward.<component> (see evaluation.rewards.COMPONENT_RANGES)
+
+    EX is :func:`evaluation.ex.execution_match` (Spider's test-suite rule) on ``db_path``.
+    """
+    ex_cache: dict[str, tuple[int, str]] = {}
+
+    def ex(sql: str | None) -> tuple[int, str]:
+        key = sql or ""
+        if key not in ex_cache:
+            m = execution_match(db_path, sql, gold_sql)
+            ex_cache[key] = (int(m.match), m.reason)
+        return ex_cache[key]
+
+    a: dict[str, Any] = {
+        f"{ATTR}.kind": KIND_ROLE_OUTCOMES,
+        f"{ATTR}.task_id": run.question_id,
+        f"{ATTR}.db_id": run.db_id,
+        f"{ATTR}.status": run.status,
+        f"{ATTR}.final.sql": run.final_sql or "",
+    }
+    a[f"{ATTR}.final.ex"], a[f"{ATTR}.final.ex_reason"] = ex(run.final_sql)
+    names, correct = [], 0
+    for i, c in enumerate(run.candidates):
+        p = f"{ATTR}.junior.{c.junior}"
+        cex = ex(c.sql)[0]
+        correct += cex
+        names.append(c.junior)
+        a.update({f"{p}.index": i, f"{p}.persona": c.persona, f"{p}.sql": c.sql or "", f"{p}.executes": int(c.ok),
+                  f"{p}.fixed": int(c.fixed), f"{p}.ex": cex})
+    a[f"{ATTR}.juniors"] = names
+    a[f"{ATTR}.juniors_correct"] = correct
+    ch = run.choice
+    if ch is not None:
+        chosen = ch.chosen
+        a.update({
+            f"{ATTR}.supervisor.index": ch.index,
+            f"{ATTR}.supervisor.choice": chosen.junior if chosen else "",
+            f"{ATTR}.supervisor.policy": ch.policy,
+            f"{ATTR}.supervisor.chosen_ex": ex(chosen.sql)[0] if chosen else 0,
+            f"{ATTR}.supervisor.best_possible": int(correct > 0),
+        })
+        if "explored" in ch.info:
+            a[f"{ATTR}.supervisor.explored"] = int(bool(ch.info["explored"]))
+            a[f"{ATTR}.supervisor.propensity"] = float(ch.info.get("propensity", 1.0))
+        before, after = run.senior_before_after()
+        bex, aex = ex(before)[0], ex(after)[0]
+        a.update({
+            f"{ATTR}.senior.before_sql": before or "", f"{ATTR}.senior.before_ex": bex,
+            f"{ATTR}.senior.after_sql": after or "", f"{ATTR}.senior.after_ex": aex,
+            f"{ATTR}.senior.turns": len(run.senior_turns), f"{ATTR}.senior.improved": aex - bex,
+        })
+    for i, r in enumerate(run.reviews):
+        a.update({f"{ATTR}.review.{i}.reviewer": r.reviewer, f"{ATTR}.review.{i}.verdict": str(r.verdict.value),
+                  f"{ATTR}.review.{i}.severity": str(r.severity.value) if r.severity else ""})
+    a[f"{ATTR}.reward.total"] = float(reward.total)
+    for k, v in reward.components().items():
+        a[f"{ATTR}.reward.{k}"] = float(v)
+    return a
+
+
+# --------------------------------------------------------------------------------------------
+# The LitAgent
+# --------------------------------------------------------------------------------------------
+
+
+class SocietyAgent(agl.LitAgent[dict]):
+    """Runs the society on one task and returns its reward (Agent Lightning ``LitAgent``).
+
+    Args:
+        config: the society config (a :class:`SocietyConfig` or a YAML path). Embedded model
+            aliases must be given an endpoint, either here (``endpoints``) or as ``agl.LLM``
+            resources named after the alias (what :func:`training.gather.gather` does).
+        endpoints: alias -> ``(base_url, model)`` applied to the config once.
+        reward: weights of the reward (default :class:`evaluation.rewards.RewardConfig`, unit
+            range [0, 1]).
+        data_dir: where to find a task's database when its ``db_path`` is not a file.
+
+    ``rollout`` returns the reward (``reward.total``) as a float; it raises
+    :class:`RolloutFailed` when the society run failed (the attempt is then ``failed``).
+    """
+
+    def __init__(
+        self,
+        config: SocietyConfig | str | os.PathLike[str],
+        *,
+        endpoints: Mapping[str, tuple[str, str]] | None = None,
+        reward: RewardConfig | None = None,
+        data_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        super().__init__()
+        cfg = config if isinstance(config, SocietyConfig) else SocietyConfig.load(config)
+        for alias, (base_url, model) in (endpoints or {}).items():
+            cfg = cfg.with_endpoint(alias, base_url, model)
+        self.config = cfg
+        self.reward_config = reward or RewardConfig()
+        self.data_dir = Path(data_dir) if data_dir else None
+
+    def config_for(self, resources: Mapping[str, Any] | None, rollout: Any = None) -> SocietyConfig:
+        """The society config with every ``agl.LLM`` resource named after a model alias applied.
+
+        Raises:
+            ConfigError: an alias used by a role is still ``embedded`` (no server was given for it).
+        """
+        cfg = self.config
+        for name, res in (resources or {}).items():
+            if isinstance(res, agl.LLM) and name in cfg.models:
+                url = res.get_base_url(rollout.rollout_id, rollout.attempt.attempt_id) if rollout is not None and hasattr(rollout, "attempt") else res.endpoint
+                cfg = cfg.with_endpoint(name, url, res.model)
+        missing = cfg.embedded_aliases()
+        if missing:
+            raise ConfigError(
+                f"model alias(es) {sorted(missing)} are embedded models with no endpoint; start their servers and pass "
+                "them as agl.LLM resources named after the alias (training.gather does this) or as `endpoints=`"
+            )
+        return cfg
+
+    def rollout(self, task: dict[str, Any], resources: agl.NamedResources, rollout: agl.Rollout) -> float:
+        """Answer ``task`` with the society and return the reward in the reward config's range."""
+        from society.run import run_society
+
+        for key in ("task_id", "question", "gold_sql"):
+            if not task.get(key):
+                raise ValueError(f"rollout input lacks {key!r}; build tasks with training.agent.task_from_example")
+        db_path = _task_db_path(task, self.data_dir)
+        cfg = self.config_for(resources, rollout)
+        tracer = self._active_tracer()
+        handler = tracer.get_langchain_handler() if tracer is not None else None
+        run = run_society(
+            task["question"], db_path, cfg,
+            question_id=str(task["task_id"]), db_id=task.get("db_id"),
+            callbacks=[handler] if handler is not None else None,
+            metadata={"rollout_id": rollout.rollout_id, "task_id": str(task["task_id"])},
+        )
+        reward = compute_reward(run.final_sql, task["gold_sql"], db_path, self.reward_config)
+        agl.emit_object(_jsonable(run.to_record()), attributes={f"{ATTR}.kind": KIND_SOCIETY_RUN,
+                                                                f"{ATTR}.task_id": str(task["task_id"])})
+        agl.emit_annotation(role_outcome_attributes(run, task["gold_sql"], db_path, reward))
+        if run.failed:
+            raise RolloutFailed(f"task {task['task_id']}: {run.error}")
+        return float(reward.total)
+
+    def _active_tracer(self) -> Any:
+        """The runner's tracer, or None when called outside a runner (e.g. directly in a test)."""
+        try:
+            return self.tracer
+        except (ValueError, AttributeError):
+            return None
+
+
+_CTRL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+
+
+def _jsonable(obj: Any) -> Any:
+    """Drop values JSON cannot hold (bytes from SQLite BLOBs) so ``emit_object`` never fails."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, bytes):
+        return f"<{len(obj)} bytes>"
+    if isinstance(obj, str):
+        return _CTRL.sub("", obj)
+    return obj

@@ -1,0 +1,342 @@
+"""Phase 1 -- gather: the baseline society over a training split fills the persistent store.
+
+:func:`gather` runs :class:`training.agent.SocietyAgent` on Spider tasks through
+``agl.Trainer(n_runners=..., store=SqliteLightningStore(RUN_DIR/store.sqlite))``; the
+algorithm is :class:`GatherAlgorithm`, an Agent Lightning ``FastAlgorithm`` that only streams
+tasks through the rollout queue and waits for them (no learning; the later phases learn from
+what it stored). Every finished rollout -- spans, reward, per-role outcomes -- is committed to
+SQLite the moment it finishes, so a run killed at any point resumes: tasks with a succeeded
+rollout in the store are skipped (``redo_failed`` decides for failed ones), nothing stored is
+lost, and rollouts left running by the dead process are marked ``cancelled``.
+
+Usage::
+
+    from training.gather import GatherConfig, gather
+    summary = gather(GatherConfig(run_dir="runs/train-1", society_config="configs/smoke.yaml", limit=20))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack, contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+import agentlightning as agl
+from agentlightning.types import RolloutConfig
+
+from evaluation.rewards import RewardConfig
+from society.config import SocietyConfig
+from tools.spider import load_examples
+from training.agent import SocietyAgent, StoreTracer, task_from_example, with_exploration
+from training.store import RolloutArchive, SqliteLightningStore
+
+logger = logging.getLogger(__name__)
+
+#: File name of the store inside a run directory.
+STORE_FILE = "store.sqlite"
+
+
+@dataclass
+class GatherConfig:
+    """Settings of phase 1 (TRL-style config dataclass).
+
+    Attributes:
+        run_dir: the run directory; the store is ``run_dir/store.sqlite`` (created or resumed).
+        society_config: the society YAML (or a loaded :class:`SocietyConfig`); default the
+            package default (``configs/society.yaml``).
+        split: Spider split to gather on (``train``, ``dev``, ...).
+        data_dir: Spider-format directory; default ``tools.spider.default_data_dir()``.
+        limit: use the first ``limit`` tasks of the split (after ``task_ids`` filtering); None = all.
+        task_ids: only these task ids (e.g. ``["train-0", "train-5"]``); None = all.
+        n_runners: parallel Agent Lightning runner processes (>= 1).
+        epsilon: supervisor exploration rate in [0, 1] (``training.agent.EpsilonGreedyPolicy``
+            around the configured policy), so the bandit of phase 4 gets logged propensities.
+        exploration_seed: seed of the exploration draws.
+        reward: reward weights (default ``RewardConfig()``, range [0, 1]).
+        redo_failed: on resume, run again tasks whose rollouts all failed (endpoint down, crash).
+        max_attempts: attempts per rollout (Agent Lightning retries failed/timed-out attempts).
+        rollout_timeout_s: wall-clock limit of one attempt in seconds (None: no limit).
+        endpoints: model alias -> ``(base_url, model)``; aliases not given and marked ``embedded``
+            get a llama.cpp server started for the run (``society.commands.serving``).
+        port: port of Agent Lightning's store server; None picks a free loopback port.
+        poll_interval_s: how often the algorithm checks for finished rollouts.
+        progress: show a Rich progress bar on stderr.
+    """
+
+    run_dir: str | os.PathLike[str]
+    society_config: str | os.PathLike[str] | SocietyConfig | None = None
+    split: str = "train"
+    data_dir: str | os.PathLike[str] | None = None
+    limit: int | None = None
+    task_ids: Sequence[str] | None = None
+    n_runners: int = 2
+    epsilon: float = 0.0
+    exploration_seed: int = 0
+    reward: RewardConfig | None = None
+    redo_failed: bool = True
+    max_attempts: int = 1
+    rollout_timeout_s: float | None = None
+    endpoints: Mapping[str, tuple[str, str]] | None = None
+    port: int | None = None
+    poll_interval_s: float = 0.5
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.n_runners < 1:
+            raise ValueError(f"GatherConfig.n_runners={self.n_runners}; use at least 1 runner")
+        if self.limit is not None and self.limit < 0:
+            raise ValueError(f"GatherConfig.limit={self.limit}; use None (all tasks) or a count >= 0")
+        if not 0.0 <= self.epsilon <= 1.0:
+            raise ValueError(f"GatherConfig.epsilon={self.epsilon}; the exploration rate must be in [0, 1]")
+        if self.max_attempts < 1:
+            raise ValueError(f"GatherConfig.max_attempts={self.max_attempts}; use at least 1")
+
+    @property
+    def store_path(self) -> Path:
+        return Path(self.run_dir) / STORE_FILE
+
+
+@dataclass
+class GatherSummary:
+    """What one :func:`gather` call did.
+
+    Attributes:
+        store_path: the SQLite store.
+        tasks: tasks selected by the config.
+        skipped: tasks already done in the store (resume), not run again.
+        recovered: rollouts left unfinished by a previous process and marked cancelled.
+        run: tasks enqueued by this call.
+        succeeded / failed: outcomes of this call's rollouts (failed includes cancelled).
+        mean_reward: mean reward of this call's succeeded rollouts (None if none).
+        stored_succeeded: succeeded rollouts in the store after the call (all calls).
+        seconds: wall time of the call.
+    """
+
+    store_path: str
+    tasks: int
+    skipped: int
+    recovered: int
+    run: int
+    succeeded: int
+    failed: int
+    mean_reward: float | None
+    stored_succeeded: int
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class GatherAlgorithm(agl.FastAlgorithm):
+    """Streams tasks through the store's rollout queue and waits for them; learns nothing.
+
+    Keeps at most ``max_in_flight`` rollouts queued or running, publishes ``resources`` once
+    (model endpoints as ``agl.LLM`` named by alias), and calls ``on_finished(rollout)`` for each
+    finished rollout (from the algorithm's event loop).
+
+    Args:
+        resources: named resources published before the first rollout.
+        max_in_flight: queue depth (>= 1); ``n_runners + 1`` keeps every runner busy.
+        rollout_config: retries / timeouts of each rollout.
+        poll_interval_s: wait granularity in seconds.
+        on_finished: callback per finished rollout.
+    """
+
+    def __init__(
+        self,
+        resources: agl.NamedResources,
+        *,
+        max_in_flight: int,
+        rollout_config: RolloutConfig | None = None,
+        poll_interval_s: float = 0.5,
+        on_finished: Callable[[agl.Rollout], None] | None = None,
+    ) -> None:
+        super().__init__()
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight={max_in_flight}; must be >= 1")
+        self.resources = resources
+        self.max_in_flight = max_in_flight
+        self.rollout_config = rollout_config
+        self.poll_interval_s = poll_interval_s
+        self.on_finished = on_finished
+        self.finished: list[agl.Rollout] = []
+
+    async def run(self, train_dataset: Any = None, val_dataset: Any = None) -> None:  # type: ignore[override]
+        store = self.get_store()
+        tasks = [train_dataset[i] for i in range(len(train_dataset))] if train_dataset is not None else []
+        if not tasks:
+            return
+        update = await store.add_resources(self.resources)
+        pending: set[str] = set()
+        next_task = 0
+        while next_task < len(tasks) or pending:
+            while next_task < len(tasks) and len(pending) < self.max_in_flight:
+                task = tasks[next_task]
+                r = await store.enqueue_rollout(
+                    input=task, mode="train", resources_id=update.resources_id, config=self.rollout_config,
+                    metadata={"task_id": task.get("task_id"), "phase": "gather"},
+                )
+                pending.add(r.rollout_id)
+                next_task += 1
+            done = await store.wait_for_rollouts(rollout_ids=sorted(pending), timeout=self.poll_interval_s)
+            for r in done:
+                if r.rollout_id in pending:
+                    pending.discard(r.rollout_id)
+                    self.finished.append(r)
+                    if self.on_finished is not None:
+                        self.on_finished(r)
+            if not done:
+                await asyncio.sleep(0.05)
+
+
+def select_tasks(config: GatherConfig) -> list[dict[str, Any]]:
+    """The tasks the config selects, in split order (``training.agent.task_from_example`` dicts).
+
+    Raises:
+        ValueError: ``task_ids`` names ids not in the split.
+        tools.spider.DataError: the split cannot be read.
+    """
+    examples = load_examples(config.data_dir, config.split)
+    if config.task_ids is not None:
+        wanted = list(dict.fromkeys(config.task_ids))
+        by_id = {e.id: e for e in examples}
+        missing = [t for t in wanted if t not in by_id]
+        if missing:
+            raise ValueError(f"task ids {missing[:5]} are not in split {config.split!r} (ids look like '{config.split}-0')")
+        examples = [by_id[t] for t in wanted]
+    if config.limit is not None:
+        examples = examples[: config.limit]
+    return [task_from_example(e) for e in examples]
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for Agent Lightning's store server)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def _model_endpoints(cfg: SocietyConfig, given: Mapping[str, tuple[str, str]] | None) -> Iterator[dict[str, tuple[str, str]]]:
+    """Alias -> (base_url, model) for every alias a role uses; embedded ones not in ``given`` are served here."""
+    given = dict(given or {})
+    for alias in given:
+        if alias not in cfg.models:
+            raise ValueError(f"endpoints names model alias {alias!r}, not in the config's models {sorted(cfg.models)}")
+    need = {a for a in cfg.embedded_aliases() if a not in given}
+    if not need:
+        yield given
+        return
+    from society.commands import serving
+
+    sub = cfg.model_copy(update={"models": {a: m for a, m in cfg.models.items() if a in need}})
+    sub = sub.model_copy(update={"roles": [r for r in cfg.roles if r.model in need]})
+    with serving(sub, quiet=True) as eps:
+        yield {**given, **{a: (e.base_url, e.model) for a, e in eps.items()}}
+
+
+def _progress(enabled: bool, total: int, already: int) -> Any:
+    if not enabled:
+        return nullcontext(None)
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[bold]phase 1 gather[/bold]"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=False,
+    )
+
+
+def gather(config: GatherConfig) -> GatherSummary:
+    """Run phase 1: the society on every selected task not yet done, through ``agl.Trainer``.
+
+    Resumable: call it again with the same ``run_dir`` after a crash or kill; finished rollouts
+    are kept and their tasks skipped.
+
+    Returns:
+        :class:`GatherSummary` (also written to ``run_dir/gather.json``).
+
+    Raises:
+        training.store.StoreLockedError: another process is gathering into the same run dir.
+        society.config.ConfigError: unusable society config.
+        ValueError: bad task selection or endpoints.
+    """
+    t0 = time.perf_counter()
+    run_dir = Path(config.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    sc = config.society_config
+    cfg = sc if isinstance(sc, SocietyConfig) else SocietyConfig.load(sc)
+    cfg = with_exploration(cfg, config.epsilon, config.exploration_seed)
+    tasks = select_tasks(config)
+
+    store = SqliteLightningStore(config.store_path, recover="cancel")
+    with ExitStack() as stack0:
+        stack0.callback(store.close)
+        archive = store.archive
+        stack0.callback(archive.close)
+        statuses = ("succeeded",) if config.redo_failed else ("succeeded", "failed")
+        done = archive.done_task_ids(statuses)
+        todo = [t for t in tasks if t["task_id"] not in done]
+        skipped = len(tasks) - len(todo)
+        finished: list[agl.Rollout] = []
+        rewards: dict[str, float | None] = {}
+
+        with ExitStack() as stack:
+            progress = stack.enter_context(_progress(config.progress, len(tasks), skipped))
+            bar = progress.add_task("gather", total=len(tasks), completed=skipped, info="") if progress else None
+
+            def on_finished(r: agl.Rollout) -> None:
+                finished.append(r)
+                if r.status == "succeeded":
+                    rewards[r.rollout_id] = archive.rollout(r.rollout_id).reward
+                if progress is not None:
+                    ok = [v for v in rewards.values() if v is not None]
+                    info = f"ok {len(ok)} failed {len(finished) - len(rewards)}" + (
+                        f" mean reward {sum(ok) / len(ok):.3f}" if ok else "")
+                    progress.update(bar, advance=1, info=info)
+
+            if todo:
+                endpoints = stack.enter_context(_model_endpoints(cfg, config.endpoints))
+                resources = {alias: agl.LLM(endpoint=url, model=model) for alias, (url, model) in endpoints.items()}
+                agent = SocietyAgent(cfg, reward=config.reward, data_dir=config.data_dir)
+                algorithm = GatherAlgorithm(
+                    resources,
+                    max_in_flight=config.n_runners + 1,
+                    rollout_config=RolloutConfig(
+                        timeout_seconds=config.rollout_timeout_s, max_attempts=config.max_attempts,
+                        retry_condition=["failed", "timeout", "unresponsive"] if config.max_attempts > 1 else [],
+                    ),
+                    poll_interval_s=config.poll_interval_s,
+                    on_finished=on_finished,
+                )
+                trainer = agl.Trainer(
+                    n_runners=config.n_runners, store=store, algorithm=algorithm, tracer=StoreTracer(),
+                    port=config.port or free_port(),
+                )
+                trainer.fit(agent, train_dataset=todo)
+
+        ok = [v for v in rewards.values() if v is not None]
+        summary = GatherSummary(
+            store_path=str(config.store_path),
+            tasks=len(tasks),
+            skipped=skipped,
+            recovered=len(store.recovered),
+            run=len(todo),
+            succeeded=sum(1 for r in finished if r.status == "succeeded"),
+            failed=sum(1 for r in finished if r.status != "succeeded"),
+            mean_reward=(sum(ok) / len(ok)) if ok else None,
+            stored_succeeded=len(archive.rollouts(status="succeeded")),
+            seconds=time.perf_counter() - t0,
+        )
+    (run_dir / "gather.json").write_text(json.dumps(summary.to_json(), indent=2) + "\n")
+    return summary
