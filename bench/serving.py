@@ -14,7 +14,7 @@ recomputes the prompt. Prints, per model:
 
 Also times a one-process, two-alias server (``LlamaServer.multi``) switching between the models.
 
-Run: ``PYTHONPATH=. python3 bench/serving.py [--models smollm2-135m qwen2.5-coder-0.5b] [--max-tokens 64]``
+Run: ``python3 bench/serving.py [--models smollm2-135m qwen2.5-coder-0.5b] [--max-tokens 64]``
 """
 
 from __future__ import annotations
@@ -22,11 +22,18 @@ from __future__ import annotations
 import argparse
 import re
 import statistics
+import sys
 import time
+from pathlib import Path
 
-from openai import OpenAI
+# bench/society.py would shadow the `society` package when this file is run as a script
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
 
-from society.models import EMBEDDED_MODELS, LlamaServer, ServedModel, ensure_model, serve_embedded
+from openai import OpenAI  # noqa: E402
+
+from society.models import EMBEDDED_MODELS, LlamaServer, ServedModel, ensure_model, serve_embedded  # noqa: E402
 
 SYSTEM = "You are an expert SQLite assistant. Answer with one SQL query and nothing else."
 QUESTION = (
@@ -77,6 +84,7 @@ def bench_model(alias: str, max_tokens: int) -> dict:
         warm = _request(client, srv.model, QUESTION, max_tokens)
         return {
             "alias": alias,
+            "threads": f"{srv.n_threads}/{srv.n_threads_batch}",
             "startup_s": srv.startup_s,
             "prompt_tokens": cold[-1][1],
             "completion_tokens": cold[-1][2],
@@ -107,12 +115,16 @@ def main() -> None:
     ap.add_argument("--no-multi", action="store_true", help="skip the one-process multi-alias measurement")
     args = ap.parse_args()
 
-    print(f"{'model':<20} {'start s':>8} {'prompt tok':>10} {'compl tok':>9} {'cold s':>7} {'warm s':>7} "
+    import os
+
+    print(f"1-min load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
+          "(llama.cpp threads collapse when cores are shared; see society.models.default_threads)")
+    print(f"{'model':<20} {'threads':>7} {'start s':>8} {'prompt tok':>10} {'compl tok':>9} {'cold s':>7} {'warm s':>7} "
           f"{'tok/s':>6} {'prompt tok/s':>12} {'decode tok/s':>12}  reply")
     for alias in args.models:
         r = bench_model(alias, args.max_tokens)
         fmt = lambda x: f"{x:.1f}" if x is not None else "-"  # noqa: E731
-        print(f"{r['alias']:<20} {r['startup_s']:>8.2f} {r['prompt_tokens']:>10} {r['completion_tokens']:>9} "
+        print(f"{r['alias']:<20} {r['threads']:>7} {r['startup_s']:>8.2f} {r['prompt_tokens']:>10} {r['completion_tokens']:>9} "
               f"{r['cold_s']:>7.2f} {r['warm_s']:>7.2f} {r['tok_s']:>6.1f} {fmt(r['prompt_rate']):>12} "
               f"{fmt(r['decode_rate']):>12}  {r['reply']}")
     if not args.no_multi and len(args.models) > 1:

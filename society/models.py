@@ -665,11 +665,13 @@ class LlamaServer:
             args: list[str] = []
             for k, v in self._model_settings(self.served[0]).items():
                 args += [f"--{k}", str(v).lower() if isinstance(v, bool) else str(v)]
-            args += ["--host", self.host, "--port", str(self.port), *self.extra_args]
+            # interrupt_requests=false: by default a new request aborts a running *streamed* one
+            args += ["--host", self.host, "--port", str(self.port), "--interrupt_requests", "false", *self.extra_args]
             return base + args
         cfg = {
             "host": self.host,
             "port": self.port,
+            "interrupt_requests": False,
             "models": [self._model_settings(m) for m in self.served],
         }
         fd, name = tempfile.mkstemp(prefix="sqlsociety-llama-", suffix=".json")
