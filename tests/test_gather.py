@@ -31,8 +31,17 @@ from training.gather import GatherConfig, gather, select_tasks  # noqa: E402
 from training.store import RolloutArchive  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-#: Four train tasks on two small databases (quick for SmolLM2).
-TASKS = ["train-0", "train-1", "train-2", "train-3"]
+#: Three train tasks (one small database).
+TASKS = ["train-0", "train-1", "train-2"]
+
+
+def _quick_config(tmp_path: Path) -> Path:
+    """The smoke society with one junior round and one review turn (fewer SmolLM2 calls per rollout)."""
+    cfg = SocietyConfig.load(SMOKE_CONFIG)
+    cfg = cfg.model_copy(update={"limits": cfg.limits.model_copy(update={"max_turns": 1, "max_junior_rounds": 1})})
+    path = tmp_path / "quick.yaml"
+    path.write_text(cfg.to_yaml())
+    return path
 
 
 def _cands() -> list[Candidate]:
@@ -121,7 +130,8 @@ def _succeeded(store: Path) -> dict[str, tuple[str | None, float | None]]:
 def test_gather_killed_and_resumed(tmp_path: Path, smol_server) -> None:
     run_dir = tmp_path / "run"
     store = run_dir / "store.sqlite"
-    script = _GATHER_SCRIPT.format(repo=str(REPO), run_dir=str(run_dir), config=str(SMOKE_CONFIG), tasks=TASKS,
+    config = _quick_config(tmp_path)
+    script = _GATHER_SCRIPT.format(repo=str(REPO), run_dir=str(run_dir), config=str(config), tasks=TASKS,
                                    url=smol_server.base_url, model=smol_server.model)
 
     # 1. start phase 1 in its own process group and SIGKILL all of it once a rollout finished
@@ -143,7 +153,7 @@ def test_gather_killed_and_resumed(tmp_path: Path, smol_server) -> None:
     assert len({t for t, _ in after_kill.values()}) < len(TASKS), "the kill came after phase 1 finished"
 
     # 2. resume in-process: nothing lost, finished tasks not redone, the rest completed
-    summary = gather(GatherConfig(run_dir=run_dir, society_config=SMOKE_CONFIG, task_ids=TASKS, n_runners=2,
+    summary = gather(GatherConfig(run_dir=run_dir, society_config=config, task_ids=TASKS, n_runners=2,
                                   epsilon=0.3, endpoints={"coder": (smol_server.base_url, smol_server.model)},
                                   progress=False))
     final = _succeeded(store)
@@ -164,7 +174,7 @@ def test_gather_killed_and_resumed(tmp_path: Path, smol_server) -> None:
         _check_society_spans(arc)
 
     # 4. a third call has nothing left to do
-    again = gather(GatherConfig(run_dir=run_dir, society_config=SMOKE_CONFIG, task_ids=TASKS,
+    again = gather(GatherConfig(run_dir=run_dir, society_config=config, task_ids=TASKS,
                                 endpoints={"coder": (smol_server.base_url, smol_server.model)}, progress=False))
     assert (again.skipped, again.run) == (len(TASKS), 0)
 

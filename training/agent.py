@@ -268,7 +268,7 @@ def role_outcome_attributes(run: Any, gold_sql: str, db_path: str | Path, reward
 
     Keys (``J`` = a junior instance name, e.g. ``junior_direct``; ``i`` = review number)::
 
-        task_id, db_id, status, final.sql, final.ex (0/1), final.ex_reason
+        task_id, db_id, db_path, gold_sql, status, final.sql, final.ex (0/1), final.ex_reason
         junior.J.index, .persona, .sql, .executes, .fixed, .ex      -- EX of J's candidate vs gold
         juniors (the names in candidate order), juniors_correct (how many candidates match gold)
         supervisor.index (-1: none), .choice (junior name), .policy, .chosen_ex, .best_possible
@@ -292,6 +292,8 @@ def role_outcome_attributes(run: Any, gold_sql: str, db_path: str | Path, reward
         f"{ATTR}.kind": KIND_ROLE_OUTCOMES,
         f"{ATTR}.task_id": run.question_id,
         f"{ATTR}.db_id": run.db_id,
+        f"{ATTR}.db_path": str(db_path),
+        f"{ATTR}.gold_sql": gold_sql,
         f"{ATTR}.status": run.status,
         f"{ATTR}.final.sql": run.final_sql or "",
     }
