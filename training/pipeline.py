@@ -1,0 +1,454 @@
+"""``sqlsociety train``: the four-phase pipeline, each role trained with the method that fits it.
+
+Data flow (one run directory holds everything)::
+
+    Spider train tasks --(phase 1: society rollouts on agl.Trainer)--> RUN_DIR/store.sqlite (spans, rewards)
+    store --HierarchicalTraceAdapter.to_sft-->    juniors' conversations --(phase 2: SFT, LoRA)--> junior adapter
+    store --HierarchicalTraceAdapter.to_rl-->     senior prompts         --(phase 3: GRPO, LoRA)--> senior adapter
+    store --HierarchicalTraceAdapter.to_bandit--> (context, action, reward) --(phase 4: bandit)-->  supervisor policy
+    adapters --> GGUF LoRA --> llama.cpp server --> the role's model alias is routed to it
+
+Before phase 1 and after each of phases 2-4 the society is evaluated on a fixed dev subset
+(``RUN_DIR/eval/<stage>.jsonl``), so every phase prints EX before/after on the same questions.
+
+Resume: each phase writes ``RUN_DIR/phases/<k>-<name>/done.json`` when it finishes; a run started
+with ``--resume RUN_DIR`` skips finished phases (re-serving their artifacts) and phase 1 skips the
+tasks already in the store, so a killed run loses no rollout and redoes no phase.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+logger = logging.getLogger(__name__)
+
+#: Shipped training profiles (copy one and edit it).
+PROFILE_DIR = Path(__file__).resolve().parent.parent / "configs" / "train"
+PROFILES = ("smoke", "default")
+
+#: Phase number -> name; stages evaluated on the dev subset: baseline, then one after each of 2-4.
+PHASES: dict[int, str] = {1: "gather", 2: "sft", 3: "grpo", 4: "bandit"}
+STAGE_AFTER_PHASE = {2: "sft", 3: "grpo", 4: "bandit"}
+
+#: Alias the pipeline gives the juniors / the senior when they share a model alias with other roles,
+#: so that routing a trained adapter changes that role only.
+JUNIOR_ALIAS = "junior_policy"
+SENIOR_ALIAS = "senior_policy"
+
+
+class TrainConfigError(ValueError):
+    """An unusable training profile; the message names the file/field and the fix."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GatherSection(_Section):
+    """Phase 1: ``limit`` train tasks (first in file order after ``offset``), ``n_runners`` parallel
+    Agent Lightning runners, supervisor exploration rate ``epsilon`` in [0, 1]."""
+
+    split: str = "train"
+    limit: int = Field(8, ge=1)
+    offset: int = Field(0, ge=0)
+    n_runners: int = Field(1, ge=1)
+    epsilon: float = Field(0.2, ge=0.0, le=1.0)
+    rollout_timeout_s: float | None = 900.0
+
+
+class EvalSection(_Section):
+    """The fixed dev subset: ``limit`` questions drawn with ``seed`` from ``split`` (same every stage)."""
+
+    split: str = "dev"
+    limit: int = Field(10, ge=1)
+    seed: int = 0
+    concurrency: int = Field(1, ge=1)
+
+
+class TrainConfig(_Section):
+    """A training profile (``configs/train/<profile>.yaml``), validated.
+
+    Attributes:
+        name: profile name (shown in reports).
+        society_config: society YAML (relative paths resolve against the repo root).
+        base_model: embedded alias or GGUF path the juniors and the senior are fine-tuned from
+            (must be the model the society's junior/senior aliases serve).
+        data_dir: Spider-format directory (None: the bundled copy).
+        gather / eval: see :class:`GatherSection` / :class:`EvalSection`.
+        sft / grpo / bandit: keyword arguments of :class:`training.sft.JuniorSFTConfig`,
+            :class:`training.grpo.SeniorGRPOConfig`, :class:`training.bandit.BanditConfig`
+            (``output_dir`` is set by the pipeline).
+        adapter: selection thresholds of :class:`training.adapter.HierarchicalTraceAdapter`
+            views (``sft_min_reward``, ...).
+        reward: keyword arguments of :class:`evaluation.rewards.RewardConfig`.
+    """
+
+    name: str = "custom"
+    society_config: str = "configs/smoke.yaml"
+    base_model: str = "smollm2-135m"
+    data_dir: str | None = None
+    gather: GatherSection = Field(default_factory=GatherSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
+    sft: dict[str, Any] = Field(default_factory=dict)
+    grpo: dict[str, Any] = Field(default_factory=dict)
+    bandit: dict[str, Any] = Field(default_factory=dict)
+    adapter: dict[str, Any] = Field(default_factory=dict)
+    reward: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path_or_profile: str | Path | None = None) -> "TrainConfig":
+        """Load a profile name (``smoke``, ``default``) or a YAML path.
+
+        Raises:
+            TrainConfigError: unknown profile, unreadable file or invalid fields.
+        """
+        p = path_or_profile or "default"
+        path = PROFILE_DIR / f"{p}.yaml" if str(p) in PROFILES else Path(p)
+        if not path.is_file():
+            raise TrainConfigError(f"training profile {p!r} not found (looked at {path}); use one of "
+                                   f"{', '.join(PROFILES)} or a YAML path (copy {PROFILE_DIR}/default.yaml)")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+            return cls.model_validate(data)
+        except (yaml.YAMLError, ValidationError) as e:
+            raise TrainConfigError(f"{path}: invalid training profile: {e}") from e
+
+    def society_path(self) -> Path:
+        p = Path(self.society_config)
+        return p if p.is_absolute() else Path(__file__).resolve().parent.parent / p
+
+
+@dataclass
+class PhaseReport:
+    """What one phase (or stage evaluation) produced: ``artifacts`` name -> path/count, ``seconds``."""
+
+    phase: int
+    name: str
+    seconds: float
+    artifacts: dict[str, Any] = field(default_factory=dict)
+    skipped: bool = False
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def dev_subset(cfg: TrainConfig) -> list[Any]:
+    """The fixed dev subset: ``cfg.eval.limit`` examples sampled with ``cfg.eval.seed``, in file order."""
+    from tools.spider import load_examples
+
+    pool = load_examples(cfg.data_dir, cfg.eval.split)
+    k = min(cfg.eval.limit, len(pool))
+    idx = sorted(random.Random(cfg.eval.seed).sample(range(len(pool)), k))
+    return [pool[i] for i in idx]
+
+
+def role_split_config(society: Any) -> Any:
+    """Give the juniors and the senior model aliases of their own (``junior_policy``,
+    ``senior_policy``) bound to what they used before, so a trained adapter can be routed to one
+    role without changing the others. Idempotent."""
+    models = dict(society.models)
+    roles = []
+    for r in society.roles:
+        kind = _kind(r.type)
+        target = JUNIOR_ALIAS if kind == "junior" else SENIOR_ALIAS if kind == "senior" else None
+        if target and r.model and r.model != target:
+            models.setdefault(target, models[r.model])
+            r = r.model_copy(update={"model": target})
+        roles.append(r)
+    return society.model_copy(update={"models": models, "roles": roles})
+
+
+def _kind(role_type: str) -> str:
+    from society.roles import ROLE_TYPES
+
+    return ROLE_TYPES[role_type].kind
+
+
+class RunDir:
+    """Layout of a training run directory (see ``evaluation.report`` for the files it reads)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "eval").mkdir(exist_ok=True)
+        (self.root / "phases").mkdir(exist_ok=True)
+
+    def phase_dir(self, k: int) -> Path:
+        d = self.root / "phases" / f"{k}-{PHASES[k]}"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def done(self, k: int) -> dict[str, Any] | None:
+        f = self.root / "phases" / f"{k}-{PHASES[k]}" / "done.json"
+        return json.loads(f.read_text()) if f.is_file() else None
+
+    def mark_done(self, k: int, info: dict[str, Any]) -> None:
+        f = self.phase_dir(k) / "done.json"
+        tmp = f.with_suffix(".tmp")
+        tmp.write_text(json.dumps(info, indent=2, default=str))
+        os.replace(tmp, f)
+
+    def eval_path(self, stage: str) -> Path:
+        return self.root / "eval" / f"{stage}.jsonl"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def store(self) -> Path:
+        return self.root / "store.sqlite"
+
+
+# ----------------------------------------------------------------------------- the pipeline
+
+
+class TrainingPipeline:
+    """Runs phases 1-4 of a :class:`TrainConfig` into a run directory, resumably.
+
+    Args:
+        config: the training profile.
+        run_dir: the run directory (created; an existing one is resumed).
+        phases: which phases to run (subset of 1-4); earlier finished phases are re-served from
+            their artifacts, unfinished earlier phases needed by a later one raise.
+        echo: called with one line of progress text per event (the CLI prints it with Rich).
+
+    Raises:
+        TrainConfigError: bad profile or phase selection.
+    """
+
+    def __init__(self, config: TrainConfig, run_dir: str | Path, *, phases: set[int] | None = None,
+                 echo: Callable[[str], None] = print) -> None:
+        self.cfg = config
+        self.run = RunDir(run_dir)
+        self.phases = set(phases or PHASES)
+        bad = self.phases - set(PHASES)
+        if bad:
+            raise TrainConfigError(f"--phases {sorted(bad)} unknown; use a comma list of 1,2,3,4")
+        self.echo = echo
+        self.reports: list[PhaseReport] = []
+        cfg_file = self.run.root / "config.yaml"
+        if not cfg_file.exists():
+            cfg_file.write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
+
+    # -- society with the trained parts routed in -------------------------------------------------
+    def society(self) -> Any:
+        from society.config import SocietyConfig
+
+        sc = role_split_config(SocietyConfig.load(self.cfg.society_path()))
+        bandit = self.run.done(4)
+        if bandit:
+            roles = [r.model_copy(update={"policy": "bandit", "options": {**r.options, "path": bandit["policy"]}})
+                     if _kind(r.type) == "supervisor" else r for r in sc.roles]
+            sc = sc.model_copy(update={"roles": roles})
+        return sc
+
+    def endpoints(self, stack: ExitStack, society: Any) -> dict[str, Any]:
+        """Start the servers the current stage needs: the embedded base models, plus one llama.cpp
+        server per trained LoRA adapter (junior after phase 2, senior after phase 3)."""
+        from society.commands import serving
+        from society.llm import Endpoint
+        from training.export import serve_adapter
+
+        eps = dict(stack.enter_context(serving(society, quiet=True)))
+        for k, alias in ((2, JUNIOR_ALIAS), (3, SENIOR_ALIAS)):
+            done = self.run.done(k)
+            if done and done.get("adapter"):
+                srv = stack.enter_context(serve_adapter(done["adapter"], self.cfg.base_model, model_alias=alias))
+                eps[alias] = Endpoint(srv.base_url, srv.model)
+        return eps
+
+    # -- stages -------------------------------------------------------------------------------------
+    def evaluate_stage(self, stage: str) -> dict[str, Any]:
+        """Evaluate the current society on the fixed dev subset; cached in ``eval/<stage>.jsonl``."""
+        from society.run import evaluate
+
+        path = self.run.eval_path(stage)
+        summary_path = path.with_suffix(".summary.json")
+        if summary_path.is_file():
+            return json.loads(summary_path.read_text())
+        examples = dev_subset(self.cfg)
+        society = self.society()
+        recs: list[dict[str, Any]] = []
+        t0 = time.perf_counter()
+        with ExitStack() as stack:
+            eps = self.endpoints(stack, society)
+            summary = evaluate(examples, society, concurrency=self.cfg.eval.concurrency, endpoints=eps,
+                               on_result=recs.append)
+        with path.open("w") as f:
+            for r in recs:
+                f.write(json.dumps({**r, "stage": stage}, default=str) + "\n")
+        out = {"stage": stage, "ex": summary.ex, "n": len(recs), "seconds": time.perf_counter() - t0,
+               **{k: v for k, v in summary.model_dump().items() if k not in {"ex", "run_dir"}}}
+        summary_path.write_text(json.dumps(out, indent=2, default=str))
+        self.echo(f"EX[{stage}] = {100 * summary.ex:.2f}% on {len(recs)} dev questions")
+        return out
+
+    # -- phases -------------------------------------------------------------------------------------
+    def phase1_gather(self) -> dict[str, Any]:
+        """Phase 1: the baseline society over ``gather.limit`` train tasks into the persistent store."""
+        from training.gather import GatherConfig, gather
+        from training.store import task_id_of  # noqa: F401  (documents where task ids come from)
+        from tools.spider import load_examples
+
+        g = self.cfg.gather
+        tasks = load_examples(self.cfg.data_dir, g.split)[g.offset:g.offset + g.limit]
+        society = self.society()
+        with ExitStack() as stack:
+            eps = self.endpoints(stack, society)
+            summary = gather(GatherConfig(
+                run_dir=self.run.root, society_config=society, split=g.split, data_dir=self.cfg.data_dir,
+                task_ids=[t.id for t in tasks], n_runners=g.n_runners, epsilon=g.epsilon,
+                reward=self._reward_config(), rollout_timeout_s=g.rollout_timeout_s,
+                endpoints={a: (e.base_url, e.model) for a, e in eps.items()},
+            ))
+        self.echo(f"phase 1 gather: {summary.stored_succeeded} rollouts in the store "
+                  f"({summary.skipped} resumed, {summary.run} run now, mean reward {summary.mean_reward})")
+        return {"store": str(self.run.store), **summary.to_json()}
+
+    def _reward_config(self) -> Any:
+        from evaluation.rewards import RewardConfig
+
+        return RewardConfig(**self.cfg.reward) if self.cfg.reward else None
+
+    def _adapter(self) -> Any:
+        from training.adapter import HierarchicalTraceAdapter
+
+        return HierarchicalTraceAdapter(**self.cfg.adapter)
+
+    def _archive(self) -> Any:
+        from training.store import RolloutArchive
+
+        if not self.run.store.is_file():
+            raise TrainConfigError(f"{self.run.store} does not exist: run phase 1 (gather) first, e.g. --phases 1,2")
+        return RolloutArchive(self.run.store)
+
+    def phase2_sft(self) -> dict[str, Any]:
+        """Phase 2: juniors' high-reward conversations -> LoRA SFT -> GGUF LoRA served by llama.cpp."""
+        from training.export import export_lora_gguf
+        from training.sft import JuniorSFTConfig, JuniorSFTTrainer
+
+        d = self.run.phase_dir(2)
+        a = self.cfg.adapter
+        with self._archive() as archive:
+            ds = self._adapter().to_sft(archive, min_reward=a.get("sft_min_reward", 0.5),
+                                        select=a.get("sft_select", "either"))
+        ds.to_json(str(d / "sft_dataset.jsonl"))
+        self.echo(f"phase 2 SFT dataset: {len(ds)} junior conversations (select={a.get('sft_select', 'either')})")
+        if len(ds) == 0:
+            raise TrainConfigError(
+                "phase 2: no junior conversation passed the filter; gather more rollouts (gather.limit) or lower "
+                "adapter.sft_min_reward / use adapter.sft_select: either")
+        res = JuniorSFTTrainer(JuniorSFTConfig(**{**self.cfg.sft, "model": self.cfg.base_model,
+                                                   "output_dir": str(d / "adapter")}), ds).train()
+        gguf = export_lora_gguf(res.adapter_dir, self.cfg.base_model, res.adapter_dir / "adapter.gguf")
+        self.echo(f"phase 2 SFT: {res.steps} steps on {res.rows} rows, loss {res.losses[0][1]:.3f} -> "
+                  f"{res.losses[-1][1]:.3f}, {res.mean_step_seconds:.1f} s/step; LoRA GGUF {gguf.name}")
+        return {"adapter": str(res.adapter_dir), "adapter_gguf": str(gguf), "rows": res.rows, "steps": res.steps,
+                "losses": res.losses, "seconds_per_step": res.mean_step_seconds}
+
+    def phase3_grpo(self) -> dict[str, Any]:
+        """Phase 3: the senior's decision points -> GRPO (TRL on the CPU, VERL on a GPU) -> LoRA served."""
+        from training.export import export_lora_gguf
+        from training.grpo import SeniorGRPOConfig, SeniorGRPOTrainer
+
+        d = self.run.phase_dir(3)
+        with self._archive() as archive:
+            rl = self._adapter().to_rl(archive, reward=self.cfg.adapter.get("rl_reward", "rollout"))
+        rl.prompts.to_json(str(d / "senior_prompts.jsonl"))
+        with (d / "senior_triplets.jsonl").open("w") as f:
+            for t in rl.triplets:
+                f.write(json.dumps(t.model_dump(), default=str) + "\n")
+        self.echo(f"phase 3 GRPO: {len(rl.prompts)} senior prompts, {len(rl.triplets)} triplets")
+        if len(rl.prompts) == 0:
+            raise TrainConfigError("phase 3: the store holds no senior LLM call; check that the society config has a "
+                                   "senior role and that phase 1 rollouts succeeded")
+        res = SeniorGRPOTrainer(SeniorGRPOConfig(**{**self.cfg.grpo, "model": self.cfg.base_model,
+                                                     "output_dir": str(d / "adapter")}), rl.prompts,
+                                reward_config=self._reward_config()).train()
+        gguf = export_lora_gguf(res.adapter_dir, self.cfg.base_model, Path(res.adapter_dir) / "adapter.gguf")
+        self.echo(f"phase 3 GRPO: {res.steps} steps, mean reward per step {res.rewards}")
+        return {"adapter": str(res.adapter_dir), "adapter_gguf": str(gguf), "prompts": len(rl.prompts),
+                "steps": res.steps, "rewards": res.rewards}
+
+    def phase4_bandit(self) -> dict[str, Any]:
+        """Phase 4: supervisor (context, action, reward) samples -> contextual bandit policy (joblib);
+        replayed offline against random choice, majority vote and the logging policy."""
+        from training.bandit import BanditConfig, SupervisorBandit, compare_policies
+
+        d = self.run.phase_dir(4)
+        with self._archive() as archive:
+            samples = self._adapter().to_bandit(archive)
+        with (d / "bandit_samples.jsonl").open("w") as f:
+            for s in samples:
+                f.write(json.dumps(s.to_dict(), default=str) + "\n")
+        if not samples:
+            raise TrainConfigError("phase 4: no supervisor decision with usable candidates in the store; gather more")
+        n_train = max(1, int(round(len(samples) * (1 - self.cfg.adapter.get("bandit_holdout", 0.3)))))
+        train, held = samples[:n_train], samples[n_train:] or samples
+        bandit = SupervisorBandit(BanditConfig(**self.cfg.bandit))
+        bandit.fit(train)
+        path = bandit.save(d / "policy.joblib")
+        table = compare_policies(held, bandit)
+        (self.run.root / "bandit_comparison.json").write_text(json.dumps(table, indent=2, default=str))
+        self.echo(f"phase 4 bandit: {len(train)} samples, policy {path.name}; held-out replay on {len(held)}: "
+                  + ", ".join(f"{r['policy']} {r['mean_reward']:.2f}" for r in table))
+        return {"policy": str(path), "samples": len(samples), "train": len(train), "held_out": len(held),
+                "comparison": table}
+
+    # -- the run ----------------------------------------------------------------------------------
+    def run(self) -> list[PhaseReport]:
+        """Baseline eval, then phases in order with an eval after each of 2-4, then the report.
+
+        Returns:
+            One :class:`PhaseReport` per phase/stage (``skipped`` when resumed from ``done.json``).
+        """
+        steps: list[tuple[int, Callable[[], dict[str, Any]]]] = [
+            (1, self.phase1_gather), (2, self.phase2_sft), (3, self.phase3_grpo), (4, self.phase4_bandit)]
+        t_all = time.perf_counter()
+        base = self.evaluate_stage("baseline")
+        before = base["ex"]
+        for k, fn in steps:
+            if k not in self.phases:
+                continue
+            done = self.run.done(k)
+            if done is not None:
+                self.echo(f"phase {k} ({PHASES[k]}) already done in {self.run.root}: skipped")
+                self.reports.append(PhaseReport(k, PHASES[k], 0.0, done, skipped=True))
+            else:
+                self.echo(f"phase {k} ({PHASES[k]}) ...")
+                t0 = time.perf_counter()
+                info = fn()
+                info["seconds"] = round(time.perf_counter() - t0, 1)
+                self.run.mark_done(k, info)
+                self.reports.append(PhaseReport(k, PHASES[k], info["seconds"], info))
+            if k in STAGE_AFTER_PHASE:
+                after = self.evaluate_stage(STAGE_AFTER_PHASE[k])["ex"]
+                self.echo(f"phase {k} ({PHASES[k]}): EX {100 * before:.2f}% -> {100 * after:.2f}% on the dev subset")
+                before = after
+        (self.run.root / "train_summary.json").write_text(json.dumps(
+            {"profile": self.cfg.name, "wall_seconds": round(time.perf_counter() - t_all, 1),
+             "phases": [r.__dict__ for r in self.reports]}, indent=2, default=str))
+        self.write_report()
+        return self.reports
+
+    def write_report(self) -> Path | None:
+        """Write ``report.html`` / ``report.md`` (``evaluation.report``); returns the HTML path."""
+        try:
+            from evaluation.report import write_report
+        except ImportError:  # pragma: no cover - the report module ships with the package
+            return None
+        out = write_report(self.run.root)
+        self.echo(f"report: {out}")
+        return out
