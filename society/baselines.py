@@ -69,9 +69,10 @@ def build_baseline_graph(config: SocietyConfig, agent: str) -> Any:
     if agent not in BASELINES:
         raise ValueError(f"unknown baseline {agent!r}; choose one of {BASELINES}")
     writer = _writer(config)
+    senior = _refiner(config) if agent != "single" else None
 
-    def finalize(state: BaselineState, config_: RunnableConfig) -> dict:
-        ctx = run_context(config_)
+    def finalize(state: BaselineState, config: RunnableConfig) -> dict:  # noqa: F811 - LangGraph injects by name
+        ctx = run_context(config)
         if agent == "single":
             final, status = state.get("draft_sql"), "single"
         else:
@@ -96,7 +97,7 @@ def build_baseline_graph(config: SocietyConfig, agent: str) -> Any:
     if agent == "single":
         g.add_edge("write", "finalize")
     else:
-        senior = _refiner(config)
+        assert senior is not None
 
         def handover(state: BaselineState) -> dict:
             return {"visits": ["handover"], "current_sql": state.get("draft_sql"), "senior_visit_rewrites": 0}

@@ -116,9 +116,10 @@ class CallLog:
         with self._lock:
             self.tool_calls.append(rec)
 
-    def per_role(self) -> dict[str, dict[str, float]]:
-        """Role instance -> ``{"llm_calls", "input_tokens", "output_tokens", "tokens", "model_s"}``."""
-        out: dict[str, dict[str, float]] = {}
+    def per_role(self) -> dict[str, dict[str, Any]]:
+        """Role instance -> ``{"llm_calls", "input_tokens", "output_tokens", "tokens"}`` (ints) and
+        ``"model_s"`` (seconds inside its LLM calls)."""
+        out: dict[str, dict[str, Any]] = {}
         with self._lock:
             for c in self.llm_calls:
                 d = out.setdefault(c.role, {"llm_calls": 0, "input_tokens": 0, "output_tokens": 0, "tokens": 0, "model_s": 0.0})
@@ -126,7 +127,7 @@ class CallLog:
                 d["input_tokens"] += c.input_tokens
                 d["output_tokens"] += c.output_tokens
                 d["tokens"] += c.input_tokens + c.output_tokens
-                d["model_s"] += c.latency_s
+                d["model_s"] = round(d["model_s"] + c.latency_s, 4)
         return out
 
     def model_busy_seconds(self) -> float:

@@ -339,8 +339,9 @@ class Senior(Role):
 
     Options:
         max_turns: rewrites per senior visit (>= 0; 0 = only check).
-        check: ``llm`` (the model checks the query and its result) or ``execution`` (deterministic:
-            incorrect iff it errors or returns no rows; saves one LLM call per visit).
+        check: ``llm`` (the model checks a query that executed, and its result; a failing query is
+            incorrect without asking) or ``execution`` (deterministic: incorrect iff it errors or
+            returns no rows; saves one LLM call per visit).
         check_prompt: prompt name for the check (the role's ``prompt:`` is the rewrite prompt).
     """
 
@@ -376,7 +377,8 @@ class Senior(Role):
         sql = state.get("current_sql")
         upd: dict[str, Any] = {"visits": ["senior_check"]}
         deterministic = "correct" if ex.ok and ex.row_count > 0 else "incorrect"
-        if self.options.check == "execution":
+        if self.options.check == "execution" or not ex.ok:
+            # a query that fails is incorrect whatever a model would say: no LLM call needed
             verdict, text, raw = deterministic, ex.as_text(), ""
         else:
             msgs = self.check_prompt.render(

@@ -94,7 +94,7 @@ class SocietyRun(BaseModel):
     input_tokens: int = 0
     output_tokens: int = 0
     tokens: int = 0
-    per_role: dict[str, dict[str, float]] = Field(default_factory=dict)
+    per_role: dict[str, dict[str, Any]] = Field(default_factory=dict)
     seconds: float = 0.0
     model_seconds: float = 0.0
     errors: list[str] = Field(default_factory=list)
@@ -276,6 +276,11 @@ def run_society(
     return run
 
 
+def _in_junior_order(cands: list[Candidate], ctx: RunContext) -> list[Candidate]:
+    order = {j.name: i for i, j in enumerate(ctx.config.instances("junior"))}
+    return sorted(cands, key=lambda c: order.get(c.junior, len(order)))
+
+
 def _run_from_state(state: dict[str, Any], ctx: RunContext, *, agent: str, seconds: float) -> SocietyRun:
     per_role = ctx.log.per_role()
     inp = sum(int(v["input_tokens"]) for v in per_role.values())
@@ -292,7 +297,7 @@ def _run_from_state(state: dict[str, Any], ctx: RunContext, *, agent: str, secon
         status=state.get("status") or "failed",
         error=state.get("error") or (None if state.get("status") else "the graph did not reach finalize"),
         path=list(state.get("visits") or []),
-        candidates=list(state.get("candidates") or []),
+        candidates=_in_junior_order(state.get("candidates") or [], ctx),
         choices=list(state.get("choices") or []),
         senior_turns=list(state.get("senior_turns") or []),
         reviews=list(state.get("reviews") or []),

@@ -28,6 +28,14 @@ def _raw() -> dict:
     return yaml.safe_load(SMOKE_CONFIG.read_text())
 
 
+def _no_fixes(d: dict) -> dict:
+    """Juniors skip their rewrite-on-error (fewer model calls where every query fails anyway)."""
+    for r in d["roles"]:
+        if r["type"] == "junior":
+            r["options"] = {"fix_on_error": False}
+    return d
+
+
 def _cfg(server, data: dict | None = None) -> SocietyConfig:
     cfg = SocietyConfig.from_dict(data or _raw())
     cfg = cfg.with_endpoint("coder", server.base_url, server.model)
@@ -106,7 +114,7 @@ def test_society_end_to_end_on_spider_questions(smol_server):
 
 
 def test_critical_review_sends_the_question_back_to_the_juniors(smol_server, failing_db):
-    d = _raw()
+    d = _no_fixes(_raw())
     for r in d["roles"]:
         if r["type"] == "execution_reviewer":
             r["options"] = {"severity": {"error": "CRITICAL", "no_sql": "CRITICAL"}}
@@ -118,13 +126,14 @@ def test_critical_review_sends_the_question_back_to_the_juniors(smol_server, fai
     first_gate = run.path.index("review_gate")
     assert run.path[first_gate + 1] == "new_round"
     assert [r.severity.value for r in run.reviews if r.reviewer == "reviewer_execution"] == ["CRITICAL", "CRITICAL"]
-    assert "senior_rewrite" not in run.path[first_gate:]
+    gates = [i for i, n in enumerate(run.path) if n == "review_gate"]
+    assert [run.path[i + 1] for i in gates] == ["new_round", "finalize"]  # never back to the senior
     # nothing executed OK, so the answer is the last chosen candidate's SQL
     assert run.final_sql == run.choices[-1].chosen.sql and not run.result.ok
 
 
 def test_major_review_goes_to_the_senior_until_the_turn_limit(smol_server, failing_db):
-    d = _raw()
+    d = _no_fixes(_raw())
     d["limits"] = {"max_turns": 3, "max_junior_rounds": 2}
     for r in d["roles"]:
         if r["type"] == "execution_reviewer":
