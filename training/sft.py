@@ -1,0 +1,407 @@
+"""Phase 2: supervised fine-tuning of the juniors on their own successful conversations.
+
+TRL style: :class:`JuniorSFTConfig` (the knobs) beside :class:`JuniorSFTTrainer` (one method).
+
+Input: the ``HierarchicalTraceAdapter.to_sft(...)`` dataset -- a ``datasets.Dataset`` with a
+``messages`` column, each row one junior conversation in OpenAI chat form::
+
+    [{"role": "system", "content": "You translate questions into SQL ..."},
+     {"role": "user", "content": "Schema: ...\\nQuestion: How many singers do we have?"},
+     {"role": "assistant", "content": "```sql\\nSELECT count(*) FROM singer\\n```"}]
+
+(possibly longer: draft -> execution error -> fixed draft). Rows are already filtered by reward
+(the adapter's job). Each conversation is split into ``prompt`` = every message before the last
+and ``completion`` = the last (assistant) message, so the loss is taken on the junior's final
+answer only (TRL's prompt-completion format, ``completion_only_loss``); set
+``loss_on="all"`` to train on every token of the conversation instead.
+
+Backends:
+
+* CPU (``backend="trl"``, the default without CUDA): the GGUF base is dequantised once into a
+  float32 HF checkpoint (:func:`training.export.hf_checkpoint`), then TRL ``SFTTrainer`` + a PEFT
+  LoRA (bf16/fp16 off, small ``max_length``).
+* CUDA (``backend="unsloth"``, chosen by ``"auto"`` when ``torch.cuda.is_available()`` and
+  unsloth is installed): unsloth's ``FastLanguageModel`` loads the same HF checkpoint (optionally
+  4-bit) and adds the LoRA with its fused kernels; training is still TRL ``SFTTrainer``.
+  Unverified here (no GPU on the build machine).
+
+Output (``output_dir``): a PEFT adapter (``adapter_config.json`` + ``adapter_model.safetensors``),
+``sqlsociety_adapter.json`` (base model, method, rows) and ``sft_metrics.json`` (steps, loss per
+logged step, seconds per step). Serve it with :func:`training.export.serve_adapter`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["JuniorSFTConfig", "JuniorSFTTrainer", "SFTResult", "StepTimer", "split_conversation", "pick_backend"]
+
+#: The linear layers of llama/qwen2 blocks a LoRA adapts (all of them: attention and MLP).
+DEFAULT_TARGET_MODULES: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class JuniorSFTConfig:
+    """Settings of :class:`JuniorSFTTrainer`.
+
+    Attributes:
+        model: base model: embedded alias (``"smollm2-135m"``, ``"qwen2.5-coder-0.5b"``), a
+            ``.gguf`` path or a HF directory.
+        output_dir: where the adapter and metrics are written (created).
+        max_steps: optimizer steps; ``<= 0`` -> ``num_train_epochs`` over the data instead.
+        num_train_epochs: epochs when ``max_steps <= 0``.
+        learning_rate: AdamW learning rate (LoRA-typical 1e-4 .. 3e-4).
+        per_device_train_batch_size, gradient_accumulation_steps: effective batch =
+            their product (sequences per step).
+        max_length: tokens per sequence after the chat template (longer ones are truncated
+            from the right -- keep schemas compact).
+        lora_r, lora_alpha, lora_dropout, target_modules: PEFT ``LoraConfig`` (scale = alpha / r).
+        loss_on: ``"completion"`` (last assistant message only) or ``"all"``.
+        warmup_steps, lr_scheduler_type, weight_decay: optimiser schedule (HF names).
+        logging_steps: log the loss every this many steps (1 = a full loss curve).
+        seed: for data order, LoRA init and dropout.
+        backend: ``"auto"`` (unsloth on CUDA if installed, else TRL), ``"trl"`` or ``"unsloth"``.
+        load_in_4bit: unsloth only: QLoRA on a 4-bit base.
+        gradient_checkpointing: trade compute for memory (useful for the 0.5B model on GPU).
+    """
+
+    model: str = "smollm2-135m"
+    output_dir: str = "runs/sft/junior"
+    max_steps: int = 20
+    num_train_epochs: float = 1.0
+    learning_rate: float = 2e-4
+    per_device_train_batch_size: int = 2
+    gradient_accumulation_steps: int = 1
+    max_length: int = 512
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    target_modules: tuple[str, ...] = DEFAULT_TARGET_MODULES
+    loss_on: str = "completion"
+    warmup_steps: int = 0
+    lr_scheduler_type: str = "constant"
+    weight_decay: float = 0.0
+    logging_steps: int = 1
+    seed: int = 0
+    backend: str = "auto"
+    load_in_4bit: bool = False
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        if self.loss_on not in ("completion", "all"):
+            raise ValueError(f"JuniorSFTConfig.loss_on = {self.loss_on!r}; use 'completion' or 'all'")
+        if self.backend not in ("auto", "trl", "unsloth"):
+            raise ValueError(f"JuniorSFTConfig.backend = {self.backend!r}; use 'auto', 'trl' or 'unsloth'")
+        if self.max_steps <= 0 and not self.num_train_epochs > 0:
+            raise ValueError("JuniorSFTConfig: set max_steps > 0 or num_train_epochs > 0")
+        if self.lora_r < 1 or self.lora_alpha <= 0:
+            raise ValueError(f"JuniorSFTConfig: lora_r must be >= 1 and lora_alpha > 0 (got {self.lora_r}, {self.lora_alpha})")
+        if self.max_length < 32:
+            raise ValueError(f"JuniorSFTConfig.max_length = {self.max_length}; must be >= 32 tokens")
+        for k in ("per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"JuniorSFTConfig.{k} must be >= 1, got {getattr(self, k)}")
+        self.target_modules = tuple(self.target_modules)
+
+
+@dataclass
+class SFTResult:
+    """What a training run left behind.
+
+    Attributes:
+        adapter_dir: the PEFT adapter directory (= ``config.output_dir``).
+        metrics_path: ``sft_metrics.json`` in it.
+        rows: training conversations used.
+        steps: optimizer steps taken (> 0 after a successful run).
+        losses: ``[(step, loss)]`` as logged (every ``logging_steps``).
+        step_seconds: wall seconds of each optimizer step.
+        train_seconds: wall seconds of ``trainer.train()``.
+        backend: ``"trl"`` or ``"unsloth"``.
+    """
+
+    adapter_dir: Path
+    metrics_path: Path
+    rows: int
+    steps: int
+    losses: list[tuple[int, float]]
+    step_seconds: list[float]
+    train_seconds: float
+    backend: str
+
+    @property
+    def mean_step_seconds(self) -> float:
+        """Mean wall seconds per optimizer step (NaN if no step)."""
+        return sum(self.step_seconds) / len(self.step_seconds) if self.step_seconds else math.nan
+
+
+def split_conversation(messages: list[dict[str, Any]]) -> dict[str, list[dict[str, str]]]:
+    """``messages`` -> ``{"prompt": messages[:-1], "completion": [messages[-1]]}``.
+
+    Raises:
+        ValueError: fewer than two messages, a message without ``role``/``content``, or a last
+            message that is not the assistant's (nothing to learn).
+    """
+    if not isinstance(messages, list) or len(messages) < 2:
+        raise ValueError(f"a conversation needs at least a user and an assistant message, got {messages!r:.200}")
+    clean = []
+    for m in messages:
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise ValueError(f"each message must be a dict with 'role' and 'content', got {m!r:.200}")
+        clean.append({"role": str(m["role"]), "content": str(m["content"] or "")})
+    if clean[-1]["role"] != "assistant":
+        raise ValueError(f"the last message must be the assistant's answer, got role {clean[-1]['role']!r}")
+    return {"prompt": clean[:-1], "completion": clean[-1:]}
+
+
+def pick_backend(requested: str = "auto") -> str:
+    """``"unsloth"`` when requested or (``"auto"``) when CUDA and unsloth are both available, else ``"trl"``.
+
+    Raises:
+        RuntimeError: ``"unsloth"`` requested without CUDA or without the package.
+    """
+    import importlib.util
+
+    import torch
+
+    cuda = torch.cuda.is_available()
+    has_unsloth = importlib.util.find_spec("unsloth") is not None
+    if requested == "unsloth":
+        if not (cuda and has_unsloth):
+            raise RuntimeError("backend='unsloth' needs a CUDA GPU and `pip install unsloth`; use backend='trl' on the CPU")
+        return "unsloth"
+    if requested == "auto" and cuda and has_unsloth:
+        return "unsloth"
+    return "trl"
+
+
+class StepTimer:
+    """A ``transformers.TrainerCallback`` factory recording wall seconds per optimizer step."""
+
+    @staticmethod
+    def make() -> Any:
+        from transformers import TrainerCallback
+
+        class _Timer(TrainerCallback):
+            def __init__(self) -> None:
+                self.seconds: list[float] = []
+                self._t0 = 0.0
+
+            def on_step_begin(self, args, state, control, **kw):  # noqa: ANN001
+                self._t0 = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
+                self.seconds.append(time.perf_counter() - self._t0)
+
+        return _Timer()
+
+
+class JuniorSFTTrainer:
+    """LoRA SFT of a junior's model on its filtered conversations.
+
+    Args:
+        config: :class:`JuniorSFTConfig`.
+        train_dataset: ``datasets.Dataset`` (or a list of dicts) with a ``messages`` column (see the
+            module docstring); other columns are ignored.
+
+    Raises:
+        ValueError: no ``messages`` column, zero rows, or a malformed conversation (the message
+            names the row).
+
+    Example::
+
+        result = JuniorSFTTrainer(JuniorSFTConfig(output_dir="run/phase2"), ds).train()
+        result.adapter_dir  # -> PEFT adapter; serve with training.export.serve_adapter
+    """
+
+    def __init__(self, config: JuniorSFTConfig, train_dataset: Any) -> None:
+        from datasets import Dataset
+
+        self.config = config
+        if isinstance(train_dataset, list):
+            train_dataset = Dataset.from_list(train_dataset)
+        if not isinstance(train_dataset, Dataset):
+            raise ValueError(f"train_dataset must be a datasets.Dataset or a list of dicts, got {type(train_dataset).__name__}")
+        if "messages" not in train_dataset.column_names:
+            raise ValueError(
+                f"train_dataset has columns {train_dataset.column_names}; it needs a 'messages' column of chat "
+                "conversations (HierarchicalTraceAdapter.to_sft output)"
+            )
+        if len(train_dataset) == 0:
+            raise ValueError("train_dataset is empty: no junior conversation passed the reward filter; lower the threshold or gather more rollouts")
+        rows = []
+        for i, msgs in enumerate(train_dataset["messages"]):
+            try:
+                rows.append(self._row(msgs))
+            except ValueError as e:
+                raise ValueError(f"train_dataset row {i}: {e}") from e
+        self.dataset = Dataset.from_list(rows)
+        self.backend = pick_backend(config.backend)
+
+    def _row(self, msgs: list[dict[str, Any]]) -> dict[str, Any]:
+        if self.config.loss_on == "all":
+            split = split_conversation(msgs)
+            return {"messages": split["prompt"] + split["completion"]}
+        return split_conversation(msgs)
+
+    # ------------------------------------------------------------------------------ models
+
+    def _load_trl(self) -> tuple[Any, Any, Any]:
+        from peft import LoraConfig
+
+        from training.export import load_for_training
+
+        model, tok = load_for_training(self.config.model)
+        peft_config = LoraConfig(
+            r=self.config.lora_r,
+            lora_alpha=self.config.lora_alpha,
+            lora_dropout=self.config.lora_dropout,
+            target_modules=list(self.config.target_modules),
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+        return model, tok, peft_config
+
+    def _load_unsloth(self) -> tuple[Any, Any, Any]:  # pragma: no cover - needs CUDA
+        from unsloth import FastLanguageModel  # imported first so it can patch transformers
+
+        from training.export import hf_checkpoint
+
+        model, tok = FastLanguageModel.from_pretrained(
+            model_name=str(hf_checkpoint(self.config.model)),
+            max_seq_length=self.config.max_length,
+            dtype=None,
+            load_in_4bit=self.config.load_in_4bit,
+        )
+        model = FastLanguageModel.get_peft_model(
+            model,
+            r=self.config.lora_r,
+            lora_alpha=self.config.lora_alpha,
+            lora_dropout=self.config.lora_dropout,
+            target_modules=list(self.config.target_modules),
+            bias="none",
+            use_gradient_checkpointing="unsloth" if self.config.gradient_checkpointing else False,
+            random_state=self.config.seed,
+        )
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        return model, tok, None
+
+    def _args(self) -> Any:
+        import torch
+        from trl import SFTConfig
+
+        cfg = self.config
+        cuda = torch.cuda.is_available()
+        bf16 = bool(cuda and torch.cuda.is_bf16_supported())
+        return SFTConfig(
+            output_dir=cfg.output_dir,
+            max_steps=cfg.max_steps if cfg.max_steps > 0 else -1,
+            num_train_epochs=cfg.num_train_epochs,
+            learning_rate=cfg.learning_rate,
+            per_device_train_batch_size=cfg.per_device_train_batch_size,
+            gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+            max_length=cfg.max_length,
+            completion_only_loss=(cfg.loss_on == "completion"),
+            packing=False,
+            warmup_steps=cfg.warmup_steps,
+            lr_scheduler_type=cfg.lr_scheduler_type,
+            weight_decay=cfg.weight_decay,
+            logging_steps=cfg.logging_steps,
+            save_strategy="no",
+            report_to="none",
+            seed=cfg.seed,
+            bf16=bf16,
+            fp16=False,
+            use_cpu=not cuda,
+            gradient_checkpointing=cfg.gradient_checkpointing,
+            dataloader_num_workers=0,
+            disable_tqdm=True,
+        )
+
+    # ------------------------------------------------------------------------------ train
+
+    def train(self) -> SFTResult:
+        """Train, save the adapter and the metrics, return an :class:`SFTResult`.
+
+        Raises:
+            RuntimeError: training finished without a single optimizer step.
+        """
+        from trl import SFTTrainer
+
+        cfg = self.config
+        out = Path(cfg.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        if self.backend == "unsloth":  # pragma: no cover - needs CUDA
+            model, tok, peft_config = self._load_unsloth()
+        else:
+            model, tok, peft_config = self._load_trl()
+        timer = StepTimer.make()
+        trainer = SFTTrainer(
+            model=model,
+            args=self._args(),
+            train_dataset=self.dataset,
+            processing_class=tok,
+            peft_config=peft_config,
+            callbacks=[timer],
+        )
+        t0 = time.perf_counter()
+        trainer.train()
+        train_s = time.perf_counter() - t0
+        steps = int(trainer.state.global_step)
+        if steps <= 0:
+            raise RuntimeError("SFT took no optimizer step; check max_steps / num_train_epochs and the dataset size")
+        trainer.model.save_pretrained(str(out))
+        losses = [(int(h["step"]), float(h["loss"])) for h in trainer.state.log_history if "loss" in h and "step" in h]
+        from training.export import resolve_gguf
+
+        meta = {
+            "method": "sft",
+            "role": "junior",
+            "base_model": cfg.model,
+            "base_gguf": _maybe_gguf(cfg.model, resolve_gguf),
+            "rows": len(self.dataset),
+            "backend": self.backend,
+        }
+        (out / "sqlsociety_adapter.json").write_text(json.dumps(meta, indent=1))
+        result = SFTResult(
+            adapter_dir=out,
+            metrics_path=out / "sft_metrics.json",
+            rows=len(self.dataset),
+            steps=steps,
+            losses=losses,
+            step_seconds=[round(s, 4) for s in timer.seconds],
+            train_seconds=round(train_s, 3),
+            backend=self.backend,
+        )
+        metrics = {
+            "config": asdict(cfg),
+            "rows": result.rows,
+            "steps": result.steps,
+            "losses": result.losses,
+            "step_seconds": result.step_seconds,
+            "mean_step_seconds": result.mean_step_seconds,
+            "train_seconds": result.train_seconds,
+            "backend": result.backend,
+            "threads": _threads(),
+        }
+        result.metrics_path.write_text(json.dumps(metrics, indent=1, default=str))
+        return result
+
+
+def _maybe_gguf(model: str, resolve: Any) -> str | None:
+    try:
+        return str(resolve(model))
+    except (ValueError, FileNotFoundError, RuntimeError):
+        return None
+
+
+def _threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads()) if torch is not None else (os.cpu_count() or 1)
