@@ -37,6 +37,12 @@ def _register_all() -> None:
     from society import commands as society_commands
 
     society_commands.register(app)
+    from training import cli as training_cli
+
+    training_cli.register(app)
+    from evaluation import obs_cli
+
+    obs_cli.register(app)
 
 
 _register_all()

@@ -1,0 +1,805 @@
+"""The training report: one self-contained HTML page plus a Markdown summary for a run directory.
+
+Reads the run-directory layout written by ``sqlsociety train``::
+
+    RUN_DIR/config.yaml               resolved training config (shown verbatim, collapsed)
+    RUN_DIR/metrics.jsonl             one JSON per finished rollout (see training/hooks.py)
+    RUN_DIR/phases/<k>-<name>/done.json
+    RUN_DIR/eval/<stage>.jsonl        per-question records on the fixed dev subset after each stage
+    RUN_DIR/bandit_comparison.json    rows {policy, mean_reward, ex, n}
+
+and writes ``RUN_DIR/report.html`` (matplotlib PNGs embedded as base64 ``data:`` URIs, inline
+CSS, no scripts, no external assets) and ``RUN_DIR/report.md``.
+
+Sections: learning curves (raw + rolling-mean reward per phase), EX per stage, the
+multi-metric table, the bandit comparison, per-role breakdown, and side-by-side examples where
+the last stage's answer differs from the baseline's.
+
+Metric definitions (all means over the questions of one ``eval/<stage>.jsonl``):
+    * EX -- execution accuracy (Yu et al., Spider, EMNLP 2018): share of questions whose
+      predicted SQL returns the same result as the gold SQL (the record's ``match``).
+    * execution success rate -- share whose predicted SQL executed without error (``executed_ok``).
+    * mean reward -- mean of the record's ``reward`` (the foundation's weighted reward, in [0, 1]).
+    * turns, LLM calls, tokens, seconds -- per-question means of the same-named fields.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import logging
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from evaluation import plots
+
+logger = logging.getLogger(__name__)
+
+#: Stages in display order; any other ``eval/<stage>.jsonl`` is appended after these, sorted.
+STAGE_ORDER: tuple[str, ...] = ("baseline", "sft", "grpo", "bandit")
+
+#: Which stage trains which role family (role names are matched by prefix).
+ROLE_TRAINING_STAGE: dict[str, str] = {"junior": "sft", "senior": "grpo", "supervisor": "bandit"}
+
+#: At most this many side-by-side examples in the report.
+MAX_EXAMPLES = 8
+
+
+class ReportError(ValueError):
+    """Raised when a run directory cannot be reported on; the message names the path and the fix."""
+
+
+@dataclass
+class RunData:
+    """Everything the report reads from one run directory.
+
+    Attributes:
+        run_dir: the run directory.
+        config_text: ``config.yaml`` verbatim ("" when absent).
+        metrics: ``metrics.jsonl`` rows in file order.
+        evals: stage -> eval records, ordered as :data:`STAGE_ORDER` then by name.
+        bandit: ``bandit_comparison.json`` rows.
+        phases: phase directory name -> parsed ``done.json`` (None when the phase is not done).
+    """
+
+    run_dir: Path
+    config_text: str = ""
+    metrics: list[dict] = field(default_factory=list)
+    evals: dict[str, list[dict]] = field(default_factory=dict)
+    bandit: list[dict] = field(default_factory=list)
+    phases: dict[str, dict | None] = field(default_factory=dict)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Parse a JSON-lines file; blank lines are skipped and a truncated last line (a run killed
+    mid-write) is dropped with a warning.
+
+    Raises:
+        ReportError: when a line other than the last is not valid JSON.
+    """
+    rows: list[dict] = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            if i == len(lines) - 1:
+                logger.warning("%s: dropping truncated last line", path)
+                continue
+            raise ReportError(f"{path} line {i + 1} is not JSON ({exc}); fix or remove that line") from exc
+    return rows
+
+
+def _result_preview(rec: Mapping) -> Any:
+    res = rec.get("result")
+    if not isinstance(res, Mapping):
+        return None
+    if res.get("ok"):
+        rows = list(res.get("rows") or [])[:5]
+        n = res.get("row_count")
+        return {"rows": rows, "row_count": n} if n is not None and n > len(rows) else rows
+    return f"error: {res.get('error')}" if res.get("error") else None
+
+
+def normalize_record(rec: Mapping) -> dict:
+    """One eval record in the report's terms, whichever writer produced it.
+
+    ``training.pipeline`` writes ``society.run.evaluate``'s records (``question_id``, ``result`` as an
+    executor summary, no reward); the documented run-directory schema has ``id``,
+    ``result_preview`` and ``reward``. Missing fields are derived: ``id`` from ``question_id``,
+    ``result_preview`` from ``result`` (first 5 rows, or the error), and ``reward`` -- when the
+    record names its database (``db_path``) and gold SQL -- with the project's reward function
+    :func:`evaluation.rewards.compute_reward` on the predicted SQL (``reward_source`` says which).
+    """
+    r = dict(rec)
+    r.setdefault("id", r.get("question_id"))
+    if r.get("pred_sql") is None and r.get("final_sql") is not None:
+        r["pred_sql"] = r["final_sql"]
+    if r.get("result_preview") is None:
+        r["result_preview"] = _result_preview(r)
+    if r.get("reward") is None and r.get("db_path") and r.get("gold_sql") and Path(r["db_path"]).is_file():
+        from evaluation.rewards import compute_reward
+
+        r["reward"] = float(compute_reward(r.get("pred_sql"), r["gold_sql"], r["db_path"]).total)
+        r["reward_source"] = "evaluation.rewards.compute_reward"
+    return r
+
+
+def _stage_key(stage: str) -> tuple[int, str]:
+    return (STAGE_ORDER.index(stage), "") if stage in STAGE_ORDER else (len(STAGE_ORDER), stage)
+
+
+def load_run(run_dir: str | Path) -> RunData:
+    """Read a run directory (all parts optional, so a report can be made mid-run).
+
+    Raises:
+        ReportError: if ``run_dir`` is not a directory, or holds neither ``metrics.jsonl`` nor ``eval/``.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ReportError(f"run directory {run_dir} does not exist; pass the RUN_DIR made by `sqlsociety train`")
+    data = RunData(run_dir=run_dir)
+    if (run_dir / "config.yaml").is_file():
+        data.config_text = (run_dir / "config.yaml").read_text(encoding="utf-8")
+    if (run_dir / "metrics.jsonl").is_file():
+        data.metrics = read_jsonl(run_dir / "metrics.jsonl")
+    eval_dir = run_dir / "eval"
+    if eval_dir.is_dir():
+        stages = sorted((p.stem for p in eval_dir.glob("*.jsonl")), key=_stage_key)
+        data.evals = {s: [normalize_record(r) for r in read_jsonl(eval_dir / f"{s}.jsonl")] for s in stages}
+    if (run_dir / "bandit_comparison.json").is_file():
+        raw = json.loads((run_dir / "bandit_comparison.json").read_text(encoding="utf-8"))
+        data.bandit = raw.get("rows", raw) if isinstance(raw, dict) else raw
+    phases_dir = run_dir / "phases"
+    if phases_dir.is_dir():
+        for p in sorted(x for x in phases_dir.iterdir() if x.is_dir()):
+            done = p / "done.json"
+            data.phases[p.name] = json.loads(done.read_text(encoding="utf-8")) if done.is_file() else None
+    if not data.metrics and not data.evals:
+        raise ReportError(
+            f"{run_dir} has neither metrics.jsonl nor eval/*.jsonl; is it a `sqlsociety train` run directory?"
+        )
+    return data
+
+
+# --------------------------------------------------------------------------- summaries
+
+
+def _mean(values: Iterable[Any]) -> float | None:
+    vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return sum(vals) / len(vals) if vals else None
+
+
+def stage_summary(records: Sequence[Mapping]) -> dict[str, float | int | None]:
+    """The multi-metric row for one stage.
+
+    Args:
+        records: eval records of one stage.
+
+    Returns:
+        ``{"n", "ex", "exec_success", "mean_reward", "turns", "llm_calls", "tokens", "seconds"}``;
+        ``ex``/``exec_success`` are fractions in [0, 1]; the others are per-question means; a
+        metric whose field no record carries is None.
+    """
+    return {
+        "n": len(records),
+        "ex": _mean(bool(r.get("match")) for r in records) if records else None,
+        "exec_success": _mean(
+            None if r.get("executed_ok") is None else bool(r["executed_ok"]) for r in records
+        ),
+        "mean_reward": _mean(r.get("reward") for r in records),
+        "turns": _mean(r.get("turns") for r in records),
+        "llm_calls": _mean(r.get("llm_calls") for r in records),
+        "tokens": _mean(r.get("tokens") for r in records),
+        "seconds": _mean(r.get("seconds") for r in records),
+    }
+
+
+def phase_summary(metrics: Sequence[Mapping]) -> list[dict[str, Any]]:
+    """Per-phase figures from ``metrics.jsonl``: n rollouts, mean reward, mean reward of the
+    first and last fifth (at least one rollout each), mean EX, tokens and latency.
+
+    Returns:
+        One dict per phase, in order of first appearance.
+    """
+    by_phase: dict[str, list[Mapping]] = {}
+    for row in metrics:
+        by_phase.setdefault(str(row.get("phase", "?")), []).append(row)
+    out = []
+    for phase, rows in by_phase.items():
+        rewards = [float(r["reward"]) for r in rows if r.get("reward") is not None]
+        k = max(1, len(rewards) // 5)
+        out.append(
+            {
+                "phase": phase,
+                "n": len(rows),
+                "mean_reward": _mean(rewards),
+                "first_fifth": _mean(rewards[:k]),
+                "last_fifth": _mean(rewards[-k:]),
+                "ex": _mean(None if r.get("ex") is None else float(r["ex"]) for r in rows),
+                "tokens": _mean(r.get("tokens") for r in rows),
+                "latency_s": _mean(r.get("latency_s") for r in rows),
+            }
+        )
+    return out
+
+
+def _points(values: Any) -> list[tuple[float, float]]:
+    """``[(step, value)]`` from a list of numbers, of ``[step, value]`` pairs, or of dicts with a
+    ``step`` and a ``loss``/``reward``/``value``; [] when nothing numeric is found."""
+    out: list[tuple[float, float]] = []
+    if not isinstance(values, list):
+        return out
+    for i, v in enumerate(values, start=1):
+        try:
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                out.append((float(i), float(v)))
+            elif isinstance(v, (list, tuple)) and len(v) == 2:
+                out.append((float(v[0]), float(v[1])))
+            elif isinstance(v, Mapping):
+                y = next(v[k] for k in ("loss", "reward", "mean_reward", "value") if k in v)
+                out.append((float(v.get("step", i)), float(y)))
+        except (TypeError, ValueError, StopIteration):
+            continue
+    return out
+
+
+def training_signals(phases: Mapping[str, Mapping | None]) -> dict[str, list[tuple[float, float]]]:
+    """Per-step trainer signals recorded in ``phases/<k>-<name>/done.json``: ``losses`` (SFT, as
+    ``[(step, loss)]``) and ``rewards`` (GRPO mean reward per step), labelled ``"<phase>: loss"`` /
+    ``"<phase>: reward"``; phases without them are left out."""
+    out: dict[str, list[tuple[float, float]]] = {}
+    for name, done in phases.items():
+        if not done:
+            continue
+        for key, label in (("losses", "loss"), ("rewards", "reward")):
+            pts = _points(done.get(key))
+            if pts:
+                out[f"{name}: {label}"] = pts
+    return out
+
+
+def normalize_sql(sql: str | None) -> str:
+    """Whitespace-, case- and trailing-semicolon-insensitive form of ``sql`` used to compare answers."""
+    if not sql:
+        return ""
+    return re.sub(r"\s+", " ", sql.strip().rstrip(";").strip()).lower()
+
+
+def _role_family(role: str) -> str:
+    for fam in ROLE_TRAINING_STAGE:
+        if role.startswith(fam):
+            return fam
+    return role
+
+
+def _chosen_role(record: Mapping) -> str | None:
+    """Name of the candidate role the supervisor picked (choice is a role name or an index into the
+    candidate roles in record order)."""
+    roles = record.get("roles") or {}
+    choice = (roles.get("supervisor") or {}).get("choice")
+    cand_roles = [r for r, v in roles.items() if isinstance(v, Mapping) and "sql" in v]
+    if isinstance(choice, str) and choice in roles:
+        return choice
+    if isinstance(choice, int) and not isinstance(choice, bool) and 0 <= choice < len(cand_roles):
+        return cand_roles[choice]
+    return None
+
+
+def role_stats(records: Sequence[Mapping]) -> dict[str, dict[str, float | int | None]]:
+    """Per-role figures for one stage.
+
+    For a candidate role (its entry has ``sql``; the juniors):
+        ``own_ex`` -- share of questions where its own candidate was correct (its ``ex``);
+        ``chosen`` -- share where the supervisor picked it;
+        ``survived`` -- share where its SQL is the final answer unchanged (normalized text).
+    For the supervisor:
+        ``own_ex`` -- EX of the candidate it picked;
+        ``best_pick`` -- among questions where at least one candidate was correct, the share
+        where it picked a correct one;
+        ``survived`` -- share where the picked SQL is the final answer unchanged.
+    For the senior:
+        ``own_ex`` -- EX after its refinement (``after_ex``); ``before_ex`` -- EX of what it got;
+        ``fixed``/``broken`` -- shares where refinement turned wrong into right / right into wrong;
+        ``survived`` -- share where its refinement changed the outcome for the better, net
+        (``fixed - broken``), i.e. the EX it added.
+
+    Returns:
+        role -> {"family", "n", metric -> value in [0, 1] or None}.
+    """
+    acc: dict[str, dict[str, list]] = {}
+
+    def add(role: str, key: str, value: Any) -> None:
+        acc.setdefault(role, {}).setdefault(key, []).append(value)
+
+    for rec in records:
+        roles = rec.get("roles") or {}
+        final = normalize_sql(rec.get("pred_sql"))
+        chosen = _chosen_role(rec)
+        any_correct = False
+        for role, val in roles.items():
+            if not isinstance(val, Mapping) or "sql" not in val:
+                continue
+            ex = val.get("ex")
+            any_correct = any_correct or bool(ex)
+            add(role, "own_ex", None if ex is None else float(bool(ex)))
+            add(role, "chosen", float(chosen == role) if chosen is not None else None)
+            add(role, "survived", float(bool(val.get("sql")) and normalize_sql(val.get("sql")) == final))
+        sup = roles.get("supervisor")
+        if isinstance(sup, Mapping):
+            picked = roles.get(chosen) if chosen else None
+            pex = None if not picked or picked.get("ex") is None else float(bool(picked["ex"]))
+            add("supervisor", "own_ex", pex)
+            add("supervisor", "best_pick", pex if any_correct else None)
+            add(
+                "supervisor",
+                "survived",
+                None if not picked else float(normalize_sql(picked.get("sql")) == final and bool(final)),
+            )
+        sen = roles.get("senior")
+        if isinstance(sen, Mapping) and ("after_ex" in sen or "before_ex" in sen):
+            b, a = sen.get("before_ex"), sen.get("after_ex")
+            add("senior", "own_ex", None if a is None else float(bool(a)))
+            add("senior", "before_ex", None if b is None else float(bool(b)))
+            if a is not None and b is not None:
+                add("senior", "fixed", float(bool(a) and not bool(b)))
+                add("senior", "broken", float(bool(b) and not bool(a)))
+    out: dict[str, dict[str, float | int | None]] = {}
+    for role, metrics in acc.items():
+        row: dict[str, float | int | None] = {"family": _role_family(role), "n": len(records)}  # type: ignore[dict-item]
+        for k, vals in metrics.items():
+            row[k] = _mean(vals)
+        if role == "senior" and row.get("fixed") is not None:
+            row["survived"] = (row["fixed"] or 0.0) - (row["broken"] or 0.0)  # type: ignore[operator]
+        out[role] = row
+    return out
+
+
+def role_breakdown(evals: Mapping[str, Sequence[Mapping]]) -> list[dict[str, Any]]:
+    """Per-role breakdown across stages, with the change after each role's own training stage.
+
+    Args:
+        evals: stage -> eval records (ordered).
+
+    Returns:
+        One row per role: ``{"role", "family", "trained_in", "survived" (last stage),
+        "own_ex": {stage: EX}, "before", "after", "delta"}`` where ``before``/``after`` are the
+        role's own EX on the stage just before its training stage and on that stage, and
+        ``delta = after - before`` (None when either stage is missing).
+    """
+    stages = list(evals)
+    per_stage = {s: role_stats(evals[s]) for s in stages}
+    roles: list[str] = []
+    for s in stages:
+        for r in per_stage[s]:
+            if r not in roles:
+                roles.append(r)
+    rows = []
+    for role in roles:
+        fam = _role_family(role)
+        trained_in = ROLE_TRAINING_STAGE.get(fam)
+        own = {s: per_stage[s][role].get("own_ex") for s in stages if role in per_stage[s]}
+        before = after = None
+        if trained_in in stages and stages.index(trained_in) > 0:
+            prev = stages[stages.index(trained_in) - 1]
+            before, after = own.get(prev), own.get(trained_in)
+        last = next((per_stage[s][role] for s in reversed(stages) if role in per_stage[s]), {})
+        rows.append(
+            {
+                "role": role,
+                "family": fam,
+                "trained_in": trained_in,
+                "survived": last.get("survived"),
+                "chosen": last.get("chosen"),
+                "best_pick": last.get("best_pick"),
+                "own_ex": own,
+                "before": before,
+                "after": after,
+                "delta": None if before is None or after is None else after - before,
+            }
+        )
+    return rows
+
+
+def differing_examples(
+    baseline: Sequence[Mapping], trained: Sequence[Mapping], limit: int = MAX_EXAMPLES
+) -> list[dict[str, Any]]:
+    """Questions where the trained society's final SQL differs from the baseline's.
+
+    Matched by record ``id``. Ordered: fixed by training (baseline wrong, trained right) first,
+    then broken (right -> wrong), then other differences; at most ``limit``.
+
+    Returns:
+        Dicts ``{"id", "question", "db_id", "gold_sql", "baseline": record, "trained": record, "kind"}``
+        with ``kind`` in {"fixed", "broken", "changed"}.
+    """
+    base = {r.get("id"): r for r in baseline}
+    out = []
+    for t in trained:
+        b = base.get(t.get("id"))
+        if b is None or normalize_sql(b.get("pred_sql")) == normalize_sql(t.get("pred_sql")):
+            continue
+        bm, tm = bool(b.get("match")), bool(t.get("match"))
+        kind = "fixed" if tm and not bm else "broken" if bm and not tm else "changed"
+        out.append(
+            {
+                "id": t.get("id"),
+                "question": t.get("question", b.get("question", "")),
+                "db_id": t.get("db_id", b.get("db_id", "")),
+                "gold_sql": t.get("gold_sql", b.get("gold_sql", "")),
+                "baseline": b,
+                "trained": t,
+                "kind": kind,
+            }
+        )
+    order = {"fixed": 0, "broken": 1, "changed": 2}
+    out.sort(key=lambda e: order[e["kind"]])
+    return out[:limit]
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{100.0 * v:.1f}%"
+
+
+def _num(v: float | int | None, digits: int = 2) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, int) or float(v).is_integer() and abs(v) >= 100:
+        return f"{int(round(v)):,}"
+    return f"{v:,.{digits}f}"
+
+
+def _signed_pct(v: float | None) -> str:
+    return "–" if v is None else f"{100.0 * v:+.1f} pt"
+
+
+def _preview(value: Any, limit: int = 300) -> str:
+    if value is None:
+        return ""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _png_tag(png: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+@dataclass
+class ReportContent:
+    """Computed report content (tables and PNGs), independent of the output format.
+
+    Attributes:
+        run: the loaded run data.
+        stages: stage -> :func:`stage_summary` row.
+        phases: :func:`phase_summary` rows.
+        roles: :func:`role_breakdown` rows.
+        examples: :func:`differing_examples` rows (baseline vs the last stage).
+        trained_stage: the stage compared with the baseline (None when fewer than 2 stages).
+        pngs: figure name -> PNG bytes (``learning_curves``, ``training_signals``, ``ex_per_stage``,
+            ``role_ex``), only those with data.
+    """
+
+    run: RunData
+    stages: dict[str, dict]
+    phases: list[dict]
+    roles: list[dict]
+    examples: list[dict]
+    trained_stage: str | None
+    pngs: dict[str, bytes]
+
+
+def compute_report(run: RunData) -> ReportContent:
+    """Compute tables and figures for ``run`` (see :class:`ReportContent`)."""
+    stages = {s: stage_summary(recs) for s, recs in run.evals.items()}
+    roles = role_breakdown(run.evals)
+    stage_names = list(run.evals)
+    trained = stage_names[-1] if len(stage_names) >= 2 else None
+    base = "baseline" if "baseline" in run.evals else (stage_names[0] if stage_names else None)
+    examples = differing_examples(run.evals[base], run.evals[trained]) if base and trained and base != trained else []
+    pngs: dict[str, bytes] = {}
+    if run.metrics:
+        pngs["learning_curves"] = plots.figure_to_png(plots.learning_curves(run.metrics))
+    signals = training_signals(run.phases)
+    if signals:
+        pngs["training_signals"] = plots.figure_to_png(plots.training_signals(signals))
+    ex = {s: v["ex"] for s, v in stages.items() if v["ex"] is not None}
+    if ex:
+        pngs["ex_per_stage"] = plots.figure_to_png(plots.ex_per_stage(ex, {s: stages[s]["n"] for s in ex}))
+    role_ex = {r["role"]: {s: v for s, v in r["own_ex"].items() if v is not None} for r in roles}
+    if any(role_ex.values()):
+        pngs["role_ex"] = plots.figure_to_png(plots.role_candidate_ex(role_ex))
+    return ReportContent(
+        run=run,
+        stages=stages,
+        phases=phase_summary(run.metrics),
+        roles=roles,
+        examples=examples,
+        trained_stage=trained if examples or trained else None,
+        pngs=pngs,
+    )
+
+
+_CSS = """
+body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:24px auto;max-width:1150px;color:#222;padding:0 16px}
+h1{font-size:1.6em;margin-bottom:2px}h2{border-bottom:2px solid #ddd;padding-bottom:4px;margin-top:32px}
+table{border-collapse:collapse;margin:8px 0 16px 0;font-size:.92em}
+th,td{border:1px solid #ccc;padding:4px 9px;text-align:right;vertical-align:top}
+th{background:#f1f3f6}td.l,th.l{text-align:left}
+img{max-width:100%;border:1px solid #eee;margin:6px 0}
+pre,code{font-family:Menlo,Consolas,monospace;font-size:.86em}
+pre{background:#f7f7f9;border:1px solid #e3e3e8;padding:6px 8px;white-space:pre-wrap;word-break:break-word;margin:2px 0}
+.ex{border:1px solid #ccc;border-radius:6px;padding:8px 12px;margin:12px 0}
+.grid{display:grid;grid-template-columns:1fr 1fr;gap:10px}
+.ok{color:#1a7f37;font-weight:600}.bad{color:#c62828;font-weight:600}.muted{color:#777}
+.kind{display:inline-block;border-radius:4px;padding:0 6px;color:#fff;font-size:.85em}
+.fixed{background:#1a7f37}.broken{background:#c62828}.changed{background:#777}
+"""
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
+    h = "".join(f'<th class="{"l" if i < left else ""}">{html.escape(c)}</th>' for i, c in enumerate(headers))
+    body = "".join(
+        "<tr>" + "".join(f'<td class="{"l" if i < left else ""}">{c}</td>' for i, c in enumerate(r)) + "</tr>"
+        for r in rows
+    )
+    return f"<table><tr>{h}</tr>{body}</table>"
+
+
+_STAGE_HEADERS = ["stage", "n", "EX", "exec. success", "mean reward", "turns", "LLM calls", "tokens", "s / question"]
+
+
+def _stage_rows(c: ReportContent) -> list[list[str]]:
+    return [
+        [
+            s,
+            str(v["n"]),
+            _pct(v["ex"]),
+            _pct(v["exec_success"]),
+            _num(v["mean_reward"], 3),
+            _num(v["turns"]),
+            _num(v["llm_calls"]),
+            _num(v["tokens"], 0),
+            _num(v["seconds"]),
+        ]
+        for s, v in c.stages.items()
+    ]
+
+
+_PHASE_HEADERS = ["phase", "rollouts", "mean reward", "first fifth", "last fifth", "EX", "tokens", "latency s"]
+
+
+def _phase_rows(c: ReportContent) -> list[list[str]]:
+    return [
+        [
+            p["phase"],
+            str(p["n"]),
+            _num(p["mean_reward"], 3),
+            _num(p["first_fifth"], 3),
+            _num(p["last_fifth"], 3),
+            _pct(p["ex"]),
+            _num(p["tokens"], 0),
+            _num(p["latency_s"]),
+        ]
+        for p in c.phases
+    ]
+
+
+_BANDIT_HEADERS = ["policy", "n", "EX", "mean reward"]
+
+
+def _bandit_rows(c: ReportContent) -> list[list[str]]:
+    rows = sorted(c.run.bandit, key=lambda r: -(r.get("mean_reward") or 0.0))
+    return [
+        [
+            str(r.get("policy", "?")),
+            str(r.get("n", "–")),
+            _pct(r.get("ex")),
+            _num(r.get("mean_reward"), 3),
+        ]
+        for r in rows
+    ]
+
+
+def _role_headers(c: ReportContent) -> list[str]:
+    return ["role", "trained in", "chosen", "survived to final"] + [f"own EX {s}" for s in c.stages] + [
+        "Δ after its phase"
+    ]
+
+
+def _role_rows(c: ReportContent) -> list[list[str]]:
+    out = []
+    for r in c.roles:
+        chosen = _pct(r["chosen"]) if r["chosen"] is not None else (
+            f"best pick {_pct(r['best_pick'])}" if r["best_pick"] is not None else "–"
+        )
+        survived = _signed_pct(r["survived"]) if r["role"] == "senior" else _pct(r["survived"])
+        out.append(
+            [r["role"], r["trained_in"] or "–", chosen, survived]
+            + [_pct(r["own_ex"].get(s)) for s in c.stages]
+            + [_signed_pct(r["delta"])]
+        )
+    return out
+
+
+_ROLE_NOTE = (
+    "chosen: share of questions where the supervisor picked this junior's candidate "
+    "(for the supervisor: among questions with at least one correct candidate, the share where it "
+    "picked a correct one). survived to final: share where the role's SQL is the final answer unchanged "
+    "(for the senior: net EX its refinement added, fixed − broken). own EX: the junior's own candidate, "
+    "the candidate the supervisor picked, the senior's refined SQL. Δ after its phase: own EX on the stage "
+    "that trains the role minus the stage before it. Columns 'chosen' and 'survived' are for the last stage."
+)
+
+
+def _example_html(e: Mapping, trained_stage: str) -> str:
+    def side(label: str, rec: Mapping) -> str:
+        ok = '<span class="ok">correct</span>' if rec.get("match") else '<span class="bad">wrong</span>'
+        return (
+            f"<div><b>{html.escape(label)}</b> — {ok}"
+            f"<pre>{html.escape(rec.get('pred_sql') or '(no SQL)')}</pre>"
+            f"<div class='muted'>result</div><pre>{html.escape(_preview(rec.get('result_preview')))}</pre></div>"
+        )
+
+    return (
+        f"<div class='ex'><span class='kind {e['kind']}'>{e['kind']}</span> "
+        f"<b>{html.escape(str(e['id']))}</b> <span class='muted'>({html.escape(str(e['db_id']))})</span>"
+        f"<p>{html.escape(e['question'])}</p>"
+        f"<div class='grid'>{side('baseline', e['baseline'])}{side(trained_stage, e['trained'])}</div>"
+        f"<div class='muted'>gold</div><pre>{html.escape(e['gold_sql'] or '')}</pre></div>"
+    )
+
+
+def render_html(c: ReportContent) -> str:
+    """The report as one self-contained HTML document (str)."""
+    run = c.run
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        f"<title>SQL Society training report — {html.escape(run.run_dir.name)}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        "<h1>SQL Society training report</h1>",
+        f"<div class='muted'>run directory: <code>{html.escape(str(run.run_dir))}</code> · "
+        f"{len(run.metrics)} finished rollouts · stages evaluated: {html.escape(', '.join(c.stages) or 'none')}</div>",
+    ]
+    if run.phases:
+        done = [f"{html.escape(p)} {'✔' if d is not None else '…'}" for p, d in run.phases.items()]
+        parts.append(f"<p>phases: {' · '.join(done)}</p>")
+
+    parts.append("<h2>Learning curves</h2>")
+    if "learning_curves" in c.pngs:
+        parts.append(_png_tag(c.pngs["learning_curves"], "reward per rollout by phase"))
+        parts.append(_table(_PHASE_HEADERS, _phase_rows(c)))
+    else:
+        parts.append("<p class='muted'>no metrics.jsonl rows yet.</p>")
+
+    if "training_signals" in c.pngs:
+        parts.append("<h3>Trainer signals per phase</h3>")
+        parts.append(_png_tag(c.pngs["training_signals"], "SFT loss and GRPO reward per step"))
+        parts.append("<p class='muted'>from phases/*/done.json (losses: SFT trainer log; rewards: GRPO mean reward per step).</p>")
+
+    parts.append("<h2>EX per stage on the fixed dev subset</h2>")
+    if "ex_per_stage" in c.pngs:
+        parts.append(_png_tag(c.pngs["ex_per_stage"], "EX per stage"))
+    parts.append("<h3>All metrics</h3>")
+    parts.append(_table(_STAGE_HEADERS, _stage_rows(c)) if c.stages else "<p class='muted'>no eval records.</p>")
+    if any(r.get("reward_source") for recs in run.evals.values() for r in recs):
+        parts.append("<p class='muted'>mean reward: the eval files carry no reward, so it is computed here from each "
+                     "record's predicted SQL, gold SQL and database with evaluation.rewards.compute_reward.</p>")
+    parts.append("<p class='muted'>EX: share of questions whose SQL returns the gold result (Spider execution "
+                 "accuracy); exec. success: share whose SQL ran without error; other columns: means per question.</p>")
+
+    parts.append("<h2>Supervisor policies (bandit comparison)</h2>")
+    parts.append(
+        _table(_BANDIT_HEADERS, _bandit_rows(c))
+        + "<p class='muted'>offline replay of logged candidates on held-out dev rollouts.</p>"
+        if run.bandit
+        else "<p class='muted'>no bandit_comparison.json (phase 4 not run).</p>"
+    )
+
+    parts.append("<h2>Per-role breakdown</h2>")
+    if c.roles:
+        parts.append(_table(_role_headers(c), _role_rows(c)))
+        parts.append(f"<p class='muted'>{html.escape(_ROLE_NOTE)}</p>")
+        if "role_ex" in c.pngs:
+            parts.append(_png_tag(c.pngs["role_ex"], "per-role EX by stage"))
+    else:
+        parts.append("<p class='muted'>eval records carry no per-role entries.</p>")
+
+    parts.append("<h2>Where the trained society answers differently from the baseline</h2>")
+    if c.examples and c.trained_stage:
+        kinds = {k: sum(e["kind"] == k for e in c.examples) for k in ("fixed", "broken", "changed")}
+        parts.append(
+            f"<p>baseline vs <b>{html.escape(c.trained_stage)}</b>: showing {len(c.examples)} "
+            f"({kinds['fixed']} fixed, {kinds['broken']} broken, {kinds['changed']} other changes).</p>"
+        )
+        parts.extend(_example_html(e, c.trained_stage) for e in c.examples)
+    else:
+        parts.append("<p class='muted'>no question where the last stage's SQL differs from the baseline's.</p>")
+
+    if run.config_text:
+        parts.append(
+            f"<h2>Configuration</h2><details><summary>config.yaml</summary><pre>{html.escape(run.config_text)}</pre></details>"
+        )
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _md_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    def cell(s: str) -> str:
+        return re.sub(r"<[^>]+>", "", s).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(x) for x in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def render_markdown(c: ReportContent) -> str:
+    """A Markdown summary: the same tables as the HTML, without images and with examples abridged."""
+    out = [f"# SQL Society training report — `{c.run.run_dir.name}`", ""]
+    if c.phases:
+        out += ["## Learning curves (rollouts per phase)", "", _md_table(_PHASE_HEADERS, _phase_rows(c)), ""]
+    if c.stages:
+        out += ["## Metrics per stage (fixed dev subset)", "", _md_table(_STAGE_HEADERS, _stage_rows(c)), ""]
+    if c.run.bandit:
+        out += ["## Supervisor policies (bandit comparison)", "", _md_table(_BANDIT_HEADERS, _bandit_rows(c)), ""]
+    if c.roles:
+        out += ["## Per-role breakdown", "", _md_table(_role_headers(c), _role_rows(c)), "", _ROLE_NOTE, ""]
+    if c.examples and c.trained_stage:
+        out += [f"## Where the answer differs from the baseline (baseline vs {c.trained_stage})", ""]
+        for e in c.examples:
+            out += [
+                f"- **{e['id']}** ({e['db_id']}, {e['kind']}): {e['question']}",
+                f"  - baseline ({'correct' if e['baseline'].get('match') else 'wrong'}): `{_preview(e['baseline'].get('pred_sql'), 200)}`",
+                f"  - {c.trained_stage} ({'correct' if e['trained'].get('match') else 'wrong'}): `{_preview(e['trained'].get('pred_sql'), 200)}`",
+                f"  - gold: `{_preview(e['gold_sql'], 200)}`",
+            ]
+        out.append("")
+    return "\n".join(out)
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    """Where :func:`build_report` wrote the report: ``html`` and ``markdown`` paths."""
+
+    html: Path
+    markdown: Path
+
+
+def build_report(
+    run_dir: str | Path, out_html: str | Path | None = None, out_md: str | Path | None = None
+) -> ReportPaths:
+    """Write the HTML report and the Markdown summary for ``run_dir``.
+
+    Args:
+        run_dir: a ``sqlsociety train`` run directory (may be partial: mid-run reports work).
+        out_html: HTML path; default ``RUN_DIR/report.html``.
+        out_md: Markdown path; default ``RUN_DIR/report.md``.
+
+    Returns:
+        The paths written.
+
+    Raises:
+        ReportError: see :func:`load_run`.
+    """
+    run = load_run(run_dir)
+    content = compute_report(run)
+    html_path = Path(out_html) if out_html else run.run_dir / "report.html"
+    md_path = Path(out_md) if out_md else run.run_dir / "report.md"
+    html_path.write_text(render_html(content), encoding="utf-8")
+    md_path.write_text(render_markdown(content), encoding="utf-8")
+    return ReportPaths(html=html_path, markdown=md_path)
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """:func:`build_report` with the default paths; returns ``RUN_DIR/report.html`` (what
+    ``training.pipeline`` calls at the end of ``sqlsociety train``)."""
+    return build_report(run_dir).html
