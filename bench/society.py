@@ -8,10 +8,15 @@ benchmark reports, per question and in total:
 * model     -- seconds during which at least one LLM request was in flight (union of the LLM call
                intervals, so parallel juniors are not double-counted; includes HTTP and the
                server's queueing, i.e. everything the model server does);
-* tools     -- seconds inside tool calls (schema inspection, SQL execution);
+* tools     -- seconds inside tool calls (schema inspection, SQL execution) while no LLM call was
+               in flight;
 * other     -- wall - model - tools: LangGraph scheduling, state merging, prompt rendering, SQL
                extraction, callbacks/tracing, recording;
-* overhead  -- (wall - model) / wall, the share of time not spent waiting for the model.
+* overhead  -- (wall - model) / wall, the share of time not spent waiting for the model;
+* client layer -- "model" time includes LangChain's ``ChatOpenAI`` layer around the HTTP request;
+               measured separately as the median extra time of ``ChatOpenAI.invoke`` over a bare
+               ``openai`` request for a one-token completion, and added to the framework side:
+               framework = tools + other + calls x client layer.
 
 Usage::
 
@@ -43,9 +48,53 @@ from society.run import AGENTS, SocietyRun, run_society  # noqa: E402
 from tools.spider import load_examples  # noqa: E402
 
 
+def client_overhead_ms(endpoint: Endpoint, pairs: int = 8) -> float:
+    """Median extra milliseconds a LangChain ``ChatOpenAI.invoke`` costs over a bare ``openai``
+    request for the same one-token completion (alternating pairs, so server load affects both).
+    "model" time includes this client layer; the report moves it to the framework side."""
+    import statistics
+
+    from langchain_openai import ChatOpenAI
+    from openai import OpenAI
+
+    msgs = [{"role": "user", "content": "Say OK."}]
+    raw = OpenAI(base_url=endpoint.base_url, api_key=endpoint.api_key, max_retries=0)
+    chat = ChatOpenAI(model=endpoint.model, base_url=endpoint.base_url, api_key=endpoint.api_key, temperature=0,
+                      max_tokens=1, max_retries=0, extra_body={"max_tokens": 1})
+    chat.invoke("Say OK.")  # warm both paths
+    raw.chat.completions.create(model=endpoint.model, messages=msgs, max_tokens=1, temperature=0)
+    diffs = []
+    for _ in range(pairs):
+        t = time.perf_counter()
+        raw.chat.completions.create(model=endpoint.model, messages=msgs, max_tokens=1, temperature=0)
+        a = time.perf_counter() - t
+        t = time.perf_counter()
+        chat.invoke("Say OK.")
+        b = time.perf_counter() - t
+        diffs.append(1000 * (b - a))
+    return statistics.median(diffs)
+
+
+def _union(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    out: list[list[float]] = []
+    for a, b in sorted(spans):
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return [(a, b) for a, b in out]
+
+
 def tool_seconds(run: SocietyRun) -> float:
-    """Seconds spent inside tool calls of ``run`` (they run outside LLM calls)."""
-    return sum(float(t["latency_s"]) for t in run.trace.get("tool_calls", []))
+    """Seconds inside tool calls of ``run`` that no LLM call overlapped (parallel juniors run tools
+    while another junior waits for the model; that time is already model time)."""
+    llm = _union([(c["started"], c["started"] + c["latency_s"]) for c in run.trace.get("llm_calls", [])])
+    tools = _union([(t["started"], t["started"] + t["latency_s"]) for t in run.trace.get("tool_calls", [])])
+    total = 0.0
+    for a, b in tools:
+        covered = sum(max(0.0, min(b, d) - max(a, c)) for c, d in llm)
+        total += (b - a) - covered
+    return total
 
 
 def bench(config: SocietyConfig, endpoints: dict[str, Endpoint], n: int, agent: str, console: Console) -> dict:
@@ -85,7 +134,23 @@ def bench(config: SocietyConfig, endpoints: dict[str, Endpoint], n: int, agent: 
         f"overhead (wall - model) / wall = {summary['overhead_ratio']:.1%}; tools {tools:.3f} s, "
         f"other {other:.3f} s = {summary['other_ms_per_llm_call']:.1f} ms per LLM call"
     )
+    ep = next(iter(endpoints.values()), None) or ChatModelsEndpoint(config)
+    client_ms = client_overhead_ms(ep)
+    framework = other + tools + calls * client_ms / 1000
+    summary.update({"client_overhead_ms_per_call": round(client_ms, 2), "framework_s": round(framework, 4),
+                    "framework_ratio": round(framework / wall, 4)})
+    console.print(
+        f"LangChain client layer: {client_ms:.1f} ms per call (median, vs a bare openai request); "
+        f"framework total (tools + other + client layer) = {framework:.2f} s = {framework / wall:.1%} of wall"
+    )
     return summary
+
+
+def ChatModelsEndpoint(config: SocietyConfig) -> Endpoint:  # noqa: N802 - small adapter
+    """The endpoint of the first model alias (for --base-url runs)."""
+    from society.llm import ChatModels
+
+    return ChatModels(config).endpoint(next(iter(config.models)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -56,7 +56,7 @@ def _refiner(config: SocietyConfig) -> Senior:
     if not insts:
         raise ConfigError(f"baselines.refiner {name!r} is not an enabled senior role")
     inst = insts[0]
-    opts = {**inst.config.options, "max_turns": config.baselines.max_turns}
+    opts = {**inst.config.options, "max_turns": config.baselines.max_turns, "check": config.baselines.check}
     return ROLE_TYPES[inst.type](inst.model_copy(update={"config": inst.config.model_copy(update={"options": opts})}))  # type: ignore[return-value]
 
 

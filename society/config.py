@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -220,11 +220,13 @@ class ExecutionSettings(_Strict):
 class BaselineSettings(_Strict):
     """The single-agent baselines (``single``, ``write-check-rewrite``) reuse role bindings so the
     comparison uses the same model: ``writer`` drafts (a junior role name), ``refiner`` checks and
-    rewrites (a senior role name), for at most ``max_turns`` rewrites."""
+    rewrites (a senior role name), for at most ``max_turns`` rewrites; ``check`` is the refiner's
+    check in the baseline (``llm`` as in Agent Lightning's example, whatever the society's senior uses)."""
 
     writer: str = "junior_direct"
     refiner: str = "senior"
     max_turns: int = Field(default=3, ge=1, le=20)
+    check: Literal["llm", "execution"] = "llm"
 
 
 class SocietyConfig(_Strict):
