@@ -23,6 +23,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 console = Console()
@@ -33,7 +34,7 @@ traces_app = typer.Typer(help="Inspect rollouts: list, show as a tree, export as
 
 
 def _fail(msg: str) -> None:
-    err_console.print(f"[red]error:[/] {msg}")
+    err_console.print(f"[red]error:[/] {escape(msg)}", soft_wrap=True)  # no hard wraps: paths stay copyable
     raise typer.Exit(code=2)
 
 
@@ -55,7 +56,9 @@ def traces_list(
     total = len(rows)
     rows = rows[-limit:]
     table = Table(title=f"{total} rollout(s) in {run_dir}" + (f" (showing last {len(rows)})" if total > len(rows) else ""))
-    for col in ("rollout", "task", "phase", "db", "status", "reward", "EX", "spans", "seconds"):
+    table.add_column("rollout", no_wrap=True, min_width=15)  # ids are what users copy: never cut them
+    table.add_column("task", no_wrap=True)
+    for col in ("phase", "db", "status", "reward", "EX", "spans", "seconds"):
         table.add_column(col, justify="right" if col in ("reward", "EX", "spans", "seconds") else "left")
     for r in rows:
         table.add_row(

@@ -131,7 +131,9 @@ def ex_per_stage(stage_ex: Mapping[str, float], n: Mapping[str, int] | None = No
     names = list(stage_ex)
     vals = [100.0 * float(stage_ex[s]) for s in names]
     fig, ax = plt.subplots(figsize=(6.5, 3.8), dpi=100)
-    bars = ax.bar(names, vals, color=[color_for(s, i) for i, s in enumerate(names)])
+    cols = [color_for(s, i) for i, s in enumerate(names)]
+    # an outline keeps a 0 % bar visible as a coloured line at the axis
+    bars = ax.bar(names, vals, color=cols, edgecolor=cols, linewidth=2.5)
     for b, s, v in zip(bars, names, vals):
         label = f"{v:.1f}%" + (f"\n(n={n[s]})" if n and s in n else "")
         ax.annotate(label, (b.get_x() + b.get_width() / 2, v), ha="center", va="bottom", fontsize=9)
@@ -165,7 +167,8 @@ def role_candidate_ex(table: Mapping[str, Mapping[str, float]]) -> Figure:
     for j, s in enumerate(stages):
         xs = [i + (j - (len(stages) - 1) / 2) * width for i in range(len(roles))]
         ys = [100.0 * table[r].get(s, float("nan")) for r in roles]
-        ax.bar(xs, ys, width=width, color=color_for(s, j), label=s)
+        col = color_for(s, j)
+        ax.bar(xs, ys, width=width, color=col, edgecolor=col, linewidth=2.5, label=s)
     ax.set_xticks(range(len(roles)))
     ax.set_xticklabels(roles, rotation=15, fontsize=8)
     ax.set_ylim(0, 100)

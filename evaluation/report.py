@@ -115,7 +115,7 @@ def normalize_record(rec: Mapping) -> dict:
     executor summary, no reward); the documented run-directory schema has ``id``,
     ``result_preview`` and ``reward``. Missing fields are derived: ``id`` from ``question_id``,
     ``result_preview`` from ``result`` (first 5 rows, or the error), and ``reward`` -- when the
-    record names its database (``db_path``) and gold SQL -- with the project's reward function
+    record's database is found (:func:`_database_of`) and it has gold SQL -- with the project's reward function
     :func:`evaluation.rewards.compute_reward` on the predicted SQL (``reward_source`` says which).
     """
     r = dict(rec)
@@ -124,12 +124,29 @@ def normalize_record(rec: Mapping) -> dict:
         r["pred_sql"] = r["final_sql"]
     if r.get("result_preview") is None:
         r["result_preview"] = _result_preview(r)
-    if r.get("reward") is None and r.get("db_path") and r.get("gold_sql") and Path(r["db_path"]).is_file():
-        from evaluation.rewards import compute_reward
+    if r.get("reward") is None and r.get("gold_sql"):
+        db = _database_of(r)
+        if db is not None:
+            from evaluation.rewards import compute_reward
 
-        r["reward"] = float(compute_reward(r.get("pred_sql"), r["gold_sql"], r["db_path"]).total)
-        r["reward_source"] = "evaluation.rewards.compute_reward"
+            r["reward"] = float(compute_reward(r.get("pred_sql"), r["gold_sql"], db).total)
+            r["reward_source"] = "evaluation.rewards.compute_reward"
     return r
+
+
+def _database_of(rec: Mapping) -> Path | None:
+    """The record's SQLite file: its ``db_path`` when that exists here, else ``db_id`` looked up in
+    the data directory (``tools.spider.default_data_dir()``, so reports made on another machine
+    still find the bundled databases); None when neither exists."""
+    if rec.get("db_path") and Path(rec["db_path"]).is_file():
+        return Path(rec["db_path"])
+    if rec.get("db_id"):
+        from tools.spider import database_path, default_data_dir
+
+        p = database_path(default_data_dir(), str(rec["db_id"]))
+        if p.is_file():
+            return p
+    return None
 
 
 def _stage_key(stage: str) -> tuple[int, str]:

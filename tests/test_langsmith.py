@@ -415,3 +415,42 @@ def test_guard_stops_langchain_tracing_without_key(standin: LangSmithStandIn, mo
     assert standin.requests == []
     monkeypatch.setenv("LANGSMITH_API_KEY", "k")
     assert lt.disable_tracing_without_key() is False
+
+
+@pytest.mark.model
+def test_real_society_rollout_nests_nodes_llm_and_tool_runs(
+    standin: LangSmithStandIn, monkeypatch: pytest.MonkeyPatch, smol_server, tmp_path: Path
+) -> None:
+    """The real society (SmolLM2 on llama.cpp) inside rollout_trace: one trace with node, LLM and
+    tool runs carrying the role metadata, and the reward as feedback; then pulled back."""
+    from evaluation.rewards import compute_reward
+    from society.config import SocietyConfig
+    from society.run import run_society
+
+    monkeypatch.setenv("LANGSMITH_API_KEY", "test-key")
+    monkeypatch.setenv("LANGSMITH_TRACING", "true")
+    repo = Path(__file__).resolve().parent.parent
+    cfg = SocietyConfig.load(repo / "configs" / "smoke.yaml").with_endpoint("coder", smol_server.base_url, smol_server.model)
+    gold = "SELECT count(*) FROM singer"
+    with lt.rollout_trace(run_id="run-model", phase="eval-baseline", question_id="dev-0", db_id="concert_singer",
+                          inputs={"question": "How many singers do we have?"}) as handle:
+        run = run_society("How many singers do we have?", SPIDER_DB, cfg, question_id="dev-0", db_id="concert_singer")
+        reward = compute_reward(run.final_sql, gold, SPIDER_DB).total
+        handle.end({"final_sql": run.final_sql})
+        handle.set_reward(reward)
+    lt.flush()
+
+    runs = list(standin.runs.values())
+    assert {str(r["trace_id"]) for r in runs} == {handle.trace_id}
+    llm = [r for r in runs if r["run_type"] == "llm"]
+    assert len(llm) == run.llm_calls
+    roles = {r["extra"]["metadata"].get("role_instance") for r in llm}
+    assert {c.junior for c in run.candidates} <= roles
+    assert any(r["run_type"] == "tool" and r["name"] == "sql_db_query" for r in runs)
+    names = {r["name"] for r in runs}
+    assert {"rollout", "society", "supervisor", "finalize"} <= names
+    assert {f["key"]: f["score"] for f in standin.feedback}["reward"] == pytest.approx(reward)
+
+    trace = build_tree(next(iter(lt.pull_traces("sqlsociety-test", "run-model").values())))
+    assert trace.reward == pytest.approx(reward)
+    assert trace.llm_calls() == run.llm_calls
