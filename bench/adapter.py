@@ -1,0 +1,104 @@
+"""Adapter throughput on a store of >= 1,000 recorded society rollouts.
+
+Builds ``--rollouts`` rollouts in a fresh :class:`training.store.SqliteLightningStore` by
+replaying the real rollouts of ``tests/fixtures/society_traces.jsonl.gz`` (each copy gets a new
+rollout id through the store's own API: enqueue, dequeue, ``add_many_spans``, ``update_attempt``),
+then times the :class:`training.adapter.HierarchicalTraceAdapter`:
+
+* read: spans loaded from SQLite (``RolloutArchive.iter_spans``), no adapting;
+* adapt: ``adapter.adapt(spans)`` on spans already in memory;
+* end to end: ``to_sft`` + ``to_rl`` + ``to_bandit`` straight from the store file.
+
+Prints spans/s and rollouts/s for each, and the store write rate. Usage::
+
+    python bench/adapter.py [--rollouts 1000] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from training.adapter import HierarchicalTraceAdapter, load_traces  # noqa: E402
+from training.store import RolloutArchive, SqliteLightningStore  # noqa: E402
+
+FIXTURE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "society_traces.jsonl.gz"
+
+
+async def build_store(path: Path, n: int) -> tuple[int, float]:
+    """Replay the recorded rollouts until ``n`` exist; returns (spans written, seconds)."""
+    recorded = load_traces(FIXTURE)
+    store = SqliteLightningStore(path)
+    t0 = time.perf_counter()
+    n_spans = 0
+    try:
+        for i in range(n):
+            rec, spans = recorded[i % len(recorded)]
+            await store.enqueue_rollout(input={"task_id": f"{rec['task_id']}#{i}"}, mode="train")
+            ar = await store.dequeue_rollout(worker_id="bench")
+            await store.add_many_spans([
+                s.model_copy(update={"rollout_id": ar.rollout_id, "attempt_id": ar.attempt.attempt_id}) for s in spans
+            ])
+            await store.update_attempt(ar.rollout_id, ar.attempt.attempt_id, status="succeeded")
+            n_spans += len(spans)
+    finally:
+        store.close()
+    return n_spans, time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rollouts", type=int, default=1000, help="rollouts in the store (default 1000)")
+    ap.add_argument("--keep", type=Path, default=None, help="build the store in this directory and keep it")
+    args = ap.parse_args()
+    if args.rollouts < 1:
+        ap.error("--rollouts must be >= 1")
+
+    tmp = None if args.keep else tempfile.TemporaryDirectory()
+    root = args.keep or Path(tmp.name)  # type: ignore[union-attr]
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "store.sqlite"
+    if path.exists():
+        path.unlink()
+
+    n_spans, build_s = asyncio.run(build_store(path, args.rollouts))
+    mb = path.stat().st_size / 2**20
+    print(f"store: {args.rollouts} rollouts, {n_spans} spans, {mb:.1f} MiB; written through the store API "
+          f"in {build_s:.1f} s ({n_spans / build_s:,.0f} spans/s, {args.rollouts / build_s:,.1f} rollouts/s)")
+
+    ad = HierarchicalTraceAdapter()
+    with RolloutArchive(path) as arc:
+        t0 = time.perf_counter()
+        loaded = [spans for _, spans in arc.iter_spans(status="succeeded")]
+        read_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    traces = [ad.adapt(spans) for spans in loaded]
+    adapt_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    sft = ad.to_sft(path, min_reward=0.5, select="either")
+    rl = ad.to_rl(path)
+    bandit = ad.to_bandit(path)
+    e2e_s = time.perf_counter() - t0
+
+    def rate(seconds: float, reads: int = 1) -> str:
+        return f"{reads * n_spans / seconds:>10,.0f} spans/s  {reads * args.rollouts / seconds:>8,.1f} rollouts/s  ({seconds:.2f} s)"
+
+    print(f"read from SQLite            {rate(read_s)}")
+    print(f"adapt (in memory)           {rate(adapt_s)}")
+    print(f"to_sft+to_rl+to_bandit      {rate(e2e_s, reads=3)}   [3 passes over the store]")
+    print(f"views: sft rows {len(sft)}, senior triplets {len(rl.triplets)}, bandit samples {len(bandit)}, "
+          f"LLM calls {sum(len(t.llm_calls) for t in traces)}")
+    if tmp is not None:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,495 @@
+"""One trace adapter, three views of the same spans: SFT for the juniors, RL for the senior, a bandit log for the supervisor.
+
+:class:`HierarchicalTraceAdapter` is an Agent Lightning ``TraceAdapter``: ``adapt(spans)`` turns
+the spans of one society rollout (as :class:`training.agent.SocietyAgent` leaves them in the
+store) into a :class:`SocietyTrace`; the three views work over many rollouts:
+
+* :meth:`~HierarchicalTraceAdapter.to_sft` -- each junior's conversation (system, user,
+  assistant draft, execution feedback, assistant fix...) from rollouts that pass a reward
+  threshold and/or whose own candidate matched gold, as a Hugging Face ``datasets.Dataset`` with
+  a ``messages`` column (TRL ``SFTTrainer``'s conversational format).
+* :meth:`~HierarchicalTraceAdapter.to_rl` -- the senior's decision points (each ``senior_check``
+  / ``senior_rewrite`` LLM call: prompt = question, schema, the chosen candidate, its execution
+  feedback; response; reward) as Agent Lightning ``Triplet`` objects (what verl consumes) and
+  as a prompt dataset for TRL ``GRPOTrainer`` (``prompt`` + ``gold_sql`` + ``db_path`` columns
+  for an execution reward function).
+* :meth:`~HierarchicalTraceAdapter.to_bandit` -- the supervisor's decision: context = the
+  candidates with execution features, action = chosen index, reward = whether the chosen
+  candidate matched gold, the logging propensity, and every candidate's own EX.
+
+How spans map to roles: the LangChain chat-model spans carry ``langchain.metadata.role`` /
+``role_instance`` / ``node`` (added by ``training.agent.named_langchain_handler``) and the prompt
+messages as ``gen_ai.prompt`` (JSON) with the reply in ``gen_ai.completion``; the child
+``openai.chat.completion`` span (``gen_ai.prompt.<i>.role/content``,
+``gen_ai.completion.0.content``) is the fallback. Per-role credit comes from the
+``role_outcomes`` annotation; candidates come from the ``society_run`` object span; the reward is
+Agent Lightning's final reward span.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # litellm (imported by agl) stalls on the network otherwise
+
+import agentlightning as agl
+from agentlightning.emitter import find_final_reward
+from agentlightning.types import Span, Triplet
+
+from training.agent import ATTR, KIND_ROLE_OUTCOMES, KIND_SOCIETY_RUN, LC_METADATA, LC_RUN_NAME
+
+#: Graph nodes of the senior whose LLM calls are RL decision points.
+SENIOR_NODES = ("senior_check", "senior_rewrite")
+
+SftSelect = Literal["reward", "own_correct", "either", "both"]
+
+
+@dataclass(frozen=True)
+class LLMCall:
+    """One LLM call of one role, read from its chat-model span.
+
+    Attributes:
+        span_id, sequence_id: the span's identity and order in the rollout.
+        role: ``junior``, ``supervisor``, ``senior`` or ``reviewer``.
+        role_instance: e.g. ``junior_direct``, ``senior``.
+        node: the graph node that made the call, e.g. ``draft``, ``fix``, ``senior_check``.
+        label: the run name, e.g. ``junior:direct``.
+        messages: the prompt as ``[{"role", "content"}]`` (OpenAI roles).
+        response: the completion text ("" when the call failed).
+        model: the served model name.
+        prompt_tokens, completion_tokens: usage when the server reported it, else 0.
+    """
+
+    span_id: str
+    sequence_id: int
+    role: str
+    role_instance: str
+    node: str
+    label: str
+    messages: list[dict[str, str]]
+    response: str
+    model: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def conversation(self) -> list[dict[str, str]]:
+        """The prompt plus the reply as the final assistant message."""
+        return [*self.messages, {"role": "assistant", "content": self.response}]
+
+
+@dataclass
+class SocietyTrace:
+    """The structured view of one society rollout (what :meth:`HierarchicalTraceAdapter.adapt` returns).
+
+    Attributes:
+        rollout_id, attempt_id: Agent Lightning ids (from the spans).
+        task_id: the task id (e.g. ``train-12``), or None when the rollout left no outcome span.
+        reward: the rollout's final reward, or None.
+        outcomes: the ``role_outcomes`` annotation with the ``sqlsociety.`` prefix stripped
+            (``final.ex``, ``junior.<J>.ex``, ``supervisor.index``, ``senior.before_ex``, ...).
+        run: the ``SocietyRun.to_record()`` dict of the ``society_run`` object span ({} if absent).
+        llm_calls: every LLM call in span order.
+        n_spans: spans of the rollout.
+    """
+
+    rollout_id: str
+    attempt_id: str
+    task_id: str | None
+    reward: float | None
+    outcomes: dict[str, Any]
+    run: dict[str, Any]
+    llm_calls: list[LLMCall]
+    n_spans: int
+
+    def calls(self, *, role: str | None = None, role_instance: str | None = None,
+              nodes: Sequence[str] | None = None) -> list[LLMCall]:
+        """LLM calls filtered by role, role instance and/or graph nodes."""
+        return [c for c in self.llm_calls
+                if (role is None or c.role == role) and (role_instance is None or c.role_instance == role_instance)
+                and (nodes is None or c.node in nodes)]
+
+
+@dataclass(frozen=True)
+class BanditSample:
+    """One supervisor decision for an off-policy contextual bandit.
+
+    Attributes:
+        rollout_id, task_id, question: where it came from.
+        candidates: per candidate (in the supervisor's order) ``junior``, ``persona``, ``sql``,
+            ``executes`` (0/1), ``empty`` (0/1: executed, zero rows), ``row_count``,
+            ``agreement`` (share of the *other* executed candidates with the same result, [0, 1]),
+            ``error_category`` ("" when it ran), ``fixed`` (0/1), ``result_digest``.
+        action: the chosen index (>= 0).
+        reward: 1.0 if the chosen candidate matched gold (EX), else 0.0.
+        candidate_rewards: each candidate's own EX (0/1): full-information feedback.
+        propensity: probability the logging policy had of this action (1.0 when it did not explore).
+        policy: the logging policy name.
+        rollout_reward: the whole rollout's reward (after the senior), for reference.
+    """
+
+    rollout_id: str
+    task_id: str
+    question: str
+    candidates: list[dict[str, Any]]
+    action: int
+    reward: float
+    candidate_rewards: list[float]
+    propensity: float
+    policy: str
+    rollout_reward: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class RLData:
+    """The senior's decision points in the two shapes the RL trainers take.
+
+    Attributes:
+        triplets: Agent Lightning ``Triplet`` (prompt ``{"messages": [...]}``, response
+            ``{"content": ...}``, reward, metadata with ``rollout_id``, ``task_id``, ``node``,
+            ``before_ex``, ``after_ex``); verl's ``agent_match`` path consumes this shape.
+        prompts: ``datasets.Dataset`` for TRL ``GRPOTrainer``: ``prompt`` (messages without the
+            reply), ``gold_sql``, ``db_path``, ``task_id``, ``node``, ``reward`` (the logged one).
+    """
+
+    triplets: list[Triplet]
+    prompts: Any
+
+
+def _json(value: Any, default: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return default
+    return default if value is None else value
+
+
+def _indexed_messages(attrs: Mapping[str, Any], prefix: str) -> list[dict[str, str]]:
+    out: list[dict[str, str]] = []
+    i = 0
+    while f"{prefix}.{i}.content" in attrs or f"{prefix}.{i}.role" in attrs:
+        out.append({"role": str(attrs.get(f"{prefix}.{i}.role", "user")), "content": str(attrs.get(f"{prefix}.{i}.content", ""))})
+        i += 1
+    return out
+
+
+class HierarchicalTraceAdapter(agl.TraceAdapter[SocietyTrace]):
+    """Reads society rollouts from spans; builds the SFT, RL and bandit views.
+
+    Args:
+        outcome_prefix: attribute prefix of the project's spans (default ``sqlsociety``).
+
+    ``adapt(spans)`` never raises for missing parts: a rollout without an outcome span gets
+    ``task_id=None`` and empty ``outcomes`` (the views skip it).
+    """
+
+    def __init__(self, outcome_prefix: str = ATTR) -> None:
+        self.prefix = outcome_prefix
+
+    # ----------------------------------------------------------------- one rollout
+
+    def adapt(self, source: Sequence[Span], /) -> SocietyTrace:
+        """Structure one rollout's spans (any order; ``sequence_id`` sorts them)."""
+        spans = sorted(source, key=lambda s: s.sequence_id)
+        if not spans:
+            return SocietyTrace("", "", None, None, {}, {}, [], 0)
+        children: dict[str | None, list[Span]] = {}
+        for s in spans:
+            children.setdefault(s.parent_id, []).append(s)
+        outcomes: dict[str, Any] = {}
+        run: dict[str, Any] = {}
+        calls: list[LLMCall] = []
+        pre = self.prefix + "."
+        for s in spans:
+            a = s.attributes
+            kind = a.get(f"{self.prefix}.kind")
+            if kind == KIND_ROLE_OUTCOMES:
+                outcomes = {k[len(pre):]: v for k, v in a.items() if k.startswith(pre)}
+            elif kind == KIND_SOCIETY_RUN:
+                run = _json(a.get("agentlightning.object.json"), {}) or {}
+            elif s.name == "chat_model.llm" or (a.get(f"{LC_METADATA}.role_instance") and "gen_ai.request.model" in a):
+                calls.append(self._llm_call(s, children.get(s.span_id, [])))
+        reward = find_final_reward(spans)
+        task_id = outcomes.get("task_id") or run.get("question_id") or None
+        return SocietyTrace(
+            rollout_id=spans[0].rollout_id, attempt_id=spans[0].attempt_id, task_id=task_id,
+            reward=None if reward is None else float(reward), outcomes=outcomes, run=run, llm_calls=calls,
+            n_spans=len(spans),
+        )
+
+    @staticmethod
+    def _llm_call(span: Span, kids: Sequence[Span]) -> LLMCall:
+        a = span.attributes
+        messages = _json(a.get("gen_ai.prompt"), [])
+        completion = _json(a.get("gen_ai.completion"), [])
+        response = completion[0] if isinstance(completion, list) and completion else (
+            completion if isinstance(completion, str) else "")
+        openai_span = next((k for k in kids if k.name.startswith("openai.")), None)
+        if openai_span is not None:
+            oa = openai_span.attributes
+            if not messages:
+                messages = _indexed_messages(oa, "gen_ai.prompt")
+            if not response:
+                response = str(oa.get("gen_ai.completion.0.content", ""))
+            usage_in = int(oa.get("gen_ai.usage.prompt_tokens", 0) or 0)
+            usage_out = int(oa.get("gen_ai.usage.completion_tokens", 0) or 0)
+        else:
+            usage_in = int(a.get("gen_ai.usage.prompt_tokens", 0) or 0)
+            usage_out = int(a.get("gen_ai.usage.completion_tokens", 0) or 0)
+        return LLMCall(
+            span_id=span.span_id, sequence_id=span.sequence_id,
+            role=str(a.get(f"{LC_METADATA}.role", "")), role_instance=str(a.get(f"{LC_METADATA}.role_instance", "")),
+            node=str(a.get(f"{LC_METADATA}.node", "")), label=str(a.get(LC_RUN_NAME, "")),
+            messages=[{"role": str(m.get("role", "user")), "content": str(m.get("content", ""))} for m in messages
+                      if isinstance(m, Mapping)],
+            response=str(response), model=str(a.get("gen_ai.request.model", "")),
+            prompt_tokens=usage_in, completion_tokens=usage_out,
+        )
+
+    # ----------------------------------------------------------------- many rollouts
+
+    def traces(self, source: Any, *, status: str | Sequence[str] = "succeeded") -> Iterator[SocietyTrace]:
+        """Adapted rollouts from a :class:`training.store.RolloutArchive` (rollouts with ``status``),
+        a path to a store file, or an iterable of span lists / already-adapted traces."""
+        from training.store import RolloutArchive
+
+        if isinstance(source, (str, Path)):
+            with RolloutArchive(source) as arc:
+                yield from self.traces(arc, status=status)
+            return
+        if isinstance(source, RolloutArchive):
+            for _, spans in source.iter_spans(status=status):
+                yield self.adapt(spans)
+            return
+        for item in source:
+            yield item if isinstance(item, SocietyTrace) else self.adapt(item)
+
+    def to_sft(
+        self,
+        source: Any,
+        *,
+        min_reward: float = 0.5,
+        select: SftSelect = "either",
+        roles: Sequence[str] = ("junior",),
+    ) -> Any:
+        """The juniors' conversations worth imitating, as a ``datasets.Dataset``.
+
+        A junior's conversation is its last LLM call's prompt plus reply (so a draft, the
+        execution feedback and the fix form one conversation). It is kept when:
+        ``reward``: the rollout reward >= ``min_reward``; ``own_correct``: the junior's own
+        candidate matched gold (``junior.<J>.ex == 1``); ``either`` / ``both``: or / and.
+
+        Columns: ``messages`` (list of ``{"role", "content"}``), ``rollout_id``, ``task_id``,
+        ``role_instance``, ``persona``, ``reward``, ``own_ex``.
+
+        Raises:
+            ValueError: unknown ``select``.
+        """
+        import datasets
+
+        if select not in ("reward", "own_correct", "either", "both"):
+            raise ValueError(f"select={select!r}; use 'reward', 'own_correct', 'either' or 'both'")
+        rows: dict[str, list[Any]] = {k: [] for k in ("messages", "rollout_id", "task_id", "role_instance", "persona",
+                                                        "reward", "own_ex")}
+        for t in self.traces(source):
+            if t.task_id is None:
+                continue
+            last: dict[str, LLMCall] = {}
+            for c in t.llm_calls:
+                if c.role in roles and c.response:
+                    last[c.role_instance] = c
+            for inst, call in last.items():
+                own = t.outcomes.get(f"junior.{inst}.ex")
+                own_ok = own == 1
+                rew_ok = t.reward is not None and t.reward >= min_reward
+                keep = {"reward": rew_ok, "own_correct": own_ok, "either": rew_ok or own_ok, "both": rew_ok and own_ok}[select]
+                if not keep:
+                    continue
+                rows["messages"].append(call.conversation())
+                rows["rollout_id"].append(t.rollout_id)
+                rows["task_id"].append(t.task_id)
+                rows["role_instance"].append(inst)
+                rows["persona"].append(str(t.outcomes.get(f"junior.{inst}.persona", "")))
+                rows["reward"].append(t.reward)
+                rows["own_ex"].append(-1 if own is None else int(own))
+        return datasets.Dataset.from_dict(rows, features=_sft_features())
+
+    def to_rl(self, source: Any, *, reward: Literal["rollout", "senior_gain"] = "rollout") -> RLData:
+        """The senior's decision points as verl-style triplets and a TRL GRPO prompt dataset.
+
+        Args:
+            source: see :meth:`traces`.
+            reward: ``rollout``: the rollout's reward; ``senior_gain``: the senior's own credit,
+                ``after_ex - before_ex`` in {-1, 0, 1} (did its check/rewrite turn a wrong
+                candidate right, or a right one wrong).
+
+        Raises:
+            ValueError: unknown ``reward``.
+        """
+        import datasets
+
+        if reward not in ("rollout", "senior_gain"):
+            raise ValueError(f"reward={reward!r}; use 'rollout' or 'senior_gain'")
+        triplets: list[Triplet] = []
+        cols: dict[str, list[Any]] = {k: [] for k in ("prompt", "gold_sql", "db_path", "task_id", "node", "reward")}
+        for t in self.traces(source):
+            if t.task_id is None:
+                continue
+            before, after = t.outcomes.get("senior.before_ex"), t.outcomes.get("senior.after_ex")
+            if reward == "senior_gain":
+                if before is None or after is None:
+                    continue
+                value: float | None = float(after) - float(before)
+            else:
+                value = t.reward
+            for c in t.calls(role="senior", nodes=SENIOR_NODES):
+                meta = {"rollout_id": t.rollout_id, "task_id": t.task_id, "node": c.node, "span_id": c.span_id,
+                        "before_ex": before, "after_ex": after, "model": c.model}
+                triplets.append(Triplet(prompt={"messages": c.messages}, response={"content": c.response},
+                                        reward=value, metadata=meta))
+                cols["prompt"].append(c.messages)
+                cols["gold_sql"].append(str(t.outcomes.get("gold_sql", "")))
+                cols["db_path"].append(_db_path(t))
+                cols["task_id"].append(t.task_id)
+                cols["node"].append(c.node)
+                cols["reward"].append(value)
+        return RLData(triplets=triplets, prompts=datasets.Dataset.from_dict(cols, features=_rl_features()))
+
+    def to_bandit(self, source: Any) -> list[BanditSample]:
+        """The supervisor's last decision of every rollout that had at least one usable candidate."""
+        out: list[BanditSample] = []
+        for t in self.traces(source):
+            choices = t.run.get("choices") or []
+            if t.task_id is None or not choices:
+                continue
+            ch = choices[-1]
+            action = int(ch.get("index", -1))
+            cands = ch.get("candidates") or []
+            if action < 0 or action >= len(cands):
+                continue
+            feats = candidate_features(cands)
+            own = [float(t.outcomes.get(f"junior.{c.get('junior')}.ex", 0) or 0) for c in cands]
+            info = ch.get("info") or {}
+            out.append(BanditSample(
+                rollout_id=t.rollout_id, task_id=t.task_id, question=str(t.run.get("question", "")),
+                candidates=feats, action=action, reward=own[action], candidate_rewards=own,
+                propensity=float(info.get("propensity", 1.0)), policy=str(ch.get("policy", "")),
+                rollout_reward=t.reward,
+            ))
+        return out
+
+
+def _db_path(t: SocietyTrace) -> str:
+    """The rollout's database: the recorded path when it exists here, else ``db_id`` under the data dir."""
+    from tools.spider import database_path, default_data_dir
+
+    p = str(t.outcomes.get("db_path") or t.run.get("db_path") or "")
+    if p and Path(p).is_file():
+        return p
+    db_id = t.outcomes.get("db_id") or t.run.get("db_id")
+    return str(database_path(default_data_dir(), str(db_id))) if db_id else p
+
+
+def candidate_features(candidates: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Execution features of each candidate (see :class:`BanditSample`); ``agreement`` is the share
+    of the other executed candidates whose result digest equals this one's (0 if it did not run)."""
+    out = []
+    for i, c in enumerate(candidates):
+        ok = bool(c.get("ok"))
+        others = [d for j, d in enumerate(candidates) if j != i and d.get("ok")]
+        agree = (sum(d.get("result_digest") == c.get("result_digest") for d in others) / len(others)) if ok and others else 0.0
+        out.append({
+            "junior": str(c.get("junior", "")), "persona": str(c.get("persona", "")), "sql": c.get("sql") or "",
+            "executes": int(ok), "empty": int(ok and int(c.get("row_count") or 0) == 0),
+            "row_count": int(c.get("row_count") or 0), "agreement": float(agree),
+            "error_category": str(c.get("error_category") or ""), "fixed": int(bool(c.get("fixed"))),
+            "result_digest": str(c.get("result_digest") or ""),
+        })
+    return out
+
+
+def _sft_features() -> Any:
+    import datasets
+
+    msg = {"role": datasets.Value("string"), "content": datasets.Value("string")}
+    return datasets.Features({
+        "messages": datasets.List(msg), "rollout_id": datasets.Value("string"), "task_id": datasets.Value("string"),
+        "role_instance": datasets.Value("string"), "persona": datasets.Value("string"),
+        "reward": datasets.Value("float64"), "own_ex": datasets.Value("int64"),
+    })
+
+
+def _rl_features() -> Any:
+    import datasets
+
+    msg = {"role": datasets.Value("string"), "content": datasets.Value("string")}
+    return datasets.Features({
+        "prompt": datasets.List(msg), "gold_sql": datasets.Value("string"), "db_path": datasets.Value("string"),
+        "task_id": datasets.Value("string"), "node": datasets.Value("string"), "reward": datasets.Value("float64"),
+    })
+
+
+# --------------------------------------------------------------------------------------------
+# Recorded traces (test fixtures, benchmarks)
+# --------------------------------------------------------------------------------------------
+
+
+def _open_text(path: str | Path, mode: str) -> Any:
+    """Open a text file, gzip-compressed when the name ends in ``.gz``."""
+    if str(path).endswith(".gz"):
+        import gzip
+
+        return gzip.open(path, mode + "t", encoding="utf-8")
+    return open(path, mode, encoding="utf-8")
+
+
+def export_traces(archive: Any, path: str | Path, *, status: str | Sequence[str] = "succeeded",
+                  limit: int | None = None) -> int:
+    """Write rollouts and their spans as JSON lines (``{"rollout": {...}, "spans": [...]}``; gzip if ``path`` ends in ``.gz``).
+
+    Used to save real society rollouts as test fixtures. Returns the number of rollouts written.
+    """
+    n = 0
+    with _open_text(path, "w") as f:
+        for rec, spans in archive.iter_spans(status=status):
+            if limit is not None and n >= limit:
+                break
+            row = {"rollout": {k: v for k, v in asdict(rec).items()}, "spans": [s.model_dump(mode="json") for s in spans]}
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+def load_traces(path: str | Path) -> list[tuple[dict[str, Any], list[Span]]]:
+    """Read :func:`export_traces` output: ``(rollout dict, spans)`` per line.
+
+    Raises:
+        FileNotFoundError: no such file.
+    """
+    out = []
+    with _open_text(path, "r") as f:
+        for line in f:
+            if line.strip():
+                row = json.loads(line)
+                out.append((row["rollout"], [Span.model_validate(s) for s in row["spans"]]))
+    return out
+
+
+__all__ = [
+    "BanditSample",
+    "HierarchicalTraceAdapter",
+    "LLMCall",
+    "RLData",
+    "SocietyTrace",
+    "candidate_features",
+    "export_traces",
+    "load_traces",
+]
