@@ -182,7 +182,8 @@ def role_candidate_ex(table: Mapping[str, Mapping[str, float]]) -> Figure:
 
 def training_signals(series: Mapping[str, Sequence[tuple[float, float]]]) -> Figure:
     """One small panel per training signal (e.g. the SFT loss per step, the GRPO mean reward per
-    step), raw points plus a rolling mean.
+    step): the raw values joined by a line, plus a rolling mean once there are at least two
+    windows of points.
 
     Args:
         series: label -> [(step, value)], each with at least one point; the label is the panel title.
@@ -198,9 +199,10 @@ def training_signals(series: Mapping[str, Sequence[tuple[float, float]]]) -> Fig
         xs = [float(x) for x, _ in pts]
         ys = [float(y) for _, y in pts]
         col = color_for(label, i)
-        ax.plot(xs, ys, "o", ms=3, alpha=0.4, color=col, label="raw")
+        ax.plot(xs, ys, "o-", ms=4, linewidth=1, alpha=0.6, color=col, label="raw")
         w = default_window(len(ys))
-        ax.plot(xs, rolling_mean(ys, w), color=col, linewidth=2, label=f"rolling mean (w={w})")
+        if len(ys) >= 2 * w:  # a rolling mean over fewer points than two windows says nothing more
+            ax.plot(xs, rolling_mean(ys, w), color=col, linewidth=2.2, label=f"rolling mean (w={w})")
         ax.set_title(label, fontsize=10)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

@@ -31,6 +31,7 @@ How a span is classified (:func:`classify`), from the conventions the tracers re
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -645,7 +646,7 @@ def render_tree(trace: RolloutTrace, *, full: bool = False) -> Tree:
     """
     info = trace.info
     head = f"[bold]rollout {escape(trace.rollout_id or '?')}[/]"
-    for key in ("task_id", "db_id", "phase", "status"):
+    for key in ("task_id", "db_id", "phase", "status", "ex"):
         if info.get(key):
             head += f"  {key}=[cyan]{escape(str(info[key]))}[/]"
     head += f"  reward=[bold green]{_fmt_reward(trace.reward)}[/]"
@@ -666,7 +667,157 @@ def render_tree(trace: RolloutTrace, *, full: bool = False) -> Tree:
     return tree
 
 
+# --------------------------------------------------------------------------- society run directories
+
+
+def _f(v: Any, default: float = 0.0) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return default
+
+
+def society_run_records(run: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Span records for one question of a society run directory (``runs/<stamp>-<name>/traces/<qid>.json``,
+    written by ``society.run.RunRecorder`` for ``sqlsociety ask`` / ``eval``), so ``traces show``
+    renders those runs like rollouts of a training store.
+
+    The file holds the node visits (``path``: ``"node"`` or ``"junior/subnode"``), every LLM call
+    (role, node, messages, response, tokens, start, latency) and tool call (role, node, args,
+    output, error) with their times, and per-role outcomes (``roles``). Each visit becomes a node
+    span under a ``society`` root (a junior's subgraph visits under one span per junior), each
+    call a child of the visit it ran in (the k-th call of a node goes to the k-th visit of that
+    node), and ``roles`` an annotation span (``role_outcomes.<role>.<key>``). Visits without a
+    call get the time of the visit before them.
+    """
+    key = str(run.get("run_id") or run.get("question_id") or "run")
+    trace_id = hashlib.md5(key.encode()).hexdigest()
+    qid = str(run.get("question_id") or key)
+    counter = iter(range(1, 1_000_000))
+
+    def sid() -> str:
+        return hashlib.md5(f"{key}/{next(counter)}".encode()).hexdigest()[:16]
+
+    resource = {"attributes": {ROLLOUT_ID_ATTR: qid, "service.name": "sqlsociety"}}
+
+    def rec(name: str, parent: str | None, start: float, end: float, attrs: dict[str, Any], error: Any = None) -> dict[str, Any]:
+        return {
+            "trace_id": trace_id, "span_id": sid(), "parent_span_id": parent, "name": name, "kind": "SPAN_KIND_INTERNAL",
+            "start_time_unix_nano": _ns(start), "end_time_unix_nano": _ns(end),
+            "attributes": {k: _scalar(v) for k, v in attrs.items() if v is not None}, "events": [], "links": [],
+            "status": {"code": "STATUS_CODE_ERROR" if error else "STATUS_CODE_OK", "message": str(error or "")},
+            "resource": resource,
+        }
+
+    trace = run.get("trace") or {}
+    calls: list[tuple[str, dict]] = [("llm", c) for c in trace.get("llm_calls") or []]
+    calls += [("tool", c) for c in trace.get("tool_calls") or []]
+    calls.sort(key=lambda kc: _f(kc[1].get("started")))
+    t0 = min((_f(c.get("started")) for _, c in calls), default=0.0)
+    out: list[dict[str, Any]] = []
+    root = rec(str(run.get("agent") or "society"), None, t0, t0 + _f(run.get("seconds")), {"agentops.span.kind": "chain"})
+    out.append(root)
+
+    def visit_key(role: str, node: str) -> str:
+        return f"{role}/{node}" if role.startswith("junior") and node in {"draft", "execute", "fix", "finish"} else node
+
+    visits = [str(v) for v in run.get("path") or []]
+    by_key: dict[str, list[int]] = {}
+    for i, v in enumerate(visits):
+        by_key.setdefault(v, []).append(i)
+    assigned: dict[int, list[tuple[str, dict]]] = {}
+    seen: dict[str, int] = {}
+    for kind, c in calls:
+        k = visit_key(str(c.get("role", "")), str(c.get("node", "")))
+        idxs = by_key.get(k)
+        if not idxs:
+            continue
+        n = seen.get(k, 0)
+        seen[k] = n + 1
+        assigned.setdefault(idxs[min(n, len(idxs) - 1)], []).append((kind, c))
+    groups: dict[str, dict[str, Any]] = {}
+    last = t0
+    for i, v in enumerate(visits):
+        mine = assigned.get(i, [])
+        start = min((_f(c.get("started")) for _, c in mine), default=last)
+        end = max((_f(c.get("started")) + _f(c.get("latency_s")) for _, c in mine), default=start)
+        parent = root["span_id"]
+        if "/" in v:
+            group, v_name = v.split("/", 1)
+            g = groups.get(group)
+            if g is None:
+                g = groups[group] = rec(group, root["span_id"], start, end, {"langgraph.node": group, "agentops.span.kind": "chain"})
+                out.append(g)
+            g["start_time_unix_nano"] = min(g["start_time_unix_nano"], _ns(start))
+            g["end_time_unix_nano"] = max(g["end_time_unix_nano"], _ns(end))
+            parent = g["span_id"]
+        else:
+            v_name = v
+        node = rec(v_name, parent, start, end, {"langgraph.node": v_name, "agentops.span.kind": "chain"})
+        out.append(node)
+        for kind, c in mine:
+            cs, ce = _f(c.get("started")), _f(c.get("started")) + _f(c.get("latency_s"))
+            if kind == "llm":
+                attrs: dict[str, Any] = {"agentops.span.kind": "llm", "gen_ai.request.model": c.get("model"),
+                                         "sqlsociety.role": c.get("role"), "langchain.run_name": c.get("label"),
+                                         "gen_ai.usage.prompt_tokens": c.get("input_tokens"),
+                                         "gen_ai.usage.completion_tokens": c.get("output_tokens")}
+                for j, m in enumerate(c.get("messages") or []):
+                    attrs[f"gen_ai.prompt.{j}.role"] = m.get("role")
+                    attrs[f"gen_ai.prompt.{j}.content"] = m.get("content")
+                if c.get("response") is not None:
+                    attrs["gen_ai.completion.0.role"] = "assistant"
+                    attrs["gen_ai.completion.0.content"] = c.get("response")
+                out.append(rec(str(c.get("label") or "llm"), node["span_id"], cs, ce, attrs, c.get("error")))
+            else:
+                args = c.get("args") or {}
+                out.append(rec(str(c.get("tool")), node["span_id"], cs, ce, {
+                    "agentops.span.kind": "tool", "langchain.tool.name": c.get("tool"), "sqlsociety.role": c.get("role"),
+                    "langchain.tool.input": args.get("sql") if isinstance(args, Mapping) and "sql" in args else json.dumps(args),
+                    "langchain.tool.output": c.get("output"), "langchain.tool.error": c.get("error")}, c.get("error")))
+        last = end
+    roles = run.get("roles") or {}
+    if roles:
+        attrs = {f"role_outcomes.{r}.{k}": v for r, d in roles.items() if isinstance(d, Mapping)
+                 for k, v in d.items() if isinstance(v, (str, int, float, bool))}
+        out.append(rec(AGL_ANNOTATION, root["span_id"], last, last, attrs))
+    return out
+
+
+def _society_trace_file(run_dir: Path, question_id: str) -> Path:
+    files = sorted((run_dir / "traces").glob("*.json"))
+    match = [f for f in files if f.stem == question_id] or [f for f in files if f.stem.startswith(question_id)]
+    if len(match) != 1:
+        some = ", ".join(f.stem for f in files[:5])
+        what = "several questions start with" if match else "no question"
+        raise TraceError(f"{what} {question_id!r} in {run_dir / 'traces'}; ids there include: {some or '(none)'}")
+    return match[0]
+
+
+def load_society_trace(run_dir: str | Path, question_id: str, *, prune: bool = True) -> RolloutTrace:
+    """A question of a society run directory (``sqlsociety ask`` / ``eval``) as a tree; ``info``
+    carries the question, db, status and (for eval) EX as ``match``.
+
+    Raises:
+        TraceError: no such question (the message lists some that exist).
+    """
+    run_dir = Path(run_dir)
+    d = json.loads(_society_trace_file(run_dir, question_id).read_text(encoding="utf-8"))
+    trace = build_tree(society_run_records(d), prune=prune, rollout_id=str(d.get("question_id") or question_id))
+    trace.info = {"task_id": d.get("question_id"), "db_id": d.get("db_id"), "status": d.get("status"),
+                  "phase": d.get("agent"), "question": d.get("question")}
+    if "match" in d:
+        trace.info["ex"] = int(bool(d["match"]))
+    return trace
+
+
 # --------------------------------------------------------------------------- run directories
+
+
+def is_society_run_dir(run_dir: str | Path) -> bool:
+    """True for a society run directory (``traces/*.json`` and no ``store.sqlite``)."""
+    p = Path(run_dir)
+    return p.is_dir() and not (p / "store.sqlite").exists() and (p / "traces").is_dir()
 
 
 def store_path(run_dir: str | Path) -> Path:
@@ -751,6 +902,8 @@ def list_rollouts(
     """
     from training.store import RolloutArchive  # the store module owns the file format
 
+    if is_society_run_dir(run_dir):
+        return _list_society_run(Path(run_dir), phase=phase, min_reward=min_reward, failed=failed)
     spath = store_path(run_dir)
     metrics = _metrics_by_rollout(spath.parent)
     out = []
@@ -781,6 +934,42 @@ def list_rollouts(
     return out
 
 
+def _society_span_count(run_dir: Path, question_id: str) -> int:
+    f = run_dir / "traces" / f"{question_id}.json"
+    try:
+        return len(society_run_records(json.loads(f.read_text(encoding="utf-8"))))
+    except (OSError, ValueError):
+        return 0
+
+
+def _list_society_run(run_dir: Path, *, phase: str | None, min_reward: float | None, failed: bool) -> list[RolloutSummary]:
+    """``list_rollouts`` for a society run directory: one row per ``questions.jsonl`` line (phase =
+    the agent; EX = ``match`` when the run was an eval; no reward is recorded there; spans = the
+    records :func:`society_run_records` makes of the question's trace file)."""
+    out = []
+    qpath = run_dir / "questions.jsonl"
+    lines = qpath.read_text(encoding="utf-8").splitlines() if qpath.is_file() else []
+    for line in lines:
+        try:
+            q = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        row = RolloutSummary(
+            rollout_id=str(q.get("question_id") or q.get("run_id")), task_id=q.get("question_id"),
+            status=str(q.get("status") or "?"), phase=q.get("agent"), db_id=q.get("db_id"), question=q.get("question"),
+            reward=None, ex=None if q.get("match") is None else float(bool(q["match"])),
+            n_spans=_society_span_count(run_dir, str(q.get("question_id") or "")), duration_s=q.get("seconds"),
+        )
+        if phase and (row.phase is None or phase not in row.phase):
+            continue
+        if min_reward is not None:
+            continue  # society runs record no reward
+        if failed and row.status != "failed":
+            continue
+        out.append(row)
+    return out
+
+
 def load_rollout_trace(run_dir: str | Path, rollout_id: str, *, prune: bool = True) -> RolloutTrace:
     """A rollout's tree from the run's store (its latest attempt), with the rollout's facts in ``info``.
 
@@ -789,6 +978,8 @@ def load_rollout_trace(run_dir: str | Path, rollout_id: str, *, prune: bool = Tr
     """
     from training.store import RolloutArchive
 
+    if is_society_run_dir(run_dir):
+        return load_society_trace(run_dir, rollout_id, prune=prune)
     spath = store_path(run_dir)
     with RolloutArchive(spath) as arch:
         recs = arch.rollouts()
