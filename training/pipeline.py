@@ -143,6 +143,37 @@ class PhaseReport:
 # ----------------------------------------------------------------------------- helpers
 
 
+def dev_decisions(eval_jsonl: Path) -> list[dict[str, Any]]:
+    """Held-out supervisor decisions from a dev-subset evaluation file (``eval/<stage>.jsonl``):
+    per question the last round's candidates (features of ``training.adapter.candidate_features``),
+    the logged action and each candidate's own EX as ``candidate_rewards`` (full information, so
+    any policy's choice is scored exactly). Questions with no candidate are left out."""
+    from training.adapter import candidate_features
+
+    out = []
+    if not eval_jsonl.is_file():
+        return out
+    for line in eval_jsonl.read_text().splitlines():
+        r = json.loads(line)
+        choices = r.get("choices") or []
+        if not choices or not choices[-1].get("candidates"):
+            continue
+        ch = choices[-1]
+        cands = ch["candidates"]
+        action = int(ch.get("index", -1))
+        if not 0 <= action < len(cands):
+            continue
+        roles = r.get("roles") or {}
+        own = [float(bool((roles.get(c["junior"]) or {}).get("ex"))) for c in cands]
+        out.append({
+            "task_id": r.get("question_id"), "question": r["question"], "db_path": r["db_path"],
+            "candidates": candidate_features(cands), "raw_candidates": cands,
+            "action": action, "policy": ch.get("policy", ""), "candidate_rewards": own,
+            "propensity": float((ch.get("info") or {}).get("propensity", 1.0) or 1.0), "reward": own[action],
+        })
+    return out
+
+
 def dev_subset(cfg: TrainConfig) -> list[Any]:
     """The fixed dev subset: ``cfg.eval.limit`` examples sampled with ``cfg.eval.seed``, in file order."""
     from tools.spider import load_examples
@@ -231,14 +262,14 @@ class TrainingPipeline:
     def __init__(self, config: TrainConfig, run_dir: str | Path, *, phases: set[int] | None = None,
                  echo: Callable[[str], None] = print) -> None:
         self.cfg = config
-        self.run = RunDir(run_dir)
+        self.dir = RunDir(run_dir)
         self.phases = set(phases or PHASES)
         bad = self.phases - set(PHASES)
         if bad:
             raise TrainConfigError(f"--phases {sorted(bad)} unknown; use a comma list of 1,2,3,4")
         self.echo = echo
         self.reports: list[PhaseReport] = []
-        cfg_file = self.run.root / "config.yaml"
+        cfg_file = self.dir.root / "config.yaml"
         if not cfg_file.exists():
             cfg_file.write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
 
@@ -247,7 +278,7 @@ class TrainingPipeline:
         from society.config import SocietyConfig
 
         sc = role_split_config(SocietyConfig.load(self.cfg.society_path()))
-        bandit = self.run.done(4)
+        bandit = self.dir.done(4)
         if bandit:
             roles = [r.model_copy(update={"policy": "bandit", "options": {**r.options, "path": bandit["policy"]}})
                      if _kind(r.type) == "supervisor" else r for r in sc.roles]
@@ -263,7 +294,7 @@ class TrainingPipeline:
 
         eps = dict(stack.enter_context(serving(society, quiet=True)))
         for k, alias in ((2, JUNIOR_ALIAS), (3, SENIOR_ALIAS)):
-            done = self.run.done(k)
+            done = self.dir.done(k)
             if done and done.get("adapter"):
                 srv = stack.enter_context(serve_adapter(done["adapter"], self.cfg.base_model, model_alias=alias))
                 eps[alias] = Endpoint(srv.base_url, srv.model)
@@ -274,7 +305,7 @@ class TrainingPipeline:
         """Evaluate the current society on the fixed dev subset; cached in ``eval/<stage>.jsonl``."""
         from society.run import evaluate
 
-        path = self.run.eval_path(stage)
+        path = self.dir.eval_path(stage)
         summary_path = path.with_suffix(".summary.json")
         if summary_path.is_file():
             return json.loads(summary_path.read_text())
@@ -292,7 +323,7 @@ class TrainingPipeline:
         out = {"stage": stage, "ex": summary.ex, "n": len(recs), "seconds": time.perf_counter() - t0,
                **{k: v for k, v in summary.model_dump().items() if k not in {"ex", "run_dir"}}}
         summary_path.write_text(json.dumps(out, indent=2, default=str))
-        self.echo(f"EX[{stage}] = {100 * summary.ex:.2f}% on {len(recs)} dev questions")
+        self.echo(f"EX ({stage}) = {100 * summary.ex:.2f}% on {len(recs)} dev questions")
         return out
 
     # -- phases -------------------------------------------------------------------------------------
@@ -308,14 +339,14 @@ class TrainingPipeline:
         with ExitStack() as stack:
             eps = self.endpoints(stack, society)
             summary = gather(GatherConfig(
-                run_dir=self.run.root, society_config=society, split=g.split, data_dir=self.cfg.data_dir,
+                run_dir=self.dir.root, society_config=society, split=g.split, data_dir=self.cfg.data_dir,
                 task_ids=[t.id for t in tasks], n_runners=g.n_runners, epsilon=g.epsilon,
                 reward=self._reward_config(), rollout_timeout_s=g.rollout_timeout_s,
                 endpoints={a: (e.base_url, e.model) for a, e in eps.items()},
             ))
         self.echo(f"phase 1 gather: {summary.stored_succeeded} rollouts in the store "
                   f"({summary.skipped} resumed, {summary.run} run now, mean reward {summary.mean_reward})")
-        return {"store": str(self.run.store), **summary.to_json()}
+        return {"store": str(self.dir.store), **summary.to_json()}
 
     def _reward_config(self) -> Any:
         from evaluation.rewards import RewardConfig
@@ -325,21 +356,21 @@ class TrainingPipeline:
     def _adapter(self) -> Any:
         from training.adapter import HierarchicalTraceAdapter
 
-        return HierarchicalTraceAdapter(**self.cfg.adapter)
+        return HierarchicalTraceAdapter()
 
     def _archive(self) -> Any:
         from training.store import RolloutArchive
 
-        if not self.run.store.is_file():
-            raise TrainConfigError(f"{self.run.store} does not exist: run phase 1 (gather) first, e.g. --phases 1,2")
-        return RolloutArchive(self.run.store)
+        if not self.dir.store.is_file():
+            raise TrainConfigError(f"{self.dir.store} does not exist: run phase 1 (gather) first, e.g. --phases 1,2")
+        return RolloutArchive(self.dir.store)
 
     def phase2_sft(self) -> dict[str, Any]:
         """Phase 2: juniors' high-reward conversations -> LoRA SFT -> GGUF LoRA served by llama.cpp."""
         from training.export import export_lora_gguf
         from training.sft import JuniorSFTConfig, JuniorSFTTrainer
 
-        d = self.run.phase_dir(2)
+        d = self.dir.phase_dir(2)
         a = self.cfg.adapter
         with self._archive() as archive:
             ds = self._adapter().to_sft(archive, min_reward=a.get("sft_min_reward", 0.5),
@@ -363,7 +394,7 @@ class TrainingPipeline:
         from training.export import export_lora_gguf
         from training.grpo import SeniorGRPOConfig, SeniorGRPOTrainer
 
-        d = self.run.phase_dir(3)
+        d = self.dir.phase_dir(3)
         with self._archive() as archive:
             rl = self._adapter().to_rl(archive, reward=self.cfg.adapter.get("rl_reward", "rollout"))
         rl.prompts.to_json(str(d / "senior_prompts.jsonl"))
@@ -383,11 +414,13 @@ class TrainingPipeline:
                 "steps": res.steps, "rewards": res.rewards}
 
     def phase4_bandit(self) -> dict[str, Any]:
-        """Phase 4: supervisor (context, action, reward) samples -> contextual bandit policy (joblib);
-        replayed offline against random choice, majority vote and the logging policy."""
+        """Phase 4: supervisor (context, action, reward) samples from the train rollouts -> contextual
+        bandit (joblib). Compared offline on held-out *dev* decisions (the baseline evaluation's
+        logged candidates, never trained on) with random choice, majority vote, the logged policy
+        and the LLM supervisor (asked live on the same candidates)."""
         from training.bandit import BanditConfig, SupervisorBandit, compare_policies
 
-        d = self.run.phase_dir(4)
+        d = self.dir.phase_dir(4)
         with self._archive() as archive:
             samples = self._adapter().to_bandit(archive)
         with (d / "bandit_samples.jsonl").open("w") as f:
@@ -395,17 +428,54 @@ class TrainingPipeline:
                 f.write(json.dumps(s.to_dict(), default=str) + "\n")
         if not samples:
             raise TrainConfigError("phase 4: no supervisor decision with usable candidates in the store; gather more")
-        n_train = max(1, int(round(len(samples) * (1 - self.cfg.adapter.get("bandit_holdout", 0.3)))))
-        train, held = samples[:n_train], samples[n_train:] or samples
-        bandit = SupervisorBandit(BanditConfig(**self.cfg.bandit))
-        bandit.fit(train)
+        bandit = SupervisorBandit(BanditConfig(**self.cfg.bandit)).fit(samples)
         path = bandit.save(d / "policy.joblib")
-        table = compare_policies(held, bandit)
-        (self.run.root / "bandit_comparison.json").write_text(json.dumps(table, indent=2, default=str))
-        self.echo(f"phase 4 bandit: {len(train)} samples, policy {path.name}; held-out replay on {len(held)}: "
-                  + ", ".join(f"{r['policy']} {r['mean_reward']:.2f}" for r in table))
-        return {"policy": str(path), "samples": len(samples), "train": len(train), "held_out": len(held),
-                "comparison": table}
+        held = dev_decisions(self.dir.eval_path("baseline"))
+        table = compare_policies(held, bandit) if held else []
+        if held:
+            llm = self._llm_supervisor_replay(held)
+            if llm is not None:
+                table.insert(3, llm)
+        (self.dir.root / "bandit_comparison.json").write_text(json.dumps(table, indent=2, default=str))
+        self.echo(f"phase 4 bandit: fitted on {len(samples)} train decisions -> {path.name}; held-out dev replay on "
+                  f"{len(held)}: " + ", ".join(f"{r['policy']} EX {100 * r['ex']:.0f}%" for r in table))
+        return {"policy": str(path), "samples": len(samples), "held_out": len(held), "comparison": table}
+
+    def _llm_supervisor_replay(self, held: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """EX of the LLM supervisor policy choosing among the same held-out candidates (one model
+        call per decision with more than one distinct candidate), on the base model."""
+        from langchain_openai import ChatOpenAI
+
+        from society.candidate import Candidate
+        from society.policies import LLMPolicy, PolicyContext
+        from society.prompts import get_prompt
+        from tools.schema import schema_prompt
+
+        society = self.society()
+        sup = next((r for r in society.roles if _kind(r.type) == "supervisor"), None)
+        alias = (sup.model if sup and sup.model else None) or next(iter(society.models))
+        prompt = get_prompt(sup.prompt if sup else None, "supervisor")
+        vals = []
+        with ExitStack() as stack:
+            ep = self.endpoints(stack, society).get(alias)
+            if ep is None:
+                return None
+            chat = ChatOpenAI(base_url=ep.base_url, model=ep.model, api_key=ep.api_key, temperature=0.0, max_tokens=8)
+            for s in held:
+                cands = [Candidate(**c) for c in s["raw_candidates"]]
+                schema = schema_prompt(s["db_path"], compact=True, sample_rows=0)
+                ctx = PolicyContext(
+                    schema_text=schema, ask_llm=lambda msgs: str(chat.invoke(msgs).content),
+                    render_prompt=lambda text, q=s["question"], sc=schema: prompt.render(question=q, schema=sc, candidates=text))
+                try:
+                    idx = LLMPolicy().choose(s["question"], cands, ctx).index
+                except Exception as e:  # noqa: BLE001 - an endpoint failure scores this decision 0
+                    logger.warning("LLM supervisor replay failed on %s: %s", s["task_id"], e)
+                    idx = -1
+                vals.append(s["candidate_rewards"][idx] if idx >= 0 else 0.0)
+        n = len(vals)
+        return {"policy": "llm", "n": n, "mean_reward": sum(vals) / n, "ex": sum(v >= 1.0 for v in vals) / n,
+                "note": "LLM supervisor asked live on the logged candidates (base model)"}
 
     # -- the run ----------------------------------------------------------------------------------
     def run(self) -> list[PhaseReport]:
@@ -422,22 +492,22 @@ class TrainingPipeline:
         for k, fn in steps:
             if k not in self.phases:
                 continue
-            done = self.run.done(k)
+            done = self.dir.done(k)
             if done is not None:
-                self.echo(f"phase {k} ({PHASES[k]}) already done in {self.run.root}: skipped")
+                self.echo(f"phase {k} ({PHASES[k]}) already done in {self.dir.root}: skipped")
                 self.reports.append(PhaseReport(k, PHASES[k], 0.0, done, skipped=True))
             else:
                 self.echo(f"phase {k} ({PHASES[k]}) ...")
                 t0 = time.perf_counter()
                 info = fn()
                 info["seconds"] = round(time.perf_counter() - t0, 1)
-                self.run.mark_done(k, info)
+                self.dir.mark_done(k, info)
                 self.reports.append(PhaseReport(k, PHASES[k], info["seconds"], info))
             if k in STAGE_AFTER_PHASE:
                 after = self.evaluate_stage(STAGE_AFTER_PHASE[k])["ex"]
                 self.echo(f"phase {k} ({PHASES[k]}): EX {100 * before:.2f}% -> {100 * after:.2f}% on the dev subset")
                 before = after
-        (self.run.root / "train_summary.json").write_text(json.dumps(
+        (self.dir.root / "train_summary.json").write_text(json.dumps(
             {"profile": self.cfg.name, "wall_seconds": round(time.perf_counter() - t_all, 1),
              "phases": [r.__dict__ for r in self.reports]}, indent=2, default=str))
         self.write_report()
@@ -449,6 +519,6 @@ class TrainingPipeline:
             from evaluation.report import write_report
         except ImportError:  # pragma: no cover - the report module ships with the package
             return None
-        out = write_report(self.run.root)
+        out = write_report(self.dir.root)
         self.echo(f"report: {out}")
         return out
