@@ -43,6 +43,9 @@ from agentlightning.types import Span, Triplet
 
 from training.agent import ATTR, KIND_ROLE_OUTCOMES, KIND_SOCIETY_RUN, LC_METADATA, LC_RUN_NAME
 
+#: The span names the adapter reads (chat-model spans, their OpenAI children, annotations, objects);
+#: reading a store skips the others (graph/node/tool spans), which are most of the bytes.
+SPAN_NAMES = ("chat_model.llm", "openai.chat.completion", "agentlightning.annotation", "agentlightning.object")
 #: Graph nodes of the senior whose LLM calls are RL decision points.
 SENIOR_NODES = ("senior_check", "senior_rewrite")
 
@@ -94,7 +97,7 @@ class SocietyTrace:
             (``final.ex``, ``junior.<J>.ex``, ``supervisor.index``, ``senior.before_ex``, ...).
         run: the ``SocietyRun.to_record()`` dict of the ``society_run`` object span ({} if absent).
         llm_calls: every LLM call in span order.
-        n_spans: spans of the rollout.
+        n_spans: spans given to ``adapt`` (from a store: only the :data:`SPAN_NAMES` ones).
     """
 
     rollout_id: str
@@ -266,7 +269,7 @@ class HierarchicalTraceAdapter(agl.TraceAdapter[SocietyTrace]):
                 yield from self.traces(arc, status=status)
             return
         if isinstance(source, RolloutArchive):
-            for _, spans in source.iter_spans(status=status):
+            for _, spans in source.iter_spans(status=status, names=SPAN_NAMES):
                 yield self.adapt(spans)
             return
         for item in source:

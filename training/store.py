@@ -723,8 +723,16 @@ class RolloutArchive:
             return rec
         raise KeyError(f"no rollout {rollout_id!r} in {self.path}")
 
-    def spans(self, rollout_id: str, attempt_id: str | Literal["latest"] | None = "latest") -> list[Span]:
-        """Spans of one rollout in ``sequence_id`` order: of its latest attempt (default), of one attempt, or all (None)."""
+    def spans(
+        self,
+        rollout_id: str,
+        attempt_id: str | Literal["latest"] | None = "latest",
+        *,
+        names: Sequence[str] | None = None,
+    ) -> list[Span]:
+        """Spans of one rollout in ``sequence_id`` order: of its latest attempt (default), of one
+        attempt, or of all (None); only spans named in ``names`` when given (skips parsing the rest)."""
+        where, params = ["rollout_id=?"], [rollout_id]
         if attempt_id == "latest":
             row = self._rows(
                 "SELECT attempt_id FROM attempts WHERE rollout_id=? ORDER BY sequence_id DESC LIMIT 1", (rollout_id,)
@@ -732,19 +740,22 @@ class RolloutArchive:
             if not row:
                 return []
             attempt_id = row[0][0]
-        if attempt_id is None:
-            rows = self._rows("SELECT data FROM spans WHERE rollout_id=? ORDER BY sequence_id", (rollout_id,))
-        else:
-            rows = self._rows(
-                "SELECT data FROM spans WHERE rollout_id=? AND attempt_id=? ORDER BY sequence_id",
-                (rollout_id, attempt_id),
-            )
+        if attempt_id is not None:
+            where.append("attempt_id=?")
+            params.append(attempt_id)
+        if names is not None:
+            where.append(f"name IN ({','.join('?' * len(names))})")
+            params += list(names)
+        rows = self._rows(f"SELECT data FROM spans WHERE {' AND '.join(where)} ORDER BY sequence_id", params)
         return [Span.model_validate_json(r[0]) for r in rows]
 
-    def iter_spans(self, *, status: str | Sequence[str] | None = "succeeded") -> Iterator[tuple[RolloutRecord, list[Span]]]:
-        """``(rollout, spans of its latest attempt)`` for every rollout with the given status(es)."""
+    def iter_spans(
+        self, *, status: str | Sequence[str] | None = "succeeded", names: Sequence[str] | None = None
+    ) -> Iterator[tuple[RolloutRecord, list[Span]]]:
+        """``(rollout, spans of its latest attempt)`` for every rollout with the given status(es),
+        optionally only the spans named in ``names``."""
         for rec in self.rollouts(status=status):
-            yield rec, self.spans(rec.rollout_id)
+            yield rec, self.spans(rec.rollout_id, names=names)
 
     def done_task_ids(self, statuses: Sequence[str] = ("succeeded",)) -> set[str]:
         """Task ids having at least one rollout in one of ``statuses`` (default: succeeded)."""
