@@ -7,6 +7,7 @@ test SIGKILLs the whole gather process group mid-phase and resumes it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -146,8 +147,17 @@ def test_gather_killed_and_resumed(tmp_path: Path, smol_server) -> None:
         time.sleep(0.5)
     assert proc.poll() is None, f"gather ended before it could be killed:\n{proc.stdout.read()[-3000:]}"
     assert before, "no rollout finished within 10 minutes"
-    os.killpg(proc.pid, signal.SIGKILL)
+    runners = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert len(runners) >= 2  # the two runner processes
+    os.kill(proc.pid, signal.SIGKILL)  # kill -9 of the trainer only: its runners must not outlive it
     proc.wait()
+    t_kill = time.time()
+    while time.time() - t_kill < 20 and any(Path(f"/proc/{r}").exists() for r in runners):
+        time.sleep(0.2)
+    alive = [r for r in runners if Path(f"/proc/{r}").exists()]
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # clean up whatever is left before asserting
+    assert not alive, f"runner processes {alive} outlived the killed trainer"
     after_kill = _succeeded(store)
     assert set(before) <= set(after_kill)
     assert len({t for t, _ in after_kill.values()}) < len(TASKS), "the kill came after phase 1 finished"

@@ -80,7 +80,15 @@ class StoreTracer(agl.AgentOpsTracer):
     (``'BypassableAuthenticatedOTLPExporter' object has no attribute '_headers'``) and every span
     except the reward is lost. The span-processor path is Agent Lightning's own non-OTLP path and
     also guarantees every span is in the store before the attempt is marked finished.
+
+    Also, in a runner process it arranges to die with the trainer's main process (see
+    :func:`die_with_parent`): Agent Lightning's runners otherwise outlive a killed trainer and
+    retry the dead store server forever.
     """
+
+    def init_worker(self, worker_id: int, store: Any = None) -> None:  # type: ignore[override]
+        die_with_parent()
+        super().init_worker(worker_id, store)
 
     def _enable_native_otlp_exporter(self, store: Any, rollout_id: str, attempt_id: str) -> None:
         self._disable_native_otlp_exporter()
@@ -90,6 +98,34 @@ class StoreTracer(agl.AgentOpsTracer):
         (see :func:`named_langchain_handler`)."""
         base = super().get_langchain_handler(tags)
         return named_langchain_handler(base)
+
+
+def die_with_parent() -> bool:
+    """In a ``multiprocessing`` child on Linux, ask the kernel to SIGKILL this process when its
+    parent dies (``prctl(PR_SET_PDEATHSIG)``); exits at once if the parent is already gone.
+
+    A runner holds no state of its own (spans go to the store as they end), so killing it loses
+    nothing; the store marks its unfinished rollout ``cancelled`` when the run resumes.
+    Returns True when the request was made (False in the main process or off Linux).
+    """
+    import ctypes
+    import multiprocessing
+    import signal
+    import sys
+
+    parent = multiprocessing.parent_process()
+    if parent is None or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            return False
+    except OSError:
+        return False
+    if os.getppid() != parent.pid:  # the parent died before prctl took effect
+        os._exit(1)
+    return True
 
 
 #: Attribute names the named handler adds to every LangChain span.
