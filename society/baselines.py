@@ -78,7 +78,7 @@ def build_baseline_graph(config: SocietyConfig, agent: str) -> Any:
         else:
             correct = state.get("senior_verdict") == "correct"
             final = state.get("current_sql") if correct else (state.get("best_sql") or state.get("current_sql"))
-            status = "approved" if correct else "turn_limit"
+            status = "approved" if correct else ("converged" if Senior.converged(state) else "turn_limit")
         if failed(state):
             status = "failed"
         ex = execute_summary(ctx.db_path, final, timeout_s=ctx.config.execution.timeout_s, max_rows=ctx.config.execution.max_rows)
@@ -116,7 +116,9 @@ def build_baseline_graph(config: SocietyConfig, agent: str) -> Any:
             lambda s: "finalize" if failed(s) else ("senior_rewrite" if senior.after_check(s) == "rewrite" else "finalize"),
             ["senior_rewrite", "finalize"],
         )
-        g.add_conditional_edges("senior_rewrite", lambda s: "finalize" if failed(s) else "senior_execute",
+        # a rewrite that gives back the same SQL is a fixed point at temperature 0 (same check, same
+        # rewrite again): stop there instead of spending the remaining turns
+        g.add_conditional_edges("senior_rewrite", lambda s: "finalize" if failed(s) or Senior.converged(s) else "senior_execute",
                                 ["senior_execute", "finalize"])
     g.add_edge("finalize", END)
     return g.compile(name=agent)

@@ -110,12 +110,15 @@ class Sampling(_Strict):
         max_tokens: completion token cap, in [1, 8192].
         seed: request seed (llama.cpp and vLLM honour it); with ``count > 1`` instance ``i`` uses ``seed + i``.
         top_p: nucleus sampling in (0, 1], or None for the server default.
+        stop: strings that end the completion (not included in it), e.g. ``["</sql>", "```\\n\\n"]``
+            so a model stops after its query instead of explaining it (saves generation time).
     """
 
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     max_tokens: int = Field(default=256, ge=1, le=8192)
     seed: int | None = None
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    stop: list[str] | None = None
 
 
 class PromptSpec(_Strict):

@@ -28,6 +28,8 @@
 * Edges: every conditional edge first checks for an endpoint failure (question failed ->
   ``finalize``); the global turn limit (``limits.max_turns`` review rounds) always ends at
   ``finalize`` with the best SQL so far (the last SQL that executed OK, else the chosen candidate).
+  A MINOR/MAJOR review of a SQL the senior just gave back unchanged ends the run as ``converged``
+  (at temperature 0 another turn would repeat the same rewrite and review).
 """
 
 from __future__ import annotations
@@ -95,6 +97,9 @@ def make_review_gate(cfg: SocietyConfig):
         feedback = " ".join(r.feedback for r in revs if r.feedback)[:800]
         if worst is Severity.CRITICAL and state.get("junior_round", 0) + 1 < cfg.limits.max_junior_rounds:
             return {**upd, "route": "juniors", "junior_feedback": feedback}
+        if Senior.converged(state) and any(r.raw.startswith("(same SQL") for r in revs):
+            # the senior already answered this feedback with this SQL: another turn would repeat it
+            return {**upd, "route": "finalize", "status": "converged"}
         return {**upd, "route": "senior", "feedback": feedback, "senior_visit_rewrites": 0}
 
     return review_gate
@@ -110,6 +115,8 @@ def finalize(state: SocietyState, config: RunnableConfig) -> dict:
         final = state.get("current_sql")
     else:
         final = state.get("best_sql") or (chosen.sql if chosen else None)
+    if final is None:
+        status = "failed"
     ex = execute_summary(ctx.db_path, final, timeout_s=ctx.config.execution.timeout_s, max_rows=ctx.config.execution.max_rows)
     err = next((e for e in state.get("errors") or [] if e.startswith("endpoint:")), None)
     if err is None and final is None:

@@ -191,7 +191,8 @@ class ChatModels:
         from langchain_openai import ChatOpenAI
 
         ep = self.endpoint(alias)
-        key = (ep.base_url, ep.model, ep.api_key, sampling.temperature, sampling.max_tokens, sampling.seed, sampling.top_p)
+        key = (ep.base_url, ep.model, ep.api_key, sampling.temperature, sampling.max_tokens, sampling.seed, sampling.top_p,
+               tuple(sampling.stop or ()))
         with self._lock:
             client = self._clients.get(key)
             if client is None:
@@ -211,6 +212,8 @@ class ChatModels:
                     kwargs["seed"] = sampling.seed
                 if sampling.top_p is not None:
                     kwargs["top_p"] = sampling.top_p
+                if sampling.stop:
+                    kwargs["stop"] = list(sampling.stop)
                 client = ChatOpenAI(**kwargs)
                 self._clients[key] = client
         return client

@@ -65,8 +65,9 @@ PROMPTS: dict[str, PromptTemplate] = {
     "junior_step_by_step": PromptTemplate(
         system=SYSTEM,
         user=(
-            "{feedback}Write one SQLite query that answers the question. Think briefly, then answer exactly as:\n"
-            "<reasoning>tables, joins, filters and aggregates needed</reasoning>\n<sql>the query</sql>\n\nQuestion: {question}"
+            "{feedback}Write one SQLite query that answers the question. Answer in exactly this format and nothing "
+            "else:\n<reasoning>one or two sentences: tables, joins, filters, aggregates</reasoning>\n<sql>the query</sql>"
+            "\n\nQuestion: {question}"
         ),
     ),
     "junior_decompose": PromptTemplate(

@@ -417,9 +417,23 @@ class Senior(Role):
         except LLMError as e:
             return {**upd, "errors": [_error_entry(self.name, e)]}
         new = _extract_sql(raw)
+        verdict = "no_sql" if not new else ("unchanged" if same_sql(new, sql) else "rewritten")
         turn = SeniorTurn(kind="rewrite", sql_before=sql, sql_after=new or sql, execution_before=ex,
-                          verdict="rewritten" if new else "no_sql", feedback=feedback[:1000], raw=raw)
+                          verdict=verdict, feedback=feedback[:1000], raw=raw)
         return {**upd, "senior_turns": [turn], "current_sql": new or sql}
+
+    @staticmethod
+    def converged(state: dict) -> bool:
+        """True when the senior's last rewrite gave back the same SQL: at temperature 0 the same
+        feedback would give the same rewrite again, so further turns cannot change the answer."""
+        turns = state.get("senior_turns") or []
+        return bool(turns) and turns[-1].kind == "rewrite" and turns[-1].verdict in ("unchanged", "no_sql")
+
+
+def same_sql(a: str | None, b: str | None) -> bool:
+    """Equal up to whitespace and a trailing semicolon (string literals keep their case)."""
+    norm = lambda x: re.sub(r"\s+", " ", (x or "").strip().rstrip(";")).strip()  # noqa: E731
+    return bool(a) and bool(b) and norm(a) == norm(b)
 
 
 def parse_check(text: str) -> str | None:
@@ -443,7 +457,14 @@ class Reviewer(Role):
         raise NotImplementedError
 
     def node(self, state: SocietyState, config: RunnableConfig) -> dict:
+        """Review the current SQL; a SQL this reviewer already judged gets the same verdict again
+        without a new model call (the review is a function of the SQL and its result)."""
         ctx = run_context(config)
+        sql = state.get("current_sql")
+        prev = next((r for r in reversed(state.get("reviews") or []) if r.reviewer == self.name and same_sql(r.sql, sql)), None)
+        if prev is not None:
+            review = prev.model_copy(update={"turn": state.get("turn", 0) + 1, "raw": f"(same SQL as reviewed in turn {prev.turn})"})
+            return {"visits": [self.name], "reviews": [review]}
         review, errors = self.review(state, ctx, config)
         return {"visits": [self.name], "reviews": [review], "errors": errors}
 

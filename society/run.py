@@ -58,9 +58,10 @@ class SocietyRun(BaseModel):
         run_id: unique id of this run (in every LLM/tool run's metadata).
         final_sql: the answer (None when no usable SQL was produced).
         result: executing ``final_sql`` (first rows, row count, error).
-        status: ``approved`` (reviewers approved), ``turn_limit`` (ended by the global turn limit),
-            ``no_candidate``, ``single`` (one-shot baseline), ``failed`` (endpoint down after retries,
-            or the graph raised).
+        status: ``approved`` (reviewers approved; write-check-rewrite: the check said correct),
+            ``turn_limit`` (ended by the global turn limit), ``converged`` (the senior gave back the
+            same SQL for the same feedback, so more turns could not change it), ``single`` (one-shot
+            baseline), ``failed`` (endpoint down after retries, no usable SQL, or the graph raised).
         error: why it failed, or None.
         path: ordered node visits, e.g. ``["prepare", "junior_direct/draft", ..., "finalize"]``.
         candidates: the last junior round's candidates; choices: every supervisor decision.

@@ -120,7 +120,8 @@ class SeniorTurn(BaseModel):
         sql_before: the SQL the step started from.
         sql_after: the SQL after the step (== ``sql_before`` for a check, or when a rewrite held no SQL).
         execution_before: the execution summary shown to the model.
-        verdict: for a check, ``correct`` / ``incorrect``; for a rewrite, ``rewritten`` / ``no_sql``.
+        verdict: for a check, ``correct`` / ``incorrect``; for a rewrite, ``rewritten``, ``unchanged``
+            (the same SQL came back) or ``no_sql``.
         feedback: the checker's or reviewer's feedback the step used.
         raw: the raw model output.
     """
