@@ -248,7 +248,7 @@ def roles(
         kind = ROLE_TYPES[r.type].kind
         name = r.name + (f" ×{r.count}" if r.count > 1 else "") + ("" if r.enabled else " (disabled)")
         who = f"policy: {r.policy or 'majority_vote'}" if kind == "supervisor" else (r.persona or "")
-        uses_llm = ROLE_TYPES[r.type].needs_model or (kind == "supervisor" and (r.policy == "llm"))
+        uses_llm = cfg.uses_llm(r)
         if r.prompt is None:
             prompt = ROLE_TYPES[r.type].default_prompt_for(r) or "-"
         else:
@@ -256,7 +256,8 @@ def roles(
         s = r.sampling
         parts = []
         if uses_llm:
-            parts += [f"prompt={prompt}", f"T={s.temperature:g} max_tokens={s.max_tokens}" + (f" seed={s.seed}" if s.seed is not None else "")]
+            parts += [f"prompt={prompt}", f"T={s.temperature:g} max_tokens={s.max_tokens}" + (f" seed={s.seed}" if s.seed is not None else "")
+                      + (f" stop={s.stop}" if s.stop else "")]
         parts += [f"{k}={v}" for k, v in r.options.items()]
         if "web_search" in r.tools:
             parts.append("web_search=" + ("on" if web_search_available(r.tools) else "off (no TAVILY_API_KEY)"))

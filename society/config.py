@@ -5,7 +5,7 @@ profile) is validated by the pydantic models below. Shape::
 
     name: default
     models:                       # alias -> where the model is served
-      coder:
+      juniors:
         embedded: qwen2.5-coder-0.5b          # started by the CLI (llama-cpp-python server)
       remote:
         base_url: http://localhost:8000/v1    # any OpenAI-compatible endpoint
@@ -15,7 +15,7 @@ profile) is validated by the pydantic models below. Shape::
       - name: junior_direct
         type: junior
         persona: direct
-        model: coder
+        model: juniors
         prompt: junior_direct                 # a name in society.prompts.PROMPTS, or {system:, user:}
         sampling: {temperature: 0.2, max_tokens: 200, seed: 1}
         count: 1                              # >1 makes junior_direct_1, junior_direct_2, ...
@@ -361,8 +361,20 @@ class SocietyConfig(_Strict):
                 out.append(RoleInstance(name=name, config=r, sampling=sampling))
         return out
 
+    def uses_llm(self, role: RoleConfig) -> bool:
+        """Whether ``role`` calls its model (a supervisor only with an LLM policy such as ``llm``)."""
+        from society.policies import POLICIES
+        from society.roles import ROLE_TYPES
+
+        rtype = ROLE_TYPES[role.type]
+        if rtype.kind == "supervisor":
+            return POLICIES[role.policy or "majority_vote"].needs_llm
+        return rtype.needs_model
+
     def embedded_aliases(self) -> dict[str, str]:
-        """Model alias -> embedded model name, for the aliases used by enabled roles that are embedded."""
+        """Model alias -> embedded model name, for the embedded aliases bound to enabled roles
+        (also a supervisor's whose policy may not call it: serving dedups by embedded model, so a
+        shared model costs nothing extra, and a custom policy that does call it finds its endpoint)."""
         used = {r.model for r in self.roles if r.enabled and r.model}
         return {a: m.embedded for a, m in self.models.items() if a in used and m.embedded}
 
@@ -378,6 +390,13 @@ class SocietyConfig(_Strict):
         models = dict(self.models)
         models[alias] = ModelSpec(base_url=base_url, model=model, api_key=api_key)
         return self.model_copy(update={"models": models})
+
+    def with_endpoint_for_all(self, base_url: str, model: str, *, api_key: str | None = None) -> SocietyConfig:
+        """A copy where every model alias points at one endpoint (e.g. a test server)."""
+        cfg = self
+        for alias in self.models:
+            cfg = cfg.with_endpoint(alias, base_url, model, api_key=api_key)
+        return cfg
 
     def with_embedded(self, embedded: str) -> SocietyConfig:
         """A copy where every embedded alias serves ``embedded`` instead (the CLI's ``--model-alias``)."""

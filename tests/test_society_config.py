@@ -44,8 +44,9 @@ def test_shipped_configs_load_and_expand_roles():
         labels = [i.label for i in cfg.instances()]
         assert labels[:3] == ["junior:direct", "junior:step_by_step", "junior:decompose"]
         assert {"supervisor", "senior", "reviewer:execution", "reviewer:semantic"} <= set(labels)
-    assert SocietyConfig.load(SMOKE_CONFIG).embedded_aliases() == {"coder": "smollm2-135m"}
-    assert SocietyConfig.load(DEFAULT_CONFIG).embedded_aliases() == {"coder": "qwen2.5-coder-0.5b"}
+    aliases = ("juniors", "supervisor", "senior", "reviewers")
+    assert SocietyConfig.load(SMOKE_CONFIG).embedded_aliases() == {a: "smollm2-135m" for a in aliases}
+    assert set(SocietyConfig.load(DEFAULT_CONFIG).embedded_aliases().values()) == {"qwen2.5-coder-0.5b"}
 
 
 @pytest.mark.parametrize(
@@ -58,7 +59,7 @@ def test_shipped_configs_load_and_expand_roles():
         (lambda d: d.update(roles=[r for r in d["roles"] if r["type"] != "senior"]), "senior role"),
         (lambda d: d["roles"][4]["options"].update(check="vibes"), "bad options"),
         (lambda d: d["roles"][0].update(prompt="no_such_prompt"), "unknown prompt"),
-        (lambda d: d["models"].update(coder={"base_url": "http://x/v1"}), "`model:` is required"),
+        (lambda d: d["models"].update(juniors={"base_url": "http://x/v1"}), "`model:` is required"),
         (lambda d: d["roles"][0]["sampling"].update(temperature=5), "temperature"),
     ],
 )
@@ -81,17 +82,18 @@ def test_count_expands_juniors_with_seed_offsets():
 
 def test_with_endpoint_overrides_a_copy_and_never_writes_the_key():
     cfg = SocietyConfig.load(DEFAULT_CONFIG)
-    new = cfg.with_endpoint("coder", "http://127.0.0.1:8000/v1", "lora-juniors", api_key="secret-key")
-    assert cfg.models["coder"].embedded == "qwen2.5-coder-0.5b"
-    assert new.models["coder"].base_url == "http://127.0.0.1:8000/v1"
-    assert new.embedded_aliases() == {}
-    ep = ChatModels(new).endpoint("coder")
+    new = cfg.with_endpoint("juniors", "http://127.0.0.1:8000/v1", "lora-juniors", api_key="secret-key")
+    assert cfg.models["juniors"].embedded == "qwen2.5-coder-0.5b"
+    assert new.models["juniors"].base_url == "http://127.0.0.1:8000/v1"
+    assert "juniors" not in new.embedded_aliases() and "senior" in new.embedded_aliases()
+    ep = ChatModels(new).endpoint("juniors")
     assert (ep.base_url, ep.model, ep.api_key) == ("http://127.0.0.1:8000/v1", "lora-juniors", "secret-key")
     assert "secret-key" not in new.to_yaml()
     with pytest.raises(ConfigError, match="not in the config"):
         cfg.with_endpoint("nope", "http://x/v1", "m")
     with pytest.raises(ConfigError, match="no server was started"):
-        ChatModels(cfg).endpoint("coder")
+        ChatModels(new).endpoint("senior")
+    assert set(new.with_endpoint_for_all("http://h/v1", "m").models) == set(cfg.models)
 
 
 # ---------------------------------------------------------------------- policies on real executions
@@ -237,7 +239,7 @@ def test_endpoint_down_is_retried_then_the_question_fails_and_the_eval_continues
     from society.run import RunRecorder, evaluate
     from tools.spider import load_examples
 
-    cfg = SocietyConfig.load(SMOKE_CONFIG).with_endpoint("coder", f"http://127.0.0.1:{_closed_port()}/v1", "none")
+    cfg = SocietyConfig.load(SMOKE_CONFIG).with_endpoint_for_all(f"http://127.0.0.1:{_closed_port()}/v1", "none")
     cfg = cfg.model_copy(update={"llm": cfg.llm.model_copy(update={"retries": 2, "backoff_s": 0.05})})
     rec = RunRecorder("test-down", cfg, root=tmp_path)
     examples = load_examples(split="dev", limit=2)

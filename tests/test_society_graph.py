@@ -38,7 +38,7 @@ def _no_fixes(d: dict) -> dict:
 
 def _cfg(server, data: dict | None = None) -> SocietyConfig:
     cfg = SocietyConfig.from_dict(data or _raw())
-    cfg = cfg.with_endpoint("coder", server.base_url, server.model)
+    cfg = cfg.with_endpoint_for_all(server.base_url, server.model)
     return cfg.model_copy(update={"llm": cfg.llm.model_copy(update={"timeout_s": 120})})
 
 
@@ -158,7 +158,7 @@ def test_major_review_goes_to_the_senior_until_the_turn_limit(smol_server, faili
 
 def test_swapping_roles_by_config_only(smol_server):
     d = _raw()
-    d["roles"].insert(3, {"name": "junior_sketch", "type": "junior", "persona": "sketch", "model": "coder",
+    d["roles"].insert(3, {"name": "junior_sketch", "type": "junior", "persona": "sketch", "model": "juniors",
                           "prompt": {"system": "Write one SQLite query for the question. Reply with SQL only.",
                                      "user": "{schema}\n{feedback}\nQ: {question}"},
                           "sampling": {"temperature": 0.0, "max_tokens": 64}})
@@ -199,7 +199,9 @@ def test_senior_on_a_dead_endpoint_fails_the_question_but_keeps_the_candidates(s
         if r["type"] == "senior":
             r["model"] = "senior_model"
     d["llm"] = {"retries": 1, "backoff_s": 0.05, "timeout_s": 120}
-    cfg = SocietyConfig.from_dict(d).with_endpoint("coder", smol_server.base_url, smol_server.model)
+    cfg = SocietyConfig.from_dict(d)
+    for alias in ("juniors", "supervisor", "reviewers"):
+        cfg = cfg.with_endpoint(alias, smol_server.base_url, smol_server.model)
     run = run_society("How many singers are there?", CONCERT, cfg)
     assert len(run.candidates) == 3 and run.choice is not None
     if run.choice.chosen is not None:
