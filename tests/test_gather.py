@@ -21,7 +21,7 @@ import pytest
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-pytest.importorskip("agentlightning")
+agl = pytest.importorskip("agentlightning")
 
 from evaluation.rewards import compute_reward  # noqa: E402
 from society.candidate import Candidate  # noqa: E402
@@ -111,10 +111,22 @@ _GATHER_SCRIPT = textwrap.dedent(
     sys.path.insert(0, {repo!r})
     from training.gather import GatherConfig, gather
     s = gather(GatherConfig(run_dir={run_dir!r}, society_config={config!r}, task_ids={tasks!r}, n_runners=2,
-                            epsilon=0.3, endpoints={{"coder": ({url!r}, {model!r})}}, progress=False))
+                            epsilon=0.3, endpoints={endpoints!r}, progress=False))
     print("SUMMARY " + json.dumps(s.to_json()), flush=True)
     """
 )
+
+
+class _RecordingHook(agl.Hook):
+    """Appends each finished rollout id to a file (hooks run in the runner processes)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = str(path)
+
+    async def on_rollout_end(self, *, agent, runner, rollout, spans) -> None:  # type: ignore[override]
+        with open(self.path, "a") as f:
+            f.write(rollout.rollout_id + "\n")
 
 
 def _succeeded(store: Path) -> dict[str, tuple[str | None, float | None]]:
@@ -132,8 +144,10 @@ def test_gather_killed_and_resumed(tmp_path: Path, smol_server) -> None:
     run_dir = tmp_path / "run"
     store = run_dir / "store.sqlite"
     config = _quick_config(tmp_path)
+    # every model alias of the config (the smoke profile binds each role to its own alias) -> the SmolLM2 server
+    endpoints = {a: (smol_server.base_url, smol_server.model) for a in SocietyConfig.load(config).embedded_aliases()}
     script = _GATHER_SCRIPT.format(repo=str(REPO), run_dir=str(run_dir), config=str(config), tasks=TASKS,
-                                   url=smol_server.base_url, model=smol_server.model)
+                                   endpoints=endpoints)
 
     # 1. start phase 1 in its own process group and SIGKILL all of it once a rollout finished
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -163,9 +177,9 @@ def test_gather_killed_and_resumed(tmp_path: Path, smol_server) -> None:
     assert len({t for t, _ in after_kill.values()}) < len(TASKS), "the kill came after phase 1 finished"
 
     # 2. resume in-process: nothing lost, finished tasks not redone, the rest completed
+    hook_log = tmp_path / "hook.log"
     summary = gather(GatherConfig(run_dir=run_dir, society_config=config, task_ids=TASKS, n_runners=2,
-                                  epsilon=0.3, endpoints={"coder": (smol_server.base_url, smol_server.model)},
-                                  progress=False))
+                                  epsilon=0.3, endpoints=endpoints, progress=False, hooks=[_RecordingHook(hook_log)]))
     final = _succeeded(store)
     for rid, (task, reward) in after_kill.items():
         assert final[rid] == (task, reward)  # same ids, same rewards
@@ -175,6 +189,8 @@ def test_gather_killed_and_resumed(tmp_path: Path, smol_server) -> None:
     assert summary.succeeded == summary.run and summary.failed == 0
     assert sorted(t for t, _ in final.values()) == sorted(TASKS)  # each task exactly once
     assert json.loads((run_dir / "gather.json").read_text())["stored_succeeded"] == len(TASKS)
+    new_ids = set(final) - set(after_kill)
+    assert set(hook_log.read_text().split()) == new_ids  # the trainer's hooks saw exactly this call's rollouts
 
     # 3. the killed run's in-flight rollouts were kept, marked cancelled, not counted as done
     with RolloutArchive(store) as arc:
@@ -184,8 +200,8 @@ def test_gather_killed_and_resumed(tmp_path: Path, smol_server) -> None:
         _check_society_spans(arc)
 
     # 4. a third call has nothing left to do
-    again = gather(GatherConfig(run_dir=run_dir, society_config=config, task_ids=TASKS,
-                                endpoints={"coder": (smol_server.base_url, smol_server.model)}, progress=False))
+    again = gather(GatherConfig(run_dir=run_dir, society_config=config, task_ids=TASKS, endpoints=endpoints,
+                                progress=False))
     assert (again.skipped, again.run) == (len(TASKS), 0)
 
 

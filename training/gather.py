@@ -25,7 +25,7 @@ import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -38,7 +38,7 @@ from evaluation.rewards import RewardConfig
 from society.config import SocietyConfig
 from tools.spider import load_examples
 from training.agent import SocietyAgent, StoreTracer, task_from_example, with_exploration
-from training.store import RolloutArchive, SqliteLightningStore
+from training.store import SqliteLightningStore
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,8 @@ class GatherConfig:
         port: port of Agent Lightning's store server; None picks a free loopback port.
         poll_interval_s: how often the algorithm checks for finished rollouts.
         progress: show a Rich progress bar on stderr.
+        hooks: Agent Lightning hooks for the trainer (e.g. ``training.hooks.MetricsHook`` for
+            ``metrics.jsonl``); they run in the runner processes.
     """
 
     run_dir: str | os.PathLike[str]
@@ -90,6 +92,7 @@ class GatherConfig:
     port: int | None = None
     poll_interval_s: float = 0.5
     progress: bool = True
+    hooks: Sequence[agl.Hook] = ()
 
     def __post_init__(self) -> None:
         if self.n_runners < 1:
@@ -245,7 +248,7 @@ def _model_endpoints(cfg: SocietyConfig, given: Mapping[str, tuple[str, str]] | 
         yield {**given, **{a: (e.base_url, e.model) for a, e in eps.items()}}
 
 
-def _progress(enabled: bool, total: int, already: int) -> Any:
+def _progress(enabled: bool) -> Any:
     if not enabled:
         return nullcontext(None)
     from rich.console import Console
@@ -292,7 +295,7 @@ def gather(config: GatherConfig) -> GatherSummary:
         rewards: dict[str, float | None] = {}
 
         with ExitStack() as stack:
-            progress = stack.enter_context(_progress(config.progress, len(tasks), skipped))
+            progress = stack.enter_context(_progress(config.progress))
             bar = progress.add_task("gather", total=len(tasks), completed=skipped, info="") if progress else None
 
             def on_finished(r: agl.Rollout) -> None:
@@ -321,7 +324,7 @@ def gather(config: GatherConfig) -> GatherSummary:
                 )
                 trainer = agl.Trainer(
                     n_runners=config.n_runners, store=store, algorithm=algorithm, tracer=StoreTracer(),
-                    port=config.port or free_port(),
+                    port=config.port or free_port(), hooks=list(config.hooks) or None,
                 )
                 trainer.fit(agent, train_dataset=todo)
 
