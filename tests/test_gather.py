@@ -227,3 +227,26 @@ def _check_society_spans(arc: RolloutArchive) -> None:
         llm = [s for s in spans if any(k.startswith("gen_ai.prompt") for k in s.attributes)]
         assert llm, "no LLM span reached the store"
         assert spans[-1].attributes.get("agentlightning.reward.0.value") == pytest.approx(rec.reward)
+
+
+def test_only_infrastructure_failures_fail_a_rollout() -> None:
+    """A dead endpoint (caused for real: nothing listens on the port) fails the rollout; a run that
+    merely found no usable SQL is a real sample."""
+    from society.run import SocietyRun, run_society
+    from tools.spider import load_examples
+    from training.agent import infrastructure_failure
+    from training.gather import free_port
+
+    cfg = SocietyConfig.load(SMOKE_CONFIG)
+    cfg = cfg.model_copy(update={"llm": cfg.llm.model_copy(update={"retries": 0, "timeout_s": 5})})
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    for alias in cfg.embedded_aliases():
+        cfg = cfg.with_endpoint(alias, dead, "none")
+    ex = load_examples(None, "train")[0]
+    run = run_society(ex.question, ex.db_path, cfg, question_id=ex.id)
+    assert run.failed and infrastructure_failure(run) and infrastructure_failure(run).startswith("endpoint:")
+
+    no_sql = SocietyRun(question="q", status="failed", error="no SQL: no junior produced a usable candidate")
+    assert infrastructure_failure(no_sql) is None
+    crashed = SocietyRun(question="q", status="failed", errors=["graph: RuntimeError: boom"])
+    assert infrastructure_failure(crashed) == "graph: RuntimeError: boom"

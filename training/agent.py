@@ -57,8 +57,22 @@ KIND_ROLE_OUTCOMES = "role_outcomes"
 KIND_SOCIETY_RUN = "society_run"
 
 
+def infrastructure_failure(run: Any) -> str | None:
+    """Why ``run`` says nothing about the policy, or None: a model endpoint stayed down after retries
+    (errors starting ``endpoint:``) or the graph crashed (``graph:``). A run that merely produced no
+    usable SQL is *not* such a failure: it is a real, low-reward sample (``status == "failed"`` in
+    ``SocietyRun`` covers both)."""
+    from society.roles import ENDPOINT_FAILURE
+
+    for e in run.errors:
+        if str(e).startswith((ENDPOINT_FAILURE + ":", "graph:")):
+            return str(e)
+    return None
+
+
 class RolloutFailed(RuntimeError):
-    """The society could not answer (endpoint down after retries, or the graph crashed).
+    """The society could not answer for infrastructure reasons (endpoint down after retries, or the
+    graph crashed); see :func:`infrastructure_failure`.
 
     Raised from ``rollout`` so Agent Lightning marks the attempt ``failed``; the spans recorded so
     far (including the outcome annotation) stay in the store.
@@ -390,8 +404,9 @@ class SocietyAgent(agl.LitAgent[dict]):
             range [0, 1]).
         data_dir: where to find a task's database when its ``db_path`` is not a file.
 
-    ``rollout`` returns the reward (``reward.total``) as a float; it raises
-    :class:`RolloutFailed` when the society run failed (the attempt is then ``failed``).
+    ``rollout`` returns the reward (``reward.total``) as a float -- also for a run with no usable
+    SQL (a real, low-reward sample); it raises :class:`RolloutFailed` when a model endpoint stayed
+    down or the graph crashed (the attempt is then ``failed``; gather redoes it on resume).
     """
 
     def __init__(
@@ -450,8 +465,9 @@ class SocietyAgent(agl.LitAgent[dict]):
         agl.emit_object(_jsonable(run.to_record()), attributes={f"{ATTR}.kind": KIND_SOCIETY_RUN,
                                                                 f"{ATTR}.task_id": str(task["task_id"])})
         agl.emit_annotation(role_outcome_attributes(run, task["gold_sql"], db_path, reward))
-        if run.failed:
-            raise RolloutFailed(f"task {task['task_id']}: {run.error}")
+        broken = infrastructure_failure(run)
+        if broken:
+            raise RolloutFailed(f"task {task['task_id']}: {broken}")
         return float(reward.total)
 
     def _active_tracer(self) -> Any:
