@@ -1,0 +1,540 @@
+"""Phase 3: GRPO of the senior refiner with an execution reward.
+
+TRL style: :class:`SeniorGRPOConfig` beside :class:`SeniorGRPOTrainer`.
+
+Input: the ``prompts`` dataset of ``HierarchicalTraceAdapter.to_rl(...)`` -- a
+``datasets.Dataset`` with
+
+=============  =====================================================================================
+column         meaning
+=============  =====================================================================================
+``prompt``     the senior's chat messages up to (not including) its reply (list of
+               ``{"role", "content"}``), or a plain text prompt
+``gold_sql``   reference SQL of the task
+``db_path``    SQLite file the task runs on
+``node``       optional: ``"senior_rewrite"`` (default when absent) or ``"senior_check"``
+``question``,  optional, ignored by the trainer (kept for logs)
+``task_id``...
+=============  =====================================================================================
+
+Reward (:class:`SeniorReward`, verifiable -- computed by executing SQL on the real database):
+
+* ``senior_rewrite`` decisions: ``evaluation.rewards.compute_reward(completion, gold_sql, db_path,
+  reward_config).total`` -- the extracted SQL is executed and compared with the gold result (unit
+  range [0, 1] with the default :class:`~evaluation.rewards.RewardConfig`: EX plus partial credit).
+* ``senior_check`` decisions (the senior judges the query shown in its prompt): 1.0 when its
+  verdict (``society.roles.parse_check``: "THE QUERY IS CORRECT/INCORRECT") agrees with the truth
+  -- whether that query's execution matches gold (``evaluation.ex.execution_match``) -- else 0.0
+  (also 0.0 when the reply has no verdict).
+
+GRPO (Shao et al. 2024, "DeepSeekMath", §4.1) samples ``num_generations`` completions per prompt
+and uses the group-normalised reward as the advantage; no value model. ``beta=0`` (no KL term,
+no reference model: as in DAPO / Dr. GRPO) keeps the CPU run to one model in memory.
+
+Backends:
+
+* CPU (``backend="trl"``): TRL ``GRPOTrainer`` + PEFT LoRA on the dequantised GGUF base
+  (:func:`training.export.hf_checkpoint`), generation with transformers.
+* GPU (``backend="verl"``, :func:`train_senior_verl`): Agent Lightning's ``VERL`` algorithm (GRPO
+  advantage estimator, vLLM rollouts, FSDP LoRA actor) drives the *whole society* as the
+  LitAgent, and ``agent_match`` keeps only the senior's LLM calls as training transitions; its
+  settings are ``configs/verl_senior.yaml``. Real code, not run on the CPU build machine.
+
+Output (``output_dir``): PEFT adapter, ``sqlsociety_adapter.json``, ``grpo_metrics.json`` (steps,
+mean reward and reward std per step, EX of the rewrite completions, seconds per step).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from training.sft import DEFAULT_TARGET_MODULES, StepTimer
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "SeniorGRPOConfig",
+    "SeniorGRPOTrainer",
+    "GRPOResult",
+    "SeniorReward",
+    "load_verl_config",
+    "SeniorVERLAgent",
+    "train_senior_verl",
+    "DEFAULT_VERL_CONFIG",
+]
+
+#: The shipped VERL settings for the GPU path.
+DEFAULT_VERL_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "verl_senior.yaml"
+
+NODES = ("senior_rewrite", "senior_check")
+
+
+@dataclass
+class SeniorGRPOConfig:
+    """Settings of :class:`SeniorGRPOTrainer` (and of :func:`train_senior_verl`).
+
+    Attributes:
+        model: base model (embedded alias, ``.gguf`` path or HF directory).
+        output_dir: adapter + metrics directory (created).
+        max_steps: optimizer steps (each step = ``prompts_per_step`` prompts x ``num_generations``).
+        learning_rate: AdamW learning rate for the LoRA weights.
+        num_generations: completions sampled per prompt (the GRPO group, >= 2).
+        prompts_per_step: prompts per optimizer step.
+        max_completion_length: new tokens per completion.
+        max_prompt_length: prompts longer than this (tokens, after the chat template) are dropped
+            with a warning rather than truncated (a cut schema makes the reward meaningless).
+        temperature, top_p: sampling of the group (diversity is what GRPO learns from).
+        beta: KL coefficient to the base (0 = no reference model).
+        epsilon: PPO clip range of the token ratio.
+        num_iterations: optimisation passes per generated batch (mu in the GRPO paper).
+        scale_rewards: TRL's reward scaling (``"group"`` std, ``"batch"`` or ``"none"``).
+        lora_r, lora_alpha, lora_dropout, target_modules: PEFT LoRA.
+        logging_steps: log every N steps (1 = per-step rewards).
+        gradient_checkpointing: recompute activations in the backward pass (saves memory on a
+            GPU; off by default: on the CPU it only costs time for these small models).
+        seed: sampling/data/LoRA-init seed.
+        backend: ``"trl"`` (CPU/GPU, this process) or ``"verl"`` (GPU, see :func:`train_senior_verl`).
+        verl_config: YAML of the VERL path (default ``configs/verl_senior.yaml``).
+        agent_match: regex on agent (LangGraph node) names whose LLM calls VERL trains on.
+        senior_alias: the society's model alias of the senior (bound to VERL's served policy).
+        n_runners: Agent Lightning runners for the VERL path.
+    """
+
+    model: str = "smollm2-135m"
+    output_dir: str = "runs/grpo/senior"
+    max_steps: int = 4
+    learning_rate: float = 5e-5
+    num_generations: int = 2
+    prompts_per_step: int = 1
+    max_completion_length: int = 96
+    max_prompt_length: int = 1024
+    temperature: float = 1.0
+    top_p: float = 1.0
+    beta: float = 0.0
+    epsilon: float = 0.2
+    num_iterations: int = 1
+    scale_rewards: str = "group"
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    target_modules: tuple[str, ...] = DEFAULT_TARGET_MODULES
+    logging_steps: int = 1
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    backend: str = "trl"
+    verl_config: str = str(DEFAULT_VERL_CONFIG)
+    agent_match: str = "senior"
+    senior_alias: str = "senior_policy"
+    n_runners: int = 4
+
+    def __post_init__(self) -> None:
+        if self.num_generations < 2:
+            raise ValueError(f"SeniorGRPOConfig.num_generations = {self.num_generations}; GRPO needs >= 2 completions per prompt")
+        for k in ("max_steps", "prompts_per_step", "max_completion_length", "max_prompt_length", "num_iterations", "logging_steps"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"SeniorGRPOConfig.{k} must be >= 1, got {getattr(self, k)}")
+        if self.backend not in ("trl", "verl"):
+            raise ValueError(f"SeniorGRPOConfig.backend = {self.backend!r}; use 'trl' (CPU or GPU) or 'verl' (GPU)")
+        if self.scale_rewards not in ("group", "batch", "none"):
+            raise ValueError(f"SeniorGRPOConfig.scale_rewards = {self.scale_rewards!r}; use 'group', 'batch' or 'none'")
+        if not self.temperature > 0:
+            raise ValueError("SeniorGRPOConfig.temperature must be > 0 (GRPO needs diverse samples)")
+        self.target_modules = tuple(self.target_modules)
+
+
+@dataclass
+class GRPOResult:
+    """What a GRPO run left behind.
+
+    Attributes:
+        adapter_dir: the PEFT adapter directory.
+        metrics_path: ``grpo_metrics.json``.
+        prompts: prompts trained on (after the length filter).
+        steps: optimizer steps (> 0).
+        rewards: mean reward of each logged step's completions (in the reward's range).
+        reward_std: the matching within-batch standard deviations.
+        rewrite_ex: EX (0/1 mean) of the ``senior_rewrite`` completions scored, in order of scoring.
+        step_seconds: wall seconds per optimizer step; train_seconds: of the whole ``train()``.
+    """
+
+    adapter_dir: Path
+    metrics_path: Path
+    prompts: int
+    steps: int
+    rewards: list[float]
+    reward_std: list[float]
+    rewrite_ex: list[float]
+    step_seconds: list[float]
+    train_seconds: float
+
+    @property
+    def mean_step_seconds(self) -> float:
+        """Mean wall seconds per optimizer step."""
+        return sum(self.step_seconds) / len(self.step_seconds) if self.step_seconds else math.nan
+
+
+def _text(completion: Any) -> str:
+    """A TRL completion (message list for chat prompts, string otherwise) -> its text."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, list):
+        return "".join(str(m.get("content", "")) for m in completion if isinstance(m, dict))
+    if isinstance(completion, dict):
+        return str(completion.get("content", ""))
+    return str(completion)
+
+
+def _checked_sql(prompt: Any) -> str | None:
+    """The query a ``senior_check`` prompt shows (its last user message's SQL block)."""
+    from evaluation.sql_text import extract_sql
+
+    if isinstance(prompt, list):
+        users = [m for m in prompt if isinstance(m, dict) and m.get("role") == "user"]
+        text = str(users[-1].get("content", "")) if users else ""
+    else:
+        text = str(prompt)
+    return extract_sql(text)
+
+
+class SeniorReward:
+    """The senior's verifiable reward, as a TRL reward function.
+
+    Called by TRL as ``reward(prompts=..., completions=..., gold_sql=[...], db_path=[...],
+    node=[...], **kw)``, one entry per completion; returns one float per completion (see the module
+    docstring for the two node types). ``records`` keeps every scored completion
+    (``node``, ``reward``, ``ex``) for the metrics file.
+
+    Args:
+        reward_config: :class:`evaluation.rewards.RewardConfig` for rewrite decisions
+            (default: unit-normalised EX + partial credit, range [0, 1]).
+    """
+
+    __name__ = "senior_execution_reward"
+
+    def __init__(self, reward_config: Any = None) -> None:
+        from evaluation.rewards import RewardConfig
+
+        self.reward_config = reward_config or RewardConfig()
+        self.records: list[dict[str, Any]] = []
+
+    def score(self, prompt: Any, completion: Any, gold_sql: str, db_path: str, node: str | None = None) -> tuple[float, float | None]:
+        """(reward, ex) of one completion; ``ex`` is None for check decisions."""
+        from evaluation.ex import execution_match
+        from evaluation.rewards import compute_reward
+        from society.roles import parse_check
+
+        node = node or "senior_rewrite"
+        text = _text(completion)
+        if node == "senior_check":
+            verdict = parse_check(text)
+            if verdict is None:
+                return 0.0, None
+            truth = execution_match(db_path, _checked_sql(prompt), gold_sql).match
+            return (1.0 if (verdict == "correct") == truth else 0.0), None
+        rb = compute_reward(text, gold_sql, db_path, self.reward_config)
+        return float(rb.total), float(rb.ex)
+
+    def __call__(self, prompts: list[Any], completions: list[Any], gold_sql: list[str], db_path: list[str],
+                 node: list[str] | None = None, **kwargs: Any) -> list[float]:
+        out: list[float] = []
+        exs: list[float] = []
+        for i, (p, c) in enumerate(zip(prompts, completions, strict=True)):
+            n = node[i] if node is not None else None
+            r, ex = self.score(p, c, gold_sql[i], db_path[i], n)
+            out.append(r)
+            if ex is not None:
+                exs.append(ex)
+            self.records.append({"node": n or "senior_rewrite", "reward": r, "ex": ex})
+        log_metric = kwargs.get("log_metric")
+        if exs and callable(log_metric):
+            log_metric("rewrite_ex", sum(exs) / len(exs))
+        return out
+
+
+class SeniorGRPOTrainer:
+    """GRPO with LoRA for the senior, on its logged decision points.
+
+    Args:
+        config: :class:`SeniorGRPOConfig` (``backend="trl"``; for VERL use :func:`train_senior_verl`).
+        train_dataset: ``datasets.Dataset`` / list of dicts with ``prompt``, ``gold_sql``, ``db_path``
+            (and optionally ``node``) -- see the module docstring.
+        reward_config: :class:`evaluation.rewards.RewardConfig` of the rewrite reward.
+
+    Raises:
+        ValueError: missing columns, no rows, a database file that does not exist, an unknown
+            ``node`` value, or every prompt longer than ``max_prompt_length``.
+    """
+
+    def __init__(self, config: SeniorGRPOConfig, train_dataset: Any, *, reward_config: Any = None) -> None:
+        from datasets import Dataset
+
+        self.config = config
+        if config.backend != "trl":
+            raise ValueError("SeniorGRPOTrainer runs TRL GRPO; for backend='verl' call training.grpo.train_senior_verl")
+        if isinstance(train_dataset, list):
+            train_dataset = Dataset.from_list(train_dataset)
+        if not isinstance(train_dataset, Dataset):
+            raise ValueError(f"train_dataset must be a datasets.Dataset or a list of dicts, got {type(train_dataset).__name__}")
+        missing = {"prompt", "gold_sql", "db_path"} - set(train_dataset.column_names)
+        if missing:
+            raise ValueError(
+                f"train_dataset lacks column(s) {sorted(missing)} (has {train_dataset.column_names}); build it with "
+                "HierarchicalTraceAdapter.to_rl(...).prompts"
+            )
+        if len(train_dataset) == 0:
+            raise ValueError("train_dataset is empty: the store holds no senior decision; gather rollouts with a senior role first")
+        for i, p in enumerate(train_dataset["db_path"]):
+            if not Path(p).is_file():
+                raise ValueError(f"train_dataset row {i}: db_path {p!r} does not exist; point db_path at the task's SQLite file")
+        if "node" in train_dataset.column_names:
+            bad = sorted({n for n in train_dataset["node"] if n not in NODES})
+            if bad:
+                raise ValueError(f"train_dataset has node value(s) {bad}; expected one of {NODES}")
+        keep = [c for c in ("prompt", "gold_sql", "db_path", "node") if c in train_dataset.column_names]
+        self.dataset = train_dataset.select_columns(keep)
+        self.reward = SeniorReward(reward_config)
+        self.dropped_long = 0
+
+    def _filter_long(self, tok: Any) -> Any:
+        limit = self.config.max_prompt_length
+
+        def n_tokens(p: Any) -> int:
+            if isinstance(p, list):
+                ids = tok.apply_chat_template(p, add_generation_prompt=True, tokenize=True)
+                if isinstance(ids, dict) or hasattr(ids, "keys"):
+                    ids = ids["input_ids"]
+                return len(ids)
+            return len(tok(str(p))["input_ids"])
+
+        keep = [i for i, p in enumerate(self.dataset["prompt"]) if n_tokens(p) <= limit]
+        self.dropped_long = len(self.dataset) - len(keep)
+        if not keep:
+            raise ValueError(
+                f"every senior prompt is longer than max_prompt_length={limit} tokens; raise it or use a compact schema"
+            )
+        if self.dropped_long:
+            logger.warning("GRPO: dropped %d of %d senior prompts longer than %d tokens", self.dropped_long, len(self.dataset), limit)
+        return self.dataset.select(keep)
+
+    def _args(self) -> Any:
+        import torch
+        from trl import GRPOConfig
+
+        cfg = self.config
+        cuda = torch.cuda.is_available()
+        return GRPOConfig(
+            output_dir=cfg.output_dir,
+            max_steps=cfg.max_steps,
+            learning_rate=cfg.learning_rate,
+            per_device_train_batch_size=cfg.prompts_per_step * cfg.num_generations,
+            gradient_accumulation_steps=1,
+            num_generations=cfg.num_generations,
+            max_completion_length=cfg.max_completion_length,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            beta=cfg.beta,
+            epsilon=cfg.epsilon,
+            num_iterations=cfg.num_iterations,
+            scale_rewards=cfg.scale_rewards,
+            logging_steps=cfg.logging_steps,
+            save_strategy="no",
+            report_to="none",
+            seed=cfg.seed,
+            bf16=bool(cuda and torch.cuda.is_bf16_supported()),
+            fp16=False,
+            use_cpu=not cuda,
+            lr_scheduler_type="constant",
+            gradient_checkpointing=cfg.gradient_checkpointing,
+            dataloader_num_workers=0,
+            disable_tqdm=True,
+        )
+
+    def train(self) -> GRPOResult:
+        """Run GRPO, save the adapter and ``grpo_metrics.json``; return a :class:`GRPOResult`.
+
+        Raises:
+            RuntimeError: no optimizer step was taken.
+        """
+        from peft import LoraConfig
+        from trl import GRPOTrainer
+
+        from training.export import load_for_training, resolve_gguf
+
+        cfg = self.config
+        out = Path(cfg.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        model, tok = load_for_training(cfg.model)
+        tok.padding_side = "left"  # generation pads on the left
+        data = self._filter_long(tok)
+        peft_config = LoraConfig(
+            r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+            target_modules=list(cfg.target_modules), bias="none", task_type="CAUSAL_LM",
+        )
+        timer = StepTimer.make()
+        trainer = GRPOTrainer(
+            model=model,
+            reward_funcs=[self.reward],
+            args=self._args(),
+            train_dataset=data,
+            processing_class=tok,
+            peft_config=peft_config,
+            callbacks=[timer],
+        )
+        t0 = time.perf_counter()
+        trainer.train()
+        train_s = time.perf_counter() - t0
+        steps = int(trainer.state.global_step)
+        if steps <= 0:
+            raise RuntimeError("GRPO took no optimizer step; check max_steps and the dataset")
+        trainer.model.save_pretrained(str(out))
+        hist = [h for h in trainer.state.log_history if "reward" in h]
+        rewards = [float(h["reward"]) for h in hist]
+        reward_std = [float(h.get("reward_std", float("nan"))) for h in hist]
+        try:
+            base_gguf: str | None = str(resolve_gguf(cfg.model))
+        except (ValueError, FileNotFoundError, RuntimeError):
+            base_gguf = None
+        (out / "sqlsociety_adapter.json").write_text(json.dumps(
+            {"method": "grpo", "role": "senior", "base_model": cfg.model, "base_gguf": base_gguf, "prompts": len(data)}, indent=1))
+        rewrite_ex = [r["ex"] for r in self.reward.records if r["ex"] is not None]
+        result = GRPOResult(
+            adapter_dir=out,
+            metrics_path=out / "grpo_metrics.json",
+            prompts=len(data),
+            steps=steps,
+            rewards=rewards,
+            reward_std=reward_std,
+            rewrite_ex=rewrite_ex,
+            step_seconds=[round(s, 4) for s in timer.seconds],
+            train_seconds=round(train_s, 3),
+        )
+        result.metrics_path.write_text(json.dumps({
+            "config": asdict(cfg),
+            "prompts": result.prompts,
+            "dropped_long_prompts": self.dropped_long,
+            "steps": steps,
+            "rewards": rewards,
+            "reward_std": reward_std,
+            "completions_scored": len(self.reward.records),
+            "rewrite_ex_mean": (sum(rewrite_ex) / len(rewrite_ex)) if rewrite_ex else None,
+            "step_seconds": result.step_seconds,
+            "mean_step_seconds": result.mean_step_seconds,
+            "train_seconds": result.train_seconds,
+            "log_history": trainer.state.log_history,
+        }, indent=1, default=str))
+        return result
+
+
+# ============================================================================ GPU: Agent Lightning VERL
+
+
+def load_verl_config(
+    path: str | Path | None = None,
+    *,
+    model_path: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The VERL override dict for ``agl.VERL(config)`` from a YAML file.
+
+    Args:
+        path: YAML (default ``configs/verl_senior.yaml``); its keys mirror VERL's
+            ``ppo_trainer`` config (``algorithm``, ``data``, ``actor_rollout_ref``, ``trainer``) and
+            are merged over Agent Lightning's packaged defaults by ``agl.VERL``.
+        model_path: sets ``actor_rollout_ref.model.path`` (a HF directory; use
+            :func:`training.export.hf_checkpoint` to get one from the embedded GGUF).
+        overrides: nested dict merged last.
+
+    Raises:
+        FileNotFoundError / ValueError: missing file, or a file whose top level is not a mapping,
+            or whose ``algorithm.adv_estimator`` is not ``grpo``.
+    """
+    import yaml
+
+    p = Path(path) if path is not None else DEFAULT_VERL_CONFIG
+    if not p.is_file():
+        raise FileNotFoundError(f"VERL config {p} does not exist; copy {DEFAULT_VERL_CONFIG}")
+    cfg = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{p}: the top level must be a mapping of VERL config sections")
+
+    def merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+        for k, v in b.items():
+            a[k] = merge(dict(a.get(k) or {}), v) if isinstance(v, dict) else v
+        return a
+
+    if model_path is not None:
+        merge(cfg, {"actor_rollout_ref": {"model": {"path": str(model_path)}}})
+    if overrides:
+        merge(cfg, overrides)
+    if (cfg.get("algorithm") or {}).get("adv_estimator") != "grpo":
+        raise ValueError(f"{p}: algorithm.adv_estimator must be 'grpo' for the senior (got {(cfg.get('algorithm') or {}).get('adv_estimator')!r})")
+    return cfg
+
+
+def _society_agent_class() -> Any:
+    from training.agent import SocietyAgent
+
+    return SocietyAgent
+
+
+class SeniorVERLAgent:  # pragma: no cover - GPU path; constructed by train_senior_verl
+    """Factory for the LitAgent of the VERL path: the society agent with VERL's policy model bound
+    to the senior's alias.
+
+    VERL publishes the model it is training as the ``main_llm`` resource (an OpenAI endpoint in
+    front of its vLLM workers); the society reads one ``agl.LLM`` resource per model alias, so the
+    senior alias is mapped to ``main_llm`` while the juniors/supervisor keep their own servers.
+    """
+
+    def __new__(cls, society_config: Any, *, senior_alias: str, endpoints: dict[str, tuple[str, str]] | None = None,
+                reward: Any = None) -> Any:
+        base = _society_agent_class()
+
+        class _Agent(base):  # type: ignore[misc, valid-type]
+            def rollout(self, task, resources, rollout):  # noqa: ANN001
+                res = dict(resources or {})
+                if "main_llm" in res:
+                    res[senior_alias] = res["main_llm"]
+                return super().rollout(task, res, rollout)
+
+        return _Agent(society_config, endpoints=endpoints, reward=reward)
+
+
+def train_senior_verl(  # pragma: no cover - needs a GPU, verl and vLLM
+    society_config: Any,
+    train_tasks: list[dict[str, Any]],
+    val_tasks: list[dict[str, Any]] | None,
+    config: SeniorGRPOConfig,
+    *,
+    endpoints: dict[str, tuple[str, str]] | None = None,
+    reward_config: Any = None,
+) -> None:
+    """GRPO of the senior with Agent Lightning's VERL algorithm (GPU).
+
+    Args:
+        society_config: the society config whose senior uses ``config.senior_alias``.
+        train_tasks / val_tasks: Spider tasks (``training.agent.task_from_example``).
+        config: ``verl_config`` (YAML), ``agent_match`` (regex on agent/node names whose LLM calls
+            become training transitions: the senior's ``senior_check`` / ``senior_rewrite``),
+            ``n_runners`` and ``model``.
+        endpoints: alias -> (base_url, model) for the other roles' servers.
+
+    The policy weights come from :func:`training.export.hf_checkpoint` (the embedded GGUF,
+    dequantised), so no hub download is needed; LoRA rank/alpha are in the YAML
+    (``actor_rollout_ref.model.lora_rank``). Checkpoints go where ``trainer.default_local_dir`` says.
+    """
+    import agentlightning as agl
+
+    from training.export import hf_checkpoint
+
+    cfg = load_verl_config(config.verl_config, model_path=str(hf_checkpoint(config.model)))
+    agent = SeniorVERLAgent(society_config, senior_alias=config.senior_alias, endpoints=endpoints, reward=reward_config)
+    trainer = agl.Trainer(n_runners=config.n_runners, algorithm=agl.VERL(cfg), adapter={"agent_match": config.agent_match})
+    trainer.fit(agent, train_dataset=train_tasks, val_dataset=val_tasks)
+
