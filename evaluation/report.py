@@ -566,7 +566,7 @@ pre{background:#f7f7f9;border:1px solid #e3e3e8;padding:6px 8px;white-space:pre-
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
     h = "".join(f'<th class="{"l" if i < left else ""}">{html.escape(c)}</th>' for i, c in enumerate(headers))
     body = "".join(
-        "<tr>" + "".join(f'<td class="{"l" if i < left else ""}">{c}</td>' for i, c in enumerate(r)) + "</tr>"
+        "<tr>" + "".join(f'<td class="{"l" if i < left else ""}">{html.escape(c)}</td>' for i, c in enumerate(r)) + "</tr>"
         for r in rows
     )
     return f"<table><tr>{h}</tr>{body}</table>"
@@ -611,19 +611,20 @@ def _phase_rows(c: ReportContent) -> list[list[str]]:
     ]
 
 
-_BANDIT_HEADERS = ["policy", "n", "EX", "mean reward"]
+_BANDIT_HEADERS = ["policy", "n", "EX", "mean reward", "note"]
 
 
 def _bandit_rows(c: ReportContent) -> list[list[str]]:
-    rows = sorted(c.run.bandit, key=lambda r: -(r.get("mean_reward") or 0.0))
+    """Rows in the order ``compare_policies`` gives them (bandit, baselines, logged policies, oracle)."""
     return [
         [
             str(r.get("policy", "?")),
             str(r.get("n", "–")),
             _pct(r.get("ex")),
             _num(r.get("mean_reward"), 3),
+            str(r.get("note") or ""),
         ]
-        for r in rows
+        for r in c.run.bandit
     ]
 
 
@@ -716,8 +717,10 @@ def render_html(c: ReportContent) -> str:
 
     parts.append("<h2>Supervisor policies (bandit comparison)</h2>")
     parts.append(
-        _table(_BANDIT_HEADERS, _bandit_rows(c))
-        + "<p class='muted'>offline replay of logged candidates on held-out dev rollouts.</p>"
+        _table(_BANDIT_HEADERS, _bandit_rows(c), left=1)
+        + "<p class='muted'>offline replay of the supervisor's logged decisions on held-out rollouts "
+        "(training.bandit.compare_policies): each policy's pick among the same candidates, scored by "
+        "that candidate's own reward.</p>"
         if run.bandit
         else "<p class='muted'>no bandit_comparison.json (phase 4 not run).</p>"
     )
@@ -752,7 +755,7 @@ def render_html(c: ReportContent) -> str:
 
 def _md_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     def cell(s: str) -> str:
-        return re.sub(r"<[^>]+>", "", s).replace("|", "\\|")
+        return s.replace("|", "\\|").replace("\n", " ")
 
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(cell(x) for x in r) + " |" for r in rows]

@@ -647,7 +647,7 @@ def render_tree(trace: RolloutTrace, *, full: bool = False) -> Tree:
     info = trace.info
     head = f"[bold]rollout {escape(trace.rollout_id or '?')}[/]"
     for key in ("task_id", "db_id", "phase", "status", "ex"):
-        if info.get(key):
+        if info.get(key) not in (None, ""):
             head += f"  {key}=[cyan]{escape(str(info[key]))}[/]"
     head += f"  reward=[bold green]{_fmt_reward(trace.reward)}[/]"
     tree = Tree(head)
