@@ -335,14 +335,17 @@ class TrainingPipeline:
 
         g = self.cfg.gather
         tasks = load_examples(self.cfg.data_dir, g.split)[g.offset:g.offset + g.limit]
+        from training.hooks import MetricsHook
+
         society = self.society()
         with ExitStack() as stack:
             eps = self.endpoints(stack, society)
+            hook = stack.enter_context(MetricsHook(self.dir.metrics, phase="1-gather", run_id=self.dir.root.name))
             summary = gather(GatherConfig(
                 run_dir=self.dir.root, society_config=society, split=g.split, data_dir=self.cfg.data_dir,
                 task_ids=[t.id for t in tasks], n_runners=g.n_runners, epsilon=g.epsilon,
                 reward=self._reward_config(), rollout_timeout_s=g.rollout_timeout_s,
-                endpoints={a: (e.base_url, e.model) for a, e in eps.items()},
+                endpoints={a: (e.base_url, e.model) for a, e in eps.items()}, hooks=[hook],
             ))
         self.echo(f"phase 1 gather: {summary.stored_succeeded} rollouts in the store "
                   f"({summary.skipped} resumed, {summary.run} run now, mean reward {summary.mean_reward})")
