@@ -23,6 +23,7 @@ Usage::
     python bench/society.py                       # SmolLM2-135M (configs/smoke.yaml), 5 questions
     python bench/society.py --config configs/society.yaml --n 3
     python bench/society.py --base-url http://127.0.0.1:8080/v1 --model m   # an already-running server
+    python bench/society.py --collect-runs        # with a LangChain tracer building every run tree
 
 Prints a table and one JSON line (``--json`` to write it to a file).
 """
@@ -97,17 +98,26 @@ def tool_seconds(run: SocietyRun) -> float:
     return total
 
 
-def bench(config: SocietyConfig, endpoints: dict[str, Endpoint], n: int, agent: str, console: Console) -> dict:
+def bench(config: SocietyConfig, endpoints: dict[str, Endpoint], n: int, agent: str, console: Console,
+          collect_runs: bool = False) -> dict:
     examples = load_examples(split="dev", limit=n + 1)
     warm, examples = examples[0], examples[1:]
-    run_society(warm.question, warm.db_path, config, question_id=warm.id, db_id=warm.db_id, endpoints=endpoints, agent=agent)
+    collector = None
+    if collect_runs:  # a LangChain tracer that builds every run tree in memory (LangSmith's work, minus the upload)
+        from langchain_core.tracers.run_collector import RunCollectorCallbackHandler
+
+        collector = RunCollectorCallbackHandler()
+    cbs = [collector] if collector else None
+    run_society(warm.question, warm.db_path, config, question_id=warm.id, db_id=warm.db_id, endpoints=endpoints, agent=agent,
+                callbacks=cbs)
     t = Table(title=f"{agent} · {config.name} · {len(examples)} questions")
     for col in ("question", "wall s", "model s", "tools s", "other s", "overhead", "LLM calls", "tokens", "status"):
         t.add_column(col, justify="right" if col != "question" else "left", overflow="fold")
     rows = []
     t0 = time.perf_counter()
     for ex in examples:
-        run = run_society(ex.question, ex.db_path, config, question_id=ex.id, db_id=ex.db_id, endpoints=endpoints, agent=agent)
+        run = run_society(ex.question, ex.db_path, config, question_id=ex.id, db_id=ex.db_id, endpoints=endpoints, agent=agent,
+                          callbacks=cbs)
         tools = tool_seconds(run)
         other = max(0.0, run.seconds - run.model_seconds - tools)
         rows.append({"id": ex.id, "wall": run.seconds, "model": run.model_seconds, "tools": tools, "other": other,
@@ -129,6 +139,7 @@ def bench(config: SocietyConfig, endpoints: dict[str, Endpoint], n: int, agent: 
         "tools_s": round(tools, 4), "other_s": round(other, 4), "overhead_ratio": round((wall - model) / wall, 4),
         "other_ms_per_llm_call": round(1000 * other / max(1, calls), 2), "llm_calls": calls,
         "seconds_per_question": round(wall / len(rows), 3), "loop_wall_s": round(total, 3), "rows": rows,
+        "collect_runs": collect_runs, "traced_root_runs": len(collector.traced_runs) if collector else 0,
     }
     console.print(
         f"overhead (wall - model) / wall = {summary['overhead_ratio']:.1%}; tools {tools:.3f} s, "
@@ -161,18 +172,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base-url", help="use this OpenAI-compatible server for every model alias instead of the embedded one")
     p.add_argument("--model", default="local", help="model name with --base-url")
     p.add_argument("--json", type=Path, help="also write the summary JSON here")
+    p.add_argument("--collect-runs", action="store_true",
+                   help="attach a LangChain tracer that builds every run tree in memory (tracing cost without network)")
     a = p.parse_args(argv)
     console = Console()
     cfg = SocietyConfig.load(a.config)
     if a.base_url:
         for alias in list(cfg.models):
             cfg = cfg.with_endpoint(alias, a.base_url, a.model)
-        summary = bench(cfg, {}, a.n, a.agent, console)
+        summary = bench(cfg, {}, a.n, a.agent, console, a.collect_runs)
     else:
         from society.commands import serving
 
         with serving(cfg) as endpoints:
-            summary = bench(cfg, endpoints, a.n, a.agent, console)
+            summary = bench(cfg, endpoints, a.n, a.agent, console, a.collect_runs)
     line = json.dumps({k: v for k, v in summary.items() if k != "rows"})
     print(line)
     if a.json:
