@@ -102,8 +102,14 @@ def learning_curves(rows: Sequence[Mapping], window: int | None = None) -> Figur
         ys.append(float(row["reward"]))
 
     fig, ax = plt.subplots(figsize=(9, 4.2), dpi=100)
+    used: set[str] = set()
     for i, (phase, (xs, ys)) in enumerate(phases.items()):
         col = color_for(phase, i)
+        j = i
+        while col in used:  # two phases of one kind (e.g. two gathers) still get their own colour
+            col = _FALLBACK_COLORS[j % len(_FALLBACK_COLORS)]
+            j += 1
+        used.add(col)
         w = window or default_window(len(ys))
         ax.scatter(xs, ys, s=12, alpha=0.35, color=col, label=f"{phase} (raw, n={len(ys)})")
         ax.plot(xs, rolling_mean(ys, w), color=col, linewidth=2.2, label=f"{phase} rolling mean (w={w})")

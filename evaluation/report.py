@@ -563,10 +563,15 @@ pre{background:#f7f7f9;border:1px solid #e3e3e8;padding:6px 8px;white-space:pre-
 """
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
-    h = "".join(f'<th class="{"l" if i < left else ""}">{html.escape(c)}</th>' for i, c in enumerate(headers))
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1, text_cols: Sequence[int] = ()) -> str:
+    """An HTML table; the first ``left`` columns and the ``text_cols`` are left-aligned, numbers right."""
+
+    def cls(i: int) -> str:
+        return "l" if i < left or i in text_cols or i - len(headers) in text_cols else ""
+
+    h = "".join(f'<th class="{cls(i)}">{html.escape(c)}</th>' for i, c in enumerate(headers))
     body = "".join(
-        "<tr>" + "".join(f'<td class="{"l" if i < left else ""}">{html.escape(c)}</td>' for i, c in enumerate(r)) + "</tr>"
+        "<tr>" + "".join(f'<td class="{cls(i)}">{html.escape(c)}</td>' for i, c in enumerate(r)) + "</tr>"
         for r in rows
     )
     return f"<table><tr>{h}</tr>{body}</table>"
@@ -659,13 +664,20 @@ _ROLE_NOTE = (
 )
 
 
+def _failure(rec: Mapping) -> str:
+    """What to show when a record has no result: why the question failed, if recorded."""
+    if rec.get("error"):
+        return f"(no result: {rec['error']})"
+    return "(no result)" if not rec.get("pred_sql") else ""
+
+
 def _example_html(e: Mapping, trained_stage: str) -> str:
     def side(label: str, rec: Mapping) -> str:
         ok = '<span class="ok">correct</span>' if rec.get("match") else '<span class="bad">wrong</span>'
         return (
             f"<div><b>{html.escape(label)}</b> — {ok}"
             f"<pre>{html.escape(rec.get('pred_sql') or '(no SQL)')}</pre>"
-            f"<div class='muted'>result</div><pre>{html.escape(_preview(rec.get('result_preview')))}</pre></div>"
+            f"<div class='muted'>result</div><pre>{html.escape(_preview(rec.get('result_preview')) or _failure(rec))}</pre></div>"
         )
 
     return (
@@ -717,7 +729,7 @@ def render_html(c: ReportContent) -> str:
 
     parts.append("<h2>Supervisor policies (bandit comparison)</h2>")
     parts.append(
-        _table(_BANDIT_HEADERS, _bandit_rows(c), left=1)
+        _table(_BANDIT_HEADERS, _bandit_rows(c), left=1, text_cols=(-1,))
         + "<p class='muted'>offline replay of the supervisor's logged decisions on held-out rollouts "
         "(training.bandit.compare_policies): each policy's pick among the same candidates, scored by "
         "that candidate's own reward.</p>"

@@ -89,20 +89,17 @@ def _tasks(n: int) -> list[dict]:
     ]
 
 
-def _run(run_dir: Path, tasks: list[dict], hook: MetricsHook, *, n_runners: int = 1, client_server: bool = False) -> None:
+def _run(run_dir: Path, tasks: list[dict], hook: MetricsHook, *, n_runners: int = 2) -> None:
+    """Agent Lightning's default client-server strategy: the store in this process, ``n_runners``
+    runner processes (so the AgentOps instrumentation stays out of the test process)."""
+    from training.agent import StoreTracer
+    from training.gather import free_port
+
     store = SqliteLightningStore(run_dir / "store.sqlite")
     try:
-        if client_server:
-            from training.agent import StoreTracer
-            from training.gather import free_port
-
-            trainer = agl.Trainer(n_runners=n_runners, store=store, hooks=[hook], algorithm=agl.Baseline(),
-                                  tracer=StoreTracer(), port=free_port(),
-                                  initial_resources={"llm": agl.LLM(endpoint="http://127.0.0.1:9/v1", model="unused")})
-        else:
-            trainer = agl.Trainer(store=store, hooks=[hook], algorithm=agl.Baseline(),
-                                  strategy=agl.SharedMemoryExecutionStrategy(main_thread="algorithm", n_runners=1),
-                                  initial_resources={"llm": agl.LLM(endpoint="http://127.0.0.1:9/v1", model="unused")})
+        trainer = agl.Trainer(n_runners=n_runners, store=store, hooks=[hook], algorithm=agl.Baseline(),
+                              tracer=StoreTracer(), port=free_port(),
+                              initial_resources={"llm": agl.LLM(endpoint="http://127.0.0.1:9/v1", model="unused")})
         trainer.dev(SqlAgent(), tasks)
     finally:
         store.close()
@@ -113,27 +110,28 @@ def _rows(path: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def shm_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
-    run_dir = tmp_path_factory.mktemp("hooks") / "run-shm"
-    tasks = _tasks(4)
-    os.environ["WANDB_MODE"] = "offline"  # W&B without network: the hook logs to RUN_DIR/wandb
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict], MetricsHook]:
+    """Six real rollouts by two runner processes, W&B in offline mode (no network)."""
+    run_dir = tmp_path_factory.mktemp("hooks") / "run"
+    tasks = _tasks(6)
+    os.environ["WANDB_MODE"] = "offline"
     try:
-        hook = MetricsHook(run_dir / "metrics.jsonl", phase="1-gather", run_id="run-shm")
-        assert hook.use_wandb
+        hook = MetricsHook(run_dir / "metrics.jsonl", phase="1-gather", run_id="run-hooks", poll_s=0.2)
         with hook:
             _run(run_dir, tasks, hook)
     finally:
         os.environ.pop("WANDB_MODE", None)
-    return run_dir, tasks
+    return run_dir, tasks, hook
 
 
-def test_one_row_per_rollout_matching_the_store(shm_run: tuple[Path, list[dict]]) -> None:
-    run_dir, tasks = shm_run
-    rows = _rows(run_dir / "metrics.jsonl")
+def test_one_row_per_rollout_matching_the_store(recorded: tuple[Path, list[dict], MetricsHook]) -> None:
+    run_dir, tasks, _ = recorded
+    rows = _rows(run_dir / "metrics.jsonl")  # every line parses: two runner processes never interleave
     with RolloutArchive(run_dir / "store.sqlite") as arc:
         stored = {r.rollout_id: r for r in arc.rollouts()}
     assert len(rows) == len(tasks) == len(stored)
     assert {r["rollout_id"] for r in rows} == set(stored)
+    assert sorted(r["task_id"] for r in rows) == sorted(t["task_id"] for t in tasks)
     for row in rows:
         rec = stored[row["rollout_id"]]
         assert row["phase"] == "1-gather" and row["task_id"] == rec.task_id
@@ -182,34 +180,17 @@ def _wandb_history(run_root: Path) -> list[dict]:
     return rows
 
 
-def test_wandb_offline_run_holds_every_row(shm_run: tuple[Path, list[dict]]) -> None:
+def test_wandb_offline_run_holds_every_row(recorded: tuple[Path, list[dict], MetricsHook]) -> None:
+    """Rows written by the runner processes are logged to W&B by this process, which follows the file."""
     pytest.importorskip("wandb")
-    run_dir, _ = shm_run
+    run_dir, _, hook = recorded
+    assert hook.use_wandb
     rows = _rows(run_dir / "metrics.jsonl")
     hist = _wandb_history(run_dir)
+    assert hook.rows_logged == len(hist) == len(rows)
     assert [h["rollouts"] for h in hist] == list(range(1, len(rows) + 1))
     assert [h["1-gather/reward"] for h in hist] == pytest.approx([r["reward"] for r in rows])
     assert [h["1-gather/ex"] for h in hist] == [r["ex"] for r in rows]
-
-
-def test_client_server_runners_each_append_whole_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Two runner processes (Agent Lightning's default strategy) share one metrics file, and this
-    process logs every row to W&B (offline) by following the file."""
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    tasks = _tasks(6)
-    hook = MetricsHook(tmp_path / "metrics.jsonl", phase="2-sft", run_id="cs", poll_s=0.2)
-    with hook:
-        _run(tmp_path, tasks, hook, n_runners=2, client_server=True)
-    rows = _rows(tmp_path / "metrics.jsonl")  # every line parses: no interleaving
-    if hook.use_wandb:  # rows written by the runner processes, logged by this one
-        hist = _wandb_history(tmp_path)
-        assert hook.rows_logged == len(hist) == len(rows)
-        assert [h["2-sft/reward"] for h in hist] == pytest.approx([r["reward"] for r in rows])
-    assert sorted(r["task_id"] for r in rows) == sorted(t["task_id"] for t in tasks)
-    with RolloutArchive(tmp_path / "store.sqlite") as arc:
-        stored = {r.rollout_id: r.reward for r in arc.rollouts()}
-    assert {r["rollout_id"]: r["reward"] for r in rows} == pytest.approx(stored)
-    assert all(r["phase"] == "2-sft" for r in rows)
 
 
 def _append_many(path: str, worker: int, n: int) -> None:

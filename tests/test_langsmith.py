@@ -393,6 +393,18 @@ def test_pull_reads_the_trace_back_into_the_local_format(
     text = console.export_text()
     assert "junior_direct" in text and "sql_db_query" in text and "reward = 0.750" in text
 
+    # the command line does the same
+    from typer.testing import CliRunner
+
+    from society.cli import app
+
+    cli_out = tmp_path / "cli.jsonl"
+    res = CliRunner().invoke(app, ["traces", "pull", "--project", "sqlsociety-test", "--run-id", "run-pull",
+                                   "-o", str(cli_out)], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    assert "pulled 1 rollout(s)" in res.output and "final reward = 0.750" in res.output
+    assert read_records(cli_out) == read_records(out)
+
 
 def test_pull_unknown_run_id_is_a_clear_error(standin: LangSmithStandIn, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LANGSMITH_API_KEY", "test-key")
