@@ -232,6 +232,22 @@ def _is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, (httpx.TransportError, TimeoutError, ConnectionError))
 
 
+def restore_stop(text: str, stop: Sequence[str] | str | None, finish_reason: str | None) -> str:
+    """Put back the closing marker a stop sequence removed: OpenAI-style servers drop the matched
+    stop string, so a reply stopped at ``</sql>`` lacks it (and fails the SQL-R1 format check) and one
+    stopped at a fence's end lacks the closing fence. Only when the reply ended on a stop
+    (``finish_reason == "stop"``) and the marker is open: ``<sql>`` without ``</sql>``, or an odd
+    number of ```` ``` ````."""
+    if finish_reason != "stop" or not stop:
+        return text
+    stops = [stop] if isinstance(stop, str) else list(stop)
+    if "</sql>" in stops and text.count("<sql>") > text.count("</sql>"):
+        return text + "</sql>"
+    if any(s.startswith("```") for s in stops) and text.count("```") % 2 == 1:
+        return text.rstrip("\n") + "\n```"
+    return text
+
+
 def message_dicts(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
     """Chat messages as ``[{"role", "content"}]`` (OpenAI roles)."""
     names = {"system": "system", "human": "user", "ai": "assistant", "tool": "tool"}
@@ -318,7 +334,11 @@ def invoke_llm(
         raise
     rec.attempts = attempt
     rec.latency_s = time.perf_counter() - t0
-    rec.response = msg.content if isinstance(msg.content, str) else str(msg.content)
+    text = msg.content if isinstance(msg.content, str) else str(msg.content)
+    restored = restore_stop(text, getattr(chat, "stop", None), (msg.response_metadata or {}).get("finish_reason"))
+    if restored != text:
+        msg = msg.model_copy(update={"content": restored})
+    rec.response = restored
     usage = getattr(msg, "usage_metadata", None) or {}
     rec.input_tokens = int(usage.get("input_tokens", 0) or 0)
     rec.output_tokens = int(usage.get("output_tokens", 0) or 0)

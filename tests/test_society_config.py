@@ -257,3 +257,16 @@ def test_endpoint_down_is_retried_then_the_question_fails_and_the_eval_continues
     assert {c["label"] for c in calls} == {"junior:direct", "junior:step_by_step", "junior:decompose"}
     assert (rec.dir / "config.yaml").is_file() and len((rec.dir / "predictions.sql").read_text().splitlines()) == 2
     assert json.loads((rec.dir / "summary.json").read_text())["failed"] == 2
+
+
+def test_restore_stop_puts_back_the_closing_marker_a_stop_sequence_removed():
+    from evaluation.rewards import format_ok
+    from society.llm import restore_stop
+
+    stops = ["</sql>", "```\n\n"]
+    text = "<reasoning>count singers</reasoning>\n<sql>SELECT count(*) FROM singer"
+    assert not format_ok(text) and format_ok(restore_stop(text, stops, "stop"))
+    assert restore_stop("```sql\nSELECT 1\n", stops, "stop") == "```sql\nSELECT 1\n```"
+    assert restore_stop("```sql\nSELECT 1\n```", stops, "stop") == "```sql\nSELECT 1\n```"
+    assert restore_stop(text, stops, "length") == text  # cut by max_tokens: nothing to restore
+    assert restore_stop(text, None, "stop") == text
