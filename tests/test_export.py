@@ -14,9 +14,6 @@ process, ``logits_all``) against transformers+PEFT, error < 1 % of the adapter's
 
 from __future__ import annotations
 
-import json
-import urllib.request
-
 import gguf
 import numpy as np
 import pytest
@@ -25,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from training.export import (
     ExportError,
+    check_served_equals_peft,
     _permute_rows,
     dequantized_gguf,
     export_lora_gguf,
@@ -32,7 +30,6 @@ from training.export import (
     hf_checkpoint,
     load_for_training,
     resolve_gguf,
-    serve_adapter,
 )
 
 SMOL = "smollm2-135m"
@@ -132,64 +129,14 @@ def test_lora_gguf_layout(random_adapter):
             assert shape == [8, base[w][1]]  # ne = [r, out]
 
 
-def _complete(srv, text: str) -> str:
-    # plain greedy decoding: llama-cpp-python's server applies repeat_penalty=1.1 unless told otherwise
-    body = json.dumps({"model": srv.model, "prompt": text, "max_tokens": N_TOKENS, "temperature": 0.0, "top_k": 1,
-                       "repeat_penalty": 1.0}).encode()
-    req = urllib.request.Request(srv.base_url + "/completions", data=body, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=300) as resp:
-        return json.loads(resp.read())["choices"][0]["text"]
-
-
-def _tokenize(srv, text: str) -> list[int]:
-    url = srv.base_url.removesuffix("/v1") + "/extras/tokenize"
-    body = json.dumps({"input": text, "model": srv.model}).encode()
-    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=60) as resp:
-        return json.loads(resp.read())["tokens"]
-
-
-def greedy_hf(model, tok, prompts: list[str], adapter_dir=None) -> tuple[list[str], list[list[int]], list[str]]:
-    """(texts with adapter, prompt token ids, texts without adapter) by transformers greedy decoding."""
-    from peft import PeftModel
-
-    pm = PeftModel.from_pretrained(model, str(adapter_dir)).eval() if adapter_dir else model
-    texts, ids_all, base_texts = [], [], []
-    for q in prompts:
-        text = tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)
-        ids = tok(text, add_special_tokens=False, return_tensors="pt")
-        with torch.no_grad():
-            out = pm.generate(**ids, max_new_tokens=N_TOKENS, do_sample=False)
-            texts.append(tok.decode(out[0][ids["input_ids"].shape[1]:], skip_special_tokens=True))
-            if adapter_dir:
-                with pm.disable_adapter():
-                    b = pm.generate(**ids, max_new_tokens=N_TOKENS, do_sample=False)
-                base_texts.append(tok.decode(b[0][ids["input_ids"].shape[1]:], skip_special_tokens=True))
-        ids_all.append(ids["input_ids"][0].tolist())
-    if adapter_dir:
-        pm.unload()
-    return texts, ids_all, base_texts
-
-
-def served_greedy(adapter_dir, tok, prompts: list[str]) -> tuple[list[str], list[list[int]]]:
-    texts, toks = [], []
-    with serve_adapter(adapter_dir, dequantized_gguf(SMOL), model_alias="junior_policy", n_ctx=1024) as srv:
-        for q in prompts:
-            text = tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)
-            toks.append(_tokenize(srv, text))
-            texts.append(_complete(srv, text))
-    return texts, toks
-
-
 @pytest.mark.model
 def test_served_lora_equals_transformers_peft(random_adapter, smol):
     adir, _ = random_adapter
-    model, tok = smol
-    hf_texts, hf_ids, base_texts = greedy_hf(model, tok, PROMPTS, adir)
-    assert hf_texts != base_texts  # the adapter really changes the model
-    srv_texts, srv_ids = served_greedy(adir, tok, PROMPTS)
-    assert srv_ids == hf_ids  # same prompt tokens on both sides
-    assert srv_texts == hf_texts
+    convs = [[{"role": "user", "content": q}] for q in PROMPTS]
+    check = check_served_equals_peft(adir, convs, base_model=SMOL, max_tokens=N_TOKENS, model_and_tokenizer=smol)
+    assert check.adapter_changes_output  # the adapter really changes the model
+    assert check.prompt_tokens_equal  # same prompt tokens on both sides
+    assert check.served == check.peft
 
 
 def test_scale_folding_logits(rs_adapter, smol):

@@ -64,7 +64,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -86,6 +86,10 @@ __all__ = [
     "vllm_lora_command",
     "AdapterInfo",
     "read_adapter_info",
+    "ServingCheck",
+    "check_served_equals_peft",
+    "greedy_completion",
+    "server_tokens",
 ]
 
 SMOLLM2_ALIAS = "smollm2-135m"
@@ -565,6 +569,132 @@ def serve_adapter(
     if not a.is_file():
         raise FileNotFoundError(f"LoRA adapter {a} does not exist; pass a PEFT adapter directory or an adapter .gguf")
     return LlamaServer(resolve_gguf(base_model), model_alias=model_alias, lora_path=a, **server_kw)
+
+
+@dataclass
+class ServingCheck:
+    """Greedy outputs of the same chat prompts from transformers+PEFT and from the llama.cpp server.
+
+    Attributes:
+        texts: the chat-templated prompt texts (transformers' rendering of the GGUF template).
+        peft: transformers + PEFT greedy continuations (special tokens stripped).
+        base: transformers greedy continuations with the adapter disabled.
+        served: the server's greedy continuations (``/v1/completions``, temperature 0,
+            ``repeat_penalty`` 1 -- llama-cpp-python's server otherwise applies 1.1).
+        prompt_tokens_equal: the server tokenised every prompt exactly as transformers did.
+        served_seconds: wall seconds of the server requests; served_tokens: tokens they returned.
+    """
+
+    texts: list[str]
+    peft: list[str]
+    base: list[str]
+    served: list[str]
+    prompt_tokens_equal: bool
+    served_seconds: float = 0.0
+    served_tokens: int = 0
+
+    @property
+    def n_equal(self) -> int:
+        """Prompts whose served continuation equals transformers+PEFT's exactly."""
+        return sum(a == b for a, b in zip(self.peft, self.served))
+
+    @property
+    def adapter_changes_output(self) -> bool:
+        """True when the adapter changed at least one greedy continuation."""
+        return self.peft != self.base
+
+
+def _post(url: str, payload: dict[str, Any], timeout: float = 600) -> dict[str, Any]:
+    import urllib.request
+
+    req = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return json.loads(resp.read())
+
+
+def greedy_completion(server: Any, text: str, max_tokens: int) -> tuple[str, int]:
+    """Plain greedy completion of ``text`` from a running :class:`society.models.LlamaServer`
+    (temperature 0, top_k 1, repeat_penalty 1); returns (text, completion tokens)."""
+    out = _post(server.base_url + "/completions", {
+        "model": server.model, "prompt": text, "max_tokens": max_tokens,
+        "temperature": 0.0, "top_k": 1, "repeat_penalty": 1.0,
+    })
+    return out["choices"][0]["text"], int((out.get("usage") or {}).get("completion_tokens", 0))
+
+
+def server_tokens(server: Any, text: str) -> list[int]:
+    """Token ids the server's model gives ``text`` (llama-cpp-python ``/extras/tokenize``)."""
+    url = server.base_url.removesuffix("/v1") + "/extras/tokenize"
+    return list(_post(url, {"input": text, "model": server.model})["tokens"])
+
+
+def check_served_equals_peft(
+    adapter_dir: str | os.PathLike[str],
+    conversations: Sequence[Sequence[Mapping[str, str]]],
+    *,
+    base_model: str | os.PathLike[str] = SMOLLM2_ALIAS,
+    served_base: str = "f32",
+    max_tokens: int = 12,
+    model_and_tokenizer: tuple[Any, Any] | None = None,
+    **server_kw: Any,
+) -> ServingCheck:
+    """Serve ``adapter_dir`` with llama.cpp and compare its greedy output with transformers+PEFT.
+
+    Args:
+        adapter_dir: PEFT adapter trained on ``base_model``.
+        conversations: chat prompts (lists of ``{"role", "content"}``); each is rendered with the
+            tokenizer's chat template and a generation prompt, then completed by both sides.
+        served_base: ``"f32"`` -- the server runs :func:`dequantized_gguf` (the very weights
+            transformers runs, so greedy tokens should be identical); ``"gguf"`` -- the quantised
+            production GGUF (Q4 matmuls: agreement is approximate).
+        max_tokens: new tokens per prompt.
+        model_and_tokenizer: reuse an already loaded (model, tokenizer) from :func:`load_for_training`.
+        **server_kw: :class:`society.models.LlamaServer` settings.
+    """
+    import time as _time
+
+    import torch
+    from peft import PeftModel
+
+    if served_base not in ("f32", "gguf"):
+        raise ValueError(f"served_base must be 'f32' or 'gguf', got {served_base!r}")
+    from training.sft import torch_threads
+
+    model, tok = model_and_tokenizer or load_for_training(base_model)
+    texts = [tok.apply_chat_template([dict(m) for m in conv], add_generation_prompt=True, tokenize=False)
+             for conv in conversations]
+    pm = PeftModel.from_pretrained(model, str(adapter_dir)).eval()
+    peft_out, base_out, hf_ids = [], [], []
+    prev_threads = torch.get_num_threads()
+    torch.set_num_threads(torch_threads())
+    try:
+        for text in texts:
+            ids = tok(text, add_special_tokens=False, return_tensors="pt")
+            n = ids["input_ids"].shape[1]
+            with torch.no_grad():
+                out = pm.generate(**ids, max_new_tokens=max_tokens, do_sample=False)
+                peft_out.append(tok.decode(out[0][n:], skip_special_tokens=True))
+                with pm.disable_adapter():
+                    b = pm.generate(**ids, max_new_tokens=max_tokens, do_sample=False)
+                base_out.append(tok.decode(b[0][n:], skip_special_tokens=True))
+            hf_ids.append(ids["input_ids"][0].tolist())
+    finally:
+        pm.unload()
+        torch.set_num_threads(prev_threads)
+    base = dequantized_gguf(base_model) if served_base == "f32" else resolve_gguf(base_model)
+    served, srv_ids = [], []
+    server_kw.setdefault("n_ctx", 2048)
+    with serve_adapter(adapter_dir, base, model_alias="adapter_check", **server_kw) as srv:
+        t0 = _time.perf_counter()
+        n_tok = 0
+        for text in texts:
+            srv_ids.append(server_tokens(srv, text))
+            s, k = greedy_completion(srv, text, max_tokens)
+            served.append(s)
+            n_tok += k
+        secs = _time.perf_counter() - t0
+    return ServingCheck(texts=texts, peft=peft_out, base=base_out, served=served,
+                        prompt_tokens_equal=srv_ids == hf_ids, served_seconds=secs, served_tokens=n_tok)
 
 
 def transformers_serve_command(model_dir: str | os.PathLike[str], *, port: int = 8000, host: str = "127.0.0.1") -> list[str]:

@@ -54,7 +54,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from training.sft import DEFAULT_TARGET_MODULES, StepTimer
+from training.sft import DEFAULT_TARGET_MODULES, StepTimer, torch_threads
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +96,7 @@ class SeniorGRPOConfig:
         scale_rewards: TRL's reward scaling (``"group"`` std, ``"batch"`` or ``"none"``).
         lora_r, lora_alpha, lora_dropout, target_modules: PEFT LoRA.
         logging_steps: log every N steps (1 = per-step rewards).
+        num_threads: CPU threads for torch; None -> ``training.sft.torch_threads`` (load-adaptive).
         gradient_checkpointing: recompute activations in the backward pass (saves memory on a
             GPU; off by default: on the CPU it only costs time for these small models).
         seed: sampling/data/LoRA-init seed.
@@ -126,6 +127,7 @@ class SeniorGRPOConfig:
     target_modules: tuple[str, ...] = DEFAULT_TARGET_MODULES
     logging_steps: int = 1
     gradient_checkpointing: bool = False
+    num_threads: int | None = None
     seed: int = 0
     backend: str = "trl"
     verl_config: str = str(DEFAULT_VERL_CONFIG)
@@ -386,8 +388,16 @@ class SeniorGRPOTrainer:
             peft_config=peft_config,
             callbacks=[timer],
         )
+        import torch
+
+        prev_threads = torch.get_num_threads()
+        threads = torch_threads(cfg.num_threads) if not torch.cuda.is_available() else prev_threads
+        torch.set_num_threads(threads)
         t0 = time.perf_counter()
-        trainer.train()
+        try:
+            trainer.train()
+        finally:
+            torch.set_num_threads(prev_threads)
         train_s = time.perf_counter() - t0
         steps = int(trainer.state.global_step)
         if steps <= 0:
@@ -426,6 +436,7 @@ class SeniorGRPOTrainer:
             "step_seconds": result.step_seconds,
             "mean_step_seconds": result.mean_step_seconds,
             "train_seconds": result.train_seconds,
+            "threads": threads,
             "log_history": trainer.state.log_history,
         }, indent=1, default=str))
         return result

@@ -40,7 +40,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["JuniorSFTConfig", "JuniorSFTTrainer", "SFTResult", "StepTimer", "split_conversation", "pick_backend"]
+__all__ = [
+    "JuniorSFTConfig", "JuniorSFTTrainer", "SFTResult", "StepTimer", "split_conversation", "pick_backend", "torch_threads",
+]
 
 #: The linear layers of llama/qwen2 blocks a LoRA adapts (all of them: attention and MLP).
 DEFAULT_TARGET_MODULES: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -69,6 +71,7 @@ class JuniorSFTConfig:
         backend: ``"auto"`` (unsloth on CUDA if installed, else TRL), ``"trl"`` or ``"unsloth"``.
         load_in_4bit: unsloth only: QLoRA on a 4-bit base.
         gradient_checkpointing: trade compute for memory (useful for the 0.5B model on GPU).
+        num_threads: CPU threads for torch; None -> :func:`torch_threads` (load-adaptive).
     """
 
     model: str = "smollm2-135m"
@@ -92,6 +95,7 @@ class JuniorSFTConfig:
     backend: str = "auto"
     load_in_4bit: bool = False
     gradient_checkpointing: bool = False
+    num_threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.loss_on not in ("completion", "all"):
@@ -178,6 +182,38 @@ def pick_backend(requested: str = "auto") -> str:
     if requested == "auto" and cuda and has_unsloth:
         return "unsloth"
     return "trl"
+
+
+def torch_threads(requested: int | None = None) -> int:
+    """CPU threads for a torch training run: ``requested`` if given, else ``$SQLSOCIETY_TORCH_THREADS``,
+    else the idle cores now (``round(cores - 1-min load average)``, at least 1).
+
+    Why: torch's OpenMP workers spin-wait at every parallel region, so on a 2-core box whose cores
+    are busy (llama.cpp servers, another run) 2 threads are much slower than 1 -- measured here for
+    one SmolLM2 forward+backward of 256 tokens at load average 4.5: 1 thread 5.1-5.6 s,
+    2 threads 13.8-18.8 s. On an idle box all cores are used.
+
+    Raises:
+        ValueError: a non-positive request or environment value.
+    """
+    if requested is not None:
+        if int(requested) < 1:
+            raise ValueError(f"num_threads must be >= 1, got {requested}")
+        return int(requested)
+    env = os.environ.get("SQLSOCIETY_TORCH_THREADS", "").strip()
+    if env:
+        if not env.isdigit() or int(env) < 1:
+            raise ValueError(f"SQLSOCIETY_TORCH_THREADS must be a positive integer, got {env!r}")
+        return int(env)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = 0.0
+    return max(1, min(cores, round(cores - load)))
 
 
 class StepTimer:
@@ -342,6 +378,11 @@ class JuniorSFTTrainer:
         else:
             model, tok, peft_config = self._load_trl()
         timer = StepTimer.make()
+        import torch
+
+        prev_threads = torch.get_num_threads()
+        threads = torch_threads(cfg.num_threads) if self.backend == "trl" else prev_threads
+        torch.set_num_threads(threads)
         trainer = SFTTrainer(
             model=model,
             args=self._args(),
@@ -351,7 +392,10 @@ class JuniorSFTTrainer:
             callbacks=[timer],
         )
         t0 = time.perf_counter()
-        trainer.train()
+        try:
+            trainer.train()
+        finally:
+            torch.set_num_threads(prev_threads)
         train_s = time.perf_counter() - t0
         steps = int(trainer.state.global_step)
         if steps <= 0:
@@ -388,7 +432,7 @@ class JuniorSFTTrainer:
             "mean_step_seconds": result.mean_step_seconds,
             "train_seconds": result.train_seconds,
             "backend": result.backend,
-            "threads": _threads(),
+            "threads": threads,
         }
         result.metrics_path.write_text(json.dumps(metrics, indent=1, default=str))
         return result
@@ -400,8 +444,3 @@ def _maybe_gguf(model: str, resolve: Any) -> str | None:
     except (ValueError, FileNotFoundError, RuntimeError):
         return None
 
-
-def _threads() -> int:
-    import torch
-
-    return int(torch.get_num_threads()) if torch is not None else (os.cpu_count() or 1)

@@ -1,0 +1,106 @@
+"""Phase 3: the senior's verifiable reward on real databases, and a tiny real GRPO run.
+
+Senior prompts are built the way the society builds them (``society.prompts`` senior_rewrite /
+senior_check, real schema, real execution feedback of a real wrong query), on Spider train
+questions; the reward executes SQL on the question's SQLite database.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from society.prompts import PROMPTS
+from society.toolkit import execute_summary
+from tools.schema import schema_prompt
+from tools.spider import load_examples
+from training.grpo import SeniorGRPOConfig, SeniorGRPOTrainer, SeniorReward, load_verl_config
+
+SMOL = "smollm2-135m"
+
+
+def _wrong(gold: str) -> str:
+    return gold + " LIMIT 0"  # runs, returns nothing: wrong unless gold is empty too
+
+
+def senior_rows(n: int, max_schema_chars: int = 600) -> list[dict]:
+    rows = []
+    for e in load_examples(split="train", limit=400):
+        schema = schema_prompt(e.db_path, compact=True, sample_rows=0)
+        if len(schema) > max_schema_chars:
+            continue
+        wrong = _wrong(e.gold_sql)
+        es = execute_summary(str(e.db_path), wrong)
+        for node in ("senior_rewrite", "senior_check"):
+            msgs = PROMPTS[node].render(question=e.question, schema=schema, sql=wrong, execution=es.as_text(), feedback="")
+            prompt = [{"role": "system" if m.type == "system" else "user", "content": str(m.content)} for m in msgs]
+            rows.append({"prompt": prompt, "gold_sql": e.gold_sql, "db_path": str(e.db_path), "node": node,
+                         "question": e.question, "task_id": e.id})
+        if len(rows) >= 2 * n:
+            break
+    return rows
+
+
+@pytest.fixture(scope="module")
+def rows() -> list[dict]:
+    r = senior_rows(3)
+    assert len(r) == 6
+    return r
+
+
+def test_reward_rewrite_and_check(rows):
+    reward = SeniorReward()
+    rw = next(r for r in rows if r["node"] == "senior_rewrite")
+    ck = next(r for r in rows if r["node"] == "senior_check")
+    good = f"```sql\n{rw['gold_sql']}\n```"
+    bad = f"```sql\n{_wrong(rw['gold_sql'])}\n```"
+    vals = reward(prompts=[rw["prompt"]] * 3, completions=[[{"role": "assistant", "content": t}] for t in (good, bad, "no idea")],
+                  gold_sql=[rw["gold_sql"]] * 3, db_path=[rw["db_path"]] * 3, node=["senior_rewrite"] * 3)
+    assert vals[0] == pytest.approx(1.0) and vals[1] < 1.0 and vals[2] < vals[1]
+    assert [r["ex"] for r in reward.records] == [1.0, 0.0, 0.0]
+    # the check prompt shows the wrong query: INCORRECT is the right verdict
+    verdicts = ["The filter empties the result. THE QUERY IS INCORRECT.", "Looks fine. THE QUERY IS CORRECT.", "maybe"]
+    vals = reward(prompts=[ck["prompt"]] * 3, completions=verdicts, gold_sql=[ck["gold_sql"]] * 3,
+                  db_path=[ck["db_path"]] * 3, node=["senior_check"] * 3)
+    assert vals == [1.0, 0.0, 0.0]
+
+
+def test_grpo_tiny_real_run(rows, tmp_path):
+    cfg = SeniorGRPOConfig(model=SMOL, output_dir=str(tmp_path / "grpo"), max_steps=1, num_generations=2,
+                           max_completion_length=16, max_prompt_length=640, learning_rate=1e-4)
+    res = SeniorGRPOTrainer(cfg, rows[:2]).train()
+    assert res.steps == 1 and len(res.rewards) == 1 and math.isfinite(res.rewards[0])
+    assert 0.0 <= res.rewards[0] <= 1.0
+    assert (res.adapter_dir / "adapter_config.json").is_file()
+    assert (res.adapter_dir / "adapter_model.safetensors").is_file()
+    m = json.loads(res.metrics_path.read_text())
+    assert m["steps"] == 1 and m["completions_scored"] == 2 and m["prompts"] == 2
+
+
+def test_grpo_input_errors(rows, tmp_path):
+    cfg = SeniorGRPOConfig(output_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="lacks column"):
+        SeniorGRPOTrainer(cfg, [{"prompt": "p", "gold_sql": "SELECT 1"}])
+    with pytest.raises(ValueError, match="does not exist"):
+        SeniorGRPOTrainer(cfg, [dict(rows[0], db_path=str(tmp_path / "nope.sqlite"))])
+    with pytest.raises(ValueError, match="node value"):
+        SeniorGRPOTrainer(cfg, [dict(rows[0], node="junior_draft")])
+    with pytest.raises(ValueError, match="num_generations"):
+        SeniorGRPOConfig(num_generations=1)
+    with pytest.raises(ValueError, match="longer than max_prompt_length"):
+        SeniorGRPOTrainer(SeniorGRPOConfig(output_dir=str(tmp_path), max_prompt_length=8, max_steps=1), rows[:2]).train()
+
+
+def test_verl_config_file(tmp_path):
+    cfg = load_verl_config(model_path="/models/qwen", overrides={"trainer": {"total_epochs": 2}})
+    assert cfg["algorithm"]["adv_estimator"] == "grpo"
+    assert cfg["actor_rollout_ref"]["model"]["path"] == "/models/qwen"
+    assert cfg["actor_rollout_ref"]["model"]["lora_rank"] > 0
+    assert cfg["actor_rollout_ref"]["rollout"]["load_format"] == "safetensors"
+    assert cfg["trainer"]["total_epochs"] == 2 and cfg["trainer"]["n_gpus_per_node"] == 1
+    bad = tmp_path / "ppo.yaml"
+    bad.write_text("algorithm:\n  adv_estimator: gae\n")
+    with pytest.raises(ValueError, match="grpo"):
+        load_verl_config(bad)
