@@ -8,7 +8,9 @@ values as metadata (``sqlsociety_run_id``, ``phase``, ``question_id``, ``db_id``
 LangGraph graph invoked inside the ``with`` block nests under that root by itself
 (langchain-core reads the active LangSmith run), so nodes/roles, LLM calls and tool calls are
 child runs. When the block ends the rollout's reward is attached as feedback
-(``key="reward"``, ``score`` in [0, 1]), and EX as ``key="ex"`` when given.
+(``key="reward"``, ``score`` in [0, 1]; the ``langsmith`` client rounds scores to 4 decimals, the
+exact value is also in the root run's outputs and metadata as ``reward``), and EX as ``key="ex"``
+when given.
 
 Without a key, or with tracing off, :func:`rollout_trace` yields a no-op handle: no
 ``langsmith.Client`` is created and nothing is sent.

@@ -171,9 +171,12 @@ def test_fresh_rollout_renders(smol_server, tmp_path: Path) -> None:
     """Record one rollout now with the current society and LitAgent, and render it."""
     from training.gather import GatherConfig, gather
 
-    repo = Path(__file__).resolve().parent.parent
-    gather(GatherConfig(run_dir=tmp_path, society_config=repo / "configs" / "smoke.yaml", task_ids=["train-3"],
-                        n_runners=1, endpoints={"coder": (smol_server.base_url, smol_server.model)}, progress=False))
+    from society.config import SocietyConfig
+
+    cfg_path = Path(__file__).resolve().parent.parent / "configs" / "smoke.yaml"
+    endpoints = {a: (smol_server.base_url, smol_server.model) for a in SocietyConfig.load(cfg_path).embedded_aliases()}
+    gather(GatherConfig(run_dir=tmp_path, society_config=cfg_path, task_ids=["train-3"], n_runners=1,
+                        endpoints=endpoints, progress=False))
     runs = _society_runs(tmp_path)
     (rid, run), = runs.items()
     trace = load_rollout_trace(tmp_path, rid)
