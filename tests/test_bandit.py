@@ -208,3 +208,23 @@ def test_bad_input_errors(tmp_path, samples):
         load_policy(tmp_path / "x.joblib")
     no_sql = [Candidate(junior="j", persona="direct", sql=None)]
     assert SupervisorBandit().choose("q", no_sql)[0] == -1
+
+
+def test_samples_from_real_society_records():
+    """Run records of the real society (Qwen2.5-Coder-0.5B eval fixture) -> scored bandit samples."""
+    import json
+    from pathlib import Path
+
+    from training.bandit import samples_from_records
+
+    path = Path(__file__).parent / "fixtures" / "obs" / "run" / "eval" / "qwen2.5-coder-0.5b.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    samples = samples_from_records(records)
+    assert samples and len(samples) <= len(records)
+    for s, r in zip(samples, (r for r in records if r.get("choices"))):
+        assert len(s["candidate_rewards"]) == len(s["candidates"])
+        # the chosen candidate's reward agrees with the recorded EX of that junior
+        junior = s["candidates"][s["action"]]["junior"]
+        assert s["reward"] == float(bool(r["roles"][junior]["ex"]))
+    rows = {row["policy"]: row for row in compare_policies(samples, SupervisorBandit().fit(samples))}
+    assert rows["oracle"]["ex"] >= rows["majority_vote"]["ex"]

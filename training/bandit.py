@@ -65,6 +65,7 @@ __all__ = [
     "candidate_context",
     "featurize",
     "as_sample",
+    "samples_from_records",
     "compare_policies",
     "format_table",
     "split_samples",
@@ -314,6 +315,52 @@ def as_sample(s: Any) -> dict[str, Any]:
         "propensity": prop,
         "policy": str(d.get("policy", "") or ""),
     }
+
+
+def samples_from_records(records: Sequence[Mapping[str, Any]], *, round: int = -1) -> list[dict[str, Any]]:
+    """Bandit samples from society run records (``society.run.evaluate``'s ``questions.jsonl`` /
+    the pipeline's ``eval/<stage>.jsonl``), scored for real.
+
+    Each record needs ``question``, ``gold_sql``, ``db_path`` and ``choices`` (the supervisor's
+    decisions: ``candidates``, ``index``, ``policy``, ``info``); ``round`` picks the decision (-1:
+    the last). Every candidate's reward is its execution match with gold
+    (``evaluation.ex.execution_match``, 1.0 / 0.0) on the record's database, so any policy's
+    choice can be replayed; the logged ``policy`` is the configured supervisor policy
+    (``info["configured_policy"]`` when a fallback was used, e.g. ``llm``), with ``propensity``
+    from ``info`` (1.0 when the logging policy did not explore). Records without a usable
+    decision (no candidate with SQL) are skipped.
+
+    Raises:
+        ValueError: a record lacking ``gold_sql`` or ``db_path``.
+    """
+    from evaluation.ex import execution_match
+
+    out: list[dict[str, Any]] = []
+    for k, r in enumerate(records):
+        choices = r.get("choices") or []
+        if not choices:
+            continue
+        ch = choices[round]
+        cands = ch.get("candidates") or []
+        action = int(ch.get("index", -1))
+        if not cands or not 0 <= action < len(cands):
+            continue
+        gold, db = r.get("gold_sql"), r.get("db_path")
+        if not gold or not db:
+            raise ValueError(f"record {r.get('question_id', k)} lacks gold_sql/db_path; use society.run.evaluate records")
+        rewards = [1.0 if c.get("sql") and execution_match(db, c["sql"], gold).match else 0.0 for c in cands]
+        info = ch.get("info") or {}
+        out.append({
+            "task_id": str(r.get("question_id") or r.get("task_id") or k),
+            "question": str(r.get("question", "")),
+            "candidates": candidate_context(cands),
+            "action": action,
+            "reward": rewards[action],
+            "candidate_rewards": rewards,
+            "propensity": float(info.get("propensity", 1.0) or 1.0),
+            "policy": str(info.get("configured_policy") or ch.get("policy") or ""),
+        })
+    return out
 
 
 def split_samples(samples: Sequence[Any], holdout: float = 0.3, seed: int = 0) -> tuple[list[dict], list[dict]]:
