@@ -455,13 +455,21 @@ class SocietyAgent(agl.LitAgent[dict]):
         cfg = self.config_for(resources, rollout)
         tracer = self._active_tracer()
         handler = tracer.get_langchain_handler() if tracer is not None else None
-        run = run_society(
-            task["question"], db_path, cfg,
-            question_id=str(task["task_id"]), db_id=task.get("db_id"),
-            callbacks=[handler] if handler is not None else None,
-            metadata={"rollout_id": rollout.rollout_id, "task_id": str(task["task_id"])},
-        )
-        reward = compute_reward(run.final_sql, task["gold_sql"], db_path, self.reward_config)
+        from evaluation.langsmith_traces import rollout_trace
+
+        meta = dict(getattr(rollout, "metadata", None) or {})
+        # One LangSmith trace per rollout when LANGSMITH_TRACING/LANGSMITH_API_KEY are set; a no-op otherwise.
+        with rollout_trace(run_id=str(meta.get("run_id", rollout.rollout_id)), phase=str(meta.get("phase", rollout.mode or "gather")),
+                           question_id=str(task["task_id"]), db_id=str(task.get("db_id") or ""),
+                           inputs={"question": task["question"]}) as trace:
+            run = run_society(
+                task["question"], db_path, cfg,
+                question_id=str(task["task_id"]), db_id=task.get("db_id"),
+                callbacks=[handler] if handler is not None else None,
+                metadata={"rollout_id": rollout.rollout_id, "task_id": str(task["task_id"])},
+            )
+            reward = compute_reward(run.final_sql, task["gold_sql"], db_path, self.reward_config)
+            trace.set_reward(reward.total)
         agl.emit_object(_jsonable(run.to_record()), attributes={f"{ATTR}.kind": KIND_SOCIETY_RUN,
                                                                 f"{ATTR}.task_id": str(task["task_id"])})
         agl.emit_annotation(role_outcome_attributes(run, task["gold_sql"], db_path, reward))
