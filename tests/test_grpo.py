@@ -104,3 +104,21 @@ def test_verl_config_file(tmp_path):
     bad.write_text("algorithm:\n  adv_estimator: gae\n")
     with pytest.raises(ValueError, match="grpo"):
         load_verl_config(bad)
+
+
+def test_verl_agent_routes_the_senior_to_the_policy_model():
+    """The GPU path's wiring, checked on the CPU: VERL's ``main_llm`` resource becomes the
+    endpoint of the senior's alias only (other aliases keep theirs)."""
+    import agentlightning as agl
+
+    from society.config import SocietyConfig
+    from training.grpo import bind_policy_resource, senior_verl_agent
+
+    cfg = SocietyConfig.load("configs/society.yaml")
+    others = {a: ("http://127.0.0.1:9/v1", "base") for a in cfg.models}
+    agent = senior_verl_agent(cfg, senior_alias="senior", endpoints=others)
+    assert isinstance(agent, agl.LitAgent)
+    main = agl.LLM(endpoint="http://127.0.0.1:7777/v1", model="policy")
+    bound = agent.config_for(bind_policy_resource({"main_llm": main}, "senior"))
+    assert bound.models["senior"].base_url == "http://127.0.0.1:7777/v1" and bound.models["senior"].model == "policy"
+    assert bound.models["juniors"].base_url == "http://127.0.0.1:9/v1"

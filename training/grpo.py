@@ -64,7 +64,8 @@ __all__ = [
     "GRPOResult",
     "SeniorReward",
     "load_verl_config",
-    "SeniorVERLAgent",
+    "senior_verl_agent",
+    "bind_policy_resource",
     "train_senior_verl",
     "DEFAULT_VERL_CONFIG",
 ]
@@ -488,33 +489,37 @@ def load_verl_config(
     return cfg
 
 
-def _society_agent_class() -> Any:
-    from training.agent import SocietyAgent
+def bind_policy_resource(resources: Any, senior_alias: str) -> dict[str, Any]:
+    """Resources with VERL's served policy (``main_llm``) also named ``senior_alias``, so the
+    society's senior calls the model being trained; unchanged when there is no ``main_llm``."""
+    res = dict(resources or {})
+    if "main_llm" in res:
+        res[senior_alias] = res["main_llm"]
+    return res
 
-    return SocietyAgent
 
-
-class SeniorVERLAgent:  # pragma: no cover - GPU path; constructed by train_senior_verl
-    """Factory for the LitAgent of the VERL path: the society agent with VERL's policy model bound
-    to the senior's alias.
+def senior_verl_agent(
+    society_config: Any,
+    *,
+    senior_alias: str,
+    endpoints: dict[str, tuple[str, str]] | None = None,
+    reward: Any = None,
+) -> Any:
+    """The LitAgent of the VERL path: ``training.agent.SocietyAgent`` with VERL's policy model
+    bound to the senior's alias.
 
     VERL publishes the model it is training as the ``main_llm`` resource (an OpenAI endpoint in
     front of its vLLM workers); the society reads one ``agl.LLM`` resource per model alias, so the
-    senior alias is mapped to ``main_llm`` while the juniors/supervisor keep their own servers.
+    senior alias is mapped to ``main_llm`` while the juniors/supervisor keep their own servers
+    (``endpoints``).
     """
+    from training.agent import SocietyAgent
 
-    def __new__(cls, society_config: Any, *, senior_alias: str, endpoints: dict[str, tuple[str, str]] | None = None,
-                reward: Any = None) -> Any:
-        base = _society_agent_class()
+    class SeniorVERLAgent(SocietyAgent):
+        def rollout(self, task, resources, rollout):  # noqa: ANN001
+            return super().rollout(task, bind_policy_resource(resources, senior_alias), rollout)
 
-        class _Agent(base):  # type: ignore[misc, valid-type]
-            def rollout(self, task, resources, rollout):  # noqa: ANN001
-                res = dict(resources or {})
-                if "main_llm" in res:
-                    res[senior_alias] = res["main_llm"]
-                return super().rollout(task, res, rollout)
-
-        return _Agent(society_config, endpoints=endpoints, reward=reward)
+    return SeniorVERLAgent(society_config, endpoints=endpoints, reward=reward)
 
 
 def train_senior_verl(  # pragma: no cover - needs a GPU, verl and vLLM
@@ -545,7 +550,7 @@ def train_senior_verl(  # pragma: no cover - needs a GPU, verl and vLLM
     from training.export import hf_checkpoint
 
     cfg = load_verl_config(config.verl_config, model_path=str(hf_checkpoint(config.model)))
-    agent = SeniorVERLAgent(society_config, senior_alias=config.senior_alias, endpoints=endpoints, reward=reward_config)
+    agent = senior_verl_agent(society_config, senior_alias=config.senior_alias, endpoints=endpoints, reward=reward_config)
     trainer = agl.Trainer(n_runners=config.n_runners, algorithm=agl.VERL(cfg), adapter={"agent_match": config.agent_match})
     trainer.fit(agent, train_dataset=train_tasks, val_dataset=val_tasks)
 
