@@ -9,7 +9,8 @@ the export makes the test fail. Greedy tokens must be identical.
 A second adapter uses rsLoRA and a per-module ``alpha_pattern`` (the scale folding). Its effect on
 the logits is so large that the model emits near-ties, where float32 summation order alone can
 flip an argmax, so it is compared on logits: llama.cpp's (same library the server runs, in
-process, ``logits_all``) against transformers+PEFT, error < 1 % of the adapter's own effect.
+process, ``logits_all``, F32 KV cache) against transformers+PEFT, error < 0.2 % of the adapter's
+own effect (a wrong scale or layout gives errors of the order of the effect).
 """
 
 from __future__ import annotations
@@ -155,7 +156,7 @@ def test_scale_folding_logits(rs_adapter, smol):
             base = pm(input_ids=ids).logits[0].numpy()
     pm.unload()
     llm = Llama(model_path=str(dequantized_gguf(SMOL)), lora_path=str(export_lora_gguf(adir, SMOL)),
-                n_ctx=256, n_threads=2, logits_all=True, verbose=False)
+                n_ctx=256, n_threads=1, logits_all=True, verbose=False, type_k=0, type_v=0)  # F32 KV cache
     try:
         llm.eval(ids[0].tolist())
         ll = np.array(llm.scores[: ids.shape[1]])
@@ -163,7 +164,7 @@ def test_scale_folding_logits(rs_adapter, smol):
         llm.close()
     effect = np.abs(hf - base).max()
     assert effect > 5.0  # the adapter matters
-    assert np.abs(hf - ll).max() < 0.01 * effect
+    assert np.abs(hf - ll).max() < 0.002 * effect
 
 
 def test_export_rejects_bad_adapters(tmp_path, random_adapter):

@@ -645,8 +645,11 @@ def check_served_equals_peft(
         conversations: chat prompts (lists of ``{"role", "content"}``); each is rendered with the
             tokenizer's chat template and a generation prompt, then completed by both sides.
         served_base: ``"f32"`` -- the server runs :func:`dequantized_gguf` (the very weights
-            transformers runs, so greedy tokens should be identical); ``"gguf"`` -- the quantised
-            production GGUF (Q4 matmuls: agreement is approximate).
+            transformers runs) with an F32 KV cache (``--type_k 0 --type_v 0``; llama.cpp's
+            default F16 cache alone moved Qwen2.5 logits by up to 15 under a strong random
+            adapter), so greedy tokens should be identical; ``"gguf"`` -- the quantised
+            production GGUF with the server's default settings (Q4 matmuls, F16 KV cache:
+            agreement is approximate).
         max_tokens: new tokens per prompt.
         model_and_tokenizer: reuse an already loaded (model, tokenizer) from :func:`load_for_training`.
         **server_kw: :class:`society.models.LlamaServer` settings.
@@ -684,6 +687,8 @@ def check_served_equals_peft(
     base = dequantized_gguf(base_model) if served_base == "f32" else resolve_gguf(base_model)
     served, srv_ids = [], []
     server_kw.setdefault("n_ctx", 2048)
+    if served_base == "f32":
+        server_kw.setdefault("extra_args", ("--type_k", "0", "--type_v", "0"))  # GGML_TYPE_F32 KV cache
     with serve_adapter(adapter_dir, base, model_alias="adapter_check", **server_kw) as srv:
         t0 = _time.perf_counter()
         n_tok = 0
