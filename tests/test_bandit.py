@@ -152,6 +152,9 @@ def test_fit_beats_random_and_saves(samples, tmp_path):
     assert set(rows) == {"bandit", "random", "majority_vote", "logged:random", "oracle"}
     assert rows["bandit"]["ex"] > rows["random"]["ex"]
     assert rows["bandit"]["ex"] <= rows["oracle"]["ex"]
+    # where the choice matters the oracle is always right and unanimous decisions are excluded
+    assert rows["oracle"]["ex_contested"] == 1.0 and 0 < rows["bandit"]["n_contested"] <= len(held)
+    assert rows["bandit"]["ex_contested"] > rows["random"]["ex_contested"]
     path = bandit.save(tmp_path / "policy.joblib")
     policy = load_policy(path)
     s = held[0]

@@ -625,7 +625,9 @@ def compare_policies(
         success: a chosen reward >= this counts as EX success (1.0 for 0/1 EX rewards).
 
     Returns:
-        Rows ``{"policy", "n", "mean_reward", "ex", "note"}``, in this order: ``bandit`` (greedy),
+        Rows ``{"policy", "n", "mean_reward", "ex", "n_contested", "ex_contested", "note"}``
+        (``*_contested``: only the decisions where the choice matters, i.e. the candidates'
+        rewards differ; elsewhere every policy scores the same), in this order: ``bandit`` (greedy),
         ``random`` (exact expectation of a uniform pick among usable candidates),
         ``majority_vote``, one ``logged:<name>`` per logging policy present (the action actually
         taken, exploration included; ``llm`` is the LLM supervisor), and ``oracle`` (best
@@ -647,41 +649,52 @@ def compare_policies(
         if s["candidate_rewards"] is None:
             raise ValueError(f"sample {s['task_id']} has no candidate_rewards; offline replay needs every candidate's reward")
 
-    def score(choices: list[float]) -> tuple[float, float]:
-        return (sum(choices) / len(choices), sum(c >= success for c in choices) / len(choices))
+    # decisions where the choice matters: the candidates' rewards differ
+    contested = [len(set(s["candidate_rewards"])) > 1 for s in norm]
+
+    def row(name: str, picks: list[float], ex_picks: list[float], mask: list[bool] | None = None,
+            note: str = "") -> dict[str, Any]:
+        mask = contested if mask is None else mask
+        c = [e for e, m in zip(ex_picks, mask) if m]
+        return {"policy": name, "n": len(picks), "mean_reward": sum(picks) / len(picks),
+                "ex": sum(ex_picks) / len(ex_picks), "n_contested": len(c),
+                "ex_contested": (sum(c) / len(c)) if c else None, "note": note}
 
     def value(s: dict[str, Any], idx: int) -> float:
         return s["candidate_rewards"][idx] if idx >= 0 else 0.0
 
+    def picks(choose: Any) -> tuple[list[float], list[float]]:
+        vals = [value(s, choose(s)) for s in norm]
+        return vals, [float(v >= success) for v in vals]
+
     rows: list[dict[str, Any]] = []
-    bandit = [value(s, policy.choose(s["question"], s["candidates"])[0]) for s in norm]
-    m, ex = score(bandit)
-    rows.append({"policy": "bandit", "n": len(norm), "mean_reward": m, "ex": ex, "note": note})
+    rows.append(row("bandit", *picks(lambda s: policy.choose(s["question"], s["candidates"])[0]), note=note))
     rnd_r, rnd_ex = [], []
     for s in norm:
         u = _usable(s["candidates"])
         rnd_r.append(sum(value(s, i) for i in u) / len(u) if u else 0.0)
         rnd_ex.append(sum(value(s, i) >= success for i in u) / len(u) if u else 0.0)
-    rows.append({"policy": "random", "n": len(norm), "mean_reward": sum(rnd_r) / len(norm),
-                 "ex": sum(rnd_ex) / len(norm), "note": "expectation over usable candidates"})
-    m, ex = score([value(s, _majority(s["candidates"])) for s in norm])
-    rows.append({"policy": "majority_vote", "n": len(norm), "mean_reward": m, "ex": ex, "note": ""})
-    by_policy: dict[str, list[float]] = {}
-    for s in norm:
+    rows.append(row("random", rnd_r, rnd_ex, note="expectation over usable candidates"))
+    rows.append(row("majority_vote", *picks(lambda s: _majority(s["candidates"]))))
+    by_policy: dict[str, list[int]] = {}
+    for k, s in enumerate(norm):
         if s["policy"]:
-            by_policy.setdefault(s["policy"], []).append(value(s, s["action"]))
-    for name, vals in sorted(by_policy.items()):
-        m, ex = score(vals)
-        rows.append({"policy": f"logged:{name}", "n": len(vals), "mean_reward": m, "ex": ex,
-                     "note": "the logged action (exploration included)"})
-    m, ex = score([max(s["candidate_rewards"]) for s in norm])
-    rows.append({"policy": "oracle", "n": len(norm), "mean_reward": m, "ex": ex, "note": "best candidate (ceiling)"})
+            by_policy.setdefault(s["policy"], []).append(k)
+    for name, ks in sorted(by_policy.items()):
+        vals = [value(norm[k], norm[k]["action"]) for k in ks]
+        rows.append(row(f"logged:{name}", vals, [float(v >= success) for v in vals], mask=[contested[k] for k in ks],
+                        note="the logged action (exploration included)"))
+    best = [max(s["candidate_rewards"]) for s in norm]
+    rows.append(row("oracle", best, [float(v >= success) for v in best], note="best candidate (ceiling)"))
     return rows
 
 
 def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The rows of :func:`compare_policies` as a Markdown table (EX and mean reward in %)."""
-    lines = ["| policy | n | EX (%) | mean reward | note |", "|---|---:|---:|---:|---|"]
+    """The rows of :func:`compare_policies` as a Markdown table (EX in %)."""
+    lines = ["| policy | n | EX (%) | mean reward | EX where the choice matters (%) | note |",
+             "|---|---:|---:|---:|---:|---|"]
     for r in rows:
-        lines.append(f"| {r['policy']} | {r['n']} | {100 * r['ex']:.1f} | {r['mean_reward']:.3f} | {r.get('note', '')} |")
+        ec = r.get("ex_contested")
+        contested = "-" if ec is None else f"{100 * ec:.1f} (n={r.get('n_contested', 0)})"
+        lines.append(f"| {r['policy']} | {r['n']} | {100 * r['ex']:.1f} | {r['mean_reward']:.3f} | {contested} | {r.get('note', '')} |")
     return "\n".join(lines)
