@@ -384,10 +384,23 @@ def default_threads() -> int:
     Raises:
         ValueError: ``$SQLSOCIETY_LLAMA_THREADS`` is not a positive integer.
     """
-    env = os.environ.get("SQLSOCIETY_LLAMA_THREADS", "").strip()
+    return idle_threads("SQLSOCIETY_LLAMA_THREADS", cap=8)
+
+
+def idle_threads(env_var: str, *, cap: int | None = None) -> int:
+    """Threads for a CPU-bound worker: ``$env_var`` if set, else the idle cores now,
+    ``round(cores - 1-min load average)``, clamped to ``1..cap`` (``cap`` None: the core count).
+
+    Shared by the llama.cpp servers (:func:`default_threads`) and torch training
+    (``training.sft.torch_threads``): both spin-wait, so on a busy box fewer threads are faster.
+
+    Raises:
+        ValueError: ``$env_var`` is set but not a positive integer.
+    """
+    env = os.environ.get(env_var, "").strip()
     if env:
         if not env.isdigit() or int(env) < 1:
-            raise ValueError(f"SQLSOCIETY_LLAMA_THREADS must be a positive integer, got {env!r}")
+            raise ValueError(f"{env_var} must be a positive integer, got {env!r}")
         return int(env)
     try:
         cores = len(os.sched_getaffinity(0))
@@ -397,7 +410,7 @@ def default_threads() -> int:
         load = os.getloadavg()[0]
     except OSError:
         load = 0.0
-    return max(1, min(8, cores, round(cores - load)))
+    return max(1, min(cap or cores, cores, round(cores - load)))
 
 
 def _port_open(host: str, port: int, timeout: float = 0.5) -> bool:

@@ -200,20 +200,9 @@ def torch_threads(requested: int | None = None) -> int:
         if int(requested) < 1:
             raise ValueError(f"num_threads must be >= 1, got {requested}")
         return int(requested)
-    env = os.environ.get("SQLSOCIETY_TORCH_THREADS", "").strip()
-    if env:
-        if not env.isdigit() or int(env) < 1:
-            raise ValueError(f"SQLSOCIETY_TORCH_THREADS must be a positive integer, got {env!r}")
-        return int(env)
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        load = 0.0
-    return max(1, min(cores, round(cores - load)))
+    from society.models import idle_threads
+
+    return idle_threads("SQLSOCIETY_TORCH_THREADS")
 
 
 class StepTimer:
