@@ -45,11 +45,15 @@ The GGUF LoRA format (what llama.cpp's ``llama_adapter_lora_init`` reads, llama.
   weights in ``tests/test_export.py``.
 
 Comparing served and trained models like with like: llama.cpp runs the base at its quantisation
-(Q4 matmuls quantise activations to 8 bits too), transformers runs the dequantised float32 weights.
-:func:`dequantized_gguf` writes the *same* dequantised weights as an F32 GGUF, so llama.cpp with
-that base + the adapter must reproduce transformers + PEFT greedily token for token; the
-quantised base + adapter is what is served in production (agreement reported by
-``bench/lora_serving.py``).
+(Q4 matmuls quantise activations to 8 bits too) and keeps its KV cache in F16, transformers runs
+the dequantised float32 weights. :func:`dequantized_gguf` writes the *same* dequantised weights as
+an F32 GGUF; served from it with an F32 KV cache (:func:`check_served_equals_peft`), llama.cpp +
+the adapter reproduces transformers + PEFT greedily token for token (SmolLM2 and Qwen2.5 checked
+in ``tests/test_export.py``). The quantised base + adapter is what is served in production
+(agreement and speed in ``bench/lora_serving.py``). Note that llama-cpp-python's server applies
+``repeat_penalty=1.1`` to every request that does not set it (OpenAI clients never do), so
+"temperature 0" answers of the server are not plain greedy decoding unless the request says
+``repeat_penalty: 1``.
 
 GPU route (unverified here, no GPU on the build machine): vLLM serves the PEFT adapter directly
 (``--enable-lora --lora-modules name=dir``) on the HF directory of :func:`hf_checkpoint`.
