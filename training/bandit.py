@@ -626,8 +626,8 @@ def compare_policies(
 
     Returns:
         Rows ``{"policy", "n", "mean_reward", "ex", "n_contested", "ex_contested", "note"}``
-        (``*_contested``: only the decisions where the choice matters, i.e. the candidates'
-        rewards differ; elsewhere every policy scores the same), in this order: ``bandit`` (greedy),
+        (``*_contested``: only the decisions where the choice matters, i.e. the usable
+        candidates' rewards differ; elsewhere every sensible policy scores the same), in this order: ``bandit`` (greedy),
         ``random`` (exact expectation of a uniform pick among usable candidates),
         ``majority_vote``, one ``logged:<name>`` per logging policy present (the action actually
         taken, exploration included; ``llm`` is the LLM supervisor), and ``oracle`` (best
@@ -649,8 +649,9 @@ def compare_policies(
         if s["candidate_rewards"] is None:
             raise ValueError(f"sample {s['task_id']} has no candidate_rewards; offline replay needs every candidate's reward")
 
-    # decisions where the choice matters: the candidates' rewards differ
-    contested = [len(set(s["candidate_rewards"])) > 1 for s in norm]
+    # decisions where the choice matters: the usable candidates' rewards differ (a candidate that
+    # did not run is never picked while another one ran)
+    contested = [len({s["candidate_rewards"][i] for i in _usable(s["candidates"])}) > 1 for s in norm]
 
     def row(name: str, picks: list[float], ex_picks: list[float], mask: list[bool] | None = None,
             note: str = "") -> dict[str, Any]:
