@@ -27,7 +27,14 @@ Learning from logs (:meth:`SupervisorBandit.fit`, incremental ``partial_fit``):
 
 * full information (``feedback="full"``, used when each sample carries ``candidate_rewards``,
   i.e. every candidate's own EX was measured): one example per candidate, label
-  ``reward >= threshold``, weight 1;
+  ``reward >= threshold``; weight 1 in decisions where the choice matters (the usable
+  candidates' rewards differ) and ``uncontested_weight`` (default 0.1) in the others. A decision
+  whose candidates are all right or all wrong says nothing about *which* candidate to pick; in a
+  pointwise model it mostly teaches question difficulty. Measured over 10 task-disjoint 70/30
+  splits, as EX on the held-out contested decisions: 120 real Qwen2.5-Coder-0.5B society
+  decisions -- weight 1.0: 76 %, 0.1: 85 % (= majority vote), 0.0: 85 %; 120 synthetic
+  decisions of ``tests/test_bandit.py`` (gold vs mutated SQL) -- 1.0: 77 %, 0.1: 70 %, 0.0: 66 %
+  (majority vote 43 %);
 * bandit feedback (``feedback="bandit"``, only the chosen action's reward is known): one
   example for the chosen candidate, label ``reward >= threshold``, reward-weighted by the inverse
   propensity of the logging policy, ``w = min(1/p, max_importance_weight)`` (importance-weighted
@@ -109,6 +116,9 @@ class BanditConfig:
         feedback: ``"auto"`` (full information when samples carry ``candidate_rewards``, else
             bandit), ``"full"`` or ``"bandit"`` (see the module docstring).
         threshold: a reward >= this counts as a success label (EX rewards: 1.0 vs 0.0).
+        uncontested_weight: full-information feedback: sample weight of the candidates of a
+            decision whose usable candidates all have the same label (0 skips them; see the
+            module docstring for the measurements behind the default).
         epochs: passes of ``partial_fit`` over the samples in :meth:`SupervisorBandit.fit`.
         alpha: L2 regularisation of the SGD classifier.
         max_importance_weight: clip of ``1/propensity`` in bandit feedback.
@@ -122,6 +132,7 @@ class BanditConfig:
 
     feedback: str = "auto"
     threshold: float = 0.5
+    uncontested_weight: float = 0.1
     epochs: int = 5
     alpha: float = 1e-4
     max_importance_weight: float = 10.0
@@ -141,6 +152,8 @@ class BanditConfig:
             raise ValueError(f"BanditConfig.epsilon = {self.epsilon}; must be in [0, 1]")
         if self.exploration == "thompson" and self.n_bootstrap < 2:
             raise ValueError("BanditConfig: exploration='thompson' needs n_bootstrap >= 2 heads")
+        if not 0.0 <= self.uncontested_weight <= 1.0:
+            raise ValueError(f"BanditConfig.uncontested_weight = {self.uncontested_weight}; must be in [0, 1]")
         if self.epochs < 1 or self.max_importance_weight < 1 or self.alpha <= 0:
             raise ValueError("BanditConfig: epochs >= 1, max_importance_weight >= 1 and alpha > 0 are required")
         if not (4 <= self.sql_hash_bits <= 20 and 4 <= self.token_hash_bits <= 16):
@@ -433,11 +446,17 @@ class SupervisorBandit:
                 mode = "full" if s["candidate_rewards"] is not None else "bandit"
             if mode == "full" and s["candidate_rewards"] is None:
                 raise ValueError(f"feedback='full' needs candidate_rewards; sample {s['task_id']} has none")
+            w_dec = 1.0
+            if mode == "full":
+                labels = {int(s["candidate_rewards"][i] >= self.config.threshold) for i in _usable(s["candidates"])}
+                w_dec = 1.0 if len(labels) > 1 else self.config.uncontested_weight
+                if w_dec <= 0:
+                    continue
             x = self._feat.transform(s["question"], s["candidates"])
             if mode == "full":
                 xs.append(x)
                 ys += [int(r >= self.config.threshold) for r in s["candidate_rewards"]]
-                ws += [1.0] * x.shape[0]
+                ws += [w_dec] * x.shape[0]
             else:
                 a = s["action"]
                 xs.append(x[a])
