@@ -334,7 +334,8 @@ def samples_from_records(records: Sequence[Mapping[str, Any]], *, round: int = -
     """Bandit samples from society run records (``society.run.evaluate``'s ``questions.jsonl`` /
     the pipeline's ``eval/<stage>.jsonl``), scored for real.
 
-    Each record needs ``question``, ``gold_sql``, ``db_path`` and ``choices`` (the supervisor's
+    Each record needs ``question``, ``gold_sql``, ``db_path`` (or a ``db_id`` of the data directory
+    when that path does not exist here) and ``choices`` (the supervisor's
     decisions: ``candidates``, ``index``, ``policy``, ``info``); ``round`` picks the decision (-1:
     the last). Every candidate's reward is its execution match with gold
     (``evaluation.ex.execution_match``, 1.0 / 0.0) on the record's database, so any policy's
@@ -359,6 +360,10 @@ def samples_from_records(records: Sequence[Mapping[str, Any]], *, round: int = -
         if not cands or not 0 <= action < len(cands):
             continue
         gold, db = r.get("gold_sql"), r.get("db_path")
+        if db and not Path(db).is_file() and r.get("db_id"):  # recorded on another machine
+            from tools.spider import database_path, default_data_dir
+
+            db = str(database_path(default_data_dir(), str(r["db_id"])))
         if not gold or not db:
             raise ValueError(f"record {r.get('question_id', k)} lacks gold_sql/db_path; use society.run.evaluate records")
         rewards = [1.0 if c.get("sql") and execution_match(db, c["sql"], gold).match else 0.0 for c in cands]
