@@ -399,7 +399,8 @@ class SocietyAgent(agl.LitAgent[dict]):
         config: the society config (a :class:`SocietyConfig` or a YAML path). Embedded model
             aliases must be given an endpoint, either here (``endpoints``) or as ``agl.LLM``
             resources named after the alias (what :func:`training.gather.gather` does).
-        endpoints: alias -> ``(base_url, model)`` applied to the config once.
+        endpoints: alias -> ``(base_url, model)`` or ``(base_url, model, api_key)`` applied to the
+            config once.
         reward: weights of the reward (default :class:`evaluation.rewards.RewardConfig`, unit
             range [0, 1]).
         data_dir: where to find a task's database when its ``db_path`` is not a file.
@@ -413,14 +414,14 @@ class SocietyAgent(agl.LitAgent[dict]):
         self,
         config: SocietyConfig | str | os.PathLike[str],
         *,
-        endpoints: Mapping[str, tuple[str, str]] | None = None,
+        endpoints: Mapping[str, tuple[str, ...]] | None = None,
         reward: RewardConfig | None = None,
         data_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         super().__init__()
         cfg = config if isinstance(config, SocietyConfig) else SocietyConfig.load(config)
-        for alias, (base_url, model) in (endpoints or {}).items():
-            cfg = cfg.with_endpoint(alias, base_url, model)
+        for alias, (base_url, model, *key) in (endpoints or {}).items():
+            cfg = cfg.with_endpoint(alias, base_url, model, api_key=key[0] if key else None)
         self.config = cfg
         self.reward_config = reward or RewardConfig()
         self.data_dir = Path(data_dir) if data_dir else None
@@ -435,7 +436,7 @@ class SocietyAgent(agl.LitAgent[dict]):
         for name, res in (resources or {}).items():
             if isinstance(res, agl.LLM) and name in cfg.models:
                 url = res.get_base_url(rollout.rollout_id, rollout.attempt.attempt_id) if rollout is not None and hasattr(rollout, "attempt") else res.endpoint
-                cfg = cfg.with_endpoint(name, url, res.model)
+                cfg = cfg.with_endpoint(name, url, res.model, api_key=res.api_key)
         missing = cfg.embedded_aliases()
         if missing:
             raise ConfigError(

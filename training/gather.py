@@ -66,7 +66,7 @@ class GatherConfig:
         redo_failed: on resume, run again tasks whose rollouts all failed (endpoint down, crash).
         max_attempts: attempts per rollout (Agent Lightning retries failed/timed-out attempts).
         rollout_timeout_s: wall-clock limit of one attempt in seconds (None: no limit).
-        endpoints: model alias -> ``(base_url, model)``; aliases not given and marked ``embedded``
+        endpoints: model alias -> ``(base_url, model)`` or ``(base_url, model, api_key)``; aliases not given and marked ``embedded``
             get a llama.cpp server started for the run (``society.commands.serving``).
         port: port of Agent Lightning's store server; None picks a free loopback port.
         poll_interval_s: how often the algorithm checks for finished rollouts.
@@ -88,7 +88,7 @@ class GatherConfig:
     redo_failed: bool = True
     max_attempts: int = 1
     rollout_timeout_s: float | None = None
-    endpoints: Mapping[str, tuple[str, str]] | None = None
+    endpoints: Mapping[str, tuple[str, ...]] | None = None
     port: int | None = None
     poll_interval_s: float = 0.5
     progress: bool = True
@@ -230,8 +230,8 @@ def free_port() -> int:
 
 
 @contextmanager
-def _model_endpoints(cfg: SocietyConfig, given: Mapping[str, tuple[str, str]] | None) -> Iterator[dict[str, tuple[str, str]]]:
-    """Alias -> (base_url, model) for every alias a role uses; embedded ones not in ``given`` are served here."""
+def _model_endpoints(cfg: SocietyConfig, given: Mapping[str, tuple[str, ...]] | None) -> Iterator[dict[str, tuple[str, ...]]]:
+    """Alias -> (base_url, model, api_key) for every alias a role uses; embedded ones not in ``given`` are served here."""
     given = dict(given or {})
     for alias in given:
         if alias not in cfg.models:
@@ -245,7 +245,7 @@ def _model_endpoints(cfg: SocietyConfig, given: Mapping[str, tuple[str, str]] | 
     sub = cfg.model_copy(update={"models": {a: m for a, m in cfg.models.items() if a in need}})
     sub = sub.model_copy(update={"roles": [r for r in cfg.roles if r.model in need]})
     with serving(sub, quiet=True) as eps:
-        yield {**given, **{a: (e.base_url, e.model) for a, e in eps.items()}}
+        yield {**given, **{a: (e.base_url, e.model, e.api_key) for a, e in eps.items()}}
 
 
 def _progress(enabled: bool) -> Any:
@@ -310,7 +310,8 @@ def gather(config: GatherConfig) -> GatherSummary:
 
             if todo:
                 endpoints = stack.enter_context(_model_endpoints(cfg, config.endpoints))
-                resources = {alias: agl.LLM(endpoint=url, model=model) for alias, (url, model) in endpoints.items()}
+                resources = {alias: agl.LLM(endpoint=url, model=model, api_key=key[0] if key else None)
+                             for alias, (url, model, *key) in endpoints.items()}
                 agent = SocietyAgent(cfg, reward=config.reward, data_dir=config.data_dir)
                 algorithm = GatherAlgorithm(
                     resources,

@@ -92,6 +92,8 @@ class TrainConfig(_Section):
         adapter: selection thresholds of :class:`training.adapter.HierarchicalTraceAdapter`
             views (``sft_min_reward``, ...).
         reward: keyword arguments of :class:`evaluation.rewards.RewardConfig`.
+        llm_proxy: route every model alias through Agent Lightning's ``LLMProxy``
+            (:func:`society.proxy.llm_proxy`); False: roles call the servers' base URLs directly.
     """
 
     name: str = "custom"
@@ -105,6 +107,7 @@ class TrainConfig(_Section):
     bandit: dict[str, Any] = Field(default_factory=dict)
     adapter: dict[str, Any] = Field(default_factory=dict)
     reward: dict[str, Any] = Field(default_factory=dict)
+    llm_proxy: bool = True
 
     @classmethod
     def load(cls, path_or_profile: str | Path | None = None) -> "TrainConfig":
@@ -287,9 +290,11 @@ class TrainingPipeline:
 
     def endpoints(self, stack: ExitStack, society: Any) -> dict[str, Any]:
         """Start the servers the current stage needs: the embedded base models, plus one llama.cpp
-        server per trained LoRA adapter (junior after phase 2, senior after phase 3)."""
+        server per trained LoRA adapter (junior after phase 2, senior after phase 3); with
+        ``llm_proxy`` every alias is then served through one Agent Lightning ``LLMProxy``."""
         from society.commands import serving
         from society.llm import Endpoint
+        from society.proxy import llm_proxy
         from training.export import serve_adapter
 
         eps = dict(stack.enter_context(serving(society, quiet=True)))
@@ -298,6 +303,8 @@ class TrainingPipeline:
             if done and done.get("adapter"):
                 srv = stack.enter_context(serve_adapter(done["adapter"], self.cfg.base_model, model_alias=alias))
                 eps[alias] = Endpoint(srv.base_url, srv.model)
+        if self.cfg.llm_proxy:
+            eps = stack.enter_context(llm_proxy(eps))
         return eps
 
     # -- stages -------------------------------------------------------------------------------------
@@ -345,7 +352,7 @@ class TrainingPipeline:
                 run_dir=self.dir.root, society_config=society, split=g.split, data_dir=self.cfg.data_dir,
                 task_ids=[t.id for t in tasks], n_runners=g.n_runners, epsilon=g.epsilon,
                 reward=self._reward_config(), rollout_timeout_s=g.rollout_timeout_s,
-                endpoints={a: (e.base_url, e.model) for a, e in eps.items()}, hooks=[hook],
+                endpoints={a: (e.base_url, e.model, e.api_key) for a, e in eps.items()}, hooks=[hook],
             ))
         self.echo(f"phase 1 gather: {summary.stored_succeeded} rollouts in the store "
                   f"({summary.skipped} resumed, {summary.run} run now, mean reward {summary.mean_reward})")
