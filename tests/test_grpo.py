@@ -122,3 +122,20 @@ def test_verl_agent_routes_the_senior_to_the_policy_model():
     bound = agent.config_for(bind_policy_resource({"main_llm": main}, "senior"))
     assert bound.models["senior"].base_url == "http://127.0.0.1:7777/v1" and bound.models["senior"].model == "policy"
     assert bound.models["juniors"].base_url == "http://127.0.0.1:9/v1"
+
+
+def test_backend_auto_picks_verl_only_with_cuda_and_verl():
+    import importlib.util
+
+    import torch
+
+    from training.grpo import resolve_backend
+
+    gpu = torch.cuda.is_available() and importlib.util.find_spec("verl") is not None
+    assert resolve_backend("auto") == ("verl" if gpu else "trl")
+    assert resolve_backend("trl") == "trl"
+    if not gpu:
+        with pytest.raises(ValueError, match="CUDA"):
+            resolve_backend("verl")
+    with pytest.raises(ValueError, match="'ppo'"):
+        resolve_backend("ppo")

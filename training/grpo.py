@@ -67,6 +67,7 @@ __all__ = [
     "senior_verl_agent",
     "bind_policy_resource",
     "train_senior_verl",
+    "resolve_backend",
     "DEFAULT_VERL_CONFIG",
 ]
 
@@ -101,7 +102,9 @@ class SeniorGRPOConfig:
         gradient_checkpointing: recompute activations in the backward pass (saves memory on a
             GPU; off by default: on the CPU it only costs time for these small models).
         seed: sampling/data/LoRA-init seed.
-        backend: ``"trl"`` (CPU/GPU, this process) or ``"verl"`` (GPU, see :func:`train_senior_verl`).
+        backend: ``"trl"`` (CPU/GPU, this process), ``"verl"`` (GPU, see :func:`train_senior_verl`)
+            or ``"auto"`` (``verl`` when CUDA and verl are present, else ``trl``; see
+            :func:`resolve_backend`).
         verl_config: YAML of the VERL path (default ``configs/verl_senior.yaml``).
         agent_match: regex on agent (LangGraph node) names whose LLM calls VERL trains on.
         senior_alias: the society's model alias of the senior (bound to VERL's served policy).
@@ -142,8 +145,8 @@ class SeniorGRPOConfig:
         for k in ("max_steps", "prompts_per_step", "max_completion_length", "max_prompt_length", "num_iterations", "logging_steps"):
             if getattr(self, k) < 1:
                 raise ValueError(f"SeniorGRPOConfig.{k} must be >= 1, got {getattr(self, k)}")
-        if self.backend not in ("trl", "verl"):
-            raise ValueError(f"SeniorGRPOConfig.backend = {self.backend!r}; use 'trl' (CPU or GPU) or 'verl' (GPU)")
+        if self.backend not in ("trl", "verl", "auto"):
+            raise ValueError(f"SeniorGRPOConfig.backend = {self.backend!r}; use 'trl' (CPU or GPU), 'verl' (GPU) or 'auto'")
         if self.scale_rewards not in ("group", "batch", "none"):
             raise ValueError(f"SeniorGRPOConfig.scale_rewards = {self.scale_rewards!r}; use 'group', 'batch' or 'none'")
         if not self.temperature > 0:
@@ -446,6 +449,32 @@ class SeniorGRPOTrainer:
 # ============================================================================ GPU: Agent Lightning VERL
 
 
+def resolve_backend(backend: str) -> str:
+    """The GRPO backend to run: ``"auto"`` -> ``"verl"`` when ``torch.cuda.is_available()`` and the
+    ``verl`` package is importable, else ``"trl"``; ``"trl"`` as is.
+
+    Raises:
+        ValueError: ``backend`` is not ``trl`` / ``verl`` / ``auto``, or ``verl`` is asked for on a
+            machine without CUDA or without verl (install ``.[gpu]`` on a GPU machine, or use ``trl``).
+    """
+    import importlib.util
+
+    if backend not in ("trl", "verl", "auto"):
+        raise ValueError(f"grpo backend {backend!r}: use 'trl', 'verl' or 'auto'")
+    if backend == "trl":
+        return "trl"
+    import torch
+
+    cuda = torch.cuda.is_available()
+    has_verl = importlib.util.find_spec("verl") is not None
+    if backend == "auto":
+        return "verl" if cuda and has_verl else "trl"
+    if not cuda or not has_verl:
+        raise ValueError(f"grpo backend 'verl' needs a CUDA GPU and the verl package (CUDA available: {cuda}, "
+                         f"verl installed: {has_verl}); install '.[gpu]' on a GPU machine or set grpo.backend: trl")
+    return "verl"
+
+
 def load_verl_config(
     path: str | Path | None = None,
     *,
@@ -528,8 +557,9 @@ def train_senior_verl(  # pragma: no cover - needs a GPU, verl and vLLM
     val_tasks: list[dict[str, Any]] | None,
     config: SeniorGRPOConfig,
     *,
-    endpoints: dict[str, tuple[str, str]] | None = None,
+    endpoints: dict[str, tuple[str, ...]] | None = None,
     reward_config: Any = None,
+    overrides: dict[str, Any] | None = None,
 ) -> None:
     """GRPO of the senior with Agent Lightning's VERL algorithm (GPU).
 
@@ -539,7 +569,8 @@ def train_senior_verl(  # pragma: no cover - needs a GPU, verl and vLLM
         config: ``verl_config`` (YAML), ``agent_match`` (regex on agent/node names whose LLM calls
             become training transitions: the senior's ``senior_check`` / ``senior_rewrite``),
             ``n_runners`` and ``model``.
-        endpoints: alias -> (base_url, model) for the other roles' servers.
+        endpoints: alias -> (base_url, model[, api_key]) for the other roles' servers.
+        overrides: nested VERL config keys merged over the YAML (e.g. ``trainer.default_local_dir``).
 
     The policy weights come from :func:`training.export.hf_checkpoint` (the embedded GGUF,
     dequantised), so no hub download is needed; LoRA rank/alpha are in the YAML
@@ -549,7 +580,7 @@ def train_senior_verl(  # pragma: no cover - needs a GPU, verl and vLLM
 
     from training.export import hf_checkpoint
 
-    cfg = load_verl_config(config.verl_config, model_path=str(hf_checkpoint(config.model)))
+    cfg = load_verl_config(config.verl_config, model_path=str(hf_checkpoint(config.model)), overrides=overrides)
     agent = senior_verl_agent(society_config, senior_alias=config.senior_alias, endpoints=endpoints, reward=reward_config)
     trainer = agl.Trainer(n_runners=config.n_runners, algorithm=agl.VERL(cfg), adapter={"agent_match": config.agent_match})
     trainer.fit(agent, train_dataset=train_tasks, val_dataset=val_tasks)

@@ -402,7 +402,7 @@ class TrainingPipeline:
     def phase3_grpo(self) -> dict[str, Any]:
         """Phase 3: the senior's decision points -> GRPO (TRL on the CPU, VERL on a GPU) -> LoRA served."""
         from training.export import export_lora_gguf
-        from training.grpo import SeniorGRPOConfig, SeniorGRPOTrainer
+        from training.grpo import SeniorGRPOConfig, SeniorGRPOTrainer, resolve_backend
 
         d = self.dir.phase_dir(3)
         with self._archive() as archive:
@@ -415,13 +415,48 @@ class TrainingPipeline:
         if len(rl.prompts) == 0:
             raise TrainConfigError("phase 3: the store holds no senior LLM call; check that the society config has a "
                                    "senior role and that phase 1 rollouts succeeded")
-        res = SeniorGRPOTrainer(SeniorGRPOConfig(**{**self.cfg.grpo, "model": self.cfg.base_model,
+        backend = resolve_backend(self.cfg.grpo.get("backend", "auto"))
+        if backend == "verl":  # pragma: no cover - needs a GPU, verl and vLLM
+            return self._phase3_verl(d, len(rl.prompts))
+        res = SeniorGRPOTrainer(SeniorGRPOConfig(**{**self.cfg.grpo, "backend": "trl", "model": self.cfg.base_model,
                                                      "output_dir": str(d / "adapter")}), rl.prompts,
                                 reward_config=self._reward_config()).train()
         gguf = export_lora_gguf(res.adapter_dir, self.cfg.base_model, Path(res.adapter_dir) / "adapter.gguf")
         self.echo(f"phase 3 GRPO: {res.steps} steps, mean reward per step {res.rewards}")
         return {"adapter": str(res.adapter_dir), "adapter_gguf": str(gguf), "prompts": len(rl.prompts),
                 "steps": res.steps, "rewards": res.rewards}
+
+    def _phase3_verl(self, d: Path, n_prompts: int) -> dict[str, Any]:  # pragma: no cover - GPU only
+        """Phase 3 on a GPU: Agent Lightning's VERL trains the senior live on the gather split's
+        tasks (the whole society runs; ``agent_match`` keeps the senior's calls), validated on the
+        dev subset; the newest PEFT LoRA adapter VERL saved is exported and served like TRL's.
+        UNVERIFIED: no GPU was available where this was written (see the README)."""
+        from tools.spider import load_examples
+        from training.agent import task_from_example
+        from training.export import export_lora_gguf
+        from training.grpo import SeniorGRPOConfig, train_senior_verl
+
+        g = self.cfg.gather
+        train = [task_from_example(e) for e in load_examples(self.cfg.data_dir, g.split)[g.offset:g.offset + g.limit]]
+        val = [task_from_example(e) for e in dev_subset(self.cfg)]
+        ckpt = d / "verl_checkpoints"
+        society = self.society()
+        with ExitStack() as stack:
+            eps = {a: (e.base_url, e.model, e.api_key) for a, e in self.endpoints(stack, society).items()
+                   if a != SENIOR_ALIAS}
+            train_senior_verl(society, train, val,
+                              SeniorGRPOConfig(**{**self.cfg.grpo, "backend": "verl", "model": self.cfg.base_model,
+                                                  "output_dir": str(d / "adapter")}),
+                              endpoints=eps, reward_config=self._reward_config(),
+                              overrides={"trainer": {"default_local_dir": str(ckpt)}})
+        found = sorted(ckpt.rglob("adapter_config.json"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise TrainConfigError(f"phase 3 (VERL): no PEFT LoRA adapter under {ckpt}; set actor_rollout_ref.model."
+                                   "lora_rank > 0 in the VERL config, or set grpo.backend: trl")
+        adapter = found[-1].parent
+        gguf = export_lora_gguf(adapter, self.cfg.base_model, d / "adapter.gguf")
+        self.echo(f"phase 3 VERL: adapter {adapter}")
+        return {"adapter": str(adapter), "adapter_gguf": str(gguf), "prompts": n_prompts, "backend": "verl"}
 
     def phase4_bandit(self) -> dict[str, Any]:
         """Phase 4: supervisor (context, action, reward) samples from the train rollouts -> contextual
