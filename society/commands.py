@@ -50,10 +50,13 @@ def load_config(config: Path | None, model_alias: str | None = None) -> SocietyC
 
 
 @contextmanager
-def serving(config: SocietyConfig, *, quiet: bool = False) -> Iterator[dict[str, Endpoint]]:
+def serving(config: SocietyConfig, *, quiet: bool = False, proxy: bool = False) -> Iterator[dict[str, Endpoint]]:
     """Start one embedded llama.cpp server per embedded model used by ``config``; yield alias ->
-    :class:`Endpoint`; stop every server on exit (normal, error or Ctrl-C)."""
+    :class:`Endpoint`; stop every server on exit (normal, error or Ctrl-C). With ``proxy`` the
+    embedded aliases are served through one Agent Lightning ``LLMProxy``
+    (:func:`society.proxy.llm_proxy`); aliases with their own ``base_url`` stay direct."""
     from society.models import serve_embedded
+    from society.proxy import llm_proxy
 
     endpoints: dict[str, Endpoint] = {}
     with ExitStack() as stack:
@@ -67,6 +70,11 @@ def serving(config: SocietyConfig, *, quiet: bool = False) -> Iterator[dict[str,
             endpoints[alias] = Endpoint(srv.base_url, srv.model)  # type: ignore[attr-defined]
         if servers and not quiet:
             err_console.print("[dim]server(s) ready: " + ", ".join(f"{m} at {s.base_url}" for m, s in servers.items()) + "[/dim]")  # type: ignore[attr-defined]
+        if proxy and endpoints:
+            endpoints = stack.enter_context(llm_proxy(endpoints))
+            if not quiet:
+                err_console.print(f"[dim]aliases {', '.join(endpoints)} routed through Agent Lightning's LLMProxy at "
+                                  f"{next(iter(endpoints.values())).base_url}[/dim]")
         yield endpoints
 
 
@@ -157,6 +165,7 @@ def ask(
     model_alias: str = typer.Option(None, "--model-alias", help="Serve every embedded role with this embedded model (qwen2.5-coder-0.5b, smollm2-135m)."),
     agent: str = typer.Option("society", "--agent", help=f"One of {', '.join(AGENTS)}."),
     data_dir: Path = typer.Option(None, "--data-dir", help="Spider-format data directory for db_ids [default: bundled]."),
+    llm_proxy: bool = typer.Option(False, "--llm-proxy", help="Route the embedded model aliases through Agent Lightning's LLMProxy."),
 ) -> None:
     """Answer one question: prints the final SQL, its result, and the path through the graph."""
     from tools.spider import DataError, resolve_database
@@ -171,7 +180,7 @@ def ask(
     db_id = db_path.stem if Path(db).suffix or Path(db).exists() else db
     rec = RunRecorder(f"ask-{agent}", cfg, meta={"argv": sys.argv, "agent": agent, "db": str(db_path)})
     try:
-        with serving(cfg) as endpoints:
+        with serving(cfg, proxy=llm_proxy) as endpoints:
             run = run_society(question, db_path, cfg, db_id=db_id, endpoints=endpoints, agent=agent, recorder=rec,
                               question_id="ask")
     except KeyboardInterrupt:
@@ -191,6 +200,7 @@ def eval_cmd(
     config: Path = typer.Option(None, "--config", "-c", help="Society config YAML [default: configs/society.yaml]."),
     model_alias: str = typer.Option(None, "--model-alias", help="Serve every embedded role with this embedded model."),
     data_dir: Path = typer.Option(None, "--data-dir", help="Spider-format data directory [default: bundled]."),
+    llm_proxy: bool = typer.Option(False, "--llm-proxy", help="Route the embedded model aliases through Agent Lightning's LLMProxy."),
 ) -> None:
     """Run an agent over a split with a progress bar; writes predictions and per-question JSONL; prints EX."""
     from tools.spider import DataError, load_examples
@@ -220,7 +230,7 @@ def eval_cmd(
             progress.update(task, advance=1, ex=f"EX {100 * done['match'] / done['n']:.1f}%")
 
         try:
-            with serving(cfg) as endpoints:
+            with serving(cfg, proxy=llm_proxy) as endpoints:
                 summary = evaluate(examples, cfg, agent=agent, concurrency=concurrency, endpoints=endpoints,
                                    recorder=rec, on_result=on_result)
         except KeyboardInterrupt:

@@ -63,6 +63,24 @@ def test_ask_on_a_sqlite_path_prints_sql_result_and_path_and_stops_the_server(tm
     assert (run_dir / "traces" / "ask.json").is_file()
 
 
+def test_ask_with_llm_proxy_routes_every_call_through_the_proxy_and_stops_both(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "society.cli", "ask", "--db", "concert_singer", "--model-alias", "smollm2-135m",
+         "--llm-proxy", "How many singers are there?"],
+        cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=600,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    m = re.search(r"routed through Agent Lightning's LLMProxy at http://127\.0\.0\.1:(\d+)/v1", out)
+    assert m, out[-3000:]
+    proxy_port, server_port = int(m.group(1)), _server_port(out)
+    assert proxy_port != server_port
+    trace = json.loads(next((tmp_path / "runs").glob("*/traces/ask.json")).read_text())
+    urls = {c["base_url"] for c in trace["trace"]["llm_calls"]}
+    assert urls == {f"http://127.0.0.1:{proxy_port}/v1"}  # every role's call went through the proxy
+    assert not _port_open(proxy_port) and not _port_open(server_port)
+
+
 def test_eval_ctrl_c_stops_the_server_and_keeps_finished_questions(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "society.cli", "eval", "--split", "dev", "--limit", "20", "--agent", "single",
