@@ -320,10 +320,23 @@ class TrainingPipeline:
         society = self.society()
         recs: list[dict[str, Any]] = []
         t0 = time.perf_counter()
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
         with ExitStack() as stack:
             eps = self.endpoints(stack, society)
+            bar = stack.enter_context(Progress(
+                TextColumn(f"[bold]eval ({stage})[/bold]"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[ex]}"),
+                TimeElapsedColumn(), console=Console(stderr=True), transient=False))
+            task = bar.add_task(stage, total=len(examples), ex="")
+
+            def on_result(r: dict[str, Any]) -> None:
+                recs.append(r)
+                ex = sum(bool(x.get("match")) for x in recs) / len(recs)
+                bar.update(task, advance=1, ex=f"EX {100 * ex:.1f}%")
+
             summary = evaluate(examples, society, concurrency=self.cfg.eval.concurrency, endpoints=eps,
-                               on_result=recs.append)
+                               on_result=on_result)
         with path.open("w") as f:
             for r in recs:
                 f.write(json.dumps({**r, "stage": stage}, default=str) + "\n")
