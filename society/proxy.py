@@ -93,6 +93,12 @@ def llm_proxy(endpoints: Mapping[str, Endpoint], *, startup_timeout_s: float = 1
     if quiet:
         for name in ("LiteLLM", "LiteLLM Proxy", "LiteLLM Router", "uvicorn", "uvicorn.access", "uvicorn.error"):
             logging.getLogger(name).setLevel(logging.WARNING)
+        # LiteLLM's feedback box and "Give Feedback / Get Help" lines on every start and every
+        # retried error; the errors themselves still reach the log.
+        os.environ.setdefault("LITELLM_DONT_SHOW_FEEDBACK_BOX", "true")
+        import litellm
+
+        litellm.suppress_debug_info = True
     key = "sk-" + secrets.token_hex(16)
     port = free_port()
     proxy = agl.LLMProxy(
@@ -101,7 +107,9 @@ def llm_proxy(endpoints: Mapping[str, Endpoint], *, startup_timeout_s: float = 1
                                                startup_timeout=startup_timeout_s),
         model_list=proxy_model_list(endpoints),  # type: ignore[arg-type]
         store=agl.LightningStoreThreaded(agl.InMemoryLightningStore()),
-        litellm_config={"general_settings": {"master_key": key}},
+        # clients connect directly on loopback: no proxy ranges to trust (silences LiteLLM's
+        # Admin-UI login-throttle warning; the Admin UI is not used)
+        litellm_config={"general_settings": {"master_key": key, "trusted_proxy_ranges": []}},
         middlewares=[], callbacks=[],
     )
     _reset_litellm_shutdown_flag()
