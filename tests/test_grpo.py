@@ -16,7 +16,7 @@ from society.prompts import PROMPTS
 from society.toolkit import execute_summary
 from tools.schema import schema_prompt
 from tools.spider import load_examples
-from training.grpo import SeniorGRPOConfig, SeniorGRPOTrainer, SeniorReward, load_verl_config
+from training.grpo import SeniorGRPOConfig, SeniorGRPOTrainer, SeniorReward, cut_at_stop, load_verl_config
 
 SMOL = "smollm2-135m"
 
@@ -65,6 +65,21 @@ def test_reward_rewrite_and_check(rows):
     vals = reward(prompts=[ck["prompt"]] * 3, completions=verdicts, gold_sql=[ck["gold_sql"]] * 3,
                   db_path=[ck["db_path"]] * 3, node=["senior_check"] * 3)
     assert vals == [1.0, 0.0, 0.0]
+
+
+def test_reward_scores_the_text_the_served_senior_would_return(rows):
+    """TRL samples past the senior's stop strings; with ``stop`` the reward reads what the served
+    senior (llama.cpp, stop=["</sql>", "```\\n\\n"]) would have returned: the first block."""
+    rw = next(r for r in rows if r["node"] == "senior_rewrite")
+    text = f"```sql\n{rw['gold_sql']}\n```\n\nAlternatively:\n```sql\n{_wrong(rw['gold_sql'])}\n```"
+    args = dict(prompts=[rw["prompt"]], completions=[text], gold_sql=[rw["gold_sql"]], db_path=[rw["db_path"]],
+                node=["senior_rewrite"])
+    assert SeniorReward()(**args)[0] < 1.0  # whole text: the last block (wrong) is scored
+    assert SeniorReward(stop=["</sql>", "```\n\n"])(**args)[0] == pytest.approx(1.0)
+    assert cut_at_stop("a</sql>b```\n\nc", ["```\n\n", "</sql>"]) == "a"
+    assert cut_at_stop("abc", None) == "abc" and cut_at_stop("abc", ["x"]) == "abc"
+    with pytest.raises(ValueError, match="stop"):
+        SeniorGRPOConfig(stop="</sql>")
 
 
 def test_grpo_tiny_real_run(rows, tmp_path):

@@ -50,6 +50,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,7 @@ __all__ = [
     "SeniorGRPOTrainer",
     "GRPOResult",
     "SeniorReward",
+    "cut_at_stop",
     "load_verl_config",
     "senior_verl_agent",
     "bind_policy_resource",
@@ -109,6 +111,10 @@ class SeniorGRPOConfig:
         agent_match: regex on agent (LangGraph node) names whose LLM calls VERL trains on.
         senior_alias: the society's model alias of the senior (bound to VERL's served policy).
         n_runners: Agent Lightning runners for the VERL path.
+        stop: the served senior's stop strings (its role's ``sampling.stop``). TRL's transformers
+            generation path cannot stop on strings, so each completion is cut before the first of
+            them ahead of scoring -- the reward then sees the text the served senior would have
+            returned. None or empty: completions are scored whole.
     """
 
     model: str = "smollm2-135m"
@@ -138,6 +144,7 @@ class SeniorGRPOConfig:
     agent_match: str = "senior"
     senior_alias: str = "senior_policy"
     n_runners: int = 4
+    stop: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.num_generations < 2:
@@ -152,6 +159,10 @@ class SeniorGRPOConfig:
         if not self.temperature > 0:
             raise ValueError("SeniorGRPOConfig.temperature must be > 0 (GRPO needs diverse samples)")
         self.target_modules = tuple(self.target_modules)
+        if self.stop is not None:
+            if isinstance(self.stop, str) or not all(isinstance(x, str) and x for x in self.stop):
+                raise ValueError(f"SeniorGRPOConfig.stop = {self.stop!r}; give a list of non-empty strings")
+            self.stop = tuple(self.stop)
 
 
 @dataclass
@@ -196,6 +207,18 @@ def _text(completion: Any) -> str:
     return str(completion)
 
 
+def cut_at_stop(text: str, stop: Sequence[str] | None) -> str:
+    """``text`` up to (not including) the earliest occurrence of any ``stop`` string.
+
+    This is what an OpenAI-compatible server returns for ``stop=...``; used to score a TRL
+    completion as the served model would have ended it. ``stop`` None or empty -> ``text``.
+    """
+    if not stop:
+        return text
+    cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
+    return text if cut < 0 else text[:cut]
+
+
 def _checked_sql(prompt: Any) -> str | None:
     """The query a ``senior_check`` prompt shows (its last user message's SQL block)."""
     from evaluation.sql_text import extract_sql
@@ -219,14 +242,17 @@ class SeniorReward:
     Args:
         reward_config: :class:`evaluation.rewards.RewardConfig` for rewrite decisions
             (default: unit-normalised EX + partial credit, range [0, 1]).
+        stop: stop strings; each completion is cut before the first one before scoring
+            (see :attr:`SeniorGRPOConfig.stop`).
     """
 
     __name__ = "senior_execution_reward"
 
-    def __init__(self, reward_config: Any = None) -> None:
+    def __init__(self, reward_config: Any = None, stop: Sequence[str] | None = None) -> None:
         from evaluation.rewards import RewardConfig
 
         self.reward_config = reward_config or RewardConfig()
+        self.stop = tuple(stop or ())
         self.records: list[dict[str, Any]] = []
 
     def score(self, prompt: Any, completion: Any, gold_sql: str, db_path: str, node: str | None = None) -> tuple[float, float | None]:
@@ -236,7 +262,7 @@ class SeniorReward:
         from society.roles import parse_check
 
         node = node or "senior_rewrite"
-        text = _text(completion)
+        text = cut_at_stop(_text(completion), self.stop)
         if node == "senior_check":
             verdict = parse_check(text)
             if verdict is None:
@@ -304,7 +330,7 @@ class SeniorGRPOTrainer:
                 raise ValueError(f"train_dataset has node value(s) {bad}; expected one of {NODES}")
         keep = [c for c in ("prompt", "gold_sql", "db_path", "node") if c in train_dataset.column_names]
         self.dataset = train_dataset.select_columns(keep)
-        self.reward = SeniorReward(reward_config)
+        self.reward = SeniorReward(reward_config, stop=config.stop)
         self.dropped_long = 0
 
     def _filter_long(self, tok: Any) -> Any:

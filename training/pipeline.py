@@ -288,6 +288,13 @@ class TrainingPipeline:
             sc = sc.model_copy(update={"roles": roles})
         return sc
 
+    def _senior_stop(self) -> list[str] | None:
+        """The stop strings of the society's (first enabled) senior role, or None."""
+        for r in self.society().roles:
+            if _kind(r.type) == "senior" and r.enabled:
+                return list(r.sampling.stop) if r.sampling.stop else None
+        return None
+
     def endpoints(self, stack: ExitStack, society: Any) -> dict[str, Any]:
         """Start the servers the current stage needs: the embedded base models, plus one llama.cpp
         server per trained LoRA adapter (junior after phase 2, senior after phase 3); with
@@ -431,7 +438,8 @@ class TrainingPipeline:
         backend = resolve_backend(self.cfg.grpo.get("backend", "auto"))
         if backend == "verl":  # pragma: no cover - needs a GPU, verl and vLLM
             return self._phase3_verl(d, len(rl.prompts))
-        res = SeniorGRPOTrainer(SeniorGRPOConfig(**{**self.cfg.grpo, "backend": "trl", "model": self.cfg.base_model,
+        grpo = {"stop": self._senior_stop(), **self.cfg.grpo}  # a profile's grpo.stop wins
+        res = SeniorGRPOTrainer(SeniorGRPOConfig(**{**grpo, "backend": "trl", "model": self.cfg.base_model,
                                                      "output_dir": str(d / "adapter")}), rl.prompts,
                                 reward_config=self._reward_config()).train()
         gguf = export_lora_gguf(res.adapter_dir, self.cfg.base_model, Path(res.adapter_dir) / "adapter.gguf")
