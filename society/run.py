@@ -41,7 +41,7 @@ from pydantic import BaseModel, Field
 
 from society.candidate import Candidate
 from society.config import SocietyConfig
-from society.llm import CallLog, ChatModels, Endpoint
+from society.llm import CallLog, ChatModels, Endpoint, as_endpoint
 from society.roles import RunContext
 from society.state import ExecSummary, Review, SeniorTurn, SupervisorChoice
 
@@ -166,19 +166,11 @@ def get_graph(config: SocietyConfig, agent: str = "society") -> Any:
     return g
 
 
-def _as_endpoint(v: Endpoint | tuple | dict) -> Endpoint:
-    if isinstance(v, Endpoint):
-        return v
-    if isinstance(v, dict):
-        return Endpoint(**v)
-    return Endpoint(*v)
-
-
 def get_models(config: SocietyConfig, endpoints: dict[str, Any] | None) -> ChatModels:
     """A cached :class:`ChatModels` for ``config`` + ``endpoints`` (so HTTP clients are reused)."""
-    eps = {a: _as_endpoint(e) for a, e in (endpoints or {}).items()}
+    eps = {a: as_endpoint(e) for a, e in (endpoints or {}).items()}
     key = json.dumps(
-        [config.model_dump(mode="json", include={"models", "llm"}), {a: [e.base_url, e.model, e.api_key] for a, e in sorted(eps.items())},
+        [config.model_dump(mode="json", include={"models", "llm"}), {a: [e.base_url, e.model, e.api_key, e.extra_body] for a, e in sorted(eps.items())},
          [(a, m.api_key) for a, m in sorted(config.models.items())]],
         sort_keys=True, default=str,
     )

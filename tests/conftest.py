@@ -1,6 +1,6 @@
 """Shared pytest fixtures.
 
-Model servers are real llama-cpp-python servers on loopback ports (``society.models.LlamaServer``),
+Model servers are real llama.cpp servers (llama-server) on loopback ports (``society.serving.LlamaServer``),
 session-scoped so a test run starts each at most once, and started only when a test asks for
 them. Tests that use them carry ``@pytest.mark.model`` (deselect with ``-m "not model"``).
 """
@@ -15,7 +15,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from society.models import DEFAULT_MODEL_ALIAS, LlamaServer, serve_embedded
+from society.models import DEFAULT_MODEL_ALIAS
+from society.serving import LlamaServer, serve_embedded
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,8 @@ from society.prompts import PROMPTS
 from society.toolkit import execute_summary
 from tools.schema import schema_prompt
 from tools.spider import load_examples
-from training.grpo import SeniorGRPOConfig, SeniorGRPOTrainer, SeniorReward, cut_at_stop, load_verl_config
+from society.llm import cut_at_stop
+from training.grpo import SeniorGRPOConfig, SeniorGRPOTrainer, SeniorReward, load_verl_config
 
 SMOL = "smollm2-135m"
 
@@ -78,6 +79,8 @@ def test_reward_scores_the_text_the_served_senior_would_return(rows):
     assert SeniorReward(stop=["</sql>", "```\n\n"])(**args)[0] == pytest.approx(1.0)
     assert cut_at_stop("a</sql>b```\n\nc", ["```\n\n", "</sql>"]) == "a"
     assert cut_at_stop("abc", None) == "abc" and cut_at_stop("abc", ["x"]) == "abc"
+    # the closing marker the server drops is put back, as the society does for served replies
+    assert cut_at_stop("<sql>SELECT 1</sql> because", ["</sql>"]) == "<sql>SELECT 1</sql>"
     with pytest.raises(ValueError, match="stop"):
         SeniorGRPOConfig(stop="</sql>")
 

@@ -19,7 +19,7 @@ function                          what it does
 :func:`export_lora_gguf`          PEFT LoRA adapter -> llama.cpp GGUF LoRA adapter (``gguf`` lib)
 :func:`dequantized_gguf`          a quantised GGUF -> the same model with F32/F16 tensors
                                   (exact comparisons against transformers, see below)
-:func:`serve_adapter`             a :class:`society.models.LlamaServer` serving base + adapter
+:func:`serve_adapter`             a :class:`society.serving.LlamaServer` serving base + adapter
 :func:`merge_adapter`             PEFT adapter merged into the base -> HF directory (for
                                   ``transformers serve`` and for vLLM/verl without LoRA)
 :func:`transformers_serve_command` / :func:`vllm_lora_command`  command lines of the other routes
@@ -50,10 +50,8 @@ the dequantised float32 weights. :func:`dequantized_gguf` writes the *same* dequ
 an F32 GGUF; served from it with an F32 KV cache (:func:`check_served_equals_peft`), llama.cpp +
 the adapter reproduces transformers + PEFT greedily token for token (SmolLM2 and Qwen2.5 checked
 in ``tests/test_export.py``). The quantised base + adapter is what is served in production
-(agreement and speed in ``bench/lora_serving.py``). Note that llama-cpp-python's server applies
-``repeat_penalty=1.1`` to every request that does not set it (OpenAI clients never do), so
-"temperature 0" answers of the server are not plain greedy decoding unless the request says
-``repeat_penalty: 1``.
+(agreement and speed in ``bench/lora_serving.py``). The checks send ``repeat_penalty: 1`` so that
+"temperature 0" is plain greedy decoding whatever the server's default.
 
 GPU route (unverified here, no GPU on the build machine): vLLM serves the PEFT adapter directly
 (``--enable-lora --lora-modules name=dir``) on the HF directory of :func:`hf_checkpoint`.
@@ -435,7 +433,7 @@ def export_lora_gguf(
 
     Returns:
         The written file: F32 ``lora_a``/``lora_b`` pairs (a few MB for rank 8-16), loadable with
-        ``llama_cpp.Llama(model_path=base, lora_path=file)`` / ``LlamaServer(..., lora_path=file)``.
+        ``llama-server -m base --lora file`` (``society.serving.LlamaServer(..., loras={name: file})``).
 
     Raises:
         ExportError: a tensor that is not LoRA A/B (e.g. trained embeddings or ``modules_to_save``),
@@ -547,22 +545,37 @@ def serve_adapter(
     model_alias: str,
     **server_kw: Any,
 ) -> Any:
-    """A (not yet started) llama.cpp server for ``base_model`` + the LoRA ``adapter``.
+    """A (not yet started) llama-server for ``base_model`` that serves the LoRA ``adapter`` under
+    the name ``model_alias`` (and the plain base model as ``<model_alias>-base``).
 
     Args:
         adapter: a PEFT adapter directory (converted with :func:`export_lora_gguf` when its
             ``adapter.gguf`` is missing or older) or a GGUF LoRA file.
         base_model: alias or GGUF path of the base (the quantised production model, or the
             :func:`dequantized_gguf` copy for exact comparisons).
-        model_alias: the name clients send as ``model`` (route the role's alias here through
-            the LLM proxy / role config).
-        **server_kw: :class:`society.models.LlamaServer` settings (``n_ctx``, ``n_threads``...).
+        model_alias: the adapter's name: ``srv.endpoint(model_alias)`` chooses it per request.
+        **server_kw: :class:`society.serving.LlamaServer` settings (``n_ctx``, ``n_threads``...).
 
     Returns:
-        ``society.models.LlamaServer``; use ``with serve_adapter(...) as srv:``.
-    """
-    from society.models import LlamaServer
+        ``society.serving.LlamaServer``; use ``with serve_adapter(...) as srv:``.
 
+    Raises:
+        FileNotFoundError: no adapter at ``adapter``.
+    """
+    from society.serving import LlamaServer, LoraAdapter
+
+    return LlamaServer(resolve_gguf(base_model), model_alias=f"{model_alias}-base",
+                       loras=[LoraAdapter(model_alias, adapter_gguf(adapter, base_model))], **server_kw)
+
+
+def adapter_gguf(adapter: str | os.PathLike[str], base_model: str | os.PathLike[str]) -> Path:
+    """The GGUF LoRA file for ``adapter``: the file itself, or ``<dir>/adapter.gguf`` of a PEFT
+    adapter directory (exported with :func:`export_lora_gguf` when missing or older than the
+    safetensors).
+
+    Raises:
+        FileNotFoundError: neither a GGUF file nor a PEFT adapter directory.
+    """
     a = Path(adapter)
     if a.is_dir():
         g = a / "adapter.gguf"
@@ -572,7 +585,7 @@ def serve_adapter(
         a = g
     if not a.is_file():
         raise FileNotFoundError(f"LoRA adapter {a} does not exist; pass a PEFT adapter directory or an adapter .gguf")
-    return LlamaServer(resolve_gguf(base_model), model_alias=model_alias, lora_path=a, **server_kw)
+    return a
 
 
 @dataclass
@@ -584,7 +597,7 @@ class ServingCheck:
         peft: transformers + PEFT greedy continuations (special tokens stripped).
         base: transformers greedy continuations with the adapter disabled.
         served: the server's greedy continuations (``/v1/completions``, temperature 0,
-            ``repeat_penalty`` 1 -- llama-cpp-python's server otherwise applies 1.1).
+            ``repeat_penalty`` 1).
         prompt_tokens_equal: the server tokenised every prompt exactly as transformers did.
         served_seconds: wall seconds of the server requests; served_tokens: tokens they returned.
     """
@@ -608,28 +621,22 @@ class ServingCheck:
         return self.peft != self.base
 
 
-def _post(url: str, payload: dict[str, Any], timeout: float = 600) -> dict[str, Any]:
-    import urllib.request
-
-    req = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        return json.loads(resp.read())
-
-
-def greedy_completion(server: Any, text: str, max_tokens: int) -> tuple[str, int]:
-    """Plain greedy completion of ``text`` from a running :class:`society.models.LlamaServer`
-    (temperature 0, top_k 1, repeat_penalty 1); returns (text, completion tokens)."""
-    out = _post(server.base_url + "/completions", {
-        "model": server.model, "prompt": text, "max_tokens": max_tokens,
-        "temperature": 0.0, "top_k": 1, "repeat_penalty": 1.0,
-    })
+def greedy_completion(server: Any, text: str, max_tokens: int, adapter: str | None = None) -> tuple[str, int]:
+    """Plain greedy completion of ``text`` from a running :class:`society.serving.LlamaServer`
+    (temperature 0, top_k 1, repeat_penalty 1), with ``adapter`` chosen by name (None: the base
+    model); returns (text, completion tokens)."""
+    payload: dict[str, Any] = {"model": server.model, "prompt": text, "max_tokens": max_tokens,
+                               "temperature": 0.0, "top_k": 1, "repeat_penalty": 1.0}
+    if server.adapters:
+        payload["lora"] = server.lora_field(adapter)
+    out = server.post("/v1/completions", payload)
     return out["choices"][0]["text"], int((out.get("usage") or {}).get("completion_tokens", 0))
 
 
 def server_tokens(server: Any, text: str) -> list[int]:
-    """Token ids the server's model gives ``text`` (llama-cpp-python ``/extras/tokenize``)."""
-    url = server.base_url.removesuffix("/v1") + "/extras/tokenize"
-    return list(_post(url, {"input": text, "model": server.model})["tokens"])
+    """Token ids the server's model gives ``text`` (llama-server ``/tokenize``, special tokens
+    parsed, no BOS added)."""
+    return list(server.post("/tokenize", {"content": text, "add_special": False, "parse_special": True})["tokens"])
 
 
 def check_served_equals_peft(
@@ -649,14 +656,14 @@ def check_served_equals_peft(
         conversations: chat prompts (lists of ``{"role", "content"}``); each is rendered with the
             tokenizer's chat template and a generation prompt, then completed by both sides.
         served_base: ``"f32"`` -- the server runs :func:`dequantized_gguf` (the very weights
-            transformers runs) with an F32 KV cache (``--type_k 0 --type_v 0``; llama.cpp's
+            transformers runs) with an F32 KV cache (``-ctk f32 -ctv f32``; llama.cpp's
             default F16 cache alone moved Qwen2.5 logits by up to 15 under a strong random
             adapter), so greedy tokens should be identical; ``"gguf"`` -- the quantised
             production GGUF with the server's default settings (Q4 matmuls, F16 KV cache:
             agreement is approximate).
         max_tokens: new tokens per prompt.
         model_and_tokenizer: reuse an already loaded (model, tokenizer) from :func:`load_for_training`.
-        **server_kw: :class:`society.models.LlamaServer` settings.
+        **server_kw: :class:`society.serving.LlamaServer` settings.
     """
     import time as _time
 
@@ -692,13 +699,13 @@ def check_served_equals_peft(
     served, srv_ids = [], []
     server_kw.setdefault("n_ctx", 2048)
     if served_base == "f32":
-        server_kw.setdefault("extra_args", ("--type_k", "0", "--type_v", "0"))  # GGML_TYPE_F32 KV cache
+        server_kw.setdefault("kv_cache_type", "f32")
     with serve_adapter(adapter_dir, base, model_alias="adapter_check", **server_kw) as srv:
         t0 = _time.perf_counter()
         n_tok = 0
         for text in texts:
             srv_ids.append(server_tokens(srv, text))
-            s, k = greedy_completion(srv, text, max_tokens)
+            s, k = greedy_completion(srv, text, max_tokens, adapter="adapter_check")
             served.append(s)
             n_tok += k
         secs = _time.perf_counter() - t0

@@ -64,7 +64,6 @@ __all__ = [
     "SeniorGRPOTrainer",
     "GRPOResult",
     "SeniorReward",
-    "cut_at_stop",
     "load_verl_config",
     "senior_verl_agent",
     "bind_policy_resource",
@@ -207,18 +206,6 @@ def _text(completion: Any) -> str:
     return str(completion)
 
 
-def cut_at_stop(text: str, stop: Sequence[str] | None) -> str:
-    """``text`` up to (not including) the earliest occurrence of any ``stop`` string.
-
-    This is what an OpenAI-compatible server returns for ``stop=...``; used to score a TRL
-    completion as the served model would have ended it. ``stop`` None or empty -> ``text``.
-    """
-    if not stop:
-        return text
-    cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
-    return text if cut < 0 else text[:cut]
-
-
 def _checked_sql(prompt: Any) -> str | None:
     """The query a ``senior_check`` prompt shows (its last user message's SQL block)."""
     from evaluation.sql_text import extract_sql
@@ -259,10 +246,11 @@ class SeniorReward:
         """(reward, ex) of one completion; ``ex`` is None for check decisions."""
         from evaluation.ex import execution_match
         from evaluation.rewards import compute_reward
+        from society.llm import cut_at_stop
         from society.roles import parse_check
 
         node = node or "senior_rewrite"
-        text = cut_at_stop(_text(completion), self.stop)
+        text = cut_at_stop(_text(completion), self.stop)  # as the served senior's reply
         if node == "senior_check":
             verdict = parse_check(text)
             if verdict is None:

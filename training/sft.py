@@ -200,7 +200,7 @@ def torch_threads(requested: int | None = None) -> int:
         if int(requested) < 1:
             raise ValueError(f"num_threads must be >= 1, got {requested}")
         return int(requested)
-    from society.models import idle_threads
+    from society.serving import idle_threads
 
     return idle_threads("SQLSOCIETY_TORCH_THREADS")
 
