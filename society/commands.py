@@ -15,12 +15,13 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.syntax import Syntax
 from rich.table import Table
 
-from society.config import ConfigError, SocietyConfig
+from society.config import DEFAULT_CONFIG, ConfigError, SocietyConfig
 from society.llm import Endpoint
 from society.run import AGENTS, EvalSummary, RunRecorder, SocietyRun, evaluate, run_society
 
@@ -33,15 +34,22 @@ def load_config(config: Path | None, model_alias: str | None = None) -> SocietyC
     alias to that embedded model (e.g. ``smollm2-135m``).
 
     Raises:
-        typer.BadParameter: the file is invalid or the model alias unknown.
+        typer.BadParameter: the file is invalid, names an embedded model that does not exist, or the
+            model alias is unknown.
     """
+    from society.models import EMBEDDED_MODELS
+
     try:
         cfg = SocietyConfig.load(config)
     except ConfigError as e:
         raise typer.BadParameter(str(e), param_hint="'--config'") from e
+    for alias, spec in cfg.models.items():
+        if spec.embedded and spec.embedded not in EMBEDDED_MODELS:
+            raise typer.BadParameter(
+                f"{config or DEFAULT_CONFIG}: models.{alias}.embedded is {spec.embedded!r}, not an embedded model; "
+                f"known: {', '.join(sorted(EMBEDDED_MODELS))} (or give base_url + model for a served one)",
+                param_hint="'--config'")
     if model_alias:
-        from society.models import EMBEDDED_MODELS
-
         if model_alias not in EMBEDDED_MODELS:
             raise typer.BadParameter(f"unknown model alias {model_alias!r}; embedded models: {sorted(EMBEDDED_MODELS)}",
                                      param_hint="'--model-alias'")
@@ -50,31 +58,19 @@ def load_config(config: Path | None, model_alias: str | None = None) -> SocietyC
 
 
 @contextmanager
-def serving(config: SocietyConfig, *, quiet: bool = False, proxy: bool = False) -> Iterator[dict[str, Endpoint]]:
-    """Start one embedded llama.cpp server per embedded model used by ``config``; yield alias ->
-    :class:`Endpoint`; stop every server on exit (normal, error or Ctrl-C). With ``proxy`` the
-    embedded aliases are served through one Agent Lightning ``LLMProxy``
-    (:func:`society.proxy.llm_proxy`); aliases with their own ``base_url`` stay direct."""
-    from society.models import serve_embedded
-    from society.proxy import llm_proxy
+def serving(config: SocietyConfig, *, quiet: bool = False, proxy: bool = False,
+            parallel: int | None = None) -> Iterator[dict[str, Endpoint]]:
+    """:func:`society.serving.serve_config` with progress lines on stderr (unless ``quiet``)."""
+    from society.serving import serve_config
 
-    endpoints: dict[str, Endpoint] = {}
-    with ExitStack() as stack:
-        servers: dict[str, object] = {}
-        for alias, embedded in config.embedded_aliases().items():
-            if embedded not in servers:
-                if not quiet:
-                    err_console.print(f"[dim]starting the embedded llama.cpp server for {embedded} ...[/dim]")
-                servers[embedded] = stack.enter_context(serve_embedded(embedded))
-            srv = servers[embedded]
-            endpoints[alias] = Endpoint(srv.base_url, srv.model)  # type: ignore[attr-defined]
-        if servers and not quiet:
-            err_console.print("[dim]server(s) ready: " + ", ".join(f"{m} at {s.base_url}" for m, s in servers.items()) + "[/dim]")  # type: ignore[attr-defined]
-        if proxy and endpoints:
-            endpoints = stack.enter_context(llm_proxy(endpoints))
-            if not quiet:
-                err_console.print(f"[dim]aliases {', '.join(endpoints)} routed through Agent Lightning's LLMProxy at "
-                                  f"{next(iter(endpoints.values())).base_url}[/dim]")
+    def started(srv: object) -> None:
+        if not quiet:
+            err_console.print(f"[dim]{srv.name} ready at {srv.base_url} ({srv.parallel} slots)[/dim]")  # type: ignore[attr-defined]
+
+    with serve_config(config, proxy=proxy, parallel=parallel, on_start=started) as endpoints:
+        if proxy and endpoints and not quiet:
+            err_console.print(f"[dim]aliases {', '.join(endpoints)} routed through Agent Lightning's LLMProxy at "
+                              f"{next(iter(endpoints.values())).base_url}[/dim]")
         yield endpoints
 
 
@@ -161,10 +157,10 @@ def print_summary(s: EvalSummary, split: str) -> None:
 def ask(
     question: str = typer.Argument(..., help="The question, in English."),
     db: str = typer.Option(..., "--db", help="A db_id of the bundled Spider data (e.g. concert_singer) or a path to any SQLite file."),
-    config: Path = typer.Option(None, "--config", "-c", help="Society config YAML [default: configs/society.yaml]."),
+    config: Path = typer.Option(None, "--config", "-c", help="Society config YAML.", show_default="configs/society.yaml"),
     model_alias: str = typer.Option(None, "--model-alias", help="Serve every embedded role with this embedded model (qwen2.5-coder-0.5b, smollm2-135m)."),
     agent: str = typer.Option("society", "--agent", help=f"One of {', '.join(AGENTS)}."),
-    data_dir: Path = typer.Option(None, "--data-dir", help="Spider-format data directory for db_ids [default: bundled]."),
+    data_dir: Path = typer.Option(None, "--data-dir", help="Spider-format data directory for db_ids.", show_default="bundled data/spider, or $SQLSOCIETY_DATA_DIR"),
     llm_proxy: bool = typer.Option(False, "--llm-proxy", help="Route the embedded model aliases through Agent Lightning's LLMProxy."),
 ) -> None:
     """Answer one question: prints the final SQL, its result, and the path through the graph."""
@@ -192,14 +188,27 @@ def ask(
         raise typer.Exit(1)
 
 
+def _usable(examples: list) -> list:
+    """``examples`` less those whose database file is unusable (empty, not SQLite, corrupt, a
+    directory); one warning per such database counts the questions skipped."""
+    from evaluation.ex import database_problems
+
+    problems = database_problems(examples)
+    for db, why in problems.items():
+        n = sum(str(e.db_path) == db for e in examples)
+        err_console.print(f"[yellow]warning:[/] skipped {n} question(s): database {escape(db)} {escape(why)}",
+                          soft_wrap=True)
+    return [e for e in examples if str(e.db_path) not in problems]
+
+
 def eval_cmd(
     split: str = typer.Option("dev", "--split", help="Split name (dev, train, ...)."),
     limit: int = typer.Option(None, "--limit", min=1, help="Only the first N executable questions."),
     agent: str = typer.Option("society", "--agent", help=f"One of {', '.join(AGENTS)}."),
     concurrency: int = typer.Option(1, "--concurrency", min=1, help="Questions run at once (threads)."),
-    config: Path = typer.Option(None, "--config", "-c", help="Society config YAML [default: configs/society.yaml]."),
+    config: Path = typer.Option(None, "--config", "-c", help="Society config YAML.", show_default="configs/society.yaml"),
     model_alias: str = typer.Option(None, "--model-alias", help="Serve every embedded role with this embedded model."),
-    data_dir: Path = typer.Option(None, "--data-dir", help="Spider-format data directory [default: bundled]."),
+    data_dir: Path = typer.Option(None, "--data-dir", help="Spider-format data directory.", show_default="bundled data/spider, or $SQLSOCIETY_DATA_DIR"),
     llm_proxy: bool = typer.Option(False, "--llm-proxy", help="Route the embedded model aliases through Agent Lightning's LLMProxy."),
 ) -> None:
     """Run an agent over a split with a progress bar; writes predictions and per-question JSONL; prints EX."""
@@ -211,6 +220,7 @@ def eval_cmd(
         examples = load_examples(data_dir, split, limit=limit)
     except DataError as e:
         raise typer.BadParameter(str(e), param_hint="'--split' / '--data-dir'") from e
+    examples = _usable(examples)
     if not examples:
         raise typer.BadParameter(f"split {split!r} has no executable question", param_hint="'--split'")
     cfg = load_config(config, model_alias)
@@ -244,7 +254,7 @@ def eval_cmd(
 
 
 def roles(
-    config: Path = typer.Option(None, "--config", "-c", help="Society config YAML [default: configs/society.yaml]."),
+    config: Path = typer.Option(None, "--config", "-c", help="Society config YAML.", show_default="configs/society.yaml"),
 ) -> None:
     """Print the roles of a config and what each is bound to (model, prompt, sampling, policy, tools)."""
     from society.roles import ROLE_TYPES
