@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from evaluation.sql_text import normalize_operators, remove_distinct, replace_cur_year
-from tools.executor import ExecutionError, ExecutionResult, execute_sql
+from tools.executor import MAX_SQL_BYTES, ErrorCategory, ExecutionError, ExecutionResult, execute_sql
+from tools.spider import database_problem
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,11 @@ DEFAULT_TIMEOUT_S = 30.0
 #: Default row cap per query for evaluation; a result cut at the cap is compared only if the other
 #: side is not cut (then the row counts differ and the pair cannot match).
 DEFAULT_MAX_ROWS = 200_000
+#: Longest SQL text (characters) copied into a :class:`QuestionRecord`; longer text is cut and ends
+#: with a ``[... N more characters]`` marker (the per-question JSONL stays readable).
+MAX_RECORD_SQL_CHARS = 10_000
+#: Longest error detail (characters) kept in a :class:`QuestionRecord`.
+MAX_RECORD_DETAIL_CHARS = 2_000
 
 __all__ = [
     "ExMatch",
@@ -58,6 +64,8 @@ __all__ = [
     "execution_match",
     "evaluate_predictions",
     "clear_gold_cache",
+    "clip_text",
+    "database_problems",
 ]
 
 
@@ -250,7 +258,9 @@ class ExMatch:
             (category from :class:`tools.executor.ErrorCategory`, e.g. ``pred_error:timeout``);
             ``"gold_error:<category>"``; ``"truncated"`` (both hit the row cap: undecidable, scored
             0); ``"row_count"``; ``"column_count"``; ``"row_order"`` (same bag,
-            wrong order, gold has ORDER BY); ``"values"`` (anything else).
+            wrong order, gold has ORDER BY); ``"values"`` (anything else); ``"db_error"`` (the
+            question's database file is unusable: empty, not SQLite, corrupt, a directory; set by
+            :func:`evaluate_predictions`).
         detail: the executor's error message when a query failed, else ``""``.
         pred_ms, gold_ms: execution wall time in milliseconds (0.0 when not run).
     """
@@ -321,6 +331,12 @@ def execution_match(
     gold = run_query(db_path, gold_sql, keep_distinct=keep_distinct, timeout_s=timeout_s, max_rows=max_rows, cache=True)
     if pred_sql is None or not str(pred_sql).strip():
         pred = None
+    elif len(str(pred_sql)) > MAX_SQL_BYTES:  # the executor would refuse it; do not lex megabytes first
+        pred = ExecutionError(
+            ErrorCategory.OTHER,
+            f"prediction is {len(str(pred_sql))} characters; SQL longer than {MAX_SQL_BYTES} bytes is not run",
+            0.0,
+        )
     else:
         pred = run_query(db_path, str(pred_sql), keep_distinct=keep_distinct, timeout_s=timeout_s, max_rows=max_rows)
     return compare_results(gold, pred, order_matters=order_matters(gold_sql))
@@ -374,6 +390,8 @@ class EvaluationReport:
         keep_distinct, timeout_s, workers: the settings used.
         elapsed_s: wall time of the evaluation, seconds.
         extra: free-form metadata a caller may attach (model name, run id, ...).
+        unusable_dbs: db_id -> why its database could not be used (its questions have
+            ``reason="db_error"`` and score 0).
     """
 
     ex: float
@@ -387,12 +405,19 @@ class EvaluationReport:
     workers: int
     elapsed_s: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    unusable_dbs: dict[str, str] = field(default_factory=dict)
 
     def write_jsonl(self, path: str | Path) -> Path:
-        """Write one JSON object per question (fields of :class:`QuestionRecord`) to ``path``."""
+        """Write one JSON object per question (fields of :class:`QuestionRecord`) to ``path``,
+        atomically: ``path`` is replaced only once every line is written.
+
+        Raises:
+            OSError: ``path`` cannot be written (it is then left as it was).
+        """
+        from tools.files import atomic_writer
+
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", encoding="utf-8") as f:
+        with atomic_writer(path) as f:
             for r in self.records:
                 f.write(json.dumps(asdict(r), ensure_ascii=False) + "\n")
         return path
@@ -409,6 +434,7 @@ class EvaluationReport:
             "timeout_s": self.timeout_s,
             "workers": self.workers,
             "elapsed_s": self.elapsed_s,
+            "unusable_dbs": dict(self.unusable_dbs),
         }
 
 
@@ -422,11 +448,46 @@ def _pool_context() -> mp.context.BaseContext:
 
 
 def _eval_chunk(items: list[tuple[int, str, str | None, str]], keep_distinct: bool, timeout_s: float, max_rows: int) -> list[tuple[int, ExMatch]]:
-    """Worker: ``(position, db_path, pred, gold)`` items -> ``(position, ExMatch)``."""
-    return [
-        (k, execution_match(db, pred, gold, keep_distinct=keep_distinct, timeout_s=timeout_s, max_rows=max_rows))
-        for k, db, pred, gold in items
-    ]
+    """Worker: ``(position, db_path, pred, gold)`` items -> ``(position, ExMatch)``.
+
+    A database the executor cannot open (a directory, not SQLite, gone since the check) costs only
+    its own questions: they get ``reason="db_error"`` with the executor's message."""
+    out: list[tuple[int, ExMatch]] = []
+    broken: dict[str, str] = {}
+    for k, db, pred, gold in items:
+        if db not in broken:
+            try:
+                out.append((k, execution_match(db, pred, gold, keep_distinct=keep_distinct, timeout_s=timeout_s,
+                                               max_rows=max_rows)))
+                continue
+            except (OSError, ValueError) as e:
+                broken[db] = str(e) or type(e).__name__
+        out.append((k, ExMatch(False, "db_error", broken[db])))
+    return out
+
+
+def database_problems(examples: Sequence[Any]) -> dict[str, str]:
+    """The unusable databases among ``examples``' ``db_path`` values: path -> problem (see
+    :func:`tools.spider.database_problem`); each distinct file is checked once. Never raises."""
+    out: dict[str, str] = {}
+    seen: set[str] = set()
+    for ex in examples:
+        db = str(ex.db_path)
+        if db in seen:
+            continue
+        seen.add(db)
+        problem = database_problem(db)
+        if problem:
+            out[db] = problem
+    return out
+
+
+def clip_text(text: str, limit: int = MAX_RECORD_SQL_CHARS) -> str:
+    """``text`` itself when at most ``limit`` characters, else its first ``limit`` characters
+    followed by `` [... N more characters]``."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]} [... {len(text) - limit} more characters]"
 
 
 def evaluate_predictions(
@@ -437,6 +498,7 @@ def evaluate_predictions(
     workers: int = 1,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     max_rows: int = DEFAULT_MAX_ROWS,
+    db_problems: dict[str, str] | None = None,
 ) -> EvaluationReport:
     """EX of ``predictions[i]`` against ``examples[i]`` for every i.
 
@@ -449,9 +511,13 @@ def evaluate_predictions(
             is single-threaded, else spawn) with the questions grouped by database (so each
             worker's gold cache is reused). Worth it when predictions are slow; a pool costs start-up.
         timeout_s, max_rows: per query, see :func:`execution_match`.
+        db_problems: unusable databases, path -> problem, as :func:`database_problems` returns
+            (computed here when None). Their questions are not run: they score 0 with
+            ``reason="db_error"``, and one warning per database counts them.
 
     Returns:
-        :class:`EvaluationReport`.
+        :class:`EvaluationReport`; ``unusable_dbs`` maps each unusable db_id to its problem.
+        SQL longer than :data:`MAX_RECORD_SQL_CHARS` is cut in the records (see :func:`clip_text`).
 
     Raises:
         ValueError: the two sequences differ in length, or ``workers < 1``.
@@ -463,10 +529,20 @@ def evaluate_predictions(
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     t0 = time.perf_counter()
-    items = [(k, str(ex.db_path), predictions[k], ex.gold_sql) for k, ex in enumerate(examples)]
+    if db_problems is None:
+        db_problems = database_problems(examples)
     results: dict[int, ExMatch] = {}
+    items = []
+    for k, ex in enumerate(examples):
+        problem = db_problems.get(str(ex.db_path))
+        if problem:
+            results[k] = ExMatch(False, "db_error", f"database {ex.db_path} {problem}")
+        else:
+            items.append((k, str(ex.db_path), predictions[k], ex.gold_sql))
     workers = min(workers, max(1, len(items)))
-    if workers == 1:
+    if not items:
+        pass
+    elif workers == 1:
         results.update(_eval_chunk(items, keep_distinct, timeout_s, max_rows))
     else:
         by_db: dict[str, list] = defaultdict(list)
@@ -484,21 +560,29 @@ def evaluate_predictions(
     per_db_n: Counter[str] = Counter()
     per_db_m: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
+    unusable: dict[str, str] = {}
+    unusable_n: Counter[str] = Counter()
     for k, ex in enumerate(examples):
         m = results[k]
         pred = predictions[k]
         records.append(
             QuestionRecord(
-                id=ex.id, index=ex.index, db_id=ex.db_id, question=ex.question,
-                pred="" if pred is None else str(pred), gold=ex.gold_sql, match=m.match, reason=m.reason,
-                detail=m.detail, pred_ms=round(m.pred_ms, 3), gold_ms=round(m.gold_ms, 3),
+                id=ex.id, index=ex.index, db_id=ex.db_id, question=clip_text(ex.question),
+                pred=clip_text("" if pred is None else str(pred)), gold=clip_text(ex.gold_sql), match=m.match,
+                reason=m.reason, detail=clip_text(m.detail, MAX_RECORD_DETAIL_CHARS), pred_ms=round(m.pred_ms, 3),
+                gold_ms=round(m.gold_ms, 3),
             )
         )
         per_db_n[ex.db_id] += 1
         per_db_m[ex.db_id] += int(m.match)
         reasons[m.reason] += 1
-        if m.reason.startswith("gold_error"):
+        if m.reason == "db_error":
+            unusable.setdefault(ex.db_id, m.detail)
+            unusable_n[ex.db_id] += 1
+        elif m.reason.startswith("gold_error"):
             logger.warning("gold query of %s fails on %s: %s", ex.id, ex.db_id, m.detail)
+    for db_id, problem in unusable.items():
+        logger.warning("%s; its %d question(s) score 0 (reason db_error)", problem, unusable_n[db_id])
     n = len(records)
     matched = sum(r.match for r in records)
     return EvaluationReport(
@@ -512,4 +596,5 @@ def evaluate_predictions(
         timeout_s=timeout_s,
         workers=workers,
         elapsed_s=time.perf_counter() - t0,
+        unusable_dbs=unusable,
     )

@@ -1,0 +1,138 @@
+"""Output files written by the command line: checked before the work starts, written atomically.
+
+* :func:`check_output_path` refuses, before any work, an output path that is a directory, whose
+  folder cannot be created (a parent is a file) or written, or that is one of the command's inputs
+  (writing there would destroy the input).
+* :func:`atomic_writer` writes to a temporary file beside the target and renames it over the target
+  only when the whole content was written: a failure or Ctrl-C leaves the target as it was (absent
+  or the previous version) and no temporary file behind.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+__all__ = ["OutputPathError", "check_output_path", "atomic_writer", "atomic_write_text"]
+
+
+class OutputPathError(ValueError):
+    """An output path cannot be used; the message names the path and what to pass instead."""
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def check_output_path(path: str | Path, *, what: str = "output file", inputs: Iterable[str | Path] = ()) -> Path:
+    """Check that ``path`` can be written as a file, without creating anything.
+
+    Args:
+        path: the output file (it may exist: it will be replaced; its folder may be missing: it
+            will be created when written).
+        what: how the message names the file, e.g. ``"--out"``.
+        inputs: files the command reads; the output must be none of them.
+
+    Returns:
+        ``path`` as a :class:`Path`.
+
+    Raises:
+        OutputPathError: ``path`` is a directory or another non-file; it is one of ``inputs``; a
+            parent is an existing non-directory (the folder cannot be created); or the nearest
+            existing folder is not writable.
+    """
+    p = Path(path).expanduser()
+    for inp in inputs:
+        if _same_file(p, Path(inp).expanduser()):
+            raise OutputPathError(f"{what} {p} is the input file {inp}; writing it would destroy the input — "
+                                  "pass another path")
+    if p.is_dir():
+        raise OutputPathError(f"{what} {p} is a directory; pass a file path (e.g. {p / 'out.jsonl'})")
+    if p.exists() and not p.is_file():
+        raise OutputPathError(f"{what} {p} exists and is not a regular file; pass another path")
+    parent = p.parent
+    while not parent.exists():
+        if parent.is_symlink():  # a dangling link: mkdir would fail
+            raise OutputPathError(f"{what} {p} cannot be created: {parent} is a broken symbolic link")
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputPathError(f"{what} {p} cannot be created: {parent} is a file, not a folder; pass another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputPathError(f"{what} {p} cannot be created: folder {parent} is not writable; pass another path")
+    return p
+
+
+@contextmanager
+def atomic_writer(path: str | Path, *, encoding: str = "utf-8") -> Iterator[IO[str]]:
+    """Open a text file that replaces ``path`` only when the ``with`` block finishes without error.
+
+    Missing parent folders are created. The data goes to a hidden temporary file in the same
+    folder (so the final rename is atomic), is flushed and fsynced, then renamed over ``path``;
+    on any exception the temporary file and the folders created for it are deleted and ``path``
+    is untouched.
+
+    Raises:
+        OSError: the folder cannot be created or written (``path`` is then untouched).
+    """
+    p = Path(path)
+    created: list[Path] = []  # folders made here, removed again (if still empty) on failure
+    d = p.parent
+    while not d.exists():
+        created.append(d)
+        d = d.parent
+    p.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    except BaseException:
+        _remove_empty(created)
+        raise
+    try:
+        with os.fdopen(fd, "w", encoding=encoding, newline="") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        if p.exists():
+            try:
+                os.chmod(tmp, p.stat().st_mode & 0o7777)
+            except OSError:
+                pass
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, p)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        _remove_empty(created)
+        raise
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for d in folders:  # deepest first
+        try:
+            d.rmdir()
+        except OSError:
+            return
+
+
+def atomic_write_text(path: str | Path, text: str, *, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_writer`).
+
+    Raises:
+        OSError: the folder cannot be created or written (``path`` is then untouched).
+    """
+    with atomic_writer(path, encoding=encoding) as fh:
+        fh.write(text)
+    return Path(path)
