@@ -11,18 +11,30 @@ Prediction file format: UTF-8 text, one SQL query per line, in the split file's 
 
 A line may end with ``<TAB>db_id`` as in the official gold files; the db_id is then checked against
 the question's. An empty line is an empty prediction (scores 0). Any other line count is an error.
+Lines are separated by ``\n`` only (a trailing ``\r`` is dropped), so a form feed or U+2028 inside
+a query does not split it.
+
+Bad input ends with a one-paragraph message and exit code 2, before any query runs: a missing or
+non-UTF-8 prediction file, a malformed split file, an output path that is a directory, cannot be
+created or is the prediction file itself, a non-finite or non-positive ``--timeout``, or no usable
+database at all. A single unusable database (empty, not SQLite, corrupt) costs only its own
+questions: they score 0 with reason ``db_error`` and one warning counts them. Outputs are written
+atomically: a failed run leaves no half-written file and never touches the prediction file.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from evaluation.ex import DEFAULT_TIMEOUT_S, EvaluationReport, evaluate_predictions
+from evaluation.ex import DEFAULT_TIMEOUT_S, EvaluationReport, database_problems, evaluate_predictions
+from tools.files import OutputPathError, atomic_write_text, check_output_path
 from tools.spider import DataError, SpiderExample, default_data_dir, load_examples, split_file
 
 __all__ = ["read_predictions", "register", "print_report"]
@@ -44,16 +56,25 @@ def read_predictions(path: str | Path, examples: list[SpiderExample], n_split: i
         One prediction per example (``""`` for an empty line).
 
     Raises:
-        PredictionFileError: missing/unreadable file, wrong line count, or a ``<TAB>db_id`` suffix
-            that disagrees with the question's database.
+        PredictionFileError: missing file, a directory, unreadable or non-UTF-8 file, wrong line
+            count, or a ``<TAB>db_id`` suffix that disagrees with the question's database.
     """
     path = Path(path)
+    if path.is_dir():
+        raise PredictionFileError(f"prediction file {path} is a directory; pass --pred with the file inside it "
+                                  "(one SQL query per line)")
     if not path.is_file():
         raise PredictionFileError(f"prediction file {path} does not exist; pass --pred with one SQL query per line")
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise PredictionFileError(f"prediction file {path} is not UTF-8 text ({e}); re-save it as UTF-8") from e
+    except OSError as e:
+        raise PredictionFileError(f"prediction file {path} cannot be read ({e.strerror or e}); "
+                                  "check its permissions") from e
+    lines = [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
+    if lines and lines[-1] == "":
+        lines.pop()  # the final newline ends the last line; it does not start a new one
     n_exec = len(examples)
     allowed = {n_split, n_exec}
     while len(lines) not in allowed and lines and not lines[-1].strip():
@@ -105,24 +126,42 @@ def print_report(report: EvaluationReport, console: Console | None = None, *, ti
     failures = {k: v for k, v in report.reasons.items() if k != "match"}
     if failures:
         console.print("failures: " + ", ".join(f"{k} {v}" for k, v in failures.items()))
+    for db_id, problem in report.unusable_dbs.items():
+        n = report.per_db[db_id].n if db_id in report.per_db else 0
+        console.print(f"[yellow]warning:[/] {escape(problem)}; its {n} question(s) scored 0 (reason db_error)",
+                      soft_wrap=True)
     console.print(
         f"EX = {100 * report.ex:.2f}% ({report.matched}/{report.n}) in {report.elapsed_s:.1f} s "
         f"(workers={report.workers}, keep_distinct={report.keep_distinct}, timeout={report.timeout_s:g} s)"
     )
 
 
+def _check_timeout(value: float) -> float:
+    if not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"{value!r} is not a number of seconds above 0; pass e.g. --timeout {DEFAULT_TIMEOUT_S:g}")
+    return value
+
+
 def eval_predictions(
     pred: Path = typer.Option(..., "--pred", help="Prediction file: one SQL per line in the split file's order."),
-    data_dir: Path = typer.Option(None, "--data-dir", help="Spider-format data directory [default: bundled data/spider or $SQLSOCIETY_DATA_DIR]."),
+    data_dir: Path = typer.Option(None, "--data-dir", help="Spider-format data directory.",
+                                  show_default="bundled data/spider, or $SQLSOCIETY_DATA_DIR"),
     split: str = typer.Option("dev", "--split", help="Split name (dev, train, ...)."),
     keep_distinct: bool = typer.Option(False, "--keep-distinct", help="Keep DISTINCT in both queries (official default removes it)."),
-    out: Path = typer.Option(None, "--out", help="Per-question JSONL [default: <pred>.eval.jsonl]."),
+    out: Path = typer.Option(None, "--out", help="Per-question JSONL (replaced atomically; never the --pred file).",
+                             show_default="<pred>.eval.jsonl"),
     workers: int = typer.Option(1, "--workers", min=1, help="Worker processes (a pool pays ~1.5 s start-up; worth it for slow predictions)."),
-    timeout: float = typer.Option(DEFAULT_TIMEOUT_S, "--timeout", min=0.001, help="Seconds per query."),
+    timeout: float = typer.Option(DEFAULT_TIMEOUT_S, "--timeout", callback=_check_timeout,
+                                  help="Seconds per query (a finite number above 0)."),
     summary_json: Path = typer.Option(None, "--summary-json", help="Also write overall/per-db figures as JSON here."),
 ) -> None:
     """Execution accuracy (Spider test-suite rule) of a prediction file; prints EX per database and
-    writes one JSON line per question (id, db_id, question, pred, gold, match, reason)."""
+    writes one JSON line per question (id, db_id, question, pred, gold, match, reason).
+
+    Raises:
+        typer.BadParameter: unusable data directory, split, prediction file or output path, or no
+            usable database (exit code 2; nothing is written).
+    """
     d = data_dir if data_dir is not None else default_data_dir()
     try:
         examples = load_examples(d, split)
@@ -135,14 +174,32 @@ def eval_predictions(
         preds = read_predictions(pred, examples, n_split)
     except PredictionFileError as e:
         raise typer.BadParameter(str(e), param_hint="'--pred'") from e
-    report = evaluate_predictions(examples, preds, keep_distinct=keep_distinct, workers=workers, timeout_s=timeout)
     out_path = out if out is not None else pred.with_name(pred.name + ".eval.jsonl")
-    report.write_jsonl(out_path)
+    inputs = [pred, split_file(d, split)]
+    try:
+        check_output_path(out_path, what="--out", inputs=inputs)
+    except OutputPathError as e:
+        raise typer.BadParameter(str(e), param_hint="'--out'") from e
+    if summary_json is not None:
+        try:
+            check_output_path(summary_json, what="--summary-json", inputs=[*inputs, out_path])
+        except OutputPathError as e:
+            raise typer.BadParameter(str(e), param_hint="'--summary-json'") from e
+    problems = database_problems(examples)
+    if len(problems) == len({str(ex.db_path) for ex in examples}):
+        listed = "; ".join(f"{db} {why}" for db, why in list(problems.items())[:5])
+        raise typer.BadParameter(f"no usable database for split '{split}' in {d}: {listed}", param_hint="'--data-dir'")
+    report = evaluate_predictions(examples, preds, keep_distinct=keep_distinct, workers=workers, timeout_s=timeout,
+                                  db_problems=problems)
+    try:
+        report.write_jsonl(out_path)
+        if summary_json is not None:
+            atomic_write_text(summary_json, json.dumps(report.summary(), indent=2))
+    except OSError as e:
+        raise typer.BadParameter(f"cannot write {e.filename or out_path} ({e.strerror or e}); pass another path",
+                                 param_hint="'--out' / '--summary-json'") from e
     print_report(report, title=f"Execution accuracy — {split} ({report.n} questions)")
     Console().print(f"per-question results: {out_path}")
-    if summary_json is not None:
-        summary_json.parent.mkdir(parents=True, exist_ok=True)
-        summary_json.write_text(json.dumps(report.summary(), indent=2), encoding="utf-8")
 
 
 def register(app: typer.Typer) -> None:
