@@ -454,13 +454,16 @@ def pull_traces(project: str, run_id: str, *, client: Any = None, limit: int = 1
 
 
 def write_records(groups: Mapping[str, Sequence[Mapping[str, Any]]], path: str | os.PathLike[str]) -> int:
-    """Write pulled span records as JSON lines (the ``traces export`` format). Returns the count."""
-    from pathlib import Path
+    """Write pulled span records as JSON lines (the ``traces export`` format), atomically (the file
+    appears only once complete). Returns the count.
 
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
+    Raises:
+        OSError: ``path`` cannot be written (it is then left as it was).
+    """
+    from tools.files import atomic_writer
+
     n = 0
-    with p.open("w", encoding="utf-8") as fh:
+    with atomic_writer(path) as fh:
         for records in groups.values():
             for rec in records:
                 fh.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")

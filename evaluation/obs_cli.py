@@ -14,12 +14,17 @@
   store (read-mostly: unfinished rollouts are left as they are) until Ctrl-C.
 * ``report RUN_DIR [--html F] [--md F]`` -- write the HTML report and Markdown summary.
 
-Heavy imports (Agent Lightning, matplotlib, langsmith) happen inside the commands.
+Heavy imports (Agent Lightning, matplotlib, langsmith) happen inside the commands, after the
+arguments are checked: a missing directory or a file that is not a rollout store (empty, not
+SQLite, corrupt, another SQLite file) is reported at once with exit code 2, and nothing is
+created. Output files are written atomically (a failure leaves none behind) and are never one
+of the command's inputs.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 from rich.console import Console
@@ -33,9 +38,19 @@ traces_app = typer.Typer(help="Inspect rollouts: list, show as a tree, export as
                          no_args_is_help=True)
 
 
-def _fail(msg: str) -> None:
+def _fail(msg: str) -> NoReturn:
     err_console.print(f"[red]error:[/] {escape(msg)}", soft_wrap=True)  # no hard wraps: paths stay copyable
     raise typer.Exit(code=2)
+
+
+def _check_out(path: Path, option: str, inputs: list[Path]) -> None:
+    """Exit 2 unless ``path`` can be written as a new/replaced file and is none of ``inputs``."""
+    from tools.files import OutputPathError, check_output_path
+
+    try:
+        check_output_path(path, what=option, inputs=inputs)
+    except OutputPathError as e:
+        _fail(str(e))
 
 
 @traces_app.command("list")
@@ -95,7 +110,11 @@ def traces_show(
             match = [k for k in groups if k == rollout_id] or [k for k in groups if k.startswith(rollout_id)]
             if len(match) != 1:
                 _fail(f"no single rollout {rollout_id!r} in {source}; it holds: {', '.join(list(groups)[:8])}")
-            trace = build_tree(groups[match[0]], prune=not raw, rollout_id=match[0])
+            try:
+                trace = build_tree(groups[match[0]], prune=not raw, rollout_id=match[0])
+            except (TypeError, AttributeError, KeyError, ValueError) as e:
+                _fail(f"{source} holds span records of the wrong shape ({type(e).__name__}: {e}); "
+                      "pass a JSONL file written by `traces export` or `traces pull`")
         else:
             if rollout_id is None:
                 _fail("pass a ROLLOUT_ID (see `sqlsociety traces list RUN_DIR`)")
@@ -111,14 +130,24 @@ def traces_export(
     out: Path | None = typer.Option(None, "--out", "-o", help="Output JSONL (default RUN_DIR/traces.jsonl)."),
     rollout: list[str] = typer.Option([], "--rollout", help="Only this rollout id (repeatable)."),
 ) -> None:
-    """Write the run's spans as JSONL with OpenTelemetry span fields (trace_id, span_id, parent_span_id, ...)."""
-    from evaluation.traces import TraceError, export_jsonl
+    """Write the run's spans as JSONL with OpenTelemetry span fields (trace_id, span_id, parent_span_id, ...).
 
+    Nothing is written when the run directory or its store is unusable; the file appears only once
+    complete."""
+    from evaluation.traces import TraceError, export_jsonl, store_path
+
+    try:
+        spath = store_path(run_dir)
+    except TraceError as e:
+        _fail(str(e))
     out = out or run_dir / "traces.jsonl"
+    _check_out(out, "--out", [spath, spath.with_name(spath.name + "-wal"), spath.with_name(spath.name + "-shm")])
     try:
         n = export_jsonl(run_dir, out, rollout or None)
     except TraceError as e:
         _fail(str(e))
+    except OSError as e:
+        _fail(f"cannot write {out} ({e.strerror or e}); pass another --out")
     console.print(f"wrote {n} span(s) to {out}")
 
 
@@ -131,6 +160,8 @@ def traces_pull(
     limit: int = typer.Option(1000, "--limit", min=1, help="At most this many rollouts."),
 ) -> None:
     """Fetch traces from LangSmith (through the langsmith client) into the local JSONL format."""
+    out = out or Path(f"langsmith-{run_id.replace('/', '_')}.jsonl")
+    _check_out(out, "--out", [])
     from evaluation import langsmith_traces as lt
     from evaluation.traces import build_tree, render_tree
 
@@ -138,8 +169,10 @@ def traces_pull(
         groups = lt.pull_traces(project, run_id, limit=limit)
     except (RuntimeError, LookupError) as e:
         _fail(str(e))
-    out = out or Path(f"langsmith-{run_id}.jsonl")
-    n = lt.write_records(groups, out)
+    try:
+        n = lt.write_records(groups, out)
+    except OSError as e:
+        _fail(f"cannot write {out} ({e.strerror or e}); pass another --out")
     console.print(f"pulled {len(groups)} rollout(s), {n} span(s) -> {out}")
     if show:
         for key, records in groups.items():
@@ -153,17 +186,17 @@ def traces_dashboard(
     port: int = typer.Option(4747, "--port", help="Port to serve on."),
 ) -> None:
     """Serve Agent Lightning's dashboard (rollouts, attempts, spans) over the run's store until Ctrl-C."""
+    from evaluation.traces import TraceError, store_path
+
+    try:
+        path = store_path(run_dir)  # before Agent Lightning is imported (seconds)
+    except TraceError as e:
+        _fail(str(e))
     import asyncio
 
     from agentlightning.store.client_server import LightningStoreServer
 
-    from evaluation.traces import TraceError, store_path
     from training.store import SqliteLightningStore, StoreLockedError
-
-    try:
-        path = store_path(run_dir)
-    except TraceError as e:
-        _fail(str(e))
     try:
         store = SqliteLightningStore(path, recover="keep")
     except StoreLockedError:
@@ -195,6 +228,11 @@ def report(
 ) -> None:
     """Write the training report: learning curves, EX per stage, metrics, bandit comparison, per-role
     breakdown, and examples where training changed the answer (self-contained HTML + Markdown)."""
+    if not run_dir.is_dir():
+        _fail(f"run directory {run_dir} does not exist or is not a directory; pass the run directory of `sqlsociety train`")
+    for path, option in ((html, "--html"), (md, "--md")):
+        if path is not None:
+            _check_out(path, option, [run_dir / "store.sqlite", run_dir / "metrics.jsonl"])
     from evaluation.report import ReportError, build_report
 
     try:

@@ -826,8 +826,10 @@ def build_report(
     content = compute_report(run)
     html_path = Path(out_html) if out_html else run.run_dir / "report.html"
     md_path = Path(out_md) if out_md else run.run_dir / "report.md"
-    html_path.write_text(render_html(content), encoding="utf-8")
-    md_path.write_text(render_markdown(content), encoding="utf-8")
+    from tools.files import atomic_write_text  # a failure leaves no half-written report
+
+    atomic_write_text(html_path, render_html(content))
+    atomic_write_text(md_path, render_markdown(content))
     return ReportPaths(html=html_path, markdown=md_path)
 
 

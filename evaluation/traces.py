@@ -34,7 +34,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -820,21 +822,120 @@ def is_society_run_dir(run_dir: str | Path) -> bool:
     return p.is_dir() and not (p / "store.sqlite").exists() and (p / "traces").is_dir()
 
 
+#: Tables every rollout store has (``training.store``'s schema); checked before the store is read.
+STORE_TABLES = ("rollouts", "attempts", "spans", "rewards")
+
+
+def store_problem(path: str | Path) -> str | None:
+    """Why ``path`` is not a readable rollout store, or None when it is. Plain ``sqlite3``, read-only
+    (Agent Lightning is not imported, nothing is created or changed). Never raises.
+
+    Returns:
+        None, or a phrase completing "store <path> ...": ``"is empty (0 bytes)"``, ``"is not an SQLite
+        database (...)"``, ``"is corrupt (...)"``, ``"is an SQLite file but not a rollout store
+        (no table ...)"``.
+    """
+    p = Path(path)
+    with _no_new_sidecars(p, always=False) as outcome:
+        outcome.append(_store_problem(p))
+    return outcome[0]
+
+
+def _sidecars(p: Path) -> list[Path]:
+    return [p.with_name(p.name + suffix) for suffix in ("-wal", "-shm", "-journal")]
+
+
+@contextmanager
+def _no_new_sidecars(p: Path, *, always: bool) -> Iterator[list]:
+    """Remove the ``-wal``/``-shm``/``-journal`` files that SQLite creates when it reads a WAL-mode
+    file and that were not there before, after the block: always (``always``), else only when the
+    block raised or yielded a problem (its list's first item is not None). A read that fails
+    leaves the run directory as it was."""
+    before = {s for s in _sidecars(p) if s.exists()}
+    outcome: list = []
+    failed = True
+    try:
+        yield outcome
+        failed = bool(outcome) and outcome[0] is not None
+    finally:
+        if always or failed:
+            for s in _sidecars(p):
+                if s not in before and s.exists() and (s.name.endswith("-shm") or s.stat().st_size == 0):
+                    try:
+                        s.unlink()
+                    except OSError:
+                        pass
+
+
+def _store_problem(p: Path) -> str | None:
+    try:
+        size = p.stat().st_size
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
+    if size == 0:
+        return "is empty (0 bytes); it is not a rollout store — pass the run directory of a finished `sqlsociety train`"
+    try:
+        conn = sqlite3.connect(p.resolve().as_uri() + "?mode=ro", uri=True)
+    except sqlite3.Error as e:
+        return f"cannot be opened read-only ({e})"
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as e:
+        if "not a database" in str(e).lower():
+            return f"is not an SQLite database ({e}); pass the run directory of `sqlsociety train`"
+        return f"is corrupt ({e}); the run's traces cannot be read"
+    except sqlite3.Error as e:
+        return f"cannot be read ({e})"
+    finally:
+        conn.close()
+    missing = [t for t in STORE_TABLES if t not in tables]
+    if missing:
+        return (f"is an SQLite file but not a rollout store (no table {', '.join(missing)}); "
+                "pass the run directory of `sqlsociety train`")
+    return None
+
+
 def store_path(run_dir: str | Path) -> Path:
-    """``RUN_DIR/store.sqlite``, or ``run_dir`` itself when it is a ``.sqlite`` file.
+    """``RUN_DIR/store.sqlite``, or ``run_dir`` itself when it is a ``.sqlite`` file; checked to be a
+    readable rollout store (:func:`store_problem`).
 
     Raises:
-        TraceError: when neither exists.
+        TraceError: when neither exists, or the file is not a readable rollout store (empty, not
+            SQLite, corrupt, or another SQLite file).
     """
     p = Path(run_dir).expanduser()
     if p.is_file() and p.suffix in (".sqlite", ".db", ".sqlite3"):
-        return p
-    s = p / "store.sqlite"
-    if not s.is_file():
-        raise TraceError(
-            f"no store at {s}; pass a run directory made by `sqlsociety train` (it holds store.sqlite)"
-        )
+        s = p
+    else:
+        if not p.exists():
+            raise TraceError(f"run directory {p} does not exist; pass a run directory made by `sqlsociety train` "
+                             "(it holds store.sqlite)")
+        s = p / "store.sqlite"
+        if not s.is_file():
+            raise TraceError(
+                f"no store at {s}; pass a run directory made by `sqlsociety train` (it holds store.sqlite)"
+            )
+    problem = store_problem(s)
+    if problem:
+        raise TraceError(f"store {s} {problem}")
     return s
+
+
+@contextmanager
+def _reading(spath: Path) -> Iterator[None]:
+    """Turn errors met while reading a store that passed :func:`store_problem` (pages corrupt
+    further in, rows that are not Agent Lightning records) into :class:`TraceError`; the read
+    then leaves no SQLite side files behind that were not there before."""
+    try:
+        with _no_new_sidecars(spath, always=False):
+            yield
+    except sqlite3.DatabaseError as e:
+        raise TraceError(f"store {spath} is corrupt ({e}); the run's traces cannot be read") from e
+    except ValueError as e:  # pydantic ValidationError / JSONDecodeError of a stored row
+        if isinstance(e, TraceError):
+            raise
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise TraceError(f"store {spath} holds a row that is not an Agent Lightning record ({first[:200]})") from e
 
 
 def _metrics_by_rollout(run_dir: Path) -> dict[str, dict]:
@@ -898,16 +999,16 @@ def list_rollouts(
         failed: keep only rollouts that failed (status failed/cancelled, or no reward emitted).
 
     Raises:
-        TraceError: no store.
+        TraceError: no store, or the store is not a readable rollout store.
     """
-    from training.store import RolloutArchive  # the store module owns the file format
-
     if is_society_run_dir(run_dir):
         return _list_society_run(Path(run_dir), phase=phase, min_reward=min_reward, failed=failed)
-    spath = store_path(run_dir)
+    spath = store_path(run_dir)  # checked before Agent Lightning is imported (seconds)
+    from training.store import RolloutArchive  # the store module owns the file format
+
     metrics = _metrics_by_rollout(spath.parent)
     out = []
-    with RolloutArchive(spath) as arch:
+    with _reading(spath), RolloutArchive(spath) as arch:
         for rec in arch.rollouts():
             m = metrics.get(rec.rollout_id, {})
             ph = m.get("phase") or _lookup(rec, "phase")
@@ -974,14 +1075,15 @@ def load_rollout_trace(run_dir: str | Path, rollout_id: str, *, prune: bool = Tr
     """A rollout's tree from the run's store (its latest attempt), with the rollout's facts in ``info``.
 
     Raises:
-        TraceError: no store or no such rollout (the message lists a few ids that exist).
+        TraceError: no store, an unreadable store, or no such rollout (the message lists a few ids
+            that exist).
     """
-    from training.store import RolloutArchive
-
     if is_society_run_dir(run_dir):
         return load_society_trace(run_dir, rollout_id, prune=prune)
     spath = store_path(run_dir)
-    with RolloutArchive(spath) as arch:
+    from training.store import RolloutArchive
+
+    with _reading(spath), RolloutArchive(spath) as arch:
         recs = arch.rollouts()
         match = [r for r in recs if r.rollout_id == rollout_id] or [
             r for r in recs if r.rollout_id.startswith(rollout_id)
@@ -1014,11 +1116,15 @@ def iter_records(run_dir: str | Path, rollout_ids: Iterable[str] | None = None) 
     Args:
         run_dir: run directory or store file.
         rollout_ids: restrict to these ids (None: all rollouts).
+
+    Raises:
+        TraceError: no store, or the store is not a readable rollout store.
     """
+    spath = store_path(run_dir)
     from training.store import RolloutArchive
 
     wanted = None if rollout_ids is None else set(rollout_ids)
-    with RolloutArchive(store_path(run_dir)) as arch:
+    with _reading(spath), RolloutArchive(spath) as arch:
         for rec in arch.rollouts():
             if wanted is not None and rec.rollout_id not in wanted:
                 continue
@@ -1031,13 +1137,22 @@ def export_jsonl(
 ) -> int:
     """Write the run's spans as JSON lines of span records (OpenTelemetry fields).
 
+    The file is written atomically: on any error nothing is created (or an existing ``out`` is
+    left as it was). The store is checked before ``out`` is touched.
+
     Returns:
         Number of spans written.
+
+    Raises:
+        TraceError: no store or an unreadable one (nothing written).
+        OSError: ``out`` cannot be written.
     """
+    from tools.files import atomic_writer
+
     n = 0
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", encoding="utf-8") as fh:
+    store_path(run_dir)  # fail before creating anything
+    with atomic_writer(out) as fh:
         for rec in iter_records(run_dir, rollout_ids):
             fh.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
             n += 1
@@ -1048,20 +1163,26 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
     """Span records from a JSONL file written by ``traces export`` or ``traces pull``.
 
     Raises:
-        TraceError: missing file or a line that is not a span record.
+        TraceError: missing, unreadable or non-UTF-8 file, or a line that is not a span record.
     """
     p = Path(path)
     if not p.is_file():
         raise TraceError(f"no trace file {p}; write one with `sqlsociety traces export` or `traces pull`")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise TraceError(f"{p} is not UTF-8 text ({exc}); pass a JSONL file written by `traces export` or `traces pull`") from exc
+    except OSError as exc:
+        raise TraceError(f"{p} cannot be read ({exc.strerror or exc}); check its permissions") from exc
     out = []
-    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+    for i, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as exc:
             raise TraceError(f"{p} line {i} is not JSON: {exc}") from exc
-        if "span_id" not in rec or "name" not in rec:
+        if not isinstance(rec, dict) or "span_id" not in rec or "name" not in rec:
             raise TraceError(f"{p} line {i} is not a span record (needs span_id and name)")
         out.append(rec)
     return out
