@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -43,6 +44,8 @@ from typing import Any
 
 from rich.markup import escape
 from rich.text import Text
+
+logger = logging.getLogger(__name__)
 from rich.tree import Tree
 
 #: Span names Agent Lightning uses (agentlightning.semconv), kept as literals so reading a
@@ -804,7 +807,13 @@ def load_society_trace(run_dir: str | Path, question_id: str, *, prune: bool = T
         TraceError: no such question (the message lists some that exist).
     """
     run_dir = Path(run_dir)
-    d = json.loads(_society_trace_file(run_dir, question_id).read_text(encoding="utf-8"))
+    f = _society_trace_file(run_dir, question_id)
+    try:
+        d = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # unreadable, not UTF-8, not JSON
+        raise TraceError(f"trace file {f} cannot be read as JSON ({e}); it is not one `sqlsociety ask/eval` wrote") from e
+    if not isinstance(d, dict):
+        raise TraceError(f"trace file {f} holds a JSON {type(d).__name__}, not a society run record")
     trace = build_tree(society_run_records(d), prune=prune, rollout_id=str(d.get("question_id") or question_id))
     trace.info = {"task_id": d.get("question_id"), "db_id": d.get("db_id"), "status": d.get("status"),
                   "phase": d.get("agent"), "question": d.get("question")}
@@ -943,12 +952,17 @@ def _metrics_by_rollout(run_dir: Path) -> dict[str, dict]:
     out: dict[str, dict] = {}
     if not path.is_file():
         return out
-    for line in path.read_text(encoding="utf-8").splitlines():
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        logger.warning("ignoring %s: %s", path, e)
+        return out
+    for line in text.split("\n"):
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if row.get("rollout_id"):
+        if isinstance(row, dict) and row.get("rollout_id"):
             out[str(row["rollout_id"])] = row
     return out
 
@@ -1049,11 +1063,16 @@ def _list_society_run(run_dir: Path, *, phase: str | None, min_reward: float | N
     records :func:`society_run_records` makes of the question's trace file)."""
     out = []
     qpath = run_dir / "questions.jsonl"
-    lines = qpath.read_text(encoding="utf-8").splitlines() if qpath.is_file() else []
+    try:
+        lines = qpath.read_text(encoding="utf-8").split("\n") if qpath.is_file() else []
+    except (OSError, UnicodeDecodeError) as e:
+        raise TraceError(f"{qpath} cannot be read as UTF-8 text ({e}); it is not one `sqlsociety eval` wrote") from e
     for line in lines:
         try:
             q = json.loads(line)
         except json.JSONDecodeError:
+            continue
+        if not isinstance(q, dict):
             continue
         row = RolloutSummary(
             rollout_id=str(q.get("question_id") or q.get("run_id")), task_id=q.get("question_id"),

@@ -426,3 +426,11 @@ def test_random_prediction_lines_never_traceback(tmp_path_factory, small_split, 
         assert len(rows) == len(recs)
     else:
         assert not (work / "res.jsonl").exists()
+
+
+def test_traces_list_society_run_with_non_utf8_questions(tmp_path):
+    run_dir = tmp_path / "eval-run"
+    (run_dir / "traces").mkdir(parents=True)
+    (run_dir / "questions.jsonl").write_bytes(b'{"question_id": "dev-0", "question": "caf\xe9"}\n')
+    out = _assert_clean(_run("traces", "list", str(run_dir)), 2)
+    assert "questions.jsonl" in out and "UTF-8" in out
