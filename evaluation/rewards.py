@@ -20,6 +20,10 @@ name               range           meaning
 ``executes``       {0, 1}          prediction ran without error
 ``result_jaccard`` [0, 1]          Jaccard similarity of the result-row multisets
 ``error_credit``   [0, 1]          1 when it ran, else graded by error category
+``complexity``     [0, 1]          Gaussian similarity of log(complexity ratio) to gold
+                                   (optional: weight 0 by default)
+``reasoning``      [0, 1]          reasoning section of sensible length naming the schema
+                                   tables/columns the SQL uses (optional: weight 0 by default)
 =================  ==============  ===========================================================
 
 SQL-R1 source: Ma et al., "SQL-R1: Training Natural Language to SQL Reasoning Model By
@@ -31,6 +35,11 @@ the authors' released reward (``verl/utils/reward_score/synsql.py`` in IDEA-FinA
 tags are ``<reasoning>`` and ``<sql>`` instead of the paper's ``<think>`` and ``<answer>`` (both
 configurable). Total SQL-R1 score range: [-1, 7.5].
 
+Complexity reward: as in the GRPO text-to-SQL recipe for Unsloth (a Gaussian of the log ratio of
+generated to gold query complexity), with this project's complexity count (:func:`sql_complexity`)
+and width (:data:`COMPLEXITY_SIGMA`). The reasoning heuristic (:func:`reasoning_quality`) is this
+project's design.
+
 Partial credit and the error-category grades are this project's design (the grade *order*,
 ambiguous column > no such column > syntax, is the specification; the numbers are in
 ``ERROR_CREDIT``).
@@ -38,9 +47,11 @@ ambiguous column > no such column > syntax, is the specification; the numbers ar
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -63,6 +74,10 @@ __all__ = [
     "execution_success",
     "error_credit",
     "result_jaccard",
+    "sql_complexity",
+    "complexity_reward",
+    "sql_identifiers",
+    "reasoning_quality",
     "RewardConfig",
     "RewardBreakdown",
     "compute_reward",
@@ -79,6 +94,8 @@ COMPONENT_RANGES: dict[str, tuple[float, float]] = {
     "executes": (0.0, 1.0),
     "result_jaccard": (0.0, 1.0),
     "error_credit": (0.0, 1.0),
+    "complexity": (0.0, 1.0),
+    "reasoning": (0.0, 1.0),
 }
 
 #: SQL-R1 magnitudes (arXiv:2504.08600 §3).
@@ -304,6 +321,199 @@ def result_jaccard(gold: ExecutionResult, pred: ExecutionResult, *, max_rows_sca
 
 
 # --------------------------------------------------------------------------------------------
+# optional shaping: query complexity and reasoning quality
+# --------------------------------------------------------------------------------------------
+
+#: Width of the complexity reward's Gaussian on ``log(c_gen / c_gold)``: ``sqrt(ln 2 / 2)`` ≈ 0.589,
+#: so a query twice (or half) as complex as the gold scores exactly 0.5; ×1.5 scores ≈ 0.78,
+#: ×3 ≈ 0.22, ×4 ≈ 0.06.
+COMPLEXITY_SIGMA = math.sqrt(math.log(2) / 2)
+
+_TOKEN_RE = re.compile(r"\w+|[^\w\s]")
+
+
+def _complexity_nodes() -> tuple[type, ...]:
+    from sqlglot import exp
+
+    return (
+        exp.Select,  # each query block: the outer query and every subquery / CTE body / set-operation side
+        exp.Join,
+        exp.AggFunc,  # COUNT, SUM, AVG, MIN, MAX, ...
+        exp.Where, exp.Having, exp.Group, exp.Order, exp.Limit,
+        exp.Predicate,  # =, <>, <, >, IN, LIKE, BETWEEN, IS, EXISTS, ...
+        exp.Connector,  # AND / OR
+        exp.Not,
+        exp.SetOperation,  # UNION / INTERSECT / EXCEPT
+        exp.Distinct, exp.Case, exp.Window, exp.CTE,
+    )
+
+
+def _token_count(sql: str) -> int:
+    return len(_TOKEN_RE.findall(sql))
+
+
+@functools.lru_cache(maxsize=8192)
+def _parsed_complexity(sql: str) -> int | None:
+    try:
+        import sqlglot
+
+        tree = sqlglot.parse_one(sql, read="sqlite")
+    except Exception:  # noqa: BLE001 - any parser failure: the caller falls back to tokens
+        return None
+    if tree is None:
+        return None
+    kinds = _complexity_nodes()
+    return 1 + sum(1 for node in tree.walk() if isinstance(node, kinds))
+
+
+def sql_complexity(sql: str | None) -> tuple[int, str]:
+    """Structural complexity of a query and how it was measured: ``(count, "ast" | "tokens")``.
+
+    ``"ast"``: 1 + the number of structural features in sqlglot's parse tree (SQLite dialect):
+    query blocks (SELECTs, so each subquery counts), JOINs, aggregate calls, WHERE / HAVING /
+    GROUP BY / ORDER BY / LIMIT clauses, predicates (comparisons, IN, LIKE, BETWEEN, IS, EXISTS),
+    AND/OR/NOT, set operations, DISTINCT, CASE, window functions, CTEs. ``"tokens"``: the number
+    of word and punctuation tokens, when sqlglot cannot parse the text. No SQL -> ``(0, "tokens")``.
+
+    >>> sql_complexity("SELECT name FROM singer")
+    (2, 'ast')
+    >>> sql_complexity("SELECT count(*) FROM singer WHERE age > 30")
+    (5, 'ast')
+    """
+    if sql is None or not sql.strip():
+        return (0, "tokens")
+    n = _parsed_complexity(sql.strip())
+    return (n, "ast") if n is not None else (_token_count(sql), "tokens")
+
+
+def complexity_reward(pred_sql: str | None, gold_sql: str, *, sigma: float = COMPLEXITY_SIGMA) -> float:
+    """How close the prediction's complexity is to the gold's, in [0, 1]; 1 when equal.
+
+    ``exp(-(log(c_pred / c_gold))² / (2σ²))`` clipped to [0, 1], with ``c`` from
+    :func:`sql_complexity` (both sides by tokens when either cannot be parsed, so the ratio compares
+    like with like) and ``σ`` = :data:`COMPLEXITY_SIGMA` by default. Symmetric in the ratio: twice
+    and half as complex score the same. 0 for no predicted SQL. Discourages both padding a query
+    with needless clauses and dropping needed ones; says nothing about correctness.
+
+    Raises:
+        ValueError: ``sigma`` <= 0.
+
+    >>> complexity_reward("SELECT name FROM singer", "SELECT name FROM singer")
+    1.0
+    >>> round(complexity_reward("SELECT name FROM singer", "SELECT count(*) FROM singer WHERE a > 1 AND b < 2"), 3)
+    0.104
+    """
+    if not sigma > 0:
+        raise ValueError(f"sigma = {sigma!r}; the complexity reward's width must be > 0")
+    if pred_sql is None or not pred_sql.strip() or not gold_sql or not gold_sql.strip():
+        return 0.0
+    (cp, how_p), (cg, how_g) = sql_complexity(pred_sql), sql_complexity(gold_sql)
+    if how_p != how_g:
+        cp, cg = _token_count(pred_sql), _token_count(gold_sql)
+    if cp <= 0 or cg <= 0:
+        return 0.0
+    r = math.exp(-(math.log(cp / cg) ** 2) / (2.0 * sigma**2))
+    return min(1.0, max(0.0, r))
+
+
+def sql_identifiers(sql: str | None, schema_names: Iterable[str] | None = None) -> set[str]:
+    """Lower-cased table and column names a query uses.
+
+    With sqlglot (SQLite dialect): the names of its ``Table`` and ``Column`` nodes (``*`` and
+    aliases' qualifiers dropped). When ``schema_names`` is given only names in it are kept (so
+    table aliases such as ``T1`` and output aliases do not count), and when the query does not
+    parse, the words of the query that are schema names are used instead. Empty for no SQL.
+
+    >>> sorted(sql_identifiers("SELECT T1.name FROM singer AS T1 WHERE T1.age > 3"))
+    ['age', 'name', 'singer']
+    """
+    if sql is None or not sql.strip():
+        return set()
+    names = {n.lower() for n in schema_names} if schema_names is not None else None
+    found: set[str] = set()
+    try:
+        import sqlglot
+        from sqlglot import exp
+
+        tree = sqlglot.parse_one(sql, read="sqlite")
+        found = {t.name.lower() for t in tree.find_all(exp.Table) if t.name}
+        found |= {c.name.lower() for c in tree.find_all(exp.Column) if c.name and c.name != "*"}
+    except Exception:  # noqa: BLE001 - unparsable: match the query's words against the schema
+        if names is None:
+            return set()
+        found = {w.lower() for w in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", sql)}
+    return found & names if names is not None else found
+
+
+def _mentions(text: str, name: str) -> bool:
+    variants = {name, name.replace("_", " ")}
+    return any(re.search(rf"(?<![A-Za-z0-9_]){re.escape(v)}(?![A-Za-z0-9_])", text, re.IGNORECASE) for v in variants if v)
+
+
+#: Reasoning length (characters, stripped) that earns the full length score, and the length
+#: after which the score decays as ``max / length``.
+REASONING_MIN_CHARS = 40
+REASONING_MAX_CHARS = 1500
+
+
+def reasoning_quality(
+    text: str | None,
+    sql: str | None,
+    *,
+    schema_names: Iterable[str] | None = None,
+    reasoning_tag: str = "reasoning",
+    min_chars: int = REASONING_MIN_CHARS,
+    max_chars: int = REASONING_MAX_CHARS,
+) -> float:
+    """Heuristic quality of the ``<reasoning>`` section, in [0, 1]. Not a correctness signal.
+
+    Raises:
+        ValueError: not ``0 < min_chars <= max_chars``.
+
+    ``L · (0.25 + 0.75 · C)`` where
+
+    * ``L`` (length) is 0 without a non-empty ``<reasoning>…</reasoning>`` block, rises linearly to
+      1 at ``min_chars`` characters, stays 1 up to ``max_chars`` and then decays as
+      ``max_chars / length`` (rambling costs credit);
+    * ``C`` (grounding) is the share of the tables and columns the SQL uses
+      (:func:`sql_identifiers`, restricted to ``schema_names`` when given) that the reasoning names
+      (whole word, case-insensitive; ``singer_id`` also matches "singer id"); 0 when the SQL has
+      no identifiable table or column (nothing grounds the reasoning).
+
+    No SQL at all scores 0 (a reasoning that leads to no answer earns nothing). Non-decreasing in ``C`` and, up to ``max_chars``, in the reasoning's length.
+
+    >>> t = "<reasoning>Count the rows of the singer table, one per singer.</reasoning><sql>SELECT count(*) FROM singer</sql>"
+    >>> reasoning_quality(t, "SELECT count(*) FROM singer")
+    1.0
+    """
+    if not 0 < min_chars <= max_chars:
+        raise ValueError(f"need 0 < min_chars <= max_chars (got {min_chars}, {max_chars})")
+    if not text or sql is None or not sql.strip():
+        return 0.0
+    blocks = _tag_blocks(text, reasoning_tag)
+    reasoning = blocks[0].strip() if blocks else ""
+    n = len(reasoning)
+    if n == 0:
+        return 0.0
+    length = min(1.0, n / min_chars) if n <= max_chars else max_chars / n
+    idents = sql_identifiers(sql, schema_names)
+    cover = sum(_mentions(reasoning, i) for i in idents) / len(idents) if idents else 0.0
+    return min(1.0, max(0.0, length * (0.25 + 0.75 * cover)))
+
+
+def schema_names_of(db_path: str | Path) -> set[str] | None:
+    """Lower-cased table and column names of an SQLite database (``tools.schema.load_schema``,
+    cached), or None when it cannot be read."""
+    try:
+        from tools.schema import load_schema
+
+        schema = load_schema(Path(db_path), sample_rows=0)
+    except Exception:  # noqa: BLE001 - no schema: the reasoning heuristic uses the SQL's own names
+        return None
+    return {t.name.lower() for t in schema.tables} | {c.lower() for t in schema.tables for c in t.column_names}
+
+
+# --------------------------------------------------------------------------------------------
 # the weighted total
 # --------------------------------------------------------------------------------------------
 
@@ -333,10 +543,19 @@ class RewardConfig:
         max_rows: per-query row cap.
         reasoning_tag, sql_tag: tag names of the expected answer format.
         length_limit_chars: SQL-R1 length-reward limit in characters.
+        complexity_sigma: width of the ``complexity`` component's Gaussian (> 0; see
+            :func:`complexity_reward`).
+        reasoning_min_chars, reasoning_max_chars: length band of the ``reasoning`` component
+            (see :func:`reasoning_quality`).
+
+    The ``complexity`` and ``reasoning`` components are optional shaping terms: they weigh 0
+    unless ``weights`` names them (the defaults do not), e.g.
+    ``RewardConfig(weights={**DEFAULT_WEIGHTS, "complexity": 0.1, "reasoning": 0.05})``.
 
     Raises (on construction):
         ValueError: unknown component, negative or non-finite weight, all weights zero, unknown
-            normalisation, or a non-positive timeout.
+            normalisation, a non-positive timeout, a non-positive complexity sigma, or a bad
+            reasoning length band.
     """
 
     weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
@@ -347,6 +566,9 @@ class RewardConfig:
     reasoning_tag: str = "reasoning"
     sql_tag: str = "sql"
     length_limit_chars: int = SQLR1_LENGTH_LIMIT
+    complexity_sigma: float = COMPLEXITY_SIGMA
+    reasoning_min_chars: int = REASONING_MIN_CHARS
+    reasoning_max_chars: int = REASONING_MAX_CHARS
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.weights) - set(COMPONENT_RANGES))
@@ -363,6 +585,14 @@ class RewardConfig:
             raise ValueError(f"RewardConfig.normalize = {self.normalize!r}; use 'none', 'unit' or 'symmetric'")
         if not self.timeout_s > 0:
             raise ValueError(f"RewardConfig.timeout_s = {self.timeout_s!r}; must be > 0 seconds")
+        if not (isinstance(self.complexity_sigma, (int, float)) and math.isfinite(self.complexity_sigma)
+                and self.complexity_sigma > 0):
+            raise ValueError(f"RewardConfig.complexity_sigma = {self.complexity_sigma!r}; must be a finite number > 0")
+        if not 0 < self.reasoning_min_chars <= self.reasoning_max_chars:
+            raise ValueError(
+                f"RewardConfig.reasoning_min_chars/max_chars = {self.reasoning_min_chars}/{self.reasoning_max_chars}; "
+                "need 0 < min <= max"
+            )
 
     @classmethod
     def sql_r1(cls, **kw: Any) -> RewardConfig:
@@ -404,6 +634,8 @@ class RewardBreakdown:
         sql: the SQL extracted from the output (``None`` if none).
         format, execution, result, length: SQL-R1 components (ranges in ``COMPONENT_RANGES``).
         ex, statement_type, executes, result_jaccard, error_credit: partial-credit components.
+        complexity, reasoning: optional shaping components (always computed, weighted only when
+            the config names them).
         sql_r1: format + execution + result + length, in [-1, 7.5].
         total: the weighted total of :class:`RewardConfig` (range ``config.bounds()``).
         ex_reason: the EX verdict's reason (see :class:`evaluation.ex.ExMatch`).
@@ -426,6 +658,8 @@ class RewardBreakdown:
     ex_reason: str
     error: str | None
     gold_ok: bool
+    complexity: float = 0.0
+    reasoning: float = 0.0
 
     def components(self) -> dict[str, float]:
         """Component name -> value for the names in ``COMPONENT_RANGES``."""
@@ -487,6 +721,11 @@ def compute_reward(
         "executes": execution_success(pred),
         "result_jaccard": jacc,
         "error_credit": error_credit(pred),
+        "complexity": complexity_reward(sql, gold_sql, sigma=cfg.complexity_sigma),
+        "reasoning": reasoning_quality(
+            text, sql, schema_names=schema_names_of(db_path), reasoning_tag=cfg.reasoning_tag,
+            min_chars=cfg.reasoning_min_chars, max_chars=cfg.reasoning_max_chars,
+        ),
     }
     return RewardBreakdown(
         sql=sql,

@@ -229,3 +229,143 @@ def test_keep_distinct_reaches_the_ex_component():
     assert compute_reward(pred, gold, DB).ex == 1.0
     b = compute_reward(pred, gold, DB, RewardConfig(keep_distinct=True))
     assert b.ex == 0.0 and 0.0 < b.result_jaccard < 1.0
+
+
+# ---------------------------------------------------------------- optional shaping: complexity, reasoning
+
+from evaluation.rewards import (
+    COMPLEXITY_SIGMA,
+    DEFAULT_WEIGHTS,
+    complexity_reward,
+    reasoning_quality,
+    schema_names_of,
+    sql_complexity,
+    sql_identifiers,
+)
+
+# increasingly complex queries on concert_singer, each a superset of the previous one's features
+LADDER = [
+    "SELECT name FROM singer",
+    "SELECT name FROM singer WHERE age > 30",
+    "SELECT name FROM singer WHERE age > 30 AND country = 'France'",
+    "SELECT name FROM singer WHERE age > 30 AND country = 'France' ORDER BY age DESC LIMIT 3",
+    ("SELECT T1.name FROM singer AS T1 JOIN singer_in_concert AS T2 ON T1.singer_id = T2.singer_id "
+     "WHERE T1.age > 30 AND T1.country = 'France' GROUP BY T1.name HAVING count(*) > 1 ORDER BY T1.age DESC LIMIT 3"),
+    ("SELECT T1.name FROM singer AS T1 JOIN singer_in_concert AS T2 ON T1.singer_id = T2.singer_id "
+     "WHERE T1.age > 30 AND T1.country = 'France' AND T2.concert_id IN (SELECT concert_id FROM concert WHERE year > 2014) "
+     "GROUP BY T1.name HAVING count(*) > 1 ORDER BY T1.age DESC LIMIT 3"),
+]
+
+
+def test_sql_complexity_counts_structure_and_falls_back_to_tokens():
+    counts = [sql_complexity(q) for q in LADDER]
+    assert all(how == "ast" for _, how in counts)
+    values = [c for c, _ in counts]
+    assert values == sorted(values) and len(set(values)) == len(values)  # strictly increasing along the ladder
+    n, how = sql_complexity("SELEC name FROM singer WHERE")  # sqlglot cannot parse it
+    assert how == "tokens" and n == 5
+    assert sql_complexity(None) == (0, "tokens") and sql_complexity("  ") == (0, "tokens")
+
+
+def test_complexity_reward_range_and_monotonic_away_from_gold():
+    for gold in LADDER:
+        for pred in LADDER + ["SELEC name FROM", "no sql at all", ""]:
+            assert 0.0 <= complexity_reward(pred, gold) <= 1.0
+        assert complexity_reward(gold, gold) == 1.0
+    gold_i = 2
+    gold = LADDER[gold_i]
+    up = [complexity_reward(q, gold) for q in LADDER[gold_i:]]
+    down = [complexity_reward(q, gold) for q in reversed(LADDER[: gold_i + 1])]
+    assert up == sorted(up, reverse=True) and up[-1] < up[0]  # more complex than gold: falls
+    assert down == sorted(down, reverse=True) and down[-1] < down[0]  # simpler than gold: falls
+    assert complexity_reward(None, gold) == 0.0
+
+
+def test_complexity_reward_formula_and_sigma():
+    cp, cg = sql_complexity(LADDER[0])[0], sql_complexity(LADDER[3])[0]
+    import math
+
+    expected = math.exp(-(math.log(cp / cg) ** 2) / (2 * COMPLEXITY_SIGMA**2))
+    assert complexity_reward(LADDER[0], LADDER[3]) == pytest.approx(expected)
+    # symmetric in the ratio, and a wider Gaussian is more lenient
+    assert complexity_reward(LADDER[0], LADDER[3]) == pytest.approx(complexity_reward(LADDER[3], LADDER[0]))
+    assert complexity_reward(LADDER[0], LADDER[3], sigma=2.0) > complexity_reward(LADDER[0], LADDER[3])
+    # the documented calibration: twice as complex scores 0.5
+    assert math.exp(-(math.log(2) ** 2) / (2 * COMPLEXITY_SIGMA**2)) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="sigma"):
+        complexity_reward(LADDER[0], LADDER[0], sigma=0)
+
+
+def test_sql_identifiers_use_the_real_schema():
+    names = schema_names_of(DB)
+    assert names is not None and {"singer", "name", "singer_id", "concert"} <= names
+    ids = sql_identifiers(LADDER[4], names)
+    assert ids == {"singer", "singer_in_concert", "name", "singer_id", "age", "country"}  # aliases T1/T2 dropped
+    assert sql_identifiers("SELEC name FROM singer", names) == {"name", "singer"}  # unparsable: word match
+    assert sql_identifiers(None, names) == set()
+    assert schema_names_of("/nonexistent/db.sqlite") is None
+
+
+def _reasoned(reasoning: str, sql: str = "SELECT name FROM singer WHERE age > 30 AND country = 'France'") -> str:
+    return f"<reasoning>{reasoning}</reasoning><sql>{sql}</sql>"
+
+
+def test_reasoning_quality_rewards_grounded_reasoning_of_sensible_length():
+    sql = "SELECT name FROM singer WHERE age > 30 AND country = 'France'"
+    names = schema_names_of(DB)
+    filler = "We look at the data and filter what the question asks for. "
+    steps = [
+        filler,
+        filler + "Use the singer table.",
+        filler + "Use the singer table and its name column.",
+        filler + "Use the singer table and its name column; filter on age.",
+        filler + "Use the singer table and its name column; filter on age and country.",
+    ]
+    scores = [reasoning_quality(_reasoned(r, sql), sql, schema_names=names) for r in steps]
+    assert scores == sorted(scores) and len(set(scores)) == len(scores)  # each named column/table adds credit
+    assert scores[-1] == 1.0 and 0.0 < scores[0] <= 0.25
+    # no reasoning section, an empty one, or no SQL
+    assert reasoning_quality(sql, sql, schema_names=names) == 0.0
+    assert reasoning_quality(_reasoned("  ", sql), sql, schema_names=names) == 0.0
+    assert reasoning_quality(None, sql) == 0.0
+    assert reasoning_quality(_reasoned(steps[-1]), None, schema_names=names) == 0.0  # no answer: nothing earned
+    assert reasoning_quality(_reasoned(steps[-1], "SELECT 1"), "SELECT 1", schema_names=names) == 0.25  # nothing to ground
+    # length: rises up to min_chars, flat, then decays past max_chars
+    short = [reasoning_quality(_reasoned("singer name age country"[:k]), sql, schema_names=names) for k in (6, 11, 23)]
+    assert short == sorted(short)
+    grounded = "singer name age country. "
+    lengths = [reasoning_quality(_reasoned(grounded * k), sql, schema_names=names) for k in (2, 20, 100, 400)]
+    assert lengths[0] == lengths[1] == 1.0 and lengths[1] > lengths[2] > lengths[3] > 0.0
+    for r in steps + [grounded * 400, "x"]:
+        assert 0.0 <= reasoning_quality(_reasoned(r, sql), sql, schema_names=names) <= 1.0
+    with pytest.raises(ValueError, match="min_chars"):
+        reasoning_quality("x", sql, min_chars=10, max_chars=5)
+
+
+def test_optional_components_weigh_nothing_by_default(breakdowns):
+    assert "complexity" not in DEFAULT_WEIGHTS and "reasoning" not in DEFAULT_WEIGHTS
+    cfg = RewardConfig(timeout_s=0.5)
+    for b in breakdowns:
+        comps = {k: v for k, v in b.components().items() if k not in ("complexity", "reasoning")}
+        assert b.total == pytest.approx(RewardConfig(weights=dict(DEFAULT_WEIGHTS)).combine({**comps, "complexity": 0, "reasoning": 0}))
+        assert 0.0 <= b.complexity <= 1.0 and 0.0 <= b.reasoning <= 1.0
+    good = breakdowns[0]
+    assert good.complexity == 1.0  # GOOD's SQL is the gold query
+    assert good.reasoning > 0.0  # "order singers by age" names the age column
+    shaped = RewardConfig(weights={"complexity": 1.0, "reasoning": 1.0}, normalize="none")
+    assert shaped.bounds() == (0.0, 2.0)
+    assert shaped.combine(good.components()) == pytest.approx(good.complexity + good.reasoning)
+    assert cfg.bounds() == (0.0, 1.0)
+    with pytest.raises(ValueError, match="complexity_sigma"):
+        RewardConfig(complexity_sigma=0.0)
+    with pytest.raises(ValueError, match="reasoning_min_chars"):
+        RewardConfig(reasoning_min_chars=0)
+
+
+def test_rewards_doctests():
+    import doctest
+
+    from evaluation import rewards
+
+    result = doctest.testmod(rewards)
+    assert result.attempted > 0 and result.failed == 0
