@@ -34,7 +34,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from evaluation.ex import DEFAULT_TIMEOUT_S, EvaluationReport, database_problems, evaluate_predictions
-from tools.files import OutputPathError, atomic_write_text, check_output_path
+from tools.files import OutputPathError, atomic_write_text, check_output_path, same_file
 from tools.spider import DataError, SpiderExample, default_data_dir, load_examples, split_file
 
 __all__ = ["read_predictions", "register", "print_report"]
@@ -181,8 +181,11 @@ def eval_predictions(
     except OutputPathError as e:
         raise typer.BadParameter(str(e), param_hint="'--out'") from e
     if summary_json is not None:
+        if same_file(summary_json, out_path):
+            raise typer.BadParameter(f"--summary-json {summary_json} is the --out file too; pass two different paths",
+                                     param_hint="'--summary-json'")
         try:
-            check_output_path(summary_json, what="--summary-json", inputs=[*inputs, out_path])
+            check_output_path(summary_json, what="--summary-json", inputs=inputs)
         except OutputPathError as e:
             raise typer.BadParameter(str(e), param_hint="'--summary-json'") from e
     problems = database_problems(examples)

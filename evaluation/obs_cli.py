@@ -100,6 +100,8 @@ def traces_show(
     """Show one rollout as a tree (node -> role -> LLM call -> tool call -> reward, per-role credit)."""
     from evaluation.traces import TraceError, build_tree, group_by_rollout, load_rollout_trace, read_records, render_tree
 
+    if not source.exists():
+        _fail(f"{source} does not exist; pass a run directory or a JSONL file from `traces export` / `traces pull`")
     try:
         if source.is_file() and source.suffix == ".jsonl":
             groups = group_by_rollout(read_records(source))

@@ -434,3 +434,15 @@ def test_traces_list_society_run_with_non_utf8_questions(tmp_path):
     (run_dir / "questions.jsonl").write_bytes(b'{"question_id": "dev-0", "question": "caf\xe9"}\n')
     out = _assert_clean(_run("traces", "list", str(run_dir)), 2)
     assert "questions.jsonl" in out and "UTF-8" in out
+
+
+def test_summary_json_equal_to_out_is_refused(tmp_path, spider):
+    d, recs = spider
+    target = tmp_path / "res.json"
+    out = _assert_clean(_eval(d, _gold_preds(tmp_path, recs), "--out", str(target), "--summary-json", str(target)), 2)
+    assert "is the --out file too" in out and not target.exists()
+
+
+def test_traces_show_missing_source(tmp_path):
+    out = _assert_clean(_run("traces", "show", str(tmp_path / "nofile.jsonl")), 2)
+    assert "nofile.jsonl does not exist" in out

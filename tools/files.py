@@ -17,14 +17,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-__all__ = ["OutputPathError", "check_output_path", "atomic_writer", "atomic_write_text"]
+__all__ = ["OutputPathError", "check_output_path", "same_file", "atomic_writer", "atomic_write_text"]
 
 
 class OutputPathError(ValueError):
     """An output path cannot be used; the message names the path and what to pass instead."""
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether two paths name the same file (by inode when both exist, else by resolved path)."""
+    a, b = Path(a).expanduser(), Path(b).expanduser()
     try:
         if a.exists() and b.exists():
             return os.path.samefile(a, b)
@@ -52,7 +54,7 @@ def check_output_path(path: str | Path, *, what: str = "output file", inputs: It
     """
     p = Path(path).expanduser()
     for inp in inputs:
-        if _same_file(p, Path(inp).expanduser()):
+        if same_file(p, inp):
             raise OutputPathError(f"{what} {p} is the input file {inp}; writing it would destroy the input — "
                                   "pass another path")
     if p.is_dir():
