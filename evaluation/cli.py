@@ -72,7 +72,7 @@ def read_predictions(path: str | Path, examples: list[SpiderExample], n_split: i
     except OSError as e:
         raise PredictionFileError(f"prediction file {path} cannot be read ({e.strerror or e}); "
                                   "check its permissions") from e
-    lines = [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
     if lines and lines[-1] == "":
         lines.pop()  # the final newline ends the last line; it does not start a new one
     n_exec = len(examples)

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-__all__ = ["OutputPathError", "check_output_path", "same_file", "atomic_writer", "atomic_write_text"]
+__all__ = ["OutputPathError", "atomic_write_text", "atomic_writer", "check_output_path", "same_file"]
 
 
 class OutputPathError(ValueError):
