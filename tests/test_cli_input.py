@@ -446,3 +446,12 @@ def test_summary_json_equal_to_out_is_refused(tmp_path, spider):
 def test_traces_show_missing_source(tmp_path):
     out = _assert_clean(_run("traces", "show", str(tmp_path / "nofile.jsonl")), 2)
     assert "nofile.jsonl does not exist" in out
+
+
+@pytest.mark.parametrize("kind", ["random_bytes", "zero_bytes", "unrelated_sqlite"])
+def test_rollout_archive_refuses_a_file_that_is_not_a_store(tmp_path, kind):
+    from training.store import RolloutArchive, StoreError
+
+    store = _bad_store(tmp_path / "run", kind)
+    with pytest.raises(StoreError, match="rollout store"):
+        RolloutArchive(store)

@@ -639,14 +639,28 @@ class RolloutArchive:
 
     Raises:
         FileNotFoundError: no such file (names the path).
+        StoreError: the file is not a rollout store (empty, not SQLite, unreadable schema, or an
+            SQLite file without the ``rollouts``/``attempts``/``spans``/``rewards`` tables).
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path).expanduser().resolve()
         if not self.path.is_file():
             raise FileNotFoundError(f"no rollout store at {self.path}; run phase 1 (gather) first or check the run dir")
+        if self.path.stat().st_size == 0:
+            raise StoreError(f"{self.path} is empty (0 bytes), not a rollout store; check the run dir")
         self._conn = _connect(self.path, readonly=True)
         self._lock = threading.Lock()
+        try:
+            tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.DatabaseError as e:
+            self._conn.close()
+            raise StoreError(f"{self.path} is not a readable rollout store ({e}); check the run dir") from e
+        missing = [t for t in ("rollouts", "attempts", "spans", "rewards") if t not in tables]
+        if missing:
+            self._conn.close()
+            raise StoreError(f"{self.path} is an SQLite file but not a rollout store (no table {', '.join(missing)}); "
+                             "check the run dir")
 
     def close(self) -> None:
         self._conn.close()
