@@ -2,7 +2,7 @@
 
 Each package contributes its commands through a ``register(app)`` function so the
 root stays readable: evaluation (eval-predictions), society (ask, eval, roles),
-training (train), observability (traces, report).
+training (train), observability (traces, report), judging (judge).
 """
 
 from __future__ import annotations
@@ -43,6 +43,9 @@ def _register_all() -> None:
     from evaluation import obs_cli
 
     obs_cli.register(app)
+    from evaluation import judge_cli
+
+    judge_cli.register(app)
 
 
 _register_all()
