@@ -47,6 +47,7 @@ from typing import Any
 __all__ = [
     "ERROR_TYPES",
     "SCORE_KEYS",
+    "VERDICT_SCHEMA",
     "JudgeEndpointError",
     "JudgeParseError",
     "JudgeRecord",
@@ -87,6 +88,18 @@ _KEY_ALIASES: dict[str, str] = {
     "reasoning": "reasoning", "reasoning_score": "reasoning", "reasoning_quality": "reasoning",
     "format": "format", "format_score": "format", "formatting": "format",
     "error_type": "error_type", "error": "error_type", "error_category": "error_type", "errortype": "error_type",
+}
+
+#: JSON Schema of a verdict, sent as the OpenAI ``response_format`` (``json_schema``) so servers
+#: that constrain decoding to a schema (llama-server, vLLM, OpenAI) can only return a valid verdict.
+VERDICT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        **{k: {"type": "integer", "enum": [1, 2, 3, 4, 5]} for k in ("sql_correctness", "reasoning", "format")},
+        "error_type": {"type": "string", "enum": list(ERROR_TYPES)},
+    },
+    "required": ["sql_correctness", "reasoning", "format", "error_type"],
+    "additionalProperties": False,
 }
 
 #: Characters of the schema shown to the judge (small judge models have small contexts).
@@ -547,11 +560,14 @@ def openai_completer(
     max_tokens: int = 256,
     timeout_s: float = 120.0,
     retries: int = 2,
+    json_schema: bool = True,
 ) -> tuple[Completer, str]:
     """A :data:`Completer` for an OpenAI-compatible endpoint, and the model name it uses.
 
     Checks the endpoint first (``GET /models``): ``model`` None takes the first model it lists.
-    Calls use temperature 0. Connection errors, timeouts, 5xx and 429 (after ``retries`` retries
+    Calls use temperature 0. With ``json_schema`` the request carries :data:`VERDICT_SCHEMA` as
+    ``response_format``; an endpoint that rejects it (HTTP 400) is asked again without it, and
+    from then on never with it. The reply is parsed by :func:`parse_judge_reply` either way. Connection errors, timeouts, 5xx and 429 (after ``retries`` retries
     with the client's backoff), authentication and unknown-model errors raise
     :class:`JudgeEndpointError`; any other 4xx (e.g. a prompt longer than the judge's context) is a
     ``ValueError`` that :func:`judge_answers` records for that answer.
@@ -575,12 +591,24 @@ def openai_completer(
             raise JudgeEndpointError(f"the endpoint at {base_url} lists no model; pass --model")
         model = listed[0]
     name = model
+    use_schema = {"on": json_schema}
+    response_format = {"type": "json_schema", "json_schema": {"name": "judge_verdict", "schema": VERDICT_SCHEMA}}
+
+    def create(messages: Sequence[dict[str, str]], schema: bool) -> Any:
+        extra: dict[str, Any] = {"response_format": response_format} if schema else {}
+        return client.chat.completions.create(
+            model=name, messages=list(messages), temperature=0.0, max_tokens=max_tokens, **extra,  # type: ignore[arg-type]
+        )
 
     def complete(messages: Sequence[dict[str, str]]) -> str:
         try:
-            resp = client.chat.completions.create(
-                model=name, messages=list(messages), temperature=0.0, max_tokens=max_tokens,  # type: ignore[arg-type]
-            )
+            try:
+                resp = create(messages, use_schema["on"])
+            except openai.BadRequestError:
+                if not use_schema["on"]:
+                    raise
+                resp = create(messages, False)  # maybe the endpoint does not take response_format
+                use_schema["on"] = False
         except fatal as e:
             raise JudgeEndpointError(f"judge endpoint {base_url} ({name}) failed: {type(e).__name__}: {e}") from e
         except openai.APIStatusError as e:

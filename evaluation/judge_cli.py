@@ -6,6 +6,9 @@ OpenAI-compatible endpoint is used and ``--model`` is the model name sent (defau
 one the endpoint lists). Writes ``judge.jsonl`` and ``judge_summary.json`` into the run directory
 (see :mod:`evaluation.judge`) and prints mean scores overall and split by EX correct/incorrect.
 
+Replies are constrained to the verdict's JSON Schema where the server supports it
+(``--free-text`` to only ask for JSON in the prompt).
+
 Exit codes: 0 done (also when some replies could not be parsed: they are counted), 2 bad
 arguments, not a run directory, or an unusable endpoint (nothing is written then), 130 Ctrl-C.
 """
@@ -64,6 +67,9 @@ def judge(
                                 show_default=False),
     limit: int = typer.Option(None, "--limit", min=1, help="Only the first N answers."),
     max_tokens: int = typer.Option(256, "--max-tokens", min=16, help="Reply length limit per answer."),
+    json_schema: bool = typer.Option(True, "--json-schema/--free-text",
+                                     help="Ask the server to constrain replies to the verdict's JSON Schema "
+                                          "(response_format); --free-text only asks in the prompt."),
 ) -> None:
     """Score a run's answers with an LLM judge (SQL correctness, reasoning, format 1-5; error type), beside EX."""
     from evaluation.judge import JudgeEndpointError, judge_run, load_answers, openai_completer
@@ -75,7 +81,8 @@ def judge(
     with ExitStack() as stack:
         try:
             if base_url:
-                complete, name = openai_completer(base_url, model, api_key=api_key, max_tokens=max_tokens)
+                complete, name = openai_completer(base_url, model, api_key=api_key, max_tokens=max_tokens,
+                                                  json_schema=json_schema)
             else:
                 from society.models import DEFAULT_MODEL_ALIAS, EMBEDDED_MODELS
 
@@ -92,8 +99,8 @@ def judge(
                 except Exception as e:  # noqa: BLE001 - any failure to start the judge is a clear exit 2
                     _fail(f"could not start the embedded judge {alias}: {type(e).__name__}: {e}")
                 err_console.print(f"[dim]judge {alias} ready at {srv.base_url}[/dim]")
-                complete, name = openai_completer(srv.base_url, srv.model, max_tokens=max_tokens)
-            err_console.print(f"[dim]judging {n} answer(s) of {run_dir} with {name}[/dim]")
+                complete, name = openai_completer(srv.base_url, srv.model, max_tokens=max_tokens, json_schema=json_schema)
+            err_console.print(f"[dim]judging {n} answer(s) of {escape(str(run_dir))} with {escape(name)}[/dim]", soft_wrap=True)
             done = {"n": 0}
 
             def progress(_rec: object) -> None:
@@ -108,7 +115,7 @@ def judge(
             err_console.print("[yellow]interrupted; no judge files written[/yellow]")
             raise typer.Exit(130) from None
     print_summary(summary)
-    console.print(f"[dim]wrote {run_dir / 'judge.jsonl'} and {run_dir / 'judge_summary.json'}[/dim]")
+    console.print(f"[dim]wrote {escape(str(run_dir / 'judge.jsonl'))} and {escape(str(run_dir / 'judge_summary.json'))}[/dim]", soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

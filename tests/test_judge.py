@@ -200,8 +200,18 @@ def test_dead_endpoint_is_exit_2_and_writes_nothing(tmp_path):
 def test_judge_with_the_smoke_model_scores_or_marks_every_answer(tmp_path):
     """`sqlsociety judge RUN_DIR --model smollm2-135m` serves the embedded model itself. The fourth
     question is longer than the server's context: the server refuses that request for real, and
-    that answer is recorded as unparsed, not as scores."""
+    that answer is recorded as unparsed, not as scores. First with free-text replies (a 135M model
+    rarely writes valid JSON: lines may be unparsed), then constrained to the verdict's JSON Schema
+    (every answer that fits the context gets scores)."""
     run_dir = _make_run(tmp_path, long_question=True)
+    res = runner.invoke(app, ["judge", str(run_dir), "--model", "smollm2-135m", "--max-tokens", "96", "--free-text"])
+    assert res.exit_code == 0, res.output
+    free = [json.loads(x) for x in (run_dir / "judge.jsonl").read_text().splitlines()]
+    assert len(free) == 4
+    for r in free:
+        assert (r["parsed"] and all(1 <= r[k] <= 5 for k in ("sql_correctness", "reasoning", "format"))) or (
+            not r["parsed"] and r["parse_error"] and r["sql_correctness"] is None)
+
     res = runner.invoke(app, ["judge", str(run_dir), "--model", "smollm2-135m", "--max-tokens", "96"])
     assert res.exit_code == 0, res.output
     lines = [json.loads(x) for x in (run_dir / "judge.jsonl").read_text().splitlines()]
@@ -215,6 +225,7 @@ def test_judge_with_the_smoke_model_scores_or_marks_every_answer(tmp_path):
             assert r["parse_error"] and r["sql_correctness"] is None and r["reasoning"] is None and r["format"] is None
         assert r["model"] == "smollm2-135m"
     assert not lines[3]["parsed"] and lines[3]["parse_error"].startswith("request refused")
+    assert all(r["parsed"] for r in lines[:3]), [r["reply"] for r in lines[:3]]  # constrained decoding
     summary = json.loads((run_dir / "judge_summary.json").read_text())
     assert summary["n"] == 4 and summary["unparsed"] == sum(not r["parsed"] for r in lines)
     assert summary["groups"]["ex_correct"]["n"] == 2 and summary["groups"]["ex_incorrect"]["n"] == 2
