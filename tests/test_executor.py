@@ -110,7 +110,7 @@ HOSTILE: list[tuple[str, set]] = [
     ("SELECT count(*) FROM " + ", ".join(f"{{t}} t{i}" for i in range(12)), {T}),
     ("SELECT t0.rowid FROM " + ", ".join(f"{{t}} t{i}" for i in range(10)) + " ORDER BY random() LIMIT 1", {T}),
     (f"{_INF} SELECT count(DISTINCT randomblob(1000)) FROM r", {T}),
-    (f"{_INF} SELECT length(json_group_array(hex(randomblob(1000)))) FROM r", {T}),
+    (f"{_INF} SELECT length(json_group_array(hex(randomblob(1000)))) FROM r", {T, O}),  # O: worker heap limit
     # huge values
     ("SELECT randomblob(2000000000)", {O}),
     ("SELECT randomblob(2e9)", {O}),
@@ -139,7 +139,7 @@ HOSTILE: list[tuple[str, set]] = [
         "a AS MATERIALIZED (SELECT json_group_object('k' || i, i) AS o FROM r), "
         "b AS MATERIALIZED (SELECT json_group_object('j' || i, i) AS o FROM r) "
         "SELECT length(json_patch(a.o, b.o)) FROM a, b",
-        {OK},
+        {OK, T},  # SQLite's own json_patch (exact semantics): quadratic, ended by the worker deadline
     ),
     # parser limits and junk
     ("SELECT " + "1+" * 60_000 + "1", {O}),

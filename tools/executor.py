@@ -1,7 +1,9 @@
 """Safe execution of untrusted, model-written SQL against SQLite.
 
-Every statement runs under several independent layers, so that one slip does not
-let model-written SQL change a database, read another file, or hang the caller:
+Model-written SQL must never change a database, never hang the caller and never blow its
+memory. :func:`execute_sql` therefore runs every statement in a **worker process** under a
+hard deadline and an address-space limit, and inside that worker under several in-process
+layers, so that one slip does not defeat the others:
 
 1. **Read-only open**: URI ``file:<path>?mode=ro`` (SQLite never creates or writes
    the file) and ``PRAGMA query_only=ON``.
@@ -12,68 +14,115 @@ let model-written SQL change a database, read another file, or hang the caller:
    ATTACH/DETACH (VACUUM and VACUUM INTO are authorized as ATTACH), PRAGMA,
    BEGIN/COMMIT/ROLLBACK/SAVEPOINT, REINDEX, ANALYZE, virtual-table creation.
 3. **Limits** (``Connection.setlimit``): strings/blobs at most ``max_value_bytes``
-   (so ``randomblob(2e9)``, ``zeroblob``, ``printf('%.*c', ...)`` and doubling
-   CTEs fail fast with "string or blob too big"), no attached databases, SQL text
-   and LIKE/GLOB pattern length bounded.
-4. **Wall-clock timeout**: a progress handler checked every
-   :data:`PROGRESS_STEPS` VDBE instructions interrupts the statement once
-   ``timeout_s`` has passed (measured overshoot well under 50 ms for VM-bound
-   work, see ``bench/executor.py``).
-5. **Linear-time string functions**: SQLite's built-in ``trim``/``ltrim``/``rtrim``
-   (O(len(X)*len(Y))), ``instr``/``replace`` (naive search) and ``json_patch``
-   (O(keys(T)*keys(P))) run *inside one VM instruction*, where no progress handler
-   can stop them; with 256 KiB operands ``trim`` alone takes minutes. They are
-   overridden by functions that call the built-in for small operands (identical
-   results) and a linear-time equivalent for large ones. ``printf``/``format``
-   calls whose widths and precisions add up past the value cap are refused
-   (SQLite 3.40 spins ~40 s on ``printf('%.*c', 2e9, 'x')``).
-6. **Row and byte caps**: at most ``max_rows`` rows (``truncated`` flag) and about
-   ``max_result_bytes`` of values are fetched.
+   (``randomblob(2e9)``, ``zeroblob`` and doubling CTEs fail fast with "string or blob
+   too big"), no attached databases, SQL text, LIKE/GLOB pattern length and program size
+   bounded. In a worker SQLite's own heap is capped too (:data:`WORKER_SQLITE_HEAP_BYTES`,
+   ``sqlite3_hard_heap_limit64``), so most runaway allocations end as "out of memory".
+4. **Progress handler**: checked every :data:`PROGRESS_STEPS` VDBE instructions, it
+   interrupts a running statement once ``timeout_s`` has passed (category ``timeout``).
+5. **Function overrides**: SQLite's ``trim``/``ltrim``/``rtrim`` (O(len(X)*len(Y))) and
+   ``instr``/``replace`` (naive search) run inside one VM instruction, where no progress
+   handler can stop them. They are replaced by functions that call the built-in for small
+   operands (identical results) and a linear-time equivalent for large ones. ``printf``/
+   ``format`` calls whose widths and precisions may add up past the value cap are refused
+   ("string or blob too big"); the bound is computed from SQLite's own reading of the
+   format (text or blob) and of ``*`` arguments (integers, reals, numeric text). When
+   Python cannot pass an argument to an override (text that is not valid UTF-8), the
+   statement is rerun on a connection without overrides, i.e. with SQLite's built-ins.
+   ``json_patch`` is SQLite's built-in (exact semantics); its quadratic worst case, like
+   any other single-instruction or prepare-time work, is bounded by layer 6.
+6. **Worker process** (the bound that holds whatever SQLite does inside one call: while
+   preparing, inside one VM instruction or inside a function): the statement runs in a
+   long-lived child interpreter (``python -I -S``, standard library only) whose address
+   space is limited to :data:`MAX_WORKER_MEMORY_BYTES` (``RLIMIT_AS``). The caller waits
+   at most ``timeout_s`` + :data:`KILL_GRACE_S` for the reply; past that it SIGKILLs the
+   worker, returns a ``timeout`` error, and starts a replacement at once. A worker that
+   dies (e.g. out of memory) yields an ``other`` error and is replaced the same way.
+7. **Row and byte caps**: at most ``max_rows`` rows (``truncated`` flag), and the values
+   returned sum to at most ``max_result_bytes`` (checked row by row; see :func:`execute_sql`).
+
+Deadline semantics: ``timeout_s`` runs from the moment the statement is handed to a ready
+worker; the call returns by ``timeout_s + KILL_GRACE_S`` plus the time to kill a process
+(milliseconds). Starting a worker (the first call of a concurrent caller, or right after a
+kill, where the replacement is usually ready before the next call) is not counted; it is
+bounded by :data:`WORKER_START_TIMEOUT_S`.
+
+Memory bound: each worker's address space is at most :data:`MAX_WORKER_MEMORY_BYTES`; a
+worker whose resident memory is above :data:`WORKER_RECYCLE_BYTES` after a statement is
+replaced, so memory a hostile statement made SQLite or the allocator keep is given back.
+The calling process only receives the reply: at most ``max_result_bytes`` of values plus
+Python's per-object overhead.
+
+Workers are pooled: a call takes an idle worker or starts one (so concurrent threads never
+wait for each other), and gives it back afterwards; at most :data:`MAX_IDLE_WORKERS` idle
+ones are kept. They are started lazily, killed at interpreter exit, exit by themselves
+within a fraction of a second when the calling process dies, and are never shared with a
+forked child (the child starts its own). Setting :data:`USE_WORKERS` to False runs
+statements in the calling process with layers 1-5 and 7 only (benchmarks and equivalence
+tests; not for untrusted SQL).
 
 Only one statement per call: ``sqlite3`` refuses a second statement (category
-``forbidden``); a trailing ``;`` and comments are fine.
+``forbidden``); a trailing ``;`` and comments are fine. Connections are opened per
+(process, thread, database file) and reused.
 
-Connections are opened per (process, thread, database file) and reused, so the
-executor is safe to call from many threads and processes at once (see
-``bench/executor.py`` for the measured gain over a connection per call).
-
-Known limits: table-valued functions (``json_each``, ``pragma_table_info``) are
-refused with the rest (SQLite authorizes them as schema writes); memory may grow
-until the deadline (``json_group_array`` over a runaway CTE: ~180 MB/s measured),
-and large sorts spill to SQLite's temporary files, which SQLite deletes.
+Known limits: table-valued functions (``json_each``, ``pragma_table_info``) are refused
+with the rest (SQLite authorizes them as schema writes); large sorts spill to SQLite's
+temporary files, which SQLite deletes.
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
-import json
+import marshal
 import math
 import os
 import re
+import select
+import signal
 import sqlite3
+import struct
+import subprocess
+import sys
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Callable, Iterable
 
 #: Default cap on any single string/blob value, in bytes (SQLITE_LIMIT_LENGTH).
-#: Spider's longest stored value is 213 bytes; 256 KiB leaves ample room while
-#: keeping the worst single-instruction work (e.g. a 100-byte LIKE pattern over a
-#: maximal string) near 0.1 s.
+#: Spider's longest stored value is 213 bytes; 256 KiB leaves ample room while keeping
+#: single-instruction work on one value (e.g. a 100-byte LIKE pattern) short.
 MAX_VALUE_BYTES = 256 * 1024
 #: Longest LIKE/GLOB pattern, in bytes (SQLITE_LIMIT_LIKE_PATTERN_LENGTH; SQLite's default is 50,000).
 MAX_LIKE_PATTERN_BYTES = 100
 #: Longest SQL text, in bytes (SQLITE_LIMIT_SQL_LENGTH).
 MAX_SQL_BYTES = 100_000
-#: Default cap on the summed size of fetched values (bytes, approximate).
+#: Default cap on the summed size of returned values, in bytes (text counted as UTF-8,
+#: numbers and NULL as 8 bytes each).
 MAX_RESULT_BYTES = 32 * 1024 * 1024
 #: VDBE instructions between two progress-handler calls (timeout granularity).
 PROGRESS_STEPS = 2_000
 #: Connections kept per thread (least recently used ones are closed).
 CONNECTIONS_PER_THREAD = 16
+#: Address-space limit of each worker process, in bytes (``RLIMIT_AS``, set in the worker).
+MAX_WORKER_MEMORY_BYTES = 1024 * 1024 * 1024
+#: SQLite's hard heap limit inside a worker, in bytes (allocations past it fail with "out of memory").
+WORKER_SQLITE_HEAP_BYTES = 256 * 1024 * 1024
+#: A worker whose resident set exceeds this many bytes after a statement is replaced.
+WORKER_RECYCLE_BYTES = 256 * 1024 * 1024
+#: Seconds past ``timeout_s`` that the caller waits for a worker's reply before killing it.
+KILL_GRACE_S = 0.1
+#: Seconds a new worker may take to start before the call fails (category ``other``).
+WORKER_START_TIMEOUT_S = 10.0
+#: Idle workers kept for reuse per process (more are started while more threads call at once).
+MAX_IDLE_WORKERS = 4
+#: Run statements in worker processes (True, the default) or in the calling process (False:
+#: no hard deadline and no memory bound; for benchmarks and tests only).
+USE_WORKERS = True
 #: Functions the authorizer refuses: extension loading, fts3_tokenizer (leaks and
 #: accepts raw pointers), and the sqlite3 shell's file functions in case a build has them.
 DENIED_FUNCTIONS = frozenset({"load_extension", "fts3_tokenizer", "readfile", "writefile", "edit"})
@@ -97,7 +146,7 @@ class ErrorCategory(str, Enum):
 class ExecutionResult:
     """A successful execution: ``columns`` names, ``rows`` (at most ``max_rows`` tuples),
     ``truncated`` True when more rows existed (or the byte cap was hit), ``elapsed_ms``
-    wall-clock milliseconds (open + run + fetch)."""
+    wall-clock milliseconds of the whole call (worker hand-off + open + run + fetch)."""
 
     columns: list[str]
     rows: list[tuple]
@@ -129,6 +178,8 @@ _FORBIDDEN_MARKERS = (
     "cannot start a transaction",
     "cannot commit",
     "cannot rollback",
+    "may not be modified",  # "table sqlite_master may not be modified"
+    "vtable constructor failed",  # table-valued functions and eponymous virtual tables (json_each, dbstat)
 )
 _SYNTAX_MARKERS = (
     "syntax error",
@@ -153,7 +204,8 @@ def categorize_error(message: str, *, timed_out: bool = False) -> ErrorCategory:
     Returns:
         ``no_such_table`` ("no such table"), ``no_such_column`` ("no such column"),
         ``ambiguous_column`` ("ambiguous column name"), ``timeout`` ("interrupted" past the
-        deadline), ``forbidden`` (authorizer denials, read-only writes, a second statement),
+        deadline), ``forbidden`` (authorizer denials, read-only writes, a second statement, writes to
+        ``sqlite_master``, refused virtual tables),
         ``syntax`` (parse errors, unknown functions or wrong argument counts), else ``other``
         (e.g. "string or blob too big", "misuse of aggregate").
     """
@@ -173,34 +225,130 @@ def categorize_error(message: str, *, timed_out: bool = False) -> ErrorCategory:
     return ErrorCategory.OTHER
 
 
-# --------------------------------------------------------------------------- linear-time string functions
+# --------------------------------------------------------------------------- function overrides
 
-_PRINTF_SPEC = re.compile(r"%[-+ #!0,]*(\d*)(?:\.(\d*))?")
 _SMALL_OPERANDS = 1024  # total chars/bytes up to which the built-in (quadratic worst case) is used
+_INT31 = 1 << 31  # SQLite reads printf widths and precisions as C ints
+#: Characters SQLite's printf accepts between ``%`` and the conversion (flags, width, precision, ``l``).
+_PRINTF_SPEC_CHARS = frozenset("-+ #!0,l.*123456789")
+#: Conversions whose precision only shortens the output (it bounds how much input is read).
+_PRECISION_SHORTENS = frozenset("sSzqQwT")
+_LEADING_NUMBER = re.compile(r"\s*[+-]?(\d*)(\.\d*)?(?:[eE][+-]?\d+)?")
 
 
 class _TooBig(Exception):
-    """A linear-time replacement would build a value above the length limit."""
+    """A replacement would build a value above the length limit."""
 
 
-def _merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7396 JSON merge patch on parsed values."""
-    if not isinstance(patch, dict):
-        return patch
-    out = dict(target) if isinstance(target, dict) else {}
-    for k, v in patch.items():
-        if v is None:
-            out.pop(k, None)
-        else:
-            out[k] = _merge_patch(out.get(k), v)
-    return out
+def _digits_bound(digits: str) -> int:
+    """Value of a run of ASCII digits as SQLite's printf would use it, capped at 2**31."""
+    return _INT31 if len(digits) > 10 else min(int(digits), _INT31)
+
+
+def _int_arg_bound(v: Any) -> int:
+    """Upper bound of ``abs(sqlite3_value_int64(v))`` truncated to a C int, for any SQL value.
+
+    SQLite reads text (and blobs, as text) by their leading integer; a leading real
+    (``'2e9'``) is counted too, so the bound holds whichever reading a version uses.
+    """
+    if v is None:
+        return 0
+    if isinstance(v, int):
+        return min(abs(v), _INT31)
+    if isinstance(v, float):
+        return min(abs(int(v)), _INT31) if math.isfinite(v) else _INT31
+    text = v.decode("latin-1") if isinstance(v, bytes) else str(v)
+    m = _LEADING_NUMBER.match(text[:400])
+    if m is None or not (m.group(1) or (m.group(2) or "").strip(".")):
+        return 0
+    bound = _digits_bound(m.group(1)) if m.group(1) else 0
+    try:
+        f = float(m.group(0))
+    except (ValueError, OverflowError):
+        return max(bound, _INT31)
+    return max(bound, min(abs(int(f)), _INT31) if math.isfinite(f) else _INT31)
+
+
+def printf_width_bound(fmt: Any, args: tuple) -> int:
+    """Upper bound on the characters ``printf(fmt, *args)`` pads or repeats, as SQLite 3.40 reads it.
+
+    Adds every width, and every precision except those of string conversions (where it only
+    shortens). ``*`` counts as the largest value any argument could give (SQLite converts
+    integers, reals and numeric text alike). ``fmt`` may be text or a blob (read as text);
+    numbers and NULL contain no ``%``. Over-estimates rather than under-estimates.
+
+    Returns:
+        a non-negative int (at most ``2**31`` per width or precision).
+    """
+    if isinstance(fmt, bytes):
+        text = fmt.decode("latin-1")
+    elif isinstance(fmt, str):
+        text = fmt
+    else:
+        return 0
+    star = max((_int_arg_bound(a) for a in args), default=0)
+    total, i, n = 0, 0, len(text)
+    while True:
+        i = text.find("%", i)
+        if i < 0:
+            return total
+        i += 1
+        width = precision = 0
+        in_precision = False
+        while i < n and text[i] in _PRINTF_SPEC_CHARS:
+            c = text[i]
+            if c == ".":
+                in_precision = True
+                i += 1
+                continue
+            if c == "*":
+                value = star
+                i += 1
+            elif c.isdigit():
+                j = i
+                while j < n and "0" <= text[j] <= "9":
+                    j += 1
+                value = _digits_bound(text[i:j])
+                i = j
+            else:
+                i += 1
+                continue
+            if in_precision:
+                precision = max(precision, value)
+            else:
+                width = max(width, value)
+        conversion = text[i] if i < n else ""
+        total += width + (0 if conversion in _PRECISION_SHORTENS and conversion else precision)
+        i += 1
+
+
+def _recording(method: Callable) -> Callable:
+    """Wrap an override so that any exception it raises is recorded in ``self.last_error``.
+
+    A "user-defined function raised exception" with nothing recorded therefore means that
+    ``sqlite3`` could not convert an argument or the result (e.g. text with invalid UTF-8).
+    """
+
+    def wrapper(self: _StringFunctions, *args: Any) -> Any:
+        try:
+            return method(self, *args)
+        except BaseException as e:
+            if self.last_error is None:
+                self.last_error = str(e) or type(e).__name__
+            raise
+
+    wrapper.__name__ = method.__name__
+    wrapper.__doc__ = method.__doc__
+    return wrapper
 
 
 class _StringFunctions:
-    """Replacements for ``trim``/``ltrim``/``rtrim``/``instr``/``replace`` (see module docstring, layer 5).
+    """Replacements for ``trim``/``ltrim``/``rtrim``/``instr``/``replace``/``printf``/``format``
+    (see the module docstring, layer 5).
 
     Small operands go to the built-in on a private in-memory connection (identical
-    results); large ones use Python's linear-time ``str``/``bytes`` operations.
+    results); large ones use Python's linear-time ``str``/``bytes`` operations. Every
+    failure is recorded in ``last_error`` (the message the caller reports).
     """
 
     def __init__(self, max_value_bytes: int) -> None:
@@ -217,11 +365,7 @@ class _StringFunctions:
         return sum(len(a) for a in args if isinstance(a, (str, bytes)))
 
     def _builtin(self, sql: str, args: tuple) -> Any:
-        try:
-            return self.mem.execute(sql, args).fetchone()[0]
-        except sqlite3.Error as e:
-            self.last_error = str(e)
-            raise
+        return self.mem.execute(sql, args).fetchone()[0]
 
     def _text(self, v: Any) -> str | None:
         if v is None or isinstance(v, str):
@@ -234,6 +378,7 @@ class _StringFunctions:
         self.last_error = f"string or blob too big (result of {what} exceeds {self.max_chars} bytes)"
         raise _TooBig(self.last_error)
 
+    @_recording
     def replace(self, x: Any, y: Any, z: Any) -> Any:
         if self._size((x, y, z)) <= _SMALL_OPERANDS:
             return self._builtin("SELECT replace(?, ?, ?)", (x, y, z))
@@ -253,6 +398,7 @@ class _StringFunctions:
             self._fail("replace()")
         return xs.replace(ys, zs)
 
+    @_recording
     def instr(self, x: Any, y: Any) -> Any:
         if self._size((x, y)) <= _SMALL_OPERANDS:
             return self._builtin("SELECT instr(?, ?)", (x, y))
@@ -262,7 +408,8 @@ class _StringFunctions:
             return x.find(y) + 1
         return self._text(x).find(self._text(y)) + 1
 
-    def _strip(self, name: str, x: Any, y: Any, left: bool, right: bool) -> Any:
+    @_recording
+    def strip(self, name: str, x: Any, y: Any, left: bool, right: bool) -> Any:
         if self._size((x, y)) <= _SMALL_OPERANDS:
             return self._builtin(f"SELECT {name}(?, ?)", (x, y))
         xs = self._text(x)
@@ -279,45 +426,26 @@ class _StringFunctions:
                 j -= 1
         return xs[i:j]
 
+    @_recording
     def printf(self, fmt: Any, *args: Any) -> Any:
-        # SQLite 3.40's printf loops once per repeated character for "%.<N>c" even after its
-        # buffer is full (2e9 iterations: ~40 s in one instruction). Refuse any call whose
-        # widths and precisions add up past the value cap; run the others with the built-in.
-        if isinstance(fmt, str) and "%" in fmt:
-            total = sum(int(w or 0) + int(p or 0) for w, p in _PRINTF_SPEC.findall(fmt))
-            if "*" in fmt:
-                total += sum(min(abs(int(a)), 1 << 40) for a in args if isinstance(a, (int, float)) and math.isfinite(a))
-            if total > self.max_chars:
-                self._fail("printf()/format()")
+        # SQLite 3.40's printf loops once per padded/repeated character even after its buffer
+        # is full ("%.2000000000c": seconds inside one instruction). Refuse any call whose
+        # widths and precisions may add up past the value cap; run the others with the built-in.
+        if printf_width_bound(fmt, args) > self.max_chars:
+            self._fail("printf()/format()")
         return self._builtin(f"SELECT printf({', '.join('?' * (1 + len(args)))})", (fmt, *args))
-
-    def json_patch(self, target: Any, patch: Any) -> Any:
-        # SQLite 3.40 merges objects by linear key search, O(keys(T) * keys(P)) in one
-        # instruction (two 10,000-key objects: ~2 s); RFC 7396 merge on dicts is linear.
-        if self._size((target, patch)) <= _SMALL_OPERANDS or not (isinstance(target, str) and isinstance(patch, str)):
-            return self._builtin("SELECT json_patch(?, ?)", (target, patch))
-        try:
-            merged = _merge_patch(json.loads(target), json.loads(patch))
-        except (ValueError, RecursionError):
-            self.last_error = "malformed JSON"
-            raise
-        out = json.dumps(merged, separators=(",", ":"), ensure_ascii=False)
-        if len(out) > self.max_chars:
-            self._fail("json_patch()")
-        return out
 
     def install(self, conn: sqlite3.Connection) -> None:
         """Register the replacements on ``conn`` (1- and 2-argument trims, instr, replace, printf/format)."""
         for name, left, right in (("trim", True, True), ("ltrim", True, False), ("rtrim", False, True)):
             conn.create_function(
-                name, 2, (lambda x, y, _n=name, _l=left, _r=right: self._strip(_n, x, y, _l, _r)), deterministic=True
+                name, 2, (lambda x, y, _n=name, _l=left, _r=right: self.strip(_n, x, y, _l, _r)), deterministic=True
             )
             conn.create_function(
-                name, 1, (lambda x, _n=name, _l=left, _r=right: self._strip(_n, x, " ", _l, _r)), deterministic=True
+                name, 1, (lambda x, _n=name, _l=left, _r=right: self.strip(_n, x, " ", _l, _r)), deterministic=True
             )
         conn.create_function("instr", 2, self.instr, deterministic=True)
         conn.create_function("replace", 3, self.replace, deterministic=True)
-        conn.create_function("json_patch", 2, self.json_patch, deterministic=True)
         conn.create_function("printf", -1, self.printf, deterministic=True)
         conn.create_function("format", -1, self.printf, deterministic=True)
 
@@ -339,13 +467,18 @@ def _lenient_text(b: bytes) -> str:
 
 
 class _SafeConnection:
-    """One hardened read-only connection plus its per-call deadline."""
+    """One hardened read-only connection plus its per-call deadline.
 
-    def __init__(self, path: Path, max_value_bytes: int) -> None:
+    ``overrides`` False leaves SQLite's built-in string functions in place (used to rerun a
+    statement whose arguments the Python overrides cannot receive).
+    """
+
+    def __init__(self, path: Path, max_value_bytes: int, overrides: bool = True) -> None:
         self.deadline = math.inf
         self.conn = open_readonly(path, max_value_bytes=max_value_bytes)
         self.funcs = _StringFunctions(max_value_bytes)
-        self.funcs.install(self.conn)
+        if overrides:
+            self.funcs.install(self.conn)
         self.conn.set_authorizer(_authorizer)
         self.conn.set_progress_handler(self._progress, PROGRESS_STEPS)
 
@@ -409,113 +542,118 @@ class _ConnectionCache(threading.local):
 
 
 _cache = _ConnectionCache()
-_abandoned: list[OrderedDict] = []  # connections inherited through fork: kept referenced, never closed
+_abandoned: list[Any] = []  # connections and workers inherited through fork: kept referenced, never closed
 #: Reuse connections per (process, thread, file); set False to open one per call.
 REUSE_CONNECTIONS = True
 
 
-def _acquire(path: Path, max_value_bytes: int) -> tuple[_SafeConnection, bool]:
+def _acquire(path: Path, max_value_bytes: int, reuse: bool, overrides: bool = True) -> tuple[_SafeConnection, bool]:
     """Return (connection, reusable). A reusable one stays in the thread's cache."""
-    if not REUSE_CONNECTIONS:
-        return _open_safe(path, max_value_bytes), False
+    if not reuse:
+        return _open_safe(path, max_value_bytes, overrides), False
     if _cache.pid != os.getpid():  # forked child: never use or close the parent's handles
         _abandoned.append(_cache.conns)
         _cache.pid = os.getpid()
         _cache.conns = OrderedDict()
     st = path.stat()
-    key = (str(path), st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size, max_value_bytes)
+    key = (str(path), st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size, max_value_bytes, overrides)
     sc = _cache.conns.get(key)
     if sc is not None:
         _cache.conns.move_to_end(key)
         return sc, True
-    sc = _open_safe(path, max_value_bytes)
+    sc = _open_safe(path, max_value_bytes, overrides)
     _cache.conns[key] = sc
     # drop stale versions of the same file and the least recently used beyond the cap
-    for k in [k for k in _cache.conns if k[0] == key[0] and k != key]:
+    for k in [k for k in _cache.conns if k[0] == key[0] and k[1:5] != key[1:5]]:
         _cache.conns.pop(k).close()
     while len(_cache.conns) > CONNECTIONS_PER_THREAD:
         _cache.conns.popitem(last=False)[1].close()
     return sc, True
 
 
-def _open_safe(path: Path, max_value_bytes: int) -> _SafeConnection:
+def _open_safe(path: Path, max_value_bytes: int, overrides: bool = True) -> _SafeConnection:
     try:
-        return _SafeConnection(path, max_value_bytes)
+        return _SafeConnection(path, max_value_bytes, overrides)
     except sqlite3.Error as e:
         raise ValueError(f"cannot open database {path} read-only ({e}); check the file and its permissions") from e
 
 
 def close_connections() -> None:
-    """Close this thread's cached connections (they reopen on demand)."""
+    """Close this thread's cached in-process connections and stop this process's idle workers.
+
+    Both come back on demand; use it to release file handles (e.g. before deleting a database).
+    """
     while _cache.conns:
         _cache.conns.popitem()[1].close()
+    pool = _pools.get(os.getpid())
+    if pool is not None:
+        pool.close_idle()
 
 
-# --------------------------------------------------------------------------- execution
+# --------------------------------------------------------------------------- running one statement
 
 _TRAILING = re.compile(r"[\s;]+\Z")
 _COMMENTS = re.compile(r"--[^\n]*|/\*.*?(\*/|\Z)", re.S)
+_UDF_FAILED = "user-defined function raised exception"
+
+
+class _RerunWithBuiltins(Exception):
+    """``sqlite3`` could not hand an argument to a Python override: rerun without overrides."""
 
 
 def _value_size(v: Any) -> int:
-    return len(v) if isinstance(v, (str, bytes)) else 8
+    """Bytes a value counts for against ``max_result_bytes``: text as UTF-8, blobs as is, others 8."""
+    if isinstance(v, str):
+        return len(v) if v.isascii() else len(v.encode("utf-8", "surrogatepass"))
+    if isinstance(v, bytes):
+        return len(v)
+    return 8
 
 
-def execute_sql(
-    db_path: str | Path,
-    sql: str,
-    *,
-    timeout_s: float = 5.0,
-    max_rows: int = 10_000,
-    max_value_bytes: int = MAX_VALUE_BYTES,
-    max_result_bytes: int = MAX_RESULT_BYTES,
-) -> ExecutionResult | ExecutionError:
-    """Run one read-only statement; never raises for bad SQL, never writes, never hangs past ``timeout_s``.
-
-    Args:
-        db_path: an existing SQLite file (opened read-only; never created).
-        sql: one statement (a trailing ``;`` and comments are fine).
-        timeout_s: wall-clock budget in seconds (> 0) for running and fetching.
-        max_rows: most rows returned (>= 1); ``truncated`` is True when there were more.
-        max_value_bytes: longest string/blob any expression may build (SQLITE_LIMIT_LENGTH).
-        max_result_bytes: approximate cap on the summed size of returned values; hitting it
-            also sets ``truncated``.
+def _run_statement(
+    path: Path, sql: str, timeout_s: float, max_rows: int, max_value_bytes: int, max_result_bytes: int, reuse: bool
+) -> tuple:
+    """Run ``sql`` on ``path`` in this process (layers 1-5 and 7 of the module docstring).
 
     Returns:
-        :class:`ExecutionResult` (``rows`` as tuples of ``int``/``float``/``str``/``bytes``/``None``,
-        BLOBs returned as ``bytes`` unchanged; invalid UTF-8 text is decoded with U+FFFD) or
-        :class:`ExecutionError` with a :class:`ErrorCategory`.
+        ``("ok", columns, rows, truncated)`` or ``("error", category value, message)``.
 
     Raises:
-        FileNotFoundError: ``db_path`` does not exist.
-        ValueError: ``db_path`` is a directory or not an SQLite database; a limit is out of range.
-        TypeError: ``sql`` is not a string.
+        FileNotFoundError, ValueError: the file vanished, cannot be opened or is not a database.
     """
-    t0 = time.perf_counter()
-    if not isinstance(sql, str):
-        raise TypeError(f"sql must be a str, got {type(sql).__name__}; pass the statement text")
-    if not timeout_s > 0:
-        raise ValueError(f"timeout_s must be > 0 seconds, got {timeout_s!r}")
-    if max_rows < 1:
-        raise ValueError(f"max_rows must be >= 1, got {max_rows!r}")
-    if max_value_bytes < 1 or max_result_bytes < 1:
-        raise ValueError(
-            f"max_value_bytes and max_result_bytes must be >= 1, got {max_value_bytes!r} and {max_result_bytes!r}"
-        )
-    path = _check_path(db_path)
     deadline = time.monotonic() + timeout_s
-    sc, reusable = _acquire(path, max_value_bytes)
-
-    def ms() -> float:
-        return (time.perf_counter() - t0) * 1000.0
-
-    def fail(message: str) -> ExecutionError:
-        timed_out = time.monotonic() > deadline
-        if "user-defined function raised exception" in message and sc.funcs.last_error:
-            message = sc.funcs.last_error
-        return ExecutionError(categorize_error(message, timed_out=timed_out), message, ms())
-
     text = _TRAILING.sub("", sql)
+    for overrides in (True, False):
+        sc, reusable = _acquire(path, max_value_bytes, reuse, overrides)
+        try:
+            return _run_on(sc, reusable, path, text, deadline, max_rows, max_value_bytes, max_result_bytes, overrides)
+        except _RerunWithBuiltins:
+            continue
+    raise AssertionError("unreachable: the second pass runs without overrides")
+
+
+def _run_on(
+    sc: _SafeConnection,
+    reusable: bool,
+    path: Path,
+    text: str,
+    deadline: float,
+    max_rows: int,
+    max_value_bytes: int,
+    max_result_bytes: int,
+    overrides: bool,
+) -> tuple:
+    """One pass of :func:`_run_statement` on one connection (see there)."""
+
+    def fail(message: str) -> tuple:
+        timed_out = time.monotonic() > deadline
+        if _UDF_FAILED in message:
+            if sc.funcs.last_error:
+                message = sc.funcs.last_error
+            elif overrides and not timed_out:
+                raise _RerunWithBuiltins(message)
+        return ("error", categorize_error(message, timed_out=timed_out).value, message)
+
     sc.deadline = deadline
     sc.funcs.last_error = None
     cur = None
@@ -530,18 +668,20 @@ def execute_sql(
             cur = sc.conn.execute(text)
         if cur.description is None:  # nothing to run, or a statement that is not a query
             if _COMMENTS.sub("", text).strip(" \t\r\n\f;"):
-                return ExecutionError(
-                    ErrorCategory.FORBIDDEN, "not a query: only SELECT statements are allowed", ms()
-                )
-            return ExecutionError(ErrorCategory.SYNTAX, "empty statement: no SQL to run", ms())
+                return ("error", ErrorCategory.FORBIDDEN.value, "not a query: only SELECT statements are allowed")
+            return ("error", ErrorCategory.SYNTAX.value, "empty statement: no SQL to run")
         columns = [d[0] for d in cur.description]
+        # No row can be larger than worst_row, so a batch of n rows never holds more than
+        # n * worst_row bytes: batches are sized to fit what is left of the byte budget, and
+        # every row is checked before it is kept (the returned values never exceed the cap).
+        worst_row = max(1, len(columns)) * max(max_value_bytes, 8)
         rows: list[tuple] = []
         size = 0
         truncated = False
-        chunk_size = 16  # adapted to the observed row size so the byte cap is not overshot much
         while len(rows) < max_rows:
+            batch = max(1, min(256, (max_result_bytes - size) // worst_row, max_rows - len(rows)))
             try:
-                chunk = cur.fetchmany(min(chunk_size, max_rows - len(rows)))
+                chunk = cur.fetchmany(batch)
             except sqlite3.OperationalError as e:
                 if "could not decode to utf-8" not in str(e).lower() or sc.conn.text_factory is _lenient_text:
                     raise
@@ -551,23 +691,27 @@ def execute_sql(
                 continue
             if not chunk:
                 break
-            rows.extend(chunk)
-            size += sum(_value_size(v) for r in chunk for v in r)
-            if size > max_result_bytes:
-                truncated = True
+            for row in chunk:
+                row_size = sum(_value_size(v) for v in row)
+                if size + row_size > max_result_bytes:
+                    truncated = True
+                    break
+                rows.append(row)
+                size += row_size
+            if truncated:
                 break
-            row_bytes = max(1, size // len(rows))
-            chunk_size = max(1, min(512, (max_result_bytes - size) // row_bytes // 2))
         else:
             truncated = cur.fetchone() is not None
-        return ExecutionResult(columns, rows, truncated, ms())
+        return ("ok", columns, rows, truncated)
     except sqlite3.DatabaseError as e:
         if "file is not a database" in str(e).lower():
             _discard(sc, reusable)
             closed = True
             raise ValueError(f"{path} is not an SQLite database ({e}); pass a .sqlite file") from e
         return fail(str(e))
-    except (sqlite3.Error, sqlite3.Warning, ValueError, OverflowError, MemoryError) as e:
+    except MemoryError as e:
+        return ("error", ErrorCategory.OTHER.value, f"out of memory ({e})" if str(e) else "out of memory")
+    except (sqlite3.Error, sqlite3.Warning, ValueError, OverflowError) as e:
         return fail(str(e) or type(e).__name__)
     finally:
         if not closed:
@@ -588,6 +732,376 @@ def _discard(sc: _SafeConnection, reusable: bool) -> None:
         for k in [k for k, v in _cache.conns.items() if v is sc]:
             del _cache.conns[k]
     sc.close()
+
+
+# --------------------------------------------------------------------------- worker processes
+
+_FRAME = struct.Struct("!Q")
+#: Exceptions a worker may ask the caller to raise (anything else becomes ValueError).
+_RAISABLE: dict[str, type[Exception]] = {
+    "ValueError": ValueError,
+    "FileNotFoundError": FileNotFoundError,
+    "PermissionError": PermissionError,
+    "IsADirectoryError": IsADirectoryError,
+    "TypeError": TypeError,
+    "OSError": OSError,
+}
+_BOOT = (
+    "import importlib.util, sys\n"
+    "spec = importlib.util.spec_from_file_location('_sqlsociety_executor_worker', sys.argv[1])\n"
+    "mod = importlib.util.module_from_spec(spec)\n"
+    "sys.modules[spec.name] = mod\n"
+    "spec.loader.exec_module(mod)\n"
+    "mod._worker_main()\n"
+)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _write_frame(fd: int, obj: Any) -> None:
+    payload = marshal.dumps(obj, 4)
+    _write_all(fd, _FRAME.pack(len(payload)) + payload)
+
+
+def _read_exact_blocking(fd: int, n: int) -> bytes | None:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = os.read(fd, min(n - len(buf), 1 << 20))
+        if not chunk:
+            return None
+        buf += chunk
+    return bytes(buf)
+
+
+def _resident_bytes() -> int:
+    """This process's resident set size in bytes (0 where /proc is unavailable)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _watch_parent(ppid: int) -> None:
+    """Worker thread: exit the worker as soon as the process that started it is gone."""
+    while True:
+        time.sleep(0.2)
+        if os.getppid() != ppid:
+            os._exit(0)
+
+
+def _worker_main() -> None:
+    """Body of a worker process: read requests on stdin, answer on stdout, until stdin closes.
+
+    Request: ``(path, sql, timeout_s, max_rows, max_value_bytes, max_result_bytes, reuse)``.
+    Reply: ``(reply, resident_bytes)`` where ``reply`` is what :func:`_run_statement` returns
+    or ``("raise", exception name, message)``. Frames are an 8-byte length plus ``marshal`` data.
+    """
+    rfd, wfd = 0, os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)  # nothing else may write into the reply channel
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (MAX_WORKER_MEMORY_BYTES, MAX_WORKER_MEMORY_BYTES))
+    except (ImportError, ValueError, OSError):  # not on this platform: the deadline still holds
+        pass
+    heap = sqlite3.connect(":memory:")
+    heap.execute(f"PRAGMA hard_heap_limit = {int(WORKER_SQLITE_HEAP_BYTES)}")  # process-wide
+    heap.close()
+    threading.stack_size(256 * 1024)
+    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
+    _write_frame(wfd, ("ready", os.getpid()))
+    while True:
+        header = _read_exact_blocking(rfd, _FRAME.size)
+        if header is None:
+            os._exit(0)
+        payload = _read_exact_blocking(rfd, _FRAME.unpack(header)[0])
+        if payload is None:
+            os._exit(0)
+        try:
+            path, sql, timeout_s, max_rows, mvb, mrb, reuse = marshal.loads(payload)
+            reply: tuple = _run_statement(Path(path), sql, timeout_s, max_rows, mvb, mrb, reuse)
+        except (ValueError, OSError, TypeError) as e:
+            reply = ("raise", type(e).__name__, str(e))
+        except MemoryError as e:
+            reply = ("error", ErrorCategory.OTHER.value, f"out of memory ({e})" if str(e) else "out of memory")
+        except BaseException as e:  # noqa: BLE001 -- a bug here must not kill the worker silently
+            reply = ("error", ErrorCategory.OTHER.value, f"{type(e).__name__}: {e}")
+        try:
+            _write_frame(wfd, (reply, _resident_bytes()))
+        except MemoryError:
+            del reply
+            _write_frame(wfd, (("error", ErrorCategory.OTHER.value, "out of memory (result too large to send)"), 0))
+
+
+class _WorkerDied(Exception):
+    """The worker's pipe closed (the process exited or was killed)."""
+
+
+class _Worker:
+    """One worker process (see the module docstring, layer 6) seen from the calling process."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", _BOOT, os.path.abspath(__file__)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            close_fds=True,
+            start_new_session=True,  # Ctrl-C in a terminal reaches the caller, not the workers
+        )
+        self.started = time.monotonic()
+        self.wfd = self.proc.stdin.fileno()
+        self.rfd = self.proc.stdout.fileno()
+        self.poller = select.poll()
+        self.poller.register(self.rfd, select.POLLIN | select.POLLHUP | select.POLLERR)
+        self.ready = False
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def _read_exact(self, n: int, deadline: float) -> bytes:
+        buf = bytearray()
+        while len(buf) < n:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            if not self.poller.poll(max(1, math.ceil(left * 1000))):
+                continue
+            chunk = os.read(self.rfd, min(n - len(buf), 1 << 20))
+            if not chunk:
+                raise _WorkerDied
+            buf += chunk
+        return bytes(buf)
+
+    def _read_frame(self, deadline: float) -> Any:
+        (n,) = _FRAME.unpack(self._read_exact(_FRAME.size, deadline))
+        return marshal.loads(self._read_exact(n, deadline))
+
+    def wait_ready(self) -> bool:
+        """Wait (at most :data:`WORKER_START_TIMEOUT_S` from its start) until the worker is ready."""
+        if not self.ready:
+            try:
+                msg = self._read_frame(self.started + WORKER_START_TIMEOUT_S)
+            except (TimeoutError, _WorkerDied, ValueError, EOFError):
+                return False
+            self.ready = isinstance(msg, tuple) and msg[:1] == ("ready",)
+        return self.ready
+
+    def request(self, req: tuple, deadline: float) -> tuple:
+        """Send one request; return ``(reply, resident_bytes)``.
+
+        Raises:
+            TimeoutError: no complete reply by ``deadline`` (``time.monotonic()`` seconds).
+            _WorkerDied: the worker exited before replying (or before it could be sent the request).
+        """
+        payload = marshal.dumps(req, 4)
+        try:
+            _write_all(self.wfd, _FRAME.pack(len(payload)) + payload)
+        except (BrokenPipeError, ConnectionResetError) as e:
+            raise _WorkerDied("unsent") from e
+        try:
+            out = self._read_frame(deadline)
+        except (ValueError, EOFError, TypeError) as e:  # garbled reply: treat the worker as lost
+            raise _WorkerDied from e
+        if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], tuple)):
+            raise _WorkerDied
+        return out
+
+    def kill(self) -> str:
+        """SIGKILL the worker (if still running), reap it, close the pipes; return how it ended."""
+        try:
+            self.proc.kill()
+        except OSError:
+            pass
+        try:
+            code = self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            code = None
+        for f in (self.proc.stdin, self.proc.stdout):
+            try:
+                f.close()
+            except OSError:
+                pass
+        if code is None:
+            return "did not exit"
+        return f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+
+
+class _Pool:
+    """Idle workers of one process; a call takes one (or starts one) and gives it back."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.idle: list[_Worker] = []
+        self.closed = False
+
+    def take(self) -> _Worker:
+        with self.lock:
+            while self.idle:
+                w = self.idle.pop()
+                if w.alive():
+                    return w
+                w.kill()
+        return _Worker()
+
+    def give(self, w: _Worker) -> None:
+        with self.lock:
+            if not self.closed and len(self.idle) < MAX_IDLE_WORKERS and w.alive():
+                self.idle.append(w)
+                return
+        w.kill()
+
+    def replace(self, w: _Worker) -> str:
+        """Kill ``w`` and start its replacement now, so that the next call finds it ready."""
+        how = w.kill()
+        with self.lock:
+            if self.closed or len(self.idle) >= MAX_IDLE_WORKERS:
+                return how
+        try:
+            self.give(_Worker())
+        except OSError:
+            pass  # the next call starts one (and reports if it cannot)
+        return how
+
+    def close_idle(self, final: bool = False) -> None:
+        with self.lock:
+            idle, self.idle = self.idle, []
+            self.closed = self.closed or final
+        for w in idle:
+            w.kill()
+
+
+_pools: dict[int, _Pool] = {}
+_pools_lock = threading.Lock()
+
+
+def _pool() -> _Pool:
+    """This process's pool (a forked child gets its own; the parent's workers are left alone)."""
+    pid = os.getpid()
+    pool = _pools.get(pid)
+    if pool is None:
+        with _pools_lock:
+            pool = _pools.setdefault(pid, _Pool())
+    return pool
+
+
+@atexit.register
+def _stop_workers() -> None:
+    pool = _pools.get(os.getpid())
+    if pool is not None:
+        pool.close_idle(final=True)
+
+
+def worker_pids() -> list[int]:
+    """Process ids of this process's idle workers (for tests and monitoring)."""
+    pool = _pools.get(os.getpid())
+    if pool is None:
+        return []
+    with pool.lock:
+        return [w.pid for w in pool.idle]
+
+
+def _in_worker(path: Path, sql: str, timeout_s: float, max_rows: int, mvb: int, mrb: int) -> tuple:
+    """Run the statement in a pooled worker under the hard deadline; return a reply tuple."""
+    pool = _pool()
+    req = (str(path), sql, float(timeout_s), int(max_rows), int(mvb), int(mrb), bool(REUSE_CONNECTIONS))
+    for attempt in (1, 2):
+        w = pool.take()
+        try:
+            if not w.wait_ready():
+                how = w.kill()
+                return ("error", ErrorCategory.OTHER.value,
+                        f"executor worker did not start within {WORKER_START_TIMEOUT_S} s ({how})")
+            reply, resident = w.request(req, time.monotonic() + timeout_s + KILL_GRACE_S)
+        except TimeoutError:
+            pool.replace(w)
+            return ("error", ErrorCategory.TIMEOUT.value,
+                    f"interrupted: the statement ran past timeout_s={timeout_s} s and its worker process was killed")
+        except _WorkerDied as e:
+            how = pool.replace(w)
+            if attempt == 1 and e.args == ("unsent",):
+                continue  # lost while idle, before it got the statement: retry once on a fresh worker
+            return ("error", ErrorCategory.OTHER.value, f"executor worker died while running the statement ({how})")
+        except BaseException:
+            w.kill()  # e.g. KeyboardInterrupt: a reply may still be pending, never reuse the worker
+            raise
+        if resident > WORKER_RECYCLE_BYTES:
+            pool.replace(w)
+        else:
+            pool.give(w)
+        return reply
+    raise AssertionError("unreachable")
+
+
+def execute_sql(
+    db_path: str | Path,
+    sql: str,
+    *,
+    timeout_s: float = 5.0,
+    max_rows: int = 10_000,
+    max_value_bytes: int = MAX_VALUE_BYTES,
+    max_result_bytes: int = MAX_RESULT_BYTES,
+) -> ExecutionResult | ExecutionError:
+    """Run one read-only statement; never raises for bad SQL, never writes, never hangs past ``timeout_s``.
+
+    Args:
+        db_path: an existing SQLite file (opened read-only; never created).
+        sql: one statement (a trailing ``;`` and comments are fine).
+        timeout_s: wall-clock budget in seconds (> 0) for preparing, running and fetching; the
+            call returns within ``timeout_s`` + :data:`KILL_GRACE_S` (+ milliseconds to kill a
+            worker) once a worker is ready (see the module docstring on deadlines).
+        max_rows: most rows returned (>= 1); ``truncated`` is True when there were more.
+        max_value_bytes: longest string/blob any expression may build (SQLITE_LIMIT_LENGTH).
+        max_result_bytes: cap on the summed size of returned values in bytes (text as UTF-8,
+            blobs as is, numbers and NULL 8 each). Rows are kept while the sum stays within
+            the cap; the first row that would pass it is dropped and ``truncated`` is set (so a
+            single row larger than the cap gives no rows and ``truncated``).
+
+    Returns:
+        :class:`ExecutionResult` (``rows`` as tuples of ``int``/``float``/``str``/``bytes``/``None``,
+        BLOBs returned as ``bytes`` unchanged; invalid UTF-8 text is decoded with U+FFFD) or
+        :class:`ExecutionError` with a :class:`ErrorCategory`: ``timeout`` when the deadline
+        passed (interrupted, or the worker killed), ``other`` with "out of memory" when a
+        memory bound was hit or "executor worker died" when the worker was lost.
+
+    Raises:
+        FileNotFoundError: ``db_path`` does not exist.
+        ValueError: ``db_path`` is a directory or not an SQLite database; a limit is out of range.
+        TypeError: ``sql`` is not a string.
+    """
+    t0 = time.perf_counter()
+    if not isinstance(sql, str):
+        raise TypeError(f"sql must be a str, got {type(sql).__name__}; pass the statement text")
+    if not timeout_s > 0 or not math.isfinite(timeout_s):
+        raise ValueError(f"timeout_s must be a finite number of seconds > 0, got {timeout_s!r}")
+    if max_rows < 1:
+        raise ValueError(f"max_rows must be >= 1, got {max_rows!r}")
+    if max_value_bytes < 1 or max_result_bytes < 1:
+        raise ValueError(
+            f"max_value_bytes and max_result_bytes must be >= 1, got {max_value_bytes!r} and {max_result_bytes!r}"
+        )
+    path = _check_path(db_path)
+    if USE_WORKERS:
+        reply = _in_worker(path, sql, timeout_s, max_rows, max_value_bytes, max_result_bytes)
+    else:
+        reply = _run_statement(path, sql, timeout_s, max_rows, max_value_bytes, max_result_bytes, REUSE_CONNECTIONS)
+    ms = (time.perf_counter() - t0) * 1000.0
+    kind = reply[0]
+    if kind == "ok":
+        return ExecutionResult(list(reply[1]), list(reply[2]), bool(reply[3]), ms)
+    if kind == "error":
+        return ExecutionError(ErrorCategory(reply[1]), str(reply[2]), ms)
+    raise _RAISABLE.get(reply[1], ValueError)(reply[2])
 
 
 # --------------------------------------------------------------------------- digests
@@ -632,6 +1146,10 @@ __all__ = [
     "categorize_error",
     "open_readonly",
     "close_connections",
+    "printf_width_bound",
+    "worker_pids",
     "DENIED_FUNCTIONS",
     "MAX_VALUE_BYTES",
+    "MAX_RESULT_BYTES",
+    "MAX_WORKER_MEMORY_BYTES",
 ]
