@@ -88,15 +88,19 @@ def learning_curves(rows: Sequence[Mapping], window: int | None = None) -> Figur
         y = reward; dots are raw rewards, lines are per-phase rolling means.
 
     Raises:
-        ValueError: if ``rows`` is empty or a row lacks ``phase``/``reward``.
+        ValueError: if ``rows`` is empty, no row has a reward, or a row lacks ``phase``. Rows
+            without a reward (failed rollouts) are left out.
     """
     if not rows:
         raise ValueError("no metrics rows: metrics.jsonl is empty or missing; run `sqlsociety train` first")
     ordered = sorted(enumerate(rows), key=lambda ir: (ir[1].get("ts", 0.0) or 0.0, ir[0]))
     phases: dict[str, tuple[list[int], list[float]]] = {}
+    ordered = [ir for ir in ordered if ir[1].get("reward") is not None]  # failed rollouts have no reward
+    if not ordered:
+        raise ValueError("no metrics row has a reward: every rollout so far failed; see the run's log")
     for x, (_, row) in enumerate(ordered, start=1):
-        if "phase" not in row or row.get("reward") is None:
-            raise ValueError(f"metrics row {row!r} lacks 'phase' or 'reward'")
+        if "phase" not in row:
+            raise ValueError(f"metrics row {row!r} lacks 'phase'")
         xs, ys = phases.setdefault(str(row["phase"]), ([], []))
         xs.append(x)
         ys.append(float(row["reward"]))

@@ -7,10 +7,11 @@ need no server. Every invocation writes a run directory (see ``society.run``).
 
 from __future__ import annotations
 
-import os
+import signal
 import sys
+import threading
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -22,8 +23,9 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 from society.config import DEFAULT_CONFIG, ConfigError, SocietyConfig
+from society.infra import InfrastructureError, dead_servers
 from society.llm import Endpoint
-from society.run import AGENTS, EvalSummary, RunRecorder, SocietyRun, evaluate, run_society
+from society.run import AGENTS, EvalSummary, RunRecorder, SocietyRun, endpoint_failure, evaluate, run_society
 
 console = Console()
 err_console = Console(stderr=True)
@@ -55,6 +57,30 @@ def load_config(config: Path | None, model_alias: str | None = None) -> SocietyC
                                      param_hint="'--model-alias'")
         cfg = cfg.with_embedded(model_alias)
     return cfg
+
+
+def _slots(concurrency: int) -> int:
+    """Server slots for ``concurrency`` questions at once: three juniors each, at least 4, at most 16."""
+    return max(4, min(16, 3 * concurrency))
+
+
+@contextmanager
+def _stop_on_ctrl_c(stop: threading.Event) -> Iterator[None]:
+    """While active, Ctrl-C (SIGINT) sets ``stop`` before raising ``KeyboardInterrupt``, so the work
+    loop also stops if a library swallowed the exception in some thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        stop.set()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @contextmanager
@@ -182,6 +208,14 @@ def ask(
     except KeyboardInterrupt:
         err_console.print(f"[yellow]interrupted; server stopped; run directory: {rec.dir}[/yellow]")
         raise typer.Exit(130) from None
+    except InfrastructureError as e:
+        err_console.print(f"[red]stopped:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    if endpoint_failure(run):  # a dead server or an endpoint that stayed down: say so, not "no SQL"
+        dead = dead_servers()
+        err_console.print(f"[red]stopped:[/red] {escape(str(dead[0]) if dead else endpoint_failure(run))}",
+                          highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
     print_run(run)
     console.print(f"[dim]run directory: {rec.dir}[/dim]")
     if run.status == "failed":
@@ -203,30 +237,46 @@ def _usable(examples: list) -> list:
 
 def eval_cmd(
     split: str = typer.Option("dev", "--split", help="Split name (dev, train, ...)."),
-    limit: int = typer.Option(None, "--limit", min=1, help="Only the first N executable questions."),
+    limit: int = typer.Option(None, "--limit", min=1, help="Only the first N executable questions (file order: the first 100 of Spider dev cover 3 databases)."),
+    sample: int = typer.Option(None, "--sample", min=1, help="N questions drawn at random across all databases (same draw for the same --seed)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the --sample draw."),
+    ids: str = typer.Option(None, "--ids", help="Comma-separated question ids to run (e.g. dev-0,dev-17)."),
     agent: str = typer.Option("society", "--agent", help=f"One of {', '.join(AGENTS)}."),
-    concurrency: int = typer.Option(1, "--concurrency", min=1, help="Questions run at once (threads)."),
+    concurrency: int = typer.Option(1, "--concurrency", min=1, help="Questions run at once (threads; each takes one database at a time)."),
     config: Path = typer.Option(None, "--config", "-c", help="Society config YAML.", show_default="configs/society.yaml"),
     model_alias: str = typer.Option(None, "--model-alias", help="Serve every embedded role with this embedded model."),
     data_dir: Path = typer.Option(None, "--data-dir", help="Spider-format data directory.", show_default="bundled data/spider, or $SQLSOCIETY_DATA_DIR"),
     llm_proxy: bool = typer.Option(False, "--llm-proxy", help="Route the embedded model aliases through Agent Lightning's LLMProxy."),
 ) -> None:
-    """Run an agent over a split with a progress bar; writes predictions and per-question JSONL; prints EX."""
+    """Run an agent over a split with a progress bar; writes predictions and per-question JSONL; prints EX.
+
+    Questions run grouped by database (each schema prompt is processed once per database)."""
+    from tools.sampling import sample_examples, select_ids
     from tools.spider import DataError, load_examples
 
     if agent not in AGENTS:
         raise typer.BadParameter(f"choose one of {AGENTS}", param_hint="'--agent'")
+    if sum(x is not None for x in (limit, sample, ids)) > 1:
+        raise typer.BadParameter("give at most one of --limit, --sample and --ids", param_hint="'--limit' / '--sample' / '--ids'")
     try:
         examples = load_examples(data_dir, split, limit=limit)
     except DataError as e:
         raise typer.BadParameter(str(e), param_hint="'--split' / '--data-dir'") from e
+    if sample is not None:
+        examples = sample_examples(examples, sample, seed)
+    if ids is not None:
+        try:
+            examples = select_ids(examples, ids.split(","))
+        except ValueError as e:
+            raise typer.BadParameter(str(e), param_hint="'--ids'") from e
     examples = _usable(examples)
     if not examples:
         raise typer.BadParameter(f"split {split!r} has no executable question", param_hint="'--split'")
     cfg = load_config(config, model_alias)
     rec = RunRecorder(f"eval-{agent}-{split}", cfg, meta={
-        "argv": sys.argv, "agent": agent, "split": split, "limit": limit, "concurrency": concurrency,
-        "question_ids": [e.id for e in examples],
+        "argv": sys.argv, "agent": agent, "split": split, "limit": limit, "sample": sample, "seed": seed,
+        "concurrency": concurrency, "question_ids": [e.id for e in examples],
+        "databases": sorted({e.db_id for e in examples}),
     })
     done = {"n": 0, "match": 0}
     summary: EvalSummary | None = None
@@ -239,15 +289,22 @@ def eval_cmd(
             done["match"] += bool(r.get("match"))
             progress.update(task, advance=1, ex=f"EX {100 * done['match'] / done['n']:.1f}%")
 
+        stop = threading.Event()
         try:
-            with serving(cfg, proxy=llm_proxy) as endpoints:
+            with _stop_on_ctrl_c(stop), serving(cfg, proxy=llm_proxy, parallel=_slots(concurrency)) as endpoints:
                 summary = evaluate(examples, cfg, agent=agent, concurrency=concurrency, endpoints=endpoints,
-                                   recorder=rec, on_result=on_result)
+                                   recorder=rec, on_result=on_result, stop=stop)
         except KeyboardInterrupt:
             progress.stop()
             err_console.print(f"[yellow]interrupted after {done['n']} questions; server stopped; "
                               f"kept: {rec.dir}[/yellow]")
             raise typer.Exit(130) from None
+        except InfrastructureError as e:
+            progress.stop()
+            err_console.print(f"[red]stopped:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
+            err_console.print(f"{done['n']} finished question(s) kept in {rec.dir}; the question in flight was not "
+                              "scored. Fix the cause and run the evaluation again.")
+            raise typer.Exit(1) from None
     assert summary is not None
     print_summary(summary, split)
     console.print(f"[dim]run directory: {rec.dir} (questions.jsonl, predictions.sql, traces/)[/dim]")

@@ -26,6 +26,7 @@ from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.runnables import RunnableConfig
 
 from society.config import ConfigError, LLMSettings, Sampling, SocietyConfig
+from society.infra import dead_servers
 
 
 class LLMError(RuntimeError):
@@ -35,8 +36,9 @@ class LLMError(RuntimeError):
 
 
 class EndpointUnavailable(LLMError):
-    """The endpoint kept failing (connection refused, timeout, 5xx/429) after all retries;
-    the question is marked failed and the run (or evaluation) continues."""
+    """The endpoint kept failing (connection refused, timeout, 5xx/429) after all retries, or its
+    server died (then at once, with the :class:`society.infra.ServerDied` as ``__cause__``).
+    An infrastructure failure: evaluations and gathers stop rather than score the question."""
 
     retryable = True
 
@@ -351,6 +353,9 @@ def invoke_llm(
             except Exception as exc:  # noqa: BLE001 - classified below
                 if not _is_retryable(exc):
                     raise LLMRequestError(f"{label}: {alias} rejected the request: {type(exc).__name__}: {exc}") from exc
+                dead = dead_servers()
+                if dead:  # no point retrying against a server that has exited
+                    raise EndpointUnavailable(f"{label}: endpoint for {alias} ({rec.base_url}): {dead[0].headline}") from dead[0]
                 if attempt > settings.retries:
                     raise EndpointUnavailable(
                         f"{label}: endpoint for {alias} ({rec.base_url}) failed {attempt} times: {type(exc).__name__}: {exc}"

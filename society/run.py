@@ -41,8 +41,10 @@ from pydantic import BaseModel, Field
 
 from society.candidate import Candidate
 from society.config import SocietyConfig
+from society.infra import InfrastructureError, dead_servers
 from society.llm import CallLog, ChatModels, Endpoint, as_endpoint
-from society.roles import RunContext
+from society.roles import ENDPOINT_FAILURE, RunContext
+from tools.sampling import group_by_database
 from society.state import ExecSummary, Review, SeniorTurn, SupervisorChoice
 
 #: Agents ``evaluate`` / ``sqlsociety eval`` can run.
@@ -409,8 +411,14 @@ def evaluate(
     recorder: RunRecorder | None = None,
     callbacks: Sequence[Any] | None = None,
     on_result: Callable[[dict[str, Any]], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> EvalSummary:
     """Run ``agent`` on each example (``tools.spider.SpiderExample``) and score EX.
+
+    Work is ordered by database (:func:`tools.sampling.group_by_database`): questions over one
+    database run back to back, and with ``concurrency`` > 1 each worker takes a whole database at
+    a time, so the model server processes each schema prompt once per database. Records and
+    ``predictions.sql`` keep the input order.
 
     Each question's record (``questions.jsonl``) holds the SocietyRun fields plus ``match``,
     ``reason`` (see ``evaluation.ex.ExMatch``), ``gold_sql``, and for the society the EX of each
@@ -419,9 +427,16 @@ def evaluate(
 
     Args:
         concurrency: questions run at once (threads); the juniors inside a question run in
-            parallel anyway. A local llama.cpp server serves one request at a time, so >1 mainly
-            helps with remote/vLLM endpoints.
+            parallel anyway. The embedded llama-server decodes requests of its parallel slots
+            together (continuous batching).
         on_result: called with each record as it finishes (progress bars).
+        stop: when set (e.g. by a Ctrl-C handler), no new question starts and ``KeyboardInterrupt``
+            is raised once the questions in hand finish; finished ones are kept.
+
+    Raises:
+        society.infra.InfrastructureError: a model server died or an endpoint stayed down; the
+            question in flight is not recorded, the ones finished before are (``questions.jsonl``).
+        KeyboardInterrupt: ``stop`` was set or Ctrl-C.
     """
     from evaluation.ex import execution_match
 
@@ -440,6 +455,12 @@ def evaluate(
         except Exception as e:  # noqa: BLE001 - e.g. a missing database: mark this question failed, go on
             run = SocietyRun(agent=agent, question=ex.question, question_id=ex.id, db_id=ex.db_id, db_path=str(ex.db_path),
                              status="failed", error=f"{type(e).__name__}: {e}")
+        why = endpoint_failure(run)
+        if why:  # infrastructure, not this question's answer: stop, record nothing for it
+            dead = dead_servers()
+            raise dead[0] if dead else InfrastructureError(
+                f"question {ex.id}: a model endpoint stayed down after all retries ({why}); nothing was recorded for "
+                "it. Check the endpoint and run the evaluation again")
         m = execution_match(ex.db_path, run.final_sql, ex.gold_sql)
         extra: dict[str, Any] = {"match": m.match, "reason": m.reason, "gold_sql": ex.gold_sql, "index": ex.index}
         rec = run.to_record()
@@ -457,22 +478,40 @@ def evaluate(
             rec = {**rec, **extra}
         return rec
 
+    groups = group_by_database(examples)
+    lock = threading.Lock()
+
+    def work_on(group: list[int]) -> None:
+        for i in group:
+            if stop is not None and stop.is_set():
+                return
+            r = one(i, examples[i])
+            with lock:
+                results[i] = r
+            if on_result:
+                on_result(r)
+
     try:
         if concurrency == 1:
-            for i, ex in enumerate(examples):
-                results[i] = one(i, ex)
-                if on_result:
-                    on_result(results[i])
+            for group in groups:
+                work_on(group)
+                if stop is not None and stop.is_set():
+                    raise KeyboardInterrupt
         else:
+            # each worker takes one database at a time, so a server slot keeps one schema prompt cached
             pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="eval")
             try:
-                futs = {pool.submit(one, i, ex): i for i, ex in enumerate(examples)}
+                futs = [pool.submit(work_on, g) for g in groups]
                 for f in as_completed(futs):
-                    results[futs[f]] = f.result()
-                    if on_result:
-                        on_result(results[futs[f]])
+                    f.result()
+                if stop is not None and stop.is_set():
+                    raise KeyboardInterrupt
+            except BaseException:
+                if stop is not None:
+                    stop.set()  # workers finish the question in hand, start no other
+                raise
             finally:
-                # on Ctrl-C don't wait for queued questions; running ones end when the server stops
+                # on Ctrl-C or a dead server don't wait for queued databases
                 pool.shutdown(wait=False, cancel_futures=True)
     finally:
         wall = time.perf_counter() - t0
@@ -499,3 +538,12 @@ def _summarise(agent: str, recs: list[dict[str, Any]], wall: float, recorder: Ru
         llm_calls_per_q=mean("llm_calls"), tokens_per_q=mean("tokens"), turns_per_q=mean("turns"),
         wall_seconds=wall, run_dir=str(recorder.dir) if recorder else "",
     )
+
+
+def endpoint_failure(run: SocietyRun) -> str | None:
+    """The first error of ``run`` saying a model endpoint stayed down after all retries or its server
+    died (``endpoint: <role>: ...``), or None. Such a run says nothing about the question."""
+    for e in run.errors:
+        if str(e).startswith(ENDPOINT_FAILURE + ":"):
+            return str(e)
+    return None

@@ -44,7 +44,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +51,7 @@ from typing import Any
 
 import portpicker
 
+from society.infra import InfrastructureError, ServerDied, dead_servers, describe_exit, track_server, untrack_server
 from society.llm import Endpoint
 from society.models import DEFAULT_MODEL_ALIAS, embedded_spec, ensure_model
 
@@ -85,50 +85,9 @@ class ServerNotInstalledError(RuntimeError):
     """No llama-server executable was found; the message says how to build one."""
 
 
-class ServerStartError(RuntimeError):
+class ServerStartError(InfrastructureError):
     """The server process exited during start-up or did not answer in time; the message carries
     the exit status or signal and the tail of the server log."""
-
-
-class ServerDied(RuntimeError):
-    """A model server that was serving exited. An infrastructure failure, never a question's result.
-
-    Attributes:
-        server: the server's description (``llama-server qwen2.5-coder-0.5b``).
-        returncode: the process status (negative: killed by that signal).
-        log_tail: the last lines of the server's log.
-    """
-
-    def __init__(self, server: str, returncode: int, log_tail: str) -> None:
-        self.server = server
-        self.returncode = returncode
-        self.log_tail = log_tail
-        super().__init__(f"model server {server} exited: {describe_exit(returncode)}\n{log_tail}")
-
-
-def describe_exit(returncode: int) -> str:
-    """One line for a process status: ``exit code N`` or the signal's name, meaning and likely cause.
-
-    >>> describe_exit(1)
-    'exit code 1'
-    >>> describe_exit(-4).split(' — ')[0]
-    'SIGILL (Illegal instruction)'
-    """
-    if returncode >= 0:
-        return f"exit code {returncode}"
-    try:
-        sig = signal.Signals(-returncode)
-    except ValueError:
-        return f"signal {-returncode}"
-    text = f"{sig.name} ({signal.strsignal(sig)})"
-    hints = {
-        signal.SIGILL: "this llama.cpp build does not match this CPU; rerun scripts/install.sh (it builds a portable "
-                       "llama-server)",
-        signal.SIGKILL: "killed from outside (the out-of-memory killer, or a user)",
-        signal.SIGSEGV: "the server crashed; see its log below",
-        signal.SIGBUS: "the model file changed or vanished while mapped",
-    }
-    return text + (f" — {hints[sig]}" if sig in hints else "")
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -248,22 +207,6 @@ if rc < 0:
     time.sleep(5)
 sys.exit(rc if 0 <= rc < 256 else 1)
 """
-
-_RUNNING: weakref.WeakSet[LlamaServer] = weakref.WeakSet()
-_RUNNING_LOCK = threading.Lock()
-
-
-def dead_servers() -> list[ServerDied]:
-    """Servers started by this process that were serving and have exited since, as errors.
-
-    Callers that saw a request fail after all retries use this to tell an infrastructure failure
-    (raise it, record nothing) from a bad answer. Servers stopped through :meth:`LlamaServer.stop`
-    are not listed.
-    """
-    with _RUNNING_LOCK:
-        servers = list(_RUNNING)
-    return [e for e in (s.failure() for s in servers) if e is not None]
-
 
 # ---------------------------------------------------------------------------- the server
 
@@ -504,8 +447,7 @@ class LlamaServer:
             for attempt in range(attempts):
                 try:
                     self._start_once(timeout_s)
-                    with _RUNNING_LOCK:
-                        _RUNNING.add(self)
+                    track_server(self)
                     return self
                 except ServerStartError as e:
                     if attempt + 1 < attempts and "address already in use" in str(e).lower():
@@ -606,8 +548,7 @@ class LlamaServer:
     def _terminate(self, *, keep_log: bool, timeout_s: float = 10) -> None:
         with self._lock:
             proc, self._proc = self._proc, None
-            with _RUNNING_LOCK:
-                _RUNNING.discard(self)
+            untrack_server(self)
             with contextlib.suppress(Exception):
                 atexit.unregister(self.stop)
             if proc is not None and proc.poll() is None:

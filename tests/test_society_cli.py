@@ -83,7 +83,9 @@ def test_ask_with_llm_proxy_routes_every_call_through_the_proxy_and_stops_both(t
 
 def test_eval_ctrl_c_stops_the_server_and_keeps_finished_questions(tmp_path):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "society.cli", "eval", "--split", "dev", "--limit", "20", "--agent", "single",
+        # 300 questions: the run cannot finish between "2 questions done" and the signal (SmolLM2
+        # answers one in ~0.3 s), which is what made this test race under load before
+        [sys.executable, "-m", "society.cli", "eval", "--split", "dev", "--limit", "300", "--agent", "single",
          "--model-alias", "smollm2-135m"],
         cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
@@ -107,5 +109,5 @@ def test_eval_ctrl_c_stops_the_server_and_keeps_finished_questions(tmp_path):
     assert "interrupted" in out + err
     assert not _port_open(_server_port(out + err))
     lines = [json.loads(x) for x in qfile.read_text().splitlines() if x.strip()]
-    assert 2 <= len(lines) < 20 and all("match" in x for x in lines)
+    assert 2 <= len(lines) < 300 and all("match" in x for x in lines)
     assert (qfile.parent / "summary.json").is_file() and (qfile.parent / "predictions.sql").is_file()

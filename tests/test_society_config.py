@@ -233,30 +233,30 @@ def test_roles_command_shows_bindings_and_a_config_swap(tmp_path):
 # ---------------------------------------------------------------------- endpoint down
 
 
-def test_endpoint_down_is_retried_then_the_question_fails_and_the_eval_continues(tmp_path):
-    """A real closed loopback port: every attempt is refused; the run ends `failed`, keeps its
-    partial state, and the evaluation goes on to the next question and writes its files."""
-    from society.run import RunRecorder, evaluate
+def test_endpoint_down_is_retried_then_the_evaluation_stops_without_scoring_the_question(tmp_path):
+    """A real closed loopback port: every attempt is refused (1 + 2 retries per call); the run of the
+    question ends `failed` with its partial state, and the evaluation stops with an
+    InfrastructureError instead of scoring it 0 -- an endpoint failure is not the model's answer."""
+    from society.infra import InfrastructureError
+    from society.run import RunRecorder, evaluate, run_society
     from tools.spider import load_examples
 
     cfg = SocietyConfig.load(SMOKE_CONFIG).with_endpoint_for_all(f"http://127.0.0.1:{_closed_port()}/v1", "none")
     cfg = cfg.model_copy(update={"llm": cfg.llm.model_copy(update={"retries": 2, "backoff_s": 0.05})})
-    rec = RunRecorder("test-down", cfg, root=tmp_path)
     examples = load_examples(split="dev", limit=2)
-    summary = evaluate(examples, cfg, recorder=rec)
-    assert summary.n == 2 and summary.failed == 2 and summary.ex == 0.0
-    lines = [json.loads(x) for x in rec.questions_path.read_text().splitlines()]
-    assert [x["question_id"] for x in lines] == [e.id for e in examples]
-    for line in lines:
-        assert line["status"] == "failed" and line["error"].startswith("endpoint:")
-        assert line["path"][0] == "prepare" and line["path"][-1] == "finalize"
-        assert "supervisor" in line["path"] and "senior_execute" not in line["path"]
-    trace = json.loads((rec.dir / "traces" / f"{examples[0].id}.json").read_text())
-    calls = trace["trace"]["llm_calls"]
+    run = run_society(examples[0].question, examples[0].db_path, cfg, question_id=examples[0].id)
+    assert run.status == "failed" and run.error.startswith("endpoint:")
+    assert run.path[0] == "prepare" and run.path[-1] == "finalize"
+    assert "supervisor" in run.path and "senior_execute" not in run.path
+    calls = run.trace["llm_calls"]
     assert len(calls) == 3 and all(c["attempts"] == 3 and c["error"] for c in calls)  # 1 + 2 retries each
     assert {c["label"] for c in calls} == {"junior:direct", "junior:step_by_step", "junior:decompose"}
-    assert (rec.dir / "config.yaml").is_file() and len((rec.dir / "predictions.sql").read_text().splitlines()) == 2
-    assert json.loads((rec.dir / "summary.json").read_text())["failed"] == 2
+
+    rec = RunRecorder("test-down", cfg, root=tmp_path)
+    with pytest.raises(InfrastructureError, match=r"stayed down after all retries.*nothing was recorded"):
+        evaluate(examples, cfg, recorder=rec)
+    assert not rec.questions_path.exists() or rec.questions_path.read_text() == ""
+    assert json.loads((rec.dir / "summary.json").read_text())["n"] == 0
 
 
 def test_restore_stop_puts_back_the_closing_marker_a_stop_sequence_removed():

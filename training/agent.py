@@ -47,6 +47,8 @@ from evaluation.ex import execution_match
 from evaluation.rewards import RewardConfig, compute_reward
 from society.candidate import Candidate
 from society.config import ConfigError, SocietyConfig
+from society.llm import as_endpoint
+from society.run import endpoint_failure
 from society.policies import POLICIES, PolicyChoice, PolicyContext, SupervisorPolicy, make_policy, usable
 from tools.spider import SpiderExample, database_path, default_data_dir
 
@@ -62,12 +64,7 @@ def infrastructure_failure(run: Any) -> str | None:
     (errors starting ``endpoint:``) or the graph crashed (``graph:``). A run that merely produced no
     usable SQL is *not* such a failure: it is a real, low-reward sample (``status == "failed"`` in
     ``SocietyRun`` covers both)."""
-    from society.roles import ENDPOINT_FAILURE
-
-    for e in run.errors:
-        if str(e).startswith((ENDPOINT_FAILURE + ":", "graph:")):
-            return str(e)
-    return None
+    return endpoint_failure(run) or next((str(e) for e in run.errors if str(e).startswith("graph:")), None)
 
 
 class RolloutFailed(RuntimeError):
@@ -414,14 +411,15 @@ class SocietyAgent(agl.LitAgent[dict]):
         self,
         config: SocietyConfig | str | os.PathLike[str],
         *,
-        endpoints: Mapping[str, tuple[str, ...]] | None = None,
+        endpoints: Mapping[str, Any] | None = None,
         reward: RewardConfig | None = None,
         data_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         super().__init__()
         cfg = config if isinstance(config, SocietyConfig) else SocietyConfig.load(config)
-        for alias, (base_url, model, *key) in (endpoints or {}).items():
-            cfg = cfg.with_endpoint(alias, base_url, model, api_key=key[0] if key else None)
+        for alias, value in (endpoints or {}).items():
+            e = as_endpoint(value)
+            cfg = cfg.with_endpoint(alias, e.base_url, e.model, api_key=e.api_key, extra_body=e.extra_body)
         self.config = cfg
         self.reward_config = reward or RewardConfig()
         self.data_dir = Path(data_dir) if data_dir else None
@@ -436,7 +434,8 @@ class SocietyAgent(agl.LitAgent[dict]):
         for name, res in (resources or {}).items():
             if isinstance(res, agl.LLM) and name in cfg.models:
                 url = res.get_base_url(rollout.rollout_id, rollout.attempt.attempt_id) if rollout is not None and hasattr(rollout, "attempt") else res.endpoint
-                cfg = cfg.with_endpoint(name, url, res.model, api_key=res.api_key)
+                extra = (res.sampling_parameters or {}).get("extra_body")
+                cfg = cfg.with_endpoint(name, url, res.model, api_key=res.api_key, extra_body=extra)
         missing = cfg.embedded_aliases()
         if missing:
             raise ConfigError(

@@ -8,6 +8,9 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+
+from society.infra import InfrastructureError
 
 console = Console()
 
@@ -49,6 +52,11 @@ def train(
     except TrainConfigError as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from None
+    except InfrastructureError as e:
+        console.print(f"[red]stopped:[/red] {escape(str(e))}", highlight=False)
+        console.print(f"nothing of the failed step was recorded as a result; fix the cause, then resume with "
+                      f"`sqlsociety train --resume {root}`")
+        raise typer.Exit(1) from None
     except KeyboardInterrupt:
         console.print(f"[yellow]interrupted[/yellow]: everything finished so far is kept; resume with "
                       f"`sqlsociety train --resume {root}`")

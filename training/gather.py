@@ -21,7 +21,6 @@ import asyncio
 import json
 import logging
 import os
-import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
@@ -36,6 +35,9 @@ from agentlightning.types import RolloutConfig
 
 from evaluation.rewards import RewardConfig
 from society.config import SocietyConfig
+from society.infra import InfrastructureError, dead_servers
+from society.llm import Endpoint, as_endpoint
+from society.serving import free_port
 from tools.spider import load_examples
 from training.agent import SocietyAgent, StoreTracer, task_from_example, with_exploration
 from training.store import SqliteLightningStore
@@ -66,7 +68,7 @@ class GatherConfig:
         redo_failed: on resume, run again tasks whose rollouts all failed (endpoint down, crash).
         max_attempts: attempts per rollout (Agent Lightning retries failed/timed-out attempts).
         rollout_timeout_s: wall-clock limit of one attempt in seconds (None: no limit).
-        endpoints: model alias -> ``(base_url, model)`` or ``(base_url, model, api_key)``; aliases not given and marked ``embedded``
+        endpoints: model alias -> ``Endpoint`` or ``(base_url, model[, api_key])``; aliases not given and marked ``embedded``
             get a llama.cpp server started for the run (``society.commands.serving``).
         port: port of Agent Lightning's store server; None picks a free loopback port.
         poll_interval_s: how often the algorithm checks for finished rollouts.
@@ -88,7 +90,7 @@ class GatherConfig:
     redo_failed: bool = True
     max_attempts: int = 1
     rollout_timeout_s: float | None = None
-    endpoints: Mapping[str, tuple[str, ...]] | None = None
+    endpoints: Mapping[str, Any] | None = None
     port: int | None = None
     poll_interval_s: float = 0.5
     progress: bool = True
@@ -153,6 +155,9 @@ class GatherAlgorithm(agl.FastAlgorithm):
         rollout_config: retries / timeouts of each rollout.
         poll_interval_s: wait granularity in seconds.
         on_finished: callback per finished rollout.
+        should_stop: called after each poll with the rollouts that just finished; an exception it
+            returns stops the gather: nothing more is enqueued, :attr:`error` holds it and
+            :meth:`run` returns (the caller raises it). Used to stop on an infrastructure failure.
     """
 
     def __init__(
@@ -163,6 +168,7 @@ class GatherAlgorithm(agl.FastAlgorithm):
         rollout_config: RolloutConfig | None = None,
         poll_interval_s: float = 0.5,
         on_finished: Callable[[agl.Rollout], None] | None = None,
+        should_stop: Callable[[list[agl.Rollout]], BaseException | None] | None = None,
     ) -> None:
         super().__init__()
         if max_in_flight < 1:
@@ -172,6 +178,8 @@ class GatherAlgorithm(agl.FastAlgorithm):
         self.rollout_config = rollout_config
         self.poll_interval_s = poll_interval_s
         self.on_finished = on_finished
+        self.should_stop = should_stop
+        self.error: BaseException | None = None
         self.finished: list[agl.Rollout] = []
 
     async def run(self, train_dataset: Any = None, val_dataset: Any = None) -> None:  # type: ignore[override]
@@ -192,14 +200,39 @@ class GatherAlgorithm(agl.FastAlgorithm):
                 pending.add(r.rollout_id)
                 next_task += 1
             done = await store.wait_for_rollouts(rollout_ids=sorted(pending), timeout=self.poll_interval_s)
-            for r in done:
-                if r.rollout_id in pending:
-                    pending.discard(r.rollout_id)
-                    self.finished.append(r)
-                    if self.on_finished is not None:
-                        self.on_finished(r)
+            new = [r for r in done if r.rollout_id in pending]
+            for r in new:
+                pending.discard(r.rollout_id)
+                self.finished.append(r)
+                if self.on_finished is not None:
+                    self.on_finished(r)
+            if self.should_stop is not None:
+                self.error = self.should_stop(new)
+                if self.error is not None:
+                    return
             if not done:
                 await asyncio.sleep(0.05)
+
+
+class GatherStopped(InfrastructureError):
+    """A rollout failed for infrastructure reasons (its model endpoint stayed down, the graph crashed)
+    and the gather stopped; the failed rollouts are re-run by the next gather into the same store."""
+
+
+def _infrastructure_stop(finished: list[agl.Rollout]) -> BaseException | None:
+    """Why the gather must stop now, or None: a model server this process started has died (its
+    :class:`~society.infra.ServerDied`), or a rollout ended ``failed`` after its attempts (the agent
+    raises ``RolloutFailed`` only for infrastructure failures; a wrong answer is a low reward)."""
+    dead = dead_servers()
+    if dead:
+        return dead[0]
+    failed = [r for r in finished if r.status != "succeeded"]
+    if failed:
+        tasks = ", ".join(str((r.metadata or {}).get("task_id", r.rollout_id)) for r in failed[:3])
+        return GatherStopped(f"rollout(s) for task(s) {tasks} failed (status {failed[0].status}): a model endpoint "
+                             "stayed down or the graph crashed; see the run's log. Fix it and resume: the failed "
+                             "tasks are run again")
+    return None
 
 
 def select_tasks(config: GatherConfig) -> list[dict[str, Any]]:
@@ -222,17 +255,18 @@ def select_tasks(config: GatherConfig) -> list[dict[str, Any]]:
     return [task_from_example(e) for e in examples]
 
 
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1 (for Agent Lightning's store server)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _llm_resource(endpoint: Any) -> agl.LLM:
+    """An ``agl.LLM`` resource for an endpoint; its ``extra_body`` (e.g. a LoRA choice) travels in
+    ``sampling_parameters["extra_body"]`` (read back by ``SocietyAgent.config_for``)."""
+    e = as_endpoint(endpoint)
+    return agl.LLM(endpoint=e.base_url, model=e.model, api_key=e.api_key,
+                   sampling_parameters={"extra_body": dict(e.extra_body)} if e.extra_body else {})
 
 
 @contextmanager
-def _model_endpoints(cfg: SocietyConfig, given: Mapping[str, tuple[str, ...]] | None) -> Iterator[dict[str, tuple[str, ...]]]:
-    """Alias -> (base_url, model, api_key) for every alias a role uses; embedded ones not in ``given`` are served here."""
-    given = dict(given or {})
+def _model_endpoints(cfg: SocietyConfig, given: Mapping[str, Any] | None) -> Iterator[dict[str, Endpoint]]:
+    """Alias -> ``Endpoint`` for every alias a role uses; embedded ones not in ``given`` are served here."""
+    given = {a: as_endpoint(e) for a, e in (given or {}).items()}
     for alias in given:
         if alias not in cfg.models:
             raise ValueError(f"endpoints names model alias {alias!r}, not in the config's models {sorted(cfg.models)}")
@@ -240,12 +274,12 @@ def _model_endpoints(cfg: SocietyConfig, given: Mapping[str, tuple[str, ...]] | 
     if not need:
         yield given
         return
-    from society.commands import serving
+    from society.serving import serve_config
 
     sub = cfg.model_copy(update={"models": {a: m for a, m in cfg.models.items() if a in need}})
     sub = sub.model_copy(update={"roles": [r for r in cfg.roles if r.model in need]})
-    with serving(sub, quiet=True) as eps:
-        yield {**given, **{a: (e.base_url, e.model, e.api_key) for a, e in eps.items()}}
+    with serve_config(sub) as eps:
+        yield {**given, **eps}
 
 
 def _progress(enabled: bool) -> Any:
@@ -310,8 +344,7 @@ def gather(config: GatherConfig) -> GatherSummary:
 
             if todo:
                 endpoints = stack.enter_context(_model_endpoints(cfg, config.endpoints))
-                resources = {alias: agl.LLM(endpoint=url, model=model, api_key=key[0] if key else None)
-                             for alias, (url, model, *key) in endpoints.items()}
+                resources = {alias: _llm_resource(e) for alias, e in endpoints.items()}
                 agent = SocietyAgent(cfg, reward=config.reward, data_dir=config.data_dir)
                 algorithm = GatherAlgorithm(
                     resources,
@@ -322,12 +355,15 @@ def gather(config: GatherConfig) -> GatherSummary:
                     ),
                     poll_interval_s=config.poll_interval_s,
                     on_finished=on_finished,
+                    should_stop=_infrastructure_stop,
                 )
                 trainer = agl.Trainer(
                     n_runners=config.n_runners, store=store, algorithm=algorithm, tracer=StoreTracer(),
                     port=config.port or free_port(), hooks=list(config.hooks) or None,
                 )
                 trainer.fit(agent, train_dataset=todo)
+                if algorithm.error is not None:
+                    raise algorithm.error
 
         ok = [v for v in rewards.values() if v is not None]
         summary = GatherSummary(

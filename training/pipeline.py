@@ -187,6 +187,25 @@ def dev_subset(cfg: TrainConfig) -> list[Any]:
     return [pool[i] for i in idx]
 
 
+#: Loggers of the libraries under the pipeline (LiteLLM inside the LLMProxy, Agent Lightning's
+#: runners, the HTTP stack): their tracebacks and banners go to the run's log file.
+LIBRARY_LOGGERS = ("LiteLLM", "LiteLLM Proxy", "LiteLLM Router", "litellm", "agentlightning", "uvicorn",
+                   "uvicorn.error", "uvicorn.access", "httpx", "openai")
+
+
+def route_library_logs(path: Path) -> None:
+    """Send :data:`LIBRARY_LOGGERS`' records (INFO and up) to ``path`` instead of the console, so the
+    console keeps one line per failure and the log file has the tracebacks."""
+    import litellm  # noqa: F401  (imported first: it attaches console handlers to its loggers on import)
+
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    for name in LIBRARY_LOGGERS:
+        lg = logging.getLogger(name)
+        lg.handlers = [handler]
+        lg.propagate = False
+
+
 def role_split_config(society: Any) -> Any:
     """Give the juniors and the senior model aliases of their own (``junior_policy``,
     ``senior_policy``) bound to what they used before, so a trained adapter can be routed to one
@@ -296,21 +315,30 @@ class TrainingPipeline:
         return None
 
     def endpoints(self, stack: ExitStack, society: Any) -> dict[str, Any]:
-        """Start the servers the current stage needs: the embedded base models, plus one llama.cpp
-        server per trained LoRA adapter (junior after phase 2, senior after phase 3); with
-        ``llm_proxy`` every alias is then served through one Agent Lightning ``LLMProxy``."""
-        from society.commands import serving
-        from society.llm import Endpoint
-        from society.proxy import llm_proxy
-        from training.export import serve_adapter
+        """Start the servers the current stage needs and return alias -> ``Endpoint``: one llama-server
+        per embedded base model, serving the trained LoRA adapters too (juniors' after phase 2,
+        senior's after phase 3), each chosen per request by its role alias; with ``llm_proxy``
+        every alias is then served through one Agent Lightning ``LLMProxy``."""
+        from society.models import embedded_spec
+        from society.serving import serve_config
+        from training.export import adapter_gguf, resolve_gguf, serve_adapter
 
-        eps = dict(stack.enter_context(serving(society, quiet=True)))
+        adapters: dict[str, Path] = {}
+        separate: dict[str, Path] = {}
+        embedded = society.embedded_aliases()
         for k, alias in ((2, JUNIOR_ALIAS), (3, SENIOR_ALIAS)):
             done = self.dir.done(k)
-            if done and done.get("adapter"):
-                srv = stack.enter_context(serve_adapter(done["adapter"], self.cfg.base_model, model_alias=alias))
-                eps[alias] = Endpoint(srv.base_url, srv.model)
+            if done and done.get("adapter") and alias in embedded:
+                gguf = adapter_gguf(done["adapter"], self.cfg.base_model)
+                same_base = resolve_gguf(self.cfg.base_model) == resolve_gguf(embedded_spec(embedded[alias]).alias)
+                (adapters if same_base else separate)[alias] = gguf
+        eps = dict(stack.enter_context(serve_config(society, adapters=adapters)))
+        for alias, gguf in separate.items():  # base_model differs from the role's embedded model
+            srv = stack.enter_context(serve_adapter(gguf, self.cfg.base_model, model_alias=alias))
+            eps[alias] = srv.endpoint(alias)
         if self.cfg.llm_proxy:
+            from society.proxy import llm_proxy
+
             eps = stack.enter_context(llm_proxy(eps))
         return eps
 
@@ -372,7 +400,7 @@ class TrainingPipeline:
                 run_dir=self.dir.root, society_config=society, split=g.split, data_dir=self.cfg.data_dir,
                 task_ids=[t.id for t in tasks], n_runners=g.n_runners, epsilon=g.epsilon,
                 reward=self._reward_config(), rollout_timeout_s=g.rollout_timeout_s,
-                endpoints={a: (e.base_url, e.model, e.api_key) for a, e in eps.items()}, hooks=[hook],
+                endpoints=eps, hooks=[hook],
             ))
         self.echo(f"phase 1 gather: {summary.stored_succeeded} rollouts in the store "
                   f"({summary.skipped} resumed, {summary.run} run now, mean reward {summary.mean_reward})")
@@ -553,6 +581,7 @@ class TrainingPipeline:
         steps: list[tuple[int, Callable[[], dict[str, Any]]]] = [
             (1, self.phase1_gather), (2, self.phase2_sft), (3, self.phase3_grpo), (4, self.phase4_bandit)]
         t_all = time.perf_counter()
+        route_library_logs(self.dir.root / "train.log")
         base = self.evaluate_stage("baseline")
         before = base["ex"]
         for k, fn in steps:

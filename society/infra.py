@@ -1,0 +1,100 @@
+"""Infrastructure failures: a model server that died, an endpoint that stayed down.
+
+Such a failure is never a question's result: evaluations stop without recording the question,
+gathers stop without marking their phase done, and the message names the cause. This module is
+the bottom of that chain, shared by the LLM client (:mod:`society.llm`), the servers
+(:mod:`society.serving`) and the runners (:mod:`society.run`, ``training.gather``):
+
+* :class:`InfrastructureError` -- the base class callers catch;
+* :class:`ServerDied` -- a managed server process exited; names the server, the status or
+  signal (:func:`describe_exit`) and the last lines of its log;
+* :func:`track_server` / :func:`untrack_server` / :func:`dead_servers` -- the servers this
+  process started and which of them have died, so a failed request can be explained at once
+  instead of being retried against a corpse.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import weakref
+from typing import Any, Protocol
+
+__all__ = ["InfrastructureError", "ServerDied", "dead_servers", "describe_exit", "track_server", "untrack_server"]
+
+
+class InfrastructureError(RuntimeError):
+    """A model server or endpoint failed; nothing about the question or the policy."""
+
+
+class ServerDied(InfrastructureError):
+    """A model server that was serving exited.
+
+    Attributes:
+        server: the server's description (``llama-server qwen2.5-coder-0.5b (file.gguf)``).
+        returncode: the process status (negative: killed by that signal).
+        log_tail: the last lines of the server's log.
+    """
+
+    def __init__(self, server: str, returncode: int, log_tail: str) -> None:
+        self.server = server
+        self.returncode = returncode
+        self.log_tail = log_tail
+        super().__init__(f"model server {server} exited: {describe_exit(returncode)}\n{log_tail}")
+
+    @property
+    def headline(self) -> str:
+        """The message's first line (no log)."""
+        return str(self).splitlines()[0]
+
+
+def describe_exit(returncode: int) -> str:
+    """One line for a process status: ``exit code N`` or the signal's name, meaning and likely cause.
+
+    >>> describe_exit(1)
+    'exit code 1'
+    >>> describe_exit(-4).split(' — ')[0]
+    'SIGILL (Illegal instruction)'
+    """
+    if returncode >= 0:
+        return f"exit code {returncode}"
+    try:
+        sig = signal.Signals(-returncode)
+    except ValueError:
+        return f"signal {-returncode}"
+    text = f"{sig.name} ({signal.strsignal(sig)})"
+    hints = {
+        signal.SIGILL: "this llama.cpp build does not match this CPU; rerun scripts/install.sh (it builds a portable "
+                       "llama-server)",
+        signal.SIGKILL: "killed from outside (the out-of-memory killer, or a user)",
+        signal.SIGSEGV: "the server crashed; see its log below",
+        signal.SIGBUS: "the model file changed or vanished while mapped",
+    }
+    return text + (f" — {hints[sig]}" if sig in hints else "")
+
+
+class _Server(Protocol):
+    def failure(self) -> ServerDied | None: ...
+
+
+_TRACKED: weakref.WeakSet[Any] = weakref.WeakSet()
+_LOCK = threading.Lock()
+
+
+def track_server(server: _Server) -> None:
+    """Watch ``server`` (any object with ``failure() -> ServerDied | None``) until :func:`untrack_server`."""
+    with _LOCK:
+        _TRACKED.add(server)
+
+
+def untrack_server(server: _Server) -> None:
+    """Stop watching ``server`` (it was stopped on purpose)."""
+    with _LOCK:
+        _TRACKED.discard(server)
+
+
+def dead_servers() -> list[ServerDied]:
+    """The watched servers that have exited, as errors (empty when all are alive)."""
+    with _LOCK:
+        servers = list(_TRACKED)
+    return [e for e in (s.failure() for s in servers) if e is not None]

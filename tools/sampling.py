@@ -1,0 +1,72 @@
+"""Which questions to run, and in which order: honest samples, cache-friendly order.
+
+* :func:`sample_examples` draws ``n`` questions at random across **all** databases of a split
+  (the first 100 Spider dev questions cover only 3 of its 19 databases, and their cached schema
+  prompt makes every figure measured on them optimistic); the same ``seed`` gives the same draw.
+* :func:`select_ids` keeps given question ids, in the order given.
+* :func:`group_by_database` orders work so that questions over one database run back to back
+  (the model server then processes each schema prompt once per database, not once per question).
+
+All three take and return any objects with ``id`` and ``db_id`` attributes
+(``tools.spider.SpiderExample``).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+__all__ = ["group_by_database", "sample_examples", "select_ids"]
+
+T = TypeVar("T")
+
+
+def sample_examples(examples: Sequence[T], n: int, seed: int = 0) -> list[T]:
+    """``n`` examples drawn uniformly at random without replacement (``random.Random(seed).sample``),
+    returned in their original order; all of them when ``n >= len(examples)``.
+
+    Raises:
+        ValueError: ``n < 1``.
+
+    >>> sample_examples(list(range(10)), 3, seed=1) == sample_examples(list(range(10)), 3, seed=1)
+    True
+    >>> sample_examples([5, 6], 9)
+    [5, 6]
+    """
+    if n < 1:
+        raise ValueError(f"sample size must be >= 1, got {n}")
+    if n >= len(examples):
+        return list(examples)
+    picked = sorted(random.Random(seed).sample(range(len(examples)), n))
+    return [examples[i] for i in picked]
+
+
+def select_ids(examples: Sequence[Any], ids: Sequence[str]) -> list[Any]:
+    """The examples whose ``id`` is in ``ids``, in the order of ``ids`` (duplicates dropped).
+
+    Raises:
+        ValueError: an id that is not among ``examples`` (the message lists up to five and the id form).
+    """
+    by_id = {e.id: e for e in examples}
+    wanted = list(dict.fromkeys(i.strip() for i in ids if i.strip()))
+    missing = [i for i in wanted if i not in by_id]
+    if missing:
+        form = next(iter(by_id), "dev-0")
+        raise ValueError(f"question id(s) {missing[:5]} are not among the executable questions of this split "
+                         f"(ids look like {form!r})")
+    return [by_id[i] for i in wanted]
+
+
+def group_by_database(examples: Sequence[Any]) -> list[list[int]]:
+    """Indices of ``examples`` grouped by ``db_id``: groups in order of first appearance, indices in
+    input order inside each group.
+
+    >>> from types import SimpleNamespace as E
+    >>> group_by_database([E(db_id="a"), E(db_id="b"), E(db_id="a")])
+    [[0, 2], [1]]
+    """
+    groups: dict[str, list[int]] = {}
+    for i, e in enumerate(examples):
+        groups.setdefault(str(e.db_id), []).append(i)
+    return list(groups.values())
