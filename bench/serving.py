@@ -1,136 +1,197 @@
-"""Serving benchmark: start-up time, latency and decode speed of the embedded models.
+"""Serving benchmark: questions per minute of the society under the embedded model server.
 
-For each embedded model: start a llama-cpp-python server (``society.models.serve_embedded``),
-then send one chat request of about 60 prompt tokens (temperature 0, ``max_tokens`` completion
-tokens) three times, with a different prompt in between so the second cold run really
-recomputes the prompt. Prints, per model:
+On a fixed sample of dev questions drawn at random across all databases
+(``tools.sampling.sample_examples``, seed fixed), runs ``evaluate`` (what ``sqlsociety eval``
+runs) at several concurrencies, with
 
-* start-up: seconds from process spawn until ``/v1/models`` answers (model load included);
-* latency: wall seconds of one request (client side, HTTP included), cold (prompt evaluated)
-  and warm (identical request again; llama.cpp reuses the KV cache of the common prefix);
-* tokens/s: completion tokens / latency (client-side, so prompt processing is included);
-* prompt/s and decode/s: llama.cpp's own timings for the last cold request, from the server log
-  (``prompt eval time`` and ``eval time`` lines).
+* ``new``: llama.cpp's ``llama-server`` (``society.serving``): parallel slots with continuous
+  batching, prompt cache, work grouped by database;
+* ``old``: llama-cpp-python's Python server (``python -m llama_cpp.server``), one request at a
+  time -- the server this project used before; only when ``--old-python`` names a Python that
+  has ``llama_cpp`` with its ``[server]`` extra (the project no longer installs it).
 
-Also times a one-process, two-alias server (``LlamaServer.multi``) switching between the models.
+Prints per run: n, wall seconds, questions per minute, seconds per question, EX, and for the new
+server the **model-bound limit** measured in the same run: prompt tokens not served from the
+cache / the measured prompt rate + generated tokens / the measured generation rate (both rates
+from single-stream calibration requests at start, token counts from the server's ``/metrics``).
+Also runs the same number of questions from one database (``--one-db``), to compare the cost of
+drawing questions across databases with the cost of one cached schema.
 
-Run: ``python3 bench/serving.py [--models smollm2-135m qwen2.5-coder-0.5b] [--max-tokens 64]``
+Targets (issue "Serving that runs on every machine of its kind"): concurrency 4 >= 2x the
+questions per minute of the old server at concurrency 1; the society at concurrency 1 within
+1.5x of the model-bound limit; across databases within 1.5x of one database per question.
+
+Run: ``python3 bench/serving.py [--n 40] [--concurrency 1,2,4] [--old-python /path/to/python]``
+(results also written as JSON with ``--out``). A benchmark, not a test: about an hour on 2 cores.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
-import statistics
+import json
+import os
+import subprocess
 import sys
 import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 # bench/society.py would shadow the `society` package when this file is run as a script
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from openai import OpenAI  # noqa: E402
-
-from society.models import EMBEDDED_MODELS, LlamaServer, ServedModel, ensure_model, serve_embedded  # noqa: E402
-
-SYSTEM = "You are an expert SQLite assistant. Answer with one SQL query and nothing else."
-QUESTION = (
-    "Database concert_singer has tables singer(Singer_ID, Name, Country, Song_Name, Age, Is_male) "
-    "and concert(concert_ID, concert_Name, Theme, Stadium_ID, Year). "
-    "How many singers are from France?"
-)
-OTHER = "Database pets has table Pets(PetID, PetType, pet_age, weight). What is the average weight of dogs?"
+from society.config import SocietyConfig  # noqa: E402
+from society.llm import Endpoint  # noqa: E402
+from society.models import ensure_model  # noqa: E402
+from society.run import evaluate  # noqa: E402
+from society.serving import LlamaServer, default_threads, free_port, serve_config  # noqa: E402
+from tools.sampling import sample_examples  # noqa: E402
+from tools.spider import load_examples  # noqa: E402
 
 
-def _request(client: OpenAI, model: str, question: str, max_tokens: int) -> tuple[float, int, int, str]:
-    t0 = time.perf_counter()
-    r = client.chat.completions.create(
-        model=model,
-        messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}],
-        temperature=0,
-        max_tokens=max_tokens,
-    )
-    dt = time.perf_counter() - t0
-    return dt, r.usage.prompt_tokens, r.usage.completion_tokens, r.choices[0].message.content or ""
+def _slots(concurrency: int) -> int:
+    return max(4, min(16, 3 * concurrency))
 
 
-_TIMING = re.compile(r"(prompt eval time|\beval time) =\s*([\d.]+) ms /\s*(\d+) (?:tokens|runs)")
+def calibrate(srv: LlamaServer) -> tuple[float, float]:
+    """(prompt tokens/s, generated tokens/s) of one stream: a ~900-token prompt with the cache off,
+    then 128 generated tokens."""
+    prompt = " ".join(f"table t{i}(id INTEGER, name TEXT, value REAL, created DATE)" for i in range(60))
+    r = srv.post("/completion", {"prompt": prompt, "n_predict": 1, "cache_prompt": False, "temperature": 0})
+    t = r["timings"]
+    prompt_rate = t["prompt_n"] / (t["prompt_ms"] / 1000)
+    r = srv.post("/completion", {"prompt": "Count from one to a hundred:", "n_predict": 128, "ignore_eos": True,
+                                 "cache_prompt": False, "temperature": 0})
+    t = r["timings"]
+    return prompt_rate, t["predicted_n"] / (t["predicted_ms"] / 1000)
 
 
-def _server_rates(log: str) -> tuple[float | None, float | None]:
-    """Tokens/s of the last prompt-eval and eval lines in a llama.cpp log."""
-    prompt = decode = None
-    for kind, ms, n in _TIMING.findall(log):
-        rate = int(n) / (float(ms) / 1000) if float(ms) > 0 else None
-        if kind.startswith("prompt"):
-            prompt = rate
-        else:
-            decode = rate
-    return prompt, decode
+@contextmanager
+def old_server(python: str, config: SocietyConfig) -> Iterator[dict[str, Endpoint]]:
+    """llama-cpp-python's server for each embedded model of ``config`` (one request at a time)."""
+    procs, endpoints = [], {}
+    try:
+        for model in sorted(set(config.embedded_aliases().values())):
+            port = free_port()
+            cmd = [python, "-m", "llama_cpp.server", "--model", str(ensure_model(model)), "--model_alias", model,
+                   "--n_ctx", "4096", "--n_threads", str(default_threads()), "--host", "127.0.0.1",
+                   "--port", str(port), "--interrupt_requests", "false"]
+            procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            url = f"http://127.0.0.1:{port}/v1"
+            deadline = time.time() + 120
+            while True:
+                try:
+                    urllib.request.urlopen(url + "/models", timeout=2)
+                    break
+                except OSError:
+                    if procs[-1].poll() is not None or time.time() > deadline:
+                        raise RuntimeError(f"old server for {model} did not start ({cmd})") from None
+                    time.sleep(0.2)
+            for alias, m in config.embedded_aliases().items():
+                if m == model:
+                    endpoints[alias] = Endpoint(url, model)
+        yield endpoints
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(timeout=20)
 
 
-def bench_model(alias: str, max_tokens: int) -> dict:
-    ensure_model(alias)  # assembly is not part of start-up
-    with serve_embedded(alias) as srv:
-        client = OpenAI(base_url=srv.base_url, api_key="sk-no-key")
-        _request(client, srv.model, OTHER, 4)  # first request pays one-time warm-up
-        cold = []
-        for _ in range(2):
-            _request(client, srv.model, OTHER, 8)
-            cold.append(_request(client, srv.model, QUESTION, max_tokens))
-        prompt_rate, decode_rate = _server_rates(srv.log_text())
-        warm = _request(client, srv.model, QUESTION, max_tokens)
-        return {
-            "alias": alias,
-            "threads": f"{srv.n_threads}/{srv.n_threads_batch}",
-            "startup_s": srv.startup_s,
-            "prompt_tokens": cold[-1][1],
-            "completion_tokens": cold[-1][2],
-            "cold_s": statistics.median(c[0] for c in cold),
-            "warm_s": warm[0],
-            "tok_s": cold[-1][2] / cold[-1][0],
-            "prompt_rate": prompt_rate,
-            "decode_rate": decode_rate,
-            "reply": cold[-1][3].strip().replace("\n", " ")[:80],
-        }
-
-
-def bench_multi(aliases: list[str]) -> dict:
-    served = [ServedModel(a, ensure_model(a)) for a in aliases]
-    with LlamaServer.multi(served) as srv:
-        client = OpenAI(base_url=srv.base_url, api_key="sk-no-key")
-        same, switch = [], []
-        for a in aliases * 2:
-            switch.append(_request(client, a, QUESTION, 8)[0])  # previous request used another alias
-            same.append(_request(client, a, QUESTION, 8)[0])  # same alias again
-        return {"startup_s": srv.startup_s, "same_s": statistics.median(same), "switch_s": statistics.median(switch)}
+def run_one(examples: list, config: SocietyConfig, engine: str, concurrency: int, agent: str,
+            old_python: str | None) -> dict[str, Any]:
+    row: dict[str, Any] = {"engine": engine, "concurrency": concurrency, "n": len(examples), "agent": agent,
+                           "databases": len({e.db_id for e in examples})}
+    if engine == "new":
+        servers: list[LlamaServer] = []
+        with serve_config(config, parallel=_slots(concurrency), on_start=servers.append) as eps:
+            if len(servers) != 1:
+                raise SystemExit(f"expected one embedded server, got {len(servers)}; use a config with one embedded model")
+            srv = servers[0]
+            prompt_rate, gen_rate = calibrate(srv)
+            m0 = srv.metrics()
+            t0 = time.perf_counter()
+            s = evaluate(examples, config, agent=agent, concurrency=concurrency, endpoints=eps)
+            wall = time.perf_counter() - t0
+            m1 = srv.metrics()
+        prompt = m1["llamacpp:prompt_tokens_total"] - m0["llamacpp:prompt_tokens_total"]
+        cached = m1.get("llamacpp:prompt_tokens_cached_total", 0) - m0.get("llamacpp:prompt_tokens_cached_total", 0)
+        gen = m1["llamacpp:tokens_predicted_total"] - m0["llamacpp:tokens_predicted_total"]
+        limit = prompt / prompt_rate + gen / gen_rate
+        row.update(prompt_rate=round(prompt_rate, 1), gen_rate=round(gen_rate, 1), prompt_tokens=int(prompt),
+                   cached_tokens=int(cached), generated_tokens=int(gen), model_bound_s=round(limit, 1),
+                   wall_over_limit=round(wall / limit, 2) if limit else None)
+    else:
+        if not old_python:
+            raise SystemExit("--old-python is required for the old engine")
+        with old_server(old_python, config) as eps:
+            t0 = time.perf_counter()
+            s = evaluate(examples, config, agent=agent, concurrency=concurrency, endpoints=eps)
+            wall = time.perf_counter() - t0
+    row.update(wall_s=round(wall, 1), q_per_min=round(60 * len(examples) / wall, 2),
+               s_per_q=round(wall / len(examples), 2), ex=round(s.ex, 4), failed=s.failed)
+    return row
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--models", nargs="+", default=["smollm2-135m", "qwen2.5-coder-0.5b"], choices=sorted(EMBEDDED_MODELS))
-    ap.add_argument("--max-tokens", type=int, default=64)
-    ap.add_argument("--no-multi", action="store_true", help="skip the one-process multi-alias measurement")
-    args = ap.parse_args()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=40, help="questions in the sample")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--concurrency", default="1,2,4")
+    ap.add_argument("--engines", default="new,old")
+    ap.add_argument("--old-python", default=None, help="a Python with llama_cpp[server] (old engine)")
+    ap.add_argument("--old-concurrency", default="1", help="concurrencies for the old engine")
+    ap.add_argument("--one-db", default="car_1", help="database for the one-database comparison ('' to skip)")
+    ap.add_argument("--agent", default="society")
+    ap.add_argument("--config", default=str(_HERE.parent / "configs" / "society.yaml"))
+    ap.add_argument("--out", default=None, help="write the rows as JSON here")
+    a = ap.parse_args()
 
-    import os
-
-    print(f"1-min load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
-          "(llama.cpp threads collapse when cores are shared; see society.models.default_threads)")
-    print(f"{'model':<20} {'threads':>7} {'start s':>8} {'prompt tok':>10} {'compl tok':>9} {'cold s':>7} {'warm s':>7} "
-          f"{'tok/s':>6} {'prompt tok/s':>12} {'decode tok/s':>12}  reply")
-    for alias in args.models:
-        r = bench_model(alias, args.max_tokens)
-        fmt = lambda x: f"{x:.1f}" if x is not None else "-"  # noqa: E731
-        print(f"{r['alias']:<20} {r['threads']:>7} {r['startup_s']:>8.2f} {r['prompt_tokens']:>10} {r['completion_tokens']:>9} "
-              f"{r['cold_s']:>7.2f} {r['warm_s']:>7.2f} {r['tok_s']:>6.1f} {fmt(r['prompt_rate']):>12} "
-              f"{fmt(r['decode_rate']):>12}  {r['reply']}")
-    if not args.no_multi and len(args.models) > 1:
-        m = bench_multi(args.models)
-        print(f"\none process, aliases {args.models}: start {m['startup_s']:.2f} s; 8-token request "
-              f"{m['same_s']:.2f} s on the loaded model vs {m['switch_s']:.2f} s when switching model")
+    config = SocietyConfig.load(a.config)
+    dev = load_examples(split="dev")
+    sample = sample_examples(dev, a.n, a.seed)
+    print(f"sample: {len(sample)} dev questions over {len({e.db_id for e in sample})} databases (seed {a.seed}); "
+          f"load average {os.getloadavg()[0]:.2f} at start; {os.cpu_count()} cores", flush=True)
+    rows = []
+    engines = a.engines.split(",")
+    for engine in engines:
+        levels = a.concurrency if engine == "new" else a.old_concurrency
+        for c in (int(x) for x in levels.split(",")):
+            if engine == "old" and not a.old_python:
+                print("old engine skipped: pass --old-python", flush=True)
+                break
+            row = run_one(sample, config, engine, c, a.agent, a.old_python)
+            row["load_avg"] = round(os.getloadavg()[0], 2)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    if a.one_db and "new" in engines:
+        one = sample_examples([e for e in dev if e.db_id == a.one_db], a.n, a.seed)
+        row = run_one(one, config, "new", 1, a.agent, None)
+        row["one_db"] = a.one_db
+        row["load_avg"] = round(os.getloadavg()[0], 2)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    print("\nengine  c  n   databases  q/min   s/q    EX     model-bound s  wall/limit  load")
+    for r in rows:
+        print(f"{r['engine']:<6} {r['concurrency']:>2} {r['n']:>3} {r['databases']:>10} {r['q_per_min']:>6} "
+              f"{r['s_per_q']:>6} {r['ex']:>6} {str(r.get('model_bound_s', '-')):>14} "
+              f"{str(r.get('wall_over_limit', '-')):>11} {r['load_avg']:>5}" + (f"  (one db: {r['one_db']})" if r.get("one_db") else ""))
+    base = next((r for r in rows if r["engine"] == "old" and r["concurrency"] == 1), None)
+    new4 = next((r for r in rows if r["engine"] == "new" and r["concurrency"] == 4 and not r.get("one_db")), None)
+    new1 = next((r for r in rows if r["engine"] == "new" and r["concurrency"] == 1 and not r.get("one_db")), None)
+    one = next((r for r in rows if r.get("one_db")), None)
+    if base and new4:
+        print(f"new c=4 / old c=1 questions per minute: {new4['q_per_min'] / base['q_per_min']:.2f}x (target >= 2)")
+    if new1:
+        print(f"new c=1 wall / model-bound limit: {new1['wall_over_limit']}x (target <= 1.5)")
+    if new1 and one:
+        print(f"across databases / one database, s per question: {new1['s_per_q'] / one['s_per_q']:.2f}x (target <= 1.5)")
+    if a.out:
+        Path(a.out).write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

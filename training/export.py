@@ -207,7 +207,9 @@ def hf_checkpoint(model: str | os.PathLike[str], cache_dir: str | os.PathLike[st
         mdl.save_pretrained(str(tmp))
         tok.save_pretrained(str(tmp))
         (tmp / _HF_MARKER).write_text(
-            json.dumps({"gguf": str(gguf_path), "architecture": gguf_architecture(gguf_path), "key": target.name}, indent=1)
+            json.dumps(
+                {"gguf": str(gguf_path), "architecture": gguf_architecture(gguf_path), "key": target.name}, indent=1
+            )
         )
         if target.exists():  # another process finished first
             shutil.rmtree(tmp, ignore_errors=True)
@@ -235,7 +237,9 @@ def _eos_ids(tok: Any, model: Any) -> list[int]:
     return ids
 
 
-def load_for_training(model: str | os.PathLike[str], *, dtype: Any = None, cache_dir: str | None = None) -> tuple[Any, Any]:
+def load_for_training(
+    model: str | os.PathLike[str], *, dtype: Any = None, cache_dir: str | None = None
+) -> tuple[Any, Any]:
     """(model, tokenizer) ready for TRL: dense, float32 by default, on the CPU.
 
     Args:
@@ -386,7 +390,9 @@ def read_adapter_info(adapter_dir: str | os.PathLike[str]) -> AdapterInfo:
         )
     cfg = json.loads(cfg_p.read_text())
     if cfg.get("peft_type", "LORA") != "LORA":
-        raise ExportError(f"{cfg_p}: peft_type {cfg.get('peft_type')!r} is not LORA; only LoRA adapters can be served by llama.cpp")
+        raise ExportError(
+            f"{cfg_p}: peft_type {cfg.get('peft_type')!r} is not LORA; only LoRA adapters can be served by llama.cpp"
+        )
     if cfg.get("use_dora"):
         raise ExportError(f"{cfg_p}: DoRA adapters have no llama.cpp GGUF form; train with use_dora=False")
     return AdapterInfo(
@@ -481,10 +487,15 @@ def export_lora_gguf(
     writer.add_name(f"sqlsociety LoRA ({info.path.name})")
     for module, ab in sorted(pairs.items()):
         if "A" not in ab or "B" not in ab:
-            raise ExportError(f"{info.path}: module {module} has only lora_{'A' if 'A' in ab else 'B'}; the adapter is incomplete")
+            raise ExportError(
+                f"{info.path}: module {module} has only lora_{'A' if 'A' in ab else 'B'}; the adapter is incomplete"
+            )
         gname = name_map.get_name(module, try_suffixes=(".weight",))
         if gname is None:
-            raise ExportError(f"{info.path}: module {module!r} has no tensor in a {arch!r} GGUF; adapt only the attention/MLP projections")
+            raise ExportError(
+                f"{info.path}: module {module!r} has no tensor in a {arch!r} GGUF; adapt only the attention/MLP "
+                "projections"
+            )
         if not gname.endswith(".weight"):
             gname += ".weight"
         if gname not in base_shapes:
@@ -700,6 +711,7 @@ def check_served_equals_peft(
     server_kw.setdefault("n_ctx", 2048)
     if served_base == "f32":
         server_kw.setdefault("kv_cache_type", "f32")
+        server_kw.setdefault("extra_args", ("-fa", "off"))  # flash attention reorders the sums (0.3 % of an effect)
     with serve_adapter(adapter_dir, base, model_alias="adapter_check", **server_kw) as srv:
         t0 = _time.perf_counter()
         n_tok = 0
@@ -713,7 +725,9 @@ def check_served_equals_peft(
                         prompt_tokens_equal=srv_ids == hf_ids, served_seconds=secs, served_tokens=n_tok)
 
 
-def transformers_serve_command(model_dir: str | os.PathLike[str], *, port: int = 8000, host: str = "127.0.0.1") -> list[str]:
+def transformers_serve_command(
+    model_dir: str | os.PathLike[str], *, port: int = 8000, host: str = "127.0.0.1"
+) -> list[str]:
     """``transformers serve`` command line for a merged HF directory (CPU fallback route).
 
     Slower than llama.cpp on the CPU (float32 PyTorch matmuls, no quantisation); kept for bases
