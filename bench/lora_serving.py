@@ -43,7 +43,9 @@ from training.sft import torch_threads  # noqa: E402
 
 
 def junior_prompt(e) -> list[dict]:
-    msgs = PROMPTS["junior_direct"].render(question=e.question, schema=schema_prompt(e.db_path, compact=True, sample_rows=0), feedback="")
+    msgs = PROMPTS["junior_direct"].render(
+        question=e.question, schema=schema_prompt(e.db_path, compact=True, sample_rows=0), feedback=""
+    )
     return [{"role": "system" if m.type == "system" else "user", "content": str(m.content)} for m in msgs]
 
 
@@ -55,23 +57,29 @@ def train_adapter(model: str, out: Path) -> Path:
     rows = []
     for e in load_examples(split="train", limit=16):
         rows.append({"messages": junior_prompt(e) + [{"role": "assistant", "content": f"```sql\n{e.gold_sql}\n```"}]})
-    res = JuniorSFTTrainer(JuniorSFTConfig(model=model, output_dir=str(out), max_steps=8, per_device_train_batch_size=2,
-                                           max_length=768), Dataset.from_list(rows)).train()
+    res = JuniorSFTTrainer(
+        JuniorSFTConfig(model=model, output_dir=str(out), max_steps=8, per_device_train_batch_size=2, max_length=768),
+        Dataset.from_list(rows),
+    ).train()
     print(f"trained a fresh adapter: {res.steps} steps, {res.mean_step_seconds:.1f} s/step, loss "
           f"{res.losses[0][1]:.2f} -> {res.losses[-1][1]:.2f}")
     return res.adapter_dir
 
 
 def run_server(adapter: Path | None, base: Path, texts: list[str], max_tokens: int) -> tuple[list[str], float, int]:
-    from society.models import LlamaServer
+    from society.serving import LlamaServer
 
-    srv = serve_adapter(adapter, base, model_alias="bench", n_ctx=4096) if adapter else LlamaServer(base, model_alias="bench", n_ctx=4096)
+    srv = (
+        serve_adapter(adapter, base, model_alias="bench", n_ctx=4096)
+        if adapter
+        else LlamaServer(base, model_alias="bench", n_ctx=4096)
+    )
     with srv:
         greedy_completion(srv, texts[0], 4)  # warm-up
         outs, toks = [], 0
         t0 = time.perf_counter()
         for t in texts:
-            s, k = greedy_completion(srv, t, max_tokens)
+            s, k = greedy_completion(srv, t, max_tokens, adapter="bench" if adapter else None)
             outs.append(s)
             toks += k
         return outs, time.perf_counter() - t0, toks
@@ -88,7 +96,9 @@ def main() -> None:
     import torch
     from peft import PeftModel
 
-    adapter = Path(args.adapter) if args.adapter else train_adapter(args.model, Path(tempfile.mkdtemp(prefix="lora-bench-")))
+    adapter = (
+        Path(args.adapter) if args.adapter else train_adapter(args.model, Path(tempfile.mkdtemp(prefix="lora-bench-")))
+    )
     examples = load_examples(split="dev", limit=args.prompts)
     model, tok = load_for_training(args.model)
     texts = [tok.apply_chat_template(junior_prompt(e), add_generation_prompt=True, tokenize=False) for e in examples]
@@ -115,7 +125,11 @@ def main() -> None:
 
     q = resolve_gguf(args.model)
     rows = []
-    for name, base, ad in (("gguf", q, None), ("gguf+lora", q, adapter), ("f32+lora", dequantized_gguf(args.model), adapter)):
+    for name, base, ad in (
+        ("gguf", q, None),
+        ("gguf+lora", q, adapter),
+        ("f32+lora", dequantized_gguf(args.model), adapter),
+    ):
         outs, secs, toks = run_server(ad, base, texts, args.max_tokens)
         same = sum(a == b for a, b in zip(outs, ref)) if ad else None
         rows.append((name, toks, secs, same))

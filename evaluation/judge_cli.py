@@ -44,7 +44,9 @@ def print_summary(summary: object) -> None:
     from evaluation.judge import SCORE_KEYS, JudgeSummary
 
     assert isinstance(summary, JudgeSummary)
-    t = Table(title=f"judge {summary.model}: {summary.n} answers, {summary.unparsed} unparsed (scores 1-5; EX is the metric)")
+    t = Table(
+        title=f"judge {summary.model}: {summary.n} answers, {summary.unparsed} unparsed (scores 1-5; EX is the metric)"
+    )
     for col in ("answers", "n", "EX", "judged", *SCORE_KEYS):
         t.add_column(col, justify="left" if col == "answers" else "right")
     labels = {"all": "all", "ex_correct": "EX correct", "ex_incorrect": "EX incorrect", "ex_unknown": "EX unknown"}
@@ -60,16 +62,26 @@ def print_summary(summary: object) -> None:
 
 def judge(
     run_dir: Path = typer.Argument(..., help="Run directory of `sqlsociety ask/eval` (holds questions.jsonl)."),
-    model: str = typer.Option(None, "--model", help="Embedded model alias to serve (default: the default embedded model); "
-                              "with --base-url, the model name to send (default: the endpoint's first model)."),
-    base_url: str = typer.Option(None, "--base-url", help="An OpenAI-compatible endpoint (…/v1) instead of an embedded model."),
-    api_key: str = typer.Option("sk-no-key", "--api-key", envvar="SQLSOCIETY_JUDGE_API_KEY", help="API key for --base-url.",
-                                show_default=False),
+    model: str = typer.Option(
+        None,
+        "--model",
+        help="Embedded model alias to serve (default: the default embedded model); "
+        "with --base-url, the model name to send (default: the endpoint's first model).",
+    ),
+    base_url: str = typer.Option(
+        None, "--base-url", help="An OpenAI-compatible endpoint (…/v1) instead of an embedded model."
+    ),
+    api_key: str = typer.Option(
+        "sk-no-key", "--api-key", envvar="SQLSOCIETY_JUDGE_API_KEY", help="API key for --base-url.", show_default=False
+    ),
     limit: int = typer.Option(None, "--limit", min=1, help="Only the first N answers."),
     max_tokens: int = typer.Option(256, "--max-tokens", min=16, help="Reply length limit per answer."),
-    json_schema: bool = typer.Option(True, "--json-schema/--free-text",
-                                     help="Ask the server to constrain replies to the verdict's JSON Schema "
-                                          "(response_format); --free-text only asks in the prompt."),
+    json_schema: bool = typer.Option(
+        True,
+        "--json-schema/--free-text",
+        help="Ask the server to constrain replies to the verdict's JSON Schema "
+        "(response_format); --free-text only asks in the prompt.",
+    ),
 ) -> None:
     """Score a run's answers with an LLM judge (SQL correctness, reasoning, format 1-5; error type), beside EX."""
     from evaluation.judge import JudgeEndpointError, judge_run, load_answers, openai_completer
@@ -90,17 +102,18 @@ def judge(
                 if alias not in EMBEDDED_MODELS:
                     _fail(f"--model {alias!r} is not an embedded model ({', '.join(sorted(EMBEDDED_MODELS))}); "
                           "to use another model pass --base-url too")
-                try:
-                    from society.serving import serve_embedded
-                except ImportError:  # older layout: the server lived in society.models
-                    from society.models import serve_embedded  # type: ignore[attr-defined,no-redef]
+                from society.serving import serve_embedded
                 try:
                     srv = stack.enter_context(serve_embedded(alias))
                 except Exception as e:  # noqa: BLE001 - any failure to start the judge is a clear exit 2
                     _fail(f"could not start the embedded judge {alias}: {type(e).__name__}: {e}")
                 err_console.print(f"[dim]judge {alias} ready at {srv.base_url}[/dim]")
-                complete, name = openai_completer(srv.base_url, srv.model, max_tokens=max_tokens, json_schema=json_schema)
-            err_console.print(f"[dim]judging {n} answer(s) of {escape(str(run_dir))} with {escape(name)}[/dim]", soft_wrap=True)
+                complete, name = openai_completer(
+                    srv.base_url, srv.model, max_tokens=max_tokens, json_schema=json_schema
+                )
+            err_console.print(
+                f"[dim]judging {n} answer(s) of {escape(str(run_dir))} with {escape(name)}[/dim]", soft_wrap=True
+            )
             done = {"n": 0}
 
             def progress(_rec: object) -> None:
@@ -115,7 +128,10 @@ def judge(
             err_console.print("[yellow]interrupted; no judge files written[/yellow]")
             raise typer.Exit(130) from None
     print_summary(summary)
-    console.print(f"[dim]wrote {escape(str(run_dir / 'judge.jsonl'))} and {escape(str(run_dir / 'judge_summary.json'))}[/dim]", soft_wrap=True)
+    console.print(
+        f"[dim]wrote {escape(str(run_dir / 'judge.jsonl'))} and {escape(str(run_dir / 'judge_summary.json'))}[/dim]",
+        soft_wrap=True,
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -1,6 +1,6 @@
 """``sqlsociety ask``, ``sqlsociety eval`` and ``sqlsociety roles`` (Typer + Rich).
 
-``ask`` and ``eval`` start one llama-cpp-python server per embedded model the config uses, on a
+``ask`` and ``eval`` start one llama.cpp server (llama-server) per embedded model the config uses, on a
 free loopback port, and always stop it (also on Ctrl-C or an error); aliases with a ``base_url``
 need no server. Every invocation writes a run directory (see ``society.run``).
 """
@@ -53,8 +53,10 @@ def load_config(config: Path | None, model_alias: str | None = None) -> SocietyC
                 param_hint="'--config'")
     if model_alias:
         if model_alias not in EMBEDDED_MODELS:
-            raise typer.BadParameter(f"unknown model alias {model_alias!r}; embedded models: {sorted(EMBEDDED_MODELS)}",
-                                     param_hint="'--model-alias'")
+            raise typer.BadParameter(
+                f"unknown model alias {model_alias!r}; embedded models: {sorted(EMBEDDED_MODELS)}",
+                param_hint="'--model-alias'",
+            )
         cfg = cfg.with_embedded(model_alias)
     return cfg
 
@@ -113,7 +115,12 @@ def _endpoint_text(config: SocietyConfig, alias: str | None) -> str:
 def print_run(run: SocietyRun, *, max_rows: int = 20) -> None:
     """Print a run: path through the graph, candidates and the supervisor's choice, senior turns,
     reviews, the final SQL and its result table, and cost."""
-    console.print(Panel(f"[bold]{run.question}[/bold]\n[dim]db: {run.db_id} ({run.db_path})[/dim]", title=f"sqlsociety · {run.agent}"))
+    console.print(
+        Panel(
+            f"[bold]{run.question}[/bold]\n[dim]db: {run.db_id} ({run.db_path})[/dim]",
+            title=f"sqlsociety · {run.agent}",
+        )
+    )
     console.print("[bold]path[/bold]: " + " → ".join(run.path))
     for ch in run.choices:
         t = Table(title=f"candidates (round {ch.round}) · supervisor policy: {ch.policy}", show_lines=False)
@@ -182,12 +189,27 @@ def print_summary(s: EvalSummary, split: str) -> None:
 
 def ask(
     question: str = typer.Argument(..., help="The question, in English."),
-    db: str = typer.Option(..., "--db", help="A db_id of the bundled Spider data (e.g. concert_singer) or a path to any SQLite file."),
-    config: Path = typer.Option(None, "--config", "-c", help="Society config YAML.", show_default="configs/society.yaml"),
-    model_alias: str = typer.Option(None, "--model-alias", help="Serve every embedded role with this embedded model (qwen2.5-coder-0.5b, smollm2-135m)."),
+    db: str = typer.Option(
+        ..., "--db", help="A db_id of the bundled Spider data (e.g. concert_singer) or a path to any SQLite file."
+    ),
+    config: Path = typer.Option(
+        None, "--config", "-c", help="Society config YAML.", show_default="configs/society.yaml"
+    ),
+    model_alias: str = typer.Option(
+        None,
+        "--model-alias",
+        help="Serve every embedded role with this embedded model (qwen2.5-coder-0.5b, smollm2-135m).",
+    ),
     agent: str = typer.Option("society", "--agent", help=f"One of {', '.join(AGENTS)}."),
-    data_dir: Path = typer.Option(None, "--data-dir", help="Spider-format data directory for db_ids.", show_default="bundled data/spider, or $SQLSOCIETY_DATA_DIR"),
-    llm_proxy: bool = typer.Option(False, "--llm-proxy", help="Route the embedded model aliases through Agent Lightning's LLMProxy."),
+    data_dir: Path = typer.Option(
+        None,
+        "--data-dir",
+        help="Spider-format data directory for db_ids.",
+        show_default="bundled data/spider, or $SQLSOCIETY_DATA_DIR",
+    ),
+    llm_proxy: bool = typer.Option(
+        False, "--llm-proxy", help="Route the embedded model aliases through Agent Lightning's LLMProxy."
+    ),
 ) -> None:
     """Answer one question: prints the final SQL, its result, and the path through the graph."""
     from tools.spider import DataError, resolve_database
@@ -237,16 +259,37 @@ def _usable(examples: list) -> list:
 
 def eval_cmd(
     split: str = typer.Option("dev", "--split", help="Split name (dev, train, ...)."),
-    limit: int = typer.Option(None, "--limit", min=1, help="Only the first N executable questions (file order: the first 100 of Spider dev cover 3 databases)."),
-    sample: int = typer.Option(None, "--sample", min=1, help="N questions drawn at random across all databases (same draw for the same --seed)."),
+    limit: int = typer.Option(
+        None,
+        "--limit",
+        min=1,
+        help="Only the first N executable questions (file order: the first 100 of Spider dev cover 3 databases).",
+    ),
+    sample: int = typer.Option(
+        None,
+        "--sample",
+        min=1,
+        help="N questions drawn at random across all databases (same draw for the same --seed).",
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of the --sample draw."),
     ids: str = typer.Option(None, "--ids", help="Comma-separated question ids to run (e.g. dev-0,dev-17)."),
     agent: str = typer.Option("society", "--agent", help=f"One of {', '.join(AGENTS)}."),
-    concurrency: int = typer.Option(1, "--concurrency", min=1, help="Questions run at once (threads; each takes one database at a time)."),
-    config: Path = typer.Option(None, "--config", "-c", help="Society config YAML.", show_default="configs/society.yaml"),
+    concurrency: int = typer.Option(
+        1, "--concurrency", min=1, help="Questions run at once (threads; each takes one database at a time)."
+    ),
+    config: Path = typer.Option(
+        None, "--config", "-c", help="Society config YAML.", show_default="configs/society.yaml"
+    ),
     model_alias: str = typer.Option(None, "--model-alias", help="Serve every embedded role with this embedded model."),
-    data_dir: Path = typer.Option(None, "--data-dir", help="Spider-format data directory.", show_default="bundled data/spider, or $SQLSOCIETY_DATA_DIR"),
-    llm_proxy: bool = typer.Option(False, "--llm-proxy", help="Route the embedded model aliases through Agent Lightning's LLMProxy."),
+    data_dir: Path = typer.Option(
+        None,
+        "--data-dir",
+        help="Spider-format data directory.",
+        show_default="bundled data/spider, or $SQLSOCIETY_DATA_DIR",
+    ),
+    llm_proxy: bool = typer.Option(
+        False, "--llm-proxy", help="Route the embedded model aliases through Agent Lightning's LLMProxy."
+    ),
 ) -> None:
     """Run an agent over a split with a progress bar; writes predictions and per-question JSONL; prints EX.
 
@@ -257,7 +300,9 @@ def eval_cmd(
     if agent not in AGENTS:
         raise typer.BadParameter(f"choose one of {AGENTS}", param_hint="'--agent'")
     if sum(x is not None for x in (limit, sample, ids)) > 1:
-        raise typer.BadParameter("give at most one of --limit, --sample and --ids", param_hint="'--limit' / '--sample' / '--ids'")
+        raise typer.BadParameter(
+            "give at most one of --limit, --sample and --ids", param_hint="'--limit' / '--sample' / '--ids'"
+        )
     try:
         examples = load_examples(data_dir, split, limit=limit)
     except DataError as e:
@@ -280,8 +325,16 @@ def eval_cmd(
     })
     done = {"n": 0, "match": 0}
     summary: EvalSummary | None = None
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[ex]}"),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False) as progress:
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[ex]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
         task = progress.add_task(f"{agent} · {split}", total=len(examples), ex="")
 
         def on_result(r: dict) -> None:
@@ -311,7 +364,9 @@ def eval_cmd(
 
 
 def roles(
-    config: Path = typer.Option(None, "--config", "-c", help="Society config YAML.", show_default="configs/society.yaml"),
+    config: Path = typer.Option(
+        None, "--config", "-c", help="Society config YAML.", show_default="configs/society.yaml"
+    ),
 ) -> None:
     """Print the roles of a config and what each is bound to (model, prompt, sampling, policy, tools)."""
     from society.roles import ROLE_TYPES
@@ -333,17 +388,29 @@ def roles(
         s = r.sampling
         parts = []
         if uses_llm:
-            parts += [f"prompt={prompt}", f"T={s.temperature:g} max_tokens={s.max_tokens}" + (f" seed={s.seed}" if s.seed is not None else "")
-                      + (f" stop={s.stop}" if s.stop else "")]
+            parts += [
+                f"prompt={prompt}",
+                f"T={s.temperature:g} max_tokens={s.max_tokens}"
+                + (f" seed={s.seed}" if s.seed is not None else "")
+                + (f" stop={s.stop}" if s.stop else ""),
+            ]
         parts += [f"{k}={v}" for k, v in r.options.items()]
         if "web_search" in r.tools:
             parts.append("web_search=" + ("on" if web_search_available(r.tools) else "off (no TAVILY_API_KEY)"))
-        t.add_row(name, r.type, who, _endpoint_text(cfg, r.model) if uses_llm else "- (deterministic)", "\n".join(parts) or "-")
+        t.add_row(
+            name,
+            r.type,
+            who,
+            _endpoint_text(cfg, r.model) if uses_llm else "- (deterministic)",
+            "\n".join(parts) or "-",
+        )
     console.print(t)
     lim = cfg.limits
-    console.print(f"limits: max_turns={lim.max_turns} review rounds, max_junior_rounds={lim.max_junior_rounds}; "
-                  f"llm: timeout={cfg.llm.timeout_s:g}s retries={cfg.llm.retries}; schema: compact={cfg.schema_.compact} "
-                  f"sample_rows={cfg.schema_.sample_rows}")
+    console.print(
+        f"limits: max_turns={lim.max_turns} review rounds, max_junior_rounds={lim.max_junior_rounds}; "
+        f"llm: timeout={cfg.llm.timeout_s:g}s retries={cfg.llm.retries}; schema: compact={cfg.schema_.compact} "
+        f"sample_rows={cfg.schema_.sample_rows}"
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -6,7 +6,7 @@ profile) is validated by the pydantic models below. Shape::
     name: default
     models:                       # alias -> where the model is served
       juniors:
-        embedded: qwen2.5-coder-0.5b          # started by the CLI (llama-cpp-python server)
+        embedded: qwen2.5-coder-0.5b          # started by the CLI (llama.cpp llama-server)
       remote:
         base_url: http://localhost:8000/v1    # any OpenAI-compatible endpoint
         model: Qwen/Qwen2.5-Coder-7B-Instruct
@@ -61,7 +61,7 @@ class ModelSpec(_Strict):
 
     Attributes:
         embedded: an alias of ``society.models.EMBEDDED_MODELS`` (e.g. ``qwen2.5-coder-0.5b``,
-            ``smollm2-135m``); the CLI serves it with llama-cpp-python on a free loopback port.
+            ``smollm2-135m``); the CLI serves it with llama.cpp's llama-server on a free loopback port.
         base_url: an OpenAI-compatible base URL ending in ``/v1`` (vLLM, Ollama, llama.cpp,
             a hosted API, or Agent Lightning's LLMProxy).
         model: the model name sent to ``base_url`` (required with ``base_url``).
@@ -269,7 +269,9 @@ class SocietyConfig(_Strict):
                 raise ValueError(f"role {r.name}: unknown type {r.type!r}; known types: {sorted(ROLE_TYPES)}")
             rtype = ROLE_TYPES[r.type]
             if rtype.needs_model and not r.model:
-                raise ValueError(f"role {r.name} ({r.type}) calls an LLM: set `model:` to one of {sorted(self.models)}")
+                raise ValueError(
+                    f"role {r.name} ({r.type}) calls an LLM: set `model:` to one of {sorted(self.models)}"
+                )
             if r.model and r.model not in self.models:
                 raise ValueError(f"role {r.name}: model alias {r.model!r} is not in `models:` ({sorted(self.models)})")
             if isinstance(r.prompt, str) and r.prompt not in PROMPTS:
@@ -313,7 +315,9 @@ class SocietyConfig(_Strict):
             raise ConfigError(f"config file {path} is a directory; pass --config pointing at a YAML file "
                               f"(see {CONFIG_DIR})")
         if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist; pass --config pointing at a YAML file (see {CONFIG_DIR})")
+            raise ConfigError(
+                f"config file {path} does not exist; pass --config pointing at a YAML file (see {CONFIG_DIR})"
+            )
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
         except UnicodeDecodeError as e:
@@ -443,7 +447,9 @@ class RoleInstance(BaseModel):
         kind = self.kind
         if kind == "junior":
             persona = self.config.persona or self.name
-            return f"junior:{persona}" if self.config.count == 1 else f"junior:{persona}:{self.name.rsplit('_', 1)[-1]}"
+            return (
+                f"junior:{persona}" if self.config.count == 1 else f"junior:{persona}:{self.name.rsplit('_', 1)[-1]}"
+            )
         if kind == "reviewer":
             return f"reviewer:{self.type.removesuffix('_reviewer')}"
         return kind

@@ -144,7 +144,9 @@ class CallLog:
         out: dict[str, dict[str, Any]] = {}
         with self._lock:
             for c in self.llm_calls:
-                d = out.setdefault(c.role, {"llm_calls": 0, "input_tokens": 0, "output_tokens": 0, "tokens": 0, "model_s": 0.0})
+                d = out.setdefault(
+                    c.role, {"llm_calls": 0, "input_tokens": 0, "output_tokens": 0, "tokens": 0, "model_s": 0.0}
+                )
                 d["llm_calls"] += 1
                 d["input_tokens"] += c.input_tokens
                 d["output_tokens"] += c.output_tokens
@@ -171,7 +173,10 @@ class CallLog:
 
     def to_json(self) -> dict[str, Any]:
         with self._lock:
-            return {"llm_calls": [asdict(c) for c in self.llm_calls], "tool_calls": [asdict(t) for t in self.tool_calls]}
+            return {
+                "llm_calls": [asdict(c) for c in self.llm_calls],
+                "tool_calls": [asdict(t) for t in self.tool_calls],
+            }
 
 
 class ChatModels:
@@ -214,8 +219,17 @@ class ChatModels:
 
         ep = self.endpoint(alias)
         extra = dict(ep.extra_body or {})
-        key = (ep.base_url, ep.model, ep.api_key, sampling.temperature, sampling.max_tokens, sampling.seed, sampling.top_p,
-               tuple(sampling.stop or ()), json.dumps(extra, sort_keys=True))
+        key = (
+            ep.base_url,
+            ep.model,
+            ep.api_key,
+            sampling.temperature,
+            sampling.max_tokens,
+            sampling.seed,
+            sampling.top_p,
+            tuple(sampling.stop or ()),
+            json.dumps(extra, sort_keys=True),
+        )
         with self._lock:
             client = self._clients.get(key)
             if client is None:
@@ -228,7 +242,7 @@ class ChatModels:
                     timeout=self.config.llm.timeout_s,
                     max_retries=0,
                     # ChatOpenAI sends `max_completion_tokens`; servers that only read the older
-                    # `max_tokens` (llama-cpp-python) would otherwise generate until the context fills.
+                    # `max_tokens` (older llama.cpp servers) would otherwise generate until the context fills.
                     extra_body={**extra, "max_tokens": sampling.max_tokens},
                 )
                 if sampling.seed is not None:
@@ -248,7 +262,9 @@ def _is_retryable(exc: BaseException) -> bool:
         import openai
     except ImportError:  # pragma: no cover
         return False
-    if isinstance(exc, (openai.APIConnectionError, openai.APITimeoutError, openai.RateLimitError, openai.InternalServerError)):
+    if isinstance(
+        exc, (openai.APIConnectionError, openai.APITimeoutError, openai.RateLimitError, openai.InternalServerError)
+    ):
         return True
     if isinstance(exc, openai.APIStatusError):
         return exc.status_code >= 500 or exc.status_code == 429
@@ -285,7 +301,10 @@ def cut_at_stop(text: str, stop: Sequence[str] | None) -> str:
 def message_dicts(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
     """Chat messages as ``[{"role", "content"}]`` (OpenAI roles)."""
     names = {"system": "system", "human": "user", "ai": "assistant", "tool": "tool"}
-    return [{"role": names.get(m.type, m.type), "content": m.content if isinstance(m.content, str) else str(m.content)} for m in messages]
+    return [
+        {"role": names.get(m.type, m.type), "content": m.content if isinstance(m.content, str) else str(m.content)}
+        for m in messages
+    ]
 
 
 def child_config(
@@ -352,13 +371,18 @@ def invoke_llm(
                 break
             except Exception as exc:  # noqa: BLE001 - classified below
                 if not _is_retryable(exc):
-                    raise LLMRequestError(f"{label}: {alias} rejected the request: {type(exc).__name__}: {exc}") from exc
+                    raise LLMRequestError(
+                        f"{label}: {alias} rejected the request: {type(exc).__name__}: {exc}"
+                    ) from exc
                 dead = dead_servers()
                 if dead:  # no point retrying against a server that has exited
-                    raise EndpointUnavailable(f"{label}: endpoint for {alias} ({rec.base_url}): {dead[0].headline}") from dead[0]
+                    raise EndpointUnavailable(
+                        f"{label}: endpoint for {alias} ({rec.base_url}): {dead[0].headline}"
+                    ) from dead[0]
                 if attempt > settings.retries:
                     raise EndpointUnavailable(
-                        f"{label}: endpoint for {alias} ({rec.base_url}) failed {attempt} times: {type(exc).__name__}: {exc}"
+                        f"{label}: endpoint for {alias} ({rec.base_url}) failed {attempt} times: "
+                        f"{type(exc).__name__}: {exc}"
                     ) from exc
                 time.sleep(min(delay, settings.backoff_max_s))
                 delay = delay * 2 if delay > 0 else 0.0

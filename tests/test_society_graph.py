@@ -1,4 +1,4 @@
-"""The society graph end to end against a real llama-cpp-python server (SmolLM2-135M, the
+"""The society graph end to end against a real llama.cpp server (llama-server; SmolLM2-135M, the
 ``smol_server`` fixture) on real Spider databases.
 
 Routing is driven deterministically without mocks: a real SQLite database whose only table is a
@@ -70,7 +70,9 @@ class Recorder(BaseCallbackHandler):
         self.chains[run_id] = {"name": kw.get("name"), "parent": parent_run_id}
 
     def on_chat_model_start(self, serialized, messages, *, run_id, parent_run_id=None, tags=None, metadata=None, **kw):
-        self.llm.append({"name": kw.get("name"), "parent": parent_run_id, "tags": tags or [], "metadata": metadata or {}})
+        self.llm.append(
+            {"name": kw.get("name"), "parent": parent_run_id, "tags": tags or [], "metadata": metadata or {}}
+        )
 
     def on_tool_start(self, serialized, input_str, *, run_id, parent_run_id=None, tags=None, metadata=None, **kw):
         self.tools.append({"name": kw.get("name") or (serialized or {}).get("name"), "parent": parent_run_id,
@@ -104,9 +106,20 @@ def test_society_end_to_end_on_spider_questions(smol_server):
         assert len(cb.llm) == run.llm_calls
         for call in cb.llm:
             md = call["metadata"]
-            assert call["name"] in {"junior:direct", "junior:step_by_step", "junior:decompose", "supervisor", "senior", "reviewer:semantic"}
+            assert call["name"] in {
+                "junior:direct",
+                "junior:step_by_step",
+                "junior:decompose",
+                "supervisor",
+                "senior",
+                "reviewer:semantic",
+            }
             assert md["question_id"] == ex.id and md["db_id"] == ex.db_id and md["run_id"] == run.run_id
-            assert md["rollout_id"] == "ro-test" and md["role"] == call["name"].split(":")[0] and md["node"] in call["tags"]
+            assert (
+                md["rollout_id"] == "ro-test"
+                and md["role"] == call["name"].split(":")[0]
+                and md["node"] in call["tags"]
+            )
             assert call["parent"] in cb.chains  # nested under a graph node's run
         assert {"sql_db_schema", "sql_db_query"} <= {t["name"] for t in cb.tools}
         assert all(t["parent"] in cb.chains for t in cb.tools)
@@ -217,7 +230,11 @@ def test_baselines(smol_server, agent):
     assert run.agent == agent and run.path[0] == "prepare" and run.path[-1] == "finalize"
     assert "supervisor" not in run.path and not run.candidates
     if agent == "single":
-        assert run.llm_calls == 1 and run.path == ["prepare", "junior_direct/draft", "finalize"] and run.status == "single"
+        assert (
+            run.llm_calls == 1
+            and run.path == ["prepare", "junior_direct/draft", "finalize"]
+            and run.status == "single"
+        )
     else:
         assert 1 <= run.llm_calls <= 1 + 2 * 3 + 1
         if run.path[2] == "handover":
