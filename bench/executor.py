@@ -2,15 +2,22 @@
 
 Measures, over ALL executable Spider dev gold queries (972 with the bundled data):
 
-* 1 worker: queries/s with the default per-thread connection reuse, and with a fresh
-  connection per call (``tools.executor.REUSE_CONNECTIONS = False``) for comparison;
-  p50/p95/max latency from the executor's own ``elapsed_ms``;
-* N workers (processes, N = ``os.cpu_count()`` unless ``--workers``): queries/s over the
-  same queries on an already-started pool (start-up reported separately);
+* 1 caller, before/after worker isolation: queries/s with statements run in the calling
+  process (``tools.executor.USE_WORKERS = False``, the executor before worker processes)
+  and in a pooled worker process (the default); connections reused per thread, plus a
+  fresh connection per call (``REUSE_CONNECTIONS = False``) in the worker; p50/p95/max
+  latency from the executor's own ``elapsed_ms``;
+* N callers (processes, N = ``os.cpu_count()`` unless ``--workers``), each with its own
+  worker: queries/s on an already-started pool (start-up reported separately);
+* worker start-up (first call after the idle workers were stopped);
 * timeout precision: overshoot past ``timeout_s`` for a never-ending recursive CTE, and the
-  wall time of the single-instruction CPU bombs the executor defuses (trim/instr/LIKE/json_patch);
+  wall time and outcome of statements that SQLite runs inside one VM instruction or while
+  preparing (trim/instr/LIKE/json_patch/printf, an exponential CTE chain), which end by an
+  override, a memory bound, or the worker being killed at ``timeout_s`` + ``KILL_GRACE_S``;
 * progress-handler overhead: one CPU-bound query through the executor vs a bare connection;
 * EX evaluation time of gold-vs-gold (``evaluation.ex.evaluate_predictions``), 1 and N workers.
+
+The load average (``os.getloadavg``) is printed before and after: the figures depend on it.
 
 Usage::
 
@@ -48,6 +55,11 @@ _BOMBS = {
         "SELECT length(json_patch(a.o, b.o)) FROM a, b"
     ),
     "printf %.2e9c": "SELECT printf('%.*c', 2000000000, 'x')",
+    "printf %.2e9c, text arg": "SELECT printf('%.*c', '2000000000', 'x')",
+    "printf, invalid UTF-8": "SELECT printf('%.*c', 2000000000, CAST(x'ff' AS TEXT))",
+    "CTE chain x2 ^ 20": "WITH c0(x) AS NOT MATERIALIZED (SELECT 1), " + ", ".join(
+        f"c{i}(x) AS NOT MATERIALIZED (SELECT a.x FROM c{i - 1} a, c{i - 1} b)" for i in range(1, 21)
+    ) + " SELECT count(*) FROM c20",
 }
 
 
@@ -60,7 +72,8 @@ def _run_all(items: list[tuple[str, str]]) -> list[tuple[float, bool]]:
     return out
 
 
-def _warm(_: int) -> int:
+def _warm(db: str) -> int:
+    ex.execute_sql(db, "SELECT 1")  # starts this process's executor worker
     return os.getpid()
 
 
@@ -69,10 +82,16 @@ def _pct(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
 
 
-def bench_serial(items: list[tuple[str, str]], repeat: int, reuse: bool) -> tuple[float, list[float], int]:
-    """Best-of-``repeat`` queries/s in this process; latencies (ms) and errors of the best pass."""
+def bench_serial(
+    items: list[tuple[str, str]], repeat: int, reuse: bool, workers: bool = True
+) -> tuple[float, list[float], int]:
+    """Best-of-``repeat`` queries/s from this process; latencies (ms) and errors of the best pass.
+
+    ``workers`` False runs the statements in this process (``USE_WORKERS = False``)."""
     ex.REUSE_CONNECTIONS = reuse
+    ex.USE_WORKERS = workers
     ex.close_connections()
+    _run_all(items[:50])  # start the worker and open the first connections outside the timing
     best = (0.0, [], 0)
     for _ in range(repeat):
         t = time.perf_counter()
@@ -81,6 +100,7 @@ def bench_serial(items: list[tuple[str, str]], repeat: int, reuse: bool) -> tupl
         if qps > best[0]:
             best = (qps, [ms for ms, _ in res], sum(not ok for _, ok in res))
     ex.REUSE_CONNECTIONS = True
+    ex.USE_WORKERS = True
     return best
 
 
@@ -94,7 +114,7 @@ def bench_parallel(items: list[tuple[str, str]], workers: int, repeat: int) -> t
     chunks = [ordered[i : i + size] for i in range(0, len(ordered), size)]
     t = time.perf_counter()
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(_warm, range(workers * 2)))
+        list(pool.map(_warm, [items[0][0]] * (workers * 2)))
         startup = time.perf_counter() - t
         best = 0.0
         for _ in range(repeat):
@@ -117,7 +137,19 @@ def bench_timeouts(db: str) -> None:
         r = ex.execute_sql(db, sql, timeout_s=0.5)
         wall = (time.perf_counter() - t) * 1000
         outcome = "ok" if r.ok else r.category.value
-        print(f"  single-instruction bomb {name:22s} -> {outcome:7s} in {wall:7.1f} ms (timeout 500 ms)")
+        how = "" if r.ok else f"  ({r.message[:60]})"
+        print(f"  one-instruction/prepare bomb {name:24s} -> {outcome:7s} in {wall:7.1f} ms (timeout 500 ms){how}")
+
+
+def bench_worker_start(db: str) -> None:
+    starts = []
+    for _ in range(5):
+        ex.close_connections()  # stops the idle workers
+        t = time.perf_counter()
+        assert ex.execute_sql(db, "SELECT 1").ok
+        starts.append((time.perf_counter() - t) * 1000)
+    print(f"worker start-up (first call with no idle worker, 5 runs): median {statistics.median(starts):.1f} ms, "
+          f"max {max(starts):.1f} ms")
 
 
 def bench_handler_overhead(db: str) -> None:
@@ -167,21 +199,28 @@ def main(argv: list[str] | None = None) -> None:
     print(f"sqlite {sqlite3.sqlite_version}, python {sys.version.split()[0]}, {os.cpu_count()} CPUs, "
           f"{len(items)} {args.split} gold queries over {len({d for d, _ in items})} databases")
 
-    qps, lat, errors = bench_serial(items, args.repeat, reuse=True)
-    print(f"1 worker, connection reused per thread: {qps:8.1f} queries/s  "
-          f"p50 {_pct(lat, 0.5):.3f} ms  p95 {_pct(lat, 0.95):.3f} ms  max {max(lat):.1f} ms  errors {errors}")
-    qps1, lat1, errors1 = bench_serial(items, args.repeat, reuse=False)
-    print(f"1 worker, new connection per call:      {qps1:8.1f} queries/s  "
-          f"p50 {_pct(lat1, 0.5):.3f} ms  p95 {_pct(lat1, 0.95):.3f} ms  max {max(lat1):.1f} ms  errors {errors1}")
+    load = os.getloadavg()
+    print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    for label, reuse, workers in (
+        ("before: in-process, connection reused   ", True, False),
+        ("after:  worker process, connection reused", True, True),
+        ("after:  worker process, new conn per call", False, True),
+    ):
+        qps, lat, errors = bench_serial(items, args.repeat, reuse=reuse, workers=workers)
+        print(f"1 caller, {label}: {qps:8.1f} queries/s  p50 {_pct(lat, 0.5):.3f} ms  "
+              f"p95 {_pct(lat, 0.95):.3f} ms  max {max(lat):.1f} ms  errors {errors}")
     startup, qpsn = bench_parallel(items, args.workers, args.repeat)
-    print(f"{args.workers} workers (processes):              {qpsn:8.1f} queries/s  "
+    print(f"{args.workers} callers (processes), one worker each:        {qpsn:8.1f} queries/s  "
           f"(pool start-up {startup * 1000:.0f} ms, not counted)")
 
     db = str(examples[0].db_path)
+    bench_worker_start(db)
     bench_timeouts(db)
     bench_handler_overhead(db)
     if not args.skip_ex:
         bench_ex(examples, args.workers)
+    load = os.getloadavg()
+    print(f"load average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 
 
 if __name__ == "__main__":

@@ -372,7 +372,10 @@ def test_overrun_worker_is_killed_and_replaced(dbs):
     assert _outcome(r) == T and "killed" in r.message, r
     after = set(ex.worker_pids())
     assert after and after != before
-    for pid in before - after:  # the killed one is gone (killed and reaped), not merely idle
+    for pid in before - after:  # the killed one is gone (killed and reaped in the background), not merely idle
+        deadline = time.monotonic() + 3
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert not Path(f"/proc/{pid}").exists()
     ok = execute_sql(db, "SELECT Name FROM singer ORDER BY Singer_ID LIMIT 1")
     assert ok.ok and ok.rows == [("Joe Sharp",)]

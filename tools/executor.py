@@ -48,7 +48,7 @@ kill, where the replacement is usually ready before the next call) is not counte
 bounded by :data:`WORKER_START_TIMEOUT_S`.
 
 Memory bound: each worker's address space is at most :data:`MAX_WORKER_MEMORY_BYTES`; a
-worker whose resident memory is above :data:`WORKER_RECYCLE_BYTES` after a statement is
+worker whose peak resident memory is above :data:`WORKER_RECYCLE_BYTES` after a statement is
 replaced, so memory a hostile statement made SQLite or the allocator keep is given back.
 The calling process only receives the reply: at most ``max_result_bytes`` of values plus
 Python's per-object overhead.
@@ -112,7 +112,7 @@ CONNECTIONS_PER_THREAD = 16
 MAX_WORKER_MEMORY_BYTES = 1024 * 1024 * 1024
 #: SQLite's hard heap limit inside a worker, in bytes (allocations past it fail with "out of memory").
 WORKER_SQLITE_HEAP_BYTES = 256 * 1024 * 1024
-#: A worker whose resident set exceeds this many bytes after a statement is replaced.
+#: A worker whose peak resident set exceeds this many bytes after a statement is replaced.
 WORKER_RECYCLE_BYTES = 256 * 1024 * 1024
 #: Seconds past ``timeout_s`` that the caller waits for a worker's reply before killing it.
 KILL_GRACE_S = 0.1
@@ -767,23 +767,35 @@ def _write_frame(fd: int, obj: Any) -> None:
     _write_all(fd, _FRAME.pack(len(payload)) + payload)
 
 
-def _read_exact_blocking(fd: int, n: int) -> bytes | None:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = os.read(fd, min(n - len(buf), 1 << 20))
+def _read_frame_blocking(fd: int, buf: bytearray) -> Any:
+    """Read one frame from ``fd`` (bytes beyond it stay in ``buf``); None at end of file."""
+    need = _FRAME.size
+    while True:
+        if len(buf) >= need:
+            if need == _FRAME.size:
+                need += _FRAME.unpack_from(buf)[0]
+                continue
+            payload = bytes(buf[_FRAME.size : need])
+            del buf[:need]
+            return marshal.loads(payload)
+        chunk = os.read(fd, max(need - len(buf), 1 << 16))
         if not chunk:
             return None
         buf += chunk
-    return bytes(buf)
 
 
-def _resident_bytes() -> int:
-    """This process's resident set size in bytes (0 where /proc is unavailable)."""
+def _peak_resident_bytes() -> int:
+    """This process's peak resident set size in bytes (0 where ``resource`` is unavailable).
+
+    The peak, not the current size: memory a statement made the allocator keep shows in it.
+    """
     try:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    except (ImportError, OSError):
         return 0
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB elsewhere
 
 
 def _watch_parent(ppid: int) -> None:
@@ -798,7 +810,7 @@ def _worker_main() -> None:
     """Body of a worker process: read requests on stdin, answer on stdout, until stdin closes.
 
     Request: ``(path, sql, timeout_s, max_rows, max_value_bytes, max_result_bytes, reuse)``.
-    Reply: ``(reply, resident_bytes)`` where ``reply`` is what :func:`_run_statement` returns
+    Reply: ``(reply, peak resident bytes)`` where ``reply`` is what :func:`_run_statement` returns
     or ``("raise", exception name, message)``. Frames are an 8-byte length plus ``marshal`` data.
     """
     rfd, wfd = 0, os.dup(1)
@@ -817,15 +829,13 @@ def _worker_main() -> None:
     threading.stack_size(256 * 1024)
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
     _write_frame(wfd, ("ready", os.getpid()))
+    pending = bytearray()
     while True:
-        header = _read_exact_blocking(rfd, _FRAME.size)
-        if header is None:
-            os._exit(0)
-        payload = _read_exact_blocking(rfd, _FRAME.unpack(header)[0])
-        if payload is None:
+        request = _read_frame_blocking(rfd, pending)
+        if request is None:
             os._exit(0)
         try:
-            path, sql, timeout_s, max_rows, mvb, mrb, reuse = marshal.loads(payload)
+            path, sql, timeout_s, max_rows, mvb, mrb, reuse = request
             reply: tuple = _run_statement(Path(path), sql, timeout_s, max_rows, mvb, mrb, reuse)
         except (ValueError, OSError, TypeError) as e:
             reply = ("raise", type(e).__name__, str(e))
@@ -834,7 +844,7 @@ def _worker_main() -> None:
         except BaseException as e:  # noqa: BLE001 -- a bug here must not kill the worker silently
             reply = ("error", ErrorCategory.OTHER.value, f"{type(e).__name__}: {e}")
         try:
-            _write_frame(wfd, (reply, _resident_bytes()))
+            _write_frame(wfd, (reply, _peak_resident_bytes()))
         except MemoryError:
             del reply
             _write_frame(wfd, (("error", ErrorCategory.OTHER.value, "out of memory (result too large to send)"), 0))
@@ -869,23 +879,25 @@ class _Worker:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def _read_exact(self, n: int, deadline: float) -> bytes:
+    def _read_frame(self, deadline: float) -> Any:
+        """One reply frame, read by ``deadline`` (raises TimeoutError, or _WorkerDied at end of file)."""
         buf = bytearray()
-        while len(buf) < n:
+        need = _FRAME.size
+        while True:
+            if len(buf) >= need:
+                if need == _FRAME.size:
+                    need += _FRAME.unpack_from(buf)[0]
+                    continue
+                return marshal.loads(memoryview(buf)[_FRAME.size : need])
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError
             if not self.poller.poll(max(1, math.ceil(left * 1000))):
                 continue
-            chunk = os.read(self.rfd, min(n - len(buf), 1 << 20))
+            chunk = os.read(self.rfd, max(need - len(buf), 1 << 16))
             if not chunk:
                 raise _WorkerDied
             buf += chunk
-        return bytes(buf)
-
-    def _read_frame(self, deadline: float) -> Any:
-        (n,) = _FRAME.unpack(self._read_exact(_FRAME.size, deadline))
-        return marshal.loads(self._read_exact(n, deadline))
 
     def wait_ready(self) -> bool:
         """Wait (at most :data:`WORKER_START_TIMEOUT_S` from its start) until the worker is ready."""
@@ -898,7 +910,7 @@ class _Worker:
         return self.ready
 
     def request(self, req: tuple, deadline: float) -> tuple:
-        """Send one request; return ``(reply, resident_bytes)``.
+        """Send one request; return ``(reply, peak resident bytes of the worker)``.
 
         Raises:
             TimeoutError: no complete reply by ``deadline`` (``time.monotonic()`` seconds).
@@ -917,23 +929,34 @@ class _Worker:
             raise _WorkerDied
         return out
 
-    def kill(self) -> str:
-        """SIGKILL the worker (if still running), reap it, close the pipes; return how it ended."""
+    def reap(self) -> str:
+        """Wait (up to 1 s) for a worker whose pipe closed to exit; return how it ended."""
         try:
-            self.proc.kill()
-        except OSError:
-            pass
-        try:
-            code = self.proc.wait(timeout=5)
+            self.proc.wait(timeout=1)
         except subprocess.TimeoutExpired:
-            code = None
+            pass
+        return self.kill()
+
+    def kill(self) -> str:
+        """SIGKILL the worker (if still running) and close the pipes; return how it ended.
+
+        The process is reaped by a background thread (tearing down a large address space
+        can take tens of milliseconds), so the caller does not wait for it.
+        """
+        code = self.proc.poll()
+        if code is None:
+            try:
+                self.proc.kill()
+            except OSError:
+                pass
+            threading.Thread(target=self.proc.wait, daemon=True).start()
         for f in (self.proc.stdin, self.proc.stdout):
             try:
                 f.close()
             except OSError:
                 pass
         if code is None:
-            return "did not exit"
+            return "killed by the executor"
         return f"killed by signal {-code}" if code < 0 else f"exit status {code}"
 
 
@@ -947,16 +970,13 @@ class _Pool:
 
     def take(self) -> _Worker:
         with self.lock:
-            while self.idle:
-                w = self.idle.pop()
-                if w.alive():
-                    return w
-                w.kill()
+            if self.idle:
+                return self.idle.pop()  # one that died while idle fails to take the request: retried
         return _Worker()
 
     def give(self, w: _Worker) -> None:
         with self.lock:
-            if not self.closed and len(self.idle) < MAX_IDLE_WORKERS and w.alive():
+            if not self.closed and len(self.idle) < MAX_IDLE_WORKERS:
                 self.idle.append(w)
                 return
         w.kill()
@@ -1028,7 +1048,8 @@ def _in_worker(path: Path, sql: str, timeout_s: float, max_rows: int, mvb: int, 
             return ("error", ErrorCategory.TIMEOUT.value,
                     f"interrupted: the statement ran past timeout_s={timeout_s} s and its worker process was killed")
         except _WorkerDied as e:
-            how = pool.replace(w)
+            how = w.reap()
+            pool.replace(w)
             if attempt == 1 and e.args == ("unsent",):
                 continue  # lost while idle, before it got the statement: retry once on a fresh worker
             return ("error", ErrorCategory.OTHER.value, f"executor worker died while running the statement ({how})")
