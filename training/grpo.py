@@ -246,12 +246,18 @@ class SeniorReward:
         """(reward, ex) of one completion; ``ex`` is None for check decisions."""
         from evaluation.ex import execution_match
         from evaluation.rewards import compute_reward
-        from society.llm import cut_at_stop
-        from society.roles import parse_check
 
+        # society.llm / society.roles import LangChain: only when stop strings or check decisions
+        # need them, so the reward also runs where only the training stack is installed.
         node = node or "senior_rewrite"
-        text = cut_at_stop(_text(completion), self.stop)  # as the served senior's reply
+        text = _text(completion)
+        if self.stop:
+            from society.llm import cut_at_stop
+
+            text = cut_at_stop(text, self.stop)  # as the served senior's reply
         if node == "senior_check":
+            from society.roles import parse_check
+
             verdict = parse_check(text)
             if verdict is None:
                 return 0.0, None

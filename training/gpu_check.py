@@ -1,0 +1,645 @@
+"""The project's own training paths on a tiny model, on ``cuda`` (a GPU check) or ``cpu`` (its test).
+
+Run through ``scripts/gpu-check.sh`` (which can first install carried wheels) or directly::
+
+    python -m training.gpu_check --device cuda --out runs/gpu-check
+
+Nothing is downloaded: the model is a randomly initialised Qwen2-architecture causal LM
+(:func:`build_tiny_model`, 2 layers, hidden 64, a byte-level BPE tokenizer of a few hundred tokens
+trained here on a few SQL sentences, ChatML chat template), and the GRPO reward runs on a SQLite
+file the check writes (:func:`build_tiny_database`). The steps, in order (a failed step skips the
+ones that need its output):
+
+==================  =================================================================================
+step                passes when
+==================  =================================================================================
+``environment``     the stack imports (torch, transformers, peft, trl, datasets); on ``cuda``:
+                    ``torch.cuda.is_available()``
+``tiny_model``      model + tokenizer built, saved, reloaded by ``AutoModelForCausalLM`` /
+                    ``AutoTokenizer``
+``sft``             :class:`training.sft.JuniorSFTTrainer` (TRL backend, LoRA) takes ``sft_steps``
+                    optimizer steps with finite losses; on ``cuda`` with ``bf16=True`` when the GPU
+                    supports it and CUDA memory was allocated (the run was on the GPU)
+``sft_reload``      the saved adapter loads twice onto a fresh base; greedy output (token ids) is
+                    equal between the two loads and some ``lora_B`` weight is non-zero (trained)
+``grpo``            :class:`training.grpo.SeniorGRPOTrainer` (TRL GRPO, LoRA, the project's
+                    execution reward on the SQLite file) takes ``grpo_steps`` steps, rewards finite
+``grpo_reload``     as ``sft_reload`` for the senior's adapter
+``gpu_stack``       ``--full`` only: vllm, verl, unsloth and agentlightning import (their versions)
+==================  =================================================================================
+
+Output (``--out``): ``gpu_check.json`` (``{"device", "ok", "steps": [{"step", "seconds", "ok",
+"error", "detail"}], "versions"}``) and ``gpu_check.md`` (the same table in Markdown, printed too);
+the tiny model, the adapters and the database beside them. Exit status 0 when every step passed,
+1 otherwise, 2 for bad arguments.
+
+Imports: only the standard library at module level; the steps import torch, transformers, peft,
+trl, datasets and the project's trainers -- never Agent Lightning, LangGraph, LangChain, LiteLLM
+or the serving modules, so the check runs on a machine that has only the training stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sqlite3
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "StepResult",
+    "build_tiny_model",
+    "build_tiny_database",
+    "greedy_twice",
+    "run_checks",
+    "main",
+    "wheel_pins",
+    "TRAINING_STACK",
+]
+
+#: The packages the trainers need (and all the check imports besides the project itself).
+TRAINING_STACK = ("torch", "transformers", "peft", "trl", "datasets")
+
+#: The GPU stack of the ``gpu`` extra, imported by ``--full`` only.
+GPU_STACK = ("vllm", "verl", "unsloth", "agentlightning")
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+SYSTEM = "You translate questions into SQLite SQL. Answer with one ```sql block."
+SCHEMA = "singer(singer_id, name, country, age)"
+QA = [
+    ("How many singers are there?", "SELECT count(*) FROM singer"),
+    ("List the names of all singers.", "SELECT name FROM singer"),
+    ("What is the average age of singers?", "SELECT avg(age) FROM singer"),
+    ("Which singers are from France?", "SELECT name FROM singer WHERE country = 'France'"),
+    ("What is the age of the oldest singer?", "SELECT max(age) FROM singer"),
+    ("How many singers are older than 30?", "SELECT count(*) FROM singer WHERE age > 30"),
+    ("List the countries of singers without repeats.", "SELECT DISTINCT country FROM singer"),
+    ("Show names of singers ordered by age.", "SELECT name FROM singer ORDER BY age"),
+]
+
+
+@dataclass
+class StepResult:
+    """One row of the table: ``seconds`` wall time, ``ok`` passed, ``error`` the first line of the
+    failure (``"skipped: ..."`` when an earlier step it needs failed), ``detail`` what was measured."""
+
+    step: str
+    seconds: float
+    ok: bool
+    error: str = ""
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+class CheckFailed(AssertionError):
+    """A step ran but its result is wrong (the message says what was expected)."""
+
+
+# ============================================================================ inputs
+
+
+def _user(question: str) -> str:
+    return f"Schema: {SCHEMA}\nQuestion: {question}"
+
+
+def _answer(sql: str) -> str:
+    return f"```sql\n{sql}\n```"
+
+
+def sft_rows() -> list[dict[str, Any]]:
+    """Junior conversations in the shape ``HierarchicalTraceAdapter.to_sft`` gives (``messages``)."""
+    return [
+        {
+            "messages": [
+                {"role": "system", "content": SYSTEM},
+                {"role": "user", "content": _user(q)},
+                {"role": "assistant", "content": _answer(s)},
+            ]
+        }
+        for q, s in QA
+    ]
+
+
+def grpo_rows(db_path: Path) -> list[dict[str, Any]]:
+    """Senior rewrite prompts in the shape ``HierarchicalTraceAdapter.to_rl(...).prompts`` gives."""
+    return [
+        {
+            "prompt": [
+                {"role": "system", "content": SYSTEM},
+                {"role": "user", "content": _user(q) + f"\nDraft: {_answer(s + ' LIMIT 0')}\nFix the draft."},
+            ],
+            "gold_sql": s,
+            "db_path": str(db_path),
+            "node": "senior_rewrite",
+        }
+        for q, s in QA[:4]
+    ]
+
+
+def build_tiny_database(path: Path) -> Path:
+    """A SQLite file with one ``singer`` table (6 rows) -- the database of the GRPO prompts."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    with sqlite3.connect(path) as con:
+        con.execute("CREATE TABLE singer (singer_id INTEGER PRIMARY KEY, name TEXT, country TEXT, age INTEGER)")
+        con.executemany(
+            "INSERT INTO singer VALUES (?, ?, ?, ?)",
+            [
+                (1, "Joe Sharp", "Netherlands", 52),
+                (2, "Timbaland", "United States", 32),
+                (3, "Justin Brown", "France", 29),
+                (4, "Rose White", "France", 41),
+                (5, "John Nizinik", "France", 43),
+                (6, "Tribal King", "France", 25),
+            ],
+        )
+    con.close()
+    return path
+
+
+def build_tiny_model(
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    vocab_size: int = 512,
+    hidden_size: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+) -> Path:
+    """Write a randomly initialised Qwen2 causal LM and its tokenizer to ``out_dir`` (float32).
+
+    The tokenizer is a byte-level BPE (any text encodes) trained on this module's SQL sentences up
+    to ``vocab_size`` tokens (fewer when the corpus has fewer merges), with ``<|endoftext|>`` (pad),
+    ``<|im_start|>``, ``<|im_end|>`` (eos) and a ChatML template -- the special tokens of Qwen2.5.
+    Size: about 0.1 M parameters, a few hundred KB on disk.
+
+    Returns:
+        ``out_dir`` (a Hugging Face model directory the trainers take as ``model``).
+    """
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen2Config
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    corpus = [SYSTEM, SCHEMA, "system user assistant Schema Question Draft Fix the draft."]
+    corpus += [t for q, s in QA for t in (q, _answer(s))]
+    bpe.train_from_iterator(
+        corpus * 4,
+        trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=specials,
+            show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tok.chat_template = CHAT_TEMPLATE
+    tok.save_pretrained(str(out_dir))
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(
+        vocab_size=bpe.get_vocab_size(),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=tok.convert_tokens_to_ids("<|endoftext|>"),
+    )
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    model.generation_config.eos_token_id = cfg.eos_token_id
+    model.generation_config.pad_token_id = cfg.pad_token_id
+    model.save_pretrained(str(out_dir))
+    return out_dir
+
+
+# ============================================================================ checks
+
+
+def greedy_twice(
+    base_dir: Path, adapter_dir: Path, prompts: list[list[dict[str, str]]], *, device: str, max_new_tokens: int = 12
+) -> dict[str, Any]:
+    """Load base + PEFT adapter twice (fresh each time), decode greedily, compare.
+
+    Args:
+        base_dir / adapter_dir: the tiny model and a trained adapter.
+        prompts: chat prompts (the generation prompt is added).
+        device: ``"cuda"`` (bf16 weights when supported) or ``"cpu"`` (float32).
+
+    Returns:
+        ``{"equal": bool (token ids equal for every prompt), "tokens": new tokens per prompt of the
+        first load, "lora_b_abs_sum": sum |lora_B| over the adapter (0 = untrained), "dtype"}``.
+    """
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    tok = AutoTokenizer.from_pretrained(str(base_dir))
+    runs = []
+    for _ in range(2):
+        base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=dtype).to(device)
+        model = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
+        outs = []
+        for p in prompts:
+            ids = tok.apply_chat_template(p, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+            ids = {k: v.to(device) for k, v in ids.items()}
+            with torch.no_grad():
+                gen = model.generate(
+                    **ids,
+                    do_sample=False,
+                    max_new_tokens=max_new_tokens,
+                    pad_token_id=tok.pad_token_id,
+                    eos_token_id=tok.eos_token_id,
+                )
+            outs.append(gen[0, ids["input_ids"].shape[1] :].tolist())
+        runs.append(outs)
+        del model, base
+    weights = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    lora_b = sum(float(v.float().abs().sum()) for k, v in weights.items() if "lora_B" in k)
+    return {
+        "equal": runs[0] == runs[1],
+        "tokens": [len(o) for o in runs[0]],
+        "lora_b_abs_sum": lora_b,
+        "dtype": str(dtype).removeprefix("torch."),
+        "first_output": tok.decode(runs[0][0]),
+    }
+
+
+def _versions(names: tuple[str, ...]) -> dict[str, str]:
+    from importlib import metadata
+
+    out = {}
+    for n in names:
+        try:
+            out[n] = metadata.version(n)
+        except metadata.PackageNotFoundError:
+            out[n] = "absent"
+    return out
+
+
+def run_checks(
+    device: str,
+    out: Path,
+    *,
+    sft_steps: int = 3,
+    grpo_steps: int = 2,
+    threads: int = 1,
+    full: bool = False,
+    log: Callable[[str], None] = print,
+) -> list[StepResult]:
+    """Run the steps of the module docstring; never raises for a failing step (it is recorded).
+
+    Args:
+        device: ``"cuda"`` or ``"cpu"`` (on ``cpu`` CUDA must already be hidden, see :func:`main`).
+        out: output directory (created).
+        sft_steps / grpo_steps: optimizer steps of each trainer (>= 1).
+        threads: CPU threads for torch in the trainers.
+        full: also check the GPU stack imports.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    results: list[StepResult] = []
+    ctx: dict[str, Any] = {}
+
+    def step(name: str, needs: tuple[str, ...], fn: Callable[[], dict[str, Any]]) -> None:
+        missing = [n for n in needs if n not in ctx]
+        if missing:
+            results.append(StepResult(name, 0.0, False, f"skipped: needs {', '.join(missing)}"))
+            log(f"[gpu-check] {name}: skipped (needs {', '.join(missing)})")
+            return
+        log(f"[gpu-check] {name} ...")
+        t0 = time.perf_counter()
+        try:
+            detail = fn() or {}
+            r = StepResult(name, round(time.perf_counter() - t0, 3), True, "", detail)
+            ctx[name] = detail
+        except Exception as e:  # noqa: BLE001 - every failure becomes a table row
+            first = (str(e).strip().splitlines() or [""])[0]
+            r = StepResult(
+                name,
+                round(time.perf_counter() - t0, 3),
+                False,
+                f"{type(e).__name__}: {first}"[:300],
+                {"traceback": traceback.format_exc()[-4000:]},
+            )
+        results.append(r)
+        log(f"[gpu-check] {name}: {'pass' if r.ok else 'FAIL ' + r.error} ({r.seconds:.1f} s)")
+
+    def environment() -> dict[str, Any]:
+        import torch
+
+        for n in TRAINING_STACK[1:]:
+            __import__(n)
+        d: dict[str, Any] = {
+            "versions": _versions(TRAINING_STACK),
+            "python": sys.version.split()[0],
+            "cuda_available": torch.cuda.is_available(),
+        }
+        if device == "cuda":
+            if not torch.cuda.is_available():
+                raise CheckFailed(
+                    "--device cuda but torch.cuda.is_available() is False "
+                    f"(torch {torch.__version__}, CUDA build {torch.version.cuda})"
+                )
+            d.update(gpu=torch.cuda.get_device_name(0), cuda=torch.version.cuda, bf16=torch.cuda.is_bf16_supported())
+        elif torch.cuda.is_available():
+            raise CheckFailed("--device cpu but CUDA is visible; run through main() (it hides CUDA first)")
+        return d
+
+    def tiny_model() -> dict[str, Any]:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        d = build_tiny_model(out / "tiny-qwen2")
+        m = AutoModelForCausalLM.from_pretrained(str(d))
+        tok = AutoTokenizer.from_pretrained(str(d))
+        if m.config.model_type != "qwen2":
+            raise CheckFailed(f"model_type {m.config.model_type!r}, expected 'qwen2'")
+        ctx["model_dir"] = d
+        return {"dir": str(d), "parameters": sum(p.numel() for p in m.parameters()), "vocab": len(tok)}
+
+    def _cuda_reset() -> None:
+        import torch
+
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+
+    def _cuda_used(d: dict[str, Any], args: Any) -> None:
+        import torch
+
+        d.update(bf16=bool(args.bf16), use_cpu=bool(args.use_cpu))
+        if device == "cuda":
+            d["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+            if d["peak_cuda_mib"] <= 0 or args.use_cpu:
+                raise CheckFailed(f"trained without CUDA memory (use_cpu={args.use_cpu})")
+            if torch.cuda.is_bf16_supported() and not args.bf16:
+                raise CheckFailed("bf16 is supported by the GPU but the trainer's arguments have bf16=False")
+
+    def sft() -> dict[str, Any]:
+        from training.sft import JuniorSFTConfig, JuniorSFTTrainer
+
+        cfg = JuniorSFTConfig(
+            model=str(ctx["model_dir"]),
+            output_dir=str(out / "junior-adapter"),
+            max_steps=sft_steps,
+            per_device_train_batch_size=2,
+            max_length=128,
+            learning_rate=1e-3,
+            backend="trl",
+            num_threads=threads,
+            seed=0,
+        )
+        trainer = JuniorSFTTrainer(cfg, sft_rows())
+        args = trainer._args()
+        _cuda_reset()
+        res = trainer.train()
+        d = {
+            "steps": res.steps,
+            "losses": [round(v, 4) for _, v in res.losses],
+            "mean_step_s": round(res.mean_step_seconds, 4),
+            "backend": res.backend,
+        }
+        _cuda_used(d, args)
+        if res.steps != sft_steps or not res.losses or not all(math.isfinite(v) for _, v in res.losses):
+            raise CheckFailed(
+                f"expected {sft_steps} steps with finite losses, got {res.steps} steps, losses {res.losses}"
+            )
+        ctx["junior_adapter"] = res.adapter_dir
+        return d
+
+    def reload(
+        key: str, prompts: list[list[dict[str, str]]], trained: Callable[[], bool]
+    ) -> Callable[[], dict[str, Any]]:
+        def run() -> dict[str, Any]:
+            d = greedy_twice(ctx["model_dir"], Path(ctx[key]), prompts, device=device)
+            if not d["equal"]:
+                raise CheckFailed("greedy output differs between two loads of the same adapter")
+            if trained() and not d["lora_b_abs_sum"] > 0:
+                raise CheckFailed("every lora_B weight is 0: the adapter was not trained")
+            return d
+
+        return run
+
+    def grpo() -> dict[str, Any]:
+        from training.grpo import SeniorGRPOConfig, SeniorGRPOTrainer
+
+        db = build_tiny_database(out / "singer.sqlite")
+        cfg = SeniorGRPOConfig(
+            model=str(ctx["model_dir"]),
+            output_dir=str(out / "senior-adapter"),
+            max_steps=grpo_steps,
+            num_generations=4,
+            prompts_per_step=1,
+            max_completion_length=16,
+            max_prompt_length=256,
+            learning_rate=1e-3,
+            num_threads=threads,
+            seed=0,
+            backend="trl",
+        )
+        trainer = SeniorGRPOTrainer(cfg, grpo_rows(db))
+        args = trainer._args()
+        _cuda_reset()
+        res = trainer.train()
+        d = {
+            "steps": res.steps,
+            "rewards": [round(r, 4) for r in res.rewards],
+            "reward_std": res.reward_std,
+            "mean_step_s": round(res.mean_step_seconds, 4),
+            "completions_scored": len(trainer.reward.records),
+        }
+        _cuda_used(d, args)
+        if res.steps != grpo_steps or not res.rewards or not all(math.isfinite(r) for r in res.rewards):
+            raise CheckFailed(
+                f"expected {grpo_steps} steps with finite rewards, got {res.steps} steps, rewards {res.rewards}"
+            )
+        if not trainer.reward.records:
+            raise CheckFailed("the execution reward scored no completion")
+        ctx["senior_adapter"] = res.adapter_dir
+        return d
+
+    def gpu_stack() -> dict[str, Any]:
+        bad = []
+        for n in GPU_STACK:
+            try:
+                __import__(n)
+            except Exception as e:  # noqa: BLE001 - reported as the step's error
+                bad.append(f"{n} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+        if bad:
+            raise CheckFailed(
+                "does not import: " + "; ".join(bad) + " -- install with SQLSOCIETY_GPU=1 bash scripts/install.sh"
+            )
+        return {"versions": _versions(GPU_STACK)}
+
+    prompts = [[{"role": "system", "content": SYSTEM}, {"role": "user", "content": _user(q)}] for q, _ in QA[:2]]
+    step("environment", (), environment)
+    step("tiny_model", ("environment",), tiny_model)
+    step("sft", ("tiny_model",), sft)
+    step("sft_reload", ("sft",), reload("junior_adapter", prompts, lambda: True))
+    step("grpo", ("tiny_model",), grpo)
+    # GRPO moves the weights only on a step whose group rewards differ (zero advantage otherwise):
+    # lora_B must be non-zero only when some logged step had reward_std > 0.
+    step(
+        "grpo_reload",
+        ("grpo",),
+        reload(
+            "senior_adapter",
+            [r["prompt"] for r in grpo_rows(out / "singer.sqlite")[:2]],
+            lambda: any(s > 0 for s in ctx["grpo"]["reward_std"]),
+        ),
+    )
+    if full:
+        step("gpu_stack", (), gpu_stack)
+    return results
+
+
+#: Packages the GPU machine is known to have (their dependencies too): the wheel list leaves them out.
+PREINSTALLED = ("torch", "transformers", "peft", "accelerate", "pyarrow", "scikit-learn")
+
+#: What the check needs beyond :data:`PREINSTALLED`: the trainers' TRL and datasets, sqlglot for the reward.
+WHEEL_ROOTS = ("trl", "datasets", "sqlglot")
+
+
+def wheel_pins(
+    roots: tuple[str, ...] = WHEEL_ROOTS, preinstalled: tuple[str, ...] = PREINSTALLED, python_version: str = "3.12"
+) -> list[str]:
+    """``name==version`` pins of the packages to carry: the dependency closure of ``roots`` minus
+    that of ``preinstalled``, read from the distributions installed here (the versions the tests pass
+    with), markers evaluated for CPython ``python_version`` on x86-64 Linux, no extras.
+
+    Raises:
+        LookupError: a root is not installed here (``pip install -e .[dev]`` first).
+    """
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    env = {
+        "python_version": python_version,
+        "python_full_version": f"{python_version}.0",
+        "sys_platform": "linux",
+        "platform_system": "Linux",
+        "platform_machine": "x86_64",
+        "os_name": "posix",
+        "implementation_name": "cpython",
+        "platform_python_implementation": "CPython",
+        "extra": "",
+    }
+
+    def closure(names: tuple[str, ...], strict: bool) -> dict[str, str | None]:
+        seen: dict[str, str | None] = {}
+        todo = list(names)
+        while todo:
+            n = canonicalize_name(todo.pop())
+            if n in seen:
+                continue
+            try:
+                dist = metadata.distribution(n)
+            except metadata.PackageNotFoundError:
+                if strict and n in {canonicalize_name(r) for r in names}:
+                    raise LookupError(
+                        f"{n} is not installed here; install the project with its dev extra first"
+                    ) from None
+                seen[n] = None
+                continue
+            seen[n] = dist.version
+            for r in dist.requires or []:
+                req = Requirement(r)
+                if req.marker is None or req.marker.evaluate(env):
+                    todo.append(req.name)
+        return seen
+
+    have = closure(preinstalled, strict=False)
+    need = closure(roots, strict=True)
+    return sorted(f"{n}=={v}" for n, v in need.items() if n not in have and v is not None)
+
+
+def markdown_table(results: list[StepResult]) -> str:
+    """The results as a Markdown table: step | seconds | result | error."""
+    lines = ["| step | seconds | result | error |", "|---|---:|---|---|"]
+    for r in results:
+        err = r.error.replace("|", "\\|")
+        lines.append(f"| {r.step} | {r.seconds:.2f} | {'pass' if r.ok else 'FAIL'} | {err} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point (see the module docstring); returns the exit status."""
+    ap = argparse.ArgumentParser(prog="python -m training.gpu_check", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    ap.add_argument("--out", default="runs/gpu-check", help="output directory [default: runs/gpu-check]")
+    ap.add_argument("--sft-steps", type=int, default=3)
+    ap.add_argument("--grpo-steps", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=max(1, min(4, os.cpu_count() or 1)), help="CPU threads for torch")
+    ap.add_argument(
+        "--full",
+        action="store_true",
+        help="also check that the GPU stack (vllm, verl, unsloth, agentlightning) imports",
+    )
+    ap.add_argument(
+        "--wheel-pins",
+        action="store_true",
+        help="print the name==version pins of the wheels to carry to a machine that has only "
+        f"{', '.join(PREINSTALLED)} (one a line) and exit",
+    )
+    a = ap.parse_args(argv)
+    if a.wheel_pins:
+        print("\n".join(wheel_pins()))
+        return 0
+    if a.sft_steps < 1 or a.grpo_steps < 1 or a.threads < 1:
+        ap.error("--sft-steps, --grpo-steps and --threads must be >= 1")
+    if a.device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before torch is imported: the cpu run never touches a GPU
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    out = Path(a.out)
+    t0 = time.perf_counter()
+    results = run_checks(
+        a.device,
+        out,
+        sft_steps=a.sft_steps,
+        grpo_steps=a.grpo_steps,
+        threads=a.threads,
+        full=a.full,
+        log=lambda s: print(s, file=sys.stderr, flush=True),
+    )
+    ok = all(r.ok for r in results)
+    env = next((r.detail for r in results if r.step == "environment"), {})
+    report = {
+        "device": a.device,
+        "ok": ok,
+        "total_seconds": round(time.perf_counter() - t0, 2),
+        "versions": env.get("versions", {}),
+        "gpu": env.get("gpu"),
+        "steps": [asdict(r) for r in results],
+    }
+    (out / "gpu_check.json").write_text(json.dumps(report, indent=1, default=str))
+    md = (
+        f"gpu-check on `{a.device}`{' (' + str(env['gpu']) + ')' if env.get('gpu') else ''}: "
+        f"{'all steps passed' if ok else 'FAILED'} in {report['total_seconds']} s\n\n" + markdown_table(results) + "\n"
+    )
+    (out / "gpu_check.md").write_text(md)
+    print(md)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
