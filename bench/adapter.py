@@ -94,7 +94,10 @@ def main() -> None:
     e2e_s = time.perf_counter() - t0
 
     def rate(seconds: float, reads: int = 1) -> str:
-        return f"{reads * n_spans / seconds:>10,.0f} spans/s  {reads * args.rollouts / seconds:>8,.1f} rollouts/s  ({seconds:.2f} s)"
+        return (
+            f"{reads * n_spans / seconds:>10,.0f} spans/s  "
+            f"{reads * args.rollouts / seconds:>8,.1f} rollouts/s  ({seconds:.2f} s)"
+        )
 
     print("spans/s counts every span of the rollouts covered (the adapter reads only the "
           f"{n_read / args.rollouts:.0f} per rollout named in SPAN_NAMES)")

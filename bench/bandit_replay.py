@@ -116,7 +116,9 @@ def main() -> None:
     train = samples_from_records(read_records(out / "train.jsonl"))
     dev = samples_from_records(read_records(out / "dev.jsonl"))
     if not train or not dev:
-        raise SystemExit(f"need records in {out}/train.jsonl and {out}/dev.jsonl (got {len(train)} / {len(dev)} samples)")
+        raise SystemExit(
+            f"need records in {out}/train.jsonl and {out}/dev.jsonl (got {len(train)} / {len(dev)} samples)"
+        )
     t0 = time.perf_counter()
     bandit = SupervisorBandit(BanditConfig(seed=args.seed)).fit(train)
     fit_s = time.perf_counter() - t0

@@ -110,7 +110,9 @@ def run_one(examples: list, config: SocietyConfig, engine: str, concurrency: int
         servers: list[LlamaServer] = []
         with serve_config(config, parallel=_slots(concurrency), on_start=servers.append) as eps:
             if len(servers) != 1:
-                raise SystemExit(f"expected one embedded server, got {len(servers)}; use a config with one embedded model")
+                raise SystemExit(
+                    f"expected one embedded server, got {len(servers)}; use a config with one embedded model"
+                )
             srv = servers[0]
             prompt_rate, gen_rate = calibrate(srv)
             m0 = srv.metrics()
@@ -177,9 +179,12 @@ def main() -> None:
         print(json.dumps(row), flush=True)
     print("\nengine  c  n   databases  q/min   s/q    EX     model-bound s  wall/limit  load")
     for r in rows:
-        print(f"{r['engine']:<6} {r['concurrency']:>2} {r['n']:>3} {r['databases']:>10} {r['q_per_min']:>6} "
-              f"{r['s_per_q']:>6} {r['ex']:>6} {str(r.get('model_bound_s', '-')):>14} "
-              f"{str(r.get('wall_over_limit', '-')):>11} {r['load_avg']:>5}" + (f"  (one db: {r['one_db']})" if r.get("one_db") else ""))
+        print(
+            f"{r['engine']:<6} {r['concurrency']:>2} {r['n']:>3} {r['databases']:>10} {r['q_per_min']:>6} "
+            f"{r['s_per_q']:>6} {r['ex']:>6} {str(r.get('model_bound_s', '-')):>14} "
+            f"{str(r.get('wall_over_limit', '-')):>11} {r['load_avg']:>5}"
+            + (f"  (one db: {r['one_db']})" if r.get("one_db") else "")
+        )
     base = next((r for r in rows if r["engine"] == "old" and r["concurrency"] == 1), None)
     new4 = next((r for r in rows if r["engine"] == "new" and r["concurrency"] == 4 and not r.get("one_db")), None)
     new1 = next((r for r in rows if r["engine"] == "new" and r["concurrency"] == 1 and not r.get("one_db")), None)
@@ -189,7 +194,9 @@ def main() -> None:
     if new1:
         print(f"new c=1 wall / model-bound limit: {new1['wall_over_limit']}x (target <= 1.5)")
     if new1 and one:
-        print(f"across databases / one database, s per question: {new1['s_per_q'] / one['s_per_q']:.2f}x (target <= 1.5)")
+        print(
+            f"across databases / one database, s per question: {new1['s_per_q'] / one['s_per_q']:.2f}x (target <= 1.5)"
+        )
     if a.out:
         Path(a.out).write_text(json.dumps(rows, indent=1))
 

@@ -108,22 +108,47 @@ def bench(config: SocietyConfig, endpoints: dict[str, Endpoint], n: int, agent: 
 
         collector = RunCollectorCallbackHandler()
     cbs = [collector] if collector else None
-    run_society(warm.question, warm.db_path, config, question_id=warm.id, db_id=warm.db_id, endpoints=endpoints, agent=agent,
-                callbacks=cbs)
+    run_society(
+        warm.question,
+        warm.db_path,
+        config,
+        question_id=warm.id,
+        db_id=warm.db_id,
+        endpoints=endpoints,
+        agent=agent,
+        callbacks=cbs,
+    )
     t = Table(title=f"{agent} · {config.name} · {len(examples)} questions")
     for col in ("question", "wall s", "model s", "tools s", "other s", "overhead", "LLM calls", "tokens", "status"):
         t.add_column(col, justify="right" if col != "question" else "left", overflow="fold")
     rows = []
     t0 = time.perf_counter()
     for ex in examples:
-        run = run_society(ex.question, ex.db_path, config, question_id=ex.id, db_id=ex.db_id, endpoints=endpoints, agent=agent,
-                          callbacks=cbs)
+        run = run_society(
+            ex.question,
+            ex.db_path,
+            config,
+            question_id=ex.id,
+            db_id=ex.db_id,
+            endpoints=endpoints,
+            agent=agent,
+            callbacks=cbs,
+        )
         tools = tool_seconds(run)
         other = max(0.0, run.seconds - run.model_seconds - tools)
         rows.append({"id": ex.id, "wall": run.seconds, "model": run.model_seconds, "tools": tools, "other": other,
                      "llm_calls": run.llm_calls, "tokens": run.tokens, "status": run.status})
-        t.add_row(ex.id, f"{run.seconds:.2f}", f"{run.model_seconds:.2f}", f"{tools:.3f}", f"{other:.3f}",
-                  f"{(run.seconds - run.model_seconds) / run.seconds:.1%}", str(run.llm_calls), str(run.tokens), run.status)
+        t.add_row(
+            ex.id,
+            f"{run.seconds:.2f}",
+            f"{run.model_seconds:.2f}",
+            f"{tools:.3f}",
+            f"{other:.3f}",
+            f"{(run.seconds - run.model_seconds) / run.seconds:.1%}",
+            str(run.llm_calls),
+            str(run.tokens),
+            run.status,
+        )
     total = time.perf_counter() - t0
     wall = sum(r["wall"] for r in rows)
     model = sum(r["model"] for r in rows)
@@ -135,11 +160,21 @@ def bench(config: SocietyConfig, endpoints: dict[str, Endpoint], n: int, agent: 
               str(calls), str(sum(r["tokens"] for r in rows)), "")
     console.print(t)
     summary = {
-        "agent": agent, "config": config.name, "questions": len(rows), "wall_s": round(wall, 3), "model_s": round(model, 3),
-        "tools_s": round(tools, 4), "other_s": round(other, 4), "overhead_ratio": round((wall - model) / wall, 4),
-        "other_ms_per_llm_call": round(1000 * other / max(1, calls), 2), "llm_calls": calls,
-        "seconds_per_question": round(wall / len(rows), 3), "loop_wall_s": round(total, 3), "rows": rows,
-        "collect_runs": collect_runs, "traced_root_runs": len(collector.traced_runs) if collector else 0,
+        "agent": agent,
+        "config": config.name,
+        "questions": len(rows),
+        "wall_s": round(wall, 3),
+        "model_s": round(model, 3),
+        "tools_s": round(tools, 4),
+        "other_s": round(other, 4),
+        "overhead_ratio": round((wall - model) / wall, 4),
+        "other_ms_per_llm_call": round(1000 * other / max(1, calls), 2),
+        "llm_calls": calls,
+        "seconds_per_question": round(wall / len(rows), 3),
+        "loop_wall_s": round(total, 3),
+        "rows": rows,
+        "collect_runs": collect_runs,
+        "traced_root_runs": len(collector.traced_runs) if collector else 0,
     }
     console.print(
         f"overhead (wall - model) / wall = {summary['overhead_ratio']:.1%}; tools {tools:.3f} s, "
@@ -169,11 +204,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", type=Path, default=SMOKE_CONFIG, help="society config (default: configs/smoke.yaml)")
     p.add_argument("--n", type=int, default=5, help="questions measured (after 1 warm-up)")
     p.add_argument("--agent", default="society", choices=AGENTS)
-    p.add_argument("--base-url", help="use this OpenAI-compatible server for every model alias instead of the embedded one")
+    p.add_argument(
+        "--base-url", help="use this OpenAI-compatible server for every model alias instead of the embedded one"
+    )
     p.add_argument("--model", default="local", help="model name with --base-url")
     p.add_argument("--json", type=Path, help="also write the summary JSON here")
-    p.add_argument("--collect-runs", action="store_true",
-                   help="attach a LangChain tracer that builds every run tree in memory (tracing cost without network)")
+    p.add_argument(
+        "--collect-runs",
+        action="store_true",
+        help="attach a LangChain tracer that builds every run tree in memory (tracing cost without network)",
+    )
     a = p.parse_args(argv)
     console = Console()
     cfg = SocietyConfig.load(a.config)

@@ -110,7 +110,9 @@ def read_predictions(path: str | Path, examples: list[SpiderExample], n_split: i
     return preds
 
 
-def print_report(report: EvaluationReport, console: Console | None = None, *, title: str = "Execution accuracy") -> None:
+def print_report(
+    report: EvaluationReport, console: Console | None = None, *, title: str = "Execution accuracy"
+) -> None:
     """Print per-database and overall EX (percent) as a Rich table, then the failure reasons."""
     console = console or Console()
     table = Table(title=title)
@@ -138,21 +140,36 @@ def print_report(report: EvaluationReport, console: Console | None = None, *, ti
 
 def _check_timeout(value: float) -> float:
     if not (math.isfinite(value) and value > 0):
-        raise typer.BadParameter(f"{value!r} is not a number of seconds above 0; pass e.g. --timeout {DEFAULT_TIMEOUT_S:g}")
+        raise typer.BadParameter(
+            f"{value!r} is not a number of seconds above 0; pass e.g. --timeout {DEFAULT_TIMEOUT_S:g}"
+        )
     return value
 
 
 def eval_predictions(
     pred: Path = typer.Option(..., "--pred", help="Prediction file: one SQL per line in the split file's order."),
-    data_dir: Path = typer.Option(None, "--data-dir", help="Spider-format data directory.",
-                                  show_default="bundled data/spider, or $SQLSOCIETY_DATA_DIR"),
+    data_dir: Path = typer.Option(
+        None,
+        "--data-dir",
+        help="Spider-format data directory.",
+        show_default="bundled data/spider, or $SQLSOCIETY_DATA_DIR",
+    ),
     split: str = typer.Option("dev", "--split", help="Split name (dev, train, ...)."),
-    keep_distinct: bool = typer.Option(False, "--keep-distinct", help="Keep DISTINCT in both queries (official default removes it)."),
-    out: Path = typer.Option(None, "--out", help="Per-question JSONL (replaced atomically; never the --pred file).",
-                             show_default="<pred>.eval.jsonl"),
-    workers: int = typer.Option(1, "--workers", min=1, help="Worker processes (a pool pays ~1.5 s start-up; worth it for slow predictions)."),
-    timeout: float = typer.Option(DEFAULT_TIMEOUT_S, "--timeout", callback=_check_timeout,
-                                  help="Seconds per query (a finite number above 0)."),
+    keep_distinct: bool = typer.Option(
+        False, "--keep-distinct", help="Keep DISTINCT in both queries (official default removes it)."
+    ),
+    out: Path = typer.Option(
+        None,
+        "--out",
+        help="Per-question JSONL (replaced atomically; never the --pred file).",
+        show_default="<pred>.eval.jsonl",
+    ),
+    workers: int = typer.Option(
+        1, "--workers", min=1, help="Worker processes (a pool pays ~1.5 s start-up; worth it for slow predictions)."
+    ),
+    timeout: float = typer.Option(
+        DEFAULT_TIMEOUT_S, "--timeout", callback=_check_timeout, help="Seconds per query (a finite number above 0)."
+    ),
     summary_json: Path = typer.Option(None, "--summary-json", help="Also write overall/per-db figures as JSON here."),
 ) -> None:
     """Execution accuracy (Spider test-suite rule) of a prediction file; prints EX per database and

@@ -95,7 +95,9 @@ def _unordered(row: tuple) -> tuple:
     return tuple(sorted(row, key=_value_key))
 
 
-def results_match(gold_rows: Sequence[Sequence[Any]], pred_rows: Sequence[Sequence[Any]], *, order_matters: bool) -> bool:
+def results_match(
+    gold_rows: Sequence[Sequence[Any]], pred_rows: Sequence[Sequence[Any]], *, order_matters: bool
+) -> bool:
     """Whether two query results denote the same answer under the Spider test-suite rule.
 
     Args:
@@ -328,7 +330,9 @@ def execution_match(
     Raises:
         FileNotFoundError: ``db_path`` does not exist (from the executor).
     """
-    gold = run_query(db_path, gold_sql, keep_distinct=keep_distinct, timeout_s=timeout_s, max_rows=max_rows, cache=True)
+    gold = run_query(
+        db_path, gold_sql, keep_distinct=keep_distinct, timeout_s=timeout_s, max_rows=max_rows, cache=True
+    )
     if pred_sql is None or not str(pred_sql).strip():
         pred = None
     elif len(str(pred_sql)) > MAX_SQL_BYTES:  # the executor would refuse it; do not lex megabytes first
@@ -447,7 +451,9 @@ def _pool_context() -> mp.context.BaseContext:
     return mp.get_context("spawn")
 
 
-def _eval_chunk(items: list[tuple[int, str, str | None, str]], keep_distinct: bool, timeout_s: float, max_rows: int) -> list[tuple[int, ExMatch]]:
+def _eval_chunk(
+    items: list[tuple[int, str, str | None, str]], keep_distinct: bool, timeout_s: float, max_rows: int
+) -> list[tuple[int, ExMatch]]:
     """Worker: ``(position, db_path, pred, gold)`` items -> ``(position, ExMatch)``.
 
     A database the executor cannot open (a directory, not SQLite, gone since the check) costs only
@@ -524,7 +530,8 @@ def evaluate_predictions(
     """
     if len(examples) != len(predictions):
         raise ValueError(
-            f"got {len(predictions)} predictions for {len(examples)} examples; pass one prediction per example, in order"
+            f"got {len(predictions)} predictions for {len(examples)} examples; pass one prediction per example, in "
+            "order"
         )
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")

@@ -201,7 +201,9 @@ def _verdict_from(obj: dict[str, Any]) -> JudgeVerdict:
             canon[c] = v
     missing = [k for k in (*SCORE_KEYS, "error_type") if k not in canon]
     if missing:
-        raise JudgeParseError(f"the reply's object lacks {', '.join(missing)} (has {', '.join(map(str, obj)) or 'no keys'})")
+        raise JudgeParseError(
+            f"the reply's object lacks {', '.join(missing)} (has {', '.join(map(str, obj)) or 'no keys'})"
+        )
     scores = {k: _score(canon[k], k) for k in SCORE_KEYS}
     raw = canon["error_type"]
     if isinstance(raw, list):
@@ -224,7 +226,8 @@ def parse_judge_reply(text: str | None) -> JudgeVerdict:
     integral floats or strings like ``"4"`` / ``"4/5"`` and must be within 1..5; an error type not in
     :data:`ERROR_TYPES` becomes ``"other"`` (the judge's word kept in ``error_type_raw``).
 
-    >>> parse_judge_reply('Sure! ```json\\n{"sql_correctness": 4, "reasoning": "3", "format": 5, "error_type": "none"}\\n```')
+    >>> reply = '{"sql_correctness": 4, "reasoning": "3", "format": 5, "error_type": "none"}'
+    >>> parse_judge_reply('Sure! ```json\\n' + reply + '\\n```')
     JudgeVerdict(sql_correctness=4, reasoning=3, format=5, error_type='none', error_type_raw=None)
 
     Raises:
@@ -567,7 +570,8 @@ def openai_completer(
     Checks the endpoint first (``GET /models``): ``model`` None takes the first model it lists.
     Calls use temperature 0. With ``json_schema`` the request carries :data:`VERDICT_SCHEMA` as
     ``response_format``; an endpoint that rejects it (HTTP 400) is asked again without it, and
-    from then on never with it. The reply is parsed by :func:`parse_judge_reply` either way. Connection errors, timeouts, 5xx and 429 (after ``retries`` retries
+    from then on never with it. The reply is parsed by :func:`parse_judge_reply` either way.
+    Connection errors, timeouts, 5xx and 429 (after ``retries`` retries
     with the client's backoff), authentication and unknown-model errors raise
     :class:`JudgeEndpointError`; any other 4xx (e.g. a prompt longer than the judge's context) is a
     ``ValueError`` that :func:`judge_answers` records for that answer.

@@ -61,7 +61,9 @@ def _env(*names: str) -> str | None:
 def tracing_enabled() -> bool:
     """True when an API key is set and LangSmith tracing is switched on in the environment."""
     key = _env("LANGSMITH_API_KEY", "LANGCHAIN_API_KEY")
-    flag = (_env("LANGSMITH_TRACING", "LANGSMITH_TRACING_V2", "LANGCHAIN_TRACING_V2", "LANGCHAIN_TRACING") or "").lower()
+    flag = (
+        _env("LANGSMITH_TRACING", "LANGSMITH_TRACING_V2", "LANGCHAIN_TRACING_V2", "LANGCHAIN_TRACING") or ""
+    ).lower()
     return bool(key) and flag in _TRUE
 
 
@@ -409,7 +411,9 @@ def feedback_to_record(fb: Any, root_record: Mapping[str, Any]) -> dict[str, Any
     }
 
 
-def pull_traces(project: str, run_id: str, *, client: Any = None, limit: int = 1000) -> dict[str, list[dict[str, Any]]]:
+def pull_traces(
+    project: str, run_id: str, *, client: Any = None, limit: int = 1000
+) -> dict[str, list[dict[str, Any]]]:
     """Fetch rollouts' traces from LangSmith as span records.
 
     Args:
@@ -445,7 +449,10 @@ def pull_traces(project: str, run_id: str, *, client: Any = None, limit: int = 1
                 runs.insert(0, root)
             md = dict((root.extra or {}).get("metadata") or {})
             key = str(md.get("rollout_id") or uuid.UUID(str(root.trace_id)).hex)
-            records = [run_to_record(r, project, key) for r in sorted(runs, key=lambda r: (r.start_time, r.dotted_order or ""))]
+            records = [
+                run_to_record(r, project, key)
+                for r in sorted(runs, key=lambda r: (r.start_time, r.dotted_order or ""))
+            ]
             root_rec = next(r for r in records if r["attributes"]["langsmith.run_id"] == str(root.id))
             for fb in client.list_feedback(run_ids=[root.id]):
                 records.append(feedback_to_record(fb, root_rec))

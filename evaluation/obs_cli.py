@@ -34,8 +34,10 @@ from rich.table import Table
 console = Console()
 err_console = Console(stderr=True)
 
-traces_app = typer.Typer(help="Inspect rollouts: list, show as a tree, export as OpenTelemetry JSONL, pull from LangSmith.",
-                         no_args_is_help=True)
+traces_app = typer.Typer(
+    help="Inspect rollouts: list, show as a tree, export as OpenTelemetry JSONL, pull from LangSmith.",
+    no_args_is_help=True,
+)
 
 
 def _fail(msg: str) -> NoReturn:
@@ -56,7 +58,9 @@ def _check_out(path: Path, option: str, inputs: list[Path]) -> None:
 @traces_app.command("list")
 def traces_list(
     run_dir: Path = typer.Argument(..., help="Run directory of `sqlsociety train` (holds store.sqlite)."),
-    phase: str | None = typer.Option(None, "--phase", help="Only rollouts of this phase (substring match, e.g. gather)."),
+    phase: str | None = typer.Option(
+        None, "--phase", help="Only rollouts of this phase (substring match, e.g. gather)."
+    ),
     min_reward: float | None = typer.Option(None, "--min-reward", help="Only rollouts with reward >= this."),
     failed: bool = typer.Option(False, "--failed", help="Only failed rollouts (failed/cancelled or no reward)."),
     limit: int = typer.Option(50, "--limit", min=1, help="Show at most this many (the most recent)."),
@@ -70,7 +74,9 @@ def traces_list(
         _fail(str(e))
     total = len(rows)
     rows = rows[-limit:]
-    table = Table(title=f"{total} rollout(s) in {run_dir}" + (f" (showing last {len(rows)})" if total > len(rows) else ""))
+    table = Table(
+        title=f"{total} rollout(s) in {run_dir}" + (f" (showing last {len(rows)})" if total > len(rows) else "")
+    )
     table.add_column("rollout", no_wrap=True, min_width=15)  # ids are what users copy: never cut them
     table.add_column("task", no_wrap=True)
     for col in ("phase", "db", "status", "reward", "EX", "spans", "seconds"):
@@ -98,7 +104,14 @@ def traces_show(
     raw: bool = typer.Option(False, "--raw", help="Keep LangChain/LangGraph wrapper spans."),
 ) -> None:
     """Show one rollout as a tree (node -> role -> LLM call -> tool call -> reward, per-role credit)."""
-    from evaluation.traces import TraceError, build_tree, group_by_rollout, load_rollout_trace, read_records, render_tree
+    from evaluation.traces import (
+        TraceError,
+        build_tree,
+        group_by_rollout,
+        load_rollout_trace,
+        read_records,
+        render_tree,
+    )
 
     if not source.exists():
         _fail(f"{source} does not exist; pass a run directory or a JSONL file from `traces export` / `traces pull`")
@@ -156,7 +169,9 @@ def traces_export(
 @traces_app.command("pull")
 def traces_pull(
     project: str = typer.Option(..., "--project", help="LangSmith project name."),
-    run_id: str = typer.Option(..., "--run-id", help="sqlsociety run id (roots tagged run:<id>) or a LangSmith trace UUID."),
+    run_id: str = typer.Option(
+        ..., "--run-id", help="sqlsociety run id (roots tagged run:<id>) or a LangSmith trace UUID."
+    ),
     out: Path | None = typer.Option(None, "--out", "-o", help="Output JSONL (default ./langsmith-<run id>.jsonl)."),
     show: bool = typer.Option(True, "--show/--no-show", help="Print each pulled rollout's tree."),
     limit: int = typer.Option(1000, "--limit", min=1, help="At most this many rollouts."),
@@ -231,7 +246,10 @@ def report(
     """Write the training report: learning curves, EX per stage, metrics, bandit comparison, per-role
     breakdown, and examples where training changed the answer (self-contained HTML + Markdown)."""
     if not run_dir.is_dir():
-        _fail(f"run directory {run_dir} does not exist or is not a directory; pass the run directory of `sqlsociety train`")
+        _fail(
+            f"run directory {run_dir} does not exist or is not a directory; pass the run directory of `sqlsociety "
+            "train`"
+        )
     for path, option in ((html, "--html"), (md, "--md")):
         if path is not None:
             _check_out(path, option, [run_dir / "store.sqlite", run_dir / "metrics.jsonl"])

@@ -547,14 +547,16 @@ def compute_report(run: RunData) -> ReportContent:
 
 
 _CSS = """
-body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:24px auto;max-width:1150px;color:#222;padding:0 16px}
+body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:24px auto;max-width:1150px;color:#222;
+padding:0 16px}
 h1{font-size:1.6em;margin-bottom:2px}h2{border-bottom:2px solid #ddd;padding-bottom:4px;margin-top:32px}
 table{border-collapse:collapse;margin:8px 0 16px 0;font-size:.92em}
 th,td{border:1px solid #ccc;padding:4px 9px;text-align:right;vertical-align:top}
 th{background:#f1f3f6}td.l,th.l{text-align:left}
 img{max-width:100%;border:1px solid #eee;margin:6px 0}
 pre,code{font-family:Menlo,Consolas,monospace;font-size:.86em}
-pre{background:#f7f7f9;border:1px solid #e3e3e8;padding:6px 8px;white-space:pre-wrap;word-break:break-word;margin:2px 0}
+pre{background:#f7f7f9;border:1px solid #e3e3e8;padding:6px 8px;white-space:pre-wrap;word-break:break-word;
+margin:2px 0}
 .ex{border:1px solid #ccc;border-radius:6px;padding:8px 12px;margin:12px 0}
 .grid{display:grid;grid-template-columns:1fr 1fr;gap:10px}
 .ok{color:#1a7f37;font-weight:600}.bad{color:#c62828;font-weight:600}.muted{color:#777}
@@ -677,7 +679,8 @@ def _example_html(e: Mapping, trained_stage: str) -> str:
         return (
             f"<div><b>{html.escape(label)}</b> — {ok}"
             f"<pre>{html.escape(rec.get('pred_sql') or '(no SQL)')}</pre>"
-            f"<div class='muted'>result</div><pre>{html.escape(_preview(rec.get('result_preview')) or _failure(rec))}</pre></div>"
+            f"<div class='muted'>result</div>"
+            f"<pre>{html.escape(_preview(rec.get('result_preview')) or _failure(rec))}</pre></div>"
         )
 
     return (
@@ -714,7 +717,10 @@ def render_html(c: ReportContent) -> str:
     if "training_signals" in c.pngs:
         parts.append("<h3>Trainer signals per phase</h3>")
         parts.append(_png_tag(c.pngs["training_signals"], "SFT loss and GRPO reward per step"))
-        parts.append("<p class='muted'>from phases/*/done.json (losses: SFT trainer log; rewards: GRPO mean reward per step).</p>")
+        parts.append(
+            "<p class='muted'>from phases/*/done.json (losses: SFT trainer log; rewards: GRPO mean reward per "
+            "step).</p>"
+        )
 
     parts.append("<h2>EX per stage on the fixed dev subset</h2>")
     if "ex_per_stage" in c.pngs:
@@ -790,8 +796,10 @@ def render_markdown(c: ReportContent) -> str:
         for e in c.examples:
             out += [
                 f"- **{e['id']}** ({e['db_id']}, {e['kind']}): {e['question']}",
-                f"  - baseline ({'correct' if e['baseline'].get('match') else 'wrong'}): `{_preview(e['baseline'].get('pred_sql'), 200)}`",
-                f"  - {c.trained_stage} ({'correct' if e['trained'].get('match') else 'wrong'}): `{_preview(e['trained'].get('pred_sql'), 200)}`",
+                f"  - baseline ({'correct' if e['baseline'].get('match') else 'wrong'}): "
+                f"`{_preview(e['baseline'].get('pred_sql'), 200)}`",
+                f"  - {c.trained_stage} ({'correct' if e['trained'].get('match') else 'wrong'}): "
+                f"`{_preview(e['trained'].get('pred_sql'), 200)}`",
                 f"  - gold: `{_preview(e['gold_sql'], 200)}`",
             ]
         out.append("")

@@ -447,7 +447,9 @@ def sql_identifiers(sql: str | None, schema_names: Iterable[str] | None = None) 
 
 def _mentions(text: str, name: str) -> bool:
     variants = {name, name.replace("_", " ")}
-    return any(re.search(rf"(?<![A-Za-z0-9_]){re.escape(v)}(?![A-Za-z0-9_])", text, re.IGNORECASE) for v in variants if v)
+    return any(
+        re.search(rf"(?<![A-Za-z0-9_]){re.escape(v)}(?![A-Za-z0-9_])", text, re.IGNORECASE) for v in variants if v
+    )
 
 
 #: Reasoning length (characters, stripped) that earns the full length score, and the length
@@ -480,9 +482,11 @@ def reasoning_quality(
       (whole word, case-insensitive; ``singer_id`` also matches "singer id"); 0 when the SQL has
       no identifiable table or column (nothing grounds the reasoning).
 
-    No SQL at all scores 0 (a reasoning that leads to no answer earns nothing). Non-decreasing in ``C`` and, up to ``max_chars``, in the reasoning's length.
+    No SQL at all scores 0 (a reasoning that leads to no answer earns nothing). Non-decreasing in
+    ``C`` and, up to ``max_chars``, in the reasoning's length.
 
-    >>> t = "<reasoning>Count the rows of the singer table, one per singer.</reasoning><sql>SELECT count(*) FROM singer</sql>"
+    >>> t = ("<reasoning>Count the rows of the singer table, one per singer.</reasoning>"
+    ...      "<sql>SELECT count(*) FROM singer</sql>")
     >>> reasoning_quality(t, "SELECT count(*) FROM singer")
     1.0
     """
@@ -696,7 +700,9 @@ def compute_reward(
     sql = extract_sql(text)
     fmt_ok = format_ok(text, reasoning_tag=cfg.reasoning_tag, sql_tag=cfg.sql_tag)
 
-    gold = run_query(db_path, gold_sql, keep_distinct=cfg.keep_distinct, timeout_s=cfg.timeout_s, max_rows=cfg.max_rows, cache=True)
+    gold = run_query(
+        db_path, gold_sql, keep_distinct=cfg.keep_distinct, timeout_s=cfg.timeout_s, max_rows=cfg.max_rows, cache=True
+    )
     pred: Outcome = None
     if sql is not None:
         pred = run_query(db_path, sql, keep_distinct=cfg.keep_distinct, timeout_s=cfg.timeout_s, max_rows=cfg.max_rows)

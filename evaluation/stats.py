@@ -69,7 +69,9 @@ def check_paired(before: Iterable[Any], after: Iterable[Any]) -> tuple[list[int]
     if not b and not a:
         raise ValueError("no paired outcomes: before and after are both empty")
     if len(b) != len(a):
-        raise ValueError(f"before has {len(b)} outcomes but after has {len(a)}; they must be aligned question by question")
+        raise ValueError(
+            f"before has {len(b)} outcomes but after has {len(a)}; they must be aligned question by question"
+        )
     return b, a
 
 
@@ -293,8 +295,9 @@ def describe_effects(effects: Iterable[Effect], *, alpha: float = 0.05) -> list[
     *borderline* when only one of the two says so; otherwise *not distinguishable*.
 
     >>> e = paired_effect([0] * 10, [1] * 10, phase="sft", role="junior")
-    >>> describe_effects([e])[0]
-    'sft junior EX: +100.0 pts (95% CI +100.0 to +100.0, McNemar p = 0.002; 10 fixed, 0 broken): distinguishable from zero.'
+    >>> print(describe_effects([e])[0])  # doctest: +NORMALIZE_WHITESPACE
+    sft junior EX: +100.0 pts (95% CI +100.0 to +100.0, McNemar p = 0.002; 10 fixed, 0 broken):
+    distinguishable from zero.
     """
     out = []
     for e in effects:

@@ -44,9 +44,9 @@ from typing import Any
 
 from rich.markup import escape
 from rich.text import Text
+from rich.tree import Tree
 
 logger = logging.getLogger(__name__)
-from rich.tree import Tree
 
 #: Span names Agent Lightning uses (agentlightning.semconv), kept as literals so reading a
 #: trace does not need Agent Lightning imported.
@@ -474,7 +474,13 @@ def role_credit_from_attributes(attrs: Mapping[str, Any]) -> dict[str, dict[str,
     out: dict[str, dict[str, Any]] = {}
     for k, v in attrs.items():
         role = field_ = None
-        for prefix in ("role_outcomes.", "roles.", "sqlsociety.roles.", "sqlsociety.role_outcomes.", "sqlsociety.junior."):
+        for prefix in (
+            "role_outcomes.",
+            "roles.",
+            "sqlsociety.roles.",
+            "sqlsociety.role_outcomes.",
+            "sqlsociety.junior.",
+        ):
             if k.startswith(prefix):
                 role, _, field_ = k[len(prefix) :].partition(".")
                 break
@@ -583,7 +589,9 @@ def _label(node: TraceNode, full: bool) -> Text | str:
         role = _role(r) or node_role(node)
         name = _node_name(r)
         extra = f" [dim](role {escape(role)})[/]" if role and role != name else ""
-        return f"[bold cyan]◆ {escape(name)}[/]{extra} [dim]{lat}[/]" + (f" [red]error: {escape(_clip(err))}[/]" if err else "")
+        return f"[bold cyan]◆ {escape(name)}[/]{extra} [dim]{lat}[/]" + (
+            f" [red]error: {escape(_clip(err))}[/]" if err else ""
+        )
     if node.kind == "llm":
         a = _attrs(r)
         model = _first(a, "gen_ai.request.model", "gen_ai.response.model", "langchain.llm.model") or ""
@@ -705,11 +713,20 @@ def society_run_records(run: Mapping[str, Any]) -> list[dict[str, Any]]:
 
     resource = {"attributes": {ROLLOUT_ID_ATTR: qid, "service.name": "sqlsociety"}}
 
-    def rec(name: str, parent: str | None, start: float, end: float, attrs: dict[str, Any], error: Any = None) -> dict[str, Any]:
+    def rec(
+        name: str, parent: str | None, start: float, end: float, attrs: dict[str, Any], error: Any = None
+    ) -> dict[str, Any]:
         return {
-            "trace_id": trace_id, "span_id": sid(), "parent_span_id": parent, "name": name, "kind": "SPAN_KIND_INTERNAL",
-            "start_time_unix_nano": _ns(start), "end_time_unix_nano": _ns(end),
-            "attributes": {k: _scalar(v) for k, v in attrs.items() if v is not None}, "events": [], "links": [],
+            "trace_id": trace_id,
+            "span_id": sid(),
+            "parent_span_id": parent,
+            "name": name,
+            "kind": "SPAN_KIND_INTERNAL",
+            "start_time_unix_nano": _ns(start),
+            "end_time_unix_nano": _ns(end),
+            "attributes": {k: _scalar(v) for k, v in attrs.items() if v is not None},
+            "events": [],
+            "links": [],
             "status": {"code": "STATUS_CODE_ERROR" if error else "STATUS_CODE_OK", "message": str(error or "")},
             "resource": resource,
         }
@@ -720,11 +737,15 @@ def society_run_records(run: Mapping[str, Any]) -> list[dict[str, Any]]:
     calls.sort(key=lambda kc: _f(kc[1].get("started")))
     t0 = min((_f(c.get("started")) for _, c in calls), default=0.0)
     out: list[dict[str, Any]] = []
-    root = rec(str(run.get("agent") or "society"), None, t0, t0 + _f(run.get("seconds")), {"agentops.span.kind": "chain"})
+    root = rec(
+        str(run.get("agent") or "society"), None, t0, t0 + _f(run.get("seconds")), {"agentops.span.kind": "chain"}
+    )
     out.append(root)
 
     def visit_key(role: str, node: str) -> str:
-        return f"{role}/{node}" if role.startswith("junior") and node in {"draft", "execute", "fix", "finish"} else node
+        return (
+            f"{role}/{node}" if role.startswith("junior") and node in {"draft", "execute", "fix", "finish"} else node
+        )
 
     visits = [str(v) for v in run.get("path") or []]
     by_key: dict[str, list[int]] = {}
@@ -751,7 +772,9 @@ def society_run_records(run: Mapping[str, Any]) -> list[dict[str, Any]]:
             group, v_name = v.split("/", 1)
             g = groups.get(group)
             if g is None:
-                g = groups[group] = rec(group, root["span_id"], start, end, {"langgraph.node": group, "agentops.span.kind": "chain"})
+                g = groups[group] = rec(
+                    group, root["span_id"], start, end, {"langgraph.node": group, "agentops.span.kind": "chain"}
+                )
                 out.append(g)
             g["start_time_unix_nano"] = min(g["start_time_unix_nano"], _ns(start))
             g["end_time_unix_nano"] = max(g["end_time_unix_nano"], _ns(end))
@@ -776,10 +799,25 @@ def society_run_records(run: Mapping[str, Any]) -> list[dict[str, Any]]:
                 out.append(rec(str(c.get("label") or "llm"), node["span_id"], cs, ce, attrs, c.get("error")))
             else:
                 args = c.get("args") or {}
-                out.append(rec(str(c.get("tool")), node["span_id"], cs, ce, {
-                    "agentops.span.kind": "tool", "langchain.tool.name": c.get("tool"), "sqlsociety.role": c.get("role"),
-                    "langchain.tool.input": args.get("sql") if isinstance(args, Mapping) and "sql" in args else json.dumps(args),
-                    "langchain.tool.output": c.get("output"), "langchain.tool.error": c.get("error")}, c.get("error")))
+                out.append(
+                    rec(
+                        str(c.get("tool")),
+                        node["span_id"],
+                        cs,
+                        ce,
+                        {
+                            "agentops.span.kind": "tool",
+                            "langchain.tool.name": c.get("tool"),
+                            "sqlsociety.role": c.get("role"),
+                            "langchain.tool.input": args.get("sql")
+                            if isinstance(args, Mapping) and "sql" in args
+                            else json.dumps(args),
+                            "langchain.tool.output": c.get("output"),
+                            "langchain.tool.error": c.get("error"),
+                        },
+                        c.get("error"),
+                    )
+                )
         last = end
     roles = run.get("roles") or {}
     if roles:
@@ -811,7 +849,9 @@ def load_society_trace(run_dir: str | Path, question_id: str, *, prune: bool = T
     try:
         d = json.loads(f.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:  # unreadable, not UTF-8, not JSON
-        raise TraceError(f"trace file {f} cannot be read as JSON ({e}); it is not one `sqlsociety ask/eval` wrote") from e
+        raise TraceError(
+            f"trace file {f} cannot be read as JSON ({e}); it is not one `sqlsociety ask/eval` wrote"
+        ) from e
     if not isinstance(d, dict):
         raise TraceError(f"trace file {f} holds a JSON {type(d).__name__}, not a society run record")
     trace = build_tree(society_run_records(d), prune=prune, rollout_id=str(d.get("question_id") or question_id))
@@ -882,7 +922,9 @@ def _store_problem(p: Path) -> str | None:
     except OSError as e:
         return f"cannot be read ({e.strerror or e})"
     if size == 0:
-        return "is empty (0 bytes); it is not a rollout store — pass the run directory of a finished `sqlsociety train`"
+        return (
+            "is empty (0 bytes); it is not a rollout store — pass the run directory of a finished `sqlsociety train`"
+        )
     try:
         conn = sqlite3.connect(p.resolve().as_uri() + "?mode=ro", uri=True)
     except sqlite3.Error as e:
@@ -1057,7 +1099,9 @@ def _society_span_count(run_dir: Path, question_id: str) -> int:
         return 0
 
 
-def _list_society_run(run_dir: Path, *, phase: str | None, min_reward: float | None, failed: bool) -> list[RolloutSummary]:
+def _list_society_run(
+    run_dir: Path, *, phase: str | None, min_reward: float | None, failed: bool
+) -> list[RolloutSummary]:
     """``list_rollouts`` for a society run directory: one row per ``questions.jsonl`` line (phase =
     the agent; EX = ``match`` when the run was an eval; no reward is recorded there; spans = the
     records :func:`society_run_records` makes of the question's trace file)."""
@@ -1125,7 +1169,9 @@ def load_rollout_trace(run_dir: str | Path, rollout_id: str, *, prune: bool = Tr
     if trace.reward is None and rec.reward is not None:
         trace.reward = rec.reward
     if not trace.role_credit and m.get("role_outcomes"):
-        trace.role_credit = {k: dict(v) if isinstance(v, Mapping) else {"value": v} for k, v in m["role_outcomes"].items()}
+        trace.role_credit = {
+            k: dict(v) if isinstance(v, Mapping) else {"value": v} for k, v in m["role_outcomes"].items()
+        }
     return trace
 
 
@@ -1190,7 +1236,9 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise TraceError(f"{p} is not UTF-8 text ({exc}); pass a JSONL file written by `traces export` or `traces pull`") from exc
+        raise TraceError(
+            f"{p} is not UTF-8 text ({exc}); pass a JSONL file written by `traces export` or `traces pull`"
+        ) from exc
     except OSError as exc:
         raise TraceError(f"{p} cannot be read ({exc.strerror or exc}); check its permissions") from exc
     out = []

@@ -46,7 +46,9 @@ def _writer(config: SocietyConfig) -> Junior:
                           f"{[i.name for i in config.instances('junior')]}")
     inst = insts[0]
     # the baseline writer drafts only (no execution feedback): that is what makes it one-shot
-    inst = inst.model_copy(update={"config": inst.config.model_copy(update={"options": {**inst.config.options, "fix_on_error": False}})})
+    inst = inst.model_copy(
+        update={"config": inst.config.model_copy(update={"options": {**inst.config.options, "fix_on_error": False}})}
+    )
     return Junior(inst)
 
 
@@ -81,12 +83,21 @@ def build_baseline_graph(config: SocietyConfig, agent: str) -> Any:
             status = "approved" if correct else ("converged" if Senior.converged(state) else "turn_limit")
         if failed(state):
             status = "failed"
-        ex = execute_summary(ctx.db_path, final, timeout_s=ctx.config.execution.timeout_s, max_rows=ctx.config.execution.max_rows)
+        ex = execute_summary(
+            ctx.db_path, final, timeout_s=ctx.config.execution.timeout_s, max_rows=ctx.config.execution.max_rows
+        )
         err = next((e for e in state.get("errors") or [] if e.startswith("endpoint:")), None)
         if err is None and not final:
             err = "no SQL in the model output"
         turns = sum(1 for t in state.get("senior_turns") or [] if t.kind == "rewrite")
-        return {"visits": ["finalize"], "final_sql": final, "final_exec": ex, "status": status, "error": err, "turn": turns}
+        return {
+            "visits": ["finalize"],
+            "final_sql": final,
+            "final_exec": ex,
+            "status": status,
+            "error": err,
+            "turn": turns,
+        }
 
     g = StateGraph(BaselineState)
     g.add_node("prepare", prepare)
@@ -113,12 +124,17 @@ def build_baseline_graph(config: SocietyConfig, agent: str) -> Any:
         g.add_edge("senior_execute", "senior_check")
         g.add_conditional_edges(
             "senior_check",
-            lambda s: "finalize" if failed(s) else ("senior_rewrite" if senior.after_check(s) == "rewrite" else "finalize"),
+            lambda s: (
+                "finalize" if failed(s) else ("senior_rewrite" if senior.after_check(s) == "rewrite" else "finalize")
+            ),
             ["senior_rewrite", "finalize"],
         )
         # a rewrite that gives back the same SQL is a fixed point at temperature 0 (same check, same
         # rewrite again): stop there instead of spending the remaining turns
-        g.add_conditional_edges("senior_rewrite", lambda s: "finalize" if failed(s) or Senior.converged(s) else "senior_execute",
-                                ["senior_execute", "finalize"])
+        g.add_conditional_edges(
+            "senior_rewrite",
+            lambda s: "finalize" if failed(s) or Senior.converged(s) else "senior_execute",
+            ["senior_execute", "finalize"],
+        )
     g.add_edge("finalize", END)
     return g.compile(name=agent)

@@ -67,7 +67,16 @@ def build_junior_graph(junior: Junior) -> Any:
 def prepare(state: SocietyState, config: RunnableConfig) -> dict:
     """Load the schema (``sql_db_schema`` tool) and start junior round 0."""
     ctx = run_context(config)
-    msg = call_tool(sql_db_schema, {}, config=config, role="society", label="society", node="prepare", log=ctx.log, metadata=ctx.meta())
+    msg = call_tool(
+        sql_db_schema,
+        {},
+        config=config,
+        role="society",
+        label="society",
+        node="prepare",
+        log=ctx.log,
+        metadata=ctx.meta(),
+    )
     upd: dict[str, Any] = {"visits": ["prepare"], "junior_round": 0, "turn": 0, "junior_feedback": ""}
     if getattr(msg, "status", "success") == "error":
         upd["schema_text"] = "(schema unavailable)"
@@ -117,7 +126,9 @@ def finalize(state: SocietyState, config: RunnableConfig) -> dict:
         final = state.get("best_sql") or (chosen.sql if chosen else None)
     if final is None:
         status = "failed"
-    ex = execute_summary(ctx.db_path, final, timeout_s=ctx.config.execution.timeout_s, max_rows=ctx.config.execution.max_rows)
+    ex = execute_summary(
+        ctx.db_path, final, timeout_s=ctx.config.execution.timeout_s, max_rows=ctx.config.execution.max_rows
+    )
     err = next((e for e in state.get("errors") or [] if e.startswith("endpoint:")), None)
     if err is None and final is None:
         err = "no SQL: no junior produced a usable candidate"

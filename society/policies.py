@@ -147,12 +147,16 @@ class LLMPolicy(SupervisorPolicy):
         shown = [i for i, c in enumerate(candidates) if c.sql]
         if len(shown) <= 1:
             pick = shown[0] if shown else -1
-            return PolicyChoice(pick, [1.0 if i == pick else 0.0 for i in range(len(candidates))], {"skipped": "single candidate"})
+            return PolicyChoice(
+                pick, [1.0 if i == pick else 0.0 for i in range(len(candidates))], {"skipped": "single candidate"}
+            )
         digests = {candidates[i].result_digest for i in shown if candidates[i].ok}
         if self.skip_when_unanimous and len(digests) == 1 and all(candidates[i].ok for i in shown):
             return PolicyChoice(shown[0], [1.0] * len(candidates), {"skipped": "unanimous"})
         if context.ask_llm is None or context.render_prompt is None:
-            raise ValueError("the llm policy needs PolicyContext.ask_llm and render_prompt (set by the supervisor node)")
+            raise ValueError(
+                "the llm policy needs PolicyContext.ask_llm and render_prompt (set by the supervisor node)"
+            )
         reply = context.ask_llm(context.render_prompt(self.render_candidates(candidates, shown)))
         m = re.search(r"\b(\d+)\b", reply or "")
         k = int(m.group(1)) if m else 0
@@ -186,7 +190,9 @@ class BanditPolicy(SupervisorPolicy):
     def _policy(self) -> Any:
         if self.path not in self._cache:
             if not Path(self.path).is_file():
-                raise FileNotFoundError(f"bandit policy {self.path} does not exist; run `sqlsociety train --phases 4` or fix options.path")
+                raise FileNotFoundError(
+                    f"bandit policy {self.path} does not exist; run `sqlsociety train --phases 4` or fix options.path"
+                )
             try:
                 from training.bandit import load_policy
             except ImportError as e:  # the training package is optional for running the society
@@ -199,7 +205,9 @@ class BanditPolicy(SupervisorPolicy):
             return PolicyChoice(-1, [0.0] * len(candidates), {"fallback": "no candidate has SQL"})
         index, info = self._policy().choose(question, list(candidates))
         info = dict(info or {})
-        scores = info.get("scores") or info.get("probs") or [1.0 if i == index else 0.0 for i in range(len(candidates))]
+        scores = (
+            info.get("scores") or info.get("probs") or [1.0 if i == index else 0.0 for i in range(len(candidates))]
+        )
         return PolicyChoice(int(index), [float(s) for s in scores], info)
 
 

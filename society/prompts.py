@@ -60,7 +60,8 @@ PROMPTS: dict[str, PromptTemplate] = {
     # ---------------------------------------------------------------- juniors (one per persona)
     "junior_direct": PromptTemplate(
         system=SYSTEM,
-        user="{feedback}Write one SQLite query that answers the question. Reply with the query in a ```sql code block and nothing else.\n\nQuestion: {question}",
+        user="{feedback}Write one SQLite query that answers the question. "
+        "Reply with the query in a ```sql code block and nothing else.\n\nQuestion: {question}",
     ),
     "junior_step_by_step": PromptTemplate(
         system=SYSTEM,
@@ -83,7 +84,8 @@ PROMPTS: dict[str, PromptTemplate] = {
     # the observation routed back to a junior after its draft failed (continues its own conversation)
     "junior_fix": PromptTemplate(
         system="",
-        user="Running that query gave:\n{execution}\nFix the query. Reply with the corrected query in a ```sql code block.",
+        user="Running that query gave:\n{execution}\n"
+        "Fix the query. Reply with the corrected query in a ```sql code block.",
     ),
     # ---------------------------------------------------------------- supervisor (policy: llm)
     "supervisor": PromptTemplate(

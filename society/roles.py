@@ -28,7 +28,16 @@ from society.config import RoleInstance, SocietyConfig
 from society.llm import CallLog, ChatModels, EndpointUnavailable, LLMError, invoke_llm
 from society.policies import MajorityVotePolicy, PolicyContext, make_policy
 from society.prompts import PERSONA_PROMPTS, PROMPTS, PromptTemplate, feedback_section, get_prompt
-from society.state import ExecSummary, JuniorState, Review, SeniorTurn, Severity, SocietyState, SupervisorChoice, Verdict
+from society.state import (
+    ExecSummary,
+    JuniorState,
+    Review,
+    SeniorTurn,
+    Severity,
+    SocietyState,
+    SupervisorChoice,
+    Verdict,
+)
 from society.toolkit import call_tool, sql_db_query, tools_for
 
 #: Prefix of an ``errors`` entry that marks the question failed (endpoint down after retries).
@@ -69,7 +78,9 @@ def run_context(config: RunnableConfig | None) -> RunContext:
     """
     ctx = ((config or {}).get("configurable") or {}).get("society")
     if not isinstance(ctx, RunContext):
-        raise RuntimeError("the society graph needs configurable['society'] = RunContext(...); call society.run.run_society")
+        raise RuntimeError(
+            "the society graph needs configurable['society'] = RunContext(...); call society.run.run_society"
+        )
     return ctx
 
 
@@ -218,7 +229,10 @@ class Junior(Role):
 
     def execute_draft(self, state: JuniorState, config: RunnableConfig) -> dict:
         ctx = run_context(config)
-        return {"visits": [self._node("execute")], "exec": self.execute(ctx, state.get("draft_sql"), config, "execute")}
+        return {
+            "visits": [self._node("execute")],
+            "exec": self.execute(ctx, state.get("draft_sql"), config, "execute"),
+        }
 
     def after_execute(self, state: JuniorState) -> Literal["fix", "finish"]:
         ex = state.get("exec")
@@ -232,14 +246,23 @@ class Junior(Role):
         ctx = run_context(config)
         obs = HumanMessage(PROMPTS["junior_fix"].user.format(execution=state["exec"].as_text()))
         msgs = [*state.get("messages", []), obs]
-        upd: dict[str, Any] = {"visits": [self._node("fix")], "fixed": True, "llm_calls": state.get("llm_calls", 0) + 1}
+        upd: dict[str, Any] = {
+            "visits": [self._node("fix")],
+            "fixed": True,
+            "llm_calls": state.get("llm_calls", 0) + 1,
+        }
         try:
             ai = self.llm(ctx, msgs, config, "fix")
         except LLMError as e:
             return {**upd, "errors": [_error_entry(self.name, e)]}
         raw = str(ai.content)
         sql = _extract_sql(raw)
-        return {**upd, "messages": [*msgs, AIMessage(raw)], "draft_raw": raw, "draft_sql": sql or state.get("draft_sql")}
+        return {
+            **upd,
+            "messages": [*msgs, AIMessage(raw)],
+            "draft_raw": raw,
+            "draft_sql": sql or state.get("draft_sql"),
+        }
 
     def finish(self, state: JuniorState, config: RunnableConfig) -> dict:
         sql = state.get("draft_sql")
@@ -293,7 +316,9 @@ class Supervisor(Role):
         pctx = PolicyContext(
             schema_text=state.get("schema_text", ""),
             ask_llm=lambda msgs: str(self.llm(ctx, msgs, config, "supervisor").content),
-            render_prompt=lambda text: prompt.render(question=state["question"], schema=state.get("schema_text", ""), candidates=text),
+            render_prompt=lambda text: prompt.render(
+                question=state["question"], schema=state.get("schema_text", ""), candidates=text
+            ),
         )
         errors: list[str] = []
         try:
@@ -391,7 +416,15 @@ class Senior(Role):
                 return {**upd, "errors": [_error_entry(self.name, e)], "senior_verdict": deterministic}
             verdict = parse_check(raw) or deterministic
             text = re.sub(r"THE QUERY IS (IN)?CORRECT\.?", "", raw).strip() or ex.as_text()
-        turn = SeniorTurn(kind="check", sql_before=sql, sql_after=sql, execution_before=ex, verdict=verdict, feedback=text[:1000], raw=raw)
+        turn = SeniorTurn(
+            kind="check",
+            sql_before=sql,
+            sql_after=sql,
+            execution_before=ex,
+            verdict=verdict,
+            feedback=text[:1000],
+            raw=raw,
+        )
         upd.update({"senior_turns": [turn], "senior_verdict": verdict})
         if verdict == "incorrect":
             upd["feedback"] = "\n".join(x for x in (state.get("feedback", ""), text[:600]) if x)
@@ -405,7 +438,11 @@ class Senior(Role):
         ex: ExecSummary = state.get("current_exec") or ExecSummary()
         sql = state.get("current_sql")
         feedback = state.get("feedback", "")
-        upd: dict[str, Any] = {"visits": ["senior_rewrite"], "senior_visit_rewrites": state.get("senior_visit_rewrites", 0) + 1, "feedback": ""}
+        upd: dict[str, Any] = {
+            "visits": ["senior_rewrite"],
+            "senior_visit_rewrites": state.get("senior_visit_rewrites", 0) + 1,
+            "feedback": "",
+        }
         assert self.prompt is not None
         msgs = self.prompt.render(
             question=state["question"], schema=state.get("schema_text", ""), sql=sql or "",
@@ -461,9 +498,13 @@ class Reviewer(Role):
         without a new model call (the review is a function of the SQL and its result)."""
         ctx = run_context(config)
         sql = state.get("current_sql")
-        prev = next((r for r in reversed(state.get("reviews") or []) if r.reviewer == self.name and same_sql(r.sql, sql)), None)
+        prev = next(
+            (r for r in reversed(state.get("reviews") or []) if r.reviewer == self.name and same_sql(r.sql, sql)), None
+        )
         if prev is not None:
-            review = prev.model_copy(update={"turn": state.get("turn", 0) + 1, "raw": f"(same SQL as reviewed in turn {prev.turn})"})
+            review = prev.model_copy(
+                update={"turn": state.get("turn", 0) + 1, "raw": f"(same SQL as reviewed in turn {prev.turn})"}
+            )
             return {"visits": [self.name], "reviews": [review]}
         review, errors = self.review(state, ctx, config)
         return {"visits": [self.name], "reviews": [review], "errors": errors}
@@ -513,16 +554,26 @@ class ExecutionReviewer(Reviewer):
         sev = self.options.severity
         base = dict(reviewer=self.name, kind="execution", turn=state.get("turn", 0) + 1, sql=sql)
         if not sql:
-            return Review(**base, verdict=Verdict.REVISE, severity=sev.no_sql, feedback="There is no SQL query; write one."), []
+            return Review(
+                **base, verdict=Verdict.REVISE, severity=sev.no_sql, feedback="There is no SQL query; write one."
+            ), []
         if not ex.ok:
             s = sev.error_by_category.get(ex.error_category or "", sev.error)
             return Review(**base, verdict=Verdict.REVISE, severity=s, feedback=f"The query fails: {ex.error}"), []
         if ex.truncated:
-            return Review(**base, verdict=Verdict.REVISE, severity=sev.truncated,
-                          feedback=f"The result hit the row cap ({ex.row_count} rows); add filters or aggregation."), []
+            return Review(
+                **base,
+                verdict=Verdict.REVISE,
+                severity=sev.truncated,
+                feedback=f"The result hit the row cap ({ex.row_count} rows); add filters or aggregation.",
+            ), []
         if ex.row_count == 0 and not _MAY_BE_EMPTY.search(q):
-            return Review(**base, verdict=Verdict.REVISE, severity=sev.empty,
-                          feedback="The query returns no rows; check filter values, joins and spelling against the data."), []
+            return Review(
+                **base,
+                verdict=Verdict.REVISE,
+                severity=sev.empty,
+                feedback="The query returns no rows; check filter values, joins and spelling against the data.",
+            ), []
         if ex.row_count > 1 and _SINGLE_VALUE.search(q) and not _PER_GROUP.search(q):
             return Review(**base, verdict=Verdict.REVISE, severity=sev.too_many_rows,
                           feedback=f"The question asks for one value but the query returns {ex.row_count} rows."), []
@@ -568,11 +619,15 @@ class SemanticReviewer(Reviewer):
         ex: ExecSummary = state.get("current_exec") or ExecSummary()
         base = dict(reviewer=self.name, kind="semantic", turn=state.get("turn", 0) + 1, sql=sql)
         assert self.prompt is not None
-        msgs = self.prompt.render(question=state["question"], schema=state.get("schema_text", ""), sql=sql or "", execution=ex.as_text())
+        msgs = self.prompt.render(
+            question=state["question"], schema=state.get("schema_text", ""), sql=sql or "", execution=ex.as_text()
+        )
         try:
             raw = str(self.llm(ctx, msgs, config, self.name).content)
         except LLMError as e:
-            return Review(**base, verdict=Verdict.APPROVE, feedback=f"review failed: {e}"), [_error_entry(self.name, e)]
+            return Review(**base, verdict=Verdict.APPROVE, feedback=f"review failed: {e}"), [
+                _error_entry(self.name, e)
+            ]
         parsed = parse_review(raw)
         if parsed is None:
             v = self.options.unparsed

@@ -44,8 +44,8 @@ from society.config import SocietyConfig
 from society.infra import InfrastructureError, dead_servers
 from society.llm import CallLog, ChatModels, Endpoint, as_endpoint
 from society.roles import ENDPOINT_FAILURE, RunContext
-from tools.sampling import group_by_database
 from society.state import ExecSummary, Review, SeniorTurn, SupervisorChoice
+from tools.sampling import group_by_database
 
 #: Agents ``evaluate`` / ``sqlsociety eval`` can run.
 AGENTS = ("society", "single", "write-check-rewrite")
@@ -123,11 +123,20 @@ class SocietyRun(BaseModel):
         ``scores``, and the senior's ``before_sql`` / ``after_sql`` / ``turns``."""
         out: dict[str, dict[str, Any]] = {}
         for c in self.candidates:
-            out[c.junior] = {"sql": c.sql, "ok": c.ok, "persona": c.persona, "fixed": c.fixed, "row_count": c.row_count}
+            out[c.junior] = {
+                "sql": c.sql,
+                "ok": c.ok,
+                "persona": c.persona,
+                "fixed": c.fixed,
+                "row_count": c.row_count,
+            }
         ch = self.choice
         if ch is not None:
             out["supervisor"] = {
-                "choice": ch.chosen.junior if ch.chosen else None, "index": ch.index, "policy": ch.policy, "scores": ch.scores,
+                "choice": ch.chosen.junior if ch.chosen else None,
+                "index": ch.index,
+                "policy": ch.policy,
+                "scores": ch.scores,
             }
             before, after = self.senior_before_after()
             out["senior"] = {"before_sql": before, "after_sql": after, "turns": len(self.senior_turns)}
@@ -172,9 +181,13 @@ def get_models(config: SocietyConfig, endpoints: dict[str, Any] | None) -> ChatM
     """A cached :class:`ChatModels` for ``config`` + ``endpoints`` (so HTTP clients are reused)."""
     eps = {a: as_endpoint(e) for a, e in (endpoints or {}).items()}
     key = json.dumps(
-        [config.model_dump(mode="json", include={"models", "llm"}), {a: [e.base_url, e.model, e.api_key, e.extra_body] for a, e in sorted(eps.items())},
-         [(a, m.api_key) for a, m in sorted(config.models.items())]],
-        sort_keys=True, default=str,
+        [
+            config.model_dump(mode="json", include={"models", "llm"}),
+            {a: [e.base_url, e.model, e.api_key, e.extra_body] for a, e in sorted(eps.items())},
+            [(a, m.api_key) for a, m in sorted(config.models.items())],
+        ],
+        sort_keys=True,
+        default=str,
     )
     with _CACHE_LOCK:
         m = _MODELS_CACHE.get(key)
@@ -230,7 +243,10 @@ def run_society(
         raise ValueError(f"unknown agent {agent!r}; choose one of {AGENTS}")
     db_path = Path(db_path)
     if not db_path.is_file():
-        raise ValueError(f"database {db_path} is not a file; pass a SQLite path (or resolve a db_id with tools.spider.resolve_database)")
+        raise ValueError(
+            f"database {db_path} is not a file; pass a SQLite path (or resolve a db_id with "
+            "tools.spider.resolve_database)"
+        )
     if config is None:
         config = SocietyConfig.load()
     run_id = uuid.uuid4().hex[:12]
@@ -360,7 +376,9 @@ class RunRecorder:
         trace = {**run.model_dump(mode="json"), **(extra or {})}
         name = _safe(run.question_id or run.run_id)
         with self._lock:
-            (self.dir / "traces" / f"{name}.json").write_text(json.dumps(trace, indent=1, default=str), encoding="utf-8")
+            (self.dir / "traces" / f"{name}.json").write_text(
+                json.dumps(trace, indent=1, default=str), encoding="utf-8"
+            )
             with self.questions_path.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(rec, default=str) + "\n")
                 f.flush()
@@ -453,8 +471,15 @@ def evaluate(
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as e:  # noqa: BLE001 - e.g. a missing database: mark this question failed, go on
-            run = SocietyRun(agent=agent, question=ex.question, question_id=ex.id, db_id=ex.db_id, db_path=str(ex.db_path),
-                             status="failed", error=f"{type(e).__name__}: {e}")
+            run = SocietyRun(
+                agent=agent,
+                question=ex.question,
+                question_id=ex.id,
+                db_id=ex.db_id,
+                db_path=str(ex.db_path),
+                status="failed",
+                error=f"{type(e).__name__}: {e}",
+            )
         why = endpoint_failure(run)
         if why:  # infrastructure, not this question's answer: stop, record nothing for it
             dead = dead_servers()

@@ -476,7 +476,9 @@ class LlamaServer:
             while True:
                 rc = self._proc.poll()
                 if rc is not None:
-                    raise ServerStartError(f"{self.name} exited during start-up: {describe_exit(rc)}\n{self._log_tail()}")
+                    raise ServerStartError(
+                        f"{self.name} exited during start-up: {describe_exit(rc)}\n{self._log_tail()}"
+                    )
                 try:
                     with urllib.request.urlopen(url, timeout=2) as r:
                         if r.status == 200:
@@ -484,7 +486,9 @@ class LlamaServer:
                 except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError, OSError):
                     pass
                 if time.perf_counter() > deadline:
-                    raise ServerStartError(f"{self.name} did not answer {url} within {timeout_s:.0f} s.\n{self._log_tail()}")
+                    raise ServerStartError(
+                        f"{self.name} did not answer {url} within {timeout_s:.0f} s.\n{self._log_tail()}"
+                    )
                 time.sleep(0.1)
         except BaseException:  # including KeyboardInterrupt: never leave the child behind
             self._terminate(keep_log=True)

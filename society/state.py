@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 
 from society.candidate import Candidate
 
+
 class Verdict(str, Enum):
     """A reviewer's decision."""
 

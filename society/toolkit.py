@@ -81,7 +81,9 @@ def schema_text(db_path: str, *, compact: bool = True, sample_rows: int = 0, max
 def _ctx(config: RunnableConfig | None) -> Any:
     ctx = ((config or {}).get("configurable") or {}).get("society")
     if ctx is None:
-        raise RuntimeError("society tools need configurable['society'] (a RunContext); run them through the society graph")
+        raise RuntimeError(
+            "society tools need configurable['society'] (a RunContext); run them through the society graph"
+        )
     return ctx
 
 

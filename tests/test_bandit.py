@@ -137,7 +137,11 @@ def test_context_matches_society_majority_vote_and_adapter(samples):
 
 
 def test_featurize_shape_and_cross_tokens():
-    cands = [Candidate(junior="j", persona="direct", sql="SELECT count(*) FROM singer", ok=True, row_count=1, result_digest="a")]
+    cands = [
+        Candidate(
+            junior="j", persona="direct", sql="SELECT count(*) FROM singer", ok=True, row_count=1, result_digest="a"
+        )
+    ]
     x = featurize("How many singers are there?", cands, BanditConfig(sql_hash_bits=10, token_hash_bits=6))
     assert x.shape == (1, 9 + 2**10 + 2**6)
     assert x.nnz > 9
@@ -207,7 +211,7 @@ def test_bad_input_errors(tmp_path, samples):
     with pytest.raises(FileNotFoundError, match="phases 4"):
         load_policy(tmp_path / "missing.joblib")
     (tmp_path / "x.joblib").write_bytes(b"not a policy")
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 -- joblib raises whatever unpickling a non-pickle raises
         load_policy(tmp_path / "x.joblib")
     no_sql = [Candidate(junior="j", persona="direct", sql=None)]
     assert SupervisorBandit().choose("q", no_sql)[0] == -1

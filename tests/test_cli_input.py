@@ -65,7 +65,9 @@ def _slice(d: Path, per_db: dict[str, int], *, records: list | None = None) -> l
     (d / "dev.json").write_text(json.dumps(recs), encoding="utf-8")
     for db_id in per_db:
         (d / "database" / db_id).mkdir(parents=True, exist_ok=True)
-        shutil.copy(BUNDLED_DATA_DIR / "database" / db_id / f"{db_id}.sqlite", d / "database" / db_id / f"{db_id}.sqlite")
+        shutil.copy(
+            BUNDLED_DATA_DIR / "database" / db_id / f"{db_id}.sqlite", d / "database" / db_id / f"{db_id}.sqlite"
+        )
     return recs
 
 
@@ -370,8 +372,15 @@ def test_traces_report_bad_input_before_heavy_imports(tmp_path, setup):
         f"res = CliRunner().invoke(app, ['traces', 'list', {str(run_dir)!r}])\n"
         "print('EXIT', res.exit_code, 'AGL', 'agentlightning' in sys.modules)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300, check=False,
-                          env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"})
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+        check=False,
+        env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
+    )
     assert "EXIT 2 AGL False" in proc.stdout, proc.stdout + proc.stderr
 
 

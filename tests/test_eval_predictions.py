@@ -90,7 +90,11 @@ def test_distinct_matters_only_without_keep_distinct(tmp_path):
     --keep-distinct (Spider dev question whose gold lists countries with repeats)."""
     d = tmp_path / "d"
     d.mkdir()
-    rec = {"db_id": "concert_singer", "question": "List every singer's country.", "query": "SELECT country FROM singer"}
+    rec = {
+        "db_id": "concert_singer",
+        "question": "List every singer's country.",
+        "query": "SELECT country FROM singer",
+    }
     (d / "dev.json").write_text(json.dumps([rec]))
     (d / "database").mkdir()
     (d / "database" / "concert_singer").symlink_to(BUNDLED_DATA_DIR / "database" / "concert_singer")

@@ -163,7 +163,10 @@ def test_remove_distinct_is_token_level_like_official():
     assert "'distinct'" in out and out.endswith("-- distinct")
     assert remove_distinct("SELECT distinct_id, [distinct] FROM t") == "SELECT distinct_id, [distinct] FROM t"
     assert remove_distinct("SELECT a FROM t WHERE a IS NOT DISTINCT FROM b").endswith("IS NOT DISTINCT FROM b")
-    assert prepare_sql("SELECT DISTINCT a FROM t WHERE a > = 1", keep_distinct=True) == "SELECT DISTINCT a FROM t WHERE a >= 1"
+    assert (
+        prepare_sql("SELECT DISTINCT a FROM t WHERE a > = 1", keep_distinct=True)
+        == "SELECT DISTINCT a FROM t WHERE a >= 1"
+    )
 
 
 # ---------------------------------------------------------------- execution_match on a real database
@@ -253,7 +256,9 @@ def test_spider_database_clauses():
     r = execution_match(CONCERT, "SELECT name, country, age FROM singer ORDER BY age", gold)
     assert r.reason == "row_order"
     # duplicates: France appears 4 times
-    assert not execution_match(CONCERT, "SELECT country FROM singer GROUP BY country", "SELECT country FROM singer").match
+    assert not execution_match(
+        CONCERT, "SELECT country FROM singer GROUP BY country", "SELECT country FROM singer"
+    ).match
     assert execution_match(CONCERT, "SELECT DISTINCT country FROM singer", "SELECT country FROM singer").match
     assert not execution_match(
         CONCERT, "SELECT DISTINCT country FROM singer", "SELECT country FROM singer", keep_distinct=True

@@ -10,7 +10,8 @@ A second adapter uses rsLoRA and a per-module ``alpha_pattern`` (the scale foldi
 the logits is so large that the model emits near-ties, where float32 summation order alone can
 flip an argmax, so it is compared on log-probabilities: the server's top 10 at each greedy step
 (F32 KV cache, flash attention off: it reorders the sums, 0.3 % measured) against
-transformers+PEFT on the same tokens, error < 0.2 % of the adapter's own effect (a wrong scale or layout gives errors of the order of the effect).
+transformers+PEFT on the same tokens, error < 0.2 % of the adapter's own effect (a wrong scale or layout
+gives errors of the order of the effect).
 """
 
 from __future__ import annotations

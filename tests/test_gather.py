@@ -70,7 +70,9 @@ def test_epsilon_greedy_propensities() -> None:
 
     half = EpsilonGreedyPolicy(base="majority_vote", epsilon=0.5, seed=1)
     ch = half.choose("same question", _cands(), PolicyContext())
-    again = EpsilonGreedyPolicy(base="majority_vote", epsilon=0.5, seed=1).choose("same question", _cands(), PolicyContext())
+    again = EpsilonGreedyPolicy(base="majority_vote", epsilon=0.5, seed=1).choose(
+        "same question", _cands(), PolicyContext()
+    )
     assert (ch.index, ch.info["explored"]) == (again.index, again.info["explored"])  # replays identically on resume
     expected = 0.5 / 3 + (0.5 if ch.index == 0 else 0.0)
     assert ch.info["propensity"] == pytest.approx(expected)

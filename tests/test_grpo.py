@@ -12,11 +12,11 @@ import math
 
 import pytest
 
+from society.llm import cut_at_stop
 from society.prompts import PROMPTS
 from society.toolkit import execute_summary
 from tools.schema import schema_prompt
 from tools.spider import load_examples
-from society.llm import cut_at_stop
 from training.grpo import SeniorGRPOConfig, SeniorGRPOTrainer, SeniorReward, load_verl_config
 
 SMOL = "smollm2-135m"
@@ -35,7 +35,9 @@ def senior_rows(n: int, max_schema_chars: int = 600) -> list[dict]:
         wrong = _wrong(e.gold_sql)
         es = execute_summary(str(e.db_path), wrong)
         for node in ("senior_rewrite", "senior_check"):
-            msgs = PROMPTS[node].render(question=e.question, schema=schema, sql=wrong, execution=es.as_text(), feedback="")
+            msgs = PROMPTS[node].render(
+                question=e.question, schema=schema, sql=wrong, execution=es.as_text(), feedback=""
+            )
             prompt = [{"role": "system" if m.type == "system" else "user", "content": str(m.content)} for m in msgs]
             rows.append({"prompt": prompt, "gold_sql": e.gold_sql, "db_path": str(e.db_path), "node": node,
                          "question": e.question, "task_id": e.id})
@@ -57,8 +59,13 @@ def test_reward_rewrite_and_check(rows):
     ck = next(r for r in rows if r["node"] == "senior_check")
     good = f"```sql\n{rw['gold_sql']}\n```"
     bad = f"```sql\n{_wrong(rw['gold_sql'])}\n```"
-    vals = reward(prompts=[rw["prompt"]] * 3, completions=[[{"role": "assistant", "content": t}] for t in (good, bad, "no idea")],
-                  gold_sql=[rw["gold_sql"]] * 3, db_path=[rw["db_path"]] * 3, node=["senior_rewrite"] * 3)
+    vals = reward(
+        prompts=[rw["prompt"]] * 3,
+        completions=[[{"role": "assistant", "content": t}] for t in (good, bad, "no idea")],
+        gold_sql=[rw["gold_sql"]] * 3,
+        db_path=[rw["db_path"]] * 3,
+        node=["senior_rewrite"] * 3,
+    )
     assert vals[0] == pytest.approx(1.0) and vals[1] < 1.0 and vals[2] < vals[1]
     assert [r["ex"] for r in reward.records] == [1.0, 0.0, 0.0]
     # the check prompt shows the wrong query: INCORRECT is the right verdict
@@ -108,7 +115,9 @@ def test_grpo_input_errors(rows, tmp_path):
     with pytest.raises(ValueError, match="num_generations"):
         SeniorGRPOConfig(num_generations=1)
     with pytest.raises(ValueError, match="longer than max_prompt_length"):
-        SeniorGRPOTrainer(SeniorGRPOConfig(output_dir=str(tmp_path), max_prompt_length=8, max_steps=1), rows[:2]).train()
+        SeniorGRPOTrainer(
+            SeniorGRPOConfig(output_dir=str(tmp_path), max_prompt_length=8, max_steps=1), rows[:2]
+        ).train()
 
 
 def test_verl_config_file(tmp_path):

@@ -153,8 +153,22 @@ def test_eval_against_a_killed_server_records_nothing_for_the_question(tmp_path)
     out_dir = tmp_path / "runs"
     log = (tmp_path / "eval.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "society.cli", "eval", "--config", str(REPO / "configs" / "smoke.yaml"), "--limit", "30"],
-        cwd=tmp_path, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "society.cli",
+            "eval",
+            "--config",
+            str(REPO / "configs" / "smoke.yaml"),
+            "--limit",
+            "30",
+        ],
+        cwd=tmp_path,
+        env=_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 600
         qfile = None

@@ -44,14 +44,32 @@ def test_doctests():
     "reply, expected",
     [
         ('{"sql_correctness": 4, "reasoning": 3, "format": 5, "error_type": "none"}', (4, 3, 5, "none")),
-        ('```json\n{"sql_correctness": 2, "reasoning": 2, "format": 4, "error_type": "wrong_join"}\n```', (2, 2, 4, "wrong_join")),
-        ('Here is my grade:\n{"SQL correctness": "5", "Reasoning": "4/5", "Format": 5.0, "Error type": "None"}\nThanks!',
-         (5, 4, 5, "none")),
+        (
+            '```json\n{"sql_correctness": 2, "reasoning": 2, "format": 4, "error_type": "wrong_join"}\n```',
+            (2, 2, 4, "wrong_join"),
+        ),
+        (
+            'Here is my grade:\n{"SQL correctness": "5", "Reasoning": "4/5", "Format": 5.0, "Error type": '
+            '"None"}\nThanks!',
+            (5, 4, 5, "none"),
+        ),
         ("{'sql_correctness': 1, 'reasoning': 1, 'format': 1, 'error_type': 'missing_sql'}", (1, 1, 1, "missing_sql")),
-        ('{"correctness": 3, "reasoning_score": 2, "formatting": 4, "error": "wrong filter"}', (3, 2, 4, "wrong_filter")),
-        ('{"scores": {"sql_correctness": 3, "reasoning": 3, "format": 3}, "error_type": "syntax"}', (3, 3, 3, "syntax")),
-        ('{"note": "draft"} then {"sql_correctness": 5, "reasoning": 5, "format": 5, "error_type": "none",}', (5, 5, 5, "none")),
-        ('{"sql_correctness": 2, "reasoning": 1, "format": 3, "error_type": ["wrong_column", "wrong_table"]}', (2, 1, 3, "wrong_column")),
+        (
+            '{"correctness": 3, "reasoning_score": 2, "formatting": 4, "error": "wrong filter"}',
+            (3, 2, 4, "wrong_filter"),
+        ),
+        (
+            '{"scores": {"sql_correctness": 3, "reasoning": 3, "format": 3}, "error_type": "syntax"}',
+            (3, 3, 3, "syntax"),
+        ),
+        (
+            '{"note": "draft"} then {"sql_correctness": 5, "reasoning": 5, "format": 5, "error_type": "none",}',
+            (5, 5, 5, "none"),
+        ),
+        (
+            '{"sql_correctness": 2, "reasoning": 1, "format": 3, "error_type": ["wrong_column", "wrong_table"]}',
+            (2, 1, 3, "wrong_column"),
+        ),
     ],
 )
 def test_parse_valid_replies(reply, expected):
@@ -93,14 +111,23 @@ def test_answer_text_prefers_the_role_whose_sql_became_the_answer():
     rec = {
         "pred_sql": "SELECT count(*) FROM singer",
         "candidates": [
-            {"junior": "junior_direct", "sql": "SELECT count(*) FROM singer", "raw": "```sql\nSELECT count(*) FROM singer\n```"},
-            {"junior": "junior_step", "sql": "SELECT count(*) FROM singer",
-             "raw": "<reasoning>count singer rows</reasoning><sql>SELECT count(*) FROM singer</sql>"},
+            {
+                "junior": "junior_direct",
+                "sql": "SELECT count(*) FROM singer",
+                "raw": "```sql\nSELECT count(*) FROM singer\n```",
+            },
+            {
+                "junior": "junior_step",
+                "sql": "SELECT count(*) FROM singer",
+                "raw": "<reasoning>count singer rows</reasoning><sql>SELECT count(*) FROM singer</sql>",
+            },
         ],
         "senior_turns": [{"sql_after": "SELECT 1", "raw": "other"}],
     }
     assert answer_text(rec) == (rec["candidates"][1]["raw"], "junior_step")
-    rec["senior_turns"].append({"sql_after": "SELECT count(*) FROM singer", "raw": "<sql>SELECT count(*) FROM singer</sql>"})
+    rec["senior_turns"].append(
+        {"sql_after": "SELECT count(*) FROM singer", "raw": "<sql>SELECT count(*) FROM singer</sql>"}
+    )
     assert answer_text(rec)[1] == "senior"
     assert answer_text({"pred_sql": None}) == ("", "none")
     assert answer_text({"pred_sql": "SELECT 2"}) == ("SELECT 2", "sql")
@@ -119,7 +146,11 @@ def test_summary_splits_by_ex_and_ignores_unparsed_in_means():
     assert s.groups["all"].sql_correctness == pytest.approx((5 + 3 + 1 + 4) / 4)
     assert s.groups["all"].ex == pytest.approx(2 / 4)  # EX over the 4 answers with a verdict
     assert s.groups["ex_correct"].sql_correctness == 4.0 and s.groups["ex_correct"].ex == 1.0
-    assert s.groups["ex_incorrect"].n == 2 and s.groups["ex_incorrect"].parsed == 1 and s.groups["ex_incorrect"].format == 1.0
+    assert (
+        s.groups["ex_incorrect"].n == 2
+        and s.groups["ex_incorrect"].parsed == 1
+        and s.groups["ex_incorrect"].format == 1.0
+    )
     assert s.groups["ex_unknown"].ex is None and s.groups["ex_unknown"].reasoning == 4.0
     assert s.error_types == {"none": 2, "wrong_join": 1, "other": 1}
     empty = summarize([recs[3]])
@@ -156,8 +187,15 @@ def _make_run(root: Path, *, long_question: bool = False) -> Path:
             res = ExecSummary(sql=sql, ok=out.ok, columns=list(getattr(out, "columns", []) or []),
                               rows=[list(r) for r in (getattr(out, "rows", []) or [])[:5]],
                               row_count=len(getattr(out, "rows", []) or []))
-        cands = [Candidate(junior="junior_step_by_step", persona="step_by_step", sql=sql, ok=bool(sql),
-                           raw=f"<reasoning>Use the tables the question names.</reasoning><sql>{sql}</sql>" if sql else "no idea")]
+        cands = [
+            Candidate(
+                junior="junior_step_by_step",
+                persona="step_by_step",
+                sql=sql,
+                ok=bool(sql),
+                raw=f"<reasoning>Use the tables the question names.</reasoning><sql>{sql}</sql>" if sql else "no idea",
+            )
+        ]
         question = ex.question if not (long_question and i == 3) else ex.question + " Please." * 6000
         run = SocietyRun(question=question, question_id=ex.id, db_id=ex.db_id, db_path=str(ex.db_path), final_sql=sql,
                          result=res, status="approved" if sql else "failed", candidates=cands,
@@ -187,7 +225,9 @@ def _closed_port() -> int:
 
 def test_dead_endpoint_is_exit_2_and_writes_nothing(tmp_path):
     run_dir = _make_run(tmp_path)
-    res = runner.invoke(app, ["judge", str(run_dir), "--base-url", f"http://127.0.0.1:{_closed_port()}/v1", "--model", "x"])
+    res = runner.invoke(
+        app, ["judge", str(run_dir), "--base-url", f"http://127.0.0.1:{_closed_port()}/v1", "--model", "x"]
+    )
     assert res.exit_code == 2, res.output
     assert "no usable OpenAI-compatible endpoint" in res.output and "nothing was written" in res.output
     assert not (run_dir / "judge.jsonl").exists() and not (run_dir / "judge_summary.json").exists()

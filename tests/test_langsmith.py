@@ -31,7 +31,14 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 from evaluation import langsmith_traces as lt
 from evaluation.traces import build_tree, read_records, render_tree
 
-SPIDER_DB = Path(__file__).resolve().parent.parent / "data" / "spider" / "database" / "concert_singer" / "concert_singer.sqlite"
+SPIDER_DB = (
+    Path(__file__).resolve().parent.parent
+    / "data"
+    / "spider"
+    / "database"
+    / "concert_singer"
+    / "concert_singer.sqlite"
+)
 
 
 # --------------------------------------------------------------------------- the stand-in service
@@ -92,7 +99,7 @@ class LangSmithStandIn:
                 "name": name,
                 "tenant_id": str(uuid.UUID(int=1)),
                 "reference_dataset_id": None,
-                "start_time": dt.datetime.now(dt.timezone.utc).isoformat(),
+                "start_time": dt.datetime.now(dt.UTC).isoformat(),
             }
         return self.sessions[name]
 
@@ -107,7 +114,7 @@ class LangSmithStandIn:
             cur["session_id"] = self.session_for(name)["id"]
 
     def add_feedback(self, fb: dict[str, Any]) -> None:
-        now = dt.datetime.now(dt.timezone.utc).isoformat()
+        now = dt.datetime.now(dt.UTC).isoformat()
         fb = {**fb, "created_at": fb.get("created_at") or now, "modified_at": fb.get("modified_at") or now}
         self.feedback.append(fb)
 
@@ -217,13 +224,21 @@ def standin(monkeypatch: pytest.MonkeyPatch):
     s = LangSmithStandIn()
     monkeypatch.setenv("LANGSMITH_ENDPOINT", s.url)
     monkeypatch.setenv("LANGSMITH_PROJECT", "sqlsociety-test")
-    for var in ("LANGCHAIN_API_KEY", "LANGCHAIN_TRACING_V2", "LANGCHAIN_TRACING", "LANGSMITH_TRACING_V2", "LANGCHAIN_ENDPOINT"):
+    for var in (
+        "LANGCHAIN_API_KEY",
+        "LANGCHAIN_TRACING_V2",
+        "LANGCHAIN_TRACING",
+        "LANGSMITH_TRACING_V2",
+        "LANGCHAIN_ENDPOINT",
+    ):
         monkeypatch.delenv(var, raising=False)
     lt.reset_client()
     import langsmith.utils
 
     langsmith.utils.get_env_var.cache_clear()
-    langsmith.utils.tracing_is_enabled.cache_clear() if hasattr(langsmith.utils.tracing_is_enabled, "cache_clear") else None
+    langsmith.utils.tracing_is_enabled.cache_clear() if hasattr(
+        langsmith.utils.tracing_is_enabled, "cache_clear"
+    ) else None
     yield s
     lt.reset_client()
     langsmith.utils.get_env_var.cache_clear()

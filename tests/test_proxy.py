@@ -60,6 +60,10 @@ def test_aliases_resolve_through_the_proxy_to_the_bound_server(smol_server):
 
 def test_model_list_names_the_alias_without_an_endpoint():
     assert proxy_model_list({"a": Endpoint("http://127.0.0.1:1/v1", "m", "k")}) == [
-        {"model_name": "a", "litellm_params": {"model": "openai/m", "api_base": "http://127.0.0.1:1/v1", "api_key": "k"}}]
+        {
+            "model_name": "a",
+            "litellm_params": {"model": "openai/m", "api_base": "http://127.0.0.1:1/v1", "api_key": "k"},
+        }
+    ]
     with pytest.raises(ValueError, match="'b'"):
         proxy_model_list({"b": Endpoint("", "m")})

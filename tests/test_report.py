@@ -28,7 +28,6 @@ import numpy as np
 
 from evaluation import plots
 from evaluation.ex import execution_match
-from tools.spider import database_path, default_data_dir
 from evaluation.report import (
     ReportError,
     build_report,
@@ -40,6 +39,7 @@ from evaluation.report import (
     role_breakdown,
     stage_summary,
 )
+from tools.spider import database_path, default_data_dir
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "obs" / "run"
 
@@ -175,7 +175,11 @@ def test_role_breakdown_matches_the_records(run_dir: Path) -> None:
     chosen = sum(rows[j]["chosen"] for j in juniors)
     decided = sum(1 for r in recs if r["roles"].get("supervisor", {}).get("choice")) / len(recs)
     assert chosen == pytest.approx(decided)
-    picked_ex = [bool(r["roles"][r["roles"]["supervisor"]["choice"]]["ex"]) for r in recs if r["roles"].get("supervisor", {}).get("choice")]
+    picked_ex = [
+        bool(r["roles"][r["roles"]["supervisor"]["choice"]]["ex"])
+        for r in recs
+        if r["roles"].get("supervisor", {}).get("choice")
+    ]
     assert rows["supervisor"]["own_ex"][last] == pytest.approx(sum(picked_ex) / len(picked_ex))
     after = [bool(r["roles"]["senior"]["after_ex"]) for r in recs if "senior" in r["roles"]]
     assert rows["senior"]["own_ex"][last] == pytest.approx(sum(after) / len(after))
@@ -232,7 +236,9 @@ def test_cli_report(run_dir: Path, tmp_path: Path) -> None:
 
     from society.cli import app
 
-    res = CliRunner().invoke(app, ["report", str(run_dir), "--html", str(tmp_path / "r.html"), "--md", str(tmp_path / "r.md")])
+    res = CliRunner().invoke(
+        app, ["report", str(run_dir), "--html", str(tmp_path / "r.html"), "--md", str(tmp_path / "r.md")]
+    )
     assert res.exit_code == 0, res.output
     assert (tmp_path / "r.html").stat().st_size > 10_000 and (tmp_path / "r.md").is_file()
     res = CliRunner().invoke(app, ["report", str(tmp_path / "nope")])

@@ -7,19 +7,26 @@ import sqlite3
 
 import pytest
 
+from evaluation.ex import run_query
 from evaluation.rewards import (
+    COMPLEXITY_SIGMA,
     COMPONENT_RANGES,
+    DEFAULT_WEIGHTS,
     RewardConfig,
+    complexity_reward,
     compute_reward,
     error_credit,
     extract_sql,
     format_ok,
     length_reward,
+    reasoning_quality,
     result_jaccard,
+    schema_names_of,
+    sql_complexity,
+    sql_identifiers,
     statement_type,
     statement_type_match,
 )
-from evaluation.ex import run_query
 from tools.spider import BUNDLED_DATA_DIR
 
 DB = BUNDLED_DATA_DIR / "database" / "concert_singer" / "concert_singer.sqlite"
@@ -34,7 +41,10 @@ GOLD = "SELECT name, country, age FROM singer ORDER BY age DESC"
     [
         ("<reasoning>r</reasoning><sql>SELECT count(*) FROM singer;</sql>", "SELECT count(*) FROM singer"),
         ("<reasoning>r</reasoning><sql>```sql\nSELECT 1;\n```</sql>", "SELECT 1"),
-        ("Here it is:\n```sql\nSELECT name FROM singer WHERE age > 30;\n```\nDone.", "SELECT name FROM singer WHERE age > 30"),
+        (
+            "Here it is:\n```sql\nSELECT name FROM singer WHERE age > 30;\n```\nDone.",
+            "SELECT name FROM singer WHERE age > 30",
+        ),
         ("```SQL\nSELECT a FROM t\n```", "SELECT a FROM t"),
         ("```\nSELECT a FROM t\n```", "SELECT a FROM t"),
         ("```sql\nSELECT 1\n```\nbetter:\n```sql\nSELECT 2\n```", "SELECT 2"),
@@ -72,7 +82,10 @@ def test_extracted_sql_executes():
 # ---------------------------------------------------------------- components
 
 
-GOOD = "<reasoning>order singers by age, oldest first</reasoning><sql>SELECT name, country, age FROM singer ORDER BY age DESC</sql>"
+GOOD = (
+    "<reasoning>order singers by age, oldest first</reasoning>"
+    "<sql>SELECT name, country, age FROM singer ORDER BY age DESC</sql>"
+)
 OUTPUTS = [
     GOOD,
     "SELECT age, name, country FROM singer ORDER BY age DESC",  # right, unformatted
@@ -80,10 +93,12 @@ OUTPUTS = [
     "<reasoning>x</reasoning><sql>SELECT name FROM singer</sql>",  # missing columns
     "<reasoning>x</reasoning><sql>SELECT * FROM singer</sql>",  # extra columns
     "<reasoning>x</reasoning><sql>SELECT nme FROM singer</sql>",  # no such column
-    "<reasoning>x</reasoning><sql>SELECT singer_id FROM singer JOIN singer_in_concert ON singer.singer_id = singer_in_concert.singer_id</sql>",
+    "<reasoning>x</reasoning><sql>SELECT singer_id FROM singer JOIN singer_in_concert ON singer.singer_id = "
+    "singer_in_concert.singer_id</sql>",
     "<reasoning>x</reasoning><sql>SELEC name FROM singer</sql>",  # syntax
     "<reasoning>x</reasoning><sql>DROP TABLE singer</sql>",  # forbidden
-    "<reasoning>x</reasoning><sql>WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM n) SELECT count(*) FROM n</sql>",
+    "<reasoning>x</reasoning><sql>WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM n) SELECT count(*) FROM "
+    "n</sql>",
     "no idea",
     None,
     "<sql>SELECT 1</sql><reasoning>late</reasoning>",  # tags out of order
@@ -233,27 +248,22 @@ def test_keep_distinct_reaches_the_ex_component():
 
 # ---------------------------------------------------------------- optional shaping: complexity, reasoning
 
-from evaluation.rewards import (
-    COMPLEXITY_SIGMA,
-    DEFAULT_WEIGHTS,
-    complexity_reward,
-    reasoning_quality,
-    schema_names_of,
-    sql_complexity,
-    sql_identifiers,
-)
-
 # increasingly complex queries on concert_singer, each a superset of the previous one's features
 LADDER = [
     "SELECT name FROM singer",
     "SELECT name FROM singer WHERE age > 30",
     "SELECT name FROM singer WHERE age > 30 AND country = 'France'",
     "SELECT name FROM singer WHERE age > 30 AND country = 'France' ORDER BY age DESC LIMIT 3",
-    ("SELECT T1.name FROM singer AS T1 JOIN singer_in_concert AS T2 ON T1.singer_id = T2.singer_id "
-     "WHERE T1.age > 30 AND T1.country = 'France' GROUP BY T1.name HAVING count(*) > 1 ORDER BY T1.age DESC LIMIT 3"),
-    ("SELECT T1.name FROM singer AS T1 JOIN singer_in_concert AS T2 ON T1.singer_id = T2.singer_id "
-     "WHERE T1.age > 30 AND T1.country = 'France' AND T2.concert_id IN (SELECT concert_id FROM concert WHERE year > 2014) "
-     "GROUP BY T1.name HAVING count(*) > 1 ORDER BY T1.age DESC LIMIT 3"),
+    (
+        "SELECT T1.name FROM singer AS T1 JOIN singer_in_concert AS T2 ON T1.singer_id = T2.singer_id "
+        "WHERE T1.age > 30 AND T1.country = 'France' GROUP BY T1.name HAVING count(*) > 1 ORDER BY T1.age DESC LIMIT 3"
+    ),
+    (
+        "SELECT T1.name FROM singer AS T1 JOIN singer_in_concert AS T2 ON T1.singer_id = T2.singer_id "
+        "WHERE T1.age > 30 AND T1.country = 'France' AND T2.concert_id IN (SELECT concert_id FROM concert WHERE year "
+        "> 2014) "
+        "GROUP BY T1.name HAVING count(*) > 1 ORDER BY T1.age DESC LIMIT 3"
+    ),
 ]
 
 
@@ -329,7 +339,9 @@ def test_reasoning_quality_rewards_grounded_reasoning_of_sensible_length():
     assert reasoning_quality(_reasoned("  ", sql), sql, schema_names=names) == 0.0
     assert reasoning_quality(None, sql) == 0.0
     assert reasoning_quality(_reasoned(steps[-1]), None, schema_names=names) == 0.0  # no answer: nothing earned
-    assert reasoning_quality(_reasoned(steps[-1], "SELECT 1"), "SELECT 1", schema_names=names) == 0.25  # nothing to ground
+    assert (
+        reasoning_quality(_reasoned(steps[-1], "SELECT 1"), "SELECT 1", schema_names=names) == 0.25
+    )  # nothing to ground
     # length: rises up to min_chars, flat, then decays past max_chars
     short = [reasoning_quality(_reasoned("singer name age country"[:k]), sql, schema_names=names) for k in (6, 11, 23)]
     assert short == sorted(short)
@@ -347,7 +359,9 @@ def test_optional_components_weigh_nothing_by_default(breakdowns):
     cfg = RewardConfig(timeout_s=0.5)
     for b in breakdowns:
         comps = {k: v for k, v in b.components().items() if k not in ("complexity", "reasoning")}
-        assert b.total == pytest.approx(RewardConfig(weights=dict(DEFAULT_WEIGHTS)).combine({**comps, "complexity": 0, "reasoning": 0}))
+        assert b.total == pytest.approx(
+            RewardConfig(weights=dict(DEFAULT_WEIGHTS)).combine({**comps, "complexity": 0, "reasoning": 0})
+        )
         assert 0.0 <= b.complexity <= 1.0 and 0.0 <= b.reasoning <= 1.0
     good = breakdowns[0]
     assert good.complexity == 1.0  # GOOD's SQL is the gold query

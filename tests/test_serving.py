@@ -105,7 +105,7 @@ def test_server_arguments_are_checked_before_starting(tmp_path):
         LlamaServer(smol, model_alias="x", loras={"x": smol})
     srv = LlamaServer(smol, model_alias="x")
     with pytest.raises(RuntimeError, match="call start"):
-        srv.base_url
+        _ = srv.base_url
     srv.stop()  # stop before start is a no-op
 
 
@@ -356,7 +356,9 @@ def test_one_process_serves_base_and_adapters_chosen_per_request(tmp_path, smol_
         def ask(ep: Endpoint) -> str:
             return _chat(client, ep.model, prompt, max_tokens=16, extra_body=dict(ep.extra_body or {}))
 
-        outs = {name: ask(srv.endpoint(None if name == "base" else name)) for name in ("base", "noisy", "zero", "base")}
+        outs = {
+            name: ask(srv.endpoint(None if name == "base" else name)) for name in ("base", "noisy", "zero", "base")
+        }
         assert outs["base"] == plain and outs["zero"] == plain
         assert outs["noisy"] != plain
         assert [a["path"] for a in json.loads(urllib.request.urlopen(srv.base_url[:-3] + "/lora-adapters").read())] \

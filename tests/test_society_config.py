@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from society.candidate import Candidate
 from society.config import DEFAULT_CONFIG, SMOKE_CONFIG, ConfigError, SocietyConfig
-from society.llm import CallLog, ChatModels
+from society.llm import ChatModels
 from society.policies import POLICIES, BanditPolicy, PolicyContext, make_policy
 from society.roles import ExecutionReviewer, RunContext, Supervisor, parse_check, parse_review
 from society.state import Severity, Verdict
@@ -147,7 +147,9 @@ def test_bandit_policy_loads_lazily_and_the_supervisor_falls_back(tmp_path, cand
     cfg = SocietyConfig.from_dict(d)
     sup = Supervisor(cfg.instances("supervisor")[0])
     ctx = RunContext(config=cfg, models=ChatModels(cfg), db_path=CONCERT)
-    out = sup.node({"question": "How many singers are there?", "candidates": candidates}, {"configurable": {"society": ctx}})
+    out = sup.node(
+        {"question": "How many singers are there?", "candidates": candidates}, {"configurable": {"society": ctx}}
+    )
     choice = out["choices"][0]
     assert choice.policy == "majority_vote" and choice.info["configured_policy"] == "bandit"
     assert "missing.joblib" in choice.info["fallback"] and out["errors"]
@@ -163,10 +165,25 @@ def test_bandit_policy_loads_lazily_and_the_supervisor_falls_back(tmp_path, cand
         ("How many singers are there?", "SELECT count(*) FROM singer", Verdict.APPROVE, None),
         ("How many singers are there?", "SELECT count(*) FROM singers", Verdict.REVISE, Severity.MAJOR),
         ("How many singers are there?", None, Verdict.REVISE, Severity.CRITICAL),
-        ("List the names of singers from Mars.", "SELECT Name FROM singer WHERE Country = 'Mars'", Verdict.REVISE, Severity.MINOR),
-        ("Are there singers from Mars, if any?", "SELECT Name FROM singer WHERE Country = 'Mars'", Verdict.APPROVE, None),
+        (
+            "List the names of singers from Mars.",
+            "SELECT Name FROM singer WHERE Country = 'Mars'",
+            Verdict.REVISE,
+            Severity.MINOR,
+        ),
+        (
+            "Are there singers from Mars, if any?",
+            "SELECT Name FROM singer WHERE Country = 'Mars'",
+            Verdict.APPROVE,
+            None,
+        ),
         ("How many singers are there?", "SELECT Name FROM singer", Verdict.REVISE, Severity.MINOR),
-        ("How many singers are there for each country?", "SELECT Country, count(*) FROM singer GROUP BY Country", Verdict.APPROVE, None),
+        (
+            "How many singers are there for each country?",
+            "SELECT Country, count(*) FROM singer GROUP BY Country",
+            Verdict.APPROVE,
+            None,
+        ),
     ],
 )
 def test_execution_reviewer_on_real_results(question, sql, verdict, severity):

@@ -102,7 +102,9 @@ def test_bootstrap_rejects_bad_settings() -> None:
 def test_wilson_ci() -> None:
     lo, hi = wilson_ci(5, 10)
     assert lo < 0.5 < hi and 0.0 <= lo and hi <= 1.0
-    assert lo == pytest.approx(0.2366, abs=1e-4) and hi == pytest.approx(0.7634, abs=1e-4)  # Wilson 1927 formula, z=1.96
+    assert lo == pytest.approx(0.2366, abs=1e-4) and hi == pytest.approx(
+        0.7634, abs=1e-4
+    )  # Wilson 1927 formula, z=1.96
     assert wilson_ci(10, 10)[1] == 1.0
     with pytest.raises(ValueError, match="at least one trial"):
         wilson_ci(0, 0)

@@ -125,7 +125,9 @@ _KILLED_WRITER = textwrap.dedent(
         await store.add_span(span(emit_reward(0.75, propagate=False), a.rollout_id, a.attempt.attempt_id, 1))
         await store.update_attempt(a.rollout_id, a.attempt.attempt_id, status="succeeded")
         b = await store.dequeue_rollout(worker_id="w")
-        await store.add_span(span(emit_annotation({{"half": 1}}, propagate=False), b.rollout_id, b.attempt.attempt_id, 1))
+        await store.add_span(
+            span(emit_annotation({{"half": 1}}, propagate=False), b.rollout_id, b.attempt.attempt_id, 1)
+        )
         print(a.rollout_id, b.rollout_id, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)  # dies mid-rollout b, without closing anything
 

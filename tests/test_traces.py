@@ -114,7 +114,9 @@ def test_list_filters(run_dir: Path) -> None:
     assert all(r.phase == one for r in list_rollouts(run_dir, phase=one))
     rewards = sorted(r.reward for r in rows)
     cut = rewards[len(rewards) // 2]
-    assert {r.rollout_id for r in list_rollouts(run_dir, min_reward=cut)} == {r.rollout_id for r in rows if r.reward >= cut}
+    assert {r.rollout_id for r in list_rollouts(run_dir, min_reward=cut)} == {
+        r.rollout_id for r in rows if r.reward >= cut
+    }
     assert list_rollouts(run_dir, failed=True) == [r for r in rows if r.status != "succeeded" or r.reward is None]
 
 
@@ -169,9 +171,8 @@ def test_cli_list_show_export(run_dir: Path, tmp_path: Path) -> None:
 @pytest.mark.model
 def test_fresh_rollout_renders(smol_server, tmp_path: Path) -> None:
     """Record one rollout now with the current society and LitAgent, and render it."""
-    from training.gather import GatherConfig, gather
-
     from society.config import SocietyConfig
+    from training.gather import GatherConfig, gather
 
     cfg_path = Path(__file__).resolve().parent.parent / "configs" / "smoke.yaml"
     endpoints = {a: (smol_server.base_url, smol_server.model) for a in SocietyConfig.load(cfg_path).embedded_aliases()}

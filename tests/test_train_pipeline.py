@@ -61,7 +61,9 @@ def test_train_smoke_killed_in_phase1_resumes_and_runs_all_phases(tmp_path: Path
     try:
         while time.monotonic() < deadline and proc.poll() is None and not _succeeded(store):
             time.sleep(1.0)
-        assert proc.poll() is None, "the first run ended before any rollout finished: " + (tmp_path / "first.log").read_text()[-3000:]
+        assert proc.poll() is None, (
+            "the first run ended before any rollout finished: " + (tmp_path / "first.log").read_text()[-3000:]
+        )
         assert _succeeded(store), "no rollout finished in phase 1 within the time limit"
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the whole group: CLI, Agent Lightning runners, llama.cpp servers

@@ -154,7 +154,10 @@ def _read_schema(path: Path, sample_rows: int) -> Schema:
                 Column(name=r[1], type=r[2] or "", not_null=bool(r[3]), default=r[4], pk=int(r[5]))
                 for r in conn.execute(f"PRAGMA table_info({_q(name)})")
             ]
-        pks = {n: tuple(c.name for c in sorted((c for c in cols if c.pk), key=lambda c: c.pk)) for n, cols in infos.items()}
+        pks = {
+            n: tuple(c.name for c in sorted((c for c in cols if c.pk), key=lambda c: c.pk))
+            for n, cols in infos.items()
+        }
         lower = {n.lower(): n for n in infos}
         tables = []
         for kind, name, sql in objs:
@@ -189,7 +192,9 @@ def _read_schema(path: Path, sample_rows: int) -> Schema:
         conn.close()
 
 
-def load_schema(db: str | Path, *, sample_rows: int = DEFAULT_SAMPLE_ROWS, data_dir: str | Path | None = None) -> Schema:
+def load_schema(
+    db: str | Path, *, sample_rows: int = DEFAULT_SAMPLE_ROWS, data_dir: str | Path | None = None
+) -> Schema:
     """Read (or fetch from the cache) the schema of a database.
 
     Args:

@@ -133,7 +133,8 @@ def database_problem(path: str | Path) -> str | None:
         if size <= QUICK_CHECK_MAX_BYTES:
             verdict = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
             if verdict != "ok":
-                return f"is corrupt (SQLite quick_check: {' '.join(str(verdict).split())[:200]}); re-copy the database file"
+                verdict_text = " ".join(str(verdict).split())[:200]
+                return f"is corrupt (SQLite quick_check: {verdict_text}); re-copy the database file"
     except sqlite3.DatabaseError as e:
         if "not a database" in str(e).lower():
             return f"is not an SQLite database ({e}); pass a .sqlite file"
@@ -216,7 +217,9 @@ def load_examples(
     """
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
     if not data_dir.is_dir():
-        raise DataError(f"data directory {data_dir} does not exist; pass --data-dir pointing at a Spider-format folder")
+        raise DataError(
+            f"data directory {data_dir} does not exist; pass --data-dir pointing at a Spider-format folder"
+        )
     path = split_file(data_dir, split)
     try:
         records = json.loads(path.read_text(encoding="utf-8"))
@@ -248,10 +251,14 @@ def load_examples(
             if not isinstance(value, str) or (name == "db_id" and not _DB_ID.fullmatch(value)):
                 shown = json.dumps(value)[:80]
                 what = "a folder name under database/" if name == "db_id" else "a string"
-                raise DataError(f"{path}: record {i} has {name} {shown}; it must be {what} — fix or re-copy the dataset file")
+                raise DataError(
+                    f"{path}: record {i} has {name} {shown}; it must be {what} — fix or re-copy the dataset file"
+                )
         evidence = r.get("evidence", "") or ""
         if not isinstance(evidence, str):
-            raise DataError(f"{path}: record {i} has a non-string 'evidence'; it must be a string — fix the dataset file")
+            raise DataError(
+                f"{path}: record {i} has a non-string 'evidence'; it must be a string — fix the dataset file"
+            )
         if db_ids is not None and db_id not in db_ids:
             continue
         if db_id not in db_cache:

@@ -1,4 +1,5 @@
-"""One trace adapter, three views of the same spans: SFT for the juniors, RL for the senior, a bandit log for the supervisor.
+"""One trace adapter, three views of the same spans: SFT for the juniors, RL for the senior, a bandit log for the
+supervisor.
 
 :class:`HierarchicalTraceAdapter` is an Agent Lightning ``TraceAdapter``: ``adapt(spans)`` turns
 the spans of one society rollout (as :class:`training.agent.SocietyAgent` leaves them in the
@@ -35,7 +36,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # litellm (imported by agl) stalls on the network otherwise
+os.environ.setdefault(
+    "LITELLM_LOCAL_MODEL_COST_MAP", "True"
+)  # litellm (imported by agl) stalls on the network otherwise
 
 import agentlightning as agl
 from agentlightning.emitter import find_final_reward
@@ -179,7 +182,12 @@ def _indexed_messages(attrs: Mapping[str, Any], prefix: str) -> list[dict[str, s
     out: list[dict[str, str]] = []
     i = 0
     while f"{prefix}.{i}.content" in attrs or f"{prefix}.{i}.role" in attrs:
-        out.append({"role": str(attrs.get(f"{prefix}.{i}.role", "user")), "content": str(attrs.get(f"{prefix}.{i}.content", ""))})
+        out.append(
+            {
+                "role": str(attrs.get(f"{prefix}.{i}.role", "user")),
+                "content": str(attrs.get(f"{prefix}.{i}.content", "")),
+            }
+        )
         i += 1
     return out
 
@@ -313,7 +321,12 @@ class HierarchicalTraceAdapter(agl.TraceAdapter[SocietyTrace]):
                 own = t.outcomes.get(f"junior.{inst}.ex")
                 own_ok = own == 1
                 rew_ok = t.reward is not None and t.reward >= min_reward
-                keep = {"reward": rew_ok, "own_correct": own_ok, "either": rew_ok or own_ok, "both": rew_ok and own_ok}[select]
+                keep = {
+                    "reward": rew_ok,
+                    "own_correct": own_ok,
+                    "either": rew_ok or own_ok,
+                    "both": rew_ok and own_ok,
+                }[select]
                 if not keep:
                     continue
                 rows["messages"].append(call.conversation())
@@ -408,7 +421,11 @@ def candidate_features(candidates: Sequence[Mapping[str, Any]]) -> list[dict[str
     for i, c in enumerate(candidates):
         ok = bool(c.get("ok"))
         others = [d for j, d in enumerate(candidates) if j != i and d.get("ok")]
-        agree = (sum(d.get("result_digest") == c.get("result_digest") for d in others) / len(others)) if ok and others else 0.0
+        agree = (
+            (sum(d.get("result_digest") == c.get("result_digest") for d in others) / len(others))
+            if ok and others
+            else 0.0
+        )
         out.append({
             "junior": str(c.get("junior", "")), "persona": str(c.get("persona", "")), "sql": c.get("sql") or "",
             "executes": int(ok), "empty": int(ok and int(c.get("row_count") or 0) == 0),
@@ -456,7 +473,8 @@ def _open_text(path: str | Path, mode: str) -> Any:
 
 def export_traces(archive: Any, path: str | Path, *, status: str | Sequence[str] = "succeeded",
                   limit: int | None = None) -> int:
-    """Write rollouts and their spans as JSON lines (``{"rollout": {...}, "spans": [...]}``; gzip if ``path`` ends in ``.gz``).
+    """Write rollouts and their spans as JSON lines (``{"rollout": {...}, "spans": [...]}``; gzip if ``path``
+    ends in ``.gz``).
 
     Used to save real society rollouts as test fixtures. Returns the number of rollouts written.
     """
@@ -465,7 +483,10 @@ def export_traces(archive: Any, path: str | Path, *, status: str | Sequence[str]
         for rec, spans in archive.iter_spans(status=status):
             if limit is not None and n >= limit:
                 break
-            row = {"rollout": {k: v for k, v in asdict(rec).items()}, "spans": [s.model_dump(mode="json") for s in spans]}
+            row = {
+                "rollout": {k: v for k, v in asdict(rec).items()},
+                "spans": [s.model_dump(mode="json") for s in spans],
+            }
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
             n += 1
     return n

@@ -38,7 +38,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # litellm (imported by agl) stalls on the network otherwise
+os.environ.setdefault(
+    "LITELLM_LOCAL_MODEL_COST_MAP", "True"
+)  # litellm (imported by agl) stalls on the network otherwise
 os.environ.setdefault("AGENTOPS_LOG_LEVEL", "WARNING")  # AgentOps prints a "session replay" URL per trace otherwise
 
 import agentlightning as agl
@@ -48,8 +50,8 @@ from evaluation.rewards import RewardConfig, compute_reward
 from society.candidate import Candidate
 from society.config import ConfigError, SocietyConfig
 from society.llm import as_endpoint
-from society.run import endpoint_failure
 from society.policies import POLICIES, PolicyChoice, PolicyContext, SupervisorPolicy, make_policy, usable
+from society.run import endpoint_failure
 from tools.spider import SpiderExample, database_path, default_data_dir
 
 #: Attribute prefix of this project's span attributes.
@@ -433,13 +435,18 @@ class SocietyAgent(agl.LitAgent[dict]):
         cfg = self.config
         for name, res in (resources or {}).items():
             if isinstance(res, agl.LLM) and name in cfg.models:
-                url = res.get_base_url(rollout.rollout_id, rollout.attempt.attempt_id) if rollout is not None and hasattr(rollout, "attempt") else res.endpoint
+                url = (
+                    res.get_base_url(rollout.rollout_id, rollout.attempt.attempt_id)
+                    if rollout is not None and hasattr(rollout, "attempt")
+                    else res.endpoint
+                )
                 extra = (res.sampling_parameters or {}).get("extra_body")
                 cfg = cfg.with_endpoint(name, url, res.model, api_key=res.api_key, extra_body=extra)
         missing = cfg.embedded_aliases()
         if missing:
             raise ConfigError(
-                f"model alias(es) {sorted(missing)} are embedded models with no endpoint; start their servers and pass "
+                f"model alias(es) {sorted(missing)} are embedded models with no endpoint; start their servers and "
+                "pass "
                 "them as agl.LLM resources named after the alias (training.gather does this) or as `endpoints=`"
             )
         return cfg
@@ -459,9 +466,13 @@ class SocietyAgent(agl.LitAgent[dict]):
 
         meta = dict(getattr(rollout, "metadata", None) or {})
         # One LangSmith trace per rollout when LANGSMITH_TRACING/LANGSMITH_API_KEY are set; a no-op otherwise.
-        with rollout_trace(run_id=str(meta.get("run_id", rollout.rollout_id)), phase=str(meta.get("phase", rollout.mode or "gather")),
-                           question_id=str(task["task_id"]), db_id=str(task.get("db_id") or ""),
-                           inputs={"question": task["question"]}) as trace:
+        with rollout_trace(
+            run_id=str(meta.get("run_id", rollout.rollout_id)),
+            phase=str(meta.get("phase", rollout.mode or "gather")),
+            question_id=str(task["task_id"]),
+            db_id=str(task.get("db_id") or ""),
+            inputs={"question": task["question"]},
+        ) as trace:
             run = run_society(
                 task["question"], db_path, cfg,
                 question_id=str(task["task_id"]), db_id=task.get("db_id"),

@@ -187,7 +187,9 @@ def candidate_context(candidates: Sequence[Any]) -> list[dict[str, Any]]:
     rows = []
     for c in items:
         if not (isinstance(c, Mapping) or hasattr(c, "ok")):
-            raise ValueError(f"candidate {c!r:.80} is not a Candidate nor a mapping; pass society.candidate.Candidate objects")
+            raise ValueError(
+                f"candidate {c!r:.80} is not a Candidate nor a mapping; pass society.candidate.Candidate objects"
+            )
         rows.append({
             "junior": str(_get(c, "junior", "") or ""),
             "persona": str(_get(c, "persona", "") or ""),
@@ -201,7 +203,11 @@ def candidate_context(candidates: Sequence[Any]) -> list[dict[str, Any]]:
     out = []
     for i, c in enumerate(rows):
         others = [d for j, d in enumerate(rows) if j != i and d["ok"]]
-        agree = (sum(d["result_digest"] == c["result_digest"] for d in others) / len(others)) if c["ok"] and others else 0.0
+        agree = (
+            (sum(d["result_digest"] == c["result_digest"] for d in others) / len(others))
+            if c["ok"] and others
+            else 0.0
+        )
         out.append({
             "junior": c["junior"], "persona": c["persona"], "sql": c["sql"],
             "executes": int(c["ok"]), "empty": int(c["ok"] and c["row_count"] == 0),
@@ -309,7 +315,9 @@ def as_sample(s: Any) -> dict[str, Any]:
         raise ValueError(f"bandit sample {d.get('task_id', '?')} has no candidates")
     action = int(d.get("action", -1))
     if not 0 <= action < len(cands):
-        raise ValueError(f"bandit sample {d.get('task_id', '?')}: action {action} is not an index of its {len(cands)} candidates")
+        raise ValueError(
+            f"bandit sample {d.get('task_id', '?')}: action {action} is not an index of its {len(cands)} candidates"
+        )
     prop = float(d.get("propensity", 1.0) or 1.0)
     if not 0.0 < prop <= 1.0:
         raise ValueError(f"bandit sample {d.get('task_id', '?')}: propensity {prop} must be in (0, 1]")
@@ -317,7 +325,9 @@ def as_sample(s: Any) -> dict[str, Any]:
     if cr is not None:
         cr = [float(x) for x in cr]
         if len(cr) != len(cands):
-            raise ValueError(f"bandit sample {d.get('task_id', '?')}: {len(cr)} candidate_rewards for {len(cands)} candidates")
+            raise ValueError(
+                f"bandit sample {d.get('task_id', '?')}: {len(cr)} candidate_rewards for {len(cands)} candidates"
+            )
     return {
         "task_id": str(d.get("task_id", "")),
         "question": str(d.get("question", "")),
@@ -365,7 +375,9 @@ def samples_from_records(records: Sequence[Mapping[str, Any]], *, round: int = -
 
             db = str(database_path(default_data_dir(), str(r["db_id"])))
         if not gold or not db:
-            raise ValueError(f"record {r.get('question_id', k)} lacks gold_sql/db_path; use society.run.evaluate records")
+            raise ValueError(
+                f"record {r.get('question_id', k)} lacks gold_sql/db_path; use society.run.evaluate records"
+            )
         rewards = [1.0 if c.get("sql") and execution_match(db, c["sql"], gold).match else 0.0 for c in cands]
         info = ch.get("info") or {}
         out.append({
@@ -516,7 +528,10 @@ class SupervisorBandit:
         if not ctx:
             return []
         if not self.fitted:
-            votes = [(c["agreement"] * max(1, sum(d["executes"] for d in ctx) - 1) + 1) if c["executes"] else 0.0 for c in ctx]
+            votes = [
+                (c["agreement"] * max(1, sum(d["executes"] for d in ctx) - 1) + 1) if c["executes"] else 0.0
+                for c in ctx
+            ]
             total = sum(votes) or 1.0
             return [v / total for v in votes]
         model = self.model if head is None else self.heads[head]
@@ -526,7 +541,9 @@ class SupervisorBandit:
     @staticmethod
     def _argmax(scores: Sequence[float], ctx: Sequence[Mapping[str, Any]], allowed: Sequence[int]) -> int:
         # highest score, then more agreement, then a non-empty result, then junior order
-        return min(allowed, key=lambda i: (-round(scores[i], 12), -ctx[i].get("agreement", 0.0), ctx[i].get("empty", 0), i))
+        return min(
+            allowed, key=lambda i: (-round(scores[i], 12), -ctx[i].get("agreement", 0.0), ctx[i].get("empty", 0), i)
+        )
 
     def choose(self, question: str, candidates: Sequence[Any], *, explore: bool = False) -> tuple[int, dict[str, Any]]:
         """Pick a candidate.
@@ -546,7 +563,12 @@ class SupervisorBandit:
         ctx = candidate_context(candidates)
         allowed = _usable(ctx)
         if not allowed:
-            return -1, {"policy": "bandit", "scores": [0.0] * len(ctx), "fallback": "no candidate has SQL", "propensity": 1.0}
+            return -1, {
+                "policy": "bandit",
+                "scores": [0.0] * len(ctx),
+                "fallback": "no candidate has SQL",
+                "propensity": 1.0,
+            }
         scores = self.scores(question, ctx)
         shown = [s if i in allowed else 0.0 for i, s in enumerate(scores)]
         greedy = self._argmax(scores, ctx, allowed)
@@ -599,7 +621,10 @@ class SupervisorBandit:
         if not isinstance(blob, dict) or blob.get("format") != "sqlsociety.bandit":
             raise ValueError(f"{p} is not a SupervisorBandit policy file (written by SupervisorBandit.save)")
         if blob.get("version") != _FORMAT_VERSION:
-            raise ValueError(f"{p} has bandit format version {blob.get('version')}, this code reads {_FORMAT_VERSION}; retrain phase 4")
+            raise ValueError(
+                f"{p} has bandit format version {blob.get('version')}, this code reads {_FORMAT_VERSION}; retrain "
+                "phase 4"
+            )
         obj = cls(BanditConfig(**blob["config"]))
         obj.model, obj.heads = blob["model"], list(blob["heads"])
         obj.n_updates, obj.n_examples = int(blob["n_updates"]), int(blob["n_examples"])
@@ -651,7 +676,8 @@ def compare_policies(
     Returns:
         Rows ``{"policy", "n", "mean_reward", "ex", "n_contested", "ex_contested", "note"}``
         (``*_contested``: only the decisions where the choice matters, i.e. the usable
-        candidates' rewards differ; elsewhere every sensible policy scores the same), in this order: ``bandit`` (greedy),
+        candidates' rewards differ; elsewhere every sensible policy scores the same), in this order:
+        ``bandit`` (greedy),
         ``random`` (exact expectation of a uniform pick among usable candidates),
         ``majority_vote``, one ``logged:<name>`` per logging policy present (the action actually
         taken, exploration included; ``llm`` is the LLM supervisor), and ``oracle`` (best
@@ -671,7 +697,9 @@ def compare_policies(
         norm = held
     for s in norm:
         if s["candidate_rewards"] is None:
-            raise ValueError(f"sample {s['task_id']} has no candidate_rewards; offline replay needs every candidate's reward")
+            raise ValueError(
+                f"sample {s['task_id']} has no candidate_rewards; offline replay needs every candidate's reward"
+            )
 
     # decisions where the choice matters: the usable candidates' rewards differ (a candidate that
     # did not run is never picked while another one ran)
@@ -721,5 +749,8 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
     for r in rows:
         ec = r.get("ex_contested")
         contested = "-" if ec is None else f"{100 * ec:.1f} (n={r.get('n_contested', 0)})"
-        lines.append(f"| {r['policy']} | {r['n']} | {100 * r['ex']:.1f} | {r['mean_reward']:.3f} | {contested} | {r.get('note', '')} |")
+        lines.append(
+            f"| {r['policy']} | {r['n']} | {100 * r['ex']:.1f} | {r['mean_reward']:.3f} | {contested} | "
+            f"{r.get('note', '')} |"
+        )
     return "\n".join(lines)

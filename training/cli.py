@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -26,11 +25,17 @@ def _phases(text: str) -> set[int]:
 
 
 def train(
-    config: Optional[Path] = typer.Option(None, "--config", help="Training profile YAML (overrides --profile)."),
-    profile: str = typer.Option("default", "--profile", help="Shipped profile: smoke (SmolLM2-135M, minutes) or default (Qwen2.5-Coder-0.5B)."),
+    config: Path | None = typer.Option(None, "--config", help="Training profile YAML (overrides --profile)."),
+    profile: str = typer.Option(
+        "default", "--profile", help="Shipped profile: smoke (SmolLM2-135M, minutes) or default (Qwen2.5-Coder-0.5B)."
+    ),
     phases: str = typer.Option("1,2,3,4", "--phases", help="Comma list of phases: 1 gather, 2 SFT, 3 GRPO, 4 bandit."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Resume this run directory (finished phases are skipped)."),
-    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Where to write a new run (default runs/train-<profile>-<time>)."),
+    resume: Path | None = typer.Option(
+        None, "--resume", help="Resume this run directory (finished phases are skipped)."
+    ),
+    run_dir: Path | None = typer.Option(
+        None, "--run-dir", help="Where to write a new run (default runs/train-<profile>-<time>)."
+    ),
 ) -> None:
     """Train the society role by role: gather rollouts, SFT the juniors, GRPO the senior, fit the
     supervisor's bandit; evaluates on a fixed dev subset after each phase and writes a report."""
@@ -40,7 +45,9 @@ def train(
     try:
         if resume is not None:
             if not (resume / "config.yaml").is_file():
-                raise TrainConfigError(f"--resume {resume}: no config.yaml there; pass a run directory made by sqlsociety train")
+                raise TrainConfigError(
+                    f"--resume {resume}: no config.yaml there; pass a run directory made by sqlsociety train"
+                )
             cfg = TrainConfig.load(resume / "config.yaml")
             root = resume
         else:

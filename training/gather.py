@@ -22,11 +22,11 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -68,8 +68,8 @@ class GatherConfig:
         redo_failed: on resume, run again tasks whose rollouts all failed (endpoint down, crash).
         max_attempts: attempts per rollout (Agent Lightning retries failed/timed-out attempts).
         rollout_timeout_s: wall-clock limit of one attempt in seconds (None: no limit).
-        endpoints: model alias -> ``Endpoint`` or ``(base_url, model[, api_key])``; aliases not given and marked ``embedded``
-            get a llama.cpp server started for the run (``society.commands.serving``).
+        endpoints: model alias -> ``Endpoint`` or ``(base_url, model[, api_key])``; aliases not given and
+            marked ``embedded`` get a llama.cpp server started for the run (``society.commands.serving``).
         port: port of Agent Lightning's store server; None picks a free loopback port.
         poll_interval_s: how often the algorithm checks for finished rollouts.
         progress: show a Rich progress bar on stderr.
@@ -248,7 +248,9 @@ def select_tasks(config: GatherConfig) -> list[dict[str, Any]]:
         by_id = {e.id: e for e in examples}
         missing = [t for t in wanted if t not in by_id]
         if missing:
-            raise ValueError(f"task ids {missing[:5]} are not in split {config.split!r} (ids look like '{config.split}-0')")
+            raise ValueError(
+                f"task ids {missing[:5]} are not in split {config.split!r} (ids look like '{config.split}-0')"
+            )
         examples = [by_id[t] for t in wanted]
     if config.limit is not None:
         examples = examples[: config.limit]
@@ -286,11 +288,24 @@ def _progress(enabled: bool) -> Any:
     if not enabled:
         return nullcontext(None)
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     return Progress(
-        TextColumn("[bold]phase 1 gather[/bold]"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=False,
+        TextColumn("[bold]phase 1 gather[/bold]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=False,
     )
 
 

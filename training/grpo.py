@@ -147,14 +147,27 @@ class SeniorGRPOConfig:
 
     def __post_init__(self) -> None:
         if self.num_generations < 2:
-            raise ValueError(f"SeniorGRPOConfig.num_generations = {self.num_generations}; GRPO needs >= 2 completions per prompt")
-        for k in ("max_steps", "prompts_per_step", "max_completion_length", "max_prompt_length", "num_iterations", "logging_steps"):
+            raise ValueError(
+                f"SeniorGRPOConfig.num_generations = {self.num_generations}; GRPO needs >= 2 completions per prompt"
+            )
+        for k in (
+            "max_steps",
+            "prompts_per_step",
+            "max_completion_length",
+            "max_prompt_length",
+            "num_iterations",
+            "logging_steps",
+        ):
             if getattr(self, k) < 1:
                 raise ValueError(f"SeniorGRPOConfig.{k} must be >= 1, got {getattr(self, k)}")
         if self.backend not in ("trl", "verl", "auto"):
-            raise ValueError(f"SeniorGRPOConfig.backend = {self.backend!r}; use 'trl' (CPU or GPU), 'verl' (GPU) or 'auto'")
+            raise ValueError(
+                f"SeniorGRPOConfig.backend = {self.backend!r}; use 'trl' (CPU or GPU), 'verl' (GPU) or 'auto'"
+            )
         if self.scale_rewards not in ("group", "batch", "none"):
-            raise ValueError(f"SeniorGRPOConfig.scale_rewards = {self.scale_rewards!r}; use 'group', 'batch' or 'none'")
+            raise ValueError(
+                f"SeniorGRPOConfig.scale_rewards = {self.scale_rewards!r}; use 'group', 'batch' or 'none'"
+            )
         if not self.temperature > 0:
             raise ValueError("SeniorGRPOConfig.temperature must be > 0 (GRPO needs diverse samples)")
         self.target_modules = tuple(self.target_modules)
@@ -242,7 +255,9 @@ class SeniorReward:
         self.stop = tuple(stop or ())
         self.records: list[dict[str, Any]] = []
 
-    def score(self, prompt: Any, completion: Any, gold_sql: str, db_path: str, node: str | None = None) -> tuple[float, float | None]:
+    def score(
+        self, prompt: Any, completion: Any, gold_sql: str, db_path: str, node: str | None = None
+    ) -> tuple[float, float | None]:
         """(reward, ex) of one completion; ``ex`` is None for check decisions."""
         from evaluation.ex import execution_match
         from evaluation.rewards import compute_reward
@@ -302,11 +317,15 @@ class SeniorGRPOTrainer:
 
         self.config = config
         if config.backend != "trl":
-            raise ValueError("SeniorGRPOTrainer runs TRL GRPO; for backend='verl' call training.grpo.train_senior_verl")
+            raise ValueError(
+                "SeniorGRPOTrainer runs TRL GRPO; for backend='verl' call training.grpo.train_senior_verl"
+            )
         if isinstance(train_dataset, list):
             train_dataset = Dataset.from_list(train_dataset)
         if not isinstance(train_dataset, Dataset):
-            raise ValueError(f"train_dataset must be a datasets.Dataset or a list of dicts, got {type(train_dataset).__name__}")
+            raise ValueError(
+                f"train_dataset must be a datasets.Dataset or a list of dicts, got {type(train_dataset).__name__}"
+            )
         missing = {"prompt", "gold_sql", "db_path"} - set(train_dataset.column_names)
         if missing:
             raise ValueError(
@@ -314,10 +333,14 @@ class SeniorGRPOTrainer:
                 "HierarchicalTraceAdapter.to_rl(...).prompts"
             )
         if len(train_dataset) == 0:
-            raise ValueError("train_dataset is empty: the store holds no senior decision; gather rollouts with a senior role first")
+            raise ValueError(
+                "train_dataset is empty: the store holds no senior decision; gather rollouts with a senior role first"
+            )
         for i, p in enumerate(train_dataset["db_path"]):
             if not Path(p).is_file():
-                raise ValueError(f"train_dataset row {i}: db_path {p!r} does not exist; point db_path at the task's SQLite file")
+                raise ValueError(
+                    f"train_dataset row {i}: db_path {p!r} does not exist; point db_path at the task's SQLite file"
+                )
         if "node" in train_dataset.column_names:
             bad = sorted({n for n in train_dataset["node"] if n not in NODES})
             if bad:
@@ -342,10 +365,16 @@ class SeniorGRPOTrainer:
         self.dropped_long = len(self.dataset) - len(keep)
         if not keep:
             raise ValueError(
-                f"every senior prompt is longer than max_prompt_length={limit} tokens; raise it or use a compact schema"
+                f"every senior prompt is longer than max_prompt_length={limit} tokens; raise it or use a compact "
+                "schema"
             )
         if self.dropped_long:
-            logger.warning("GRPO: dropped %d of %d senior prompts longer than %d tokens", self.dropped_long, len(self.dataset), limit)
+            logger.warning(
+                "GRPO: dropped %d of %d senior prompts longer than %d tokens",
+                self.dropped_long,
+                len(self.dataset),
+                limit,
+            )
         return self.dataset.select(keep)
 
     def _args(self) -> Any:
@@ -434,8 +463,18 @@ class SeniorGRPOTrainer:
             base_gguf: str | None = str(resolve_gguf(cfg.model))
         except (ValueError, FileNotFoundError, RuntimeError):
             base_gguf = None
-        (out / "sqlsociety_adapter.json").write_text(json.dumps(
-            {"method": "grpo", "role": "senior", "base_model": cfg.model, "base_gguf": base_gguf, "prompts": len(data)}, indent=1))
+        (out / "sqlsociety_adapter.json").write_text(
+            json.dumps(
+                {
+                    "method": "grpo",
+                    "role": "senior",
+                    "base_model": cfg.model,
+                    "base_gguf": base_gguf,
+                    "prompts": len(data),
+                },
+                indent=1,
+            )
+        )
         rewrite_ex = [r["ex"] for r in self.reward.records if r["ex"] is not None]
         result = GRPOResult(
             adapter_dir=out,
@@ -534,7 +573,10 @@ def load_verl_config(
     if overrides:
         merge(cfg, overrides)
     if (cfg.get("algorithm") or {}).get("adv_estimator") != "grpo":
-        raise ValueError(f"{p}: algorithm.adv_estimator must be 'grpo' for the senior (got {(cfg.get('algorithm') or {}).get('adv_estimator')!r})")
+        raise ValueError(
+            f"{p}: algorithm.adv_estimator must be 'grpo' for the senior (got "
+            f"{(cfg.get('algorithm') or {}).get('adv_estimator')!r})"
+        )
     return cfg
 
 
@@ -601,7 +643,11 @@ def train_senior_verl(  # pragma: no cover - needs a GPU, verl and vLLM
     from training.export import hf_checkpoint
 
     cfg = load_verl_config(config.verl_config, model_path=str(hf_checkpoint(config.model)), overrides=overrides)
-    agent = senior_verl_agent(society_config, senior_alias=config.senior_alias, endpoints=endpoints, reward=reward_config)
-    trainer = agl.Trainer(n_runners=config.n_runners, algorithm=agl.VERL(cfg), adapter={"agent_match": config.agent_match})
+    agent = senior_verl_agent(
+        society_config, senior_alias=config.senior_alias, endpoints=endpoints, reward=reward_config
+    )
+    trainer = agl.Trainer(
+        n_runners=config.n_runners, algorithm=agl.VERL(cfg), adapter={"agent_match": config.agent_match}
+    )
     trainer.fit(agent, train_dataset=train_tasks, val_dataset=val_tasks)
 

@@ -44,7 +44,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # litellm (imported by agl) stalls on the network otherwise
+os.environ.setdefault(
+    "LITELLM_LOCAL_MODEL_COST_MAP", "True"
+)  # litellm (imported by agl) stalls on the network otherwise
 
 from agentlightning import Hook
 from agentlightning.emitter.reward import find_final_reward
@@ -165,7 +167,9 @@ def rollout_metrics(
         kind = kinds[_span_id(s)]
         if kind == "annotation":
             annotations.update(attrs)
-        elif kind == "llm" and kinds.get(_parent_id(s)) != "llm":  # a client span inside a framework LLM span is the same call
+        elif (
+            kind == "llm" and kinds.get(_parent_id(s)) != "llm"
+        ):  # a client span inside a framework LLM span is the same call
             llm_calls += 1
             p, c = llm_usage({"attributes": attrs})
             tokens += (p or 0) + (c or 0)

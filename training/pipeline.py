@@ -23,10 +23,11 @@ import logging
 import os
 import random
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -110,7 +111,7 @@ class TrainConfig(_Section):
     llm_proxy: bool = True
 
     @classmethod
-    def load(cls, path_or_profile: str | Path | None = None) -> "TrainConfig":
+    def load(cls, path_or_profile: str | Path | None = None) -> TrainConfig:
         """Load a profile name (``smoke``, ``default``) or a YAML path.
 
         Raises:
@@ -360,9 +361,17 @@ class TrainingPipeline:
 
         with ExitStack() as stack:
             eps = self.endpoints(stack, society)
-            bar = stack.enter_context(Progress(
-                TextColumn(f"[bold]eval ({stage})[/bold]"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[ex]}"),
-                TimeElapsedColumn(), console=Console(stderr=True), transient=False))
+            bar = stack.enter_context(
+                Progress(
+                    TextColumn(f"[bold]eval ({stage})[/bold]"),
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TextColumn("{task.fields[ex]}"),
+                    TimeElapsedColumn(),
+                    console=Console(stderr=True),
+                    transient=False,
+                )
+            )
             task = bar.add_task(stage, total=len(examples), ex="")
 
             def on_result(r: dict[str, Any]) -> None:
@@ -384,9 +393,9 @@ class TrainingPipeline:
     # -- phases -------------------------------------------------------------------------------------
     def phase1_gather(self) -> dict[str, Any]:
         """Phase 1: the baseline society over ``gather.limit`` train tasks into the persistent store."""
+        from tools.spider import load_examples
         from training.gather import GatherConfig, gather
         from training.store import task_id_of  # noqa: F401  (documents where task ids come from)
-        from tools.spider import load_examples
 
         g = self.cfg.gather
         tasks = load_examples(self.cfg.data_dir, g.split)[g.offset:g.offset + g.limit]
@@ -559,8 +568,12 @@ class TrainingPipeline:
                 cands = [Candidate(**c) for c in s["raw_candidates"]]
                 schema = schema_prompt(s["db_path"], compact=True, sample_rows=0)
                 ctx = PolicyContext(
-                    schema_text=schema, ask_llm=lambda msgs: str(chat.invoke(msgs).content),
-                    render_prompt=lambda text, q=s["question"], sc=schema: prompt.render(question=q, schema=sc, candidates=text))
+                    schema_text=schema,
+                    ask_llm=lambda msgs: str(chat.invoke(msgs).content),
+                    render_prompt=lambda text, q=s["question"], sc=schema: prompt.render(
+                        question=q, schema=sc, candidates=text
+                    ),
+                )
                 try:
                     idx = LLMPolicy().choose(s["question"], cands, ctx).index
                 except Exception as e:  # noqa: BLE001 - an endpoint failure scores this decision 0

@@ -34,14 +34,19 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "JuniorSFTConfig", "JuniorSFTTrainer", "SFTResult", "StepTimer", "split_conversation", "pick_backend", "torch_threads",
+    "JuniorSFTConfig",
+    "JuniorSFTTrainer",
+    "SFTResult",
+    "StepTimer",
+    "split_conversation",
+    "pick_backend",
+    "torch_threads",
 ]
 
 #: The linear layers of llama/qwen2 blocks a LoRA adapts (all of them: attention and MLP).
@@ -105,7 +110,9 @@ class JuniorSFTConfig:
         if self.max_steps <= 0 and not self.num_train_epochs > 0:
             raise ValueError("JuniorSFTConfig: set max_steps > 0 or num_train_epochs > 0")
         if self.lora_r < 1 or self.lora_alpha <= 0:
-            raise ValueError(f"JuniorSFTConfig: lora_r must be >= 1 and lora_alpha > 0 (got {self.lora_r}, {self.lora_alpha})")
+            raise ValueError(
+                f"JuniorSFTConfig: lora_r must be >= 1 and lora_alpha > 0 (got {self.lora_r}, {self.lora_alpha})"
+            )
         if self.max_length < 32:
             raise ValueError(f"JuniorSFTConfig.max_length = {self.max_length}; must be >= 32 tokens")
         for k in ("per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps"):
@@ -177,7 +184,9 @@ def pick_backend(requested: str = "auto") -> str:
     has_unsloth = importlib.util.find_spec("unsloth") is not None
     if requested == "unsloth":
         if not (cuda and has_unsloth):
-            raise RuntimeError("backend='unsloth' needs a CUDA GPU and `pip install unsloth`; use backend='trl' on the CPU")
+            raise RuntimeError(
+                "backend='unsloth' needs a CUDA GPU and `pip install unsloth`; use backend='trl' on the CPU"
+            )
         return "unsloth"
     if requested == "auto" and cuda and has_unsloth:
         return "unsloth"
@@ -251,14 +260,19 @@ class JuniorSFTTrainer:
         if isinstance(train_dataset, list):
             train_dataset = Dataset.from_list(train_dataset)
         if not isinstance(train_dataset, Dataset):
-            raise ValueError(f"train_dataset must be a datasets.Dataset or a list of dicts, got {type(train_dataset).__name__}")
+            raise ValueError(
+                f"train_dataset must be a datasets.Dataset or a list of dicts, got {type(train_dataset).__name__}"
+            )
         if "messages" not in train_dataset.column_names:
             raise ValueError(
                 f"train_dataset has columns {train_dataset.column_names}; it needs a 'messages' column of chat "
                 "conversations (HierarchicalTraceAdapter.to_sft output)"
             )
         if len(train_dataset) == 0:
-            raise ValueError("train_dataset is empty: no junior conversation passed the reward filter; lower the threshold or gather more rollouts")
+            raise ValueError(
+                "train_dataset is empty: no junior conversation passed the reward filter; lower the threshold or "
+                "gather more rollouts"
+            )
         rows = []
         for i, msgs in enumerate(train_dataset["messages"]):
             try:

@@ -57,7 +57,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # litellm (imported by agl) stalls on the network otherwise
+os.environ.setdefault(
+    "LITELLM_LOCAL_MODEL_COST_MAP", "True"
+)  # litellm (imported by agl) stalls on the network otherwise
 
 from agentlightning.emitter.reward import get_reward_value
 from agentlightning.store.collection.memory import (
@@ -419,7 +421,8 @@ class SqliteKeyValue(DictBasedKeyValue[str, int]):
 
 
 class SqliteLightningCollections(InMemoryLightningCollections):
-    """``LightningCollections`` backed by one SQLite file, with Agent Lightning's in-memory collections as the read path.
+    """``LightningCollections`` backed by one SQLite file, with Agent Lightning's in-memory collections as the
+    read path.
 
     Locking (``atomic()``) is the in-memory implementation's, thread-safe variant. On open,
     rollouts, attempts, resources, workers, the queue and the counters are loaded; spans are
@@ -535,7 +538,9 @@ class SqliteLightningStore(InMemoryLightningStore):
         """A read-only view of the same file (see :class:`RolloutArchive`)."""
         return RolloutArchive(self.path)
 
-    async def query_spans(self, rollout_id: str, attempt_id: str | None = None, **kwargs: Any) -> PaginatedResult[Span]:
+    async def query_spans(
+        self, rollout_id: str, attempt_id: str | None = None, **kwargs: Any
+    ) -> PaginatedResult[Span]:
         """``LightningStore.query_spans``; spans that are only on disk are read back into memory first."""
         if rollout_id in self._evicted_rollout_span_sets:
             async with self.collections.atomic(mode="rw", labels=["spans"]) as collections:
@@ -646,7 +651,9 @@ class RolloutArchive:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path).expanduser().resolve()
         if not self.path.is_file():
-            raise FileNotFoundError(f"no rollout store at {self.path}; run phase 1 (gather) first or check the run dir")
+            raise FileNotFoundError(
+                f"no rollout store at {self.path}; run phase 1 (gather) first or check the run dir"
+            )
         if self.path.stat().st_size == 0:
             raise StoreError(f"{self.path} is empty (0 bytes), not a rollout store; check the run dir")
         self._conn = _connect(self.path, readonly=True)
