@@ -69,11 +69,13 @@ if [ -n "$wheels" ]; then
     exit 2
   fi
   venv=${GPU_CHECK_VENV:-${TMPDIR:-/tmp}/sqlsociety-gpu-check-venv}
-  [ -x "$venv/bin/python" ] || $PY -m venv --system-site-packages "$venv"
+  # No pip/setuptools of its own (an old bundled setuptools would hide the machine's newer one, which
+  # torch requires): the machine's pip installs into it through --python.
+  [ -x "$venv/bin/python" ] || $PY -m venv --system-site-packages --without-pip "$venv"
   # Install by name: pip takes what the machine already has and only the missing rest from $wheels.
   names=$(for w in "$wheels"/*.whl; do basename "$w" | cut -d- -f1; done | sort -u)
   # shellcheck disable=SC2086
-  if ! "$venv/bin/python" -m pip install --no-index --find-links "$wheels" --disable-pip-version-check -q $names; then
+  if ! $PY -m pip --python "$venv/bin/python" install --no-index --find-links "$wheels" --disable-pip-version-check -q $names; then
     echo "gpu-check.sh: installing the carried wheels failed (above: the package pip could not find or resolve);" \
          "download it on a machine with PyPI into $wheels, or pin other versions with GPU_CHECK_PINS" >&2
     exit 2
