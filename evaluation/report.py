@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from evaluation import plots
+from evaluation.role_effects import role_effects
+from evaluation.stats import Effect, describe_effects, effects_table_markdown
 
 logger = logging.getLogger(__name__)
 
@@ -504,6 +506,8 @@ class ReportContent:
         trained_stage: the stage compared with the baseline (None when fewer than 2 stages).
         pngs: figure name -> PNG bytes (``learning_curves``, ``training_signals``, ``ex_per_stage``,
             ``role_ex``), only those with data.
+        effects: :func:`evaluation.role_effects.role_effects` rows (each phase on its own role,
+            paired, with CI and McNemar p).
     """
 
     run: RunData
@@ -513,6 +517,7 @@ class ReportContent:
     examples: list[dict]
     trained_stage: str | None
     pngs: dict[str, bytes]
+    effects: list[Effect] = field(default_factory=list)
 
 
 def compute_report(run: RunData) -> ReportContent:
@@ -543,6 +548,7 @@ def compute_report(run: RunData) -> ReportContent:
         examples=examples,
         trained_stage=trained if examples or trained else None,
         pngs=pngs,
+        effects=role_effects(run.evals),
     )
 
 
@@ -733,6 +739,14 @@ def render_html(c: ReportContent) -> str:
     parts.append("<p class='muted'>EX: share of questions whose SQL returns the gold result (Spider execution "
                  "accuracy); exec. success: share whose SQL ran without error; other columns: means per question.</p>")
 
+    parts.append("<h2>Each phase on the role it trains (paired, same questions)</h2>")
+    if c.effects:
+        parts.append(_table(_EFFECT_HEADERS, _effect_rows(c), left=3))
+        parts.append("<ul>" + "".join(f"<li>{html.escape(t)}</li>" for t in describe_effects(c.effects)) + "</ul>")
+        parts.append(f"<p class='muted'>{html.escape(_EFFECT_NOTE)}</p>")
+    else:
+        parts.append("<p class='muted'>fewer than two stages evaluated: no paired effect yet.</p>")
+
     parts.append("<h2>Supervisor policies (bandit comparison)</h2>")
     parts.append(
         _table(_BANDIT_HEADERS, _bandit_rows(c), left=1, text_cols=(-1,))
@@ -780,6 +794,19 @@ def _md_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+_EFFECT_HEADERS = ["phase", "role", "metric", "n", "before %", "after %", "Δ pts", "95% CI pts", "McNemar p", "fixed",
+                   "broken"]
+_EFFECT_NOTE = ("Paired on the same dev questions: Δ = after − before; CI: percentile bootstrap of the paired "
+                "difference (Efron & Tibshirani 1993); p: exact McNemar test on the discordant pairs (McNemar 1947). "
+                "An effect is distinguishable from zero when the CI excludes 0 and p < 0.05.")
+
+
+def _effect_rows(c: ReportContent) -> list[list[str]]:
+    return [[e.phase, e.role, e.metric, str(e.n), f"{100 * e.before:.1f}", f"{100 * e.after:.1f}",
+             f"{100 * e.delta:+.1f}", f"[{100 * e.ci_low:+.1f}, {100 * e.ci_high:+.1f}]",
+             "<0.001" if e.p < 0.001 else f"{e.p:.3f}", str(e.fixed), str(e.broken)] for e in c.effects]
+
+
 def render_markdown(c: ReportContent) -> str:
     """A Markdown summary: the same tables as the HTML, without images and with examples abridged."""
     out = [f"# SQL Society training report — `{c.run.run_dir.name}`", ""]
@@ -787,6 +814,9 @@ def render_markdown(c: ReportContent) -> str:
         out += ["## Learning curves (rollouts per phase)", "", _md_table(_PHASE_HEADERS, _phase_rows(c)), ""]
     if c.stages:
         out += ["## Metrics per stage (fixed dev subset)", "", _md_table(_STAGE_HEADERS, _stage_rows(c)), ""]
+    if c.effects:
+        out += ["## Each phase on the role it trains (paired, same questions)", "", effects_table_markdown(c.effects), "",
+                *[f"- {t}" for t in describe_effects(c.effects)], "", _EFFECT_NOTE, ""]
     if c.run.bandit:
         out += ["## Supervisor policies (bandit comparison)", "", _md_table(_BANDIT_HEADERS, _bandit_rows(c)), ""]
     if c.roles:
