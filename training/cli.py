@@ -24,10 +24,32 @@ def _phases(text: str) -> set[int]:
     return out
 
 
+def _missing_gpu_stack(needs: dict[str, str]) -> list[str]:
+    """The required GPU components (``training.plan.gpu_stack_needs``) this machine lacks."""
+    import importlib.util
+
+    missing = []
+    for comp, need in needs.items():
+        if need != "required":
+            continue
+        if comp == "cuda":
+            import torch
+
+            ok = torch.cuda.is_available()
+        else:
+            ok = importlib.util.find_spec(comp) is not None
+        if not ok:
+            missing.append("CUDA" if comp == "cuda" else comp)
+    return missing
+
+
 def train(
     config: Path | None = typer.Option(None, "--config", help="Training profile YAML (overrides --profile)."),
     profile: str = typer.Option(
-        "default", "--profile", help="Shipped profile: smoke (SmolLM2-135M, minutes) or default (Qwen2.5-Coder-0.5B)."
+        "default",
+        "--profile",
+        help="Shipped profile: smoke (SmolLM2-135M, minutes), default (Qwen2.5-Coder-0.5B, CPU) or gpu "
+        "(vLLM serving, VERL, unsloth; needs the gpu extra on a CUDA machine).",
     ),
     phases: str = typer.Option("1,2,3,4", "--phases", help="Comma list of phases: 1 gather, 2 SFT, 3 GRPO, 4 bandit."),
     resume: Path | None = typer.Option(
@@ -35,6 +57,13 @@ def train(
     ),
     run_dir: Path | None = typer.Option(
         None, "--run-dir", help="Where to write a new run (default runs/train-<profile>-<time>)."
+    ),
+    dry_run: bool = typer.Option(
+        False,
+        "--dry-run",
+        help="Validate the whole profile (sections, models, endpoints, files, the GPU stack it needs) and print the "
+        "plan without running or writing anything. Exit 2: the profile has an error; 0: valid (a missing GPU "
+        "stack is reported in a NOT RUNNABLE HERE block).",
     ),
 ) -> None:
     """Train the society role by role: gather rollouts, SFT the juniors, GRPO the senior, fit the
@@ -53,6 +82,21 @@ def train(
         else:
             cfg = TrainConfig.load(config or profile)
             root = run_dir or Path("runs") / f"train-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if dry_run:
+            from training.plan import plan_profile
+
+            plan = plan_profile(cfg, source=str(resume / "config.yaml" if resume else config or profile),
+                                phases=_phases(phases))
+            typer.echo(plan.render())  # plain text, not wrapped to the terminal
+            raise typer.Exit(2 if plan.errors else 0)
+        from training.plan import INSTALL_GPU, gpu_stack_needs
+
+        gpu_missing = _missing_gpu_stack(gpu_stack_needs(cfg))
+        if gpu_missing:
+            raise TrainConfigError(
+                f"profile {cfg.name!r} needs {', '.join(gpu_missing)}, missing on this machine; install the GPU "
+                f"stack on a CUDA machine ({INSTALL_GPU}), or check with `sqlsociety train --profile ... --dry-run`"
+            )
         console.print(f"[bold]sqlsociety train[/bold] profile [cyan]{cfg.name}[/cyan] -> {root}")
         pipe = TrainingPipeline(cfg, root, phases=_phases(phases), echo=lambda m: console.print(m))
         pipe.run()

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 #: Shipped training profiles (copy one and edit it).
 PROFILE_DIR = Path(__file__).resolve().parent.parent / "configs" / "train"
-PROFILES = ("smoke", "default")
+PROFILES = ("smoke", "default", "gpu")
 
 #: Phase number -> name; stages evaluated on the dev subset: baseline, then one after each of 2-4.
 PHASES: dict[int, str] = {1: "gather", 2: "sft", 3: "grpo", 4: "bandit"}
@@ -77,6 +77,37 @@ class EvalSection(_Section):
     concurrency: int = Field(1, ge=1)
 
 
+class ServingSection(_Section):
+    """How the roles' base model (and the trained LoRA adapters) are served.
+
+    Attributes:
+        engine: ``"llama.cpp"`` (default: one llama-server per embedded GGUF, CPU; adapters exported
+            to GGUF LoRA) or ``"vllm"`` (GPU: vLLM's OpenAI server on the HF checkpoint of
+            ``base_model`` with ``--enable-lora``; the juniors' and the senior's PEFT adapters are
+            served by name, see :class:`society.vllm_serving.VLLMServer`).
+        gpu_memory_utilization: vLLM: fraction of the GPU's memory vLLM may take, (0, 1] -- leave
+            room for the trainers (SFT/GRPO share the GPU with the server).
+        max_lora_rank: vLLM ``--max-lora-rank``: at least the adapters' ``r`` (SFT/GRPO ``lora_r``,
+            VERL ``lora_rank``).
+        max_loras: vLLM ``--max-loras``: adapters resident in one batch (juniors + senior = 2).
+        max_model_len: vLLM ``--max-model-len`` in tokens (prompt + completion); None = the model's.
+        dtype: vLLM ``--dtype`` (``auto``, ``bfloat16``, ``float16``).
+        tensor_parallel_size: vLLM ``--tensor-parallel-size`` (GPUs per server).
+        startup_timeout_s: seconds to wait for the server's health check.
+        extra_args: more command-line arguments passed to the server as they are.
+    """
+
+    engine: Literal["llama.cpp", "vllm"] = "llama.cpp"
+    gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0)
+    max_lora_rank: int = Field(32, ge=1)
+    max_loras: int = Field(2, ge=1)
+    max_model_len: int | None = Field(4096, ge=256)
+    dtype: str = "auto"
+    tensor_parallel_size: int = Field(1, ge=1)
+    startup_timeout_s: float = Field(900.0, gt=0.0)
+    extra_args: list[str] = Field(default_factory=list)
+
+
 class TrainConfig(_Section):
     """A training profile (``configs/train/<profile>.yaml``), validated.
 
@@ -84,7 +115,8 @@ class TrainConfig(_Section):
         name: profile name (shown in reports).
         society_config: society YAML (relative paths resolve against the repo root).
         base_model: embedded alias or GGUF path the juniors and the senior are fine-tuned from
-            (must be the model the society's junior/senior aliases serve).
+            (must be the model the society's junior/senior aliases serve); with
+            ``serving.engine: vllm`` also a Hugging Face model directory or hub id.
         data_dir: Spider-format directory (None: the bundled copy).
         gather / eval: see :class:`GatherSection` / :class:`EvalSection`.
         sft / grpo / bandit: keyword arguments of :class:`training.sft.JuniorSFTConfig`,
@@ -95,6 +127,7 @@ class TrainConfig(_Section):
         reward: keyword arguments of :class:`evaluation.rewards.RewardConfig`.
         llm_proxy: route every model alias through Agent Lightning's ``LLMProxy``
             (:func:`society.proxy.llm_proxy`); False: roles call the servers' base URLs directly.
+        serving: :class:`ServingSection` (engine and its settings).
     """
 
     name: str = "custom"
@@ -109,6 +142,7 @@ class TrainConfig(_Section):
     adapter: dict[str, Any] = Field(default_factory=dict)
     reward: dict[str, Any] = Field(default_factory=dict)
     llm_proxy: bool = True
+    serving: ServingSection = Field(default_factory=ServingSection)
 
     @classmethod
     def load(cls, path_or_profile: str | Path | None = None) -> TrainConfig:

@@ -1,0 +1,552 @@
+"""``sqlsociety train --dry-run``: validate a whole training profile and print what a run would do.
+
+Nothing is started, trained, converted or downloaded. :func:`plan_profile` checks
+
+* every section typed: the profile (:class:`training.pipeline.TrainConfig`), the society config
+  it names, ``sft`` / ``grpo`` / ``bandit`` / ``reward`` / ``adapter`` as the keyword arguments
+  of the classes they configure (an unknown or bad key is an error naming it);
+* every model resolvable: ``base_model`` (embedded alias, ``.gguf`` file, Hugging Face directory,
+  or -- with ``serving.engine: vllm`` -- a hub id, which is not contacted), each embedded alias
+  of the society, each ``base_url`` endpoint (URL form and host name resolution; the endpoint is
+  not called) and its ``api_key_env``;
+* every file: the society config, the data directory and the gather/eval split files (their
+  usable question counts), the VERL YAML when VERL may run, the llama-server binary when
+  llama.cpp serves;
+* the GPU stack when the profile needs it: CUDA (``torch.cuda.is_available()``), ``vllm`` for
+  ``serving.engine: vllm`` or VERL, ``verl`` for ``grpo.backend: verl``, ``unsloth`` for
+  ``sft.backend: unsloth`` (``auto`` backends only note their fallback). Packages are looked up
+  with ``importlib.util.find_spec``, not imported.
+
+and returns a :class:`TrainPlan`: phases in order, roles -> model alias -> server and adapter per
+phase, servers, budgets. ``TrainPlan.render()`` is the text the CLI prints.
+
+Exit status of ``sqlsociety train --dry-run``: 2 when the profile has an error (a bad key, an
+unresolvable model, a missing file), else 0 -- also when the GPU stack the profile needs is missing
+on this machine: the plan is printed with a ``NOT RUNNABLE HERE`` block that names what to install
+(``SQLSOCIETY_GPU=1 bash scripts/install.sh`` on a CUDA machine). A run without ``--dry-run``
+refuses to start (exit 2) in that case, before anything is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import math
+import os
+import re
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from evaluation.rewards import RewardConfig
+from society.config import ConfigError, SocietyConfig
+from society.models import EMBEDDED_MODELS
+from society.serving import ServerNotInstalledError, find_llama_server
+from tools.spider import DataError, load_examples
+from training.bandit import BanditConfig
+from training.grpo import SeniorGRPOConfig, load_verl_config
+from training.pipeline import (
+    JUNIOR_ALIAS,
+    PHASES,
+    SENIOR_ALIAS,
+    STAGE_AFTER_PHASE,
+    TrainConfig,
+    _kind,
+    role_split_config,
+)
+from training.sft import JuniorSFTConfig
+
+__all__ = ["Finding", "TrainPlan", "plan_profile", "gpu_stack_needs", "INSTALL_GPU", "HUB_ID"]
+
+#: What installs the GPU stack (the ``gpu`` extra) on a CUDA machine.
+INSTALL_GPU = "SQLSOCIETY_GPU=1 bash scripts/install.sh"
+
+#: A Hugging Face hub id: ``owner/name``.
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+#: Keys of the ``adapter:`` section (``HierarchicalTraceAdapter`` view thresholds).
+ADAPTER_KEYS = {"sft_min_reward": (int, float), "sft_select": str, "rl_reward": str, "bandit_holdout": (int, float)}
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Finding:
+    """One result of validation: ``level`` ``"error"`` (the profile is wrong), ``"missing"`` (the
+    machine lacks what the profile needs) or ``"note"``; ``where`` the field or file; ``message``."""
+
+    level: str
+    where: str
+    message: str
+
+
+@dataclass
+class TrainPlan:
+    """What ``sqlsociety train`` would do with a profile (see the module docstring).
+
+    Attributes:
+        profile: profile name; source: the YAML it came from.
+        phases: ``[{"step", "what"}]`` in run order (stage evaluations included).
+        roles: ``[{"role", "kind", "alias", "served_by", "adapter"}]``.
+        servers: ``[{"server", "detail"}]``.
+        budgets: name -> text (tasks, steps, tokens, time bounds).
+        gpu_stack: component -> ``{"needed": "required"|"optional"|"no", "present": bool}``.
+        findings: errors, missing pieces and notes.
+    """
+
+    profile: str
+    source: str
+    phases: list[dict[str, str]] = field(default_factory=list)
+    roles: list[dict[str, str]] = field(default_factory=list)
+    servers: list[dict[str, str]] = field(default_factory=list)
+    budgets: dict[str, str] = field(default_factory=dict)
+    gpu_stack: dict[str, dict[str, Any]] = field(default_factory=dict)
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.level == "error"]
+
+    @property
+    def missing(self) -> list[Finding]:
+        return [f for f in self.findings if f.level == "missing"]
+
+    @property
+    def runnable_here(self) -> bool:
+        """No error and nothing the profile needs is missing on this machine."""
+        return not self.errors and not self.missing
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self) | {"runnable_here": self.runnable_here}
+
+    def render(self) -> str:
+        """The plan as plain text (sections: phases, roles, servers, budgets, GPU stack, findings)."""
+        out = [f"Training plan: profile {self.profile} ({self.source})", "", "Phases:"]
+        out += [f"  {i + 1:>2}. {p['step']:<16} {p['what']}" for i, p in enumerate(self.phases)]
+        out += ["", "Roles -> models / adapters:"]
+        w = max((len(r["role"]) for r in self.roles), default=4)
+        for r in self.roles:
+            out.append(f"  {r['role']:<{w}}  {r['kind']:<10} alias {r['alias'] or '-':<14} {r['served_by']}")
+            if r.get("adapter"):
+                out.append(f"  {'':<{w}}  {'':<10} {r['adapter']}")
+        out += ["", "Servers:"] + [f"  - {s['server']}: {s['detail']}" for s in self.servers]
+        out += ["", "Budgets:"] + [f"  {k:<8} {v}" for k, v in self.budgets.items()]
+        if self.gpu_stack:
+            out += ["", "GPU stack:"]
+            for name, s in self.gpu_stack.items():
+                out.append(
+                    f"  {name:<8} {s['needed']:<9} {'present' if s['present'] else 'absent'}"
+                    + (f"  ({s['note']})" if s.get("note") else "")
+                )
+        notes = [f for f in self.findings if f.level == "note"]
+        if notes:
+            out += ["", "Notes:"] + [f"  - {f.where}: {f.message}" for f in notes]
+        if self.missing:
+            out += ["", "NOT RUNNABLE HERE -- this machine lacks what the profile needs:"]
+            out += [f"  - {f.where}: {f.message}" for f in self.missing]
+            out += [
+                f"  Install the GPU stack on a CUDA machine: {INSTALL_GPU}",
+                "  (the profile itself is valid; `sqlsociety train` without --dry-run refuses to start here)",
+            ]
+        if self.errors:
+            out += ["", "ERRORS -- the profile is not valid:"] + [f"  - {f.where}: {f.message}" for f in self.errors]
+        out += [
+            "",
+            "valid profile" + ("" if self.missing else ", runnable here")
+            if not self.errors
+            else f"{len(self.errors)} error(s)",
+        ]
+        return "\n".join(out)
+
+
+# ============================================================================ checks
+
+
+def _has(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def gpu_stack_needs(cfg: TrainConfig) -> dict[str, str]:
+    """Component -> ``"required"`` / ``"optional"`` / ``"no"`` for ``cuda``, ``vllm``, ``verl``,
+    ``unsloth``: required when the profile names it (``serving.engine: vllm``, ``grpo.backend: verl``
+    -- which also rolls out with vLLM --, ``sft.backend: unsloth``), optional for ``auto`` backends
+    (used when present, else the TRL fallback)."""
+    sft_b = str(cfg.sft.get("backend", "auto"))
+    grpo_b = str(cfg.grpo.get("backend", "auto"))
+    needs = {"vllm": "no", "verl": "no", "unsloth": "no"}
+    if cfg.serving.engine == "vllm" or grpo_b == "verl":
+        needs["vllm"] = "required"
+    if grpo_b == "verl":
+        needs["verl"] = "required"
+    elif grpo_b == "auto":
+        needs["verl"] = "optional"
+    if sft_b == "unsloth":
+        needs["unsloth"] = "required"
+    elif sft_b == "auto":
+        needs["unsloth"] = "optional"
+    cuda = "required" if "required" in needs.values() else "optional"
+    return {"cuda": cuda, **needs}
+
+
+def _typed(cls: Any, kw: dict[str, Any], where: str, fixed: dict[str, Any], findings: list[Finding]) -> Any:
+    """``cls(**kw, **fixed)`` or an error finding naming the bad key/value."""
+    names = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else None
+    if names is not None:
+        unknown = sorted(set(kw) - names)
+        if unknown:
+            findings.append(Finding("error", where, f"unknown key(s) {unknown}; known: {sorted(names - set(fixed))}"))
+            return None
+    try:
+        return cls(**{**kw, **fixed})
+    except (TypeError, ValueError) as e:
+        findings.append(Finding("error", where, str(e)))
+        return None
+
+
+def _resolve_base_model(cfg: TrainConfig, findings: list[Finding]) -> str:
+    """A one-line description of where ``base_model`` comes from (or an error finding)."""
+    bm = cfg.base_model
+    p = Path(bm).expanduser()
+    vllm = cfg.serving.engine == "vllm"
+    if bm in EMBEDDED_MODELS:
+        spec = EMBEDDED_MODELS[bm]
+        if vllm or str(cfg.grpo.get("backend", "auto")) != "trl":
+            return (
+                f"embedded {bm} ({spec.hf_name}); trained and served from its HF checkpoint "
+                "(training.export.hf_checkpoint: the GGUF dequantised once, no hub access)"
+            )
+        return f"embedded {bm} ({spec.hf_name}), GGUF served by llama.cpp, HF checkpoint for training"
+    if p.is_dir():
+        if (p / "config.json").is_file():
+            if not vllm:
+                findings.append(
+                    Finding(
+                        "error",
+                        "base_model",
+                        f"{p} is a Hugging Face directory; llama.cpp serving needs "
+                        "a GGUF or an embedded alias -- set serving.engine: vllm or give a .gguf",
+                    )
+                )
+            return f"Hugging Face directory {p.resolve()}"
+        findings.append(Finding("error", "base_model", f"{p} is a directory without config.json (not a HF model)"))
+        return str(p)
+    if bm.endswith(".gguf") or p.exists():
+        if not p.is_file():
+            findings.append(Finding("error", "base_model", f"GGUF file {p} does not exist"))
+        return f"GGUF {p}"
+    if HUB_ID.match(bm):
+        if not vllm:
+            findings.append(
+                Finding(
+                    "error",
+                    "base_model",
+                    f"hub id {bm!r} needs serving.engine: vllm (llama.cpp serves "
+                    f"GGUF files); or use an embedded alias: {', '.join(sorted(EMBEDDED_MODELS))}",
+                )
+            )
+        else:
+            findings.append(
+                Finding(
+                    "note",
+                    "base_model",
+                    f"hub id {bm!r}: downloaded by transformers/vLLM at first use (not contacted now)",
+                )
+            )
+        return f"hub id {bm}"
+    findings.append(
+        Finding(
+            "error",
+            "base_model",
+            f"{bm!r} is not an embedded alias ({', '.join(sorted(EMBEDDED_MODELS))}), "
+            "an existing .gguf, a HF directory or a hub id owner/name",
+        )
+    )
+    return bm
+
+
+def _check_endpoint(alias: str, spec: Any, findings: list[Finding]) -> str:
+    url = urlparse(spec.base_url)
+    where = f"society models.{alias}"
+    if not url.hostname:
+        findings.append(Finding("error", where, f"base_url {spec.base_url!r} has no host"))
+        return spec.base_url
+    try:
+        socket.getaddrinfo(url.hostname, url.port or (443 if url.scheme == "https" else 80))
+    except (OSError, UnicodeError) as e:
+        findings.append(Finding("error", where, f"host {url.hostname!r} of {spec.base_url} does not resolve ({e})"))
+    if spec.api_key_env and not os.environ.get(spec.api_key_env):
+        findings.append(Finding("error", where, f"api_key_env {spec.api_key_env} is not set; export it"))
+    return f"endpoint {spec.base_url} model {spec.model} (not contacted)"
+
+
+def _split_count(cfg: TrainConfig, split: str, where: str, findings: list[Finding]) -> int | None:
+    try:
+        return len(load_examples(cfg.data_dir, split))
+    except DataError as e:
+        findings.append(Finding("error", where, str(e)))
+        return None
+
+
+def plan_profile(cfg: TrainConfig, *, source: str = "", phases: set[int] | None = None) -> TrainPlan:
+    """Validate ``cfg`` and build its :class:`TrainPlan` (see the module docstring). Never raises for
+    a problem of the profile: each becomes a :class:`Finding`."""
+    phases = set(phases or PHASES)
+    plan = TrainPlan(profile=cfg.name, source=source or "(in memory)")
+    F = plan.findings
+    vllm = cfg.serving.engine == "vllm"
+
+    # -- typed sections -------------------------------------------------------------------------------
+    sft = _typed(
+        JuniorSFTConfig, cfg.sft, "sft", {"model": cfg.base_model, "output_dir": "RUN_DIR/phases/2-sft/adapter"}, F
+    )
+    grpo = _typed(
+        SeniorGRPOConfig, cfg.grpo, "grpo", {"model": cfg.base_model, "output_dir": "RUN_DIR/phases/3-grpo/adapter"}, F
+    )
+    _typed(BanditConfig, cfg.bandit, "bandit", {}, F)
+    if cfg.reward:
+        try:
+            RewardConfig(**cfg.reward)
+        except (TypeError, ValueError) as e:
+            F.append(Finding("error", "reward", str(e)))
+    for k, v in cfg.adapter.items():
+        if k not in ADAPTER_KEYS:
+            F.append(Finding("error", "adapter", f"unknown key {k!r}; known: {sorted(ADAPTER_KEYS)}"))
+        elif not isinstance(v, ADAPTER_KEYS[k]):
+            F.append(Finding("error", f"adapter.{k}", f"{v!r} has the wrong type"))
+
+    # -- GPU stack --------------------------------------------------------------------------------------
+    needs = gpu_stack_needs(cfg)
+    present = {"cuda": _cuda(), "vllm": _has("vllm"), "verl": _has("verl"), "unsloth": _has("unsloth")}
+    for comp, need in needs.items():
+        note = ""
+        if need == "optional" and not present[comp]:
+            note = {
+                "cuda": "trainers run on the CPU",
+                "verl": "GRPO falls back to TRL in-process",
+                "unsloth": "SFT falls back to TRL",
+                "vllm": "",
+            }.get(comp, "")
+        plan.gpu_stack[comp] = {"needed": need, "present": present[comp], "note": note}
+        if need == "required" and not present[comp]:
+            what = {
+                "cuda": "no CUDA device visible to torch (torch.cuda.is_available() is False)",
+                "vllm": "vllm is not installed (serving.engine: vllm, and VERL's rollouts)",
+                "verl": "verl is not installed (grpo.backend: verl)",
+                "unsloth": "unsloth is not installed (sft.backend: unsloth)",
+            }[comp]
+            F.append(Finding("missing", comp, what))
+    if needs["verl"] == "required" and not _has("agentlightning"):
+        F.append(Finding("missing", "agentlightning", "agentlightning is not installed (VERL runs through agl.VERL)"))
+
+    # -- models -----------------------------------------------------------------------------------------
+    base_desc = _resolve_base_model(cfg, F)
+    society = None
+    try:
+        society = SocietyConfig.load(cfg.society_path())
+    except ConfigError as e:
+        F.append(Finding("error", "society_config", str(e)))
+
+    # -- files --------------------------------------------------------------------------------------------
+    n_train = _split_count(cfg, cfg.gather.split, "gather.split", F) if 1 in phases or 3 in phases else None
+    n_dev = _split_count(cfg, cfg.eval.split, "eval.split", F)
+    grpo_backend = str(cfg.grpo.get("backend", "auto"))
+    verl_may_run = grpo_backend == "verl" or (grpo_backend == "auto" and present["verl"] and present["cuda"])
+    verl_cfg: dict[str, Any] = {}
+    if grpo is not None and (grpo_backend in ("verl", "auto")):
+        try:
+            verl_cfg = load_verl_config(grpo.verl_config)
+        except (FileNotFoundError, ValueError) as e:
+            F.append(Finding("error" if grpo_backend == "verl" else "note", "grpo.verl_config", str(e)))
+    if not vllm:
+        try:
+            llama = str(find_llama_server())
+        except ServerNotInstalledError as e:
+            F.append(Finding("error", "serving", str(e)))
+            llama = "(not installed)"
+
+    # -- roles -> models / adapters ----------------------------------------------------------------------
+    served_embedded: dict[str, list[str]] = {}
+    if society is not None:
+        split = role_split_config(society)
+        for r in split.roles:
+            if not r.enabled:
+                continue
+            kind = _kind(r.type)
+            spec = split.models.get(r.model) if r.model else None
+            if spec is None:
+                served = (
+                    "no model (runs SQL only)" if kind != "supervisor" else f"policy {r.policy or 'majority_vote'}"
+                )
+            elif spec.base_url:
+                served = _check_endpoint(r.model, spec, F)
+            else:
+                if spec.embedded not in EMBEDDED_MODELS:
+                    F.append(
+                        Finding("error", f"society models.{r.model}", f"unknown embedded model {spec.embedded!r}")
+                    )
+                same = spec.embedded == cfg.base_model
+                if vllm and same:
+                    served = "vLLM server (base model)"
+                elif vllm:
+                    served = f"llama.cpp server ({spec.embedded}; not the base_model, so not on vLLM)"
+                else:
+                    served = f"llama.cpp server ({spec.embedded})"
+                served_embedded.setdefault(spec.embedded, []).append(r.model)
+            adapter = ""
+            if kind == "junior" and 2 in phases:
+                adapter = f"after phase 2: LoRA {JUNIOR_ALIAS} (RUN_DIR/phases/2-sft/adapter)" + (
+                    ", loaded by name into vLLM" if vllm else ", exported to GGUF for llama.cpp"
+                )
+            elif kind == "senior" and 3 in phases:
+                if verl_may_run:
+                    adapter = (
+                        f"phase 3: VERL trains it live (its own vLLM rollout workers serve the policy as "
+                        f"main_llm, bound to {SENIOR_ALIAS}); after: the newest VERL LoRA checkpoint"
+                    )
+                else:
+                    adapter = f"after phase 3: LoRA {SENIOR_ALIAS} (RUN_DIR/phases/3-grpo/adapter)"
+                adapter += ", loaded by name into vLLM" if vllm else ", exported to GGUF for llama.cpp"
+            elif kind == "supervisor" and 4 in phases:
+                adapter = "after phase 4: bandit policy RUN_DIR/phases/4-bandit/policy.joblib"
+            if spec is not None and spec.base_url and kind in ("junior", "senior"):
+                adapter = "external endpoint: trained adapters are not routed to it"
+            plan.roles.append(
+                {"role": r.name, "kind": kind, "alias": r.model or "", "served_by": served, "adapter": adapter}
+            )
+
+    # -- servers ------------------------------------------------------------------------------------------
+    if vllm:
+        s = cfg.serving
+        plan.servers.append(
+            {
+                "server": "vLLM OpenAI server (society.vllm_serving.VLLMServer)",
+                "detail": (
+                    f"base {base_desc}; loopback, free port, health check, stopped with the run; --enable-lora "
+                    f"--max-lora-rank {s.max_lora_rank} --max-loras {s.max_loras}, adapters by name {JUNIOR_ALIAS} / "
+                    f"{SENIOR_ALIAS} (hot-loaded after their phase); --gpu-memory-utilization "
+                    f"{s.gpu_memory_utilization}, --max-model-len {s.max_model_len}, --dtype {s.dtype}, "
+                    f"--tensor-parallel-size {s.tensor_parallel_size}"
+                ),
+            }
+        )
+        others = sorted(m for m in served_embedded if m != cfg.base_model)
+    else:
+        plan.servers.append({"server": "llama.cpp llama-server", "detail": f"binary {llama}"})
+        others = sorted(served_embedded)
+    for m in others:
+        plan.servers.append(
+            {
+                "server": f"llama.cpp llama-server for {m}",
+                "detail": f"aliases {', '.join(sorted(set(served_embedded[m])))}; GGUF "
+                f"{EMBEDDED_MODELS[m].filename if m in EMBEDDED_MODELS else '?'}",
+            }
+        )
+    if cfg.llm_proxy:
+        plan.servers.append(
+            {
+                "server": "Agent Lightning LLMProxy",
+                "detail": "every model alias through one proxy (society.proxy.llm_proxy), spans recorded per call",
+            }
+        )
+    plan.servers.append(
+        {
+            "server": "rollout store",
+            "detail": "RUN_DIR/store.sqlite (Agent Lightning SQLite store, "
+            f"{cfg.gather.n_runners} runner(s) on this host)",
+        }
+    )
+
+    # -- phases -------------------------------------------------------------------------------------------
+    plan.phases.append(
+        {
+            "step": "eval baseline",
+            "what": f"{cfg.eval.limit} {cfg.eval.split} questions (seed "
+            f"{cfg.eval.seed}), concurrency {cfg.eval.concurrency}",
+        }
+    )
+    sft_backend = (
+        "unsloth"
+        if str(cfg.sft.get("backend", "auto")) == "unsloth"
+        or (str(cfg.sft.get("backend", "auto")) == "auto" and present["unsloth"] and present["cuda"])
+        else "TRL"
+    )
+    what = {
+        1: f"society rollouts on {cfg.gather.split} tasks {cfg.gather.offset}..{cfg.gather.offset + cfg.gather.limit} "
+        f"with {cfg.gather.n_runners} runner(s) into the store",
+        2: f"SFT of the juniors ({sft_backend}, LoRA) on their conversations with reward >= "
+        f"{cfg.adapter.get('sft_min_reward', 0.5)}",
+        3: (
+            "GRPO of the senior through Agent Lightning's VERL on its spans (agent_match "
+            f"{grpo.agent_match if grpo else '?'})"
+        )
+        if verl_may_run
+        else "GRPO of the senior with TRL (in-process)",
+        4: "contextual bandit for the supervisor on its logged decisions",
+    }
+    for k in sorted(phases):
+        plan.phases.append({"step": f"{k} {PHASES[k]}", "what": what[k]})
+        if k in STAGE_AFTER_PHASE:
+            plan.phases.append(
+                {"step": f"eval {STAGE_AFTER_PHASE[k]}", "what": f"the same {cfg.eval.limit} questions"}
+            )
+    plan.phases.append({"step": "report", "what": "RUN_DIR/report.html, report.md, train_summary.json"})
+
+    # -- budgets ------------------------------------------------------------------------------------------
+    g = cfg.gather
+    tasks = g.limit if n_train is None else max(0, min(g.limit, n_train - g.offset))
+    if n_train is not None and tasks < g.limit:
+        F.append(
+            Finding(
+                "note",
+                "gather.limit",
+                f"{g.split} has {n_train} usable questions: {tasks} tasks after offset {g.offset}, not {g.limit}",
+            )
+        )
+    bound = (
+        f", at most {math.ceil(tasks / g.n_runners) * g.rollout_timeout_s / 3600:.1f} h at the rollout timeout"
+        if g.rollout_timeout_s
+        else ""
+    )
+    plan.budgets["gather"] = f"{tasks} tasks, {g.n_runners} runner(s), rollout timeout {g.rollout_timeout_s} s{bound}"
+    n_eval = cfg.eval.limit if n_dev is None else min(cfg.eval.limit, n_dev)
+    n_stages = 1 + len([k for k in phases if k in STAGE_AFTER_PHASE])
+    plan.budgets["eval"] = f"{n_eval} questions x {n_stages} stage(s)"
+    if sft is not None:
+        seqs = sft.max_steps * sft.per_device_train_batch_size * sft.gradient_accumulation_steps
+        plan.budgets["sft"] = (
+            f"{sft.max_steps} steps x {sft.per_device_train_batch_size * sft.gradient_accumulation_steps} "
+            f"sequences = {seqs} sequences of <= {sft.max_length} tokens, LoRA r={sft.lora_r}"
+        )
+    if grpo is not None:
+        if verl_may_run and verl_cfg:
+            d = verl_cfg.get("data") or {}
+            ro = (verl_cfg.get("actor_rollout_ref") or {}).get("rollout") or {}
+            tr = verl_cfg.get("trainer") or {}
+            bs = int(d.get("train_batch_size") or 1)
+            epochs = int(tr.get("total_epochs") or 1)
+            steps = epochs * math.ceil(tasks / bs) if tasks else 0
+            plan.budgets["grpo"] = (
+                f"VERL: {epochs} epoch(s) x ceil({tasks} tasks / train_batch_size {bs}) = {steps} steps, "
+                f"{ro.get('n', '?')} society runs per task, responses <= "
+                f"{d.get('max_response_length', '?')} tokens, {grpo.n_runners} runner(s)"
+            )
+        else:
+            plan.budgets["grpo"] = (
+                f"TRL: {grpo.max_steps} steps x {grpo.prompts_per_step} prompt(s) x "
+                f"{grpo.num_generations} completions of <= {grpo.max_completion_length} tokens"
+            )
+    plan.budgets["bandit"] = "fitted in seconds on the logged supervisor decisions"
+    return plan
