@@ -22,7 +22,8 @@ function                          what it does
 :func:`serve_adapter`             a :class:`society.serving.LlamaServer` serving base + adapter
 :func:`merge_adapter`             PEFT adapter merged into the base -> HF directory (for
                                   ``transformers serve`` and for vLLM/verl without LoRA)
-:func:`transformers_serve_command` / :func:`vllm_lora_command`  command lines of the other routes
+:func:`transformers_serve_command` command line of the CPU fallback route (GPU: vLLM serves the
+                                  PEFT adapters by name, :class:`society.vllm_serving.VLLMServer`)
 ================================  ==============================================================
 
 The GGUF LoRA format (what llama.cpp's ``llama_adapter_lora_init`` reads, llama.cpp
@@ -53,8 +54,9 @@ in ``tests/test_export.py``). The quantised base + adapter is what is served in 
 (agreement and speed in ``bench/lora_serving.py``). The checks send ``repeat_penalty: 1`` so that
 "temperature 0" is plain greedy decoding whatever the server's default.
 
-GPU route (unverified here, no GPU on the build machine): vLLM serves the PEFT adapter directly
-(``--enable-lora --lora-modules name=dir``) on the HF directory of :func:`hf_checkpoint`.
+GPU route: :class:`society.vllm_serving.VLLMServer` serves the PEFT adapters directly, by name
+(``--enable-lora``, ``--lora-modules name=dir`` or hot-loaded), on the HF directory of
+:func:`hf_checkpoint` (no GGUF export needed). Not run on a GPU here.
 """
 
 from __future__ import annotations
@@ -64,7 +66,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -85,7 +86,6 @@ __all__ = [
     "merge_adapter",
     "serve_adapter",
     "transformers_serve_command",
-    "vllm_lora_command",
     "AdapterInfo",
     "read_adapter_info",
     "ServingCheck",
@@ -735,30 +735,3 @@ def transformers_serve_command(
     """
     exe = shutil.which("transformers") or "transformers"
     return [exe, "serve", str(model_dir), "--host", host, "--port", str(port)]
-
-
-def vllm_lora_command(
-    base_model: str | os.PathLike[str],
-    adapters: dict[str, str | os.PathLike[str]],
-    *,
-    port: int = 8000,
-    max_lora_rank: int = 16,
-    gpu_memory_utilization: float = 0.6,
-) -> list[str]:
-    """vLLM OpenAI server command serving the base plus named LoRA adapters (GPU route).
-
-    Each key of ``adapters`` becomes a model name clients can send (``--lora-modules name=dir``),
-    so the juniors' alias can point at its adapter while other roles use the base. The base is the
-    HF directory of :func:`hf_checkpoint` (vLLM wants HF weights). Unverified on this CPU machine.
-    """
-    if not adapters:
-        raise ValueError("adapters is empty; pass {alias: adapter_dir}")
-    base = hf_checkpoint(base_model)
-    mods = [f"{name}={Path(p).resolve()}" for name, p in adapters.items()]
-    return [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-        "--model", str(base), "--port", str(port),
-        "--enable-lora", "--max-lora-rank", str(max_lora_rank),
-        "--gpu-memory-utilization", str(gpu_memory_utilization),
-        "--lora-modules", *mods,
-    ]
