@@ -112,7 +112,7 @@ def test_gpu_profile_plan_object():
         ({"grpo": {"num_generations": 1}}, "grpo", "num_generations"),
         ({"bandit": {"nope": True}}, "bandit", "nope"),
         ({"adapter": {"sft_min_rewad": 0.5}}, "adapter", "sft_min_rewad"),
-        ({"base_model": "Qwen/Qwen2.5-Coder-1.5B-Instruct"}, "base_model", "needs serving.engine: vllm"),
+        ({"base_model": "Qwen/Qwen2.5-Coder-1.5B-Instruct"}, "base_model", "huggingface-cli download"),
         ({"base_model": "/no/such/model.gguf"}, "base_model", "does not exist"),
         ({"base_model": "not-a-model"}, "base_model", "not an embedded alias"),
         ({"grpo": {"backend": "verl", "verl_config": "/no/such/verl.yaml"}}, "grpo.verl_config", "does not exist"),
@@ -143,14 +143,25 @@ def test_endpoint_host_and_key_checked_without_calling(tmp_path, monkeypatch):
     assert "does not resolve" in r.output and "SQLSOCIETY_TEST_UNSET is not set" in r.output
 
 
-def test_hub_id_with_vllm_is_a_note_not_an_error(tmp_path):
+def test_hub_id_is_refused_with_the_download_command(tmp_path):
     cfg = TrainConfig.load(
         profile(tmp_path, base_model="Qwen/Qwen2.5-Coder-1.5B-Instruct", serving={"engine": "vllm"})
     )
     plan = plan_profile(cfg)
-    assert not plan.errors, plan.errors
-    assert any(f.where == "base_model" and "not contacted" in f.message for f in plan.findings)
+    (err,) = [f for f in plan.errors if f.where == "base_model"]
+    assert "huggingface-cli download Qwen/Qwen2.5-Coder-1.5B-Instruct --local-dir DIR" in err.message
     assert any(f.where == "vllm" for f in plan.missing) == (importlib.util.find_spec("vllm") is None)
+
+
+def test_hf_directory_base_model_with_vllm(tmp_path):
+    d = tmp_path / "hf"
+    d.mkdir()
+    (d / "config.json").write_text("{}")
+    plan = plan_profile(TrainConfig.load(profile(tmp_path, base_model=str(d), serving={"engine": "vllm"})))
+    assert not plan.errors, plan.errors
+    assert "Hugging Face directory" in plan.servers[0]["detail"]
+    plan = plan_profile(TrainConfig.load(profile(tmp_path, base_model=str(d))))
+    assert any(f.where == "base_model" and "serving.engine: vllm" in f.message for f in plan.errors)
 
 
 def test_serving_section_is_typed(tmp_path):

@@ -294,3 +294,42 @@ def test_export_has_no_vllm_command_line_any_more():
     import training.export as export
 
     assert not hasattr(export, "vllm_lora_command")  # replaced by society.vllm_serving.VLLMServer
+
+
+def test_pipeline_serves_trained_adapters_by_name_with_vllm(tmp_path, standin, monkeypatch):
+    """``serving.engine: vllm`` in a training profile: after phases 2 and 3 the juniors' and the
+    senior's aliases are served by one vLLM server (the stand-in here, via SQLSOCIETY_VLLM_COMMAND),
+    each adapter by its alias name, on the HF directory of base_model; no GGUF export."""
+    from contextlib import ExitStack
+
+    import yaml
+
+    from training.pipeline import JUNIOR_ALIAS, SENIOR_ALIAS, TrainConfig, TrainingPipeline
+
+    root = Path(__file__).resolve().parent.parent
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+    soc = yaml.safe_load((root / "configs/smoke.yaml").read_text())
+    for alias in ("supervisor", "reviewers"):  # not trained: an external endpoint (never called here)
+        soc["models"][alias] = {"base_url": "http://127.0.0.1:9/v1", "model": "other"}
+    (tmp_path / "society.yaml").write_text(yaml.safe_dump(soc))
+    prof = yaml.safe_load((root / "configs/train/smoke.yaml").read_text())
+    prof.update(society_config=str(tmp_path / "society.yaml"), base_model=str(base), llm_proxy=False,
+                serving={"engine": "vllm", "max_lora_rank": 16})
+    (tmp_path / "profile.yaml").write_text(yaml.safe_dump(prof))
+    pipe = TrainingPipeline(TrainConfig.load(tmp_path / "profile.yaml"), tmp_path / "run", echo=lambda m: None)
+    for k, name in ((2, "junior"), (3, "senior")):
+        pipe.dir.mark_done(k, {"adapter": str(adapter(tmp_path, f"{name}-adapter"))})
+    assert pipe._export_gguf(tmp_path / "junior-adapter", tmp_path / "x.gguf") is None
+    monkeypatch.setenv("SQLSOCIETY_VLLM_COMMAND", " ".join(standin))
+    with ExitStack() as stack:
+        eps = pipe.endpoints(stack, pipe.society())
+        assert set(eps) == {JUNIOR_ALIAS, SENIOR_ALIAS}
+        assert eps[JUNIOR_ALIAS].model == JUNIOR_ALIAS and eps[SENIOR_ALIAS].model == SENIOR_ALIAS
+        assert eps[JUNIOR_ALIAS].base_url == eps[SENIOR_ALIAS].base_url
+        assert chat(eps[SENIOR_ALIAS]) == (200, "served by senior_policy")
+        log = (tmp_path / "run" / "vllm.log").read_text()
+        assert f"standin vllm: model {base.resolve()}" in log
+    with pytest.raises(OSError):  # stopped with the stack
+        urllib.request.urlopen(f"{eps[JUNIOR_ALIAS].base_url}/models", timeout=5)

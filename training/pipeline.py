@@ -116,7 +116,7 @@ class TrainConfig(_Section):
         society_config: society YAML (relative paths resolve against the repo root).
         base_model: embedded alias or GGUF path the juniors and the senior are fine-tuned from
             (must be the model the society's junior/senior aliases serve); with
-            ``serving.engine: vllm`` also a Hugging Face model directory or hub id.
+            ``serving.engine: vllm`` also a Hugging Face model directory.
         data_dir: Spider-format directory (None: the bundled copy).
         gather / eval: see :class:`GatherSection` / :class:`EvalSection`.
         sft / grpo / bandit: keyword arguments of :class:`training.sft.JuniorSFTConfig`,
@@ -352,8 +352,70 @@ class TrainingPipeline:
     def endpoints(self, stack: ExitStack, society: Any) -> dict[str, Any]:
         """Start the servers the current stage needs and return alias -> ``Endpoint``: one llama-server
         per embedded base model, serving the trained LoRA adapters too (juniors' after phase 2,
-        senior's after phase 3), each chosen per request by its role alias; with ``llm_proxy``
+        senior's after phase 3), each chosen per request by its role alias -- or, with
+        ``serving.engine: vllm``, one vLLM server (:meth:`_vllm_endpoints`); with ``llm_proxy``
         every alias is then served through one Agent Lightning ``LLMProxy``."""
+        if self.cfg.serving.engine == "vllm":
+            eps = self._vllm_endpoints(stack, society)
+        else:
+            eps = self._llama_endpoints(stack, society)
+        if self.cfg.llm_proxy:
+            from society.proxy import llm_proxy
+
+            eps = stack.enter_context(llm_proxy(eps))
+        return eps
+
+    def _trained_adapters(self) -> dict[str, Path]:
+        """Role alias -> PEFT adapter directory of the finished phases 2 (juniors) and 3 (senior)."""
+        out = {}
+        for k, alias in ((2, JUNIOR_ALIAS), (3, SENIOR_ALIAS)):
+            done = self.dir.done(k)
+            if done and done.get("adapter"):
+                out[alias] = Path(done["adapter"])
+        return out
+
+    def _vllm_endpoints(self, stack: ExitStack, society: Any) -> dict[str, Any]:
+        """``serving.engine: vllm``: one :class:`society.vllm_serving.VLLMServer` on the HF checkpoint
+        of ``base_model`` serves every embedded alias whose model is ``base_model`` and the juniors'
+        / senior's aliases once their adapter is trained, each adapter by its alias name
+        (``junior_policy``, ``senior_policy``); aliases of other embedded models stay on llama.cpp.
+        The server's log is ``RUN_DIR/vllm.log``. Not run on a GPU here (see the README)."""
+        from society.vllm_serving import VLLMServer
+        from training.export import hf_checkpoint
+
+        embedded = society.embedded_aliases()
+        trained = {a: p for a, p in self._trained_adapters().items() if a in embedded}
+        on_vllm = {a for a, m in embedded.items() if m == self.cfg.base_model} | set(trained)
+        rest = society.model_copy(update={"models": {a: m for a, m in society.models.items() if a not in on_vllm}})
+        eps: dict[str, Any] = {}
+        if rest.embedded_aliases():
+            from society.serving import serve_config
+
+            eps.update(stack.enter_context(serve_config(rest)))
+        if on_vllm:
+            s = self.cfg.serving
+            srv = stack.enter_context(VLLMServer(
+                hf_checkpoint(self.cfg.base_model), served_model_name="base", adapters=trained,
+                max_lora_rank=s.max_lora_rank, max_loras=s.max_loras, gpu_memory_utilization=s.gpu_memory_utilization,
+                max_model_len=s.max_model_len, dtype=s.dtype, tensor_parallel_size=s.tensor_parallel_size,
+                extra_args=s.extra_args, log_path=self.dir.root / "vllm.log", startup_timeout_s=s.startup_timeout_s,
+                command_prefix=os.environ.get("SQLSOCIETY_VLLM_COMMAND", "").split() or None,
+            ))
+            for alias in sorted(on_vllm):
+                eps[alias] = srv.endpoint(alias if alias in trained else None)
+        return eps
+
+    def _export_gguf(self, adapter_dir: Path, out: Path) -> Path | None:
+        """The adapter as a GGUF LoRA for llama.cpp; None with ``serving.engine: vllm`` (vLLM serves
+        the PEFT directory itself)."""
+        if self.cfg.serving.engine == "vllm":
+            return None
+        from training.export import export_lora_gguf
+
+        return export_lora_gguf(adapter_dir, self.cfg.base_model, out)
+
+    def _llama_endpoints(self, stack: ExitStack, society: Any) -> dict[str, Any]:
+        """llama.cpp serving (see :meth:`endpoints`)."""
         from society.models import embedded_spec
         from society.serving import serve_config
         from training.export import adapter_gguf, resolve_gguf, serve_adapter
@@ -371,10 +433,6 @@ class TrainingPipeline:
         for alias, gguf in separate.items():  # base_model differs from the role's embedded model
             srv = stack.enter_context(serve_adapter(gguf, self.cfg.base_model, model_alias=alias))
             eps[alias] = srv.endpoint(alias)
-        if self.cfg.llm_proxy:
-            from society.proxy import llm_proxy
-
-            eps = stack.enter_context(llm_proxy(eps))
         return eps
 
     # -- stages -------------------------------------------------------------------------------------
@@ -468,7 +526,6 @@ class TrainingPipeline:
 
     def phase2_sft(self) -> dict[str, Any]:
         """Phase 2: juniors' high-reward conversations -> LoRA SFT -> GGUF LoRA served by llama.cpp."""
-        from training.export import export_lora_gguf
         from training.sft import JuniorSFTConfig, JuniorSFTTrainer
 
         d = self.dir.phase_dir(2)
@@ -484,15 +541,16 @@ class TrainingPipeline:
                 "adapter.sft_min_reward / use adapter.sft_select: either")
         res = JuniorSFTTrainer(JuniorSFTConfig(**{**self.cfg.sft, "model": self.cfg.base_model,
                                                    "output_dir": str(d / "adapter")}), ds).train()
-        gguf = export_lora_gguf(res.adapter_dir, self.cfg.base_model, res.adapter_dir / "adapter.gguf")
+        gguf = self._export_gguf(res.adapter_dir, res.adapter_dir / "adapter.gguf")
         self.echo(f"phase 2 SFT: {res.steps} steps on {res.rows} rows, loss {res.losses[0][1]:.3f} -> "
-                  f"{res.losses[-1][1]:.3f}, {res.mean_step_seconds:.1f} s/step; LoRA GGUF {gguf.name}")
-        return {"adapter": str(res.adapter_dir), "adapter_gguf": str(gguf), "rows": res.rows, "steps": res.steps,
+                  f"{res.losses[-1][1]:.3f}, {res.mean_step_seconds:.1f} s/step; "
+                  + (f"LoRA GGUF {gguf.name}" if gguf else "PEFT adapter served by name with vLLM"))
+        return {"adapter": str(res.adapter_dir), "adapter_gguf": str(gguf) if gguf else None, "rows": res.rows,
+                "steps": res.steps,
                 "losses": res.losses, "seconds_per_step": res.mean_step_seconds}
 
     def phase3_grpo(self) -> dict[str, Any]:
         """Phase 3: the senior's decision points -> GRPO (TRL on the CPU, VERL on a GPU) -> LoRA served."""
-        from training.export import export_lora_gguf
         from training.grpo import SeniorGRPOConfig, SeniorGRPOTrainer, resolve_backend
 
         d = self.dir.phase_dir(3)
@@ -513,9 +571,10 @@ class TrainingPipeline:
         res = SeniorGRPOTrainer(SeniorGRPOConfig(**{**grpo, "backend": "trl", "model": self.cfg.base_model,
                                                      "output_dir": str(d / "adapter")}), rl.prompts,
                                 reward_config=self._reward_config()).train()
-        gguf = export_lora_gguf(res.adapter_dir, self.cfg.base_model, Path(res.adapter_dir) / "adapter.gguf")
+        gguf = self._export_gguf(Path(res.adapter_dir), Path(res.adapter_dir) / "adapter.gguf")
         self.echo(f"phase 3 GRPO: {res.steps} steps, mean reward per step {res.rewards}")
-        return {"adapter": str(res.adapter_dir), "adapter_gguf": str(gguf), "prompts": len(rl.prompts),
+        return {"adapter": str(res.adapter_dir), "adapter_gguf": str(gguf) if gguf else None,
+                "prompts": len(rl.prompts),
                 "steps": res.steps, "rewards": res.rewards}
 
     def _phase3_verl(self, d: Path, n_prompts: int) -> dict[str, Any]:  # pragma: no cover - GPU only
@@ -525,7 +584,6 @@ class TrainingPipeline:
         UNVERIFIED: no GPU was available where this was written (see the README)."""
         from tools.spider import load_examples
         from training.agent import task_from_example
-        from training.export import export_lora_gguf
         from training.grpo import SeniorGRPOConfig, train_senior_verl
 
         g = self.cfg.gather
@@ -546,9 +604,10 @@ class TrainingPipeline:
             raise TrainConfigError(f"phase 3 (VERL): no PEFT LoRA adapter under {ckpt}; set actor_rollout_ref.model."
                                    "lora_rank > 0 in the VERL config, or set grpo.backend: trl")
         adapter = found[-1].parent
-        gguf = export_lora_gguf(adapter, self.cfg.base_model, d / "adapter.gguf")
+        gguf = self._export_gguf(adapter, d / "adapter.gguf")
         self.echo(f"phase 3 VERL: adapter {adapter}")
-        return {"adapter": str(adapter), "adapter_gguf": str(gguf), "prompts": n_prompts, "backend": "verl"}
+        return {"adapter": str(adapter), "adapter_gguf": str(gguf) if gguf else None, "prompts": n_prompts,
+                "backend": "verl"}
 
     def phase4_bandit(self) -> dict[str, Any]:
         """Phase 4: supervisor (context, action, reward) samples from the train rollouts -> contextual

@@ -5,8 +5,9 @@ Nothing is started, trained, converted or downloaded. :func:`plan_profile` check
 * every section typed: the profile (:class:`training.pipeline.TrainConfig`), the society config
   it names, ``sft`` / ``grpo`` / ``bandit`` / ``reward`` / ``adapter`` as the keyword arguments
   of the classes they configure (an unknown or bad key is an error naming it);
-* every model resolvable: ``base_model`` (embedded alias, ``.gguf`` file, Hugging Face directory,
-  or -- with ``serving.engine: vllm`` -- a hub id, which is not contacted), each embedded alias
+* every model resolvable: ``base_model`` (embedded alias, ``.gguf`` file, or -- with
+  ``serving.engine: vllm`` -- a Hugging Face directory; a hub id is refused with the command that
+  downloads it, since nothing here contacts the hub), each embedded alias
   of the society, each ``base_url`` endpoint (URL form and host name resolution; the endpoint is
   not called) and its ``api_key_env``;
 * every file: the society config, the data directory and the gather/eval split files (their
@@ -248,23 +249,15 @@ def _resolve_base_model(cfg: TrainConfig, findings: list[Finding]) -> str:
             findings.append(Finding("error", "base_model", f"GGUF file {p} does not exist"))
         return f"GGUF {p}"
     if HUB_ID.match(bm):
-        if not vllm:
-            findings.append(
-                Finding(
-                    "error",
-                    "base_model",
-                    f"hub id {bm!r} needs serving.engine: vllm (llama.cpp serves "
-                    f"GGUF files); or use an embedded alias: {', '.join(sorted(EMBEDDED_MODELS))}",
-                )
+        findings.append(
+            Finding(
+                "error",
+                "base_model",
+                f"hub id {bm!r}: the trainers and the vLLM server take base_model through "
+                "training.export.hf_checkpoint (embedded alias, .gguf or Hugging Face directory); download it "
+                f"first (`huggingface-cli download {bm} --local-dir DIR`) and set base_model: DIR",
             )
-        else:
-            findings.append(
-                Finding(
-                    "note",
-                    "base_model",
-                    f"hub id {bm!r}: downloaded by transformers/vLLM at first use (not contacted now)",
-                )
-            )
+        )
         return f"hub id {bm}"
     findings.append(
         Finding(
