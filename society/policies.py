@@ -4,33 +4,35 @@ Registry :data:`POLICIES` maps a config name to a policy class; each class takes
 ``options`` (the supervisor role's ``options:`` mapping) as keyword arguments and offers
 ``choose(question, candidates, context) -> PolicyChoice``.
 
-=================  ============================================================================
-name               rule
-=================  ============================================================================
-``first``          the first candidate that executed (else the first with SQL)
-``random``         uniform among candidates that executed (else among those with SQL); ``seed``
-``majority_vote``  the largest group of executed candidates with equal result digests (ties: a
-                   non-empty result, then junior order) -- self-consistency over execution results
-                   (Wang et al., 2023, "Self-Consistency Improves Chain of Thought Reasoning")
-``llm``            the supervisor's model reads the numbered candidates and names one; falls back
-                   to ``majority_vote`` when the reply has no valid number; skips the call when
-                   only one candidate has SQL or all executed candidates agree
-``bandit``         a trained contextual bandit, loaded lazily with ``training.bandit.load_policy(path)``
-                   (``options: {path: ...}``); its ``choose(question, candidates) -> (index, info)``
-=================  ============================================================================
+==================  ============================================================================
+name                rule
+==================  ============================================================================
+``first``           the first candidate that executed (else the first with SQL)
+``random``          uniform among candidates that executed (else among those with SQL); ``seed``
+``majority_vote``   the largest group of executed candidates with equal result digests (ties: a
+                    non-empty result, then junior order) -- self-consistency over execution results
+                    (Wang et al., 2023, "Self-Consistency Improves Chain of Thought Reasoning")
+``llm``             the supervisor's model reads the numbered candidates and names one; falls back
+                    to ``majority_vote`` when the reply has no valid number; skips the call when
+                    only one candidate has SQL or all executed candidates agree
+``bandit``          a trained contextual bandit, loaded once per path with ``society.bandit.load_policy``
+                    (``options: {path: ...}``); its ``choose(question, candidates) -> (index, info)``
+``epsilon_greedy``  exploration around a ``base`` policy while gathering bandit data (``epsilon``,
+                    ``seed``); records the propensity of each pick
+==================  ============================================================================
 """
 
 from __future__ import annotations
 
 import random
 import re
-from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from society.candidate import Candidate
+from society.bandit import load_policy
+from society.candidate import Candidate, candidate_context, majority_vote, usable
 
 
 @dataclass
@@ -57,12 +59,6 @@ class PolicyChoice:
     index: int
     scores: list[float] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
-
-
-def usable(candidates: Sequence[Candidate]) -> list[int]:
-    """Indices of candidates that executed OK, else of those with any SQL, else []."""
-    ok = [i for i, c in enumerate(candidates) if c.ok and c.sql]
-    return ok or [i for i, c in enumerate(candidates) if c.sql]
 
 
 class SupervisorPolicy:
@@ -108,16 +104,12 @@ class MajorityVotePolicy(SupervisorPolicy):
     name = "majority_vote"
 
     def choose(self, question: str, candidates: Sequence[Candidate], context: PolicyContext) -> PolicyChoice:
-        ok = [i for i, c in enumerate(candidates) if c.ok and c.sql]
+        pick, votes, ok = majority_vote(candidates)
         if not ok:
-            idx = usable(candidates)
-            pick = idx[0] if idx else -1
             return PolicyChoice(pick, [0.0] * len(candidates), {"fallback": "no candidate executed"})
-        votes = Counter(candidates[i].result_digest for i in ok)
-        scores = [votes[c.result_digest] / len(ok) if i in ok else 0.0 for i, c in enumerate(candidates)]
-        # most votes, then a non-empty result, then junior order
-        pick = min(ok, key=lambda i: (-votes[candidates[i].result_digest], candidates[i].row_count == 0, i))
-        return PolicyChoice(pick, scores, {"groups": len(votes), "votes": votes[candidates[pick].result_digest]})
+        digests = [str(c["result_digest"]) for c in candidate_context(candidates)]
+        scores = [votes[d] / len(ok) if i in ok else 0.0 for i, d in enumerate(digests)]
+        return PolicyChoice(pick, scores, {"groups": len(votes), "votes": votes[digests[pick]]})
 
 
 class LLMPolicy(SupervisorPolicy):
@@ -176,7 +168,6 @@ class BanditPolicy(SupervisorPolicy):
 
     Raises (on first use):
         FileNotFoundError: ``path`` does not exist (train phase 4 first or fix the path).
-        ImportError: the training package is not importable.
     """
 
     name = "bandit"
@@ -193,10 +184,6 @@ class BanditPolicy(SupervisorPolicy):
                 raise FileNotFoundError(
                     f"bandit policy {self.path} does not exist; run `sqlsociety train --phases 4` or fix options.path"
                 )
-            try:
-                from training.bandit import load_policy
-            except ImportError as e:  # the training package is optional for running the society
-                raise ImportError(f"the bandit policy needs training.bandit ({e}); install the training extras") from e
             self._cache[self.path] = load_policy(self.path)
         return self._cache[self.path]
 
@@ -211,9 +198,57 @@ class BanditPolicy(SupervisorPolicy):
         return PolicyChoice(int(index), [float(s) for s in scores], info)
 
 
+class EpsilonGreedyPolicy(SupervisorPolicy):
+    """Explores around a base policy: with probability ``epsilon`` a uniformly random usable
+    candidate, else the base policy's pick.
+
+    The draw is seeded by ``(seed, question, candidate SQL)``, so a task replays identically on
+    resume and different runner processes do not share one random stream.
+
+    ``info`` records ``base_index``, ``explored`` and ``propensity``: the probability this policy
+    had of choosing the returned index, ``(1 - ε)·[index == base] + ε / |usable|``, which the
+    off-policy bandit estimators (inverse propensity scoring) need.
+
+    Options (the supervisor role's ``options:``): ``base`` (policy name, default
+    ``majority_vote``), ``base_options`` (its options), ``epsilon`` in [0, 1], ``seed``.
+    """
+
+    name = "epsilon_greedy"
+
+    def __init__(
+        self,
+        base: str = "majority_vote",
+        base_options: Mapping[str, Any] | None = None,
+        epsilon: float = 0.1,
+        seed: int = 0,
+    ) -> None:
+        if not 0.0 <= float(epsilon) <= 1.0:
+            raise ValueError(f"epsilon={epsilon!r}: the exploration rate must be in [0, 1]")
+        if base == self.name:
+            raise ValueError("epsilon_greedy cannot wrap itself; set `base` to another policy")
+        self.base_name = base
+        self.base = make_policy(base, dict(base_options or {}))
+        self.needs_llm = self.base.needs_llm  # type: ignore[misc]
+        self.epsilon = float(epsilon)
+        self.seed = int(seed)
+
+    def choose(self, question: str, candidates: Sequence[Candidate], context: PolicyContext) -> PolicyChoice:
+        base = self.base.choose(question, candidates, context)
+        idx = usable(candidates)
+        if not idx:
+            return base
+        rng = random.Random(f"{self.seed}|{question}|" + "|".join(c.sql or "" for c in candidates))
+        explored = rng.random() < self.epsilon
+        pick = rng.choice(idx) if explored else base.index
+        prop = self.epsilon / len(idx) + ((1.0 - self.epsilon) if pick == base.index else 0.0)
+        info = {**base.info, "base_policy": self.base_name, "base_index": base.index, "explored": explored,
+                "epsilon": self.epsilon, "propensity": prop}
+        return PolicyChoice(pick, base.scores, info)
+
+
 #: Policy name -> class.
 POLICIES: dict[str, type[SupervisorPolicy]] = {
-    p.name: p for p in (FirstPolicy, RandomPolicy, MajorityVotePolicy, LLMPolicy, BanditPolicy)
+    p.name: p for p in (FirstPolicy, RandomPolicy, MajorityVotePolicy, LLMPolicy, BanditPolicy, EpsilonGreedyPolicy)
 }
 
 

@@ -12,7 +12,7 @@ import sqlglot
 from sqlglot import exp
 
 from evaluation.ex import execution_match
-from society.candidate import Candidate
+from society.candidate import Candidate, majority_vote
 from society.policies import MajorityVotePolicy, PolicyContext
 from society.toolkit import execute_summary
 from tools.spider import load_examples
@@ -131,9 +131,7 @@ def test_context_matches_society_majority_vote_and_adapter(samples):
         cands = [Candidate(**c) for c in s["candidates"]]
         ctx = candidate_context(cands)
         assert ctx == candidate_features(s["candidates"])
-        from training.bandit import _majority
-
-        assert _majority(ctx) == MajorityVotePolicy().choose(s["question"], cands, PolicyContext()).index
+        assert majority_vote(ctx)[0] == MajorityVotePolicy().choose(s["question"], cands, PolicyContext()).index
 
 
 def test_featurize_shape_and_cross_tokens():

@@ -133,7 +133,7 @@ def test_first_random_and_llm_shortcuts(candidates):
     assert same.index == 0 and same.info["skipped"] == "unanimous"
     none = make_policy("majority_vote").choose("q", [candidates[4]], PolicyContext())
     assert none.index == -1
-    assert {"first", "random", "majority_vote", "llm", "bandit"} <= set(POLICIES)  # training adds epsilon_greedy
+    assert {"first", "random", "majority_vote", "llm", "bandit", "epsilon_greedy"} <= set(POLICIES)
 
 
 def test_bandit_policy_loads_lazily_and_the_supervisor_falls_back(tmp_path, candidates):

@@ -44,6 +44,8 @@ import agentlightning as agl
 from agentlightning.emitter import find_final_reward
 from agentlightning.types import Span, Triplet
 
+from society.candidate import candidate_context
+from tools.spider import database_path, default_data_dir
 from training.agent import ATTR, KIND_ROLE_OUTCOMES, KIND_SOCIETY_RUN, LC_METADATA, LC_RUN_NAME
 
 #: The span names the adapter reads (chat-model spans, their OpenAI children, annotations, objects);
@@ -405,8 +407,6 @@ class HierarchicalTraceAdapter(agl.TraceAdapter[SocietyTrace]):
 
 def _db_path(t: SocietyTrace) -> str:
     """The rollout's database: the recorded path when it exists here, else ``db_id`` under the data dir."""
-    from tools.spider import database_path, default_data_dir
-
     p = str(t.outcomes.get("db_path") or t.run.get("db_path") or "")
     if p and Path(p).is_file():
         return p
@@ -414,26 +414,9 @@ def _db_path(t: SocietyTrace) -> str:
     return str(database_path(default_data_dir(), str(db_id))) if db_id else p
 
 
-def candidate_features(candidates: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Execution features of each candidate (see :class:`BanditSample`); ``agreement`` is the share
-    of the other executed candidates whose result digest equals this one's (0 if it did not run)."""
-    out = []
-    for i, c in enumerate(candidates):
-        ok = bool(c.get("ok"))
-        others = [d for j, d in enumerate(candidates) if j != i and d.get("ok")]
-        agree = (
-            (sum(d.get("result_digest") == c.get("result_digest") for d in others) / len(others))
-            if ok and others
-            else 0.0
-        )
-        out.append({
-            "junior": str(c.get("junior", "")), "persona": str(c.get("persona", "")), "sql": c.get("sql") or "",
-            "executes": int(ok), "empty": int(ok and int(c.get("row_count") or 0) == 0),
-            "row_count": int(c.get("row_count") or 0), "agreement": float(agree),
-            "error_category": str(c.get("error_category") or ""), "fixed": int(bool(c.get("fixed"))),
-            "result_digest": str(c.get("result_digest") or ""),
-        })
-    return out
+#: The execution features of each candidate: society's one definition (``agreement`` is the share of
+#: the other executed candidates whose result digest equals this one's, 0 if it did not run).
+candidate_features = candidate_context
 
 
 def _sft_features() -> Any:

@@ -32,9 +32,8 @@ Spans a society rollout leaves in the store (names as stored; see also ``trainin
 from __future__ import annotations
 
 import os
-import random
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +45,12 @@ os.environ.setdefault("AGENTOPS_LOG_LEVEL", "WARNING")  # AgentOps prints a "ses
 import agentlightning as agl
 
 from evaluation.ex import execution_match
+from evaluation.langsmith_traces import rollout_trace
 from evaluation.rewards import RewardConfig, compute_reward
-from society.candidate import Candidate
 from society.config import ConfigError, SocietyConfig
-from society.llm import as_endpoint
-from society.policies import POLICIES, PolicyChoice, PolicyContext, SupervisorPolicy, make_policy, usable
-from society.run import endpoint_failure
+from society.llm import as_endpoint, message_dicts
+from society.policies import EpsilonGreedyPolicy
+from society.run import endpoint_failure, run_society
 from tools.spider import SpiderExample, database_path, default_data_dir
 
 #: Attribute prefix of this project's span attributes.
@@ -194,8 +193,6 @@ def named_langchain_handler(handler: Any) -> Any:
             self._record(kwargs)
             span = self.active_spans.get(kwargs.get("run_id"))
             if span is not None:
-                from society.llm import message_dicts
-
                 flat = [m for batch in messages for m in (batch if isinstance(batch, list) else [batch])]
                 span.set_attribute("gen_ai.prompt", json.dumps(message_dicts(flat), ensure_ascii=False))
 
@@ -207,57 +204,6 @@ def named_langchain_handler(handler: Any) -> Any:
 # --------------------------------------------------------------------------------------------
 # Supervisor exploration (for logging bandit data during gathering)
 # --------------------------------------------------------------------------------------------
-
-
-class EpsilonGreedyPolicy(SupervisorPolicy):
-    """Explores around a base policy: with probability ``epsilon`` a uniformly random usable
-    candidate, else the base policy's pick.
-
-    The draw is seeded by ``(seed, question, candidate SQL)``, so a task replays identically on
-    resume and different runner processes do not share one random stream.
-
-    ``info`` records ``base_index``, ``explored`` and ``propensity``: the probability this policy
-    had of choosing the returned index, ``(1 - ε)·[index == base] + ε / |usable|``, which the
-    off-policy bandit estimators (inverse propensity scoring) need.
-
-    Options (the supervisor role's ``options:``): ``base`` (policy name, default
-    ``majority_vote``), ``base_options`` (its options), ``epsilon`` in [0, 1], ``seed``.
-    """
-
-    name = "epsilon_greedy"
-
-    def __init__(
-        self,
-        base: str = "majority_vote",
-        base_options: Mapping[str, Any] | None = None,
-        epsilon: float = 0.1,
-        seed: int = 0,
-    ) -> None:
-        if not 0.0 <= float(epsilon) <= 1.0:
-            raise ValueError(f"epsilon={epsilon!r}: the exploration rate must be in [0, 1]")
-        if base == self.name:
-            raise ValueError("epsilon_greedy cannot wrap itself; set `base` to another policy")
-        self.base_name = base
-        self.base = make_policy(base, dict(base_options or {}))
-        self.needs_llm = self.base.needs_llm  # type: ignore[misc]
-        self.epsilon = float(epsilon)
-        self.seed = int(seed)
-
-    def choose(self, question: str, candidates: Sequence[Candidate], context: PolicyContext) -> PolicyChoice:
-        base = self.base.choose(question, candidates, context)
-        idx = usable(candidates)
-        if not idx:
-            return base
-        rng = random.Random(f"{self.seed}|{question}|" + "|".join(c.sql or "" for c in candidates))
-        explored = rng.random() < self.epsilon
-        pick = rng.choice(idx) if explored else base.index
-        prop = self.epsilon / len(idx) + ((1.0 - self.epsilon) if pick == base.index else 0.0)
-        info = {**base.info, "base_policy": self.base_name, "base_index": base.index, "explored": explored,
-                "epsilon": self.epsilon, "propensity": prop}
-        return PolicyChoice(pick, base.scores, info)
-
-
-POLICIES.setdefault(EpsilonGreedyPolicy.name, EpsilonGreedyPolicy)
 
 
 def with_exploration(config: SocietyConfig, epsilon: float, seed: int = 0) -> SocietyConfig:
@@ -453,8 +399,6 @@ class SocietyAgent(agl.LitAgent[dict]):
 
     def rollout(self, task: dict[str, Any], resources: agl.NamedResources, rollout: agl.Rollout) -> float:
         """Answer ``task`` with the society and return the reward in the reward config's range."""
-        from society.run import run_society
-
         for key in ("task_id", "question", "gold_sql"):
             if not task.get(key):
                 raise ValueError(f"rollout input lacks {key!r}; build tasks with training.agent.task_from_example")
@@ -462,8 +406,6 @@ class SocietyAgent(agl.LitAgent[dict]):
         cfg = self.config_for(resources, rollout)
         tracer = self._active_tracer()
         handler = tracer.get_langchain_handler() if tracer is not None else None
-        from evaluation.langsmith_traces import rollout_trace
-
         meta = dict(getattr(rollout, "metadata", None) or {})
         # One LangSmith trace per rollout when LANGSMITH_TRACING/LANGSMITH_API_KEY are set; a no-op otherwise.
         with rollout_trace(
