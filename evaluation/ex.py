@@ -36,6 +36,7 @@ from typing import Any
 
 from evaluation.sql_text import normalize_operators, remove_distinct, replace_cur_year
 from tools.executor import MAX_SQL_BYTES, ErrorCategory, ExecutionError, ExecutionResult, execute_sql
+from tools.files import atomic_writer
 from tools.spider import database_problem
 
 logger = logging.getLogger(__name__)
@@ -418,8 +419,6 @@ class EvaluationReport:
         Raises:
             OSError: ``path`` cannot be written (it is then left as it was).
         """
-        from tools.files import atomic_writer
-
         path = Path(path)
         with atomic_writer(path) as f:
             for r in self.records:

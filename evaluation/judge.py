@@ -44,6 +44,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tools.files import atomic_write_text
+from tools.schema import load_schema
+
 __all__ = [
     "ERROR_TYPES",
     "SCORE_KEYS",
@@ -311,8 +314,6 @@ def _schema_text(db_path: str | None) -> str:
     if not db_path:
         return "(schema not available)"
     try:
-        from tools.schema import load_schema
-
         return load_schema(Path(db_path), sample_rows=0).to_prompt(compact=True, max_chars=SCHEMA_CHARS)
     except Exception as e:  # noqa: BLE001 - the judge can still grade without the schema
         return f"(schema not available: {type(e).__name__})"
@@ -539,8 +540,6 @@ def judge_run(
         ValueError: not a run directory (see :func:`load_answers`) or ``limit`` < 1.
         JudgeEndpointError: the endpoint is unusable.
     """
-    from tools.files import atomic_write_text
-
     if limit is not None and limit < 1:
         raise ValueError(f"limit = {limit}; must be >= 1")
     run_dir = Path(run_dir)

@@ -24,6 +24,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from society.models import DEFAULT_MODEL_ALIAS, EMBEDDED_MODELS
+from society.serving import serve_embedded
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -96,13 +99,10 @@ def judge(
                 complete, name = openai_completer(base_url, model, api_key=api_key, max_tokens=max_tokens,
                                                   json_schema=json_schema)
             else:
-                from society.models import DEFAULT_MODEL_ALIAS, EMBEDDED_MODELS
-
                 alias = model or DEFAULT_MODEL_ALIAS
                 if alias not in EMBEDDED_MODELS:
                     _fail(f"--model {alias!r} is not an embedded model ({', '.join(sorted(EMBEDDED_MODELS))}); "
                           "to use another model pass --base-url too")
-                from society.serving import serve_embedded
                 try:
                     srv = stack.enter_context(serve_embedded(alias))
                 except Exception as e:  # noqa: BLE001 - any failure to start the judge is a clear exit 2

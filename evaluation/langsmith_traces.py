@@ -43,6 +43,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from tools.files import atomic_writer
+
 logger = logging.getLogger(__name__)
 
 #: Name of each rollout's root run.
@@ -467,8 +469,6 @@ def write_records(groups: Mapping[str, Sequence[Mapping[str, Any]]], path: str |
     Raises:
         OSError: ``path`` cannot be written (it is then left as it was).
     """
-    from tools.files import atomic_writer
-
     n = 0
     with atomic_writer(path) as fh:
         for records in groups.values():

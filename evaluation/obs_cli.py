@@ -31,6 +31,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from tools.files import OutputPathError, check_output_path
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -47,8 +49,6 @@ def _fail(msg: str) -> NoReturn:
 
 def _check_out(path: Path, option: str, inputs: list[Path]) -> None:
     """Exit 2 unless ``path`` can be written as a new/replaced file and is none of ``inputs``."""
-    from tools.files import OutputPathError, check_output_path
-
     try:
         check_output_path(path, what=option, inputs=inputs)
     except OutputPathError as e:

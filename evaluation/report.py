@@ -39,6 +39,8 @@ from typing import Any
 from evaluation import plots
 from evaluation.role_effects import role_effects
 from evaluation.stats import Effect, describe_effects, effects_table_markdown
+from tools.files import atomic_write_text  # a failure leaves no half-written report
+from tools.spider import database_path, default_data_dir
 
 logger = logging.getLogger(__name__)
 
@@ -143,8 +145,6 @@ def _database_of(rec: Mapping) -> Path | None:
     if rec.get("db_path") and Path(rec["db_path"]).is_file():
         return Path(rec["db_path"])
     if rec.get("db_id"):
-        from tools.spider import database_path, default_data_dir
-
         p = database_path(default_data_dir(), str(rec["db_id"]))
         if p.is_file():
             return p
@@ -864,8 +864,6 @@ def build_report(
     content = compute_report(run)
     html_path = Path(out_html) if out_html else run.run_dir / "report.html"
     md_path = Path(out_md) if out_md else run.run_dir / "report.md"
-    from tools.files import atomic_write_text  # a failure leaves no half-written report
-
     atomic_write_text(html_path, render_html(content))
     atomic_write_text(md_path, render_markdown(content))
     return ReportPaths(html=html_path, markdown=md_path)

@@ -59,6 +59,7 @@ from typing import Any, Literal
 from evaluation.ex import DEFAULT_MAX_ROWS, ExMatch, compare_results, order_matters, run_query
 from evaluation.sql_text import extract_sql, statement_keyword
 from tools.executor import ExecutionError, ExecutionResult
+from tools.schema import load_schema
 
 __all__ = [
     "extract_sql",
@@ -509,8 +510,6 @@ def schema_names_of(db_path: str | Path) -> set[str] | None:
     """Lower-cased table and column names of an SQLite database (``tools.schema.load_schema``,
     cached), or None when it cannot be read."""
     try:
-        from tools.schema import load_schema
-
         schema = load_schema(Path(db_path), sample_rows=0)
     except Exception:  # noqa: BLE001 - no schema: the reasoning heuristic uses the SQL's own names
         return None

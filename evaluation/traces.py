@@ -46,6 +46,8 @@ from rich.markup import escape
 from rich.text import Text
 from rich.tree import Tree
 
+from tools.files import atomic_writer
+
 logger = logging.getLogger(__name__)
 
 #: Span names Agent Lightning uses (agentlightning.semconv), kept as literals so reading a
@@ -1212,8 +1214,6 @@ def export_jsonl(
         TraceError: no store or an unreadable one (nothing written).
         OSError: ``out`` cannot be written.
     """
-    from tools.files import atomic_writer
-
     n = 0
     out = Path(out)
     store_path(run_dir)  # fail before creating anything

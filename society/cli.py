@@ -13,6 +13,11 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # litellm otherwi
 
 import typer
 
+from evaluation import cli as evaluation_cli
+from evaluation import judge_cli, obs_cli
+from society import commands as society_commands
+from training import cli as training_cli
+
 app = typer.Typer(
     name="sqlsociety",
     help="Train and run a society of LLM agents for text-to-SQL.",
@@ -30,25 +35,8 @@ def _root() -> None:
     """
 
 
-def _register_all() -> None:
-    from evaluation import cli as evaluation_cli
-
-    evaluation_cli.register(app)
-    from society import commands as society_commands
-
-    society_commands.register(app)
-    from training import cli as training_cli
-
-    training_cli.register(app)
-    from evaluation import obs_cli
-
-    obs_cli.register(app)
-    from evaluation import judge_cli
-
-    judge_cli.register(app)
-
-
-_register_all()
+for _module in (evaluation_cli, society_commands, training_cli, obs_cli, judge_cli):
+    _module.register(app)
 
 if __name__ == "__main__":  # pragma: no cover
     app()

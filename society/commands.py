@@ -22,10 +22,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.syntax import Syntax
 from rich.table import Table
 
+from evaluation.ex import database_problems
 from society.config import DEFAULT_CONFIG, ConfigError, SocietyConfig
 from society.infra import InfrastructureError, dead_servers
 from society.llm import Endpoint
 from society.run import AGENTS, EvalSummary, RunRecorder, SocietyRun, endpoint_failure, evaluate, run_society
+from tools.sampling import sample_examples, select_ids
+from tools.spider import DataError, load_examples, resolve_database
 
 console = Console()
 err_console = Console(stderr=True)
@@ -212,8 +215,6 @@ def ask(
     ),
 ) -> None:
     """Answer one question: prints the final SQL, its result, and the path through the graph."""
-    from tools.spider import DataError, resolve_database
-
     if agent not in AGENTS:
         raise typer.BadParameter(f"choose one of {AGENTS}", param_hint="'--agent'")
     try:
@@ -247,8 +248,6 @@ def ask(
 def _usable(examples: list) -> list:
     """``examples`` less those whose database file is unusable (empty, not SQLite, corrupt, a
     directory); one warning per such database counts the questions skipped."""
-    from evaluation.ex import database_problems
-
     problems = database_problems(examples)
     for db, why in problems.items():
         n = sum(str(e.db_path) == db for e in examples)
@@ -294,9 +293,6 @@ def eval_cmd(
     """Run an agent over a split with a progress bar; writes predictions and per-question JSONL; prints EX.
 
     Questions run grouped by database (each schema prompt is processed once per database)."""
-    from tools.sampling import sample_examples, select_ids
-    from tools.spider import DataError, load_examples
-
     if agent not in AGENTS:
         raise typer.BadParameter(f"choose one of {AGENTS}", param_hint="'--agent'")
     if sum(x is not None for x in (limit, sample, ids)) > 1:

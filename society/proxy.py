@@ -22,6 +22,8 @@ import secrets
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
+import portpicker
+
 from society.llm import Endpoint
 
 __all__ = ["ProxyStartError", "llm_proxy", "proxy_model_list"]
@@ -87,8 +89,6 @@ def llm_proxy(endpoints: Mapping[str, Endpoint], *, startup_timeout_s: float = 1
     import agentlightning as agl
     from agentlightning.utils.server_launcher import PythonServerLauncherArgs
 
-    from society.serving import free_port
-
     if not endpoints:
         yield {}
         return
@@ -102,7 +102,7 @@ def llm_proxy(endpoints: Mapping[str, Endpoint], *, startup_timeout_s: float = 1
 
         litellm.suppress_debug_info = True
     key = "sk-" + secrets.token_hex(16)
-    port = free_port()
+    port = int(portpicker.pick_unused_port())
     proxy = agl.LLMProxy(
         launcher_args=PythonServerLauncherArgs(port=port, host="127.0.0.1", launch_mode="thread",
                                                healthcheck_url="/health/liveliness",

@@ -23,6 +23,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.runnables import RunnableConfig
 from pydantic import BaseModel, ConfigDict, Field
 
+from evaluation.sql_text import extract_sql
 from society.candidate import Candidate
 from society.config import RoleInstance, SocietyConfig
 from society.llm import CallLog, ChatModels, EndpointUnavailable, LLMError, invoke_llm
@@ -95,8 +96,6 @@ def _error_entry(role: str, exc: Exception) -> str:
 
 
 def _extract_sql(text: str | None) -> str | None:
-    from evaluation.sql_text import extract_sql
-
     return extract_sql(text)
 
 

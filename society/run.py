@@ -39,6 +39,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from evaluation.ex import execution_match
 from society.candidate import Candidate
 from society.config import SocietyConfig
 from society.infra import InfrastructureError, dead_servers
@@ -456,8 +457,6 @@ def evaluate(
             question in flight is not recorded, the ones finished before are (``questions.jsonl``).
         KeyboardInterrupt: ``stop`` was set or Ctrl-C.
     """
-    from evaluation.ex import execution_match
-
     examples = list(examples)
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1 (got {concurrency})")

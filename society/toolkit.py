@@ -28,6 +28,8 @@ from langchain_core.tools import BaseTool, tool
 
 from society.llm import ToolCallRecord, child_config
 from society.state import ExecSummary
+from tools.executor import execute_sql, result_digest
+from tools.schema import schema_prompt
 
 #: Rows of a result kept in an :class:`ExecSummary` (the digest and row count cover all rows).
 PREVIEW_ROWS = 20
@@ -46,8 +48,6 @@ def execute_summary(db_path: str, sql: str | None, *, timeout_s: float = 5.0, ma
 
     ``sql`` None or blank gives ``ExecSummary(sql="", ok=False, error="no SQL")``.
     """
-    from tools.executor import execute_sql, result_digest
-
     if not sql or not sql.strip():
         return ExecSummary(sql="", ok=False, error_category="none", error="no SQL")
     res = execute_sql(db_path, sql, timeout_s=timeout_s, max_rows=max_rows)
@@ -73,8 +73,6 @@ def schema_text(db_path: str, *, compact: bool = True, sample_rows: int = 0, max
     Raises:
         whatever ``tools.schema`` raises for an unreadable database (the tool call records it).
     """
-    from tools.schema import schema_prompt
-
     return schema_prompt(db_path, compact=compact, sample_rows=sample_rows, max_chars=max_chars)
 
 

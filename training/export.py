@@ -73,6 +73,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from training.threads import torch_threads
+
 __all__ = [
     "SMOLLM2_ALIAS",
     "QWEN_ALIAS",
@@ -683,8 +685,6 @@ def check_served_equals_peft(
 
     if served_base not in ("f32", "gguf"):
         raise ValueError(f"served_base must be 'f32' or 'gguf', got {served_base!r}")
-    from training.sft import torch_threads
-
     model, tok = model_and_tokenizer or load_for_training(base_model)
     texts = [tok.apply_chat_template([dict(m) for m in conv], add_generation_prompt=True, tokenize=False)
              for conv in conversations]

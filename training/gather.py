@@ -37,7 +37,7 @@ from evaluation.rewards import RewardConfig
 from society.config import SocietyConfig
 from society.infra import InfrastructureError, dead_servers
 from society.llm import Endpoint, as_endpoint
-from society.serving import free_port
+from society.serving import free_port, serve_config
 from tools.spider import load_examples
 from training.agent import SocietyAgent, StoreTracer, task_from_example, with_exploration
 from training.store import SqliteLightningStore
@@ -276,8 +276,6 @@ def _model_endpoints(cfg: SocietyConfig, given: Mapping[str, Any] | None) -> Ite
     if not need:
         yield given
         return
-    from society.serving import serve_config
-
     sub = cfg.model_copy(update={"models": {a: m for a, m in cfg.models.items() if a in need}})
     sub = sub.model_copy(update={"roles": [r for r in cfg.roles if r.model in need]})
     with serve_config(sub) as eps:

@@ -55,6 +55,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from evaluation.ex import execution_match
+from evaluation.rewards import RewardConfig, compute_reward
+from evaluation.sql_text import extract_sql
 from training.sft import DEFAULT_TARGET_MODULES, StepTimer, torch_threads
 
 logger = logging.getLogger(__name__)
@@ -221,8 +224,6 @@ def _text(completion: Any) -> str:
 
 def _checked_sql(prompt: Any) -> str | None:
     """The query a ``senior_check`` prompt shows (its last user message's SQL block)."""
-    from evaluation.sql_text import extract_sql
-
     if isinstance(prompt, list):
         users = [m for m in prompt if isinstance(m, dict) and m.get("role") == "user"]
         text = str(users[-1].get("content", "")) if users else ""
@@ -249,8 +250,6 @@ class SeniorReward:
     __name__ = "senior_execution_reward"
 
     def __init__(self, reward_config: Any = None, stop: Sequence[str] | None = None) -> None:
-        from evaluation.rewards import RewardConfig
-
         self.reward_config = reward_config or RewardConfig()
         self.stop = tuple(stop or ())
         self.records: list[dict[str, Any]] = []
@@ -259,9 +258,6 @@ class SeniorReward:
         self, prompt: Any, completion: Any, gold_sql: str, db_path: str, node: str | None = None
     ) -> tuple[float, float | None]:
         """(reward, ex) of one completion; ``ex`` is None for check decisions."""
-        from evaluation.ex import execution_match
-        from evaluation.rewards import compute_reward
-
         # society.llm / society.roles import LangChain: only when stop strings or check decisions
         # need them, so the reward also runs where only the training stack is installed.
         node = node or "senior_rewrite"

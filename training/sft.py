@@ -39,6 +39,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from training.threads import torch_threads
+
 __all__ = [
     "JuniorSFTConfig",
     "JuniorSFTTrainer",
@@ -191,27 +193,6 @@ def pick_backend(requested: str = "auto") -> str:
     if requested == "auto" and cuda and has_unsloth:
         return "unsloth"
     return "trl"
-
-
-def torch_threads(requested: int | None = None) -> int:
-    """CPU threads for a torch training run: ``requested`` if given, else ``$SQLSOCIETY_TORCH_THREADS``,
-    else the idle cores now (``round(cores - 1-min load average)``, at least 1).
-
-    Why: torch's OpenMP workers spin-wait at every parallel region, so on a 2-core box whose cores
-    are busy (llama.cpp servers, another run) 2 threads are much slower than 1 -- measured here for
-    one SmolLM2 forward+backward of 256 tokens at load average 4.5: 1 thread 5.1-5.6 s,
-    2 threads 13.8-18.8 s. On an idle box all cores are used.
-
-    Raises:
-        ValueError: a non-positive request or environment value.
-    """
-    if requested is not None:
-        if int(requested) < 1:
-            raise ValueError(f"num_threads must be >= 1, got {requested}")
-        return int(requested)
-    from society.serving import idle_threads
-
-    return idle_threads("SQLSOCIETY_TORCH_THREADS")
 
 
 class StepTimer:
