@@ -20,12 +20,15 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.runnables import RunnableConfig
 
-from society.config import ConfigError, LLMSettings, Sampling, SocietyConfig
+from society.settings import ConfigError, LLMSettings, Sampling
+
+if TYPE_CHECKING:  # annotations only: society.config sits above the roles, which sit above this module
+    from society.config import SocietyConfig
 from society.infra import dead_servers
 
 

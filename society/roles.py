@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.runnables import RunnableConfig
@@ -25,7 +25,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from evaluation.sql_text import extract_sql
 from society.candidate import Candidate
-from society.config import RoleInstance, SocietyConfig
 from society.llm import CallLog, ChatModels, EndpointUnavailable, LLMError, invoke_llm
 from society.policies import MajorityVotePolicy, PolicyContext, make_policy
 from society.prompts import PERSONA_PROMPTS, PROMPTS, PromptTemplate, feedback_section, get_prompt
@@ -40,6 +39,9 @@ from society.state import (
     Verdict,
 )
 from society.toolkit import call_tool, sql_db_query, tools_for
+
+if TYPE_CHECKING:  # annotations only: society.config validates against ROLE_TYPES defined here
+    from society.config import RoleInstance, SocietyConfig
 
 #: Prefix of an ``errors`` entry that marks the question failed (endpoint down after retries).
 ENDPOINT_FAILURE = "endpoint"

@@ -86,10 +86,6 @@ LAZY_ALLOWED: dict[tuple[str, str], str] = {
 #: Problems known and not fixed yet (see README, "Layers"). The project test fails when one of
 #: them no longer occurs (delete it here) as well as on any problem not listed.
 PENDING: dict[str, str] = {
-    "society.llm (serving) imports society.config (society)": "ConfigError, LLMSettings and Sampling move to a "
-    "settings module below society.llm; SocietyConfig is then an annotation there",
-    "society.config <-> society.llm <-> society.roles <-> society.toolkit: import cycle": "SocietyConfig validates "
-    "role types, policies and prompts by importing society.roles inside validators; goes with the split above",
     "training.pipeline imports": "function-level imports in training.pipeline, which is being extended in "
     "parallel (vLLM engine); hoist them once that lands",
 }
