@@ -30,13 +30,12 @@ import html
 import json
 import logging
 import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evaluation import plots
+from evaluation import plots, sql_text
 from evaluation.role_effects import role_effects
 from evaluation.stats import Effect, describe_effects, effects_table_markdown
 from tools.files import atomic_write_text  # a failure leaves no half-written report
@@ -287,9 +286,7 @@ def training_signals(phases: Mapping[str, Mapping | None]) -> dict[str, list[tup
 
 def normalize_sql(sql: str | None) -> str:
     """Whitespace-, case- and trailing-semicolon-insensitive form of ``sql`` used to compare answers."""
-    if not sql:
-        return ""
-    return re.sub(r"\s+", " ", sql.strip().rstrip(";").strip()).lower()
+    return sql_text.normalize_sql(sql, lower=True)
 
 
 def _role_family(role: str) -> str:
@@ -815,7 +812,8 @@ def render_markdown(c: ReportContent) -> str:
     if c.stages:
         out += ["## Metrics per stage (fixed dev subset)", "", _md_table(_STAGE_HEADERS, _stage_rows(c)), ""]
     if c.effects:
-        out += ["## Each phase on the role it trains (paired, same questions)", "", effects_table_markdown(c.effects), "",
+        out += ["## Each phase on the role it trains (paired, same questions)", "",
+                effects_table_markdown(c.effects), "",
                 *[f"- {t}" for t in describe_effects(c.effects)], "", _EFFECT_NOTE, ""]
     if c.run.bandit:
         out += ["## Supervisor policies (bandit comparison)", "", _md_table(_BANDIT_HEADERS, _bandit_rows(c)), ""]

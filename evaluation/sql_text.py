@@ -18,10 +18,30 @@ __all__ = [
     "statement_keyword",
     "remove_distinct",
     "normalize_operators",
+    "normalize_sql",
     "replace_cur_year",
+    "single_line",
 ]
 
 _QUOTES = {"'": "'", '"': '"', "`": "`", "[": "]"}
+
+
+def single_line(sql: str | None) -> str:
+    """``sql`` on one line: every run of white space becomes one space, ends stripped ('' for None)."""
+    return re.sub(r"\s+", " ", sql or "").strip()
+
+
+def normalize_sql(sql: str | None, *, lower: bool = False) -> str:
+    """The form in which two answers are compared: :func:`single_line` without trailing semicolons;
+    with ``lower`` also case-insensitive (string literals included). '' for None or empty.
+
+    >>> normalize_sql("  SELECT  name   FROM singer ;")
+    'SELECT name FROM singer'
+    >>> normalize_sql("select NAME from singer", lower=True) == normalize_sql("SELECT name FROM singer;", lower=True)
+    True
+    """
+    out = single_line((sql or "").strip().rstrip(";"))
+    return out.lower() if lower else out
 
 
 def _segments(sql: str) -> Iterator[tuple[str, str]]:

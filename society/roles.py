@@ -23,7 +23,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.runnables import RunnableConfig
 from pydantic import BaseModel, ConfigDict, Field
 
-from evaluation.sql_text import extract_sql
+from evaluation.sql_text import extract_sql, normalize_sql
 from society.candidate import Candidate
 from society.llm import CallLog, ChatModels, EndpointUnavailable, LLMError, invoke_llm
 from society.policies import MajorityVotePolicy, PolicyContext, make_policy
@@ -470,8 +470,7 @@ class Senior(Role):
 
 def same_sql(a: str | None, b: str | None) -> bool:
     """Equal up to whitespace and a trailing semicolon (string literals keep their case)."""
-    norm = lambda x: re.sub(r"\s+", " ", (x or "").strip().rstrip(";")).strip()  # noqa: E731
-    return bool(a) and bool(b) and norm(a) == norm(b)
+    return bool(a) and bool(b) and normalize_sql(a) == normalize_sql(b)
 
 
 def parse_check(text: str) -> str | None:

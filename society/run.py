@@ -40,6 +40,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from evaluation.ex import execution_match
+from evaluation.sql_text import single_line
 from society.candidate import Candidate
 from society.config import SocietyConfig
 from society.infra import InfrastructureError, dead_servers
@@ -545,7 +546,7 @@ def evaluate(
             with (recorder.dir / "predictions.sql").open("w", encoding="utf-8") as f:
                 for i in range(len(examples)):
                     sql = (results.get(i) or {}).get("pred_sql") or ""
-                    f.write(re.sub(r"\s+", " ", sql).strip() + "\n")
+                    f.write(single_line(sql) + "\n")
             recorder.write_json("summary.json", summary.model_dump())
     return summary
 

@@ -314,3 +314,23 @@ def test_acceptance_gold_as_prediction_on_spider_dev_is_100_percent():
     report = evaluate_predictions(examples, [e.gold_sql for e in examples], workers=1)
     assert report.reasons == {"match": 972}
     assert report.ex == 1.0
+
+
+def test_sql_text_doctests():
+    import doctest
+
+    from evaluation import sql_text
+
+    assert doctest.testmod(sql_text).failed == 0
+
+
+def test_one_sql_normalisation():
+    from evaluation.report import normalize_sql as report_norm
+    from evaluation.sql_text import normalize_sql
+    from society.roles import same_sql
+
+    a, b = "SELECT name\n  FROM singer;", "SELECT name FROM singer"
+    assert normalize_sql(a) == normalize_sql(b) and same_sql(a, b)
+    assert not same_sql("SELECT 'A'", "SELECT 'a'")  # the society keeps case (string literals)
+    assert report_norm("SELECT 'A'") == report_norm("select 'a';")  # the report compares case-insensitively
+    assert same_sql(None, None) is False and normalize_sql(None) == ""
