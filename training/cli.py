@@ -114,6 +114,36 @@ def train(
         raise typer.Exit(130) from None
 
 
+def runner(
+    store_url: str = typer.Option(..., "--store-url", help="http://HOST:PORT of the trainer's store server (the run "
+                                  "directory's store_url file while phase 1 runs)."),
+    config: Path = typer.Option(..., "--config", help="The society YAML the trainer runs (its run directory's "
+                                "runner_society.yaml)."),
+    runners: int = typer.Option(1, "--runners", help="Runner processes on this host."),
+    endpoint: list[str] = typer.Option([], "--endpoint", help="ALIAS=BASE_URL[,MODEL]: a model server this host "
+                                       "reaches, replacing the trainer's published endpoint (repeat per alias)."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="Spider-format directory on this host."),
+    wait_s: float = typer.Option(300.0, "--wait-s", help="Seconds to wait for the store at start."),
+    exit_after_s: float = typer.Option(30.0, "--exit-after-s", help="Stop once the store has not answered this long."),
+) -> None:
+    """Run rollouts for a trainer on another process or machine: connect to its store server, run the
+    society on the rollouts it queues, write spans and rewards back; exit when the store goes away.
+    Exit 0 then, 2 for a bad option or a store that never answered."""
+    from training.remote import RunnerError, parse_endpoint, run_runners
+
+    try:
+        eps = dict(parse_endpoint(e) for e in endpoint)
+        rc = run_runners(store_url, config, n_runners=runners, endpoints=eps, data_dir=data_dir, wait_s=wait_s,
+                         exit_after_s=exit_after_s, log=lambda m: console.print(escape(m), highlight=False))
+    except RunnerError as e:
+        console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    raise typer.Exit(rc)
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``train`` to the root app."""
+    """Add ``train`` and ``runner`` to the root app."""
     app.command("train")(train)
+    app.command("runner")(runner)

@@ -21,6 +21,7 @@ import asyncio
 import json
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
@@ -31,6 +32,7 @@ from typing import Any
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import agentlightning as agl
+from agentlightning.execution import ClientServerExecutionStrategy
 from agentlightning.types import RolloutConfig
 
 from evaluation.rewards import RewardConfig
@@ -70,7 +72,16 @@ class GatherConfig:
         rollout_timeout_s: wall-clock limit of one attempt in seconds (None: no limit).
         endpoints: model alias -> ``Endpoint`` or ``(base_url, model[, api_key])``; aliases not given and
             marked ``embedded`` get a llama.cpp server started for the run (``society.commands.serving``).
-        port: port of Agent Lightning's store server; None picks a free loopback port.
+        port: port of Agent Lightning's store server; None picks a free port.
+        store_host: interface the store server (Agent Lightning's ``LightningStoreServer`` in front of
+            the SQLite store) binds to: ``localhost`` by default; ``0.0.0.0`` or the host's address
+            lets runners on other machines connect (``sqlsociety runner --store-url http://HOST:PORT``).
+        remote_runners: runners expected in other processes or on other hosts (``sqlsociety runner``);
+            they deepen the rollout queue (``n_runners + remote_runners + 1`` in flight). With
+            ``n_runners = 0`` this process runs no runner and waits for the remote ones.
+        unresponsive_s: an attempt whose runner sent no heartbeat for this many seconds (its process
+            or host died) becomes ``unresponsive`` and is retried when ``max_attempts > 1``; None:
+            only ``rollout_timeout_s`` ends such an attempt.
         poll_interval_s: how often the algorithm checks for finished rollouts.
         progress: show a Rich progress bar on stderr.
         hooks: Agent Lightning hooks for the trainer (e.g. ``training.hooks.MetricsHook`` for
@@ -92,13 +103,21 @@ class GatherConfig:
     rollout_timeout_s: float | None = None
     endpoints: Mapping[str, Any] | None = None
     port: int | None = None
+    store_host: str = "localhost"
+    remote_runners: int = 0
+    unresponsive_s: float | None = None
     poll_interval_s: float = 0.5
     progress: bool = True
     hooks: Sequence[agl.Hook] = ()
 
     def __post_init__(self) -> None:
-        if self.n_runners < 1:
-            raise ValueError(f"GatherConfig.n_runners={self.n_runners}; use at least 1 runner")
+        if self.n_runners < 0 or self.remote_runners < 0:
+            raise ValueError(f"GatherConfig: n_runners={self.n_runners}, remote_runners={self.remote_runners}; "
+                             "neither can be negative")
+        if self.n_runners + self.remote_runners < 1:
+            raise ValueError("GatherConfig.n_runners=0 needs remote_runners >= 1 (sqlsociety runner processes)")
+        if self.unresponsive_s is not None and not self.unresponsive_s > 0:
+            raise ValueError(f"GatherConfig.unresponsive_s={self.unresponsive_s}; use None or seconds > 0")
         if self.limit is not None and self.limit < 0:
             raise ValueError(f"GatherConfig.limit={self.limit}; use None (all tasks) or a count >= 0")
         if not 0.0 <= self.epsilon <= 1.0:
@@ -307,6 +326,25 @@ def _progress(enabled: bool) -> Any:
     )
 
 
+#: Files a running gather leaves in its run directory for ``sqlsociety runner``: the store's URL and
+#: the society config the rollouts run (exploration included); removed when the gather ends.
+STORE_URL_FILE = "store_url"
+RUNNER_CONFIG_FILE = "runner_society.yaml"
+
+
+@contextmanager
+def _runner_invitation(run_dir: Path, cfg: SocietyConfig, host: str, port: int) -> Iterator[None]:
+    """Write ``store_url`` and ``runner_society.yaml`` into ``run_dir`` for the gather's duration."""
+    shown = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
+    url_file, cfg_file = run_dir / STORE_URL_FILE, run_dir / RUNNER_CONFIG_FILE
+    cfg_file.write_text(cfg.to_yaml())
+    url_file.write_text(f"http://{shown}:{port}\n")
+    try:
+        yield
+    finally:
+        url_file.unlink(missing_ok=True)
+
+
 def gather(config: GatherConfig) -> GatherSummary:
     """Run phase 1: the society on every selected task not yet done, through ``agl.Trainer``.
 
@@ -361,19 +399,26 @@ def gather(config: GatherConfig) -> GatherSummary:
                 agent = SocietyAgent(cfg, reward=config.reward, data_dir=config.data_dir)
                 algorithm = GatherAlgorithm(
                     resources,
-                    max_in_flight=config.n_runners + 1,
+                    max_in_flight=config.n_runners + config.remote_runners + 1,
                     rollout_config=RolloutConfig(
                         timeout_seconds=config.rollout_timeout_s, max_attempts=config.max_attempts,
+                        unresponsive_seconds=config.unresponsive_s,
                         retry_condition=["failed", "timeout", "unresponsive"] if config.max_attempts > 1 else [],
                     ),
                     poll_interval_s=config.poll_interval_s,
                     on_finished=on_finished,
                     should_stop=_infrastructure_stop,
                 )
-                trainer = agl.Trainer(
-                    n_runners=config.n_runners, store=store, algorithm=algorithm, tracer=StoreTracer(),
-                    port=config.port or free_port(), hooks=list(config.hooks) or None,
+                port = config.port or free_port()
+                strategy = ClientServerExecutionStrategy(
+                    role="both" if config.n_runners > 0 else "algorithm", n_runners=max(config.n_runners, 1),
+                    server_host=config.store_host, server_port=port,
                 )
+                trainer = agl.Trainer(
+                    n_runners=max(config.n_runners, 1), store=store, algorithm=algorithm, tracer=StoreTracer(),
+                    strategy=strategy, hooks=list(config.hooks) or None,
+                )
+                stack.enter_context(_runner_invitation(run_dir, cfg, config.store_host, port))
                 trainer.fit(agent, train_dataset=todo)
                 if algorithm.error is not None:
                     raise algorithm.error

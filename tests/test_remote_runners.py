@@ -1,0 +1,249 @@
+"""Many runners, one store: phase 1 with runners in other processes, over loopback.
+
+The trainer (``training.gather.gather`` in its own process, ``n_runners=0``, ``remote_runners=2``)
+serves its SQLite store with Agent Lightning's ``LightningStoreServer``; two ``sqlsociety runner``
+processes connect with ``LightningStoreClient`` and run the real society on real Spider train
+tasks. The model is a stand-in OpenAI server in this test process (a fixed SQL answer, 1 s per call,
+so rollouts take long enough to kill a runner in the middle of one). One runner's worker is
+SIGKILLed while its attempt is running; the store marks the attempt unresponsive and the other
+runner runs the rollout again. Checked: every task stored once as succeeded, the killed task
+retried, spans for every rollout in the trainer's store, both runner commands ended (the survivor
+with status 0 once the store went away).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from society.config import SMOKE_CONFIG, SocietyConfig
+from society.serving import free_port
+from training.remote import RunnerError, parse_endpoint, parse_store_url, run_runners, store_alive
+from training.store import RolloutArchive
+
+REPO = Path(__file__).resolve().parent.parent
+TASKS = ["train-0", "train-1", "train-2", "train-3"]
+ENV = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True", PYTHONPATH=str(REPO))
+
+
+class StubLLM:
+    """An OpenAI-compatible chat endpoint answering one SQL block after ``delay_s``; counts calls."""
+
+    def __init__(self, delay_s: float) -> None:
+        self.calls = 0
+        stub = self
+
+        class H(BaseHTTPRequestHandler):
+            def log_message(self, *a):  # noqa: ANN002
+                pass
+
+            def do_POST(self):  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                stub.calls += 1
+                time.sleep(delay_s)
+                out = json.dumps(
+                    {
+                        "id": f"c{stub.calls}",
+                        "object": "chat.completion",
+                        "created": int(time.time()),
+                        "model": body.get("model", "stub"),
+                        "choices": [
+                            {
+                                "index": 0,
+                                "finish_reason": "stop",
+                                "message": {"role": "assistant", "content": "```sql\nSELECT count(*) FROM head\n```"},
+                            }
+                        ],
+                        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+                    }
+                ).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def _quick_config(tmp_path: Path) -> Path:
+    cfg = SocietyConfig.load(SMOKE_CONFIG)
+    cfg = cfg.model_copy(update={"limits": cfg.limits.model_copy(update={"max_turns": 1, "max_junior_rounds": 1})})
+    path = tmp_path / "quick.yaml"
+    path.write_text(cfg.to_yaml())
+    return path
+
+
+GATHER = r"""
+import json, sys
+from society.config import SocietyConfig
+from training.gather import GatherConfig, gather
+cfg, run_dir, port, stub, tasks = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5].split(",")
+eps = {a: (stub, "stub") for a in SocietyConfig.load(cfg).models}
+s = gather(GatherConfig(run_dir=run_dir, society_config=cfg, task_ids=tasks, n_runners=0, remote_runners=2,
+                        port=port, store_host="127.0.0.1", max_attempts=2, unresponsive_s=6, rollout_timeout_s=150,
+                        endpoints=eps, progress=False))
+print("SUMMARY", json.dumps(s.to_json()))
+"""
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _running_attempt_of(store: Path, marker: str) -> str | None:
+    """The rollout id of a running attempt whose worker id contains ``marker`` (read-only SQLite)."""
+    try:
+        con = sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=1)
+        try:
+            rows = con.execute("SELECT rollout_id, data FROM attempts WHERE status = 'running'").fetchall()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return None
+    for rollout_id, data in rows:
+        if marker in str(json.loads(data).get("worker_id") or ""):
+            return rollout_id
+    return None
+
+
+@pytest.mark.timeout(600)
+def test_two_remote_runners_one_killed_mid_rollout(tmp_path):
+    stub = StubLLM(delay_s=1.0)
+    cfg = _quick_config(tmp_path)
+    run = tmp_path / "run"
+    port = free_port()
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        trainer = subprocess.Popen(
+            [sys.executable, "-c", GATHER, str(cfg), str(run), str(port), stub.url, ",".join(TASKS)],
+            cwd=REPO,
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        procs.append(trainer)
+        deadline = time.monotonic() + 180
+        while not (run / "store_url").is_file():
+            assert trainer.poll() is None, trainer.stdout.read()[-4000:]
+            assert time.monotonic() < deadline, "the trainer never published store_url"
+            time.sleep(0.5)
+        url = (run / "store_url").read_text().strip()
+        assert url == f"http://127.0.0.1:{port}" and (run / "runner_society.yaml").is_file()
+        runners = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "society.cli",
+                    "runner",
+                    "--store-url",
+                    url,
+                    "--config",
+                    str(run / "runner_society.yaml"),
+                    "--runners",
+                    "1",
+                    "--exit-after-s",
+                    "3",
+                ],
+                cwd=REPO,
+                env=ENV,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
+            for _ in range(2)
+        ]
+        procs += runners
+        victim, survivor = runners
+        killed_rollout = None
+        deadline = time.monotonic() + 240
+        while killed_rollout is None:  # the victim's own attempt is running: kill its worker now
+            assert time.monotonic() < deadline, "the victim runner never ran a rollout"
+            assert trainer.poll() is None, trainer.stdout.read()[-4000:]
+            killed_rollout = _running_attempt_of(run / "store.sqlite", f"-{victim.pid}-0")
+            if killed_rollout is None:
+                time.sleep(0.3)
+        workers = _children(victim.pid)
+        assert len(workers) == 1
+        os.kill(workers[0], signal.SIGKILL)
+        out, _ = trainer.communicate(timeout=420)
+        assert trainer.returncode == 0, out[-5000:]
+        summary = json.loads(out.split("SUMMARY ", 1)[1].splitlines()[0])
+        assert summary["run"] == len(TASKS) and summary["succeeded"] == len(TASKS) and summary["failed"] == 0
+        assert not (run / "store_url").exists()  # removed when the gather ended
+        s_out, _ = survivor.communicate(timeout=120)
+        assert survivor.returncode == 0, s_out[-3000:]
+        assert "has not answered" in s_out
+        victim.wait(timeout=60)
+        assert victim.returncode != 0  # its only worker was killed
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        stub.close()
+    with RolloutArchive(run / "store.sqlite") as archive:
+        rollouts = archive.rollouts()
+        assert sorted(r.task_id for r in rollouts) == sorted(TASKS)  # every task stored once
+        assert all(r.status == "succeeded" and r.n_spans > 0 for r in rollouts)
+        killed = archive.rollout(killed_rollout)
+        assert killed.status == "succeeded" and killed.n_attempts == 2  # retried after the kill
+        assert sum(r.n_attempts for r in rollouts) == len(TASKS) + 1
+        assert all(archive.spans(r.rollout_id) for r in rollouts)
+    con = sqlite3.connect(run / "store.sqlite")
+    statuses = dict(con.execute("SELECT attempt_id, status FROM attempts WHERE rollout_id = ?", (killed_rollout,)))
+    con.close()
+    assert sorted(statuses.values()) == ["succeeded", "unresponsive"]
+
+
+def test_runner_arguments(tmp_path):
+    assert parse_store_url("http://10.0.0.2:4747") == ("10.0.0.2", 4747)
+    for bad in ("10.0.0.2:4747", "http://host", "https://h:1", "http://h:1/v1"):
+        with pytest.raises(RunnerError, match="--store-url"):
+            parse_store_url(bad)
+    assert parse_endpoint("junior_policy=http://gpu:8000/v1") == (
+        "junior_policy",
+        ("http://gpu:8000/v1", "junior_policy"),
+    )
+    assert parse_endpoint("senior=http://g:1/v1,base") == ("senior", ("http://g:1/v1", "base"))
+    with pytest.raises(RunnerError, match="ALIAS=BASE_URL"):
+        parse_endpoint("junior_policy")
+    dead = f"http://127.0.0.1:{free_port()}"
+    assert not store_alive(dead)
+    cfg = _quick_config(tmp_path)
+    with pytest.raises(RunnerError, match="did not answer /v1/agl/health within 1 s"):
+        run_runners(dead, cfg, wait_s=1)
+    with pytest.raises(RunnerError, match="does not exist"):
+        run_runners(dead, tmp_path / "nope.yaml", wait_s=1)
+    r = subprocess.run(
+        [sys.executable, "-m", "society.cli", "runner", "--store-url", "nope", "--config", str(cfg)],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert r.returncode == 2 and "--store-url" in r.stdout
