@@ -233,8 +233,13 @@ def llm_usage(record: Mapping[str, Any]) -> tuple[int | None, int | None]:
     return _int(p), _int(c)
 
 
-def _indexed_messages(a: Mapping[str, Any], prefix: str) -> list[tuple[str, str]]:
-    """Messages flattened as ``prefix.<i>.role`` / ``prefix.<i>.content`` -> [(role, content)]."""
+def indexed_messages(a: Mapping[str, Any], prefix: str, *, default_role: str = "?") -> list[dict[str, str]]:
+    """Chat messages flattened into span attributes as ``prefix.<i>.role`` / ``prefix.<i>.content``
+    (OpenTelemetry GenAI / OpenLLMetry convention), in index order, as ``{"role", "content"}`` dicts;
+    a missing role is ``default_role``, a missing content ''. The one reader of that layout (the
+    trace viewer and the training adapter). Agent Lightning's ``utils.otel.unflatten_attributes``
+    does the same but needs Agent Lightning imported (about 15 s), which reading a trace avoids.
+    """
     out: dict[int, dict[str, str]] = {}
     for k, v in a.items():
         if not k.startswith(prefix + "."):
@@ -242,7 +247,11 @@ def _indexed_messages(a: Mapping[str, Any], prefix: str) -> list[tuple[str, str]
         rest = k[len(prefix) + 1 :].split(".", 1)
         if len(rest) == 2 and rest[0].isdigit() and rest[1] in ("role", "content"):
             out.setdefault(int(rest[0]), {})[rest[1]] = str(v)
-    return [(m.get("role", "?"), m.get("content", "")) for _, m in sorted(out.items())]
+    return [{"role": m.get("role", default_role), "content": m.get("content", "")} for _, m in sorted(out.items())]
+
+
+def _indexed_messages(a: Mapping[str, Any], prefix: str) -> list[tuple[str, str]]:
+    return [(m["role"], m["content"]) for m in indexed_messages(a, prefix)]
 
 
 def llm_io(record: Mapping[str, Any]) -> tuple[list[tuple[str, str]], str]:

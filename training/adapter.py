@@ -44,6 +44,7 @@ import agentlightning as agl
 from agentlightning.emitter import find_final_reward
 from agentlightning.types import Span, Triplet
 
+from evaluation.traces import indexed_messages
 from society.candidate import candidate_context
 from tools.spider import database_path, default_data_dir
 from training.agent import ATTR, KIND_ROLE_OUTCOMES, KIND_SOCIETY_RUN, LC_METADATA, LC_RUN_NAME
@@ -180,20 +181,6 @@ def _json(value: Any, default: Any) -> Any:
     return default if value is None else value
 
 
-def _indexed_messages(attrs: Mapping[str, Any], prefix: str) -> list[dict[str, str]]:
-    out: list[dict[str, str]] = []
-    i = 0
-    while f"{prefix}.{i}.content" in attrs or f"{prefix}.{i}.role" in attrs:
-        out.append(
-            {
-                "role": str(attrs.get(f"{prefix}.{i}.role", "user")),
-                "content": str(attrs.get(f"{prefix}.{i}.content", "")),
-            }
-        )
-        i += 1
-    return out
-
-
 class HierarchicalTraceAdapter(agl.TraceAdapter[SocietyTrace]):
     """Reads society rollouts from spans; builds the SFT, RL and bandit views.
 
@@ -249,7 +236,7 @@ class HierarchicalTraceAdapter(agl.TraceAdapter[SocietyTrace]):
         if openai_span is not None:
             oa = openai_span.attributes
             if not messages:
-                messages = _indexed_messages(oa, "gen_ai.prompt")
+                messages = indexed_messages(oa, "gen_ai.prompt", default_role="user")
             if not response:
                 response = str(oa.get("gen_ai.completion.0.content", ""))
             usage_in = int(oa.get("gen_ai.usage.prompt_tokens", 0) or 0)
