@@ -118,6 +118,7 @@ def test_gpu_profile_plan_object():
         ({"grpo": {"backend": "verl", "verl_config": "/no/such/verl.yaml"}}, "grpo.verl_config", "does not exist"),
         ({"society_config": "/no/such/society.yaml"}, "society_config", "does not exist"),
         ({"eval": {"split": "no_such_split"}}, "eval.split", "no_such_split"),
+        ({"gather": {"n_runners": 0}}, "gather.n_runners", "remote_runners >= 1"),
     ],
 )
 def test_profile_errors_exit_2_naming_the_field(tmp_path, changes, where, words):
@@ -180,3 +181,15 @@ def test_dry_run_of_a_resumed_run_reads_its_config(tmp_path):
     r = train("--resume", str(run), "--dry-run")
     assert r.exit_code == 0, r.output
     assert "profile smoke" in r.output and sorted(os.listdir(run)) == before
+
+
+def test_remote_runners_in_the_plan(tmp_path):
+    cfg = TrainConfig.load(
+        profile(tmp_path, gather={"n_runners": 0, "remote_runners": 4, "store_host": "0.0.0.0", "store_port": 4747})
+    )
+    plan = plan_profile(cfg)
+    assert not plan.errors, plan.errors
+    store = next(s for s in plan.servers if s["server"] == "rollout store")
+    assert "0.0.0.0:4747" in store["detail"] and "4 remote runner(s)" in store["detail"]
+    assert "sqlsociety runner --store-url http://0.0.0.0:4747" in store["detail"]
+    assert "0 runner(s) + 4 remote" in plan.budgets["gather"]

@@ -58,14 +58,25 @@ class _Section(BaseModel):
 
 class GatherSection(_Section):
     """Phase 1: ``limit`` train tasks (first in file order after ``offset``), ``n_runners`` parallel
-    Agent Lightning runners, supervisor exploration rate ``epsilon`` in [0, 1]."""
+    Agent Lightning runners, supervisor exploration rate ``epsilon`` in [0, 1].
+
+    Runners on other machines (``sqlsociety runner --store-url``, see :mod:`training.remote`):
+    ``store_host`` is the interface the store server binds to (``0.0.0.0`` for other hosts),
+    ``store_port`` its port (None: a free one, written to ``RUN_DIR/store_url``),
+    ``remote_runners`` how many to expect (they deepen the queue; ``n_runners: 0`` runs none here),
+    ``max_attempts`` / ``unresponsive_s`` retry an attempt whose runner stopped sending heartbeats."""
 
     split: str = "train"
     limit: int = Field(8, ge=1)
     offset: int = Field(0, ge=0)
-    n_runners: int = Field(1, ge=1)
+    n_runners: int = Field(1, ge=0)
     epsilon: float = Field(0.2, ge=0.0, le=1.0)
     rollout_timeout_s: float | None = 900.0
+    store_host: str = "localhost"
+    store_port: int | None = Field(None, ge=1, le=65535)
+    remote_runners: int = Field(0, ge=0)
+    max_attempts: int = Field(1, ge=1)
+    unresponsive_s: float | None = Field(None, gt=0)
 
 
 class EvalSection(_Section):
@@ -501,7 +512,8 @@ class TrainingPipeline:
                 run_dir=self.dir.root, society_config=society, split=g.split, data_dir=self.cfg.data_dir,
                 task_ids=[t.id for t in tasks], n_runners=g.n_runners, epsilon=g.epsilon,
                 reward=self._reward_config(), rollout_timeout_s=g.rollout_timeout_s,
-                endpoints=eps, hooks=[hook],
+                endpoints=eps, hooks=[hook], port=g.store_port, store_host=g.store_host,
+                remote_runners=g.remote_runners, max_attempts=g.max_attempts, unresponsive_s=g.unresponsive_s,
             ))
         self.echo(f"phase 1 gather: {summary.stored_succeeded} rollouts in the store "
                   f"({summary.skipped} resumed, {summary.run} run now, mean reward {summary.mean_reward})")

@@ -314,6 +314,10 @@ def plan_profile(cfg: TrainConfig, *, source: str = "", phases: set[int] | None 
             RewardConfig(**cfg.reward)
         except (TypeError, ValueError) as e:
             F.append(Finding("error", "reward", str(e)))
+    if cfg.gather.n_runners + cfg.gather.remote_runners < 1:
+        F.append(
+            Finding("error", "gather.n_runners", "0 runners here needs gather.remote_runners >= 1 (sqlsociety runner)")
+        )
     for k, v in cfg.adapter.items():
         if k not in ADAPTER_KEYS:
             F.append(Finding("error", "adapter", f"unknown key {k!r}; known: {sorted(ADAPTER_KEYS)}"))
@@ -454,11 +458,18 @@ def plan_profile(cfg: TrainConfig, *, source: str = "", phases: set[int] | None 
                 "detail": "every model alias through one proxy (society.proxy.llm_proxy), spans recorded per call",
             }
         )
+    g = cfg.gather
+    remote = (
+        f", {g.remote_runners} remote runner(s) expected (sqlsociety runner --store-url http://{g.store_host}:"
+        f"{g.store_port or 'PORT'}; RUN_DIR/store_url while phase 1 runs)"
+        if g.remote_runners
+        else ""
+    )
     plan.servers.append(
         {
             "server": "rollout store",
-            "detail": "RUN_DIR/store.sqlite (Agent Lightning SQLite store, "
-            f"{cfg.gather.n_runners} runner(s) on this host)",
+            "detail": f"RUN_DIR/store.sqlite behind Agent Lightning's LightningStoreServer on {g.store_host}"
+            f"{':' + str(g.store_port) if g.store_port else ''}, {g.n_runners} runner(s) on this host{remote}",
         }
     )
 
@@ -508,12 +519,15 @@ def plan_profile(cfg: TrainConfig, *, source: str = "", phases: set[int] | None 
                 f"{g.split} has {n_train} usable questions: {tasks} tasks after offset {g.offset}, not {g.limit}",
             )
         )
+    waves = math.ceil(tasks / max(1, g.n_runners + g.remote_runners))
     bound = (
-        f", at most {math.ceil(tasks / g.n_runners) * g.rollout_timeout_s / 3600:.1f} h at the rollout timeout"
-        if g.rollout_timeout_s
-        else ""
+        f", at most {waves * g.rollout_timeout_s / 3600:.1f} h at the rollout timeout" if g.rollout_timeout_s else ""
     )
-    plan.budgets["gather"] = f"{tasks} tasks, {g.n_runners} runner(s), rollout timeout {g.rollout_timeout_s} s{bound}"
+    plan.budgets["gather"] = (
+        f"{tasks} tasks, {g.n_runners} runner(s)"
+        + (f" + {g.remote_runners} remote" if g.remote_runners else "")
+        + f", rollout timeout {g.rollout_timeout_s} s{bound}"
+    )
     n_eval = cfg.eval.limit if n_dev is None else min(cfg.eval.limit, n_dev)
     n_stages = 1 + len([k for k in phases if k in STAGE_AFTER_PHASE])
     plan.budgets["eval"] = f"{n_eval} questions x {n_stages} stage(s)"
