@@ -52,13 +52,13 @@ def bench_config(path: str | None, fast: bool) -> SocietyConfig:
         if kind == "supervisor":
             r = r.model_copy(update={"policy": "llm"})
         if fast and kind == "senior":
-            r = r.model_copy(update={"options": {**r.options, "max_turns": 0, "check": "execution"}})
+            r = r.model_copy(update={"options": {**r.options, "max_rewrites": 0, "check": "execution"}})
         if fast and kind == "semantic_reviewer":
             continue
         roles.append(r)
     upd: dict = {"roles": roles}
     if fast:
-        upd["limits"] = cfg.limits.model_copy(update={"max_turns": 1, "max_junior_rounds": 1})
+        upd["limits"] = cfg.limits.model_copy(update={"max_review_rounds": 1, "max_junior_rounds": 1})
     return cfg.model_copy(update=upd)
 
 

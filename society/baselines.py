@@ -4,7 +4,7 @@
   ``junior_direct``) drafts once; its SQL is the answer. One LLM call.
 * ``write-check-rewrite``: the self-correction loop of Agent Lightning's Spider example
   (write -> execute -> check -> rewrite -> execute -> check ...), here the writer's draft followed
-  by the senior refiner's execute/check/rewrite nodes with ``baselines.max_turns`` rewrites.
+  by the senior refiner's execute/check/rewrite nodes with ``baselines.max_rewrites`` rewrites.
 
 Both are LangGraph graphs over :class:`BaselineState`, run by ``society.run.run_society(...,
 agent=...)`` so they produce the same :class:`society.run.SocietyRun` records, traces and metadata.
@@ -58,7 +58,8 @@ def _refiner(config: SocietyConfig) -> Senior:
     if not insts:
         raise ConfigError(f"baselines.refiner {name!r} is not an enabled senior role")
     inst = insts[0]
-    opts = {**inst.config.options, "max_turns": config.baselines.max_turns, "check": config.baselines.check}
+    opts = {k: v for k, v in inst.config.options.items() if k != "max_turns"}  # the old name of max_rewrites
+    opts = {**opts, "max_rewrites": config.baselines.max_rewrites, "check": config.baselines.check}
     return ROLE_TYPES[inst.type](inst.model_copy(update={"config": inst.config.model_copy(update={"options": opts})}))  # type: ignore[return-value]
 
 

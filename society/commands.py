@@ -403,7 +403,7 @@ def roles(
     console.print(t)
     lim = cfg.limits
     console.print(
-        f"limits: max_turns={lim.max_turns} review rounds, max_junior_rounds={lim.max_junior_rounds}; "
+        f"limits: max_review_rounds={lim.max_review_rounds}, max_junior_rounds={lim.max_junior_rounds}; "
         f"llm: timeout={cfg.llm.timeout_s:g}s retries={cfg.llm.retries}; schema: compact={cfg.schema_.compact} "
         f"sample_rows={cfg.schema_.sample_rows}"
     )

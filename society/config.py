@@ -23,7 +23,7 @@ profile) is validated by the pydantic models below. Shape::
         type: supervisor
         policy: majority_vote                 # llm | majority_vote | bandit | first | random
         ...
-    limits: {max_turns: 2, max_junior_rounds: 2}
+    limits: {max_review_rounds: 2, max_junior_rounds: 2}
 
 Runtime endpoint override (the trainer routes an alias to a LoRA-served model or to Agent
 Lightning's ``resources['main_llm']``): :meth:`SocietyConfig.with_endpoint`.

@@ -26,7 +26,7 @@
   ``prepare``, ``supervisor``, ``senior_execute``, ``senior_check``, ``senior_rewrite``,
   ``review_gate``, ``new_round``, ``finalize``.
 * Edges: every conditional edge first checks for an endpoint failure (question failed ->
-  ``finalize``); the global turn limit (``limits.max_turns`` review rounds) always ends at
+  ``finalize``); the global turn limit (``limits.max_review_rounds``) always ends at
   ``finalize`` with the best SQL so far (the last SQL that executed OK, else the chosen candidate).
   A MINOR/MAJOR review of a SQL the senior just gave back unchanged ends the run as ``converged``
   (at temperature 0 another turn would repeat the same rewrite and review).
@@ -100,7 +100,7 @@ def make_review_gate(cfg: SocietyConfig):
         upd: dict[str, Any] = {"visits": ["review_gate"], "turn": turn}
         if not revs:
             return {**upd, "route": "finalize", "status": "approved"}
-        if turn >= cfg.limits.max_turns:
+        if turn >= cfg.limits.max_review_rounds:
             return {**upd, "route": "finalize", "status": "turn_limit"}
         worst = max((r.severity or Severity.MINOR for r in revs), key=lambda s: s.rank)
         feedback = " ".join(r.feedback for r in revs if r.feedback)[:800]

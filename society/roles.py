@@ -21,13 +21,14 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.runnables import RunnableConfig
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from evaluation.sql_text import extract_sql, normalize_sql
 from society.candidate import Candidate
 from society.llm import CallLog, ChatModels, EndpointUnavailable, LLMError, invoke_llm
 from society.policies import MajorityVotePolicy, PolicyContext, make_policy
 from society.prompts import PERSONA_PROMPTS, PROMPTS, PromptTemplate, feedback_section, get_prompt
+from society.settings import renamed_keys
 from society.state import (
     ExecSummary,
     JuniorState,
@@ -364,7 +365,8 @@ class Senior(Role):
     write/check/rewrite loop, starting from the supervisor's pick instead of writing from scratch).
 
     Options:
-        max_turns: rewrites per senior visit (>= 0; 0 = only check).
+        max_rewrites: rewrites per senior visit (>= 0; 0 = only check). Old name ``max_turns``
+            (deprecated, still read).
         check: ``llm`` (the model checks a query that executed, and its result; a failing query is
             incorrect without asking) or ``execution`` (deterministic: incorrect iff it errors or
             returns no rows; saves one LLM call per visit).
@@ -376,9 +378,14 @@ class Senior(Role):
     default_prompt = "senior_rewrite"
 
     class Options(_Options):
-        max_turns: int = Field(default=1, ge=0, le=20)
+        max_rewrites: int = Field(default=1, ge=0, le=20)
         check: Literal["llm", "execution"] = "llm"
         check_prompt: str = "senior_check"
+
+        @model_validator(mode="before")
+        @classmethod
+        def _old_names(cls, data: Any) -> Any:
+            return renamed_keys(data, {"max_turns": "max_rewrites"}, "senior options")
 
     def __init__(self, instance: RoleInstance) -> None:
         super().__init__(instance)
@@ -395,7 +402,7 @@ class Senior(Role):
 
     def needs_check(self, state: SocietyState) -> bool:
         """Whether the loop may still rewrite in this visit (otherwise go straight to review)."""
-        return state.get("senior_visit_rewrites", 0) < self.options.max_turns
+        return state.get("senior_visit_rewrites", 0) < self.options.max_rewrites
 
     def check_node(self, state: SocietyState, config: RunnableConfig) -> dict:
         ctx = run_context(config)

@@ -9,6 +9,8 @@ prompts they name; modules below the roles (``society.llm``, serving) import fro
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +30,25 @@ class ConfigError(ValueError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def renamed_keys(data: Any, renames: Mapping[str, str], where: str) -> Any:
+    """``data`` (a mapping about to be validated) with deprecated keys renamed, one
+    ``DeprecationWarning`` per old key; both the old and the new key given is an error.
+
+    For ``model_validator(mode="before")`` of settings whose fields were renamed.
+    """
+    if not isinstance(data, Mapping) or not any(k in data for k in renames):
+        return data
+    out = dict(data)
+    for old, new in renames.items():
+        if old not in out:
+            continue
+        if new in out:
+            raise ValueError(f"{where}: give `{new}` only (`{old}` is its old name)")
+        warnings.warn(f"{where}: `{old}` is deprecated; call it `{new}`", DeprecationWarning, stacklevel=2)
+        out[new] = out.pop(old)
+    return out
 
 
 class ModelSpec(_Strict):
@@ -155,15 +176,20 @@ class Limits(_Strict):
     """Run limits.
 
     Attributes:
-        max_turns: global turn limit = review rounds per question (>= 1); reaching it ends the run
-            with the best SQL so far.
+        max_review_rounds: review rounds per question (>= 1; the global turn limit); reaching it
+            ends the run with the best SQL so far. Old name ``max_turns`` (deprecated, still read).
         max_junior_rounds: how many times juniors may draft (1 + CRITICAL restarts).
-        recursion_limit: LangGraph's super-step limit (a safety net above ``max_turns``).
+        recursion_limit: LangGraph's super-step limit (a safety net above ``max_review_rounds``).
     """
 
-    max_turns: int = Field(default=2, ge=1, le=50)
+    max_review_rounds: int = Field(default=2, ge=1, le=50)
     max_junior_rounds: int = Field(default=2, ge=1, le=10)
     recursion_limit: int = Field(default=100, ge=10, le=10_000)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, data: Any) -> Any:
+        return renamed_keys(data, {"max_turns": "max_review_rounds"}, "limits")
 
 
 class LLMSettings(_Strict):
@@ -202,10 +228,16 @@ class ExecutionSettings(_Strict):
 class BaselineSettings(_Strict):
     """The single-agent baselines (``single``, ``write-check-rewrite``) reuse role bindings so the
     comparison uses the same model: ``writer`` drafts (a junior role name), ``refiner`` checks and
-    rewrites (a senior role name), for at most ``max_turns`` rewrites; ``check`` is the refiner's
-    check in the baseline (``llm`` as in Agent Lightning's example, whatever the society's senior uses)."""
+    rewrites (a senior role name), for at most ``max_rewrites`` rewrites (old name ``max_turns``);
+    ``check`` is the refiner's check in the baseline (``llm`` as in Agent Lightning's example,
+    whatever the society's senior uses)."""
 
     writer: str = "junior_direct"
     refiner: str = "senior"
-    max_turns: int = Field(default=3, ge=1, le=20)
+    max_rewrites: int = Field(default=3, ge=1, le=20)
     check: Literal["llm", "execution"] = "llm"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, data: Any) -> Any:
+        return renamed_keys(data, {"max_turns": "max_rewrites"}, "baselines")

@@ -177,12 +177,12 @@ class SocietyState(TypedDict, total=False):
     Senior:
         current_sql / current_exec: the SQL being refined and what executing it showed.
         senior_turns: every check/rewrite (reducer appends).
-        senior_visit_rewrites: rewrites done in the current senior visit (bounded by the senior's max_turns).
+        senior_visit_rewrites: rewrites done in the current senior visit (bounded by the senior's max_rewrites).
         senior_verdict: the last check's verdict (``correct``/``incorrect``), routes the loop.
         feedback: reviewer feedback the senior must address next.
     Reviews:
         reviews: every review (reducer appends).
-        turn: global turn counter (one per review round); the run ends at ``limits.max_turns``.
+        turn: global turn counter (one per review round); the run ends at ``limits.max_review_rounds``.
         route: the review gate's decision: ``finalize``, ``senior`` or ``juniors``.
     Bookkeeping:
         visits: ordered node visits (reducer appends), e.g. ``["prepare", "junior:direct", ...]``.

@@ -39,7 +39,8 @@ TASKS = ["train-0", "train-1", "train-2"]
 def _quick_config(tmp_path: Path) -> Path:
     """The smoke society with one junior round and one review turn (fewer SmolLM2 calls per rollout)."""
     cfg = SocietyConfig.load(SMOKE_CONFIG)
-    cfg = cfg.model_copy(update={"limits": cfg.limits.model_copy(update={"max_turns": 1, "max_junior_rounds": 1})})
+    limits = cfg.limits.model_copy(update={"max_review_rounds": 1, "max_junior_rounds": 1})
+    cfg = cfg.model_copy(update={"limits": limits})
     path = tmp_path / "quick.yaml"
     path.write_text(cfg.to_yaml())
     return path

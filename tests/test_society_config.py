@@ -15,7 +15,7 @@ from society.candidate import Candidate
 from society.config import DEFAULT_CONFIG, SMOKE_CONFIG, ConfigError, SocietyConfig
 from society.llm import ChatModels
 from society.policies import POLICIES, BanditPolicy, PolicyContext, make_policy
-from society.roles import ExecutionReviewer, RunContext, Supervisor, parse_check, parse_review
+from society.roles import ExecutionReviewer, RunContext, Supervisor, build_roles, parse_check, parse_review
 from society.state import Severity, Verdict
 from society.toolkit import execute_summary, tools_for
 from tools.spider import resolve_database
@@ -228,7 +228,7 @@ def test_roles_command_shows_bindings_and_a_config_swap(tmp_path):
     res = runner.invoke(app, ["roles"], env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
     for text in ("junior_direct", "junior_step_by_step", "junior_decompose", "policy: majority_vote",
-                 "embedded qwen2.5-coder-0.5b", "reviewer_semantic", "max_turns=2"):
+                 "embedded qwen2.5-coder-0.5b", "reviewer_semantic", "max_review_rounds=2"):
         assert text in res.output
     d = _raw()
     d["roles"][3]["policy"] = "llm"
@@ -287,3 +287,21 @@ def test_restore_stop_puts_back_the_closing_marker_a_stop_sequence_removed():
     assert restore_stop("```sql\nSELECT 1\n```", stops, "stop") == "```sql\nSELECT 1\n```"
     assert restore_stop(text, stops, "length") == text  # cut by max_tokens: nothing to restore
     assert restore_stop(text, None, "stop") == text
+
+
+def test_old_max_turns_keys_are_read_with_a_deprecation_warning():
+    d = yaml.safe_load(SMOKE_CONFIG.read_text())
+    d["limits"]["max_turns"] = d["limits"].pop("max_review_rounds")
+    d["baselines"]["max_turns"] = d["baselines"].pop("max_rewrites")
+    senior = next(r for r in d["roles"] if r["type"] == "senior")
+    senior["options"]["max_turns"] = senior["options"].pop("max_rewrites")
+    with pytest.warns(DeprecationWarning, match="max_turns") as caught:
+        cfg = SocietyConfig.model_validate(d)
+        roles = build_roles(cfg)
+    assert {"limits", "baselines", "senior options"} <= {str(w.message).split(":")[0] for w in caught}
+    new = SocietyConfig.load(SMOKE_CONFIG)
+    assert cfg.limits == new.limits and cfg.baselines == new.baselines
+    assert roles["senior"][0].options.max_rewrites == build_roles(new)["senior"][0].options.max_rewrites
+    d["limits"]["max_review_rounds"] = 3  # both names: refused
+    with pytest.raises(ValueError, match="give `max_review_rounds` only"), pytest.warns(DeprecationWarning):
+        SocietyConfig.model_validate(d)

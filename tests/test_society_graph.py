@@ -131,7 +131,7 @@ def test_critical_review_sends_the_question_back_to_the_juniors(smol_server, fai
     for r in d["roles"]:
         if r["type"] == "execution_reviewer":
             r["options"] = {"severity": {"error": "CRITICAL", "no_sql": "CRITICAL"}}
-    d["limits"] = {"max_turns": 2, "max_junior_rounds": 2}
+    d["limits"] = {"max_review_rounds": 2, "max_junior_rounds": 2}
     run = run_society("How many singers are there?", failing_db, _cfg(smol_server, d))
     assert run.status == "turn_limit", (run.status, run.error, run.path)
     assert run.junior_rounds == 2 and [c.round for c in run.choices] == [0, 1]
@@ -147,12 +147,12 @@ def test_critical_review_sends_the_question_back_to_the_juniors(smol_server, fai
 
 def test_major_review_goes_to_the_senior_until_the_turn_limit(smol_server, failing_db):
     d = _no_fixes(_raw())
-    d["limits"] = {"max_turns": 3, "max_junior_rounds": 2}
+    d["limits"] = {"max_review_rounds": 3, "max_junior_rounds": 2}
     for r in d["roles"]:
         if r["type"] == "execution_reviewer":
             r["options"] = {"severity": {"error": "MAJOR", "no_sql": "MAJOR"}}
         if r["type"] == "senior":
-            r["options"] = {"max_turns": 1, "check": "execution"}
+            r["options"] = {"max_rewrites": 1, "check": "execution"}
     run = run_society("How many singers are there?", failing_db, _cfg(smol_server, d))
     assert "new_round" not in run.path and run.path.count("junior_direct/draft") == 1
     assert {r.severity.value for r in run.reviews} == {"MAJOR"}
