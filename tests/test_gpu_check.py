@@ -9,6 +9,7 @@ returns None), so a module-level import of any of them in the trainers fails the
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -189,3 +190,45 @@ def test_wheel_pins_leave_out_the_preinstalled_stack():
         "safetensors",
     }
     assert all("==" in p for p in pins)
+
+
+@pytest.mark.skipif(
+    any(importlib.util.find_spec(m) for m in ("vllm", "verl", "unsloth")),
+    reason="about a machine without the GPU stack",
+)
+def test_full_without_the_gpu_stack_names_it_and_skips_its_steps(tmp_path):
+    """--full on this machine: the six training steps pass, gpu_stack fails naming the missing
+    packages and the install command, the steps that need it are skipped rows; exit 1."""
+    out = tmp_path / "gc"
+    env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True")
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training.gpu_check",
+            "--device",
+            "cpu",
+            "--full",
+            "--out",
+            str(out),
+            "--sft-steps",
+            "1",
+            "--grpo-steps",
+            "1",
+            "--threads",
+            "1",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert r.returncode == 1, r.stderr[-3000:]
+    steps = {s["step"]: s for s in json.loads((out / "gpu_check.json").read_text())["steps"]}
+    assert all(steps[k]["ok"] for k in ("environment", "tiny_model", "sft", "sft_reload", "grpo", "grpo_reload"))
+    err = steps["gpu_stack"]["error"]
+    assert not steps["gpu_stack"]["ok"] and "vllm" in err and "SQLSOCIETY_GPU=1 bash scripts/install.sh" in err
+    for k in ("unsloth_sft", "vllm_lora", "gpu_profile"):
+        assert steps[k]["error"] == "skipped: needs gpu_stack"

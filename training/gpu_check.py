@@ -5,7 +5,7 @@ Run through ``scripts/gpu-check.sh`` (which can first install carried wheels) or
     python -m training.gpu_check --device cuda --out runs/gpu-check
 
 Nothing is downloaded: the model is a randomly initialised Qwen2-architecture causal LM
-(:func:`build_tiny_model`, 2 layers, hidden 64, a byte-level BPE tokenizer of a few hundred tokens
+(:func:`build_tiny_model`, 2 layers, hidden 128, head dim 64, a byte-level BPE tokenizer of a few hundred tokens
 trained here on a few SQL sentences, ChatML chat template), and the GRPO reward runs on a SQLite
 file the check writes (:func:`build_tiny_database`). The steps, in order (a failed step skips the
 ones that need its output):
@@ -26,7 +26,17 @@ step                passes when
                     execution reward on the SQLite file) takes ``grpo_steps`` steps, rewards finite
 ``grpo_reload``     as ``sft_reload`` for the senior's adapter
 ``gpu_stack``       ``--full`` only: vllm, verl, unsloth and agentlightning import (their versions)
+``unsloth_sft``     ``--full``: the SFT trainer with ``backend="unsloth"`` takes its steps (CUDA)
+``vllm_lora``       ``--full``: :class:`society.vllm_serving.VLLMServer` serves the tiny model with
+                    the junior adapter by name (and hot-loads the senior's); both answer a greedy
+                    completion; ``equal_to_peft`` in the detail says whether vLLM's greedy text
+                    equals transformers + PEFT's (informative: a random model's near-ties may differ)
+``gpu_profile``     ``--full``: ``sqlsociety train --profile gpu --dry-run``'s checks find no error
+                    and nothing missing
 ==================  =================================================================================
+
+``--full`` imports the project's serving and pipeline modules too: it needs the whole project
+installed with the gpu extra (``SQLSOCIETY_GPU=1 bash scripts/install.sh``).
 
 Output (``--out``): ``gpu_check.json`` (``{"device", "ok", "steps": [{"step", "seconds", "ok",
 "error", "detail"}], "versions"}``) and ``gpu_check.md`` (the same table in Markdown, printed too);
@@ -172,17 +182,18 @@ def build_tiny_model(
     *,
     seed: int = 0,
     vocab_size: int = 512,
-    hidden_size: int = 64,
+    hidden_size: int = 128,
     layers: int = 2,
-    heads: int = 4,
-    kv_heads: int = 2,
+    heads: int = 2,
+    kv_heads: int = 1,
 ) -> Path:
     """Write a randomly initialised Qwen2 causal LM and its tokenizer to ``out_dir`` (float32).
 
     The tokenizer is a byte-level BPE (any text encodes) trained on this module's SQL sentences up
     to ``vocab_size`` tokens (fewer when the corpus has fewer merges), with ``<|endoftext|>`` (pad),
     ``<|im_start|>``, ``<|im_end|>`` (eos) and a ChatML template -- the special tokens of Qwen2.5.
-    Size: about 0.1 M parameters, a few hundred KB on disk.
+    Head dim ``hidden_size / heads`` = 64 by default (Qwen2.5-0.5B's; GPU attention kernels support
+    it). Size: about 0.3 M parameters, about 1.5 MB on disk.
 
     Returns:
         ``out_dir`` (a Hugging Face model directory the trainers take as ``model``).
@@ -246,7 +257,8 @@ def greedy_twice(
 
     Returns:
         ``{"equal": bool (token ids equal for every prompt), "tokens": new tokens per prompt of the
-        first load, "lora_b_abs_sum": sum |lora_B| over the adapter (0 = untrained), "dtype"}``.
+        first load, "lora_b_abs_sum": sum |lora_B| over the adapter (0 = untrained), "dtype",
+        "texts": the first load's new text per prompt, special tokens skipped}``.
     """
     import torch
     from peft import PeftModel
@@ -282,6 +294,7 @@ def greedy_twice(
         "lora_b_abs_sum": lora_b,
         "dtype": str(dtype).removeprefix("torch."),
         "first_output": tok.decode(runs[0][0]),
+        "texts": [tok.decode(o, skip_special_tokens=True) for o in runs[0]],
     }
 
 
@@ -489,6 +502,82 @@ def run_checks(
             )
         return {"versions": _versions(GPU_STACK)}
 
+    def unsloth_sft() -> dict[str, Any]:
+        from training.sft import JuniorSFTConfig, JuniorSFTTrainer
+
+        cfg = JuniorSFTConfig(
+            model=str(ctx["model_dir"]),
+            output_dir=str(out / "junior-adapter-unsloth"),
+            max_steps=sft_steps,
+            per_device_train_batch_size=2,
+            max_length=128,
+            learning_rate=1e-3,
+            backend="unsloth",
+            num_threads=threads,
+            seed=0,
+        )
+        res = JuniorSFTTrainer(cfg, sft_rows()).train()
+        if res.steps != sft_steps or res.backend != "unsloth":
+            raise CheckFailed(f"expected {sft_steps} unsloth steps, got {res.steps} with backend {res.backend}")
+        return {"steps": res.steps, "losses": [round(v, 4) for _, v in res.losses], "backend": res.backend}
+
+    def vllm_lora() -> dict[str, Any]:
+        import urllib.request
+
+        import torch
+        from transformers import AutoTokenizer
+
+        from society.vllm_serving import VLLMServer
+
+        tok = AutoTokenizer.from_pretrained(str(ctx["model_dir"]))
+        texts = [tok.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
+        peft = greedy_twice(ctx["model_dir"], Path(ctx["junior_adapter"]), prompts, device=device)
+        bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
+        srv = VLLMServer(
+            ctx["model_dir"],
+            served_model_name="tiny",
+            adapters={"junior_policy": ctx["junior_adapter"]},
+            max_lora_rank=16,
+            gpu_memory_utilization=0.2,
+            max_model_len=512,
+            dtype="bfloat16" if bf16 else "float32",
+            log_path=out / "vllm.log",
+        )
+
+        def complete(model: str, text: str) -> str:
+            body = json.dumps({"model": model, "prompt": text, "max_tokens": 12, "temperature": 0.0}).encode()
+            req = urllib.request.Request(
+                f"{srv.base_url}/completions", data=body, headers={"Content-Type": "application/json"}
+            )
+            with urllib.request.urlopen(req, timeout=120) as r:
+                return json.loads(r.read())["choices"][0]["text"]
+
+        with srv:
+            served = [complete("junior_policy", t) for t in texts]
+            detail: dict[str, Any] = {
+                "startup_s": round(srv.startup_s or 0.0, 1),
+                "models": srv.served_models(),
+                "vllm": served,
+                "peft": peft["texts"],
+                "equal_to_peft": served == peft["texts"],
+            }
+            if "senior_adapter" in ctx:
+                srv.load_adapter("senior_policy", ctx["senior_adapter"])
+                detail["hot_loaded"] = complete("senior_policy", texts[0])
+        if "junior_policy" not in detail["models"]:
+            raise CheckFailed(f"vLLM does not list the adapter: {detail['models']}")
+        return detail
+
+    def gpu_profile() -> dict[str, Any]:
+        from training.pipeline import TrainConfig
+        from training.plan import plan_profile
+
+        plan = plan_profile(TrainConfig.load("gpu"), source="gpu")
+        problems = [f"{f.where}: {f.message}" for f in plan.errors + plan.missing]
+        if problems:
+            raise CheckFailed("; ".join(problems))
+        return {"budgets": plan.budgets}
+
     prompts = [[{"role": "system", "content": SYSTEM}, {"role": "user", "content": _user(q)}] for q, _ in QA[:2]]
     step("environment", (), environment)
     step("tiny_model", ("environment",), tiny_model)
@@ -508,6 +597,9 @@ def run_checks(
     )
     if full:
         step("gpu_stack", (), gpu_stack)
+        step("unsloth_sft", ("tiny_model", "gpu_stack"), unsloth_sft)
+        step("vllm_lora", ("sft", "gpu_stack"), vllm_lora)
+        step("gpu_profile", ("gpu_stack",), gpu_profile)
     return results
 
 
