@@ -12,9 +12,10 @@ Layers, lowest first (a module may import its own layer and the layers below it,
  3    society             ``society.candidate``, ``prompts``, ``policies``, ``bandit``, ``state``,
                           ``toolkit``, ``roles``, ``config``, ``graph``, ``baselines``, ``run``
  4    store and tracing   ``training.store``, ``evaluation.traces``, ``evaluation.langsmith_traces``
- 5    training            ``training.*`` but the store, the pipeline and the CLI
+ 5    training            ``training.*`` but the store, the pipeline, plan, GPU check and the CLI
  6    reports             ``evaluation.stats``, ``role_effects``, ``plots``, ``report``, ``judge``
- 7    pipeline            ``training.pipeline`` (the four phases, then the report), ``training.plan``
+ 7    pipeline            ``training.pipeline`` (the four phases, then the report), ``training.plan``,
+                          ``training.gpu_check`` (runs the trainers and checks the GPU profile)
  8    CLI                 ``society.cli`` (the ``sqlsociety`` root), ``society.commands``,
                           ``training.cli``, ``evaluation.cli``, ``evaluation.obs_cli``,
                           ``evaluation.judge_cli``
@@ -54,11 +55,10 @@ LAYERS: list[tuple[str, list[str]]] = [
                  "society.run"]),
     ("store and tracing", ["training.store", "evaluation.traces", "evaluation.langsmith_traces"]),
     ("training", ["training.agent", "training.adapter", "training.bandit", "training.gather", "training.remote",
-                  "training.sft", "training.grpo", "training.export", "training.threads", "training.hooks",
-                  "training.gpu_check"]),
+                  "training.sft", "training.grpo", "training.export", "training.threads", "training.hooks"]),
     ("reports", ["evaluation.stats", "evaluation.role_effects", "evaluation.plots", "evaluation.report",
                  "evaluation.judge"]),
-    ("pipeline", ["training.pipeline", "training.plan"]),
+    ("pipeline", ["training.pipeline", "training.plan", "training.gpu_check"]),
     ("cli", ["society.cli", "society.commands", "training.cli", "evaluation.cli", "evaluation.obs_cli",
              "evaluation.judge_cli"]),
 ]
@@ -81,6 +81,7 @@ LAZY_ALLOWED: dict[tuple[str, str], str] = {
     ("training.threads", "society.serving"): _GPU,
     ("training.export", "society.serving"): _GPU,
     ("training.export", "society.models"): _GPU + " (society.models reads GGUF headers with gguf, also absent there)",
+    ("training.gpu_check", "society.vllm_serving"): _GPU + " (the vLLM step runs only where vLLM is installed)",
 }
 
 
