@@ -77,10 +77,10 @@ def train(
                 raise TrainConfigError(
                     f"--resume {resume}: no config.yaml there; pass a run directory made by sqlsociety train"
                 )
-            cfg = TrainConfig.load(resume / "config.yaml")
+            cfg = TrainConfig.load(resume / "config.yaml", check_sections=not dry_run)
             root = resume
         else:
-            cfg = TrainConfig.load(config or profile)
+            cfg = TrainConfig.load(config or profile, check_sections=not dry_run)
             root = run_dir or Path("runs") / f"train-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         if dry_run:
             from training.plan import plan_profile

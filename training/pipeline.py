@@ -18,6 +18,7 @@ tasks already in the store, so a killed run loses no rollout and redoes no phase
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -31,6 +32,11 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from evaluation.rewards import RewardConfig
+from training.bandit import BanditConfig
+from training.grpo import SeniorGRPOConfig
+from training.sft import JuniorSFTConfig
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +56,15 @@ SENIOR_ALIAS = "senior_policy"
 
 class TrainConfigError(ValueError):
     """An unusable training profile; the message names the file/field and the fix."""
+
+
+#: Keys of the ``adapter:`` section (``HierarchicalTraceAdapter`` view thresholds) and their types.
+ADAPTER_KEYS: dict[str, type | tuple[type, ...]] = {
+    "sft_min_reward": (int, float),
+    "sft_select": str,
+    "rl_reward": str,
+    "bandit_holdout": (int, float),
+}
 
 
 class _Section(BaseModel):
@@ -155,9 +170,47 @@ class TrainConfig(_Section):
     llm_proxy: bool = True
     serving: ServingSection = Field(default_factory=ServingSection)
 
+    def typed_sections(self) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+        """The ``sft`` / ``grpo`` / ``bandit`` / ``reward`` sections built as their classes
+        (:class:`~training.sft.JuniorSFTConfig`, :class:`~training.grpo.SeniorGRPOConfig`,
+        :class:`~training.bandit.BanditConfig`, :class:`~evaluation.rewards.RewardConfig`; ``model``
+        and ``output_dir`` filled as the pipeline fills them) and the ``adapter`` keys checked.
+
+        Returns:
+            ``(built, errors)``: section name -> object for the sections that built, and
+            ``(field, message)`` for each one that did not (an unknown key, a bad value).
+        """
+        built: dict[str, Any] = {}
+        errors: list[tuple[str, str]] = []
+        phase_dirs = {"sft": "RUN_DIR/phases/2-sft/adapter", "grpo": "RUN_DIR/phases/3-grpo/adapter"}
+        for name, cls in (("sft", JuniorSFTConfig), ("grpo", SeniorGRPOConfig), ("bandit", BanditConfig),
+                          ("reward", RewardConfig)):
+            kw = getattr(self, name)
+            fixed = {"model": self.base_model, "output_dir": phase_dirs[name]} if name in phase_dirs else {}
+            names = {f.name for f in dataclasses.fields(cls)}
+            unknown = sorted(set(kw) - names)
+            if unknown:
+                errors.append((name, f"unknown key(s) {unknown}; known: {sorted(names - set(fixed))}"))
+                continue
+            try:
+                built[name] = cls(**{**kw, **fixed})
+            except (TypeError, ValueError) as e:
+                errors.append((name, str(e)))
+        for k, v in self.adapter.items():
+            if k not in ADAPTER_KEYS:
+                errors.append(("adapter", f"unknown key {k!r}; known: {sorted(ADAPTER_KEYS)}"))
+            elif not isinstance(v, ADAPTER_KEYS[k]):
+                errors.append((f"adapter.{k}", f"{v!r} has the wrong type"))
+        return built, errors
+
     @classmethod
-    def load(cls, path_or_profile: str | Path | None = None) -> TrainConfig:
+    def load(cls, path_or_profile: str | Path | None = None, *, check_sections: bool = True) -> TrainConfig:
         """Load a profile name (``smoke``, ``default``) or a YAML path.
+
+        With ``check_sections`` (the default) the ``sft`` / ``grpo`` / ``bandit`` / ``reward`` /
+        ``adapter`` sections are built as their classes now (:meth:`typed_sections`), so a typo
+        fails here and not when its phase starts; ``--dry-run`` loads without it and lists every
+        problem instead.
 
         Raises:
             TrainConfigError: unknown profile, unreadable file or invalid fields.
@@ -169,9 +222,15 @@ class TrainConfig(_Section):
                                    f"{', '.join(PROFILES)} or a YAML path (copy {PROFILE_DIR}/default.yaml)")
         try:
             data = yaml.safe_load(path.read_text()) or {}
-            return cls.model_validate(data)
+            cfg = cls.model_validate(data)
         except (yaml.YAMLError, ValidationError) as e:
             raise TrainConfigError(f"{path}: invalid training profile: {e}") from e
+        errors = cfg.typed_sections()[1] if check_sections else []
+        if errors:
+            raise TrainConfigError(
+                f"{path}: invalid training profile: " + "; ".join(f"{where}: {msg}" for where, msg in errors)
+            )
+        return cfg
 
     def society_path(self) -> Path:
         p = Path(self.society_config)
@@ -520,7 +579,6 @@ class TrainingPipeline:
         return {"store": str(self.dir.store), **summary.to_json()}
 
     def _reward_config(self) -> Any:
-        from evaluation.rewards import RewardConfig
 
         return RewardConfig(**self.cfg.reward) if self.cfg.reward else None
 
@@ -538,7 +596,7 @@ class TrainingPipeline:
 
     def phase2_sft(self) -> dict[str, Any]:
         """Phase 2: juniors' high-reward conversations -> LoRA SFT -> GGUF LoRA served by llama.cpp."""
-        from training.sft import JuniorSFTConfig, JuniorSFTTrainer
+        from training.sft import JuniorSFTTrainer
 
         d = self.dir.phase_dir(2)
         a = self.cfg.adapter
@@ -563,7 +621,7 @@ class TrainingPipeline:
 
     def phase3_grpo(self) -> dict[str, Any]:
         """Phase 3: the senior's decision points -> GRPO (TRL on the CPU, VERL on a GPU) -> LoRA served."""
-        from training.grpo import SeniorGRPOConfig, SeniorGRPOTrainer, resolve_backend
+        from training.grpo import SeniorGRPOTrainer, resolve_backend
 
         d = self.dir.phase_dir(3)
         with self._archive() as archive:
@@ -596,7 +654,7 @@ class TrainingPipeline:
         UNVERIFIED: no GPU was available where this was written (see the README)."""
         from tools.spider import load_examples
         from training.agent import task_from_example
-        from training.grpo import SeniorGRPOConfig, train_senior_verl
+        from training.grpo import train_senior_verl
 
         g = self.cfg.gather
         train = [task_from_example(e) for e in load_examples(self.cfg.data_dir, g.split)[g.offset:g.offset + g.limit]]
@@ -626,7 +684,7 @@ class TrainingPipeline:
         bandit (joblib). Compared offline on held-out *dev* decisions (the baseline evaluation's
         logged candidates, never trained on) with random choice, majority vote, the logged policy
         and the LLM supervisor (asked live on the same candidates)."""
-        from training.bandit import BanditConfig, SupervisorBandit, compare_policies
+        from training.bandit import SupervisorBandit, compare_policies
 
         d = self.dir.phase_dir(4)
         with self._archive() as archive:

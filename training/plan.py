@@ -41,13 +41,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from evaluation.rewards import RewardConfig
 from society.config import ConfigError, SocietyConfig
 from society.models import EMBEDDED_MODELS
 from society.serving import ServerNotInstalledError, find_llama_server
 from tools.spider import DataError, load_examples
-from training.bandit import BanditConfig
-from training.grpo import SeniorGRPOConfig, load_verl_config
+from training.grpo import load_verl_config
 from training.pipeline import (
     JUNIOR_ALIAS,
     PHASES,
@@ -57,7 +55,6 @@ from training.pipeline import (
     _kind,
     role_split_config,
 )
-from training.sft import JuniorSFTConfig
 
 __all__ = ["Finding", "TrainPlan", "plan_profile", "gpu_stack_needs", "INSTALL_GPU", "HUB_ID"]
 
@@ -67,8 +64,6 @@ INSTALL_GPU = "SQLSOCIETY_GPU=1 bash scripts/install.sh"
 #: A Hugging Face hub id: ``owner/name``.
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
-#: Keys of the ``adapter:`` section (``HierarchicalTraceAdapter`` view thresholds).
-ADAPTER_KEYS = {"sft_min_reward": (int, float), "sft_select": str, "rl_reward": str, "bandit_holdout": (int, float)}
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -202,21 +197,6 @@ def gpu_stack_needs(cfg: TrainConfig) -> dict[str, str]:
     return {"cuda": cuda, **needs}
 
 
-def _typed(cls: Any, kw: dict[str, Any], where: str, fixed: dict[str, Any], findings: list[Finding]) -> Any:
-    """``cls(**kw, **fixed)`` or an error finding naming the bad key/value."""
-    names = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else None
-    if names is not None:
-        unknown = sorted(set(kw) - names)
-        if unknown:
-            findings.append(Finding("error", where, f"unknown key(s) {unknown}; known: {sorted(names - set(fixed))}"))
-            return None
-    try:
-        return cls(**{**kw, **fixed})
-    except (TypeError, ValueError) as e:
-        findings.append(Finding("error", where, str(e)))
-        return None
-
-
 def _resolve_base_model(cfg: TrainConfig, findings: list[Finding]) -> str:
     """A one-line description of where ``base_model`` comes from (or an error finding)."""
     bm = cfg.base_model
@@ -302,27 +282,13 @@ def plan_profile(cfg: TrainConfig, *, source: str = "", phases: set[int] | None 
     vllm = cfg.serving.engine == "vllm"
 
     # -- typed sections -------------------------------------------------------------------------------
-    sft = _typed(
-        JuniorSFTConfig, cfg.sft, "sft", {"model": cfg.base_model, "output_dir": "RUN_DIR/phases/2-sft/adapter"}, F
-    )
-    grpo = _typed(
-        SeniorGRPOConfig, cfg.grpo, "grpo", {"model": cfg.base_model, "output_dir": "RUN_DIR/phases/3-grpo/adapter"}, F
-    )
-    _typed(BanditConfig, cfg.bandit, "bandit", {}, F)
-    if cfg.reward:
-        try:
-            RewardConfig(**cfg.reward)
-        except (TypeError, ValueError) as e:
-            F.append(Finding("error", "reward", str(e)))
+    built, section_errors = cfg.typed_sections()
+    F += [Finding("error", where, msg) for where, msg in section_errors]
+    sft, grpo = built.get("sft"), built.get("grpo")
     if cfg.gather.n_runners + cfg.gather.remote_runners < 1:
         F.append(
             Finding("error", "gather.n_runners", "0 runners here needs gather.remote_runners >= 1 (sqlsociety runner)")
         )
-    for k, v in cfg.adapter.items():
-        if k not in ADAPTER_KEYS:
-            F.append(Finding("error", "adapter", f"unknown key {k!r}; known: {sorted(ADAPTER_KEYS)}"))
-        elif not isinstance(v, ADAPTER_KEYS[k]):
-            F.append(Finding("error", f"adapter.{k}", f"{v!r} has the wrong type"))
 
     # -- GPU stack --------------------------------------------------------------------------------------
     needs = gpu_stack_needs(cfg)
