@@ -87,10 +87,7 @@ LAZY_ALLOWED: dict[tuple[str, str], str] = {
 
 #: Problems known and not fixed yet (see README, "Layers"). The project test fails when one of
 #: them no longer occurs (delete it here) as well as on any problem not listed.
-PENDING: dict[str, str] = {
-    "training.pipeline imports": "function-level imports in training.pipeline, which is being extended in "
-    "parallel (vLLM engine); hoist them once that lands",
-}
+PENDING: dict[str, str] = {}
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,20 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from evaluation.report import write_report
 from evaluation.rewards import RewardConfig
+from society.candidate import Candidate
+from society.config import SocietyConfig
+from society.models import embedded_spec
+from society.policies import LLMPolicy, PolicyContext
+from society.prompts import get_prompt
+from society.proxy import llm_proxy
+from society.roles import ROLE_TYPES
+from society.run import evaluate
+from society.serving import serve_config
+from society.vllm_serving import VLLMServer
+from tools.schema import schema_prompt
+from tools.spider import load_examples
 from training.bandit import BanditConfig
 from training.grpo import SeniorGRPOConfig
 from training.sft import JuniorSFTConfig
@@ -284,8 +297,6 @@ def dev_decisions(eval_jsonl: Path) -> list[dict[str, Any]]:
 
 def dev_subset(cfg: TrainConfig) -> list[Any]:
     """The fixed dev subset: ``cfg.eval.limit`` examples sampled with ``cfg.eval.seed``, in file order."""
-    from tools.spider import load_examples
-
     pool = load_examples(cfg.data_dir, cfg.eval.split)
     k = min(cfg.eval.limit, len(pool))
     idx = sorted(random.Random(cfg.eval.seed).sample(range(len(pool)), k))
@@ -328,8 +339,6 @@ def role_split_config(society: Any) -> Any:
 
 
 def _kind(role_type: str) -> str:
-    from society.roles import ROLE_TYPES
-
     return ROLE_TYPES[role_type].kind
 
 
@@ -402,8 +411,6 @@ class TrainingPipeline:
 
     # -- society with the trained parts routed in -------------------------------------------------
     def society(self) -> Any:
-        from society.config import SocietyConfig
-
         sc = role_split_config(SocietyConfig.load(self.cfg.society_path()))
         bandit = self.dir.done(4)
         if bandit:
@@ -430,8 +437,6 @@ class TrainingPipeline:
         else:
             eps = self._llama_endpoints(stack, society)
         if self.cfg.llm_proxy:
-            from society.proxy import llm_proxy
-
             eps = stack.enter_context(llm_proxy(eps))
         return eps
 
@@ -450,7 +455,6 @@ class TrainingPipeline:
         / senior's aliases once their adapter is trained, each adapter by its alias name
         (``junior_policy``, ``senior_policy``); aliases of other embedded models stay on llama.cpp.
         The server's log is ``RUN_DIR/vllm.log``. Not run on a GPU here (see the README)."""
-        from society.vllm_serving import VLLMServer
         from training.export import hf_checkpoint
 
         embedded = society.embedded_aliases()
@@ -459,8 +463,6 @@ class TrainingPipeline:
         rest = society.model_copy(update={"models": {a: m for a, m in society.models.items() if a not in on_vllm}})
         eps: dict[str, Any] = {}
         if rest.embedded_aliases():
-            from society.serving import serve_config
-
             eps.update(stack.enter_context(serve_config(rest)))
         if on_vllm:
             s = self.cfg.serving
@@ -486,8 +488,6 @@ class TrainingPipeline:
 
     def _llama_endpoints(self, stack: ExitStack, society: Any) -> dict[str, Any]:
         """llama.cpp serving (see :meth:`endpoints`)."""
-        from society.models import embedded_spec
-        from society.serving import serve_config
         from training.export import adapter_gguf, resolve_gguf, serve_adapter
 
         adapters: dict[str, Path] = {}
@@ -508,8 +508,6 @@ class TrainingPipeline:
     # -- stages -------------------------------------------------------------------------------------
     def evaluate_stage(self, stage: str) -> dict[str, Any]:
         """Evaluate the current society on the fixed dev subset; cached in ``eval/<stage>.jsonl``."""
-        from society.run import evaluate
-
         path = self.dir.eval_path(stage)
         summary_path = path.with_suffix(".summary.json")
         if summary_path.is_file():
@@ -555,7 +553,6 @@ class TrainingPipeline:
     # -- phases -------------------------------------------------------------------------------------
     def phase1_gather(self) -> dict[str, Any]:
         """Phase 1: the baseline society over ``gather.limit`` train tasks into the persistent store."""
-        from tools.spider import load_examples
         from training.gather import GatherConfig, gather
         from training.store import task_id_of  # noqa: F401  (documents where task ids come from)
 
@@ -652,7 +649,6 @@ class TrainingPipeline:
         tasks (the whole society runs; ``agent_match`` keeps the senior's calls), validated on the
         dev subset; the newest PEFT LoRA adapter VERL saved is exported and served like TRL's.
         UNVERIFIED: no GPU was available where this was written (see the README)."""
-        from tools.spider import load_examples
         from training.agent import task_from_example
         from training.grpo import train_senior_verl
 
@@ -711,11 +707,6 @@ class TrainingPipeline:
         """EX of the LLM supervisor policy choosing among the same held-out candidates (one model
         call per decision with more than one distinct candidate), on the base model."""
         from langchain_openai import ChatOpenAI
-
-        from society.candidate import Candidate
-        from society.policies import LLMPolicy, PolicyContext
-        from society.prompts import get_prompt
-        from tools.schema import schema_prompt
 
         society = self.society()
         sup = next((r for r in society.roles if _kind(r.type) == "supervisor"), None)
@@ -786,10 +777,6 @@ class TrainingPipeline:
 
     def write_report(self) -> Path | None:
         """Write ``report.html`` / ``report.md`` (``evaluation.report``); returns the HTML path."""
-        try:
-            from evaluation.report import write_report
-        except ImportError:  # pragma: no cover - the report module ships with the package
-            return None
         out = write_report(self.dir.root)
         self.echo(f"report: {out}")
         return out
