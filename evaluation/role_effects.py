@@ -105,7 +105,8 @@ def role_effects(evals: Mapping[str, Sequence[Mapping[str, Any]]], *, seed: int 
     if sft and grpo:
         out.append(_effect("3 GRPO", "senior", "questions fixed by the senior", _pairs(sft, grpo, _net_senior), seed))
     if grpo and bandit:
-        out.append(_effect("4 bandit", "supervisor", "EX of the chosen candidate", _pairs(grpo, bandit, _chosen_ex), seed))
+        chosen = _pairs(grpo, bandit, _chosen_ex)
+        out.append(_effect("4 bandit", "supervisor", "EX of the chosen candidate", chosen, seed))
     last = next((evals.get(s) for s in reversed(STAGES[1:]) if evals.get(s)), None)
     if base and last:
         out.append(_effect("all", "society", "end-to-end EX", _pairs(base, last, lambda r: r.get("match")), seed))
