@@ -55,3 +55,22 @@ def test_train_with_a_typo_exits_2_before_anything_runs(tmp_path: Path) -> None:
     r = CliRunner().invoke(app, ["train", "--config", str(p), "--run-dir", str(run_dir)])
     assert r.exit_code == 2, r.output
     assert "num_generatons" in r.output and not run_dir.exists()
+
+
+def test_trl_args_reach_trl_and_typos_fail_at_load(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from training.grpo import SeniorGRPOConfig, SeniorGRPOTrainer
+    from training.sft import JuniorSFTConfig, JuniorSFTTrainer
+
+    sft = JuniorSFTConfig(output_dir=str(tmp_path), trl_args={"optim": "sgd", "max_grad_norm": 0.5, "report_to": []})
+    args = JuniorSFTTrainer._args(SimpleNamespace(config=sft))
+    assert (args.optim, args.max_grad_norm, args.report_to) == ("sgd", 0.5, [])
+    grpo = SeniorGRPOConfig(output_dir=str(tmp_path), trl_args={"max_grad_norm": 0.25})
+    assert SeniorGRPOTrainer._args(SimpleNamespace(config=grpo)).max_grad_norm == 0.25
+    with pytest.raises(ValueError, match=r"\['max_grad_nrom'\] are not options of trl.SFTConfig"):
+        JuniorSFTConfig(trl_args={"max_grad_nrom": 1.0})
+    with pytest.raises(ValueError, match=r"set \['max_steps'\] as fields"):
+        SeniorGRPOConfig(trl_args={"max_steps": 3})
+    with pytest.raises(TrainConfigError, match="max_grad_nrom"):
+        TrainConfig.load(_profile(tmp_path, grpo={"trl_args": {"max_grad_nrom": 1.0}}))

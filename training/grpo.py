@@ -51,14 +51,14 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from evaluation.ex import execution_match
 from evaluation.rewards import RewardConfig, compute_reward
 from evaluation.sql_text import extract_sql
-from training.sft import DEFAULT_TARGET_MODULES, StepTimer, torch_threads
+from training.sft import DEFAULT_TARGET_MODULES, StepTimer, check_trl_args, torch_threads
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +117,9 @@ class SeniorGRPOConfig:
             generation path cannot stop on strings, so each completion is cut before the first of
             them ahead of scoring -- the reward then sees the text the served senior would have
             returned. None or empty: completions are scored whole.
+        trl_args: any other keyword argument of TRL's ``GRPOConfig`` (e.g. ``optim``,
+            ``max_grad_norm``, ``loss_type``), applied over what the fields above set (TRL backend);
+            checked against ``GRPOConfig`` when given (see :func:`training.sft.check_trl_args`).
     """
 
     model: str = "smollm2-135m"
@@ -147,8 +150,10 @@ class SeniorGRPOConfig:
     senior_alias: str = "senior_policy"
     n_runners: int = 4
     stop: tuple[str, ...] | None = None
+    trl_args: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        check_trl_args(self, "GRPOConfig")
         if self.num_generations < 2:
             raise ValueError(
                 f"SeniorGRPOConfig.num_generations = {self.num_generations}; GRPO needs >= 2 completions per prompt"
@@ -379,7 +384,7 @@ class SeniorGRPOTrainer:
 
         cfg = self.config
         cuda = torch.cuda.is_available()
-        return GRPOConfig(
+        kw = dict(
             output_dir=cfg.output_dir,
             max_steps=cfg.max_steps,
             learning_rate=cfg.learning_rate,
@@ -405,6 +410,7 @@ class SeniorGRPOTrainer:
             dataloader_num_workers=0,
             disable_tqdm=True,
         )
+        return GRPOConfig(**{**kw, **cfg.trl_args})  # the profile's trl_args win
 
     def train(self) -> GRPOResult:
         """Run GRPO, save the adapter and ``grpo_metrics.json``; return a :class:`GRPOResult`.

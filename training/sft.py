@@ -35,7 +35,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,30 @@ __all__ = [
 
 #: The linear layers of llama/qwen2 blocks a LoRA adapts (all of them: attention and MLP).
 DEFAULT_TARGET_MODULES: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def check_trl_args(config: Any, trl_class: str) -> None:
+    """Refuse ``config.trl_args`` keys that TRL's ``trl_class`` (``SFTConfig``, ``GRPOConfig``) does
+    not take, or that ``config`` has as its own field (set those as the field). TRL is imported only
+    when ``trl_args`` is not empty.
+
+    Raises:
+        ValueError: naming the keys and where they belong.
+    """
+    args = config.trl_args
+    if not isinstance(args, dict):
+        raise ValueError(f"{type(config).__name__}.trl_args must be a mapping, got {type(args).__name__}")
+    if not args:
+        return
+    own = sorted(set(args) & {f.name for f in fields(config)})
+    if own:
+        raise ValueError(f"{type(config).__name__}.trl_args: set {own} as fields of the section, not in trl_args")
+    import trl
+
+    known = {f.name for f in fields(getattr(trl, trl_class))}
+    unknown = sorted(set(args) - known)
+    if unknown:
+        raise ValueError(f"{type(config).__name__}.trl_args: {unknown} are not options of trl.{trl_class}")
 
 
 @dataclass
@@ -79,6 +103,10 @@ class JuniorSFTConfig:
         load_in_4bit: unsloth only: QLoRA on a 4-bit base.
         gradient_checkpointing: trade compute for memory (useful for the 0.5B model on GPU).
         num_threads: CPU threads for torch; None -> :func:`torch_threads` (load-adaptive).
+        trl_args: any other keyword argument of TRL's ``SFTConfig`` (so every TRL / transformers
+            ``TrainingArguments`` option, e.g. ``optim``, ``max_grad_norm``), applied over what the
+            fields above set; checked against ``SFTConfig`` when given (imports TRL, ~5 s). A TRL
+            option that is a field here (``max_steps``, ``learning_rate``...) is set as that field.
     """
 
     model: str = "smollm2-135m"
@@ -103,8 +131,10 @@ class JuniorSFTConfig:
     load_in_4bit: bool = False
     gradient_checkpointing: bool = False
     num_threads: int | None = None
+    trl_args: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        check_trl_args(self, "SFTConfig")
         if self.loss_on not in ("completion", "all"):
             raise ValueError(f"JuniorSFTConfig.loss_on = {self.loss_on!r}; use 'completion' or 'all'")
         if self.backend not in ("auto", "trl", "unsloth"):
@@ -319,7 +349,7 @@ class JuniorSFTTrainer:
         cfg = self.config
         cuda = torch.cuda.is_available()
         bf16 = bool(cuda and torch.cuda.is_bf16_supported())
-        return SFTConfig(
+        kw = dict(
             output_dir=cfg.output_dir,
             max_steps=cfg.max_steps if cfg.max_steps > 0 else -1,
             num_train_epochs=cfg.num_train_epochs,
@@ -343,6 +373,7 @@ class JuniorSFTTrainer:
             dataloader_num_workers=0,
             disable_tqdm=True,
         )
+        return SFTConfig(**{**kw, **cfg.trl_args})  # the profile's trl_args win
 
     # ------------------------------------------------------------------------------ train
 
