@@ -66,7 +66,7 @@ from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from society.candidate import candidate_context, usable
+from society.candidate import candidate_context, epsilon_greedy, usable
 
 __all__ = ["BanditConfig", "SupervisorBandit", "as_sample", "featurize", "load_policy"]
 
@@ -434,18 +434,12 @@ class SupervisorBandit:
                                 "propensity": 1.0, "fitted": self.fitted}
         if not explore:
             return greedy, info
-        k = len(allowed)
         if self.config.exploration == "thompson" and self.fitted:
             picks = [self._argmax(self.scores(question, ctx, head=h), ctx, allowed) for h in range(len(self.heads))]
             pick = picks[self._rng.randrange(len(picks))]
             info.update(explored=pick != greedy, propensity=picks.count(pick) / len(picks), exploration="thompson")
             return pick, info
-        eps = self.config.epsilon
-        if self._rng.random() < eps:
-            pick = allowed[self._rng.randrange(k)]
-        else:
-            pick = greedy
-        prop = (1.0 - eps) * (pick == greedy) + eps / k
+        pick, prop, _ = epsilon_greedy(self._rng, allowed, greedy, self.config.epsilon)
         info.update(explored=pick != greedy, propensity=prop, exploration="epsilon")
         return pick, info
 

@@ -6,11 +6,12 @@ defaults.
 
 Also the one definition of what the policies and the bandit read off a list of candidates:
 :func:`candidate_context` (per-candidate execution features), :func:`usable` and
-:func:`majority_vote`.
+:func:`majority_vote`, and :func:`epsilon_greedy` exploration.
 """
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -131,3 +132,16 @@ def majority_vote(candidates: Sequence[Any]) -> tuple[int, Counter[str], list[in
     votes = Counter(str(ctx[i].get("result_digest")) for i in ok)
     pick = min(ok, key=lambda i: (-votes[str(ctx[i].get("result_digest"))], int(ctx[i].get("row_count", 0)) == 0, i))
     return pick, votes, ok
+
+
+def epsilon_greedy(rng: random.Random, allowed: Sequence[int], greedy: int, epsilon: float) -> tuple[int, float, bool]:
+    """Epsilon-greedy exploration among ``allowed`` indices: ``(pick, propensity, drew)``.
+
+    With probability ``epsilon`` (``drew``) a uniform pick among ``allowed``, else ``greedy``;
+    ``propensity`` is the exact probability of ``pick`` under this rule,
+    ``(1 - epsilon)·[pick == greedy] + epsilon / |allowed|`` (what inverse propensity scoring needs).
+    Used by the ``epsilon_greedy`` supervisor policy and the bandit's own exploration.
+    """
+    drew = rng.random() < epsilon
+    pick = allowed[rng.randrange(len(allowed))] if drew else greedy
+    return pick, epsilon / len(allowed) + ((1.0 - epsilon) if pick == greedy else 0.0), drew

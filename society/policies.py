@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from society.bandit import load_policy
-from society.candidate import Candidate, candidate_context, majority_vote, usable
+from society.candidate import Candidate, candidate_context, epsilon_greedy, majority_vote, usable
 
 
 @dataclass
@@ -238,9 +238,7 @@ class EpsilonGreedyPolicy(SupervisorPolicy):
         if not idx:
             return base
         rng = random.Random(f"{self.seed}|{question}|" + "|".join(c.sql or "" for c in candidates))
-        explored = rng.random() < self.epsilon
-        pick = rng.choice(idx) if explored else base.index
-        prop = self.epsilon / len(idx) + ((1.0 - self.epsilon) if pick == base.index else 0.0)
+        pick, prop, explored = epsilon_greedy(rng, idx, base.index, self.epsilon)
         info = {**base.info, "base_policy": self.base_name, "base_index": base.index, "explored": explored,
                 "epsilon": self.epsilon, "propensity": prop}
         return PolicyChoice(pick, base.scores, info)

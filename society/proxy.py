@@ -74,7 +74,7 @@ def llm_proxy(endpoints: Mapping[str, Endpoint], *, startup_timeout_s: float = 1
     """Serve ``endpoints`` behind one Agent Lightning ``LLMProxy``; yield alias -> proxied endpoint.
 
     Args:
-        endpoints: alias -> backend endpoint (e.g. from :func:`society.commands.serving`).
+        endpoints: alias -> backend endpoint (e.g. from :func:`society.serving.serve_config`).
         startup_timeout_s: seconds to wait for the proxy's liveliness check.
         quiet: lower LiteLLM's and uvicorn's log level to WARNING.
 

@@ -71,7 +71,7 @@ class GatherConfig:
         max_attempts: attempts per rollout (Agent Lightning retries failed/timed-out attempts).
         rollout_timeout_s: wall-clock limit of one attempt in seconds (None: no limit).
         endpoints: model alias -> ``Endpoint`` or ``(base_url, model[, api_key])``; aliases not given and
-            marked ``embedded`` get a llama.cpp server started for the run (``society.commands.serving``).
+            marked ``embedded`` get a llama.cpp server started for the run (``society.serving.serve_config``).
         port: port of Agent Lightning's store server; None picks a free port.
         store_host: interface the store server (Agent Lightning's ``LightningStoreServer`` in front of
             the SQLite store) binds to: ``localhost`` by default; ``0.0.0.0`` or the host's address
