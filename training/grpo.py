@@ -58,7 +58,7 @@ from typing import Any
 from evaluation.ex import execution_match
 from evaluation.rewards import RewardConfig, compute_reward
 from evaluation.sql_text import extract_sql
-from training.sft import DEFAULT_TARGET_MODULES, StepTimer, check_trl_args, torch_threads
+from training.sft import DEFAULT_TARGET_MODULES, StepTimer, check_trl_args, save_adapter, torch_threads
 
 logger = logging.getLogger(__name__)
 
@@ -421,7 +421,7 @@ class SeniorGRPOTrainer:
         from peft import LoraConfig
         from trl import GRPOTrainer
 
-        from training.export import load_for_training, resolve_gguf
+        from training.export import load_for_training
 
         cfg = self.config
         out = Path(cfg.output_dir)
@@ -454,29 +454,13 @@ class SeniorGRPOTrainer:
         finally:
             torch.set_num_threads(prev_threads)
         train_s = time.perf_counter() - t0
-        steps = int(trainer.state.global_step)
-        if steps <= 0:
-            raise RuntimeError("GRPO took no optimizer step; check max_steps and the dataset")
-        trainer.model.save_pretrained(str(out))
+        steps = save_adapter(
+            trainer, out, {"method": "grpo", "role": "senior", "base_model": cfg.model}, {"prompts": len(data)},
+            no_step="GRPO took no optimizer step; check max_steps and the dataset",
+        )
         hist = [h for h in trainer.state.log_history if "reward" in h]
         rewards = [float(h["reward"]) for h in hist]
         reward_std = [float(h.get("reward_std", float("nan"))) for h in hist]
-        try:
-            base_gguf: str | None = str(resolve_gguf(cfg.model))
-        except (ValueError, FileNotFoundError, RuntimeError):
-            base_gguf = None
-        (out / "sqlsociety_adapter.json").write_text(
-            json.dumps(
-                {
-                    "method": "grpo",
-                    "role": "senior",
-                    "base_model": cfg.model,
-                    "base_gguf": base_gguf,
-                    "prompts": len(data),
-                },
-                indent=1,
-            )
-        )
         rewrite_ex = [r["ex"] for r in self.reward.records if r["ex"] is not None]
         result = GRPOResult(
             adapter_dir=out,

@@ -412,22 +412,12 @@ class JuniorSFTTrainer:
         finally:
             torch.set_num_threads(prev_threads)
         train_s = time.perf_counter() - t0
-        steps = int(trainer.state.global_step)
-        if steps <= 0:
-            raise RuntimeError("SFT took no optimizer step; check max_steps / num_train_epochs and the dataset size")
-        trainer.model.save_pretrained(str(out))
+        steps = save_adapter(
+            trainer, out, {"method": "sft", "role": "junior", "base_model": cfg.model},
+            {"rows": len(self.dataset), "backend": self.backend},
+            no_step="SFT took no optimizer step; check max_steps / num_train_epochs and the dataset size",
+        )
         losses = [(int(h["step"]), float(h["loss"])) for h in trainer.state.log_history if "loss" in h and "step" in h]
-        from training.export import resolve_gguf
-
-        meta = {
-            "method": "sft",
-            "role": "junior",
-            "base_model": cfg.model,
-            "base_gguf": _maybe_gguf(cfg.model, resolve_gguf),
-            "rows": len(self.dataset),
-            "backend": self.backend,
-        }
-        (out / "sqlsociety_adapter.json").write_text(json.dumps(meta, indent=1))
         result = SFTResult(
             adapter_dir=out,
             metrics_path=out / "sft_metrics.json",
@@ -453,9 +443,24 @@ class JuniorSFTTrainer:
         return result
 
 
-def _maybe_gguf(model: str, resolve: Any) -> str | None:
+def save_adapter(trainer: Any, out: Path, meta: dict[str, Any], extra: dict[str, Any], *, no_step: str) -> int:
+    """The common tail of the trainers' ``train()``: refuse a run that took no optimizer step, save
+    the PEFT adapter in ``out`` and write ``sqlsociety_adapter.json`` (``meta``, the base model's
+    GGUF when it resolves to one, then ``extra``); returns the optimizer steps taken.
+
+    Raises:
+        RuntimeError: ``no_step``, when the trainer took no step.
+    """
+    from training.export import resolve_gguf
+
+    steps = int(trainer.state.global_step)
+    if steps <= 0:
+        raise RuntimeError(no_step)
+    trainer.model.save_pretrained(str(out))
     try:
-        return str(resolve(model))
+        base_gguf: str | None = str(resolve_gguf(meta["base_model"]))
     except (ValueError, FileNotFoundError, RuntimeError):
-        return None
+        base_gguf = None
+    (out / "sqlsociety_adapter.json").write_text(json.dumps({**meta, "base_gguf": base_gguf, **extra}, indent=1))
+    return steps
 
