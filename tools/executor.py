@@ -1039,7 +1039,10 @@ def _in_worker(path: Path, sql: str, timeout_s: float, max_rows: int, mvb: int, 
         w = pool.take()
         try:
             if not w.wait_ready():
+                died = not w.alive()
                 how = w.kill()
+                if attempt == 1 and died:
+                    continue  # killed before it was ready (e.g. while idle): retry once on a fresh worker
                 return ("error", ErrorCategory.OTHER.value,
                         f"executor worker did not start within {WORKER_START_TIMEOUT_S} s ({how})")
             reply, resident = w.request(req, time.monotonic() + timeout_s + KILL_GRACE_S)
