@@ -70,7 +70,7 @@ def test_load_by_db_id_and_missing_database(tmp_path):
     assert not missing.exists()
     junk = tmp_path / "junk.sqlite"
     junk.write_bytes(b"not a database" * 200)
-    with pytest.raises(ValueError, match="cannot read the schema"):
+    with pytest.raises(ValueError, match="not an SQLite database"):
         load_schema(junk)
 
 

@@ -1035,14 +1035,19 @@ def _in_worker(path: Path, sql: str, timeout_s: float, max_rows: int, mvb: int, 
     """Run the statement in a pooled worker under the hard deadline; return a reply tuple."""
     pool = _pool()
     req = (str(path), sql, float(timeout_s), int(max_rows), int(mvb), int(mrb), bool(REUSE_CONNECTIONS))
-    for attempt in (1, 2):
+    lost = 0  # idle workers found dead (killed from outside while idle): each replaced, at most a pool's worth
+    attempt = 0
+    while True:
+        attempt += 1
         w = pool.take()
         try:
             if not w.wait_ready():
                 died = not w.alive()
                 how = w.kill()
-                if attempt == 1 and died:
-                    continue  # killed before it was ready (e.g. while idle): retry once on a fresh worker
+                if died and lost <= MAX_IDLE_WORKERS:
+                    lost += 1
+                    attempt -= 1
+                    continue  # killed before it was ready (e.g. while idle): try the next / a fresh worker
                 return ("error", ErrorCategory.OTHER.value,
                         f"executor worker did not start within {WORKER_START_TIMEOUT_S} s ({how})")
             reply, resident = w.request(req, time.monotonic() + timeout_s + KILL_GRACE_S)
@@ -1064,7 +1069,6 @@ def _in_worker(path: Path, sql: str, timeout_s: float, max_rows: int, mvb: int, 
         else:
             pool.give(w)
         return reply
-    raise AssertionError("unreachable")
 
 
 def execute_sql(

@@ -306,7 +306,7 @@ def dev_subset(cfg: TrainConfig) -> list[Any]:
 #: Loggers of the libraries under the pipeline (LiteLLM inside the LLMProxy, Agent Lightning's
 #: runners, the HTTP stack): their tracebacks and banners go to the run's log file.
 LIBRARY_LOGGERS = ("LiteLLM", "LiteLLM Proxy", "LiteLLM Router", "litellm", "agentlightning", "uvicorn",
-                   "uvicorn.error", "uvicorn.access", "httpx", "openai")
+                   "uvicorn.error", "uvicorn.access", "httpx", "openai", "aiohttp", "asyncio")
 
 
 def route_library_logs(path: Path) -> None:
