@@ -211,6 +211,207 @@ sys.exit(rc if 0 <= rc < 256 else 1)
 # ---------------------------------------------------------------------------- the server
 
 
+class ManagedServer:
+    """An OpenAI-compatible model server run as a managed subprocess on a loopback port.
+
+    The process lifecycle shared by :class:`LlamaServer` and ``society.vllm_serving.VLLMServer``:
+    the launcher (dies with its parent, exits with the server's own status), a free port (retried
+    when taken between choosing and binding), waiting for ``GET /health`` = 200, a log file, the
+    :mod:`society.infra` watch, naming an exit (:meth:`failure`), and always stopping. Subclasses
+    give :attr:`name`, :meth:`command` and :meth:`child_env`, and call :meth:`_init_process`.
+    """
+
+    host = "127.0.0.1"
+    #: prefix of the automatic log file's name; seconds between two health checks while starting.
+    log_prefix = "sqlsociety-server"
+    poll_s = 0.1
+
+    def _init_process(self, port: int | None, log_path: str | os.PathLike[str] | None) -> None:
+        if port is not None and not (1 <= int(port) <= 65535):
+            raise ValueError(f"port must be in 1..65535, got {port!r}")
+        self._fixed_port = int(port) if port is not None else None
+        self.port: int | None = self._fixed_port
+        self._user_log = Path(log_path) if log_path is not None else None
+        self.log_path: Path | None = self._user_log
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.RLock()
+        self.startup_s: float | None = None
+
+    @property
+    def name(self) -> str:  # pragma: no cover - every subclass names itself
+        raise NotImplementedError
+
+    def command(self) -> list[str]:  # pragma: no cover
+        """The server's command line (without the launcher)."""
+        raise NotImplementedError
+
+    def child_env(self) -> dict[str, str]:
+        """The server process's environment (default: this process's)."""
+        return dict(os.environ)
+
+    @property
+    def base_url(self) -> str:
+        """OpenAI base URL, ``http://127.0.0.1:<port>/v1``.
+
+        Raises:
+            RuntimeError: the server has no port yet (call :meth:`start` first).
+        """
+        if self.port is None:
+            raise RuntimeError("the server has no port yet; call start() (or use it as a context manager)")
+        return f"http://{self.host}:{self.port}/v1"
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of the launcher (the process group leader), or None."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def server_pid(self) -> int | None:
+        """Process id of the server process itself, or None."""
+        if self._proc is None:
+            return None
+        pids = _server_pids(self._proc.pid)
+        return pids[0] if pids else None
+
+    @property
+    def running(self) -> bool:
+        """True while the server process is alive."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self, timeout_s: float = 180) -> ManagedServer:
+        """Start the server and wait until ``GET /health`` answers 200 (model loaded).
+
+        Idempotent while running. A port taken between choosing and binding is retried (up to 3
+        times) on a new free port unless a fixed ``port`` was given.
+
+        Returns:
+            self.
+
+        Raises:
+            ServerStartError: the process exited (the message names the status or signal) or did
+                not answer within ``timeout_s``; the message ends with the server log's last lines.
+        """
+        with self._lock:
+            if self.running:
+                return self
+            attempts = 1 if self._fixed_port is not None else 3
+            for attempt in range(attempts):
+                try:
+                    self._start_once(timeout_s)
+                    track_server(self)
+                    return self
+                except ServerStartError as e:
+                    if attempt + 1 < attempts and "address already in use" in str(e).lower():
+                        continue
+                    raise
+            raise AssertionError("unreachable")
+
+    def _start_once(self, timeout_s: float) -> None:
+        self.port = self._fixed_port if self._fixed_port is not None else free_port()
+        if self._user_log is not None:
+            self.log_path = self._user_log
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        else:
+            fd, name = tempfile.mkstemp(prefix=f"{self.log_prefix}-", suffix=".log")
+            os.close(fd)
+            self.log_path = Path(name)
+        cmd = [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *self.command()]
+        t0 = time.perf_counter()
+        with open(self.log_path, "ab") as log:
+            self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                          env=self.child_env(), start_new_session=True)
+        atexit.register(self.stop)
+        deadline = t0 + timeout_s
+        url = f"http://{self.host}:{self.port}/health"
+        try:
+            while True:
+                rc = self._proc.poll()
+                if rc is not None:
+                    raise ServerStartError(
+                        f"{self.name} exited during start-up: {describe_exit(rc)}\n{self._log_tail()}"
+                    )
+                try:
+                    with urllib.request.urlopen(url, timeout=2) as r:
+                        if r.status == 200:
+                            break
+                except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError, OSError):
+                    pass
+                if time.perf_counter() > deadline:
+                    raise ServerStartError(
+                        f"{self.name} did not answer {url} within {timeout_s:.0f} s.\n{self._log_tail()}"
+                    )
+                time.sleep(self.poll_s)
+        except BaseException:  # including KeyboardInterrupt: never leave the child behind
+            self._terminate(keep_log=True)
+            raise
+        self.startup_s = time.perf_counter() - t0
+
+    def failure(self) -> ServerDied | None:
+        """:class:`ServerDied` if the server was started and has exited without :meth:`stop`; else None."""
+        proc = self._proc
+        if proc is None:
+            return None
+        rc = proc.poll()
+        return None if rc is None else ServerDied(self.name, rc, self._log_tail(20))
+
+    def check(self) -> None:
+        """Raise :class:`ServerDied` if the server has exited (see :meth:`failure`)."""
+        err = self.failure()
+        if err is not None:
+            raise err
+
+    def _log_tail(self, lines: int = 40) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return "(no server log)"
+        text = self.log_path.read_text(errors="replace").splitlines()
+        return f"--- last {min(lines, len(text))} lines of {self.log_path} ---\n" + "\n".join(text[-lines:])
+
+    def log_text(self) -> str:
+        """The server log so far ("" if none)."""
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout_s: float = 10) -> None:
+        """Stop the server: SIGTERM, wait up to ``timeout_s``, then SIGKILL. Idempotent, safe from
+        ``atexit``, ``finally`` or after Ctrl-C; removes an automatic log file."""
+        self._terminate(keep_log=False, timeout_s=timeout_s)
+
+    def _terminate(self, *, keep_log: bool, timeout_s: float = 10) -> None:
+        with self._lock:
+            proc, self._proc = self._proc, None
+            untrack_server(self)
+            with contextlib.suppress(Exception):
+                atexit.unregister(self.stop)
+            if proc is not None and proc.poll() is None:
+                try:
+                    _signal_group(proc, signal.SIGTERM)
+                    try:
+                        proc.wait(timeout=timeout_s)
+                    except subprocess.TimeoutExpired:
+                        _signal_group(proc, signal.SIGKILL)
+                        proc.wait(timeout=10)
+                except KeyboardInterrupt:
+                    _signal_group(proc, signal.SIGKILL)
+                    proc.wait(timeout=10)
+                    raise
+            elif proc is not None:
+                proc.wait()
+            if not keep_log and self._user_log is None and self.log_path is not None:
+                self.log_path.unlink(missing_ok=True)
+
+    def __enter__(self):  # returns the subclass instance
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __del__(self) -> None:  # last resort; normal paths are stop()/atexit
+        with contextlib.suppress(Exception):
+            if self._proc is not None and self._proc.poll() is None:
+                _signal_group(self._proc, signal.SIGKILL)
+
+
 @dataclass(frozen=True)
 class LoraAdapter:
     """A GGUF LoRA adapter served by a :class:`LlamaServer`.
@@ -226,7 +427,7 @@ class LoraAdapter:
     scale: float = 1.0
 
 
-class LlamaServer:
+class LlamaServer(ManagedServer):
     """llama.cpp's ``llama-server`` for one GGUF model (plus LoRA adapters) on a loopback port.
 
     Args:
@@ -256,7 +457,7 @@ class LlamaServer:
         ServerNotInstalledError: no llama-server executable (see :func:`find_llama_server`).
     """
 
-    host = "127.0.0.1"
+    log_prefix = "sqlsociety-llama"
 
     def __init__(
         self,
@@ -302,8 +503,6 @@ class LlamaServer:
         for name, v in (("n_threads", self.n_threads), ("n_threads_batch", self.n_threads_batch)):
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-        if port is not None and not (1 <= int(port) <= 65535):
-            raise ValueError(f"port must be in 1..65535, got {port!r}")
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
         if kv_cache_type not in (None, "f32", "f16"):
@@ -317,13 +516,7 @@ class LlamaServer:
         self.seed = seed
         self.kv_cache_type = kv_cache_type
         self.extra_args = tuple(str(a) for a in extra_args)
-        self._fixed_port = int(port) if port is not None else None
-        self.port: int | None = self._fixed_port
-        self._user_log = Path(log_path) if log_path is not None else None
-        self.log_path: Path | None = self._user_log
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._lock = threading.RLock()
-        self.startup_s: float | None = None
+        self._init_process(port, log_path)
 
     # -- properties -----------------------------------------------------------------------
 
@@ -341,35 +534,6 @@ class LlamaServer:
     def models(self) -> list[str]:
         """The base alias followed by the adapter names (what :meth:`endpoint` accepts)."""
         return [self.alias, *(a.name for a in self.adapters)]
-
-    @property
-    def base_url(self) -> str:
-        """OpenAI base URL, ``http://127.0.0.1:<port>/v1``.
-
-        Raises:
-            RuntimeError: the server has no port yet (call :meth:`start` first).
-        """
-        if self.port is None:
-            raise RuntimeError("the server has no port yet; call start() (or use it as a context manager)")
-        return f"http://{self.host}:{self.port}/v1"
-
-    @property
-    def pid(self) -> int | None:
-        """Process id of the launcher (the process group leader), or None."""
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def server_pid(self) -> int | None:
-        """Process id of the llama-server process itself, or None."""
-        if self._proc is None:
-            return None
-        pids = _server_pids(self._proc.pid)
-        return pids[0] if pids else None
-
-    @property
-    def running(self) -> bool:
-        """True while the server process is alive."""
-        return self._proc is not None and self._proc.poll() is None
 
     def __repr__(self) -> str:
         state = f"running pid={self.pid} at {self.base_url}" if self.running else "stopped"
@@ -419,107 +583,10 @@ class LlamaServer:
             cmd += ["-ctk", self.kv_cache_type, "-ctv", self.kv_cache_type]
         return cmd + list(self.extra_args)
 
-    @staticmethod
-    def _child_env() -> dict[str, str]:
+    def child_env(self) -> dict[str, str]:
         # llama-server reads LLAMA_ARG_* variables as defaults for its options; the command line is
         # the whole configuration here.
         return {k: v for k, v in os.environ.items() if not k.startswith("LLAMA_ARG_")}
-
-    # -- lifecycle --------------------------------------------------------------------------
-
-    def start(self, timeout_s: float = 180) -> LlamaServer:
-        """Start the server and wait until ``GET /health`` answers 200 (model loaded).
-
-        Idempotent while running. A port taken between choosing and binding is retried (up to 3
-        times) on a new free port unless a fixed ``port`` was given.
-
-        Returns:
-            self.
-
-        Raises:
-            ServerStartError: the process exited (the message names the status or signal) or did
-                not answer within ``timeout_s``; the message ends with the server log's last lines.
-        """
-        with self._lock:
-            if self.running:
-                return self
-            attempts = 1 if self._fixed_port is not None else 3
-            for attempt in range(attempts):
-                try:
-                    self._start_once(timeout_s)
-                    track_server(self)
-                    return self
-                except ServerStartError as e:
-                    if attempt + 1 < attempts and "address already in use" in str(e).lower():
-                        continue
-                    raise
-            raise AssertionError("unreachable")
-
-    def _start_once(self, timeout_s: float) -> None:
-        self.port = self._fixed_port if self._fixed_port is not None else free_port()
-        if self._user_log is not None:
-            self.log_path = self._user_log
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        else:
-            fd, name = tempfile.mkstemp(prefix=f"sqlsociety-llama-{self.alias}-", suffix=".log")
-            os.close(fd)
-            self.log_path = Path(name)
-        cmd = [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *self.command()]
-        t0 = time.perf_counter()
-        with open(self.log_path, "ab") as log:
-            self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                          env=self._child_env(), start_new_session=True)
-        atexit.register(self.stop)
-        deadline = t0 + timeout_s
-        url = f"http://{self.host}:{self.port}/health"
-        try:
-            while True:
-                rc = self._proc.poll()
-                if rc is not None:
-                    raise ServerStartError(
-                        f"{self.name} exited during start-up: {describe_exit(rc)}\n{self._log_tail()}"
-                    )
-                try:
-                    with urllib.request.urlopen(url, timeout=2) as r:
-                        if r.status == 200:
-                            break
-                except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError, OSError):
-                    pass
-                if time.perf_counter() > deadline:
-                    raise ServerStartError(
-                        f"{self.name} did not answer {url} within {timeout_s:.0f} s.\n{self._log_tail()}"
-                    )
-                time.sleep(0.1)
-        except BaseException:  # including KeyboardInterrupt: never leave the child behind
-            self._terminate(keep_log=True)
-            raise
-        self.startup_s = time.perf_counter() - t0
-
-    def failure(self) -> ServerDied | None:
-        """:class:`ServerDied` if the server was started and has exited without :meth:`stop`; else None."""
-        proc = self._proc
-        if proc is None:
-            return None
-        rc = proc.poll()
-        return None if rc is None else ServerDied(self.name, rc, self._log_tail(20))
-
-    def check(self) -> None:
-        """Raise :class:`ServerDied` if the server has exited (see :meth:`failure`)."""
-        err = self.failure()
-        if err is not None:
-            raise err
-
-    def _log_tail(self, lines: int = 40) -> str:
-        if self.log_path is None or not self.log_path.exists():
-            return "(no server log)"
-        text = self.log_path.read_text(errors="replace").splitlines()
-        return f"--- last {min(lines, len(text))} lines of {self.log_path} ---\n" + "\n".join(text[-lines:])
-
-    def log_text(self) -> str:
-        """The server log so far ("" if none): load info and per-request timings."""
-        if self.log_path is None or not self.log_path.exists():
-            return ""
-        return self.log_path.read_text(errors="replace")
 
     def metrics(self) -> dict[str, float]:
         """The server's Prometheus counters (``/metrics``), e.g. ``llamacpp:prompt_tokens_total``,
@@ -543,45 +610,6 @@ class LlamaServer:
                                      headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return json.loads(resp.read())
-
-    def stop(self, timeout_s: float = 10) -> None:
-        """Stop the server: SIGTERM, wait up to ``timeout_s``, then SIGKILL. Idempotent, safe from
-        ``atexit``, ``finally`` or after Ctrl-C; removes an automatic log file."""
-        self._terminate(keep_log=False, timeout_s=timeout_s)
-
-    def _terminate(self, *, keep_log: bool, timeout_s: float = 10) -> None:
-        with self._lock:
-            proc, self._proc = self._proc, None
-            untrack_server(self)
-            with contextlib.suppress(Exception):
-                atexit.unregister(self.stop)
-            if proc is not None and proc.poll() is None:
-                try:
-                    _signal_group(proc, signal.SIGTERM)
-                    try:
-                        proc.wait(timeout=timeout_s)
-                    except subprocess.TimeoutExpired:
-                        _signal_group(proc, signal.SIGKILL)
-                        proc.wait(timeout=10)
-                except KeyboardInterrupt:
-                    _signal_group(proc, signal.SIGKILL)
-                    proc.wait(timeout=10)
-                    raise
-            elif proc is not None:
-                proc.wait()
-            if not keep_log and self._user_log is None and self.log_path is not None:
-                self.log_path.unlink(missing_ok=True)
-
-    def __enter__(self) -> LlamaServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def __del__(self) -> None:  # last resort; normal paths are stop()/atexit
-        with contextlib.suppress(Exception):
-            if self._proc is not None and self._proc.poll() is None:
-                _signal_group(self._proc, signal.SIGKILL)
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:

@@ -36,27 +36,20 @@ loading with ``/v1/load_lora_adapter``).
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import importlib.util
 import json
 import os
 import re
-import signal
-import subprocess
 import sys
-import tempfile
-import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from society.infra import InfrastructureError, ServerDied, describe_exit, track_server, untrack_server
+from society.infra import InfrastructureError
 from society.llm import Endpoint
-from society.serving import _LAUNCHER, ServerStartError, _signal_group, free_port
+from society.serving import ManagedServer
 
 __all__ = ["VLLMServer", "VLLMNotInstalledError", "AdapterLoadError", "VLLM_MODULE", "INSTALL_HINT"]
 
@@ -104,7 +97,7 @@ def _check_adapter(name: str, path: Path, max_lora_rank: int) -> Path:
     return path.resolve()
 
 
-class VLLMServer:
+class VLLMServer(ManagedServer):
     """vLLM's OpenAI-compatible server for one base model plus named LoRA adapters, on loopback.
 
     Args:
@@ -135,7 +128,8 @@ class VLLMServer:
         FileNotFoundError: an adapter directory without ``adapter_config.json``.
     """
 
-    host = "127.0.0.1"
+    log_prefix = "sqlsociety-vllm"
+    poll_s = 0.2
 
     def __init__(
         self,
@@ -183,8 +177,6 @@ class VLLMServer:
             raise ValueError(f"dtype {dtype!r}: use auto, bfloat16, float16 or float32")
         if not isinstance(tensor_parallel_size, int) or tensor_parallel_size < 1:
             raise ValueError(f"tensor_parallel_size must be an int >= 1, got {tensor_parallel_size!r}")
-        if port is not None and not 1 <= int(port) <= 65535:
-            raise ValueError(f"port must be in 1..65535, got {port!r}")
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
         self.alias = served_model_name
@@ -205,13 +197,7 @@ class VLLMServer:
         self.extra_args = tuple(str(a) for a in extra_args)
         self.command_prefix = list(command_prefix) if command_prefix is not None else None
         self.startup_timeout_s = float(startup_timeout_s)
-        self._fixed_port = int(port) if port is not None else None
-        self.port: int | None = self._fixed_port
-        self._user_log = Path(log_path) if log_path is not None else None
-        self.log_path: Path | None = self._user_log
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._lock = threading.RLock()
-        self.startup_s: float | None = None
+        self._init_process(port, log_path)
 
     # -- names and endpoints ------------------------------------------------------------------------
 
@@ -229,26 +215,6 @@ class VLLMServer:
     def models(self) -> list[str]:
         """The served name followed by the adapter names (what :meth:`endpoint` accepts)."""
         return [self.alias, *self.adapters]
-
-    @property
-    def base_url(self) -> str:
-        """``http://127.0.0.1:<port>/v1``.
-
-        Raises:
-            RuntimeError: no port yet (call :meth:`start`).
-        """
-        if self.port is None:
-            raise RuntimeError("the server has no port yet; call start() (or use it as a context manager)")
-        return f"http://{self.host}:{self.port}/v1"
-
-    @property
-    def pid(self) -> int | None:
-        """Process id of the launcher (process group leader), or None."""
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def __repr__(self) -> str:
         state = f"running pid={self.pid} at {self.base_url}" if self.running else "stopped"
@@ -316,13 +282,14 @@ class VLLMServer:
     # -- lifecycle ----------------------------------------------------------------------------------
 
     def start(self, timeout_s: float | None = None) -> VLLMServer:
-        """Start the server and wait for ``GET /health`` = 200. Idempotent while running; a port
-        taken between choosing and binding is retried on a new free port (3 tries) unless fixed.
+        """Start the server and wait for ``GET /health`` = 200 (see :meth:`ManagedServer.start`);
+        ``timeout_s`` defaults to ``startup_timeout_s``. The adapters given at construction are the
+        served ones again after a (re)start.
 
         Raises:
             VLLMNotInstalledError: the default command and vLLM is not importable here.
             ServerStartError: the process exited during start-up (status or signal named) or did
-                not answer within ``timeout_s`` (default ``startup_timeout_s``); with the log tail.
+                not answer in time; with the log tail.
         """
         if self.command_prefix is None and importlib.util.find_spec("vllm") is None:
             raise VLLMNotInstalledError(
@@ -332,89 +299,9 @@ class VLLMServer:
         with self._lock:
             if self.running:
                 return self
-            attempts = 1 if self._fixed_port is not None else 3
-            for attempt in range(attempts):
-                try:
-                    self._start_once(self.startup_timeout_s if timeout_s is None else timeout_s)
-                    track_server(self)
-                    return self
-                except ServerStartError as e:
-                    if attempt + 1 < attempts and "address already in use" in str(e).lower():
-                        continue
-                    raise
-            raise AssertionError("unreachable")
-
-    def _start_once(self, timeout_s: float) -> None:
-        self.port = self._fixed_port if self._fixed_port is not None else free_port()
-        if self._user_log is not None:
-            self.log_path = self._user_log
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        else:
-            fd, name = tempfile.mkstemp(prefix=f"sqlsociety-vllm-{self.alias}-", suffix=".log")
-            os.close(fd)
-            self.log_path = Path(name)
-        cmd = [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *self.command()]
-        t0 = time.perf_counter()
-        with open(self.log_path, "ab") as log:
-            self._proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=self.child_env(),
-                start_new_session=True,
-            )
-        atexit.register(self.stop)
-        url = f"http://{self.host}:{self.port}/health"
-        try:
-            while True:
-                rc = self._proc.poll()
-                if rc is not None:
-                    raise ServerStartError(
-                        f"{self.name} exited during start-up: {describe_exit(rc)}\n{self._log_tail()}"
-                    )
-                try:
-                    with urllib.request.urlopen(url, timeout=2) as r:
-                        if r.status == 200:
-                            break
-                except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError, OSError):
-                    pass
-                if time.perf_counter() - t0 > timeout_s:
-                    raise ServerStartError(
-                        f"{self.name} did not answer {url} within {timeout_s:.0f} s.\n{self._log_tail()}"
-                    )
-                time.sleep(0.2)
-        except BaseException:  # including KeyboardInterrupt: never leave the child behind
-            self._terminate(keep_log=True)
-            raise
-        self.startup_s = time.perf_counter() - t0
-        self.adapters = dict(self._start_adapters)
-
-    def failure(self) -> ServerDied | None:
-        """:class:`ServerDied` when the started server exited without :meth:`stop`, else None."""
-        proc = self._proc
-        if proc is None:
-            return None
-        rc = proc.poll()
-        return None if rc is None else ServerDied(self.name, rc, self._log_tail(20))
-
-    def check(self) -> None:
-        """Raise :class:`ServerDied` if the server has exited."""
-        err = self.failure()
-        if err is not None:
-            raise err
-
-    def _log_tail(self, lines: int = 40) -> str:
-        if self.log_path is None or not self.log_path.exists():
-            return "(no server log)"
-        text = self.log_path.read_text(errors="replace").splitlines()
-        return f"--- last {min(lines, len(text))} lines of {self.log_path} ---\n" + "\n".join(text[-lines:])
-
-    def log_text(self) -> str:
-        """The server log so far ("" if none)."""
-        if self.log_path is None or not self.log_path.exists():
-            return ""
-        return self.log_path.read_text(errors="replace")
+            super().start(self.startup_timeout_s if timeout_s is None else timeout_s)
+            self.adapters = dict(self._start_adapters)
+        return self
 
     # -- adapters at run time -----------------------------------------------------------------------
 
@@ -494,42 +381,6 @@ class VLLMServer:
         with urllib.request.urlopen(f"{self.base_url}/models", timeout=timeout_s) as r:
             return [m["id"] for m in json.loads(r.read()).get("data", [])]
 
-    # -- stopping -----------------------------------------------------------------------------------
-
     def stop(self, timeout_s: float = 30) -> None:
-        """SIGTERM, wait up to ``timeout_s``, then SIGKILL. Idempotent; removes an automatic log."""
-        self._terminate(keep_log=False, timeout_s=timeout_s)
-
-    def _terminate(self, *, keep_log: bool, timeout_s: float = 30) -> None:
-        with self._lock:
-            proc, self._proc = self._proc, None
-            untrack_server(self)
-            with contextlib.suppress(Exception):
-                atexit.unregister(self.stop)
-            if proc is not None and proc.poll() is None:
-                try:
-                    _signal_group(proc, signal.SIGTERM)
-                    try:
-                        proc.wait(timeout=timeout_s)
-                    except subprocess.TimeoutExpired:
-                        _signal_group(proc, signal.SIGKILL)
-                        proc.wait(timeout=10)
-                except KeyboardInterrupt:
-                    _signal_group(proc, signal.SIGKILL)
-                    proc.wait(timeout=10)
-                    raise
-            elif proc is not None:
-                proc.wait()
-            if not keep_log and self._user_log is None and self.log_path is not None:
-                self.log_path.unlink(missing_ok=True)
-
-    def __enter__(self) -> VLLMServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def __del__(self) -> None:  # last resort; normal paths are stop()/atexit
-        with contextlib.suppress(Exception):
-            if self._proc is not None and self._proc.poll() is None:
-                _signal_group(self._proc, signal.SIGKILL)
+        """SIGTERM, wait up to ``timeout_s`` (vLLM frees GPU memory on exit), then SIGKILL."""
+        super().stop(timeout_s)
