@@ -203,6 +203,10 @@ def prepare_sql(sql: str, *, keep_distinct: bool = False) -> str:
 _GOLD_CACHE: OrderedDict[tuple, ExecutionResult | ExecutionError] = OrderedDict()
 _GOLD_CACHE_SIZE = 4096
 _GOLD_CACHE_MAX_ROWS = 50_000  # bigger gold results are not kept
+#: Errors that depend only on the query and the file, so a cached one stays true. Timeouts and
+#: ``other`` (out of memory, a lost or late executor worker: the machine, not the query) are not kept.
+_CACHED_ERRORS = frozenset({ErrorCategory.SYNTAX, ErrorCategory.NO_SUCH_TABLE, ErrorCategory.NO_SUCH_COLUMN,
+                            ErrorCategory.AMBIGUOUS_COLUMN, ErrorCategory.FORBIDDEN})
 
 
 def clear_gold_cache() -> None:
@@ -225,6 +229,9 @@ def run_query(
     Args:
         cache: keep the result in a process-local LRU (for gold queries, which repeat across
             questions and epochs); keyed by (path, file size, mtime, prepared SQL, timeout, max_rows).
+            Results up to 50,000 rows and errors that depend only on the query (syntax, no such
+            table/column, ambiguous column, forbidden) are kept; timeouts and ``other`` errors
+            (out of memory, a lost executor worker) are run again next time.
 
     Returns:
         :class:`tools.executor.ExecutionResult` or :class:`tools.executor.ExecutionError`; never raises
@@ -243,8 +250,7 @@ def run_query(
         _GOLD_CACHE.move_to_end(key)
         return hit
     res = execute_sql(db_path, prepared, timeout_s=timeout_s, max_rows=max_rows)
-    timed_out = not res.ok and res.category.value == "timeout"
-    if not timed_out and (not res.ok or len(res.rows) <= _GOLD_CACHE_MAX_ROWS):
+    if res.ok and len(res.rows) <= _GOLD_CACHE_MAX_ROWS or not res.ok and res.category in _CACHED_ERRORS:
         _GOLD_CACHE[key] = res
         if len(_GOLD_CACHE) > _GOLD_CACHE_SIZE:
             _GOLD_CACHE.popitem(last=False)

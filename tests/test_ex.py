@@ -11,11 +11,13 @@ from pathlib import Path
 import pytest
 
 from evaluation.ex import (
+    clear_gold_cache,
     evaluate_predictions,
     execution_match,
     order_matters,
     prepare_sql,
     results_match,
+    run_query,
 )
 from evaluation.sql_text import remove_distinct
 from tools.spider import BUNDLED_DATA_DIR, load_examples
@@ -334,3 +336,20 @@ def test_one_sql_normalisation():
     assert not same_sql("SELECT 'A'", "SELECT 'a'")  # the society keeps case (string literals)
     assert report_norm("SELECT 'A'") == report_norm("select 'a';")  # the report compares case-insensitively
     assert same_sql(None, None) is False and normalize_sql(None) == ""
+
+
+def test_gold_cache_keeps_query_errors_but_not_machine_errors():
+    """A gold error that depends on the query is cached; an ``other`` error (out of memory, a lost
+    executor worker) is not, so one bad moment of the machine does not fail that gold for good."""
+    from evaluation import ex as ex_module
+    from tools.executor import ErrorCategory
+
+    clear_gold_cache()
+    too_big = run_query(CONCERT, "SELECT printf('%.*c', 2000000000, 'x')", cache=True)
+    assert not too_big.ok and too_big.category == ErrorCategory.OTHER, too_big
+    assert len(ex_module._GOLD_CACHE) == 0
+    bad = run_query(CONCERT, "SELECT nope FROM singer", cache=True)
+    assert not bad.ok and bad.category == ErrorCategory.NO_SUCH_COLUMN
+    good = run_query(CONCERT, "SELECT count(*) FROM singer", cache=True)
+    assert good.ok and len(ex_module._GOLD_CACHE) == 2
+    clear_gold_cache()

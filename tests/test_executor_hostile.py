@@ -395,9 +395,34 @@ def test_worker_address_space_limit_is_the_documented_one(dbs):
     assert execute_sql(dbs["concert_singer"], "SELECT 1").ok
     pids = ex.worker_pids()
     assert pids
-    limits = Path(f"/proc/{pids[0]}/limits").read_text()
+    # the last idle worker is the one that just answered (a replacement started by an earlier
+    # test may still be booting, before it sets its limits)
+    limits = Path(f"/proc/{pids[-1]}/limits").read_text()
     line = next(ln for ln in limits.splitlines() if ln.startswith("Max address space"))
     assert line.split()[3:5] == [str(ex.MAX_WORKER_MEMORY_BYTES)] * 2
+
+
+def test_worker_ready_long_ago_and_idle_since_is_used(dbs, monkeypatch):
+    """A replacement worker that became ready while idle for longer than the start timeout is
+    used, not refused as 'did not start' (its ready message waits in the pipe)."""
+    monkeypatch.setattr(ex, "WORKER_START_TIMEOUT_S", 0.5)
+    ex._pool().close_idle()
+    ex._pool().give(ex._Worker())  # as pool.replace() leaves it: started, ready message unread
+    time.sleep(1.0)
+    r = execute_sql(dbs["concert_singer"], "SELECT count(*) FROM singer")
+    assert r.ok and r.rows == [(6,)], r
+
+
+def test_workers_of_a_large_caller_are_reused(dbs):
+    """A caller whose own peak memory is above the recycle threshold (a training process) still
+    gets its workers reused: a worker's size is its own, not the peak it inherited at fork."""
+    ballast = b"\x01" * (ex.WORKER_RECYCLE_BYTES + (64 << 20))  # raises this process's peak past the threshold
+    ex._pool().close_idle()  # the next worker is forked from the large process
+    assert execute_sql(dbs["concert_singer"], "SELECT 1").ok
+    first = ex.worker_pids()[-1]
+    assert execute_sql(dbs["concert_singer"], "SELECT 2").ok
+    assert ex.worker_pids()[-1] == first
+    del ballast
 
 
 def test_workers_exit_when_their_parent_dies(dbs):

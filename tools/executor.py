@@ -789,6 +789,13 @@ def _peak_resident_bytes() -> int:
 
     The peak, not the current size: memory a statement made the allocator keep shows in it.
     """
+    try:  # Linux: the peak of this process image (ru_maxrss would keep the pre-exec parent's peak)
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         import resource
 
@@ -890,9 +897,11 @@ class _Worker:
                     continue
                 return marshal.loads(memoryview(buf)[_FRAME.size : need])
             left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError
-            if not self.poller.poll(max(1, math.ceil(left * 1000))):
+            # past the deadline, what is already in the pipe still counts (a worker that became
+            # ready long ago and sat idle has its "ready" frame waiting there)
+            if not self.poller.poll(max(1, math.ceil(left * 1000)) if left > 0 else 0):
+                if left <= 0:
+                    raise TimeoutError
                 continue
             chunk = os.read(self.rfd, max(need - len(buf), 1 << 16))
             if not chunk:
@@ -1040,6 +1049,11 @@ def _in_worker(path: Path, sql: str, timeout_s: float, max_rows: int, mvb: int, 
     while True:
         attempt += 1
         w = pool.take()
+        if w.ready and not w.alive() and lost <= MAX_IDLE_WORKERS:  # killed from outside while idle
+            w.kill()
+            lost += 1
+            attempt -= 1
+            continue
         try:
             if not w.wait_ready():
                 died = not w.alive()
