@@ -9,7 +9,9 @@ Reads the run-directory layout written by ``sqlsociety train``::
     RUN_DIR/bandit_comparison.json    rows {policy, mean_reward, ex, n}
 
 and writes ``RUN_DIR/report.html`` (matplotlib PNGs embedded as base64 ``data:`` URIs, inline
-CSS, no scripts, no external assets) and ``RUN_DIR/report.md``.
+CSS, no scripts, no external assets) and ``RUN_DIR/report.md``. The HTML page is the Jinja2 template
+``evaluation/templates/report.html.j2`` (autoescaped) filled with values computed here; the Markdown
+tables are made by ``tabulate``.
 
 Sections: learning curves (raw + rolling-mean reward per phase), EX per stage, the
 multi-metric table, the bandit comparison, per-role breakdown, and side-by-side examples where
@@ -26,6 +28,7 @@ Metric definitions (all means over the questions of one ``eval/<stage>.jsonl``):
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import json
 import logging
@@ -34,6 +37,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import jinja2
+from tabulate import tabulate
 
 from evaluation import plots, sql_text
 from evaluation.role_effects import role_effects
@@ -549,39 +555,6 @@ def compute_report(run: RunData) -> ReportContent:
     )
 
 
-_CSS = """
-body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:24px auto;max-width:1150px;color:#222;
-padding:0 16px}
-h1{font-size:1.6em;margin-bottom:2px}h2{border-bottom:2px solid #ddd;padding-bottom:4px;margin-top:32px}
-table{border-collapse:collapse;margin:8px 0 16px 0;font-size:.92em}
-th,td{border:1px solid #ccc;padding:4px 9px;text-align:right;vertical-align:top}
-th{background:#f1f3f6}td.l,th.l{text-align:left}
-img{max-width:100%;border:1px solid #eee;margin:6px 0}
-pre,code{font-family:Menlo,Consolas,monospace;font-size:.86em}
-pre{background:#f7f7f9;border:1px solid #e3e3e8;padding:6px 8px;white-space:pre-wrap;word-break:break-word;
-margin:2px 0}
-.ex{border:1px solid #ccc;border-radius:6px;padding:8px 12px;margin:12px 0}
-.grid{display:grid;grid-template-columns:1fr 1fr;gap:10px}
-.ok{color:#1a7f37;font-weight:600}.bad{color:#c62828;font-weight:600}.muted{color:#777}
-.kind{display:inline-block;border-radius:4px;padding:0 6px;color:#fff;font-size:.85em}
-.fixed{background:#1a7f37}.broken{background:#c62828}.changed{background:#777}
-"""
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1, text_cols: Sequence[int] = ()) -> str:
-    """An HTML table; the first ``left`` columns and the ``text_cols`` are left-aligned, numbers right."""
-
-    def cls(i: int) -> str:
-        return "l" if i < left or i in text_cols or i - len(headers) in text_cols else ""
-
-    h = "".join(f'<th class="{cls(i)}">{html.escape(c)}</th>' for i, c in enumerate(headers))
-    body = "".join(
-        "<tr>" + "".join(f'<td class="{cls(i)}">{html.escape(c)}</td>' for i, c in enumerate(r)) + "</tr>"
-        for r in rows
-    )
-    return f"<table><tr>{h}</tr>{body}</table>"
-
-
 _STAGE_HEADERS = ["stage", "n", "EX", "exec. success", "mean reward", "turns", "LLM calls", "tokens", "s / question"]
 
 
@@ -676,119 +649,111 @@ def _failure(rec: Mapping) -> str:
     return "(no result)" if not rec.get("pred_sql") else ""
 
 
-def _example_html(e: Mapping, trained_stage: str) -> str:
-    def side(label: str, rec: Mapping) -> str:
-        ok = '<span class="ok">correct</span>' if rec.get("match") else '<span class="bad">wrong</span>'
-        return (
-            f"<div><b>{html.escape(label)}</b> — {ok}"
-            f"<pre>{html.escape(rec.get('pred_sql') or '(no SQL)')}</pre>"
-            f"<div class='muted'>result</div>"
-            f"<pre>{html.escape(_preview(rec.get('result_preview')) or _failure(rec))}</pre></div>"
-        )
+def _example_view(e: Mapping, trained_stage: str) -> dict[str, Any]:
+    """One :func:`differing_examples` row as the template shows it: ``{"kind", "id", "db_id", "question",
+    "gold_sql", "sides"}`` with ``sides`` = baseline then ``trained_stage``, each ``{"label", "correct" (bool),
+    "sql", "result"}`` (plain strings; the template escapes them)."""
 
-    return (
-        f"<div class='ex'><span class='kind {e['kind']}'>{e['kind']}</span> "
-        f"<b>{html.escape(str(e['id']))}</b> <span class='muted'>({html.escape(str(e['db_id']))})</span>"
-        f"<p>{html.escape(e['question'])}</p>"
-        f"<div class='grid'>{side('baseline', e['baseline'])}{side(trained_stage, e['trained'])}</div>"
-        f"<div class='muted'>gold</div><pre>{html.escape(e['gold_sql'] or '')}</pre></div>"
+    def side(label: str, rec: Mapping) -> dict[str, Any]:
+        return {
+            "label": label,
+            "correct": bool(rec.get("match")),
+            "sql": rec.get("pred_sql") or "(no SQL)",
+            "result": _preview(rec.get("result_preview")) or _failure(rec),
+        }
+
+    return {
+        "kind": e["kind"],
+        "id": e["id"],
+        "db_id": e["db_id"],
+        "question": e["question"],
+        "gold_sql": e["gold_sql"] or "",
+        "sides": [side("baseline", e["baseline"]), side(trained_stage, e["trained"])],
+    }
+
+
+#: The HTML report's Jinja2 template, in ``evaluation/templates/`` (shipped as package data).
+REPORT_TEMPLATE = "report.html.j2"
+
+
+@functools.cache
+def _html_template() -> jinja2.Template:
+    """The report template, loaded once; autoescaped (every value is HTML-escaped unless marked safe) and strict
+    (an undefined name raises :class:`jinja2.UndefinedError` instead of rendering as "").
+
+    Raises:
+        ValueError: when the package has no ``evaluation/templates/`` directory (installed without its package data).
+        jinja2.TemplateNotFound: when that directory lacks ``report.html.j2``.
+    """
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("evaluation", "templates"),
+        autoescape=jinja2.select_autoescape(enabled_extensions=("html", "j2"), default=True),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
     )
+    env.globals["png_tag"] = _png_tag
+    return env.get_template(REPORT_TEMPLATE)
 
 
 def render_html(c: ReportContent) -> str:
-    """The report as one self-contained HTML document (str)."""
+    """The report as one self-contained HTML document (str), rendered from :data:`REPORT_TEMPLATE`.
+
+    Python computes every value (table rows as strings, notes, example texts); the template holds the
+    structure. Values are HTML-escaped by Jinja2's autoescaping; the only markup passed through unescaped is the
+    ``<img>`` tags :func:`_png_tag` builds (alt text escaped there, PNG as a base64 ``data:`` URI).
+
+    Raises:
+        ValueError, jinja2.TemplateNotFound: when the template is not installed with the package (see
+            :func:`_html_template`).
+    """
     run = c.run
-    parts = [
-        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
-        f"<title>SQL Society training report — {html.escape(run.run_dir.name)}</title>",
-        f"<style>{_CSS}</style></head><body>",
-        "<h1>SQL Society training report</h1>",
-        f"<div class='muted'>run directory: <code>{html.escape(str(run.run_dir))}</code> · "
-        f"{len(run.metrics)} finished rollouts · stages evaluated: {html.escape(', '.join(c.stages) or 'none')}</div>",
-    ]
-    if run.phases:
-        done = [f"{html.escape(p)} {'✔' if d is not None else '…'}" for p, d in run.phases.items()]
-        parts.append(f"<p>phases: {' · '.join(done)}</p>")
-
-    parts.append("<h2>Learning curves</h2>")
-    if "learning_curves" in c.pngs:
-        parts.append(_png_tag(c.pngs["learning_curves"], "reward per rollout by phase"))
-        parts.append(_table(_PHASE_HEADERS, _phase_rows(c)))
-    else:
-        parts.append("<p class='muted'>no metrics.jsonl rows yet.</p>")
-
-    if "training_signals" in c.pngs:
-        parts.append("<h3>Trainer signals per phase</h3>")
-        parts.append(_png_tag(c.pngs["training_signals"], "SFT loss and GRPO reward per step"))
-        parts.append(
-            "<p class='muted'>from phases/*/done.json (losses: SFT trainer log; rewards: GRPO mean reward per "
-            "step).</p>"
-        )
-
-    parts.append("<h2>EX per stage on the fixed dev subset</h2>")
-    if "ex_per_stage" in c.pngs:
-        parts.append(_png_tag(c.pngs["ex_per_stage"], "EX per stage"))
-    parts.append("<h3>All metrics</h3>")
-    parts.append(_table(_STAGE_HEADERS, _stage_rows(c)) if c.stages else "<p class='muted'>no eval records.</p>")
-    if any(r.get("reward_source") for recs in run.evals.values() for r in recs):
-        parts.append("<p class='muted'>mean reward: the eval files carry no reward, so it is computed here from each "
-                     "record's predicted SQL, gold SQL and database with evaluation.rewards.compute_reward.</p>")
-    parts.append("<p class='muted'>EX: share of questions whose SQL returns the gold result (Spider execution "
-                 "accuracy); exec. success: share whose SQL ran without error; other columns: means per question.</p>")
-
-    parts.append("<h2>Each phase on the role it trains (paired, same questions)</h2>")
-    if c.effects:
-        parts.append(_table(_EFFECT_HEADERS, _effect_rows(c), left=3))
-        parts.append("<ul>" + "".join(f"<li>{html.escape(t)}</li>" for t in describe_effects(c.effects)) + "</ul>")
-        parts.append(f"<p class='muted'>{html.escape(_EFFECT_NOTE)}</p>")
-    else:
-        parts.append("<p class='muted'>fewer than two stages evaluated: no paired effect yet.</p>")
-
-    parts.append("<h2>Supervisor policies (bandit comparison)</h2>")
-    parts.append(
-        _table(_BANDIT_HEADERS, _bandit_rows(c), left=1, text_cols=(-1,))
-        + "<p class='muted'>offline replay of the supervisor's logged decisions on held-out rollouts "
-        "(training.bandit.compare_policies): each policy's pick among the same candidates, scored by "
-        "that candidate's own reward.</p>"
-        if run.bandit
-        else "<p class='muted'>no bandit_comparison.json (phase 4 not run).</p>"
+    return _html_template().render(
+        run_name=run.run_dir.name,
+        run_dir=str(run.run_dir),
+        n_rollouts=len(run.metrics),
+        stages=list(c.stages),
+        phases=[(name, done is not None) for name, done in run.phases.items()],
+        pngs=c.pngs,
+        phase_headers=_PHASE_HEADERS,
+        phase_rows=_phase_rows(c),
+        stage_headers=_STAGE_HEADERS,
+        stage_rows=_stage_rows(c),
+        reward_computed=any(r.get("reward_source") for recs in run.evals.values() for r in recs),
+        effect_headers=_EFFECT_HEADERS,
+        effect_rows=_effect_rows(c),
+        effect_sentences=describe_effects(c.effects) if c.effects else [],
+        effect_note=_EFFECT_NOTE,
+        bandit_headers=_BANDIT_HEADERS,
+        bandit_rows=_bandit_rows(c),
+        role_headers=_role_headers(c),
+        role_rows=_role_rows(c),
+        role_note=_ROLE_NOTE,
+        trained_stage=c.trained_stage,
+        kinds={k: sum(e["kind"] == k for e in c.examples) for k in ("fixed", "broken", "changed")},
+        examples=[_example_view(e, c.trained_stage) for e in c.examples] if c.trained_stage else [],
+        config_text=run.config_text,
     )
-
-    parts.append("<h2>Per-role breakdown</h2>")
-    if c.roles:
-        parts.append(_table(_role_headers(c), _role_rows(c)))
-        parts.append(f"<p class='muted'>{html.escape(_ROLE_NOTE)}</p>")
-        if "role_ex" in c.pngs:
-            parts.append(_png_tag(c.pngs["role_ex"], "per-role EX by stage"))
-    else:
-        parts.append("<p class='muted'>eval records carry no per-role entries.</p>")
-
-    parts.append("<h2>Where the trained society answers differently from the baseline</h2>")
-    if c.examples and c.trained_stage:
-        kinds = {k: sum(e["kind"] == k for e in c.examples) for k in ("fixed", "broken", "changed")}
-        parts.append(
-            f"<p>baseline vs <b>{html.escape(c.trained_stage)}</b>: showing {len(c.examples)} "
-            f"({kinds['fixed']} fixed, {kinds['broken']} broken, {kinds['changed']} other changes).</p>"
-        )
-        parts.extend(_example_html(e, c.trained_stage) for e in c.examples)
-    else:
-        parts.append("<p class='muted'>no question where the last stage's SQL differs from the baseline's.</p>")
-
-    if run.config_text:
-        parts.append(
-            f"<h2>Configuration</h2><details><summary>config.yaml</summary><pre>{html.escape(run.config_text)}</pre></details>"
-        )
-    parts.append("</body></html>")
-    return "\n".join(parts)
 
 
 def _md_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    def cell(s: str) -> str:
-        return s.replace("|", "\\|").replace("\n", " ")
+    r"""A GitHub Markdown table of string cells through ``tabulate`` (``tablefmt="github"``).
 
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(cell(x) for x in r) + " |" for r in rows]
-    return "\n".join(lines)
+    Cells are kept as given: ``disable_numparse`` ("1,234" or "0.0%" stay strings), ``stralign=None`` (no
+    padding, so a row reads ``| baseline | 8 | 62.5% |``). A ``|`` in a header or cell is escaped as ``\|`` and a
+    newline becomes a space, so each row stays one table row. ``rows`` may be empty (header and separator only).
+    """
+
+    def cell(s: str) -> str:
+        return str(s).replace("|", "\\|").replace("\n", " ")
+
+    return tabulate(
+        [[cell(x) for x in r] for r in rows],
+        headers=[cell(h) for h in headers],
+        tablefmt="github",
+        disable_numparse=True,
+        stralign=None,
+    )
 
 
 _EFFECT_HEADERS = ["phase", "role", "metric", "n", "before %", "after %", "Δ pts", "95% CI pts", "McNemar p", "fixed",
