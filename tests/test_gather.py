@@ -208,6 +208,57 @@ def test_gather_killed_and_resumed(tmp_path: Path, smol_server) -> None:
     assert (again.skipped, again.run) == (len(TASKS), 0)
 
 
+_INTERRUPTIBLE_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    sys.path.insert(0, {repo!r})
+    from training.gather import GatherConfig, gather
+    try:
+        s = gather(GatherConfig(run_dir={run_dir!r}, society_config={config!r}, task_ids={tasks!r}, n_runners=2,
+                                endpoints={endpoints!r}, progress=False))
+    except KeyboardInterrupt:
+        print("INTERRUPTED", flush=True)
+        sys.exit(130)
+    print("SUMMARY " + json.dumps(s.to_json()), flush=True)
+    """
+)
+
+
+@pytest.mark.model
+def test_gather_ctrl_c_stops_and_is_not_summarised(tmp_path: Path, smol_server) -> None:
+    """Ctrl-C in a terminal (SIGINT to the whole process group) once a rollout finished: the gather
+    raises KeyboardInterrupt (Agent Lightning's strategy swallows it and would return as if done),
+    writes no summary, and its runners are gone; the finished rollout stays in the store."""
+    run_dir = tmp_path / "run"
+    store = run_dir / "store.sqlite"
+    config = _quick_config(tmp_path)
+    endpoints = {a: (smol_server.base_url, smol_server.model) for a in SocietyConfig.load(config).embedded_aliases()}
+    tasks = [f"train-{i}" for i in range(6)]
+    script = _INTERRUPTIBLE_SCRIPT.format(repo=str(REPO), run_dir=str(run_dir), config=str(config), tasks=tasks,
+                                          endpoints=endpoints)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True, text=True)
+    try:
+        deadline = time.time() + 600
+        before: dict[str, tuple[str | None, float | None]] = {}
+        while time.time() < deadline and proc.poll() is None and not before:
+            before = _succeeded(store)
+            time.sleep(0.5)
+        assert proc.poll() is None, f"gather ended before it could be interrupted:\n{proc.stdout.read()[-3000:]}"
+        assert before, "no rollout finished within 10 minutes"
+        runners = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        os.killpg(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130 and "INTERRUPTED" in out and "SUMMARY" not in out, out[-3000:]
+    assert not (run_dir / "gather.json").exists()
+    assert set(before) <= set(_succeeded(store))
+    assert len(_succeeded(store)) < len(tasks), "the interrupt came after the gather finished"
+    assert not [r for r in runners if Path(f"/proc/{r}").exists()]
+
+
 def _check_society_spans(arc: RolloutArchive) -> None:
     """The span tree of real society rollouts: LangChain node/LLM spans, the run object, per-role outcomes, reward."""
     for rec in arc.rollouts(status="succeeded"):

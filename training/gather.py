@@ -21,7 +21,9 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
@@ -254,6 +256,35 @@ def _infrastructure_stop(finished: list[agl.Rollout]) -> BaseException | None:
     return None
 
 
+@contextmanager
+def _sigint_noted() -> Iterator[threading.Event]:
+    """Note a SIGINT (Ctrl-C) that arrives inside the block, then let it act as usual.
+
+    Agent Lightning's client-server strategy catches the ``KeyboardInterrupt``, stops its runners
+    and returns from ``Trainer.fit`` as if the work were done; the event lets the gather raise it
+    again afterwards, so an interrupted phase is never summarised or marked done. Outside the main
+    thread (no signal handlers there) the event is never set.
+    """
+    noted = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield noted
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum: int, frame: Any) -> None:
+        noted.set()
+        if callable(previous):
+            previous(signum, frame)
+        elif previous != signal.SIG_IGN:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield noted
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def select_tasks(config: GatherConfig) -> list[dict[str, Any]]:
     """The tasks the config selects, in split order (``training.agent.task_from_example`` dicts).
 
@@ -419,7 +450,10 @@ def gather(config: GatherConfig) -> GatherSummary:
                     strategy=strategy, hooks=list(config.hooks) or None,
                 )
                 stack.enter_context(_runner_invitation(run_dir, cfg, config.store_host, port))
-                trainer.fit(agent, train_dataset=todo)
+                with _sigint_noted() as interrupted:
+                    trainer.fit(agent, train_dataset=todo)
+                if interrupted.is_set():
+                    raise KeyboardInterrupt  # the execution strategy swallows it and returns normally
                 if algorithm.error is not None:
                     raise algorithm.error
 
