@@ -9,10 +9,9 @@ def torch_threads(requested: int | None = None) -> int:
     """CPU threads for a torch training run: ``requested`` if given, else ``$SQLSOCIETY_TORCH_THREADS``,
     else the idle cores now (``round(cores - 1-min load average)``, at least 1).
 
-    Why: torch's OpenMP workers spin-wait at every parallel region, so on a 2-core box whose cores
-    are busy (llama.cpp servers, another run) 2 threads are much slower than 1 -- measured here for
-    one SmolLM2 forward+backward of 256 tokens at load average 4.5: 1 thread 5.1-5.6 s,
-    2 threads 13.8-18.8 s. On an idle box all cores are used.
+    Why: torch's OpenMP workers spin-wait at every parallel region, so on a box whose cores are
+    busy (llama.cpp servers, another run) more threads than idle cores are slower than fewer (the
+    README's "Training" section has the figures). On an idle box all cores are used.
 
     Raises:
         ValueError: a non-positive request or environment value.
