@@ -38,7 +38,9 @@ Backends:
 * GPU (``backend="verl"``, :func:`train_senior_verl`): Agent Lightning's ``VERL`` algorithm (GRPO
   advantage estimator, vLLM rollouts, FSDP LoRA actor) drives the *whole society* as the
   LitAgent, and ``agent_match`` keeps only the senior's LLM calls as training transitions; its
-  settings are ``configs/verl_senior.yaml``. Real code, not run on the CPU build machine.
+  settings are ``configs/verl_senior.yaml``. Not run on the CPU build machine; what runs before Ray
+  starts (:func:`build_senior_verl`) and the config against verl's own are checked there by
+  ``tests/test_verl_config.py``.
 
 Output (``output_dir``): PEFT adapter, ``sqlsociety_adapter.json``, ``grpo_metrics.json`` (steps,
 mean reward and reward std per step, EX of the rewrite completions, seconds per step).
@@ -70,6 +72,8 @@ __all__ = [
     "load_verl_config",
     "senior_verl_agent",
     "bind_policy_resource",
+    "senior_verl_adapter",
+    "build_senior_verl",
     "train_senior_verl",
     "resolve_backend",
     "DEFAULT_VERL_CONFIG",
@@ -599,6 +603,59 @@ def senior_verl_agent(
     return SeniorVERLAgent(society_config, endpoints=endpoints, reward=reward)
 
 
+def senior_verl_adapter(agent_match: str | None) -> Any:
+    """The trace adapter of the VERL path: Agent Lightning's ``TracerTraceToTriplet`` that keeps
+    only the LLM calls made inside agent spans whose name matches ``agent_match`` (a regex; the
+    society's LangGraph nodes are the agent spans, so ``"senior"`` keeps ``senior_rewrite`` /
+    ``senior_check``; None keeps every call) -- what ``agl.Trainer(adapter={"agent_match": ...})``
+    builds. VERL's daemon calls ``adapter.adapt(spans)`` on each finished rollout's spans."""
+    from agentlightning.adapter import TracerTraceToTriplet
+
+    return TracerTraceToTriplet(agent_match=agent_match)
+
+
+def build_senior_verl(
+    config: SeniorGRPOConfig,
+    *,
+    model_path: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Everything :func:`train_senior_verl` gives ``agl.Trainer``, built without starting Ray or
+    touching CUDA (``agl.VERL`` composes its config when constructed; Ray starts in ``fit``).
+
+    Returns ``agl.Trainer`` keyword arguments: ``algorithm`` (``agl.VERL`` on
+    :func:`load_verl_config` of ``config.verl_config``), ``adapter``
+    (:func:`senior_verl_adapter` of ``config.agent_match``), ``tracer``
+    (``training.agent.StoreTracer``: spans reach the store through its span processor -- with the
+    client-server strategy the plain ``AgentOpsTracer`` exports over OTLP and loses them, see its
+    docstring -- and carry the role/node attributes) and ``n_runners``.
+
+    Args:
+        model_path: the policy's HF directory; None -> :func:`training.export.hf_checkpoint` of
+            ``config.model`` (dequantises the embedded GGUF once).
+        overrides: nested VERL config keys merged over the YAML.
+
+    Raises:
+        ImportError: agentlightning's VERL integration cannot import (verl, ray, ... missing or
+            of a version it does not support).
+    """
+    import agentlightning as agl
+
+    from training.agent import StoreTracer
+
+    if model_path is None:
+        from training.export import hf_checkpoint
+
+        model_path = str(hf_checkpoint(config.model))
+    cfg = load_verl_config(config.verl_config, model_path=model_path, overrides=overrides)
+    return {
+        "algorithm": agl.VERL(cfg),
+        "adapter": senior_verl_adapter(config.agent_match),
+        "tracer": StoreTracer(),
+        "n_runners": config.n_runners,
+    }
+
+
 def train_senior_verl(  # pragma: no cover - needs a GPU, verl and vLLM
     society_config: Any,
     train_tasks: list[dict[str, Any]],
@@ -623,17 +680,14 @@ def train_senior_verl(  # pragma: no cover - needs a GPU, verl and vLLM
     The policy weights come from :func:`training.export.hf_checkpoint` (the embedded GGUF,
     dequantised), so no hub download is needed; LoRA rank/alpha are in the YAML
     (``actor_rollout_ref.model.lora_rank``). Checkpoints go where ``trainer.default_local_dir`` says.
+    The part before Ray starts is :func:`build_senior_verl` (checked on the CPU by
+    ``tests/test_verl_config.py``).
     """
     import agentlightning as agl
 
-    from training.export import hf_checkpoint
-
-    cfg = load_verl_config(config.verl_config, model_path=str(hf_checkpoint(config.model)), overrides=overrides)
+    parts = build_senior_verl(config, overrides=overrides)
     agent = senior_verl_agent(
         society_config, senior_alias=config.senior_alias, endpoints=endpoints, reward=reward_config
     )
-    trainer = agl.Trainer(
-        n_runners=config.n_runners, algorithm=agl.VERL(cfg), adapter={"agent_match": config.agent_match}
-    )
+    trainer = agl.Trainer(**parts)
     trainer.fit(agent, train_dataset=train_tasks, val_dataset=val_tasks)
-
