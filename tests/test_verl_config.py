@@ -236,6 +236,10 @@ def _defined(verl_root: Path, module: str, name: str) -> bool | None:
     return True if name in names else (None if unknown else False)
 
 
+@pytest.mark.xfail(strict=True, reason="known incompatibility (README, Known gaps): agentlightning 0.3.0's VERL "
+                   "integration imports verl.trainer.main_ppo.create_rl_sampler and verl.workers.fsdp_workers, "
+                   "which the pinned verl 0.9.1 no longer has; strict, so a pin that fixes it makes this fail "
+                   "until the mark is removed")
 def test_agentlightning_verl_integration_imports_resolve_in_this_verl(verl_root):
     needed = _agl_verl_imports()
     assert len(needed) >= 15 and ("verl.trainer.main_ppo", "create_rl_sampler") in [n[1:] for n in needed]
