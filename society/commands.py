@@ -7,7 +7,6 @@ need no server. Every invocation writes a run directory (see ``society.run``).
 
 from __future__ import annotations
 
-import signal
 import sys
 import threading
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from rich.table import Table
 
 from evaluation.ex import database_problems
 from society.config import DEFAULT_CONFIG, ConfigError, SocietyConfig
-from society.infra import InfrastructureError, dead_servers
+from society.infra import InfrastructureError, ctrl_c_noted, dead_servers
 from society.llm import Endpoint
 from society.run import AGENTS, EvalSummary, RunRecorder, SocietyRun, endpoint_failure, evaluate, run_society
 from tools.sampling import sample_examples, select_ids
@@ -67,25 +66,6 @@ def load_config(config: Path | None, model_alias: str | None = None) -> SocietyC
 def _slots(concurrency: int) -> int:
     """Server slots for ``concurrency`` questions at once: three juniors each, at least 4, at most 16."""
     return max(4, min(16, 3 * concurrency))
-
-
-@contextmanager
-def _stop_on_ctrl_c(stop: threading.Event) -> Iterator[None]:
-    """While active, Ctrl-C (SIGINT) sets ``stop`` before raising ``KeyboardInterrupt``, so the work
-    loop also stops if a library swallowed the exception in some thread."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: object) -> None:
-        stop.set()
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 @contextmanager
@@ -340,7 +320,7 @@ def eval_cmd(
 
         stop = threading.Event()
         try:
-            with _stop_on_ctrl_c(stop), serving(cfg, proxy=llm_proxy, parallel=_slots(concurrency)) as endpoints:
+            with ctrl_c_noted(stop), serving(cfg, proxy=llm_proxy, parallel=_slots(concurrency)) as endpoints:
                 summary = evaluate(examples, cfg, agent=agent, concurrency=concurrency, endpoints=endpoints,
                                    recorder=rec, on_result=on_result, stop=stop)
         except KeyboardInterrupt:

@@ -18,6 +18,8 @@ from __future__ import annotations
 import signal
 import threading
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 __all__ = ["InfrastructureError", "ServerDied", "dead_servers", "describe_exit", "track_server", "untrack_server"]
@@ -98,3 +100,31 @@ def dead_servers() -> list[ServerDied]:
     with _LOCK:
         servers = list(_TRACKED)
     return [e for e in (s.failure() for s in servers) if e is not None]
+
+
+@contextmanager
+def ctrl_c_noted(noted: threading.Event) -> Iterator[threading.Event]:
+    """While active, Ctrl-C (SIGINT) sets ``noted`` and then acts as before (``KeyboardInterrupt``).
+
+    A library may swallow the ``KeyboardInterrupt`` (in a worker thread, or Agent Lightning's
+    execution strategy, which stops its runners and returns from ``Trainer.fit`` as if done); the
+    event lets the caller stop its loop or raise it again. Outside the main thread (no signal
+    handlers there) the event is never set. Yields ``noted``.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield noted
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum: int, frame: Any) -> None:
+        noted.set()
+        if callable(previous):
+            previous(signum, frame)
+        elif previous != signal.SIG_IGN:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield noted
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -21,7 +21,6 @@ import asyncio
 import json
 import logging
 import os
-import signal
 import socket
 import threading
 import time
@@ -39,7 +38,7 @@ from agentlightning.types import RolloutConfig
 
 from evaluation.rewards import RewardConfig
 from society.config import SocietyConfig
-from society.infra import InfrastructureError, dead_servers
+from society.infra import InfrastructureError, ctrl_c_noted, dead_servers
 from society.llm import Endpoint, as_endpoint
 from society.serving import free_port, serve_config
 from tools.spider import load_examples
@@ -256,35 +255,6 @@ def _infrastructure_stop(finished: list[agl.Rollout]) -> BaseException | None:
     return None
 
 
-@contextmanager
-def _sigint_noted() -> Iterator[threading.Event]:
-    """Note a SIGINT (Ctrl-C) that arrives inside the block, then let it act as usual.
-
-    Agent Lightning's client-server strategy catches the ``KeyboardInterrupt``, stops its runners
-    and returns from ``Trainer.fit`` as if the work were done; the event lets the gather raise it
-    again afterwards, so an interrupted phase is never summarised or marked done. Outside the main
-    thread (no signal handlers there) the event is never set.
-    """
-    noted = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield noted
-        return
-    previous = signal.getsignal(signal.SIGINT)
-
-    def handler(signum: int, frame: Any) -> None:
-        noted.set()
-        if callable(previous):
-            previous(signum, frame)
-        elif previous != signal.SIG_IGN:
-            raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, handler)
-    try:
-        yield noted
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 def select_tasks(config: GatherConfig) -> list[dict[str, Any]]:
     """The tasks the config selects, in split order (``training.agent.task_from_example`` dicts).
 
@@ -450,7 +420,7 @@ def gather(config: GatherConfig) -> GatherSummary:
                     strategy=strategy, hooks=list(config.hooks) or None,
                 )
                 stack.enter_context(_runner_invitation(run_dir, cfg, config.store_host, port))
-                with _sigint_noted() as interrupted:
+                with ctrl_c_noted(threading.Event()) as interrupted:
                     trainer.fit(agent, train_dataset=todo)
                 if interrupted.is_set():
                     raise KeyboardInterrupt  # the execution strategy swallows it and returns normally
