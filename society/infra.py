@@ -66,8 +66,9 @@ def describe_exit(returncode: int) -> str:
         return f"signal {-returncode}"
     text = f"{sig.name} ({signal.strsignal(sig)})"
     hints = {
-        signal.SIGILL: "this llama.cpp build does not match this CPU; rerun scripts/install.sh (it builds a portable "
-                       "llama-server)",
+        signal.SIGILL: "this llama.cpp build does not match this CPU; rerun scripts/install.sh (it checks the "
+                       "server and falls back to the portable AVX2 build), or SQLSOCIETY_LLAMA_CPU=avx2 bash "
+                       "scripts/install.sh",
         signal.SIGKILL: "killed from outside (the out-of-memory killer, or a user)",
         signal.SIGSEGV: "the server crashed; see its log below",
         signal.SIGBUS: "the model file changed or vanished while mapped",

@@ -116,14 +116,22 @@ def test_missing_executable_says_how_to_build_it(tmp_path, monkeypatch):
 
 
 def test_installed_build_is_portable():
-    """The installed binary holds no AMX tile and no AVX-512 instruction (objdump)."""
-    exe = find_llama_server()
+    """The installed server and every library beside it hold no AMX tile instruction, and AVX-512
+    (zmm) only in the AVX-512 CPU variants of ggml's runtime dispatch (objdump)."""
+    exe = find_llama_server().resolve()
     if not shutil_which("objdump"):
         pytest.skip("objdump is not installed")
-    out = subprocess.run(["objdump", "-d", str(exe)], capture_output=True, text=True, check=True).stdout
-    assert out.count("\n") > 100_000  # really disassembled
-    assert "tilezero" not in out and "tileloadd" not in out and "ldtilecfg" not in out
-    assert "%zmm" not in out
+    files = [exe, *sorted(p for p in exe.parent.glob("*.so*") if not p.is_symlink())]
+    avx512_variants = ("skylakex", "cannonlake", "cascadelake", "icelake", "cooperlake", "zen4")
+    lines = 0
+    for f in files:
+        out = subprocess.run(["objdump", "-d", str(f)], capture_output=True, text=True, check=True).stdout
+        lines += out.count("\n")
+        assert "tilezero" not in out and "tileloadd" not in out and "ldtilecfg" not in out, f
+        if not any(f.name.startswith(f"libggml-cpu-{v}") for v in avx512_variants):
+            assert "%zmm" not in out, f
+    assert not list(exe.parent.glob("libggml-cpu-sapphirerapids*"))  # the AMX variant is never installed
+    assert lines > 100_000  # really disassembled
 
 
 def shutil_which(name: str) -> str | None:
