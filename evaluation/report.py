@@ -74,6 +74,8 @@ class RunData:
         evals: stage -> eval records, ordered as :data:`STAGE_ORDER` then by name.
         bandit: ``bandit_comparison.json`` rows.
         phases: phase directory name -> parsed ``done.json`` (None when the phase is not done).
+        role_evals: role-level stage -> records of ``eval/roles/<stage>.jsonl`` (``juniors_baseline``, ...).
+        replay: rows of ``phases/4-bandit/replay.jsonl`` (per held-out decision: majority vote and bandit EX).
     """
 
     run_dir: Path
@@ -82,6 +84,8 @@ class RunData:
     evals: dict[str, list[dict]] = field(default_factory=dict)
     bandit: list[dict] = field(default_factory=list)
     phases: dict[str, dict | None] = field(default_factory=dict)
+    role_evals: dict[str, list[dict]] = field(default_factory=dict)
+    replay: list[dict] = field(default_factory=list)
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -178,6 +182,10 @@ def load_run(run_dir: str | Path) -> RunData:
     if eval_dir.is_dir():
         stages = sorted((p.stem for p in eval_dir.glob("*.jsonl")), key=_stage_key)
         data.evals = {s: [normalize_record(r) for r in read_jsonl(eval_dir / f"{s}.jsonl")] for s in stages}
+        if (eval_dir / "roles").is_dir():
+            data.role_evals = {p.stem: read_jsonl(p) for p in sorted((eval_dir / "roles").glob("*.jsonl"))}
+    if (run_dir / "phases" / "4-bandit" / "replay.jsonl").is_file():
+        data.replay = read_jsonl(run_dir / "phases" / "4-bandit" / "replay.jsonl")
     if (run_dir / "bandit_comparison.json").is_file():
         raw = json.loads((run_dir / "bandit_comparison.json").read_text(encoding="utf-8"))
         data.bandit = raw.get("rows", raw) if isinstance(raw, dict) else raw
@@ -551,7 +559,7 @@ def compute_report(run: RunData) -> ReportContent:
         examples=examples,
         trained_stage=trained if examples or trained else None,
         pngs=pngs,
-        effects=role_effects(run.evals),
+        effects=role_effects(run.evals, role_evals=run.role_evals, replay=run.replay),
     )
 
 

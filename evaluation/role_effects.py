@@ -20,6 +20,20 @@ all        society     end-to-end EX                                   baseline 
 each with n, before, after, the difference, a 95 % paired-bootstrap CI and the exact McNemar p
 (see :mod:`evaluation.stats` for the formulas and their sources). Questions are paired by
 ``question_id``; a question missing from either stage is left out of that row.
+
+When the run made role-level evaluations (``eval/roles/<stage>.jsonl``, the role-level agents of
+``society.baselines`` on their own larger samples) and a phase-4 replay (``phases/4-bandit/
+replay.jsonl``), those judge the roles instead, and the rows become
+
+=========  ==========  =============================================  ==========================
+phase      role        metric                                         before -> after (paired)
+=========  ==========  =============================================  ==========================
+2 SFT      each junior own candidate EX                                juniors_baseline -> _sft
+3 GRPO     senior      EX of its output on the fixed inputs            senior_baseline -> _grpo
+3 GRPO     senior      EX of its output vs its input, base / trained   input -> output, each
+4 bandit   supervisor  EX of the chosen candidate, all / contested     majority vote -> bandit
+all        society     end-to-end EX                                   baseline -> last stage
+=========  ==========  =============================================  ==========================
 """
 
 from __future__ import annotations
@@ -79,35 +93,68 @@ def _effect(phase: str, role: str, metric: str, pair: tuple[list[int], list[int]
     return paired_effect(before, after, phase=phase, role=role, metric=metric, seed=seed)
 
 
-def role_effects(evals: Mapping[str, Sequence[Mapping[str, Any]]], *, seed: int = 0) -> list[Effect]:
+def role_effects(evals: Mapping[str, Sequence[Mapping[str, Any]]], *, seed: int = 0,
+                 role_evals: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+                 replay: Sequence[Mapping[str, Any]] | None = None) -> list[Effect]:
     """The per-role effects a run's stage evaluations support (rows for missing stages are left out).
 
     Args:
         evals: stage name -> records of ``eval/<stage>.jsonl`` (see the module docstring).
         seed: the bootstrap seed (the same seed gives the same CIs).
+        role_evals: role-level stage name (``juniors_baseline``, ``juniors_sft``, ``senior_baseline``,
+            ``senior_grpo``) -> records of ``eval/roles/<stage>.jsonl``; each role judged there
+            replaces its rows from ``evals``.
+        replay: rows of ``phases/4-bandit/replay.jsonl`` (``training.bandit.replay_outcomes``).
 
     Returns:
-        :class:`evaluation.stats.Effect` rows in the order of the module docstring's table.
+        :class:`evaluation.stats.Effect` rows in the order of the module docstring's tables.
     """
     out: list[Effect | None] = []
     base, sft, grpo, bandit = (evals.get(s) for s in STAGES)
+    roles = role_evals or {}
+    jb, js = roles.get("juniors_baseline"), roles.get("juniors_sft")
+    sb, sg = roles.get("senior_baseline"), roles.get("senior_grpo")
+    if jb and js:
+        base, sft = jb, js  # the juniors' rows come from the juniors-only evaluations
+    grpo_rows: list[Effect | None] = []  # the senior judged on its own fixed inputs
+    if sb and sg:
+        grpo_rows.append(_effect("3 GRPO", "senior", "EX of its output on fixed inputs (base -> trained)",
+                                 _pairs(sb, sg, _senior("after_ex")), seed))
+        for name, recs in (("base", sb), ("trained", sg)):
+            pairs = [(_senior("before_ex")(r), _senior("after_ex")(r)) for r in recs]
+            keep = [(int(bool(x)), int(bool(y))) for x, y in pairs if x is not None and y is not None]
+            if keep:
+                grpo_rows.append(_effect("3 GRPO", "senior", f"EX of output vs its input ({name} senior)",
+                                         ([k[0] for k in keep], [k[1] for k in keep]), seed))
     if base and sft:
         juniors = sorted({k for r in base for k in (r.get("roles") or {}) if k.startswith("junior")})
         for j in juniors:
             out.append(_effect("2 SFT", j, "own candidate EX", _pairs(base, sft, _junior_ex(j)), seed))
-    if grpo:
+    out.extend(grpo_rows)
+    if grpo and not grpo_rows:
         before = [_senior("before_ex")(r) for r in grpo]
         after = [_senior("after_ex")(r) for r in grpo]
         keep = [(int(bool(x)), int(bool(y))) for x, y in zip(before, after) if x is not None and y is not None]
         if keep:
             out.append(_effect("3 GRPO", "senior", "EX of output vs its input",
                                ([k[0] for k in keep], [k[1] for k in keep]), seed))
-    if sft and grpo:
-        out.append(_effect("3 GRPO", "senior", "questions fixed by the senior", _pairs(sft, grpo, _net_senior), seed))
-    if grpo and bandit:
+    if sft and grpo and not grpo_rows:
+        sft_soc, grpo_soc = evals.get("sft"), grpo
+        if sft_soc:
+            out.append(_effect("3 GRPO", "senior", "questions fixed by the senior",
+                               _pairs(sft_soc, grpo_soc, _net_senior), seed))
+    if replay:
+        for label, rows in (("all held-out decisions", list(replay)),
+                            ("contested decisions", [r for r in replay if r.get("contested")])):
+            if rows:
+                out.append(_effect("4 bandit", "supervisor", f"EX of the chosen candidate, {label} "
+                                   "(majority vote -> bandit, offline replay)",
+                                   ([int(r["majority_vote"]) for r in rows], [int(r["bandit"]) for r in rows]), seed))
+    elif grpo and bandit:
         chosen = _pairs(grpo, bandit, _chosen_ex)
         out.append(_effect("4 bandit", "supervisor", "EX of the chosen candidate", chosen, seed))
+    soc_base = evals.get("baseline")
     last = next((evals.get(s) for s in reversed(STAGES[1:]) if evals.get(s)), None)
-    if base and last:
-        out.append(_effect("all", "society", "end-to-end EX", _pairs(base, last, lambda r: r.get("match")), seed))
+    if soc_base and last:
+        out.append(_effect("all", "society", "end-to-end EX", _pairs(soc_base, last, lambda r: r.get("match")), seed))
     return [e for e in out if e is not None]

@@ -8,6 +8,16 @@
 
 Both are LangGraph graphs over :class:`BaselineState`, run by ``society.run.run_society(...,
 agent=...)`` so they produce the same :class:`society.run.SocietyRun` records, traces and metadata.
+
+Role-level agents (:func:`build_role_graph`): one part of the society on its own, with the
+society's own nodes, so that a training phase can be judged on the role it trains over many
+questions at a fraction of a full society run's cost (``training.pipeline``):
+
+* ``juniors``: every junior drafts (and may fix) its candidate, the supervisor picks one; the
+  answer is the chosen candidate. No senior, no reviewers.
+* ``senior``: the senior's first visit (execute -> check -> rewrite, ``max_rewrites`` times) on a
+  given SQL (``run_society(..., given_sql=...)``, e.g. the chosen candidate of a ``juniors`` run);
+  the answer is the SQL the senior hands on. No reviewers.
 """
 
 from __future__ import annotations
@@ -17,14 +27,18 @@ from typing import Any
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 
+from society.candidate import Candidate
 from society.config import ConfigError, SocietyConfig
-from society.graph import prepare
-from society.roles import ROLE_TYPES, Junior, Senior, failed, run_context
-from society.state import ExecSummary, SocietyState
+from society.graph import build_junior_graph, prepare
+from society.roles import ROLE_TYPES, Junior, Senior, build_roles, failed, run_context
+from society.state import ExecSummary, SocietyState, SupervisorChoice
 from society.toolkit import execute_summary
 
 #: Baseline agent names.
 BASELINES = ("single", "write-check-rewrite")
+
+#: Role-level agent names (see the module docstring).
+ROLE_AGENTS = ("juniors", "senior")
 
 
 class BaselineState(SocietyState, total=False):
@@ -137,5 +151,99 @@ def build_baseline_graph(config: SocietyConfig, agent: str) -> Any:
             lambda s: "finalize" if failed(s) or Senior.converged(s) else "senior_execute",
             ["senior_execute", "finalize"],
         )
+    g.add_edge("finalize", END)
+    return g.compile(name=agent)
+
+
+# ---------------------------------------------------------------------- role-level agents
+
+
+class RoleState(SocietyState, total=False):
+    """The society state plus ``given_sql``: the SQL the ``senior`` agent starts from."""
+
+    given_sql: str | None
+
+
+def _finalize_role(agent: str) -> Any:
+    """The ``finalize`` node of a role-level agent: the answer is ``current_sql`` (the supervisor's
+    pick for ``juniors``; what the senior hands on for ``senior``), executed once more."""
+
+    def finalize(state: RoleState, config: RunnableConfig) -> dict:
+        ctx = run_context(config)
+        final = state.get("current_sql")
+        status = "failed" if failed(state) or final is None else agent
+        ex = execute_summary(
+            ctx.db_path, final, timeout_s=ctx.config.execution.timeout_s, max_rows=ctx.config.execution.max_rows
+        )
+        err = next((e for e in state.get("errors") or [] if e.startswith("endpoint:")), None)
+        if err is None and final is None:
+            err = "no SQL: no junior produced a usable candidate" if agent == "juniors" else "no SQL given"
+        turns = sum(1 for t in state.get("senior_turns") or [] if t.kind == "rewrite")
+        return {"visits": ["finalize"], "final_sql": final, "final_exec": ex, "status": status, "error": err,
+                "turn": turns}
+
+    return finalize
+
+
+def _handover(state: RoleState) -> dict:
+    """Hand ``given_sql`` to the senior as if a supervisor had chosen it (policy ``given``)."""
+    sql = state.get("given_sql")
+    cand = Candidate(junior="given", persona="given", sql=sql)
+    choice = SupervisorChoice(policy="given", candidates=[cand], index=0 if sql else -1, scores=[1.0])
+    return {"visits": ["handover"], "choices": [choice], "chosen": cand if sql else None, "current_sql": sql,
+            "current_exec": None, "senior_visit_rewrites": 0, "feedback": ""}
+
+
+def build_role_graph(config: SocietyConfig, agent: str) -> Any:
+    """Compile the role-level ``juniors`` or ``senior`` graph for ``config`` (module docstring).
+
+    ``juniors``: ``prepare -> junior_<persona> (parallel subgraphs) -> supervisor -> finalize``.
+    ``senior``: ``prepare -> handover -> senior_execute -> [senior_check -> senior_rewrite ->
+    senior_execute]* -> finalize`` (the loop ends when the senior's ``max_rewrites`` are spent or
+    its check says correct).
+
+    Raises:
+        ValueError: unknown ``agent``; ConfigError: the config has no junior / supervisor / senior.
+    """
+    if agent not in ROLE_AGENTS:
+        raise ValueError(f"unknown role-level agent {agent!r}; choose one of {ROLE_AGENTS}")
+    roles = build_roles(config)
+    g = StateGraph(RoleState)
+    g.add_node("prepare", prepare)
+    g.add_node("finalize", _finalize_role(agent))
+    g.add_edge(START, "prepare")
+    if agent == "juniors":
+        juniors: list[Junior] = roles["junior"]  # type: ignore[assignment]
+        if not juniors or not roles["supervisor"]:
+            raise ConfigError("the juniors agent needs at least one enabled junior and a supervisor role")
+        for j in juniors:
+            g.add_node(j.name, build_junior_graph(j))
+            g.add_edge("prepare", j.name)
+        g.add_node("supervisor", roles["supervisor"][0].node)  # type: ignore[attr-defined]
+        g.add_edge([j.name for j in juniors], "supervisor")
+        g.add_edge("supervisor", "finalize")
+    else:
+        if not roles["senior"]:
+            raise ConfigError("the senior agent needs an enabled senior role")
+        senior: Senior = roles["senior"][0]  # type: ignore[assignment]
+        g.add_node("handover", _handover)
+        g.add_node("senior_execute", senior.execute_node)
+        g.add_node("senior_check", senior.check_node)
+        g.add_node("senior_rewrite", senior.rewrite_node)
+        g.add_edge("prepare", "handover")
+        g.add_conditional_edges("handover", lambda s: "senior_execute" if s.get("current_sql") else "finalize",
+                                ["senior_execute", "finalize"])
+        g.add_conditional_edges(
+            "senior_execute",
+            lambda s: "finalize" if failed(s) or not senior.needs_check(s) else "senior_check",
+            ["senior_check", "finalize"],
+        )
+        g.add_conditional_edges(
+            "senior_check",
+            lambda s: "finalize" if failed(s) or senior.after_check(s) != "rewrite" else "senior_rewrite",
+            ["senior_rewrite", "finalize"],
+        )
+        g.add_conditional_edges("senior_rewrite", lambda s: "finalize" if failed(s) else "senior_execute",
+                                ["senior_execute", "finalize"])
     g.add_edge("finalize", END)
     return g.compile(name=agent)

@@ -29,6 +29,9 @@ from society.run import AGENTS, EvalSummary, RunRecorder, SocietyRun, endpoint_f
 from tools.sampling import sample_examples, select_ids
 from tools.spider import DataError, load_examples, resolve_database
 
+#: Agents the CLI runs (``senior`` needs given SQL per question: training.pipeline runs it).
+CLI_AGENTS = tuple(a for a in AGENTS if a != "senior")
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -183,7 +186,7 @@ def ask(
         "--model-alias",
         help="Serve every embedded role with this embedded model (qwen2.5-coder-0.5b, smollm2-135m).",
     ),
-    agent: str = typer.Option("society", "--agent", help=f"One of {', '.join(AGENTS)}."),
+    agent: str = typer.Option("society", "--agent", help=f"One of {', '.join(CLI_AGENTS)}."),
     data_dir: Path = typer.Option(
         None,
         "--data-dir",
@@ -195,8 +198,10 @@ def ask(
     ),
 ) -> None:
     """Answer one question: prints the final SQL, its result, and the path through the graph."""
-    if agent not in AGENTS:
-        raise typer.BadParameter(f"choose one of {AGENTS}", param_hint="'--agent'")
+    if agent not in CLI_AGENTS:
+        raise typer.BadParameter(f"choose one of {CLI_AGENTS} (the senior-only agent needs the SQL to refine "
+                                 "per question; `sqlsociety train` runs it on the juniors' chosen candidates, "
+                                 "eval.senior_limit)", param_hint="'--agent'")
     try:
         db_path = resolve_database(db, data_dir)
     except DataError as e:
@@ -252,7 +257,7 @@ def eval_cmd(
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the --sample draw."),
     ids: str = typer.Option(None, "--ids", help="Comma-separated question ids to run (e.g. dev-0,dev-17)."),
-    agent: str = typer.Option("society", "--agent", help=f"One of {', '.join(AGENTS)}."),
+    agent: str = typer.Option("society", "--agent", help=f"One of {', '.join(CLI_AGENTS)}."),
     concurrency: int = typer.Option(
         1, "--concurrency", min=1, help="Questions run at once (threads; each takes one database at a time)."
     ),
@@ -273,8 +278,10 @@ def eval_cmd(
     """Run an agent over a split with a progress bar; writes predictions and per-question JSONL; prints EX.
 
     Questions run grouped by database (each schema prompt is processed once per database)."""
-    if agent not in AGENTS:
-        raise typer.BadParameter(f"choose one of {AGENTS}", param_hint="'--agent'")
+    if agent not in CLI_AGENTS:
+        raise typer.BadParameter(f"choose one of {CLI_AGENTS} (the senior-only agent needs the SQL to refine "
+                                 "per question; `sqlsociety train` runs it on the juniors' chosen candidates, "
+                                 "eval.senior_limit)", param_hint="'--agent'")
     if sum(x is not None for x in (limit, sample, ids)) > 1:
         raise typer.BadParameter(
             "give at most one of --limit, --sample and --ids", param_hint="'--limit' / '--sample' / '--ids'"

@@ -31,7 +31,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import datetime
 from pathlib import Path
@@ -50,14 +50,14 @@ from society.state import ExecSummary, Review, SeniorTurn, SupervisorChoice
 from tools.sampling import group_by_database
 
 #: Agents ``evaluate`` / ``sqlsociety eval`` can run.
-AGENTS = ("society", "single", "write-check-rewrite")
+AGENTS = ("society", "single", "write-check-rewrite", "juniors", "senior")
 
 
 class SocietyRun(BaseModel):
     """The outcome of one question.
 
     Attributes:
-        agent: ``society``, ``single`` or ``write-check-rewrite``.
+        agent: ``society``, ``single``, ``write-check-rewrite``, ``juniors`` or ``senior``.
         question / question_id / db_id / db_path: the task.
         run_id: unique id of this run (in every LLM/tool run's metadata).
         final_sql: the answer (None when no usable SQL was produced).
@@ -65,7 +65,8 @@ class SocietyRun(BaseModel):
         status: ``approved`` (reviewers approved; write-check-rewrite: the check said correct),
             ``turn_limit`` (ended by the global turn limit), ``converged`` (the senior gave back the
             same SQL for the same feedback, so more turns could not change it), ``single`` (one-shot
-            baseline), ``failed`` (endpoint down after retries, no usable SQL, or the graph raised).
+            baseline), ``juniors`` / ``senior`` (a role-level agent's answer), ``failed`` (endpoint down
+            after retries, no usable SQL, or the graph raised).
         error: why it failed, or None.
         path: ordered node visits, e.g. ``["prepare", "junior_direct/draft", ..., "finalize"]``.
         candidates: the last junior round's candidates; choices: every supervisor decision.
@@ -133,13 +134,14 @@ class SocietyRun(BaseModel):
                 "row_count": c.row_count,
             }
         ch = self.choice
-        if ch is not None:
+        if ch is not None and self.agent != "senior":
             out["supervisor"] = {
                 "choice": ch.chosen.junior if ch.chosen else None,
                 "index": ch.index,
                 "policy": ch.policy,
                 "scores": ch.scores,
             }
+        if ch is not None and self.agent != "juniors":
             before, after = self.senior_before_after()
             out["senior"] = {"before_sql": before, "after_sql": after, "turns": len(self.senior_turns)}
         return out
@@ -170,6 +172,10 @@ def get_graph(config: SocietyConfig, agent: str = "society") -> Any:
             from society.graph import build_graph
 
             g = build_graph(config)
+        elif agent in ("juniors", "senior"):
+            from society.baselines import build_role_graph
+
+            g = build_role_graph(config, agent)
         else:
             from society.baselines import build_baseline_graph
 
@@ -214,6 +220,7 @@ def run_society(
     endpoints: dict[str, Endpoint | tuple[str, str] | tuple[str, str, str]] | None = None,
     agent: str = "society",
     recorder: RunRecorder | None = None,
+    given_sql: str | None = None,
 ) -> SocietyRun:
     """Answer ``question`` on the SQLite database ``db_path`` with the society (or a baseline).
 
@@ -228,8 +235,11 @@ def run_society(
         tags: extra tags for the graph run.
         endpoints: model alias -> ``Endpoint`` or ``(base_url, model[, api_key])``, overriding the
             config (needed for ``embedded`` aliases: the CLI passes the server it started).
-        agent: ``society`` (default), ``single`` or ``write-check-rewrite``.
+        agent: ``society`` (default), ``single``, ``write-check-rewrite``, or a role-level agent
+            (``juniors``, ``senior``: see ``society.baselines``).
         recorder: when given, the run is appended to its run directory.
+        given_sql: the SQL the ``senior`` agent refines (None: nothing to refine, the run ends
+            ``failed`` with "no SQL given"); ignored by the other agents.
 
     Returns:
         :class:`SocietyRun`; ``status == "failed"`` with ``error`` set when an endpoint stayed down
@@ -267,7 +277,10 @@ def run_society(
     }
     if callbacks:
         invoke_cfg["callbacks"] = list(callbacks)
-    inputs = {"question": question.strip(), "question_id": qid, "db_id": ctx.db_id, "db_path": str(db_path)}
+    inputs: dict[str, Any] = {"question": question.strip(), "question_id": qid, "db_id": ctx.db_id,
+                              "db_path": str(db_path)}
+    if agent == "senior":
+        inputs["given_sql"] = given_sql
 
     t0 = time.perf_counter()
     state: dict[str, Any] = dict(inputs)
@@ -432,6 +445,7 @@ def evaluate(
     callbacks: Sequence[Any] | None = None,
     on_result: Callable[[dict[str, Any]], None] | None = None,
     stop: threading.Event | None = None,
+    given_sql: Mapping[str, str | None] | None = None,
 ) -> EvalSummary:
     """Run ``agent`` on each example (``tools.spider.SpiderExample``) and score EX.
 
@@ -452,6 +466,8 @@ def evaluate(
         on_result: called with each record as it finishes (progress bars).
         stop: when set (e.g. by a Ctrl-C handler), no new question starts and ``KeyboardInterrupt``
             is raised once the questions in hand finish; finished ones are kept.
+        given_sql: question id -> the SQL the ``senior`` agent refines (required for that agent;
+            a question missing from it runs with nothing to refine).
 
     Raises:
         society.infra.InfrastructureError: a model server died or an endpoint stayed down; the
@@ -459,6 +475,9 @@ def evaluate(
         KeyboardInterrupt: ``stop`` was set or Ctrl-C.
     """
     examples = list(examples)
+    if agent == "senior" and given_sql is None:
+        raise ValueError("agent 'senior' refines given SQL: pass given_sql={question_id: sql} (e.g. the chosen "
+                         "candidates of a 'juniors' evaluation)")
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1 (got {concurrency})")
     results: dict[int, dict[str, Any]] = {}
@@ -467,7 +486,7 @@ def evaluate(
     def one(i: int, ex: Any) -> dict[str, Any]:
         try:
             run = run_society(ex.question, ex.db_path, config, question_id=ex.id, db_id=ex.db_id, endpoints=endpoints,
-                              agent=agent, callbacks=callbacks)
+                              agent=agent, callbacks=callbacks, given_sql=(given_sql or {}).get(ex.id))
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as e:  # noqa: BLE001 - e.g. a missing database: mark this question failed, go on

@@ -166,3 +166,40 @@ def test_backend_auto_picks_verl_only_with_cuda_and_verl():
             resolve_backend("verl")
     with pytest.raises(ValueError, match="'ppo'"):
         resolve_backend("ppo")
+
+
+def test_prefilter_keeps_only_prompts_whose_rewards_differ(rows):
+    """Dynamic sampling up front: a deterministic policy (its completions fixed per prompt, so the
+    kept set is known) scored by the real reward on the real databases."""
+    from datasets import Dataset
+
+    from training.grpo import prefilter_prompts
+
+    rewrites = [r for r in rows if r["node"] == "senior_rewrite"]
+    ds = Dataset.from_list(rewrites)
+    answers = {r["task_id"]: r["gold_sql"] for r in rewrites}
+    mixed = rewrites[0]["task_id"]  # gets one right and one wrong rewrite: rewards differ -> kept
+
+    def sample(prompt, k):
+        task = next(r["task_id"] for r in rewrites if r["prompt"] == prompt)
+        gold = answers[task]
+        good, bad = f"<sql>{gold}</sql>", f"<sql>{_wrong(gold)}</sql>"
+        return [good, bad][:k] if task == mixed else [bad] * k  # always wrong elsewhere: dropped
+
+    res = prefilter_prompts(ds, sample, SeniorReward(), k=2)
+    assert (res.n_in, res.n_kept, res.kept_ids) == (len(rewrites), 1, [0])
+    assert res.dataset[0]["task_id"] == mixed and 0.0 <= res.mean_reward <= 1.0
+    with pytest.raises(ValueError, match="k >= 2"):
+        prefilter_prompts(ds, sample, SeniorReward(), k=1)
+    with pytest.raises(ValueError, match="prefilter_samples"):
+        SeniorGRPOConfig(prefilter_samples=1)
+
+
+@pytest.mark.model
+def test_openai_sampler_draws_k_completions_from_the_served_model(rows, smol_server):
+    from training.grpo import openai_sampler
+
+    sample = openai_sampler(smol_server.endpoint(), temperature=1.0, top_p=1.0, max_tokens=16, stop=["</sql>"])
+    texts = sample(rows[0]["prompt"], 3)
+    assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
+    assert all("</sql>" not in t for t in texts)  # the server stopped at the stop string

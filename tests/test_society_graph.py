@@ -239,3 +239,42 @@ def test_baselines(smol_server, agent):
         assert 1 <= run.llm_calls <= 1 + 2 * 3 + 1
         if run.path[2] == "handover":
             assert "senior_check" in run.path and run.status in {"approved", "turn_limit", "converged"}
+
+
+def test_juniors_agent_runs_the_junior_round_and_the_supervisor_only(smol_server):
+    run = run_society("How many singers are there?", CONCERT, _cfg(smol_server), agent="juniors")
+    juniors = [i.name for i in _cfg(smol_server).instances("junior")]
+    assert run.path[0] == "prepare" and run.path[-2:] == ["supervisor", "finalize"]
+    assert not any(v.startswith(("senior", "reviewer")) for v in run.path)
+    assert sorted(c.junior for c in run.candidates) == sorted(juniors)
+    rec = run.to_record()
+    assert "senior" not in rec["roles"] and rec["roles"]["supervisor"]["policy"] == "majority_vote"
+    chosen = run.choice.chosen
+    # the answer is the supervisor's pick, and the status says which agent produced it
+    assert run.final_sql == (chosen.sql if chosen else None)
+    assert run.status == ("juniors" if chosen else "failed")
+
+
+def test_senior_agent_refines_the_given_sql_and_stops_after_its_visit(smol_server, failing_db):
+    # on a database where every query fails the execution check says "incorrect": one rewrite
+    # (max_rewrites 1 in the smoke config), executed, then the answer -- no reviewers
+    run = run_society("How many singers are there?", failing_db, _cfg(smol_server), agent="senior",
+                      given_sql="SELECT count(*) FROM singer")
+    assert run.path[:3] == ["prepare", "handover", "senior_execute"] and run.path[-1] == "finalize"
+    assert "senior_rewrite" in run.path and not any(v.startswith("reviewer") for v in run.path)
+    assert run.llm_calls == 1 and run.status in {"senior", "failed"}
+    before, after = run.senior_before_after()
+    assert before == "SELECT count(*) FROM singer" and after == run.final_sql
+    assert "supervisor" not in run.to_record()["roles"]
+    # on the real database the given SQL runs and returns rows: the execution check passes, no call
+    ok = run_society("How many singers are there?", CONCERT, _cfg(smol_server), agent="senior",
+                     given_sql="SELECT count(*) FROM singer")
+    assert ok.llm_calls == 0 and ok.final_sql == "SELECT count(*) FROM singer" and ok.status == "senior"
+
+
+def test_senior_agent_needs_given_sql_in_an_evaluation(smol_server):
+    from society.run import evaluate
+
+    ex = load_examples(None, "dev", limit=1)
+    with pytest.raises(ValueError, match="given_sql"):
+        evaluate(ex, _cfg(smol_server), agent="senior")

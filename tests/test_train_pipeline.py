@@ -28,9 +28,9 @@ def _tiny_profile(tmp_path: Path) -> Path:
     cfg = yaml.safe_load((REPO / "configs" / "train" / "smoke.yaml").read_text())
     cfg["society_config"] = str(REPO / "configs" / "smoke.yaml")
     cfg["gather"].update(limit=4, n_runners=1)
-    cfg["eval"].update(limit=2)
+    cfg["eval"].update(limit=2, junior_limit=3, senior_limit=2)
     cfg["sft"].update(max_steps=2)
-    cfg["grpo"].update(max_steps=1, num_generations=2, max_completion_length=32)
+    cfg["grpo"].update(max_steps=1, num_generations=2, max_completion_length=32, prefilter_samples=2)
     p = tmp_path / "tiny.yaml"
     p.write_text(yaml.safe_dump(cfg))
     return p
@@ -104,6 +104,26 @@ def test_train_smoke_killed_in_phase1_resumes_and_runs_all_phases(tmp_path: Path
         assert ids is None or stage_ids == ids
         ids = stage_ids
     assert (run / "report.html").stat().st_size > 0
+
+    # each phase judged on its own role: juniors-only before/after SFT on 3 questions, the senior
+    # before/after GRPO on the baseline juniors' chosen candidates, the bandit by offline replay
+    def role_stage(name: str) -> list[dict]:
+        return [json.loads(line) for line in (run / "eval" / "roles" / f"{name}.jsonl").read_text().splitlines()]
+
+    jb, js = role_stage("juniors_baseline"), role_stage("juniors_sft")
+    assert len(jb) == 3 and [r["question_id"] for r in jb] == [r["question_id"] for r in js]
+    assert all(r["agent"] == "juniors" and "senior" not in r["roles"] for r in jb)
+    chosen = {r["question_id"]: r["pred_sql"] for r in jb if r["pred_sql"]}
+    if chosen:  # the 135M model may write no usable SQL at all; then there is nothing to refine
+        sb, sg = role_stage("senior_baseline"), role_stage("senior_grpo")
+        assert 1 <= len(sb) <= 2 and [r["question_id"] for r in sb] == [r["question_id"] for r in sg]
+        assert all(r["roles"]["senior"]["before_sql"] == chosen[r["question_id"]] for r in sb + sg)
+    prefilter = json.loads((run / "phases" / "3-grpo" / "prefilter.json").read_text())
+    assert prefilter["k"] == 2 and prefilter["n_in"] == grpo["prompts"]
+    replay = [json.loads(line) for line in (run / "phases" / "4-bandit" / "replay.jsonl").read_text().splitlines()]
+    assert {r["task_id"] for r in replay} <= {r["question_id"] for r in jb}
+    md = (run / "report.md").read_text()
+    assert "own candidate EX" in md and "end-to-end EX" in md
 
     # a second resume redoes nothing
     stamps = {p: p.stat().st_mtime for p in (run / "phases").glob("*/done.json")}

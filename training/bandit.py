@@ -195,6 +195,40 @@ def compare_policies(
     return rows
 
 
+def replay_outcomes(samples: Sequence[Any], policy: SupervisorBandit, *, success: float = 1.0) -> list[dict[str, Any]]:
+    """Per-decision outcomes of the offline replay, for paired tests of the bandit against majority vote.
+
+    Args:
+        samples: held-out logged decisions with ``candidate_rewards`` (see :func:`compare_policies`).
+        policy: the trained bandit.
+        success: a chosen reward >= this counts as EX success.
+
+    Returns:
+        One row per decision: ``{"task_id", "contested", "majority_vote", "bandit", "oracle"}`` with
+        0/1 EX of each policy's pick (``contested``: the usable candidates' rewards differ).
+
+    Raises:
+        ValueError: a sample without ``candidate_rewards``.
+    """
+    out = []
+    for s in (as_sample(x) for x in samples):
+        rewards = s["candidate_rewards"]
+        if rewards is None:
+            raise ValueError(f"sample {s['task_id']} has no candidate_rewards; offline replay needs them")
+
+        def ex(idx: int, _r: list[float] = rewards) -> int:
+            return int(idx >= 0 and _r[idx] >= success)
+
+        out.append({
+            "task_id": s["task_id"],
+            "contested": len({rewards[i] for i in usable(s["candidates"])}) > 1,
+            "majority_vote": ex(majority_vote(s["candidates"])[0]),
+            "bandit": ex(policy.choose(s["question"], s["candidates"])[0]),
+            "oracle": int(max(rewards) >= success),
+        })
+    return out
+
+
 def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """The rows of :func:`compare_policies` as a Markdown table (EX in %)."""
     lines = ["| policy | n | EX (%) | mean reward | EX where the choice matters (%) | note |",

@@ -117,6 +117,9 @@ class SeniorGRPOConfig:
         agent_match: regex on agent (LangGraph node) names whose LLM calls VERL trains on.
         senior_alias: the society's model alias of the senior (bound to VERL's served policy).
         n_runners: Agent Lightning runners for the VERL path.
+        prefilter_samples: k > 1 -- before training, sample k completions per prompt with the
+            served base model and keep only prompts whose rewards differ (:func:`prefilter_prompts`,
+            DAPO's dynamic sampling done up front; the pipeline runs it); 0 = train on every prompt.
         stop: the served senior's stop strings (its role's ``sampling.stop``). TRL's transformers
             generation path cannot stop on strings, so each completion is cut before the first of
             them ahead of scoring -- the reward then sees the text the served senior would have
@@ -154,10 +157,13 @@ class SeniorGRPOConfig:
     senior_alias: str = "senior_policy"
     n_runners: int = 4
     stop: tuple[str, ...] | None = None
+    prefilter_samples: int = 0
     trl_args: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_trl_args(self, "GRPOConfig")
+        if self.prefilter_samples == 1 or self.prefilter_samples < 0:
+            raise ValueError(f"SeniorGRPOConfig.prefilter_samples = {self.prefilter_samples}; use 0 (off) or k >= 2")
         if self.num_generations < 2:
             raise ValueError(
                 f"SeniorGRPOConfig.num_generations = {self.num_generations}; GRPO needs >= 2 completions per prompt"
@@ -301,6 +307,116 @@ class SeniorReward:
         if exs and callable(log_metric):
             log_metric("rewrite_ex", sum(exs) / len(exs))
         return out
+
+
+@dataclass
+class PrefilterResult:
+    """What :func:`prefilter_prompts` kept.
+
+    Attributes:
+        dataset: the prompts whose sampled rewards differ (a ``datasets.Dataset``, same columns).
+        n_in / n_kept: prompts before / after the filter.
+        k: completions sampled per prompt.
+        seconds: wall time of the sampling.
+        mean_reward: mean reward of all sampled completions, in the reward's range ([0, 1] by default).
+        kept_ids: row indices (into the input) of the kept prompts.
+    """
+
+    dataset: Any
+    n_in: int
+    n_kept: int
+    k: int
+    seconds: float
+    mean_reward: float
+    kept_ids: list[int]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"n_in": self.n_in, "n_kept": self.n_kept, "k": self.k, "seconds": round(self.seconds, 1),
+                "mean_reward": self.mean_reward}
+
+
+def prefilter_prompts(
+    dataset: Any, sample: Any, reward: SeniorReward, k: int, *, max_workers: int = 4
+) -> PrefilterResult:
+    """Dynamic sampling done before training: draw ``k`` completions per prompt with the served
+    policy and keep only the prompts whose rewards differ.
+
+    A GRPO group whose completions all get the same reward has zero advantage and contributes no
+    gradient (with ``scale_rewards: group`` a tiny spread is even blown up to full size); DAPO
+    (Yu et al. 2025, "DAPO: An Open-Source LLM Reinforcement Learning System at Scale", dynamic
+    sampling) drops such groups during training. TRL's ``GRPOTrainer`` has no hook for that, so
+    here the base policy (the model the senior starts from, as served) is sampled up front and the
+    prompts that are always right or always wrong for it are dropped.
+
+    Args:
+        dataset: ``datasets.Dataset`` with ``prompt`` (chat messages or text), ``gold_sql``,
+            ``db_path`` and optionally ``node`` (see :class:`SeniorGRPOTrainer`).
+        sample: ``sample(prompt, k) -> list[str]``: ``k`` completions of one prompt (see
+            :func:`openai_sampler`).
+        reward: the reward that GRPO will optimise (:class:`SeniorReward`).
+        k: completions per prompt, >= 2.
+        max_workers: prompts sampled at once (the server's parallel slots decode them together).
+
+    Returns:
+        :class:`PrefilterResult`; its ``dataset`` may be empty (every group had equal rewards).
+
+    Raises:
+        ValueError: ``k`` < 2.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    if k < 2:
+        raise ValueError(f"prefilter needs k >= 2 completions per prompt to compare rewards, got {k}")
+    rows = list(dataset)
+    t0 = time.monotonic()
+
+    def one(row: dict[str, Any]) -> list[float]:
+        texts = sample(row["prompt"], k)
+        return [reward.score(row["prompt"], t, row["gold_sql"], row["db_path"], row.get("node"))[0] for t in texts]
+
+    with ThreadPoolExecutor(max_workers=max_workers) as pool:
+        scores = list(pool.map(one, rows))
+    kept = [i for i, sc in enumerate(scores) if len(sc) >= 2 and max(sc) - min(sc) > 1e-9]
+    flat = [x for sc in scores for x in sc]
+    return PrefilterResult(
+        dataset=dataset.select(kept), n_in=len(rows), n_kept=len(kept), k=k, seconds=time.monotonic() - t0,
+        mean_reward=sum(flat) / len(flat) if flat else 0.0, kept_ids=kept,
+    )
+
+
+def openai_sampler(endpoint: Any, *, temperature: float, top_p: float, max_tokens: int,
+                   stop: Sequence[str] | None = None, seed: int = 0, timeout_s: float = 300.0) -> Any:
+    """A ``sample(prompt, k)`` for :func:`prefilter_prompts` over an OpenAI-compatible endpoint.
+
+    Args:
+        endpoint: anything with ``base_url``, ``model``, ``api_key`` and ``extra_body`` (a
+            ``society.llm.Endpoint``; ``extra_body`` carries e.g. llama-server's LoRA choice).
+        temperature, top_p, max_tokens: sampling, as GRPO samples its group.
+        stop: stop strings (the served senior's).
+        seed: base seed; completion ``j`` of a prompt uses ``seed + j`` (distinct, reproducible draws).
+        timeout_s: per request, seconds.
+
+    Returns:
+        ``sample(prompt, k) -> list[str]``; ``prompt`` is a list of chat messages or a string.
+    """
+    from openai import OpenAI
+
+    client = OpenAI(base_url=endpoint.base_url, api_key=endpoint.api_key or "sk-no-key", timeout=timeout_s,
+                    max_retries=2)
+
+    def sample(prompt: Any, k: int) -> list[str]:
+        msgs = ([{"role": m["role"], "content": m["content"]} for m in prompt] if isinstance(prompt, list)
+                else [{"role": "user", "content": str(prompt)}])
+        out = []
+        for j in range(k):
+            r = client.chat.completions.create(
+                model=endpoint.model, messages=msgs, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+                stop=list(stop) if stop else None, seed=seed + j, extra_body=dict(endpoint.extra_body or {}),
+            )
+            out.append(r.choices[0].message.content or "")
+        return out
+
+    return sample
 
 
 class SeniorGRPOTrainer:

@@ -9,7 +9,12 @@ Data flow (one run directory holds everything)::
     adapters --> GGUF LoRA --> llama.cpp server --> the role's model alias is routed to it
 
 Before phase 1 and after each of phases 2-4 the society is evaluated on a fixed dev subset
-(``RUN_DIR/eval/<stage>.jsonl``), so every phase prints EX before/after on the same questions.
+(``RUN_DIR/eval/<stage>.jsonl``), so every phase prints EX before/after on the same questions
+(``eval.society_stages: ends``: only before phase 1 and after the last phase run). Each phase is
+also judged on the role it trains, on its own larger samples (``RUN_DIR/eval/roles/<stage>.jsonl``,
+role-level agents of ``society.baselines``): the juniors (``eval.junior_limit`` questions) before
+and after phase 2, the senior on the juniors' chosen candidates (``eval.senior_limit``) before and
+after phase 3, and the supervisor by offline replay of those held-out decisions in phase 4.
 
 Resume: each phase writes ``RUN_DIR/phases/<k>-<name>/done.json`` when it finishes; a run started
 with ``--resume RUN_DIR`` skips finished phases (re-serving their artifacts) and phase 1 skips the
@@ -22,7 +27,6 @@ import dataclasses
 import json
 import logging
 import os
-import random
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -31,7 +35,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from evaluation.report import write_report
 from evaluation.rewards import RewardConfig
@@ -45,6 +49,7 @@ from society.roles import ROLE_TYPES
 from society.run import evaluate
 from society.serving import serve_config
 from society.vllm_serving import VLLMServer
+from tools.sampling import sample_examples
 from tools.schema import schema_prompt
 from tools.spider import load_examples
 from training.bandit import BanditConfig
@@ -55,7 +60,7 @@ logger = logging.getLogger(__name__)
 
 #: Shipped training profiles (copy one and edit it).
 PROFILE_DIR = Path(__file__).resolve().parent.parent / "configs" / "train"
-PROFILES = ("smoke", "default", "gpu")
+PROFILES = ("smoke", "default", "long", "gpu")
 
 #: Phase number -> name; stages evaluated on the dev subset: baseline, then one after each of 2-4.
 PHASES: dict[int, str] = {1: "gather", 2: "sft", 3: "grpo", 4: "bandit"}
@@ -108,12 +113,36 @@ class GatherSection(_Section):
 
 
 class EvalSection(_Section):
-    """The fixed dev subset: ``limit`` questions drawn with ``seed`` from ``split`` (same every stage)."""
+    """The fixed dev samples, drawn with ``seed`` from ``split`` across all its databases (the same
+    draw at every stage; :func:`tools.sampling.sample_examples`).
+
+    Attributes:
+        limit: questions of the society's end-to-end evaluation (>= 1).
+        society_stages: ``every`` -- the society after every phase (baseline, sft, grpo, bandit);
+            ``ends`` -- only the baseline and after the last phase this run runs (the role-level
+            evaluations below judge the phases in between, far more cheaply).
+        junior_limit: questions of the juniors-only evaluation (each junior's own candidate and the
+            supervisor's pick; ``juniors`` agent) at the baseline and after phase 2; 0 = off.
+        senior_limit: inputs of the senior-only evaluation (``senior`` agent on the baseline
+            juniors' chosen candidates, the first ``senior_limit`` questions of the juniors'
+            sample that have one) at the baseline and after phase 3; 0 = off. Needs ``junior_limit``.
+        concurrency: questions run at once (threads).
+    """
 
     split: str = "dev"
     limit: int = Field(10, ge=1)
     seed: int = 0
     concurrency: int = Field(1, ge=1)
+    society_stages: Literal["every", "ends"] = "every"
+    junior_limit: int = Field(0, ge=0)
+    senior_limit: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _senior_needs_juniors(self) -> EvalSection:
+        if self.senior_limit and not self.junior_limit:
+            raise ValueError("eval.senior_limit needs eval.junior_limit > 0: the senior is judged on the baseline "
+                             "juniors' chosen candidates")
+        return self
 
 
 class ServingSection(_Section):
@@ -295,12 +324,10 @@ def dev_decisions(eval_jsonl: Path) -> list[dict[str, Any]]:
     return out
 
 
-def dev_subset(cfg: TrainConfig) -> list[Any]:
-    """The fixed dev subset: ``cfg.eval.limit`` examples sampled with ``cfg.eval.seed``, in file order."""
-    pool = load_examples(cfg.data_dir, cfg.eval.split)
-    k = min(cfg.eval.limit, len(pool))
-    idx = sorted(random.Random(cfg.eval.seed).sample(range(len(pool)), k))
-    return [pool[i] for i in idx]
+def dev_subset(cfg: TrainConfig, limit: int | None = None) -> list[Any]:
+    """The fixed dev subset: ``limit`` (default ``cfg.eval.limit``) examples sampled with
+    ``cfg.eval.seed`` across the split's databases, in file order."""
+    return sample_examples(load_examples(cfg.data_dir, cfg.eval.split), limit or cfg.eval.limit, cfg.eval.seed)
 
 
 #: Loggers of the libraries under the pipeline (LiteLLM inside the LLMProxy, Agent Lightning's
@@ -365,6 +392,12 @@ class RunDir:
         tmp = f.with_suffix(".tmp")
         tmp.write_text(json.dumps(info, indent=2, default=str))
         os.replace(tmp, f)
+
+    def role_eval_path(self, stage: str) -> Path:
+        """``eval/roles/<stage>.jsonl``: a role-level evaluation (``juniors_baseline``, ...)."""
+        d = self.root / "eval" / "roles"
+        d.mkdir(parents=True, exist_ok=True)
+        return d / f"{stage}.jsonl"
 
     def eval_path(self, stage: str) -> Path:
         return self.root / "eval" / f"{stage}.jsonl"
@@ -506,13 +539,17 @@ class TrainingPipeline:
         return eps
 
     # -- stages -------------------------------------------------------------------------------------
-    def evaluate_stage(self, stage: str) -> dict[str, Any]:
-        """Evaluate the current society on the fixed dev subset; cached in ``eval/<stage>.jsonl``."""
-        path = self.dir.eval_path(stage)
+    def evaluate_stage(self, stage: str, *, agent: str = "society", examples: list[Any] | None = None,
+                       given_sql: dict[str, str | None] | None = None) -> dict[str, Any]:
+        """Evaluate the current society (or a role-level ``agent``: ``juniors``, ``senior``) on the fixed
+        dev subset (or ``examples``); cached in ``eval/<stage>.jsonl`` (role-level agents:
+        ``eval/roles/<stage>.jsonl``) with a ``.summary.json`` beside it, so a resumed run does not
+        evaluate a finished stage again."""
+        path = self.dir.eval_path(stage) if agent == "society" else self.dir.role_eval_path(stage)
         summary_path = path.with_suffix(".summary.json")
         if summary_path.is_file():
             return json.loads(summary_path.read_text())
-        examples = dev_subset(self.cfg)
+        examples = dev_subset(self.cfg) if examples is None else examples
         society = self.society()
         recs: list[dict[str, Any]] = []
         t0 = time.perf_counter()
@@ -539,16 +576,49 @@ class TrainingPipeline:
                 ex = sum(bool(x.get("match")) for x in recs) / len(recs)
                 bar.update(task, advance=1, ex=f"EX {100 * ex:.1f}%")
 
-            summary = evaluate(examples, society, concurrency=self.cfg.eval.concurrency, endpoints=eps,
-                               on_result=on_result)
+            summary = evaluate(examples, society, agent=agent, concurrency=self.cfg.eval.concurrency, endpoints=eps,
+                               on_result=on_result, given_sql=given_sql)
         with path.open("w") as f:
             for r in recs:
                 f.write(json.dumps({**r, "stage": stage}, default=str) + "\n")
         out = {"stage": stage, "ex": summary.ex, "n": len(recs), "seconds": time.perf_counter() - t0,
                **{k: v for k, v in summary.model_dump().items() if k not in {"ex", "run_dir"}}}
         summary_path.write_text(json.dumps(out, indent=2, default=str))
-        self.echo(f"EX ({stage}) = {100 * summary.ex:.2f}% on {len(recs)} dev questions")
+        what = "dev questions" if agent == "society" else f"dev questions ({agent} only)"
+        self.echo(f"EX ({stage}) = {100 * summary.ex:.2f}% on {len(recs)} {what}")
         return out
+
+    def _senior_inputs(self) -> tuple[list[Any], dict[str, str | None]]:
+        """The senior-only evaluation's fixed inputs: the first ``eval.senior_limit`` questions of the
+        juniors' sample whose baseline juniors produced a chosen candidate, with that candidate's SQL."""
+        chosen = {}
+        path = self.dir.role_eval_path("juniors_baseline")
+        for line in path.read_text().splitlines() if path.is_file() else []:
+            r = json.loads(line)
+            if r.get("pred_sql"):
+                chosen[str(r["question_id"])] = r["pred_sql"]
+        pool = [e for e in dev_subset(self.cfg, self.cfg.eval.junior_limit) if e.id in chosen]
+        pool = pool[: self.cfg.eval.senior_limit]
+        return pool, {e.id: chosen[e.id] for e in pool}
+
+    def evaluate_roles(self, stage: str) -> None:
+        """The role-level evaluations of ``stage`` (``baseline``: juniors then senior; ``sft``: the
+        juniors; ``grpo``: the senior), each on its own fixed sample; nothing when its limit is 0."""
+        e = self.cfg.eval
+        if stage == "baseline":
+            # a resumed run whose profile gained a role evaluation after the phase it judges: the
+            # "baseline" role would already be the trained one, so it is not evaluated (said once)
+            for k, name, limit in ((2, "juniors", e.junior_limit), (3, "senior", e.senior_limit)):
+                if limit and self.dir.done(k) and not self.dir.role_eval_path(f"{name}_baseline").is_file():
+                    self.echo(f"eval: no {name}-only baseline: phase {k} finished before it was evaluated; start a "
+                              "new run to judge that phase on its role")
+                    return
+        if e.junior_limit and stage in ("baseline", "sft"):
+            self.evaluate_stage(f"juniors_{stage}", agent="juniors", examples=dev_subset(self.cfg, e.junior_limit))
+        if e.senior_limit and stage in ("baseline", "grpo"):
+            examples, given = self._senior_inputs()
+            if examples:
+                self.evaluate_stage(f"senior_{stage}", agent="senior", examples=examples, given_sql=given)
 
     # -- phases -------------------------------------------------------------------------------------
     def phase1_gather(self) -> dict[str, Any]:
@@ -635,14 +705,40 @@ class TrainingPipeline:
         if backend == "verl":  # pragma: no cover - needs a GPU, verl and vLLM
             return self._phase3_verl(d, len(rl.prompts))
         grpo = {"stop": self._senior_stop(), **self.cfg.grpo}  # a profile's grpo.stop wins
-        res = SeniorGRPOTrainer(SeniorGRPOConfig(**{**grpo, "backend": "trl", "model": self.cfg.base_model,
-                                                     "output_dir": str(d / "adapter")}), rl.prompts,
-                                reward_config=self._reward_config()).train()
+        cfg = SeniorGRPOConfig(**{**grpo, "backend": "trl", "model": self.cfg.base_model,
+                                  "output_dir": str(d / "adapter")})
+        prompts, prefilter = rl.prompts, None
+        if cfg.prefilter_samples:
+            prefilter = self._prefilter(prompts, cfg)
+            (d / "prefilter.json").write_text(json.dumps(prefilter.to_json(), indent=2))
+            self.echo(f"phase 3 prefilter: {prefilter.n_kept} of {prefilter.n_in} senior prompts have rewards that "
+                      f"differ over {prefilter.k} samples ({prefilter.seconds:.0f} s)"
+                      + ("; training on those" if prefilter.n_kept else
+                         "; none does, so GRPO trains on every prompt (expect steps without advantage: gather "
+                         "more rollouts or raise grpo.temperature)"))
+            if prefilter.n_kept:
+                prompts = prefilter.dataset
+        res = SeniorGRPOTrainer(cfg, prompts, reward_config=self._reward_config()).train()
         gguf = self._export_gguf(Path(res.adapter_dir), Path(res.adapter_dir) / "adapter.gguf")
         self.echo(f"phase 3 GRPO: {res.steps} steps, mean reward per step {res.rewards}")
         return {"adapter": str(res.adapter_dir), "adapter_gguf": str(gguf) if gguf else None,
-                "prompts": len(rl.prompts),
+                "prompts": len(rl.prompts), "prefilter": prefilter.to_json() if prefilter else None,
                 "steps": res.steps, "rewards": res.rewards}
+
+    def _prefilter(self, prompts: Any, cfg: SeniorGRPOConfig) -> Any:
+        """:func:`training.grpo.prefilter_prompts` with the senior's base model as served now (phase 3
+        has not trained it yet), sampled as GRPO samples (temperature, top_p, completion length,
+        the senior's stop strings)."""
+        from training.grpo import SeniorReward, openai_sampler, prefilter_prompts
+
+        society = self.society()
+        senior = next(r for r in society.roles if _kind(r.type) == "senior" and r.enabled)
+        with ExitStack() as stack:
+            ep = self.endpoints(stack, society)[senior.model]
+            sample = openai_sampler(ep, temperature=cfg.temperature, top_p=cfg.top_p,
+                                    max_tokens=cfg.max_completion_length, stop=cfg.stop, seed=cfg.seed)
+            return prefilter_prompts(prompts, sample, SeniorReward(self._reward_config(), stop=cfg.stop),
+                                     cfg.prefilter_samples)
 
     def _phase3_verl(self, d: Path, n_prompts: int) -> dict[str, Any]:  # pragma: no cover - GPU only
         """Phase 3 on a GPU: Agent Lightning's VERL trains the senior live on the gather split's
@@ -680,7 +776,7 @@ class TrainingPipeline:
         bandit (joblib). Compared offline on held-out *dev* decisions (the baseline evaluation's
         logged candidates, never trained on) with random choice, majority vote, the logged policy
         and the LLM supervisor (asked live on the same candidates)."""
-        from training.bandit import SupervisorBandit, compare_policies
+        from training.bandit import SupervisorBandit, compare_policies, replay_outcomes
 
         d = self.dir.phase_dir(4)
         with self._archive() as archive:
@@ -692,8 +788,15 @@ class TrainingPipeline:
             raise TrainConfigError("phase 4: no supervisor decision with usable candidates in the store; gather more")
         bandit = SupervisorBandit(BanditConfig(**self.cfg.bandit)).fit(samples)
         path = bandit.save(d / "policy.joblib")
-        held = dev_decisions(self.dir.eval_path("baseline"))
+        # held-out dev decisions: the juniors-only baseline's (its own larger sample) when it ran,
+        # else the society baseline's; never trained on
+        roles_base = self.dir.role_eval_path("juniors_baseline")
+        held = dev_decisions(roles_base if roles_base.is_file() else self.dir.eval_path("baseline"))
         table = compare_policies(held, bandit) if held else []
+        if held:
+            with (d / "replay.jsonl").open("w") as f:
+                for row in replay_outcomes(held, bandit):
+                    f.write(json.dumps(row) + "\n")
         if held:
             llm = self._llm_supervisor_replay(held)
             if llm is not None:
@@ -750,7 +853,9 @@ class TrainingPipeline:
         t_all = time.perf_counter()
         route_library_logs(self.dir.root / "train.log")
         base = self.evaluate_stage("baseline")
+        self.evaluate_roles("baseline")
         before = base["ex"]
+        last = max(self.phases)
         for k, fn in steps:
             if k not in self.phases:
                 continue
@@ -766,9 +871,12 @@ class TrainingPipeline:
                 self.dir.mark_done(k, info)
                 self.reports.append(PhaseReport(k, PHASES[k], info["seconds"], info))
             if k in STAGE_AFTER_PHASE:
-                after = self.evaluate_stage(STAGE_AFTER_PHASE[k])["ex"]
-                self.echo(f"phase {k} ({PHASES[k]}): EX {100 * before:.2f}% -> {100 * after:.2f}% on the dev subset")
-                before = after
+                self.evaluate_roles(STAGE_AFTER_PHASE[k])
+                if self.cfg.eval.society_stages == "every" or k == last:
+                    after = self.evaluate_stage(STAGE_AFTER_PHASE[k])["ex"]
+                    self.echo(f"phase {k} ({PHASES[k]}): society EX {100 * before:.2f}% -> {100 * after:.2f}% on "
+                              "the dev subset")
+                    before = after
         (self.dir.root / "train_summary.json").write_text(json.dumps(
             {"profile": self.cfg.name, "wall_seconds": round(time.perf_counter() - t_all, 1),
              "phases": [r.__dict__ for r in self.reports]}, indent=2, default=str))

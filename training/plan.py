@@ -447,6 +447,15 @@ def plan_profile(cfg: TrainConfig, *, source: str = "", phases: set[int] | None 
             f"{cfg.eval.seed}), concurrency {cfg.eval.concurrency}",
         }
     )
+    e = cfg.eval
+    role_evals = {
+        "baseline": ([f"juniors only on {e.junior_limit} questions"] if e.junior_limit else [])
+        + ([f"senior only on <= {e.senior_limit} of the juniors' chosen candidates"] if e.senior_limit else []),
+        "sft": [f"juniors only on the same {e.junior_limit} questions"] if e.junior_limit else [],
+        "grpo": [f"senior only on the same <= {e.senior_limit} inputs"] if e.senior_limit else [],
+    }
+    if role_evals["baseline"]:
+        plan.phases.append({"step": "eval baseline roles", "what": "; ".join(role_evals["baseline"])})
     sft_backend = (
         "unsloth"
         if str(cfg.sft.get("backend", "auto")) == "unsloth"
@@ -466,9 +475,14 @@ def plan_profile(cfg: TrainConfig, *, source: str = "", phases: set[int] | None 
         else "GRPO of the senior with TRL (in-process)",
         4: "contextual bandit for the supervisor on its logged decisions",
     }
+    society_after = [k for k in sorted(phases) if k in STAGE_AFTER_PHASE
+                     and (e.society_stages == "every" or k == max(phases))]
     for k in sorted(phases):
         plan.phases.append({"step": f"{k} {PHASES[k]}", "what": what[k]})
-        if k in STAGE_AFTER_PHASE:
+        if k in STAGE_AFTER_PHASE and role_evals.get(STAGE_AFTER_PHASE[k]):
+            plan.phases.append({"step": f"eval {STAGE_AFTER_PHASE[k]} roles",
+                                "what": "; ".join(role_evals[STAGE_AFTER_PHASE[k]])})
+        if k in society_after:
             plan.phases.append(
                 {"step": f"eval {STAGE_AFTER_PHASE[k]}", "what": f"the same {cfg.eval.limit} questions"}
             )
@@ -495,8 +509,10 @@ def plan_profile(cfg: TrainConfig, *, source: str = "", phases: set[int] | None 
         + f", rollout timeout {g.rollout_timeout_s} s{bound}"
     )
     n_eval = cfg.eval.limit if n_dev is None else min(cfg.eval.limit, n_dev)
-    n_stages = 1 + len([k for k in phases if k in STAGE_AFTER_PHASE])
-    plan.budgets["eval"] = f"{n_eval} questions x {n_stages} stage(s)"
+    n_stages = 1 + len(society_after)
+    plan.budgets["eval"] = f"{n_eval} questions x {n_stages} stage(s)" + (
+        f"; juniors only {e.junior_limit} questions x {1 + (2 in phases)}" if e.junior_limit else "") + (
+        f"; senior only <= {e.senior_limit} inputs x {1 + (3 in phases)}" if e.senior_limit else "")
     if sft is not None:
         seqs = sft.max_steps * sft.per_device_train_batch_size * sft.gradient_accumulation_steps
         plan.budgets["sft"] = (
