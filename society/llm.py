@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.runnables import RunnableConfig
+from tenacity import RetryError, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from society.settings import ConfigError, LLMSettings, Sampling
 
@@ -342,6 +343,10 @@ def invoke_llm(
 ) -> AIMessage:
     """Call ``chat`` with ``messages``, retrying endpoint failures, and log the call.
 
+    A connection error, timeout, HTTP 5xx or 429 is retried up to ``settings.retries`` times, waiting
+    ``backoff_s``, ``2 * backoff_s``, ``4 * backoff_s``, ... seconds, each capped at ``backoff_max_s``;
+    the log record's ``attempts`` counts the attempts made (1 to ``1 + settings.retries``).
+
     Args:
         chat: a ``ChatOpenAI`` (from :meth:`ChatModels.chat`).
         config: the calling node's ``RunnableConfig`` (callbacks, tags, metadata are kept).
@@ -353,7 +358,9 @@ def invoke_llm(
         The model's ``AIMessage`` (``usage_metadata`` holds token counts when the server reports them).
 
     Raises:
-        EndpointUnavailable: after ``1 + settings.retries`` failed attempts on retryable errors.
+        EndpointUnavailable: after ``1 + settings.retries`` failed attempts on retryable errors (the
+            message names the count), or at the first retryable failure once a model server this
+            process started has exited (its headline; the ``ServerDied`` as ``__cause__``).
         LLMRequestError: the endpoint rejected the request (not retried).
     """
     md = {"role": label.split(":")[0], "role_instance": role, "node": node, "model_alias": alias, **(metadata or {})}
@@ -364,39 +371,43 @@ def invoke_llm(
         messages=message_dicts(messages), started=time.time(),
     )
     t0 = time.perf_counter()
-    delay = settings.backoff_s
-    attempt = 0
+
+    def attempt() -> AIMessage:
+        # One call; an error that is not worth retrying leaves as an LLMError, which ends the retries.
+        try:
+            return chat.invoke(list(messages), config=cfg)
+        except Exception as exc:  # noqa: BLE001 - classified below
+            if not _is_retryable(exc):
+                raise LLMRequestError(f"{label}: {alias} rejected the request: {type(exc).__name__}: {exc}") from exc
+            dead = dead_servers()
+            if dead:  # no point retrying against a server that has exited
+                raise EndpointUnavailable(
+                    f"{label}: endpoint for {alias} ({rec.base_url}): {dead[0].headline}"
+                ) from dead[0]
+            raise
+
+    retrying = Retrying(
+        retry=retry_if_exception(_is_retryable),
+        stop=stop_after_attempt(1 + settings.retries),
+        wait=wait_exponential(multiplier=settings.backoff_s, max=settings.backoff_max_s),
+    )
     try:
-        while True:
-            attempt += 1
-            try:
-                msg = chat.invoke(list(messages), config=cfg)
-                break
-            except Exception as exc:  # noqa: BLE001 - classified below
-                if not _is_retryable(exc):
-                    raise LLMRequestError(
-                        f"{label}: {alias} rejected the request: {type(exc).__name__}: {exc}"
-                    ) from exc
-                dead = dead_servers()
-                if dead:  # no point retrying against a server that has exited
-                    raise EndpointUnavailable(
-                        f"{label}: endpoint for {alias} ({rec.base_url}): {dead[0].headline}"
-                    ) from dead[0]
-                if attempt > settings.retries:
-                    raise EndpointUnavailable(
-                        f"{label}: endpoint for {alias} ({rec.base_url}) failed {attempt} times: "
-                        f"{type(exc).__name__}: {exc}"
-                    ) from exc
-                time.sleep(min(delay, settings.backoff_max_s))
-                delay = delay * 2 if delay > 0 else 0.0
+        try:
+            msg = retrying(attempt)
+        except RetryError as e:
+            last = e.last_attempt.exception()
+            raise EndpointUnavailable(
+                f"{label}: endpoint for {alias} ({rec.base_url}) failed {e.last_attempt.attempt_number} times: "
+                f"{type(last).__name__}: {last}"
+            ) from last
     except LLMError as e:
         rec.error = str(e)
-        rec.attempts = attempt
+        rec.attempts = retrying.statistics["attempt_number"]
         rec.latency_s = time.perf_counter() - t0
         if log is not None:
             log.add_llm(rec)
         raise
-    rec.attempts = attempt
+    rec.attempts = retrying.statistics["attempt_number"]
     rec.latency_s = time.perf_counter() - t0
     text = msg.content if isinstance(msg.content, str) else str(msg.content)
     restored = restore_stop(text, getattr(chat, "stop", None), (msg.response_metadata or {}).get("finish_reason"))
