@@ -32,6 +32,18 @@ from tools.spider import DataError, load_examples, resolve_database
 #: Agents the CLI runs (``senior`` needs given SQL per question: training.pipeline runs it).
 CLI_AGENTS = tuple(a for a in AGENTS if a != "senior")
 
+
+def check_agent(agent: str) -> None:
+    """Refuse an ``--agent`` the CLI cannot run.
+
+    Raises:
+        typer.BadParameter: ``agent`` is not in :data:`CLI_AGENTS` (the message says why ``senior`` is not).
+    """
+    if agent not in CLI_AGENTS:
+        raise typer.BadParameter(f"choose one of {CLI_AGENTS} (the senior-only agent needs the SQL to refine "
+                                 "per question; `sqlsociety train` runs it on the juniors' chosen candidates, "
+                                 "eval.senior_limit)", param_hint="'--agent'")
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -198,10 +210,7 @@ def ask(
     ),
 ) -> None:
     """Answer one question: prints the final SQL, its result, and the path through the graph."""
-    if agent not in CLI_AGENTS:
-        raise typer.BadParameter(f"choose one of {CLI_AGENTS} (the senior-only agent needs the SQL to refine "
-                                 "per question; `sqlsociety train` runs it on the juniors' chosen candidates, "
-                                 "eval.senior_limit)", param_hint="'--agent'")
+    check_agent(agent)
     try:
         db_path = resolve_database(db, data_dir)
     except DataError as e:
@@ -278,10 +287,7 @@ def eval_cmd(
     """Run an agent over a split with a progress bar; writes predictions and per-question JSONL; prints EX.
 
     Questions run grouped by database (each schema prompt is processed once per database)."""
-    if agent not in CLI_AGENTS:
-        raise typer.BadParameter(f"choose one of {CLI_AGENTS} (the senior-only agent needs the SQL to refine "
-                                 "per question; `sqlsociety train` runs it on the juniors' chosen candidates, "
-                                 "eval.senior_limit)", param_hint="'--agent'")
+    check_agent(agent)
     if sum(x is not None for x in (limit, sample, ids)) > 1:
         raise typer.BadParameter(
             "give at most one of --limit, --sample and --ids", param_hint="'--limit' / '--sample' / '--ids'"

@@ -767,14 +767,17 @@ def _write_frame(fd: int, obj: Any) -> None:
     _write_all(fd, _FRAME.pack(len(payload)) + payload)
 
 
+def _frame_need(buf: bytearray) -> int:
+    """Bytes the frame at the start of ``buf`` needs in all: the header's size until the header is
+    in, then header + payload (so ``len(buf) >= _frame_need(buf)`` means a whole frame is there)."""
+    return _FRAME.size if len(buf) < _FRAME.size else _FRAME.size + _FRAME.unpack_from(buf)[0]
+
+
 def _read_frame_blocking(fd: int, buf: bytearray) -> Any:
     """Read one frame from ``fd`` (bytes beyond it stay in ``buf``); None at end of file."""
-    need = _FRAME.size
     while True:
+        need = _frame_need(buf)
         if len(buf) >= need:
-            if need == _FRAME.size:
-                need += _FRAME.unpack_from(buf)[0]
-                continue
             payload = bytes(buf[_FRAME.size : need])
             del buf[:need]
             return marshal.loads(payload)
@@ -889,12 +892,9 @@ class _Worker:
     def _read_frame(self, deadline: float) -> Any:
         """One reply frame, read by ``deadline`` (raises TimeoutError, or _WorkerDied at end of file)."""
         buf = bytearray()
-        need = _FRAME.size
         while True:
+            need = _frame_need(buf)
             if len(buf) >= need:
-                if need == _FRAME.size:
-                    need += _FRAME.unpack_from(buf)[0]
-                    continue
                 return marshal.loads(memoryview(buf)[_FRAME.size : need])
             left = deadline - time.monotonic()
             # past the deadline, what is already in the pipe still counts (a worker that became

@@ -406,20 +406,18 @@ def run_checks(
             if torch.cuda.is_bf16_supported() and not args.bf16:
                 raise CheckFailed("bf16 is supported by the GPU but the trainer's arguments have bf16=False")
 
-    def sft() -> dict[str, Any]:
-        from training.sft import JuniorSFTConfig, JuniorSFTTrainer
+    def sft_config(backend: str, subdir: str) -> Any:
+        """The tiny junior SFT run of the check, on ``backend`` (``trl`` or ``unsloth``)."""
+        from training.sft import JuniorSFTConfig
 
-        cfg = JuniorSFTConfig(
-            model=str(ctx["model_dir"]),
-            output_dir=str(out / "junior-adapter"),
-            max_steps=sft_steps,
-            per_device_train_batch_size=2,
-            max_length=128,
-            learning_rate=1e-3,
-            backend="trl",
-            num_threads=threads,
-            seed=0,
-        )
+        return JuniorSFTConfig(model=str(ctx["model_dir"]), output_dir=str(out / subdir), max_steps=sft_steps,
+                               per_device_train_batch_size=2, max_length=128, learning_rate=1e-3, backend=backend,
+                               num_threads=threads, seed=0)
+
+    def sft() -> dict[str, Any]:
+        from training.sft import JuniorSFTTrainer
+
+        cfg = sft_config("trl", "junior-adapter")
         trainer = JuniorSFTTrainer(cfg, sft_rows())
         args = trainer._args()
         _cuda_reset()
@@ -503,19 +501,9 @@ def run_checks(
         return {"versions": _versions(GPU_STACK)}
 
     def unsloth_sft() -> dict[str, Any]:
-        from training.sft import JuniorSFTConfig, JuniorSFTTrainer
+        from training.sft import JuniorSFTTrainer
 
-        cfg = JuniorSFTConfig(
-            model=str(ctx["model_dir"]),
-            output_dir=str(out / "junior-adapter-unsloth"),
-            max_steps=sft_steps,
-            per_device_train_batch_size=2,
-            max_length=128,
-            learning_rate=1e-3,
-            backend="unsloth",
-            num_threads=threads,
-            seed=0,
-        )
+        cfg = sft_config("unsloth", "junior-adapter-unsloth")
         res = JuniorSFTTrainer(cfg, sft_rows()).train()
         if res.steps != sft_steps or res.backend != "unsloth":
             raise CheckFailed(f"expected {sft_steps} unsloth steps, got {res.steps} with backend {res.backend}")
