@@ -7,7 +7,7 @@
   credit. ``RUN_DIR`` may also be a JSONL file written by ``traces export`` or ``traces pull``
   (``ROLLOUT_ID`` then optional when it holds one rollout).
 * ``traces export RUN_DIR [--out F] [--rollout ID]...`` -- JSONL, one span per line with
-  OpenTelemetry span fields (see :mod:`evaluation.traces`).
+  OpenTelemetry span fields (see :mod:`evaluation.trace_records`).
 * ``traces pull --project P --run-id R [--out F]`` -- fetch rollouts' traces back from LangSmith
   into that JSONL format and print their trees (needs ``LANGSMITH_API_KEY``).
 * ``traces dashboard RUN_DIR [--port N]`` -- serve Agent Lightning's own dashboard over the run's
@@ -66,7 +66,8 @@ def traces_list(
     limit: int = typer.Option(50, "--limit", min=1, help="Show at most this many (the most recent)."),
 ) -> None:
     """List the rollouts recorded in a run."""
-    from evaluation.traces import TraceError, list_rollouts
+    from evaluation.trace_records import TraceError
+    from evaluation.traces import list_rollouts
 
     try:
         rows = list_rollouts(run_dir, phase=phase, min_reward=min_reward, failed=failed)
@@ -104,14 +105,10 @@ def traces_show(
     raw: bool = typer.Option(False, "--raw", help="Keep LangChain/LangGraph wrapper spans."),
 ) -> None:
     """Show one rollout as a tree (node -> role -> LLM call -> tool call -> reward, per-role credit)."""
-    from evaluation.traces import (
-        TraceError,
-        build_tree,
-        group_by_rollout,
-        load_rollout_trace,
-        read_records,
-        render_tree,
-    )
+    from evaluation.trace_records import TraceError, group_by_rollout, read_records
+    from evaluation.trace_render import render_tree
+    from evaluation.trace_tree import build_tree
+    from evaluation.traces import load_rollout_trace
 
     if not source.exists():
         _fail(f"{source} does not exist; pass a run directory or a JSONL file from `traces export` / `traces pull`")
@@ -149,7 +146,8 @@ def traces_export(
 
     Nothing is written when the run directory or its store is unusable; the file appears only once
     complete."""
-    from evaluation.traces import TraceError, export_jsonl, store_path
+    from evaluation.trace_records import TraceError
+    from evaluation.traces import export_jsonl, store_path
 
     try:
         spath = store_path(run_dir)
@@ -180,7 +178,8 @@ def traces_pull(
     out = out or Path(f"langsmith-{run_id.replace('/', '_')}.jsonl")
     _check_out(out, "--out", [])
     from evaluation import langsmith_traces as lt
-    from evaluation.traces import build_tree, render_tree
+    from evaluation.trace_render import render_tree
+    from evaluation.trace_tree import build_tree
 
     try:
         groups = lt.pull_traces(project, run_id, limit=limit)
@@ -203,7 +202,8 @@ def traces_dashboard(
     port: int = typer.Option(4747, "--port", help="Port to serve on."),
 ) -> None:
     """Serve Agent Lightning's dashboard (rollouts, attempts, spans) over the run's store until Ctrl-C."""
-    from evaluation.traces import TraceError, store_path
+    from evaluation.trace_records import TraceError
+    from evaluation.traces import store_path
 
     try:
         path = store_path(run_dir)  # before Agent Lightning is imported (seconds)

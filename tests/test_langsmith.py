@@ -29,7 +29,9 @@ import pytest
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from evaluation import langsmith_traces as lt
-from evaluation.traces import build_tree, read_records, render_tree
+from evaluation.trace_records import read_records
+from evaluation.trace_render import render_tree
+from evaluation.trace_tree import build_tree
 
 SPIDER_DB = (
     Path(__file__).resolve().parent.parent

@@ -11,7 +11,8 @@ Layers, lowest first (a module may import its own layer and the layers below it,
                           ``society.models``, ``society.serving``, ``society.proxy``
  3    society             ``society.candidate``, ``prompts``, ``policies``, ``bandit``, ``state``,
                           ``toolkit``, ``roles``, ``config``, ``graph``, ``baselines``, ``run``
- 4    store and tracing   ``training.store``, ``evaluation.traces``, ``evaluation.langsmith_traces``
+ 4    store and tracing   ``training.store``, ``evaluation.trace_records``, ``trace_tree``,
+                          ``trace_render``, ``society_spans``, ``traces``, ``langsmith_traces``
  5    training            ``training.*`` but the store, the pipeline, plan, GPU check and the CLI
  6    reports             ``evaluation.stats``, ``role_effects``, ``plots``, ``report``, ``judge``
  7    pipeline            ``training.pipeline`` (the four phases, then the report), ``training.plan``,
@@ -53,7 +54,9 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("society", ["society.candidate", "society.prompts", "society.policies", "society.bandit", "society.state",
                  "society.toolkit", "society.roles", "society.config", "society.graph", "society.baselines",
                  "society.run"]),
-    ("store and tracing", ["training.store", "evaluation.traces", "evaluation.langsmith_traces"]),
+    ("store and tracing", ["training.store", "evaluation.trace_records", "evaluation.trace_tree",
+                           "evaluation.trace_render", "evaluation.society_spans", "evaluation.traces",
+                           "evaluation.langsmith_traces"]),
     ("training", ["training.agent", "training.adapter", "training.bandit", "training.gather", "training.remote",
                   "training.sft", "training.grpo", "training.export", "training.threads", "training.hooks"]),
     ("reports", ["evaluation.stats", "evaluation.role_effects", "evaluation.plots", "evaluation.report",

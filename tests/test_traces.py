@@ -1,4 +1,5 @@
-"""Local traces (evaluation.traces, ``sqlsociety traces ...``) on a real recorded run.
+"""Local traces (evaluation.traces, trace_records, trace_tree, trace_render; ``sqlsociety traces ...``)
+on a real recorded run.
 
 ``tests/fixtures/obs/run`` was produced by ``tests/fixtures/obs/make_fixtures.py``: the real society
 (SmolLM2-135M on llama.cpp, ``configs/smoke.yaml``) as the training LitAgent through
@@ -22,16 +23,10 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 from rich.console import Console
 from typer.testing import CliRunner
 
-from evaluation.traces import (
-    TraceError,
-    build_tree,
-    export_jsonl,
-    group_by_rollout,
-    list_rollouts,
-    load_rollout_trace,
-    read_records,
-    render_tree,
-)
+from evaluation.trace_records import TraceError, group_by_rollout, read_records
+from evaluation.trace_render import render_tree
+from evaluation.trace_tree import build_tree
+from evaluation.traces import export_jsonl, list_rollouts, load_rollout_trace
 from training.store import RolloutArchive
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "obs" / "run"

@@ -44,7 +44,7 @@ import agentlightning as agl
 from agentlightning.emitter import find_final_reward
 from agentlightning.types import Span, Triplet
 
-from evaluation.traces import indexed_messages
+from evaluation.trace_records import indexed_messages
 from society.candidate import candidate_context
 from tools.spider import database_path, default_data_dir
 from training.agent import ATTR, KIND_ROLE_OUTCOMES, KIND_SOCIETY_RUN, LC_METADATA, LC_RUN_NAME
