@@ -298,11 +298,6 @@ def training_signals(phases: Mapping[str, Mapping | None]) -> dict[str, list[tup
     return out
 
 
-def normalize_sql(sql: str | None) -> str:
-    """Whitespace-, case- and trailing-semicolon-insensitive form of ``sql`` used to compare answers."""
-    return sql_text.normalize_sql(sql, lower=True)
-
-
 def _role_family(role: str) -> str:
     for fam in ROLE_TRAINING_STAGE:
         if role.startswith(fam):
@@ -329,7 +324,8 @@ def role_stats(records: Sequence[Mapping]) -> dict[str, dict[str, float | int | 
     For a candidate role (its entry has ``sql``; the juniors):
         ``own_ex`` -- share of questions where its own candidate was correct (its ``ex``);
         ``chosen`` -- share where the supervisor picked it;
-        ``survived`` -- share where its SQL is the final answer unchanged (normalized text).
+        ``survived`` -- share where its SQL is the final answer unchanged (compared as
+        :func:`evaluation.sql_text.normalize_sql` with ``lower=True``).
     For the supervisor:
         ``own_ex`` -- EX of the candidate it picked;
         ``best_pick`` -- among questions where at least one candidate was correct, the share
@@ -351,7 +347,7 @@ def role_stats(records: Sequence[Mapping]) -> dict[str, dict[str, float | int | 
 
     for rec in records:
         roles = rec.get("roles") or {}
-        final = normalize_sql(rec.get("pred_sql"))
+        final = sql_text.normalize_sql(rec.get("pred_sql"), lower=True)
         chosen = _chosen_role(rec)
         any_correct = False
         for role, val in roles.items():
@@ -361,7 +357,8 @@ def role_stats(records: Sequence[Mapping]) -> dict[str, dict[str, float | int | 
             any_correct = any_correct or bool(ex)
             add(role, "own_ex", None if ex is None else float(bool(ex)))
             add(role, "chosen", float(chosen == role) if chosen is not None else None)
-            add(role, "survived", float(bool(val.get("sql")) and normalize_sql(val.get("sql")) == final))
+            kept = bool(val.get("sql")) and sql_text.normalize_sql(val.get("sql"), lower=True) == final
+            add(role, "survived", float(kept))
         sup = roles.get("supervisor")
         if isinstance(sup, Mapping):
             picked = roles.get(chosen) if chosen else None
@@ -371,7 +368,8 @@ def role_stats(records: Sequence[Mapping]) -> dict[str, dict[str, float | int | 
             add(
                 "supervisor",
                 "survived",
-                None if not picked else float(normalize_sql(picked.get("sql")) == final and bool(final)),
+                None if not picked
+                else float(sql_text.normalize_sql(picked.get("sql"), lower=True) == final and bool(final)),
             )
         sen = roles.get("senior")
         if isinstance(sen, Mapping) and ("after_ex" in sen or "before_ex" in sen):
@@ -441,7 +439,8 @@ def role_breakdown(evals: Mapping[str, Sequence[Mapping]]) -> list[dict[str, Any
 def differing_examples(
     baseline: Sequence[Mapping], trained: Sequence[Mapping], limit: int = MAX_EXAMPLES
 ) -> list[dict[str, Any]]:
-    """Questions where the trained society's final SQL differs from the baseline's.
+    """Questions where the trained society's final SQL differs from the baseline's (compared as
+    :func:`evaluation.sql_text.normalize_sql` with ``lower=True``).
 
     Matched by record ``id``. Ordered: fixed by training (baseline wrong, trained right) first,
     then broken (right -> wrong), then other differences; at most ``limit``.
@@ -454,7 +453,10 @@ def differing_examples(
     out = []
     for t in trained:
         b = base.get(t.get("id"))
-        if b is None or normalize_sql(b.get("pred_sql")) == normalize_sql(t.get("pred_sql")):
+        if b is None:
+            continue
+        before, after = (sql_text.normalize_sql(r.get("pred_sql"), lower=True) for r in (b, t))
+        if before == after:
             continue
         bm, tm = bool(b.get("match")), bool(t.get("match"))
         kind = "fixed" if tm and not bm else "broken" if bm and not tm else "changed"

@@ -34,11 +34,11 @@ from evaluation.report import (
     compute_report,
     differing_examples,
     load_run,
-    normalize_sql,
     phase_summary,
     role_breakdown,
     stage_summary,
 )
+from evaluation.sql_text import normalize_sql
 from tools.spider import database_path, default_data_dir
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "obs" / "run"
@@ -191,11 +191,13 @@ def test_examples_are_real_differences(run_dir: Path) -> None:
     ex = differing_examples(run.evals[stages[0]], run.evals[stages[-1]])
     base = {r["id"]: r for r in run.evals[stages[0]]}
     n_diff = sum(
-        normalize_sql(base[r["id"]]["pred_sql"]) != normalize_sql(r["pred_sql"]) for r in run.evals[stages[-1]]
+        normalize_sql(base[r["id"]]["pred_sql"], lower=True) != normalize_sql(r["pred_sql"], lower=True)
+        for r in run.evals[stages[-1]]
     )
     assert len(ex) == min(n_diff, 8)
     for e in ex:
-        assert normalize_sql(e["baseline"]["pred_sql"]) != normalize_sql(e["trained"]["pred_sql"])
+        before, after = (normalize_sql(e[k]["pred_sql"], lower=True) for k in ("baseline", "trained"))
+        assert before != after
         want = {(False, True): "fixed", (True, False): "broken"}.get(
             (bool(e["baseline"]["match"]), bool(e["trained"]["match"])), "changed")
         assert e["kind"] == want
