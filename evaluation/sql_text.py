@@ -1,10 +1,11 @@
 """Text handling for SQL written by models: find the SQL in a raw completion, split statements,
 remove DISTINCT the way the Spider evaluator does.
 
-Everything here is pure string processing (no database, no parser that can raise): a small
+Everything here is string processing that never raises (no database, no parser): a small
 lexer separates code from string literals, quoted identifiers and comments, so a ``;`` or the
 word ``distinct`` inside ``'...'``, ``"..."``, `````...````, ``[...]``, ``-- ...`` or ``/* ... */``
-is never touched.
+is never touched. :func:`normalize_sql`, the one form in which answers are compared, uses
+sqlglot's SQLite tokenizer (falling back to plain white-space folding where it cannot tokenize).
 """
 
 from __future__ import annotations
@@ -32,16 +33,69 @@ def single_line(sql: str | None) -> str:
 
 
 def normalize_sql(sql: str | None, *, lower: bool = False) -> str:
-    """The form in which two answers are compared: :func:`single_line` without trailing semicolons;
-    with ``lower`` also case-insensitive (string literals included). '' for None or empty.
+    """The form in which two answers are compared, as one line: white space between tokens (and
+    inside keywords such as ``GROUP  BY``) becomes one space, trailing semicolons go, and with
+    ``lower`` keywords, unquoted names, numbers and comments are lower-cased (SQLite reads names and
+    keywords case-insensitively). String literals (``'New  York'``, ``x'AB'``) and quoted identifiers
+    (``"a  b"``, ```a b```, ``[a b]``) keep their exact text: case and spaces inside them are data.
+
+    Tokens come from sqlglot's SQLite tokenizer; when it cannot tokenize ``sql`` (an unterminated
+    quote or comment), the whole text is treated as code: :func:`single_line` without trailing
+    semicolons, all lower-cased with ``lower``. Never raises.
+
+    Args:
+        sql: a SQL text (any number of statements), or None.
+        lower: also ignore the case of everything but literals and quoted identifiers.
+
+    Returns:
+        The normalised text; '' for None, empty or white space only.
 
     >>> normalize_sql("  SELECT  name   FROM singer ;")
     'SELECT name FROM singer'
     >>> normalize_sql("select NAME from singer", lower=True) == normalize_sql("SELECT name FROM singer;", lower=True)
     True
+    >>> normalize_sql("SELECT  *  FROM city WHERE name = 'New  York' ;;")
+    "SELECT * FROM city WHERE name = 'New  York'"
+    >>> normalize_sql('SELECT "Home  Town" FROM T  GROUP   BY 1', lower=True)
+    'select "Home  Town" from t group by 1'
+    >>> normalize_sql("SELECT ';' ;")
+    "SELECT ';'"
+    >>> normalize_sql("SELECT 'A'", lower=True) == normalize_sql("select 'a';", lower=True)
+    False
+    >>> normalize_sql("SELECT 'unterminated  ", lower=True)  # not tokenizable: the plain form
+    "select 'unterminated"
     """
-    out = single_line((sql or "").strip().rstrip(";"))
-    return out.lower() if lower else out
+    text = (sql or "").strip()
+    try:
+        tokens = _sqlite_tokenize(text)
+    except Exception:  # noqa: BLE001 - sqlglot's TokenError, or anything else its tokenizer trips on
+        out = single_line(text.rstrip(";"))
+        return out.lower() if lower else out
+    keep = len(tokens)
+    while keep and text[tokens[keep - 1].start : tokens[keep - 1].end + 1] == ";":  # not the literal ';'
+        keep -= 1
+    pieces: list[tuple[bool, str]] = []  # (verbatim, text)
+    pos = 0
+    for i, tok in enumerate(tokens):
+        pieces.append((False, text[pos : tok.start]))  # white space and comments before the token
+        pos = tok.end + 1
+        if i < keep:
+            raw = text[tok.start : pos]
+            pieces.append((raw[:1] in _QUOTES or raw[1:2] == "'", raw))  # quoted, or x'..' / N'..' literals
+    pieces.append((False, text[pos:]))
+    out = "".join(t if verbatim else re.sub(r"\s+", " ", t.lower() if lower else t) for verbatim, t in pieces)
+    return out.strip()
+
+
+def _sqlite_tokenize(sql: str) -> list:
+    """sqlglot's SQLite tokens of ``sql`` (each with ``start``/``end``, inclusive character offsets).
+
+    Raises:
+        sqlglot.errors.TokenError: ``sql`` cannot be tokenized (e.g. an unterminated quote).
+    """
+    from sqlglot.dialects.dialect import Dialect
+
+    return Dialect.get_or_raise("sqlite").tokenize(sql)
 
 
 def _segments(sql: str) -> Iterator[tuple[str, str]]:

@@ -476,7 +476,9 @@ class Senior(Role):
 
 
 def same_sql(a: str | None, b: str | None) -> bool:
-    """Equal up to whitespace and a trailing semicolon (string literals keep their case)."""
+    """Equal as :func:`evaluation.sql_text.normalize_sql` (white space between tokens, trailing
+    semicolons); case counts, and string literals and quoted names must match exactly. False when
+    either is None or empty."""
     return bool(a) and bool(b) and normalize_sql(a) == normalize_sql(b)
 
 

@@ -335,9 +335,43 @@ def test_one_sql_normalisation():
     a, b = "SELECT name\n  FROM singer;", "SELECT name FROM singer"
     assert normalize_sql(a) == normalize_sql(b) and same_sql(a, b)
     assert not same_sql("SELECT 'A'", "SELECT 'a'")  # the society keeps case (string literals)
-    # the report compares case-insensitively
-    assert normalize_sql("SELECT 'A'", lower=True) == normalize_sql("select 'a';", lower=True)
+    # the report ignores the case of keywords and names, never of string literals
+    assert normalize_sql("SELECT Name FROM T", lower=True) == normalize_sql("select name from t;", lower=True)
+    assert normalize_sql("SELECT 'A'", lower=True) != normalize_sql("select 'a';", lower=True)
     assert same_sql(None, None) is False and normalize_sql(None) == ""
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "same"),
+    [
+        ("SELECT * FROM city WHERE name = 'New  York'", "SELECT * FROM city WHERE name = 'New York'", False),
+        # a space between tokens is folded, not added or removed: `name='x'` and `name = 'x'` stay apart, as before
+        ("SELECT * FROM city WHERE name = 'New York'", "select *\n FROM city  WHERE name='New York' ;", False),
+        ("SELECT * FROM city WHERE name = 'New York'", "SELECT  *\n  FROM city\tWHERE name = 'New York' ;;", True),
+        ('SELECT "Home  Town" FROM t', 'SELECT "Home Town" FROM t', False),
+        ("SELECT [a  b], `c  d` FROM t", "SELECT  [a  b] ,  `c  d`  FROM t", False),
+        ("SELECT [a  b], `c  d` FROM t", "SELECT  [a  b],  `c  d`  FROM t", True),
+        ("SELECT x FROM t WHERE y = 'a;b';", "SELECT x FROM t WHERE y = 'a;b'", True),
+        ("SELECT x FROM t WHERE y = ';'", "SELECT x FROM t WHERE y = ''", False),
+        ("SELECT x FROM t WHERE y = x'AB'", "SELECT x FROM t WHERE y = X'ab'", False),
+    ],
+)
+def test_normalisation_keeps_string_literals_and_quoted_names_exactly(a, b, same):
+    """White space, keyword case and trailing semicolons are normalised; the text inside string
+    literals and quoted identifiers is data and kept as written (spaces and case)."""
+    from evaluation.sql_text import normalize_sql
+
+    assert (normalize_sql(a, lower=True) == normalize_sql(b, lower=True)) is same
+
+
+def test_normalised_text_keeps_literals_and_falls_back_when_not_tokenizable():
+    from evaluation.sql_text import normalize_sql
+
+    assert normalize_sql("SELECT *  FROM city\nWHERE name = 'New  York' ;", lower=True) == (
+        "select * from city where name = 'New  York'"
+    )
+    assert normalize_sql("SELECT 'a  b' ;") == "SELECT 'a  b'"
+    assert normalize_sql("SELECT 'unterminated  ") == "SELECT 'unterminated"  # not tokenizable: plain folding
 
 
 def test_gold_cache_keeps_query_errors_but_not_machine_errors():
