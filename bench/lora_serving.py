@@ -32,13 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from society.prompts import PROMPTS  # noqa: E402
 from tools.schema import schema_prompt  # noqa: E402
 from tools.spider import load_examples  # noqa: E402
-from training.export import (  # noqa: E402
-    dequantized_gguf,
-    greedy_completion,
-    load_for_training,
-    resolve_gguf,
-    serve_adapter,
-)
+from training.adapter_serving import greedy_completion, serve_adapter  # noqa: E402
+from training.checkpoints import dequantized_gguf, load_for_training, resolve_gguf  # noqa: E402
 from training.sft import torch_threads  # noqa: E402
 
 

@@ -24,17 +24,16 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from training.export import (
+from training.adapter_serving import check_served_equals_peft
+from training.checkpoints import (
     ExportError,
-    _permute_rows,
-    check_served_equals_peft,
     dequantized_gguf,
-    export_lora_gguf,
     gguf_architecture,
     hf_checkpoint,
     load_for_training,
     resolve_gguf,
 )
+from training.export import _permute_rows, export_lora_gguf
 
 SMOL = "smollm2-135m"
 PROMPTS = [
@@ -155,7 +154,7 @@ def test_scale_folding_logprobs(rs_adapter, smol):
     top 10 at each of 4 greedy positions) vs transformers + PEFT teacher-forced on the same tokens."""
     from peft import PeftModel
 
-    from training.export import serve_adapter
+    from training.adapter_serving import serve_adapter
 
     adir, _ = rs_adapter
     model, tok = smol

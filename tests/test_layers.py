@@ -58,7 +58,8 @@ LAYERS: list[tuple[str, list[str]]] = [
                            "evaluation.trace_render", "evaluation.society_spans", "evaluation.traces",
                            "evaluation.langsmith_traces"]),
     ("training", ["training.agent", "training.adapter", "training.bandit", "training.gather", "training.remote",
-                  "training.sft", "training.grpo", "training.export", "training.threads", "training.hooks"]),
+                  "training.sft", "training.grpo", "training.checkpoints", "training.export",
+                  "training.adapter_serving", "training.threads", "training.hooks"]),
     ("reports", ["evaluation.stats", "evaluation.role_effects", "evaluation.plots", "evaluation.report",
                  "evaluation.judge"]),
     ("pipeline", ["training.pipeline", "training.plan", "training.gpu_check"]),
@@ -82,8 +83,10 @@ LAZY_ALLOWED: dict[tuple[str, str], str] = {
     ("training.grpo", "society.roles"): _GPU,
     ("training.grpo", "society.llm"): _GPU,
     ("training.threads", "society.serving"): _GPU,
-    ("training.export", "society.serving"): _GPU,
-    ("training.export", "society.models"): _GPU + " (society.models reads GGUF headers with gguf, also absent there)",
+    ("training.adapter_serving", "society.serving"): _GPU,
+    ("training.checkpoints", "society.models"): (
+        _GPU + " (society.models reads GGUF headers with gguf, also absent there)"
+    ),
     ("training.gpu_check", "society.vllm_serving"): _GPU + " (the vLLM step runs only where vLLM is installed)",
 }
 

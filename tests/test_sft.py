@@ -16,7 +16,9 @@ from datasets import Dataset
 from society.prompts import PROMPTS
 from tools.schema import schema_prompt
 from tools.spider import load_examples
-from training.export import check_served_equals_peft, load_for_training, read_adapter_info
+from training.adapter_serving import check_served_equals_peft
+from training.checkpoints import load_for_training
+from training.export import read_adapter_info
 from training.sft import JuniorSFTConfig, JuniorSFTTrainer, split_conversation
 
 SMOL = "smollm2-135m"

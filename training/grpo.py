@@ -34,7 +34,7 @@ no reference model: as in DAPO / Dr. GRPO) keeps the CPU run to one model in mem
 Backends:
 
 * CPU (``backend="trl"``): TRL ``GRPOTrainer`` + PEFT LoRA on the dequantised GGUF base
-  (:func:`training.export.hf_checkpoint`), generation with transformers.
+  (:func:`training.checkpoints.hf_checkpoint`), generation with transformers.
 * GPU (``backend="verl"``, :func:`train_senior_verl`): Agent Lightning's ``VERL`` algorithm (GRPO
   advantage estimator, vLLM rollouts, FSDP LoRA actor) drives the *whole society* as the
   LitAgent, and ``agent_match`` keeps only the senior's LLM calls as training transitions; its
@@ -541,7 +541,7 @@ class SeniorGRPOTrainer:
         from peft import LoraConfig
         from trl import GRPOTrainer
 
-        from training.export import load_for_training
+        from training.checkpoints import load_for_training
 
         cfg = self.config
         out = Path(cfg.output_dir)
@@ -653,7 +653,7 @@ def load_verl_config(
             ``ppo_trainer`` config (``algorithm``, ``data``, ``actor_rollout_ref``, ``trainer``) and
             are merged over Agent Lightning's packaged defaults by ``agl.VERL``.
         model_path: sets ``actor_rollout_ref.model.path`` (a HF directory; use
-            :func:`training.export.hf_checkpoint` to get one from the embedded GGUF).
+            :func:`training.checkpoints.hf_checkpoint` to get one from the embedded GGUF).
         overrides: nested dict merged last.
 
     Raises:
@@ -747,7 +747,7 @@ def build_senior_verl(
     docstring -- and carry the role/node attributes) and ``n_runners``.
 
     Args:
-        model_path: the policy's HF directory; None -> :func:`training.export.hf_checkpoint` of
+        model_path: the policy's HF directory; None -> :func:`training.checkpoints.hf_checkpoint` of
             ``config.model`` (dequantises the embedded GGUF once).
         overrides: nested VERL config keys merged over the YAML.
 
@@ -760,7 +760,7 @@ def build_senior_verl(
     from training.agent import StoreTracer
 
     if model_path is None:
-        from training.export import hf_checkpoint
+        from training.checkpoints import hf_checkpoint
 
         model_path = str(hf_checkpoint(config.model))
     cfg = load_verl_config(config.verl_config, model_path=model_path, overrides=overrides)
@@ -793,7 +793,7 @@ def train_senior_verl(  # pragma: no cover - needs a GPU, verl and vLLM
         endpoints: alias -> (base_url, model[, api_key]) for the other roles' servers.
         overrides: nested VERL config keys merged over the YAML (e.g. ``trainer.default_local_dir``).
 
-    The policy weights come from :func:`training.export.hf_checkpoint` (the embedded GGUF,
+    The policy weights come from :func:`training.checkpoints.hf_checkpoint` (the embedded GGUF,
     dequantised), so no hub download is needed; LoRA rank/alpha are in the YAML
     (``actor_rollout_ref.model.lora_rank``). Checkpoints go where ``trainer.default_local_dir`` says.
     The part before Ray starts is :func:`build_senior_verl` (checked on the CPU by

@@ -488,7 +488,7 @@ class TrainingPipeline:
         / senior's aliases once their adapter is trained, each adapter by its alias name
         (``junior_policy``, ``senior_policy``); aliases of other embedded models stay on llama.cpp.
         The server's log is ``RUN_DIR/vllm.log``. Not run on a GPU here (see the README)."""
-        from training.export import hf_checkpoint
+        from training.checkpoints import hf_checkpoint
 
         embedded = society.embedded_aliases()
         trained = {a: p for a, p in self._trained_adapters().items() if a in embedded}
@@ -521,7 +521,9 @@ class TrainingPipeline:
 
     def _llama_endpoints(self, stack: ExitStack, society: Any) -> dict[str, Any]:
         """llama.cpp serving (see :meth:`endpoints`)."""
-        from training.export import adapter_gguf, resolve_gguf, serve_adapter
+        from training.adapter_serving import serve_adapter
+        from training.checkpoints import resolve_gguf
+        from training.export import adapter_gguf
 
         adapters: dict[str, Path] = {}
         separate: dict[str, Path] = {}

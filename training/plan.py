@@ -207,7 +207,7 @@ def _resolve_base_model(cfg: TrainConfig, findings: list[Finding]) -> str:
         if vllm or str(cfg.grpo.get("backend", "auto")) != "trl":
             return (
                 f"embedded {bm} ({spec.hf_name}); trained and served from its HF checkpoint "
-                "(training.export.hf_checkpoint: the GGUF dequantised once, no hub access)"
+                "(training.checkpoints.hf_checkpoint: the GGUF dequantised once, no hub access)"
             )
         return f"embedded {bm} ({spec.hf_name}), GGUF served by llama.cpp, HF checkpoint for training"
     if p.is_dir():
@@ -234,7 +234,7 @@ def _resolve_base_model(cfg: TrainConfig, findings: list[Finding]) -> str:
                 "error",
                 "base_model",
                 f"hub id {bm!r}: the trainers and the vLLM server take base_model through "
-                "training.export.hf_checkpoint (embedded alias, .gguf or Hugging Face directory); download it "
+                "training.checkpoints.hf_checkpoint (embedded alias, .gguf or Hugging Face directory); download it "
                 f"first (`huggingface-cli download {bm} --local-dir DIR`) and set base_model: DIR",
             )
         )

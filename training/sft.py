@@ -18,7 +18,7 @@ answer only (TRL's prompt-completion format, ``completion_only_loss``); set
 Backends:
 
 * CPU (``backend="trl"``, the default without CUDA): the GGUF base is dequantised once into a
-  float32 HF checkpoint (:func:`training.export.hf_checkpoint`), then TRL ``SFTTrainer`` + a PEFT
+  float32 HF checkpoint (:func:`training.checkpoints.hf_checkpoint`), then TRL ``SFTTrainer`` + a PEFT
   LoRA (bf16/fp16 off, small ``max_length``).
 * CUDA (``backend="unsloth"``, chosen by ``"auto"`` when ``torch.cuda.is_available()`` and
   unsloth is installed): unsloth's ``FastLanguageModel`` loads the same HF checkpoint (optionally
@@ -27,7 +27,7 @@ Backends:
 
 Output (``output_dir``): a PEFT adapter (``adapter_config.json`` + ``adapter_model.safetensors``),
 ``sqlsociety_adapter.json`` (base model, method, rows) and ``sft_metrics.json`` (steps, loss per
-logged step, seconds per step). Serve it with :func:`training.export.serve_adapter`.
+logged step, seconds per step). Serve it with :func:`training.adapter_serving.serve_adapter`.
 """
 
 from __future__ import annotations
@@ -261,7 +261,7 @@ class JuniorSFTTrainer:
     Example::
 
         result = JuniorSFTTrainer(JuniorSFTConfig(output_dir="run/phase2"), ds).train()
-        result.adapter_dir  # -> PEFT adapter; serve with training.export.serve_adapter
+        result.adapter_dir  # -> PEFT adapter; serve with training.adapter_serving.serve_adapter
     """
 
     def __init__(self, config: JuniorSFTConfig, train_dataset: Any) -> None:
@@ -304,7 +304,7 @@ class JuniorSFTTrainer:
     def _load_trl(self) -> tuple[Any, Any, Any]:
         from peft import LoraConfig
 
-        from training.export import load_for_training
+        from training.checkpoints import load_for_training
 
         model, tok = load_for_training(self.config.model)
         peft_config = LoraConfig(
@@ -320,7 +320,7 @@ class JuniorSFTTrainer:
     def _load_unsloth(self) -> tuple[Any, Any, Any]:  # pragma: no cover - needs CUDA
         from unsloth import FastLanguageModel  # imported first so it can patch transformers
 
-        from training.export import hf_checkpoint
+        from training.checkpoints import hf_checkpoint
 
         model, tok = FastLanguageModel.from_pretrained(
             model_name=str(hf_checkpoint(self.config.model)),
@@ -451,7 +451,7 @@ def save_adapter(trainer: Any, out: Path, meta: dict[str, Any], extra: dict[str,
     Raises:
         RuntimeError: ``no_step``, when the trainer took no step.
     """
-    from training.export import resolve_gguf
+    from training.checkpoints import resolve_gguf
 
     steps = int(trainer.state.global_step)
     if steps <= 0:
