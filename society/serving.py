@@ -444,7 +444,7 @@ class LlamaServer(ManagedServer):
             a mapping ``name -> path`` or :class:`LoraAdapter` entries.
         seed: the sampler seed (>= 0); with temperature 0 decoding is greedy regardless.
         kv_cache_type: ``None`` (llama.cpp's default F16) or ``"f32"`` (exact comparisons with
-            transformers, see ``training.export.check_served_equals_peft``).
+            transformers, see ``training.adapter_serving.check_served_equals_peft``).
         extra_args: further llama-server command-line arguments.
         log_path: file receiving the server's output; default a temp file removed by :meth:`stop`
             (kept when start-up fails so it can be read).

@@ -189,3 +189,18 @@ def test_adapter_reads_a_store(tmp_path: Path, recorded, traces) -> None:
         (t.task_id, t.reward, t.outcomes, len(t.llm_calls)) for t in traces]
     assert len(ad.to_sft(path, min_reward=float("-inf"), select="reward")) == len(
         ad.to_sft(traces, min_reward=float("-inf"), select="reward"))
+
+
+def test_to_sft_keeps_only_correct_juniors_of_a_rejection_sampling_draw(traces) -> None:
+    """A draw marked ``resample`` (the marker a juniors-only resampling gather records) keeps a
+    junior only when its own candidate matched gold, whatever the selection rule says. The real
+    traces are copied and marked here; the gather that writes the marker is tested in test_gather."""
+    import dataclasses
+
+    ad = HierarchicalTraceAdapter()
+    lenient = {"min_reward": float("-inf"), "select": "reward"}
+    marked = [dataclasses.replace(t, outcomes={**t.outcomes, "resample": 1}) for t in traces]
+    rows = ad.to_sft(marked, **lenient)
+    assert len(ad.to_sft(traces, **lenient)) > len(rows)  # some wrong juniors were dropped
+    assert all(v == 1 for v in rows["own_ex"])
+    assert len(rows) == len(ad.to_sft(traces, select="own_correct"))

@@ -304,3 +304,30 @@ def test_only_infrastructure_failures_fail_a_rollout() -> None:
     assert infrastructure_failure(no_sql) is None
     crashed = SocietyRun(question="q", status="failed", errors=["graph: RuntimeError: boom"])
     assert infrastructure_failure(crashed) == "graph: RuntimeError: boom"
+
+
+def test_juniors_only_gather_and_rejection_sampling_draws(tmp_path: Path, smol_server) -> None:
+    """Juniors-only rollouts and resampled draws land in the same store as tasks of their own."""
+    from training.adapter import HierarchicalTraceAdapter
+
+    config = _quick_config(tmp_path)
+    endpoints = {a: (smol_server.base_url, smol_server.model) for a in SocietyConfig.load(config).embedded_aliases()}
+    run_dir = tmp_path / "run"
+    common = dict(run_dir=run_dir, society_config=config, task_ids=TASKS[:2], n_runners=1, endpoints=endpoints,
+                  progress=False)
+    first = gather(GatherConfig(**common, agent="juniors", task_suffix="/juniors"))
+    draw = gather(GatherConfig(**common, agent="juniors", task_suffix="/juniors#1",
+                               junior_sampling={"temperature": 0.8, "seed": 1000}))
+    assert first.succeeded == draw.succeeded == 2
+    again = gather(GatherConfig(**common, agent="juniors", task_suffix="/juniors"))
+    assert again.run == 0 and again.skipped == 2  # resumable per suffix: nothing redone
+    with RolloutArchive(run_dir / "store.sqlite") as arc:
+        traces = list(HierarchicalTraceAdapter().traces(arc))
+    by_task = {t.task_id: t for t in traces}
+    assert set(by_task) == {f"{t}/juniors" for t in TASKS[:2]} | {f"{t}/juniors#1" for t in TASKS[:2]}
+    for tid, t in by_task.items():
+        assert t.outcomes["agent"] == "juniors" and t.outcomes["resample"] == int("#" in tid)
+        assert {c.role for c in t.llm_calls} == {"junior"}  # no senior, no reviewer
+        assert not any(k.startswith("senior.") for k in t.outcomes)
+    with pytest.raises(ValueError, match="agent"):
+        GatherConfig(run_dir=run_dir, agent="senior")

@@ -132,3 +132,24 @@ def test_train_smoke_killed_in_phase1_resumes_and_runs_all_phases(tmp_path: Path
     assert (res2.stdout + res2.stderr).count("already done") == 4
     assert {p: p.stat().st_mtime for p in stamps} == stamps
     assert _succeeded(store) == after
+
+
+def test_phase1_adds_juniors_only_rollouts_and_resamples_the_tasks_a_junior_got_wrong(tmp_path: Path) -> None:
+    from training.adapter import HierarchicalTraceAdapter
+    from training.pipeline import TrainConfig, TrainingPipeline
+    from training.store import RolloutArchive
+
+    cfg = yaml.safe_load((REPO / "configs" / "train" / "smoke.yaml").read_text())
+    cfg["society_config"] = str(REPO / "configs" / "smoke.yaml")
+    cfg["gather"].update(limit=1, junior_limit=2, junior_resamples=1, junior_temperature=0.9, epsilon=0.0)
+    cfg["eval"].update(limit=1, junior_limit=0, senior_limit=0)
+    pipe = TrainingPipeline(TrainConfig.model_validate(cfg), tmp_path / "run", phases={1}, echo=lambda _: None)
+    info = pipe.phase1_gather()
+    with RolloutArchive(tmp_path / "run" / "store.sqlite") as arc:
+        traces = list(HierarchicalTraceAdapter().traces(arc))
+    ids = sorted(str(t.task_id) for t in traces)
+    first = [f"train-{i}/juniors" for i in (1, 2)]  # the two tasks after the society's one
+    wrong = sorted(t.task_id[: -len("/juniors")] for t in traces if t.task_id in first
+                   and any(t.outcomes.get(f"junior.{j}.ex") != 1 for j in t.outcomes["juniors"]))
+    assert ids == sorted(["train-0", *first, *[f"{w}/juniors#1" for w in wrong]])
+    assert info["resampled_tasks"] == len(wrong) and info["stored_succeeded"] == len(ids)

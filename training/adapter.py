@@ -285,7 +285,10 @@ class HierarchicalTraceAdapter(agl.TraceAdapter[SocietyTrace]):
         A junior's conversation is its last LLM call's prompt plus reply (so a draft, the
         execution feedback and the fix form one conversation). It is kept when:
         ``reward``: the rollout reward >= ``min_reward``; ``own_correct``: the junior's own
-        candidate matched gold (``junior.<J>.ex == 1``); ``either`` / ``both``: or / and.
+        candidate matched gold (``junior.<J>.ex == 1``); ``either`` / ``both``: or / and. A
+        rejection-sampling draw (``resample`` rollouts of a juniors-only gather) keeps only the
+        juniors whose own candidate matched gold, whatever ``select`` says (STaR-style rejection
+        sampling: Zelikman et al. 2022, "STaR: Bootstrapping Reasoning With Reasoning").
 
         Columns: ``messages`` (list of ``{"role", "content"}``), ``rollout_id``, ``task_id``,
         ``role_instance``, ``persona``, ``reward``, ``own_ex``.
@@ -316,6 +319,8 @@ class HierarchicalTraceAdapter(agl.TraceAdapter[SocietyTrace]):
                     "either": rew_ok or own_ok,
                     "both": rew_ok and own_ok,
                 }[select]
+                if t.outcomes.get("resample"):
+                    keep = own_ok
                 if not keep:
                     continue
                 rows["messages"].append(call.conversation())

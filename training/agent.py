@@ -230,13 +230,35 @@ def with_exploration(config: SocietyConfig, epsilon: float, seed: int = 0) -> So
                                          "models": config.models})
 
 
+def with_junior_sampling(config: SocietyConfig, *, temperature: float, seed: int) -> SocietyConfig:
+    """A copy of ``config`` whose juniors sample at ``temperature`` with seed ``seed + i`` (``i`` the
+    junior's position), for rejection-sampling draws; the other roles are unchanged.
+
+    Raises:
+        ValueError: ``temperature`` < 0.
+    """
+    if temperature < 0:
+        raise ValueError(f"junior sampling temperature={temperature!r} must be >= 0")
+    roles, i = [], 0
+    for r in config.roles:
+        if r.type == "junior":
+            r = r.model_copy(update={"sampling": r.sampling.model_copy(update={"temperature": temperature,
+                                                                                "seed": seed + i})})
+            i += 1
+        roles.append(r)
+    return config.model_copy(update={"roles": roles})
+
+
 # --------------------------------------------------------------------------------------------
 # Tasks
 # --------------------------------------------------------------------------------------------
 
 
 def task_from_example(ex: SpiderExample) -> dict[str, Any]:
-    """The rollout input for one Spider example: ``task_id``, ``question``, ``db_id``, ``db_path``, ``gold_sql``."""
+    """The rollout input for one Spider example: ``task_id``, ``question``, ``db_id``, ``db_path``, ``gold_sql``.
+
+    Optional keys a gather may add: ``agent`` (``society``, the default, or ``juniors``) and
+    ``junior_sampling`` (``{"temperature", "seed"}``, see :func:`with_junior_sampling`)."""
     return {"task_id": ex.id, "question": ex.question, "db_id": ex.db_id, "db_path": str(ex.db_path),
             "gold_sql": ex.gold_sql}
 
@@ -264,6 +286,7 @@ def role_outcome_attributes(run: Any, gold_sql: str, db_path: str | Path, reward
     Keys (``J`` = a junior instance name, e.g. ``junior_direct``; ``i`` = review number)::
 
         task_id, db_id, db_path, gold_sql, status, final.sql, final.ex (0/1), final.ex_reason
+        agent (society | juniors), resample (1: a rejection-sampling draw) -- added by the rollout
         junior.J.index, .persona, .sql, .executes, .fixed, .ex      -- EX of J's candidate vs gold
         juniors (the names in candidate order), juniors_correct (how many candidates match gold)
         supervisor.index (-1: none), .choice (junior name), .policy, .chosen_ex, .best_possible
@@ -316,6 +339,7 @@ def role_outcome_attributes(run: Any, gold_sql: str, db_path: str | Path, reward
         if "explored" in ch.info:
             a[f"{ATTR}.supervisor.explored"] = int(bool(ch.info["explored"]))
             a[f"{ATTR}.supervisor.propensity"] = float(ch.info.get("propensity", 1.0))
+    if ch is not None and run.agent != "juniors":  # a juniors-only run has no senior
         before, after = run.senior_before_after()
         bex, aex = ex(before)[0], ex(after)[0]
         a.update({
@@ -404,6 +428,12 @@ class SocietyAgent(agl.LitAgent[dict]):
                 raise ValueError(f"rollout input lacks {key!r}; build tasks with training.agent.task_from_example")
         db_path = _task_db_path(task, self.data_dir)
         cfg = self.config_for(resources, rollout)
+        agent = str(task.get("agent") or "society")
+        if agent not in ("society", "juniors"):
+            raise ValueError(f"task {task['task_id']}: agent {agent!r}; use 'society' or 'juniors'")
+        resample = task.get("junior_sampling")
+        if resample:
+            cfg = with_junior_sampling(cfg, temperature=float(resample["temperature"]), seed=int(resample["seed"]))
         tracer = self._active_tracer()
         handler = tracer.get_langchain_handler() if tracer is not None else None
         meta = dict(getattr(rollout, "metadata", None) or {})
@@ -419,13 +449,14 @@ class SocietyAgent(agl.LitAgent[dict]):
                 task["question"], db_path, cfg,
                 question_id=str(task["task_id"]), db_id=task.get("db_id"),
                 callbacks=[handler] if handler is not None else None,
-                metadata={"rollout_id": rollout.rollout_id, "task_id": str(task["task_id"])},
+                metadata={"rollout_id": rollout.rollout_id, "task_id": str(task["task_id"])}, agent=agent,
             )
             reward = compute_reward(run.final_sql, task["gold_sql"], db_path, self.reward_config)
             trace.set_reward(reward.total)
         agl.emit_object(_jsonable(run.to_record()), attributes={f"{ATTR}.kind": KIND_SOCIETY_RUN,
                                                                 f"{ATTR}.task_id": str(task["task_id"])})
-        agl.emit_annotation(role_outcome_attributes(run, task["gold_sql"], db_path, reward))
+        agl.emit_annotation({**role_outcome_attributes(run, task["gold_sql"], db_path, reward),
+                             f"{ATTR}.agent": agent, f"{ATTR}.resample": int(bool(resample))})
         broken = infrastructure_failure(run)
         if broken:
             raise RolloutFailed(f"task {task['task_id']}: {broken}")

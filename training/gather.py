@@ -87,6 +87,14 @@ class GatherConfig:
         progress: show a Rich progress bar on stderr.
         hooks: Agent Lightning hooks for the trainer (e.g. ``training.hooks.MetricsHook`` for
             ``metrics.jsonl``); they run in the runner processes.
+        agent: what a rollout runs: ``society`` (the whole society) or ``juniors`` (the junior
+            round and the supervisor's pick only: a few short calls per task, for junior SFT data
+            and supervisor decisions; ``society.baselines``).
+        task_suffix: appended to every task id (e.g. ``/juniors``), so rollouts of another kind
+            or another draw on the same Spider question are stored as tasks of their own.
+        junior_sampling: ``{"temperature": t, "seed": s}``: the juniors sample with these instead of
+            their configured sampling (rejection sampling draws); their rollouts are marked
+            ``resample`` and SFT keeps only the juniors that got the answer right there.
     """
 
     run_dir: str | os.PathLike[str]
@@ -110,8 +118,15 @@ class GatherConfig:
     poll_interval_s: float = 0.5
     progress: bool = True
     hooks: Sequence[agl.Hook] = ()
+    agent: str = "society"
+    task_suffix: str = ""
+    junior_sampling: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
+        if self.agent not in ("society", "juniors"):
+            raise ValueError(f"GatherConfig.agent={self.agent!r}; use 'society' or 'juniors'")
+        if self.junior_sampling is not None and not {"temperature", "seed"} <= set(self.junior_sampling):
+            raise ValueError(f"GatherConfig.junior_sampling={dict(self.junior_sampling)!r}; give temperature and seed")
         if self.n_runners < 0 or self.remote_runners < 0:
             raise ValueError(f"GatherConfig: n_runners={self.n_runners}, remote_runners={self.remote_runners}; "
                              "neither can be negative")
@@ -274,7 +289,14 @@ def select_tasks(config: GatherConfig) -> list[dict[str, Any]]:
         examples = [by_id[t] for t in wanted]
     if config.limit is not None:
         examples = examples[: config.limit]
-    return [task_from_example(e) for e in examples]
+    tasks = [task_from_example(e) for e in examples]
+    for t in tasks:
+        t["task_id"] += config.task_suffix
+        if config.agent != "society":
+            t["agent"] = config.agent
+        if config.junior_sampling is not None:
+            t["junior_sampling"] = dict(config.junior_sampling)
+    return tasks
 
 
 def _llm_resource(endpoint: Any) -> agl.LLM:

@@ -97,7 +97,14 @@ class GatherSection(_Section):
     ``store_host`` is the interface the store server binds to (``0.0.0.0`` for other hosts),
     ``store_port`` its port (None: a free one, written to ``RUN_DIR/store_url``),
     ``remote_runners`` how many to expect (they deepen the queue; ``n_runners: 0`` runs none here),
-    ``max_attempts`` / ``unresponsive_s`` retry an attempt whose runner stopped sending heartbeats."""
+    ``max_attempts`` / ``unresponsive_s`` retry an attempt whose runner stopped sending heartbeats.
+
+    More junior data per CPU-hour: ``junior_limit`` juniors-only rollouts (the junior round and the
+    supervisor's pick, a few short calls per task) on the next train tasks after the society's; then
+    ``junior_resamples`` = k more draws at ``junior_temperature`` on each of those tasks where a
+    junior was wrong, whose correct juniors only go to SFT (rejection sampling, STaR: Zelikman et
+    al. 2022). All land in the same store: one ``to_sft`` view, and more supervisor decisions for
+    the bandit."""
 
     split: str = "train"
     limit: int = Field(8, ge=1)
@@ -110,6 +117,9 @@ class GatherSection(_Section):
     remote_runners: int = Field(0, ge=0)
     max_attempts: int = Field(1, ge=1)
     unresponsive_s: float | None = Field(None, gt=0)
+    junior_limit: int = Field(0, ge=0)
+    junior_resamples: int = Field(0, ge=0)
+    junior_temperature: float = Field(0.8, ge=0.0, le=2.0)
 
 
 class EvalSection(_Section):
@@ -633,19 +643,52 @@ class TrainingPipeline:
         from training.hooks import MetricsHook
 
         society = self.society()
+        juniors: dict[str, Any] = {}
         with ExitStack() as stack:
             eps = self.endpoints(stack, society)
             hook = stack.enter_context(MetricsHook(self.dir.metrics, phase="1-gather", run_id=self.dir.root.name))
-            summary = gather(GatherConfig(
-                run_dir=self.dir.root, society_config=society, split=g.split, data_dir=self.cfg.data_dir,
-                task_ids=[t.id for t in tasks], n_runners=g.n_runners, epsilon=g.epsilon,
-                reward=self._reward_config(), rollout_timeout_s=g.rollout_timeout_s,
-                endpoints=eps, hooks=[hook], port=g.store_port, store_host=g.store_host,
-                remote_runners=g.remote_runners, max_attempts=g.max_attempts, unresponsive_s=g.unresponsive_s,
-            ))
-        self.echo(f"phase 1 gather: {summary.stored_succeeded} rollouts in the store "
-                  f"({summary.skipped} resumed, {summary.run} run now, mean reward {summary.mean_reward})")
-        return {"store": str(self.dir.store), **summary.to_json()}
+
+            def run(task_ids: list[str], **kw: Any) -> Any:
+                return gather(GatherConfig(
+                    run_dir=self.dir.root, society_config=society, split=g.split, data_dir=self.cfg.data_dir,
+                    task_ids=task_ids, n_runners=g.n_runners, epsilon=g.epsilon,
+                    reward=self._reward_config(), rollout_timeout_s=g.rollout_timeout_s,
+                    endpoints=eps, hooks=[hook], port=g.store_port, store_host=g.store_host,
+                    remote_runners=g.remote_runners, max_attempts=g.max_attempts, unresponsive_s=g.unresponsive_s,
+                    **kw,
+                ))
+
+            summary = run([t.id for t in tasks])
+            if g.junior_limit:
+                end = g.offset + g.limit
+                jtasks = load_examples(self.cfg.data_dir, g.split)[end:end + g.junior_limit]
+                js = run([t.id for t in jtasks], agent="juniors", task_suffix="/juniors")
+                juniors["juniors_only"] = js.to_json()
+                wrong = self._tasks_with_a_wrong_junior("/juniors") if g.junior_resamples else []
+                juniors["resampled_tasks"] = len(wrong)
+                for j in range(1, g.junior_resamples + 1):
+                    rs = run(wrong, agent="juniors", task_suffix=f"/juniors#{j}",
+                             junior_sampling={"temperature": g.junior_temperature, "seed": 1000 * j})
+                    juniors[f"resample_{j}"] = rs.to_json()
+        with self._archive() as archive:
+            stored = len(archive.rollouts(status="succeeded"))
+        self.echo(f"phase 1 gather: {stored} rollouts in the store ({summary.skipped} society rollouts resumed, "
+                  f"{summary.run} run now, mean reward {summary.mean_reward})"
+                  + (f"; juniors only on {g.junior_limit} more tasks, {juniors['resampled_tasks']} of them "
+                     f"resampled {g.junior_resamples}x at temperature {g.junior_temperature}" if juniors else ""))
+        return {"store": str(self.dir.store), **summary.to_json(), "stored_succeeded": stored, **juniors}
+
+    def _tasks_with_a_wrong_junior(self, suffix: str) -> list[str]:
+        """Spider ids of the ``suffix`` rollouts (e.g. the juniors-only ones) where some junior's own
+        candidate did not match gold: the tasks rejection sampling draws again."""
+        out = []
+        with self._archive() as archive:
+            for t in self._adapter().traces(archive):
+                tid = str(t.task_id or "")
+                juniors = t.outcomes.get("juniors") or []
+                if tid.endswith(suffix) and any(t.outcomes.get(f"junior.{j}.ex") != 1 for j in juniors):
+                    out.append(tid[: -len(suffix)])
+        return sorted(set(out))
 
     def _reward_config(self) -> Any:
 
