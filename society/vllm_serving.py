@@ -1,7 +1,7 @@
 """Serving a Hugging Face model and its LoRA adapters with vLLM's OpenAI server (the GPU engine).
 
 The second engine beside :mod:`society.serving` (llama.cpp): one :class:`VLLMServer` process
-serves one base model (a Hugging Face directory -- e.g. :func:`training.export.hf_checkpoint` of an
+serves one base model (a Hugging Face directory -- e.g. :func:`training.checkpoints.hf_checkpoint` of an
 embedded GGUF -- or a hub id) and PEFT LoRA adapters **by name**:
 
 * adapters given at start are passed as ``--lora-modules name=dir ...`` (``--enable-lora`` is
@@ -156,7 +156,7 @@ class VLLMServer(ManagedServer):
             if not (p / "config.json").is_file():
                 raise ValueError(
                     f"model {p} is a directory without config.json; pass a Hugging Face model directory "
-                    "(training.export.hf_checkpoint makes one from a GGUF) or a hub id owner/name"
+                    "(training.checkpoints.hf_checkpoint makes one from a GGUF) or a hub id owner/name"
                 )
             self.model_path = str(p.resolve())
         elif _HUB_ID.match(str(model)) and not p.exists():
