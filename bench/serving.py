@@ -45,10 +45,10 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
+from evaluation.society_eval import evaluate  # noqa: E402
 from society.config import SocietyConfig  # noqa: E402
 from society.llm import Endpoint  # noqa: E402
 from society.models import ensure_model  # noqa: E402
-from society.run import evaluate  # noqa: E402
 from society.serving import LlamaServer, default_threads, free_port, serve_config  # noqa: E402
 from tools.sampling import sample_examples  # noqa: E402
 from tools.spider import load_examples  # noqa: E402

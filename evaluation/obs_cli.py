@@ -253,7 +253,8 @@ def report(
     for path, option in ((html, "--html"), (md, "--md")):
         if path is not None:
             _check_out(path, option, [run_dir / "store.sqlite", run_dir / "metrics.jsonl"])
-    from evaluation.report import ReportError, build_report
+    from evaluation.report import build_report
+    from evaluation.run_data import ReportError
 
     try:
         paths = build_report(run_dir, html, md)

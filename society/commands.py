@@ -22,10 +22,11 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 from evaluation.ex import database_problems
+from evaluation.society_eval import EvalSummary, evaluate
 from society.config import DEFAULT_CONFIG, ConfigError, SocietyConfig
 from society.infra import InfrastructureError, ctrl_c_noted, dead_servers
 from society.llm import Endpoint
-from society.run import AGENTS, EvalSummary, RunRecorder, SocietyRun, endpoint_failure, evaluate, run_society
+from society.run import AGENTS, RunRecorder, SocietyRun, endpoint_failure, run_society
 from tools.sampling import sample_examples, select_ids
 from tools.spider import DataError, load_examples, resolve_database
 

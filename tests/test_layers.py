@@ -11,13 +11,17 @@ Layers, lowest first (a module may import its own layer and the layers below it,
                           ``society.models``, ``society.serving``, ``society.proxy``
  3    society             ``society.candidate``, ``prompts``, ``policies``, ``bandit``, ``state``,
                           ``toolkit``, ``roles``, ``config``, ``graph``, ``baselines``, ``run``
- 4    store and tracing   ``training.store``, ``evaluation.trace_records``, ``trace_tree``,
+ 4    society evaluation  ``evaluation.society_eval`` (an agent over a split through ``society.run``:
+                          EX, ``predictions.sql``, ``summary.json``)
+ 5    store and tracing   ``training.store``, ``evaluation.trace_records``, ``trace_tree``,
                           ``trace_render``, ``society_spans``, ``traces``, ``langsmith_traces``
- 5    training            ``training.*`` but the store, the pipeline, plan, GPU check and the CLI
- 6    reports             ``evaluation.stats``, ``role_effects``, ``plots``, ``report``, ``judge``
- 7    pipeline            ``training.pipeline`` (the four phases, then the report), ``training.plan``,
+ 6    training            ``training.*`` but the store, the pipeline, plan, GPU check and the CLI
+ 7    reports             ``evaluation.stats``, ``role_effects``, ``plots``, ``run_data`` (reading a
+                          run directory), ``report_content`` (its tables), ``report`` (rendering),
+                          ``judge``
+ 8    pipeline            ``training.pipeline`` (the four phases, then the report), ``training.plan``,
                           ``training.gpu_check`` (runs the trainers and checks the GPU profile)
- 8    CLI                 ``society.cli`` (the ``sqlsociety`` root), ``society.commands``,
+ 9    CLI                 ``society.cli`` (the ``sqlsociety`` root), ``society.commands``,
                           ``training.cli``, ``evaluation.cli``, ``evaluation.obs_cli``,
                           ``evaluation.judge_cli``
 ====  ==================  ==========================================================================
@@ -54,14 +58,15 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("society", ["society.candidate", "society.prompts", "society.policies", "society.bandit", "society.state",
                  "society.toolkit", "society.roles", "society.config", "society.graph", "society.baselines",
                  "society.run"]),
+    ("society evaluation", ["evaluation.society_eval"]),
     ("store and tracing", ["training.store", "evaluation.trace_records", "evaluation.trace_tree",
                            "evaluation.trace_render", "evaluation.society_spans", "evaluation.traces",
                            "evaluation.langsmith_traces"]),
     ("training", ["training.agent", "training.adapter", "training.bandit", "training.gather", "training.remote",
                   "training.sft", "training.grpo", "training.checkpoints", "training.export",
                   "training.adapter_serving", "training.threads", "training.hooks"]),
-    ("reports", ["evaluation.stats", "evaluation.role_effects", "evaluation.plots", "evaluation.report",
-                 "evaluation.judge"]),
+    ("reports", ["evaluation.stats", "evaluation.role_effects", "evaluation.plots", "evaluation.run_data",
+                 "evaluation.report_content", "evaluation.report", "evaluation.judge"]),
     ("pipeline", ["training.pipeline", "training.plan", "training.gpu_check"]),
     ("cli", ["society.cli", "society.commands", "training.cli", "evaluation.cli", "evaluation.obs_cli",
              "evaluation.judge_cli"]),

@@ -1,8 +1,9 @@
-"""The training report (evaluation.report, evaluation.plots, ``sqlsociety report``) on a real run.
+"""The training report (evaluation.run_data, evaluation.report_content, evaluation.report, evaluation.plots,
+``sqlsociety report``) on a real run.
 
 ``tests/fixtures/obs/run`` holds what the real system wrote (see ``tests/fixtures/obs/make_fixtures.py``):
 ``metrics.jsonl`` from ``training.hooks.MetricsHook`` during real society rollouts on
-``agl.Trainer``, and ``eval/<stage>.jsonl`` from ``society.run.evaluate`` on Spider dev questions,
+``agl.Trainer``, and ``eval/<stage>.jsonl`` from ``evaluation.society_eval.evaluate`` on Spider dev questions,
 in the format ``training.pipeline`` writes. Nothing in it is typed by hand; the tests check the
 report against independent recomputation (re-executing the SQL on the Spider databases).
 """
@@ -28,16 +29,9 @@ import numpy as np
 
 from evaluation import plots
 from evaluation.ex import execution_match
-from evaluation.report import (
-    ReportError,
-    build_report,
-    compute_report,
-    differing_examples,
-    load_run,
-    phase_summary,
-    role_breakdown,
-    stage_summary,
-)
+from evaluation.report import build_report
+from evaluation.report_content import compute_report, differing_examples, phase_summary, role_breakdown, stage_summary
+from evaluation.run_data import ReportError, load_run
 from evaluation.sql_text import normalize_sql
 from tools.spider import database_path, default_data_dir
 
@@ -277,7 +271,7 @@ def test_report_on_a_real_pipeline_run(tmp_path: Path) -> None:
     assert list(run.evals) == ["baseline", "sft"]
     c = compute_report(run)
     # the SFT loss log is plotted, point for point
-    from evaluation.report import training_signals
+    from evaluation.report_content import training_signals
 
     losses = json.loads((run_dir / "phases" / "2-sft" / "done.json").read_text())["losses"]
     sig = training_signals(run.phases)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from evaluation.report import compute_report, load_run, render_markdown
+from evaluation.report import render_markdown
+from evaluation.report_content import compute_report
 from evaluation.role_effects import role_effects
+from evaluation.run_data import load_run
 
 
 def _rec(q: str, juniors: dict[str, bool], choice: str, before: bool, after: bool) -> dict:

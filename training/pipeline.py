@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from evaluation.report import write_report
 from evaluation.rewards import RewardConfig
+from evaluation.society_eval import evaluate
 from society.candidate import Candidate
 from society.config import SocietyConfig
 from society.models import embedded_spec
@@ -46,7 +47,6 @@ from society.policies import LLMPolicy, PolicyContext
 from society.prompts import get_prompt
 from society.proxy import llm_proxy
 from society.roles import ROLE_TYPES
-from society.run import evaluate
 from society.serving import serve_config
 from society.vllm_serving import VLLMServer
 from tools.sampling import sample_examples
