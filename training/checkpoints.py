@@ -289,6 +289,16 @@ def dequantized_gguf(
         if out_type == "f16" and arr.ndim >= 2:  # llama.cpp keeps norms/biases in F32
             arr = arr.astype(np.float16)
         writer.add_tensor(t.name, arr)
+    return finish_gguf(writer, tmp, out)
+
+
+def finish_gguf(writer: Any, tmp: Path, out: Path) -> Path:
+    """Write a filled ``gguf.GGUFWriter`` (header, key-values, tensors) to its temporary file
+    ``tmp`` and move it onto ``out`` in one step, so a crash never leaves a half-written ``out``.
+
+    Returns:
+        ``out``.
+    """
     try:
         writer.write_header_to_file()
         writer.write_kv_data_to_file()

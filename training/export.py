@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from training.checkpoints import ExportError, gguf_field, load_for_training, resolve_gguf
+from training.checkpoints import ExportError, finish_gguf, gguf_field, load_for_training, resolve_gguf
 
 __all__ = [
     "AdapterInfo",
@@ -226,14 +226,7 @@ def export_lora_gguf(
             b = _permute_rows(b, heads)
         writer.add_tensor(gname + ".lora_a", np.ascontiguousarray(a.numpy()))
         writer.add_tensor(gname + ".lora_b", np.ascontiguousarray(b.numpy()))
-    try:
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-    finally:
-        writer.close()
-    os.replace(tmp, out)
-    return out
+    return finish_gguf(writer, tmp, out)
 
 
 def merge_adapter(

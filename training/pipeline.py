@@ -380,7 +380,7 @@ def _kind(role_type: str) -> str:
 
 
 class RunDir:
-    """Layout of a training run directory (see ``evaluation.report`` for the files it reads)."""
+    """Layout of a training run directory (see ``evaluation.run_data`` for the files the report reads)."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
