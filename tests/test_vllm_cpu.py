@@ -16,12 +16,39 @@ by its name and changes the reply; a second one is hot-loaded (``/v1/load_lora_a
 and is unloaded; after ``stop()`` the server and every process it started are gone and nothing
 listens on its port.
 
+Greedy output against transformers + PEFT (the idea of
+:func:`training.adapter_serving.check_served_equals_peft`, on the HF checkpoint vLLM serves): for
+three short fixed prompts, vLLM's plain completion of the raw prompt text (``/v1/completions``,
+no chat template, temperature 0, 12 tokens, ``return_token_ids``) from the base model and from
+the adapter by name, against transformers on the same checkpoint directory in the server's dtype,
+bfloat16 (``AutoModelForCausalLM``; the adapter through ``peft.PeftModel.from_pretrained`` on the
+same adapter directory, kept in bfloat16 like vLLM's LoRA weights), computed after the server has
+stopped. Token ids are compared, and the prompt ids too (vLLM's tokenisation equals transformers').
+
+Exact equality is not what holds: vLLM's CPU kernels and torch's round bfloat16 differently, so a
+logit comes out one bfloat16 step apart (0.125 or 0.25 at SmolLM2's logits of 30-42), and where the
+top two logits are that close the greedy choice flips and the continuations part. Measured here
+(2026-11-29) over five prompts x 24 tokens, base and adapter: 6 of 10 continuations equal
+throughout, the others equal for 2, 5, 17 and 20 tokens, each parting at such a near-tie (a tie or
+a 0.25 gap in transformers' logits). With the three prompts below, 12 tokens: 5 of 6 equal, the
+base's answer to the third equal for 2 tokens (" 12" from vLLM, " 10" from transformers, tied in
+transformers' logits). So the test asserts, with ``LOGIT_TOL`` = 0.5 (two bfloat16 steps):
+
+* free-running: transformers' greedy continuation (``generate``) equals vLLM's token for token up to
+  the first difference, if any, and there transformers' own token leads vLLM's by at most
+  ``LOGIT_TOL`` in transformers' logits (a near-tie, not a different model);
+* teacher-forced, every position: given the prompt and vLLM's previous tokens, vLLM's token is
+  transformers' argmax or within ``LOGIT_TOL`` of its top logit (observed: at most 0.25);
+* the check can tell the models apart: the base's completion scored under the adapter, or the
+  adapter's under the base, misses by more than ``LOGIT_TOL`` somewhere (observed: 2.5 and 3.4).
+
 Settings kept small for a 2-core machine: ``max_model_len=512``, ``VLLM_CPU_KVCACHE_SPACE=1`` (GiB),
 bfloat16, eager mode (no graph compilation), at most 4 sequences.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -39,6 +66,13 @@ from society.vllm_serving import VLLM_MODULE, VLLMServer
 OPT_IN = "SQLSOCIETY_TEST_VLLM_CPU"
 MODEL = "smollm2-135m"
 PROMPT = "Write one SQL query that counts the rows of a table named users."
+GREEDY_PROMPTS = (
+    "SELECT name FROM users WHERE",
+    "-- count the orders placed in 2024\nSELECT",
+    "Question: How many tables are in the database?\nAnswer:",
+)
+GREEDY_TOKENS = 12
+LOGIT_TOL = 0.5  # logits; two bfloat16 steps at SmolLM2's top logits (32-64: steps of 0.25)
 
 pytestmark = pytest.mark.skipif(
     os.environ.get(OPT_IN) != "1",
@@ -89,22 +123,115 @@ def make_adapter(base: Path, out: Path, seed: int = 0) -> Path:
     return out
 
 
-def chat(ep: Endpoint, timeout_s: float = 300) -> str:
-    req = urllib.request.Request(
-        f"{ep.base_url}/chat/completions",
-        headers={"Content-Type": "application/json"},
-        data=json.dumps(
-            {
-                "model": ep.model,
-                "messages": [{"role": "user", "content": PROMPT}],
-                "temperature": 0,
-                "max_tokens": 24,
-                "seed": 0,
-            }
-        ).encode(),
-    )
+def post_json(url: str, payload: dict, timeout_s: float = 300) -> dict:
+    req = urllib.request.Request(url, headers={"Content-Type": "application/json"}, data=json.dumps(payload).encode())
     with urllib.request.urlopen(req, timeout=timeout_s) as r:
-        return json.loads(r.read())["choices"][0]["message"]["content"]
+        return json.loads(r.read())
+
+
+def chat(ep: Endpoint, timeout_s: float = 300) -> str:
+    payload = {
+        "model": ep.model,
+        "messages": [{"role": "user", "content": PROMPT}],
+        "temperature": 0,
+        "max_tokens": 24,
+        "seed": 0,
+    }
+    return post_json(f"{ep.base_url}/chat/completions", payload, timeout_s)["choices"][0]["message"]["content"]
+
+
+def completion_ids(ep: Endpoint, prompt: str, max_tokens: int = GREEDY_TOKENS) -> tuple[list[int], list[int]]:
+    """vLLM's greedy completion of the raw ``prompt`` text (``/v1/completions``: no chat template,
+    temperature 0): (the prompt's token ids, the completion's token ids)."""
+    payload = {
+        "model": ep.model,
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "seed": 0,
+        "return_token_ids": True,
+    }
+    choice = post_json(f"{ep.base_url}/completions", payload)["choices"][0]
+    return list(choice["prompt_token_ids"]), list(choice["token_ids"])
+
+
+def transformers_greedy(model, prompt_ids: list[int], max_tokens: int = GREEDY_TOKENS) -> tuple[list[int], list]:
+    """transformers' greedy continuation of ``prompt_ids`` (``generate``, KV cache, as served) and
+    its logits at each step (float, from the model's dtype)."""
+    import torch
+
+    ids = torch.tensor([prompt_ids])
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_tokens,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+    return out.sequences[0, len(prompt_ids) :].tolist(), [lg[0].float() for lg in out.logits]
+
+
+def forced_gaps(model, prompt_ids: list[int], completion: list[int]) -> list[float]:
+    """Teacher-forced: at each position of ``completion``, the model's top logit minus the logit of
+    the completion's token there, given the prompt and the completion's previous tokens (0: the
+    token is the model's greedy choice)."""
+    import torch
+
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([prompt_ids + completion])).logits[0].float()
+    logits = logits[len(prompt_ids) - 1 : len(prompt_ids) - 1 + len(completion)]
+    return (logits.max(-1).values - logits[torch.arange(len(completion)), completion]).tolist()
+
+
+def compare_with_peft(base: Path, adapter: Path, adapter_name: str, served: dict) -> list[dict]:
+    """transformers (+ PEFT for ``adapter_name``) in bfloat16 against vLLM's ``served`` completions
+    (``{(model name, prompt): (prompt ids, completion ids)}``); one row per entry (see the asserts)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from training.threads import torch_threads
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(torch_threads())
+    tok = AutoTokenizer.from_pretrained(str(base))
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.bfloat16)
+    # autocast_adapter_dtype=False: the LoRA weights stay in bfloat16, as vLLM holds them (lora_dtype auto)
+    pm = PeftModel.from_pretrained(model, str(adapter), autocast_adapter_dtype=False).eval()
+    rows = []
+    try:
+        for (name, prompt), (prompt_ids, ids) in served.items():
+            other = next(v for (n, q), v in served.items() if q == prompt and n != name)[1]
+            with contextlib.ExitStack() as stack:
+                if name != adapter_name:
+                    stack.enter_context(pm.disable_adapter())
+                hf, step_logits = transformers_greedy(pm, prompt_ids)
+                gaps = forced_gaps(pm, prompt_ids, ids)
+                other_gaps = forced_gaps(pm, prompt_ids, other)  # the other model's tokens under this one
+            k = next((i for i, (a, b) in enumerate(zip(hf, ids)) if a != b), min(len(hf), len(ids)))
+            split = None
+            if k < min(len(hf), len(ids)):
+                split = float(step_logits[k][hf[k]] - step_logits[k][ids[k]])
+            rows.append(
+                {
+                    "model": name,
+                    "prompt": prompt,
+                    "tokens_equal": prompt_ids == tok(prompt)["input_ids"],
+                    "served": ids,
+                    "hf": hf,
+                    "equal_prefix": k,
+                    "split_gap": split,
+                    "max_gap": max(gaps),
+                    "other_max_gap": max(other_gaps),
+                    "served_text": tok.decode(ids),
+                    "hf_text": tok.decode(hf),
+                }
+            )
+    finally:
+        torch.set_num_threads(prev)
+    return rows
 
 
 def descendants(pid: int) -> list[int]:
@@ -197,6 +324,13 @@ def test_vllm_cpu_serves_base_and_lora_by_name_then_stops(tmp_path, monkeypatch)
         assert hot_text.strip() and set(srv.served_models()) == {"base", "junior_policy", "senior_policy"}
         srv.unload_adapter("senior_policy")
         assert set(srv.served_models()) == {"base", "junior_policy"}
+        t7 = time.perf_counter()
+        served = {
+            (name, p): completion_ids(srv.endpoint(name), p)
+            for name in ("base", "junior_policy")
+            for p in GREEDY_PROMPTS
+        }
+        greedy_s = time.perf_counter() - t7
         print(
             f"\nvLLM CPU: server start {srv.startup_s:.1f} s; base reply {t2 - t1:.1f} s: {base_text!r}; "
             f"adapter reply {t3 - t2:.1f} s: {lora_text!r}; hot-load + reply {t5 - t4:.1f} s: {hot_text!r}"
@@ -211,4 +345,31 @@ def test_vllm_cpu_serves_base_and_lora_by_name_then_stops(tmp_path, monkeypatch)
         time.sleep(0.5)
     assert not [p for p in pids if alive(p)], "processes left behind after stop()"
     assert port_free(port), f"port {port} still in use after stop():\n{sockets_on(port)}"
-    print(f"vLLM CPU: stop {stop_s:.1f} s; test body {time.perf_counter() - t0:.1f} s (adapter, start, replies, stop)")
+    print(f"vLLM CPU: stop {stop_s:.1f} s; {len(served)} greedy completions {greedy_s:.1f} s")
+
+    t8 = time.perf_counter()
+    rows = compare_with_peft(base, adapter, "junior_policy", served)
+    for r in rows:
+        print(
+            f"  {r['model']:13s} {r['prompt']!r}: equal {r['equal_prefix']}/{len(r['served'])} tokens"
+            + ("" if r["split_gap"] is None else f", parting at a gap of {r['split_gap']:.3f}")
+            + f"; teacher-forced max gap {r['max_gap']:.3f}, the other model's tokens {r['other_max_gap']:.3f}"
+            + f"\n    vLLM {r['served_text']!r}\n    HF   {r['hf_text']!r}"
+        )
+    print(
+        f"vLLM CPU: transformers + PEFT comparison {time.perf_counter() - t8:.1f} s; "
+        f"test body {time.perf_counter() - t0:.1f} s"
+    )
+    for r in rows:
+        where = f"{r['model']} on {r['prompt']!r}: vLLM {r['served']}, transformers {r['hf']}"
+        assert r["tokens_equal"], f"vLLM tokenised the prompt differently from transformers ({where})"
+        assert len(r["served"]) == GREEDY_TOKENS, where
+        assert r["split_gap"] is None or r["split_gap"] <= LOGIT_TOL, f"greedy outputs part beyond a near-tie: {where}"
+        assert r["split_gap"] is not None or r["hf"] == r["served"], where
+        assert r["max_gap"] <= LOGIT_TOL, f"a vLLM token is not transformers' greedy choice ({r['max_gap']}): {where}"
+    base_rows = [r for r in rows if r["model"] == "base"]
+    lora_rows = [r for r in rows if r["model"] != "base"]
+    assert [r["served"] for r in base_rows] != [r["served"] for r in lora_rows]  # the adapter is applied
+    # the tolerance tells base and adapter apart: each model's tokens fail under the other somewhere
+    assert max(r["other_max_gap"] for r in base_rows) > LOGIT_TOL
+    assert max(r["other_max_gap"] for r in lora_rows) > LOGIT_TOL
