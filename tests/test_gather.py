@@ -233,7 +233,9 @@ def test_gather_ctrl_c_stops_and_is_not_summarised(tmp_path: Path, smol_server) 
     store = run_dir / "store.sqlite"
     config = _quick_config(tmp_path)
     endpoints = {a: (smol_server.base_url, smol_server.model) for a in SocietyConfig.load(config).embedded_aliases()}
-    tasks = [f"train-{i}" for i in range(6)]
+    # enough tasks that a loaded machine (the first success noticed late, two runners busy) cannot
+    # finish them all between the first stored rollout and the interrupt
+    tasks = [f"train-{i}" for i in range(16)]
     script = _INTERRUPTIBLE_SCRIPT.format(repo=str(REPO), run_dir=str(run_dir), config=str(config), tasks=tasks,
                                           endpoints=endpoints)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
