@@ -29,10 +29,9 @@ from langgraph.graph import END, START, StateGraph
 
 from society.candidate import Candidate
 from society.config import ConfigError, SocietyConfig
-from society.graph import build_junior_graph, prepare
-from society.roles import ROLE_TYPES, Junior, Senior, build_roles, failed, run_context
+from society.graph import build_junior_graph, final_answer, prepare
+from society.roles import ROLE_TYPES, Junior, Senior, build_roles, failed
 from society.state import ExecSummary, SocietyState, SupervisorChoice
-from society.toolkit import execute_summary
 
 #: Baseline agent names.
 BASELINES = ("single", "write-check-rewrite")
@@ -89,7 +88,6 @@ def build_baseline_graph(config: SocietyConfig, agent: str) -> Any:
     senior = _refiner(config) if agent != "single" else None
 
     def finalize(state: BaselineState, config: RunnableConfig) -> dict:  # noqa: F811 - LangGraph injects by name
-        ctx = run_context(config)
         if agent == "single":
             final, status = state.get("draft_sql"), "single"
         else:
@@ -98,21 +96,8 @@ def build_baseline_graph(config: SocietyConfig, agent: str) -> Any:
             status = "approved" if correct else ("converged" if Senior.converged(state) else "turn_limit")
         if failed(state):
             status = "failed"
-        ex = execute_summary(
-            ctx.db_path, final, timeout_s=ctx.config.execution.timeout_s, max_rows=ctx.config.execution.max_rows
-        )
-        err = next((e for e in state.get("errors") or [] if e.startswith("endpoint:")), None)
-        if err is None and not final:
-            err = "no SQL in the model output"
-        turns = sum(1 for t in state.get("senior_turns") or [] if t.kind == "rewrite")
-        return {
-            "visits": ["finalize"],
-            "final_sql": final,
-            "final_exec": ex,
-            "status": status,
-            "error": err,
-            "turn": turns,
-        }
+        return {**final_answer(state, config, final, status, no_sql="no SQL in the model output"),
+                "turn": rewrites(state)}
 
     g = StateGraph(BaselineState)
     g.add_node("prepare", prepare)
@@ -155,6 +140,11 @@ def build_baseline_graph(config: SocietyConfig, agent: str) -> Any:
     return g.compile(name=agent)
 
 
+def rewrites(state: dict) -> int:
+    """The senior's rewrites in this run (the ``turn`` a baseline or role-level agent reports)."""
+    return sum(1 for t in state.get("senior_turns") or [] if t.kind == "rewrite")
+
+
 # ---------------------------------------------------------------------- role-level agents
 
 
@@ -169,18 +159,10 @@ def _finalize_role(agent: str) -> Any:
     pick for ``juniors``; what the senior hands on for ``senior``), executed once more."""
 
     def finalize(state: RoleState, config: RunnableConfig) -> dict:
-        ctx = run_context(config)
         final = state.get("current_sql")
         status = "failed" if failed(state) or final is None else agent
-        ex = execute_summary(
-            ctx.db_path, final, timeout_s=ctx.config.execution.timeout_s, max_rows=ctx.config.execution.max_rows
-        )
-        err = next((e for e in state.get("errors") or [] if e.startswith("endpoint:")), None)
-        if err is None and final is None:
-            err = "no SQL: no junior produced a usable candidate" if agent == "juniors" else "no SQL given"
-        turns = sum(1 for t in state.get("senior_turns") or [] if t.kind == "rewrite")
-        return {"visits": ["finalize"], "final_sql": final, "final_exec": ex, "status": status, "error": err,
-                "turn": turns}
+        no_sql = "no SQL: no junior produced a usable candidate" if agent == "juniors" else "no SQL given"
+        return {**final_answer(state, config, final, status, no_sql=no_sql), "turn": rewrites(state)}
 
     return finalize
 

@@ -41,7 +41,17 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.types import Overwrite
 
 from society.config import SocietyConfig
-from society.roles import Junior, Reviewer, Role, Senior, Supervisor, build_roles, failed, run_context
+from society.roles import (
+    ENDPOINT_FAILURE,
+    Junior,
+    Reviewer,
+    Role,
+    Senior,
+    Supervisor,
+    build_roles,
+    failed,
+    run_context,
+)
 from society.state import JuniorInput, JuniorOutput, JuniorState, Severity, SocietyState, Verdict
 from society.toolkit import call_tool, execute_summary, sql_db_schema
 
@@ -117,7 +127,6 @@ def make_review_gate(cfg: SocietyConfig):
 def finalize(state: SocietyState, config: RunnableConfig) -> dict:
     """Pick the answer: the approved SQL, else the best so far (last SQL that executed OK, else the
     chosen candidate's SQL); execute it once more for the result."""
-    ctx = run_context(config)
     status = "failed" if failed(state) else (state.get("status") or "turn_limit")
     chosen = state.get("chosen")
     if status == "approved":
@@ -126,12 +135,20 @@ def finalize(state: SocietyState, config: RunnableConfig) -> dict:
         final = state.get("best_sql") or (chosen.sql if chosen else None)
     if final is None:
         status = "failed"
+    return final_answer(state, config, final, status, no_sql="no SQL: no junior produced a usable candidate")
+
+
+def final_answer(state: dict, config: RunnableConfig, final: str | None, status: str, *, no_sql: str) -> dict:
+    """The ``finalize`` update every agent ends with: ``final`` executed once more for the result,
+    ``status``, and the error -- the first endpoint failure (``endpoint: ...``), else ``no_sql``
+    when there is no answer, else None."""
+    ctx = run_context(config)
     ex = execute_summary(
         ctx.db_path, final, timeout_s=ctx.config.execution.timeout_s, max_rows=ctx.config.execution.max_rows
     )
-    err = next((e for e in state.get("errors") or [] if e.startswith("endpoint:")), None)
-    if err is None and final is None:
-        err = "no SQL: no junior produced a usable candidate"
+    err = next((e for e in state.get("errors") or [] if e.startswith(ENDPOINT_FAILURE + ":")), None)
+    if err is None and not final:
+        err = no_sql
     return {"visits": ["finalize"], "final_sql": final, "final_exec": ex, "status": status, "error": err}
 
 
