@@ -110,9 +110,17 @@ def default_threads() -> int:
     return idle_threads("SQLSOCIETY_LLAMA_THREADS", cap=8)
 
 
-def idle_threads(env_var: str, *, cap: int | None = None) -> int:
+def idle_threads(env_var: str, *, cap: int | None = None, sample_s: float = 1.0) -> int:
     """Threads for a CPU-bound worker: ``$env_var`` if set, else the idle cores now,
-    ``round(cores - 1-min load average)``, clamped to ``1..cap`` (``cap`` None: the core count).
+    ``round(cores - busy)``, clamped to ``1..cap`` (``cap`` None: the core count).
+
+    ``busy`` is the smaller of the 1-minute load average and the busy cores measured over the
+    next ``sample_s`` seconds (``psutil.cpu_percent``). The load average alone lags by about a
+    minute: a training pipeline that stops one model server and starts the next would see the
+    first server's load and start the second with too few threads (measured: a 2-core run's
+    juniors-only stage got 1 thread and decoded at 16 instead of 30 tokens/s). The sample alone
+    misses a job between its bursts; taking the smaller keeps a sustained job (a test suite, a
+    second run) counted and forgets one that just ended.
 
     Shared by the llama.cpp servers and torch training: both spin-wait, so on a busy box fewer
     threads are faster.
@@ -129,11 +137,21 @@ def idle_threads(env_var: str, *, cap: int | None = None) -> int:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
+    return max(1, min(cap or cores, cores, round(cores - busy_cores(cores, sample_s))))
+
+
+def busy_cores(cores: int, sample_s: float = 1.0) -> float:
+    """Busy cores now, in ``[0, cores]``: the smaller of the 1-minute load average and the cores'
+    utilisation over ``sample_s`` seconds (``psutil.cpu_percent``) times ``cores`` (see
+    :func:`idle_threads` for why both)."""
+    import psutil
+
     try:
         load = os.getloadavg()[0]
     except OSError:
-        load = 0.0
-    return max(1, min(cap or cores, cores, round(cores - load)))
+        load = float(cores)
+    measured = psutil.cpu_percent(interval=sample_s) / 100.0 * cores
+    return max(0.0, min(float(cores), load, measured))
 
 
 def find_llama_server() -> Path:
