@@ -104,6 +104,26 @@ def test_grpo_tiny_real_run(rows, tmp_path):
     assert m["steps"] == 1 and m["completions_scored"] == 2 and m["prompts"] == 2
 
 
+def test_grpo_generation_stops_at_the_stop_strings(rows, tmp_path):
+    """With ``stop``, TRL's sampling ends at the first stop string: no completion runs on past it.
+
+    The stop string is a newline, which the senior's reply (a fenced SQL block) reaches within its
+    first tokens; without stopping, 32 tokens run several lines further. At most one character may
+    follow it, from a token holding two newlines.
+    """
+    cfg = SeniorGRPOConfig(model=SMOL, output_dir=str(tmp_path / "grpo"), max_steps=1, num_generations=4,
+                           max_completion_length=32, max_prompt_length=640, learning_rate=1e-4, stop=("\n",))
+    trainer = SeniorGRPOTrainer(cfg, rows[:1])
+    trainer.train()
+    recs = trainer.reward.records
+    assert len(recs) == 4
+    assert max(r["after_stop_chars"] for r in recs) <= 1, recs
+    m = json.loads((tmp_path / "grpo" / "grpo_metrics.json").read_text())
+    assert m["completions_with_text_after_stop"] == sum(r["after_stop_chars"] > 0 for r in recs)
+    logged = next(h for h in m["log_history"] if "completions/min_length" in h)
+    assert logged["completions/min_length"] < 32  # a completion stopped before the length limit: not vacuous
+
+
 def test_grpo_input_errors(rows, tmp_path):
     cfg = SeniorGRPOConfig(output_dir=str(tmp_path))
     with pytest.raises(ValueError, match="lacks column"):

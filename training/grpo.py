@@ -120,10 +120,11 @@ class SeniorGRPOConfig:
         prefilter_samples: k > 1 -- before training, sample k completions per prompt with the
             served base model and keep only prompts whose rewards differ (:func:`prefilter_prompts`,
             DAPO's dynamic sampling done up front; the pipeline runs it); 0 = train on every prompt.
-        stop: the served senior's stop strings (its role's ``sampling.stop``). TRL's transformers
-            generation path cannot stop on strings, so each completion is cut before the first of
-            them ahead of scoring -- the reward then sees the text the served senior would have
-            returned. None or empty: completions are scored whole.
+        stop: the served senior's stop strings (its role's ``sampling.stop``). Generation stops at
+            them (transformers' ``stop_strings``, or vLLM's ``stop`` with TRL's ``use_vllm``), so
+            tokens after the SQL block are never sampled and stay out of the loss; the reward also
+            cuts each completion before the first of them, as the served senior's reply is cut.
+            None or empty: completions run to EOS or ``max_completion_length``.
         trl_args: any other keyword argument of TRL's ``GRPOConfig`` (e.g. ``optim``,
             ``max_grad_norm``, ``loss_type``), applied over what the fields above set (TRL backend);
             checked against ``GRPOConfig`` when given (see :func:`training.sft.check_trl_args`).
@@ -302,7 +303,8 @@ class SeniorReward:
             out.append(r)
             if ex is not None:
                 exs.append(ex)
-            self.records.append({"node": n or "senior_rewrite", "reward": r, "ex": ex})
+            self.records.append({"node": n or "senior_rewrite", "reward": r, "ex": ex,
+                                 "after_stop_chars": chars_after_stop(_text(c), self.stop)})
         log_metric = kwargs.get("log_metric")
         if exs and callable(log_metric):
             log_metric("rewrite_ex", sum(exs) / len(exs))
@@ -530,7 +532,11 @@ class SeniorGRPOTrainer:
             dataloader_num_workers=0,
             disable_tqdm=True,
         )
-        return GRPOConfig(**{**kw, **cfg.trl_args})  # the profile's trl_args win
+        trl_args = dict(cfg.trl_args)
+        if cfg.stop:  # generation stops at the senior's stop strings; trl_args' own generation_kwargs win
+            key = "stop" if trl_args.get("use_vllm") else "stop_strings"
+            kw["generation_kwargs"] = {key: list(cfg.stop), **(trl_args.pop("generation_kwargs", None) or {})}
+        return GRPOConfig(**{**kw, **trl_args})  # the profile's trl_args win
 
     def train(self) -> GRPOResult:
         """Run GRPO, save the adapter and ``grpo_metrics.json``; return a :class:`GRPOResult`.
@@ -563,6 +569,8 @@ class SeniorGRPOTrainer:
             peft_config=peft_config,
             callbacks=[timer],
         )
+        if cfg.stop and not trainer.args.use_vllm:
+            _stop_at_strings(trainer, tok)
         import torch
 
         prev_threads = torch.get_num_threads()
@@ -601,6 +609,7 @@ class SeniorGRPOTrainer:
             "rewards": rewards,
             "reward_std": reward_std,
             "completions_scored": len(self.reward.records),
+            "completions_with_text_after_stop": sum(bool(r.get("after_stop_chars")) for r in self.reward.records),
             "rewrite_ex_mean": (sum(rewrite_ex) / len(rewrite_ex)) if rewrite_ex else None,
             "step_seconds": result.step_seconds,
             "mean_step_seconds": result.mean_step_seconds,
@@ -609,6 +618,45 @@ class SeniorGRPOTrainer:
             "log_history": trainer.state.log_history,
         }, indent=1, default=str))
         return result
+
+
+def chars_after_stop(text: str, stop: Sequence[str]) -> int:
+    """How many characters ``text`` has after the earliest of the ``stop`` strings (0 when none occurs).
+
+    A completion generated with stop strings ends at one, so this is 0 for every such completion;
+    text after it would be tokens sampled, and trained on, past the served reply's end.
+
+    >>> chars_after_stop("SELECT 1</sql>", ["</sql>"])
+    0
+    >>> chars_after_stop("SELECT 1</sql>\\nThe end", ["</sql>", "```"])
+    8
+    >>> chars_after_stop("SELECT 1", ["</sql>"])
+    0
+    """
+    hits = [(i, len(x)) for x in stop if (i := text.find(x)) >= 0]
+    if not hits:
+        return 0
+    i, n = min(hits)
+    return len(text) - i - n
+
+
+def _stop_at_strings(trainer: Any, tok: Any) -> None:
+    """Make TRL's transformers generation honour ``generation_kwargs["stop_strings"]``.
+
+    transformers' ``generate`` builds its stop-string criterion only when it is handed the
+    tokenizer, which TRL's GRPOTrainer does not pass; the policy model's ``generate`` gets it bound
+    here. A sequence that stopped is padded to the batch's length; TRL masks a completion after its
+    first EOS id, so the pad id is added to the trainer's EOS ids when it is not one already (it
+    is for Qwen2.5 and SmolLM2).
+    """
+    import functools
+
+    model = trainer.model
+    model.generate = functools.partial(model.generate, tokenizer=tok)
+    pad = tok.pad_token_id
+    ids = list(getattr(trainer, "eos_token_ids", None) or [])
+    if pad is not None and ids and pad not in ids:
+        trainer.eos_token_ids = [*ids, pad]
 
 
 # ============================================================================ GPU: Agent Lightning VERL
