@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tools.files import atomic_write_text
+from tools.files import atomic_write_text, read_jsonl
 from tools.schema import load_schema
 
 __all__ = [
@@ -273,18 +273,7 @@ def load_answers(run_dir: str | Path) -> list[dict[str, Any]]:
     path = run_dir / "questions.jsonl"
     if not path.is_file():
         raise ValueError(f"{run_dir} has no questions.jsonl; pass a run directory of `sqlsociety ask/eval`")
-    out: list[dict[str, Any]] = []
-    with path.open(encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{i}: not JSON ({e.msg})") from e
-            if not isinstance(rec, dict):
-                raise ValueError(f"{path}:{i}: not a JSON object")
-            out.append(rec)
+    out = read_jsonl(path, drop_truncated_tail=False)
     if not out:
         raise ValueError(f"{path} is empty: the run answered no question")
     return out

@@ -17,15 +17,13 @@ The run-directory layout written by ``sqlsociety train``::
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tools.files import read_jsonl
 from tools.spider import database_path, default_data_dir
-
-logger = logging.getLogger(__name__)
 
 #: Stages in display order; any other ``eval/<stage>.jsonl`` is appended after these, sorted.
 STAGE_ORDER: tuple[str, ...] = ("baseline", "sft", "grpo", "bandit")
@@ -58,28 +56,6 @@ class RunData:
     phases: dict[str, dict | None] = field(default_factory=dict)
     role_evals: dict[str, list[dict]] = field(default_factory=dict)
     replay: list[dict] = field(default_factory=list)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Parse a JSON-lines file; blank lines are skipped and a truncated last line (a run killed
-    mid-write) is dropped with a warning.
-
-    Raises:
-        ReportError: when a line other than the last is not valid JSON.
-    """
-    rows: list[dict] = []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            if i == len(lines) - 1:
-                logger.warning("%s: dropping truncated last line", path)
-                continue
-            raise ReportError(f"{path} line {i + 1} is not JSON ({exc}); fix or remove that line") from exc
-    return rows
 
 
 def _result_preview(rec: Mapping) -> Any:
@@ -149,15 +125,18 @@ def load_run(run_dir: str | Path) -> RunData:
     if (run_dir / "config.yaml").is_file():
         data.config_text = (run_dir / "config.yaml").read_text(encoding="utf-8")
     if (run_dir / "metrics.jsonl").is_file():
-        data.metrics = read_jsonl(run_dir / "metrics.jsonl")
+        data.metrics = read_jsonl(run_dir / "metrics.jsonl", error=ReportError)
     eval_dir = run_dir / "eval"
     if eval_dir.is_dir():
-        stages = sorted((p.stem for p in eval_dir.glob("*.jsonl")), key=_stage_key)
-        data.evals = {s: [normalize_record(r) for r in read_jsonl(eval_dir / f"{s}.jsonl")] for s in stages}
+        # finished stages only: ``<stage>.partial.jsonl`` is a stage stopped part-way, resumed by `train --resume`
+        stages = sorted((p.stem for p in eval_dir.glob("*.jsonl") if not p.stem.endswith(".partial")), key=_stage_key)
+        data.evals = {s: [normalize_record(r) for r in read_jsonl(eval_dir / f"{s}.jsonl", error=ReportError)]
+                      for s in stages}
         if (eval_dir / "roles").is_dir():
-            data.role_evals = {p.stem: read_jsonl(p) for p in sorted((eval_dir / "roles").glob("*.jsonl"))}
+            roles = sorted(p for p in (eval_dir / "roles").glob("*.jsonl") if not p.stem.endswith(".partial"))
+            data.role_evals = {p.stem: read_jsonl(p, error=ReportError) for p in roles}
     if (run_dir / "phases" / "4-bandit" / "replay.jsonl").is_file():
-        data.replay = read_jsonl(run_dir / "phases" / "4-bandit" / "replay.jsonl")
+        data.replay = read_jsonl(run_dir / "phases" / "4-bandit" / "replay.jsonl", error=ReportError)
     if (run_dir / "bandit_comparison.json").is_file():
         raw = json.loads((run_dir / "bandit_comparison.json").read_text(encoding="utf-8"))
         data.bandit = raw.get("rows", raw) if isinstance(raw, dict) else raw

@@ -176,7 +176,7 @@ def evaluate(
     finally:
         wall = time.perf_counter() - t0
         recs = [results[i] for i in sorted(results)]
-        summary = _summarise(agent, recs, wall, recorder)
+        summary = summarise_records(agent, recs, wall, run_dir=str(recorder.dir) if recorder else "")
         if recorder is not None:
             with (recorder.dir / "predictions.sql").open("w", encoding="utf-8") as f:
                 for i in range(len(examples)):
@@ -186,7 +186,16 @@ def evaluate(
     return summary
 
 
-def _summarise(agent: str, recs: list[dict[str, Any]], wall: float, recorder: RunRecorder | None) -> EvalSummary:
+def summarise_records(agent: str, recs: list[dict[str, Any]], wall: float, *, run_dir: str = "") -> EvalSummary:
+    """The :class:`EvalSummary` of per-question records (``questions.jsonl`` lines) of ``agent``.
+
+    Per-question means over ``recs`` (0 when empty); ``wall`` (seconds) is taken as given, so a
+    caller that evaluated in several attempts passes their total.
+
+    >>> s = summarise_records("juniors", [{"match": True, "seconds": 2.0}, {"match": False, "seconds": 4.0}], 6.5)
+    >>> (s.n, s.ex, s.seconds_per_q, s.wall_seconds)
+    (2, 0.5, 3.0, 6.5)
+    """
     n = len(recs)
 
     def mean(key: str) -> float:
@@ -196,5 +205,5 @@ def _summarise(agent: str, recs: list[dict[str, Any]], wall: float, recorder: Ru
         agent=agent, n=n, ex=mean("match"), executed_ok=mean("executed_ok"),
         failed=sum(r.get("status") == "failed" for r in recs), seconds_per_q=mean("seconds"),
         llm_calls_per_q=mean("llm_calls"), tokens_per_q=mean("tokens"), turns_per_q=mean("turns"),
-        wall_seconds=wall, run_dir=str(recorder.dir) if recorder else "",
+        wall_seconds=wall, run_dir=run_dir,
     )

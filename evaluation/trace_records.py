@@ -36,6 +36,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from tools.files import read_jsonl
+
 #: Span names Agent Lightning uses (agentlightning.semconv), kept as literals so reading a
 #: trace does not need Agent Lightning imported.
 AGL_REWARD = "agentlightning.reward"
@@ -139,25 +141,10 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
     p = Path(path)
     if not p.is_file():
         raise TraceError(f"no trace file {p}; write one with `sqlsociety traces export` or `traces pull`")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise TraceError(
-            f"{p} is not UTF-8 text ({exc}); pass a JSONL file written by `traces export` or `traces pull`"
-        ) from exc
-    except OSError as exc:
-        raise TraceError(f"{p} cannot be read ({exc.strerror or exc}); check its permissions") from exc
-    out = []
-    for i, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise TraceError(f"{p} line {i} is not JSON: {exc}") from exc
-        if not isinstance(rec, dict) or "span_id" not in rec or "name" not in rec:
-            raise TraceError(f"{p} line {i} is not a span record (needs span_id and name)")
-        out.append(rec)
+    out = read_jsonl(p, error=TraceError, drop_truncated_tail=False)
+    for i, rec in enumerate(out, 1):
+        if "span_id" not in rec or "name" not in rec:
+            raise TraceError(f"{p} record {i} is not a span record (needs span_id and name)")
     return out
 
 

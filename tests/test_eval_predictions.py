@@ -148,3 +148,11 @@ def test_root_cli_registers_the_command():
 
     names = {c.name for c in app.registered_commands}
     assert "eval-predictions" in names
+
+
+def test_society_eval_doctests() -> None:
+    import doctest
+
+    from evaluation import society_eval
+
+    assert doctest.testmod(society_eval).failed == 0

@@ -153,3 +153,61 @@ def test_phase1_adds_juniors_only_rollouts_and_resamples_the_tasks_a_junior_got_
                    and any(t.outcomes.get(f"junior.{j}.ex") != 1 for j in t.outcomes["juniors"]))
     assert ids == sorted(["train-0", *first, *[f"{w}/juniors#1" for w in wrong]])
     assert info["resampled_tasks"] == len(wrong) and info["stored_succeeded"] == len(ids)
+
+
+def test_an_evaluation_stage_stopped_part_way_keeps_its_finished_questions(tmp_path: Path, monkeypatch) -> None:
+    """A role-level evaluation interrupted after 2 of 3 questions, then run again, runs only the third.
+
+    The interrupt is a KeyboardInterrupt raised from the progress callback after the second record
+    (Ctrl-C at a chosen moment cannot be caused for real in a test); everything else is real: the
+    SmolLM2 server, the Spider databases, the juniors agent and the records it writes.
+    """
+    import training.pipeline as tp
+    from evaluation.run_data import ReportError, load_run
+    from tools.files import read_jsonl
+    from training.pipeline import TrainConfig, TrainingPipeline, dev_subset
+
+    cfg = yaml.safe_load((REPO / "configs" / "train" / "smoke.yaml").read_text())
+    cfg["society_config"] = str(REPO / "configs" / "smoke.yaml")
+    msgs: list[str] = []
+    pipe = TrainingPipeline(TrainConfig.model_validate(cfg), tmp_path / "run", phases={1}, echo=msgs.append)
+    examples = dev_subset(pipe.cfg, 3)
+    real_evaluate = tp.evaluate
+    seen: list[str] = []
+
+    def evaluate_then_ctrl_c(todo, *args, on_result, **kw):
+        def on_result_stop(r):
+            on_result(r)
+            seen.append(r["question_id"])
+            if len(seen) == 2:
+                raise KeyboardInterrupt
+
+        return real_evaluate(todo, *args, on_result=on_result_stop, **kw)
+
+    monkeypatch.setattr(tp, "evaluate", evaluate_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        pipe.evaluate_stage("juniors_x", agent="juniors", examples=examples)
+    path = pipe.dir.role_eval_path("juniors_x")
+    partial = path.with_suffix(".partial.jsonl")
+    assert not path.exists() and not path.with_suffix(".summary.json").exists()
+    kept = read_jsonl(partial)
+    assert [r["question_id"] for r in kept] == seen
+    with pytest.raises(ReportError, match="neither metrics.jsonl nor eval"):  # a stage stopped part-way is
+        load_run(tmp_path / "run")  # not a result: the report finds nothing to show yet
+    with partial.open("a") as f:
+        f.write('{"question_id": "dev-')  # a writer killed mid-line
+    run_again: list[str] = []
+    monkeypatch.setattr(tp, "evaluate", lambda todo, *a, **k: run_again.extend(e.id for e in todo)
+                        or real_evaluate(todo, *a, **k))
+    out = pipe.evaluate_stage("juniors_x", agent="juniors", examples=examples)
+    assert run_again == [e.id for e in examples if e.id not in seen]
+    recs = read_jsonl(path)
+    assert [r["question_id"] for r in recs] == [e.id for e in examples]
+    by_id = {r["question_id"]: r for r in recs}
+    for r in kept:  # the finished questions were kept as recorded, not run again
+        assert {k: v for k, v in by_id[r["question_id"]].items() if k != "stage"} == \
+            {k: v for k, v in r.items() if k not in ("stage", "stage_seconds")}
+    assert out["n"] == 3 and out["resumed"] == 2
+    assert out["ex"] == sum(bool(r["match"]) for r in recs) / 3
+    assert not partial.exists()
+    assert any("2 of 3 questions kept" in m for m in msgs)

@@ -6,18 +6,23 @@
 * :func:`atomic_writer` writes to a temporary file beside the target and renames it over the target
   only when the whole content was written: a failure or Ctrl-C leaves the target as it was (absent
   or the previous version) and no temporary file behind.
+* :func:`read_jsonl` reads the JSON-lines files the runs write (records, metrics, span exports).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
-__all__ = ["OutputPathError", "atomic_write_text", "atomic_writer", "check_output_path", "same_file"]
+__all__ = ["OutputPathError", "atomic_write_text", "atomic_writer", "check_output_path", "read_jsonl", "same_file"]
+
+logger = logging.getLogger(__name__)
 
 
 class OutputPathError(ValueError):
@@ -138,3 +143,51 @@ def atomic_write_text(path: str | Path, text: str, *, encoding: str = "utf-8") -
     with atomic_writer(path, encoding=encoding) as fh:
         fh.write(text)
     return Path(path)
+
+
+def read_jsonl(path: str | Path, *, error: type[Exception] = ValueError, drop_truncated_tail: bool = True
+               ) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON-lines file, one per non-blank line, in file order.
+
+    A run killed while appending leaves a truncated last line: with ``drop_truncated_tail`` (the
+    default) that line is dropped with a warning; every other bad line is an error.
+
+    >>> import tempfile
+    >>> p = Path(tempfile.mkdtemp()) / "r.jsonl"
+    >>> _ = p.write_text('{"a": 1}\\n\\n{"a": 2}\\n{"a": ')
+    >>> read_jsonl(p)
+    [{'a': 1}, {'a': 2}]
+    >>> read_jsonl(p, drop_truncated_tail=False)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: ... line 4 is not JSON (Expecting value); fix or remove that line
+
+    Raises:
+        error (ValueError unless given): the file is missing, unreadable or not UTF-8, or a line
+            is not JSON or not a JSON object; the message names the file and the line.
+    """
+    p = Path(path)
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError as exc:
+        raise error(f"{p} does not exist") from exc
+    except UnicodeDecodeError as exc:
+        raise error(f"{p} is not UTF-8 text ({exc}); pass a JSON-lines file") from exc
+    except OSError as exc:
+        raise error(f"{p} cannot be read ({exc.strerror or exc}); check its permissions") from exc
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    rows: list[dict[str, Any]] = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if drop_truncated_tail and i == last:
+                logger.warning("%s: dropping truncated last line", p)
+                continue
+            raise error(f"{p} line {i + 1} is not JSON ({exc.msg}); fix or remove that line") from exc
+        if not isinstance(row, dict):
+            raise error(f"{p} line {i + 1} is not a JSON object; fix or remove that line")
+        rows.append(row)
+    return rows

@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from evaluation.report import write_report
 from evaluation.rewards import RewardConfig
-from evaluation.society_eval import evaluate
+from evaluation.society_eval import evaluate, summarise_records
 from society.candidate import Candidate
 from society.config import SocietyConfig
 from society.models import embedded_spec
@@ -49,6 +49,7 @@ from society.proxy import llm_proxy
 from society.roles import ROLE_TYPES
 from society.serving import serve_config
 from society.vllm_serving import VLLMServer
+from tools.files import atomic_write_text, atomic_writer, read_jsonl
 from tools.sampling import sample_examples
 from tools.schema import schema_prompt
 from tools.spider import load_examples
@@ -313,8 +314,7 @@ def dev_decisions(eval_jsonl: Path) -> list[dict[str, Any]]:
     out = []
     if not eval_jsonl.is_file():
         return out
-    for line in eval_jsonl.read_text().splitlines():
-        r = json.loads(line)
+    for r in read_jsonl(eval_jsonl):
         choices = r.get("choices") or []
         if not choices or not choices[-1].get("candidates"):
             continue
@@ -556,18 +556,34 @@ class TrainingPipeline:
         """Evaluate the current society (or a role-level ``agent``: ``juniors``, ``senior``) on the fixed
         dev subset (or ``examples``); cached in ``eval/<stage>.jsonl`` (role-level agents:
         ``eval/roles/<stage>.jsonl``) with a ``.summary.json`` beside it, so a resumed run does not
-        evaluate a finished stage again."""
+        evaluate a finished stage again.
+
+        Each question's record is appended to ``<stage>.partial.jsonl`` as it finishes, so a stage
+        stopped part-way (a dead server, Ctrl-C, a killed process) keeps its finished questions:
+        the resumed stage runs only the others, and the summary covers all of them (its ``seconds``
+        adds up the attempts; ``resumed`` counts the questions taken from earlier attempts).
+        """
         path = self.dir.eval_path(stage) if agent == "society" else self.dir.role_eval_path(stage)
         summary_path = path.with_suffix(".summary.json")
         if summary_path.is_file():
             return json.loads(summary_path.read_text())
         examples = dev_subset(self.cfg) if examples is None else examples
+        partial = path.with_suffix(".partial.jsonl")
+        wanted = {str(e.id) for e in examples}
+        earlier = list({str(r["question_id"]): r for r in (read_jsonl(partial) if partial.is_file() else [])
+                        if str(r.get("question_id")) in wanted}.values())
+        done_ids = {str(r["question_id"]) for r in earlier}
+        earlier_seconds = max((float(r.get("stage_seconds") or 0) for r in earlier), default=0.0)
+        todo = [e for e in examples if str(e.id) not in done_ids]
         society = self.society()
-        recs: list[dict[str, Any]] = []
+        recs: list[dict[str, Any]] = list(earlier)
         t0 = time.perf_counter()
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+        if earlier:
+            self.echo(f"eval ({stage}): {len(earlier)} of {len(examples)} questions kept from an earlier attempt "
+                      f"({partial.name}); running the other {len(todo)}")
         with ExitStack() as stack:
             eps = self.endpoints(stack, society)
             bar = stack.enter_context(
@@ -581,21 +597,32 @@ class TrainingPipeline:
                     transient=False,
                 )
             )
-            task = bar.add_task(stage, total=len(examples), ex="")
+            task = bar.add_task(stage, total=len(examples), completed=len(earlier), ex="")
+            out_f = stack.enter_context(partial.open("a", encoding="utf-8"))
 
             def on_result(r: dict[str, Any]) -> None:
+                line = {**r, "stage": stage, "stage_seconds": earlier_seconds + time.perf_counter() - t0}
+                out_f.write(json.dumps(line, default=str) + "\n")
+                out_f.flush()
                 recs.append(r)
                 ex = sum(bool(x.get("match")) for x in recs) / len(recs)
                 bar.update(task, advance=1, ex=f"EX {100 * ex:.1f}%")
 
-            summary = evaluate(examples, society, agent=agent, concurrency=self.cfg.eval.concurrency, endpoints=eps,
-                               on_result=on_result, given_sql=given_sql)
-        with path.open("w") as f:
+            if todo:
+                evaluate(todo, society, agent=agent, concurrency=self.cfg.eval.concurrency, endpoints=eps,
+                         on_result=on_result, given_sql=given_sql)
+        order = {str(e.id): i for i, e in enumerate(examples)}
+        recs.sort(key=lambda r: order[str(r["question_id"])])
+        seconds = earlier_seconds + time.perf_counter() - t0
+        summary = summarise_records(agent, recs, seconds)
+        with atomic_writer(path) as f:
             for r in recs:
+                r = {k: v for k, v in r.items() if k != "stage_seconds"}
                 f.write(json.dumps({**r, "stage": stage}, default=str) + "\n")
-        out = {"stage": stage, "ex": summary.ex, "n": len(recs), "seconds": time.perf_counter() - t0,
+        out = {"stage": stage, "ex": summary.ex, "n": len(recs), "seconds": seconds, "resumed": len(earlier),
                **{k: v for k, v in summary.model_dump().items() if k not in {"ex", "run_dir"}}}
-        summary_path.write_text(json.dumps(out, indent=2, default=str))
+        atomic_write_text(summary_path, json.dumps(out, indent=2, default=str))
+        partial.unlink(missing_ok=True)
         what = "dev questions" if agent == "society" else f"dev questions ({agent} only)"
         self.echo(f"EX ({stage}) = {100 * summary.ex:.2f}% on {len(recs)} {what}")
         return out
@@ -605,8 +632,7 @@ class TrainingPipeline:
         juniors' sample whose baseline juniors produced a chosen candidate, with that candidate's SQL."""
         chosen = {}
         path = self.dir.role_eval_path("juniors_baseline")
-        for line in path.read_text().splitlines() if path.is_file() else []:
-            r = json.loads(line)
+        for r in read_jsonl(path) if path.is_file() else []:
             if r.get("pred_sql"):
                 chosen[str(r["question_id"])] = r["pred_sql"]
         pool = [e for e in dev_subset(self.cfg, self.cfg.eval.junior_limit) if e.id in chosen]
