@@ -585,7 +585,7 @@ class TrainingPipeline:
             self.echo(f"eval ({stage}): {len(earlier)} of {len(examples)} questions kept from an earlier attempt "
                       f"({partial.name}); running the other {len(todo)}")
         with ExitStack() as stack:
-            eps = self.endpoints(stack, society)
+            eps = self.endpoints(stack, society) if todo else {}  # no server when every question is kept
             bar = stack.enter_context(
                 Progress(
                     TextColumn(f"[bold]eval ({stage})[/bold]"),

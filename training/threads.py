@@ -7,7 +7,7 @@ __all__ = ["torch_threads"]
 
 def torch_threads(requested: int | None = None) -> int:
     """CPU threads for a torch training run: ``requested`` if given, else ``$SQLSOCIETY_TORCH_THREADS``,
-    else the idle cores now (``round(cores - 1-min load average)``, at least 1).
+    else the idle cores now (``society.serving.idle_threads``: cores minus the busy ones, at least 1).
 
     Why: torch's OpenMP workers spin-wait at every parallel region, so on a box whose cores are
     busy (llama.cpp servers, another run) more threads than idle cores are slower than fewer (the
