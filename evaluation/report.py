@@ -25,7 +25,7 @@ from tabulate import tabulate
 
 from evaluation.report_content import ReportContent, compute_report
 from evaluation.run_data import load_run
-from evaluation.stats import describe_effects, effects_table_markdown
+from evaluation.stats import describe_effects, effect_cells, effect_headers, effects_table_markdown
 from tools.files import atomic_write_text  # a failure leaves no half-written report
 
 # --------------------------------------------------------------------------- rendering
@@ -223,7 +223,7 @@ def render_html(c: ReportContent) -> str:
         stage_headers=_STAGE_HEADERS,
         stage_rows=_stage_rows(c),
         reward_computed=any(r.get("reward_source") for recs in run.evals.values() for r in recs),
-        effect_headers=_EFFECT_HEADERS,
+        effect_headers=effect_headers(c.effects),
         effect_rows=_effect_rows(c),
         effect_sentences=describe_effects(c.effects) if c.effects else [],
         effect_note=_EFFECT_NOTE,
@@ -259,17 +259,22 @@ def _md_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     )
 
 
-_EFFECT_HEADERS = ["phase", "role", "metric", "n", "before %", "after %", "Δ pts", "95% CI pts", "McNemar p", "fixed",
-                   "broken"]
-_EFFECT_NOTE = ("Paired on the same dev questions: Δ = after − before; CI: percentile bootstrap of the paired "
-                "difference (Efron & Tibshirani 1993); p: exact McNemar test on the discordant pairs (McNemar 1947). "
-                "An effect is distinguishable from zero when the CI excludes 0 and p < 0.05.")
+_EFFECT_NOTE = (
+    "Paired on the same dev questions: Δ = after − before; CI: percentile bootstrap of the paired difference "
+    "(Efron & Tibshirani 1993); McNemar p: exact McNemar test on the discordant pairs (McNemar 1947); "
+    "Holm p: that p adjusted by Holm's step-down procedure (Holm 1979) over the effect rows of this table, "
+    "so the chance that any row is called by luck is at most 5%. Noise rows (phase \"noise\") evaluate the "
+    "untrained juniors twice on the same questions with every junior's sampling seed shifted: their Δ is what "
+    "sampling alone moves (noise Δ beside the junior's SFT row); they are controls, not claims, and not in the "
+    "Holm family. An effect is called when its Holm p < 0.05, its CI excludes 0 and, where it has a noise row, "
+    "|Δ| > |noise Δ| and the noise row's own p >= 0.05. missing → 0: questions whose record held no outcome for "
+    "the role (it raised or produced no SQL), counted as its failures before / after; unpaired questions (held "
+    "by one stage only) are left out and counted.")
 
 
 def _effect_rows(c: ReportContent) -> list[list[str]]:
-    return [[e.phase, e.role, e.metric, str(e.n), f"{100 * e.before:.1f}", f"{100 * e.after:.1f}",
-             f"{100 * e.delta:+.1f}", f"[{100 * e.ci_low:+.1f}, {100 * e.ci_high:+.1f}]",
-             "<0.001" if e.p < 0.001 else f"{e.p:.3f}", str(e.fixed), str(e.broken)] for e in c.effects]
+    """The effects table's rows as strings (:func:`evaluation.stats.effect_cells`)."""
+    return [effect_cells(e) for e in c.effects]
 
 
 def render_markdown(c: ReportContent) -> str:

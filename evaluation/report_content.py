@@ -328,7 +328,9 @@ class ReportContent:
         pngs: figure name -> PNG bytes (``learning_curves``, ``training_signals``, ``ex_per_stage``,
             ``role_ex``), only those with data.
         effects: :func:`evaluation.role_effects.role_effects` rows (each phase on its own role,
-            paired, with CI and McNemar p).
+            paired, with CI, raw McNemar p and the p Holm-adjusted over these rows, the juniors'
+            noise-control rows when the run has them, and the questions counted as failures;
+            :meth:`evaluation.stats.Effect.called` is the verdict).
     """
 
     run: RunData

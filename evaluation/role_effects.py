@@ -17,9 +17,16 @@ phase      role        metric                                         before -> 
 all        society     end-to-end EX                                   baseline -> last stage
 =========  ==========  =============================================  ==========================
 
-each with n, before, after, the difference, a 95 % paired-bootstrap CI and the exact McNemar p
-(see :mod:`evaluation.stats` for the formulas and their sources). Questions are paired by
-``question_id``; a question missing from either stage is left out of that row.
+each with n, before, after, the difference, a 95 % paired-bootstrap CI, the exact McNemar p and
+the McNemar p Holm-adjusted over the effect rows of the run (see :mod:`evaluation.stats` for the
+formulas, their sources and when an effect is *called*).
+
+Pairing. Questions are paired by ``question_id``. A question both stages hold whose record has no
+outcome for the row's role (no ``ex`` for the junior: it raised, timed out or produced no SQL; no
+``before_ex``/``after_ex`` for the senior; no choice for the supervisor) counts as a failure (0)
+of that role in that stage, and the row says how many (``Effect.missing_before`` /
+``missing_after``). A question held by only one of the two stages (a stage that did not finish)
+cannot be paired: it is left out and counted (``Effect.unpaired``). Nothing is dropped silently.
 
 When the run made role-level evaluations (``eval/roles/<stage>.jsonl``, the role-level agents of
 ``society.baselines`` on their own larger samples) and a phase-4 replay (``phases/4-bandit/
@@ -34,35 +41,78 @@ phase      role        metric                                         before -> 
 4 bandit   supervisor  EX of the chosen candidate, all / contested     majority vote -> bandit
 all        society     end-to-end EX                                   baseline -> last stage
 =========  ==========  =============================================  ==========================
+
+Noise control. When the run also evaluated the untrained juniors a second time on the same
+questions with every junior's sampling seed shifted (:data:`NOISE_STAGE`, ``eval.noise_repeat``
+of ``training.pipeline``), each junior's SFT row is followed by a ``kind="noise"`` row
+(phase ``noise``: ``juniors_baseline`` -> :data:`NOISE_STAGE`, same pairing rules) and carries that
+row's Δ and p as ``noise_delta``/``noise_p``: the difference two evaluations of the *same
+untrained* junior show. The SFT row is called only when ``|Δ| > |noise Δ|`` and the noise row's
+own p >= 0.05, besides the Holm-adjusted p < 0.05 and a CI that excludes 0
+(:meth:`evaluation.stats.Effect.called`). Noise rows are controls, not claims: they are not in the
+Holm family.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from evaluation.stats import Effect, paired_effect
+from evaluation.stats import Effect, holm_effects, paired_effect
 
-__all__ = ["STAGES", "role_effects"]
+__all__ = ["NOISE_STAGE", "STAGES", "Pairs", "role_effects"]
 
 #: Stage order of a training run (``training.pipeline``: baseline, then after phases 2, 3, 4).
 STAGES = ("baseline", "sft", "grpo", "bandit")
+
+#: The role-level stage of the noise control: the untrained juniors on the questions of
+#: ``juniors_baseline`` again, every junior's sampling seed shifted (``training.pipeline``).
+NOISE_STAGE = "juniors_baseline_repeat"
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """Aligned 0/1 outcomes of one row and what pairing did to get them.
+
+    Attributes:
+        before / after: outcomes, question by question (same length).
+        missing_before / missing_after: questions whose outcome was absent and counted as 0.
+        unpaired: questions held by one of the two stages only (left out).
+    """
+
+    before: list[int]
+    after: list[int]
+    missing_before: int = 0
+    missing_after: int = 0
+    unpaired: int = 0
 
 
 def _by_question(records: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
     return {str(r.get("question_id")): r for r in records if r.get("question_id") is not None}
 
 
-def _pairs(a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]], get: Any) -> tuple[list[int], list[int]]:
-    """Aligned 0/1 outcomes of the questions both stages hold and ``get`` can score (not None)."""
+Getter = Callable[[Mapping[str, Any]], Any]
+
+
+def _pairs(a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]], get: Getter) -> Pairs:
+    """Outcomes ``get`` reads from the questions both stages hold, paired by ``question_id`` (sorted);
+    an outcome ``get`` finds absent (None) counts as 0 and is counted; questions held by one stage
+    only are counted in ``unpaired``."""
     qa, qb = _by_question(a), _by_question(b)
-    before, after = [], []
-    for q in sorted(set(qa) & set(qb)):
-        x, y = get(qa[q]), get(qb[q])
-        if x is not None and y is not None:
-            before.append(int(bool(x)))
-            after.append(int(bool(y)))
-    return before, after
+    return _score([(get(qa[q]), get(qb[q])) for q in sorted(set(qa) & set(qb))], unpaired=len(set(qa) ^ set(qb)))
+
+
+def _within(records: Sequence[Mapping[str, Any]], get_before: Getter, get_after: Getter) -> Pairs:
+    """Two outcomes of the same records (e.g. the senior's input and output), with :func:`_pairs`' rules."""
+    return _score([(get_before(r), get_after(r)) for r in records])
+
+
+def _score(raw: Sequence[tuple[Any, Any]], unpaired: int = 0) -> Pairs:
+    before = [0 if x is None else int(bool(x)) for x, _ in raw]
+    after = [0 if y is None else int(bool(y)) for _, y in raw]
+    return Pairs(before, after, sum(x is None for x, _ in raw), sum(y is None for _, y in raw), unpaired)
 
 
 def _junior_ex(name: str) -> Any:
@@ -86,11 +136,16 @@ def _net_senior(r: Mapping[str, Any]) -> Any:
     return bool(s["after_ex"]) and not bool(s["before_ex"])  # a fix by the senior
 
 
-def _effect(phase: str, role: str, metric: str, pair: tuple[list[int], list[int]], seed: int) -> Effect | None:
-    before, after = pair
-    if not before:
+def _effect(phase: str, role: str, metric: str, pair: Pairs, seed: int, kind: str = "effect") -> Effect | None:
+    if not pair.before:
         return None
-    return paired_effect(before, after, phase=phase, role=role, metric=metric, seed=seed)
+    e = paired_effect(pair.before, pair.after, phase=phase, role=role, metric=metric, seed=seed)
+    return dataclasses.replace(e, missing_before=pair.missing_before, missing_after=pair.missing_after,
+                               unpaired=pair.unpaired, kind=kind)
+
+
+def _juniors(*stages: Sequence[Mapping[str, Any]] | None) -> list[str]:
+    return sorted({k for recs in stages for r in recs or [] for k in (r.get("roles") or {}) if k.startswith("junior")})
 
 
 def role_effects(evals: Mapping[str, Sequence[Mapping[str, Any]]], *, seed: int = 0,
@@ -102,42 +157,52 @@ def role_effects(evals: Mapping[str, Sequence[Mapping[str, Any]]], *, seed: int 
         evals: stage name -> records of ``eval/<stage>.jsonl`` (see the module docstring).
         seed: the bootstrap seed (the same seed gives the same CIs).
         role_evals: role-level stage name (``juniors_baseline``, ``juniors_sft``, ``senior_baseline``,
-            ``senior_grpo``) -> records of ``eval/roles/<stage>.jsonl``; each role judged there
-            replaces its rows from ``evals``.
+            ``senior_grpo``, :data:`NOISE_STAGE`) -> records of ``eval/roles/<stage>.jsonl``; each
+            role judged there replaces its rows from ``evals``; :data:`NOISE_STAGE` adds the juniors'
+            noise rows.
         replay: rows of ``phases/4-bandit/replay.jsonl`` (``training.bandit.replay_outcomes``).
 
     Returns:
-        :class:`evaluation.stats.Effect` rows in the order of the module docstring's tables.
+        :class:`evaluation.stats.Effect` rows in the order of the module docstring's tables, with
+        ``p_holm`` set over the effect rows (:func:`evaluation.stats.holm_effects`), noise rows
+        after their junior's SFT row, and the counts of questions counted as failures or unpaired.
     """
     out: list[Effect | None] = []
     base, sft, grpo, bandit = (evals.get(s) for s in STAGES)
     roles = role_evals or {}
     jb, js = roles.get("juniors_baseline"), roles.get("juniors_sft")
+    jr = roles.get(NOISE_STAGE)
     sb, sg = roles.get("senior_baseline"), roles.get("senior_grpo")
-    if jb and js:
+    role_level_juniors = bool(jb and js)
+    if role_level_juniors:
         base, sft = jb, js  # the juniors' rows come from the juniors-only evaluations
     grpo_rows: list[Effect | None] = []  # the senior judged on its own fixed inputs
     if sb and sg:
         grpo_rows.append(_effect("3 GRPO", "senior", "EX of its output on fixed inputs (base -> trained)",
                                  _pairs(sb, sg, _senior("after_ex")), seed))
         for name, recs in (("base", sb), ("trained", sg)):
-            pairs = [(_senior("before_ex")(r), _senior("after_ex")(r)) for r in recs]
-            keep = [(int(bool(x)), int(bool(y))) for x, y in pairs if x is not None and y is not None]
-            if keep:
-                grpo_rows.append(_effect("3 GRPO", "senior", f"EX of output vs its input ({name} senior)",
-                                         ([k[0] for k in keep], [k[1] for k in keep]), seed))
+            grpo_rows.append(_effect("3 GRPO", "senior", f"EX of output vs its input ({name} senior)",
+                                     _within(recs, _senior("before_ex"), _senior("after_ex")), seed))
+    noise: dict[str, Effect] = {}
+    if jb and jr:  # the untrained juniors twice, other sampling seeds
+        for j in _juniors(jb, jr):
+            n = _effect("noise", j, "own candidate EX, untrained juniors evaluated twice (other sampling seeds)",
+                        _pairs(jb, jr, _junior_ex(j)), seed, kind="noise")
+            if n is not None:
+                noise[j] = n
     if base and sft:
-        juniors = sorted({k for r in base for k in (r.get("roles") or {}) if k.startswith("junior")})
-        for j in juniors:
-            out.append(_effect("2 SFT", j, "own candidate EX", _pairs(base, sft, _junior_ex(j)), seed))
+        for j in _juniors(base, sft):
+            e = _effect("2 SFT", j, "own candidate EX", _pairs(base, sft, _junior_ex(j)), seed)
+            if e is not None and role_level_juniors and j in noise:
+                e = dataclasses.replace(e, noise_delta=noise[j].delta, noise_p=noise[j].p)
+            out.append(e)
+            if role_level_juniors and j in noise:
+                out.append(noise.pop(j))
+    out.extend(noise.values())  # noise rows without an SFT row to sit under (phase 2 not evaluated yet)
     out.extend(grpo_rows)
     if grpo and not grpo_rows:
-        before = [_senior("before_ex")(r) for r in grpo]
-        after = [_senior("after_ex")(r) for r in grpo]
-        keep = [(int(bool(x)), int(bool(y))) for x, y in zip(before, after) if x is not None and y is not None]
-        if keep:
-            out.append(_effect("3 GRPO", "senior", "EX of output vs its input",
-                               ([k[0] for k in keep], [k[1] for k in keep]), seed))
+        out.append(_effect("3 GRPO", "senior", "EX of output vs its input",
+                           _within(grpo, _senior("before_ex"), _senior("after_ex")), seed))
     if sft and grpo and not grpo_rows:
         sft_soc, grpo_soc = evals.get("sft"), grpo
         if sft_soc:
@@ -149,7 +214,7 @@ def role_effects(evals: Mapping[str, Sequence[Mapping[str, Any]]], *, seed: int 
             if rows:
                 out.append(_effect("4 bandit", "supervisor", f"EX of the chosen candidate, {label} "
                                    "(majority vote -> bandit, offline replay)",
-                                   ([int(r["majority_vote"]) for r in rows], [int(r["bandit"]) for r in rows]), seed))
+                                   _within(rows, lambda r: r.get("majority_vote"), lambda r: r.get("bandit")), seed))
     elif grpo and bandit:
         chosen = _pairs(grpo, bandit, _chosen_ex)
         out.append(_effect("4 bandit", "supervisor", "EX of the chosen candidate", chosen, seed))
@@ -157,4 +222,4 @@ def role_effects(evals: Mapping[str, Sequence[Mapping[str, Any]]], *, seed: int 
     last = next((evals.get(s) for s in reversed(STAGES[1:]) if evals.get(s)), None)
     if soc_base and last:
         out.append(_effect("all", "society", "end-to-end EX", _pairs(soc_base, last, lambda r: r.get("match")), seed))
-    return [e for e in out if e is not None]
+    return holm_effects(e for e in out if e is not None)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from evaluation.report import render_markdown
-from evaluation.report_content import compute_report
-from evaluation.role_effects import role_effects
-from evaluation.run_data import load_run
+from evaluation.report_content import ReportContent, compute_report
+from evaluation.role_effects import NOISE_STAGE, role_effects
+from evaluation.run_data import RunData, load_run
+from evaluation.stats import holm_adjust
 
 
 def _rec(q: str, juniors: dict[str, bool], choice: str, before: bool, after: bool) -> dict:
@@ -78,3 +81,76 @@ def test_report_shows_the_table_for_a_recorded_run():
     assert "## Each phase on the role it trains" in md and "McNemar p" in md
     assert {e.role for e in c.effects} >= {"junior_direct", "society"}
     assert "not distinguishable from zero" in md
+
+
+def _junior_recs(qs: list[str], ex: dict[str, object]) -> list[dict]:
+    """Juniors-only records; ``ex[q]`` None: the junior has no outcome (its entry has no ``ex``);
+    ``"absent"``: the record holds no entry for it at all (the run raised before any candidate)."""
+    out = []
+    for q in qs:
+        v = ex[q]
+        roles = {} if v == "absent" else {"junior_a": {"sql": None} if v is None else {"ex": v}}
+        out.append({"question_id": q, "roles": roles})
+    return out
+
+
+def test_a_junior_with_no_outcome_counts_as_a_failure_and_is_counted():
+    qs = [f"dev-{i}" for i in range(10)]
+    jb = _junior_recs(qs, {q: i < 5 for i, q in enumerate(qs)})  # right on 0-4
+    # after SFT: right on 0-3 and 5-7; question 4 raised (no entry), question 8 produced no SQL (no ex)
+    after = {q: (i < 4 or 5 <= i < 8) for i, q in enumerate(qs)}
+    after.update({"dev-4": "absent", "dev-8": None})
+    js = _junior_recs(qs[:9] + ["dev-99"], {**after, "dev-99": True})  # dev-9 unfinished, dev-99 extra
+    (a,) = role_effects({}, role_evals={"juniors_baseline": jb, "juniors_sft": js})
+    assert (a.n, a.missing_before, a.missing_after, a.unpaired) == (9, 0, 2, 2)
+    # dev-4 went 1 -> 0 (counted as a failure, not dropped); 5, 6, 7 went 0 -> 1
+    assert (a.before, a.after, a.fixed, a.broken) == (5 / 9, 7 / 9, 3, 1)
+    md = _markdown_for({"juniors_baseline": jb, "juniors_sft": js})
+    assert "0/2; 2 unpaired" in md and "0 before / 2 after with no outcome counted as failures" in md
+
+
+def _markdown_for(role_evals: dict, evals: dict | None = None) -> str:
+    """The report's Markdown (effects section only) for constructed records."""
+    effects = role_effects(evals or {}, role_evals=role_evals)
+    run = RunData(run_dir=Path("run"), role_evals=role_evals)
+    return render_markdown(ReportContent(run=run, stages={}, phases=[], roles=[], examples=[], trained_stage=None,
+                                         pngs={}, effects=effects))
+
+
+def test_noise_rows_sit_under_their_junior_and_set_its_floor():
+    qs = [f"dev-{i}" for i in range(40)]
+    base = {"junior_a": set(range(10)), "junior_b": set(range(10))}
+    sft = {"junior_a": set(range(20)), "junior_b": set(range(20))}  # +25 pts each (10 fixed, 0 broken)
+    # the untrained repeat: junior_a moves by 2 questions, junior_b by 11 (more than its SFT effect)
+    rep = {"junior_a": set(range(12)), "junior_b": set(range(21))}
+
+    def recs(right: dict[str, set[int]]) -> list[dict]:
+        return [{"question_id": q, "roles": {j: {"ex": i in right[j]} for j in right}} for i, q in enumerate(qs)]
+
+    role_evals = {"juniors_baseline": recs(base), "juniors_sft": recs(sft), NOISE_STAGE: recs(rep)}
+    soc = [_rec(q, {"junior_a": True}, "junior_a", True, i < 20) for i, q in enumerate(qs)]
+    rows = role_effects({"baseline": soc, "bandit": soc}, role_evals=role_evals)
+    assert [(e.phase, e.role, e.kind) for e in rows] == [
+        ("2 SFT", "junior_a", "effect"), ("noise", "junior_a", "noise"),
+        ("2 SFT", "junior_b", "effect"), ("noise", "junior_b", "noise"), ("all", "society", "effect")]
+    a, na, b, nb, society = rows
+    assert (na.delta, nb.delta) == (pytest.approx(2 / 40), pytest.approx(11 / 40))
+    assert (a.noise_delta, a.noise_p, b.noise_delta) == (na.delta, na.p, nb.delta)
+    # Holm over the three effect rows only; the controls carry their raw p
+    effect_ps = [e.p for e in rows if e.kind == "effect"]
+    assert [e.p_holm for e in rows if e.kind == "effect"] == pytest.approx(holm_adjust(effect_ps))
+    assert na.p_holm is None and nb.p_holm is None
+    # a and b tie at p = 2^-9: both get 3 p (m = 3); the society row (no change) p = 1
+    assert a.p_holm == b.p_holm == pytest.approx(3 * a.p) and a.p_holm < 0.05 and a.called()  # +25 > +5 pts
+    assert b.p_holm < 0.05 and b.ci_excludes_zero and not b.called()  # +25 pts is within its +27.5-pt noise
+    md = _markdown_for(role_evals, {"baseline": soc, "bandit": soc})
+    assert "Holm p" in md and "noise Δ pts" in md and "| noise " in md
+    assert "within the noise floor, not called" in md and "An effect is called when its Holm p < 0.05" in md
+
+
+def test_noise_rows_without_an_sft_stage_yet():
+    qs = [f"dev-{i}" for i in range(6)]
+    jb = [{"question_id": q, "roles": {"junior_a": {"ex": i < 3}}} for i, q in enumerate(qs)]
+    jr = [{"question_id": q, "roles": {"junior_a": {"ex": i < 2}}} for i, q in enumerate(qs[:5])]
+    (n,) = role_effects({}, role_evals={"juniors_baseline": jb, NOISE_STAGE: jr})
+    assert (n.kind, n.n, n.broken, n.unpaired, n.p_holm) == ("noise", 5, 1, 1, None)

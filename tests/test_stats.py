@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import doctest
 from math import comb
 
@@ -124,3 +125,95 @@ def test_table_and_words() -> None:
     assert "not distinguishable from zero" in words[1]
     assert strong.significant() and not null.significant()
     assert isinstance(strong, Effect) and strong.as_dict()["fixed"] == 20
+
+
+def _cells(md: str) -> list[list[str]]:
+    """A Markdown table's rows (header first, separator left out) as stripped cells."""
+    lines = md.splitlines()
+    return [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines[:1] + lines[2:]]
+
+
+def _holm_by_steps(ps: list[float], alpha: float) -> set[int]:
+    """Holm (1979) as first written: sort ascending, reject while p_(i) <= alpha / (m - i + 1), then stop."""
+    m = len(ps)
+    rejected: set[int] = set()
+    for rank, i in enumerate(sorted(range(m), key=lambda k: ps[k])):
+        if ps[i] >= alpha / (m - rank):  # < alpha on the adjusted scale <=> p < alpha / (m - rank)
+            break
+        rejected.add(i)
+    return rejected
+
+
+def test_holm_adjust_by_hand_and_against_the_step_down_procedure() -> None:
+    # m = 4: sorted 0.001 (x4), 0.01 (x3), 0.02 (x2 = 0.04 -> max 0.04), 0.5 (x1 = 0.5)
+    assert stats.holm_adjust([0.5, 0.01, 0.001, 0.02]) == pytest.approx([0.5, 0.03, 0.004, 0.04])
+    assert stats.holm_adjust([0.3, 0.3]) == pytest.approx([0.6, 0.6])
+    assert stats.holm_adjust([0.9, 0.8]) == [1.0, 1.0]  # capped at 1
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        ps = list(rng.uniform(0, 0.2, size=int(rng.integers(1, 9))))
+        adj = stats.holm_adjust(ps)
+        assert all(p <= a <= min(1.0, len(ps) * p) + 1e-12 for p, a in zip(ps, adj))  # between raw and Bonferroni
+        ranked = sorted(range(len(ps)), key=lambda k: ps[k])
+        assert all(adj[i] <= adj[j] for i, j in zip(ranked, ranked[1:]))  # monotone in the raw order
+        for alpha in (0.01, 0.05, 0.1):
+            assert {i for i, a in enumerate(adj) if a < alpha} == _holm_by_steps(ps, alpha)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), 1.5, -0.1, "0.1", True, None])
+def test_holm_adjust_rejects_what_is_not_a_p_value(bad: object) -> None:
+    with pytest.raises(ValueError, match=r"pvalues\[1\]"):
+        stats.holm_adjust([0.1, bad])  # type: ignore[list-item]
+
+
+def test_verdict_uses_the_holm_adjusted_p() -> None:
+    # 6 fixed, 0 broken of 20: McNemar p = 2 / 2^6 = 0.03125, CI excludes 0
+    rows = [paired_effect([0] * 20, [1] * 6 + [0] * 14, phase="sft", role=f"junior_{k}", seed=0) for k in range(3)]
+    assert all(e.p == pytest.approx(0.03125) and e.ci_excludes_zero for e in rows)
+    alone = describe_effects(rows[:1])[0]
+    assert alone.endswith("distinguishable from zero.") and "Holm-adjusted p = 0.031 over 1 row;" in alone
+    three = describe_effects(rows)  # 3 x 0.03125 = 0.094 for the smallest: none survives
+    assert all("Holm-adjusted p = 0.094 over 3 rows" in t and "borderline (the CI excludes 0 but the Holm-adjusted "
+               "p >= 0.05)" in t for t in three)
+    adjusted = stats.holm_effects(rows)
+    assert [e.p_holm for e in adjusted] == pytest.approx([0.09375] * 3) and not any(e.called() for e in adjusted)
+    assert all(e.significant() for e in adjusted)  # the raw rule would have called all three
+    md = effects_table_markdown(rows)
+    head = _cells(md)[0]
+    assert head[8:11] == ["McNemar p", "Holm p", "noise Δ pts"] and head[-1] == "verdict"
+    assert all(c[8:11] == ["0.031", "0.094", "–"] and c[-1] == "not called" for c in _cells(md)[1:])
+
+
+def test_noise_rows_are_controls_and_set_the_floor() -> None:
+    strong = paired_effect([0] * 40, [1] * 8 + [0] * 32, phase="2 SFT", role="junior_a", seed=0)  # +20 pts, p=0.008
+    noise_small = paired_effect([0] * 40, [1] * 2 + [0] * 38, phase="noise", role="junior_a", seed=0)
+    noise_big = paired_effect([0] * 40, [1] * 9 + [0] * 31, phase="noise", role="junior_a", seed=0)
+    noise_small, noise_big = (dataclasses.replace(n, kind="noise") for n in (noise_small, noise_big))
+
+    def floor(n: Effect) -> Effect:
+        return dataclasses.replace(strong, noise_delta=n.delta, noise_p=n.p)
+
+    rows = stats.holm_effects([floor(noise_small), noise_small])
+    assert rows[1].p_holm is None and rows[0].p_holm == pytest.approx(strong.p)  # a family of one
+    assert rows[0].above_noise() is True and rows[0].called() and not rows[1].called()
+    words = describe_effects(rows)
+    assert words[0].endswith("distinguishable from zero.") and "noise floor Δ +5.0 pts" in words[0]
+    assert words[1].startswith("noise junior_a") and "noise control" in words[1]
+    # the untrained repeat moved as much as training did (+22.5 > +20): not called
+    big = stats.holm_effects([floor(noise_big), noise_big])
+    assert big[0].above_noise() is False and not big[0].called()
+    assert "within the noise floor, not called (the untrained role differs from itself" in describe_effects(big)[0]
+    # a noise row whose own Δ is small but whose p < 0.05 still blocks the call
+    odd = dataclasses.replace(strong, noise_delta=0.0, noise_p=0.01)
+    assert odd.above_noise() is False and not stats.holm_effects([odd])[0].called()
+    cells = stats.effect_cells(big[1])
+    assert cells[9] == "–" and cells[-1] == "noise control"  # no Holm p for a control
+
+
+def test_missing_and_unpaired_counts_are_shown() -> None:
+    e = dataclasses.replace(paired_effect([0, 1, 0], [1, 1, 0], role="junior_a"), missing_before=1, missing_after=2,
+                            unpaired=3)
+    assert stats.missing_text(e) == "1/2; 3 unpaired"
+    assert "1 before / 2 after with no outcome counted as failures; 3 questions held by one stage only left out" \
+        in describe_effects([e])[0]
+    assert _cells(effects_table_markdown([e]))[1][13] == "1/2; 3 unpaired"

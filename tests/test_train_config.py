@@ -74,3 +74,89 @@ def test_trl_args_reach_trl_and_typos_fail_at_load(tmp_path: Path) -> None:
         SeniorGRPOConfig(trl_args={"max_steps": 3})
     with pytest.raises(TrainConfigError, match="max_grad_nrom"):
         TrainConfig.load(_profile(tmp_path, grpo={"trl_args": {"max_grad_nrom": 1.0}}))
+
+
+def test_a_profile_that_gathers_on_its_evaluation_split_is_refused(tmp_path: Path) -> None:
+    p = _profile(tmp_path, gather={"split": "dev"})  # eval.split is dev too
+    with pytest.raises(TrainConfigError) as e:
+        TrainConfig.load(p)
+    msg = str(e.value)
+    assert "gather.split and eval.split are both 'dev'" in msg and "Set gather.split to the training split" in msg
+    r = CliRunner().invoke(app, ["train", "--config", str(p), "--dry-run"])
+    assert r.exit_code == 2 and "gather.split and eval.split" in r.output
+    with pytest.raises(ValueError, match="gather.split and eval.split"):  # not only through load: the schema
+        TrainConfig.model_validate({"gather": {"split": "Train"}, "eval": {"split": "train "}})
+    assert TrainConfig.model_validate({"gather": {"split": "train"}, "eval": {"split": "dev"}}).eval.split == "dev"
+
+
+def test_noise_repeat_is_on_where_juniors_sample_and_needs_the_juniors_evaluation(tmp_path: Path) -> None:
+    assert {n: TrainConfig.load(n).eval.noise_repeat for n in ("smoke", "default", "long")} == \
+        {"smoke": False, "default": True, "long": True}
+    with pytest.raises(TrainConfigError, match="eval.noise_repeat needs eval.junior_limit > 0"):
+        TrainConfig.load(_profile(tmp_path, eval={"noise_repeat": True, "junior_limit": 0, "senior_limit": 0}))
+
+
+def test_the_noise_repeat_shifts_every_junior_seed_and_nothing_else() -> None:
+    from society.config import SocietyConfig
+    from training.pipeline import NOISE_SEED_OFFSET, _kind, with_junior_seed_offset
+
+    sc = SocietyConfig.load(PROFILE_DIR.parent / "society.yaml")
+    juniors = [r for r in sc.roles if _kind(r.type) == "junior"]
+    unseeded = juniors[0].model_copy(update={"sampling": juniors[0].sampling.model_copy(update={"seed": None})})
+    sc = sc.model_copy(update={"roles": [*sc.roles, unseeded.model_copy(update={"name": "junior_unseeded"})]})
+    out = with_junior_seed_offset(sc)
+    for before, after in zip(sc.roles, out.roles):
+        if _kind(before.type) == "junior" and before.sampling.seed is not None:
+            assert after.sampling.seed == before.sampling.seed + NOISE_SEED_OFFSET
+            assert after.sampling.model_dump(exclude={"seed"}) == before.sampling.model_dump(exclude={"seed"})
+        else:  # other roles, and a junior without a seed (the server draws a random one per request)
+            assert after == before
+    assert [r.sampling.seed for r in sc.roles if _kind(r.type) == "junior"] == [11, 12, 13, None]  # input unchanged
+
+
+def test_the_noise_repeat_is_a_resumable_stage_run_with_the_shifted_seeds(tmp_path: Path, monkeypatch) -> None:
+    """The juniors-only baseline, then its repeat on the same questions with shifted seeds; no model server
+    (``evaluate`` and the endpoints are replaced: what is checked is what the pipeline asks for and writes)."""
+    import training.pipeline as tp
+    from evaluation.role_effects import NOISE_STAGE
+    from tools.files import read_jsonl
+
+    cfg = yaml.safe_load((PROFILE_DIR / "smoke.yaml").read_text())
+    cfg["society_config"] = str(PROFILE_DIR.parent / "smoke.yaml")
+    cfg["eval"].update(junior_limit=3, senior_limit=0, noise_repeat=True)
+    calls: list[tuple[list[str], dict[str, int | None]]] = []
+
+    def fake_evaluate(todo, society, *, agent, on_result, **kw):
+        assert agent == "juniors"
+        seeds = {r.name: r.sampling.seed for r in society.roles if tp._kind(r.type) == "junior"}
+        calls.append(([e.id for e in todo], seeds))
+        for e in todo:
+            on_result({"question_id": e.id, "match": False, "roles": {j: {"ex": False} for j in seeds}})
+
+    monkeypatch.setattr(tp, "evaluate", fake_evaluate)
+    monkeypatch.setattr(tp.TrainingPipeline, "endpoints", lambda self, stack, society: {})
+    msgs: list[str] = []
+    pipe = tp.TrainingPipeline(tp.TrainConfig.model_validate(cfg), tmp_path / "run", echo=msgs.append)
+    pipe.evaluate_roles("baseline")
+    (ids, base_seeds), (rep_ids, rep_seeds) = calls
+    assert rep_ids == ids and len(ids) == 3  # the same questions
+    assert rep_seeds == {j: s + tp.NOISE_SEED_OFFSET for j, s in base_seeds.items()}
+    recs = read_jsonl(pipe.dir.role_eval_path(NOISE_STAGE))
+    assert [r["question_id"] for r in recs] == ids and {r["stage"] for r in recs} == {NOISE_STAGE}
+    assert pipe.evaluate_noise_repeat()["n"] == 3 and len(calls) == 2  # finished: kept, not run again
+    late = tp.TrainingPipeline(tp.TrainConfig.model_validate(cfg), tmp_path / "late", echo=msgs.append)
+    late.dir.mark_done(2, {})  # a resumed run whose profile gained the repeat after phase 2: not run
+    assert late.evaluate_noise_repeat() is None and len(calls) == 2
+    assert any("no noise control" in m for m in msgs)
+
+
+def test_dry_run_shows_the_noise_repeat_and_its_cost() -> None:
+    from training.plan import plan_profile
+
+    plan = plan_profile(TrainConfig.load("default"), source="default")
+    base = next(p["what"] for p in plan.phases if p["step"] == "eval baseline roles")
+    assert "noise control: juniors only again on the same 300 questions, each junior's sampling seed + 1000" in base
+    assert "juniors only 300 questions x 3 (one is the noise control)" in plan.budgets["eval"]
+    off = plan_profile(TrainConfig.model_validate({**TrainConfig.load("default").model_dump(),
+                                                    "eval": {"junior_limit": 300, "noise_repeat": False}}))
+    assert any(f.where == "eval.noise_repeat" and "without a noise floor" in f.message for f in off.findings)

@@ -14,7 +14,11 @@ Before phase 1 and after each of phases 2-4 the society is evaluated on a fixed 
 also judged on the role it trains, on its own larger samples (``RUN_DIR/eval/roles/<stage>.jsonl``,
 role-level agents of ``society.baselines``): the juniors (``eval.junior_limit`` questions) before
 and after phase 2, the senior on the juniors' chosen candidates (``eval.senior_limit``) before and
-after phase 3, and the supervisor by offline replay of those held-out decisions in phase 4.
+after phase 3, and the supervisor by offline replay of those held-out decisions in phase 4. With
+``eval.noise_repeat`` the untrained juniors are evaluated a second time on their questions with
+every junior's sampling seed + :data:`NOISE_SEED_OFFSET` (``juniors_baseline_repeat``): the noise
+floor the report sets beside each junior's SFT effect. A profile whose ``gather.split`` is its
+``eval.split`` is refused (:class:`TrainConfig`).
 
 Resume: each phase writes ``RUN_DIR/phases/<k>-<name>/done.json`` when it finishes; a run started
 with ``--resume RUN_DIR`` skips finished phases (re-serving their artifacts) and phase 1 skips the
@@ -39,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from evaluation.report import write_report
 from evaluation.rewards import RewardConfig
+from evaluation.role_effects import NOISE_STAGE
 from evaluation.society_eval import evaluate, summarise_records
 from society.candidate import Candidate
 from society.config import SocietyConfig
@@ -137,6 +142,13 @@ class EvalSection(_Section):
         senior_limit: inputs of the senior-only evaluation (``senior`` agent on the baseline
             juniors' chosen candidates, the first ``senior_limit`` questions of the juniors'
             sample that have one) at the baseline and after phase 3; 0 = off. Needs ``junior_limit``.
+        noise_repeat: the noise control: right after the juniors-only baseline, evaluate the
+            untrained juniors once more on the same ``junior_limit`` questions with every junior's
+            sampling seed shifted by :data:`NOISE_SEED_OFFSET` (stage ``juniors_baseline_repeat``,
+            :data:`evaluation.role_effects.NOISE_STAGE`); the report shows, beside each junior's
+            SFT effect, the Δ between the two untrained evaluations, and calls the effect only when
+            it is larger. Worth its cost (one more juniors-only evaluation) when a junior samples at
+            temperature > 0. Needs ``junior_limit``.
         concurrency: questions run at once (threads).
     """
 
@@ -147,12 +159,16 @@ class EvalSection(_Section):
     society_stages: Literal["every", "ends"] = "every"
     junior_limit: int = Field(0, ge=0)
     senior_limit: int = Field(0, ge=0)
+    noise_repeat: bool = False
 
     @model_validator(mode="after")
     def _senior_needs_juniors(self) -> EvalSection:
         if self.senior_limit and not self.junior_limit:
             raise ValueError("eval.senior_limit needs eval.junior_limit > 0: the senior is judged on the baseline "
                              "juniors' chosen candidates")
+        if self.noise_repeat and not self.junior_limit:
+            raise ValueError("eval.noise_repeat needs eval.junior_limit > 0: it repeats the juniors-only baseline "
+                             "evaluation")
         return self
 
 
@@ -207,6 +223,11 @@ class TrainConfig(_Section):
         llm_proxy: route every model alias through Agent Lightning's ``LLMProxy``
             (:func:`society.proxy.llm_proxy`); False: roles call the servers' base URLs directly.
         serving: :class:`ServingSection` (engine and its settings).
+
+    Raises (as a ``ValidationError``; :meth:`load` raises :class:`TrainConfigError`):
+        ``gather.split`` equal to ``eval.split``: phase 1 would gather (and phases 2-4 train on)
+        the questions every evaluation scores, so no before/after effect would be measured on
+        held-out questions (:meth:`_held_out_evaluation`).
     """
 
     name: str = "custom"
@@ -222,6 +243,19 @@ class TrainConfig(_Section):
     reward: dict[str, Any] = Field(default_factory=dict)
     llm_proxy: bool = True
     serving: ServingSection = Field(default_factory=ServingSection)
+
+    @model_validator(mode="after")
+    def _held_out_evaluation(self) -> TrainConfig:
+        """Refuse a profile whose gather split (phase-1 rollouts: the questions phases 2-4 train on)
+        is its evaluation split (the dev samples every effect is measured on). Compared as names,
+        stripped and case-folded (``split`` names the file ``<split>.json``)."""
+        if self.gather.split.strip().casefold() == self.eval.split.strip().casefold():
+            raise ValueError(
+                f"gather.split and eval.split are both {self.eval.split!r}: phase 1 would gather the questions the "
+                "evaluations score, and phases 2-4 would train on them, so every before/after effect would be "
+                "measured on training questions. Set gather.split to the training split (e.g. train) and eval.split "
+                "to a held-out split (e.g. dev)")
+        return self
 
     def typed_sections(self) -> tuple[dict[str, Any], list[tuple[str, str]]]:
         """The ``sft`` / ``grpo`` / ``bandit`` / ``reward`` sections built as their classes
@@ -377,6 +411,28 @@ def role_split_config(society: Any) -> Any:
 
 def _kind(role_type: str) -> str:
     return ROLE_TYPES[role_type].kind
+
+
+#: The noise control's sampling-seed shift (``eval.noise_repeat``): the second evaluation of the
+#: untrained juniors runs every junior with ``seed + NOISE_SEED_OFFSET``.
+NOISE_SEED_OFFSET = 1000
+
+
+def with_junior_seed_offset(society: Any, offset: int = NOISE_SEED_OFFSET) -> Any:
+    """A copy of ``society`` whose junior roles sample with ``seed + offset``; temperature, every other
+    sampling field and every other role unchanged.
+
+    llama.cpp with the same seed, temperature and prompt repeats its output token for token, so a
+    repeat of an evaluation measures sampling noise only with another seed. A junior without a seed
+    (``sampling.seed: null``) keeps None: the server then draws a random seed per request, so its two
+    evaluations differ anyway. At temperature 0 the seed does not matter and only the server's own
+    nondeterminism (batching) can move the repeat."""
+    roles = []
+    for r in society.roles:
+        if _kind(r.type) == "junior" and r.sampling.seed is not None:
+            r = r.model_copy(update={"sampling": r.sampling.model_copy(update={"seed": r.sampling.seed + offset})})
+        roles.append(r)
+    return society.model_copy(update={"roles": roles})
 
 
 class RunDir:
@@ -552,11 +608,12 @@ class TrainingPipeline:
 
     # -- stages -------------------------------------------------------------------------------------
     def evaluate_stage(self, stage: str, *, agent: str = "society", examples: list[Any] | None = None,
-                       given_sql: dict[str, str | None] | None = None) -> dict[str, Any]:
+                       given_sql: dict[str, str | None] | None = None, society: Any | None = None) -> dict[str, Any]:
         """Evaluate the current society (or a role-level ``agent``: ``juniors``, ``senior``) on the fixed
         dev subset (or ``examples``); cached in ``eval/<stage>.jsonl`` (role-level agents:
         ``eval/roles/<stage>.jsonl``) with a ``.summary.json`` beside it, so a resumed run does not
-        evaluate a finished stage again.
+        evaluate a finished stage again. ``society``: the config to run instead of :meth:`society`
+        (the noise control's shifted seeds, :func:`with_junior_seed_offset`).
 
         Each question's record is appended to ``<stage>.partial.jsonl`` as it finishes, so a stage
         stopped part-way (a dead server, Ctrl-C, a killed process) keeps its finished questions:
@@ -575,7 +632,7 @@ class TrainingPipeline:
         done_ids = {str(r["question_id"]) for r in earlier}
         earlier_seconds = max((float(r.get("stage_seconds") or 0) for r in earlier), default=0.0)
         todo = [e for e in examples if str(e.id) not in done_ids]
-        society = self.society()
+        society = self.society() if society is None else society
         recs: list[dict[str, Any]] = list(earlier)
         t0 = time.perf_counter()
         from rich.console import Console
@@ -640,8 +697,9 @@ class TrainingPipeline:
         return pool, {e.id: chosen[e.id] for e in pool}
 
     def evaluate_roles(self, stage: str) -> None:
-        """The role-level evaluations of ``stage`` (``baseline``: juniors then senior; ``sft``: the
-        juniors; ``grpo``: the senior), each on its own fixed sample; nothing when its limit is 0."""
+        """The role-level evaluations of ``stage`` (``baseline``: juniors, their noise-control repeat
+        when ``eval.noise_repeat``, then senior; ``sft``: the juniors; ``grpo``: the senior), each on
+        its own fixed sample; nothing when its limit is 0."""
         e = self.cfg.eval
         if stage == "baseline":
             # a resumed run whose profile gained a role evaluation after the phase it judges: the
@@ -653,10 +711,27 @@ class TrainingPipeline:
                     return
         if e.junior_limit and stage in ("baseline", "sft"):
             self.evaluate_stage(f"juniors_{stage}", agent="juniors", examples=dev_subset(self.cfg, e.junior_limit))
+        if e.noise_repeat and stage == "baseline":
+            self.evaluate_noise_repeat()
         if e.senior_limit and stage in ("baseline", "grpo"):
             examples, given = self._senior_inputs()
             if examples:
                 self.evaluate_stage(f"senior_{stage}", agent="senior", examples=examples, given_sql=given)
+
+    def evaluate_noise_repeat(self) -> dict[str, Any] | None:
+        """The noise control (``eval.noise_repeat``): the untrained juniors on the questions of
+        ``juniors_baseline`` again, every junior's sampling seed + :data:`NOISE_SEED_OFFSET`
+        (:func:`with_junior_seed_offset`), as role-level stage
+        :data:`evaluation.role_effects.NOISE_STAGE`; resumable like every stage. Returns its summary,
+        or None (said once) when phase 2 finished before it ran: the juniors would be the trained ones."""
+        finished = self.dir.role_eval_path(NOISE_STAGE).with_suffix(".summary.json").is_file()
+        if self.dir.done(2) is not None and not finished:
+            self.echo(f"eval: no noise control ({NOISE_STAGE}): phase 2 finished before it was evaluated; start a new "
+                      "run to have one")
+            return None
+        return self.evaluate_stage(NOISE_STAGE, agent="juniors",
+                                   examples=dev_subset(self.cfg, self.cfg.eval.junior_limit),
+                                   society=with_junior_seed_offset(self.society()))
 
     # -- phases -------------------------------------------------------------------------------------
     def phase1_gather(self) -> dict[str, Any]:

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from evaluation.role_effects import NOISE_STAGE
 from society.config import ConfigError, SocietyConfig
 from society.models import EMBEDDED_MODELS
 from society.serving import ServerNotInstalledError, find_llama_server
@@ -48,6 +49,7 @@ from tools.spider import DataError, load_examples
 from training.grpo import load_verl_config
 from training.pipeline import (
     JUNIOR_ALIAS,
+    NOISE_SEED_OFFSET,
     PHASES,
     SENIOR_ALIAS,
     STAGE_AFTER_PHASE,
@@ -439,6 +441,16 @@ def plan_profile(cfg: TrainConfig, *, source: str = "", phases: set[int] | None 
         }
     )
 
+    # -- the noise control ---------------------------------------------------------------------------------
+    if society is not None and cfg.eval.junior_limit:
+        hot = [r.name for r in society.roles if r.enabled and _kind(r.type) == "junior" and r.sampling.temperature > 0]
+        if cfg.eval.noise_repeat and not hot:
+            F.append(Finding("note", "eval.noise_repeat", "every junior samples at temperature 0: the repeat shows "
+                             "only the server's own nondeterminism; it costs one more juniors-only evaluation"))
+        elif hot and not cfg.eval.noise_repeat:
+            F.append(Finding("note", "eval.noise_repeat", f"{', '.join(hot)} sample(s) at temperature > 0 but the "
+                             "noise control is off: the juniors' SFT effects are reported without a noise floor"))
+
     # -- phases -------------------------------------------------------------------------------------------
     plan.phases.append(
         {
@@ -450,6 +462,8 @@ def plan_profile(cfg: TrainConfig, *, source: str = "", phases: set[int] | None 
     e = cfg.eval
     role_evals = {
         "baseline": ([f"juniors only on {e.junior_limit} questions"] if e.junior_limit else [])
+        + ([f"noise control: juniors only again on the same {e.junior_limit} questions, each junior's sampling "
+            f"seed + {NOISE_SEED_OFFSET} (eval/roles/{NOISE_STAGE}.jsonl)"] if e.noise_repeat else [])
         + ([f"senior only on <= {e.senior_limit} of the juniors' chosen candidates"] if e.senior_limit else []),
         "sft": [f"juniors only on the same {e.junior_limit} questions"] if e.junior_limit else [],
         "grpo": [f"senior only on the same <= {e.senior_limit} inputs"] if e.senior_limit else [],
@@ -511,7 +525,8 @@ def plan_profile(cfg: TrainConfig, *, source: str = "", phases: set[int] | None 
     n_eval = cfg.eval.limit if n_dev is None else min(cfg.eval.limit, n_dev)
     n_stages = 1 + len(society_after)
     plan.budgets["eval"] = f"{n_eval} questions x {n_stages} stage(s)" + (
-        f"; juniors only {e.junior_limit} questions x {1 + (2 in phases)}" if e.junior_limit else "") + (
+        f"; juniors only {e.junior_limit} questions x {1 + (2 in phases) + e.noise_repeat}"
+        + (" (one is the noise control)" if e.noise_repeat else "") if e.junior_limit else "") + (
         f"; senior only <= {e.senior_limit} inputs x {1 + (3 in phases)}" if e.senior_limit else "")
     if sft is not None:
         seqs = sft.max_steps * sft.per_device_train_batch_size * sft.gradient_accumulation_steps
