@@ -18,8 +18,9 @@
 # avx2: one static binary with an explicit AVX2/FMA/F16C/BMI2 baseline, no AVX-512, no AMX
 #   (~6.5 min). The fallback where a variant of the dispatch build does not run.
 #
-# Both are checked with objdump: the script fails if any AMX tile instruction is left, or any
-# AVX-512 (zmm) instruction outside the dispatch build's AVX-512 variants.
+# Both are checked with objdump (scripts/objdump_portability.py): the script fails if any AMX tile
+# instruction is left, or any AVX-512 instruction (EVEX-encoded on zmm, ymm or xmm, or an opmask
+# one) outside the dispatch build's AVX-512 variants.
 #
 # Cache: the binary lives in $SQLSOCIETY_LLAMA_CACHE/<key>/, where <key> hashes the llama.cpp
 # version, every cmake flag, the compiler and the machine architecture, so a build made with
@@ -92,22 +93,13 @@ if [ ! -x "$bin" ]; then
   fi
   printf '%s\n' "$key_src" >"$tmp/BUILD-KEY"
   if command -v objdump >/dev/null; then
-    : >"$tmp/PORTABILITY"
-    for f in "$tmp"/bin/*; do
-      [ -L "$f" ] && continue
-      objdump -d "$f" >"$work/disasm.txt"
-      amx=$(grep -cE '\b(tilezero|tileloadd|tdpbssd|tdpbf16ps|ldtilecfg)\b' "$work/disasm.txt" || true)
-      zmm=$(grep -c '%zmm' "$work/disasm.txt" || true)
-      base=$(basename "$f")
-      # AVX-512 is allowed only in the dispatch variants that ggml loads where the CPU reports it
-      case "$base" in libggml-cpu-skylakex*|libggml-cpu-cannonlake*|libggml-cpu-cascadelake*|libggml-cpu-icelake*|\
-                      libggml-cpu-cooperlake*|libggml-cpu-zen4*) zmm_ok=1 ;; *) zmm_ok=0 ;; esac
-      if [ "$amx" != 0 ] || { [ "$zmm" != 0 ] && [ "$zmm_ok" = 0 ]; }; then
-        echo "build-llama-server.sh: $base holds $amx AMX tile and $zmm AVX-512 instructions; not portable" >&2
-        exit 1
-      fi
-      echo "objdump $base: $amx AMX tile instructions, $zmm AVX-512 (zmm) instructions" >>"$tmp/PORTABILITY"
-    done
+    # the one rule (scripts/objdump_portability.py, also used by the test of the installed build):
+    # no AMX anywhere; AVX-512 -- any EVEX instruction, on zmm, ymm or xmm, and opmask ones -- only
+    # in the AVX-512 variants
+    files=()
+    for f in "$tmp"/bin/*; do [ -L "$f" ] || files+=("$f"); done
+    $PY scripts/objdump_portability.py "${files[@]}" >"$tmp/PORTABILITY" \
+      || { echo "build-llama-server.sh: the build is not portable (above); not installed" >&2; exit 1; }
   fi
   rm -rf "$out" && mv "$tmp" "$out"
 fi

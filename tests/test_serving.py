@@ -115,23 +115,106 @@ def test_missing_executable_says_how_to_build_it(tmp_path, monkeypatch):
         find_llama_server()
 
 
+def _portability():
+    """``scripts/objdump_portability.py``: the one portability rule, shared with the build script."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "objdump_portability.py"
+    spec = importlib.util.spec_from_file_location("objdump_portability", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def test_installed_build_is_portable():
     """The installed server and every library beside it hold no AMX tile instruction, and AVX-512
-    (zmm) only in the AVX-512 CPU variants of ggml's runtime dispatch (objdump)."""
+    (any EVEX-encoded instruction, on zmm, ymm or xmm, and the opmask instructions) only in the
+    AVX-512 CPU variants of ggml's runtime dispatch (objdump, read by scripts/objdump_portability.py,
+    the rule scripts/build-llama-server.sh applies)."""
     exe = find_llama_server().resolve()
     if not shutil_which("objdump"):
         pytest.skip("objdump is not installed")
+    rule = _portability()
     files = [exe, *sorted(p for p in exe.parent.glob("*.so*") if not p.is_symlink())]
-    avx512_variants = ("skylakex", "cannonlake", "cascadelake", "icelake", "cooperlake", "zen4")
-    lines = 0
+    lines, with_avx512 = 0, set()
     for f in files:
-        out = subprocess.run(["objdump", "-d", str(f)], capture_output=True, text=True, check=True).stdout
-        lines += out.count("\n")
-        assert "tilezero" not in out and "tileloadd" not in out and "ldtilecfg" not in out, f
-        if not any(f.name.startswith(f"libggml-cpu-{v}") for v in avx512_variants):
-            assert "%zmm" not in out, f
+        counts, n, problems = rule.check_file(f)
+        lines += n
+        assert problems == [], f
+        if counts["avx512"]:
+            with_avx512.add(f.name)
     assert not list(exe.parent.glob("libggml-cpu-sapphirerapids*"))  # the AMX variant is never installed
     assert lines > 100_000  # really disassembled
+    if len(files) > 1:  # the dispatch build: AVX-512 is found where it is allowed, so the check can see it
+        assert with_avx512 and all(rule.allowed(n) == {"avx512"} for n in with_avx512), with_avx512
+
+
+# One objdump line of every form the portability rule must flag (AT&T, the default, and -M intel;
+# with and without the raw bytes), and portable look-alikes it must not.
+NON_PORTABLE_LINES = [
+    ("  16:\t62 f1 6d 48 fe d9    \tvpaddd %zmm1,%zmm2,%zmm3", "avx512"),  # zmm
+    ("   4:\t62 f1 6d 08 fe d9    \t{evex} vpaddd %xmm1,%xmm2,%xmm3", "avx512"),  # {evex} on xmm
+    ("   4:\t{evex} vpaddd xmm3,xmm2,xmm1", "avx512"),  # {evex}, no raw bytes, Intel
+    ("   a:\t62 f1 6d 09 fe d9    \tvpaddd %xmm1,%xmm2,%xmm3{%k1}", "avx512"),  # mask on xmm
+    ("   a:\tvpaddd ymm3{k1},ymm2,ymm1", "avx512"),  # mask, Intel
+    ("  10:\tvpaddd %xmm17,%xmm2,%xmm3", "avx512"),  # xmm16-31
+    ("  10:\tvmovaps %ymm31,%ymm0", "avx512"),
+    ("  1c:\tvpaddd (%rax){1to4},%xmm2,%xmm3", "avx512"),  # embedded broadcast
+    ("  1c:\tvpaddd xmm3,xmm2,DWORD BCST [rax]", "avx512"),
+    ("  1c:\tvmovdqa %xmm1,%xmm2{%k1}{z}", "avx512"),  # zeroing
+    ("  22:\tvaddps {rn-sae},%ymm1,%ymm2,%ymm3", "avx512"),  # embedded rounding
+    ("  22:\tvcmpps $0x1,{sae},%ymm1,%ymm2,%k1", "avx512"),
+    ("  28:\tc5 f8 93 c1          \tkmovw  %k1,%eax", "avx512"),  # opmask instructions are VEX-encoded
+    ("  28:\tkmovw  eax,k1", "avx512"),
+    ("  28:\tc5 f4 41 c2          \tkandw  %k2,%k1,%k0", "avx512"),
+    ("  2c:\tvpternlogd $0xff,%ymm1,%ymm2,%ymm3", "avx512"),  # AVX-512-only mnemonics, no other mark
+    ("  2c:\tvpermt2d %ymm1,%ymm2,%ymm3", "avx512"),
+    ("  2c:\tvpermi2ps %xmm1,%xmm2,%xmm3", "avx512"),
+    ("  2c:\tvpcompressd %ymm1,(%rax)", "avx512"),
+    ("  2c:\tvpexpandq (%rax),%ymm1", "avx512"),
+    ("  2c:\tvmovdqu64 %xmm1,%xmm2", "avx512"),
+    ("  2c:\tvcvtps2udq %ymm1,%ymm2", "avx512"),
+    ("  2c:\tvextracti32x4 $0x1,%ymm1,%xmm2", "avx512"),
+    ("  2c:\tvpmovdb %xmm1,%xmm2", "avx512"),
+    ("  2c:\tvaddph %xmm1,%xmm2,%xmm3", "avx512"),  # AVX512-FP16
+    ("  3f:\tvpdpbusd %ymm1,%ymm2,%ymm3", "avx512"),  # AVX512-VNNI (the AVX-VNNI one is printed {vex})
+    ("  3f:\t62 f2 6d 28 50 d9    \tvpdpbusd %ymm1,%ymm2,%ymm3", "avx512"),
+    ("  40:\t67 62 f1 6d 08 fe 18 \tvpaddd (%eax),%xmm2,%xmm3", "avx512"),  # EVEX after a legacy prefix
+    ("  45:\tc4 e2 7b 49 c0       \ttilezero %tmm0", "amx"),
+    ("  45:\ttilezero tmm0", "amx"),
+    ("  4a:\tc4 e2 73 5e da       \ttdpbssd %tmm1,%tmm2,%tmm3", "amx"),
+    ("  4a:\ttdpbf16ps %tmm1,%tmm2,%tmm3", "amx"),
+    ("  4f:\tc4 e2 78 49 00       \tldtilecfg (%rax)", "amx"),
+    ("  4f:\tsttilecfg (%rax)", "amx"),
+    ("  4f:\ttileloadd (%rax,%rbx,1),%tmm1", "amx"),
+    ("  4f:\ttilestored %tmm1,(%rax,%rbx,1)", "amx"),
+    ("  4f:\ttilerelease", "amx"),
+    ("   0:\tc5 e9 fe d9          \tvpaddd %xmm1,%xmm2,%xmm3", None),  # AVX (VEX) on xmm0-15: portable
+    ("   0:\tvpaddd ymm3,ymm2,ymm15", None),
+    ("  3a:\tc4 e2 6d 50 d9       \t{vex} vpdpbusd %ymm1,%ymm2,%ymm3", None),  # AVX-VNNI
+    ("  54:\tc4 e3 79 1d ca 00    \tvcvtps2ph $0x0,%xmm1,%xmm2", None),  # F16C
+    ("  66:\tc5 fa 6f d1          \tvmovdqu %xmm1,%xmm2", None),
+    ("  70:\tvpcmpeqd %ymm1,%ymm2,%ymm3", None),
+    ("  16:\te8 00 00 00 00       \tcall   1b <tile_kernel_zmm>", None),  # a symbol name is no operand
+    ("  13:\t62 34 12 ", None),  # continuation bytes of a longer instruction
+    ("  13:\t62                   \t(bad)", None),  # undecodable bytes
+    ("000000000000001b <ggml_vec_dot_q4_k0>:", None),
+]
+
+
+@pytest.mark.parametrize(("line", "kind"), NON_PORTABLE_LINES)
+def test_portability_rule_reads_every_avx512_and_amx_form(line, kind):
+    rule = _portability()
+    assert rule.classify(line) == kind
+    assert rule.count([line]) == ({kind: 1} if kind else {})
+    assert rule.allowed("libggml-cpu-zen4.so") == {"avx512"} and rule.allowed("libggml-cpu-haswell.so") == set()
+    assert rule.allowed("libggml-cpu-sapphirerapids.so") == set() and rule.allowed("llama-server") == set()
+
+
+def test_portability_rule_doctests():
+    import doctest
+
+    assert doctest.testmod(_portability()).failed == 0
 
 
 def shutil_which(name: str) -> str | None:
