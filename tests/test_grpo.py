@@ -93,6 +93,20 @@ def test_reward_scores_the_text_the_served_senior_would_return(rows):
 
 
 def test_grpo_tiny_real_run(rows, tmp_path):
+    """One real GRPO step trains the adapter: the saved LoRA weights moved from their initialisation
+    and the loaded adapter changes the base model's output.
+
+    PEFT starts every ``lora_B`` at zero (the adapter is a no-op until a step moves it), and a GRPO
+    step moves nothing when the group's rewards are all equal (every advantage is 0). With this
+    seed the two sampled rewrites score differently (``reward_std`` > 0, asserted first), so a
+    working trainer must leave non-zero ``lora_B`` weights in the saved adapter.
+    """
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    from training.checkpoints import load_for_training
+
     cfg = SeniorGRPOConfig(model=SMOL, output_dir=str(tmp_path / "grpo"), max_steps=1, num_generations=2,
                            max_completion_length=16, max_prompt_length=640, learning_rate=1e-4)
     res = SeniorGRPOTrainer(cfg, rows[:2]).train()
@@ -102,6 +116,22 @@ def test_grpo_tiny_real_run(rows, tmp_path):
     assert (res.adapter_dir / "adapter_model.safetensors").is_file()
     m = json.loads(res.metrics_path.read_text())
     assert m["steps"] == 1 and m["completions_scored"] == 2 and m["prompts"] == 2
+    assert res.reward_std[0] > 0, "the group's rewards were equal: no advantage, nothing for the step to learn"
+
+    saved = load_file(str(res.adapter_dir / "adapter_model.safetensors"))
+    b = {k: v for k, v in saved.items() if "lora_B" in k}
+    assert b and {k.replace("lora_B", "lora_A") for k in b} <= set(saved)
+    assert max(float(v.abs().max()) for v in b.values()) > 0, "every lora_B is still 0: the step changed nothing"
+
+    base, tok = load_for_training(SMOL)
+    ids = tok("SELECT count(*) FROM singer WHERE", return_tensors="pt")
+    with torch.no_grad():
+        before = base(**ids).logits
+        tuned = PeftModel.from_pretrained(base, str(res.adapter_dir))
+        after = tuned(**ids).logits
+        with tuned.disable_adapter():
+            assert torch.equal(tuned(**ids).logits, before)  # the same base underneath
+    assert not torch.equal(after, before)  # the saved adapter is not the no-op it started as
 
 
 def test_grpo_generation_stops_at_the_stop_strings(rows, tmp_path):
