@@ -23,6 +23,8 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 agl = pytest.importorskip("agentlightning")
 
+from holding_proxy import HoldingProxy, message_text  # noqa: E402
+
 from evaluation.rewards import compute_reward  # noqa: E402
 from society.candidate import Candidate  # noqa: E402
 from society.config import SMOKE_CONFIG, SocietyConfig  # noqa: E402
@@ -147,37 +149,35 @@ def test_gather_killed_and_resumed(tmp_path: Path, smol_server) -> None:
     run_dir = tmp_path / "run"
     store = run_dir / "store.sqlite"
     config = _quick_config(tmp_path)
+    aliases = SocietyConfig.load(config).embedded_aliases()
     # every model alias of the config (the smoke profile binds each role to its own alias) -> the SmolLM2 server
-    endpoints = {a: (smol_server.base_url, smol_server.model) for a in SocietyConfig.load(config).embedded_aliases()}
-    script = _GATHER_SCRIPT.format(repo=str(REPO), run_dir=str(run_dir), config=str(config), tasks=TASKS,
-                                   endpoints=endpoints)
+    endpoints = {a: (smol_server.base_url, smol_server.model) for a in aliases}
+    first = select_tasks(GatherConfig(run_dir=tmp_path / "unused", task_ids=TASKS[:1]))[0]["question"]
+    # the first run's calls go through a proxy that answers TASKS[0] only and holds the others, so the
+    # kill lands while the other rollouts are provably in flight, however fast the machine is
+    with HoldingProxy(smol_server.base_url, lambda body: first in message_text(body)) as gate:
+        gated = {a: (gate.base_url, smol_server.model) for a in aliases}
+        script = _GATHER_SCRIPT.format(repo=str(REPO), run_dir=str(run_dir), config=str(config), tasks=TASKS,
+                                       endpoints=gated)
 
-    # 1. start phase 1 in its own process group and SIGKILL all of it once a rollout finished
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True, text=True)
-    deadline = time.time() + 600
-    before: dict[str, tuple[str | None, float | None]] = {}
-    while time.time() < deadline and proc.poll() is None:
-        before = _succeeded(store)
-        if before:
-            break
-        time.sleep(0.5)
-    assert proc.poll() is None, f"gather ended before it could be killed:\n{proc.stdout.read()[-3000:]}"
-    assert before, "no rollout finished within 10 minutes"
-    runners = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
-    assert len(runners) >= 2  # the two runner processes
-    os.kill(proc.pid, signal.SIGKILL)  # kill -9 of the trainer only: its runners must not outlive it
-    proc.wait()
-    t_kill = time.time()
-    while time.time() - t_kill < 20 and any(Path(f"/proc/{r}").exists() for r in runners):
-        time.sleep(0.2)
-    alive = [r for r in runners if Path(f"/proc/{r}").exists()]
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)  # clean up whatever is left before asserting
-    assert not alive, f"runner processes {alive} outlived the killed trainer"
+        # 1. start phase 1 in its own process group and SIGKILL all of it once TASKS[0] finished
+        proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True, text=True)
+        before = _wait_stored_while_held(proc, store, gate)
+        runners = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        assert len(runners) >= 2  # the two runner processes
+        os.kill(proc.pid, signal.SIGKILL)  # kill -9 of the trainer only: its runners must not outlive it
+        proc.wait()
+        t_kill = time.time()
+        while time.time() - t_kill < 60 and any(Path(f"/proc/{r}").exists() for r in runners):
+            time.sleep(0.2)
+        alive = [r for r in runners if Path(f"/proc/{r}").exists()]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # clean up whatever is left before asserting
+        assert not alive, f"runner processes {alive} outlived the killed trainer"
     after_kill = _succeeded(store)
     assert set(before) <= set(after_kill)
-    assert len({t for t, _ in after_kill.values()}) < len(TASKS), "the kill came after phase 1 finished"
+    assert {t for t, _ in after_kill.values()} == {TASKS[0]}  # the held rollouts never finished
 
     # 2. resume in-process: nothing lost, finished tasks not redone, the rest completed
     hook_log = tmp_path / "hook.log"
@@ -224,40 +224,58 @@ _INTERRUPTIBLE_SCRIPT = textwrap.dedent(
 )
 
 
+def _wait_stored_while_held(proc: subprocess.Popen, store: Path, gate: HoldingProxy,
+                            ) -> dict[str, tuple[str | None, float | None]]:
+    """Wait until one rollout is stored and another rollout's model call is held by ``gate``: the
+    gather is then provably mid-way (finished work exists, started work cannot finish)."""
+    deadline = time.monotonic() + 600
+    stored: dict[str, tuple[str | None, float | None]] = {}
+    while time.monotonic() < deadline and proc.poll() is None:
+        stored = _succeeded(store)
+        if stored and gate.held:
+            return stored
+        time.sleep(0.3)
+    out = proc.stdout.read()[-3000:] if proc.poll() is not None else ""
+    raise AssertionError(f"no stored rollout with another one held within 10 minutes "
+                         f"(stored {len(stored)}, held {gate.held}, exit {proc.poll()}):\n{out}")
+
+
 @pytest.mark.model
 def test_gather_ctrl_c_stops_and_is_not_summarised(tmp_path: Path, smol_server) -> None:
-    """Ctrl-C in a terminal (SIGINT to the whole process group) once a rollout finished: the gather
-    raises KeyboardInterrupt (Agent Lightning's strategy swallows it and would return as if done),
-    writes no summary, and its runners are gone; the finished rollout stays in the store."""
+    """Ctrl-C in a terminal (SIGINT to the whole process group) while the gather is provably mid-way
+    (one rollout stored, the others' model calls held by a :class:`HoldingProxy` that answers only the
+    first task): the gather raises KeyboardInterrupt (Agent Lightning's strategy swallows it and would
+    return as if done) within a bound, writes no summary, and its runners are gone; the finished
+    rollout stays in the store; the tasks still queued were never started."""
     run_dir = tmp_path / "run"
     store = run_dir / "store.sqlite"
     config = _quick_config(tmp_path)
-    endpoints = {a: (smol_server.base_url, smol_server.model) for a in SocietyConfig.load(config).embedded_aliases()}
-    # enough tasks that a loaded machine (the first success noticed late, two runners busy) cannot
-    # finish them all between the first stored rollout and the interrupt
-    tasks = [f"train-{i}" for i in range(16)]
-    script = _INTERRUPTIBLE_SCRIPT.format(repo=str(REPO), run_dir=str(run_dir), config=str(config), tasks=tasks,
-                                          endpoints=endpoints)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True, text=True)
-    try:
-        deadline = time.time() + 600
-        before: dict[str, tuple[str | None, float | None]] = {}
-        while time.time() < deadline and proc.poll() is None and not before:
-            before = _succeeded(store)
-            time.sleep(0.5)
-        assert proc.poll() is None, f"gather ended before it could be interrupted:\n{proc.stdout.read()[-3000:]}"
-        assert before, "no rollout finished within 10 minutes"
-        runners = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
-        os.killpg(proc.pid, signal.SIGINT)
-        out, _ = proc.communicate(timeout=120)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+    tasks = [f"train-{i}" for i in range(8)]
+    first = select_tasks(GatherConfig(run_dir=tmp_path / "unused", task_ids=tasks[:1]))[0]["question"]
+    with HoldingProxy(smol_server.base_url, lambda body: first in message_text(body)) as gate:
+        endpoints = {a: (gate.base_url, smol_server.model) for a in SocietyConfig.load(config).embedded_aliases()}
+        script = _INTERRUPTIBLE_SCRIPT.format(repo=str(REPO), run_dir=str(run_dir), config=str(config), tasks=tasks,
+                                              endpoints=endpoints)
+        proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True, text=True)
+        try:
+            before = _wait_stored_while_held(proc, store, gate)
+            runners = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+            t_int = time.monotonic()
+            os.killpg(proc.pid, signal.SIGINT)
+            out, _ = proc.communicate(timeout=120)  # the held replies never come: only the interrupt ends it
+            stopped_s = time.monotonic() - t_int
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130 and "INTERRUPTED" in out and "SUMMARY" not in out, out[-3000:]
+    assert stopped_s < 60, f"the gather took {stopped_s:.0f} s to stop after Ctrl-C"
     assert not (run_dir / "gather.json").exists()
     assert set(before) <= set(_succeeded(store))
-    assert len(_succeeded(store)) < len(tasks), "the interrupt came after the gather finished"
+    assert {t for t, _ in _succeeded(store).values()} == {tasks[0]}  # the held rollouts did not finish
+    with RolloutArchive(store) as arc:
+        started = {r.task_id for r in arc.rollouts() if r.n_attempts > 0}
+    assert len(started) <= 3, started  # the finished task and at most one rollout in flight per runner
     assert not [r for r in runners if Path(f"/proc/{r}").exists()]
 
 

@@ -14,8 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
+from holding_proxy import HoldingProxy, message_text
 
-from tools.spider import resolve_database
+from tools.sampling import select_ids
+from tools.spider import default_data_dir, load_examples, resolve_database
 
 pytestmark = pytest.mark.model
 
@@ -81,33 +83,52 @@ def test_ask_with_llm_proxy_routes_every_call_through_the_proxy_and_stops_both(t
     assert not _port_open(proxy_port) and not _port_open(server_port)
 
 
-def test_eval_ctrl_c_stops_the_server_and_keeps_finished_questions(tmp_path):
-    proc = subprocess.Popen(
-        # 300 questions: the run cannot finish between "2 questions done" and the signal (SmolLM2
-        # answers one in ~0.3 s), which is what made this test race under load before
-        [sys.executable, "-m", "society.cli", "eval", "--split", "dev", "--limit", "300", "--agent", "single",
-         "--model-alias", "smollm2-135m"],
-        cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        deadline = time.time() + 300
-        qfile = None
-        while time.time() < deadline:
-            runs = list((tmp_path / "runs").glob("*/questions.jsonl"))
-            if runs and len(runs[0].read_text().splitlines()) >= 2:
-                qfile = runs[0]
-                break
+def test_eval_ctrl_c_stops_the_server_and_keeps_finished_questions(tmp_path, smol_server):
+    """Ctrl-C while a question's model call is provably in flight: the eval exits 130 without waiting
+    for that reply, keeps the questions finished before it, never starts a later one, and stops the
+    server it started.
+
+    The writer's calls go through a :class:`HoldingProxy` in front of the session's SmolLM2 server that
+    answers the first two questions and holds every other request, so the interrupt always lands while
+    question 3 waits for its reply, however fast the machine is. The config keeps the other roles on
+    the embedded model, so the eval still starts (and must stop) a llama-server of its own."""
+    import yaml
+
+    from society.config import SMOKE_CONFIG
+
+    examples = select_ids(load_examples(default_data_dir(), "dev"), [f"dev-{i}" for i in range(8)])
+    assert {e.db_id for e in examples} == {"concert_singer"}  # one database: evaluated in this order
+    ids, questions = [e.id for e in examples], [e.question for e in examples]
+    answered = questions[:2]
+    with HoldingProxy(smol_server.base_url, lambda body: any(q in message_text(body) for q in answered)) as gate:
+        cfg = yaml.safe_load(Path(SMOKE_CONFIG).read_text())
+        cfg["models"]["juniors"] = {"base_url": gate.base_url, "model": smol_server.model}
+        config = tmp_path / "gated.yaml"
+        config.write_text(yaml.safe_dump(cfg))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "society.cli", "eval", "--split", "dev", "--ids", ",".join(ids), "--agent",
+             "single", "--config", str(config)],
+            cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            assert gate.wait_held(1, timeout=600), "no question reached the model"
+            qfile = next((tmp_path / "runs").glob("*/questions.jsonl"))
+            assert [json.loads(x)["question_id"] for x in qfile.read_text().splitlines()] == ids[:2]
             assert proc.poll() is None, proc.communicate()
-            time.sleep(0.5)
-        assert qfile is not None, "no question finished in time"
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+            t_int = time.monotonic()
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=120)  # the held reply never comes: only the interrupt ends it
+            stopped_s = time.monotonic() - t_int
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert gate.held >= 1  # still waiting for question 3's reply when the eval had gone
+        seen = list(gate.seen)
     assert proc.returncode == 130, (out + err)[-3000:]
-    assert "interrupted" in out + err
+    assert stopped_s < 60, f"the eval took {stopped_s:.0f} s to stop after Ctrl-C"
+    assert "interrupted after 2 questions" in out + err, (out + err)[-3000:]
     assert not _port_open(_server_port(out + err))
     lines = [json.loads(x) for x in qfile.read_text().splitlines() if x.strip()]
-    assert 2 <= len(lines) < 300 and all("match" in x for x in lines)
+    assert [x["question_id"] for x in lines] == ids[:2] and all("match" in x for x in lines)
+    assert not any(q in text for q in questions[3:] for text in seen)  # no later question was started
     assert (qfile.parent / "summary.json").is_file() and (qfile.parent / "predictions.sql").is_file()
