@@ -2,7 +2,9 @@
 
 The source of truth is the run's persistent LightningStore (``RUN_DIR/store.sqlite``, read with
 :class:`training.store.RolloutArchive`, safe while a trainer writes), checked with plain
-``sqlite3`` before Agent Lightning is imported (:func:`store_problem`). A society run directory
+``sqlite3`` before Agent Lightning is imported (:func:`store_problem`). Reading writes nothing:
+with no trainer running the store is opened as a snapshot (``immutable``, so SQLite creates no
+``-wal``/``-shm`` beside it; :func:`tools.sqlite_files.read_only_uri`). A society run directory
 (``sqlsociety ask`` / ``eval``: ``traces/<question>.json``, no store) is read too, one question
 per rollout (:mod:`evaluation.society_spans`).
 
@@ -25,6 +27,7 @@ from evaluation.society_spans import society_run_records
 from evaluation.trace_records import TraceError, span_to_record
 from evaluation.trace_tree import RolloutTrace, build_tree
 from tools.files import atomic_writer
+from tools.sqlite_files import read_only_uri
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +96,7 @@ def _store_problem(p: Path) -> str | None:
             "is empty (0 bytes); it is not a rollout store — pass the run directory of a finished `sqlsociety train`"
         )
     try:
-        conn = sqlite3.connect(p.resolve().as_uri() + "?mode=ro", uri=True)
+        conn = sqlite3.connect(read_only_uri(p.resolve(), snapshot=True), uri=True)
     except sqlite3.Error as e:
         return f"cannot be opened read-only ({e})"
     try:
@@ -231,7 +234,7 @@ def list_rollouts(
 
     metrics = _metrics_by_rollout(spath.parent)
     out = []
-    with _reading(spath), RolloutArchive(spath) as arch:
+    with _reading(spath), RolloutArchive(spath, snapshot=True) as arch:
         for rec in arch.rollouts():
             m = metrics.get(rec.rollout_id, {})
             ph = m.get("phase") or _lookup(rec, "phase")
@@ -313,7 +316,7 @@ def load_rollout_trace(run_dir: str | Path, rollout_id: str, *, prune: bool = Tr
     spath = store_path(run_dir)
     from training.store import RolloutArchive
 
-    with _reading(spath), RolloutArchive(spath) as arch:
+    with _reading(spath), RolloutArchive(spath, snapshot=True) as arch:
         recs = arch.rollouts()
         match = [r for r in recs if r.rollout_id == rollout_id] or [
             r for r in recs if r.rollout_id.startswith(rollout_id)
@@ -391,7 +394,7 @@ def iter_records(run_dir: str | Path, rollout_ids: Iterable[str] | None = None) 
     from training.store import RolloutArchive
 
     wanted = None if rollout_ids is None else set(rollout_ids)
-    with _reading(spath), RolloutArchive(spath) as arch:
+    with _reading(spath), RolloutArchive(spath, snapshot=True) as arch:
         for rec in arch.rollouts():
             if wanted is not None and rec.rollout_id not in wanted:
                 continue

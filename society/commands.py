@@ -27,8 +27,8 @@ from society.config import DEFAULT_CONFIG, ConfigError, SocietyConfig
 from society.infra import InfrastructureError, ctrl_c_noted, dead_servers
 from society.llm import Endpoint
 from society.run import AGENTS, RunRecorder, SocietyRun, endpoint_failure, run_society
-from tools.sampling import sample_examples, select_ids
-from tools.spider import DataError, load_examples, resolve_database
+from tools.sampling import more_than_split, sample_examples, select_ids
+from tools.spider import DataError, SplitNameError, load_examples, resolve_database
 
 #: Agents the CLI runs (``senior`` needs given SQL per question: training.pipeline runs it).
 CLI_AGENTS = tuple(a for a in AGENTS if a != "senior")
@@ -287,7 +287,15 @@ def eval_cmd(
 ) -> None:
     """Run an agent over a split with a progress bar; writes predictions and per-question JSONL; prints EX.
 
-    Questions run grouped by database (each schema prompt is processed once per database)."""
+    Questions run grouped by database (each schema prompt is processed once per database). A
+    ``--limit`` or ``--sample`` larger than the split's executable questions runs all of them, with
+    a note on stderr that says so (:func:`tools.sampling.more_than_split`).
+
+    Raises:
+        typer.BadParameter: more than one of --limit/--sample/--ids, a ``--split`` that is not a plain
+            name (a path separator: :class:`tools.spider.SplitNameError`), an unusable data directory
+            or split, unknown ids, no executable question, or an invalid config (exit code 2).
+    """
     check_agent(agent)
     if sum(x is not None for x in (limit, sample, ids)) > 1:
         raise typer.BadParameter(
@@ -295,8 +303,14 @@ def eval_cmd(
         )
     try:
         examples = load_examples(data_dir, split, limit=limit)
+    except SplitNameError as e:
+        raise typer.BadParameter(str(e), param_hint="'--split'") from e
     except DataError as e:
         raise typer.BadParameter(str(e), param_hint="'--split' / '--data-dir'") from e
+    for option, asked in (("--limit", limit), ("--sample", sample)):
+        if asked is not None and asked > len(examples) > 0:
+            err_console.print(f"[yellow]note:[/] {more_than_split(option, asked, split, len(examples))}",
+                              soft_wrap=True)
     if sample is not None:
         examples = sample_examples(examples, sample, seed)
     if ids is not None:

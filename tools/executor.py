@@ -26,9 +26,19 @@ layers, so that one slip does not defeat the others:
    operands (identical results) and a linear-time equivalent for large ones. ``printf``/
    ``format`` calls whose widths and precisions may add up past the value cap are refused
    ("string or blob too big"); the bound is computed from SQLite's own reading of the
-   format (text or blob) and of ``*`` arguments (integers, reals, numeric text). When
-   Python cannot pass an argument to an override (text that is not valid UTF-8), the
-   statement is rerun on a connection without overrides, i.e. with SQLite's built-ins.
+   format (text or blob) and of ``*`` arguments (integers, reals, numeric text). Python
+   cannot pass text that is not valid UTF-8 to an override; a statement that gives such
+   text to one is rerun once with the guards in another form (:data:`UTF8_RERUN_MAX_BYTES`):
+   ``trim``/``ltrim``/``rtrim``/``instr``/``replace`` are SQLite's own, with every string
+   and blob of the statement limited to that many bytes (their work grows with the product
+   of their operands' lengths: at most milliseconds then); a ``printf``/``format`` call whose
+   format is a literal without ``*`` and whose widths and precisions stay within the limit is
+   SQLite's own, every other call keeps the Python guard (:func:`guard_printf_calls`). Such a
+   guarded call that gets text that is not valid UTF-8 is refused ("printf()/format()
+   refused: ..."), and a value above the limit fails with "string or blob too big: text that
+   is not valid UTF-8 ..." -- refusals by the guard, in milliseconds, never left to the worker
+   kill. Otherwise the results are SQLite's (invalid bytes read back as U+FFFD); statements on
+   valid UTF-8 never take this path.
    ``json_patch`` is SQLite's built-in (exact semantics); its quadratic worst case, like
    any other single-instruction or prepare-time work, is bounded by layer 6.
 6. **Worker process** (the bound that holds whatever SQLite does inside one call: while
@@ -228,6 +238,13 @@ def categorize_error(message: str, *, timed_out: bool = False) -> ErrorCategory:
 # --------------------------------------------------------------------------- function overrides
 
 _SMALL_OPERANDS = 1024  # total chars/bytes up to which the built-in (quadratic worst case) is used
+#: Longest string or blob (bytes) of a statement rerun because text that is not valid UTF-8 reached
+#: an override (module docstring, layer 5): SQLite's own ``trim`` then costs at most 4096 x 4096
+#: comparisons (about 40 ms), its ``instr``/``replace`` less.
+UTF8_RERUN_MAX_BYTES = 4096
+_ALL_OVERRIDES = ("trim", "ltrim", "rtrim", "instr", "replace", "printf", "format")
+#: Name the rerun gives a ``printf``/``format`` call it keeps guarded (:func:`guard_printf_calls`), + ``<k>_``.
+_GUARDED_PRINTF = "sqlsociety_guarded_printf_"
 _INT31 = 1 << 31  # SQLite reads printf widths and precisions as C ints
 #: Characters SQLite's printf accepts between ``%`` and the conversion (flags, width, precision, ``l``).
 _PRINTF_SPEC_CHARS = frozenset("-+ #!0,l.*123456789")
@@ -320,6 +337,56 @@ def printf_width_bound(fmt: Any, args: tuple) -> int:
         conversion = text[i] if i < n else ""
         total += width + (0 if conversion in _PRECISION_SHORTENS and conversion else precision)
         i += 1
+
+
+_SQL_TOKEN = re.compile(
+    r"""(?P<skip>\s+|--[^\n]*|/\*.*?(?:\*/|\Z))"""
+    r"""|(?P<str>'(?:[^']|'')*'?)"""
+    r"""|(?P<qid>"(?:[^"]|"")*"?|`(?:[^`]|``)*`?|\[[^\]]*\]?)"""
+    r"""|(?P<id>[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_$\x80-\U0010ffff]*)"""
+    r"""|(?P<other>.)""",
+    re.S,
+)
+
+
+def guard_printf_calls(sql: str, max_chars: int) -> tuple[str, dict[str, str]]:
+    """Rename the ``printf``/``format`` calls of ``sql`` that SQLite's own printf could spin on.
+
+    A call stays as it is when its format is a string literal with no ``*`` whose widths and
+    precisions add up to at most ``max_chars`` (:func:`printf_width_bound`): whatever its other
+    arguments, SQLite's printf is then bounded. Every other call is renamed
+    ``sqlsociety_guarded_printf_<k>_`` (k = 0, 1, ...), a name the rerun registers as the Python
+    guard. The SQL is tokenized as SQLite does for this purpose (comments, ``'...'`` literals,
+    ``"..."``, ````...```` and ``[...]`` identifiers, which may name the function too); a
+    ``printf``/``format`` name not followed by ``(`` is a column, not a call, and is left alone.
+
+    Returns:
+        ``(rewritten sql, {new name: the call's name as written})``; the SQL unchanged and ``{}``
+        when every call is bounded (or there is none).
+    """
+    tokens = []
+    for m in _SQL_TOKEN.finditer(sql):
+        if m.lastgroup != "skip":
+            kind, value = m.lastgroup, m.group()
+            name = value[1:-1] if kind == "qid" and len(value) >= 2 else value
+            tokens.append((kind, name, m.start(), m.end()))
+    renames: list[tuple[int, int, str]] = []
+    for i, (kind, name, start, end) in enumerate(tokens):
+        if kind not in ("id", "qid") or not name.isascii() or name.lower() not in ("printf", "format"):
+            continue
+        if i + 1 >= len(tokens) or tokens[i + 1][:2] != ("other", "("):
+            continue  # a column or table called printf/format
+        fmt = tokens[i + 2] if i + 2 < len(tokens) else None
+        after = tokens[i + 3][:2] if i + 3 < len(tokens) else None
+        if (fmt is not None and fmt[0] == "str" and len(fmt[1]) >= 2 and fmt[1].endswith("'")
+                and after in (("other", ","), ("other", ")"))
+                and printf_width_bound(fmt[1][1:-1].replace("''", "'"), (_INT31,)) <= max_chars):
+            continue  # a '*' counts as 2**31 above: only literal widths pass
+        renames.append((start, end, f"{_GUARDED_PRINTF}{len(renames)}_"))
+    names = {new: sql[start:end] for start, end, new in renames}
+    for start, end, new in reversed(renames):
+        sql = sql[:start] + new + sql[end:]
+    return sql, names
 
 
 def _recording(method: Callable) -> Callable:
@@ -435,19 +502,26 @@ class _StringFunctions:
             self._fail("printf()/format()")
         return self._builtin(f"SELECT printf({', '.join('?' * (1 + len(args)))})", (fmt, *args))
 
-    def install(self, conn: sqlite3.Connection) -> None:
-        """Register the replacements on ``conn`` (1- and 2-argument trims, instr, replace, printf/format)."""
+    def install(self, conn: sqlite3.Connection, names: tuple[str, ...] = _ALL_OVERRIDES) -> None:
+        """Register the replacements named in ``names`` on ``conn`` (1- and 2-argument trims, instr,
+        replace, printf/format, and the guarded printf names of :func:`guard_printf_calls`; the
+        functions not named stay SQLite's)."""
         for name, left, right in (("trim", True, True), ("ltrim", True, False), ("rtrim", False, True)):
+            if name not in names:
+                continue
             conn.create_function(
                 name, 2, (lambda x, y, _n=name, _l=left, _r=right: self.strip(_n, x, y, _l, _r)), deterministic=True
             )
             conn.create_function(
                 name, 1, (lambda x, _n=name, _l=left, _r=right: self.strip(_n, x, " ", _l, _r)), deterministic=True
             )
-        conn.create_function("instr", 2, self.instr, deterministic=True)
-        conn.create_function("replace", 3, self.replace, deterministic=True)
-        conn.create_function("printf", -1, self.printf, deterministic=True)
-        conn.create_function("format", -1, self.printf, deterministic=True)
+        if "instr" in names:
+            conn.create_function("instr", 2, self.instr, deterministic=True)
+        if "replace" in names:
+            conn.create_function("replace", 3, self.replace, deterministic=True)
+        for name in names:
+            if name in ("printf", "format") or name.startswith(_GUARDED_PRINTF):
+                conn.create_function(name, -1, self.printf, deterministic=True)
 
 
 # --------------------------------------------------------------------------- connections
@@ -469,16 +543,18 @@ def _lenient_text(b: bytes) -> str:
 class _SafeConnection:
     """One hardened read-only connection plus its per-call deadline.
 
-    ``overrides`` False leaves SQLite's built-in string functions in place (used to rerun a
-    statement whose arguments the Python overrides cannot receive).
+    ``guarded``: None for every override (the first run of a statement); for the rerun of a
+    statement whose arguments the Python overrides cannot receive (module docstring, layer 5),
+    the guarded printf names of :func:`guard_printf_calls` (the only overrides then), with every
+    string and blob limited to :data:`UTF8_RERUN_MAX_BYTES` (or ``max_value_bytes`` when smaller).
     """
 
-    def __init__(self, path: Path, max_value_bytes: int, overrides: bool = True) -> None:
+    def __init__(self, path: Path, max_value_bytes: int, guarded: tuple[str, ...] | None = None) -> None:
         self.deadline = math.inf
-        self.conn = open_readonly(path, max_value_bytes=max_value_bytes)
-        self.funcs = _StringFunctions(max_value_bytes)
-        if overrides:
-            self.funcs.install(self.conn)
+        limit = max_value_bytes if guarded is None else min(max_value_bytes, UTF8_RERUN_MAX_BYTES)
+        self.conn = open_readonly(path, max_value_bytes=limit)
+        self.funcs = _StringFunctions(limit)
+        self.funcs.install(self.conn, _ALL_OVERRIDES if guarded is None else guarded)
         self.conn.set_authorizer(_authorizer)
         self.conn.set_progress_handler(self._progress, PROGRESS_STEPS)
 
@@ -547,21 +623,21 @@ _abandoned: list[Any] = []  # connections and workers inherited through fork: ke
 REUSE_CONNECTIONS = True
 
 
-def _acquire(path: Path, max_value_bytes: int, reuse: bool, overrides: bool = True) -> tuple[_SafeConnection, bool]:
+def _acquire(path: Path, max_value_bytes: int, reuse: bool) -> tuple[_SafeConnection, bool]:
     """Return (connection, reusable). A reusable one stays in the thread's cache."""
     if not reuse:
-        return _open_safe(path, max_value_bytes, overrides), False
+        return _open_safe(path, max_value_bytes), False
     if _cache.pid != os.getpid():  # forked child: never use or close the parent's handles
         _abandoned.append(_cache.conns)
         _cache.pid = os.getpid()
         _cache.conns = OrderedDict()
     st = path.stat()
-    key = (str(path), st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size, max_value_bytes, overrides)
+    key = (str(path), st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size, max_value_bytes)
     sc = _cache.conns.get(key)
     if sc is not None:
         _cache.conns.move_to_end(key)
         return sc, True
-    sc = _open_safe(path, max_value_bytes, overrides)
+    sc = _open_safe(path, max_value_bytes)
     _cache.conns[key] = sc
     # drop stale versions of the same file and the least recently used beyond the cap
     for k in [k for k in _cache.conns if k[0] == key[0] and k[1:5] != key[1:5]]:
@@ -571,9 +647,9 @@ def _acquire(path: Path, max_value_bytes: int, reuse: bool, overrides: bool = Tr
     return sc, True
 
 
-def _open_safe(path: Path, max_value_bytes: int, overrides: bool = True) -> _SafeConnection:
+def _open_safe(path: Path, max_value_bytes: int, guarded: tuple[str, ...] | None = None) -> _SafeConnection:
     try:
-        return _SafeConnection(path, max_value_bytes, overrides)
+        return _SafeConnection(path, max_value_bytes, guarded)
     except sqlite3.Error as e:
         raise ValueError(f"cannot open database {path} read-only ({e}); check the file and its permissions") from e
 
@@ -598,7 +674,22 @@ _UDF_FAILED = "user-defined function raised exception"
 
 
 class _RerunWithBuiltins(Exception):
-    """``sqlite3`` could not hand an argument to a Python override: rerun without overrides."""
+    """``sqlite3`` could not hand an argument to a Python override (text that is not valid UTF-8):
+    rerun with the guards of the rerun (:class:`_SafeConnection` ``guarded``)."""
+
+
+def _printf_refused(max_chars: int) -> str:
+    return ("printf()/format() refused: an argument is text that is not valid UTF-8, which the width guard cannot "
+            "read (SQLite's own printf would loop once per character of a large width or precision); CAST that "
+            f"argument AS BLOB, or give every printf()/format() a literal format without '*' (widths up to "
+            f"{max_chars} characters)")
+
+
+def _rerun_too_big(sqlite_message: str, max_chars: int) -> str:
+    return (f"{sqlite_message}: text that is not valid UTF-8 reached trim()/ltrim()/rtrim()/instr()/replace()/"
+            f"printf()/format(), so the statement ran with SQLite's own string functions and every string or blob "
+            f"limited to {max_chars} bytes (their time grows with the product of their operands' lengths); CAST the "
+            "text AS BLOB, or work on shorter values")
 
 
 def _value_size(v: Any) -> int:
@@ -623,13 +714,15 @@ def _run_statement(
     """
     deadline = time.monotonic() + timeout_s
     text = _TRAILING.sub("", sql)
-    for overrides in (True, False):
-        sc, reusable = _acquire(path, max_value_bytes, reuse, overrides)
-        try:
-            return _run_on(sc, reusable, path, text, deadline, max_rows, max_value_bytes, max_result_bytes, overrides)
-        except _RerunWithBuiltins:
-            continue
-    raise AssertionError("unreachable: the second pass runs without overrides")
+    sc, reusable = _acquire(path, max_value_bytes, reuse)
+    try:
+        return _run_on(sc, reusable, path, text, deadline, max_rows, max_value_bytes, max_result_bytes)
+    except _RerunWithBuiltins:
+        pass
+    # text that is not valid UTF-8 reached an override: rerun once on a connection of its own
+    rerun_text, names = guard_printf_calls(text, min(max_value_bytes, UTF8_RERUN_MAX_BYTES))
+    sc = _open_safe(path, max_value_bytes, tuple(names))
+    return _run_on(sc, False, path, rerun_text, deadline, max_rows, max_value_bytes, max_result_bytes, names)
 
 
 def _run_on(
@@ -641,17 +734,27 @@ def _run_on(
     max_rows: int,
     max_value_bytes: int,
     max_result_bytes: int,
-    overrides: bool,
+    rerun: dict[str, str] | None = None,
 ) -> tuple:
-    """One pass of :func:`_run_statement` on one connection (see there)."""
+    """One pass of :func:`_run_statement` on one connection (see there). ``rerun``: None on the
+    first pass; on the rerun the renamed printf calls (:func:`guard_printf_calls`), whose names are
+    put back in the column names.
+
+    Raises:
+        _RerunWithBuiltins: on the first pass, when ``sqlite3`` could not hand an argument to an override.
+    """
 
     def fail(message: str) -> tuple:
         timed_out = time.monotonic() > deadline
         if _UDF_FAILED in message:
             if sc.funcs.last_error:
                 message = sc.funcs.last_error
-            elif overrides and not timed_out:
+            elif rerun is None and not timed_out:
                 raise _RerunWithBuiltins(message)
+            elif not timed_out:  # the rerun: only guarded printf calls are overrides; one got text that is not UTF-8
+                message = _printf_refused(sc.funcs.max_chars)
+        elif rerun is not None and "string or blob too big" in message.lower():
+            message = _rerun_too_big(message, sc.funcs.max_chars)
         return ("error", categorize_error(message, timed_out=timed_out).value, message)
 
     sc.deadline = deadline
@@ -671,6 +774,8 @@ def _run_on(
                 return ("error", ErrorCategory.FORBIDDEN.value, "not a query: only SELECT statements are allowed")
             return ("error", ErrorCategory.SYNTAX.value, "empty statement: no SQL to run")
         columns = [d[0] for d in cur.description]
+        for new, old in (rerun or {}).items():
+            columns = [c.replace(new, old) for c in columns]
         # No row can be larger than worst_row, so a batch of n rows never holds more than
         # n * worst_row bytes: batches are sized to fit what is left of the byte budget, and
         # every row is checked before it is kept (the returned values never exceed the cap).
@@ -1189,9 +1294,11 @@ __all__ = [
     "open_readonly",
     "close_connections",
     "printf_width_bound",
+    "guard_printf_calls",
     "worker_pids",
     "DENIED_FUNCTIONS",
     "MAX_VALUE_BYTES",
     "MAX_RESULT_BYTES",
     "MAX_WORKER_MEMORY_BYTES",
+    "UTF8_RERUN_MAX_BYTES",
 ]

@@ -4,10 +4,11 @@
   (the first 100 Spider dev questions cover only 3 of its 19 databases, and their cached schema
   prompt makes every figure measured on them optimistic); the same ``seed`` gives the same draw.
 * :func:`select_ids` keeps given question ids, in the order given.
+* :func:`more_than_split` words the note for a sample larger than its split (all of it runs).
 * :func:`group_by_database` orders work so that questions over one database run back to back
   (the model server then processes each schema prompt once per database, not once per question).
 
-All three take and return any objects with ``id`` and ``db_id`` attributes
+The others take and return any objects with ``id`` and ``db_id`` attributes
 (``tools.spider.SpiderExample``).
 """
 
@@ -17,7 +18,7 @@ import random
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
-__all__ = ["group_by_database", "sample_examples", "select_ids"]
+__all__ = ["group_by_database", "more_than_split", "sample_examples", "select_ids"]
 
 T = TypeVar("T")
 
@@ -40,6 +41,16 @@ def sample_examples(examples: Sequence[T], n: int, seed: int = 0) -> list[T]:
         return list(examples)
     picked = sorted(random.Random(seed).sample(range(len(examples)), n))
     return [examples[i] for i in picked]
+
+
+def more_than_split(option: str, asked: int, split: str, available: int) -> str:
+    """The note printed when ``option`` (``--limit``, ``--sample``) asks for more questions than the
+    split has: :func:`sample_examples` (and ``load_examples(limit=...)``) then return all of them.
+
+    >>> more_than_split("--sample", 1000, "dev", 4)
+    "--sample 1000 asks for more questions than split 'dev' has (4); running all 4"
+    """
+    return f"{option} {asked} asks for more questions than split {split!r} has ({available}); running all {available}"
 
 
 def select_ids(examples: Sequence[Any], ids: Sequence[str]) -> list[Any]:

@@ -50,6 +50,35 @@ class DataError(ValueError):
     """Raised when a data directory or split cannot be read; the message names the path and the fix."""
 
 
+class SplitNameError(DataError):
+    """A split name that is not a plain name of the data directory (it holds a path separator, is
+    empty, ``.``/``..`` or holds a NUL): it would read a file outside ``--data-dir``."""
+
+
+def check_split_name(split: str, data_dir: str | Path | None = None) -> None:
+    """Refuse a split name that could name a file outside the data directory.
+
+    A split is ``dev``, ``train``, ``train_others``, ``test`` or any plain ``<name>`` whose
+    ``<name>.json`` lies in the data directory itself.
+
+    Raises:
+        SplitNameError: ``split`` is not a str, is empty or only spaces, is ``.`` or ``..``, or holds
+            ``/``, ``\\``, the OS separator or NUL; the message names the split, what a split may
+            be, and that another folder is chosen with ``--data-dir``.
+    """
+    seps = {"/", "\\", os.sep, os.altsep or "/", "\x00"}
+    if isinstance(split, str) and split.strip() and split not in (".", "..") and not any(c in split for c in seps):
+        return
+    where = f" {data_dir}" if data_dir is not None else ""
+    why = ("holds a path separator" if isinstance(split, str) and any(c in split for c in seps - {"\x00"})
+           else "is not a plain name")
+    raise SplitNameError(
+        f"split {split!r} {why}: a split names a file in the data directory{where} itself "
+        f"({', '.join(SPLIT_FILES)}, or NAME for NAME.json there); to read another folder's split, pass "
+        "that folder as --data-dir and the plain split name as --split"
+    )
+
+
 @dataclass(frozen=True)
 class SpiderExample:
     """One text-to-SQL task.
@@ -177,11 +206,13 @@ def resolve_database(db: str | Path, data_dir: str | Path | None = None) -> Path
 
 
 def split_file(data_dir: str | Path, split: str) -> Path:
-    """The JSON file holding ``split`` in ``data_dir``.
+    """The JSON file holding ``split`` in ``data_dir`` (always directly inside it).
 
     Raises:
+        SplitNameError: ``split`` holds a path separator or is not a plain name (:func:`check_split_name`).
         DataError: unknown split or no file for it.
     """
+    check_split_name(split, data_dir)
     data_dir = Path(data_dir)
     names = SPLIT_FILES.get(split, (f"{split}.json",))
     for name in names:

@@ -58,6 +58,7 @@ from tools.files import atomic_write_text, atomic_writer, read_jsonl
 from tools.sampling import sample_examples
 from tools.schema import schema_prompt
 from tools.spider import load_examples
+from tools.value_types import type_problem, type_problems
 from training.bandit import BanditConfig
 from training.grpo import SeniorGRPOConfig
 from training.sft import JuniorSFTConfig
@@ -263,9 +264,15 @@ class TrainConfig(_Section):
         :class:`~training.bandit.BanditConfig`, :class:`~evaluation.rewards.RewardConfig`; ``model``
         and ``output_dir`` filled as the pipeline fills them) and the ``adapter`` keys checked.
 
+        Every value is first checked against its field's annotation (:func:`tools.value_types.type_problems`),
+        so ``sft: {max_steps: two}`` reports ``("sft.max_steps", "expected an integer, got 'two'")``
+        rather than the comparison that would fail inside the class.
+
         Returns:
             ``(built, errors)``: section name -> object for the sections that built, and
-            ``(field, message)`` for each one that did not (an unknown key, a bad value).
+            ``(field, message)`` for each one that did not (an unknown key: ``field`` is the
+            section; a wrongly typed value: ``field`` is the dotted key, e.g. ``grpo.temperature``;
+            a value the class refuses: the section).
         """
         built: dict[str, Any] = {}
         errors: list[tuple[str, str]] = []
@@ -278,6 +285,9 @@ class TrainConfig(_Section):
             unknown = sorted(set(kw) - names)
             if unknown:
                 errors.append((name, f"unknown key(s) {unknown}; known: {sorted(names - set(fixed))}"))
+            wrong = type_problems(cls, kw, prefix=f"{name}.")
+            errors += wrong
+            if unknown or wrong:
                 continue
             try:
                 built[name] = cls(**{**kw, **fixed})
@@ -286,8 +296,9 @@ class TrainConfig(_Section):
         for k, v in self.adapter.items():
             if k not in ADAPTER_KEYS:
                 errors.append(("adapter", f"unknown key {k!r}; known: {sorted(ADAPTER_KEYS)}"))
-            elif not isinstance(v, ADAPTER_KEYS[k]):
-                errors.append((f"adapter.{k}", f"{v!r} has the wrong type"))
+            elif not isinstance(v, ADAPTER_KEYS[k]) or isinstance(v, bool):
+                want = float if ADAPTER_KEYS[k] == (int, float) else ADAPTER_KEYS[k]
+                errors.append((f"adapter.{k}", type_problem(v, want) or f"{v!r} has the wrong type"))
         return built, errors
 
     @classmethod

@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from tools.value_types import type_problems
 from training.threads import torch_threads
 
 __all__ = [
@@ -57,11 +58,14 @@ DEFAULT_TARGET_MODULES: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj
 
 def check_trl_args(config: Any, trl_class: str) -> None:
     """Refuse ``config.trl_args`` keys that TRL's ``trl_class`` (``SFTConfig``, ``GRPOConfig``) does
-    not take, or that ``config`` has as its own field (set those as the field). TRL is imported only
-    when ``trl_args`` is not empty.
+    not take, or that ``config`` has as its own field (set those as the field), and values whose type
+    does not fit the TRL field's annotation (:func:`tools.value_types.type_problems`; where the
+    annotation names a TRL/transformers class, e.g. ``SchedulerType | str``, TRL itself converts or
+    refuses the value). TRL is imported only when ``trl_args`` is not empty.
 
     Raises:
-        ValueError: naming the keys and where they belong.
+        ValueError: naming the keys and where they belong, or each wrongly typed key and the type it
+            wants, e.g. ``JuniorSFTConfig.trl_args.max_grad_norm: expected a number, got 'big'``.
     """
     args = config.trl_args
     if not isinstance(args, dict):
@@ -77,6 +81,9 @@ def check_trl_args(config: Any, trl_class: str) -> None:
     unknown = sorted(set(args) - known)
     if unknown:
         raise ValueError(f"{type(config).__name__}.trl_args: {unknown} are not options of trl.{trl_class}")
+    wrong = type_problems(getattr(trl, trl_class), args, prefix=f"{type(config).__name__}.trl_args.")
+    if wrong:
+        raise ValueError("; ".join(f"{key}: {msg}" for key, msg in wrong))
 
 
 @dataclass

@@ -72,6 +72,8 @@ from agentlightning.store.memory import InMemoryLightningStore
 from agentlightning.types import Attempt, PaginatedResult, ResourcesUpdate, Rollout, Span, Worker
 from pydantic import BaseModel
 
+from tools.sqlite_files import read_only_uri
+
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
@@ -168,9 +170,10 @@ _TABLES: dict[str, _Table] = {
 }
 
 
-def _connect(path: Path, *, readonly: bool, synchronous: str = "NORMAL") -> sqlite3.Connection:
+def _connect(path: Path, *, readonly: bool, synchronous: str = "NORMAL", snapshot: bool = False) -> sqlite3.Connection:
     if readonly:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False, isolation_level=None)
+        conn = sqlite3.connect(read_only_uri(path, snapshot=snapshot), uri=True, check_same_thread=False,
+                               isolation_level=None)
     else:
         conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
@@ -641,6 +644,13 @@ class RolloutArchive:
 
     Args:
         path: ``RUN_DIR/store.sqlite``.
+        snapshot: for a short read that must leave the run directory as it was (``sqlsociety traces
+            list|show|export``): when no writer has the store open (no ``store.sqlite-wal`` beside
+            it) the file is opened ``immutable`` and no ``-wal``/``-shm`` file is created
+            (:func:`tools.sqlite_files.read_only_uri`); with a writer running, the ordinary
+            read-only open. Close such an archive before a writer opens the store. False (the
+            default): always the ordinary read-only open, which on a WAL file without a writer
+            leaves ``-wal``/``-shm`` behind.
 
     Raises:
         FileNotFoundError: no such file (names the path).
@@ -648,7 +658,7 @@ class RolloutArchive:
             SQLite file without the ``rollouts``/``attempts``/``spans``/``rewards`` tables).
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, snapshot: bool = False) -> None:
         self.path = Path(path).expanduser().resolve()
         if not self.path.is_file():
             raise FileNotFoundError(
@@ -656,7 +666,7 @@ class RolloutArchive:
             )
         if self.path.stat().st_size == 0:
             raise StoreError(f"{self.path} is empty (0 bytes), not a rollout store; check the run dir")
-        self._conn = _connect(self.path, readonly=True)
+        self._conn = _connect(self.path, readonly=True, snapshot=snapshot)
         self._lock = threading.Lock()
         try:
             tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}

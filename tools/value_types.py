@@ -1,0 +1,150 @@
+"""Check values read from YAML against the annotated types of the settings they fill.
+
+A training profile's ``sft:`` / ``grpo:`` / ``bandit:`` / ``reward:`` sections are keyword
+arguments of dataclasses (``training.sft.JuniorSFTConfig``, ...), and ``trl_args`` keyword
+arguments of TRL's config classes. A dataclass does not check its annotations, so ``max_steps:
+two`` used to fail much later as "'<=' not supported between instances of 'str' and 'int'".
+:func:`type_problems` compares each value with its field's annotation first and says which key
+wants what: ``max_steps: expected an integer, got 'two'``.
+
+Understood annotations: ``Any``, ``None``, ``bool``, ``int``, ``float`` (an int is accepted),
+``str``, ``Literal[...]``, unions (``X | Y``, ``Optional``), ``list``/``tuple``/``Sequence`` of
+one element type (a YAML list either way), fixed ``tuple[X, Y]``, ``dict``/``Mapping`` of key
+and value types, and their bare forms. Any other class (an Enum, ``ParallelismConfig``...) is
+accepted as it is: the class it belongs to converts or refuses it itself.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import dataclasses
+import re
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["describe", "type_problem", "type_problems"]
+
+#: What YAML 1.1 (PyYAML) reads as text although it looks like a number: ``1e-4`` (no dot).
+_NUMBERISH = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*\Z")
+_SEQUENCES = (list, tuple, collections.abc.Sequence, collections.abc.Iterable, set, frozenset)
+_MAPPINGS = (dict, collections.abc.Mapping, collections.abc.MutableMapping)
+_SIMPLE = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+_PLURAL = {bool: "true/false values", int: "integers", float: "numbers", str: "strings"}
+
+
+def _is_union(tp: Any) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType)
+
+
+def describe(tp: Any) -> str:
+    """The expected type in words: ``int`` -> ``"an integer"``, ``tuple[str, ...] | None`` ->
+    ``"a list of strings or null"``, ``Literal["a", "b"]`` -> ``"one of 'a', 'b'"``."""
+    if tp is Any:
+        return "any value"
+    if tp in _SIMPLE:
+        return _SIMPLE[tp]
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if _is_union(tp):
+        parts = [describe(a) for a in args if a is not type(None)]
+        if type(None) in args:
+            parts.append("null")
+        return " or ".join(dict.fromkeys(parts))
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if tp in _SEQUENCES or origin in _SEQUENCES:
+        elem = args[0] if args and (len(args) == 1 or args[-1] is Ellipsis) else None
+        if elem is None or elem is Any:
+            return "a list"
+        return f"a list of {_PLURAL.get(elem) or '(' + describe(elem) + ') items'}"
+    if tp in _MAPPINGS or origin in _MAPPINGS:
+        if len(args) == 2 and args[1] is not Any:
+            keys = describe(args[0]).split(" ", 1)[-1]
+            return f"a mapping of {keys} keys to {_PLURAL.get(args[1], describe(args[1]))}"
+        return "a mapping"
+    name = getattr(tp, "__name__", str(tp))
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
+
+
+def _fits(value: Any, tp: Any) -> bool:
+    if tp is Any:
+        return True
+    if tp is type(None) or tp is None:
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if _is_union(tp):
+        return any(_fits(value, a) for a in args)
+    if origin is typing.Literal:
+        return any(value == a and type(value) is type(a) for a in args)
+    if tp in _SEQUENCES or origin in _SEQUENCES:
+        if not isinstance(value, (list, tuple)):
+            return False
+        if not args:
+            return True
+        if len(args) == 1 or args[-1] is Ellipsis:
+            return all(_fits(v, args[0]) for v in value)
+        return len(value) == len(args) and all(_fits(v, a) for v, a in zip(value, args, strict=True))
+    if tp in _MAPPINGS or origin in _MAPPINGS:
+        if not isinstance(value, Mapping):
+            return False
+        if len(args) != 2:
+            return True
+        return all(_fits(k, args[0]) and _fits(v, args[1]) for k, v in value.items())
+    return True  # another class: its owner converts or refuses the value
+
+
+def type_problem(value: Any, tp: Any) -> str | None:
+    """Why ``value`` does not fit the annotation ``tp``, or None when it does.
+
+    Returns:
+        None, or ``"expected <type in words>, got <repr of value, at most 80 characters>"``, with a
+        hint when the value is YAML text that looks like a number (``1e-4`` -> write ``1.0e-4``).
+    """
+    if _fits(value, tp):
+        return None
+    shown = repr(value)
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    msg = f"expected {describe(tp)}, got {shown}"
+    if isinstance(value, str) and _NUMBERISH.match(value) and (_fits(1.5, tp) or _fits(1, tp)):
+        if "." not in value and "e" in value.lower():
+            msg += f" (YAML reads {value.strip()} as text: write the mantissa with a dot, e.g. 1.0e-4)"
+        else:
+            msg += " (text: write the number without quotes)"
+    return msg
+
+
+def type_problems(cls: type, values: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    """``(prefix + key, message)`` for each value of ``values`` whose type does not fit the
+    annotation of the dataclass field ``key`` of ``cls`` (see :func:`type_problem`). Keys that are
+    not fields of ``cls`` are left to the caller (they are not type problems).
+
+    Args:
+        cls: a dataclass; its annotations are resolved with :func:`typing.get_type_hints` (so
+            ``from __future__ import annotations`` modules work).
+        values: key -> value, e.g. a YAML section.
+        prefix: put before each key, e.g. ``"sft."``.
+
+    Returns:
+        a list, empty when every value fits, in the order of ``values``.
+
+    Raises:
+        TypeError: ``cls`` is not a dataclass.
+    """
+    fields = {f.name for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    out = []
+    for key, value in values.items():
+        if key in fields and key in hints:
+            problem = type_problem(value, hints[key])
+            if problem:
+                out.append((f"{prefix}{key}", problem))
+    return out
