@@ -58,8 +58,12 @@ def serving(statuses: list[int]) -> Iterator[tuple[str, list[float]]]:
         server.server_close()
 
 
+#: The client's own timeout per attempt (seconds).
+CLIENT_TIMEOUT_S = 10
+
+
 def _call(base_url: str, settings: LLMSettings, log: CallLog):
-    chat = ChatOpenAI(model="m", base_url=base_url, api_key="none", timeout=10, max_retries=0)
+    chat = ChatOpenAI(model="m", base_url=base_url, api_key="none", timeout=CLIENT_TIMEOUT_S, max_retries=0)
     return invoke_llm(chat, [HumanMessage("q")], config=None, settings=settings, log=log, role="junior_direct",
                       label="junior:direct", node="juniors", alias="m")
 
@@ -71,6 +75,7 @@ def test_a_500_endpoint_is_retried_n_times_with_capped_backoff_then_raises_endpo
         _call(url, settings, log)
     assert len(seen) == 4  # 1 + 3 retries
     gaps = [b - a for a, b in zip(seen, seen[1:])]
+    # lower bounds only: a sleep never ends early, so a slow or loaded machine cannot flip them
     assert gaps[0] >= 0.1 and gaps[1] >= 0.15 and gaps[2] >= 0.15  # 0.1, then 0.2 and 0.4 capped at 0.15
     assert "Error code: 500" in str(err.value) and err.value.__cause__ is not None
     (rec,) = log.llm_calls
@@ -78,18 +83,32 @@ def test_a_500_endpoint_is_retried_n_times_with_capped_backoff_then_raises_endpo
 
 
 def test_a_closed_port_is_retried_without_delay_when_backoff_is_zero():
+    """Three refused attempts with ``backoff_s=0`` do not wait between them. Timed against the
+    alternatives, not against a fixed number of seconds: the same three attempts on the same port
+    with ``backoff_s=0.5`` sleep 0.5 + 1.0 s between them (a sleep never ends early, however slow or
+    loaded the machine), so the zero-backoff call must take at least 1 s less (the attempts' own
+    cost, whatever it is here, is in both and cancels out); and it must take less than one client
+    timeout (10 s), what a single attempt waits where nothing refuses the connection."""
     import socket
 
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()  # nothing listens there: every connection is refused
-    log = CallLog()
-    t0 = time.perf_counter()
-    with pytest.raises(EndpointUnavailable, match="failed 3 times: .*Connection error"):
-        _call(f"http://127.0.0.1:{port}/v1", LLMSettings(retries=2, backoff_s=0.0), log)
-    assert time.perf_counter() - t0 < 5
-    assert log.llm_calls[0].attempts == 3
+
+    def timed(settings: LLMSettings) -> float:
+        log = CallLog()
+        t0 = time.monotonic()
+        with pytest.raises(EndpointUnavailable, match="failed 3 times: .*Connection error"):
+            _call(f"http://127.0.0.1:{port}/v1", settings, log)
+        assert log.llm_calls[0].attempts == 3
+        return time.monotonic() - t0
+
+    backed_off = timed(LLMSettings(retries=2, backoff_s=0.5, backoff_max_s=1.0))  # also warms the client up
+    zero = timed(LLMSettings(retries=2, backoff_s=0.0))
+    assert backed_off >= 1.5
+    assert zero < backed_off - 1.0 and zero < CLIENT_TIMEOUT_S, (
+        f"3 attempts took {zero:.2f} s with backoff 0, {backed_off:.2f} s with 1.5 s of backoff")
 
 
 def test_a_rejected_request_is_not_retried():

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -37,6 +36,14 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _bytes_read() -> int:
+    """Bytes this process has read so far through read() and similar calls (Linux ``rchar``)."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise KeyError("rchar")
+
+
 # ------------------------------------------------------------------------ model files
 
 
@@ -59,11 +66,13 @@ def test_default_model_is_assembled_from_the_wheels_and_verified(tmp_path):
     )
     marker = json.loads((cache / (QWEN.filename + ".verified.json")).read_text())
     assert marker["sha256"] == QWEN.sha256 and marker["size"] == QWEN.size
-    # the second call trusts the marker: no re-hash, no rewrite
+    # the second call trusts the marker: no re-hash (it reads far less than the file: counted in
+    # bytes read, not in seconds, so machine speed and load cannot flip it), no rewrite. How long
+    # such a call takes is a figure, printed by bench/wall_clock.py.
     mtime = path.stat().st_mtime_ns
-    t0 = time.perf_counter()
+    read0 = _bytes_read()
     assert ensure_model(DEFAULT_MODEL_ALIAS, cache) == path
-    assert time.perf_counter() - t0 < 0.5
+    assert _bytes_read() - read0 < QWEN.size // 100
     assert path.stat().st_mtime_ns == mtime
 
 
