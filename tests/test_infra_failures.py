@@ -11,6 +11,15 @@ Spider databases, the real SQLite LightningStore), in a subprocess:
   portable build: the run stops naming SIGILL and the fix, records no evaluation, and resumes.
 
 And `sqlsociety eval` against a server killed mid-run stops without recording the question.
+
+"Killed mid-way" is a fact here, not a race with the machine's speed: the run's llama-server is a
+stand-in (``SQLSOCIETY_LLAMA_SERVER``, :data:`HOLDING_SERVER`) that starts the real llama-server on
+another port and puts a ``tests/holding_proxy.HoldingProxy`` on the port the run chose. The proxy
+answers every request about the first task (or question) it sees and holds every request about any
+other one, writing which it held to a file. The test kills the stand-in with SIGKILL once the first
+task is stored and another task's request is held: the run's own server process dies of SIGKILL as
+before (the real server dies with it, PR_SET_PDEATHSIG), exactly one task has finished, and the
+held ones provably were in flight.
 """
 
 from __future__ import annotations
@@ -26,16 +35,133 @@ from pathlib import Path
 import pytest
 import yaml
 
+from society.roles import ENDPOINT_FAILURE
+
 pytestmark = pytest.mark.model
 
 REPO = Path(__file__).resolve().parent.parent
 N_TASKS = 4
+
+#: The run's "llama-server" for the kill tests: the real one (``$REAL_LLAMA_SERVER``) on another
+#: port behind a HoldingProxy on the run's ``--port``. Requests naming ("Question: ...") the first
+#: question of ``$HOLD_QUESTIONS`` that arrives pass; those naming any other one are held until this
+#: process dies; the rest (no listed question: health checks, evaluation questions) pass. What it
+#: let through and held is written to ``$HOLD_STATE`` (JSON) as it happens.
+HOLDING_SERVER = r"""#!__PYTHON__
+import ctypes, json, os, signal, socket, subprocess, sys, threading, time, urllib.request
+sys.path.insert(0, __TESTS__)
+import holding_proxy
+from holding_proxy import HoldingProxy, message_text
+
+args = sys.argv[1:]
+host, port = args[args.index("--host") + 1], int(args[args.index("--port") + 1])
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    inner = s.getsockname()[1]
+args[args.index("--port") + 1], args[args.index("--host") + 1] = str(inner), "127.0.0.1"
+libc = ctypes.CDLL(None)
+child = subprocess.Popen([os.environ["REAL_LLAMA_SERVER"], *args], preexec_fn=lambda: libc.prctl(1, signal.SIGKILL))
+signal.signal(signal.SIGTERM, lambda *_: (child.terminate(), child.wait(), os._exit(0)))
+while child.poll() is None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{inner}/health", timeout=2) as r:
+            if r.status == 200:
+                break
+    except OSError:
+        time.sleep(0.2)
+questions = sorted(json.load(open(os.environ["HOLD_QUESTIONS"])), key=len, reverse=True)
+state, lock = {"passed": None, "held": [], "n_held": 0}, threading.Lock()
+
+
+def passes(body):
+    text = message_text(body)
+    q = next((q for q in questions if f"Question: {q}" in text), None)
+    if q is None:
+        return True
+    with lock:
+        if state["passed"] is None:
+            state["passed"] = q
+        ok = q == state["passed"]
+        if not ok:
+            state["n_held"] += 1
+            state["held"] = sorted(set(state["held"]) | {q})
+        with open(os.environ["HOLD_STATE"] + ".tmp", "w") as f:
+            json.dump(state, f)
+        os.replace(os.environ["HOLD_STATE"] + ".tmp", os.environ["HOLD_STATE"])
+    return ok
+
+
+class OnTheRunsPort(holding_proxy.ThreadingHTTPServer):  # HoldingProxy listens on a free port otherwise
+    def __init__(self, _address, handler):
+        super().__init__((host, port), handler)
+
+
+holding_proxy.ThreadingHTTPServer = OnTheRunsPort
+if child.poll() is None:
+    proxy = HoldingProxy(f"http://127.0.0.1:{inner}/v1", passes)
+rc = child.wait()
+if rc < 0:
+    os.kill(os.getpid(), -rc)
+sys.exit(rc if 0 <= rc < 256 else 1)
+"""
+
+
+def _questions(split: str, limit: int) -> dict[str, str]:
+    """Question text -> example id of the first ``limit`` examples of ``split`` (what the run takes)."""
+    from tools.spider import load_examples
+
+    out = {e.question.strip(): e.id for e in load_examples(split=split, limit=limit)}
+    assert len(out) == limit, "two of the questions have the same text: the holding server could not tell them apart"
+    return out
+
+
+class Holding:
+    """The :data:`HOLDING_SERVER` stand-in for one run: ``env`` to pass it, ``state()`` of its proxy,
+    ``kill(pid)`` of the stand-in (and the real server under it) among the descendants of ``pid``."""
+
+    def __init__(self, tmp_path: Path, questions: dict[str, str]) -> None:
+        from society.serving import find_llama_server
+
+        self.path = tmp_path / "holding" / "llama-server"
+        self.path.parent.mkdir()
+        self.path.write_text(HOLDING_SERVER.replace("__PYTHON__", sys.executable)
+                             .replace("__TESTS__", repr(str(REPO / "tests"))))
+        self.path.chmod(0o755)
+        self.state_path = tmp_path / "holding" / "state.json"
+        (tmp_path / "holding" / "questions.json").write_text(json.dumps(list(questions)))
+        self.ids = questions
+        self.env = {"SQLSOCIETY_LLAMA_SERVER": str(self.path), "REAL_LLAMA_SERVER": str(find_llama_server()),
+                    "HOLD_QUESTIONS": str(tmp_path / "holding" / "questions.json"), "HOLD_STATE": str(self.state_path)}
+
+    def state(self) -> dict:
+        return json.loads(self.state_path.read_text()) if self.state_path.is_file() else {"n_held": 0}
+
+    def passed_id(self) -> str:
+        return self.ids[self.state()["passed"]]
+
+    def held_ids(self) -> set[str]:
+        return {self.ids[q] for q in self.state()["held"]}
+
+    def kill(self, pid: int) -> None:
+        stand_ins = []
+        for c in _descendants(pid):
+            try:
+                argv = Path(f"/proc/{c}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if str(self.path).encode() in argv[:2]:
+                stand_ins.append(c)
+        assert len(stand_ins) == 1, f"expected the run's one llama-server stand-in, found {stand_ins}"
+        victims = [*stand_ins, *_descendants(stand_ins[0])]  # the real server dies with it anyway
+        for v in victims:
+            os.kill(v, signal.SIGKILL)
 
 
 def _profile(tmp_path: Path) -> Path:
     cfg = yaml.safe_load((REPO / "configs" / "train" / "smoke.yaml").read_text())
     cfg["society_config"] = str(REPO / "configs" / "smoke.yaml")
     cfg["gather"].update(limit=N_TASKS, n_runners=1)
+    cfg["gather"].pop("rationalize", None)  # society rollouts only: one per task
     cfg["eval"].update(limit=1)
     p = tmp_path / "tiny.yaml"
     p.write_text(yaml.safe_dump(cfg))
@@ -50,15 +176,21 @@ def _train(*args: str) -> list[str]:
     return [sys.executable, "-m", "society.cli", "train", *args]
 
 
-def _stored(store: Path) -> dict[str, list[str]]:
-    """task id -> ids of its succeeded rollouts."""
-    from training.store import RolloutArchive
+def _stored(store: Path, *, polling: bool = False) -> dict[str, list[str]]:
+    """task id -> ids of its succeeded rollouts. ``polling``: a store the run is still creating (the
+    file exists, its tables not yet) reads as empty."""
+    from training.store import RolloutArchive, StoreError
 
     out: dict[str, list[str]] = {}
     if store.is_file():
-        with RolloutArchive(store) as arc:
-            for r in arc.rollouts(status="succeeded"):
-                out.setdefault(r.task_id, []).append(r.rollout_id)
+        try:
+            with RolloutArchive(store) as arc:
+                for r in arc.rollouts(status="succeeded"):
+                    out.setdefault(r.task_id, []).append(r.rollout_id)
+        except StoreError:
+            if not polling:
+                raise
+            return {}
     return out
 
 
@@ -79,18 +211,6 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
-def _llama_servers(pid: int) -> list[int]:
-    found = []
-    for c in _descendants(pid):
-        try:
-            exe = Path(f"/proc/{c}/cmdline").read_bytes().split(b"\0")[0]
-        except OSError:
-            continue
-        if exe.endswith(b"llama-server"):
-            found.append(c)
-    return found
-
-
 def _resume_completes_phase1(run: Path, store: Path, before: dict[str, list[str]]) -> None:
     out = subprocess.run(_train("--resume", str(run), "--phases", "1"), cwd=REPO, env=_env(), capture_output=True,
                          text=True, timeout=900)
@@ -104,29 +224,33 @@ def _resume_completes_phase1(run: Path, store: Path, before: dict[str, list[str]
 
 def test_server_killed_during_gather_stops_the_run_and_resume_completes(tmp_path):
     run, store = tmp_path / "run", tmp_path / "run" / "store.sqlite"
+    hold = Holding(tmp_path, _questions("train", N_TASKS))
     log = (tmp_path / "first.log").open("w")
     proc = subprocess.Popen(_train("--config", str(_profile(tmp_path)), "--run-dir", str(run), "--phases", "1"),
-                            cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                            cwd=REPO, env=_env(**hold.env), stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
     try:
         deadline = time.monotonic() + 600
-        while time.monotonic() < deadline and not _stored(store):  # one rollout finished
+        while not (_stored(store, polling=True) and hold.state()["n_held"] >= 1):  # a task done, another's call held
             assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, ("no task finished with another one held within 600 s",
+                                                 hold.state(), _stored(store, polling=True))
             time.sleep(0.5)
-        servers = _llama_servers(proc.pid)
-        assert servers, "no llama-server under the run"
-        for pid in servers:
-            os.kill(pid, signal.SIGKILL)
+        hold.kill(proc.pid)
         rc = proc.wait(timeout=300)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     text = (tmp_path / "first.log").read_text()
+    before = _stored(store)
+    # the tasks whose calls were held when the server died were in flight: none is stored ...
+    assert hold.held_ids() and not hold.held_ids() & set(before), (before, hold.state())
+    # ... exactly the task the server answered is, once
+    assert set(before) == {hold.passed_id()} and len(before[hold.passed_id()]) == 1, (before, hold.state())
     assert rc == 1, text[-3000:]
     assert "llama-server smollm2-135m" in text and "SIGKILL" in text, text[-3000:]
     assert "stopped: model server" in text, text[-3000:]
     assert not (run / "phases" / "1-gather" / "done.json").exists()
-    before = _stored(store)
-    assert 1 <= len(before) < N_TASKS
     _resume_completes_phase1(run, store, before)
 
 
@@ -148,47 +272,41 @@ def test_server_dying_with_sigill_stops_the_run_and_resume_completes(tmp_path):
 
 
 def test_eval_against_a_killed_server_records_nothing_for_the_question(tmp_path):
-    """`sqlsociety eval`: questions finished before the server died are kept; the run stops with
-    the server's signal; the question in flight is not scored."""
+    """`sqlsociety eval`: the question finished before the server died is kept; the run stops with
+    the server's signal; the questions in flight (their calls held) are not recorded at all."""
     out_dir = tmp_path / "runs"
+    n = 30
+    hold = Holding(tmp_path, _questions("dev", n))
     log = (tmp_path / "eval.log").open("w")
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "society.cli",
-            "eval",
-            "--config",
-            str(REPO / "configs" / "smoke.yaml"),
-            "--limit",
-            "30",
-        ],
-        cwd=tmp_path,
-        env=_env(),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+        [sys.executable, "-m", "society.cli", "eval", "--config", str(REPO / "configs" / "smoke.yaml"),
+         "--limit", str(n)],
+        cwd=tmp_path, env=_env(**hold.env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 600
         qfile = None
-        while time.monotonic() < deadline:
+        while True:  # one question recorded, and a call of another one held
             assert proc.poll() is None, (tmp_path / "eval.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, ("no question finished with another one held within 600 s",
+                                                 hold.state())
             files = list(out_dir.glob("*/questions.jsonl"))
-            if files and files[0].read_text().count("\n") >= 1:
+            if files and files[0].read_text().count("\n") >= 1 and hold.state()["n_held"] >= 1:
                 qfile = files[0]
                 break
             time.sleep(0.3)
-        assert qfile is not None
-        for pid in _llama_servers(proc.pid):
-            os.kill(pid, signal.SIGKILL)
+        hold.kill(proc.pid)
         rc = proc.wait(timeout=300)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     text = (tmp_path / "eval.log").read_text()
-    assert rc == 1 and "SIGKILL" in text and "Traceback" not in text, text[-3000:]
     recs = [json.loads(x) for x in qfile.read_text().splitlines()]
-    assert 1 <= len(recs) < 30
-    assert not any("endpoint" in " ".join(r.get("errors") or []) for r in recs)  # no infrastructure failure scored
-
+    ids = [r["question_id"] for r in recs]
+    # none of the questions whose calls were held when the server died is recorded ...
+    assert hold.held_ids() and not hold.held_ids() & set(ids), (ids, hold.state())
+    # ... what was recorded is exactly the question the server answered before it died ...
+    assert ids == [hold.passed_id()], (ids, hold.state())
+    # ... and no record is an endpoint failure scored as an answer
+    assert not any(str(e).startswith(ENDPOINT_FAILURE + ":") for r in recs for e in r.get("errors") or [])
+    assert rc == 1 and "SIGKILL" in text and "Traceback" not in text, text[-3000:]

@@ -2,10 +2,19 @@
 
 The trainer (``training.gather.gather`` in its own process, ``n_runners=0``, ``remote_runners=2``)
 serves its SQLite store with Agent Lightning's ``LightningStoreServer``; two ``sqlsociety runner``
-processes connect with ``LightningStoreClient`` and run the real society on real Spider train
-tasks. The model is a stand-in OpenAI server in this test process (a fixed SQL answer, 1 s per call,
-so rollouts take long enough to kill a runner in the middle of one). One runner's worker is
-SIGKILLed while its attempt is running; the store marks the attempt unresponsive and the other
+processes connect with ``LightningStoreClient`` and run the real society (graph, roles, SQL
+execution on the real Spider train databases, spans, rewards) on real Spider train tasks.
+
+The model is :class:`StubLLM`, a fixed-answer OpenAI-compatible server in this test process: every
+chat completion is the same SQL block (``SELECT count(*) FROM head``). It stands in for a model
+because this test is about the store/runner protocol -- which runner ran what, an attempt marked
+unresponsive and retried, every task stored once -- not about answers; a real model's speed and
+words would only add time and variance. It sits behind a ``tests/holding_proxy.HoldingProxy``
+that holds every call until released: no society rollout can finish without a model reply, so
+when the victim runner's attempt is running and no call has been answered yet, killing that
+runner's worker is provably a kill in the middle of a rollout, on any machine's speed.
+
+One runner's worker is SIGKILLed then; the store marks the attempt unresponsive and the other
 runner runs the rollout again. Checked: every task stored once as succeeded, the killed task
 retried, spans for every rollout in the trainer's store, both runner commands ended (the survivor
 with status 0 once the store went away).
@@ -25,6 +34,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from holding_proxy import HoldingProxy
 
 from society.config import SMOKE_CONFIG, SocietyConfig
 from society.serving import free_port
@@ -37,7 +47,8 @@ ENV = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True", PYTHONPATH=str(REPO)
 
 
 class StubLLM:
-    """An OpenAI-compatible chat endpoint answering one SQL block after ``delay_s``; counts calls."""
+    """A fixed-answer model: an OpenAI-compatible chat endpoint that answers every request with the
+    same SQL block after ``delay_s`` seconds; counts calls. (Why a stand-in: see the module docstring.)"""
 
     def __init__(self, delay_s: float) -> None:
         self.calls = 0
@@ -125,16 +136,25 @@ def _running_attempt_of(store: Path, marker: str) -> str | None:
     return None
 
 
-@pytest.mark.timeout(600)
+TIMEOUT_S = 600
+
+
+@pytest.mark.timeout(TIMEOUT_S)
 def test_two_remote_runners_one_killed_mid_rollout(tmp_path):
-    stub = StubLLM(delay_s=1.0)
+    end = time.monotonic() + TIMEOUT_S - 60  # every wait below shares one budget, inside pytest's timeout
+
+    def left() -> float:
+        return max(1.0, end - time.monotonic())
+
+    stub = StubLLM(delay_s=0.0)
+    gate = HoldingProxy(stub.url, lambda body: False)  # every model call waits until gate.release()
     cfg = _quick_config(tmp_path)
     run = tmp_path / "run"
     port = free_port()
     procs: list[subprocess.Popen[str]] = []
     try:
         trainer = subprocess.Popen(
-            [sys.executable, "-c", GATHER, str(cfg), str(run), str(port), stub.url, ",".join(TASKS)],
+            [sys.executable, "-c", GATHER, str(cfg), str(run), str(port), gate.base_url, ",".join(TASKS)],
             cwd=REPO,
             env=ENV,
             stdout=subprocess.PIPE,
@@ -143,10 +163,9 @@ def test_two_remote_runners_one_killed_mid_rollout(tmp_path):
             start_new_session=True,
         )
         procs.append(trainer)
-        deadline = time.monotonic() + 180
         while not (run / "store_url").is_file():
             assert trainer.poll() is None, trainer.stdout.read()[-4000:]
-            assert time.monotonic() < deadline, "the trainer never published store_url"
+            assert time.monotonic() < end, "the trainer never published store_url"
             time.sleep(0.5)
         url = (run / "store_url").read_text().strip()
         assert url == f"http://127.0.0.1:{port}" and (run / "runner_society.yaml").is_file()
@@ -178,31 +197,33 @@ def test_two_remote_runners_one_killed_mid_rollout(tmp_path):
         procs += runners
         victim, survivor = runners
         killed_rollout = None
-        deadline = time.monotonic() + 240
         while killed_rollout is None:  # the victim's own attempt is running: kill its worker now
-            assert time.monotonic() < deadline, "the victim runner never ran a rollout"
+            assert time.monotonic() < end, "the victim runner never ran a rollout"
             assert trainer.poll() is None, trainer.stdout.read()[-4000:]
             killed_rollout = _running_attempt_of(run / "store.sqlite", f"-{victim.pid}-0")
             if killed_rollout is None:
                 time.sleep(0.3)
         workers = _children(victim.pid)
         assert len(workers) == 1
+        assert gate.forwarded == 0 and stub.calls == 0  # no call answered yet: no rollout can have finished
         os.kill(workers[0], signal.SIGKILL)
-        out, _ = trainer.communicate(timeout=420)
+        gate.release()
+        out, _ = trainer.communicate(timeout=left())
         assert trainer.returncode == 0, out[-5000:]
         summary = json.loads(out.split("SUMMARY ", 1)[1].splitlines()[0])
         assert summary["run"] == len(TASKS) and summary["succeeded"] == len(TASKS) and summary["failed"] == 0
         assert not (run / "store_url").exists()  # removed when the gather ended
-        s_out, _ = survivor.communicate(timeout=120)
+        s_out, _ = survivor.communicate(timeout=left())
         assert survivor.returncode == 0, s_out[-3000:]
         assert "has not answered" in s_out
-        victim.wait(timeout=60)
+        victim.wait(timeout=left())
         assert victim.returncode != 0  # its only worker was killed
     finally:
         for p in procs:
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
+        gate.close()
         stub.close()
     with RolloutArchive(run / "store.sqlite") as archive:
         rollouts = archive.rollouts()
