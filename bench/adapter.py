@@ -88,7 +88,7 @@ def main() -> None:
     traces = [ad.adapt(spans) for spans in loaded]
     adapt_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    sft = ad.to_sft(path, min_reward=0.5, select="either")
+    sft = ad.to_sft(path)
     rl = ad.to_rl(path)
     bandit = ad.to_bandit(path)
     e2e_s = time.perf_counter() - t0

@@ -8,6 +8,9 @@ A role's ``prompt:`` in the YAML config names one of :data:`PROMPTS` or gives an
 * ``{sql}`` / ``{execution}`` the query under review and its execution summary;
 * ``{candidates}`` the numbered candidate list (supervisor).
 
+A junior of a rationalization rollout (STaR) also sees the gold SQL in a delimited hint block
+before its own user message (:func:`hint_block`); :func:`strip_hint` removes it again for SFT.
+
 Prompts are deliberately short: every token costs about as much as a millisecond of
 prompt processing for a 0.5B model on 2 CPU cores.
 """
@@ -154,3 +157,65 @@ def feedback_section(feedback: str | None, title: str = "Feedback") -> str:
     """``"<title>: <feedback>\\n\\n"`` or '' when there is no feedback (keeps prompts short)."""
     feedback = (feedback or "").strip()
     return f"{title}: {feedback}\n\n" if feedback else ""
+
+
+# ---------------------------------------------------------------- rationalization hints (STaR)
+
+#: The delimiters of the gold-SQL hint block a junior is shown in a rationalization rollout.
+HINT_OPEN = "<hint>"
+HINT_CLOSE = "</hint>"
+#: The hint block, put before the junior's own user message (so removing it leaves exactly the
+#: message the junior sees without a hint). ``{sql}`` is the gold query, on one line.
+JUNIOR_HINT = (
+    HINT_OPEN + "\nA correct query for this question is: {sql}\n"
+    "Write your answer in your usual format, as if you had found it yourself; do not mention this hint.\n"
+    + HINT_CLOSE + "\n\n"
+)
+#: Phrases of the hint block that must not remain in a conversation once the block is removed
+#: (checked by ``training.adapter`` before a rationalized conversation enters SFT).
+HINT_PHRASES: tuple[str, ...] = (HINT_OPEN, HINT_CLOSE, "A correct query for this question is",
+                                 "as if you had found it yourself", "do not mention this hint")
+
+
+def hint_block(sql: str) -> str:
+    """The delimited gold-SQL hint of a rationalization rollout (STaR, Zelikman et al. 2022, section
+    3.2: the answer is given as a hint and the model writes its own rationale for it).
+
+    Args:
+        sql: the gold query; newlines are folded into spaces so the block stays three lines.
+
+    Returns:
+        :data:`JUNIOR_HINT` with the query filled in, ending in a blank line.
+
+    Raises:
+        ValueError: ``sql`` is empty.
+    """
+    one_line = " ".join(str(sql or "").split())
+    if not one_line:
+        raise ValueError("hint_block needs the gold SQL; got an empty query")
+    return JUNIOR_HINT.format(sql=one_line)
+
+
+def strip_hint(text: str) -> str:
+    """``text`` with every hint block (from :data:`HINT_OPEN` to :data:`HINT_CLOSE` and the blank
+    line after it) removed; unchanged when it holds none. An opening delimiter without its closing
+    one is removed with everything after it (a cut-off block must not leave half a hint).
+
+    The inverse of putting :func:`hint_block` before a message: ``strip_hint(hint_block(g) + m) == m``.
+    """
+    out, rest = [], text
+    while HINT_OPEN in rest:
+        before, _, after = rest.partition(HINT_OPEN)
+        out.append(before)
+        if HINT_CLOSE not in after:
+            rest = ""
+            break
+        rest = after.partition(HINT_CLOSE)[2]
+        rest = rest[2:] if rest.startswith("\n\n") else rest.lstrip("\n")
+    return "".join(out) + rest
+
+
+def hint_remnants(text: str) -> list[str]:
+    """The :data:`HINT_PHRASES` found in ``text`` (case-insensitive), in that order; [] when none."""
+    low = text.lower()
+    return [p for p in HINT_PHRASES if p.lower() in low]

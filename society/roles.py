@@ -27,7 +27,7 @@ from evaluation.sql_text import extract_sql, normalize_sql
 from society.candidate import Candidate
 from society.llm import CallLog, ChatModels, EndpointUnavailable, LLMError, invoke_llm
 from society.policies import MajorityVotePolicy, PolicyContext, make_policy
-from society.prompts import PERSONA_PROMPTS, PROMPTS, PromptTemplate, feedback_section, get_prompt
+from society.prompts import PERSONA_PROMPTS, PROMPTS, PromptTemplate, feedback_section, get_prompt, hint_block
 from society.settings import renamed_keys
 from society.state import (
     ExecSummary,
@@ -216,11 +216,20 @@ class Junior(Role):
         return f"{self.name}/{step}"
 
     def draft(self, state: JuniorState, config: RunnableConfig) -> dict:
+        """The junior's first answer: its persona's prompt (with the reviewer's feedback of a new
+        round, and outside knowledge when it has the tool) -> one LLM call -> the SQL it wrote.
+
+        With ``junior_hint`` in the state (a STaR rationalization rollout) the gold SQL is put in
+        a delimited block (:func:`society.prompts.hint_block`) *before* the user message, so that
+        :func:`society.prompts.strip_hint` gives back exactly the unhinted message.
+        """
         ctx = run_context(config)
         fb = feedback_section(state.get("junior_feedback"), "A reviewer rejected the previous answer")
         fb += self.outside_knowledge(ctx, state["question"], config, "draft")
         assert self.prompt is not None
         msgs = self.prompt.render(question=state["question"], schema=state.get("schema_text", ""), feedback=fb)
+        if state.get("junior_hint"):
+            msgs = [*msgs[:-1], HumanMessage(hint_block(state["junior_hint"]) + str(msgs[-1].content))]
         upd: dict[str, Any] = {"visits": [self._node("draft")], "messages": msgs, "llm_calls": 1, "fixed": False}
         try:
             ai = self.llm(ctx, msgs, config, "draft")

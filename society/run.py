@@ -218,6 +218,7 @@ def run_society(
     agent: str = "society",
     recorder: RunRecorder | None = None,
     given_sql: str | None = None,
+    junior_hint: str | None = None,
 ) -> SocietyRun:
     """Answer ``question`` on the SQLite database ``db_path`` with the society (or a baseline).
 
@@ -237,6 +238,10 @@ def run_society(
         recorder: when given, the run is appended to its run directory.
         given_sql: the SQL the ``senior`` agent refines (None: nothing to refine, the run ends
             ``failed`` with "no SQL given"); ignored by the other agents.
+        junior_hint: a SQL query every junior is shown as a hint before its own prompt (STaR
+            rationalization: the gold SQL, see :func:`society.prompts.hint_block`); None: no hint.
+            Every agent whose juniors draft uses it (``society``, ``juniors``, the baselines' writer);
+            ``senior`` ignores it.
 
     Returns:
         :class:`SocietyRun`; ``status == "failed"`` with ``error`` set when an endpoint stayed down
@@ -278,6 +283,8 @@ def run_society(
                               "db_path": str(db_path)}
     if agent == "senior":
         inputs["given_sql"] = given_sql
+    if junior_hint:
+        inputs["junior_hint"] = junior_hint
 
     t0 = time.perf_counter()
     state: dict[str, Any] = dict(inputs)

@@ -169,6 +169,8 @@ class SocietyState(TypedDict, total=False):
     Juniors:
         junior_round: 0 for the first drafts, +1 after each CRITICAL review.
         junior_feedback: the CRITICAL review's feedback shown to the juniors on a new round.
+        junior_hint: the gold SQL shown to every junior as a hint (a STaR rationalization rollout,
+            ``run_society(..., junior_hint=...)``); absent or '' otherwise.
         candidates: this round's candidates (reducer appends; a new round overwrites it with
             ``langgraph.types.Overwrite([])``).
     Supervisor:
@@ -200,6 +202,7 @@ class SocietyState(TypedDict, total=False):
 
     junior_round: int
     junior_feedback: str
+    junior_hint: str
     candidates: Annotated[list[Candidate], operator.add]
 
     choices: Annotated[list[SupervisorChoice], operator.add]
@@ -241,6 +244,7 @@ class JuniorState(TypedDict, total=False):
     schema_text: str
     junior_round: int
     junior_feedback: str
+    junior_hint: str
     messages: list[Any]
     draft_sql: str | None
     draft_raw: str
@@ -262,6 +266,7 @@ class JuniorInput(TypedDict, total=False):
     schema_text: str
     junior_round: int
     junior_feedback: str
+    junior_hint: str
 
 
 class JuniorOutput(TypedDict, total=False):

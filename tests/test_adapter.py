@@ -73,11 +73,13 @@ def test_adapt_is_order_independent_and_total(recorded) -> None:
     assert empty.task_id is None and empty.llm_calls == []
     # a rollout whose outcome spans are missing is skipped by the views, not an error
     bare = [s for s in spans if "sqlsociety.kind" not in s.attributes]
-    assert len(ad.to_sft([bare], min_reward=0.0, select="reward")) == 0
+    assert len(ad.to_sft([bare], min_reward=0.0)) == 0
     assert ad.to_bandit([bare]) == []
 
 
-def test_to_sft_selects_by_reward_and_own_correctness(traces) -> None:
+def test_to_sft_keeps_the_juniors_whose_own_sql_matched_gold(traces) -> None:
+    """Per-junior credit: a junior's conversation is kept only when its own SQL matched gold; the
+    society's reward orders the rows (and picks among identical ones), it admits none."""
     ad = HierarchicalTraceAdapter()
     # expected rows recomputed from the candidates' SQL executed against gold
     own_correct = set()
@@ -85,27 +87,27 @@ def test_to_sft_selects_by_reward_and_own_correctness(traces) -> None:
         for c in t.run["candidates"]:
             if execution_match(_db(t), c["sql"], t.outcomes["gold_sql"]).match:
                 own_correct.add((t.rollout_id, c["junior"]))
-    ds = ad.to_sft(traces, select="own_correct")
-    assert {(r, j) for r, j in zip(ds["rollout_id"], ds["role_instance"])} == own_correct
-    assert all(v == 1 for v in ds["own_ex"])
+    sel = ad.select_sft(traces, min_reward=0.5)
+    ds = sel.dataset
+    kept = {(r, j) for r, j in zip(ds["rollout_id"], ds["role_instance"])}
+    assert kept <= own_correct and len(kept) + sel.summary["duplicates"] == len(own_correct) > 0
+    assert all(v == 1 for v in ds["own_ex"]) and set(ds["source"]) == {"society"}
+    assert ds["reward"] == sorted(ds["reward"], reverse=True)
+    assert len(ad.to_sft(traces, min_reward=float("-inf"))) == len(ds)  # the threshold admits nothing
+    n_conv = sum(len(t.outcomes["juniors"]) for t in traces)
+    assert sel.summary["conversations"] == n_conv and sel.summary["own_sql_wrong"] == n_conv - len(own_correct)
+    # what the removed reward-or-correct rule would have let in with a wrong own SQL
+    wrong_high = sum(1 for t in traces if t.reward >= 0.5 for j in t.outcomes["juniors"]
+                     if (t.rollout_id, j) not in own_correct)
+    assert sel.summary["old_rule"]["admitted_with_wrong_own_sql"] == wrong_high
 
-    everything = ad.to_sft(traces, min_reward=float("-inf"), select="reward")
-    assert len(everything) == sum(len(t.outcomes["juniors"]) for t in traces)
-    high = ad.to_sft(traces, min_reward=0.5, select="reward")
-    assert len(high) == sum(len(t.outcomes["juniors"]) for t in traces if t.reward >= 0.5)
-    both = ad.to_sft(traces, min_reward=0.5, select="both")
-    either = ad.to_sft(traces, min_reward=0.5, select="either")
-    assert len(both) <= min(len(high), len(ds)) and len(either) == len(high) + len(ds) - len(both)
-
-    row = everything[0]
+    row = ds[0]
     roles = [m["role"] for m in row["messages"]]
     assert roles[0] == "system" and roles[-1] == "assistant" and "user" in roles
     # a junior that fixed its draft keeps the whole dialogue: draft, execution feedback, fix
-    fixed = [r for r in everything if len(r["messages"]) > 3]
+    fixed = [r for r in ds if len(r["messages"]) > 3]
     for r in fixed:
         assert [m["role"] for m in r["messages"][:5]] == ["system", "user", "assistant", "user", "assistant"]
-    with pytest.raises(ValueError, match="select"):
-        ad.to_sft(traces, select="all")  # type: ignore[arg-type]
 
 
 def test_to_rl_senior_decision_points(traces) -> None:
@@ -187,20 +189,22 @@ def test_adapter_reads_a_store(tmp_path: Path, recorded, traces) -> None:
         assert [r.reward for r in arc.rollouts()] == pytest.approx([t.reward for t in traces])
     assert [(t.task_id, t.reward, t.outcomes, len(t.llm_calls)) for t in again] == [
         (t.task_id, t.reward, t.outcomes, len(t.llm_calls)) for t in traces]
-    assert len(ad.to_sft(path, min_reward=float("-inf"), select="reward")) == len(
-        ad.to_sft(traces, min_reward=float("-inf"), select="reward"))
+    def rows(ds) -> list:
+        return [(r["messages"], r["role_instance"], r["reward"]) for r in ds]
+
+    assert rows(ad.to_sft(path)) == rows(ad.to_sft(traces))
 
 
 def test_to_sft_keeps_only_correct_juniors_of_a_rejection_sampling_draw(traces) -> None:
     """A draw marked ``resample`` (the marker a juniors-only resampling gather records) keeps a
-    junior only when its own candidate matched gold, whatever the selection rule says. The real
-    traces are copied and marked here; the gather that writes the marker is tested in test_gather."""
+    junior only when its own candidate matched gold, like every other rollout. The real traces are
+    copied and marked here; the gather that writes the marker is tested in test_gather."""
     import dataclasses
 
     ad = HierarchicalTraceAdapter()
-    lenient = {"min_reward": float("-inf"), "select": "reward"}
-    marked = [dataclasses.replace(t, outcomes={**t.outcomes, "resample": 1}) for t in traces]
-    rows = ad.to_sft(marked, **lenient)
-    assert len(ad.to_sft(traces, **lenient)) > len(rows)  # some wrong juniors were dropped
-    assert all(v == 1 for v in rows["own_ex"])
-    assert len(rows) == len(ad.to_sft(traces, select="own_correct"))
+    marked = [dataclasses.replace(t, outcomes={**t.outcomes, "resample": 1, "agent": "juniors"}) for t in traces]
+    sel = ad.select_sft(marked, min_reward=float("-inf"))
+    rows = sel.dataset
+    assert all(v == 1 for v in rows["own_ex"]) and set(rows["source"]) == {"resample"}
+    assert len(rows) == len(ad.to_sft(traces))
+    assert sel.summary["old_rule"]["admitted_with_wrong_own_sql"] == 0  # draws were own-correct only before too

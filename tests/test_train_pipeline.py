@@ -80,12 +80,25 @@ def test_train_smoke_killed_in_phase1_resumes_and_runs_all_phases(tmp_path: Path
     for rid, (task, reward) in before.items():  # no rollout lost, none rewritten
         assert after.get(rid) == (task, reward)
     tasks = [t for t, _ in after.values()]
-    assert sorted(tasks) == sorted(set(tasks)) and len(tasks) == 4  # every task once: none redone
+    society_tasks = [t for t in tasks if "/" not in t]
+    assert sorted(tasks) == sorted(set(tasks)) and len(society_tasks) == 4  # every task once: none redone
     gather = json.loads((run / "phases" / "1-gather" / "done.json").read_text())
     assert gather["skipped"] == len({t for t, _ in before.values()})
+    # rationalization (on in the smoke profile): the questions no junior solved, asked again with a hint
+    rationalized = [t for t in tasks if "/" in t]
+    assert all(t.endswith("/rationalized") and t.split("/")[0] in society_tasks for t in rationalized)
+    assert len(rationalized) == gather["rationalized_tasks"] == gather["rationalize"]["succeeded"]
 
     sft = json.loads((run / "phases" / "2-sft" / "done.json").read_text())
     assert sft["rows"] > 0 and sft["steps"] > 0
+    # per-junior credit: every SFT row is a junior whose own SQL matched gold, with no hint left
+    card = json.loads((run / "phases" / "2-sft" / "sft_selection.json").read_text())
+    assert card == sft["selection"] and card["rule"] == "own_correct" and card["kept"] == sft["rows"]
+    rows = [json.loads(line) for line in (run / "phases" / "2-sft" / "sft_dataset.jsonl").read_text().splitlines()]
+    assert len(rows) == sft["rows"] and all(r["own_ex"] == 1 for r in rows)
+    assert not any("<hint>" in m["content"] or "A correct query for this question" in m["content"]
+                   for r in rows for m in r["messages"])
+    assert "rationalized:" in out  # the phase-2 echo counts rows per source and persona
     assert (Path(sft["adapter"]) / "adapter_model.safetensors").stat().st_size > 0
     assert Path(sft["adapter_gguf"]).stat().st_size > 0
     grpo = json.loads((run / "phases" / "3-grpo" / "done.json").read_text())
@@ -141,7 +154,8 @@ def test_phase1_adds_juniors_only_rollouts_and_resamples_the_tasks_a_junior_got_
 
     cfg = yaml.safe_load((REPO / "configs" / "train" / "smoke.yaml").read_text())
     cfg["society_config"] = str(REPO / "configs" / "smoke.yaml")
-    cfg["gather"].update(limit=1, junior_limit=2, junior_resamples=1, junior_temperature=0.9, epsilon=0.0)
+    cfg["gather"].update(limit=1, junior_limit=2, junior_resamples=1, junior_temperature=0.9, epsilon=0.0,
+                         rationalize=False)
     cfg["eval"].update(limit=1, junior_limit=0, senior_limit=0)
     pipe = TrainingPipeline(TrainConfig.model_validate(cfg), tmp_path / "run", phases={1}, echo=lambda _: None)
     info = pipe.phase1_gather()

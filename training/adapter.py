@@ -6,9 +6,11 @@ the spans of one society rollout (as :class:`training.agent.SocietyAgent` leaves
 store) into a :class:`SocietyTrace`; the three views work over many rollouts:
 
 * :meth:`~HierarchicalTraceAdapter.to_sft` -- each junior's conversation (system, user,
-  assistant draft, execution feedback, assistant fix...) from rollouts that pass a reward
-  threshold and/or whose own candidate matched gold, as a Hugging Face ``datasets.Dataset`` with
-  a ``messages`` column (TRL ``SFTTrainer``'s conversational format).
+  assistant draft, execution feedback, assistant fix...) whose *own* final SQL matched gold
+  (per-junior credit: the society's reward orders and deduplicates, it never admits), as a Hugging
+  Face ``datasets.Dataset`` with a ``messages`` column (TRL ``SFTTrainer``'s conversational
+  format); :meth:`~HierarchicalTraceAdapter.select_sft` adds the counts of the phase-2 dataset card
+  (per source and persona, and what the old reward-or-correct rule would have let in).
 * :meth:`~HierarchicalTraceAdapter.to_rl` -- the senior's decision points (each ``senior_check``
   / ``senior_rewrite`` LLM call: prompt = question, schema, the chosen candidate, its execution
   feedback; response; reward) as Agent Lightning ``Triplet`` objects (what verl consumes) and
@@ -31,8 +33,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,8 +49,17 @@ from agentlightning.types import Span, Triplet
 
 from evaluation.trace_records import indexed_messages
 from society.candidate import candidate_context
+from society.prompts import hint_remnants, strip_hint
 from tools.spider import database_path, default_data_dir
-from training.agent import ATTR, KIND_ROLE_OUTCOMES, KIND_SOCIETY_RUN, LC_METADATA, LC_RUN_NAME
+from training.agent import (
+    ATTR,
+    KIND_ROLE_OUTCOMES,
+    KIND_SOCIETY_RUN,
+    LC_METADATA,
+    LC_RUN_NAME,
+    SOURCES,
+    rollout_source,
+)
 
 #: The span names the adapter reads (chat-model spans, their OpenAI children, annotations, objects);
 #: reading a store skips the others (graph/node/tool spans), which are most of the bytes.
@@ -55,7 +67,12 @@ SPAN_NAMES = ("chat_model.llm", "openai.chat.completion", "agentlightning.annota
 #: Graph nodes of the senior whose LLM calls are RL decision points.
 SENIOR_NODES = ("senior_check", "senior_rewrite")
 
-SftSelect = Literal["reward", "own_correct", "either", "both"]
+#: The one SFT admission rule: a junior's conversation enters SFT only when its own final SQL
+#: matched gold (``junior.<J>.ex == 1``). The rules that admitted on the society's reward
+#: (``reward``, ``either``, ``both``) were removed (issue 20): they let wrong drafts be imitated.
+SFT_RULE = "own_correct"
+#: A word an assistant reply of a rationalized rollout must not contain (it would not read as unhinted).
+_HINT_WORD = re.compile(r"\bhint", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -154,6 +171,42 @@ class BanditSample:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class SftSelection:
+    """What :meth:`HierarchicalTraceAdapter.select_sft` returns: the SFT rows and their dataset card.
+
+    Attributes:
+        dataset: the ``datasets.Dataset`` of :meth:`HierarchicalTraceAdapter.to_sft`.
+        summary: JSON-able counts (written to ``phases/2-sft/sft_selection.json`` by the pipeline):
+
+            * ``rule``: ``own_correct``; ``ranking``: how the society's reward is used;
+            * ``conversations``: junior conversations read; ``kept``: rows in ``dataset``;
+            * ``own_sql_wrong``: left out because the junior's own SQL did not match gold;
+            * ``duplicates``: left out as the same conversation as a better-ranked row;
+            * ``hint_left``: rationalized conversations left out because a trace of the hint stayed
+              after the block was removed (the reply mentions it);
+            * ``old_rule``: ``{"rule": "either", "min_reward", "admitted",
+              "admitted_with_wrong_own_sql"}`` -- what the removed rule (reward >= ``min_reward`` OR
+              own SQL correct; rejection-sampling draws own SQL correct only) would have admitted,
+              and how many of those had a wrong own SQL;
+            * ``by_source``: source (:data:`training.agent.SOURCES`) -> persona ->
+              ``{"conversations", "kept"}``.
+    """
+
+    dataset: Any
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def trace_source(t: SocietyTrace) -> str:
+    """The source of a rollout (:data:`training.agent.SOURCES`): its ``source`` outcome, else (stores
+    written before that key) from its ``agent``, ``resample`` and ``rationalized`` outcomes."""
+    src = t.outcomes.get("source")
+    if src in SOURCES:
+        return str(src)
+    return rollout_source("juniors" if t.outcomes.get("agent") == "juniors" else "society",
+                          resample=bool(t.outcomes.get("resample")), rationalized=bool(t.outcomes.get("rationalized")))
 
 
 @dataclass
@@ -272,39 +325,47 @@ class HierarchicalTraceAdapter(agl.TraceAdapter[SocietyTrace]):
         for item in source:
             yield item if isinstance(item, SocietyTrace) else self.adapt(item)
 
-    def to_sft(
-        self,
-        source: Any,
-        *,
-        min_reward: float = 0.5,
-        select: SftSelect = "either",
-        roles: Sequence[str] = ("junior",),
-    ) -> Any:
-        """The juniors' conversations worth imitating, as a ``datasets.Dataset``.
+    def to_sft(self, source: Any, *, min_reward: float = 0.5, roles: Sequence[str] = ("junior",)) -> Any:
+        """The juniors' conversations worth imitating, as a ``datasets.Dataset`` (the ``dataset`` of
+        :meth:`select_sft`; see there for the rule, the arguments and the columns)."""
+        return self.select_sft(source, min_reward=min_reward, roles=roles).dataset
 
-        A junior's conversation is its last LLM call's prompt plus reply (so a draft, the
-        execution feedback and the fix form one conversation). It is kept when:
-        ``reward``: the rollout reward >= ``min_reward``; ``own_correct``: the junior's own
-        candidate matched gold (``junior.<J>.ex == 1``); ``either`` / ``both``: or / and. A
-        rejection-sampling draw (``resample`` rollouts of a juniors-only gather) keeps only the
-        juniors whose own candidate matched gold, whatever ``select`` says (STaR-style rejection
-        sampling: Zelikman et al. 2022, "STaR: Bootstrapping Reasoning With Reasoning").
+    def select_sft(self, source: Any, *, min_reward: float = 0.5, roles: Sequence[str] = ("junior",)) -> SftSelection:
+        """The juniors' conversations worth imitating, with the counts of their dataset card.
 
-        Columns: ``messages`` (list of ``{"role", "content"}``), ``rollout_id``, ``task_id``,
-        ``role_instance``, ``persona``, ``reward``, ``own_ex``.
+        Per-junior credit: a junior's conversation -- its last LLM call's prompt plus reply, so a
+        draft, the execution feedback and the fix form one conversation -- is kept only when that
+        junior's own final SQL matched gold by EX (``junior.<J>.ex == 1``), in every kind of rollout
+        (society, juniors-only, rejection-sampling draw, rationalization). The society's reward
+        never admits a conversation: it only ranks the kept ones (highest first, ties in rollout
+        and junior order; None last), and of two identical conversations the better-ranked one is
+        kept. A rationalization rollout's conversation loses its hint block
+        (:func:`society.prompts.strip_hint`), so it reads as if no hint had been given; one in which
+        a trace of the hint remains (a reply that mentions it) is left out. STaR: Zelikman et al.
+        2022, "STaR: Bootstrapping Reasoning With Reasoning" (rejection sampling, section 3.1;
+        rationalization, section 3.2).
 
-        Raises:
-            ValueError: unknown ``select``.
+        Args:
+            source: see :meth:`traces`.
+            min_reward: the threshold of the removed ``either`` rule, used only to count what it
+                would have admitted with a wrong own SQL (``summary["old_rule"]``).
+            roles: the roles whose conversations are read (``junior``).
+
+        Returns:
+            :class:`SftSelection`. Columns of its dataset: ``messages`` (list of ``{"role",
+            "content"}``), ``rollout_id``, ``task_id``, ``role_instance``, ``persona``, ``reward``
+            (the rollout's, may be None), ``own_ex`` (always 1), ``source`` (one of
+            :data:`training.agent.SOURCES`).
         """
         import datasets
 
-        if select not in ("reward", "own_correct", "either", "both"):
-            raise ValueError(f"select={select!r}; use 'reward', 'own_correct', 'either' or 'both'")
-        rows: dict[str, list[Any]] = {k: [] for k in ("messages", "rollout_id", "task_id", "role_instance", "persona",
-                                                        "reward", "own_ex")}
-        for t in self.traces(source):
+        cand: list[tuple[float, int, dict[str, Any]]] = []
+        by_source: dict[str, dict[str, dict[str, int]]] = {s: {} for s in SOURCES}
+        n_read = n_wrong = n_hint = old_admitted = old_wrong = 0
+        for order, t in enumerate(self.traces(source)):
             if t.task_id is None:
                 continue
+            src = trace_source(t)
             last: dict[str, LLMCall] = {}
             for c in t.llm_calls:
                 if c.role in roles and c.response:
@@ -312,25 +373,51 @@ class HierarchicalTraceAdapter(agl.TraceAdapter[SocietyTrace]):
             for inst, call in last.items():
                 own = t.outcomes.get(f"junior.{inst}.ex")
                 own_ok = own == 1
-                rew_ok = t.reward is not None and t.reward >= min_reward
-                keep = {
-                    "reward": rew_ok,
-                    "own_correct": own_ok,
-                    "either": rew_ok or own_ok,
-                    "both": rew_ok and own_ok,
-                }[select]
-                if t.outcomes.get("resample"):
-                    keep = own_ok
-                if not keep:
+                persona = str(t.outcomes.get(f"junior.{inst}.persona", ""))
+                counts = by_source[src].setdefault(persona, {"conversations": 0, "kept": 0})
+                counts["conversations"] += 1
+                n_read += 1
+                # the removed rule: reward >= min_reward OR own correct (its draws: own correct only)
+                old = own_ok if src in ("resample", "rationalized") else (
+                    own_ok or (t.reward is not None and t.reward >= min_reward))
+                old_admitted += int(old)
+                old_wrong += int(old and not own_ok)
+                if not own_ok:
+                    n_wrong += 1
                     continue
-                rows["messages"].append(call.conversation())
-                rows["rollout_id"].append(t.rollout_id)
-                rows["task_id"].append(t.task_id)
-                rows["role_instance"].append(inst)
-                rows["persona"].append(str(t.outcomes.get(f"junior.{inst}.persona", "")))
-                rows["reward"].append(t.reward)
-                rows["own_ex"].append(-1 if own is None else int(own))
-        return datasets.Dataset.from_dict(rows, features=_sft_features())
+                messages = call.conversation()
+                if src == "rationalized":
+                    messages = [{"role": m["role"], "content": strip_hint(m["content"])} for m in messages]
+                    if any(hint_remnants(m["content"])
+                           or (m["role"] == "assistant" and _HINT_WORD.search(m["content"])) for m in messages):
+                        n_hint += 1
+                        continue
+                rank = -t.reward if t.reward is not None else float("inf")
+                cand.append((rank, order, {
+                    "messages": messages, "rollout_id": t.rollout_id, "task_id": t.task_id, "role_instance": inst,
+                    "persona": persona, "reward": t.reward, "own_ex": 1, "source": src,
+                }))
+        cand.sort(key=lambda x: (x[0], x[1]))  # stable: junior order within a rollout
+        rows: dict[str, list[Any]] = {k: [] for k in _sft_features()}
+        seen: set[str] = set()
+        for _, _, row in cand:
+            key = json.dumps(row["messages"], sort_keys=True, ensure_ascii=False)
+            if key in seen:
+                continue
+            seen.add(key)
+            by_source[row["source"]][row["persona"]]["kept"] += 1
+            for k, v in row.items():
+                rows[k].append(v)
+        summary = {
+            "rule": SFT_RULE,
+            "ranking": "society reward, highest first; of identical conversations the highest-ranked is kept",
+            "conversations": n_read, "kept": len(rows["messages"]), "own_sql_wrong": n_wrong,
+            "duplicates": len(cand) - len(rows["messages"]), "hint_left": n_hint,
+            "old_rule": {"rule": "either", "min_reward": min_reward, "admitted": old_admitted,
+                         "admitted_with_wrong_own_sql": old_wrong},
+            "by_source": by_source,
+        }
+        return SftSelection(datasets.Dataset.from_dict(rows, features=_sft_features()), summary)
 
     def to_rl(self, source: Any, *, reward: Literal["rollout", "senior_gain"] = "rollout") -> RLData:
         """The senior's decision points as verl-style triplets and a TRL GRPO prompt dataset.
@@ -374,11 +461,14 @@ class HierarchicalTraceAdapter(agl.TraceAdapter[SocietyTrace]):
         return RLData(triplets=triplets, prompts=datasets.Dataset.from_dict(cols, features=_rl_features()))
 
     def to_bandit(self, source: Any) -> list[BanditSample]:
-        """The supervisor's last decision of every rollout that had at least one usable candidate."""
+        """The supervisor's last decision of every rollout that had at least one usable candidate.
+
+        Rationalization rollouts are left out: their juniors saw the gold SQL, so their candidates
+        are not what the supervisor faces."""
         out: list[BanditSample] = []
         for t in self.traces(source):
             choices = t.run.get("choices") or []
-            if t.task_id is None or not choices:
+            if t.task_id is None or not choices or trace_source(t) == "rationalized":
                 continue
             ch = choices[-1]
             action = int(ch.get("index", -1))
@@ -418,7 +508,7 @@ def _sft_features() -> Any:
     return datasets.Features({
         "messages": datasets.List(msg), "rollout_id": datasets.Value("string"), "task_id": datasets.Value("string"),
         "role_instance": datasets.Value("string"), "persona": datasets.Value("string"),
-        "reward": datasets.Value("float64"), "own_ex": datasets.Value("int64"),
+        "reward": datasets.Value("float64"), "own_ex": datasets.Value("int64"), "source": datasets.Value("string"),
     })
 
 
@@ -487,8 +577,11 @@ __all__ = [
     "HierarchicalTraceAdapter",
     "LLMCall",
     "RLData",
+    "SFT_RULE",
+    "SftSelection",
     "SocietyTrace",
     "candidate_features",
     "export_traces",
     "load_traces",
+    "trace_source",
 ]

@@ -257,8 +257,10 @@ def with_junior_sampling(config: SocietyConfig, *, temperature: float, seed: int
 def task_from_example(ex: SpiderExample) -> dict[str, Any]:
     """The rollout input for one Spider example: ``task_id``, ``question``, ``db_id``, ``db_path``, ``gold_sql``.
 
-    Optional keys a gather may add: ``agent`` (``society``, the default, or ``juniors``) and
-    ``junior_sampling`` (``{"temperature", "seed"}``, see :func:`with_junior_sampling`)."""
+    Optional keys a gather may add: ``agent`` (``society``, the default, or ``juniors``),
+    ``junior_sampling`` (``{"temperature", "seed"}``, see :func:`with_junior_sampling`) and
+    ``rationalize`` (True: every junior is shown ``gold_sql`` as a hint, STaR rationalization;
+    only with ``agent: juniors``)."""
     return {"task_id": ex.id, "question": ex.question, "db_id": ex.db_id, "db_path": str(ex.db_path),
             "gold_sql": ex.gold_sql}
 
@@ -275,6 +277,23 @@ def _task_db_path(task: Mapping[str, Any], data_dir: Path | None) -> Path:
                      "pass db_path or set SQLSOCIETY_DATA_DIR")
 
 
+#: Where a rollout's junior conversations come from (``sqlsociety.source``), in report order.
+SOURCES = ("society", "juniors", "resample", "rationalized")
+
+
+def rollout_source(agent: str, *, resample: bool = False, rationalized: bool = False) -> str:
+    """The source of a rollout, one of :data:`SOURCES`: ``rationalized`` (a juniors-only rollout whose
+    juniors saw the gold SQL as a hint), ``resample`` (a rejection-sampling draw of the juniors-only
+    gather), ``juniors`` (the juniors-only gather's first draw) or ``society`` (a whole society run).
+
+    Raises:
+        ValueError: ``agent`` is neither ``society`` nor ``juniors``.
+    """
+    if agent not in ("society", "juniors"):
+        raise ValueError(f"agent {agent!r}; use 'society' or 'juniors'")
+    return "rationalized" if rationalized else "resample" if resample else agent
+
+
 # --------------------------------------------------------------------------------------------
 # Per-role outcomes
 # --------------------------------------------------------------------------------------------
@@ -286,7 +305,8 @@ def role_outcome_attributes(run: Any, gold_sql: str, db_path: str | Path, reward
     Keys (``J`` = a junior instance name, e.g. ``junior_direct``; ``i`` = review number)::
 
         task_id, db_id, db_path, gold_sql, status, final.sql, final.ex (0/1), final.ex_reason
-        agent (society | juniors), resample (1: a rejection-sampling draw) -- added by the rollout
+        agent (society | juniors), resample (1: a rejection-sampling draw), rationalized (1: the
+            juniors saw the gold SQL as a hint), source (see :func:`rollout_source`) -- added by the rollout
         junior.J.index, .persona, .sql, .executes, .fixed, .ex      -- EX of J's candidate vs gold
         juniors (the names in candidate order), juniors_correct (how many candidates match gold)
         supervisor.index (-1: none), .choice (junior name), .policy, .chosen_ex, .best_possible
@@ -434,6 +454,10 @@ class SocietyAgent(agl.LitAgent[dict]):
         resample = task.get("junior_sampling")
         if resample:
             cfg = with_junior_sampling(cfg, temperature=float(resample["temperature"]), seed=int(resample["seed"]))
+        rationalize = bool(task.get("rationalize"))
+        if rationalize and agent != "juniors":
+            raise ValueError(f"task {task['task_id']}: rationalize needs agent 'juniors' (a hinted society run "
+                             "would also teach the senior and the supervisor from hinted candidates)")
         tracer = self._active_tracer()
         handler = tracer.get_langchain_handler() if tracer is not None else None
         meta = dict(getattr(rollout, "metadata", None) or {})
@@ -450,13 +474,17 @@ class SocietyAgent(agl.LitAgent[dict]):
                 question_id=str(task["task_id"]), db_id=task.get("db_id"),
                 callbacks=[handler] if handler is not None else None,
                 metadata={"rollout_id": rollout.rollout_id, "task_id": str(task["task_id"])}, agent=agent,
+                junior_hint=task["gold_sql"] if rationalize else None,
             )
             reward = compute_reward(run.final_sql, task["gold_sql"], db_path, self.reward_config)
             trace.set_reward(reward.total)
         agl.emit_object(_jsonable(run.to_record()), attributes={f"{ATTR}.kind": KIND_SOCIETY_RUN,
                                                                 f"{ATTR}.task_id": str(task["task_id"])})
         agl.emit_annotation({**role_outcome_attributes(run, task["gold_sql"], db_path, reward),
-                             f"{ATTR}.agent": agent, f"{ATTR}.resample": int(bool(resample))})
+                             f"{ATTR}.agent": agent, f"{ATTR}.resample": int(bool(resample)),
+                             f"{ATTR}.rationalized": int(rationalize),
+                             f"{ATTR}.source": rollout_source(agent, resample=bool(resample),
+                                                              rationalized=rationalize)})
         broken = infrastructure_failure(run)
         if broken:
             raise RolloutFailed(f"task {task['task_id']}: {broken}")

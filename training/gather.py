@@ -95,6 +95,10 @@ class GatherConfig:
         junior_sampling: ``{"temperature": t, "seed": s}``: the juniors sample with these instead of
             their configured sampling (rejection sampling draws); their rollouts are marked
             ``resample`` and SFT keeps only the juniors that got the answer right there.
+        rationalize: every junior is shown the task's gold SQL as a hint before its own prompt
+            (STaR rationalization, Zelikman et al. 2022, section 3.2); the rollouts are marked
+            ``rationalized`` and SFT keeps only the juniors whose own SQL then matched gold, with the
+            hint removed. Needs ``agent="juniors"``.
     """
 
     run_dir: str | os.PathLike[str]
@@ -121,10 +125,13 @@ class GatherConfig:
     agent: str = "society"
     task_suffix: str = ""
     junior_sampling: Mapping[str, Any] | None = None
+    rationalize: bool = False
 
     def __post_init__(self) -> None:
         if self.agent not in ("society", "juniors"):
             raise ValueError(f"GatherConfig.agent={self.agent!r}; use 'society' or 'juniors'")
+        if self.rationalize and self.agent != "juniors":
+            raise ValueError("GatherConfig.rationalize needs agent='juniors': only the juniors are shown the gold SQL")
         if self.junior_sampling is not None and not {"temperature", "seed"} <= set(self.junior_sampling):
             raise ValueError(f"GatherConfig.junior_sampling={dict(self.junior_sampling)!r}; give temperature and seed")
         if self.n_runners < 0 or self.remote_runners < 0:
@@ -296,6 +303,8 @@ def select_tasks(config: GatherConfig) -> list[dict[str, Any]]:
             t["agent"] = config.agent
         if config.junior_sampling is not None:
             t["junior_sampling"] = dict(config.junior_sampling)
+        if config.rationalize:
+            t["rationalize"] = True
     return tasks
 
 

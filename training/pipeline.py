@@ -84,11 +84,20 @@ class TrainConfigError(ValueError):
 
 
 #: Keys of the ``adapter:`` section (``HierarchicalTraceAdapter`` view thresholds) and their types.
+#: ``sft_min_reward`` admits nothing (a junior's conversation enters SFT only when its own SQL
+#: matched gold): it is the threshold of the removed reward-or-correct rule, whose wrongly admitted
+#: conversations phase 2 counts (``phases/2-sft/sft_selection.json``).
 ADAPTER_KEYS: dict[str, type | tuple[type, ...]] = {
     "sft_min_reward": (int, float),
-    "sft_select": str,
     "rl_reward": str,
     "bandit_holdout": (int, float),
+}
+
+#: ``adapter:`` keys older profiles and run directories carry that nothing reads any more: dropped on
+#: :meth:`TrainConfig.load` with a warning, so those files still load and resume.
+RETIRED_ADAPTER_KEYS: dict[str, str] = {
+    "sft_select": "a junior's conversation enters SFT only when its own final SQL matches gold (per-junior "
+                  "credit); the society's reward only ranks and deduplicates, the modes that admitted on it are gone",
 }
 
 
@@ -111,7 +120,13 @@ class GatherSection(_Section):
     ``junior_resamples`` = k more draws at ``junior_temperature`` on each of those tasks where a
     junior was wrong, whose correct juniors only go to SFT (rejection sampling, STaR: Zelikman et
     al. 2022). All land in the same store: one ``to_sft`` view, and more supervisor decisions for
-    the bandit."""
+    the bandit.
+
+    ``rationalize``: then every train question gathered above on which no junior's own SQL matched
+    gold in any draw is asked once more, juniors only, with the gold SQL shown to the juniors as a
+    hint (STaR rationalization, Zelikman et al. 2022, section 3.2; tasks ``train-N/rationalized``,
+    metrics phase ``1-gather-rationalized``); SFT keeps a junior's answer only when its own SQL
+    matches gold, with the hint removed. Not used for the bandit."""
 
     split: str = "train"
     limit: int = Field(8, ge=1)
@@ -127,6 +142,7 @@ class GatherSection(_Section):
     junior_limit: int = Field(0, ge=0)
     junior_resamples: int = Field(0, ge=0)
     junior_temperature: float = Field(0.8, ge=0.0, le=2.0)
+    rationalize: bool = False
 
 
 class EvalSection(_Section):
@@ -320,6 +336,10 @@ class TrainConfig(_Section):
                                    f"{', '.join(PROFILES)} or a YAML path (copy {PROFILE_DIR}/default.yaml)")
         try:
             data = yaml.safe_load(path.read_text()) or {}
+            if isinstance(data, dict) and isinstance(data.get("adapter"), dict):
+                for key in sorted(set(data["adapter"]) & set(RETIRED_ADAPTER_KEYS)):
+                    data["adapter"].pop(key)
+                    logger.warning("%s: adapter.%s is ignored (%s); delete it", path, key, RETIRED_ADAPTER_KEYS[key])
             cfg = cls.model_validate(data)
         except (yaml.YAMLError, ValidationError) as e:
             raise TrainConfigError(f"{path}: invalid training profile: {e}") from e
@@ -377,6 +397,28 @@ def dev_decisions(eval_jsonl: Path) -> list[dict[str, Any]]:
             "propensity": float((ch.get("info") or {}).get("propensity", 1.0) or 1.0), "reward": own[action],
         })
     return out
+
+
+def sft_selection_lines(summary: dict[str, Any]) -> list[str]:
+    """The phase-2 echo of an SFT selection summary (``training.adapter.SftSelection.summary``): what
+    was kept and why the rest was not, what the removed reward-or-correct rule would have admitted
+    with a wrong own SQL, and the kept rows per source and persona."""
+    old = summary["old_rule"]
+    lines = [
+        f"phase 2 SFT dataset: {summary['kept']} of {summary['conversations']} junior conversations (own SQL "
+        f"matched gold; {summary['own_sql_wrong']} wrong left out, {summary['duplicates']} duplicates, "
+        f"{summary['hint_left']} with a trace of the hint); the old rule (reward >= {old['min_reward']} or own SQL "
+        f"correct) would have admitted {old['admitted']}, {old['admitted_with_wrong_own_sql']} of them with a wrong "
+        "own SQL",
+    ]
+    parts = []
+    for source, personas in summary["by_source"].items():
+        if personas:
+            parts.append(f"{source}: " + ", ".join(f"{p or '?'} {c['kept']}/{c['conversations']}"
+                                                  for p, c in sorted(personas.items())))
+    if parts:
+        lines.append("phase 2 SFT rows kept/read by source and persona: " + "; ".join(parts))
+    return lines
 
 
 def dev_subset(cfg: TrainConfig, limit: int | None = None) -> list[Any]:
@@ -782,13 +824,43 @@ class TrainingPipeline:
                     rs = run(wrong, agent="juniors", task_suffix=f"/juniors#{j}",
                              junior_sampling={"temperature": g.junior_temperature, "seed": 1000 * j})
                     juniors[f"resample_{j}"] = rs.to_json()
+            if g.rationalize:
+                unsolved = self._unsolved_tasks()
+                juniors["rationalized_tasks"] = len(unsolved)
+                hook.set_phase("1-gather-rationalized")  # hinted rollouts: their rewards are not the policy's
+                rz = run(unsolved, agent="juniors", task_suffix="/rationalized", rationalize=True)
+                juniors["rationalize"] = rz.to_json()
         with self._archive() as archive:
             stored = len(archive.rollouts(status="succeeded"))
+        extra = []
+        if g.junior_limit:
+            extra.append(f"juniors only on {g.junior_limit} more tasks, {juniors['resampled_tasks']} of them "
+                         f"resampled {g.junior_resamples}x at temperature {g.junior_temperature}")
+        if g.rationalize:
+            extra.append(f"{juniors['rationalized_tasks']} questions no junior solved asked again with the gold SQL "
+                         "as a hint (rationalization)")
         self.echo(f"phase 1 gather: {stored} rollouts in the store ({summary.skipped} society rollouts resumed, "
-                  f"{summary.run} run now, mean reward {summary.mean_reward})"
-                  + (f"; juniors only on {g.junior_limit} more tasks, {juniors['resampled_tasks']} of them "
-                     f"resampled {g.junior_resamples}x at temperature {g.junior_temperature}" if juniors else ""))
+                  f"{summary.run} run now, mean reward {summary.mean_reward})" + "".join(f"; {x}" for x in extra))
         return {"store": str(self.dir.store), **summary.to_json(), "stored_succeeded": stored, **juniors}
+
+    def _unsolved_tasks(self) -> list[str]:
+        """Spider ids of the train questions phase 1 drew (society rollouts, juniors-only first draws,
+        rejection-sampling draws; succeeded rollouts only) on which no junior's own SQL matched gold
+        in any draw: the questions STaR rationalization asks again with the gold SQL as a hint.
+        Rationalization rollouts themselves are not counted, so a resumed phase 1 asks the same ones."""
+        from training.adapter import trace_source
+
+        seen: set[str] = set()
+        solved: set[str] = set()
+        with self._archive() as archive:
+            for t in self._adapter().traces(archive):
+                if t.task_id is None or trace_source(t) == "rationalized":
+                    continue
+                base = str(t.task_id).split("/")[0]
+                seen.add(base)
+                if any(t.outcomes.get(f"junior.{j}.ex") == 1 for j in t.outcomes.get("juniors") or []):
+                    solved.add(base)
+        return sorted(seen - solved, key=lambda x: (len(x), x))
 
     def _tasks_with_a_wrong_junior(self, suffix: str) -> list[str]:
         """Spider ids of the ``suffix`` rollouts (e.g. the juniors-only ones) where some junior's own
@@ -819,20 +891,24 @@ class TrainingPipeline:
         return RolloutArchive(self.dir.store)
 
     def phase2_sft(self) -> dict[str, Any]:
-        """Phase 2: juniors' high-reward conversations -> LoRA SFT -> GGUF LoRA served by llama.cpp."""
+        """Phase 2: the juniors' conversations whose own SQL matched gold -> LoRA SFT -> GGUF LoRA served
+        by llama.cpp. Writes ``sft_dataset.jsonl`` and its card ``sft_selection.json``
+        (:class:`training.adapter.SftSelection`; also in ``done.json`` as ``selection``)."""
         from training.sft import JuniorSFTTrainer
 
         d = self.dir.phase_dir(2)
-        a = self.cfg.adapter
         with self._archive() as archive:
-            ds = self._adapter().to_sft(archive, min_reward=a.get("sft_min_reward", 0.5),
-                                        select=a.get("sft_select", "either"))
+            sel = self._adapter().select_sft(archive, min_reward=self.cfg.adapter.get("sft_min_reward", 0.5))
+        ds = sel.dataset
         ds.to_json(str(d / "sft_dataset.jsonl"))
-        self.echo(f"phase 2 SFT dataset: {len(ds)} junior conversations (select={a.get('sft_select', 'either')})")
+        atomic_write_text(d / "sft_selection.json", json.dumps(sel.summary, indent=2) + "\n")
+        for line in sft_selection_lines(sel.summary):
+            self.echo(line)
         if len(ds) == 0:
             raise TrainConfigError(
-                "phase 2: no junior conversation passed the filter; gather more rollouts (gather.limit) or lower "
-                "adapter.sft_min_reward / use adapter.sft_select: either")
+                f"phase 2: none of the {sel.summary['conversations']} junior conversations has an own SQL that "
+                "matched gold; gather more (gather.limit, gather.junior_limit, gather.junior_resamples) or set "
+                "gather.rationalize: true")
         res = JuniorSFTTrainer(JuniorSFTConfig(**{**self.cfg.sft, "model": self.cfg.base_model,
                                                    "output_dir": str(d / "adapter")}), ds).train()
         gguf = self._export_gguf(res.adapter_dir, res.adapter_dir / "adapter.gguf")
@@ -841,7 +917,7 @@ class TrainingPipeline:
                   + (f"LoRA GGUF {gguf.name}" if gguf else "PEFT adapter served by name with vLLM"))
         return {"adapter": str(res.adapter_dir), "adapter_gguf": str(gguf) if gguf else None, "rows": res.rows,
                 "steps": res.steps,
-                "losses": res.losses, "seconds_per_step": res.mean_step_seconds}
+                "losses": res.losses, "seconds_per_step": res.mean_step_seconds, "selection": sel.summary}
 
     def phase3_grpo(self) -> dict[str, Any]:
         """Phase 3: the senior's decision points -> GRPO (TRL on the CPU, VERL on a GPU) -> LoRA served."""

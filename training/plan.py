@@ -478,9 +478,11 @@ def plan_profile(cfg: TrainConfig, *, source: str = "", phases: set[int] | None 
     )
     what = {
         1: f"society rollouts on {cfg.gather.split} tasks {cfg.gather.offset}..{cfg.gather.offset + cfg.gather.limit} "
-        f"with {cfg.gather.n_runners} runner(s) into the store",
-        2: f"SFT of the juniors ({sft_backend}, LoRA) on their conversations with reward >= "
-        f"{cfg.adapter.get('sft_min_reward', 0.5)}",
+        f"with {cfg.gather.n_runners} runner(s) into the store"
+        + (f"; juniors only on the next {cfg.gather.junior_limit}" if cfg.gather.junior_limit else "")
+        + ("; the questions no junior solved again with the gold SQL as a hint (rationalization)"
+           if cfg.gather.rationalize else ""),
+        2: f"SFT of the juniors ({sft_backend}, LoRA) on their conversations whose own SQL matched gold",
         3: (
             "GRPO of the senior through Agent Lightning's VERL on its spans (agent_match "
             f"{grpo.agent_match if grpo else '?'})"
