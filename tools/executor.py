@@ -47,7 +47,10 @@ layers, so that one slip does not defeat the others:
    space is limited to :data:`MAX_WORKER_MEMORY_BYTES` (``RLIMIT_AS``). The caller waits
    at most ``timeout_s`` + :data:`KILL_GRACE_S` for the reply; past that it SIGKILLs the
    worker, returns a ``timeout`` error, and starts a replacement at once. A worker that
-   dies (e.g. out of memory) yields an ``other`` error and is replaced the same way.
+   dies (e.g. out of memory) yields an ``other`` error and is replaced the same way. One
+   that died before it read the statement (killed while idle, by the OOM killer say, even
+   one still exiting when the statement is sent) costs nothing: the statement is sent to
+   its replacement.
 7. **Row and byte caps**: at most ``max_rows`` rows (``truncated`` flag), and the values
    returned sum to at most ``max_result_bytes`` (checked row by row; see :func:`execute_sql`).
 
@@ -994,6 +997,37 @@ class _Worker:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def dying(self) -> bool:
+        """Whether this idle worker is on its way out though not yet reaped: a SIGKILL pending, or
+        exiting, or a zombie (Linux ``/proc/<pid>/stat``; False where that cannot be read).
+
+        A killed process is still "running" to ``poll()`` until it has torn down its address space
+        and closed its files, and a statement written to it then would be lost with it."""
+        try:
+            with open(f"/proc/{self.proc.pid}/stat", "rb") as f:
+                stat = f.read()
+            fields = stat[stat.rindex(b")") + 2 :].split()  # fields 3 (state) onwards
+            state, flags, pending = fields[0], int(fields[6]), int(fields[28])
+        except (OSError, ValueError, IndexError):
+            return False
+        return state in (b"Z", b"X") or bool(flags & 0x4) or bool(pending & (1 << (signal.SIGKILL - 1)))  # PF_EXITING
+
+    def hung_up(self) -> bool:
+        """Whether the reply pipe of this idle worker is already at end of file or holds bytes
+        nobody asked for (either way the worker cannot take a statement)."""
+        return bool(self.poller.poll(0))
+
+    def unread_request_bytes(self) -> int | None:
+        """Bytes of the last request still in the worker's stdin pipe (the worker did not read all
+        of it), or None where the platform cannot tell (``FIONREAD`` on a pipe's write end is Linux's)."""
+        try:
+            import fcntl
+            import termios
+
+            return struct.unpack("i", fcntl.ioctl(self.wfd, termios.FIONREAD, b"\0\0\0\0"))[0]
+        except (ImportError, OSError, ValueError, struct.error):
+            return None
+
     def _read_frame(self, deadline: float) -> Any:
         """One reply frame, read by ``deadline`` (raises TimeoutError, or _WorkerDied at end of file)."""
         buf = bytearray()
@@ -1037,6 +1071,14 @@ class _Worker:
             raise _WorkerDied("unsent") from e
         try:
             out = self._read_frame(deadline)
+        except _WorkerDied:
+            # The pipe closed. If the request is still (partly) in the worker's stdin pipe, the
+            # worker died before it read the statement -- killed while idle and still exiting
+            # when the request was written (the write succeeds until its pipe closes) -- so the
+            # statement never ran.
+            if self.unread_request_bytes():
+                raise _WorkerDied("unsent") from None
+            raise
         except (ValueError, EOFError, TypeError) as e:  # garbled reply: treat the worker as lost
             raise _WorkerDied from e
         if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], tuple)):
@@ -1149,15 +1191,14 @@ def _in_worker(path: Path, sql: str, timeout_s: float, max_rows: int, mvb: int, 
     """Run the statement in a pooled worker under the hard deadline; return a reply tuple."""
     pool = _pool()
     req = (str(path), sql, float(timeout_s), int(max_rows), int(mvb), int(mrb), bool(REUSE_CONNECTIONS))
-    lost = 0  # idle workers found dead (killed from outside while idle): each replaced, at most a pool's worth
-    attempt = 0
+    # workers found dead before they read the statement (killed from outside while idle): each
+    # replaced and the statement sent to the next, at most a pool's worth and a fresh one
+    lost = 0
     while True:
-        attempt += 1
         w = pool.take()
-        if w.ready and not w.alive() and lost <= MAX_IDLE_WORKERS:  # killed from outside while idle
+        if w.ready and (not w.alive() or w.dying() or w.hung_up()) and lost <= MAX_IDLE_WORKERS:  # died while idle
             w.kill()
             lost += 1
-            attempt -= 1
             continue
         try:
             if not w.wait_ready():
@@ -1165,7 +1206,6 @@ def _in_worker(path: Path, sql: str, timeout_s: float, max_rows: int, mvb: int, 
                 how = w.kill()
                 if died and lost <= MAX_IDLE_WORKERS:
                     lost += 1
-                    attempt -= 1
                     continue  # killed before it was ready (e.g. while idle): try the next / a fresh worker
                 return ("error", ErrorCategory.OTHER.value,
                         f"executor worker did not start within {WORKER_START_TIMEOUT_S} s ({how})")
@@ -1175,10 +1215,12 @@ def _in_worker(path: Path, sql: str, timeout_s: float, max_rows: int, mvb: int, 
             return ("error", ErrorCategory.TIMEOUT.value,
                     f"interrupted: the statement ran past timeout_s={timeout_s} s and its worker process was killed")
         except _WorkerDied as e:
+            if e.args == ("unsent",) and lost <= MAX_IDLE_WORKERS:
+                pool.replace(w)  # no wait for its exit: how it ended is reported to nobody
+                lost += 1
+                continue  # lost before it read the statement (e.g. killed while idle): the next / a fresh worker
             how = w.reap()
             pool.replace(w)
-            if attempt == 1 and e.args == ("unsent",):
-                continue  # lost while idle, before it got the statement: retry once on a fresh worker
             return ("error", ErrorCategory.OTHER.value, f"executor worker died while running the statement ({how})")
         except BaseException:
             w.kill()  # e.g. KeyboardInterrupt: a reply may still be pending, never reuse the worker
