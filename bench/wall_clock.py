@@ -16,11 +16,13 @@ reference measured in the same test); how fast things are is printed here instea
   and how soon a worker exits after its parent died (formerly 5 s) beside the worker's 0.2 s
   watch interval;
 * the LLM retry loop (tests/test_llm_retry.py, formerly ``< 5 s``): three refused attempts with zero
-  backoff beside one attempt.
+  backoff beside one attempt;
+* Agent Lightning's Trainer with two runner processes on the SQLite store, four model-free tasks
+  (tests/test_store.py::test_trainer_with_two_runner_processes, formerly ``< 120 s``).
 
 The load average is printed before and after: the figures depend on it.
 
-Run: ``python3 bench/wall_clock.py [--runs 20] [--cache-dir DIR]`` (about 20 s once the default
+Run: ``python3 bench/wall_clock.py [--runs 20] [--cache-dir DIR]`` (about 25 s once the default
 model is assembled in the cache; assembling it first takes a few seconds more).
 """
 
@@ -190,11 +192,48 @@ def bench_retry(runs: int) -> None:
           f"                                          1 attempt  {_ms(one)}")
 
 
+def bench_store(runs: int) -> None:
+    import tempfile
+
+    import agentlightning as agl
+
+    from training.agent import StoreTracer
+    from training.gather import free_port
+    from training.store import RolloutArchive, SqliteLightningStore
+
+    class Echo(agl.LitAgent):  # the test's _EchoAgent: no model, one operation span and an annotation
+        def rollout(self, task, resources, rollout):  # type: ignore[override]
+            with agl.operation(name="double") as op:
+                op.set_input(x=task["x"])
+                op.set_output(task["x"] * 2)
+            agl.emit_annotation({"sqlsociety.x": task["x"]})
+            return task["x"] / 10
+
+    took = []
+    for _ in range(max(1, runs // 10)):
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / "store.sqlite"
+            store = SqliteLightningStore(path)
+            trainer = agl.Trainer(
+                n_runners=2, store=store, tracer=StoreTracer(), port=free_port(),
+                algorithm=agl.Baseline(polling_interval=0.2, span_verbosity="none"),
+                initial_resources={"unused": agl.LLM(endpoint="http://127.0.0.1:9/v1", model="none")},
+            )
+            t0 = time.monotonic()
+            trainer.dev(Echo(), [{"task_id": f"t{i}", "x": i} for i in range(4)])
+            store.close()
+            took.append(time.monotonic() - t0)
+            with RolloutArchive(path) as arc:
+                assert len(arc.rollouts(status="succeeded")) == 4
+    print(f"Trainer, 2 runner processes, 4 model-free tasks on the SQLite store: {_ms(took)}")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=20, help="repetitions per figure")
     ap.add_argument("--cache-dir", type=Path, default=None, help="model cache (default: the usual one)")
     ap.add_argument("--skip-models", action="store_true", help="leave out ensure_model (needs the model wheels)")
+    ap.add_argument("--skip-store", action="store_true", help="leave out the Trainer on the store (agentlightning)")
     a = ap.parse_args(argv)
     load = os.getloadavg()
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average before "
@@ -203,6 +242,8 @@ def main(argv: list[str] | None = None) -> None:
         bench_models(a.cache_dir, a.runs)
     bench_executor(a.runs)
     bench_retry(a.runs)
+    if not a.skip_store:
+        bench_store(a.runs)
     load = os.getloadavg()
     print(f"load average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 

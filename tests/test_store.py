@@ -15,7 +15,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -287,10 +286,10 @@ def test_trainer_with_two_runner_processes(tmp_path: Path) -> None:
         algorithm=agl.Baseline(polling_interval=0.2, span_verbosity="none"),
         initial_resources={"unused": agl.LLM(endpoint="http://127.0.0.1:9/v1", model="none")},
     )
-    t0 = time.perf_counter()
+    # How long this takes is a speed (bench/wall_clock.py prints it; it was asserted < 120 s here):
+    # the subject is what the store holds afterwards. A hang is cut by pytest-timeout (pyproject).
     trainer.dev(_EchoAgent(), [{"task_id": f"t{i}", "x": i} for i in range(4)])
     store.close()
-    assert time.perf_counter() - t0 < 120
     with RolloutArchive(path) as arc:
         recs = arc.rollouts()
         assert sorted((r.task_id, r.status, r.reward) for r in recs) == [

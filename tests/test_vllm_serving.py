@@ -26,6 +26,11 @@ from society.llm import Endpoint
 from society.serving import ServerStartError
 from society.vllm_serving import INSTALL_HINT, VLLM_MODULE, AdapterLoadError, VLLMNotInstalledError, VLLMServer
 
+#: Generous bound (seconds) on waiting for an event a healthy machine sees within a second (the
+#: stand-in seen dead, a start given up): a wait ends as soon as the event happens, so only a slow
+#: or loaded machine waits longer.
+EVENT_WAIT_S = 60.0
+
 STANDIN = r"""
 import argparse, json, os, signal, sys, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -264,12 +269,16 @@ def test_start_failure_names_the_exit_and_log(hf_dir, tmp_path, standin, mode, w
 
 
 def test_start_timeout_stops_the_process(hf_dir, standin, monkeypatch):
+    """A server that never becomes healthy: start() waits its whole timeout (no sooner), then gives
+    up and stops the process. How soon after the timeout is a speed, not asserted: the bound here
+    only says it gave up (the product's own waits, a 2 s health request and the stop's grace, fit
+    well inside it)."""
     monkeypatch.setenv("STANDIN_MODE", "never-ready")
     srv = VLLMServer(hf_dir, served_model_name="base", command_prefix=standin)
     t0 = time.monotonic()
     with pytest.raises(ServerStartError, match="did not answer .*/health within 3 s"):
         srv.start(timeout_s=3)
-    assert time.monotonic() - t0 < 30 and not srv.running
+    assert 3 <= time.monotonic() - t0 < 3 + EVENT_WAIT_S and not srv.running
 
 
 def test_server_killed_while_serving_is_server_died(hf_dir, standin):
@@ -277,7 +286,7 @@ def test_server_killed_while_serving_is_server_died(hf_dir, standin):
     try:
         children = Path(f"/proc/{srv.pid}/task/{srv.pid}/children").read_text().split()
         os.kill(int(children[0]), signal.SIGKILL)
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + EVENT_WAIT_S  # the event (the server seen dead), bounded generously
         while srv.running and time.monotonic() < deadline:
             time.sleep(0.1)
         err = srv.failure()
