@@ -90,12 +90,13 @@ class TrainConfigError(ValueError):
 ADAPTER_KEYS: dict[str, type | tuple[type, ...]] = {
     "sft_min_reward": (int, float),
     "rl_reward": str,
-    "bandit_holdout": (int, float),
 }
 
 #: ``adapter:`` keys older profiles and run directories carry that nothing reads any more: dropped on
 #: :meth:`TrainConfig.load` with a warning, so those files still load and resume.
 RETIRED_ADAPTER_KEYS: dict[str, str] = {
+    "bandit_holdout": "phase 4 fits the bandit on every train decision and judges it on the held-out dev "
+                      "decisions of the baseline evaluation, never on a share of the train decisions",
     "sft_select": "a junior's conversation enters SFT only when its own final SQL matches gold (per-junior "
                   "credit); the society's reward only ranks and deduplicates, the modes that admitted on it are gone",
 }
