@@ -131,7 +131,8 @@ def test_train_smoke_killed_in_phase1_resumes_and_runs_all_phases(tmp_path: Path
     # juniors write SQL (any SQL block is a chosen candidate, run or not), so the senior-only
     # evaluation has inputs. If this fails, the juniors' records lost their SQL -- or the model
     # wrote none, and the sample must change -- but the senior checks below never go unchecked.
-    assert chosen, f"no junior SQL on the juniors-only baseline, nothing for the senior stage: {jb}"
+    assert chosen, ("no junior SQL on the juniors-only baseline, nothing for the senior stage: "
+                    f"{[(r['question_id'], r['pred_sql']) for r in jb]}")
     sb, sg = role_stage("senior_baseline"), role_stage("senior_grpo")
     senior_ids = [r["question_id"] for r in jb if r["question_id"] in chosen][:2]  # eval.senior_limit
     assert [r["question_id"] for r in sb] == senior_ids == [r["question_id"] for r in sg]
