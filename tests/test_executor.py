@@ -19,6 +19,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from executor_clock import call_cost_s
 
 from tools import executor as ex
 from tools.executor import ErrorCategory, ExecutionError, ExecutionResult, execute_sql, result_digest
@@ -36,7 +37,7 @@ OK = "ok"  # the statement may finish (a CPU bomb that the linear-time functions
 HOSTILE_TIMEOUT_S = 0.5
 SLACK_S = 1.0
 #: Where a call overshoots SLACK_S (a slower or loaded machine), the slack becomes this many times
-#: the machine's own fixed cost of a call measured right then (:func:`_call_cost_s`), as in
+#: the machine's own fixed cost of a call measured right then (:func:`executor_clock.call_cost_s`), as in
 #: tests/test_executor_hostile.py: a deadline that failed (seconds, or never) still fails the test.
 SLACK_FACTOR = 10
 #: Deadline for statements that must complete (their subject is a result or an error category,
@@ -170,26 +171,13 @@ def _first_table(db: Path) -> str:
         return c.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY rowid").fetchone()[0]
 
 
-def _call_cost_s(db: Path, runs: int = 3) -> float:
-    """This machine's fixed cost of an executor call now (seconds): the slowest of ``runs`` trivial
-    queries, each on a freshly started worker (a call after a kill waits for the replacement worker,
-    whose start-up the deadline does not count). Figures: bench/wall_clock.py."""
-    cost = 0.0
-    for _ in range(runs):
-        ex.close_connections()  # stops the idle workers: the next call starts one
-        t0 = time.monotonic()
-        assert execute_sql(db, "SELECT 1").ok
-        cost = max(cost, time.monotonic() - t0)
-    return cost
-
-
 def _overshoot(db: Path, wall: float, timeout_s: float) -> str | None:
     """None when ``wall`` meets the deadline ``timeout_s`` closely: within SLACK_S, or where this
     machine is slower or busier now, within SLACK_FACTOR times its fixed cost of a call measured
     at once; else why not."""
     if wall <= timeout_s + SLACK_S:
         return None
-    cost = _call_cost_s(db)
+    cost = call_cost_s(db)
     slack = max(SLACK_S, SLACK_FACTOR * cost)
     if wall <= timeout_s + slack:
         return None

@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 import pytest
+from executor_clock import call_cost_s
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -51,7 +52,7 @@ OK = "ok"
 TIMEOUT_S = 0.5
 SLACK_S = 0.5
 #: Where this machine is slower or busier, the slack is this many times its own fixed cost of a call
-#: (:func:`_call_cost_s`: a worker started and a trivial query answered). Neither reads the product's
+#: (:func:`executor_clock.call_cost_s`: a worker started and a trivial query answered). Neither reads the product's
 #: ``KILL_GRACE_S``: a grace grown past its documented 0.1 s must fail here.
 SLACK_FACTOR = 10
 #: Deadline for statements that must complete (their subject is a result, not the deadline): long,
@@ -97,25 +98,12 @@ def _result_bytes(r: ExecutionResult) -> int:
     return sum(ex._value_size(v) for row in r.rows for v in row)
 
 
-def _call_cost_s(db: Path, runs: int = 3) -> float:
-    """This machine's fixed cost of an executor call now (seconds): the slowest of ``runs`` trivial
-    queries, each on a freshly started worker, the most a call spends besides its statement (a call
-    after a kill waits for the replacement worker, whose start-up the deadline does not count)."""
-    cost = 0.0
-    for _ in range(runs):
-        ex.close_connections()  # stops the idle workers: the next call starts one
-        t0 = time.monotonic()
-        assert execute_sql(db, "SELECT 1").ok
-        cost = max(cost, time.monotonic() - t0)
-    return cost
-
-
 def run_bounded(db: Path, sql: str, *, timeout_s: float = TIMEOUT_S, **kw) -> ExecutionResult | ExecutionError:
     """Run ``sql`` and assert the three bounds: time, parent memory, database bytes.
 
     The time bound is the documented deadline plus a slack that scales with the machine: a call
     within ``timeout_s + SLACK_S`` passes at once; a slower one is measured against this machine's
-    fixed cost of a call taken right then (:func:`_call_cost_s`), so a slow or loaded machine does
+    fixed cost of a call taken right then (:func:`executor_clock.call_cost_s`), so a slow or loaded machine does
     not flip it, while a statement the deadline failed to stop (seconds, or never) still does."""
     before_sha = _sha(db)
     rss0 = _reset_peak_rss()
@@ -125,7 +113,7 @@ def run_bounded(db: Path, sql: str, *, timeout_s: float = TIMEOUT_S, **kw) -> Ex
     growth = _peak_rss() - rss0
     assert isinstance(r, (ExecutionResult, ExecutionError)), r
     if wall > timeout_s + SLACK_S:
-        cost = _call_cost_s(db)
+        cost = call_cost_s(db)
         slack = max(SLACK_S, SLACK_FACTOR * cost)
         assert wall <= timeout_s + slack, (
             f"{sql[:80]!r} took {wall:.2f} s with timeout_s={timeout_s}; a trivial call on a fresh worker "
