@@ -68,6 +68,24 @@ def infrastructure_failure(run: Any) -> str | None:
     return endpoint_failure(run) or next((str(e) for e in run.errors if str(e).startswith("graph:")), None)
 
 
+class InterruptedRolloutGuard(agl.Hook):
+    """Keeps a rollout that Ctrl-C interrupted from being stored as ``succeeded``.
+
+    Agent Lightning 0.3's runner catches only ``Exception`` around ``rollout`` and then, in its
+    ``finally``, marks the attempt ``succeeded`` unless an ``Exception`` was seen: a rollout cut
+    short by ``KeyboardInterrupt`` (a ``BaseException``) was stored as a succeeded rollout with no
+    reward, and a resumed gather skipped its task as done (seen in tests/test_gather.py's Ctrl-C
+    test, 2026-12-05). :class:`SocietyAgent` notes the interrupt (``agent.interrupted``); this hook,
+    run first in that ``finally``, raises ``KeyboardInterrupt`` again before the attempt is marked,
+    so it stays unfinished and the next gather recovers it like any rollout in flight
+    (``training.store``: cancelled, the task run again).
+    """
+
+    async def on_rollout_end(self, *, agent: Any, runner: Any, rollout: Any, spans: Any) -> None:  # type: ignore[override]
+        if getattr(agent, "interrupted", False):
+            raise KeyboardInterrupt
+
+
 class RolloutFailed(RuntimeError):
     """The society could not answer for infrastructure reasons (endpoint down after retries, or the
     graph crashed); see :func:`infrastructure_failure`.
@@ -441,8 +459,24 @@ class SocietyAgent(agl.LitAgent[dict]):
             )
         return cfg
 
+    #: Set when Ctrl-C interrupted a rollout of this runner (read by :class:`InterruptedRolloutGuard`).
+    interrupted: bool = False
+
     def rollout(self, task: dict[str, Any], resources: agl.NamedResources, rollout: agl.Rollout) -> float:
-        """Answer ``task`` with the society and return the reward in the reward config's range."""
+        """Answer ``task`` with the society and return the reward in the reward config's range.
+
+        Raises:
+            ValueError: a task without ``task_id``/``question``/``gold_sql``, or a bad ``agent``.
+            RolloutFailed: an infrastructure failure (the attempt is marked ``failed``).
+            KeyboardInterrupt: passed through after setting :attr:`interrupted`.
+        """
+        try:
+            return self._rollout(task, resources, rollout)
+        except KeyboardInterrupt:
+            self.interrupted = True
+            raise
+
+    def _rollout(self, task: dict[str, Any], resources: agl.NamedResources, rollout: agl.Rollout) -> float:
         for key in ("task_id", "question", "gold_sql"):
             if not task.get(key):
                 raise ValueError(f"rollout input lacks {key!r}; build tasks with training.agent.task_from_example")

@@ -42,7 +42,13 @@ from society.infra import InfrastructureError, ctrl_c_noted, dead_servers
 from society.llm import Endpoint, as_endpoint
 from society.serving import free_port, serve_config
 from tools.spider import load_examples
-from training.agent import SocietyAgent, StoreTracer, task_from_example, with_exploration
+from training.agent import (
+    InterruptedRolloutGuard,
+    SocietyAgent,
+    StoreTracer,
+    task_from_example,
+    with_exploration,
+)
 from training.store import SqliteLightningStore
 
 logger = logging.getLogger(__name__)
@@ -448,7 +454,7 @@ def gather(config: GatherConfig) -> GatherSummary:
                 )
                 trainer = agl.Trainer(
                     n_runners=max(config.n_runners, 1), store=store, algorithm=algorithm, tracer=StoreTracer(),
-                    strategy=strategy, hooks=list(config.hooks) or None,
+                    strategy=strategy, hooks=[InterruptedRolloutGuard(), *config.hooks],
                 )
                 stack.enter_context(_runner_invitation(run_dir, cfg, config.store_host, port))
                 with ctrl_c_noted(threading.Event()) as interrupted:

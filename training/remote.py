@@ -119,12 +119,12 @@ def _worker(
     import agentlightning as agl
     from agentlightning.store.client_server import LightningStoreClient
 
-    from training.agent import StoreTracer
+    from training.agent import InterruptedRolloutGuard, StoreTracer
 
     agent = _agent(config, endpoints, data_dir)
     store = LightningStoreClient(store_url)
     runner = agl.LitAgentRunner(tracer=StoreTracer(), poll_interval=poll_s, heartbeat_interval=heartbeat_s)
-    runner.init(agent=agent)
+    runner.init(agent=agent, hooks=[InterruptedRolloutGuard()])  # an interrupted rollout is not 'succeeded'
     runner.init_worker(worker_id, store)  # type: ignore[arg-type]  # a string id: unique across hosts
 
     async def main() -> None:
