@@ -206,6 +206,11 @@ class GatherAlgorithm(agl.FastAlgorithm):
         should_stop: called after each poll with the rollouts that just finished; an exception it
             returns stops the gather: nothing more is enqueued, :attr:`error` holds it and
             :meth:`run` returns (the caller raises it). Used to stop on an infrastructure failure.
+        interrupted: an event set by the caller's Ctrl-C handler (:func:`society.infra.ctrl_c_noted`);
+            once set, nothing more is enqueued and :meth:`run` returns at the next poll, so the
+            execution strategy stops its runners even when the ``KeyboardInterrupt`` itself was
+            swallowed on the way (seen 2026-12-05: a gather whose model calls hung was still running
+            117 s after SIGINT, its runners heart-beating).
     """
 
     def __init__(
@@ -217,6 +222,7 @@ class GatherAlgorithm(agl.FastAlgorithm):
         poll_interval_s: float = 0.5,
         on_finished: Callable[[agl.Rollout], None] | None = None,
         should_stop: Callable[[list[agl.Rollout]], BaseException | None] | None = None,
+        interrupted: threading.Event | None = None,
     ) -> None:
         super().__init__()
         if max_in_flight < 1:
@@ -227,6 +233,7 @@ class GatherAlgorithm(agl.FastAlgorithm):
         self.poll_interval_s = poll_interval_s
         self.on_finished = on_finished
         self.should_stop = should_stop
+        self.interrupted = interrupted
         self.error: BaseException | None = None
         self.finished: list[agl.Rollout] = []
 
@@ -239,6 +246,8 @@ class GatherAlgorithm(agl.FastAlgorithm):
         pending: set[str] = set()
         next_task = 0
         while next_task < len(tasks) or pending:
+            if self.interrupted is not None and self.interrupted.is_set():
+                return
             while next_task < len(tasks) and len(pending) < self.max_in_flight:
                 task = tasks[next_task]
                 r = await store.enqueue_rollout(
@@ -435,6 +444,7 @@ def gather(config: GatherConfig) -> GatherSummary:
                 endpoints = stack.enter_context(_model_endpoints(cfg, config.endpoints))
                 resources = {alias: _llm_resource(e) for alias, e in endpoints.items()}
                 agent = SocietyAgent(cfg, reward=config.reward, data_dir=config.data_dir)
+                interrupted = threading.Event()  # set by Ctrl-C; the algorithm stops on it too
                 algorithm = GatherAlgorithm(
                     resources,
                     max_in_flight=config.n_runners + config.remote_runners + 1,
@@ -446,6 +456,7 @@ def gather(config: GatherConfig) -> GatherSummary:
                     poll_interval_s=config.poll_interval_s,
                     on_finished=on_finished,
                     should_stop=_infrastructure_stop,
+                    interrupted=interrupted,
                 )
                 port = config.port or free_port()
                 strategy = ClientServerExecutionStrategy(
@@ -457,7 +468,7 @@ def gather(config: GatherConfig) -> GatherSummary:
                     strategy=strategy, hooks=[InterruptedRolloutGuard(), *config.hooks],
                 )
                 stack.enter_context(_runner_invitation(run_dir, cfg, config.store_host, port))
-                with ctrl_c_noted(threading.Event()) as interrupted:
+                with ctrl_c_noted(interrupted):
                     trainer.fit(agent, train_dataset=todo)
                 if interrupted.is_set():
                     raise KeyboardInterrupt  # the execution strategy swallows it and returns normally
