@@ -29,7 +29,7 @@ from evaluation.rewards import compute_reward  # noqa: E402
 from society.candidate import Candidate  # noqa: E402
 from society.config import SMOKE_CONFIG, SocietyConfig  # noqa: E402
 from society.policies import PolicyContext  # noqa: E402
-from training.agent import ATTR, EpsilonGreedyPolicy, SocietyAgent, with_exploration  # noqa: E402
+from training.agent import ATTR, EpsilonGreedyPolicy, with_exploration  # noqa: E402
 from training.gather import GatherConfig, gather, select_tasks  # noqa: E402
 from training.store import RolloutArchive  # noqa: E402
 
@@ -353,37 +353,57 @@ def test_juniors_only_gather_and_rejection_sampling_draws(tmp_path: Path, smol_s
         GatherConfig(run_dir=run_dir, agent="senior")
 
 
+_INTERRUPTED_ROLLOUT_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, json, sys
+    sys.path.insert(0, {repo!r})
+    import agentlightning as agl
+    from society.config import SMOKE_CONFIG, SocietyConfig
+    from training.agent import InterruptedRolloutGuard, SocietyAgent, StoreTracer
+    from training.gather import GatherConfig, select_tasks
+    from training.store import RolloutArchive, SqliteLightningStore
+
+    class Interrupted(SocietyAgent):
+        def _rollout(self, task, resources, rollout):
+            raise KeyboardInterrupt
+
+    path = {path!r}
+    store = SqliteLightningStore(path)
+    runner = agl.LitAgentRunner(tracer=StoreTracer())
+    hooks = [InterruptedRolloutGuard()] if {guard!r} else []
+    runner.init(agent=Interrupted(SocietyConfig.load(SMOKE_CONFIG)), hooks=hooks)
+    runner.init_worker(0, store)
+    task = select_tasks(GatherConfig(run_dir={unused!r}, task_ids=["train-0"]))[0]
+    unused = {{"unused": agl.LLM(endpoint="http://127.0.0.1:9/v1", model="none")}}  # the runner needs resources
+    try:
+        asyncio.run(runner.step(task, resources=unused))
+        raised = False
+    except KeyboardInterrupt:
+        raised = True
+    store.close()
+    with RolloutArchive(path) as arc:
+        print("STATUSES " + json.dumps([[r.task_id, r.status] for r in arc.rollouts()] + [raised]), flush=True)
+    """
+)
+
+
 def test_an_interrupted_rollout_is_not_stored_as_succeeded(tmp_path: Path) -> None:
     """Ctrl-C inside a rollout: Agent Lightning 0.3's runner catches only ``Exception`` and then marks
     the attempt ``succeeded`` (no reward), so a resumed gather skipped the task as done. Found by the
     Ctrl-C gather test above (2026-12-05, 1 run in 6 under load). With the gather's
     :class:`InterruptedRolloutGuard` the attempt stays unfinished, which the next gather recovers and
     runs again; without it the runner's own behaviour is asserted too, so an Agent Lightning release
-    that fixes it is noticed. A real runner and a real SQLite store; the agent's rollout raises
-    ``KeyboardInterrupt`` itself (a signal's arrival inside a rollout cannot be timed from a test)."""
-    import asyncio
+    that fixes it is noticed. A real runner and a real SQLite store, in a child process (the runner's
+    tracer is process-wide state); the agent's rollout raises ``KeyboardInterrupt`` itself (a
+    signal's arrival inside a rollout cannot be timed from a test)."""
 
-    from training.agent import InterruptedRolloutGuard, StoreTracer
-    from training.store import SqliteLightningStore
+    def statuses(name: str, guard: bool) -> list:
+        script = _INTERRUPTED_ROLLOUT_SCRIPT.format(repo=str(REPO), path=str(tmp_path / f"{name}.sqlite"), guard=guard,
+                                                    unused=str(tmp_path / "unused"))
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+        line = next((x for x in out.stdout.splitlines() if x.startswith("STATUSES ")), None)
+        assert line, out.stdout[-2000:] + out.stderr[-3000:]
+        return json.loads(line.removeprefix("STATUSES "))
 
-    class Interrupted(SocietyAgent):
-        def _rollout(self, task, resources, rollout):  # type: ignore[override]
-            raise KeyboardInterrupt
-
-    def statuses(name: str, hooks: list) -> list[tuple[str, str]]:
-        path = tmp_path / f"{name}.sqlite"
-        store = SqliteLightningStore(path)
-        runner = agl.LitAgentRunner(tracer=StoreTracer())
-        agent = Interrupted(SocietyConfig.load(SMOKE_CONFIG))
-        runner.init(agent=agent, hooks=hooks)
-        runner.init_worker(0, store)
-        task = select_tasks(GatherConfig(run_dir=tmp_path / "unused", task_ids=["train-0"]))[0]
-        unused = {"unused": agl.LLM(endpoint="http://127.0.0.1:9/v1", model="none")}  # the runner needs resources
-        with pytest.raises(KeyboardInterrupt):
-            asyncio.run(runner.step(task, resources=unused))
-        store.close()
-        with RolloutArchive(path) as arc:
-            return [(r.task_id, r.status) for r in arc.rollouts()]
-
-    assert statuses("guarded", [InterruptedRolloutGuard()]) == [("train-0", "running")]
-    assert statuses("unguarded", []) == [("train-0", "succeeded")]  # Agent Lightning 0.3's own marking
+    assert statuses("guarded", True) == [["train-0", "running"], True]
+    assert statuses("unguarded", False) == [["train-0", "succeeded"], True]  # Agent Lightning 0.3's own marking
