@@ -145,6 +145,59 @@ _ROLE_NOTE = (
 )
 
 
+_ADAPTER_HEADERS = ["persona", "model alias", "rows", "steps", "loss first → last"]
+
+
+def _adapter_rows(c: ReportContent) -> list[list[str]]:
+    """Phase 2's junior adapters (:func:`evaluation.report_content.junior_adapter_rows`)."""
+    return [
+        [
+            str(r["persona"]),
+            str(r["alias"] or "–"),
+            str(r["rows"] if r["rows"] is not None else "–"),
+            str(r["steps"] if r["steps"] is not None else "–"),
+            f"{_num(r['first_loss'], 3)} → {_num(r['last_loss'], 3)}" if r["trained"] else "not trained: base model",
+        ]
+        for r in c.junior_adapters
+    ]
+
+
+_ADAPTER_NOTE = (
+    "One LoRA adapter per junior persona (junior_adapters: per_persona), each trained on that persona's own "
+    "conversations whose SQL matched gold, or one shared by every junior (shared); one llama-server serves them "
+    "all and each junior's requests name its own adapter (model alias), so the juniors-only and society stages "
+    "after phase 2 run each persona on its own adapter.")
+
+
+def reuse_lines(c: ReportContent) -> list[str]:
+    """One sentence per stage taken from an earlier run (:func:`evaluation.report_content.reused_stages`):
+    the stage, its questions, the source run and what the stage cost there.
+
+    >>> from types import SimpleNamespace as NS
+    >>> reuse_lines(NS(reused=[{"stage": "baseline", "n": 100, "source_run": "runs/a", "source_seconds": 3600.0},
+    ...                        {"stage": "gather", "n": 60, "unit": "rollouts", "source_run": "runs/a"}]))
+    ... # doctest: +NORMALIZE_WHITESPACE
+    ['baseline (100 questions): reused from runs/a, where it took 60.0 min; not evaluated in this run',
+     'gather (60 rollouts): reused from runs/a; not gathered again']
+    """
+    out = []
+    for r in c.reused:
+        cost = f", where it took {r['source_seconds'] / 60:.1f} min" if r.get("source_seconds") is not None else ""
+        what = "not gathered again" if r.get("unit") == "rollouts" else "not evaluated in this run"
+        out.append(f"{r['stage']} ({r.get('n', '?')} {r.get('unit', 'questions')}): reused from {r['source_run']}"
+                   f"{cost}; {what}")
+    return out
+
+
+_REUSE_NOTE = (
+    "Phase 1's rollouts and the stages of the untrained model are reused from an earlier run only when the "
+    "sha256 hashes of the model file, the resolved society config, every prompt text and schema text, the roles' "
+    "sampling settings and the questions (ids, databases, gold SQL, given SQL) all equal this run's; phase 1 also "
+    "hashes its gather and reward settings (training.reuse; the hashes are in eval/<stage>.reused.json and "
+    "phases/1-gather/reused.json). Not hashed: the answer-parsing and scoring code, the llama-server build and its "
+    "batching.")
+
+
 def _failure(rec: Mapping) -> str:
     """What to show when a record has no result: why the question failed, if recorded."""
     if rec.get("error"):
@@ -227,6 +280,11 @@ def render_html(c: ReportContent) -> str:
         effect_rows=_effect_rows(c),
         effect_sentences=describe_effects(c.effects) if c.effects else [],
         effect_note=_EFFECT_NOTE,
+        reuse_lines=reuse_lines(c),
+        reuse_note=_REUSE_NOTE,
+        adapter_headers=_ADAPTER_HEADERS,
+        adapter_rows=_adapter_rows(c),
+        adapter_note=_ADAPTER_NOTE,
         bandit_headers=_BANDIT_HEADERS,
         bandit_rows=_bandit_rows(c),
         role_headers=_role_headers(c),
@@ -288,6 +346,11 @@ def render_markdown(c: ReportContent) -> str:
         out += ["## Each phase on the role it trains (paired, same questions)", "",
                 effects_table_markdown(c.effects), "",
                 *[f"- {t}" for t in describe_effects(c.effects)], "", _EFFECT_NOTE, ""]
+    if c.reused:
+        out += ["## Reused from an earlier run", "", *[f"- {t}" for t in reuse_lines(c)], "", _REUSE_NOTE, ""]
+    if c.junior_adapters:
+        out += ["## Junior adapters (phase 2)", "", _md_table(_ADAPTER_HEADERS, _adapter_rows(c)), "", _ADAPTER_NOTE,
+                ""]
     if c.run.bandit:
         out += ["## Supervisor policies (bandit comparison)", "", _md_table(_BANDIT_HEADERS, _bandit_rows(c)), ""]
     if c.roles:

@@ -18,9 +18,11 @@ Metric definitions (all means over the questions of one ``eval/<stage>.jsonl``):
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from evaluation import plots, sql_text
@@ -120,7 +122,13 @@ def _points(values: Any) -> list[tuple[float, float]]:
 def training_signals(phases: Mapping[str, Mapping | None]) -> dict[str, list[tuple[float, float]]]:
     """Per-step trainer signals recorded in ``phases/<k>-<name>/done.json``: ``losses`` (SFT, as
     ``[(step, loss)]``) and ``rewards`` (GRPO mean reward per step), labelled ``"<phase>: loss"`` /
-    ``"<phase>: reward"``; phases without them are left out."""
+    ``"<phase>: reward"``; one junior adapter per persona (``adapters``: persona -> its ``losses``)
+    gives ``"<phase> (<persona>): loss"``; phases without them are left out.
+
+    >>> training_signals({"2-sft": {"adapters": {"direct": {"losses": [[1, 2.0]]}, "decompose": {"rows": 0}}},
+    ...                   "3-grpo": {"rewards": [0.5]}})
+    {'2-sft (direct): loss': [(1.0, 2.0)], '3-grpo: reward': [(1.0, 0.5)]}
+    """
     out: dict[str, list[tuple[float, float]]] = {}
     for name, done in phases.items():
         if not done:
@@ -129,6 +137,65 @@ def training_signals(phases: Mapping[str, Mapping | None]) -> dict[str, list[tup
             pts = _points(done.get(key))
             if pts:
                 out[f"{name}: {label}"] = pts
+        for persona, one in (done.get("adapters") or {}).items():
+            pts = _points((one or {}).get("losses"))
+            if pts:
+                out[f"{name} ({persona}): loss"] = pts
+    return out
+
+
+def junior_adapter_rows(phases: Mapping[str, Mapping | None]) -> list[dict[str, Any]]:
+    """The juniors' LoRA adapters of phase 2 (``phases/2-sft/done.json``): one row per persona
+    (``junior_adapters: per_persona``) or one row ``all personas`` (shared), each with ``persona``,
+    ``alias`` (the model name its requests carry), ``rows``, ``steps``, ``first_loss``, ``last_loss``
+    (None when not trained: a persona with no admitted conversation keeps the base model).
+    Empty when phase 2 has not finished.
+
+    >>> rows = junior_adapter_rows({"2-sft": {"junior_adapters": "per_persona", "adapters": {
+    ...     "direct": {"alias": "junior_policy_direct", "rows": 4, "steps": 2, "losses": [[1, 2.0], [2, 1.5]],
+    ...                "adapter": "a"},
+    ...     "decompose": {"alias": "junior_policy_decompose", "rows": 0, "adapter": None}}}})
+    >>> [(r["persona"], r["rows"], r["first_loss"], r["last_loss"], r["trained"]) for r in rows]
+    [('direct', 4, 2.0, 1.5, True), ('decompose', 0, None, None, False)]
+    >>> junior_adapter_rows({"2-sft": {"adapter": "a", "rows": 9, "steps": 3, "losses": [[1, 1.0]]}})[0]["persona"]
+    'all personas'
+    """
+    done = next((d for name, d in phases.items() if name.endswith("-sft") and d), None)
+    if not done:
+        return []
+    if done.get("junior_adapters") == "per_persona":
+        items = [(p, one or {}) for p, one in (done.get("adapters") or {}).items()]
+    else:
+        items = [("all personas", {**done, "alias": done.get("alias", "junior_policy")})]
+    out = []
+    for persona, one in items:
+        pts = _points(one.get("losses"))
+        out.append({"persona": persona, "alias": one.get("alias"), "rows": one.get("rows"), "steps": one.get("steps"),
+                    "first_loss": pts[0][1] if pts else None, "last_loss": pts[-1][1] if pts else None,
+                    "trained": bool(one.get("adapter"))})
+    return out
+
+
+def reused_stages(run_dir: str | Path) -> list[dict[str, Any]]:
+    """What this run took from an earlier run instead of running it (``training.reuse``): phase 1's
+    rollouts (``phases/1-gather/reused.json``), then the stages (``eval/<stage>.reused.json`` and
+    ``eval/roles/<stage>.reused.json``) in file-name order: ``stage``, ``source_run``, ``n`` and its
+    ``unit`` (``questions``, or ``rollouts`` for phase 1), ``source_seconds`` (what it cost where it
+    ran) and ``parts`` (the matching content hashes). Unreadable files are skipped."""
+    run = Path(run_dir)
+    out = []
+    files = sorted(run.glob("phases/*/reused.json")) + sorted([*run.glob("eval/*.reused.json"),
+                                                               *run.glob("eval/roles/*.reused.json")])
+    for f in files:
+        try:
+            data = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict):
+            out.append({"stage": data.get("stage", f.name.removesuffix(".reused.json")),
+                        "source_run": data.get("source_run"), "n": data.get("n"),
+                        "unit": data.get("unit", "questions"),
+                        "source_seconds": data.get("source_seconds"), "parts": data.get("parts") or {}})
     return out
 
 
@@ -331,6 +398,8 @@ class ReportContent:
             paired, with CI, raw McNemar p and the p Holm-adjusted over these rows, the juniors'
             noise-control rows when the run has them, and the questions counted as failures;
             :meth:`evaluation.stats.Effect.called` is the verdict).
+        junior_adapters: :func:`junior_adapter_rows` (phase 2's adapters, shared or per persona).
+        reused: :func:`reused_stages` (stages taken from an earlier run, and from where).
     """
 
     run: RunData
@@ -341,6 +410,8 @@ class ReportContent:
     trained_stage: str | None
     pngs: dict[str, bytes]
     effects: list[Effect] = field(default_factory=list)
+    junior_adapters: list[dict] = field(default_factory=list)
+    reused: list[dict] = field(default_factory=list)
 
 
 def compute_report(run: RunData) -> ReportContent:
@@ -372,5 +443,7 @@ def compute_report(run: RunData) -> ReportContent:
         trained_stage=trained if examples or trained else None,
         pngs=pngs,
         effects=role_effects(run.evals, role_evals=run.role_evals, replay=run.replay),
+        junior_adapters=junior_adapter_rows(run.phases),
+        reused=reused_stages(run.run_dir),
     )
 

@@ -64,7 +64,7 @@ LAYERS: list[tuple[str, list[str]]] = [
                            "evaluation.langsmith_traces"]),
     ("training", ["training.agent", "training.adapter", "training.bandit", "training.gather", "training.remote",
                   "training.sft", "training.grpo", "training.checkpoints", "training.export",
-                  "training.adapter_serving", "training.threads", "training.hooks"]),
+                  "training.adapter_serving", "training.threads", "training.hooks", "training.reuse"]),
     ("reports", ["evaluation.stats", "evaluation.role_effects", "evaluation.plots", "evaluation.run_data",
                  "evaluation.report_content", "evaluation.report", "evaluation.judge"]),
     ("pipeline", ["training.pipeline", "training.plan", "training.gpu_check"]),

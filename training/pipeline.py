@@ -61,6 +61,19 @@ from tools.spider import load_examples
 from tools.value_types import type_problem, type_problems
 from training.bandit import BanditConfig
 from training.grpo import SeniorGRPOConfig
+from training.reuse import (
+    Fingerprint,
+    NotReusable,
+    ReuseRefused,
+    copy_stage,
+    copy_store,
+    find_reusable,
+    fingerprint_path,
+    gather_files,
+    model_part,
+    question_rows,
+    society_parts,
+)
 from training.sft import JuniorSFTConfig
 
 logger = logging.getLogger(__name__)
@@ -78,9 +91,24 @@ STAGE_AFTER_PHASE = {2: "sft", 3: "grpo", 4: "bandit"}
 JUNIOR_ALIAS = "junior_policy"
 SENIOR_ALIAS = "senior_policy"
 
+#: ``junior_adapters`` of a profile: ``shared`` -- one LoRA adapter for every junior persona, trained
+#: on all their admitted conversations (alias :data:`JUNIOR_ALIAS`); ``per_persona`` -- one adapter
+#: per persona, trained on that persona's own admitted conversations and served to it alone
+#: (alias :func:`persona_alias`), all by the one llama-server.
+JUNIOR_ADAPTER_MODES = ("shared", "per_persona")
+
+#: Role-level and society stages that run the untrained model only: reusable across runs
+#: (``reuse_from``, :mod:`training.reuse`).
+BASE_STAGES = ("baseline", "juniors_baseline", NOISE_STAGE, "senior_baseline")
+
 
 class TrainConfigError(ValueError):
     """An unusable training profile; the message names the file/field and the fix."""
+
+
+class StageReuseRefused(TrainConfigError, ReuseRefused):
+    """A ``reuse_from`` run holds a stage made with other settings (:class:`training.reuse.ReuseRefused`;
+    the message names the stage, the run and each differing hash); the run stops before evaluating."""
 
 
 #: Keys of the ``adapter:`` section (``HierarchicalTraceAdapter`` view thresholds) and their types.
@@ -241,6 +269,14 @@ class TrainConfig(_Section):
         llm_proxy: route every model alias through Agent Lightning's ``LLMProxy``
             (:func:`society.proxy.llm_proxy`); False: roles call the servers' base URLs directly.
         serving: :class:`ServingSection` (engine and its settings).
+        junior_adapters: ``shared`` (one LoRA for all juniors) or ``per_persona`` (one per junior
+            persona, each trained on that persona's own admitted conversations;
+            :data:`JUNIOR_ADAPTER_MODES`).
+        reuse_from: earlier run directories whose untrained-model stages (:data:`BASE_STAGES`)
+            this run takes instead of evaluating them again, when their content hashes match
+            (:mod:`training.reuse`; a source whose stage differs in any hash stops the run with
+            :class:`training.reuse.ReuseRefused` naming the hash). Relative paths are taken from
+            the working directory.
 
     Raises (as a ``ValidationError``; :meth:`load` raises :class:`TrainConfigError`):
         ``gather.split`` equal to ``eval.split``: phase 1 would gather (and phases 2-4 train on)
@@ -261,6 +297,8 @@ class TrainConfig(_Section):
     reward: dict[str, Any] = Field(default_factory=dict)
     llm_proxy: bool = True
     serving: ServingSection = Field(default_factory=ServingSection)
+    junior_adapters: Literal["shared", "per_persona"] = "shared"
+    reuse_from: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _held_out_evaluation(self) -> TrainConfig:
@@ -447,15 +485,45 @@ def route_library_logs(path: Path) -> None:
         lg.propagate = False
 
 
-def role_split_config(society: Any) -> Any:
+def persona_alias(persona: str) -> str:
+    """The model alias of one junior persona's own adapter (``junior_adapters: per_persona``):
+    ``junior_policy_<persona>``, characters other than letters, digits, ``_``, ``-`` and ``.``
+    replaced by ``_`` (the alias names a llama-server LoRA and a LiteLLM model).
+
+    >>> persona_alias("step_by_step")
+    'junior_policy_step_by_step'
+    >>> persona_alias("my persona/2")
+    'junior_policy_my_persona_2'
+    """
+    return JUNIOR_ALIAS + "_" + "".join(c if c.isascii() and (c.isalnum() or c in "_-.") else "_" for c in persona)
+
+
+def junior_persona(role: Any) -> str:
+    """A junior role's persona as adapters are keyed: its ``persona``, else its name (what the
+    society records as the candidate's persona)."""
+    return str(role.persona or role.name)
+
+
+def junior_personas(society: Any) -> list[str]:
+    """The personas of the society's enabled junior roles, in config order, each once."""
+    out: list[str] = []
+    for r in society.roles:
+        if r.enabled and _kind(r.type) == "junior" and junior_persona(r) not in out:
+            out.append(junior_persona(r))
+    return out
+
+
+def role_split_config(society: Any, *, per_persona: bool = False) -> Any:
     """Give the juniors and the senior model aliases of their own (``junior_policy``,
     ``senior_policy``) bound to what they used before, so a trained adapter can be routed to one
-    role without changing the others. Idempotent."""
+    role without changing the others; with ``per_persona`` every junior persona gets an alias of
+    its own (:func:`persona_alias`), so each can be served its own adapter. Idempotent."""
     models = dict(society.models)
     roles = []
     for r in society.roles:
         kind = _kind(r.type)
-        target = JUNIOR_ALIAS if kind == "junior" else SENIOR_ALIAS if kind == "senior" else None
+        target = ((persona_alias(junior_persona(r)) if per_persona else JUNIOR_ALIAS) if kind == "junior"
+                  else SENIOR_ALIAS if kind == "senior" else None)
         if target and r.model and r.model != target:
             models.setdefault(target, models[r.model])
             r = r.model_copy(update={"model": target})
@@ -564,7 +632,11 @@ class TrainingPipeline:
 
     # -- society with the trained parts routed in -------------------------------------------------
     def society(self) -> Any:
-        sc = role_split_config(SocietyConfig.load(self.cfg.society_path()))
+        """The society config as the current stage runs it: the juniors and the senior on aliases of
+        their own (:func:`role_split_config`; one per junior persona when the juniors' adapters are
+        per persona, :meth:`junior_mode`) and, after phase 4, the bandit supervisor."""
+        sc = role_split_config(SocietyConfig.load(self.cfg.society_path()),
+                               per_persona=self.junior_mode() == "per_persona")
         bandit = self.dir.done(4)
         if bandit:
             roles = [r.model_copy(update={"policy": "bandit", "options": {**r.options, "path": bandit["policy"]}})
@@ -593,13 +665,29 @@ class TrainingPipeline:
             eps = stack.enter_context(llm_proxy(eps))
         return eps
 
+    def junior_mode(self) -> str:
+        """``shared`` or ``per_persona`` (:data:`JUNIOR_ADAPTER_MODES`): what a finished phase 2
+        trained (its ``done.json``; one written before the choice existed: ``shared``), else the
+        profile's ``junior_adapters``."""
+        done = self.dir.done(2)
+        if done is not None:
+            return str(done.get("junior_adapters") or "shared")
+        return self.cfg.junior_adapters
+
     def _trained_adapters(self) -> dict[str, Path]:
-        """Role alias -> PEFT adapter directory of the finished phases 2 (juniors) and 3 (senior)."""
+        """Role alias -> PEFT adapter directory of the finished phases 2 (juniors: one alias, or one
+        per persona that had rows to train on) and 3 (senior)."""
         out = {}
-        for k, alias in ((2, JUNIOR_ALIAS), (3, SENIOR_ALIAS)):
-            done = self.dir.done(k)
-            if done and done.get("adapter"):
-                out[alias] = Path(done["adapter"])
+        done = self.dir.done(2)
+        if done and done.get("junior_adapters") == "per_persona":
+            for persona, info in (done.get("adapters") or {}).items():
+                if info.get("adapter"):
+                    out[persona_alias(persona)] = Path(info["adapter"])
+        elif done and done.get("adapter"):
+            out[JUNIOR_ALIAS] = Path(done["adapter"])
+        done = self.dir.done(3)
+        if done and done.get("adapter"):
+            out[SENIOR_ALIAS] = Path(done["adapter"])
         return out
 
     def _vllm_endpoints(self, stack: ExitStack, society: Any) -> dict[str, Any]:
@@ -648,10 +736,9 @@ class TrainingPipeline:
         adapters: dict[str, Path] = {}
         separate: dict[str, Path] = {}
         embedded = society.embedded_aliases()
-        for k, alias in ((2, JUNIOR_ALIAS), (3, SENIOR_ALIAS)):
-            done = self.dir.done(k)
-            if done and done.get("adapter") and alias in embedded:
-                gguf = adapter_gguf(done["adapter"], self.cfg.base_model)
+        for alias, adapter in self._trained_adapters().items():
+            if alias in embedded:
+                gguf = adapter_gguf(adapter, self.cfg.base_model)
                 same_base = resolve_gguf(self.cfg.base_model) == resolve_gguf(embedded_spec(embedded[alias]).alias)
                 (adapters if same_base else separate)[alias] = gguf
         eps = dict(stack.enter_context(serve_config(society, adapters=adapters)))
@@ -673,12 +760,31 @@ class TrainingPipeline:
         stopped part-way (a dead server, Ctrl-C, a killed process) keeps its finished questions:
         the resumed stage runs only the others, and the summary covers all of them (its ``seconds``
         adds up the attempts; ``resumed`` counts the questions taken from earlier attempts).
+
+        A stage of the untrained model (:data:`BASE_STAGES`, no trained part routed in) is
+        fingerprinted (:meth:`stage_fingerprint`, written to ``<stage>.fingerprint.json``); with
+        ``reuse_from`` it is taken from the first earlier run that has it when every hash matches
+        (:func:`training.reuse.find_reusable`; ``<stage>.reused.json`` says from where).
+
+        Raises:
+            training.reuse.ReuseRefused: a ``reuse_from`` run has the stage with another hash.
         """
         path = self.dir.eval_path(stage) if agent == "society" else self.dir.role_eval_path(stage)
         summary_path = path.with_suffix(".summary.json")
         if summary_path.is_file():
             return json.loads(summary_path.read_text())
         examples = dev_subset(self.cfg) if examples is None else examples
+        society = self.society() if society is None else society
+        fp = self.stage_fingerprint(stage, agent, society, examples, given_sql)
+        if fp is not None and self.cfg.reuse_from:
+            match = self._find_reusable(fp, role_level=agent != "society")
+            if match is not None:
+                out = copy_stage(match, path)
+                path.with_suffix(".partial.jsonl").unlink(missing_ok=True)
+                self.echo(f"EX ({stage}) = {100 * out['ex']:.2f}% on {out['n']} dev questions, reused from "
+                          f"{match.run_dir} (model, config, prompts, sampling and questions hashes all match)")
+                return out
+            self.echo(f"eval ({stage}): no run in reuse_from has this stage; evaluating it here")
         partial = path.with_suffix(".partial.jsonl")
         wanted = {str(e.id) for e in examples}
         earlier = list({str(r["question_id"]): r for r in (read_jsonl(partial) if partial.is_file() else [])
@@ -686,7 +792,6 @@ class TrainingPipeline:
         done_ids = {str(r["question_id"]) for r in earlier}
         earlier_seconds = max((float(r.get("stage_seconds") or 0) for r in earlier), default=0.0)
         todo = [e for e in examples if str(e.id) not in done_ids]
-        society = self.society() if society is None else society
         recs: list[dict[str, Any]] = list(earlier)
         t0 = time.perf_counter()
         from rich.console import Console
@@ -732,11 +837,93 @@ class TrainingPipeline:
                 f.write(json.dumps({**r, "stage": stage}, default=str) + "\n")
         out = {"stage": stage, "ex": summary.ex, "n": len(recs), "seconds": seconds, "resumed": len(earlier),
                **{k: v for k, v in summary.model_dump().items() if k not in {"ex", "run_dir"}}}
+        if fp is not None:
+            atomic_write_text(fingerprint_path(path), json.dumps(fp.to_json(), indent=2) + "\n")
         atomic_write_text(summary_path, json.dumps(out, indent=2, default=str))
         partial.unlink(missing_ok=True)
         what = "dev questions" if agent == "society" else f"dev questions ({agent} only)"
         self.echo(f"EX ({stage}) = {100 * summary.ex:.2f}% on {len(recs)} {what}")
         return out
+
+    def _find_reusable(self, fp: Fingerprint, *, role_level: bool = False, where: Any = None) -> Any:
+        """:func:`training.reuse.find_reusable` over ``reuse_from``, a refusal raised as
+        :class:`StageReuseRefused` (a :class:`TrainConfigError`, which the CLI reports)."""
+        try:
+            return find_reusable(fp, self.cfg.reuse_from, role_level=role_level, where=where)
+        except ReuseRefused as e:
+            raise StageReuseRefused(str(e)) from None
+        except FileNotFoundError as e:
+            raise TrainConfigError(f"{e}; fix reuse_from in the profile") from None
+
+    def check_reuse(self) -> None:
+        """Before anything runs: refuse (:class:`StageReuseRefused`) when a ``reuse_from`` run holds a
+        stage this run would evaluate on the untrained model -- the society baseline, the juniors-only
+        baseline and its noise repeat -- made with other settings, so a mismatch found at a later
+        stage costs no evaluation first. (The senior-only baseline's inputs come from the juniors'
+        baseline, so it is checked when it runs.) Nothing when ``reuse_from`` is empty."""
+        if not self.cfg.reuse_from:
+            return
+        e = self.cfg.eval
+        society = self.society()
+        stages: list[tuple[str, str, list[Any], Any]] = [("baseline", "society", dev_subset(self.cfg), society)]
+        if e.junior_limit:
+            juniors = dev_subset(self.cfg, e.junior_limit)
+            stages.append(("juniors_baseline", "juniors", juniors, society))
+            if e.noise_repeat:
+                stages.append((NOISE_STAGE, "juniors", juniors, with_junior_seed_offset(society)))
+        for stage, agent, examples, soc in stages:
+            path = self.dir.eval_path(stage) if agent == "society" else self.dir.role_eval_path(stage)
+            if path.with_suffix(".summary.json").is_file():
+                continue
+            fp = self.stage_fingerprint(stage, agent, soc, examples)
+            if fp is not None:
+                self._find_reusable(fp, role_level=agent != "society")
+        if 1 in self.phases and self.dir.done(1) is None and not self.dir.store.exists():
+            fp = self.gather_fingerprint()
+            if fp is not None:
+                self._find_reusable(fp, where=gather_files)
+
+    def gather_fingerprint(self) -> Fingerprint | None:
+        """The content hashes phase 1's rollouts depend on (:mod:`training.reuse`): the model, the
+        society config with the gather settings that change what is drawn (``epsilon``,
+        ``junior_resamples``, ``junior_temperature``, ``rationalize``) and the reward settings, the
+        prompts, the sampling, and the train questions (the society's tasks and the juniors-only
+        tasks, in order). None when a trained part is routed in or the model cannot be hashed."""
+        if self._trained_adapters() or self.dir.done(4) is not None:
+            return None
+        g = self.cfg.gather
+        society = self.society()
+        try:
+            model = model_part(society, engine=self.cfg.serving.engine)
+        except NotReusable as e:
+            if self.cfg.reuse_from:
+                self.echo(f"phase 1: not reusable ({e}); gathering here")
+            return None
+        examples = load_examples(self.cfg.data_dir, g.split)
+        end = g.offset + g.limit
+        tasks, jtasks = examples[g.offset:end], examples[end:end + g.junior_limit]
+        parts = society_parts(society, tasks + jtasks, model=model)
+        parts["config"] = {"society": parts["config"], "reward": self.cfg.reward,
+                           "gather": {"epsilon": g.epsilon, "junior_resamples": g.junior_resamples,
+                                      "junior_temperature": g.junior_temperature, "rationalize": g.rationalize}}
+        parts["questions"] = {"society": question_rows(tasks), "juniors_only": question_rows(jtasks)}
+        return Fingerprint.of("gather", "society+juniors", parts)
+
+    def stage_fingerprint(self, stage: str, agent: str, society: Any, examples: list[Any],
+                          given_sql: dict[str, str | None] | None = None) -> Fingerprint | None:
+        """The content hashes a stage of the untrained model depends on (:mod:`training.reuse`), or
+        None when the stage is not one of :data:`BASE_STAGES`, a trained part is routed in (phase 2,
+        3 or 4 finished), or a part cannot be hashed (a remote model, ``serving.engine: vllm``:
+        said once when ``reuse_from`` is set)."""
+        if stage not in BASE_STAGES or self._trained_adapters() or self.dir.done(4) is not None:
+            return None
+        try:
+            model = model_part(society, engine=self.cfg.serving.engine)
+        except NotReusable as e:
+            if self.cfg.reuse_from:
+                self.echo(f"eval ({stage}): not reusable ({e}); evaluating it here")
+            return None
+        return Fingerprint.of(stage, agent, society_parts(society, examples, given_sql=given_sql, model=model))
 
     def _senior_inputs(self) -> tuple[list[Any], dict[str, str | None]]:
         """The senior-only evaluation's fixed inputs: the first ``eval.senior_limit`` questions of the
@@ -799,6 +986,16 @@ class TrainingPipeline:
 
         society = self.society()
         juniors: dict[str, Any] = {}
+        fp = self.gather_fingerprint()
+        reused = None
+        if fp is not None and self.cfg.reuse_from and not self.dir.store.exists():
+            match = self._find_reusable(fp, where=gather_files)
+            if match is not None:
+                reused = copy_store(match, self.dir.root)
+                self.echo(f"phase 1: the store of {match.run_dir} reused (model, config, prompts, sampling and train "
+                          "questions hashes all match); its tasks are skipped below")
+            else:
+                self.echo("phase 1: no run in reuse_from has a finished phase 1; gathering here")
         with ExitStack() as stack:
             eps = self.endpoints(stack, society)
             hook = stack.enter_context(MetricsHook(self.dir.metrics, phase="1-gather", run_id=self.dir.root.name))
@@ -842,7 +1039,11 @@ class TrainingPipeline:
                          "as a hint (rationalization)")
         self.echo(f"phase 1 gather: {stored} rollouts in the store ({summary.skipped} society rollouts resumed, "
                   f"{summary.run} run now, mean reward {summary.mean_reward})" + "".join(f"; {x}" for x in extra))
-        return {"store": str(self.dir.store), **summary.to_json(), "stored_succeeded": stored, **juniors}
+        if fp is not None and reused is None:
+            self.dir.phase_dir(1)
+            atomic_write_text(gather_files(self.dir.root)[2], json.dumps(fp.to_json(), indent=2) + "\n")
+        return {"store": str(self.dir.store), **summary.to_json(), "stored_succeeded": stored, **juniors,
+                **({"reused_from": reused["source_run"]} if reused else {})}
 
     def _unsolved_tasks(self) -> list[str]:
         """Spider ids of the train questions phase 1 drew (society rollouts, juniors-only first draws,
@@ -894,9 +1095,10 @@ class TrainingPipeline:
     def phase2_sft(self) -> dict[str, Any]:
         """Phase 2: the juniors' conversations whose own SQL matched gold -> LoRA SFT -> GGUF LoRA served
         by llama.cpp. Writes ``sft_dataset.jsonl`` and its card ``sft_selection.json``
-        (:class:`training.adapter.SftSelection`; also in ``done.json`` as ``selection``)."""
-        from training.sft import JuniorSFTTrainer
+        (:class:`training.adapter.SftSelection`; also in ``done.json`` as ``selection``).
 
+        ``junior_adapters: shared``: one adapter on every admitted conversation (``adapter/``);
+        ``per_persona``: :meth:`train_juniors_per_persona`."""
         d = self.dir.phase_dir(2)
         with self._archive() as archive:
             sel = self._adapter().select_sft(archive, min_reward=self.cfg.adapter.get("sft_min_reward", 0.5))
@@ -910,15 +1112,77 @@ class TrainingPipeline:
                 f"phase 2: none of the {sel.summary['conversations']} junior conversations has an own SQL that "
                 "matched gold; gather more (gather.limit, gather.junior_limit, gather.junior_resamples) or set "
                 "gather.rationalize: true")
+        if self.cfg.junior_adapters == "per_persona":
+            return {**self.train_juniors_per_persona(ds, d), "selection": sel.summary}
+        info = self._train_junior_adapter(ds, d / "adapter", "phase 2 SFT")
+        return {"junior_adapters": "shared", **info, "selection": sel.summary}
+
+    def _train_junior_adapter(self, ds: Any, out: Path, label: str) -> dict[str, Any]:
+        """LoRA SFT of the base model on ``ds`` into ``out``, exported to GGUF (llama.cpp); returns
+        ``adapter``, ``adapter_gguf``, ``rows``, ``steps``, ``losses``, ``seconds_per_step``."""
+        from training.sft import JuniorSFTTrainer
+
         res = JuniorSFTTrainer(JuniorSFTConfig(**{**self.cfg.sft, "model": self.cfg.base_model,
-                                                   "output_dir": str(d / "adapter")}), ds).train()
+                                                   "output_dir": str(out)}), ds).train()
         gguf = self._export_gguf(res.adapter_dir, res.adapter_dir / "adapter.gguf")
-        self.echo(f"phase 2 SFT: {res.steps} steps on {res.rows} rows, loss {res.losses[0][1]:.3f} -> "
+        self.echo(f"{label}: {res.steps} steps on {res.rows} rows, loss {res.losses[0][1]:.3f} -> "
                   f"{res.losses[-1][1]:.3f}, {res.mean_step_seconds:.1f} s/step; "
                   + (f"LoRA GGUF {gguf.name}" if gguf else "PEFT adapter served by name with vLLM"))
         return {"adapter": str(res.adapter_dir), "adapter_gguf": str(gguf) if gguf else None, "rows": res.rows,
-                "steps": res.steps,
-                "losses": res.losses, "seconds_per_step": res.mean_step_seconds, "selection": sel.summary}
+                "steps": res.steps, "losses": res.losses, "seconds_per_step": res.mean_step_seconds}
+
+    def train_juniors_per_persona(self, ds: Any, d: Path) -> dict[str, Any]:
+        """``junior_adapters: per_persona``: one LoRA adapter per junior persona of the society
+        (:func:`junior_personas`), each trained (``sft`` settings, the same for every persona) on
+        that persona's own rows of ``ds`` into ``d/adapters/<alias>/`` and exported to GGUF; the
+        one llama-server serves them all, each persona's requests naming its own
+        (:func:`persona_alias`). A persona with no row keeps the base model (said, and recorded
+        with ``adapter: None``). A row is the persona's by its ``role_instance`` (the society's
+        junior instances), else by its ``persona`` column; rows of no current persona are counted
+        (``rows_of_no_persona``) and not trained on.
+
+        Args:
+            ds: the SFT rows (:meth:`training.adapter.HierarchicalTraceAdapter.select_sft`'s dataset:
+                ``messages``, ``role_instance``, ``persona``, ...).
+            d: the phase directory.
+
+        Returns:
+            ``done.json`` fields: ``junior_adapters: per_persona``, ``adapters`` (persona -> the
+            fields of one adapter, or ``{"rows": 0, "adapter": None}``), ``adapter`` None, ``rows``
+            and ``steps`` summed over personas, ``seconds_per_step`` their mean.
+
+        Raises:
+            TrainConfigError: no persona has a row.
+        """
+        society = self.society()
+        personas = junior_personas(society)
+        of_instance = {i.name: junior_persona(i.config) for i in society.instances("junior")}
+        rows: dict[str, list[int]] = {p: [] for p in personas}
+        orphans = 0
+        for i, (inst, persona) in enumerate(zip(ds["role_instance"], ds["persona"])):
+            key = of_instance.get(inst) or (persona if persona in rows else None)
+            if key is None:
+                orphans += 1
+            else:
+                rows[key].append(i)
+        if not any(rows.values()):
+            raise TrainConfigError(f"phase 2 (junior_adapters: per_persona): none of the {len(ds)} SFT rows belongs "
+                                   f"to a junior persona of the society ({personas}); check the society config")
+        adapters: dict[str, dict[str, Any]] = {}
+        for p in personas:
+            if not rows[p]:
+                self.echo(f"phase 2 SFT ({p}): no conversation of this persona had its own SQL match gold; it keeps "
+                          "the base model")
+                adapters[p] = {"alias": persona_alias(p), "rows": 0, "adapter": None, "adapter_gguf": None}
+                continue
+            info = self._train_junior_adapter(ds.select(rows[p]), d / "adapters" / persona_alias(p),
+                                              f"phase 2 SFT ({p})")
+            adapters[p] = {"alias": persona_alias(p), **info}
+        trained = [a for a in adapters.values() if a["adapter"]]
+        return {"junior_adapters": "per_persona", "adapters": adapters, "adapter": None, "adapter_gguf": None,
+                "rows": sum(a["rows"] for a in trained), "steps": sum(a["steps"] for a in trained),
+                "seconds_per_step": sum(a["seconds_per_step"] for a in trained) / len(trained),
+                "rows_of_no_persona": orphans}
 
     def phase3_grpo(self) -> dict[str, Any]:
         """Phase 3: the senior's decision points -> GRPO (TRL on the CPU, VERL on a GPU) -> LoRA served."""
@@ -1086,6 +1350,7 @@ class TrainingPipeline:
             (1, self.phase1_gather), (2, self.phase2_sft), (3, self.phase3_grpo), (4, self.phase4_bandit)]
         t_all = time.perf_counter()
         route_library_logs(self.dir.root / "train.log")
+        self.check_reuse()
         base = self.evaluate_stage("baseline")
         self.evaluate_roles("baseline")
         before = base["ex"]

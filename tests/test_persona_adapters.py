@@ -1,0 +1,164 @@
+"""One LoRA adapter per junior persona (``junior_adapters: per_persona``, training/pipeline.py).
+
+Phase 2 trains one adapter per persona on that persona's own admitted conversations; the one
+llama-server of the juniors' base model serves every adapter, each junior's requests naming its
+own. The SFT rows come from hand-built traces through the real trace adapter's selection
+(:meth:`HierarchicalTraceAdapter.select_sft`); the training (TRL LoRA SFT on SmolLM2-135M), the
+GGUF export, the llama-server and its per-request LoRA choice are real.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+pytest.importorskip("agentlightning")
+pytest.importorskip("datasets")
+
+from training.adapter import HierarchicalTraceAdapter, LLMCall, SocietyTrace  # noqa: E402
+from training.pipeline import (  # noqa: E402
+    JUNIOR_ALIAS,
+    TrainConfig,
+    TrainingPipeline,
+    junior_personas,
+    persona_alias,
+    role_split_config,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+SYSTEM = "You are an expert on SQLite. Schema:\nCREATE TABLE head (head_id INT, name TEXT, age INT)"
+QUESTION = "How many heads are older than 56?"
+#: what each persona is trained to answer (its own format), so the adapters differ
+REPLIES = {
+    "direct": "```sql\nSELECT count(*) FROM head WHERE age > 56\n```",
+    "step_by_step": "<reasoning>Filter head by age, then count.</reasoning>\n<sql>SELECT count(head_id) FROM head "
+                    "WHERE head.age > 56</sql>",
+}
+
+
+def _profile(mode: str, **over) -> TrainConfig:
+    cfg = yaml.safe_load((REPO / "configs" / "train" / "smoke.yaml").read_text())
+    cfg["society_config"] = str(REPO / "configs" / "smoke.yaml")
+    cfg["junior_adapters"] = mode
+    cfg["sft"] = {"max_steps": 8, "per_device_train_batch_size": 2, "max_length": 256, "learning_rate": 5e-3,
+                  "lora_r": 8, "lora_alpha": 16}
+    cfg.update(over)
+    return TrainConfig.model_validate(cfg)
+
+
+def _traces() -> list[SocietyTrace]:
+    """Four rollouts: junior_direct and junior_step_by_step each right on their own (own EX 1) with
+    their persona's reply; junior_decompose always wrong (so it has no row)."""
+    out = []
+    for k in range(4):
+        calls, outcomes = [], {"task_id": f"train-{k}", "juniors": [], "source": "society", "agent": "society"}
+        for i, (inst, reply, ex) in enumerate((("junior_direct", REPLIES["direct"], 1),
+                                               ("junior_step_by_step", REPLIES["step_by_step"], 1),
+                                               ("junior_decompose", "SELECT 1", 0))):
+            persona = inst.removeprefix("junior_")
+            outcomes["juniors"].append(inst)
+            outcomes[f"junior.{inst}.ex"] = ex
+            outcomes[f"junior.{inst}.persona"] = persona
+            calls.append(LLMCall(span_id=f"s{k}{i}", sequence_id=i, role="junior", role_instance=inst, node="draft",
+                                 label=f"junior:{persona}", model="m", response=reply + " " * k,
+                                 messages=[{"role": "system", "content": SYSTEM},
+                                           {"role": "user", "content": f"Question: {QUESTION}"}]))
+        out.append(SocietyTrace(rollout_id=f"r{k}", attempt_id="a", task_id=f"train-{k}", reward=1.0,
+                                outcomes=outcomes, run={}, llm_calls=calls, n_spans=len(calls)))
+    return out
+
+
+def test_per_persona_aliases_and_the_mode_a_finished_phase_2_recorded(tmp_path: Path) -> None:
+    from society.config import SocietyConfig
+
+    society = SocietyConfig.load(REPO / "configs" / "smoke.yaml")
+    per = role_split_config(society, per_persona=True)
+    juniors = {r.name: r.model for r in per.roles if r.type == "junior"}
+    assert juniors == {f"junior_{p}": persona_alias(p) for p in ("direct", "step_by_step", "decompose")}
+    assert all(per.models[a] == society.models["juniors"] for a in juniors.values())
+    assert role_split_config(per, per_persona=True) == per  # idempotent
+    shared = role_split_config(society)
+    assert {r.model for r in shared.roles if r.type == "junior"} == {JUNIOR_ALIAS}
+    assert junior_personas(per) == ["direct", "step_by_step", "decompose"]
+
+    pipe = TrainingPipeline(_profile("per_persona"), tmp_path / "run", phases={2}, echo=lambda s: None)
+    assert pipe.junior_mode() == "per_persona"
+    assert {r.model for r in pipe.society().roles if r.type == "junior"} == {persona_alias(p) for p in REPLIES} | {
+        persona_alias("decompose")}
+    # a resumed run follows what phase 2 trained, whatever the profile says now
+    pipe.dir.mark_done(2, {"adapter": str(tmp_path / "a"), "rows": 3})  # written before the choice existed
+    assert pipe.junior_mode() == "shared" and pipe._trained_adapters() == {JUNIOR_ALIAS: tmp_path / "a"}
+    pipe.dir.mark_done(2, {"junior_adapters": "per_persona", "adapter": None, "adapters": {
+        "direct": {"adapter": str(tmp_path / "d")}, "decompose": {"adapter": None, "rows": 0}}})
+    assert pipe._trained_adapters() == {persona_alias("direct"): tmp_path / "d"}
+
+
+def _chat(ep, max_tokens: int = 24) -> str:
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": f"Question: {QUESTION}"}]
+    payload = {"model": ep.model, "temperature": 0, "max_tokens": max_tokens, "repeat_penalty": 1.0,
+               "messages": messages, **dict(ep.extra_body or {})}
+    req = urllib.request.Request(ep.base_url + "/chat/completions", data=json.dumps(payload).encode(),
+                                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {ep.api_key}"})
+    with urllib.request.urlopen(req, timeout=300) as r:
+        return json.loads(r.read())["choices"][0]["message"]["content"]
+
+
+@pytest.mark.model
+def test_each_persona_is_trained_and_served_its_own_adapter_and_shared_still_works(tmp_path: Path) -> None:
+    sel = HierarchicalTraceAdapter().select_sft(_traces())
+    assert sorted(set(sel.dataset["persona"])) == ["direct", "step_by_step"]
+    msgs: list[str] = []
+    pipe = TrainingPipeline(_profile("per_persona", llm_proxy=False), tmp_path / "per", phases={2}, echo=msgs.append)
+    info = pipe.train_juniors_per_persona(sel.dataset, pipe.dir.phase_dir(2))
+    ad = info["adapters"]
+    assert (ad["direct"]["rows"], ad["step_by_step"]["rows"], ad["decompose"]["rows"]) == (4, 4, 0)
+    assert ad["decompose"]["adapter"] is None and any("(decompose): no conversation" in m for m in msgs)
+    assert ad["direct"]["adapter"] != ad["step_by_step"]["adapter"]
+    assert all(Path(ad[p]["adapter_gguf"]).is_file() for p in REPLIES)
+    pipe.dir.mark_done(2, {**info, "selection": sel.summary})
+
+    society = pipe.society()
+    with ExitStack() as stack:
+        eps = pipe.endpoints(stack, society)
+        aliases = {p: persona_alias(p) for p in ("direct", "step_by_step", "decompose")}
+        assert len({eps[a].base_url for a in aliases.values()}) == 1  # one llama-server serves every junior
+        loaded = json.loads(urllib.request.urlopen(eps[aliases["direct"]].base_url[:-3] + "/lora-adapters").read())
+        path_of = {a["id"]: a["path"] for a in loaded}
+        chosen = {}
+        for p, alias in aliases.items():
+            scales = {x["id"]: x["scale"] for x in eps[alias].extra_body["lora"]}
+            on = [i for i, s in scales.items() if s > 0]
+            chosen[p] = path_of[on[0]] if on else None
+            assert len(on) <= 1
+        # each trained persona's requests apply its own GGUF and no other; the untrained persona the base
+        assert chosen == {"direct": str(Path(ad["direct"]["adapter_gguf"]).resolve()),
+                          "step_by_step": str(Path(ad["step_by_step"]["adapter_gguf"]).resolve()),
+                          "decompose": None}
+        outs = {p: _chat(eps[a]) for p, a in aliases.items()}
+    # ... and answer differently: each its own trained format, the base model neither
+    assert outs["direct"].startswith("```sql"), outs
+    assert outs["step_by_step"].startswith("<reasoning>"), outs
+    assert not outs["decompose"].startswith(("```sql\nSELECT count(*) FROM head", "<reasoning>Filter")), outs
+
+    # shared: one adapter on every junior's rows, every junior's requests name the same one
+    shared = TrainingPipeline(_profile("shared", llm_proxy=False), tmp_path / "shared", phases={2},
+                              echo=msgs.append)
+    one = shared._train_junior_adapter(sel.dataset, shared.dir.phase_dir(2) / "adapter", "phase 2 SFT")
+    assert one["rows"] == 8
+    shared.dir.mark_done(2, {"junior_adapters": "shared", **one})
+    society = shared.society()
+    assert {r.model for r in society.roles if r.type == "junior"} == {JUNIOR_ALIAS}
+    with ExitStack() as stack:
+        eps = shared.endpoints(stack, society)
+        loaded = json.loads(urllib.request.urlopen(eps[JUNIOR_ALIAS].base_url[:-3] + "/lora-adapters").read())
+        assert [a["path"] for a in loaded] == [str(Path(one["adapter_gguf"]).resolve())]
+        assert [x["scale"] for x in eps[JUNIOR_ALIAS].extra_body["lora"]] == [1.0]
+        out = _chat(eps[JUNIOR_ALIAS])
+    assert out.startswith(("```sql", "<reasoning>")), out
