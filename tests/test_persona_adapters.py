@@ -162,3 +162,24 @@ def test_each_persona_is_trained_and_served_its_own_adapter_and_shared_still_wor
         assert [x["scale"] for x in eps[JUNIOR_ALIAS].extra_body["lora"]] == [1.0]
         out = _chat(eps[JUNIOR_ALIAS])
     assert out.startswith(("```sql", "<reasoning>")), out
+
+
+def test_the_report_lists_each_personas_adapter_and_its_loss_curve(tmp_path: Path) -> None:
+    from evaluation.report import build_report
+    from evaluation.report_content import training_signals
+
+    run = tmp_path / "run"
+    (run / "eval").mkdir(parents=True)
+    (run / "eval" / "baseline.jsonl").write_text(json.dumps({"question_id": "dev-1", "match": True}) + "\n")
+    done = {"junior_adapters": "per_persona", "adapter": None, "adapters": {
+        "direct": {"alias": persona_alias("direct"), "rows": 4, "steps": 2, "losses": [[1, 2.0], [2, 1.5]],
+                   "adapter": "a"},
+        "decompose": {"alias": persona_alias("decompose"), "rows": 0, "adapter": None}}}
+    (run / "phases" / "2-sft").mkdir(parents=True)
+    (run / "phases" / "2-sft" / "done.json").write_text(json.dumps(done))
+    paths = build_report(run)
+    md = paths.markdown.read_text()
+    assert "| direct | junior_policy_direct | 4 | 2 | 2.000 → 1.500 |" in md
+    assert "| decompose | junior_policy_decompose | 0 | – | not trained: base model |" in md
+    assert "junior_policy_decompose" in paths.html.read_text()
+    assert list(training_signals({"2-sft": done})) == ["2-sft (direct): loss"]
