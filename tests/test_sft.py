@@ -7,6 +7,7 @@ real Spider train question, answered with that question's gold SQL in a ```sql b
 
 from __future__ import annotations
 
+import doctest
 import json
 import math
 
@@ -16,10 +17,11 @@ from datasets import Dataset
 from society.prompts import PROMPTS
 from tools.schema import schema_prompt
 from tools.spider import load_examples
+from training import sft as sft_module
 from training.adapter_serving import check_served_equals_peft
 from training.checkpoints import load_for_training
 from training.export import read_adapter_info
-from training.sft import JuniorSFTConfig, JuniorSFTTrainer, split_conversation
+from training.sft import JuniorSFTConfig, JuniorSFTTrainer, bf16_support, split_conversation
 
 SMOL = "smollm2-135m"
 
@@ -94,3 +96,77 @@ def test_sft_input_errors(tmp_path):
         JuniorSFTTrainer(cfg, [{"messages": [{"role": "user", "content": "q"}, {"role": "user", "content": "q2"}]}])
     with pytest.raises(ValueError, match="loss_on"):
         JuniorSFTConfig(loss_on="everything")
+
+
+def test_sft_doctests():
+    assert doctest.testmod(sft_module).failed == 0
+
+
+def test_bf16_is_decided_from_the_cpu_flags_read_at_run_time(tmp_path):
+    """bf16 only where /proc/cpuinfo-style text names a native bf16 instruction set (read when asked)."""
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512bw\n")
+    assert bf16_support(cpuinfo) == (False, "CPU reports none of avx512_bf16, amx_bf16")
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    ok, why = bf16_support(cpuinfo)
+    # torch's oneDNN decides the rest: bf16 on this build only where it says it can
+    import torch
+
+    assert ok == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and "avx512_bf16" in why
+    assert bf16_support(tmp_path / "missing")[0] is False
+
+
+def _one_step(tmp_path, rows, name, head_on_loss_tokens_only=True, **trl_args):
+    cfg = JuniorSFTConfig(model=SMOL, output_dir=str(tmp_path / name), max_steps=2, per_device_train_batch_size=3,
+                          max_length=768, learning_rate=5e-4, head_on_loss_tokens_only=head_on_loss_tokens_only,
+                          trl_args={"bf16": False, **trl_args})
+    return JuniorSFTTrainer(cfg, rows).train()
+
+
+def test_padding_free_batches_train_like_padded_ones(tmp_path):
+    """Padding-free batches (one row, restarting position_ids, SDPA attention) give the padded batch's
+    loss: no conversation attends to another. Same rows, same order, float32 both."""
+    rows = junior_conversations(6)
+    lengths = {len(str(r["messages"])) for r in rows}
+    assert len(lengths) > 1  # padding happens in the padded arm
+    padded = _one_step(tmp_path, rows, "padded", padding_free=False)
+    free = _one_step(tmp_path, rows, "free")
+    assert (padded.padding_free, free.padding_free) == (False, True)
+    assert padded.precision == free.precision == "fp32"
+    assert padded.num_tokens == free.num_tokens and free.num_tokens[-1][1] > 0  # the same conversations per step
+    (_, p1), (_, p2) = padded.losses
+    (_, f1), (_, f2) = free.losses
+    assert f1 == pytest.approx(p1, rel=1e-4), (padded.losses, free.losses)  # step 1: the untouched base model
+    assert f2 == pytest.approx(p2, rel=1e-3), (padded.losses, free.losses)  # after one identical update
+
+
+def test_padding_free_leaves_out_conversations_longer_than_max_length(tmp_path):
+    rows = junior_conversations(4)
+    long = dict(rows[0], messages=rows[0]["messages"][:-1] + [
+        {"role": "assistant", "content": "```sql\n" + " UNION ALL ".join(["SELECT 1"] * 200) + "\n```"}])
+    cfg = JuniorSFTConfig(model=SMOL, output_dir=str(tmp_path / "a"), max_steps=1, per_device_train_batch_size=2,
+                          max_length=512, trl_args={"bf16": False})
+    res = JuniorSFTTrainer(cfg, [long, *rows[1:]]).train()
+    assert (res.rows, res.rows_over_max_length) == (4, 1)
+    assert json.loads(res.metrics_path.read_text())["rows_over_max_length"] == 1
+    with pytest.raises(ValueError, match="all 1 conversations are longer than max_length = 512"):
+        JuniorSFTTrainer(JuniorSFTConfig(model=SMOL, output_dir=str(tmp_path / "b"), max_steps=1, max_length=512),
+                         [long]).train()
+
+
+def test_head_on_loss_tokens_only_trains_like_the_head_on_every_token(tmp_path):
+    """Scoring the LM head on the loss positions only (TRL's compact branch, on the CPU too) changes
+    no loss; TRL's own switch is back in place after training."""
+    import torch
+    from trl.trainer import utils as trl_utils
+
+    rows = junior_conversations(6)
+    every = _one_step(tmp_path, rows, "every", head_on_loss_tokens_only=False)
+    compact = _one_step(tmp_path, rows, "compact")
+    assert (every.head_on_loss_tokens_only, compact.head_on_loss_tokens_only) == (False, True)
+    assert every.num_tokens == compact.num_tokens
+    (_, e1), (_, e2) = every.losses
+    (_, c1), (_, c2) = compact.losses
+    assert c1 == pytest.approx(e1, rel=1e-4), (every.losses, compact.losses)  # step 1: the untouched base model
+    assert c2 == pytest.approx(e2, rel=1e-3), (every.losses, compact.losses)  # after one identical update
+    assert trl_utils._use_triton(torch.device("cpu")) is False

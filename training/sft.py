@@ -19,22 +19,50 @@ Backends:
 
 * CPU (``backend="trl"``, the default without CUDA): the GGUF base is dequantised once into a
   float32 HF checkpoint (:func:`training.checkpoints.hf_checkpoint`), then TRL ``SFTTrainer`` + a PEFT
-  LoRA (bf16/fp16 off, small ``max_length``).
+  LoRA, at the machine's speed (``bench/sft.py`` measures it against the old settings):
+
+  - **bf16** where the CPU has native bf16 dot products (``avx512_bf16`` or ``amx_bf16`` in
+    ``/proc/cpuinfo``, read at run time) and torch's oneDNN does bf16 (:func:`bf16_support`): TRL's
+    ``bf16`` (autocast) is on and the frozen base is loaded in bfloat16; the LoRA weights stay
+    float32 (PEFT's ``autocast_adapter_dtype``), as does the optimizer. Elsewhere float32. The choice
+    and its reason are logged and written to ``sft_metrics.json``; ``trl_args: {bf16: false}`` forces
+    float32.
+  - **padding-free batches** (TRL's ``padding_free``): the conversations of a step are concatenated
+    into one row with restarting ``position_ids`` instead of being padded to the longest; transformers
+    (>= 5) builds the block-diagonal causal mask from the ``position_ids`` for SDPA/eager attention
+    (``masking_utils.find_packed_sequence_indices``), so no token sees another conversation and the
+    loss equals the padded batch's (``tests/test_sft.py`` checks it). TRL then does not truncate, so a
+    conversation longer than ``max_length`` is left out (counted in the metrics): cut at ``max_length``
+    from the right it would lose the answer it is trained on. ``trl_args: {padding_free: false}``
+    restores padded batches with truncation.
+  - **completion-only loss** (TRL's ``completion_only_loss``, from ``loss_on``), and the LM head
+    scored on the loss positions only (``head_on_loss_tokens_only``, :func:`head_on_loss_tokens`):
+    TRL's fused head (``trl.trainer.utils.add_fused_lm_head``) projects only the positions with a
+    label on CUDA, but every position elsewhere (its reason: a changing number of positions would
+    recompile on compiling backends such as Neuron). Eager CPU training does not compile, and a
+    junior's answer is ~5 % of its conversation, so the head's ``vocab x d_model`` product and its
+    softmax statistics over ~150k logits per token were ~40 % of a step for nothing. The loss, its
+    gradient and TRL's metrics are the same either way (``tests/test_sft.py`` checks the loss);
+  - torch threads = the idle cores now (:func:`training.threads.torch_threads`).
 * CUDA (``backend="unsloth"``, chosen by ``"auto"`` when ``torch.cuda.is_available()`` and
   unsloth is installed): unsloth's ``FastLanguageModel`` loads the same HF checkpoint (optionally
   4-bit) and adds the LoRA with its fused kernels; training is still TRL ``SFTTrainer``.
   Unverified here (no GPU on the build machine).
 
 Output (``output_dir``): a PEFT adapter (``adapter_config.json`` + ``adapter_model.safetensors``),
-``sqlsociety_adapter.json`` (base model, method, rows) and ``sft_metrics.json`` (steps, loss per
-logged step, seconds per step). Serve it with :func:`training.adapter_serving.serve_adapter`.
+``sqlsociety_adapter.json`` (base model, method, rows) and ``sft_metrics.json`` (steps, loss and
+tokens per logged step, seconds per step, precision, threads). Serve it with
+:func:`training.adapter_serving.serve_adapter`.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -47,10 +75,18 @@ __all__ = [
     "JuniorSFTTrainer",
     "SFTResult",
     "StepTimer",
+    "bf16_support",
+    "cpu_flags",
+    "head_on_loss_tokens",
     "split_conversation",
     "pick_backend",
     "torch_threads",
 ]
+
+logger = logging.getLogger(__name__)
+
+#: ``/proc/cpuinfo`` flags of native bf16 dot products (AVX512-BF16: ``VDPBF16PS``; AMX: tile bf16 matmul).
+CPU_BF16_FLAGS: tuple[str, ...] = ("avx512_bf16", "amx_bf16")
 
 #: The linear layers of llama/qwen2 blocks a LoRA adapts (all of them: attention and MLP).
 DEFAULT_TARGET_MODULES: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -99,8 +135,9 @@ class JuniorSFTConfig:
         learning_rate: AdamW learning rate (LoRA-typical 1e-4 .. 3e-4).
         per_device_train_batch_size, gradient_accumulation_steps: effective batch =
             their product (sequences per step).
-        max_length: tokens per sequence after the chat template (longer ones are truncated
-            from the right -- keep schemas compact).
+        max_length: tokens per conversation after the chat template; longer ones are left out with
+            padding-free batches (the default), truncated from the right with padded batches -- keep
+            schemas compact.
         lora_r, lora_alpha, lora_dropout, target_modules: PEFT ``LoraConfig`` (scale = alpha / r).
         loss_on: ``"completion"`` (last assistant message only) or ``"all"``.
         warmup_steps, lr_scheduler_type, weight_decay: optimiser schedule (HF names).
@@ -110,10 +147,14 @@ class JuniorSFTConfig:
         load_in_4bit: unsloth only: QLoRA on a 4-bit base.
         gradient_checkpointing: trade compute for memory (useful for the 0.5B model on GPU).
         num_threads: CPU threads for torch; None -> :func:`torch_threads` (load-adaptive).
+        head_on_loss_tokens_only: on the CPU, project the LM head only at the positions that have a
+            label (:func:`head_on_loss_tokens`); False -> every position, as TRL does off CUDA.
         trl_args: any other keyword argument of TRL's ``SFTConfig`` (so every TRL / transformers
             ``TrainingArguments`` option, e.g. ``optim``, ``max_grad_norm``), applied over what the
             fields above set; checked against ``SFTConfig`` when given (imports TRL, ~5 s). A TRL
             option that is a field here (``max_steps``, ``learning_rate``...) is set as that field.
+            Set here, not as fields, are TRL's ``bf16`` (default: :func:`bf16_support`) and
+            ``padding_free`` (default: true); see the module docstring.
     """
 
     model: str = "smollm2-135m"
@@ -138,6 +179,7 @@ class JuniorSFTConfig:
     load_in_4bit: bool = False
     gradient_checkpointing: bool = False
     num_threads: int | None = None
+    head_on_loss_tokens_only: bool = True
     trl_args: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -167,12 +209,21 @@ class SFTResult:
     Attributes:
         adapter_dir: the PEFT adapter directory (= ``config.output_dir``).
         metrics_path: ``sft_metrics.json`` in it.
-        rows: training conversations used.
+        rows: training conversations given (``rows - rows_over_max_length`` of them trained on).
         steps: optimizer steps taken (> 0 after a successful run).
         losses: ``[(step, loss)]`` as logged (every ``logging_steps``).
         step_seconds: wall seconds of each optimizer step.
         train_seconds: wall seconds of ``trainer.train()``.
         backend: ``"trl"`` or ``"unsloth"``.
+        num_tokens: ``[(step, tokens)]``: tokens trained so far (prompt and completion, no padding;
+            TRL's ``num_tokens``) at each logged step.
+        precision: ``"bf16"`` (autocast, see the module docstring) or ``"fp32"``.
+        precision_reason: why (:func:`bf16_support`, or ``"trl_args sets bf16"``).
+        padding_free: whether the batches were padding-free (TRL's ``padding_free``).
+        rows_over_max_length: conversations left out as longer than ``max_length`` (padding-free only).
+        head_on_loss_tokens_only: whether the LM head scored only the loss positions
+            (:func:`head_on_loss_tokens`).
+        threads: torch threads during training.
     """
 
     adapter_dir: Path
@@ -183,11 +234,24 @@ class SFTResult:
     step_seconds: list[float]
     train_seconds: float
     backend: str
+    num_tokens: list[tuple[int, int]] = field(default_factory=list)
+    precision: str = "fp32"
+    precision_reason: str = ""
+    padding_free: bool = False
+    rows_over_max_length: int = 0
+    head_on_loss_tokens_only: bool = False
+    threads: int = 0
 
     @property
     def mean_step_seconds(self) -> float:
         """Mean wall seconds per optimizer step (NaN if no step)."""
         return sum(self.step_seconds) / len(self.step_seconds) if self.step_seconds else math.nan
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Tokens trained (last logged ``num_tokens``) per wall second of ``trainer.train()``; NaN
+        when nothing was logged."""
+        return self.num_tokens[-1][1] / self.train_seconds if self.num_tokens and self.train_seconds > 0 else math.nan
 
 
 def split_conversation(messages: list[dict[str, Any]]) -> dict[str, list[dict[str, str]]]:
@@ -230,6 +294,85 @@ def pick_backend(requested: str = "auto") -> str:
     if requested == "auto" and cuda and has_unsloth:
         return "unsloth"
     return "trl"
+
+
+def cpu_flags(cpuinfo: str) -> frozenset[str]:
+    r"""The feature flags of the first ``flags`` line of ``/proc/cpuinfo`` text (empty when there is none,
+    e.g. on a non-x86 kernel, which names them ``Features``).
+
+    >>> sorted(cpu_flags("processor\t: 0\nflags\t\t: fpu avx2 avx512_bf16\n\nprocessor\t: 1\nflags\t: fpu\n"))
+    ['avx2', 'avx512_bf16', 'fpu']
+    >>> cpu_flags("processor : 0\n")
+    frozenset()
+    """
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() == "flags":
+            return frozenset(value.split())
+    return frozenset()
+
+
+def bf16_support(cpuinfo_path: str | Path = "/proc/cpuinfo") -> tuple[bool, str]:
+    """Whether SFT should train in bf16 here, and why, decided at run time.
+
+    * CUDA: ``torch.cuda.is_bf16_supported()``.
+    * CPU: the CPU reports native bf16 dot products (:data:`CPU_BF16_FLAGS` in ``cpuinfo_path``) and
+      torch's oneDNN does bf16 (``torch.ops.mkldnn._is_mkldnn_bf16_supported()``). oneDNN alone is not
+      enough: it says yes on any AVX-512 CPU and then emulates bf16, which is slower than float32.
+
+    Returns:
+        ``(use_bf16, reason)``, the reason one line for the log, e.g. ``"CPU reports avx512_bf16 and
+        torch's oneDNN does bf16"`` or ``"CPU reports none of avx512_bf16, amx_bf16"``.
+    """
+    import torch
+
+    if torch.cuda.is_available():
+        ok = bool(torch.cuda.is_bf16_supported())
+        return ok, f"CUDA device {'supports' if ok else 'does not support'} bf16"
+    try:
+        flags = cpu_flags(Path(cpuinfo_path).read_text(errors="replace"))
+    except OSError as e:
+        return False, f"cannot read {cpuinfo_path} ({e.strerror})"
+    native = [f for f in CPU_BF16_FLAGS if f in flags]
+    if not native:
+        return False, f"CPU reports none of {', '.join(CPU_BF16_FLAGS)}"
+    if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        return False, f"CPU reports {', '.join(native)} but this torch build's oneDNN does not do bf16"
+    return True, f"CPU reports {', '.join(native)} and torch's oneDNN does bf16"
+
+
+@contextmanager
+def head_on_loss_tokens(enabled: bool = True) -> Iterator[bool]:
+    """While open, TRL's fused LM head takes its own compact branch on the CPU too: it projects and
+    scores only the positions whose next-token label is not -100 (``hidden_states[mask]``) instead of
+    every position. Yields whether the branch is on.
+
+    Where: ``trl.trainer.utils.add_fused_lm_head`` decides ``compact = _use_triton(device)``, True on
+    CUDA/XPU only; this swaps that module's ``_use_triton`` for one that also says True for ``cpu``
+    and puts it back on exit. The kernels themselves still run TRL's torch path on the CPU
+    (``trl.kernels.chunked_logprob`` keeps its own ``_use_triton``). Yields False, changing nothing,
+    when ``enabled`` is False or this TRL has no such hook (logged).
+
+    Why it is sound here: the result differs only at positions without a label, which are zero in
+    both branches and not in the loss or TRL's metrics; TRL's reason to score every position off
+    CUDA is recompilation on compiling backends, and CPU training here is eager.
+    """
+    if not enabled:
+        yield False
+        return
+    try:
+        from trl.trainer import utils as trl_utils
+
+        original = trl_utils._use_triton
+    except (ImportError, AttributeError):
+        logger.info("SFT: this TRL has no trl.trainer.utils._use_triton; the LM head scores every position")
+        yield False
+        return
+    trl_utils._use_triton = lambda device: device.type == "cpu" or original(device)
+    try:
+        yield True
+    finally:
+        trl_utils._use_triton = original
 
 
 class StepTimer:
@@ -308,12 +451,12 @@ class JuniorSFTTrainer:
 
     # ------------------------------------------------------------------------------ models
 
-    def _load_trl(self) -> tuple[Any, Any, Any]:
+    def _load_trl(self, dtype: Any = None) -> tuple[Any, Any, Any]:
         from peft import LoraConfig
 
         from training.checkpoints import load_for_training
 
-        model, tok = load_for_training(self.config.model)
+        model, tok = load_for_training(self.config.model, dtype=dtype)
         peft_config = LoraConfig(
             r=self.config.lora_r,
             lora_alpha=self.config.lora_alpha,
@@ -350,12 +493,16 @@ class JuniorSFTTrainer:
         return model, tok, None
 
     def _args(self) -> Any:
+        """TRL's ``SFTConfig``: the fields of :class:`JuniorSFTConfig`, bf16 where :func:`bf16_support`
+        says so, padding-free batches (TRL backend), then ``trl_args`` over all of it. With padding-free
+        batches and no packing, TRL's ``max_length`` is None (TRL refuses it there); :meth:`train`
+        leaves out the conversations longer than ``config.max_length`` instead."""
         import torch
         from trl import SFTConfig
 
         cfg = self.config
         cuda = torch.cuda.is_available()
-        bf16 = bool(cuda and torch.cuda.is_bf16_supported())
+        bf16, _ = bf16_support()
         kw = dict(
             output_dir=cfg.output_dir,
             max_steps=cfg.max_steps if cfg.max_steps > 0 else -1,
@@ -366,6 +513,8 @@ class JuniorSFTTrainer:
             max_length=cfg.max_length,
             completion_only_loss=(cfg.loss_on == "completion"),
             packing=False,
+            # unsloth's own kernels are not checked with padding-free batches here (no GPU): padded there
+            padding_free=pick_backend(cfg.backend) == "trl",
             warmup_steps=cfg.warmup_steps,
             lr_scheduler_type=cfg.lr_scheduler_type,
             weight_decay=cfg.weight_decay,
@@ -380,7 +529,10 @@ class JuniorSFTTrainer:
             dataloader_num_workers=0,
             disable_tqdm=True,
         )
-        return SFTConfig(**{**kw, **cfg.trl_args})  # the profile's trl_args win
+        kw.update(cfg.trl_args)  # the profile's trl_args win
+        if kw["padding_free"] and not kw["packing"]:
+            kw["max_length"] = None
+        return SFTConfig(**kw)
 
     # ------------------------------------------------------------------------------ train
 
@@ -389,61 +541,101 @@ class JuniorSFTTrainer:
 
         Raises:
             RuntimeError: training finished without a single optimizer step.
+            ValueError: with padding-free batches, every conversation is longer than ``max_length``.
         """
+        import torch
         from trl import SFTTrainer
 
         cfg = self.config
         out = Path(cfg.output_dir)
         out.mkdir(parents=True, exist_ok=True)
+        args = self._args()
+        supported, reason = bf16_support()
+        if "bf16" in cfg.trl_args:
+            reason = f"trl_args sets bf16: {args.bf16} ({reason})"
+        precision = "bf16" if args.bf16 else "fp32"
+        cuda = torch.cuda.is_available()
         if self.backend == "unsloth":  # pragma: no cover - needs CUDA
             model, tok, peft_config = self._load_unsloth()
         else:
-            model, tok, peft_config = self._load_trl()
+            # on the CPU the frozen base is kept in bf16 under bf16 autocast (no float32 copy to cast from
+            # at every matmul); the LoRA weights PEFT adds stay float32
+            model, tok, peft_config = self._load_trl(torch.bfloat16 if args.bf16 and not cuda else None)
         timer = StepTimer.make()
-        import torch
-
         prev_threads = torch.get_num_threads()
         threads = torch_threads(cfg.num_threads) if self.backend == "trl" else prev_threads
         torch.set_num_threads(threads)
+        logger.info("SFT: %s (%s), %s batches, %d torch threads", precision, reason,
+                    "padding-free" if args.padding_free else "padded", threads)
         trainer = SFTTrainer(
             model=model,
-            args=self._args(),
+            args=args,
             train_dataset=self.dataset,
             processing_class=tok,
             peft_config=peft_config,
             callbacks=[timer],
         )
+        over = 0
+        if args.padding_free and not args.packing:
+            lengths = [len(ids) for ids in trainer.train_dataset["input_ids"]]
+            keep = [i for i, n in enumerate(lengths) if n <= cfg.max_length]
+            over = len(lengths) - len(keep)
+            if not keep:
+                raise ValueError(
+                    f"all {len(lengths)} conversations are longer than max_length = {cfg.max_length} tokens "
+                    f"(shortest {min(lengths)}); raise sft.max_length or shorten the prompts")
+            if over:
+                logger.warning("SFT: %d of %d conversations are longer than max_length = %d tokens and are left out",
+                               over, len(lengths), cfg.max_length)
+                trainer.train_dataset = trainer.train_dataset.select(keep)
+        rows = len(self.dataset)
         t0 = time.perf_counter()
         try:
-            trainer.train()
+            with head_on_loss_tokens(cfg.head_on_loss_tokens_only and not cuda) as compact_head:
+                trainer.train()
         finally:
             torch.set_num_threads(prev_threads)
         train_s = time.perf_counter() - t0
         steps = save_adapter(
             trainer, out, {"method": "sft", "role": "junior", "base_model": cfg.model},
-            {"rows": len(self.dataset), "backend": self.backend},
+            {"rows": rows, "backend": self.backend},
             no_step="SFT took no optimizer step; check max_steps / num_train_epochs and the dataset size",
         )
-        losses = [(int(h["step"]), float(h["loss"])) for h in trainer.state.log_history if "loss" in h and "step" in h]
+        logs = trainer.state.log_history
         result = SFTResult(
             adapter_dir=out,
             metrics_path=out / "sft_metrics.json",
-            rows=len(self.dataset),
+            rows=rows,
             steps=steps,
-            losses=losses,
+            losses=[(int(h["step"]), float(h["loss"])) for h in logs if "loss" in h and "step" in h],
             step_seconds=[round(s, 4) for s in timer.seconds],
             train_seconds=round(train_s, 3),
             backend=self.backend,
+            num_tokens=[(int(h["step"]), int(h["num_tokens"])) for h in logs if "num_tokens" in h and "step" in h],
+            precision=precision,
+            precision_reason=reason,
+            padding_free=bool(args.padding_free),
+            rows_over_max_length=over,
+            head_on_loss_tokens_only=compact_head,
+            threads=threads,
         )
         metrics = {
             "config": asdict(cfg),
             "rows": result.rows,
+            "rows_over_max_length": over,
             "steps": result.steps,
             "losses": result.losses,
+            "num_tokens": result.num_tokens,
             "step_seconds": result.step_seconds,
             "mean_step_seconds": result.mean_step_seconds,
             "train_seconds": result.train_seconds,
+            "tokens_per_second": result.tokens_per_second,
             "backend": result.backend,
+            "precision": precision,
+            "precision_reason": reason,
+            "bf16_supported": supported,
+            "padding_free": result.padding_free,
+            "head_on_loss_tokens_only": compact_head,
             "threads": threads,
         }
         result.metrics_path.write_text(json.dumps(metrics, indent=1, default=str))
