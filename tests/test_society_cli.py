@@ -108,7 +108,9 @@ def test_eval_ctrl_c_stops_the_server_and_keeps_finished_questions(tmp_path, smo
         proc = subprocess.Popen(
             [sys.executable, "-m", "society.cli", "eval", "--split", "dev", "--ids", ",".join(ids), "--agent",
              "single", "--config", str(config)],
-            cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            # PYTHONFAULTHANDLER: a hang after the interrupt ends with every thread's stack (SIGABRT below)
+            cwd=tmp_path, env={**_env(tmp_path), "PYTHONFAULTHANDLER": "1"}, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
         )
         try:
             assert gate.wait_held(1, timeout=600), "no question reached the model"
@@ -117,7 +119,12 @@ def test_eval_ctrl_c_stops_the_server_and_keeps_finished_questions(tmp_path, smo
             assert proc.poll() is None, proc.communicate()
             t_int = time.monotonic()
             proc.send_signal(signal.SIGINT)
-            out, err = proc.communicate(timeout=120)  # the held reply never comes: only the interrupt ends it
+            try:  # the held reply never comes: only the interrupt ends it
+                out, err = proc.communicate(timeout=120)
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack, then the process dies
+                out, err = proc.communicate(timeout=60)
+                pytest.fail(f"the eval was still running 120 s after Ctrl-C; its threads:\n{err[-8000:]}")
             stopped_s = time.monotonic() - t_int
         finally:
             if proc.poll() is None:
