@@ -10,8 +10,10 @@
 # need --only-binary=:all:, and agentlightning's gpustat is published only as an sdist, so the resolution is
 # a plain one on a machine of the target kind. pip's config files (a machine's constraints or find-links) are
 # ignored; PIP_INDEX_URL and the like in the environment still apply.
-# Exit 1 when the extra does not resolve, when verl/vllm/torch/unsloth are not ==-pinned in the gpu extra,
-# or when a resolved version differs from its pin.
+# Exit 1 when the extra does not resolve, when verl/vllm/torch/transformers/unsloth are not ==-pinned in the gpu
+# extra, when a resolved version differs from its pin, or when the resolved vllm is outside verl's own `vllm` extra
+# range (verl's wheel states which vLLM releases its rollout code is written for; the gpu extra installs verl
+# without that extra, so the resolver alone does not hold vllm to it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -39,7 +41,9 @@ import json, sys, tomllib
 from pip._vendor.packaging.requirements import Requirement
 from pip._vendor.packaging.utils import canonicalize_name as canon
 
-resolved = {canon(i["metadata"]["name"]): i["metadata"]["version"] for i in json.load(open(sys.argv[1]))["install"]}
+report = json.load(open(sys.argv[1]))["install"]
+resolved = {canon(i["metadata"]["name"]): i["metadata"]["version"] for i in report}
+requires = {canon(i["metadata"]["name"]): i["metadata"].get("requires_dist", []) for i in report}
 gpu = [Requirement(r) for r in tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["gpu"]]
 pins = {canon(r.name): r.specifier for r in gpu}
 problems = []
@@ -49,13 +53,20 @@ for name in ["torch", "vllm", "verl", "agentlightning", "unsloth", "transformers
         problems.append(f"{name} is not in the resolved set")
     if got is not None or name != "flash-attn":
         print(f"  {name:15} {got or '-':14} {'gpu extra: ' + (str(spec) or 'any') if spec is not None else ''}")
-for name in ("verl", "vllm", "torch", "unsloth"):
+for name in ("verl", "vllm", "torch", "transformers", "unsloth"):
     if not any(s.operator == "==" for s in pins.get(name, [])):
         problems.append(f"{name} is not pinned with == in the gpu extra ({pins.get(name) or 'absent'})")
 for name, spec in pins.items():
     exact = [s.version for s in spec if s.operator == "=="]
     if exact and resolved.get(name) != exact[0]:
         problems.append(f"{name} resolved to {resolved.get(name)}, the gpu extra pins {exact[0]}")
+# verl's `vllm` extra (e.g. verl 0.6.1: vllm>=0.8.5,<=0.11.0), evaluated for that extra
+for r in map(Requirement, requires.get("verl", [])):
+    if canon(r.name) == "vllm" and r.marker is not None and r.marker.evaluate({"extra": "vllm"}):
+        ok = resolved.get("vllm") is not None and r.specifier.contains(resolved["vllm"], prereleases=True)
+        print(f"  verl's own vllm range: {r.specifier} -> {'holds' if ok else 'VIOLATED'}")
+        if not ok:
+            problems.append(f"vllm {resolved.get('vllm')} is outside verl {resolved.get('verl')}'s vllm extra ({r.specifier})")
 for p in problems:
     print(f"check-gpu-extra: FAILED -- {p}", file=sys.stderr)
 print(f"check-gpu-extra: {'FAILED' if problems else 'OK'} ({len(resolved)} packages resolved, {sys.argv[2]} s)")

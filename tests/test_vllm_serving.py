@@ -342,3 +342,41 @@ def test_pipeline_serves_trained_adapters_by_name_with_vllm(tmp_path, standin, m
         assert f"standin vllm: model {base.resolve()}" in log
     with pytest.raises(OSError):  # stopped with the stack
         urllib.request.urlopen(f"{eps[JUNIOR_ALIAS].base_url}/models", timeout=5)
+
+
+def test_pipeline_serves_verls_full_weight_senior_on_its_own_server(tmp_path, standin, monkeypatch):
+    """After VERL's phase 3 (full-parameter: ``done(3)`` names a model directory, no adapter) the
+    senior's alias gets its own vLLM server (the stand-in) on those weights, named ``senior_policy``;
+    with a Hugging Face directory as ``base_model`` the other embedded aliases (the juniors, not yet
+    trained here) are served by the base server, not llama.cpp."""
+    from contextlib import ExitStack
+
+    import yaml
+
+    from training.pipeline import JUNIOR_ALIAS, SENIOR_ALIAS, TrainConfig, TrainingPipeline
+
+    root = Path(__file__).resolve().parent.parent
+    base, senior = tmp_path / "base", tmp_path / "verl" / "global_step_4" / "actor" / "huggingface"
+    for d in (base, senior):
+        d.mkdir(parents=True)
+        (d / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+    soc = yaml.safe_load((root / "configs/smoke.yaml").read_text())
+    for alias in ("supervisor", "reviewers"):
+        soc["models"][alias] = {"base_url": "http://127.0.0.1:9/v1", "model": "other"}
+    (tmp_path / "society.yaml").write_text(yaml.safe_dump(soc))
+    prof = yaml.safe_load((root / "configs/train/smoke.yaml").read_text())
+    prof.update(society_config=str(tmp_path / "society.yaml"), base_model=str(base), llm_proxy=False,
+                serving={"engine": "vllm", "max_lora_rank": 16})
+    (tmp_path / "profile.yaml").write_text(yaml.safe_dump(prof))
+    pipe = TrainingPipeline(TrainConfig.load(tmp_path / "profile.yaml"), tmp_path / "run", echo=lambda m: None)
+    pipe.dir.mark_done(3, {"adapter": None, "adapter_gguf": None, "model": str(senior), "backend": "verl"})
+    monkeypatch.setenv("SQLSOCIETY_VLLM_COMMAND", " ".join(standin))
+    with ExitStack() as stack:
+        eps = pipe.endpoints(stack, pipe.society())
+        assert set(eps) == {JUNIOR_ALIAS, SENIOR_ALIAS}
+        assert eps[JUNIOR_ALIAS].model == "base" and eps[SENIOR_ALIAS].model == SENIOR_ALIAS
+        assert eps[JUNIOR_ALIAS].base_url != eps[SENIOR_ALIAS].base_url
+        assert chat(eps[SENIOR_ALIAS]) == (200, "served by senior_policy")
+        assert chat(eps[JUNIOR_ALIAS]) == (200, "served by base")
+        assert f"standin vllm: model {senior.resolve()}" in (tmp_path / "run" / "vllm-senior.log").read_text()
+        assert f"standin vllm: model {base.resolve()}" in (tmp_path / "run" / "vllm.log").read_text()

@@ -36,7 +36,8 @@ Backends:
 * CPU (``backend="trl"``): TRL ``GRPOTrainer`` + PEFT LoRA on the dequantised GGUF base
   (:func:`training.checkpoints.hf_checkpoint`), generation with transformers.
 * GPU (``backend="verl"``, :func:`train_senior_verl`): Agent Lightning's ``VERL`` algorithm (GRPO
-  advantage estimator, vLLM rollouts, FSDP LoRA actor) drives the *whole society* as the
+  advantage estimator, vLLM rollouts, FSDP full-parameter actor: see :func:`refuse_adapter_rollouts`
+  for why not LoRA, and :class:`ServedPolicyGuard` for the check) drives the *whole society* as the
   LitAgent, and ``agent_match`` keeps only the senior's LLM calls as training transitions; its
   settings are ``configs/verl_senior.yaml``. Not run on the CPU build machine; what runs before Ray
   starts (:func:`build_senior_verl`) and the config against verl's own are checked there by
@@ -77,6 +78,15 @@ __all__ = [
     "train_senior_verl",
     "resolve_backend",
     "DEFAULT_VERL_CONFIG",
+    "refuse_adapter_rollouts",
+    "ServedPolicyGuard",
+    "PolicyNotSyncedError",
+    "sync_checked_trainer_cls",
+    "verl_trained_model",
+    "openai_prompt_logprobs",
+    "completion_prompt_logprobs",
+    "logprob_shift",
+    "SYNC_PROBE_PROMPT",
 ]
 
 #: The shipped VERL settings for the GPU path.
@@ -778,6 +788,235 @@ def senior_verl_adapter(agent_match: str | None) -> Any:
     return TracerTraceToTriplet(agent_match=agent_match)
 
 
+# ---------------------------------------------------------------- VERL: rollouts from the policy being trained
+
+#: The fixed prompt whose log-probs under the served policy :class:`ServedPolicyGuard` compares across weight
+#: syncs (a senior-style rewrite request; any fixed text works, it only has to stay the same).
+SYNC_PROBE_PROMPT = (
+    "Rewrite the SQL so that it answers the question.\nQuestion: How many singers are older than 30?\n"
+    "SQL: SELECT count(*) FROM singer WHERE age > 30"
+)
+
+
+class PolicyNotSyncedError(RuntimeError):
+    """The policy the rollouts are sampled from did not change after a weight sync that followed an
+    update of the trained policy: training would go on while every rollout comes from old weights."""
+
+
+def refuse_adapter_rollouts(cfg: dict[str, Any]) -> None:
+    """Refuse a VERL config that would train a LoRA adapter the rollouts never use.
+
+    Agent Lightning 0.3.0's daemon samples every rollout through vLLM's OpenAI server, naming the
+    model by ``actor_rollout_ref.model.path`` (``agentlightning/verl/trainer.py``, ``fit``); verl
+    0.6.1 gives the adapter to the engine only (``vllm_rollout_spmd.py``: ``add_lora`` under a
+    numeric name; ``vllm_async_server.py``: a ``LoRARequest`` only inside its own ``generate``),
+    so with ``lora_rank > 0`` the OpenAI requests are answered by the base weights while the adapter
+    trains. The GPU path therefore trains the senior with all its parameters (``lora_rank: 0``).
+
+    Raises:
+        ValueError: ``actor_rollout_ref.model.lora_rank`` > 0 or ``lora_adapter_path`` is set.
+
+    >>> refuse_adapter_rollouts({"actor_rollout_ref": {"model": {"lora_rank": 0}}})
+    >>> refuse_adapter_rollouts({"actor_rollout_ref": {"model": {"lora_rank": 32}}})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ValueError: actor_rollout_ref.model.lora_rank = 32: Agent Lightning 0.3 samples rollouts ...
+    """
+    model = (cfg.get("actor_rollout_ref") or {}).get("model") or {}
+    rank, adapter = int(model.get("lora_rank") or 0), model.get("lora_adapter_path")
+    if rank > 0 or adapter:
+        what = f"lora_rank = {rank}" if rank > 0 else f"lora_adapter_path = {adapter!r}"
+        raise ValueError(
+            f"actor_rollout_ref.model.{what}: Agent Lightning 0.3 samples rollouts through vLLM's OpenAI server "
+            "under the base model's name and verl 0.6.1 attaches a LoRA adapter only inside its own generate(), "
+            "so the rollouts would come from the base weights while the adapter trains; set "
+            "actor_rollout_ref.model.lora_rank: 0 (full-parameter training of the senior, configs/verl_senior.yaml)"
+        )
+
+
+def completion_prompt_logprobs(body: dict[str, Any]) -> list[float]:
+    """The prompt tokens' log-probs (natural log, one per token after the first, each <= 0) from an
+    OpenAI ``/v1/completions`` answer to ``echo: true, logprobs: 0, max_tokens: 1`` (vLLM's
+    shape: ``choices[0].logprobs.token_logprobs`` = prompt tokens, the first ``None``, then the one
+    generated token, which is dropped).
+
+    Raises:
+        ValueError: the answer carries no prompt log-probs (a server without ``echo`` support).
+
+    >>> completion_prompt_logprobs({"choices": [{"logprobs": {"token_logprobs": [None, -1.5, -0.25, -3.0]}}]})
+    [-1.5, -0.25]
+    """
+    try:
+        values = body["choices"][0]["logprobs"]["token_logprobs"]
+    except (KeyError, IndexError, TypeError) as e:
+        raise ValueError(f"no prompt log-probs in the completion answer ({type(e).__name__}: {e})") from e
+    prompt = [float(v) for v in (values or [])[:-1] if v is not None]
+    if not prompt:
+        raise ValueError("the completion answer has no prompt log-probs (does the server support echo?)")
+    return prompt
+
+
+def openai_prompt_logprobs(base_url: str, model: str, prompt: str, *, timeout_s: float = 60.0) -> list[float]:
+    """Log-probs of ``prompt``'s tokens under the policy an OpenAI-compatible server (vLLM) serves as
+    ``model``: one ``POST {base_url}/completions`` with ``echo``, ``logprobs: 0``, ``max_tokens: 1``,
+    ``temperature: 0`` (see :func:`completion_prompt_logprobs`). Not run here: no vLLM on the CPU
+    machine (its answer's shape is taken from vLLM's OpenAI completions API).
+
+    Raises:
+        requests.HTTPError / requests.ConnectionError: the server did not answer with 2xx.
+        ValueError: the answer has no prompt log-probs.
+    """
+    import requests
+
+    r = requests.post(f"{base_url.rstrip('/')}/completions", timeout=timeout_s, json={
+        "model": model, "prompt": prompt, "max_tokens": 1, "temperature": 0.0, "echo": True, "logprobs": 0})
+    r.raise_for_status()
+    return completion_prompt_logprobs(r.json())
+
+
+def logprob_shift(before: Sequence[float], after: Sequence[float]) -> float:
+    """The largest absolute change of a token's log-prob between two probes of the same prompt
+    (nats, >= 0; 0.0 means the served policy gave bit-identical log-probs).
+
+    Raises:
+        ValueError: the probes are empty or of different lengths (different prompts or tokenisers).
+
+    >>> logprob_shift([-1.0, -2.0], [-1.0, -2.5])
+    0.5
+    >>> logprob_shift([-1.0, -2.0], [-1.0, -2.0])
+    0.0
+    """
+    if not before or len(before) != len(after):
+        raise ValueError(f"log-prob probes of {len(before)} and {len(after)} tokens: not the same prompt")
+    return max(abs(float(a) - float(b)) for a, b in zip(before, after))
+
+
+class ServedPolicyGuard:
+    """Refuses to go on when the served policy did not change after a weight sync that followed an
+    update (:class:`PolicyNotSyncedError`): the silent case of training one set of weights while
+    the rollouts come from another.
+
+    ``probe()`` returns the log-probs of a fixed prompt under the policy the rollouts are sampled
+    from (on the GPU path :func:`openai_prompt_logprobs` against VERL's vLLM server). The trainer
+    calls :meth:`note_update` after each optimiser step and :meth:`after_sync` after each weight
+    sync (:meth:`wrap` does the latter around a ``wake_up``). A sync with no update since the last
+    probe only sets the reference; after an update the probe must differ from it by more than
+    ``min_shift`` nats (default 0: any change passes, only bit-identical log-probs are refused -- a
+    sync that reached the server changes at least some logits; a sync that was dropped changes none,
+    as long as the server answers one fixed request deterministically).
+
+    Attributes:
+        shifts: ``logprob_shift`` of each checked sync, in order.
+    """
+
+    def __init__(self, probe: Any, *, min_shift: float = 0.0) -> None:
+        if min_shift < 0:
+            raise ValueError(f"min_shift = {min_shift}: must be >= 0 (nats)")
+        self.probe, self.min_shift = probe, float(min_shift)
+        self.shifts: list[float] = []
+        self._reference: list[float] | None = None
+        self._updates = 0
+
+    def note_update(self) -> None:
+        """The trained policy took an optimiser step (its weights changed since the last sync)."""
+        self._updates += 1
+
+    def after_sync(self) -> float | None:
+        """Probe the served policy after a weight sync; the shift since the reference, or None when
+        no update came between (the probe becomes the new reference).
+
+        Raises:
+            PolicyNotSyncedError: an update came between and the shift is <= ``min_shift``.
+        """
+        now = list(self.probe())
+        updates, self._updates = self._updates, 0
+        shift = None
+        if self._reference is not None and updates:
+            shift = logprob_shift(self._reference, now)
+            self.shifts.append(shift)
+            if shift <= self.min_shift:
+                raise PolicyNotSyncedError(
+                    f"after {updates} update(s) of the trained policy and a weight sync, the served policy's "
+                    f"log-probs of a fixed prompt moved by {shift:.3g} nats (<= {self.min_shift:g}): the rollouts "
+                    "are not sampled from the weights being trained (a LoRA adapter the server does not apply, or "
+                    "a sync that did not reach it); stopping instead of training on them"
+                )
+        self._reference = now
+        return shift
+
+    def wrap(self, wake_up: Any) -> Any:
+        """``wake_up`` (a weight sync: verl's ``AgentLoopManager.wake_up``) followed by :meth:`after_sync`."""
+
+        def synced(*args: Any, **kwargs: Any) -> Any:
+            out = wake_up(*args, **kwargs)
+            self.after_sync()
+            return out
+
+        return synced
+
+
+def sync_checked_trainer_cls(prompt: str = SYNC_PROBE_PROMPT, *, min_shift: float = 0.0) -> type:
+    """Agent Lightning's ``AgentLightningTrainer`` with a :class:`ServedPolicyGuard`: after every
+    ``async_rollout_manager.wake_up()`` (verl 0.6.1 syncs the actor's weights into its vLLM servers
+    there) the first server is probed with ``prompt`` under the model name Agent Lightning's
+    rollouts use (``actor_rollout_ref.model.path``), and each ``_train_step`` counts as an update.
+    Given to ``agl.VERL(config, trainer_cls=...)`` by :func:`build_senior_verl`.
+
+    Raises:
+        ImportError: agentlightning's VERL integration cannot import (verl, ray, ... missing).
+    """
+    from agentlightning.verl.trainer import AgentLightningTrainer
+
+    class SyncCheckedTrainer(AgentLightningTrainer):
+        """``AgentLightningTrainer`` that stops when the served policy did not follow the trained one."""
+
+        def fit(self) -> Any:
+            manager, model = self.async_rollout_manager, str(self.config.actor_rollout_ref.model.path)
+
+            def probe() -> list[float]:
+                return openai_prompt_logprobs(f"http://{manager.server_addresses[0]}/v1", model, prompt)
+
+            self.policy_guard = ServedPolicyGuard(probe, min_shift=min_shift)
+            manager.wake_up = self.policy_guard.wrap(manager.wake_up)
+            return super().fit()
+
+        def _train_step(self, batch_dict: dict) -> dict:
+            out = super()._train_step(batch_dict)
+            self.policy_guard.note_update()
+            return out
+
+    return SyncCheckedTrainer
+
+
+def verl_trained_model(checkpoint_dir: str | Path) -> Path:
+    """The trained senior as a Hugging Face model directory: ``global_step_<N>/actor/huggingface`` of
+    the highest ``N`` under ``checkpoint_dir`` (verl 0.6's FSDP checkpoint layout, ``trainer.
+    default_local_dir``) that holds weights -- verl writes them there only when
+    ``actor.checkpoint.save_contents`` includes ``hf_model`` (``configs/verl_senior.yaml`` does);
+    otherwise that directory has only the config and tokenizer.
+
+    Raises:
+        FileNotFoundError: no step directory with Hugging Face weights (``*.safetensors`` or
+            ``pytorch_model*.bin``) under ``checkpoint_dir``; the message says what was found.
+    """
+    import re
+
+    root = Path(checkpoint_dir)
+    steps = []
+    for d in root.glob("global_step_*/actor/huggingface"):
+        m = re.fullmatch(r"global_step_(\d+)", d.parent.parent.name)
+        if m and (d / "config.json").is_file():
+            steps.append((int(m.group(1)), d))
+    with_weights = [(n, d) for n, d in sorted(steps)
+                    if any(d.glob("*.safetensors")) or any(d.glob("pytorch_model*.bin"))]
+    if not with_weights:
+        seen = ", ".join(str(d) for _, d in sorted(steps)) or "no global_step_*/actor/huggingface directory"
+        raise FileNotFoundError(
+            f"no trained senior with Hugging Face weights under {root} ({seen}); verl saves them only with "
+            "actor_rollout_ref.actor.checkpoint.save_contents including hf_model (configs/verl_senior.yaml)"
+        )
+    return with_weights[-1][1]
+
+
 def build_senior_verl(
     config: SeniorGRPOConfig,
     *,
@@ -788,7 +1027,8 @@ def build_senior_verl(
     touching CUDA (``agl.VERL`` composes its config when constructed; Ray starts in ``fit``).
 
     Returns ``agl.Trainer`` keyword arguments: ``algorithm`` (``agl.VERL`` on
-    :func:`load_verl_config` of ``config.verl_config``), ``adapter``
+    :func:`load_verl_config` of ``config.verl_config``, with :func:`sync_checked_trainer_cls` as its
+    trainer: it stops when the served policy does not follow the trained one), ``adapter``
     (:func:`senior_verl_adapter` of ``config.agent_match``), ``tracer``
     (``training.agent.StoreTracer``: spans reach the store through its span processor -- with the
     client-server strategy the plain ``AgentOpsTracer`` exports over OTLP and loses them, see its
@@ -802,6 +1042,7 @@ def build_senior_verl(
     Raises:
         ImportError: agentlightning's VERL integration cannot import (verl, ray, ... missing or
             of a version it does not support).
+        ValueError: the config trains a LoRA adapter (:func:`refuse_adapter_rollouts`).
     """
     import agentlightning as agl
 
@@ -812,8 +1053,9 @@ def build_senior_verl(
 
         model_path = str(hf_checkpoint(config.model))
     cfg = load_verl_config(config.verl_config, model_path=model_path, overrides=overrides)
+    refuse_adapter_rollouts(cfg)
     return {
-        "algorithm": agl.VERL(cfg),
+        "algorithm": agl.VERL(cfg, trainer_cls=sync_checked_trainer_cls()),
         "adapter": senior_verl_adapter(config.agent_match),
         "tracer": StoreTracer(),
         "n_runners": config.n_runners,
@@ -842,8 +1084,9 @@ def train_senior_verl(  # pragma: no cover - needs a GPU, verl and vLLM
         overrides: nested VERL config keys merged over the YAML (e.g. ``trainer.default_local_dir``).
 
     The policy weights come from :func:`training.checkpoints.hf_checkpoint` (the embedded GGUF,
-    dequantised), so no hub download is needed; LoRA rank/alpha are in the YAML
-    (``actor_rollout_ref.model.lora_rank``). Checkpoints go where ``trainer.default_local_dir`` says.
+    dequantised), so no hub download is needed. All of the senior's parameters are trained
+    (``lora_rank: 0``, :func:`refuse_adapter_rollouts`); checkpoints, with the full Hugging Face model
+    (``save_contents`` includes ``hf_model``), go where ``trainer.default_local_dir`` says.
     The part before Ray starts is :func:`build_senior_verl` (checked on the CPU by
     ``tests/test_verl_config.py``).
     """

@@ -692,16 +692,24 @@ class TrainingPipeline:
 
     def _vllm_endpoints(self, stack: ExitStack, society: Any) -> dict[str, Any]:
         """``serving.engine: vllm``: one :class:`society.vllm_serving.VLLMServer` on the HF checkpoint
-        of ``base_model`` serves every embedded alias whose model is ``base_model`` and the juniors'
-        / senior's aliases once their adapter is trained, each adapter by its alias name
-        (``junior_policy``, ``senior_policy``); aliases of other embedded models stay on llama.cpp.
+        of ``base_model`` serves every embedded alias whose model is ``base_model`` (every embedded
+        alias when ``base_model`` is a Hugging Face directory) and the juniors' / senior's aliases once
+        their adapter is trained, each adapter by its alias name (``junior_policy``,
+        ``senior_policy``); aliases of other embedded models stay on llama.cpp. After VERL's phase 3
+        the senior's full weights get a second server (``RUN_DIR/vllm-senior.log``, same memory share).
         The server's log is ``RUN_DIR/vllm.log``. Not run on a GPU here (see the README)."""
         from training.checkpoints import hf_checkpoint
 
         embedded = society.embedded_aliases()
         trained = {a: p for a, p in self._trained_adapters().items() if a in embedded}
-        on_vllm = {a for a, m in embedded.items() if m == self.cfg.base_model} | set(trained)
-        rest = society.model_copy(update={"models": {a: m for a, m in society.models.items() if a not in on_vllm}})
+        # a Hugging Face directory as base_model stands in for every embedded alias (their names say what
+        # runs on the CPU); VERL's phase 3 leaves the senior as a full model, served on its own
+        hf_base = (Path(self.cfg.base_model).expanduser() / "config.json").is_file()
+        senior_model = (self.dir.done(3) or {}).get("model") if SENIOR_ALIAS in embedded else None
+        own = {SENIOR_ALIAS} if senior_model else set()
+        on_vllm = ({a for a, m in embedded.items() if m == self.cfg.base_model or hf_base} | set(trained)) - own
+        rest = society.model_copy(update={"models": {a: m for a, m in society.models.items()
+                                                     if a not in on_vllm | own}})
         eps: dict[str, Any] = {}
         if rest.embedded_aliases():
             eps.update(stack.enter_context(serve_config(rest)))
@@ -716,6 +724,16 @@ class TrainingPipeline:
             ))
             for alias in sorted(on_vllm):
                 eps[alias] = srv.endpoint(alias if alias in trained else None)
+        if senior_model:
+            s = self.cfg.serving
+            srv = stack.enter_context(VLLMServer(
+                senior_model, served_model_name=SENIOR_ALIAS, gpu_memory_utilization=s.gpu_memory_utilization,
+                max_model_len=s.max_model_len, dtype=s.dtype, tensor_parallel_size=s.tensor_parallel_size,
+                extra_args=s.extra_args, log_path=self.dir.root / "vllm-senior.log",
+                startup_timeout_s=s.startup_timeout_s,
+                command_prefix=os.environ.get("SQLSOCIETY_VLLM_COMMAND", "").split() or None,
+            ))
+            eps[SENIOR_ALIAS] = srv.endpoint(None)
         return eps
 
     def _export_gguf(self, adapter_dir: Path, out: Path) -> Path | None:
@@ -1239,12 +1257,17 @@ class TrainingPipeline:
                                      cfg.prefilter_samples)
 
     def _phase3_verl(self, d: Path, n_prompts: int) -> dict[str, Any]:  # pragma: no cover - GPU only
-        """Phase 3 on a GPU: Agent Lightning's VERL trains the senior live on the gather split's
-        tasks (the whole society runs; ``agent_match`` keeps the senior's calls), validated on the
-        dev subset; the newest PEFT LoRA adapter VERL saved is exported and served like TRL's.
-        UNVERIFIED: no GPU was available where this was written (see the README)."""
+        """Phase 3 on a GPU: Agent Lightning's VERL trains all of the senior's weights live on the
+        gather split's tasks (the whole society runs; ``agent_match`` keeps the senior's calls),
+        validated on the dev subset; the newest step's Hugging Face weights
+        (:func:`training.grpo.verl_trained_model`) are then served for the senior's alias by their own
+        vLLM server (:meth:`_vllm_endpoints`). UNVERIFIED: never run on a GPU (see the README)."""
         from training.agent import task_from_example
-        from training.grpo import train_senior_verl
+        from training.grpo import train_senior_verl, verl_trained_model
+
+        if self.cfg.serving.engine != "vllm":
+            raise TrainConfigError("phase 3 (VERL) trains all of the senior's weights (configs/verl_senior.yaml, "
+                                   "lora_rank: 0) and vLLM serves them after the phase: set serving.engine: vllm")
 
         g = self.cfg.gather
         train = [task_from_example(e) for e in load_examples(self.cfg.data_dir, g.split)[g.offset:g.offset + g.limit]]
@@ -1259,15 +1282,12 @@ class TrainingPipeline:
                                                   "output_dir": str(d / "adapter")}),
                               endpoints=eps, reward_config=self._reward_config(),
                               overrides={"trainer": {"default_local_dir": str(ckpt)}})
-        found = sorted(ckpt.rglob("adapter_config.json"), key=lambda p: p.stat().st_mtime)
-        if not found:
-            raise TrainConfigError(f"phase 3 (VERL): no PEFT LoRA adapter under {ckpt}; set actor_rollout_ref.model."
-                                   "lora_rank > 0 in the VERL config, or set grpo.backend: trl")
-        adapter = found[-1].parent
-        gguf = self._export_gguf(adapter, d / "adapter.gguf")
-        self.echo(f"phase 3 VERL: adapter {adapter}")
-        return {"adapter": str(adapter), "adapter_gguf": str(gguf) if gguf else None, "prompts": n_prompts,
-                "backend": "verl"}
+        try:
+            model = verl_trained_model(ckpt)
+        except FileNotFoundError as e:
+            raise TrainConfigError(f"phase 3 (VERL): {e}") from e
+        self.echo(f"phase 3 VERL: the trained senior {model}")
+        return {"adapter": None, "adapter_gguf": None, "model": str(model), "prompts": n_prompts, "backend": "verl"}
 
     def phase4_bandit(self) -> dict[str, Any]:
         """Phase 4: supervisor (context, action, reward) samples from the train rollouts -> contextual
