@@ -82,7 +82,7 @@ def test_gpu_profile_real_run_refuses_before_writing(tmp_path):
 
 def test_gpu_profile_plan_object():
     cfg = TrainConfig.load("gpu")
-    assert cfg.serving.engine == "vllm" and cfg.base_model == "qwen2.5-coder-0.5b"
+    assert cfg.serving.engine == "vllm" and cfg.base_model == "./models/Qwen2.5-Coder-1.5B-Instruct"
     needs = gpu_stack_needs(cfg)
     assert needs == {"cuda": "required", "vllm": "required", "verl": "required", "unsloth": "optional"}
     plan = plan_profile(cfg, source="gpu")

@@ -66,6 +66,32 @@ INSTALL_GPU = "SQLSOCIETY_GPU=1 bash scripts/install.sh"
 #: A Hugging Face hub id: ``owner/name``.
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
+#: How a ``base_model`` that is a path (not a hub id) starts.
+PATH_PREFIXES = ("./", "../", "/", "~")
+
+
+def hub_guess(dir_name: str) -> str:
+    """The hub id a model directory's name most likely came from (``Qwen/<name>`` for Qwen models,
+    else ``OWNER/<name>``), for the download command the plan prints.
+
+    >>> hub_guess("Qwen2.5-Coder-1.5B-Instruct")
+    'Qwen/Qwen2.5-Coder-1.5B-Instruct'
+    >>> hub_guess("my-model")
+    'OWNER/my-model'
+    """
+    return f"{'Qwen' if dir_name.lower().startswith('qwen') else 'OWNER'}/{dir_name}"
+
+
+def base_is_hf_directory(cfg: TrainConfig) -> bool:
+    """``serving.engine: vllm`` with a Hugging Face directory as ``base_model`` (present, or a path
+    that is absent here): then vLLM serves that model for every embedded alias of the society --
+    the society's embedded names say what runs on the CPU (``training.pipeline``)."""
+    bm = cfg.base_model
+    if cfg.serving.engine != "vllm" or bm in EMBEDDED_MODELS or bm.endswith(".gguf"):
+        return False
+    p = Path(bm).expanduser()
+    return (p / "config.json").is_file() or (not p.exists() and bm.startswith(PATH_PREFIXES))
+
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -92,6 +118,8 @@ class TrainPlan:
         budgets: name -> text (tasks, steps, tokens, time bounds).
         gpu_stack: component -> ``{"needed": "required"|"optional"|"no", "present": bool}``.
         findings: errors, missing pieces and notes.
+        expected_time: what is known of the time per phase (GPU profiles: that it is unmeasured);
+            empty when the plan says nothing about it.
     """
 
     profile: str
@@ -102,6 +130,7 @@ class TrainPlan:
     budgets: dict[str, str] = field(default_factory=dict)
     gpu_stack: dict[str, dict[str, Any]] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
+    expected_time: str = ""
 
     @property
     def errors(self) -> list[Finding]:
@@ -131,6 +160,8 @@ class TrainPlan:
                 out.append(f"  {'':<{w}}  {'':<10} {r['adapter']}")
         out += ["", "Servers:"] + [f"  - {s['server']}: {s['detail']}" for s in self.servers]
         out += ["", "Budgets:"] + [f"  {k:<8} {v}" for k, v in self.budgets.items()]
+        if self.expected_time:
+            out += ["", f"Expected time per phase: {self.expected_time}"]
         if self.gpu_stack:
             out += ["", "GPU stack:"]
             for name, s in self.gpu_stack.items():
@@ -230,6 +261,16 @@ def _resolve_base_model(cfg: TrainConfig, findings: list[Finding]) -> str:
         if not p.is_file():
             findings.append(Finding("error", "base_model", f"GGUF file {p} does not exist"))
         return f"GGUF {p}"
+    if vllm and bm.startswith(PATH_PREFIXES):
+        findings.append(
+            Finding(
+                "missing",
+                "base_model",
+                f"Hugging Face directory {bm} is not on this machine: download it first "
+                f"(`huggingface-cli download {hub_guess(p.name)} --local-dir {bm}`, from where the run starts)",
+            )
+        )
+        return f"Hugging Face directory {bm} (absent here)"
     if HUB_ID.match(bm):
         findings.append(
             Finding(
@@ -344,6 +385,7 @@ def plan_profile(cfg: TrainConfig, *, source: str = "", phases: set[int] | None 
 
     # -- roles -> models / adapters ----------------------------------------------------------------------
     served_embedded: dict[str, list[str]] = {}
+    hf_base = base_is_hf_directory(cfg)
     if society is not None:
         split = role_split_config(society)
         for r in split.roles:
@@ -362,9 +404,10 @@ def plan_profile(cfg: TrainConfig, *, source: str = "", phases: set[int] | None 
                     F.append(
                         Finding("error", f"society models.{r.model}", f"unknown embedded model {spec.embedded!r}")
                     )
-                same = spec.embedded == cfg.base_model
+                same = spec.embedded == cfg.base_model or hf_base
                 if vllm and same:
-                    served = "vLLM server (base model)"
+                    served = f"vLLM server (base model {cfg.base_model}, for {spec.embedded})" if hf_base \
+                        else "vLLM server (base model)"
                 elif vllm:
                     served = f"llama.cpp server ({spec.embedded}; not the base_model, so not on vLLM)"
                 else:
@@ -378,12 +421,13 @@ def plan_profile(cfg: TrainConfig, *, source: str = "", phases: set[int] | None 
             elif kind == "senior" and 3 in phases:
                 if verl_may_run:
                     adapter = (
-                        f"phase 3: VERL trains it live (its own vLLM rollout workers serve the policy as "
-                        f"main_llm, bound to {SENIOR_ALIAS}); after: the newest VERL LoRA checkpoint"
+                        f"phase 3: VERL trains all its weights live (its own vLLM rollout workers serve the "
+                        f"policy as main_llm, bound to {SENIOR_ALIAS}); after: the newest step's Hugging Face "
+                        f"weights, served as {SENIOR_ALIAS} by a second vLLM server"
                     )
                 else:
                     adapter = f"after phase 3: LoRA {SENIOR_ALIAS} (RUN_DIR/phases/3-grpo/adapter)"
-                adapter += ", loaded by name into vLLM" if vllm else ", exported to GGUF for llama.cpp"
+                    adapter += ", loaded by name into vLLM" if vllm else ", exported to GGUF for llama.cpp"
             elif kind == "supervisor" and 4 in phases:
                 adapter = "after phase 4: bandit policy RUN_DIR/phases/4-bandit/policy.joblib"
             if spec is not None and spec.base_url and kind in ("junior", "senior"):
@@ -400,14 +444,23 @@ def plan_profile(cfg: TrainConfig, *, source: str = "", phases: set[int] | None 
                 "server": "vLLM OpenAI server (society.vllm_serving.VLLMServer)",
                 "detail": (
                     f"base {base_desc}; loopback, free port, health check, stopped with the run; --enable-lora "
-                    f"--max-lora-rank {s.max_lora_rank} --max-loras {s.max_loras}, adapters by name {JUNIOR_ALIAS} / "
-                    f"{SENIOR_ALIAS} (hot-loaded after their phase); --gpu-memory-utilization "
-                    f"{s.gpu_memory_utilization}, --max-model-len {s.max_model_len}, --dtype {s.dtype}, "
-                    f"--tensor-parallel-size {s.tensor_parallel_size}"
+                    f"--max-lora-rank {s.max_lora_rank} --max-loras {s.max_loras}, adapters by name {JUNIOR_ALIAS}"
+                    f"{'' if verl_may_run else ' / ' + SENIOR_ALIAS} (hot-loaded after their phase); "
+                    f"--gpu-memory-utilization {s.gpu_memory_utilization}, --max-model-len {s.max_model_len}, "
+                    f"--dtype {s.dtype}, --tensor-parallel-size {s.tensor_parallel_size}"
                 ),
             }
         )
-        others = sorted(m for m in served_embedded if m != cfg.base_model)
+        if verl_may_run and 3 in phases:
+            plan.servers.append(
+                {
+                    "server": "vLLM OpenAI server for the trained senior (after phase 3)",
+                    "detail": f"VERL's newest Hugging Face weights (RUN_DIR/phases/3-grpo/verl_checkpoints/"
+                    f"global_step_N/actor/huggingface) as {SENIOR_ALIAS}; --gpu-memory-utilization "
+                    f"{s.gpu_memory_utilization}, log RUN_DIR/vllm-senior.log",
+                }
+            )
+        others = [] if hf_base else sorted(m for m in served_embedded if m != cfg.base_model)
     else:
         plan.servers.append({"server": "llama.cpp llama-server", "detail": f"binary {llama}"})
         others = sorted(served_embedded)
@@ -555,4 +608,10 @@ def plan_profile(cfg: TrainConfig, *, source: str = "", phases: set[int] | None 
                 f"{grpo.num_generations} completions of <= {grpo.max_completion_length} tokens"
             )
     plan.budgets["bandit"] = "fitted in seconds on the logged supervisor decisions"
+    if vllm or verl_may_run:
+        plan.expected_time = (
+            "unmeasured for every phase (" + ", ".join(p["step"] for p in plan.phases[:-1])
+            + "): this profile has never run on a GPU, and CPU timings do not carry over to vLLM/VERL; "
+            "the work per phase is under Budgets"
+        )
     return plan
