@@ -3,6 +3,8 @@
 * :func:`sample_examples` draws ``n`` questions at random across **all** databases of a split
   (the first 100 Spider dev questions cover only 3 of its 19 databases, and their cached schema
   prompt makes every figure measured on them optimistic); the same ``seed`` gives the same draw.
+* :func:`disjoint_draws` splits one random draw into disjoint parts (e.g. the society's train
+  tasks and the juniors-only ones), each across all databases.
 * :func:`select_ids` keeps given question ids, in the order given.
 * :func:`more_than_split` words the note for a sample larger than its split (all of it runs).
 * :func:`group_by_database` orders work so that questions over one database run back to back
@@ -18,7 +20,7 @@ import random
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
-__all__ = ["group_by_database", "more_than_split", "sample_examples", "select_ids"]
+__all__ = ["disjoint_draws", "group_by_database", "more_than_split", "sample_examples", "select_ids"]
 
 T = TypeVar("T")
 
@@ -41,6 +43,34 @@ def sample_examples(examples: Sequence[T], n: int, seed: int = 0) -> list[T]:
         return list(examples)
     picked = sorted(random.Random(seed).sample(range(len(examples)), n))
     return [examples[i] for i in picked]
+
+
+def disjoint_draws(examples: Sequence[T], sizes: Sequence[int], seed: int = 0) -> list[list[T]]:
+    """Disjoint random parts of ``examples``, of ``sizes`` each: one permutation
+    (``random.Random(seed).shuffle`` of the indices) cut into consecutive slices, each slice returned
+    in the examples' original order (questions of one database stay together). Parts come out
+    shorter, last ones first, when the sizes add up to more than there are examples.
+
+    Raises:
+        ValueError: a negative size.
+
+    >>> disjoint_draws(list(range(10)), [3, 4], seed=1) == disjoint_draws(list(range(10)), [3, 4], seed=1)
+    True
+    >>> a, b = disjoint_draws(list(range(10)), [3, 4], seed=1)
+    >>> len(a), len(b), set(a) & set(b), a == sorted(a)
+    (3, 4, set(), True)
+    >>> [len(p) for p in disjoint_draws(list(range(5)), [3, 4])]
+    [3, 2]
+    """
+    if any(n < 0 for n in sizes):
+        raise ValueError(f"part sizes must be >= 0, got {list(sizes)}")
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    parts, start = [], 0
+    for n in sizes:
+        parts.append([examples[i] for i in sorted(order[start:start + n])])
+        start += n
+    return parts
 
 
 def more_than_split(option: str, asked: int, split: str, available: int) -> str:

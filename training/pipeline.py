@@ -55,7 +55,7 @@ from society.roles import ROLE_TYPES
 from society.serving import serve_config
 from society.vllm_serving import VLLMServer
 from tools.files import atomic_write_text, atomic_writer, read_jsonl
-from tools.sampling import sample_examples
+from tools.sampling import disjoint_draws, sample_examples
 from tools.schema import schema_prompt
 from tools.spider import load_examples
 from tools.value_types import type_problem, type_problems
@@ -135,7 +135,8 @@ class _Section(BaseModel):
 
 
 class GatherSection(_Section):
-    """Phase 1: ``limit`` train tasks (first in file order after ``offset``), ``n_runners`` parallel
+    """Phase 1: ``limit`` train tasks (first in file order after ``offset``; with ``sample_seed``, drawn at
+    random across all the split's databases instead, :func:`tools.sampling.disjoint_draws`), ``n_runners`` parallel
     Agent Lightning runners, supervisor exploration rate ``epsilon`` in [0, 1].
 
     Runners on other machines (``sqlsociety runner --store-url``, see :mod:`training.remote`):
@@ -160,6 +161,7 @@ class GatherSection(_Section):
     split: str = "train"
     limit: int = Field(8, ge=1)
     offset: int = Field(0, ge=0)
+    sample_seed: int | None = None
     n_runners: int = Field(1, ge=0)
     epsilon: float = Field(0.2, ge=0.0, le=1.0)
     rollout_timeout_s: float | None = 900.0
@@ -901,6 +903,20 @@ class TrainingPipeline:
             if fp is not None:
                 self._find_reusable(fp, where=gather_files)
 
+    def gather_tasks(self) -> tuple[list[Any], list[Any]]:
+        """Phase 1's train questions: (the society's ``gather.limit`` tasks, the juniors-only
+        ``gather.junior_limit`` tasks), disjoint. In file order after ``gather.offset``, or with
+        ``gather.sample_seed`` one random draw across all the split's databases
+        (:func:`tools.sampling.disjoint_draws`; ``offset`` is then ignored). Either list may be
+        shorter when the split runs out."""
+        g = self.cfg.gather
+        examples = load_examples(self.cfg.data_dir, g.split)
+        if g.sample_seed is not None:
+            tasks, jtasks = disjoint_draws(examples, [g.limit, g.junior_limit], seed=g.sample_seed)
+            return tasks, jtasks
+        end = g.offset + g.limit
+        return examples[g.offset:end], examples[end:end + g.junior_limit]
+
     def gather_fingerprint(self) -> Fingerprint | None:
         """The content hashes phase 1's rollouts depend on (:mod:`training.reuse`): the model, the
         society config with the gather settings that change what is drawn (``epsilon``,
@@ -917,9 +933,7 @@ class TrainingPipeline:
             if self.cfg.reuse_from:
                 self.echo(f"phase 1: not reusable ({e}); gathering here")
             return None
-        examples = load_examples(self.cfg.data_dir, g.split)
-        end = g.offset + g.limit
-        tasks, jtasks = examples[g.offset:end], examples[end:end + g.junior_limit]
+        tasks, jtasks = self.gather_tasks()
         parts = society_parts(society, tasks + jtasks, model=model)
         parts["config"] = {"society": parts["config"], "reward": self.cfg.reward,
                            "gather": {"epsilon": g.epsilon, "junior_resamples": g.junior_resamples,
@@ -999,7 +1013,7 @@ class TrainingPipeline:
         from training.store import task_id_of  # noqa: F401  (documents where task ids come from)
 
         g = self.cfg.gather
-        tasks = load_examples(self.cfg.data_dir, g.split)[g.offset:g.offset + g.limit]
+        tasks, jtasks = self.gather_tasks()
         from training.hooks import MetricsHook
 
         society = self.society()
@@ -1030,8 +1044,6 @@ class TrainingPipeline:
 
             summary = run([t.id for t in tasks])
             if g.junior_limit:
-                end = g.offset + g.limit
-                jtasks = load_examples(self.cfg.data_dir, g.split)[end:end + g.junior_limit]
                 js = run([t.id for t in jtasks], agent="juniors", task_suffix="/juniors")
                 juniors["juniors_only"] = js.to_json()
                 wrong = self._tasks_with_a_wrong_junior("/juniors") if g.junior_resamples else []
@@ -1269,8 +1281,7 @@ class TrainingPipeline:
             raise TrainConfigError("phase 3 (VERL) trains all of the senior's weights (configs/verl_senior.yaml, "
                                    "lora_rank: 0) and vLLM serves them after the phase: set serving.engine: vllm")
 
-        g = self.cfg.gather
-        train = [task_from_example(e) for e in load_examples(self.cfg.data_dir, g.split)[g.offset:g.offset + g.limit]]
+        train = [task_from_example(e) for e in self.gather_tasks()[0]]
         val = [task_from_example(e) for e in dev_subset(self.cfg)]
         ckpt = d / "verl_checkpoints"
         society = self.society()

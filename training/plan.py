@@ -530,9 +530,13 @@ def plan_profile(cfg: TrainConfig, *, source: str = "", phases: set[int] | None 
         else "TRL"
     )
     what = {
-        1: f"society rollouts on {cfg.gather.split} tasks {cfg.gather.offset}..{cfg.gather.offset + cfg.gather.limit} "
-        f"with {cfg.gather.n_runners} runner(s) into the store"
-        + (f"; juniors only on the next {cfg.gather.junior_limit}" if cfg.gather.junior_limit else "")
+        1: (f"society rollouts on {cfg.gather.limit} {cfg.gather.split} tasks drawn across its databases with seed "
+            f"{cfg.gather.sample_seed}" if cfg.gather.sample_seed is not None else
+            f"society rollouts on {cfg.gather.split} tasks {cfg.gather.offset}.."
+            f"{cfg.gather.offset + cfg.gather.limit}")
+        + f" with {cfg.gather.n_runners} runner(s) into the store"
+        + (f"; juniors only on {'another' if cfg.gather.sample_seed is not None else 'the next'} "
+           f"{cfg.gather.junior_limit}" if cfg.gather.junior_limit else "")
         + ("; the questions no junior solved again with the gold SQL as a hint (rationalization)"
            if cfg.gather.rationalize else ""),
         2: f"SFT of the juniors ({sft_backend}, LoRA) on their conversations whose own SQL matched gold",
@@ -559,7 +563,8 @@ def plan_profile(cfg: TrainConfig, *, source: str = "", phases: set[int] | None 
 
     # -- budgets ------------------------------------------------------------------------------------------
     g = cfg.gather
-    tasks = g.limit if n_train is None else max(0, min(g.limit, n_train - g.offset))
+    start = 0 if g.sample_seed is not None else g.offset
+    tasks = g.limit if n_train is None else max(0, min(g.limit, n_train - start))
     if n_train is not None and tasks < g.limit:
         F.append(
             Finding(
