@@ -18,7 +18,10 @@ the compact schema the society sends) answered with the gold SQL in a ```sql blo
 longer than the profile's ``max_length`` are skipped so both arms train exactly the same tokens.
 
 Printed per arm: seconds per step (mean, and without the first step), tokens/s (prompt and
-completion tokens, no padding, as TRL counts them), the loss at every step, and the machine's limit
+completion tokens, no padding, as TRL counts them), the loss at every step (as each arm computes
+it: the bf16 arm's forward is bf16), the loss of ``--heldout`` conversations not trained on under
+each trained adapter, all in one float32 forward (the comparison of what each arm learnt, free of
+the precision each trained in), and the machine's limit
 beside it: the step's FLOPs over the matmul throughput measured here (float32 and bf16, at the
 same threads, on a ``[tokens, hidden] x [hidden, intermediate]`` product of the model's own
 shapes). The FLOPs of a LoRA step with a frozen base (Kaplan et al. 2020, "Scaling Laws for Neural
@@ -197,6 +200,41 @@ def run_arm(name: str, sft: dict[str, Any], model: str, rows: list[dict[str, Any
     }
 
 
+def heldout_loss(model_name: str, adapter: Path | None, convs: list[dict[str, Any]], tok: Any,
+                 threads: int) -> float:
+    """Mean negative log-likelihood per completion token (nats) of ``convs`` under the float32 base
+    model plus ``adapter`` (None: the untrained base): transformers' own causal-LM loss with the
+    prompt tokens masked, the same for every arm whatever precision it trained in."""
+    import torch
+    from peft import PeftModel
+
+    from training.checkpoints import load_for_training
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    model, _ = load_for_training(model_name)
+    if adapter is not None:
+        model = PeftModel.from_pretrained(model, str(adapter))
+    model.eval()
+    nll, count = 0.0, 0
+    try:
+        for r in convs:
+            split = split_conversation(r["messages"])
+            prompt = tok.apply_chat_template(split["prompt"], add_generation_prompt=True, tokenize=True,
+                                             return_dict=True)["input_ids"]
+            ids = tok.apply_chat_template(split["prompt"] + split["completion"], tokenize=True,
+                                          return_dict=True)["input_ids"]
+            labels = [-100] * len(prompt) + ids[len(prompt):]
+            with torch.no_grad():
+                loss = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels])).loss
+            n = len(ids) - len(prompt)
+            nll += float(loss) * n
+            count += n
+    finally:
+        torch.set_num_threads(prev)
+    return nll / count
+
+
 def batches(arm: dict[str, Any]) -> str:
     head = "head on loss tokens" if arm["head_on_loss_tokens_only"] else "head on all tokens"
     return ("padding-free" if arm["padding_free"] else "padded") + ", " + head
@@ -210,6 +248,8 @@ def main() -> None:
     ap.add_argument("--dataset", type=Path, default=None, help="a run's phases/2-sft/sft_dataset.jsonl")
     ap.add_argument("--seed", type=int, default=0, help="question draw (default 0)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: the idle cores now)")
+    ap.add_argument("--heldout", type=int, default=8,
+                    help="conversations not trained on, scored in float32 after each arm (default 8; 0: none)")
     ap.add_argument("--matmul-seconds", type=float, default=3.0, help="timing of each matmul rate (default 3)")
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     a = ap.parse_args()
@@ -227,17 +267,22 @@ def main() -> None:
     batch = base.per_device_train_batch_size * base.gradient_accumulation_steps
     need = a.steps * batch
     tok = AutoTokenizer.from_pretrained(str(hf_checkpoint(model)))
-    pool = read_dataset(a.dataset) if a.dataset else spider_conversations(need, a.seed)
-    rows, lengths, completion, skipped = [], [], [], 0
+    pool = read_dataset(a.dataset) if a.dataset else spider_conversations(need + a.heldout, a.seed)
+    rows, lengths, completion, skipped, heldout = [], [], [], 0, []
     for r in pool:
         n, c = token_counts(tok, r["messages"])
         if n > base.max_length:
             skipped += 1
             continue
+        if len(rows) == need:
+            heldout.append({"messages": r["messages"]})
+            if len(heldout) == a.heldout:
+                break
+            continue
         rows.append({"messages": r["messages"]})
         lengths.append(n)
         completion.append(c)
-        if len(rows) == need:
+        if len(rows) == need and not a.heldout:
             break
     if len(rows) < need:
         raise SystemExit(f"only {len(rows)} conversations of <= {base.max_length} tokens; {need} needed "
@@ -262,6 +307,7 @@ def main() -> None:
           flush=True)
 
     arms = []
+    untrained = None
     with tempfile.TemporaryDirectory(prefix="bench-sft-") as tmp:
         for name in ARMS:
             print(f"training arm {name} ...", flush=True)
@@ -269,6 +315,10 @@ def main() -> None:
             r = arms[-1]
             print(f"  {r['precision']}, {batches(r)}: {r['train_seconds']:.1f} s, "
                   f"{r['mean_step_seconds']:.2f} s/step, {r['tokens_per_second']:.1f} tokens/s", flush=True)
+        if heldout:
+            untrained = heldout_loss(model, None, heldout, tok, threads)
+            for r in arms:
+                r["heldout_loss"] = heldout_loss(model, Path(tmp) / r["arm"], heldout, tok, threads)
 
     f = flops(shapes, lengths, completion, n_lora)
     best = rates["bfloat16"] if bf16_ok else rates["float32"]
@@ -305,6 +355,11 @@ def main() -> None:
     print(f"mean loss: baseline {statistics.fmean(x for _, x in arms[0]['losses']):.4f}, fast "
           f"{statistics.fmean(x for _, x in arms[1]['losses']):.4f}; mean difference {statistics.fmean(d):+.4f}, "
           f"largest |difference| {max(abs(x) for x in d):.4f}")
+    if heldout:
+        n_c = sum(token_counts(tok, r["messages"])[1] for r in heldout)
+        print(f"held-out loss (float32 forward, {len(heldout)} conversations not trained on, {n_c} completion "
+              f"tokens, nats/token): untrained {untrained:.4f}, baseline {arms[0]['heldout_loss']:.4f}, "
+              f"fast {arms[1]['heldout_loss']:.4f}")
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps({
@@ -313,6 +368,7 @@ def main() -> None:
             "tokens": sum(lengths), "completion_tokens": sum(completion), "threads": threads,
             "cores": os.cpu_count(), "model_shapes": shapes, "lora_params": n_lora, "limit": limit,
             "arms": arms, "fast_over_baseline_time": ratio, "same_batches": same,
+            "heldout_conversations": len(heldout), "heldout_loss_untrained": untrained,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         }, indent=1))
         print(f"wrote {a.out}")

@@ -1,5 +1,6 @@
-"""bench/sft.py runs: both arms train SmolLM2 on the same Spider conversations for 2 steps and the
-figures it writes are real (no timing is asserted: the speed is the bench's to print)."""
+"""bench/sft.py runs: both arms train SmolLM2 on the same Spider conversations for 2 steps, each
+adapter is scored on 2 held-out conversations, and the figures it writes are real (no timing is
+asserted: the speed is the bench's to print)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ def test_bench_sft_runs_both_arms_on_the_same_examples(tmp_path: Path) -> None:
     out = tmp_path / "sft.json"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "sft.py"), "--model", "smollm2-135m", "--steps", "2",
-         "--matmul-seconds", "0.3", "--out", str(out)],
+         "--matmul-seconds", "0.3", "--heldout", "2", "--out", str(out)],
         capture_output=True, text=True, timeout=900, cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -44,3 +45,6 @@ def test_bench_sft_runs_both_arms_on_the_same_examples(tmp_path: Path) -> None:
     assert 0 < lim["flops_needed"] < lim["flops_as_computed"]
     assert lim["seconds"] > 0 and lim["tokens_per_second"] > 0 and r["lora_params"] > 0
     assert r["fast_over_baseline_time"] > 0
+    # what each arm learnt, scored the same way (float32) on conversations neither trained on
+    assert r["heldout_conversations"] == 2 and r["heldout_loss_untrained"] > 0
+    assert all(math.isfinite(arm["heldout_loss"]) and arm["heldout_loss"] > 0 for arm in (base, fast))
