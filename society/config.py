@@ -248,6 +248,23 @@ class SocietyConfig(_Strict):
             cfg = cfg.with_endpoint(alias, base_url, model, api_key=api_key)
         return cfg
 
+    def with_role_options(self, name: str, **options: Any) -> SocietyConfig:
+        """A copy where role ``name``'s ``options:`` get ``options`` set over them, validated as the role
+        type's options (e.g. ``with_role_options("senior", trigger=["error", "empty", "disagree"])``:
+        when the senior rewrites, see ``society.roles.Senior``).
+
+        Raises:
+            ConfigError: no role ``name``, or options its type refuses.
+        """
+        role = self.role(name)
+        merged = {**role.options, **options}
+        try:
+            ROLE_TYPES[role.type].Options.model_validate(merged)
+        except ValidationError as e:
+            raise ConfigError(f"role {name}: bad options {options}: {e}") from None
+        roles = [r.model_copy(update={"options": merged}) if r.name == name else r for r in self.roles]
+        return self.model_copy(update={"roles": roles})
+
     def with_embedded(self, embedded: str) -> SocietyConfig:
         """A copy where every embedded alias serves ``embedded`` instead (the CLI's ``--model-alias``)."""
         models = {a: (ModelSpec(embedded=embedded) if m.embedded else m) for a, m in self.models.items()}

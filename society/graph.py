@@ -25,6 +25,10 @@
   role instance names (``junior_direct``, ``reviewer_semantic``) plus the fixed control nodes
   ``prepare``, ``supervisor``, ``senior_execute``, ``senior_check``, ``senior_rewrite``,
   ``review_gate``, ``new_round``, ``finalize``.
+* When the senior rewrites: ``senior_check`` says incorrect -- with ``check: execution`` when one of
+  the senior's ``options.trigger`` conditions holds (``society.roles.senior_triggers``: the query
+  fails, returns no rows, the juniors' results disagree, or always; default: fails or no rows),
+  with ``check: llm`` when the model says so (a failing query without asking).
 * Edges: every conditional edge first checks for an endpoint failure (question failed ->
   ``finalize``); the global turn limit (``limits.max_review_rounds``) always ends at
   ``finalize`` with the best SQL so far (the last SQL that executed OK, else the chosen candidate).

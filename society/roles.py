@@ -16,6 +16,7 @@ state and the node's ``RunnableConfig`` and return a partial state update; the p
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -377,8 +378,13 @@ class Senior(Role):
         max_rewrites: rewrites per senior visit (>= 0; 0 = only check). Old name ``max_turns``
             (deprecated, still read).
         check: ``llm`` (the model checks a query that executed, and its result; a failing query is
-            incorrect without asking) or ``execution`` (deterministic: incorrect iff it errors or
-            returns no rows; saves one LLM call per visit).
+            incorrect without asking) or ``execution`` (deterministic: incorrect iff one of the
+            ``trigger`` conditions holds; saves one LLM call per visit).
+        trigger: with ``check: execution``, when the senior rewrites (:data:`SENIOR_TRIGGERS`, see
+            :func:`senior_triggers`): any of ``error`` (the query fails), ``empty`` (it returns no
+            rows), ``disagree`` (the juniors' candidates that ran returned more than one distinct
+            result), or ``always``. Default ``[error, empty]``: the behaviour before the option
+            existed. ``check: llm`` ignores it (the model is asked on every query that runs).
         check_prompt: prompt name for the check (the role's ``prompt:`` is the rewrite prompt).
     """
 
@@ -389,6 +395,8 @@ class Senior(Role):
     class Options(_Options):
         max_rewrites: int = Field(default=1, ge=0, le=20)
         check: Literal["llm", "execution"] = "llm"
+        trigger: list[Literal["error", "empty", "disagree", "always"]] = Field(
+            default_factory=lambda: list(DEFAULT_TRIGGER), min_length=1)
         check_prompt: str = "senior_check"
 
         @model_validator(mode="before")
@@ -418,7 +426,11 @@ class Senior(Role):
         ex: ExecSummary = state.get("current_exec") or ExecSummary()
         sql = state.get("current_sql")
         upd: dict[str, Any] = {"visits": ["senior_check"]}
-        deterministic = "correct" if ex.ok and ex.row_count > 0 else "incorrect"
+        if self.options.check == "execution":
+            fired = senior_triggers(ex, _seen_candidates(state), self.options.trigger)
+            deterministic = "incorrect" if fired else "correct"
+        else:  # also the verdict when the model's check fails
+            deterministic = "correct" if ex.ok and ex.row_count > 0 else "incorrect"
         if self.options.check == "execution" or not ex.ok:
             # a query that fails is incorrect whatever a model would say: no LLM call needed
             verdict, text, raw = deterministic, ex.as_text(), ""
@@ -482,6 +494,79 @@ class Senior(Role):
         feedback would give the same rewrite again, so further turns cannot change the answer."""
         turns = state.get("senior_turns") or []
         return bool(turns) and turns[-1].kind == "rewrite" and turns[-1].verdict in ("unchanged", "no_sql")
+
+
+#: The conditions a senior with ``check: execution`` can be asked to rewrite on (``options.trigger``).
+SENIOR_TRIGGERS: tuple[str, ...] = ("error", "empty", "disagree", "always")
+#: The default trigger: the senior rewrites a query that fails or returns no rows.
+DEFAULT_TRIGGER: tuple[str, ...] = ("error", "empty")
+
+
+def senior_triggers(ex: Any, candidates: Sequence[Any] = (), trigger: Sequence[str] = SENIOR_TRIGGERS) -> list[str]:
+    """Which of the ``trigger`` conditions hold for a query about to be handed on (in the order of
+    :data:`SENIOR_TRIGGERS`); the senior (``check: execution``) rewrites when this is not empty.
+
+    Conditions:
+        ``error``: the query has no SQL or fails (``ex.ok`` false); ``empty``: it ran and returned
+        no rows; ``disagree``: the ``candidates`` the supervisor chose among that ran (with SQL)
+        returned more than one distinct result (by ``result_digest``; candidates that failed do not
+        count); ``always``: holds for every query.
+
+    Args:
+        ex: an :class:`~society.state.ExecSummary` (or anything with ``sql``, ``ok``, ``row_count``).
+        candidates: :class:`~society.candidate.Candidate` objects or dicts with ``sql``, ``ok``,
+            ``result_digest`` (the juniors' round the query came from); () when unknown.
+        trigger: the conditions to test (a subset of :data:`SENIOR_TRIGGERS`).
+
+    Raises:
+        ValueError: an unknown condition in ``trigger``.
+
+    >>> from society.state import ExecSummary
+    >>> ok = ExecSummary(sql="SELECT 1", ok=True, row_count=1, digest="a")
+    >>> two = [{"sql": "x", "ok": True, "result_digest": "a"}, {"sql": "y", "ok": True, "result_digest": "b"}]
+    >>> senior_triggers(ok, two, ["error", "empty", "disagree"])
+    ['disagree']
+    >>> senior_triggers(ok, two[:1], ["error", "empty", "disagree"])
+    []
+    >>> senior_triggers(ExecSummary(sql="SELECT", ok=False), (), ["error", "empty"])
+    ['error']
+    >>> senior_triggers(ExecSummary(sql="SELECT 1 WHERE 0", ok=True, row_count=0), (), ["error"])
+    []
+    """
+    bad = sorted(set(trigger) - set(SENIOR_TRIGGERS))
+    if bad:
+        raise ValueError(f"unknown senior trigger(s) {bad}; use any of {list(SENIOR_TRIGGERS)}")
+    ran = {str(_field(c, "result_digest") or "") for c in candidates if _field(c, "ok") and _field(c, "sql")}
+    holds = {
+        "error": not (getattr(ex, "sql", "") and getattr(ex, "ok", False)),
+        "empty": bool(getattr(ex, "sql", "")) and bool(getattr(ex, "ok", False)) and getattr(ex, "row_count", 0) == 0,
+        "disagree": len(ran) > 1,
+        "always": True,
+    }
+    return [t for t in SENIOR_TRIGGERS if t in trigger and holds[t]]
+
+
+def _field(c: Any, key: str) -> Any:
+    return c.get(key) if isinstance(c, dict) else getattr(c, key, None)
+
+
+def _seen_candidates(state: dict) -> list[Any]:
+    """The candidates of the supervisor's last decision ([] before one, e.g. the senior-only agent's
+    handover of one given query: nothing to disagree with)."""
+    choices = state.get("choices") or []
+    return list(choices[-1].candidates) if choices else []
+
+
+def repair_messages(prompt: PromptTemplate, question: str, schema_text: str, ex: ExecSummary) -> list[BaseMessage]:
+    """The messages a senior with ``check: execution`` sends for its first rewrite of the query that
+    ``ex`` ran (no reviewer feedback yet): its rewrite ``prompt`` filled with the query and its
+    execution text, and the same text as the check's feedback (what :meth:`Senior.check_node` hands
+    :meth:`Senior.rewrite_node`, cut to 600 characters). Used to pose a junior's wrong candidate to
+    the senior as a repair (``training.adapter``); a real run's prompt equals it
+    (``tests/test_repair.py``)."""
+    text = ex.as_text()
+    return prompt.render(question=question, schema=schema_text, sql=ex.sql or "", execution=text,
+                         feedback=feedback_section(text[:600], "Feedback"))
 
 
 def same_sql(a: str | None, b: str | None) -> bool:

@@ -58,6 +58,8 @@ def test_shipped_configs_load_and_expand_roles():
         (lambda d: d["roles"][1].update(name="junior_direct"), "used twice"),
         (lambda d: d.update(roles=[r for r in d["roles"] if r["type"] != "senior"]), "senior role"),
         (lambda d: d["roles"][4]["options"].update(check="vibes"), "bad options"),
+        (lambda d: d["roles"][4]["options"].update(trigger=["sometimes"]), "trigger"),
+        (lambda d: d["roles"][4]["options"].update(trigger=[]), "trigger"),
         (lambda d: d["roles"][0].update(prompt="no_such_prompt"), "unknown prompt"),
         (lambda d: d["models"].update(juniors={"base_url": "http://x/v1"}), "`model:` is required"),
         (lambda d: d["roles"][0]["sampling"].update(temperature=5), "temperature"),
@@ -306,3 +308,42 @@ def test_old_max_turns_keys_are_read_with_a_deprecation_warning():
     d["limits"]["max_review_rounds"] = 3  # both names: refused
     with pytest.raises(ValueError, match="give `max_review_rounds` only"), pytest.warns(DeprecationWarning):
         SocietyConfig.model_validate(d)
+
+
+def _senior_check(cfg: SocietyConfig, sql: str, others: list[str]) -> dict:
+    """The senior's check node, run for real (``check: execution`` makes no model call) on ``sql`` as
+    the supervisor's pick among ``[sql, *others]`` on the real concert_singer database."""
+    from society.state import SupervisorChoice
+
+    senior = build_roles(cfg)["senior"][0]
+    cands = []
+    for i, q in enumerate([sql, *others]):
+        ex = execute_summary(CONCERT, q)
+        cands.append(Candidate(junior=f"j{i}", persona="p", sql=q, ok=ex.ok, row_count=ex.row_count,
+                               result_digest=ex.digest))
+    state = {"question": "How many singers are there?", "current_sql": sql,
+             "current_exec": execute_summary(CONCERT, sql),
+             "choices": [SupervisorChoice(policy="majority_vote", candidates=cands, index=0)]}
+    ctx = RunContext(config=cfg, models=ChatModels(cfg), db_path=CONCERT)
+    return senior.check_node(state, {"configurable": {"society": ctx}})
+
+
+def test_the_senior_trigger_decides_when_the_execution_check_asks_for_a_rewrite():
+    cfg = SocietyConfig.load(DEFAULT_CONFIG)
+    assert build_roles(cfg)["senior"][0].options.trigger == ["error", "empty"]  # the default: unchanged
+    ok, other, broken = "SELECT count(*) FROM singer", "SELECT count(*) FROM stadium", "SELECT count(*) FROM singers"
+    # default: a query that runs and returns rows passes, even when another junior's result differs
+    assert _senior_check(cfg, ok, [other])["senior_verdict"] == "correct"
+    assert _senior_check(cfg, broken, [ok])["senior_verdict"] == "incorrect"
+    wide = cfg.with_role_options("senior", trigger=["error", "empty", "disagree"])
+    upd = _senior_check(wide, ok, [other])
+    assert upd["senior_verdict"] == "incorrect" and upd["senior_turns"][0].verdict == "incorrect"
+    assert upd["feedback"].startswith("1 rows")  # the rewrite is shown the execution result
+    assert _senior_check(wide, ok, [ok])["senior_verdict"] == "correct"  # the juniors agree
+    only = cfg.with_role_options("senior", trigger=["disagree"])
+    assert _senior_check(only, broken, [])["senior_verdict"] == "correct"  # the trigger is the whole rule
+    assert _senior_check(cfg.with_role_options("senior", trigger=["always"]), ok, [])["senior_verdict"] == "incorrect"
+    with pytest.raises(ConfigError, match="trigger"):
+        cfg.with_role_options("senior", trigger=["never"])
+    with pytest.raises(ConfigError, match="no role named"):
+        cfg.with_role_options("chief", trigger=["always"])

@@ -278,3 +278,14 @@ def test_senior_agent_needs_given_sql_in_an_evaluation(smol_server):
     ex = load_examples(None, "dev", limit=1)
     with pytest.raises(ValueError, match="given_sql"):
         evaluate(ex, _cfg(smol_server), agent="senior")
+
+
+def test_the_senior_trigger_is_a_config_choice(smol_server):
+    """``options.trigger`` of the senior (default ``[error, empty]``: no call on a query that runs and
+    returns rows, as the test above shows) set to ``[always]``: the same query is rewritten once."""
+    d = _raw()
+    next(r for r in d["roles"] if r["type"] == "senior")["options"]["trigger"] = ["always"]
+    run = run_society("How many singers are there?", CONCERT, _cfg(smol_server, d), agent="senior",
+                      given_sql="SELECT count(*) FROM singer")
+    assert run.path.count("senior_rewrite") == 1 and run.llm_calls == 1
+    assert [t.kind for t in run.senior_turns] == ["check", "rewrite"] and run.senior_turns[0].verdict == "incorrect"
