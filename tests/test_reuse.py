@@ -247,6 +247,19 @@ def test_a_changed_prompt_is_refused(evaluated_run: Path, tmp_path: Path, monkey
 
 
 @pytest.mark.model
+def test_another_model_file_is_refused(evaluated_run: Path, tmp_path: Path, monkeypatch) -> None:
+    """Every role on Qwen2.5-Coder-0.5B instead of SmolLM2: the model part (the GGUF's sha256) differs;
+    the config part too, since it names what each alias serves."""
+    from training.reuse import HASH_CACHE_ENV
+
+    monkeypatch.setenv(HASH_CACHE_ENV, str(tmp_path / "sha256.json"))  # hash the real file here, not a cached value
+    society = _society_copy(tmp_path, lambda d: d["models"].update(
+        {a: {"embedded": "qwen2.5-coder-0.5b"} for a in d["models"]}))
+    msg = _refused(_profile(tmp_path, "x", society=society, reuse_from=[evaluated_run]), tmp_path / "run", "model")
+    assert "sampling hash differs" not in msg and "questions hash differs" not in msg
+
+
+@pytest.mark.model
 def test_other_questions_are_refused(evaluated_run: Path, tmp_path: Path) -> None:
     msg = _refused(_profile(tmp_path, "x", reuse_from=[evaluated_run], seed=1), tmp_path / "run", "questions")
     assert "model hash differs" not in msg and "sampling hash differs" not in msg
