@@ -172,6 +172,18 @@ def test_grpo_input_errors(rows, tmp_path):
         SeniorGRPOTrainer(cfg, [dict(rows[0], node="junior_draft")])
     with pytest.raises(ValueError, match="num_generations"):
         SeniorGRPOConfig(num_generations=1)
+    with pytest.raises(ValueError, match="not JuniorSFTConfig settings"):
+        SeniorGRPOConfig(warm_start={"max_stepz": 2})
+    with pytest.raises(ValueError, match="warm_start_samples"):
+        SeniorGRPOConfig(warm_start={}, warm_start_samples=0)
+    with pytest.raises(ValueError, match="adapter_config.json"):
+        SeniorGRPOConfig(init_adapter=str(tmp_path))
+    from training.grpo import warm_start_sft_config
+
+    sft = warm_start_sft_config(SeniorGRPOConfig(lora_r=4, warm_start={"max_steps": 3}), tmp_path / "w")
+    assert (sft.lora_r, sft.max_steps, sft.output_dir) == (4, 3, str(tmp_path / "w"))
+    with pytest.raises(ValueError, match="no warm start"):
+        warm_start_sft_config(SeniorGRPOConfig(), tmp_path / "w")
     with pytest.raises(ValueError, match="longer than max_prompt_length"):
         SeniorGRPOTrainer(
             SeniorGRPOConfig(output_dir=str(tmp_path), max_prompt_length=8, max_steps=1), rows[:2]
@@ -246,6 +258,9 @@ def test_prefilter_keeps_only_prompts_whose_rewards_differ(rows):
     res = prefilter_prompts(ds, sample, SeniorReward(), k=2)
     assert (res.n_in, res.n_kept, res.kept_ids) == (len(rewrites), 1, [0])
     assert res.dataset[0]["task_id"] == mixed and 0.0 <= res.mean_reward <= 1.0
+    # pass rate (EX of the rewrites): 1/2 on the mixed prompt -> the one prompt in the band (0, 1)
+    assert res.pass_rates == [0.5] + [0.0] * (len(rewrites) - 1) and res.n_pass_band == 1
+    assert res.to_json()["n_pass_band"] == 1 and res.to_json()["n_never_pass"] == len(rewrites) - 1
     with pytest.raises(ValueError, match="k >= 2"):
         prefilter_prompts(ds, sample, SeniorReward(), k=1)
     with pytest.raises(ValueError, match="prefilter_samples"):

@@ -1,9 +1,9 @@
-"""One trace adapter, three views of the same spans: SFT for the juniors, RL for the senior, a bandit log for the
-supervisor.
+"""One trace adapter, four views of the same spans: SFT for the juniors, repair pairs and RL for the senior, a
+bandit log for the supervisor.
 
 :class:`HierarchicalTraceAdapter` is an Agent Lightning ``TraceAdapter``: ``adapt(spans)`` turns
 the spans of one society rollout (as :class:`training.agent.SocietyAgent` leaves them in the
-store) into a :class:`SocietyTrace`; the three views work over many rollouts:
+store) into a :class:`SocietyTrace`; the views work over many rollouts:
 
 * :meth:`~HierarchicalTraceAdapter.to_sft` -- each junior's conversation (system, user,
   assistant draft, execution feedback, assistant fix...) whose *own* final SQL matched gold
@@ -16,6 +16,11 @@ store) into a :class:`SocietyTrace`; the three views work over many rollouts:
   feedback; response; reward) as Agent Lightning ``Triplet`` objects (what verl consumes) and
   as a prompt dataset for TRL ``GRPOTrainer`` (``prompt`` + ``gold_sql`` + ``db_path`` columns
   for an execution reward function).
+* :meth:`~HierarchicalTraceAdapter.select_repair` -- the senior's warm-start data: each wrong query
+  of the train rollouts (a logged senior input, or a junior's wrong candidate posed as the senior
+  would see it) with a rewrite whose result matches gold by EX -- the senior's own reply first,
+  then fresh draws, then STaR-style hinted draws with the hint removed -- as SFT conversations, and
+  every case as a GRPO prompt.
 * :meth:`~HierarchicalTraceAdapter.to_bandit` -- the supervisor's decision: context = the
   candidates with execution features, action = chosen index, reward = whether the chosen
   candidate matched gold, the logging propensity, and every candidate's own EX.
@@ -47,9 +52,14 @@ import agentlightning as agl
 from agentlightning.emitter import find_final_reward
 from agentlightning.types import Span, Triplet
 
+from evaluation.ex import execution_match
+from evaluation.sql_text import extract_sql, normalize_sql
 from evaluation.trace_records import indexed_messages
 from society.candidate import candidate_context
-from society.prompts import hint_remnants, strip_hint
+from society.llm import cut_at_stop, message_dicts, restore_stop
+from society.prompts import PROMPTS, PromptTemplate, hint_block, hint_remnants, strip_hint
+from society.roles import SENIOR_TRIGGERS, repair_messages, senior_triggers
+from society.toolkit import execute_summary
 from tools.spider import database_path, default_data_dir
 from training.agent import (
     ATTR,
@@ -73,6 +83,26 @@ SENIOR_NODES = ("senior_check", "senior_rewrite")
 SFT_RULE = "own_correct"
 #: A word an assistant reply of a rationalized rollout must not contain (it would not read as unhinted).
 _HINT_WORD = re.compile(r"\bhint", re.IGNORECASE)
+
+
+def unhinted(messages: Sequence[Mapping[str, str]]) -> list[dict[str, str]] | None:
+    """A conversation of a hinted (STaR rationalization) call as if no hint had been given: every
+    hint block removed (:func:`society.prompts.strip_hint`); None when a trace of the hint remains
+    (a :data:`society.prompts.HINT_PHRASES` phrase anywhere, or an assistant reply that mentions a
+    hint), since it would not read as unhinted. The one rule for the juniors' rationalized SFT rows
+    and the senior's hinted repairs.
+
+    >>> from society.prompts import hint_block
+    >>> unhinted([{"role": "user", "content": hint_block("SELECT 1") + "Q?"},
+    ...           {"role": "assistant", "content": "SELECT 1"}])
+    [{'role': 'user', 'content': 'Q?'}, {'role': 'assistant', 'content': 'SELECT 1'}]
+    >>> unhinted([{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "As the hint says: SELECT 1"}])
+    """
+    out = [{"role": str(m["role"]), "content": strip_hint(str(m["content"]))} for m in messages]
+    if any(hint_remnants(m["content"]) or (m["role"] == "assistant" and _HINT_WORD.search(m["content"]))
+           for m in out):
+        return None
+    return out
 
 
 @dataclass(frozen=True)
@@ -196,6 +226,57 @@ class SftSelection:
     """
 
     dataset: Any
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RepairCase:
+    """A wrong query the senior is asked to repair, from one train rollout.
+
+    Attributes:
+        task_id: the Spider question id (``train-12``; a rollout suffix such as ``/juniors`` dropped).
+        origin: ``senior`` (the input of a logged ``senior_rewrite`` call: its exact prompt) or
+            ``junior`` (a junior's wrong candidate, posed as :func:`society.roles.repair_messages`).
+        sql: the wrong query (EX 0 against ``gold_sql``).
+        prompt: the senior's rewrite messages (``[{"role", "content"}]``, no reply).
+        triggers: the :data:`society.roles.SENIOR_TRIGGERS` conditions that hold for it (``always``
+            left out), among the candidates of its junior round.
+        gold_sql, db_path: the reference query and the database.
+        own: the senior's logged replies to this prompt (``origin == "senior"``), in rollout order.
+    """
+
+    task_id: str
+    origin: str
+    sql: str
+    prompt: list[dict[str, str]]
+    triggers: list[str]
+    gold_sql: str
+    db_path: str
+    own: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RepairSelection:
+    """What :meth:`HierarchicalTraceAdapter.select_repair` returns: the senior's repair conversations,
+    the prompts they came from, and their dataset card.
+
+    Attributes:
+        dataset: ``datasets.Dataset``: ``messages`` (the senior's rewrite prompt + a reply whose SQL
+            matches gold by EX), ``task_id``, ``origin`` (``senior`` / ``junior``), ``source``
+            (``own``: a logged senior reply; ``sampled``: a fresh unhinted draw of the senior;
+            ``hinted``: a draw with the gold SQL shown as a hint, hint removed), ``triggers``
+            (comma-separated).
+        prompts: every case as a GRPO prompt row (``prompt``, ``gold_sql``, ``db_path``,
+            ``task_id``, ``node`` = ``senior_rewrite``, ``reward`` None) -- the
+            ``HierarchicalTraceAdapter.to_rl`` columns.
+        summary: JSON-able counts: ``cases`` (by ``origin`` and by trigger), ``kept`` (by
+            ``source``), ``unsolved`` (no correct reply in any draw), ``hint_left`` (a correct
+            hinted reply left out because a trace of the hint stayed), ``draws`` (sampler calls'
+            completions, unhinted and hinted), ``k``.
+    """
+
+    dataset: Any
+    prompts: Any
     summary: dict[str, Any] = field(default_factory=dict)
 
 
@@ -387,9 +468,8 @@ class HierarchicalTraceAdapter(agl.TraceAdapter[SocietyTrace]):
                     continue
                 messages = call.conversation()
                 if src == "rationalized":
-                    messages = [{"role": m["role"], "content": strip_hint(m["content"])} for m in messages]
-                    if any(hint_remnants(m["content"])
-                           or (m["role"] == "assistant" and _HINT_WORD.search(m["content"])) for m in messages):
+                    messages = unhinted(messages)
+                    if messages is None:
                         n_hint += 1
                         continue
                 rank = -t.reward if t.reward is not None else float("inf")
@@ -418,6 +498,177 @@ class HierarchicalTraceAdapter(agl.TraceAdapter[SocietyTrace]):
             "by_source": by_source,
         }
         return SftSelection(datasets.Dataset.from_dict(rows, features=_sft_features()), summary)
+
+    def repair_cases(self, source: Any, *, prompt: PromptTemplate | None = None,
+                     max_cases: int | None = None) -> list[RepairCase]:
+        """The wrong queries of the train rollouts, each posed to the senior as a repair.
+
+        Read from every succeeded rollout but rationalization ones (their candidates were drafted
+        with the gold SQL in view): the input of each logged ``senior_rewrite`` call whose query does
+        not match gold (its prompt as logged, its reply kept in ``own``), then each junior candidate
+        with SQL whose own EX is 0 (``junior.<J>.ex``), posed as a ``check: execution`` senior would
+        pose it (:func:`society.roles.repair_messages`: the system message of that junior's call,
+        which carries the same schema, and the query's execution re-run on the database). A query
+        that matches gold is never a case, so a right -> right pair never becomes a repair target.
+        One case per (question, query as :func:`evaluation.sql_text.normalize_sql`), the first met;
+        a logged senior prompt wins over a junior's, and every logged reply to it is kept.
+
+        Args:
+            source: see :meth:`traces`.
+            prompt: the senior's rewrite prompt (default ``PROMPTS["senior_rewrite"]``).
+            max_cases: keep at most this many (in reading order); None = all.
+
+        Returns:
+            :class:`RepairCase` list.
+        """
+        tmpl = prompt or PROMPTS["senior_rewrite"]
+        ex_cache: dict[tuple[str, str, str], bool] = {}
+
+        def right(db: str, sql: str | None, gold: str) -> bool:
+            key = (db, sql or "", gold)
+            if key not in ex_cache:
+                ex_cache[key] = bool(sql) and execution_match(db, sql, gold).match
+            return ex_cache[key]
+
+        cases: dict[tuple[str, str], RepairCase] = {}
+        for t in self.traces(source):
+            if t.task_id is None or trace_source(t) == "rationalized":
+                continue
+            gold = str(t.outcomes.get("gold_sql") or "")
+            db = _db_path(t)
+            if not gold or not Path(db).is_file():
+                continue
+            base = str(t.task_id).split("/")[0]
+            choices = t.run.get("choices") or []
+            cands = (choices[-1].get("candidates") if choices else None) or t.run.get("candidates") or []
+            turns = [x for x in t.run.get("senior_turns") or [] if x.get("kind") == "rewrite"]
+            for i, call in enumerate(t.calls(role="senior", nodes=("senior_rewrite",))):
+                before = turns[i].get("sql_before") if i < len(turns) else _shown_sql(call.messages)
+                if not before or right(db, before, gold):
+                    continue
+                key = (base, normalize_sql(before))
+                case = cases.get(key)
+                if case is None or case.origin != "senior":
+                    ex = execute_summary(db, before)
+                    case = RepairCase(base, "senior", before, [dict(m) for m in call.messages],
+                                      _case_triggers(ex, cands), gold, db)
+                    cases[key] = case
+                if call.response:
+                    case.own.append(call.response)
+            systems = {c.role_instance: c.messages[0] for c in t.llm_calls
+                       if c.role == "junior" and c.messages and c.messages[0]["role"] == "system"}
+            for c in cands:
+                sql, inst = c.get("sql"), str(c.get("junior") or "")
+                if not sql or t.outcomes.get(f"junior.{inst}.ex") != 0 or inst not in systems:
+                    continue
+                key = (base, normalize_sql(sql))
+                if key in cases:
+                    continue
+                ex = execute_summary(db, sql)
+                user = message_dicts(repair_messages(tmpl, str(t.run.get("question", "")), "", ex))[-1]
+                cases[key] = RepairCase(base, "junior", sql, [dict(systems[inst]), user], _case_triggers(ex, cands),
+                                        gold, db)
+        out = list(cases.values())
+        return out if max_cases is None else out[:max_cases]
+
+    def select_repair(self, source: Any, *, sample: Any = None, k: int = 2, hints: bool = True,
+                      stop: Sequence[str] | None = None, prompt: PromptTemplate | None = None,
+                      max_cases: int | None = None) -> RepairSelection:
+        """The senior's repair conversations: for each :meth:`repair_cases` case, a reply whose SQL
+        matches gold by EX (:func:`evaluation.ex.execution_match`), found in this order:
+
+        1. ``own``: the senior's first logged reply to that prompt that matches gold;
+        2. ``sampled``: else, with ``sample``, the first of ``k`` fresh unhinted draws that matches
+           (rejection sampling, STaR section 3.1);
+        3. ``hinted``: else, with ``sample`` and ``hints``, the first of ``k`` draws on the prompt
+           with the gold SQL put before the last user message (:func:`society.prompts.hint_block`,
+           as the juniors' rationalization does) that matches, its conversation taken without the
+           hint (:func:`unhinted`; left out, as ``hint_left``, when a trace of the hint stays) --
+           STaR rationalization, Zelikman et al. 2022, section 3.2.
+
+        A case with none stays out of the dataset (``unsolved``) but is still a GRPO prompt.
+        Replies are read as the society reads the served senior's: cut at the first of ``stop`` with
+        the closing marker put back (:func:`society.llm.restore_stop`).
+
+        Args:
+            source: see :meth:`traces`.
+            sample: ``sample(prompt, k) -> list[str]`` (:func:`training.grpo.openai_sampler` on the
+                served senior); None: logged replies only.
+            k: draws per case and per kind (unhinted, hinted), >= 1.
+            hints: try hinted draws where no unhinted one matched.
+            stop: the senior's stop strings.
+            prompt, max_cases: see :meth:`repair_cases`.
+
+        Returns:
+            :class:`RepairSelection`.
+
+        Raises:
+            ValueError: ``k`` < 1.
+        """
+        import datasets
+
+        if k < 1:
+            raise ValueError(f"select_repair needs k >= 1 draws per case, got {k}")
+        cases = self.repair_cases(source, prompt=prompt, max_cases=max_cases)
+        rows: dict[str, list[Any]] = {c: [] for c in ("messages", "task_id", "origin", "source", "triggers")}
+        kept = {"own": 0, "sampled": 0, "hinted": 0}
+        draws = {"unhinted": 0, "hinted": 0}
+        unsolved = hint_left = 0
+
+        def read(text: str) -> str:
+            return restore_stop(cut_at_stop(text, stop), stop, "stop") if stop else text
+
+        def matches(case: RepairCase, text: str) -> bool:
+            return execution_match(case.db_path, extract_sql(text), case.gold_sql).match
+
+        for case in cases:
+            found: tuple[str, list[dict[str, str]]] | None = None
+            for text in case.own:
+                if matches(case, read(text)):
+                    found = ("own", [*case.prompt, {"role": "assistant", "content": read(text)}])
+                    break
+            if found is None and sample is not None:
+                texts = [read(x) for x in sample(case.prompt, k)]
+                draws["unhinted"] += len(texts)
+                hit = next((x for x in texts if matches(case, x)), None)
+                if hit is not None:
+                    found = ("sampled", [*case.prompt, {"role": "assistant", "content": hit}])
+            if found is None and sample is not None and hints:
+                hinted = [*case.prompt[:-1], {"role": case.prompt[-1]["role"],
+                                              "content": hint_block(case.gold_sql) + case.prompt[-1]["content"]}]
+                texts = [read(x) for x in sample(hinted, k)]
+                draws["hinted"] += len(texts)
+                hits = [x for x in texts if matches(case, x)]
+                clean = next((m for m in (unhinted([*hinted, {"role": "assistant", "content": x}]) for x in hits)
+                              if m is not None), None)
+                if clean is not None:
+                    found = ("hinted", clean)
+                elif hits:
+                    hint_left += 1
+            if found is None:
+                unsolved += 1
+                continue
+            kept[found[0]] += 1
+            for col, v in (("messages", found[1]), ("task_id", case.task_id), ("origin", case.origin),
+                           ("source", found[0]), ("triggers", ",".join(case.triggers))):
+                rows[col].append(v)
+        by_trigger = {tr: sum(tr in c.triggers for c in cases) for tr in SENIOR_TRIGGERS if tr != "always"}
+        summary = {
+            "cases": {"total": len(cases), "senior": sum(c.origin == "senior" for c in cases),
+                      "junior": sum(c.origin == "junior" for c in cases), "by_trigger": by_trigger,
+                      "no_trigger": sum(not c.triggers for c in cases)},
+            "kept": {"total": len(rows["messages"]), **kept},
+            "unsolved": unsolved, "hint_left": hint_left, "draws": draws, "k": k,
+        }
+        msg = {"role": datasets.Value("string"), "content": datasets.Value("string")}
+        feats = datasets.Features({"messages": datasets.List(msg), "task_id": datasets.Value("string"),
+                                   "origin": datasets.Value("string"), "source": datasets.Value("string"),
+                                   "triggers": datasets.Value("string")})
+        prompts = {"prompt": [c.prompt for c in cases], "gold_sql": [c.gold_sql for c in cases],
+                   "db_path": [c.db_path for c in cases], "task_id": [c.task_id for c in cases],
+                   "node": ["senior_rewrite"] * len(cases), "reward": [None] * len(cases)}
+        return RepairSelection(datasets.Dataset.from_dict(rows, features=feats),
+                               datasets.Dataset.from_dict(prompts, features=_rl_features()), summary)
 
     def to_rl(self, source: Any, *, reward: Literal["rollout", "senior_gain"] = "rollout") -> RLData:
         """The senior's decision points as verl-style triplets and a TRL GRPO prompt dataset.
@@ -485,6 +736,17 @@ class HierarchicalTraceAdapter(agl.TraceAdapter[SocietyTrace]):
                 rollout_reward=t.reward,
             ))
         return out
+
+
+def _shown_sql(messages: Sequence[Mapping[str, str]]) -> str | None:
+    """The query a senior prompt shows (the first SQL block of its last user message)."""
+    users = [m for m in messages if m.get("role") == "user"]
+    return extract_sql(str(users[-1].get("content", ""))) if users else None
+
+
+def _case_triggers(ex: Any, candidates: Sequence[Any]) -> list[str]:
+    """The senior triggers but ``always`` that hold for a query (see :func:`society.roles.senior_triggers`)."""
+    return senior_triggers(ex, candidates, [t for t in SENIOR_TRIGGERS if t != "always"])
 
 
 def _db_path(t: SocietyTrace) -> str:
@@ -577,6 +839,8 @@ __all__ = [
     "HierarchicalTraceAdapter",
     "LLMCall",
     "RLData",
+    "RepairCase",
+    "RepairSelection",
     "SFT_RULE",
     "SftSelection",
     "SocietyTrace",
@@ -584,4 +848,5 @@ __all__ = [
     "export_traces",
     "load_traces",
     "trace_source",
+    "unhinted",
 ]

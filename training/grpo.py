@@ -31,6 +31,15 @@ GRPO (Shao et al. 2024, "DeepSeekMath", §4.1) samples ``num_generations`` compl
 and uses the group-normalised reward as the advantage; no value model. ``beta=0`` (no KL term,
 no reference model: as in DAPO / Dr. GRPO) keeps the CPU run to one model in memory.
 
+Warm start (``warm_start``, :func:`warm_start_senior`): GRPO learns nothing from a group whose
+completions all fail, and the base senior rarely repairs a query. So the senior's LoRA is first
+fine-tuned (the one SFT trainer, :class:`training.sft.JuniorSFTTrainer`) on repair pairs --
+``HierarchicalTraceAdapter.select_repair``: each wrong query of the train rollouts with a rewrite
+whose result matches gold (the senior's own, else a fresh draw, else a draw with the gold SQL as a
+STaR-style hint, hint removed) -- and GRPO continues that adapter (``init_adapter``). The prefilter
+(:func:`prefilter_prompts`) reports how many prompts have a pass rate strictly between 0 and 1,
+before and after the warm start. Recipe: SFT then RL, as SLM-SQL (Sheng & Xu 2025) for 0.5B models.
+
 Backends:
 
 * CPU (``backend="trl"``): TRL ``GRPOTrainer`` + PEFT LoRA on the dequantised GGUF base
@@ -54,14 +63,24 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from evaluation.ex import execution_match
 from evaluation.rewards import RewardConfig, compute_reward
 from evaluation.sql_text import extract_sql
-from training.sft import DEFAULT_TARGET_MODULES, StepTimer, check_trl_args, save_adapter, torch_threads
+from tools.value_types import type_problems
+from training.sft import (
+    DEFAULT_TARGET_MODULES,
+    JuniorSFTConfig,
+    JuniorSFTTrainer,
+    SFTResult,
+    StepTimer,
+    check_trl_args,
+    save_adapter,
+    torch_threads,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +89,11 @@ __all__ = [
     "SeniorGRPOTrainer",
     "GRPOResult",
     "SeniorReward",
+    "PrefilterResult",
+    "prefilter_prompts",
+    "openai_sampler",
+    "warm_start_sft_config",
+    "warm_start_senior",
     "load_verl_config",
     "senior_verl_agent",
     "bind_policy_resource",
@@ -138,6 +162,17 @@ class SeniorGRPOConfig:
         trl_args: any other keyword argument of TRL's ``GRPOConfig`` (e.g. ``optim``,
             ``max_grad_norm``, ``loss_type``), applied over what the fields above set (TRL backend);
             checked against ``GRPOConfig`` when given (see :func:`training.sft.check_trl_args`).
+        warm_start: None (off) or keyword arguments of :class:`training.sft.JuniorSFTConfig` for a
+            supervised warm start of the senior on repair pairs before GRPO
+            (``HierarchicalTraceAdapter.select_repair``, :func:`warm_start_senior`; the pipeline
+            runs it); ``{}`` takes the SFT defaults. The LoRA settings default to this config's
+            (``lora_r``, ``lora_alpha``, ``lora_dropout``, ``target_modules``, ``seed``), so GRPO
+            continues the same adapter. SLM-SQL's recipe: SFT, then GRPO (Sheng & Xu 2025).
+        warm_start_samples: k >= 1 -- draws of the served senior per wrong query that no logged
+            senior reply fixed: k unhinted, then (if none matched) k with the gold SQL as a hint.
+        init_adapter: a PEFT LoRA directory GRPO starts from and trains further (e.g. the warm
+            start's); its own LoRA settings then apply and the ``lora_*`` fields are not used.
+            None: a fresh LoRA.
     """
 
     model: str = "smollm2-135m"
@@ -170,9 +205,29 @@ class SeniorGRPOConfig:
     stop: tuple[str, ...] | None = None
     prefilter_samples: int = 0
     trl_args: dict[str, Any] = field(default_factory=dict)
+    warm_start: dict[str, Any] | None = None
+    warm_start_samples: int = 2
+    init_adapter: str | None = None
 
     def __post_init__(self) -> None:
         check_trl_args(self, "GRPOConfig")
+        if self.warm_start is not None:
+            if not isinstance(self.warm_start, dict):
+                raise ValueError(f"SeniorGRPOConfig.warm_start = {self.warm_start!r}; give a mapping of "
+                                 "JuniorSFTConfig settings ({} for the defaults) or leave it out")
+            known = {f.name for f in fields(JuniorSFTConfig)} - {"model", "output_dir"}
+            unknown = sorted(set(self.warm_start) - known)
+            if unknown:
+                raise ValueError(f"SeniorGRPOConfig.warm_start: {unknown} are not JuniorSFTConfig settings "
+                                 f"(known: {sorted(known)}; model and output_dir are set by the trainer)")
+            wrong = type_problems(JuniorSFTConfig, self.warm_start, prefix="SeniorGRPOConfig.warm_start.")
+            if wrong:
+                raise ValueError("; ".join(f"{key}: {msg}" for key, msg in wrong))
+        if self.warm_start_samples < 1:
+            raise ValueError(f"SeniorGRPOConfig.warm_start_samples = {self.warm_start_samples}; use k >= 1")
+        if self.init_adapter is not None and not (Path(self.init_adapter) / "adapter_config.json").is_file():
+            raise ValueError(f"SeniorGRPOConfig.init_adapter = {self.init_adapter!r} holds no adapter_config.json; "
+                             "point it at a PEFT LoRA directory (e.g. the warm start's) or leave it out")
         if self.prefilter_samples == 1 or self.prefilter_samples < 0:
             raise ValueError(f"SeniorGRPOConfig.prefilter_samples = {self.prefilter_samples}; use 0 (off) or k >= 2")
         if self.num_generations < 2:
@@ -332,6 +387,13 @@ class PrefilterResult:
         seconds: wall time of the sampling.
         mean_reward: mean reward of all sampled completions, in the reward's range ([0, 1] by default).
         kept_ids: row indices (into the input) of the kept prompts.
+        pass_rates: per input prompt, the share of its k completions that pass: a rewrite whose SQL
+            matches gold by EX, a check whose verdict is right (reward 1).
+        n_pass_band: prompts whose pass rate is strictly between 0 and 1 (some completions pass,
+            some do not): the prompts with an EX advantage to follow. A subset of the kept ones
+            (a pass and a fail always differ in reward); the rest of the kept ones differ only in
+            partial credit.
+        mean_pass: mean of ``pass_rates``.
     """
 
     dataset: Any
@@ -341,10 +403,22 @@ class PrefilterResult:
     seconds: float
     mean_reward: float
     kept_ids: list[int]
+    pass_rates: list[float] = field(default_factory=list)
+
+    @property
+    def n_pass_band(self) -> int:
+        return sum(0.0 < r < 1.0 for r in self.pass_rates)
+
+    @property
+    def mean_pass(self) -> float:
+        return sum(self.pass_rates) / len(self.pass_rates) if self.pass_rates else 0.0
 
     def to_json(self) -> dict[str, Any]:
-        return {"n_in": self.n_in, "n_kept": self.n_kept, "k": self.k, "seconds": round(self.seconds, 1),
-                "mean_reward": self.mean_reward}
+        return {"n_in": self.n_in, "n_kept": self.n_kept, "n_pass_band": self.n_pass_band, "k": self.k,
+                "seconds": round(self.seconds, 1), "mean_reward": self.mean_reward,
+                "mean_pass": round(self.mean_pass, 4),
+                "n_never_pass": sum(r == 0.0 for r in self.pass_rates),
+                "n_always_pass": sum(r == 1.0 for r in self.pass_rates)}
 
 
 def prefilter_prompts(
@@ -382,17 +456,20 @@ def prefilter_prompts(
     rows = list(dataset)
     t0 = time.monotonic()
 
-    def one(row: dict[str, Any]) -> list[float]:
+    def one(row: dict[str, Any]) -> list[tuple[float, float | None]]:
         texts = sample(row["prompt"], k)
-        return [reward.score(row["prompt"], t, row["gold_sql"], row["db_path"], row.get("node"))[0] for t in texts]
+        return [reward.score(row["prompt"], t, row["gold_sql"], row["db_path"], row.get("node")) for t in texts]
 
     with ThreadPoolExecutor(max_workers=max_workers) as pool:
-        scores = list(pool.map(one, rows))
+        scored = list(pool.map(one, rows))
+    scores = [[r for r, _ in sc] for sc in scored]
+    passes = [[(ex == 1.0) if ex is not None else (r == 1.0) for r, ex in sc] for sc in scored]
     kept = [i for i, sc in enumerate(scores) if len(sc) >= 2 and max(sc) - min(sc) > 1e-9]
     flat = [x for sc in scores for x in sc]
     return PrefilterResult(
         dataset=dataset.select(kept), n_in=len(rows), n_kept=len(kept), k=k, seconds=time.monotonic() - t0,
         mean_reward=sum(flat) / len(flat) if flat else 0.0, kept_ids=kept,
+        pass_rates=[sum(p) / len(p) if p else 0.0 for p in passes],
     )
 
 
@@ -565,10 +642,15 @@ class SeniorGRPOTrainer:
         model, tok = load_for_training(cfg.model)
         tok.padding_side = "left"  # generation pads on the left
         data = self._filter_long(tok)
-        peft_config = LoraConfig(
+        peft_config: Any = LoraConfig(
             r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
             target_modules=list(cfg.target_modules), bias="none", task_type="CAUSAL_LM",
         )
+        if cfg.init_adapter:  # continue a trained LoRA (TRL takes a PeftModel without a peft_config)
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, cfg.init_adapter, is_trainable=True)
+            peft_config = None
         timer = StepTimer.make()
         trainer = GRPOTrainer(
             model=model,
@@ -593,7 +675,8 @@ class SeniorGRPOTrainer:
             torch.set_num_threads(prev_threads)
         train_s = time.perf_counter() - t0
         steps = save_adapter(
-            trainer, out, {"method": "grpo", "role": "senior", "base_model": cfg.model}, {"prompts": len(data)},
+            trainer, out, {"method": "grpo", "role": "senior", "base_model": cfg.model},
+            {"prompts": len(data), "init_adapter": cfg.init_adapter},
             no_step="GRPO took no optimizer step; check max_steps and the dataset",
         )
         hist = [h for h in trainer.state.log_history if "reward" in h]
@@ -667,6 +750,53 @@ def _stop_at_strings(trainer: Any, tok: Any) -> None:
     ids = list(getattr(trainer, "eos_token_ids", None) or [])
     if pad is not None and ids and pad not in ids:
         trainer.eos_token_ids = [*ids, pad]
+
+
+# ============================================================================ warm start (SFT on repair pairs)
+
+
+def warm_start_sft_config(config: SeniorGRPOConfig, output_dir: str | Path) -> JuniorSFTConfig:
+    """The SFT settings of the senior's warm start: this GRPO config's LoRA shape and seed
+    (``lora_r``, ``lora_alpha``, ``lora_dropout``, ``target_modules``, ``seed``), then
+    ``config.warm_start`` over them, with ``model`` and ``output_dir`` set here.
+
+    Raises:
+        ValueError: ``config.warm_start`` is None (no warm start configured), or a setting
+            :class:`training.sft.JuniorSFTConfig` refuses.
+    """
+    if config.warm_start is None:
+        raise ValueError("SeniorGRPOConfig.warm_start is None: no warm start is configured (set grpo.warm_start: {})")
+    lora = {"lora_r": config.lora_r, "lora_alpha": config.lora_alpha, "lora_dropout": config.lora_dropout,
+            "target_modules": config.target_modules, "seed": config.seed}
+    return JuniorSFTConfig(**{**lora, **config.warm_start, "model": config.model, "output_dir": str(output_dir)})
+
+
+def warm_start_senior(repairs: Any, config: SeniorGRPOConfig, output_dir: str | Path) -> SFTResult:
+    """Supervised warm start of the senior: LoRA SFT (:class:`training.sft.JuniorSFTTrainer`, the
+    one SFT trainer, loss on the reply only) on its repair conversations, so that GRPO starts from a
+    policy that sometimes succeeds (GRPO's advantage is zero on a group that never does). The
+    adapter's ``sqlsociety_adapter.json`` is marked ``role: senior``, ``method: sft-warm-start``.
+
+    Args:
+        repairs: the ``dataset`` of ``HierarchicalTraceAdapter.select_repair`` (a ``messages``
+            column: the senior's rewrite prompt and a reply that matches gold by EX), or a list of
+            such rows.
+        config: the GRPO config (its ``warm_start`` settings and LoRA shape, see
+            :func:`warm_start_sft_config`).
+        output_dir: where the adapter goes; pass it on as ``SeniorGRPOConfig.init_adapter``.
+
+    Returns:
+        :class:`training.sft.SFTResult`.
+
+    Raises:
+        ValueError: no warm start configured, or no repair rows (the trainer's message).
+    """
+    res = JuniorSFTTrainer(warm_start_sft_config(config, output_dir), repairs).train()
+    card = Path(res.adapter_dir) / "sqlsociety_adapter.json"
+    if card.is_file():
+        meta = json.loads(card.read_text())
+        card.write_text(json.dumps({**meta, "role": "senior", "method": "sft-warm-start"}, indent=1))
+    return res
 
 
 # ============================================================================ GPU: Agent Lightning VERL

@@ -1215,8 +1215,16 @@ class TrainingPipeline:
                 "rows_of_no_persona": orphans}
 
     def phase3_grpo(self) -> dict[str, Any]:
-        """Phase 3: the senior's decision points -> GRPO (TRL on the CPU, VERL on a GPU) -> LoRA served."""
-        from training.grpo import SeniorGRPOTrainer, resolve_backend
+        """Phase 3: the senior's decision points -> GRPO (TRL on the CPU, VERL on a GPU) -> LoRA served.
+
+        With ``grpo.warm_start`` (TRL path) the senior is first fine-tuned on repair pairs
+        (``HierarchicalTraceAdapter.select_repair``: each wrong query of the train rollouts with a
+        rewrite that matches gold -- the senior's own, else a fresh draw, else a hinted draw with
+        the hint removed; :func:`training.grpo.warm_start_senior`), the repair prompts join the
+        GRPO prompts, the prefilter runs before and after the warm start (``prefilter_base.json``,
+        ``prefilter.json``: how many prompts have a pass rate strictly between 0 and 1 under each),
+        and GRPO trains the warm start's adapter further on the prompts kept after it."""
+        from training.grpo import SeniorGRPOTrainer, resolve_backend, warm_start_senior
 
         d = self.dir.phase_dir(3)
         with self._archive() as archive:
@@ -1226,7 +1234,8 @@ class TrainingPipeline:
             for t in rl.triplets:
                 f.write(json.dumps(t.model_dump(), default=str) + "\n")
         self.echo(f"phase 3 GRPO: {len(rl.prompts)} senior prompts, {len(rl.triplets)} triplets")
-        if len(rl.prompts) == 0:
+        warm_on = self.cfg.grpo.get("warm_start") is not None
+        if len(rl.prompts) == 0 and not warm_on:
             raise TrainConfigError("phase 3: the store holds no senior LLM call; check that the society config has a "
                                    "senior role and that phase 1 rollouts succeeded")
         backend = resolve_backend(self.cfg.grpo.get("backend", "auto"))
@@ -1235,15 +1244,53 @@ class TrainingPipeline:
         grpo = {"stop": self._senior_stop(), **self.cfg.grpo}  # a profile's grpo.stop wins
         cfg = SeniorGRPOConfig(**{**grpo, "backend": "trl", "model": self.cfg.base_model,
                                   "output_dir": str(d / "adapter")})
-        prompts, prefilter = rl.prompts, None
+        prompts, prefilter, warm, base_pf = rl.prompts, None, None, None
+        if warm_on:
+            base_pf, sel, prompts = self._prefilter(rl.prompts, cfg, repairs=True)
+            sel.dataset.to_json(str(d / "repair_dataset.jsonl"))
+            atomic_write_text(d / "repair_selection.json", json.dumps(sel.summary, indent=2) + "\n")
+            c, k = sel.summary["cases"], sel.summary["kept"]
+            self.echo(f"phase 3 warm start: {c['total']} wrong queries to repair ({c['senior']} the senior's inputs, "
+                      f"{c['junior']} juniors' candidates); {k['total']} repaired ({k['own']} by the senior's own "
+                      f"reply, {k['sampled']} by a fresh draw, {k['hinted']} by a hinted draw, hint removed), "
+                      f"{sel.summary['unsolved']} not")
+            warm = {"selection": sel.summary, "prompts": len(prompts)}
+            if base_pf is not None:
+                (d / "prefilter_base.json").write_text(json.dumps(base_pf.to_json(), indent=2))
+                warm["prefilter_base"] = base_pf.to_json()
+            if len(prompts) == 0:
+                raise TrainConfigError("phase 3: no senior prompt and no wrong query to repair in the store; gather "
+                                       "more rollouts")
+            if len(sel.dataset) == 0:
+                self.echo("phase 3 warm start: no repair pair, so GRPO starts from a fresh LoRA (raise "
+                          "grpo.warm_start_samples or gather more rollouts)")
+            else:
+                ws = warm_start_senior(sel.dataset, cfg, d / "warm_start")
+                warm.update({"adapter": str(ws.adapter_dir), "rows": ws.rows, "steps": ws.steps, "losses": ws.losses,
+                             "seconds_per_step": ws.mean_step_seconds})
+                self.echo(f"phase 3 warm start: SFT {ws.steps} steps on {ws.rows} repair pairs, loss "
+                          f"{ws.losses[0][1]:.3f} -> {ws.losses[-1][1]:.3f}")
+                cfg = dataclasses.replace(cfg, init_adapter=str(ws.adapter_dir))
         if cfg.prefilter_samples:
-            prefilter = self._prefilter(prompts, cfg)
+            if warm is not None and not cfg.init_adapter:  # no warm start trained: the base senior's, measured above
+                prefilter = base_pf
+            else:
+                prefilter = self._prefilter(prompts, cfg, adapter=cfg.init_adapter)[0]
+            assert prefilter is not None
             (d / "prefilter.json").write_text(json.dumps(prefilter.to_json(), indent=2))
+            who = "the warm-started senior" if cfg.init_adapter else "the base senior"
             self.echo(f"phase 3 prefilter: {prefilter.n_kept} of {prefilter.n_in} senior prompts have rewards that "
-                      f"differ over {prefilter.k} samples ({prefilter.seconds:.0f} s)"
+                      f"differ over {prefilter.k} samples of {who}, {prefilter.n_pass_band} a pass rate strictly "
+                      f"between 0 and 1 ({prefilter.seconds:.0f} s)"
                       + ("; training on those" if prefilter.n_kept else
                          "; none does, so GRPO trains on every prompt (expect steps without advantage: gather "
                          "more rollouts or raise grpo.temperature)"))
+            if warm is not None:
+                warm["prefilter_warm"] = prefilter.to_json() if cfg.init_adapter else None
+                before = (warm.get("prefilter_base") or {}).get("n_pass_band")
+                self.echo(f"phase 3 warm start: prompts with a pass rate strictly between 0 and 1: {before} before, "
+                          + (f"{prefilter.n_pass_band} after (of {prefilter.n_in})" if cfg.init_adapter else
+                             f"no warm start trained (of {prefilter.n_in})"))
             if prefilter.n_kept:
                 prompts = prefilter.dataset
         res = SeniorGRPOTrainer(cfg, prompts, reward_config=self._reward_config()).train()
@@ -1251,22 +1298,66 @@ class TrainingPipeline:
         self.echo(f"phase 3 GRPO: {res.steps} steps, mean reward per step {res.rewards}")
         return {"adapter": str(res.adapter_dir), "adapter_gguf": str(gguf) if gguf else None,
                 "prompts": len(rl.prompts), "prefilter": prefilter.to_json() if prefilter else None,
-                "steps": res.steps, "rewards": res.rewards}
+                "steps": res.steps, "rewards": res.rewards, "warm_start": warm}
 
-    def _prefilter(self, prompts: Any, cfg: SeniorGRPOConfig) -> Any:
-        """:func:`training.grpo.prefilter_prompts` with the senior's base model as served now (phase 3
-        has not trained it yet), sampled as GRPO samples (temperature, top_p, completion length,
-        the senior's stop strings)."""
+    def _prefilter(self, prompts: Any, cfg: SeniorGRPOConfig, *, adapter: str | Path | None = None,
+                   repairs: bool = False) -> tuple[Any, Any, Any]:
+        """:func:`training.grpo.prefilter_prompts` with the senior as served now, sampled as GRPO samples
+        (temperature, top_p, completion length, the senior's stop strings): the base model (phase 3
+        has not trained it yet), or with ``adapter`` (a PEFT LoRA, e.g. the warm start's) on it.
+
+        With ``repairs``, on the same server and first, the warm start's repair pairs are selected
+        (``HierarchicalTraceAdapter.select_repair`` with ``k = warm_start_samples``) and their
+        prompts added to ``prompts`` (those with the same messages are not added twice).
+
+        Returns:
+            ``(prefilter, repairs, prompts)``: the :class:`training.grpo.PrefilterResult` (None when
+            ``prefilter_samples`` is 0), the ``RepairSelection`` (None without ``repairs``), and the
+            prompts the prefilter ran on.
+        """
+        import datasets
+
         from training.grpo import SeniorReward, openai_sampler, prefilter_prompts
 
         society = self.society()
         senior = next(r for r in society.roles if _kind(r.type) == "senior" and r.enabled)
         with ExitStack() as stack:
-            ep = self.endpoints(stack, society)[senior.model]
+            if adapter is None:
+                ep = self.endpoints(stack, society)[senior.model]
+            elif self.cfg.serving.engine == "vllm":  # pragma: no cover - GPU only, not run here
+                from training.checkpoints import hf_checkpoint
+
+                s = self.cfg.serving
+                srv = stack.enter_context(VLLMServer(
+                    hf_checkpoint(self.cfg.base_model), served_model_name="base",
+                    adapters={SENIOR_ALIAS: Path(adapter)}, max_lora_rank=s.max_lora_rank, max_loras=s.max_loras,
+                    gpu_memory_utilization=s.gpu_memory_utilization, max_model_len=s.max_model_len, dtype=s.dtype,
+                    tensor_parallel_size=s.tensor_parallel_size, extra_args=s.extra_args,
+                    log_path=self.dir.root / "vllm.log", startup_timeout_s=s.startup_timeout_s))
+                ep = srv.endpoint(SENIOR_ALIAS)
+            else:
+                from training.adapter_serving import serve_adapter
+
+                # 4 slots: the prefilter samples 4 prompts at once, as on the society's servers
+                srv = stack.enter_context(serve_adapter(adapter, self.cfg.base_model, model_alias=SENIOR_ALIAS,
+                                                        parallel=4))
+                ep = srv.endpoint(SENIOR_ALIAS)
             sample = openai_sampler(ep, temperature=cfg.temperature, top_p=cfg.top_p,
                                     max_tokens=cfg.max_completion_length, stop=cfg.stop, seed=cfg.seed)
-            return prefilter_prompts(prompts, sample, SeniorReward(self._reward_config(), stop=cfg.stop),
-                                     cfg.prefilter_samples)
+            sel = None
+            if repairs:
+                with self._archive() as archive:
+                    sel = self._adapter().select_repair(archive, sample=sample, k=cfg.warm_start_samples,
+                                                        stop=cfg.stop)
+                seen = {json.dumps(p, sort_keys=True) for p in prompts["prompt"]}
+                extra = [i for i, p in enumerate(sel.prompts["prompt"]) if json.dumps(p, sort_keys=True) not in seen]
+                prompts = datasets.concatenate_datasets([prompts.cast(sel.prompts.features),
+                                                         sel.prompts.select(extra)])
+            pf = None
+            if cfg.prefilter_samples and len(prompts):
+                pf = prefilter_prompts(prompts, sample, SeniorReward(self._reward_config(), stop=cfg.stop),
+                                       cfg.prefilter_samples)
+            return pf, sel, prompts
 
     def _phase3_verl(self, d: Path, n_prompts: int) -> dict[str, Any]:  # pragma: no cover - GPU only
         """Phase 3 on a GPU: Agent Lightning's VERL trains all of the senior's weights live on the
