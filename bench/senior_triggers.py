@@ -32,6 +32,9 @@ Usage::
 The committed inputs by default: ``bench/results/bandit_replay/{train,dev}.jsonl.gz`` (70 Spider
 train + 50 dev questions, Qwen2.5-Coder-0.5B juniors, 2026-11-22; the recorded reviews are the
 execution reviewer's only: that run had no semantic reviewer and its senior did not rewrite).
+``bench/results/senior_triggers/senior_qwen.jsonl.gz``: the senior's runs on those 120 picks
+(Qwen2.5-Coder-0.5B, 2026-12-05, about 6 min on the 2-core box); ``table.md`` / ``table.json``
+beside it were printed by ``--senior bench/results/senior_triggers/senior_qwen.jsonl.gz --no-run``.
 """
 
 from __future__ import annotations
@@ -236,7 +239,7 @@ def main() -> None:
     names = ", ".join(str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p) for p in paths)
     print(f"{len(views)} picks ({args.pick}) from {names}; {sum(not v['right'] for v in views)} wrong by EX\n")
     print(trigger_table(rows))
-    result: dict[str, Any] = {"pick": args.pick, "records": [str(p) for p in paths], "triggers": rows}
+    result: dict[str, Any] = {"pick": args.pick, "records": names, "triggers": rows}
     if args.senior is not None:
         if not args.no_run:
             run_senior(views, args.senior, args.config, args.budget_s)
