@@ -67,7 +67,7 @@ from society.prompts import PROMPTS  # noqa: E402
 from tools.sampling import sample_examples  # noqa: E402
 from tools.schema import schema_prompt  # noqa: E402
 from tools.spider import load_examples  # noqa: E402
-from training.pipeline import TrainConfig  # noqa: E402
+from training.pipeline import TrainConfig, TrainConfigError  # noqa: E402
 from training.sft import JuniorSFTConfig, JuniorSFTTrainer, bf16_support, split_conversation  # noqa: E402
 from training.threads import torch_threads  # noqa: E402
 
@@ -253,14 +253,19 @@ def main() -> None:
     ap.add_argument("--matmul-seconds", type=float, default=3.0, help="timing of each matmul rate (default 3)")
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     a = ap.parse_args()
-    if a.steps < 1:
-        ap.error("--steps must be >= 1")
+    if a.steps < 1 or a.heldout < 0:
+        ap.error("--steps must be >= 1 and --heldout >= 0")
+    if a.dataset is not None and not a.dataset.is_file():
+        ap.error(f"--dataset {a.dataset} is not a file; give a run's phases/2-sft/sft_dataset.jsonl")
 
     from transformers import AutoTokenizer
 
     from training.checkpoints import hf_checkpoint
 
-    profile = TrainConfig.load(a.profile)
+    try:
+        profile = TrainConfig.load(a.profile)
+    except TrainConfigError as e:
+        ap.error(f"--profile: {e}")
     model = a.model or profile.base_model
     sft = {k: v for k, v in profile.sft.items() if k not in ("max_steps", "output_dir", "num_threads", "model")}
     base = JuniorSFTConfig(**sft)
