@@ -120,6 +120,14 @@ def _children(pid: int) -> list[int]:
         return []
 
 
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie (an orphan's exit may wait for init to reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def _running_attempt_of(store: Path, marker: str) -> str | None:
     """The rollout id of a running attempt whose worker id contains ``marker`` (read-only SQLite)."""
     try:
@@ -268,3 +276,45 @@ def test_runner_arguments(tmp_path):
         check=False,
     )
     assert r.returncode == 2 and "--store-url" in r.stdout
+
+
+def test_a_runner_killed_takes_its_workers_with_it(tmp_path):
+    """``sqlsociety runner`` SIGKILLed while its worker is mid-rollout: the worker (its own session,
+    so not in the runner's process group) exits too, instead of polling a store forever. Before
+    ``die_with_parent`` such workers were found still running 40-50 min after their runner died."""
+    end = time.monotonic() + TIMEOUT_S - 60
+    stub = StubLLM(delay_s=0.0)
+    gate = HoldingProxy(stub.url, lambda body: False)  # the rollout waits on its model call: mid-rollout
+    run = tmp_path / "run"
+    procs: list[subprocess.Popen[str]] = []
+    worker = None
+    try:
+        trainer = subprocess.Popen(
+            [sys.executable, "-c", GATHER, str(_quick_config(tmp_path)), str(run), str(free_port()), gate.base_url,
+             "train-0"], cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True)
+        procs.append(trainer)
+        while not (run / "store_url").is_file():
+            assert trainer.poll() is None and time.monotonic() < end, "the trainer never published store_url"
+            time.sleep(0.5)
+        runner = subprocess.Popen(
+            [sys.executable, "-m", "society.cli", "runner", "--store-url", (run / "store_url").read_text().strip(),
+             "--config", str(run / "runner_society.yaml"), "--runners", "1"],
+            cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        procs.append(runner)
+        assert gate.wait_held(1, timeout=max(1.0, end - time.monotonic())), "the runner never called the model"
+        (worker,) = _children(runner.pid)
+        os.kill(runner.pid, signal.SIGKILL)
+        runner.wait()
+        while _alive(worker) and time.monotonic() < end:
+            time.sleep(0.2)
+        assert not _alive(worker), f"worker {worker} outlived its runner"
+    finally:
+        if worker is not None and _alive(worker):
+            os.kill(worker, signal.SIGKILL)
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        gate.close()
+        stub.close()

@@ -130,21 +130,25 @@ class StoreTracer(agl.AgentOpsTracer):
         return named_langchain_handler(base)
 
 
-def die_with_parent() -> bool:
-    """In a ``multiprocessing`` child on Linux, ask the kernel to SIGKILL this process when its
-    parent dies (``prctl(PR_SET_PDEATHSIG)``); exits at once if the parent is already gone.
+def die_with_parent(parent_pid: int | None = None) -> bool:
+    """On Linux, ask the kernel to SIGKILL this process when its parent dies
+    (``prctl(PR_SET_PDEATHSIG)``); exits at once if the parent is already gone.
 
-    A runner holds no state of its own (spans go to the store as they end), so killing it loses
-    nothing; the store marks its unfinished rollout ``cancelled`` when the run resumes.
-    Returns True when the request was made (False in the main process or off Linux).
+    ``parent_pid``: the parent's pid, as the parent saw itself (a ``subprocess`` child gets it on
+    its command line); None: this is a ``multiprocessing`` child and its parent is asked of
+    ``multiprocessing``. A runner holds no state of its own (spans go to the store as they end), so
+    killing it loses nothing; the store marks its unfinished rollout ``cancelled`` when the run
+    resumes. Returns True when the request was made (False in a main process or off Linux).
     """
     import ctypes
     import multiprocessing
     import signal
     import sys
 
-    parent = multiprocessing.parent_process()
-    if parent is None or not sys.platform.startswith("linux"):
+    if parent_pid is None:
+        parent = multiprocessing.parent_process()
+        parent_pid = parent.pid if parent is not None else None
+    if parent_pid is None or not sys.platform.startswith("linux"):
         return False
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -153,7 +157,7 @@ def die_with_parent() -> bool:
             return False
     except OSError:
         return False
-    if os.getppid() != parent.pid:  # the parent died before prctl took effect
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
         os._exit(1)
     return True
 

@@ -211,6 +211,8 @@ def run_runners(
                 str(heartbeat_s),
                 "--poll-s",
                 str(poll_s),
+                "--parent-pid",  # the worker dies with this process, even when it is SIGKILLed
+                str(os.getpid()),
             ]
             if data_dir is not None:
                 cmd += ["--data-dir", str(data_dir)]
@@ -272,7 +274,12 @@ def _worker_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--endpoint", action="append", default=[])
     ap.add_argument("--heartbeat-s", type=float, default=5.0)
     ap.add_argument("--poll-s", type=float, default=1.0)
+    ap.add_argument("--parent-pid", type=int)
     a = ap.parse_args(argv)
+    if a.parent_pid is not None:
+        from training.agent import die_with_parent
+
+        die_with_parent(a.parent_pid)
     endpoints = dict(parse_endpoint(e) for e in a.endpoint)
     _worker(a.store_url, a.config, a.worker_id, endpoints, a.data_dir, a.heartbeat_s, a.poll_s)
     return 0
