@@ -193,3 +193,15 @@ def test_remote_runners_in_the_plan(tmp_path):
     assert "0.0.0.0:4747" in store["detail"] and "4 remote runner(s)" in store["detail"]
     assert "sqlsociety runner --store-url http://0.0.0.0:4747" in store["detail"]
     assert "0 runner(s) + 4 remote" in plan.budgets["gather"]
+
+
+def test_per_persona_adapters_in_the_plan(tmp_path):
+    """``junior_adapters: per_persona``: each junior on its own alias and adapter, the SFT budget per adapter."""
+    per = plan_profile(TrainConfig.load(profile(tmp_path, junior_adapters="per_persona")))
+    juniors = [r for r in per.roles if r["kind"] == "junior"]
+    assert len({r["alias"] for r in juniors}) == len(juniors) >= 2
+    assert all(r["alias"] in r["adapter"] and "adapters/" in r["adapter"] for r in juniors)
+    assert "for each of the" in per.budgets["sft"]
+    shared = plan_profile(TrainConfig.load(profile(tmp_path, junior_adapters="shared")))
+    assert {r["alias"] for r in shared.roles if r["kind"] == "junior"} == {"junior_policy"}
+    assert "for each of the" not in shared.budgets["sft"]

@@ -55,6 +55,7 @@ from training.pipeline import (
     STAGE_AFTER_PHASE,
     TrainConfig,
     _kind,
+    junior_personas,
     role_split_config,
 )
 
@@ -387,7 +388,8 @@ def plan_profile(cfg: TrainConfig, *, source: str = "", phases: set[int] | None 
     served_embedded: dict[str, list[str]] = {}
     hf_base = base_is_hf_directory(cfg)
     if society is not None:
-        split = role_split_config(society)
+        per_persona = cfg.junior_adapters == "per_persona"
+        split = role_split_config(society, per_persona=per_persona)
         for r in split.roles:
             if not r.enabled:
                 continue
@@ -415,7 +417,9 @@ def plan_profile(cfg: TrainConfig, *, source: str = "", phases: set[int] | None 
                 served_embedded.setdefault(spec.embedded, []).append(r.model)
             adapter = ""
             if kind == "junior" and 2 in phases:
-                adapter = f"after phase 2: LoRA {JUNIOR_ALIAS} (RUN_DIR/phases/2-sft/adapter)" + (
+                adapter = (f"after phase 2: LoRA {r.model} (its persona's own adapter, RUN_DIR/phases/2-sft/adapters/"
+                           f"{r.model}; sft.max_steps for each)" if per_persona
+                           else f"after phase 2: LoRA {JUNIOR_ALIAS} (RUN_DIR/phases/2-sft/adapter)") + (
                     ", loaded by name into vLLM" if vllm else ", exported to GGUF for llama.cpp"
                 )
             elif kind == "senior" and 3 in phases:
@@ -590,10 +594,12 @@ def plan_profile(cfg: TrainConfig, *, source: str = "", phases: set[int] | None 
         f"; senior only <= {e.senior_limit} inputs x {1 + (3 in phases)}" if e.senior_limit else "")
     if sft is not None:
         seqs = sft.max_steps * sft.per_device_train_batch_size * sft.gradient_accumulation_steps
+        n_personas = (len(junior_personas(society)) if society is not None
+                      and cfg.junior_adapters == "per_persona" else 0)
         plan.budgets["sft"] = (
             f"{sft.max_steps} steps x {sft.per_device_train_batch_size * sft.gradient_accumulation_steps} "
             f"sequences = {seqs} sequences of <= {sft.max_length} tokens, LoRA r={sft.lora_r}"
-        )
+        ) + (f", for each of the {n_personas} persona adapters" if n_personas else "")
     if grpo is not None:
         if verl_may_run and verl_cfg:
             d = verl_cfg.get("data") or {}
