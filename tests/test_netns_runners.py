@@ -33,6 +33,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from runner_processes import children, running_attempt_of
 
 from society.config import SMOKE_CONFIG, SocietyConfig
 from society.serving import free_port
@@ -180,27 +181,8 @@ except OSError as e:
 """
 
 
-def _running_attempt_of(store: Path, marker: str) -> str | None:
-    """The rollout id of a running attempt whose worker id contains ``marker`` (read-only SQLite)."""
-    try:
-        con = sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=1)
-        try:
-            rows = con.execute("SELECT rollout_id, data FROM attempts WHERE status = 'running'").fetchall()
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return None
-    for rollout_id, data in rows:
-        if marker in str(json.loads(data).get("worker_id") or ""):
-            return rollout_id
-    return None
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
 
 
 @pytest.mark.timeout(TIMEOUT_S)
@@ -255,10 +237,10 @@ def test_runners_in_other_network_namespaces_one_killed_mid_rollout(tmp_path, ho
             assert time.monotonic() < end, "the victim runner never ran a rollout"
             assert trainer.poll() is None, trainer.stdout.read()[-4000:]
             assert victim.poll() is None, victim.stdout.read()[-4000:]
-            killed_rollout = _running_attempt_of(run / "store.sqlite", f"-{victim.pid}-0")
+            killed_rollout = running_attempt_of(run / "store.sqlite", f"-{victim.pid}-0")
             if killed_rollout is None:
                 time.sleep(0.3)
-        workers = _children(victim.pid)
+        workers = children(victim.pid)
         assert len(workers) == 1
         assert model.answered == 0  # no call answered yet: no rollout can have finished
         os.kill(workers[0], signal.SIGKILL)

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import pytest
 from holding_proxy import HoldingProxy
+from runner_processes import alive, children, running_attempt_of
 
 from society.config import SMOKE_CONFIG, SocietyConfig
 from society.serving import free_port
@@ -113,35 +114,10 @@ print("SUMMARY", json.dumps(s.to_json()))
 """
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
 
 
-def _alive(pid: int) -> bool:
-    """The process exists and is not a zombie (an orphan's exit may wait for init to reap it)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
-def _running_attempt_of(store: Path, marker: str) -> str | None:
-    """The rollout id of a running attempt whose worker id contains ``marker`` (read-only SQLite)."""
-    try:
-        con = sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=1)
-        try:
-            rows = con.execute("SELECT rollout_id, data FROM attempts WHERE status = 'running'").fetchall()
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return None
-    for rollout_id, data in rows:
-        if marker in str(json.loads(data).get("worker_id") or ""):
-            return rollout_id
-    return None
 
 
 TIMEOUT_S = 600
@@ -208,10 +184,10 @@ def test_two_remote_runners_one_killed_mid_rollout(tmp_path):
         while killed_rollout is None:  # the victim's own attempt is running: kill its worker now
             assert time.monotonic() < end, "the victim runner never ran a rollout"
             assert trainer.poll() is None, trainer.stdout.read()[-4000:]
-            killed_rollout = _running_attempt_of(run / "store.sqlite", f"-{victim.pid}-0")
+            killed_rollout = running_attempt_of(run / "store.sqlite", f"-{victim.pid}-0")
             if killed_rollout is None:
                 time.sleep(0.3)
-        workers = _children(victim.pid)
+        workers = children(victim.pid)
         assert len(workers) == 1
         assert gate.forwarded == 0 and stub.calls == 0  # no call answered yet: no rollout can have finished
         os.kill(workers[0], signal.SIGKILL)
@@ -303,14 +279,14 @@ def test_a_runner_killed_takes_its_workers_with_it(tmp_path):
             cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
         procs.append(runner)
         assert gate.wait_held(1, timeout=max(1.0, end - time.monotonic())), "the runner never called the model"
-        (worker,) = _children(runner.pid)
+        (worker,) = children(runner.pid)
         os.kill(runner.pid, signal.SIGKILL)
         runner.wait()
-        while _alive(worker) and time.monotonic() < end:
+        while alive(worker) and time.monotonic() < end:
             time.sleep(0.2)
-        assert not _alive(worker), f"worker {worker} outlived its runner"
+        assert not alive(worker), f"worker {worker} outlived its runner"
     finally:
-        if worker is not None and _alive(worker):
+        if worker is not None and alive(worker):
             os.kill(worker, signal.SIGKILL)
         for p in procs:
             if p.poll() is None:
