@@ -120,6 +120,22 @@ print("SUMMARY", json.dumps(s.to_json()))
 
 
 
+def _start_trainer(tmp_path: Path, model_url: str, tasks: list[str], port: int, end: float,
+                   procs: list[subprocess.Popen[str]]) -> tuple[subprocess.Popen[str], str]:
+    """Phase 1's gather in its own process (:data:`GATHER`, no runner of its own) on ``tasks``, every
+    alias on ``model_url``; added to ``procs`` at once; returns it and the store URL it published."""
+    run = tmp_path / "run"
+    trainer = subprocess.Popen(
+        [sys.executable, "-c", GATHER, str(_quick_config(tmp_path)), str(run), str(port), model_url, ",".join(tasks)],
+        cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    procs.append(trainer)
+    while not (run / "store_url").is_file():
+        assert trainer.poll() is None, trainer.stdout.read()[-4000:]
+        assert time.monotonic() < end, "the trainer never published store_url"
+        time.sleep(0.5)
+    return trainer, (run / "store_url").read_text().strip()
+
+
 TIMEOUT_S = 600
 
 
@@ -132,26 +148,11 @@ def test_two_remote_runners_one_killed_mid_rollout(tmp_path):
 
     stub = StubLLM(delay_s=0.0)
     gate = HoldingProxy(stub.url, lambda body: False)  # every model call waits until gate.release()
-    cfg = _quick_config(tmp_path)
     run = tmp_path / "run"
     port = free_port()
     procs: list[subprocess.Popen[str]] = []
     try:
-        trainer = subprocess.Popen(
-            [sys.executable, "-c", GATHER, str(cfg), str(run), str(port), gate.base_url, ",".join(TASKS)],
-            cwd=REPO,
-            env=ENV,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        procs.append(trainer)
-        while not (run / "store_url").is_file():
-            assert trainer.poll() is None, trainer.stdout.read()[-4000:]
-            assert time.monotonic() < end, "the trainer never published store_url"
-            time.sleep(0.5)
-        url = (run / "store_url").read_text().strip()
+        trainer, url = _start_trainer(tmp_path, gate.base_url, TASKS, port, end, procs)
         assert url == f"http://127.0.0.1:{port}" and (run / "runner_society.yaml").is_file()
         runners = [
             subprocess.Popen(
@@ -265,16 +266,9 @@ def test_a_runner_killed_takes_its_workers_with_it(tmp_path):
     procs: list[subprocess.Popen[str]] = []
     worker = None
     try:
-        trainer = subprocess.Popen(
-            [sys.executable, "-c", GATHER, str(_quick_config(tmp_path)), str(run), str(free_port()), gate.base_url,
-             "train-0"], cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            start_new_session=True)
-        procs.append(trainer)
-        while not (run / "store_url").is_file():
-            assert trainer.poll() is None and time.monotonic() < end, "the trainer never published store_url"
-            time.sleep(0.5)
+        _, url = _start_trainer(tmp_path, gate.base_url, ["train-0"], free_port(), end, procs)
         runner = subprocess.Popen(
-            [sys.executable, "-m", "society.cli", "runner", "--store-url", (run / "store_url").read_text().strip(),
+            [sys.executable, "-m", "society.cli", "runner", "--store-url", url,
              "--config", str(run / "runner_society.yaml"), "--runners", "1"],
             cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
         procs.append(runner)
