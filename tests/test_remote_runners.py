@@ -136,6 +136,16 @@ def _start_trainer(tmp_path: Path, model_url: str, tasks: list[str], port: int, 
     return trainer, (run / "store_url").read_text().strip()
 
 
+def _stop_all(procs: list[subprocess.Popen[str]], gate: HoldingProxy, stub: StubLLM) -> None:
+    """Kill what a test started (each process's whole group) and close its model endpoints."""
+    for p in procs:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    gate.close()
+    stub.close()
+
+
 TIMEOUT_S = 600
 
 
@@ -204,12 +214,7 @@ def test_two_remote_runners_one_killed_mid_rollout(tmp_path):
         victim.wait(timeout=left())
         assert victim.returncode != 0  # its only worker was killed
     finally:
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-        gate.close()
-        stub.close()
+        _stop_all(procs, gate, stub)
     with RolloutArchive(run / "store.sqlite") as archive:
         rollouts = archive.rollouts()
         assert sorted(r.task_id for r in rollouts) == sorted(TASKS)  # every task stored once
@@ -282,9 +287,4 @@ def test_a_runner_killed_takes_its_workers_with_it(tmp_path):
     finally:
         if worker is not None and alive(worker):
             os.kill(worker, signal.SIGKILL)
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-        gate.close()
-        stub.close()
+        _stop_all(procs, gate, stub)

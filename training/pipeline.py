@@ -927,11 +927,8 @@ class TrainingPipeline:
             return None
         g = self.cfg.gather
         society = self.society()
-        try:
-            model = model_part(society, engine=self.cfg.serving.engine)
-        except NotReusable as e:
-            if self.cfg.reuse_from:
-                self.echo(f"phase 1: not reusable ({e}); gathering here")
+        model = self._model_part(society, "phase 1", "gathering here")
+        if model is None:
             return None
         tasks, jtasks = self.gather_tasks()
         parts = society_parts(society, tasks + jtasks, model=model)
@@ -941,6 +938,16 @@ class TrainingPipeline:
         parts["questions"] = {"society": question_rows(tasks), "juniors_only": question_rows(jtasks)}
         return Fingerprint.of("gather", "society+juniors", parts)
 
+    def _model_part(self, society: Any, what: str, instead: str) -> Any:
+        """:func:`training.reuse.model_part` of ``society`` under this profile's engine, or None when the
+        model cannot be hashed (said when ``reuse_from`` is set: ``"<what>: not reusable (...); <instead>"``)."""
+        try:
+            return model_part(society, engine=self.cfg.serving.engine)
+        except NotReusable as e:
+            if self.cfg.reuse_from:
+                self.echo(f"{what}: not reusable ({e}); {instead}")
+            return None
+
     def stage_fingerprint(self, stage: str, agent: str, society: Any, examples: list[Any],
                           given_sql: dict[str, str | None] | None = None) -> Fingerprint | None:
         """The content hashes a stage of the untrained model depends on (:mod:`training.reuse`), or
@@ -949,11 +956,8 @@ class TrainingPipeline:
         said once when ``reuse_from`` is set)."""
         if stage not in BASE_STAGES or self._trained_adapters() or self.dir.done(4) is not None:
             return None
-        try:
-            model = model_part(society, engine=self.cfg.serving.engine)
-        except NotReusable as e:
-            if self.cfg.reuse_from:
-                self.echo(f"eval ({stage}): not reusable ({e}); evaluating it here")
+        model = self._model_part(society, f"eval ({stage})", "evaluating it here")
+        if model is None:
             return None
         return Fingerprint.of(stage, agent, society_parts(society, examples, given_sql=given_sql, model=model))
 
