@@ -7,7 +7,7 @@ Suites" (EMNLP 2020), reference code taoyds/test-suite-sql-eval ``exec_eval.py``
 * both queries get ``> =`` -> ``>=`` (etc.) and ``YEAR(CURDATE())`` -> ``2020``;
 * unless ``keep_distinct``, every ``DISTINCT`` keyword is removed from **both** queries before they
   run — including the one in ``COUNT(DISTINCT x)``, exactly like the official token filter
-  (see :func:`evaluation.sql_text.remove_distinct`);
+  (see :func:`evaluation.metrics.sql_text.remove_distinct`);
 * the prediction scores 0 when it errors or times out (or is empty);
 * results are compared as **bags** (multisets) of rows; row order matters only when the gold query
   contains ``ORDER BY``; column order never matters (a column permutation is searched for);
@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evaluation.sql_text import normalize_operators, remove_distinct, replace_cur_year
+from evaluation.metrics.sql_text import normalize_operators, remove_distinct, replace_cur_year
 from tools.executor import MAX_SQL_BYTES, ErrorCategory, ExecutionError, ExecutionResult, execute_sql
 from tools.files import atomic_writer
 from tools.spider import database_problem
@@ -191,7 +191,7 @@ def order_matters(gold_sql: str) -> bool:
 
 def prepare_sql(sql: str, *, keep_distinct: bool = False) -> str:
     """The text actually executed: operators joined, ``YEAR(CURDATE())`` -> 2020, DISTINCT removed
-    unless ``keep_distinct`` (see :mod:`evaluation.sql_text`)."""
+    unless ``keep_distinct`` (see :mod:`evaluation.metrics.sql_text`)."""
     sql = replace_cur_year(normalize_operators(sql))
     return sql if keep_distinct else remove_distinct(sql)
 

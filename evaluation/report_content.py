@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evaluation import plots, sql_text
+from evaluation import plots
+from evaluation.metrics import sql_text
 from evaluation.role_effects import role_effects
 from evaluation.run_data import RunData
 from evaluation.stats import Effect
@@ -226,7 +227,7 @@ def role_stats(records: Sequence[Mapping]) -> dict[str, dict[str, float | int | 
         ``own_ex`` -- share of questions where its own candidate was correct (its ``ex``);
         ``chosen`` -- share where the supervisor picked it;
         ``survived`` -- share where its SQL is the final answer unchanged (compared as
-        :func:`evaluation.sql_text.normalize_sql` with ``lower=True``).
+        :func:`evaluation.metrics.sql_text.normalize_sql` with ``lower=True``).
     For the supervisor:
         ``own_ex`` -- EX of the candidate it picked;
         ``best_pick`` -- among questions where at least one candidate was correct, the share
@@ -341,7 +342,7 @@ def differing_examples(
     baseline: Sequence[Mapping], trained: Sequence[Mapping], limit: int = MAX_EXAMPLES
 ) -> list[dict[str, Any]]:
     """Questions where the trained society's final SQL differs from the baseline's (compared as
-    :func:`evaluation.sql_text.normalize_sql` with ``lower=True``).
+    :func:`evaluation.metrics.sql_text.normalize_sql` with ``lower=True``).
 
     Matched by record ``id``. Ordered: fixed by training (baseline wrong, trained right) first,
     then broken (right -> wrong), then other differences; at most ``limit``.

@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from evaluation.ex import DEFAULT_MAX_ROWS, ExMatch, compare_results, order_matters, run_query
-from evaluation.sql_text import extract_sql, statement_keyword
+from evaluation.metrics.sql_text import extract_sql, statement_keyword
 from tools.executor import ExecutionError, ExecutionResult
 from tools.schema import load_schema
 

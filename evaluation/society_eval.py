@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from evaluation.ex import execution_match
-from evaluation.sql_text import single_line
+from evaluation.metrics.sql_text import single_line
 from society.config import SocietyConfig
 from society.infra import InfrastructureError, dead_servers
 from society.run import RunRecorder, SocietyRun, endpoint_failure, run_society

@@ -24,7 +24,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.runnables import RunnableConfig
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from evaluation.sql_text import extract_sql, normalize_sql
+from evaluation.metrics.sql_text import extract_sql, normalize_sql
 from society.candidate import Candidate
 from society.llm import CallLog, ChatModels, EndpointUnavailable, LLMError, invoke_llm
 from society.policies import MajorityVotePolicy, PolicyContext, make_policy
@@ -570,7 +570,7 @@ def repair_messages(prompt: PromptTemplate, question: str, schema_text: str, ex:
 
 
 def same_sql(a: str | None, b: str | None) -> bool:
-    """Equal as :func:`evaluation.sql_text.normalize_sql` (white space between tokens, trailing
+    """Equal as :func:`evaluation.metrics.sql_text.normalize_sql` (white space between tokens, trailing
     semicolons); case counts, and string literals and quoted names must match exactly. False when
     either is None or empty."""
     return bool(a) and bool(b) and normalize_sql(a) == normalize_sql(b)

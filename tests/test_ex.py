@@ -19,7 +19,7 @@ from evaluation.ex import (
     results_match,
     run_query,
 )
-from evaluation.sql_text import remove_distinct
+from evaluation.metrics.sql_text import remove_distinct
 from tools.spider import BUNDLED_DATA_DIR, load_examples
 
 CONCERT = BUNDLED_DATA_DIR / "database" / "concert_singer" / "concert_singer.sqlite"
@@ -321,17 +321,16 @@ def test_acceptance_gold_as_prediction_on_spider_dev_is_100_percent():
 def test_sql_text_doctests():
     import doctest
 
-    from evaluation import sql_text
-
+    from evaluation.metrics import sql_text
     assert doctest.testmod(sql_text).failed == 0
 
 
 def test_one_sql_normalisation():
     from evaluation import report
-    from evaluation.sql_text import normalize_sql
+    from evaluation.metrics.sql_text import normalize_sql
     from society.roles import same_sql
 
-    assert not hasattr(report, "normalize_sql")  # one copy: evaluation.sql_text's
+    assert not hasattr(report, "normalize_sql")  # one copy: evaluation.metrics.sql_text's
     a, b = "SELECT name\n  FROM singer;", "SELECT name FROM singer"
     assert normalize_sql(a) == normalize_sql(b) and same_sql(a, b)
     assert not same_sql("SELECT 'A'", "SELECT 'a'")  # the society keeps case (string literals)
@@ -359,13 +358,13 @@ def test_one_sql_normalisation():
 def test_normalisation_keeps_string_literals_and_quoted_names_exactly(a, b, same):
     """White space, keyword case and trailing semicolons are normalised; the text inside string
     literals and quoted identifiers is data and kept as written (spaces and case)."""
-    from evaluation.sql_text import normalize_sql
+    from evaluation.metrics.sql_text import normalize_sql
 
     assert (normalize_sql(a, lower=True) == normalize_sql(b, lower=True)) is same
 
 
 def test_normalised_text_keeps_literals_and_falls_back_when_not_tokenizable():
-    from evaluation.sql_text import normalize_sql
+    from evaluation.metrics.sql_text import normalize_sql
 
     assert normalize_sql("SELECT *  FROM city\nWHERE name = 'New  York' ;", lower=True) == (
         "select * from city where name = 'New  York'"

@@ -5,7 +5,7 @@ Layers, lowest first (a module may import its own layer and the layers below it,
 ====  ==================  ==========================================================================
  0    tools               ``tools.*`` (data, schema, safe SQL executor, files, sampling) and the
                           four packages' ``__init__`` (docstrings only)
- 1    sql                 ``evaluation.sql_text``, ``evaluation.ex``, ``evaluation.rewards``: SQL
+ 1    sql                 ``evaluation.metrics.sql_text``, ``evaluation.ex``, ``evaluation.rewards``: SQL
                           text, execution accuracy and rewards, used by the society and training
  2    serving             ``society.infra``, ``society.settings``, ``society.llm``,
                           ``society.models``, ``society.serving``, ``society.proxy``
@@ -52,7 +52,7 @@ PACKAGES = ("tools", "society", "training", "evaluation")
 #: Layer name -> module patterns (fnmatch), lowest layer first. The first matching layer wins.
 LAYERS: list[tuple[str, list[str]]] = [
     ("tools", ["tools", "tools.*", "society", "training", "evaluation"]),
-    ("sql", ["evaluation.sql_text", "evaluation.ex", "evaluation.rewards"]),
+    ("sql", ["evaluation.metrics", "evaluation.metrics.sql_text", "evaluation.ex", "evaluation.rewards"]),
     ("serving", ["society.infra", "society.settings", "society.llm", "society.models", "society.serving",
                  "society.vllm_serving", "society.proxy"]),
     ("society", ["society.candidate", "society.prompts", "society.policies", "society.bandit", "society.state",

@@ -29,10 +29,10 @@ import numpy as np
 
 from evaluation import plots
 from evaluation.ex import execution_match
+from evaluation.metrics.sql_text import normalize_sql
 from evaluation.report import build_report
 from evaluation.report_content import compute_report, differing_examples, phase_summary, role_breakdown, stage_summary
 from evaluation.run_data import ReportError, load_run
-from evaluation.sql_text import normalize_sql
 from tools.spider import database_path, default_data_dir
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "obs" / "run"

@@ -53,7 +53,7 @@ from agentlightning.emitter import find_final_reward
 from agentlightning.types import Span, Triplet
 
 from evaluation.ex import execution_match
-from evaluation.sql_text import extract_sql, normalize_sql
+from evaluation.metrics.sql_text import extract_sql, normalize_sql
 from evaluation.trace_records import indexed_messages
 from society.candidate import candidate_context
 from society.llm import cut_at_stop, message_dicts, restore_stop
@@ -510,7 +510,7 @@ class HierarchicalTraceAdapter(agl.TraceAdapter[SocietyTrace]):
         pose it (:func:`society.roles.repair_messages`: the system message of that junior's call,
         which carries the same schema, and the query's execution re-run on the database). A query
         that matches gold is never a case, so a right -> right pair never becomes a repair target.
-        One case per (question, query as :func:`evaluation.sql_text.normalize_sql`), the first met;
+        One case per (question, query as :func:`evaluation.metrics.sql_text.normalize_sql`), the first met;
         a logged senior prompt wins over a junior's, and every logged reply to it is kept.
 
         Args:

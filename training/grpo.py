@@ -68,8 +68,8 @@ from pathlib import Path
 from typing import Any
 
 from evaluation.ex import execution_match
+from evaluation.metrics.sql_text import extract_sql
 from evaluation.rewards import RewardConfig, compute_reward
-from evaluation.sql_text import extract_sql
 from tools.value_types import type_problems
 from training.sft import (
     DEFAULT_TARGET_MODULES,
