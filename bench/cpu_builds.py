@@ -41,8 +41,8 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]  # benc
 sys.path.insert(0, str(_HERE.parent))
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
+from society.llama_server import LlamaServer  # noqa: E402
 from society.models import ensure_model  # noqa: E402
-from society.serving import LlamaServer  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location("bench_serving", _HERE / "serving.py")
 _serving = importlib.util.module_from_spec(_spec)

@@ -62,7 +62,7 @@ def train_adapter(model: str, out: Path) -> Path:
 
 
 def run_server(adapter: Path | None, base: Path, texts: list[str], max_tokens: int) -> tuple[list[str], float, int]:
-    from society.serving import LlamaServer
+    from society.llama_server import LlamaServer
 
     srv = (
         serve_adapter(adapter, base, model_alias="bench", n_ctx=4096)

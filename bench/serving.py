@@ -33,7 +33,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,9 +46,13 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from evaluation.society_eval import evaluate  # noqa: E402
 from society.config import SocietyConfig  # noqa: E402
+from society.cpu_threads import default_threads  # noqa: E402
+from society.health import http_ok, poll_until  # noqa: E402
+from society.llama_server import LlamaServer  # noqa: E402
 from society.llm import Endpoint  # noqa: E402
 from society.models import ensure_model  # noqa: E402
-from society.serving import LlamaServer, default_threads, free_port, serve_config  # noqa: E402
+from society.server_process import free_port  # noqa: E402
+from society.serving import serve_config  # noqa: E402
 from tools.sampling import sample_examples  # noqa: E402
 from tools.spider import load_examples  # noqa: E402
 
@@ -71,6 +74,18 @@ def calibrate(srv: LlamaServer) -> tuple[float, float]:
     return prompt_rate, t["predicted_n"] / (t["predicted_ms"] / 1000)
 
 
+def _wait_until_up(proc: subprocess.Popen, url: str, what: str, timeout_s: float = 120) -> None:
+    """Poll ``GET url`` until 200; RuntimeError naming ``what`` when ``proc`` exits or ``timeout_s`` passes."""
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited during start-up")
+        return http_ok(url)
+
+    if not poll_until(up, timeout_s=timeout_s, poll_s=0.2):
+        raise RuntimeError(f"{what} did not answer {url} within {timeout_s:.0f} s")
+
+
 @contextmanager
 def old_server(python: str, config: SocietyConfig) -> Iterator[dict[str, Endpoint]]:
     """llama-cpp-python's server for each embedded model of ``config`` (one request at a time)."""
@@ -83,15 +98,7 @@ def old_server(python: str, config: SocietyConfig) -> Iterator[dict[str, Endpoin
                    "--port", str(port), "--interrupt_requests", "false"]
             procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             url = f"http://127.0.0.1:{port}/v1"
-            deadline = time.time() + 120
-            while True:
-                try:
-                    urllib.request.urlopen(url + "/models", timeout=2)
-                    break
-                except OSError:
-                    if procs[-1].poll() is not None or time.time() > deadline:
-                        raise RuntimeError(f"old server for {model} did not start ({cmd})") from None
-                    time.sleep(0.2)
+            _wait_until_up(procs[-1], url + "/models", f"old server for {model} ({cmd})")
             for alias, m in config.embedded_aliases().items():
                 if m == model:
                     endpoints[alias] = Endpoint(url, model)

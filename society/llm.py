@@ -55,7 +55,7 @@ class LLMRequestError(LLMError):
 class Endpoint:
     """An OpenAI-compatible endpoint: ``base_url`` (ending in ``/v1``), ``model`` name, ``api_key``,
     and ``extra_body``: request fields sent with every call (e.g. llama-server's per-request
-    ``lora`` choice, see :meth:`society.serving.LlamaServer.endpoint`), or None."""
+    ``lora`` choice, see :meth:`society.llama_server.LlamaServer.endpoint`), or None."""
 
     base_url: str
     model: str

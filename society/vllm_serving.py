@@ -13,11 +13,11 @@ embedded GGUF -- or a hub id) and PEFT LoRA adapters **by name**:
   :meth:`VLLMServer.endpoint` returns an :class:`society.llm.Endpoint` whose ``model`` is the
   adapter's name (no ``extra_body``, unlike llama.cpp's per-request ``lora`` field).
 
-Lifecycle as for :class:`society.serving.LlamaServer`: a free loopback port
-(:func:`society.serving.free_port`), the same launcher (the server dies with the process that
+Lifecycle as for :class:`society.llama_server.LlamaServer`: a free loopback port
+(:func:`society.server_process.free_port`), the same launcher (the server dies with the process that
 started it, even by SIGKILL), ``GET /health`` until 200, always stopped (context manager,
 ``atexit``), tracked so that :func:`society.infra.dead_servers` reports it; an exit during start-up
-is a :class:`society.serving.ServerStartError` and an exit while serving a
+is a :class:`society.server_process.ServerStartError` and an exit while serving a
 :class:`society.infra.ServerDied`, both naming the status or signal
 (:func:`society.infra.describe_exit`) and the log's last lines.
 
@@ -49,7 +49,7 @@ from typing import Any
 
 from society.infra import InfrastructureError
 from society.llm import Endpoint
-from society.serving import ManagedServer
+from society.server_process import ManagedServer
 
 __all__ = ["VLLMServer", "VLLMNotInstalledError", "AdapterLoadError", "VLLM_MODULE", "INSTALL_HINT"]
 
@@ -104,7 +104,7 @@ class VLLMServer(ManagedServer):
         model: a Hugging Face model directory (with ``config.json``) or a hub id ``owner/name``.
         served_model_name: the name requests use for the base model (``--served-model-name``).
         adapters: name -> PEFT adapter directory, loaded at start (``--lora-modules``).
-        port: TCP port on 127.0.0.1; default a free one (:func:`society.serving.free_port`).
+        port: TCP port on 127.0.0.1; default a free one (:func:`society.server_process.free_port`).
         max_lora_rank: ``--max-lora-rank``; every adapter's ``r`` must be <= it.
         max_loras: ``--max-loras``: adapters in one batch (>= 1).
         gpu_memory_utilization: ``--gpu-memory-utilization``, in (0, 1].

@@ -1,6 +1,6 @@
 """Shared pytest fixtures.
 
-Model servers are real llama.cpp servers (llama-server) on loopback ports (``society.serving.LlamaServer``),
+Model servers are real llama.cpp servers (llama-server) on loopback ports (``society.llama_server.LlamaServer``),
 session-scoped so a test run starts each at most once, and started only when a test asks for
 them. Tests that use them carry ``@pytest.mark.model`` (deselect with ``-m "not model"``).
 """
@@ -15,8 +15,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from society.llama_server import LlamaServer
 from society.models import DEFAULT_MODEL_ALIAS
-from society.serving import LlamaServer, serve_embedded
+from society.serving import serve_embedded
 
 
 @pytest.fixture(scope="session")

@@ -36,6 +36,9 @@ BLOCKED = (
     "gguf",
     "society.llm",
     "society.serving",
+    "society.llama_server",
+    "society.server_process",
+    "society.cpu_threads",
     "society.roles",
 )
 

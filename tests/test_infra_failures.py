@@ -120,7 +120,7 @@ class Holding:
     ``kill(pid)`` of the stand-in (and the real server under it) among the descendants of ``pid``."""
 
     def __init__(self, tmp_path: Path, questions: dict[str, str]) -> None:
-        from society.serving import find_llama_server
+        from society.llama_server import find_llama_server
 
         self.path = tmp_path / "holding" / "llama-server"
         self.path.parent.mkdir()

@@ -7,8 +7,8 @@ Layers, lowest first (a module may import its own layer and the layers below it,
                           four packages' ``__init__`` (docstrings only)
  1    sql                 ``evaluation.metrics.sql_text``, ``evaluation.ex``, ``evaluation.rewards``: SQL
                           text, execution accuracy and rewards, used by the society and training
- 2    serving             ``society.infra``, ``society.settings``, ``society.llm``,
-                          ``society.models``, ``society.serving``, ``society.proxy``
+ 2    serving             ``society.infra``, ``settings``, ``llm``, ``models``, ``cpu_threads``,
+                          ``health``, ``server_process``, ``llama_server``, ``serving``, ``proxy``
  3    society             ``society.candidate``, ``prompts``, ``policies``, ``bandit``, ``state``,
                           ``toolkit``, ``roles``, ``config``, ``graph``, ``baselines``, ``run``
  4    society evaluation  ``evaluation.society_eval`` (an agent over a split through ``society.run``:
@@ -53,7 +53,8 @@ PACKAGES = ("tools", "society", "training", "evaluation")
 LAYERS: list[tuple[str, list[str]]] = [
     ("tools", ["tools", "tools.*", "society", "training", "evaluation"]),
     ("sql", ["evaluation.metrics", "evaluation.metrics.sql_text", "evaluation.ex", "evaluation.rewards"]),
-    ("serving", ["society.infra", "society.settings", "society.llm", "society.models", "society.serving",
+    ("serving", ["society.infra", "society.settings", "society.llm", "society.models", "society.cpu_threads",
+                 "society.health", "society.server_process", "society.llama_server", "society.serving",
                  "society.vllm_serving", "society.proxy"]),
     ("society", ["society.candidate", "society.prompts", "society.policies", "society.bandit", "society.state",
                  "society.toolkit", "society.roles", "society.config", "society.graph", "society.baselines",
@@ -87,8 +88,8 @@ LAZY_ALLOWED: dict[tuple[str, str], str] = {
     ("evaluation.obs_cli", "training.store"): _AGL,
     ("training.grpo", "society.roles"): _GPU,
     ("training.grpo", "society.llm"): _GPU,
-    ("training.threads", "society.serving"): _GPU,
-    ("training.adapter_serving", "society.serving"): _GPU,
+    ("training.threads", "society.cpu_threads"): _GPU,
+    ("training.adapter_serving", "society.llama_server"): _GPU,
     ("training.checkpoints", "society.models"): (
         _GPU + " (society.models reads GGUF headers with gguf, also absent there)"
     ),

@@ -36,7 +36,7 @@ import pytest
 from runner_processes import children, running_attempt_of
 
 from society.config import SMOKE_CONFIG, SocietyConfig
-from society.serving import free_port
+from society.server_process import free_port
 from training.store import RolloutArchive
 
 REPO = Path(__file__).resolve().parent.parent

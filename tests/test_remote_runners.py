@@ -38,7 +38,7 @@ from holding_proxy import HoldingProxy
 from runner_processes import alive, children, running_attempt_of
 
 from society.config import SMOKE_CONFIG, SocietyConfig
-from society.serving import free_port
+from society.server_process import free_port
 from training.remote import RunnerError, parse_endpoint, parse_store_url, run_runners, store_alive
 from training.store import RolloutArchive
 

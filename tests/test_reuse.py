@@ -170,7 +170,7 @@ def evaluated_run(tmp_path_factory) -> Path:
 def test_a_run_with_the_same_settings_reuses_the_baselines_and_the_report_names_the_source(
         evaluated_run: Path, tmp_path: Path, monkeypatch) -> None:
     from evaluation.report import build_report
-    from society.serving import LLAMA_SERVER_ENV
+    from society.llama_server import LLAMA_SERVER_ENV
     from tools.files import read_jsonl
 
     for stage, sub in (("baseline", ""), ("juniors_baseline", "roles")):

@@ -25,18 +25,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from society.infra import ServerDied, dead_servers, describe_exit
+from society.llama_server import LlamaServer, LoraAdapter, ServerNotInstalledError, find_llama_server
 from society.models import ensure_model
-from society.serving import (
-    LlamaServer,
-    LoraAdapter,
-    ServerDied,
-    ServerNotInstalledError,
-    ServerStartError,
-    dead_servers,
-    describe_exit,
-    find_llama_server,
-    serve_embedded,
-)
+from society.server_process import ServerStartError
+from society.serving import serve_embedded
 
 #: Generous bound (seconds) on waiting for an event a healthy machine sees within a second (a
 #: process gone, an answer from a running server); each wait ends as soon as the event happens, so

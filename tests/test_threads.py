@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from society.serving import busy_cores, idle_threads
+from society.cpu_threads import busy_cores, idle_threads
 
 CORES = len(os.sched_getaffinity(0))
 

@@ -23,7 +23,7 @@ import pytest
 
 from society.infra import ServerDied, dead_servers
 from society.llm import Endpoint
-from society.serving import ServerStartError
+from society.server_process import ServerStartError
 from society.vllm_serving import INSTALL_HINT, VLLM_MODULE, AdapterLoadError, VLLMNotInstalledError, VLLMServer
 
 #: Generous bound (seconds) on waiting for an event a healthy machine sees within a second (the

@@ -3,7 +3,7 @@
 ================================  ==============================================================
 function                          what it does
 ================================  ==============================================================
-:func:`serve_adapter`             a :class:`society.serving.LlamaServer` serving base + adapter
+:func:`serve_adapter`             a :class:`society.llama_server.LlamaServer` serving base + adapter
 :func:`check_served_equals_peft`  greedy output of the served adapter vs transformers + PEFT
                                   (:class:`ServingCheck`)
 :func:`greedy_completion`         plain greedy completion from a running server
@@ -65,15 +65,15 @@ def serve_adapter(
         base_model: alias or GGUF path of the base (the quantised production model, or the
             :func:`dequantized_gguf` copy for exact comparisons).
         model_alias: the adapter's name: ``srv.endpoint(model_alias)`` chooses it per request.
-        **server_kw: :class:`society.serving.LlamaServer` settings (``n_ctx``, ``n_threads``...).
+        **server_kw: :class:`society.llama_server.LlamaServer` settings (``n_ctx``, ``n_threads``...).
 
     Returns:
-        ``society.serving.LlamaServer``; use ``with serve_adapter(...) as srv:``.
+        ``society.llama_server.LlamaServer``; use ``with serve_adapter(...) as srv:``.
 
     Raises:
         FileNotFoundError: no adapter at ``adapter``.
     """
-    from society.serving import LlamaServer, LoraAdapter
+    from society.llama_server import LlamaServer, LoraAdapter
 
     return LlamaServer(resolve_gguf(base_model), model_alias=f"{model_alias}-base",
                        loras=[LoraAdapter(model_alias, adapter_gguf(adapter, base_model))], **server_kw)
@@ -113,7 +113,7 @@ class ServingCheck:
 
 
 def greedy_completion(server: Any, text: str, max_tokens: int, adapter: str | None = None) -> tuple[str, int]:
-    """Plain greedy completion of ``text`` from a running :class:`society.serving.LlamaServer`
+    """Plain greedy completion of ``text`` from a running :class:`society.llama_server.LlamaServer`
     (temperature 0, top_k 1, repeat_penalty 1), with ``adapter`` chosen by name (None: the base
     model); returns (text, completion tokens)."""
     payload: dict[str, Any] = {"model": server.model, "prompt": text, "max_tokens": max_tokens,
@@ -154,7 +154,7 @@ def check_served_equals_peft(
             agreement is approximate).
         max_tokens: new tokens per prompt.
         model_and_tokenizer: reuse an already loaded (model, tokenizer) from :func:`load_for_training`.
-        **server_kw: :class:`society.serving.LlamaServer` settings.
+        **server_kw: :class:`society.llama_server.LlamaServer` settings.
     """
     import time as _time
 

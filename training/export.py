@@ -146,7 +146,7 @@ def export_lora_gguf(
 
     Returns:
         The written file: F32 ``lora_a``/``lora_b`` pairs (a few MB for rank 8-16), loadable with
-        ``llama-server -m base --lora file`` (``society.serving.LlamaServer(..., loras={name: file})``).
+        ``llama-server -m base --lora file`` (``society.llama_server.LlamaServer(..., loras={name: file})``).
 
     Raises:
         ExportError: a tensor that is not LoRA A/B (e.g. trained embeddings or ``modules_to_save``),

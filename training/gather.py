@@ -40,7 +40,8 @@ from evaluation.rewards import RewardConfig
 from society.config import SocietyConfig
 from society.infra import InfrastructureError, ctrl_c_noted, dead_servers
 from society.llm import Endpoint, as_endpoint
-from society.serving import free_port, serve_config
+from society.server_process import free_port
+from society.serving import serve_config
 from tools.spider import load_examples
 from training.agent import (
     InterruptedRolloutGuard,

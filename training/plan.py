@@ -43,8 +43,8 @@ from urllib.parse import urlparse
 
 from evaluation.role_effects import NOISE_STAGE
 from society.config import ConfigError, SocietyConfig
+from society.llama_server import ServerNotInstalledError, find_llama_server
 from society.models import EMBEDDED_MODELS
-from society.serving import ServerNotInstalledError, find_llama_server
 from tools.spider import DataError, load_examples
 from training.grpo import load_verl_config
 from training.pipeline import (

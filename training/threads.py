@@ -7,7 +7,7 @@ __all__ = ["torch_threads"]
 
 def torch_threads(requested: int | None = None) -> int:
     """CPU threads for a torch training run: ``requested`` if given, else ``$SQLSOCIETY_TORCH_THREADS``,
-    else the idle cores now (``society.serving.idle_threads``: cores minus the busy ones, at least 1).
+    else the idle cores now (``society.cpu_threads.idle_threads``: cores minus the busy ones, at least 1).
 
     Why: torch's OpenMP workers spin-wait at every parallel region, so on a box whose cores are
     busy (llama.cpp servers, another run) more threads than idle cores are slower than fewer (the
@@ -20,8 +20,8 @@ def torch_threads(requested: int | None = None) -> int:
         if int(requested) < 1:
             raise ValueError(f"num_threads must be >= 1, got {requested}")
         return int(requested)
-    # society.serving is absent where only the training stack is installed (the GPU check): asked
+    # society.cpu_threads is absent where only the training stack is installed (the GPU check): asked
     # only when no thread count is given
-    from society.serving import idle_threads
+    from society.cpu_threads import idle_threads
 
     return idle_threads("SQLSOCIETY_TORCH_THREADS")

@@ -1,0 +1,68 @@
+"""CPU threads for the CPU-bound workers of a run: the llama.cpp servers and torch training.
+
+Both spin-wait (llama.cpp's threads on barriers, torch's OpenMP workers at every parallel region),
+so on a busy box fewer threads than cores are faster: :func:`idle_threads` counts the idle cores
+now, :func:`default_threads` applies it to a new llama.cpp server.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["busy_cores", "default_threads", "idle_threads"]
+
+
+def default_threads() -> int:
+    """CPU threads for a new llama.cpp server: ``$SQLSOCIETY_LLAMA_THREADS`` if set, else the idle
+    cores at start-up (:func:`idle_threads`), clamped to 1..8.
+
+    llama.cpp's CPU threads spin on barriers, so on a busy 2-core box 1 thread is faster than 2.
+
+    Raises:
+        ValueError: ``$SQLSOCIETY_LLAMA_THREADS`` is not a positive integer.
+    """
+    return idle_threads("SQLSOCIETY_LLAMA_THREADS", cap=8)
+
+
+def idle_threads(env_var: str, *, cap: int | None = None, sample_s: float = 1.0) -> int:
+    """Threads for a CPU-bound worker: ``$env_var`` if set, else the idle cores now,
+    ``round(cores - busy)``, clamped to ``1..cap`` (``cap`` None: the core count).
+
+    ``busy`` is the smaller of the 1-minute load average and the busy cores measured over the
+    next ``sample_s`` seconds (``psutil.cpu_percent``). The load average alone lags by about a
+    minute: a training pipeline that stops one model server and starts the next would see the
+    first server's load and start the second with too few threads (measured: a 2-core run's
+    juniors-only stage got 1 thread and decoded at 16 instead of 30 tokens/s). The sample alone
+    misses a job between its bursts; taking the smaller keeps a sustained job (a test suite, a
+    second run) counted and forgets one that just ended.
+
+    Shared by the llama.cpp servers and torch training: both spin-wait, so on a busy box fewer
+    threads are faster.
+
+    Raises:
+        ValueError: ``$env_var`` is set but not a positive integer.
+    """
+    env = os.environ.get(env_var, "").strip()
+    if env:
+        if not env.isdigit() or int(env) < 1:
+            raise ValueError(f"{env_var} must be a positive integer, got {env!r}")
+        return int(env)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cap or cores, cores, round(cores - busy_cores(cores, sample_s))))
+
+
+def busy_cores(cores: int, sample_s: float = 1.0) -> float:
+    """Busy cores now, in ``[0, cores]``: the smaller of the 1-minute load average and the cores'
+    utilisation over ``sample_s`` seconds (``psutil.cpu_percent``) times ``cores`` (see
+    :func:`idle_threads` for why both)."""
+    import psutil
+
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = float(cores)
+    measured = psutil.cpu_percent(interval=sample_s) / 100.0 * cores
+    return max(0.0, min(float(cores), load, measured))
