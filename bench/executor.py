@@ -15,7 +15,7 @@ Measures, over ALL executable Spider dev gold queries (972 with the bundled data
   preparing (trim/instr/LIKE/json_patch/printf, an exponential CTE chain), which end by an
   override, a memory bound, or the worker being killed at ``timeout_s`` + ``KILL_GRACE_S``;
 * progress-handler overhead: one CPU-bound query through the executor vs a bare connection;
-* EX evaluation time of gold-vs-gold (``evaluation.ex.evaluate_predictions``), 1 and N workers.
+* EX evaluation time of gold-vs-gold (``evaluation.metrics.ex.evaluate_predictions``), 1 and N workers.
 
 The load average (``os.getloadavg``) is printed before and after: the figures depend on it.
 
@@ -171,9 +171,9 @@ def bench_handler_overhead(db: str) -> None:
 
 def bench_ex(examples: list, workers: int) -> None:
     try:
-        from evaluation.ex import evaluate_predictions
-    except ImportError as e:  # evaluation/ex.py not there yet
-        print(f"EX evaluation: skipped, evaluation.ex.evaluate_predictions is not importable ({e})")
+        from evaluation.metrics.ex import evaluate_predictions
+    except ImportError as e:  # evaluation/metrics/ex.py not there yet
+        print(f"EX evaluation: skipped, evaluation.metrics.ex.evaluate_predictions is not importable ({e})")
         return
     golds = [e.gold_sql for e in examples]
     for w in sorted({1, workers}):

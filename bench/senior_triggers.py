@@ -5,7 +5,7 @@
    ``bench/bandit_replay.py``'s records; ``.gz`` read too), the candidate the supervisor picks
    from the first junior round (``--pick majority_vote``, the default society's policy, recomputed
    from the candidates; or ``logged``, the recorded pick) is scored against gold by EX
-   (:func:`evaluation.ex.execution_match`, run here). For each trigger -- ``error`` (the pick fails
+   (:func:`evaluation.metrics.ex.execution_match`, run here). For each trigger -- ``error`` (the pick fails
    or has no SQL), ``empty`` (it runs and returns no rows), ``disagree`` (the candidates that ran
    returned more than one distinct result), the default ``error|empty``, their union, and each
    reviewer's doubt (a REVISE of the picked SQL itself, where the record holds one: the records of
@@ -52,7 +52,7 @@ from typing import Any
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from evaluation.ex import execution_match  # noqa: E402
+from evaluation.metrics.ex import execution_match  # noqa: E402
 from evaluation.stats import mcnemar_exact, paired_bootstrap_ci, wilson_ci  # noqa: E402
 from society.candidate import majority_vote  # noqa: E402
 from society.roles import same_sql, senior_triggers  # noqa: E402

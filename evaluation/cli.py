@@ -33,7 +33,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from evaluation.ex import DEFAULT_TIMEOUT_S, EvaluationReport, database_problems, evaluate_predictions
+from evaluation.metrics.ex import DEFAULT_TIMEOUT_S, EvaluationReport, database_problems, evaluate_predictions
 from tools.files import OutputPathError, atomic_write_text, check_output_path, same_file
 from tools.spider import DataError, SpiderExample, default_data_dir, load_examples, split_file
 

@@ -56,7 +56,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from evaluation.ex import DEFAULT_MAX_ROWS, ExMatch, compare_results, order_matters, run_query
+from evaluation.metrics.ex import DEFAULT_MAX_ROWS, ExMatch, compare_results, order_matters, run_query
 from evaluation.metrics.sql_text import extract_sql, statement_keyword
 from tools.executor import ExecutionError, ExecutionResult
 from tools.schema import load_schema
@@ -641,7 +641,7 @@ class RewardBreakdown:
             the config names them).
         sql_r1: format + execution + result + length, in [-1, 7.5].
         total: the weighted total of :class:`RewardConfig` (range ``config.bounds()``).
-        ex_reason: the EX verdict's reason (see :class:`evaluation.ex.ExMatch`).
+        ex_reason: the EX verdict's reason (see :class:`evaluation.metrics.ex.ExMatch`).
         error: the prediction's error category value, or ``None`` when it ran / was absent.
         gold_ok: False when the gold query itself failed (a trainer may drop such a sample).
     """

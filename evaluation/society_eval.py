@@ -1,5 +1,5 @@
 """Evaluating an agent of the society over a set of questions: :func:`evaluate` runs each question
-through :func:`society.run.run_society`, scores execution accuracy (:mod:`evaluation.ex`) and writes
+through :func:`society.run.run_society`, scores execution accuracy (:mod:`evaluation.metrics.ex`) and writes
 the run directory's ``predictions.sql`` and ``summary.json`` (:class:`EvalSummary`); the per-question
 records go to ``questions.jsonl`` through :class:`society.run.RunRecorder` (layout in :mod:`society.run`).
 
@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from evaluation.ex import execution_match
+from evaluation.metrics.ex import execution_match
 from evaluation.metrics.sql_text import single_line
 from society.config import SocietyConfig
 from society.infra import InfrastructureError, dead_servers
@@ -29,7 +29,7 @@ class EvalSummary(BaseModel):
 
     Attributes:
         agent, n: the agent and number of questions run.
-        ex: execution accuracy in [0, 1] (Yu et al., Spider, EMNLP 2018; rule in ``evaluation.ex``).
+        ex: execution accuracy in [0, 1] (Yu et al., Spider, EMNLP 2018; rule in ``evaluation.metrics.ex``).
         executed_ok: share whose final SQL executed without error.
         failed: questions marked failed (endpoint down / graph error).
         seconds_per_q / llm_calls_per_q / tokens_per_q / turns_per_q: per-question means.
@@ -71,7 +71,7 @@ def evaluate(
     ``predictions.sql`` keep the input order.
 
     Each question's record (``questions.jsonl``) holds the SocietyRun fields plus ``match``,
-    ``reason`` (see ``evaluation.ex.ExMatch``), ``gold_sql``, and for the society the EX of each
+    ``reason`` (see ``evaluation.metrics.ex.ExMatch``), ``gold_sql``, and for the society the EX of each
     junior's candidate under ``roles[<junior>]["ex"]`` and the senior's ``before_ex``/``after_ex``.
     ``predictions.sql`` gets one line per question in input order.
 

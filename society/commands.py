@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.syntax import Syntax
 from rich.table import Table
 
-from evaluation.ex import database_problems
+from evaluation.metrics.ex import database_problems
 from evaluation.society_eval import EvalSummary, evaluate
 from society.config import DEFAULT_CONFIG, ConfigError, SocietyConfig
 from society.infra import InfrastructureError, ctrl_c_noted, dead_servers

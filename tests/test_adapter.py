@@ -22,7 +22,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 pytest.importorskip("agentlightning")
 pytest.importorskip("datasets")
 
-from evaluation.ex import execution_match  # noqa: E402
+from evaluation.metrics.ex import execution_match  # noqa: E402
 from tools.spider import database_path, default_data_dir  # noqa: E402
 from training.adapter import HierarchicalTraceAdapter, load_traces  # noqa: E402
 from training.store import RolloutArchive, SqliteLightningStore  # noqa: E402

@@ -11,7 +11,7 @@ import pytest
 import sqlglot
 from sqlglot import exp
 
-from evaluation.ex import execution_match
+from evaluation.metrics.ex import execution_match
 from society.candidate import Candidate, majority_vote
 from society.policies import MajorityVotePolicy, PolicyContext
 from society.toolkit import execute_summary

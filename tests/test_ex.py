@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from evaluation.ex import (
+from evaluation.metrics.ex import (
     clear_gold_cache,
     evaluate_predictions,
     execution_match,
@@ -376,7 +376,7 @@ def test_normalised_text_keeps_literals_and_falls_back_when_not_tokenizable():
 def test_gold_cache_keeps_query_errors_but_not_machine_errors():
     """A gold error that depends on the query is cached; an ``other`` error (out of memory, a lost
     executor worker) is not, so one bad moment of the machine does not fail that gold for good."""
-    from evaluation import ex as ex_module
+    from evaluation.metrics import ex as ex_module
     from tools.executor import ErrorCategory
 
     clear_gold_cache()

@@ -24,7 +24,7 @@ os.environ.setdefault("AGENTOPS_LOG_LEVEL", "WARNING")
 
 import agentlightning as agl
 
-from evaluation.ex import execution_match
+from evaluation.metrics.ex import execution_match
 from evaluation.rewards import compute_reward
 from tools.spider import load_examples
 from training.hooks import MetricsHook, MetricsWriter, wandb_configured

@@ -12,7 +12,6 @@ import pytest
 from typer.testing import CliRunner
 
 from evaluation import judge as judge_mod
-from evaluation.ex import execution_match, run_query
 from evaluation.judge import (
     ERROR_TYPES,
     JudgeParseError,
@@ -23,6 +22,7 @@ from evaluation.judge import (
     parse_judge_reply,
     summarize,
 )
+from evaluation.metrics.ex import execution_match, run_query
 from society.candidate import Candidate
 from society.cli import app
 from society.run import RunRecorder, SocietyRun

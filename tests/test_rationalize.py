@@ -17,7 +17,7 @@ import pytest
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 pytest.importorskip("agentlightning")
 
-from evaluation.ex import execution_match  # noqa: E402
+from evaluation.metrics.ex import execution_match  # noqa: E402
 from society.config import SMOKE_CONFIG, SocietyConfig  # noqa: E402
 from society.prompts import HINT_OPEN, PERSONA_PROMPTS, PROMPTS, hint_block, hint_remnants, strip_hint  # noqa: E402
 from training.adapter import HierarchicalTraceAdapter  # noqa: E402

@@ -24,7 +24,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 pytest.importorskip("agentlightning")
 pytest.importorskip("datasets")
 
-from evaluation.ex import execution_match  # noqa: E402
+from evaluation.metrics.ex import execution_match  # noqa: E402
 from society.llm import message_dicts  # noqa: E402
 from society.prompts import HINT_PHRASES, PROMPTS, hint_block  # noqa: E402
 from society.roles import repair_messages  # noqa: E402

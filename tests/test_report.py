@@ -28,7 +28,7 @@ import matplotlib.image as mpimg
 import numpy as np
 
 from evaluation import plots
-from evaluation.ex import execution_match
+from evaluation.metrics.ex import execution_match
 from evaluation.metrics.sql_text import normalize_sql
 from evaluation.report import build_report
 from evaluation.report_content import compute_report, differing_examples, phase_summary, role_breakdown, stage_summary

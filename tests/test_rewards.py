@@ -7,7 +7,7 @@ import sqlite3
 
 import pytest
 
-from evaluation.ex import run_query
+from evaluation.metrics.ex import run_query
 from evaluation.rewards import (
     COMPLEXITY_SIGMA,
     COMPONENT_RANGES,

@@ -52,7 +52,7 @@ import agentlightning as agl
 from agentlightning.emitter import find_final_reward
 from agentlightning.types import Span, Triplet
 
-from evaluation.ex import execution_match
+from evaluation.metrics.ex import execution_match
 from evaluation.metrics.sql_text import extract_sql, normalize_sql
 from evaluation.trace_records import indexed_messages
 from society.candidate import candidate_context
@@ -575,7 +575,7 @@ class HierarchicalTraceAdapter(agl.TraceAdapter[SocietyTrace]):
                       stop: Sequence[str] | None = None, prompt: PromptTemplate | None = None,
                       max_cases: int | None = None) -> RepairSelection:
         """The senior's repair conversations: for each :meth:`repair_cases` case, a reply whose SQL
-        matches gold by EX (:func:`evaluation.ex.execution_match`), found in this order:
+        matches gold by EX (:func:`evaluation.metrics.ex.execution_match`), found in this order:
 
         1. ``own``: the senior's first logged reply to that prompt that matches gold;
         2. ``sampled``: else, with ``sample``, the first of ``k`` fresh unhinted draws that matches

@@ -44,8 +44,8 @@ os.environ.setdefault("AGENTOPS_LOG_LEVEL", "WARNING")  # AgentOps prints a "ses
 
 import agentlightning as agl
 
-from evaluation.ex import execution_match
 from evaluation.langsmith_traces import rollout_trace
+from evaluation.metrics.ex import execution_match
 from evaluation.rewards import RewardConfig, compute_reward
 from society.config import ConfigError, SocietyConfig
 from society.llm import as_endpoint, message_dicts
@@ -337,7 +337,7 @@ def role_outcome_attributes(run: Any, gold_sql: str, db_path: str | Path, reward
         review.i.reviewer, .verdict, .severity
         reward.total and reward.<component> (see evaluation.rewards.COMPONENT_RANGES)
 
-    EX is :func:`evaluation.ex.execution_match` (Spider's test-suite rule) on ``db_path``.
+    EX is :func:`evaluation.metrics.ex.execution_match` (Spider's test-suite rule) on ``db_path``.
     """
     ex_cache: dict[str, tuple[int, str]] = {}
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from evaluation.ex import execution_match
+from evaluation.metrics.ex import execution_match
 from society.bandit import BanditConfig, SupervisorBandit, as_sample, featurize, load_policy
 from society.candidate import candidate_context, majority_vote, usable
 from tools.spider import database_path, default_data_dir
@@ -43,7 +43,7 @@ def samples_from_records(records: Sequence[Mapping[str, Any]], *, round: int = -
     when that path does not exist here) and ``choices`` (the supervisor's
     decisions: ``candidates``, ``index``, ``policy``, ``info``); ``round`` picks the decision (-1:
     the last). Every candidate's reward is its execution match with gold
-    (``evaluation.ex.execution_match``, 1.0 / 0.0) on the record's database, so any policy's
+    (``evaluation.metrics.ex.execution_match``, 1.0 / 0.0) on the record's database, so any policy's
     choice can be replayed; the logged ``policy`` is the configured supervisor policy
     (``info["configured_policy"]`` when a fallback was used, e.g. ``llm``), with ``propensity``
     from ``info`` (1.0 when the logging policy did not explore). Records without a usable

@@ -24,7 +24,7 @@ Reward (:class:`SeniorReward`, verifiable -- computed by executing SQL on the re
   range [0, 1] with the default :class:`~evaluation.rewards.RewardConfig`: EX plus partial credit).
 * ``senior_check`` decisions (the senior judges the query shown in its prompt): 1.0 when its
   verdict (``society.roles.parse_check``: "THE QUERY IS CORRECT/INCORRECT") agrees with the truth
-  -- whether that query's execution matches gold (``evaluation.ex.execution_match``) -- else 0.0
+  -- whether that query's execution matches gold (``evaluation.metrics.ex.execution_match``) -- else 0.0
   (also 0.0 when the reply has no verdict).
 
 GRPO (Shao et al. 2024, "DeepSeekMath", §4.1) samples ``num_generations`` completions per prompt
@@ -67,7 +67,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from evaluation.ex import execution_match
+from evaluation.metrics.ex import execution_match
 from evaluation.metrics.sql_text import extract_sql
 from evaluation.rewards import RewardConfig, compute_reward
 from tools.value_types import type_problems
