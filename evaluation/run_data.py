@@ -77,7 +77,7 @@ def normalize_record(rec: Mapping) -> dict:
     ``result_preview`` and ``reward``. Missing fields are derived: ``id`` from ``question_id``,
     ``result_preview`` from ``result`` (first 5 rows, or the error), and ``reward`` -- when the
     record's database is found (:func:`_database_of`) and it has gold SQL -- with the project's reward function
-    :func:`evaluation.rewards.compute_reward` on the predicted SQL (``reward_source`` says which).
+    :func:`evaluation.metrics.rewards.compute_reward` on the predicted SQL (``reward_source`` says which).
     """
     r = dict(rec)
     r.setdefault("id", r.get("question_id"))
@@ -88,10 +88,10 @@ def normalize_record(rec: Mapping) -> dict:
     if r.get("reward") is None and r.get("gold_sql"):
         db = _database_of(r)
         if db is not None:
-            from evaluation.rewards import compute_reward
+            from evaluation.metrics.rewards import compute_reward
 
             r["reward"] = float(compute_reward(r.get("pred_sql"), r["gold_sql"], db).total)
-            r["reward_source"] = "evaluation.rewards.compute_reward"
+            r["reward_source"] = "evaluation.metrics.rewards.compute_reward"
     return r
 
 

@@ -25,7 +25,7 @@ agl = pytest.importorskip("agentlightning")
 
 from holding_proxy import HoldingProxy, message_text  # noqa: E402
 
-from evaluation.rewards import compute_reward  # noqa: E402
+from evaluation.metrics.rewards import compute_reward  # noqa: E402
 from society.candidate import Candidate  # noqa: E402
 from society.config import SMOKE_CONFIG, SocietyConfig  # noqa: E402
 from society.policies import PolicyContext  # noqa: E402

@@ -5,7 +5,7 @@ The rollouts are real Agent Lightning rollouts (``agl.Trainer``, the persistent
 that needs no model: its ``junior_direct`` node drafts SQL (the task's gold SQL for even task
 indices, a query on the wrong table for odd ones), its ``senior`` node runs the SQL through a
 LangChain tool on the real Spider database, and the reward is the project's reward function
-(``evaluation.rewards.compute_reward``) on that execution. The model-backed society is covered by
+(``evaluation.metrics.rewards.compute_reward``) on that execution. The model-backed society is covered by
 the ``model`` test at the end.
 """
 
@@ -25,7 +25,7 @@ os.environ.setdefault("AGENTOPS_LOG_LEVEL", "WARNING")
 import agentlightning as agl
 
 from evaluation.metrics.ex import execution_match
-from evaluation.rewards import compute_reward
+from evaluation.metrics.rewards import compute_reward
 from tools.spider import load_examples
 from training.hooks import MetricsHook, MetricsWriter, wandb_configured
 from training.store import RolloutArchive, SqliteLightningStore

@@ -452,7 +452,7 @@ def test_real_society_rollout_nests_nodes_llm_and_tool_runs(
 ) -> None:
     """The real society (SmolLM2 on llama.cpp) inside rollout_trace: one trace with node, LLM and
     tool runs carrying the role metadata, and the reward as feedback; then pulled back."""
-    from evaluation.rewards import compute_reward
+    from evaluation.metrics.rewards import compute_reward
     from society.config import SocietyConfig
     from society.run import run_society
 

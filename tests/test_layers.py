@@ -5,7 +5,7 @@ Layers, lowest first (a module may import its own layer and the layers below it,
 ====  ==================  ==========================================================================
  0    tools               ``tools.*`` (data, schema, safe SQL executor, files, sampling) and the
                           four packages' ``__init__`` (docstrings only)
- 1    sql                 ``evaluation.metrics.sql_text``, ``evaluation.metrics.ex``, ``evaluation.rewards``: SQL
+ 1    sql                 ``evaluation.metrics.sql_text``, ``evaluation.metrics.ex``, ``evaluation.metrics.rewards``: SQL
                           text, execution accuracy and rewards, used by the society and training
  2    serving             ``society.infra``, ``settings``, ``llm``, ``models``, ``cpu_threads``,
                           ``health``, ``server_process``, ``llama_server``, ``serving``, ``proxy``
@@ -52,7 +52,7 @@ PACKAGES = ("tools", "society", "training", "evaluation")
 #: Layer name -> module patterns (fnmatch), lowest layer first. The first matching layer wins.
 LAYERS: list[tuple[str, list[str]]] = [
     ("tools", ["tools", "tools.*", "society", "training", "evaluation"]),
-    ("sql", ["evaluation.metrics", "evaluation.metrics.sql_text", "evaluation.metrics.ex", "evaluation.rewards"]),
+    ("sql", ["evaluation.metrics", "evaluation.metrics.sql_text", "evaluation.metrics.ex", "evaluation.metrics.rewards"]),
     ("serving", ["society.infra", "society.settings", "society.llm", "society.models", "society.cpu_threads",
                  "society.health", "society.server_process", "society.llama_server", "society.serving",
                  "society.vllm_serving", "society.proxy"]),

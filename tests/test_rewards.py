@@ -8,7 +8,7 @@ import sqlite3
 import pytest
 
 from evaluation.metrics.ex import run_query
-from evaluation.rewards import (
+from evaluation.metrics.rewards import (
     COMPLEXITY_SIGMA,
     COMPONENT_RANGES,
     DEFAULT_WEIGHTS,
@@ -379,7 +379,6 @@ def test_optional_components_weigh_nothing_by_default(breakdowns):
 def test_rewards_doctests():
     import doctest
 
-    from evaluation import rewards
-
+    from evaluation.metrics import rewards
     result = doctest.testmod(rewards)
     assert result.attempted > 0 and result.failed == 0

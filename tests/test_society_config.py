@@ -280,7 +280,7 @@ def test_endpoint_down_is_retried_then_the_evaluation_stops_without_scoring_the_
 
 
 def test_restore_stop_puts_back_the_closing_marker_a_stop_sequence_removed():
-    from evaluation.rewards import format_ok
+    from evaluation.metrics.rewards import format_ok
     from society.llm import restore_stop
 
     stops = ["</sql>", "```\n\n"]

@@ -2,7 +2,7 @@
 
 :class:`SocietyAgent` runs :func:`society.run.run_society` on a task, with the tracer's LangChain
 callback handler so every graph node, LLM call and tool call becomes a span, scores the final
-SQL with the weighted reward of :func:`evaluation.rewards.compute_reward`, records per-role
+SQL with the weighted reward of :func:`evaluation.metrics.rewards.compute_reward`, records per-role
 outcomes as spans, and returns the reward (the runner turns it into Agent Lightning's reward
 span; the reward is *returned*, never also emitted).
 
@@ -46,7 +46,7 @@ import agentlightning as agl
 
 from evaluation.langsmith_traces import rollout_trace
 from evaluation.metrics.ex import execution_match
-from evaluation.rewards import RewardConfig, compute_reward
+from evaluation.metrics.rewards import RewardConfig, compute_reward
 from society.config import ConfigError, SocietyConfig
 from society.llm import as_endpoint, message_dicts
 from society.policies import EpsilonGreedyPolicy
@@ -335,7 +335,7 @@ def role_outcome_attributes(run: Any, gold_sql: str, db_path: str | Path, reward
             (1 if any candidate was correct), .explored, .propensity (when exploring)
         senior.before_sql, .before_ex, .after_sql, .after_ex, .turns, .improved (-1/0/+1)
         review.i.reviewer, .verdict, .severity
-        reward.total and reward.<component> (see evaluation.rewards.COMPONENT_RANGES)
+        reward.total and reward.<component> (see evaluation.metrics.rewards.COMPONENT_RANGES)
 
     EX is :func:`evaluation.metrics.ex.execution_match` (Spider's test-suite rule) on ``db_path``.
     """
@@ -412,7 +412,7 @@ class SocietyAgent(agl.LitAgent[dict]):
             resources named after the alias (what :func:`training.gather.gather` does).
         endpoints: alias -> ``(base_url, model)`` or ``(base_url, model, api_key)`` applied to the
             config once.
-        reward: weights of the reward (default :class:`evaluation.rewards.RewardConfig`, unit
+        reward: weights of the reward (default :class:`evaluation.metrics.rewards.RewardConfig`, unit
             range [0, 1]).
         data_dir: where to find a task's database when its ``db_path`` is not a file.
 

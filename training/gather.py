@@ -36,7 +36,7 @@ import agentlightning as agl
 from agentlightning.execution import ClientServerExecutionStrategy
 from agentlightning.types import RolloutConfig
 
-from evaluation.rewards import RewardConfig
+from evaluation.metrics.rewards import RewardConfig
 from society.config import SocietyConfig
 from society.infra import InfrastructureError, ctrl_c_noted, dead_servers
 from society.llm import Endpoint, as_endpoint

@@ -19,9 +19,9 @@ column         meaning
 
 Reward (:class:`SeniorReward`, verifiable -- computed by executing SQL on the real database):
 
-* ``senior_rewrite`` decisions: ``evaluation.rewards.compute_reward(completion, gold_sql, db_path,
+* ``senior_rewrite`` decisions: ``evaluation.metrics.rewards.compute_reward(completion, gold_sql, db_path,
   reward_config).total`` -- the extracted SQL is executed and compared with the gold result (unit
-  range [0, 1] with the default :class:`~evaluation.rewards.RewardConfig`: EX plus partial credit).
+  range [0, 1] with the default :class:`~evaluation.metrics.rewards.RewardConfig`: EX plus partial credit).
 * ``senior_check`` decisions (the senior judges the query shown in its prompt): 1.0 when its
   verdict (``society.roles.parse_check``: "THE QUERY IS CORRECT/INCORRECT") agrees with the truth
   -- whether that query's execution matches gold (``evaluation.metrics.ex.execution_match``) -- else 0.0
@@ -68,8 +68,8 @@ from pathlib import Path
 from typing import Any
 
 from evaluation.metrics.ex import execution_match
+from evaluation.metrics.rewards import RewardConfig, compute_reward
 from evaluation.metrics.sql_text import extract_sql
-from evaluation.rewards import RewardConfig, compute_reward
 from tools.value_types import type_problems
 from training.sft import (
     DEFAULT_TARGET_MODULES,
@@ -322,7 +322,7 @@ class SeniorReward:
     (``node``, ``reward``, ``ex``) for the metrics file.
 
     Args:
-        reward_config: :class:`evaluation.rewards.RewardConfig` for rewrite decisions
+        reward_config: :class:`evaluation.metrics.rewards.RewardConfig` for rewrite decisions
             (default: unit-normalised EX + partial credit, range [0, 1]).
         stop: stop strings; each completion is cut before the first one before scoring
             (see :attr:`SeniorGRPOConfig.stop`).
@@ -515,7 +515,7 @@ class SeniorGRPOTrainer:
         config: :class:`SeniorGRPOConfig` (``backend="trl"``; for VERL use :func:`train_senior_verl`).
         train_dataset: ``datasets.Dataset`` / list of dicts with ``prompt``, ``gold_sql``, ``db_path``
             (and optionally ``node``) -- see the module docstring.
-        reward_config: :class:`evaluation.rewards.RewardConfig` of the rewrite reward.
+        reward_config: :class:`evaluation.metrics.rewards.RewardConfig` of the rewrite reward.
 
     Raises:
         ValueError: missing columns, no rows, a database file that does not exist, an unknown

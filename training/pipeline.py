@@ -41,8 +41,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from evaluation.metrics.rewards import RewardConfig
 from evaluation.report import write_report
-from evaluation.rewards import RewardConfig
 from evaluation.role_effects import NOISE_STAGE
 from evaluation.society_eval import evaluate, summarise_records
 from society.candidate import Candidate
@@ -267,7 +267,7 @@ class TrainConfig(_Section):
             (``output_dir`` is set by the pipeline).
         adapter: selection thresholds of :class:`training.adapter.HierarchicalTraceAdapter`
             views (``sft_min_reward``, ...).
-        reward: keyword arguments of :class:`evaluation.rewards.RewardConfig`.
+        reward: keyword arguments of :class:`evaluation.metrics.rewards.RewardConfig`.
         llm_proxy: route every model alias through Agent Lightning's ``LLMProxy``
             (:func:`society.proxy.llm_proxy`); False: roles call the servers' base URLs directly.
         serving: :class:`ServingSection` (engine and its settings).
@@ -318,7 +318,7 @@ class TrainConfig(_Section):
     def typed_sections(self) -> tuple[dict[str, Any], list[tuple[str, str]]]:
         """The ``sft`` / ``grpo`` / ``bandit`` / ``reward`` sections built as their classes
         (:class:`~training.sft.JuniorSFTConfig`, :class:`~training.grpo.SeniorGRPOConfig`,
-        :class:`~training.bandit.BanditConfig`, :class:`~evaluation.rewards.RewardConfig`; ``model``
+        :class:`~training.bandit.BanditConfig`, :class:`~evaluation.metrics.rewards.RewardConfig`; ``model``
         and ``output_dir`` filled as the pipeline fills them) and the ``adapter`` keys checked.
 
         Every value is first checked against its field's annotation (:func:`tools.value_types.type_problems`),
