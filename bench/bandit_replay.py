@@ -77,8 +77,8 @@ def read_records(path: Path) -> list[dict]:
 
 def gather(cfg: SocietyConfig, split: str, n: int, out: Path) -> None:
     """Run the society on the first ``n`` questions of ``split`` not yet in ``out``."""
-    from evaluation.society_eval import evaluate
     from society.commands import serving
+    from society.evaluate import evaluate
 
     done = {r.get("question_id") for r in read_records(out)}
     todo = [e for e in load_examples(split=split, limit=n) if e.id not in done]

@@ -185,9 +185,9 @@ def senior_table(rows: list[dict[str, Any]]) -> str:
 
 def run_senior(views: list[dict[str, Any]], out: Path, config: str | None, budget_s: float | None) -> None:
     """The senior (``trigger: [always]``, one rewrite) on every pick not yet in ``out``; records appended."""
-    from evaluation.society_eval import evaluate
     from society.commands import serving
     from society.config import SocietyConfig
+    from society.evaluate import evaluate
     from tools.spider import SpiderExample
 
     cfg = SocietyConfig.load(config or ROOT / "configs" / "society.yaml")

@@ -44,9 +44,9 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from evaluation.society_eval import evaluate  # noqa: E402
 from society.config import SocietyConfig  # noqa: E402
 from society.cpu_threads import default_threads  # noqa: E402
+from society.evaluate import evaluate  # noqa: E402
 from society.health import http_ok, poll_until  # noqa: E402
 from society.llama_server import LlamaServer  # noqa: E402
 from society.llm import Endpoint  # noqa: E402

@@ -72,7 +72,7 @@ def _result_preview(rec: Mapping) -> Any:
 def normalize_record(rec: Mapping) -> dict:
     """One eval record in the report's terms, whichever writer produced it.
 
-    ``training.pipeline`` writes ``evaluation.society_eval.evaluate``'s records (``question_id``, ``result`` as an
+    ``training.pipeline`` writes ``society.evaluate.evaluate``'s records (``question_id``, ``result`` as an
     executor summary, no reward); the documented run-directory schema has ``id``,
     ``result_preview`` and ``reward``. Missing fields are derived: ``id`` from ``question_id``,
     ``result_preview`` from ``result`` (first 5 rows, or the error), and ``reward`` -- when the

@@ -22,8 +22,8 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 from evaluation.metrics.ex import database_problems
-from evaluation.society_eval import EvalSummary, evaluate
 from society.config import DEFAULT_CONFIG, ConfigError, SocietyConfig
+from society.evaluate import EvalSummary, evaluate
 from society.infra import InfrastructureError, ctrl_c_noted, dead_servers
 from society.llm import Endpoint
 from society.run import AGENTS, RunRecorder, SocietyRun, endpoint_failure, run_society

@@ -1,6 +1,6 @@
 """Running the society on one question (:func:`run_society`) and recording runs locally
 (:class:`RunRecorder`). Evaluating an agent over a split (EX, ``predictions.sql``, ``summary.json``) is
-:func:`evaluation.society_eval.evaluate`, which runs each question through :func:`run_society`.
+:func:`society.evaluate.evaluate`, which runs each question through :func:`run_society`.
 
 ``run_society`` is what the CLI, the benchmark and the trainer call. It never raises for model
 or SQL problems: an endpoint that stays down after retries marks the question ``failed`` (with
@@ -15,9 +15,9 @@ Run directory (always written by ``sqlsociety ask`` / ``eval``; ``$SQLSOCIETY_RU
         questions.jsonl      one line per question (SQL, status, EX if known, turns, calls, tokens, seconds)
         traces/<qid>.json    full trace: node visits, candidates, choice, senior turns, reviews,
                              LLM calls (prompt, response, tokens, latency), tool calls (SQL, result, error)
-        predictions.sql      (eval, written by evaluation.society_eval) one predicted query per line,
+        predictions.sql      (eval, written by society.evaluate) one predicted query per line,
                              Spider's format
-        summary.json         (eval, written by evaluation.society_eval) EX and per-question means
+        summary.json         (eval, written by society.evaluate) EX and per-question means
 
 LangSmith: with ``LANGSMITH_TRACING=true`` and ``LANGSMITH_API_KEY`` set, LangChain sends every
 run (graph ``society``, nodes, LLM calls named ``junior:<persona>`` / ``supervisor`` / ``senior`` /
@@ -46,7 +46,7 @@ from society.llm import CallLog, ChatModels, Endpoint, as_endpoint
 from society.roles import ENDPOINT_FAILURE, RunContext
 from society.state import ExecSummary, Review, SeniorTurn, SupervisorChoice
 
-#: Agents :func:`run_society` (and so ``evaluation.society_eval.evaluate`` / ``sqlsociety eval``) can run.
+#: Agents :func:`run_society` (and so ``society.evaluate.evaluate`` / ``sqlsociety eval``) can run.
 AGENTS = ("society", "single", "write-check-rewrite", "juniors", "senior")
 
 

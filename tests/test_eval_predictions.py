@@ -150,9 +150,9 @@ def test_root_cli_registers_the_command():
     assert "eval-predictions" in names
 
 
-def test_society_eval_doctests() -> None:
+def test_society_evaluate_doctests() -> None:
     import doctest
 
-    from evaluation import society_eval
+    from society import evaluate
 
-    assert doctest.testmod(society_eval).failed == 0
+    assert doctest.testmod(evaluate).failed == 0

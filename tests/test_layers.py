@@ -11,7 +11,7 @@ Layers, lowest first (a module may import its own layer and the layers below it,
                           ``health``, ``server_process``, ``llama_server``, ``serving``, ``proxy``
  3    society             ``society.candidate``, ``prompts``, ``policies``, ``bandit``, ``state``,
                           ``toolkit``, ``roles``, ``config``, ``graph``, ``baselines``, ``run``
- 4    society evaluation  ``evaluation.society_eval`` (an agent over a split through ``society.run``:
+ 4    society evaluation  ``society.evaluate`` (an agent over a split through ``society.run``:
                           EX, ``predictions.sql``, ``summary.json``)
  5    store and tracing   ``training.store``, ``evaluation.trace_records``, ``trace_tree``,
                           ``trace_render``, ``society_spans``, ``traces``, ``langsmith_traces``
@@ -59,7 +59,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("society", ["society.candidate", "society.prompts", "society.policies", "society.bandit", "society.state",
                  "society.toolkit", "society.roles", "society.config", "society.graph", "society.baselines",
                  "society.run"]),
-    ("society evaluation", ["evaluation.society_eval"]),
+    ("society evaluation", ["society.evaluate"]),
     ("store and tracing", ["training.store", "evaluation.trace_records", "evaluation.trace_tree",
                            "evaluation.trace_render", "evaluation.society_spans", "evaluation.traces",
                            "evaluation.langsmith_traces"]),

@@ -3,7 +3,7 @@
 
 ``tests/fixtures/obs/run`` holds what the real system wrote (see ``tests/fixtures/obs/make_fixtures.py``):
 ``metrics.jsonl`` from ``training.hooks.MetricsHook`` during real society rollouts on
-``agl.Trainer``, and ``eval/<stage>.jsonl`` from ``evaluation.society_eval.evaluate`` on Spider dev questions,
+``agl.Trainer``, and ``eval/<stage>.jsonl`` from ``society.evaluate.evaluate`` on Spider dev questions,
 in the format ``training.pipeline`` writes. Nothing in it is typed by hand; the tests check the
 report against independent recomputation (re-executing the SQL on the Spider databases).
 """

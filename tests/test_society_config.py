@@ -256,7 +256,7 @@ def test_endpoint_down_is_retried_then_the_evaluation_stops_without_scoring_the_
     """A real closed loopback port: every attempt is refused (1 + 2 retries per call); the run of the
     question ends `failed` with its partial state, and the evaluation stops with an
     InfrastructureError instead of scoring it 0 -- an endpoint failure is not the model's answer."""
-    from evaluation.society_eval import evaluate
+    from society.evaluate import evaluate
     from society.infra import InfrastructureError
     from society.run import RunRecorder, run_society
     from tools.spider import load_examples

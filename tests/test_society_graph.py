@@ -273,7 +273,7 @@ def test_senior_agent_refines_the_given_sql_and_stops_after_its_visit(smol_serve
 
 
 def test_senior_agent_needs_given_sql_in_an_evaluation(smol_server):
-    from evaluation.society_eval import evaluate
+    from society.evaluate import evaluate
 
     ex = load_examples(None, "dev", limit=1)
     with pytest.raises(ValueError, match="given_sql"):

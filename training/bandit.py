@@ -36,7 +36,7 @@ __all__ = [
 
 
 def samples_from_records(records: Sequence[Mapping[str, Any]], *, round: int = -1) -> list[dict[str, Any]]:
-    """Bandit samples from society run records (``evaluation.society_eval.evaluate``'s ``questions.jsonl`` /
+    """Bandit samples from society run records (``society.evaluate.evaluate``'s ``questions.jsonl`` /
     the pipeline's ``eval/<stage>.jsonl``), scored for real.
 
     Each record needs ``question``, ``gold_sql``, ``db_path`` (or a ``db_id`` of the data directory
@@ -68,7 +68,7 @@ def samples_from_records(records: Sequence[Mapping[str, Any]], *, round: int = -
         if not gold or not db:
             raise ValueError(
                 f"record {r.get('question_id', k)} lacks gold_sql/db_path; use "
-                "evaluation.society_eval.evaluate records"
+                "society.evaluate.evaluate records"
             )
         rewards = [1.0 if c.get("sql") and execution_match(db, c["sql"], gold).match else 0.0 for c in cands]
         info = ch.get("info") or {}

@@ -44,9 +44,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from evaluation.metrics.rewards import RewardConfig
 from evaluation.report import write_report
 from evaluation.role_effects import NOISE_STAGE
-from evaluation.society_eval import evaluate, summarise_records
 from society.candidate import Candidate
 from society.config import SocietyConfig
+from society.evaluate import evaluate, summarise_records
 from society.models import embedded_spec
 from society.policies import LLMPolicy, PolicyContext
 from society.prompts import get_prompt
