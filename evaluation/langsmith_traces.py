@@ -19,7 +19,7 @@ Pulling (:func:`pull_traces`). ``sqlsociety traces pull --project P --run-id R``
 (through ``langsmith.Client``, so ``LANGSMITH_ENDPOINT`` is honoured) for the root runs tagged
 ``run:R`` — or, when ``R`` is a LangSmith run/trace UUID, for that trace — then for every run of
 each trace and the root's feedback, and turns them into span records
-(:mod:`evaluation.trace_records`): the LangSmith run id is kept in ``langsmith.run_id``, the trace UUID
+(:mod:`evaluation.tracing.trace_records`): the LangSmith run id is kept in ``langsmith.run_id``, the trace UUID
 becomes the 32-hex ``trace_id``, each feedback becomes an ``agentlightning.reward`` span
 (``key == "reward"``) or an annotation span, so ``traces show`` renders pulled traces like
 local ones.
@@ -322,7 +322,7 @@ def _llm_attributes(inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> di
 
 
 def run_to_record(run: Any, project: str, rollout_key: str) -> dict[str, Any]:
-    """One LangSmith ``Run`` (``langsmith.schemas.Run``) as a span record (see :mod:`evaluation.trace_records`).
+    """One LangSmith ``Run`` (``langsmith.schemas.Run``) as a span record (see :mod:`evaluation.tracing.trace_records`).
 
     Args:
         run: the run.

@@ -7,7 +7,7 @@
   credit. ``RUN_DIR`` may also be a JSONL file written by ``traces export`` or ``traces pull``
   (``ROLLOUT_ID`` then optional when it holds one rollout).
 * ``traces export RUN_DIR [--out F] [--rollout ID]...`` -- JSONL, one span per line with
-  OpenTelemetry span fields (see :mod:`evaluation.trace_records`).
+  OpenTelemetry span fields (see :mod:`evaluation.tracing.trace_records`).
 * ``traces pull --project P --run-id R [--out F]`` -- fetch rollouts' traces back from LangSmith
   into that JSONL format and print their trees (needs ``LANGSMITH_API_KEY``).
 * ``traces dashboard RUN_DIR [--port N]`` -- serve Agent Lightning's own dashboard over the run's
@@ -66,8 +66,8 @@ def traces_list(
     limit: int = typer.Option(50, "--limit", min=1, help="Show at most this many (the most recent)."),
 ) -> None:
     """List the rollouts recorded in a run."""
-    from evaluation.trace_records import TraceError
     from evaluation.traces import list_rollouts
+    from evaluation.tracing.trace_records import TraceError
 
     try:
         rows = list_rollouts(run_dir, phase=phase, min_reward=min_reward, failed=failed)
@@ -105,10 +105,10 @@ def traces_show(
     raw: bool = typer.Option(False, "--raw", help="Keep LangChain/LangGraph wrapper spans."),
 ) -> None:
     """Show one rollout as a tree (node -> role -> LLM call -> tool call -> reward, per-role credit)."""
-    from evaluation.trace_records import TraceError, group_by_rollout, read_records
     from evaluation.trace_render import render_tree
     from evaluation.trace_tree import build_tree
     from evaluation.traces import load_rollout_trace
+    from evaluation.tracing.trace_records import TraceError, group_by_rollout, read_records
 
     if not source.exists():
         _fail(f"{source} does not exist; pass a run directory or a JSONL file from `traces export` / `traces pull`")
@@ -146,8 +146,8 @@ def traces_export(
 
     Nothing is written when the run directory or its store is unusable; the file appears only once
     complete."""
-    from evaluation.trace_records import TraceError
     from evaluation.traces import export_jsonl, store_path
+    from evaluation.tracing.trace_records import TraceError
 
     try:
         spath = store_path(run_dir)
@@ -202,8 +202,8 @@ def traces_dashboard(
     port: int = typer.Option(4747, "--port", help="Port to serve on."),
 ) -> None:
     """Serve Agent Lightning's dashboard (rollouts, attempts, spans) over the run's store until Ctrl-C."""
-    from evaluation.trace_records import TraceError
     from evaluation.traces import store_path
+    from evaluation.tracing.trace_records import TraceError
 
     try:
         path = store_path(run_dir)  # before Agent Lightning is imported (seconds)

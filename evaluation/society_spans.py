@@ -8,7 +8,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from evaluation.trace_records import AGL_ANNOTATION, ROLLOUT_ID_ATTR, attribute_value, unix_nano
+from evaluation.tracing.trace_records import AGL_ANNOTATION, ROLLOUT_ID_ATTR, attribute_value, unix_nano
 
 
 def _f(v: Any, default: float = 0.0) -> float:

@@ -9,7 +9,8 @@ from rich.markup import escape
 from rich.text import Text
 from rich.tree import Tree
 
-from evaluation.trace_records import (
+from evaluation.trace_tree import RolloutTrace, TraceNode, node_role
+from evaluation.tracing.trace_records import (
     first_attribute,
     llm_io,
     llm_usage,
@@ -20,7 +21,6 @@ from evaluation.trace_records import (
     span_role,
     tool_io,
 )
-from evaluation.trace_tree import RolloutTrace, TraceNode, node_role
 
 #: Characters of prompt/response/result text shown per line in ``traces show``.
 PREVIEW_CHARS = 240

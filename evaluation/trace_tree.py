@@ -3,7 +3,7 @@
     rollout → node (LangGraph node / role) → LLM call (prompt, response, tokens, latency)
             → tool call (SQL, result or error) … → reward, plus a per-role credit branch.
 
-:func:`build_tree` builds it from span records (:mod:`evaluation.trace_records`), leaving out the
+:func:`build_tree` builds it from span records (:mod:`evaluation.tracing.trace_records`), leaving out the
 wrapper spans of LangChain/LangGraph internals; :class:`RolloutTrace` holds it with the reward and
 per-role credit it carries.
 """
@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from evaluation.trace_records import (
+from evaluation.tracing.trace_records import (
     classify,
     llm_usage,
     node_name,
@@ -52,7 +52,7 @@ class TraceNode:
 
     Attributes:
         record: the span record.
-        kind: :func:`evaluation.trace_records.classify` result.
+        kind: :func:`evaluation.tracing.trace_records.classify` result.
         children: child nodes in start-time order.
     """
 

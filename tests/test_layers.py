@@ -13,7 +13,7 @@ Layers, lowest first (a module may import its own layer and the layers below it,
                           ``toolkit``, ``roles``, ``config``, ``graph``, ``baselines``, ``run``
  4    society evaluation  ``society.evaluate`` (an agent over a split through ``society.run``:
                           EX, ``predictions.sql``, ``summary.json``)
- 5    store and tracing   ``training.store``, ``evaluation.trace_records``, ``trace_tree``,
+ 5    store and tracing   ``training.store``, ``evaluation.tracing.trace_records``, ``trace_tree``,
                           ``trace_render``, ``society_spans``, ``traces``, ``langsmith_traces``
  6    training            ``training.*`` but the store, the pipeline, plan, GPU check and the CLI
  7    reports             ``evaluation.stats``, ``role_effects``, ``plots``, ``run_data`` (reading a
@@ -60,7 +60,7 @@ LAYERS: list[tuple[str, list[str]]] = [
                  "society.toolkit", "society.roles", "society.config", "society.graph", "society.baselines",
                  "society.run"]),
     ("society evaluation", ["society.evaluate"]),
-    ("store and tracing", ["training.store", "evaluation.trace_records", "evaluation.trace_tree",
+    ("store and tracing", ["evaluation.tracing", "training.store", "evaluation.tracing.trace_records", "evaluation.trace_tree",
                            "evaluation.trace_render", "evaluation.society_spans", "evaluation.traces",
                            "evaluation.langsmith_traces"]),
     ("training", ["training.agent", "training.adapter", "training.bandit", "training.gather", "training.remote",

@@ -54,7 +54,7 @@ from agentlightning.types import Span, Triplet
 
 from evaluation.metrics.ex import execution_match
 from evaluation.metrics.sql_text import extract_sql, normalize_sql
-from evaluation.trace_records import indexed_messages
+from evaluation.tracing.trace_records import indexed_messages
 from society.candidate import candidate_context
 from society.llm import cut_at_stop, message_dicts, restore_stop
 from society.prompts import PROMPTS, PromptTemplate, hint_block, hint_remnants, strip_hint

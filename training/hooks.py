@@ -28,7 +28,7 @@ Where the values come from (the LitAgent in training/agent.py records them as sp
     * turns, llm_calls, tokens -- annotation keys of those names, else the fields of the
       LitAgent's ``society_run`` object span (``SocietyRun.to_record()``), else (calls, tokens)
       counted from the LLM-call spans' ``gen_ai.usage.*`` attributes;
-    * role_outcomes -- :func:`evaluation.trace_records.role_credit_from_attributes` over the annotations
+    * role_outcomes -- :func:`evaluation.tracing.trace_records.role_credit_from_attributes` over the annotations
       (``sqlsociety.junior.<J>.*``, ``sqlsociety.supervisor.*``, ``sqlsociety.senior.*``);
     * latency_s -- wall time between ``on_rollout_start`` and ``on_rollout_end`` in this process.
 """
@@ -51,7 +51,7 @@ os.environ.setdefault(
 from agentlightning import Hook
 from agentlightning.emitter.reward import find_final_reward
 
-from evaluation.trace_records import classify, llm_usage, role_credit_from_attributes
+from evaluation.tracing.trace_records import classify, llm_usage, role_credit_from_attributes
 
 logger = logging.getLogger(__name__)
 
