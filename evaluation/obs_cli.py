@@ -106,9 +106,9 @@ def traces_show(
 ) -> None:
     """Show one rollout as a tree (node -> role -> LLM call -> tool call -> reward, per-role credit)."""
     from evaluation.trace_render import render_tree
-    from evaluation.trace_tree import build_tree
     from evaluation.traces import load_rollout_trace
     from evaluation.tracing.trace_records import TraceError, group_by_rollout, read_records
+    from evaluation.tracing.trace_tree import build_tree
 
     if not source.exists():
         _fail(f"{source} does not exist; pass a run directory or a JSONL file from `traces export` / `traces pull`")
@@ -179,7 +179,7 @@ def traces_pull(
     _check_out(out, "--out", [])
     from evaluation import langsmith_traces as lt
     from evaluation.trace_render import render_tree
-    from evaluation.trace_tree import build_tree
+    from evaluation.tracing.trace_tree import build_tree
 
     try:
         groups = lt.pull_traces(project, run_id, limit=limit)

@@ -1,4 +1,4 @@
-"""``traces show``: a rollout's tree (:mod:`evaluation.trace_tree`) as a Rich tree."""
+"""``traces show``: a rollout's tree (:mod:`evaluation.tracing.trace_tree`) as a Rich tree."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from rich.markup import escape
 from rich.text import Text
 from rich.tree import Tree
 
-from evaluation.trace_tree import RolloutTrace, TraceNode, node_role
 from evaluation.tracing.trace_records import (
     first_attribute,
     llm_io,
@@ -21,6 +20,7 @@ from evaluation.tracing.trace_records import (
     span_role,
     tool_io,
 )
+from evaluation.tracing.trace_tree import RolloutTrace, TraceNode, node_role
 
 #: Characters of prompt/response/result text shown per line in ``traces show``.
 PREVIEW_CHARS = 240

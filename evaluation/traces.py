@@ -9,7 +9,7 @@ with no trainer running the store is opened as a snapshot (``immutable``, so SQL
 per rollout (:mod:`evaluation.society_spans`).
 
 Spans become span records (:mod:`evaluation.tracing.trace_records`), a rollout's records a tree
-(:mod:`evaluation.trace_tree`), printed by :mod:`evaluation.trace_render`.
+(:mod:`evaluation.tracing.trace_tree`), printed by :mod:`evaluation.trace_render`.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from evaluation.society_spans import society_run_records
-from evaluation.trace_tree import RolloutTrace, build_tree
 from evaluation.tracing.trace_records import TraceError, span_to_record
+from evaluation.tracing.trace_tree import RolloutTrace, build_tree
 from tools.files import atomic_writer
 from tools.sqlite_files import read_only_uri
 

@@ -30,8 +30,8 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from evaluation import langsmith_traces as lt
 from evaluation.trace_render import render_tree
-from evaluation.trace_tree import build_tree
 from evaluation.tracing.trace_records import read_records
+from evaluation.tracing.trace_tree import build_tree
 
 SPIDER_DB = (
     Path(__file__).resolve().parent.parent
