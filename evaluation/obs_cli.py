@@ -105,9 +105,9 @@ def traces_show(
     raw: bool = typer.Option(False, "--raw", help="Keep LangChain/LangGraph wrapper spans."),
 ) -> None:
     """Show one rollout as a tree (node -> role -> LLM call -> tool call -> reward, per-role credit)."""
-    from evaluation.trace_render import render_tree
     from evaluation.traces import load_rollout_trace
     from evaluation.tracing.trace_records import TraceError, group_by_rollout, read_records
+    from evaluation.tracing.trace_render import render_tree
     from evaluation.tracing.trace_tree import build_tree
 
     if not source.exists():
@@ -178,7 +178,7 @@ def traces_pull(
     out = out or Path(f"langsmith-{run_id.replace('/', '_')}.jsonl")
     _check_out(out, "--out", [])
     from evaluation import langsmith_traces as lt
-    from evaluation.trace_render import render_tree
+    from evaluation.tracing.trace_render import render_tree
     from evaluation.tracing.trace_tree import build_tree
 
     try:

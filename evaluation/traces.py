@@ -9,7 +9,7 @@ with no trainer running the store is opened as a snapshot (``immutable``, so SQL
 per rollout (:mod:`evaluation.society_spans`).
 
 Spans become span records (:mod:`evaluation.tracing.trace_records`), a rollout's records a tree
-(:mod:`evaluation.tracing.trace_tree`), printed by :mod:`evaluation.trace_render`.
+(:mod:`evaluation.tracing.trace_tree`), printed by :mod:`evaluation.tracing.trace_render`.
 """
 
 from __future__ import annotations

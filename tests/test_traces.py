@@ -23,9 +23,9 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 from rich.console import Console
 from typer.testing import CliRunner
 
-from evaluation.trace_render import render_tree
 from evaluation.traces import export_jsonl, list_rollouts, load_rollout_trace
 from evaluation.tracing.trace_records import TraceError, group_by_rollout, read_records
+from evaluation.tracing.trace_render import render_tree
 from evaluation.tracing.trace_tree import build_tree
 from training.store import RolloutArchive
 
