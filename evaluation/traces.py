@@ -6,7 +6,7 @@ The source of truth is the run's persistent LightningStore (``RUN_DIR/store.sqli
 with no trainer running the store is opened as a snapshot (``immutable``, so SQLite creates no
 ``-wal``/``-shm`` beside it; :func:`tools.sqlite_files.read_only_uri`). A society run directory
 (``sqlsociety ask`` / ``eval``: ``traces/<question>.json``, no store) is read too, one question
-per rollout (:mod:`evaluation.society_spans`).
+per rollout (:mod:`evaluation.tracing.society_spans`).
 
 Spans become span records (:mod:`evaluation.tracing.trace_records`), a rollout's records a tree
 (:mod:`evaluation.tracing.trace_tree`), printed by :mod:`evaluation.tracing.trace_render`.
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evaluation.society_spans import society_run_records
+from evaluation.tracing.society_spans import society_run_records
 from evaluation.tracing.trace_records import TraceError, span_to_record
 from evaluation.tracing.trace_tree import RolloutTrace, build_tree
 from tools.files import atomic_writer

@@ -61,7 +61,7 @@ LAYERS: list[tuple[str, list[str]]] = [
                  "society.run"]),
     ("society evaluation", ["society.evaluate"]),
     ("store and tracing", ["evaluation.tracing", "training.store", "evaluation.tracing.trace_records", "evaluation.tracing.trace_tree",
-                           "evaluation.tracing.trace_render", "evaluation.society_spans", "evaluation.traces",
+                           "evaluation.tracing.trace_render", "evaluation.tracing.society_spans", "evaluation.traces",
                            "evaluation.langsmith_traces"]),
     ("training", ["training.agent", "training.adapter", "training.bandit", "training.gather", "training.remote",
                   "training.sft", "training.grpo", "training.checkpoints", "training.export",
