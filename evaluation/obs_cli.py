@@ -177,7 +177,7 @@ def traces_pull(
     """Fetch traces from LangSmith (through the langsmith client) into the local JSONL format."""
     out = out or Path(f"langsmith-{run_id.replace('/', '_')}.jsonl")
     _check_out(out, "--out", [])
-    from evaluation import langsmith_traces as lt
+    from evaluation.tracing import langsmith_traces as lt
     from evaluation.tracing.trace_render import render_tree
     from evaluation.tracing.trace_tree import build_tree
 
@@ -267,9 +267,9 @@ def register(app: typer.Typer) -> None:
     """Add ``traces`` (list/show/export/pull/dashboard) and ``report`` to the root app.
 
     Also makes "no LangSmith key" mean "nothing sent" for every command of this process
-    (:func:`evaluation.langsmith_traces.disable_tracing_without_key`).
+    (:func:`evaluation.tracing.langsmith_traces.disable_tracing_without_key`).
     """
-    from evaluation.langsmith_traces import disable_tracing_without_key
+    from evaluation.tracing.langsmith_traces import disable_tracing_without_key
 
     disable_tracing_without_key()
     app.add_typer(traces_app, name="traces")

@@ -28,7 +28,7 @@ import pytest
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from evaluation import langsmith_traces as lt
+from evaluation.tracing import langsmith_traces as lt
 from evaluation.tracing.trace_records import read_records
 from evaluation.tracing.trace_render import render_tree
 from evaluation.tracing.trace_tree import build_tree

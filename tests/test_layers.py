@@ -62,7 +62,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("society evaluation", ["society.evaluate"]),
     ("store and tracing", ["evaluation.tracing", "training.store", "evaluation.tracing.trace_records", "evaluation.tracing.trace_tree",
                            "evaluation.tracing.trace_render", "evaluation.tracing.society_spans", "evaluation.traces",
-                           "evaluation.langsmith_traces"]),
+                           "evaluation.tracing.langsmith_traces"]),
     ("training", ["training.agent", "training.adapter", "training.bandit", "training.gather", "training.remote",
                   "training.sft", "training.grpo", "training.checkpoints", "training.export",
                   "training.adapter_serving", "training.threads", "training.hooks", "training.reuse"]),

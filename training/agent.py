@@ -44,9 +44,9 @@ os.environ.setdefault("AGENTOPS_LOG_LEVEL", "WARNING")  # AgentOps prints a "ses
 
 import agentlightning as agl
 
-from evaluation.langsmith_traces import rollout_trace
 from evaluation.metrics.ex import execution_match
 from evaluation.metrics.rewards import RewardConfig, compute_reward
+from evaluation.tracing.langsmith_traces import rollout_trace
 from society.config import ConfigError, SocietyConfig
 from society.llm import as_endpoint, message_dicts
 from society.policies import EpsilonGreedyPolicy

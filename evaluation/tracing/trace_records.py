@@ -10,7 +10,7 @@ fields (https://opentelemetry.io/docs/specs/otel/trace/api/#span, names as in OT
      "resource": {"attributes": {"agentlightning.rollout_id", "agentlightning.attempt_id", ...}}}
 
 Span records are made from Agent Lightning spans (:func:`span_to_record`), from LangSmith runs
-(:mod:`evaluation.langsmith_traces`) and from a society run's trace file
+(:mod:`evaluation.tracing.langsmith_traces`) and from a society run's trace file
 (:mod:`evaluation.tracing.society_spans`); they are what ``traces export`` writes (one JSON per line,
 read back with :func:`read_records`), and what :func:`evaluation.tracing.trace_tree.build_tree` turns
 into the tree ``traces show`` prints.
