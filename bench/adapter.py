@@ -1,6 +1,6 @@
 """Adapter throughput on a store of >= 1,000 recorded society rollouts.
 
-Builds ``--rollouts`` rollouts in a fresh :class:`training.store.SqliteLightningStore` by
+Builds ``--rollouts`` rollouts in a fresh :class:`evaluation.tracing.store.SqliteLightningStore` by
 replaying the real rollouts of ``tests/fixtures/society_traces.jsonl.gz`` (each copy gets a new
 rollout id through the store's own API: enqueue, dequeue, ``add_many_spans``, ``update_attempt``),
 then times the :class:`training.adapter.HierarchicalTraceAdapter`:
@@ -27,8 +27,8 @@ from pathlib import Path
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from evaluation.tracing.store import RolloutArchive, SqliteLightningStore  # noqa: E402
 from training.adapter import SPAN_NAMES, HierarchicalTraceAdapter, load_traces  # noqa: E402
-from training.store import RolloutArchive, SqliteLightningStore  # noqa: E402
 
 FIXTURE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "society_traces.jsonl.gz"
 

@@ -197,9 +197,9 @@ def bench_store(runs: int) -> None:
 
     import agentlightning as agl
 
+    from evaluation.tracing.store import RolloutArchive, SqliteLightningStore
     from training.agent import StoreTracer
     from training.gather import free_port
-    from training.store import RolloutArchive, SqliteLightningStore
 
     class Echo(agl.LitAgent):  # the test's _EchoAgent: no model, one operation span and an annotation
         def rollout(self, task, resources, rollout):  # type: ignore[override]

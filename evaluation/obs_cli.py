@@ -213,7 +213,7 @@ def traces_dashboard(
 
     from agentlightning.store.client_server import LightningStoreServer
 
-    from training.store import SqliteLightningStore, StoreLockedError
+    from evaluation.tracing.store import SqliteLightningStore, StoreLockedError
     try:
         store = SqliteLightningStore(path, recover="keep")
     except StoreLockedError:

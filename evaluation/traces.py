@@ -1,7 +1,7 @@
 """A run's traces: list, load and export the rollouts a run directory recorded.
 
 The source of truth is the run's persistent LightningStore (``RUN_DIR/store.sqlite``, read with
-:class:`training.store.RolloutArchive`, safe while a trainer writes), checked with plain
+:class:`evaluation.tracing.store.RolloutArchive`, safe while a trainer writes), checked with plain
 ``sqlite3`` before Agent Lightning is imported (:func:`store_problem`). Reading writes nothing:
 with no trainer running the store is opened as a snapshot (``immutable``, so SQLite creates no
 ``-wal``/``-shm`` beside it; :func:`tools.sqlite_files.read_only_uri`). A society run directory
@@ -41,7 +41,7 @@ def is_society_run_dir(run_dir: str | Path) -> bool:
     return p.is_dir() and not (p / "store.sqlite").exists() and (p / "traces").is_dir()
 
 
-#: Tables every rollout store has (``training.store``'s schema); checked before the store is read.
+#: Tables every rollout store has (``evaluation.tracing.store``'s schema); checked before the store is read.
 STORE_TABLES = ("rollouts", "attempts", "spans", "rewards")
 
 
@@ -230,7 +230,7 @@ def list_rollouts(
     if is_society_run_dir(run_dir):
         return _list_society_run(Path(run_dir), phase=phase, min_reward=min_reward, failed=failed)
     spath = store_path(run_dir)  # checked before Agent Lightning is imported (seconds)
-    from training.store import RolloutArchive  # the store module owns the file format
+    from evaluation.tracing.store import RolloutArchive  # the store module owns the file format
 
     metrics = _metrics_by_rollout(spath.parent)
     out = []
@@ -314,7 +314,7 @@ def load_rollout_trace(run_dir: str | Path, rollout_id: str, *, prune: bool = Tr
     if is_society_run_dir(run_dir):
         return load_society_trace(run_dir, rollout_id, prune=prune)
     spath = store_path(run_dir)
-    from training.store import RolloutArchive
+    from evaluation.tracing.store import RolloutArchive
 
     with _reading(spath), RolloutArchive(spath, snapshot=True) as arch:
         recs = arch.rollouts()
@@ -391,7 +391,7 @@ def iter_records(run_dir: str | Path, rollout_ids: Iterable[str] | None = None) 
         TraceError: no store, or the store is not a readable rollout store.
     """
     spath = store_path(run_dir)
-    from training.store import RolloutArchive
+    from evaluation.tracing.store import RolloutArchive
 
     wanted = None if rollout_ids is None else set(rollout_ids)
     with _reading(spath), RolloutArchive(spath, snapshot=True) as arch:

@@ -23,9 +23,9 @@ pytest.importorskip("agentlightning")
 pytest.importorskip("datasets")
 
 from evaluation.metrics.ex import execution_match  # noqa: E402
+from evaluation.tracing.store import RolloutArchive, SqliteLightningStore  # noqa: E402
 from tools.spider import database_path, default_data_dir  # noqa: E402
 from training.adapter import HierarchicalTraceAdapter, load_traces  # noqa: E402
-from training.store import RolloutArchive, SqliteLightningStore  # noqa: E402
 
 FIXTURE = Path(__file__).parent / "fixtures" / "society_traces.jsonl.gz"
 

@@ -234,7 +234,7 @@ def test_a_snapshot_read_still_sees_a_running_writers_commits(gathered_run: Path
     the ordinary read-only one: it sees them, and leaves the writer's files as they were."""
     import sqlite3
 
-    from training.store import RolloutArchive
+    from evaluation.tracing.store import RolloutArchive
 
     store = gathered_run / "store.sqlite"
     def n_rollouts(arc: RolloutArchive) -> int:

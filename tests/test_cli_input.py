@@ -459,7 +459,7 @@ def test_traces_show_missing_source(tmp_path):
 
 @pytest.mark.parametrize("kind", ["random_bytes", "zero_bytes", "unrelated_sqlite"])
 def test_rollout_archive_refuses_a_file_that_is_not_a_store(tmp_path, kind):
-    from training.store import RolloutArchive, StoreError
+    from evaluation.tracing.store import RolloutArchive, StoreError
 
     store = _bad_store(tmp_path / "run", kind)
     with pytest.raises(StoreError, match="rollout store"):

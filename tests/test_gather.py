@@ -26,12 +26,12 @@ agl = pytest.importorskip("agentlightning")
 from holding_proxy import HoldingProxy, message_text  # noqa: E402
 
 from evaluation.metrics.rewards import compute_reward  # noqa: E402
+from evaluation.tracing.store import RolloutArchive  # noqa: E402
 from society.candidate import Candidate  # noqa: E402
 from society.config import SMOKE_CONFIG, SocietyConfig  # noqa: E402
 from society.policies import PolicyContext  # noqa: E402
 from training.agent import ATTR, EpsilonGreedyPolicy, with_exploration  # noqa: E402
 from training.gather import GatherConfig, gather, select_tasks  # noqa: E402
-from training.store import RolloutArchive  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 #: Three train tasks (one small database).
@@ -361,7 +361,7 @@ _INTERRUPTED_ROLLOUT_SCRIPT = textwrap.dedent(
     from society.config import SMOKE_CONFIG, SocietyConfig
     from training.agent import InterruptedRolloutGuard, SocietyAgent, StoreTracer
     from training.gather import GatherConfig, select_tasks
-    from training.store import RolloutArchive, SqliteLightningStore
+    from evaluation.tracing.store import RolloutArchive, SqliteLightningStore
 
     class Interrupted(SocietyAgent):
         def _rollout(self, task, resources, rollout):

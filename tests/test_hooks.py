@@ -26,9 +26,9 @@ import agentlightning as agl
 
 from evaluation.metrics.ex import execution_match
 from evaluation.metrics.rewards import compute_reward
+from evaluation.tracing.store import RolloutArchive, SqliteLightningStore
 from tools.spider import load_examples
 from training.hooks import MetricsHook, MetricsWriter, wandb_configured
-from training.store import RolloutArchive, SqliteLightningStore
 
 
 class _S(TypedDict, total=False):

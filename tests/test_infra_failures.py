@@ -179,7 +179,7 @@ def _train(*args: str) -> list[str]:
 def _stored(store: Path, *, polling: bool = False) -> dict[str, list[str]]:
     """task id -> ids of its succeeded rollouts. ``polling``: a store the run is still creating (the
     file exists, its tables not yet) reads as empty."""
-    from training.store import RolloutArchive, StoreError
+    from evaluation.tracing.store import RolloutArchive, StoreError
 
     out: dict[str, list[str]] = {}
     if store.is_file():

@@ -35,9 +35,9 @@ from pathlib import Path
 import pytest
 from runner_processes import children, running_attempt_of
 
+from evaluation.tracing.store import RolloutArchive
 from society.config import SMOKE_CONFIG, SocietyConfig
 from society.server_process import free_port
-from training.store import RolloutArchive
 
 REPO = Path(__file__).resolve().parent.parent
 TASKS = ["train-0", "train-1", "train-2", "train-3"]

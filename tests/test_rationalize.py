@@ -18,11 +18,11 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 pytest.importorskip("agentlightning")
 
 from evaluation.metrics.ex import execution_match  # noqa: E402
+from evaluation.tracing.store import RolloutArchive  # noqa: E402
 from society.config import SMOKE_CONFIG, SocietyConfig  # noqa: E402
 from society.prompts import HINT_OPEN, PERSONA_PROMPTS, PROMPTS, hint_block, hint_remnants, strip_hint  # noqa: E402
 from training.adapter import HierarchicalTraceAdapter  # noqa: E402
 from training.gather import GatherConfig, gather  # noqa: E402
-from training.store import RolloutArchive  # noqa: E402
 
 pytestmark = pytest.mark.model
 

@@ -37,10 +37,10 @@ import pytest
 from holding_proxy import HoldingProxy
 from runner_processes import alive, children, running_attempt_of
 
+from evaluation.tracing.store import RolloutArchive
 from society.config import SMOKE_CONFIG, SocietyConfig
 from society.server_process import free_port
 from training.remote import RunnerError, parse_endpoint, parse_store_url, run_runners, store_alive
-from training.store import RolloutArchive
 
 REPO = Path(__file__).resolve().parent.parent
 TASKS = ["train-0", "train-1", "train-2", "train-3"]

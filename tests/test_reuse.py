@@ -280,8 +280,8 @@ def test_phase1_rollouts_are_reused_when_every_hash_matches_and_refused_when_the
     """Phase 1 (society rollouts on SmolLM2, a real LightningStore) once; a second run with the same
     settings copies its store and gathers nothing again; one whose exploration rate differs is refused."""
     from evaluation.report import build_report
+    from evaluation.tracing.store import RolloutArchive
     from training.pipeline import StageReuseRefused
-    from training.store import RolloutArchive
 
     def profile(name: str, **gather) -> dict:
         cfg = _profile(tmp_path, name)

@@ -1,4 +1,4 @@
-"""The persistent SQLite LightningStore (training/store.py).
+"""The persistent SQLite LightningStore (evaluation/tracing/store.py).
 
 Everything is real: Agent Lightning's store API and Trainer, SQLite files, OS processes killed
 with SIGKILL. The agent in the Trainer test does no LLM call (the store is what is under test;
@@ -26,7 +26,7 @@ agl = pytest.importorskip("agentlightning")
 from agentlightning.emitter import emit_annotation, emit_reward  # noqa: E402
 from agentlightning.types import Span  # noqa: E402
 
-from training.store import (  # noqa: E402
+from evaluation.tracing.store import (  # noqa: E402
     RolloutArchive,
     SqliteLightningStore,
     StoreError,
@@ -111,7 +111,7 @@ _KILLED_WRITER = textwrap.dedent(
     sys.path.insert(0, {repo!r})
     from agentlightning.emitter import emit_annotation, emit_reward
     from agentlightning.types import Span
-    from training.store import SqliteLightningStore
+    from evaluation.tracing.store import SqliteLightningStore
 
     def span(core, rid, aid, seq):
         return Span.from_core_fields(core, rollout_id=rid, attempt_id=aid, sequence_id=seq)
@@ -174,7 +174,7 @@ def test_second_writer_is_refused_until_the_first_dies(tmp_path: Path) -> None:
     path = tmp_path / "store.sqlite"
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         f"import sys,time; sys.path.insert(0,{str(REPO)!r}); from training.store import SqliteLightningStore; "
+         f"import sys,time; sys.path.insert(0,{str(REPO)!r}); from evaluation.tracing.store import SqliteLightningStore; "
          f"s=SqliteLightningStore({str(path)!r}); print('open', flush=True); time.sleep(600)"],
         stdout=subprocess.PIPE, text=True,
     )

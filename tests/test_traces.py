@@ -24,10 +24,10 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from evaluation.traces import export_jsonl, list_rollouts, load_rollout_trace
+from evaluation.tracing.store import RolloutArchive
 from evaluation.tracing.trace_records import TraceError, group_by_rollout, read_records
 from evaluation.tracing.trace_render import render_tree
 from evaluation.tracing.trace_tree import build_tree
-from training.store import RolloutArchive
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "obs" / "run"
 

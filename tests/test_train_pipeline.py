@@ -41,7 +41,7 @@ def _cmd(*args: str) -> list[str]:
 
 
 def _succeeded(store: Path) -> dict[str, tuple[str | None, float | None]]:
-    from training.store import RolloutArchive
+    from evaluation.tracing.store import RolloutArchive
 
     if not store.is_file():
         return {}
@@ -155,9 +155,9 @@ def test_train_smoke_killed_in_phase1_resumes_and_runs_all_phases(tmp_path: Path
 
 
 def test_phase1_adds_juniors_only_rollouts_and_resamples_the_tasks_a_junior_got_wrong(tmp_path: Path) -> None:
+    from evaluation.tracing.store import RolloutArchive
     from training.adapter import HierarchicalTraceAdapter
     from training.pipeline import TrainConfig, TrainingPipeline
-    from training.store import RolloutArchive
 
     cfg = yaml.safe_load((REPO / "configs" / "train" / "smoke.yaml").read_text())
     cfg["society_config"] = str(REPO / "configs" / "smoke.yaml")

@@ -343,7 +343,7 @@ from agentlightning.store import InMemoryLightningStore
 from agentlightning.verl.daemon import AgentModeDaemon
 from agentlightning.verl.entrypoint import TaskRunner
 from training.grpo import SeniorGRPOConfig, build_senior_verl
-from training.store import SqliteLightningStore
+from evaluation.tracing.store import SqliteLightningStore
 
 # The policy directory: TaskRunner.run reads only its tokenizer before Ray (hf_tokenizer, hf_processor) -- a
 # word-level tokenizer built here and saved as a transformers fast tokenizer; no weights are loaded before Ray.
@@ -478,9 +478,9 @@ def test_recorded_senior_spans_become_triplets_through_agent_match(tmp_path):
     ``triplets = adapter.adapt(spans)``, final reward = the last triplet reward that is not None. Here with
     the adapter ``build_senior_verl`` gives ``agl.Trainer``, on real stored rollouts; expected values come
     from the project's own span reader (``HierarchicalTraceAdapter``, which reads the chat-model spans)."""
+    from evaluation.tracing.store import SqliteLightningStore
     from training.adapter import HierarchicalTraceAdapter
     from training.grpo import NODES, senior_verl_adapter
-    from training.store import SqliteLightningStore
 
     store_path = tmp_path / "store.sqlite"
     shutil.copy(STORE_FIXTURE, store_path)

@@ -54,6 +54,7 @@ from agentlightning.types import Span, Triplet
 
 from evaluation.metrics.ex import execution_match
 from evaluation.metrics.sql_text import extract_sql, normalize_sql
+from evaluation.tracing.store import RolloutArchive
 from evaluation.tracing.trace_records import indexed_messages
 from society.candidate import candidate_context
 from society.llm import cut_at_stop, message_dicts, restore_stop
@@ -391,10 +392,8 @@ class HierarchicalTraceAdapter(agl.TraceAdapter[SocietyTrace]):
     # ----------------------------------------------------------------- many rollouts
 
     def traces(self, source: Any, *, status: str | Sequence[str] = "succeeded") -> Iterator[SocietyTrace]:
-        """Adapted rollouts from a :class:`training.store.RolloutArchive` (rollouts with ``status``),
+        """Adapted rollouts from a :class:`evaluation.tracing.store.RolloutArchive` (rollouts with ``status``),
         a path to a store file, or an iterable of span lists / already-adapted traces."""
-        from training.store import RolloutArchive
-
         if isinstance(source, (str, Path)):
             with RolloutArchive(source) as arc:
                 yield from self.traces(arc, status=status)

@@ -78,7 +78,7 @@ class InterruptedRolloutGuard(agl.Hook):
     test, 2026-12-05). :class:`SocietyAgent` notes the interrupt (``agent.interrupted``); this hook,
     run first in that ``finally``, raises ``KeyboardInterrupt`` again before the attempt is marked,
     so it stays unfinished and the next gather recovers it like any rollout in flight
-    (``training.store``: cancelled, the task run again).
+    (``evaluation.tracing.store``: cancelled, the task run again).
     """
 
     async def on_rollout_end(self, *, agent: Any, runner: Any, rollout: Any, spans: Any) -> None:  # type: ignore[override]

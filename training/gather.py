@@ -37,6 +37,7 @@ from agentlightning.execution import ClientServerExecutionStrategy
 from agentlightning.types import RolloutConfig
 
 from evaluation.metrics.rewards import RewardConfig
+from evaluation.tracing.store import SqliteLightningStore
 from society.config import SocietyConfig
 from society.infra import InfrastructureError, ctrl_c_noted, dead_servers
 from society.llm import Endpoint, as_endpoint
@@ -50,7 +51,6 @@ from training.agent import (
     task_from_example,
     with_exploration,
 )
-from training.store import SqliteLightningStore
 
 logger = logging.getLogger(__name__)
 
@@ -403,7 +403,7 @@ def gather(config: GatherConfig) -> GatherSummary:
         :class:`GatherSummary` (also written to ``run_dir/gather.json``).
 
     Raises:
-        training.store.StoreLockedError: another process is gathering into the same run dir.
+        evaluation.tracing.store.StoreLockedError: another process is gathering into the same run dir.
         society.config.ConfigError: unusable society config.
         ValueError: bad task selection or endpoints.
     """

@@ -1013,8 +1013,8 @@ class TrainingPipeline:
     # -- phases -------------------------------------------------------------------------------------
     def phase1_gather(self) -> dict[str, Any]:
         """Phase 1: the baseline society over ``gather.limit`` train tasks into the persistent store."""
+        from evaluation.tracing.store import task_id_of  # noqa: F401  (documents where task ids come from)
         from training.gather import GatherConfig, gather
-        from training.store import task_id_of  # noqa: F401  (documents where task ids come from)
 
         g = self.cfg.gather
         tasks, jtasks = self.gather_tasks()
@@ -1120,7 +1120,7 @@ class TrainingPipeline:
         return HierarchicalTraceAdapter()
 
     def _archive(self) -> Any:
-        from training.store import RolloutArchive
+        from evaluation.tracing.store import RolloutArchive
 
         if not self.dir.store.is_file():
             raise TrainConfigError(f"{self.dir.store} does not exist: run phase 1 (gather) first, e.g. --phases 1,2")

@@ -215,7 +215,7 @@ class _SqliteFile:
             os.close(fd)
             raise StoreLockedError(
                 f"{path} is open for writing by another process{f' (pid {holder})' if holder else ''}; "
-                "stop that run first, or read it with training.store.RolloutArchive (read-only)"
+                "stop that run first, or read it with evaluation.tracing.store.RolloutArchive (read-only)"
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
