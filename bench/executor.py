@@ -40,6 +40,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tools import executor as ex  # noqa: E402
+from tools import sandbox, sql_results  # noqa: E402
 from tools.spider import load_examples  # noqa: E402
 
 _INF = "WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r) SELECT count(*) FROM r"
@@ -88,7 +89,7 @@ def bench_serial(
     """Best-of-``repeat`` queries/s from this process; latencies (ms) and errors of the best pass.
 
     ``workers`` False runs the statements in this process (``USE_WORKERS = False``)."""
-    ex.REUSE_CONNECTIONS = reuse
+    sandbox.REUSE_CONNECTIONS = reuse
     ex.USE_WORKERS = workers
     ex.close_connections()
     _run_all(items[:50])  # start the worker and open the first connections outside the timing
@@ -99,7 +100,7 @@ def bench_serial(
         qps = len(items) / (time.perf_counter() - t)
         if qps > best[0]:
             best = (qps, [ms for ms, _ in res], sum(not ok for _, ok in res))
-    ex.REUSE_CONNECTIONS = True
+    sandbox.REUSE_CONNECTIONS = True
     ex.USE_WORKERS = True
     return best
 
@@ -128,7 +129,7 @@ def bench_timeouts(db: str) -> None:
     over = []
     for _ in range(10):
         r = ex.execute_sql(db, _INF, timeout_s=0.1)
-        assert r.category == ex.ErrorCategory.TIMEOUT, r
+        assert r.category == sql_results.ErrorCategory.TIMEOUT, r
         over.append(r.elapsed_ms - 100.0)
     print(f"timeout overshoot (never-ending CTE, timeout 100 ms, 10 runs): "
           f"median {statistics.median(over):.2f} ms, max {max(over):.2f} ms")
@@ -165,7 +166,7 @@ def bench_handler_overhead(db: str) -> None:
         t_exec.append(time.perf_counter() - t)
     bare.close()
     b, e = min(t_bare), min(t_exec)
-    print(f"progress handler every {ex.PROGRESS_STEPS} instructions: 1M-row CTE {b*1000:.0f} ms bare vs "
+    print(f"progress handler every {sandbox.PROGRESS_STEPS} instructions: 1M-row CTE {b*1000:.0f} ms bare vs "
           f"{e*1000:.0f} ms via executor ({(e / b - 1) * 100:+.1f}%)")
 
 

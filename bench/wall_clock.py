@@ -46,6 +46,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from society.models import DEFAULT_MODEL_ALIAS, EMBEDDED_MODELS, _sha256_file, ensure_model  # noqa: E402
 from tools import executor as ex  # noqa: E402
+from tools import worker_pool  # noqa: E402
 from tools.spider import BUNDLED_DATA_DIR  # noqa: E402
 
 DB = BUNDLED_DATA_DIR / "database" / "concert_singer" / "concert_singer.sqlite"
@@ -129,7 +130,7 @@ def bench_executor(runs: int) -> None:
     over, gone = [], []
     for _ in range(max(3, runs // 4)):
         assert ex.execute_sql(DB, "SELECT 1").ok
-        before = set(ex.worker_pids())
+        before = set(worker_pool.worker_pids())
         t0 = time.monotonic()
         r = ex.execute_sql(DB, SPIN, timeout_s=0.3)
         over.append(time.monotonic() - t0 - 0.3)
@@ -137,18 +138,19 @@ def bench_executor(runs: int) -> None:
             print(f"          overshoot past timeout_s: n/a, the spinning statement was not ended by a kill "
                   f"here ({'ok' if r.ok else r.message[:60]})")
             break
-        for pid in before - set(ex.worker_pids()):
+        for pid in before - set(worker_pool.worker_pids()):
             gone.append(_wait_dead(pid))
     else:
         ref = statistics.median(cold_s)
         print(f"          overshoot past timeout_s, killed   {_ms(over)}  (limit here: KILL_GRACE_S "
-              f"{ex.KILL_GRACE_S * 1000:.0f} ms + fresh worker {ref * 1000:.0f} ms)\n"
+              f"{worker_pool.KILL_GRACE_S * 1000:.0f} ms + fresh worker {ref * 1000:.0f} ms)\n"
               f"          killed worker exited after return  {_ms(gone)}")
 
     code = textwrap.dedent(
         f"""
         import os
-        from tools.executor import execute_sql, worker_pids
+        from tools.executor import execute_sql
+        from tools.worker_pool import worker_pids
         assert execute_sql({str(DB)!r}, 'SELECT 1').ok
         print(worker_pids()[0], flush=True)
         os._exit(0)

@@ -28,7 +28,7 @@ class Candidate(BaseModel):
         sql: the extracted SQL statement, or None when the model output held no usable SQL.
         raw: the raw model output (for SFT and inspection).
         ok: True when ``sql`` executed without error.
-        error_category: executor error category (see ``tools.executor.ErrorCategory``) or None.
+        error_category: executor error category (see ``tools.sql_results.ErrorCategory``) or None.
         error: the executor's error message, or None.
         row_count: rows returned (capped by the executor's row cap); 0 on error.
         columns: result column names.

@@ -57,7 +57,7 @@ class ExecSummary(BaseModel):
         row_count: rows returned (capped by the executor's ``max_rows``).
         truncated: True when the executor cut the result at ``max_rows``.
         digest: order-insensitive hash of all returned rows ("" on error).
-        error_category: executor error category (``tools.executor.ErrorCategory`` value) or None.
+        error_category: executor error category (``tools.sql_results.ErrorCategory`` value) or None.
         error: the error message, or None.
         elapsed_ms: execution wall time in milliseconds.
     """

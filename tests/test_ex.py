@@ -377,7 +377,7 @@ def test_gold_cache_keeps_query_errors_but_not_machine_errors():
     """A gold error that depends on the query is cached; an ``other`` error (out of memory, a lost
     executor worker) is not, so one bad moment of the machine does not fail that gold for good."""
     from evaluation.metrics import ex as ex_module
-    from tools.executor import ErrorCategory
+    from tools.sql_results import ErrorCategory
 
     clear_gold_cache()
     too_big = run_query(CONCERT, "SELECT printf('%.*c', 2000000000, 'x')", cache=True)

@@ -22,8 +22,10 @@ import pytest
 from executor_clock import call_cost_s
 
 from tools import executor as ex
-from tools.executor import ErrorCategory, ExecutionError, ExecutionResult, execute_sql, result_digest
+from tools import sandbox, sql_results
+from tools.executor import execute_sql, result_digest
 from tools.spider import BUNDLED_DATA_DIR, load_examples
+from tools.sql_results import ErrorCategory, ExecutionError, ExecutionResult
 
 DB_DIR = BUNDLED_DATA_DIR / "database"
 CONCERT = DB_DIR / "concert_singer" / "concert_singer.sqlite"
@@ -360,7 +362,7 @@ def test_timeout_is_met_closely():
 
 
 def test_categorize_error_messages():
-    c = ex.categorize_error
+    c = sql_results.categorize_error
     assert c('near "FORM": syntax error') == ErrorCategory.SYNTAX
     assert c("no such table: main.singers") == ErrorCategory.NO_SUCH_TABLE
     assert c("no such column: T1.nme") == ErrorCategory.NO_SUCH_COLUMN
@@ -427,7 +429,7 @@ def test_cached_connection_sees_a_changed_file(tmp_path):
 def test_one_connection_per_call_mode_gives_the_same_results(monkeypatch):
     sql = "SELECT Name FROM singer ORDER BY Age"
     cached = execute_sql(CONCERT, sql)
-    monkeypatch.setattr(ex, "REUSE_CONNECTIONS", False)
+    monkeypatch.setattr(sandbox, "REUSE_CONNECTIONS", False)
     assert execute_sql(CONCERT, sql).rows == cached.rows
     assert execute_sql(CONCERT, "DROP TABLE singer").category == ErrorCategory.FORBIDDEN
 

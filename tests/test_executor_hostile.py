@@ -40,8 +40,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tools import executor as ex
-from tools.executor import ErrorCategory, ExecutionError, ExecutionResult, execute_sql
+from tools import sandbox, sql_functions, sql_results, sql_worker, worker_pool
+from tools.executor import execute_sql
 from tools.spider import BUNDLED_DATA_DIR, load_examples
+from tools.sql_results import ErrorCategory, ExecutionError, ExecutionResult
 
 DB_DIR = BUNDLED_DATA_DIR / "database"
 F, T, O, S = ErrorCategory.FORBIDDEN, ErrorCategory.TIMEOUT, ErrorCategory.OTHER, ErrorCategory.SYNTAX
@@ -95,7 +97,7 @@ def _sha(db: Path) -> str:
 
 
 def _result_bytes(r: ExecutionResult) -> int:
-    return sum(ex._value_size(v) for row in r.rows for v in row)
+    return sum(sandbox._value_size(v) for row in r.rows for v in row)
 
 
 def run_bounded(db: Path, sql: str, *, timeout_s: float = TIMEOUT_S, **kw) -> ExecutionResult | ExecutionError:
@@ -204,7 +206,7 @@ def test_p1_class_other_format_tricks_are_bounded(dbs, sql):
     ],
 )
 def test_printf_width_bound_reads_formats_like_sqlite(fmt, args, low, high):
-    assert low <= ex.printf_width_bound(fmt, args) <= high
+    assert low <= sql_functions.printf_width_bound(fmt, args) <= high
 
 
 def test_printf_and_format_results_still_equal_sqlite(dbs):
@@ -259,9 +261,9 @@ def test_p2_memory_a_statement_leaves_behind_is_given_back(dbs):
     """After a blow-up the worker that holds the memory is replaced; idle workers stay small."""
     run_bounded(dbs["concert_singer"], P2_CLASS[0])
     assert execute_sql(dbs["concert_singer"], "SELECT 1").rows == [(1,)]
-    for pid in ex.worker_pids():
+    for pid in worker_pool.worker_pids():
         try:
-            assert _status_kib("VmRSS", pid) * 1024 <= ex.WORKER_RECYCLE_BYTES
+            assert _status_kib("VmRSS", pid) * 1024 <= worker_pool.WORKER_RECYCLE_BYTES
         except FileNotFoundError:
             pass  # exited meanwhile
 
@@ -386,8 +388,8 @@ def test_refusals_are_forbidden(dbs, sql):
 
 
 def test_categorize_refusal_messages():
-    assert ex.categorize_error("table sqlite_master may not be modified") == F
-    assert ex.categorize_error("vtable constructor failed: json_each") == F
+    assert sql_results.categorize_error("table sqlite_master may not be modified") == F
+    assert sql_results.categorize_error("vtable constructor failed: json_each") == F
 
 
 # --------------------------------------------------------------------------- the workers
@@ -408,10 +410,10 @@ _SPIN = (
 def test_overrun_worker_is_killed_and_replaced(dbs):
     db = dbs["concert_singer"]
     assert execute_sql(db, "SELECT 1").ok
-    before = set(ex.worker_pids())
+    before = set(worker_pool.worker_pids())
     r = run_bounded(db, _SPIN, timeout_s=0.3)
     assert _outcome(r) == T and "killed" in r.message, r
-    after = set(ex.worker_pids())
+    after = set(worker_pool.worker_pids())
     assert after and after != before
     for pid in before - after:  # the killed one is gone (killed and reaped in the background), not merely idle
         deadline = time.monotonic() + EVENT_WAIT_S
@@ -425,7 +427,7 @@ def test_overrun_worker_is_killed_and_replaced(dbs):
 def test_worker_killed_from_outside_is_replaced(dbs):
     db = dbs["concert_singer"]
     assert execute_sql(db, "SELECT 1").ok
-    pids = ex.worker_pids()
+    pids = worker_pool.worker_pids()
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
     for pid in pids:  # wait until each has exited, however long that takes here (the event, not a fixed time)
@@ -459,26 +461,26 @@ def _exited_child(pid: int) -> bool:
 
 def test_worker_address_space_limit_is_the_documented_one(dbs):
     assert execute_sql(dbs["concert_singer"], "SELECT 1").ok
-    pids = ex.worker_pids()
+    pids = worker_pool.worker_pids()
     assert pids
     # the last idle worker is the one that just answered (a replacement started by an earlier
     # test may still be booting, before it sets its limits)
     limits = Path(f"/proc/{pids[-1]}/limits").read_text()
     line = next(ln for ln in limits.splitlines() if ln.startswith("Max address space"))
-    assert line.split()[3:5] == [str(ex.MAX_WORKER_MEMORY_BYTES)] * 2
+    assert line.split()[3:5] == [str(sql_worker.MAX_WORKER_MEMORY_BYTES)] * 2
 
 
 def test_worker_ready_long_ago_and_idle_since_is_used(dbs, monkeypatch):
     """A replacement worker that became ready while idle for longer than the start timeout is
     used, not refused as 'did not start' (its ready message waits in the pipe)."""
-    monkeypatch.setattr(ex, "WORKER_START_TIMEOUT_S", 0.5)
-    ex._pool().close_idle()
-    w = ex._Worker()
-    ex._pool().give(w)  # as pool.replace() leaves it: started, ready message unread
+    monkeypatch.setattr(worker_pool, "WORKER_START_TIMEOUT_S", 0.5)
+    worker_pool._pool().close_idle()
+    w = worker_pool._Worker()
+    worker_pool._pool().give(w)  # as pool.replace() leaves it: started, ready message unread
     # wait for the event, not a fixed time: its ready message is in the pipe (however long start-up
     # takes on this machine), and more than the start timeout has passed since it was started
     assert w.poller.poll(int(EVENT_WAIT_S * 1000)), "worker never wrote its ready message"
-    while time.monotonic() < w.started + 2 * ex.WORKER_START_TIMEOUT_S:
+    while time.monotonic() < w.started + 2 * worker_pool.WORKER_START_TIMEOUT_S:
         time.sleep(0.05)
     r = execute_sql(dbs["concert_singer"], "SELECT count(*) FROM singer")
     assert r.ok and r.rows == [(6,)], r
@@ -487,12 +489,13 @@ def test_worker_ready_long_ago_and_idle_since_is_used(dbs, monkeypatch):
 def test_workers_of_a_large_caller_are_reused(dbs):
     """A caller whose own peak memory is above the recycle threshold (a training process) still
     gets its workers reused: a worker's size is its own, not the peak it inherited at fork."""
-    ballast = b"\x01" * (ex.WORKER_RECYCLE_BYTES + (64 << 20))  # raises this process's peak past the threshold
-    ex._pool().close_idle()  # the next worker is forked from the large process
+    # raises this process's peak past the threshold
+    ballast = b"\x01" * (worker_pool.WORKER_RECYCLE_BYTES + (64 << 20))
+    worker_pool._pool().close_idle()  # the next worker is forked from the large process
     assert execute_sql(dbs["concert_singer"], "SELECT 1").ok
-    first = ex.worker_pids()[-1]
+    first = worker_pool.worker_pids()[-1]
     assert execute_sql(dbs["concert_singer"], "SELECT 2").ok
-    assert ex.worker_pids()[-1] == first
+    assert worker_pool.worker_pids()[-1] == first
     del ballast
 
 
@@ -502,7 +505,8 @@ def test_workers_exit_when_their_parent_dies(dbs):
     code = textwrap.dedent(
         f"""
         import os
-        from tools.executor import execute_sql, worker_pids
+        from tools.executor import execute_sql
+        from tools.worker_pool import worker_pids
         assert execute_sql({str(dbs['concert_singer'])!r}, 'SELECT 1').ok
         print(worker_pids()[0], flush=True)
         os._exit(0)

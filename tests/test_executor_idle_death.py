@@ -23,8 +23,10 @@ from pathlib import Path
 import pytest
 
 from tools import executor as ex
-from tools.executor import ErrorCategory, execute_sql
+from tools import worker_pool
+from tools.executor import execute_sql
 from tools.spider import BUNDLED_DATA_DIR
+from tools.sql_results import ErrorCategory
 
 CONCERT = BUNDLED_DATA_DIR / "database" / "concert_singer" / "concert_singer.sqlite"
 #: Kill-then-call rounds per test (the unfixed executor failed every one of 60 on an idle 2-core VM).
@@ -42,13 +44,13 @@ def _fresh_pool():
 
 def _fill_pool(n: int) -> list[int]:
     """Put ``n`` ready workers in this process's idle pool; return their pids."""
-    pool = ex._pool()
+    pool = worker_pool._pool()
     pool.close_idle()
-    workers = [ex._Worker() for _ in range(n)]
+    workers = [worker_pool._Worker() for _ in range(n)]
     for w in workers:
         assert w.wait_ready(), "worker did not start"
         pool.give(w)
-    return ex.worker_pids()
+    return worker_pool.worker_pids()
 
 
 def _kill_all(pids: list[int]) -> None:
@@ -61,13 +63,13 @@ def test_a_call_right_after_its_idle_worker_was_killed_succeeds():
     failures = []
     for i in range(ROUNDS):
         assert execute_sql(CONCERT, "SELECT 1").ok
-        pids = ex.worker_pids()
+        pids = worker_pool.worker_pids()
         assert pids
         _kill_all(pids)
         r = execute_sql(CONCERT, "SELECT count(*) FROM singer")
         if not (r.ok and r.rows == [(6,)]):
             failures.append(f"round {i}: {r}")
-        assert not set(pids) & set(ex.worker_pids()), "a killed worker is back in the idle pool"
+        assert not set(pids) & set(worker_pool.worker_pids()), "a killed worker is back in the idle pool"
     assert failures == []
 
 
@@ -75,8 +77,8 @@ def test_a_call_right_after_a_full_pool_was_killed_succeeds():
     """Every idle worker of a full pool killed at once, then a call: each dead one is skipped."""
     failures = []
     for i in range(ROUNDS // 4):
-        pids = _fill_pool(ex.MAX_IDLE_WORKERS)
-        assert len(pids) == ex.MAX_IDLE_WORKERS
+        pids = _fill_pool(worker_pool.MAX_IDLE_WORKERS)
+        assert len(pids) == worker_pool.MAX_IDLE_WORKERS
         _kill_all(pids)
         r = execute_sql(CONCERT, "SELECT count(*) FROM singer")
         if not (r.ok and r.rows == [(6,)]):
@@ -93,11 +95,12 @@ def test_concurrent_calls_right_after_a_full_pool_was_killed_all_succeed():
     """As many threads as idle workers call at once after the kill: none pays for a dead worker."""
     failures: list[str] = []
     for i in range(ROUNDS // 6):
-        pids = _fill_pool(ex.MAX_IDLE_WORKERS)
-        results: list = [None] * ex.MAX_IDLE_WORKERS
-        start = threading.Barrier(ex.MAX_IDLE_WORKERS + 1)
+        pids = _fill_pool(worker_pool.MAX_IDLE_WORKERS)
+        results: list = [None] * worker_pool.MAX_IDLE_WORKERS
+        start = threading.Barrier(worker_pool.MAX_IDLE_WORKERS + 1)
 
-        threads = [threading.Thread(target=_call_after, args=(start, results, k)) for k in range(ex.MAX_IDLE_WORKERS)]
+        threads = [threading.Thread(target=_call_after, args=(start, results, k))
+                   for k in range(worker_pool.MAX_IDLE_WORKERS)]
         for t in threads:
             t.start()
         _kill_all(pids)
@@ -122,7 +125,7 @@ def test_a_worker_killed_while_running_the_statement_is_an_error_of_that_stateme
     """The statement reached the worker (it is burning CPU on it) when the worker is killed: the
     call reports the lost worker, not a result from a rerun, and the next call works."""
     assert execute_sql(CONCERT, "SELECT 1").ok
-    (pid,) = ex.worker_pids()
+    (pid,) = worker_pool.worker_pids()
     idle_ticks = _cpu_ticks(pid)
     out: list = []
     t = threading.Thread(target=lambda: out.append(execute_sql(
@@ -134,7 +137,7 @@ def test_a_worker_killed_while_running_the_statement_is_an_error_of_that_stateme
         deadline = time.monotonic() + EVENT_WAIT_S
         while _cpu_ticks(pid) - idle_ticks < os.sysconf("SC_CLK_TCK") // 10 and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert ex.worker_pids() == [] and _cpu_ticks(pid) - idle_ticks >= os.sysconf("SC_CLK_TCK") // 10
+        assert worker_pool.worker_pids() == [] and _cpu_ticks(pid) - idle_ticks >= os.sysconf("SC_CLK_TCK") // 10
     finally:
         os.kill(pid, signal.SIGKILL)
         t.join(EVENT_WAIT_S)

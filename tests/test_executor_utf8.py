@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from tools import executor as ex
-from tools.executor import ErrorCategory, execute_sql, guard_printf_calls
+from tools import sql_functions
+from tools.executor import execute_sql
+from tools.sql_functions import guard_printf_calls
+from tools.sql_results import ErrorCategory
 
 #: Deadline of the hostile statements: long, so that a refusal by the guard (milliseconds) is told
 #: apart from the deadline (a timeout after at least this long) by a wide margin.
@@ -76,7 +78,7 @@ def test_trim_on_a_huge_string_with_an_invalid_byte_is_refused_by_the_guard(db: 
     r = execute_sql(db, sql, timeout_s=TIMEOUT_S)
     assert not r.ok and r.category == ErrorCategory.OTHER, r
     assert r.message.startswith("string or blob too big: text that is not valid UTF-8 reached trim()"), r
-    assert f"limited to {ex.UTF8_RERUN_MAX_BYTES} bytes" in r.message
+    assert f"limited to {sql_functions.UTF8_RERUN_MAX_BYTES} bytes" in r.message
     assert r.elapsed_ms < 1000 * TIMEOUT_S / 4, r
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tools.executor import open_readonly
+from tools.sandbox import open_readonly
 from tools.spider import resolve_database
 
 #: Default number of sample rows per table.

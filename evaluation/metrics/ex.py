@@ -35,9 +35,11 @@ from pathlib import Path
 from typing import Any
 
 from evaluation.metrics.sql_text import normalize_operators, remove_distinct, replace_cur_year
-from tools.executor import MAX_SQL_BYTES, ErrorCategory, ExecutionError, ExecutionResult, execute_sql
+from tools.executor import execute_sql
 from tools.files import atomic_writer
+from tools.sandbox import MAX_SQL_BYTES
 from tools.spider import database_problem
+from tools.sql_results import ErrorCategory, ExecutionError, ExecutionResult
 
 logger = logging.getLogger(__name__)
 
@@ -264,7 +266,7 @@ class ExMatch:
     Attributes:
         match: True iff the prediction's result equals the gold result under the EX rule.
         reason: ``"match"``; ``"no_prediction"`` (empty/None SQL); ``"pred_error:<category>"``
-            (category from :class:`tools.executor.ErrorCategory`, e.g. ``pred_error:timeout``);
+            (category from :class:`tools.sql_results.ErrorCategory`, e.g. ``pred_error:timeout``);
             ``"gold_error:<category>"``; ``"truncated"`` (both hit the row cap: undecidable, scored
             0); ``"row_count"``; ``"column_count"``; ``"row_order"`` (same bag,
             wrong order, gold has ORDER BY); ``"values"`` (anything else); ``"db_error"`` (the

@@ -58,8 +58,8 @@ from typing import Any, Literal
 
 from evaluation.metrics.ex import DEFAULT_MAX_ROWS, ExMatch, compare_results, order_matters, run_query
 from evaluation.metrics.sql_text import extract_sql, statement_keyword
-from tools.executor import ExecutionError, ExecutionResult
 from tools.schema import load_schema
+from tools.sql_results import ExecutionError, ExecutionResult
 
 __all__ = [
     "extract_sql",
@@ -105,7 +105,7 @@ SQLR1_FORMAT, SQLR1_EXECUTION, SQLR1_RESULT = 1.0, 2.0, 3.0
 SQLR1_LENGTH_LIMIT = 2048
 
 #: Credit for a prediction by executor outcome: ``"ok"`` for a successful run, else the
-#: :class:`tools.executor.ErrorCategory` value; ``"none"`` for no SQL at all. The order
+#: :class:`tools.sql_results.ErrorCategory` value; ``"none"`` for no SQL at all. The order
 #: ambiguous column > no such column > no such table > other/timeout > syntax > forbidden
 #: reflects how close the query is to a runnable one.
 ERROR_CREDIT: dict[str, float] = {
