@@ -8,7 +8,7 @@ context), so :func:`schema_prompt` also has a compact form and a ``max_chars`` b
 
 Results are cached per database, keyed by resolved path, modification time and size,
 so a changed file is re-read. Inspection uses a read-only connection
-(:func:`tools.executor.open_readonly`) and only project-written SQL.
+(:func:`tools.sandbox.open_readonly`) and only project-written SQL.
 
 Example::
 

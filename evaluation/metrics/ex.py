@@ -236,7 +236,7 @@ def run_query(
             (out of memory, a lost executor worker) are run again next time.
 
     Returns:
-        :class:`tools.executor.ExecutionResult` or :class:`tools.executor.ExecutionError`; never raises
+        :class:`tools.sql_results.ExecutionResult` or :class:`tools.sql_results.ExecutionError`; never raises
         for bad SQL.
     """
     prepared = prepare_sql(sql, keep_distinct=keep_distinct)

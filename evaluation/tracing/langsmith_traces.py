@@ -322,7 +322,8 @@ def _llm_attributes(inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> di
 
 
 def run_to_record(run: Any, project: str, rollout_key: str) -> dict[str, Any]:
-    """One LangSmith ``Run`` (``langsmith.schemas.Run``) as a span record (see :mod:`evaluation.tracing.trace_records`).
+    """One LangSmith ``Run`` (``langsmith.schemas.Run``) as a span record
+    (see :mod:`evaluation.tracing.trace_records`).
 
     Args:
         run: the run.
