@@ -67,7 +67,7 @@ from society.prompts import PROMPTS  # noqa: E402
 from tools.sampling import sample_examples  # noqa: E402
 from tools.schema import schema_prompt  # noqa: E402
 from tools.spider import load_examples  # noqa: E402
-from training.pipeline import TrainConfig, TrainConfigError  # noqa: E402
+from training.profile import TrainConfig, TrainConfigError  # noqa: E402
 from training.sft import JuniorSFTConfig, JuniorSFTTrainer, bf16_support, split_conversation  # noqa: E402
 from training.threads import torch_threads  # noqa: E402
 
@@ -267,7 +267,7 @@ def main() -> None:
     except TrainConfigError as e:
         ap.error(f"--profile: {e}")
     model = a.model or profile.base_model
-    sft = {k: v for k, v in profile.sft.items() if k not in ("max_steps", "output_dir", "num_threads", "model")}
+    sft = profile.sft.model_dump(exclude={"max_steps", "output_dir", "num_threads", "model"})
     base = JuniorSFTConfig(**sft)
     batch = base.per_device_train_batch_size * base.gradient_accumulation_steps
     need = a.steps * batch

@@ -168,11 +168,12 @@ def test_trace_source_of_stores_written_before_the_source_key() -> None:
 
 def test_profiles_configure_rationalization_and_retire_sft_select(tmp_path: Path, caplog) -> None:
     from training.gather import GatherConfig, select_tasks
-    from training.pipeline import PROFILE_DIR, TrainConfig, sft_selection_lines
+    from training.pipeline import sft_selection_lines
+    from training.profile import PROFILE_DIR, TrainConfig
 
     for name, on in (("default", True), ("long", True), ("smoke", True), ("gpu", False)):
         cfg = TrainConfig.load(name)
-        assert cfg.gather.rationalize is on and "sft_select" not in cfg.adapter
+        assert cfg.gather.rationalize is on and "sft_select" not in cfg.as_written("adapter")
     old = yaml.safe_load((PROFILE_DIR / "smoke.yaml").read_text())
     old["adapter"]["sft_select"] = "either"  # a profile or run directory written before the rule changed
     p = tmp_path / "old.yaml"

@@ -26,7 +26,7 @@ from society.cli import app
 from tools.sampling import more_than_split
 from tools.spider import BUNDLED_DATA_DIR, DataError, SplitNameError, load_examples, split_file
 from tools.value_types import describe, type_problem
-from training.pipeline import PROFILE_DIR, TrainConfig, TrainConfigError
+from training.profile import PROFILE_DIR, TrainConfig, TrainConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 STORE_FIXTURE = ROOT / "tests" / "fixtures" / "obs" / "run"
@@ -68,7 +68,7 @@ def test_a_wrongly_typed_value_names_its_dotted_key_and_the_type(tmp_path: Path,
     with pytest.raises(TrainConfigError) as e:
         TrainConfig.load(p)
     assert words in str(e.value) and "not supported between" not in str(e.value)
-    errors = TrainConfig.load(p, check_sections=False).typed_sections()[1]
+    errors = TrainConfig.load(p, check_sections=False).section_problems  # what --dry-run lists
     assert any(words == f"{where}: {msg}"[: len(words)] for where, msg in errors), errors
 
 
@@ -95,16 +95,20 @@ def test_yaml_1e_minus_4_is_explained(tmp_path: Path) -> None:
     with pytest.raises(TrainConfigError, match=r"sft.learning_rate: expected a number, got '1e-4' \(YAML reads 1e-4 "
                                                r"as text: write the mantissa with a dot, e.g. 1.0e-4\)"):
         TrainConfig.load(p)
-    assert TrainConfig.load(_profile(tmp_path, sft={"learning_rate": 1.0e-4})).sft["learning_rate"] == 1e-4
+    assert TrainConfig.load(_profile(tmp_path, sft={"learning_rate": 1.0e-4})).sft.learning_rate == 1e-4
 
 
 def test_trl_args_values_are_checked_against_trl_types(tmp_path: Path) -> None:
     from training.sft import JuniorSFTConfig
 
-    with pytest.raises(ValueError, match=r"JuniorSFTConfig.trl_args.max_grad_norm: expected a number, got 'big'"):
+    with pytest.raises(ValueError, match=r"trl_args.max_grad_norm: expected a number, got 'big'"):
         JuniorSFTConfig(trl_args={"max_grad_norm": "big"})
-    with pytest.raises(TrainConfigError, match=r"trl_args.max_grad_norm: expected a number, got 'big'"):
+    with pytest.raises(TrainConfigError, match=r"grpo.trl_args.max_grad_norm: expected a number, got 'big'"):
         TrainConfig.load(_profile(tmp_path, grpo={"trl_args": {"max_grad_norm": "big"}}))
+    # the key named with its section, also where --dry-run lists it
+    problems = TrainConfig.load(_profile(tmp_path, sft={"trl_args": {"adam_beta1": "some"}}),
+                                check_sections=False).section_problems
+    assert ("sft.trl_args.adam_beta1", "expected a number, got 'some'") in problems, problems
     ok = JuniorSFTConfig(trl_args={"max_grad_norm": 1, "optim": "sgd", "report_to": [], "save_strategy": "no"})
     assert ok.trl_args["max_grad_norm"] == 1  # an int where TRL wants a float is fine; enums take their strings
 
@@ -117,10 +121,10 @@ def test_type_words() -> None:
 
 
 def test_shipped_profiles_have_no_type_problem() -> None:
-    from training.pipeline import PROFILES
+    from training.profile import PROFILES
 
     for name in PROFILES:
-        assert TrainConfig.load(name).typed_sections()[1] == [], name
+        assert TrainConfig.load(name, check_sections=False).section_problems == [], name
 
 
 # --------------------------------------------------------------------------- 2. a sample larger than its split

@@ -8,7 +8,8 @@ import os
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from training.pipeline import TrainConfig, TrainingPipeline  # noqa: E402
+from training.pipeline import TrainingPipeline  # noqa: E402
+from training.profile import TrainConfig  # noqa: E402
 
 
 def _pipe(tmp_path, **gather):

@@ -13,8 +13,9 @@ from pathlib import Path
 import yaml
 
 from training.grpo import DEFAULT_VERL_CONFIG, load_verl_config
-from training.pipeline import SENIOR_ALIAS, TrainConfig
+from training.pipeline import SENIOR_ALIAS
 from training.plan import base_is_hf_directory, plan_profile
+from training.profile import TrainConfig
 
 BASE = "./models/Qwen2.5-Coder-1.5B-Instruct"
 
@@ -66,6 +67,6 @@ def test_planned_gpu_memory_shares_leave_room_for_the_actor():
     rollout = verl["actor_rollout_ref"]["rollout"]
     assert cfg.serving.gpu_memory_utilization + rollout["gpu_memory_utilization"] <= 0.8
     assert verl["actor_rollout_ref"]["model"]["lora_rank"] == 0
-    assert max(cfg.sft["lora_r"], cfg.grpo["lora_r"]) <= cfg.serving.max_lora_rank
+    assert max(cfg.sft.lora_r, cfg.grpo.lora_r) <= cfg.serving.max_lora_rank
     raw = yaml.safe_load((Path(__file__).resolve().parent.parent / "configs/train/gpu.yaml").read_text())
     assert raw["grpo"]["backend"] == "verl" and raw["serving"]["engine"] == "vllm"

@@ -172,8 +172,10 @@ def test_grpo_input_errors(rows, tmp_path):
         SeniorGRPOTrainer(cfg, [dict(rows[0], node="junior_draft")])
     with pytest.raises(ValueError, match="num_generations"):
         SeniorGRPOConfig(num_generations=1)
-    with pytest.raises(ValueError, match="not JuniorSFTConfig settings"):
+    with pytest.raises(ValueError, match=r"warm_start: unknown key\(s\) \['max_stepz'\]"):
         SeniorGRPOConfig(warm_start={"max_stepz": 2})
+    with pytest.raises(ValueError, match="warm_start.max_steps: expected an integer, got 'two'"):
+        SeniorGRPOConfig(warm_start={"max_steps": "two"})
     with pytest.raises(ValueError, match="warm_start_samples"):
         SeniorGRPOConfig(warm_start={}, warm_start_samples=0)
     with pytest.raises(ValueError, match="adapter_config.json"):

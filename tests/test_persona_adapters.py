@@ -25,12 +25,12 @@ pytest.importorskip("datasets")
 from training.adapter import HierarchicalTraceAdapter, LLMCall, SocietyTrace  # noqa: E402
 from training.pipeline import (  # noqa: E402
     JUNIOR_ALIAS,
-    TrainConfig,
     TrainingPipeline,
     junior_personas,
     persona_alias,
     role_split_config,
 )
+from training.profile import TrainConfig  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SYSTEM = "You are an expert on SQLite. Schema:\nCREATE TABLE head (head_id INT, name TEXT, age INT)"

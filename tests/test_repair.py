@@ -232,7 +232,8 @@ def test_pipeline_phase3_warm_starts_the_senior_then_runs_grpo(tmp_path: Path) -
     rollouts, repair pairs from them, SFT, the prefilter before and after, GRPO from the warm start."""
     import yaml
 
-    from training.pipeline import TrainConfig, TrainingPipeline
+    from training.pipeline import TrainingPipeline
+    from training.profile import TrainConfig
 
     repo = Path(__file__).resolve().parent.parent
     raw = yaml.safe_load((repo / "configs" / "train" / "smoke.yaml").read_text())

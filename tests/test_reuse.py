@@ -148,7 +148,8 @@ def _profile(tmp_path: Path, name: str, *, society: Path | None = None, reuse_fr
 
 
 def _pipeline(cfg: dict, run: Path, msgs: list[str]):
-    from training.pipeline import TrainConfig, TrainingPipeline
+    from training.pipeline import TrainingPipeline
+    from training.profile import TrainConfig
 
     return TrainingPipeline(TrainConfig.model_validate(cfg), run, phases={1}, echo=msgs.append)
 
@@ -206,7 +207,8 @@ def _society_copy(tmp_path: Path, edit) -> Path:
 
 
 def _refused(cfg: dict, run: Path, part: str) -> str:
-    from training.pipeline import StageReuseRefused, TrainConfigError
+    from training.pipeline import StageReuseRefused
+    from training.profile import TrainConfigError
 
     msgs: list[str] = []
     pipe = _pipeline(cfg, run, msgs)

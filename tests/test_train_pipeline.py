@@ -157,7 +157,8 @@ def test_train_smoke_killed_in_phase1_resumes_and_runs_all_phases(tmp_path: Path
 def test_phase1_adds_juniors_only_rollouts_and_resamples_the_tasks_a_junior_got_wrong(tmp_path: Path) -> None:
     from evaluation.tracing.store import RolloutArchive
     from training.adapter import HierarchicalTraceAdapter
-    from training.pipeline import TrainConfig, TrainingPipeline
+    from training.pipeline import TrainingPipeline
+    from training.profile import TrainConfig
 
     cfg = yaml.safe_load((REPO / "configs" / "train" / "smoke.yaml").read_text())
     cfg["society_config"] = str(REPO / "configs" / "smoke.yaml")
@@ -186,7 +187,8 @@ def test_an_evaluation_stage_stopped_part_way_keeps_its_finished_questions(tmp_p
     import training.pipeline as tp
     from evaluation.run_data import ReportError, load_run
     from tools.files import read_jsonl
-    from training.pipeline import TrainConfig, TrainingPipeline, dev_subset
+    from training.pipeline import TrainingPipeline, dev_subset
+    from training.profile import TrainConfig
 
     cfg = yaml.safe_load((REPO / "configs" / "train" / "smoke.yaml").read_text())
     cfg["society_config"] = str(REPO / "configs" / "smoke.yaml")

@@ -16,8 +16,8 @@ import yaml
 from typer.testing import CliRunner
 
 from society.cli import app
-from training.pipeline import TrainConfig, TrainConfigError
 from training.plan import INSTALL_GPU, gpu_stack_needs, plan_profile
+from training.profile import TrainConfig, TrainConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {"LITELLM_LOCAL_MODEL_COST_MAP": "True"}

@@ -313,7 +313,8 @@ def test_pipeline_serves_trained_adapters_by_name_with_vllm(tmp_path, standin, m
 
     import yaml
 
-    from training.pipeline import JUNIOR_ALIAS, SENIOR_ALIAS, TrainConfig, TrainingPipeline
+    from training.pipeline import JUNIOR_ALIAS, SENIOR_ALIAS, TrainingPipeline
+    from training.profile import TrainConfig
 
     root = Path(__file__).resolve().parent.parent
     base = tmp_path / "base"
@@ -353,7 +354,8 @@ def test_pipeline_serves_verls_full_weight_senior_on_its_own_server(tmp_path, st
 
     import yaml
 
-    from training.pipeline import JUNIOR_ALIAS, SENIOR_ALIAS, TrainConfig, TrainingPipeline
+    from training.pipeline import JUNIOR_ALIAS, SENIOR_ALIAS, TrainingPipeline
+    from training.profile import TrainConfig
 
     root = Path(__file__).resolve().parent.parent
     base, senior = tmp_path / "base", tmp_path / "verl" / "global_step_4" / "actor" / "huggingface"

@@ -24,7 +24,8 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["describe", "type_problem", "type_problems"]
+__all__ = ["SettingProblems", "describe", "field_names", "problems_of", "section_problems", "type_problem",
+           "type_problems"]
 
 #: What YAML 1.1 (PyYAML) reads as text although it looks like a number: ``1e-4`` (no dot).
 _NUMBERISH = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*\Z")
@@ -128,8 +129,8 @@ def type_problems(cls: type, values: Mapping[str, Any], prefix: str = "") -> lis
     not fields of ``cls`` are left to the caller (they are not type problems).
 
     Args:
-        cls: a dataclass; its annotations are resolved with :func:`typing.get_type_hints` (so
-            ``from __future__ import annotations`` modules work).
+        cls: a dataclass or a pydantic model; its annotations are resolved with
+            :func:`typing.get_type_hints` (so ``from __future__ import annotations`` modules work).
         values: key -> value, e.g. a YAML section.
         prefix: put before each key, e.g. ``"sft."``.
 
@@ -137,9 +138,9 @@ def type_problems(cls: type, values: Mapping[str, Any], prefix: str = "") -> lis
         a list, empty when every value fits, in the order of ``values``.
 
     Raises:
-        TypeError: ``cls`` is not a dataclass.
+        TypeError: ``cls`` is neither a dataclass nor a pydantic model.
     """
-    fields = {f.name for f in dataclasses.fields(cls)}
+    fields = field_names(cls)
     hints = typing.get_type_hints(cls)
     out = []
     for key, value in values.items():
@@ -147,4 +148,82 @@ def type_problems(cls: type, values: Mapping[str, Any], prefix: str = "") -> lis
             problem = type_problem(value, hints[key])
             if problem:
                 out.append((f"{prefix}{key}", problem))
+    return out
+
+
+def field_names(cls: type) -> list[str]:
+    """The settings ``cls`` takes by keyword: a dataclass's fields or a pydantic model's fields, in
+    declaration order.
+
+    Raises:
+        TypeError: ``cls`` is neither.
+    """
+    if dataclasses.is_dataclass(cls):
+        return [f.name for f in dataclasses.fields(cls)]
+    model_fields = getattr(cls, "model_fields", None)
+    if isinstance(model_fields, dict):
+        return list(model_fields)
+    raise TypeError(f"{cls!r} is neither a dataclass nor a pydantic model")
+
+
+def section_problems(cls: type, values: Any, prefix: str = "", *, section: str = "",
+                     fixed: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """Everything wrong with ``values`` as the keyword arguments of ``cls`` before ``cls`` sees them:
+    not a mapping, unknown keys (one entry ``(section, "unknown key(s) [...]; known: [...]")``) and
+    wrongly typed values (:func:`type_problems`, one entry per key).
+
+    Args:
+        cls: a dataclass or a pydantic model.
+        values: the section as read (a YAML mapping).
+        prefix: put before each key of a type problem, e.g. ``"sft."``.
+        section: where an unknown key or a non-mapping is reported (default: ``prefix`` without its dot).
+        fixed: fields the caller sets itself, left out of the ``known`` list.
+
+    >>> from dataclasses import dataclass
+    >>> @dataclass
+    ... class C:
+    ...     steps: int = 1
+    >>> section_problems(C, {"steps": "two", "stpes": 3}, "c.")
+    [('c', "unknown key(s) ['stpes']; known: ['steps']"), ('c.steps', "expected an integer, got 'two'")]
+    """
+    where = section or prefix.rstrip(".")
+    if not isinstance(values, Mapping):
+        return [(where, f"expected a mapping of settings, got {values!r}"[:200])]
+    names = field_names(cls)
+    unknown = sorted(set(values) - set(names))
+    out = [(where, f"unknown key(s) {unknown}; known: {sorted(set(names) - set(fixed))}")] if unknown else []
+    return out + type_problems(cls, values, prefix)
+
+
+class SettingProblems(ValueError):
+    """Settings refused before their class was built: ``problems`` is ``[(key, message)]`` (the
+    ``key`` relative to where the settings sit, as :func:`section_problems` gives it)."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(f"{k}: {m}" if k else m for k, m in self.problems))
+
+
+def problems_of(error: Exception, prefix: str = "") -> list[tuple[str, str]]:
+    """``[(dotted place, message)]`` of a pydantic ``ValidationError`` (or any other error): each
+    error's location joined with dots (``sft.lora_r``), pydantic's ``"Value error, "`` prefix
+    dropped, and the problems of a :class:`SettingProblems` raised inside a validator listed one by
+    one under its location; ``prefix`` goes before every place (``grpo.warm_start.``)."""
+    errors = getattr(error, "errors", None)
+    if not callable(errors):
+        return [(prefix.rstrip("."), str(error))]
+    out: list[tuple[str, str]] = []
+    for e in errors():
+        loc = prefix + ".".join(str(x) for x in e.get("loc", ()))
+        inner = (e.get("ctx") or {}).get("error")
+        if isinstance(inner, SettingProblems):
+            for key, msg in inner.problems:
+                out.append((f"{loc}.{key}" if loc and key else loc or key, msg))
+            continue
+        if e.get("type") in ("extra_forbidden", "unexpected_keyword_argument"):
+            *parent, key = loc.split(".")
+            out.append((".".join(parent), f"unknown key(s) [{key!r}]"))
+            continue
+        msg = str(e.get("msg", ""))
+        out.append((loc, msg[len("Value error, "):] if msg.startswith("Value error, ") else msg))
     return out

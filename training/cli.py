@@ -68,7 +68,8 @@ def train(
 ) -> None:
     """Train the society role by role: gather rollouts, SFT the juniors, GRPO the senior, fit the
     supervisor's bandit; evaluates on a fixed dev subset after each phase and writes a report."""
-    from training.pipeline import TrainConfig, TrainConfigError, TrainingPipeline
+    from training.pipeline import TrainingPipeline
+    from training.profile import TrainConfig, TrainConfigError
 
     root = resume or run_dir
     try:

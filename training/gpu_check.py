@@ -557,8 +557,8 @@ def run_checks(
         return detail
 
     def gpu_profile() -> dict[str, Any]:
-        from training.pipeline import TrainConfig
         from training.plan import plan_profile
+        from training.profile import TrainConfig
 
         plan = plan_profile(TrainConfig.load("gpu"), source="gpu")
         problems = [f"{f.where}: {f.message}" for f in plan.errors + plan.missing]

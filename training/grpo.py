@@ -63,21 +63,22 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
+
+from pydantic import model_validator
 
 from evaluation.metrics.ex import execution_match
 from evaluation.metrics.rewards import RewardConfig, compute_reward
 from evaluation.metrics.sql_text import extract_sql
-from tools.value_types import type_problems
+from tools.value_types import SettingProblems, section_problems
+from training.lora_training import LoraTrainingConfig
 from training.sft import (
-    DEFAULT_TARGET_MODULES,
     JuniorSFTConfig,
     JuniorSFTTrainer,
     SFTResult,
     StepTimer,
-    check_trl_args,
     save_adapter,
     torch_threads,
 )
@@ -119,9 +120,10 @@ DEFAULT_VERL_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "verl
 NODES = ("senior_rewrite", "senior_check")
 
 
-@dataclass
-class SeniorGRPOConfig:
-    """Settings of :class:`SeniorGRPOTrainer` (and of :func:`train_senior_verl`).
+class SeniorGRPOConfig(LoraTrainingConfig):
+    """Settings of :class:`SeniorGRPOTrainer` (and of :func:`train_senior_verl`): the ``grpo:``
+    section of a training profile. The shared LoRA-training fields are
+    :class:`training.lora_training.LoraTrainingConfig`'s (``trl_args``: TRL's ``GRPOConfig``).
 
     Attributes:
         model: base model (embedded alias, ``.gguf`` path or HF directory).
@@ -144,9 +146,9 @@ class SeniorGRPOConfig:
         gradient_checkpointing: recompute activations in the backward pass (saves memory on a
             GPU; off by default: on the CPU it only costs time for these small models).
         seed: sampling/data/LoRA-init seed.
-        backend: ``"trl"`` (CPU/GPU, this process), ``"verl"`` (GPU, see :func:`train_senior_verl`)
-            or ``"auto"`` (``verl`` when CUDA and verl are present, else ``trl``; see
-            :func:`resolve_backend`).
+        backend: ``"auto"`` (``verl`` when CUDA and verl are present, else ``trl``; see
+            :func:`resolve_backend`), ``"trl"`` (CPU/GPU, this process: :class:`SeniorGRPOTrainer`
+            runs ``auto`` as ``trl``) or ``"verl"`` (GPU, see :func:`train_senior_verl`).
         verl_config: YAML of the VERL path (default ``configs/verl_senior.yaml``).
         agent_match: regex on agent (LangGraph node) names whose LLM calls VERL trains on.
         senior_alias: the society's model alias of the senior (bound to VERL's served policy).
@@ -161,7 +163,7 @@ class SeniorGRPOConfig:
             None or empty: completions run to EOS or ``max_completion_length``.
         trl_args: any other keyword argument of TRL's ``GRPOConfig`` (e.g. ``optim``,
             ``max_grad_norm``, ``loss_type``), applied over what the fields above set (TRL backend);
-            checked against ``GRPOConfig`` when given (see :func:`training.sft.check_trl_args`).
+            checked against ``GRPOConfig`` when given (see :func:`training.lora_training.check_trl_args`).
         warm_start: None (off) or keyword arguments of :class:`training.sft.JuniorSFTConfig` for a
             supervised warm start of the senior on repair pairs before GRPO
             (``HierarchicalTraceAdapter.select_repair``, :func:`warm_start_senior`; the pipeline
@@ -173,9 +175,14 @@ class SeniorGRPOConfig:
         init_adapter: a PEFT LoRA directory GRPO starts from and trains further (e.g. the warm
             start's); its own LoRA settings then apply and the ``lora_*`` fields are not used.
             None: a fresh LoRA.
+
+    Raises (as a pydantic ``ValidationError``, a ``ValueError``): an unknown or wrongly typed key, a
+    value out of range, a ``warm_start`` key :class:`training.sft.JuniorSFTConfig` does not take,
+    or a bad ``trl_args``.
     """
 
-    model: str = "smollm2-135m"
+    TRL_CLASS: ClassVar[str] = "GRPOConfig"
+
     output_dir: str = "runs/grpo/senior"
     max_steps: int = 4
     learning_rate: float = 5e-5
@@ -188,41 +195,25 @@ class SeniorGRPOConfig:
     beta: float = 0.0
     epsilon: float = 0.2
     num_iterations: int = 1
-    scale_rewards: str = "group"
-    lora_r: int = 8
-    lora_alpha: int = 16
+    scale_rewards: Literal["group", "batch", "none"] = "group"
     lora_dropout: float = 0.0
-    target_modules: tuple[str, ...] = DEFAULT_TARGET_MODULES
-    logging_steps: int = 1
-    gradient_checkpointing: bool = False
-    num_threads: int | None = None
-    seed: int = 0
-    backend: str = "trl"
+    backend: Literal["auto", "trl", "verl"] = "auto"
     verl_config: str = str(DEFAULT_VERL_CONFIG)
     agent_match: str = "senior"
     senior_alias: str = "senior_policy"
     n_runners: int = 4
     stop: tuple[str, ...] | None = None
     prefilter_samples: int = 0
-    trl_args: dict[str, Any] = field(default_factory=dict)
     warm_start: dict[str, Any] | None = None
     warm_start_samples: int = 2
     init_adapter: str | None = None
 
-    def __post_init__(self) -> None:
-        check_trl_args(self, "GRPOConfig")
+    @model_validator(mode="after")
+    def _grpo_ranges(self) -> SeniorGRPOConfig:
         if self.warm_start is not None:
-            if not isinstance(self.warm_start, dict):
-                raise ValueError(f"SeniorGRPOConfig.warm_start = {self.warm_start!r}; give a mapping of "
-                                 "JuniorSFTConfig settings ({} for the defaults) or leave it out")
-            known = {f.name for f in fields(JuniorSFTConfig)} - {"model", "output_dir"}
-            unknown = sorted(set(self.warm_start) - known)
-            if unknown:
-                raise ValueError(f"SeniorGRPOConfig.warm_start: {unknown} are not JuniorSFTConfig settings "
-                                 f"(known: {sorted(known)}; model and output_dir are set by the trainer)")
-            wrong = type_problems(JuniorSFTConfig, self.warm_start, prefix="SeniorGRPOConfig.warm_start.")
+            wrong = section_problems(JuniorSFTConfig, self.warm_start, "warm_start.", fixed=("model", "output_dir"))
             if wrong:
-                raise ValueError("; ".join(f"{key}: {msg}" for key, msg in wrong))
+                raise SettingProblems(wrong)
         if self.warm_start_samples < 1:
             raise ValueError(f"SeniorGRPOConfig.warm_start_samples = {self.warm_start_samples}; use k >= 1")
         if self.init_adapter is not None and not (Path(self.init_adapter) / "adapter_config.json").is_file():
@@ -234,31 +225,14 @@ class SeniorGRPOConfig:
             raise ValueError(
                 f"SeniorGRPOConfig.num_generations = {self.num_generations}; GRPO needs >= 2 completions per prompt"
             )
-        for k in (
-            "max_steps",
-            "prompts_per_step",
-            "max_completion_length",
-            "max_prompt_length",
-            "num_iterations",
-            "logging_steps",
-        ):
+        for k in ("max_steps", "prompts_per_step", "max_completion_length", "max_prompt_length", "num_iterations"):
             if getattr(self, k) < 1:
                 raise ValueError(f"SeniorGRPOConfig.{k} must be >= 1, got {getattr(self, k)}")
-        if self.backend not in ("trl", "verl", "auto"):
-            raise ValueError(
-                f"SeniorGRPOConfig.backend = {self.backend!r}; use 'trl' (CPU or GPU), 'verl' (GPU) or 'auto'"
-            )
-        if self.scale_rewards not in ("group", "batch", "none"):
-            raise ValueError(
-                f"SeniorGRPOConfig.scale_rewards = {self.scale_rewards!r}; use 'group', 'batch' or 'none'"
-            )
         if not self.temperature > 0:
             raise ValueError("SeniorGRPOConfig.temperature must be > 0 (GRPO needs diverse samples)")
-        self.target_modules = tuple(self.target_modules)
-        if self.stop is not None:
-            if isinstance(self.stop, str) or not all(isinstance(x, str) and x for x in self.stop):
-                raise ValueError(f"SeniorGRPOConfig.stop = {self.stop!r}; give a list of non-empty strings")
-            self.stop = tuple(self.stop)
+        if self.stop is not None and not all(self.stop):
+            raise ValueError(f"SeniorGRPOConfig.stop = {self.stop!r}; give a list of non-empty strings")
+        return self
 
 
 @dataclass
@@ -526,7 +500,7 @@ class SeniorGRPOTrainer:
         from datasets import Dataset
 
         self.config = config
-        if config.backend != "trl":
+        if config.backend == "verl":
             raise ValueError(
                 "SeniorGRPOTrainer runs TRL GRPO; for backend='verl' call training.grpo.train_senior_verl"
             )
@@ -695,7 +669,7 @@ class SeniorGRPOTrainer:
             train_seconds=round(train_s, 3),
         )
         result.metrics_path.write_text(json.dumps({
-            "config": asdict(cfg),
+            "config": cfg.model_dump(mode="json"),
             "prompts": result.prompts,
             "dropped_long_prompts": self.dropped_long,
             "steps": steps,

@@ -27,7 +27,6 @@ tasks already in the store, so a killed run loses no rollout and redoes no phase
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -36,12 +35,8 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
-from evaluation.metrics.rewards import RewardConfig
 from evaluation.report import write_report
 from evaluation.role_effects import NOISE_STAGE
 from society.candidate import Candidate
@@ -58,9 +53,8 @@ from tools.files import atomic_write_text, atomic_writer, read_jsonl
 from tools.sampling import disjoint_draws, sample_examples
 from tools.schema import schema_prompt
 from tools.spider import load_examples
-from tools.value_types import type_problem, type_problems
-from training.bandit import BanditConfig
 from training.grpo import SeniorGRPOConfig
+from training.profile import TrainConfig, TrainConfigError
 from training.reuse import (
     Fingerprint,
     NotReusable,
@@ -74,13 +68,8 @@ from training.reuse import (
     question_rows,
     society_parts,
 )
-from training.sft import JuniorSFTConfig
 
 logger = logging.getLogger(__name__)
-
-#: Shipped training profiles (copy one and edit it).
-PROFILE_DIR = Path(__file__).resolve().parent.parent / "configs" / "train"
-PROFILES = ("smoke", "default", "long", "gpu")
 
 #: Phase number -> name; stages evaluated on the dev subset: baseline, then one after each of 2-4.
 PHASES: dict[int, str] = {1: "gather", 2: "sft", 3: "grpo", 4: "bandit"}
@@ -102,298 +91,9 @@ JUNIOR_ADAPTER_MODES = ("shared", "per_persona")
 BASE_STAGES = ("baseline", "juniors_baseline", NOISE_STAGE, "senior_baseline")
 
 
-class TrainConfigError(ValueError):
-    """An unusable training profile; the message names the file/field and the fix."""
-
-
 class StageReuseRefused(TrainConfigError, ReuseRefused):
     """A ``reuse_from`` run holds a stage made with other settings (:class:`training.reuse.ReuseRefused`;
     the message names the stage, the run and each differing hash); the run stops before evaluating."""
-
-
-#: Keys of the ``adapter:`` section (``HierarchicalTraceAdapter`` view thresholds) and their types.
-#: ``sft_min_reward`` admits nothing (a junior's conversation enters SFT only when its own SQL
-#: matched gold): it is the threshold of the removed reward-or-correct rule, whose wrongly admitted
-#: conversations phase 2 counts (``phases/2-sft/sft_selection.json``).
-ADAPTER_KEYS: dict[str, type | tuple[type, ...]] = {
-    "sft_min_reward": (int, float),
-    "rl_reward": str,
-}
-
-#: ``adapter:`` keys older profiles and run directories carry that nothing reads any more: dropped on
-#: :meth:`TrainConfig.load` with a warning, so those files still load and resume.
-RETIRED_ADAPTER_KEYS: dict[str, str] = {
-    "bandit_holdout": "phase 4 fits the bandit on every train decision and judges it on the held-out dev "
-                      "decisions of the baseline evaluation, never on a share of the train decisions",
-    "sft_select": "a junior's conversation enters SFT only when its own final SQL matches gold (per-junior "
-                  "credit); the society's reward only ranks and deduplicates, the modes that admitted on it are gone",
-}
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class GatherSection(_Section):
-    """Phase 1: ``limit`` train tasks (first in file order after ``offset``; with ``sample_seed``, drawn at
-    random across all the split's databases instead, :func:`tools.sampling.disjoint_draws`), ``n_runners`` parallel
-    Agent Lightning runners, supervisor exploration rate ``epsilon`` in [0, 1].
-
-    Runners on other machines (``sqlsociety runner --store-url``, see :mod:`training.remote`):
-    ``store_host`` is the interface the store server binds to (``0.0.0.0`` for other hosts),
-    ``store_port`` its port (None: a free one, written to ``RUN_DIR/store_url``),
-    ``remote_runners`` how many to expect (they deepen the queue; ``n_runners: 0`` runs none here),
-    ``max_attempts`` / ``unresponsive_s`` retry an attempt whose runner stopped sending heartbeats.
-
-    More junior data per CPU-hour: ``junior_limit`` juniors-only rollouts (the junior round and the
-    supervisor's pick, a few short calls per task) on the next train tasks after the society's; then
-    ``junior_resamples`` = k more draws at ``junior_temperature`` on each of those tasks where a
-    junior was wrong, whose correct juniors only go to SFT (rejection sampling, STaR: Zelikman et
-    al. 2022). All land in the same store: one ``to_sft`` view, and more supervisor decisions for
-    the bandit.
-
-    ``rationalize``: then every train question gathered above on which no junior's own SQL matched
-    gold in any draw is asked once more, juniors only, with the gold SQL shown to the juniors as a
-    hint (STaR rationalization, Zelikman et al. 2022, section 3.2; tasks ``train-N/rationalized``,
-    metrics phase ``1-gather-rationalized``); SFT keeps a junior's answer only when its own SQL
-    matches gold, with the hint removed. Not used for the bandit."""
-
-    split: str = "train"
-    limit: int = Field(8, ge=1)
-    offset: int = Field(0, ge=0)
-    sample_seed: int | None = None
-    n_runners: int = Field(1, ge=0)
-    epsilon: float = Field(0.2, ge=0.0, le=1.0)
-    rollout_timeout_s: float | None = 900.0
-    store_host: str = "localhost"
-    store_port: int | None = Field(None, ge=1, le=65535)
-    remote_runners: int = Field(0, ge=0)
-    max_attempts: int = Field(1, ge=1)
-    unresponsive_s: float | None = Field(None, gt=0)
-    junior_limit: int = Field(0, ge=0)
-    junior_resamples: int = Field(0, ge=0)
-    junior_temperature: float = Field(0.8, ge=0.0, le=2.0)
-    rationalize: bool = False
-
-
-class EvalSection(_Section):
-    """The fixed dev samples, drawn with ``seed`` from ``split`` across all its databases (the same
-    draw at every stage; :func:`tools.sampling.sample_examples`).
-
-    Attributes:
-        limit: questions of the society's end-to-end evaluation (>= 1).
-        society_stages: ``every`` -- the society after every phase (baseline, sft, grpo, bandit);
-            ``ends`` -- only the baseline and after the last phase this run runs (the role-level
-            evaluations below judge the phases in between, far more cheaply).
-        junior_limit: questions of the juniors-only evaluation (each junior's own candidate and the
-            supervisor's pick; ``juniors`` agent) at the baseline and after phase 2; 0 = off.
-        senior_limit: inputs of the senior-only evaluation (``senior`` agent on the baseline
-            juniors' chosen candidates, the first ``senior_limit`` questions of the juniors'
-            sample that have one) at the baseline and after phase 3; 0 = off. Needs ``junior_limit``.
-        noise_repeat: the noise control: right after the juniors-only baseline, evaluate the
-            untrained juniors once more on the same ``junior_limit`` questions with every junior's
-            sampling seed shifted by :data:`NOISE_SEED_OFFSET` (stage ``juniors_baseline_repeat``,
-            :data:`evaluation.role_effects.NOISE_STAGE`); the report shows, beside each junior's
-            SFT effect, the Δ between the two untrained evaluations, and calls the effect only when
-            it is larger. Worth its cost (one more juniors-only evaluation) when a junior samples at
-            temperature > 0. Needs ``junior_limit``.
-        concurrency: questions run at once (threads).
-    """
-
-    split: str = "dev"
-    limit: int = Field(10, ge=1)
-    seed: int = 0
-    concurrency: int = Field(1, ge=1)
-    society_stages: Literal["every", "ends"] = "every"
-    junior_limit: int = Field(0, ge=0)
-    senior_limit: int = Field(0, ge=0)
-    noise_repeat: bool = False
-
-    @model_validator(mode="after")
-    def _senior_needs_juniors(self) -> EvalSection:
-        if self.senior_limit and not self.junior_limit:
-            raise ValueError("eval.senior_limit needs eval.junior_limit > 0: the senior is judged on the baseline "
-                             "juniors' chosen candidates")
-        if self.noise_repeat and not self.junior_limit:
-            raise ValueError("eval.noise_repeat needs eval.junior_limit > 0: it repeats the juniors-only baseline "
-                             "evaluation")
-        return self
-
-
-class ServingSection(_Section):
-    """How the roles' base model (and the trained LoRA adapters) are served.
-
-    Attributes:
-        engine: ``"llama.cpp"`` (default: one llama-server per embedded GGUF, CPU; adapters exported
-            to GGUF LoRA) or ``"vllm"`` (GPU: vLLM's OpenAI server on the HF checkpoint of
-            ``base_model`` with ``--enable-lora``; the juniors' and the senior's PEFT adapters are
-            served by name, see :class:`society.vllm_serving.VLLMServer`).
-        gpu_memory_utilization: vLLM: fraction of the GPU's memory vLLM may take, (0, 1] -- leave
-            room for the trainers (SFT/GRPO share the GPU with the server).
-        max_lora_rank: vLLM ``--max-lora-rank``: at least the adapters' ``r`` (SFT/GRPO ``lora_r``,
-            VERL ``lora_rank``).
-        max_loras: vLLM ``--max-loras``: adapters resident in one batch (juniors + senior = 2).
-        max_model_len: vLLM ``--max-model-len`` in tokens (prompt + completion); None = the model's.
-        dtype: vLLM ``--dtype`` (``auto``, ``bfloat16``, ``float16``).
-        tensor_parallel_size: vLLM ``--tensor-parallel-size`` (GPUs per server).
-        startup_timeout_s: seconds to wait for the server's health check.
-        extra_args: more command-line arguments passed to the server as they are.
-    """
-
-    engine: Literal["llama.cpp", "vllm"] = "llama.cpp"
-    gpu_memory_utilization: float = Field(0.5, gt=0.0, le=1.0)
-    max_lora_rank: int = Field(32, ge=1)
-    max_loras: int = Field(2, ge=1)
-    max_model_len: int | None = Field(4096, ge=256)
-    dtype: str = "auto"
-    tensor_parallel_size: int = Field(1, ge=1)
-    startup_timeout_s: float = Field(900.0, gt=0.0)
-    extra_args: list[str] = Field(default_factory=list)
-
-
-class TrainConfig(_Section):
-    """A training profile (``configs/train/<profile>.yaml``), validated.
-
-    Attributes:
-        name: profile name (shown in reports).
-        society_config: society YAML (relative paths resolve against the repo root).
-        base_model: embedded alias or GGUF path the juniors and the senior are fine-tuned from
-            (must be the model the society's junior/senior aliases serve); with
-            ``serving.engine: vllm`` also a Hugging Face model directory.
-        data_dir: Spider-format directory (None: the bundled copy).
-        gather / eval: see :class:`GatherSection` / :class:`EvalSection`.
-        sft / grpo / bandit: keyword arguments of :class:`training.sft.JuniorSFTConfig`,
-            :class:`training.grpo.SeniorGRPOConfig`, :class:`training.bandit.BanditConfig`
-            (``output_dir`` is set by the pipeline).
-        adapter: selection thresholds of :class:`training.adapter.HierarchicalTraceAdapter`
-            views (``sft_min_reward``, ...).
-        reward: keyword arguments of :class:`evaluation.metrics.rewards.RewardConfig`.
-        llm_proxy: route every model alias through Agent Lightning's ``LLMProxy``
-            (:func:`society.proxy.llm_proxy`); False: roles call the servers' base URLs directly.
-        serving: :class:`ServingSection` (engine and its settings).
-        junior_adapters: ``shared`` (one LoRA for all juniors) or ``per_persona`` (one per junior
-            persona, each trained on that persona's own admitted conversations;
-            :data:`JUNIOR_ADAPTER_MODES`).
-        reuse_from: earlier run directories whose untrained-model stages (:data:`BASE_STAGES`)
-            this run takes instead of evaluating them again, when their content hashes match
-            (:mod:`training.reuse`; a source whose stage differs in any hash stops the run with
-            :class:`training.reuse.ReuseRefused` naming the hash). Relative paths are taken from
-            the working directory.
-
-    Raises (as a ``ValidationError``; :meth:`load` raises :class:`TrainConfigError`):
-        ``gather.split`` equal to ``eval.split``: phase 1 would gather (and phases 2-4 train on)
-        the questions every evaluation scores, so no before/after effect would be measured on
-        held-out questions (:meth:`_held_out_evaluation`).
-    """
-
-    name: str = "custom"
-    society_config: str = "configs/smoke.yaml"
-    base_model: str = "smollm2-135m"
-    data_dir: str | None = None
-    gather: GatherSection = Field(default_factory=GatherSection)
-    eval: EvalSection = Field(default_factory=EvalSection)
-    sft: dict[str, Any] = Field(default_factory=dict)
-    grpo: dict[str, Any] = Field(default_factory=dict)
-    bandit: dict[str, Any] = Field(default_factory=dict)
-    adapter: dict[str, Any] = Field(default_factory=dict)
-    reward: dict[str, Any] = Field(default_factory=dict)
-    llm_proxy: bool = True
-    serving: ServingSection = Field(default_factory=ServingSection)
-    junior_adapters: Literal["shared", "per_persona"] = "shared"
-    reuse_from: list[str] = Field(default_factory=list)
-
-    @model_validator(mode="after")
-    def _held_out_evaluation(self) -> TrainConfig:
-        """Refuse a profile whose gather split (phase-1 rollouts: the questions phases 2-4 train on)
-        is its evaluation split (the dev samples every effect is measured on). Compared as names,
-        stripped and case-folded (``split`` names the file ``<split>.json``)."""
-        if self.gather.split.strip().casefold() == self.eval.split.strip().casefold():
-            raise ValueError(
-                f"gather.split and eval.split are both {self.eval.split!r}: phase 1 would gather the questions the "
-                "evaluations score, and phases 2-4 would train on them, so every before/after effect would be "
-                "measured on training questions. Set gather.split to the training split (e.g. train) and eval.split "
-                "to a held-out split (e.g. dev)")
-        return self
-
-    def typed_sections(self) -> tuple[dict[str, Any], list[tuple[str, str]]]:
-        """The ``sft`` / ``grpo`` / ``bandit`` / ``reward`` sections built as their classes
-        (:class:`~training.sft.JuniorSFTConfig`, :class:`~training.grpo.SeniorGRPOConfig`,
-        :class:`~training.bandit.BanditConfig`, :class:`~evaluation.metrics.rewards.RewardConfig`; ``model``
-        and ``output_dir`` filled as the pipeline fills them) and the ``adapter`` keys checked.
-
-        Every value is first checked against its field's annotation (:func:`tools.value_types.type_problems`),
-        so ``sft: {max_steps: two}`` reports ``("sft.max_steps", "expected an integer, got 'two'")``
-        rather than the comparison that would fail inside the class.
-
-        Returns:
-            ``(built, errors)``: section name -> object for the sections that built, and
-            ``(field, message)`` for each one that did not (an unknown key: ``field`` is the
-            section; a wrongly typed value: ``field`` is the dotted key, e.g. ``grpo.temperature``;
-            a value the class refuses: the section).
-        """
-        built: dict[str, Any] = {}
-        errors: list[tuple[str, str]] = []
-        phase_dirs = {"sft": "RUN_DIR/phases/2-sft/adapter", "grpo": "RUN_DIR/phases/3-grpo/adapter"}
-        for name, cls in (("sft", JuniorSFTConfig), ("grpo", SeniorGRPOConfig), ("bandit", BanditConfig),
-                          ("reward", RewardConfig)):
-            kw = getattr(self, name)
-            fixed = {"model": self.base_model, "output_dir": phase_dirs[name]} if name in phase_dirs else {}
-            names = {f.name for f in dataclasses.fields(cls)}
-            unknown = sorted(set(kw) - names)
-            if unknown:
-                errors.append((name, f"unknown key(s) {unknown}; known: {sorted(names - set(fixed))}"))
-            wrong = type_problems(cls, kw, prefix=f"{name}.")
-            errors += wrong
-            if unknown or wrong:
-                continue
-            try:
-                built[name] = cls(**{**kw, **fixed})
-            except (TypeError, ValueError) as e:
-                errors.append((name, str(e)))
-        for k, v in self.adapter.items():
-            if k not in ADAPTER_KEYS:
-                errors.append(("adapter", f"unknown key {k!r}; known: {sorted(ADAPTER_KEYS)}"))
-            elif not isinstance(v, ADAPTER_KEYS[k]) or isinstance(v, bool):
-                want = float if ADAPTER_KEYS[k] == (int, float) else ADAPTER_KEYS[k]
-                errors.append((f"adapter.{k}", type_problem(v, want) or f"{v!r} has the wrong type"))
-        return built, errors
-
-    @classmethod
-    def load(cls, path_or_profile: str | Path | None = None, *, check_sections: bool = True) -> TrainConfig:
-        """Load a profile name (``smoke``, ``default``) or a YAML path.
-
-        With ``check_sections`` (the default) the ``sft`` / ``grpo`` / ``bandit`` / ``reward`` /
-        ``adapter`` sections are built as their classes now (:meth:`typed_sections`), so a typo
-        fails here and not when its phase starts; ``--dry-run`` loads without it and lists every
-        problem instead.
-
-        Raises:
-            TrainConfigError: unknown profile, unreadable file or invalid fields.
-        """
-        p = path_or_profile or "default"
-        path = PROFILE_DIR / f"{p}.yaml" if str(p) in PROFILES else Path(p)
-        if not path.is_file():
-            raise TrainConfigError(f"training profile {p!r} not found (looked at {path}); use one of "
-                                   f"{', '.join(PROFILES)} or a YAML path (copy {PROFILE_DIR}/default.yaml)")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-            if isinstance(data, dict) and isinstance(data.get("adapter"), dict):
-                for key in sorted(set(data["adapter"]) & set(RETIRED_ADAPTER_KEYS)):
-                    data["adapter"].pop(key)
-                    logger.warning("%s: adapter.%s is ignored (%s); delete it", path, key, RETIRED_ADAPTER_KEYS[key])
-            cfg = cls.model_validate(data)
-        except (yaml.YAMLError, ValidationError) as e:
-            raise TrainConfigError(f"{path}: invalid training profile: {e}") from e
-        errors = cfg.typed_sections()[1] if check_sections else []
-        if errors:
-            raise TrainConfigError(
-                f"{path}: invalid training profile: " + "; ".join(f"{where}: {msg}" for where, msg in errors)
-            )
-        return cfg
-
-    def society_path(self) -> Path:
-        p = Path(self.society_config)
-        return p if p.is_absolute() else Path(__file__).resolve().parent.parent / p
 
 
 @dataclass
@@ -630,7 +330,7 @@ class TrainingPipeline:
         self.reports: list[PhaseReport] = []
         cfg_file = self.dir.root / "config.yaml"
         if not cfg_file.exists():
-            cfg_file.write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
+            cfg_file.write_text(config.to_yaml())
 
     # -- society with the trained parts routed in -------------------------------------------------
     def society(self) -> Any:
@@ -932,7 +632,7 @@ class TrainingPipeline:
             return None
         tasks, jtasks = self.gather_tasks()
         parts = society_parts(society, tasks + jtasks, model=model)
-        parts["config"] = {"society": parts["config"], "reward": self.cfg.reward,
+        parts["config"] = {"society": parts["config"], "reward": self.cfg.as_written("reward"),
                            "gather": {"epsilon": g.epsilon, "junior_resamples": g.junior_resamples,
                                       "junior_temperature": g.junior_temperature, "rationalize": g.rationalize}}
         parts["questions"] = {"society": question_rows(tasks), "juniors_only": question_rows(jtasks)}
@@ -1111,8 +811,7 @@ class TrainingPipeline:
         return sorted(set(out))
 
     def _reward_config(self) -> Any:
-
-        return RewardConfig(**self.cfg.reward) if self.cfg.reward else None
+        return self.cfg.reward
 
     def _adapter(self) -> Any:
         from training.adapter import HierarchicalTraceAdapter
@@ -1135,7 +834,7 @@ class TrainingPipeline:
         ``per_persona``: :meth:`train_juniors_per_persona`."""
         d = self.dir.phase_dir(2)
         with self._archive() as archive:
-            sel = self._adapter().select_sft(archive, min_reward=self.cfg.adapter.get("sft_min_reward", 0.5))
+            sel = self._adapter().select_sft(archive, min_reward=self.cfg.adapter.sft_min_reward)
         ds = sel.dataset
         ds.to_json(str(d / "sft_dataset.jsonl"))
         atomic_write_text(d / "sft_selection.json", json.dumps(sel.summary, indent=2) + "\n")
@@ -1156,8 +855,7 @@ class TrainingPipeline:
         ``adapter``, ``adapter_gguf``, ``rows``, ``steps``, ``losses``, ``seconds_per_step``."""
         from training.sft import JuniorSFTTrainer
 
-        res = JuniorSFTTrainer(JuniorSFTConfig(**{**self.cfg.sft, "model": self.cfg.base_model,
-                                                   "output_dir": str(out)}), ds).train()
+        res = JuniorSFTTrainer(self.cfg.sft.with_values(model=self.cfg.base_model, output_dir=str(out)), ds).train()
         gguf = self._export_gguf(res.adapter_dir, res.adapter_dir / "adapter.gguf")
         self.echo(f"{label}: {res.steps} steps on {res.rows} rows, loss {res.losses[0][1]:.3f} -> "
                   f"{res.losses[-1][1]:.3f}, {res.mean_step_seconds:.1f} s/step; "
@@ -1232,22 +930,22 @@ class TrainingPipeline:
 
         d = self.dir.phase_dir(3)
         with self._archive() as archive:
-            rl = self._adapter().to_rl(archive, reward=self.cfg.adapter.get("rl_reward", "rollout"))
+            rl = self._adapter().to_rl(archive, reward=self.cfg.adapter.rl_reward)
         rl.prompts.to_json(str(d / "senior_prompts.jsonl"))
         with (d / "senior_triplets.jsonl").open("w") as f:
             for t in rl.triplets:
                 f.write(json.dumps(t.model_dump(), default=str) + "\n")
         self.echo(f"phase 3 GRPO: {len(rl.prompts)} senior prompts, {len(rl.triplets)} triplets")
-        warm_on = self.cfg.grpo.get("warm_start") is not None
+        warm_on = self.cfg.grpo.warm_start is not None
         if len(rl.prompts) == 0 and not warm_on:
             raise TrainConfigError("phase 3: the store holds no senior LLM call; check that the society config has a "
                                    "senior role and that phase 1 rollouts succeeded")
-        backend = resolve_backend(self.cfg.grpo.get("backend", "auto"))
+        backend = resolve_backend(self.cfg.grpo.backend)
         if backend == "verl":  # pragma: no cover - needs a GPU, verl and vLLM
             return self._phase3_verl(d, len(rl.prompts))
-        grpo = {"stop": self._senior_stop(), **self.cfg.grpo}  # a profile's grpo.stop wins
-        cfg = SeniorGRPOConfig(**{**grpo, "backend": "trl", "model": self.cfg.base_model,
-                                  "output_dir": str(d / "adapter")})
+        stop = self.cfg.grpo.stop if "stop" in self.cfg.grpo.model_fields_set else self._senior_stop()
+        cfg = self.cfg.grpo.with_values(stop=stop, backend="trl", model=self.cfg.base_model,
+                                        output_dir=str(d / "adapter"))
         prompts, prefilter, warm, base_pf = rl.prompts, None, None, None
         if warm_on:
             base_pf, sel, prompts = self._prefilter(rl.prompts, cfg, repairs=True)
@@ -1274,7 +972,7 @@ class TrainingPipeline:
                              "seconds_per_step": ws.mean_step_seconds})
                 self.echo(f"phase 3 warm start: SFT {ws.steps} steps on {ws.rows} repair pairs, loss "
                           f"{ws.losses[0][1]:.3f} -> {ws.losses[-1][1]:.3f}")
-                cfg = dataclasses.replace(cfg, init_adapter=str(ws.adapter_dir))
+                cfg = cfg.with_values(init_adapter=str(ws.adapter_dir))
         if cfg.prefilter_samples:
             if warm is not None and not cfg.init_adapter:  # no warm start trained: the base senior's, measured above
                 prefilter = base_pf
@@ -1384,8 +1082,8 @@ class TrainingPipeline:
             eps = {a: (e.base_url, e.model, e.api_key) for a, e in self.endpoints(stack, society).items()
                    if a != SENIOR_ALIAS}
             train_senior_verl(society, train, val,
-                              SeniorGRPOConfig(**{**self.cfg.grpo, "backend": "verl", "model": self.cfg.base_model,
-                                                  "output_dir": str(d / "adapter")}),
+                              self.cfg.grpo.with_values(backend="verl", model=self.cfg.base_model,
+                                                        output_dir=str(d / "adapter")),
                               endpoints=eps, reward_config=self._reward_config(),
                               overrides={"trainer": {"default_local_dir": str(ckpt)}})
         try:
@@ -1410,7 +1108,7 @@ class TrainingPipeline:
                 f.write(json.dumps(s.to_dict(), default=str) + "\n")
         if not samples:
             raise TrainConfigError("phase 4: no supervisor decision with usable candidates in the store; gather more")
-        bandit = SupervisorBandit(BanditConfig(**self.cfg.bandit)).fit(samples)
+        bandit = SupervisorBandit(self.cfg.bandit).fit(samples)
         path = bandit.save(d / "policy.joblib")
         # held-out dev decisions: the juniors-only baseline's (its own larger sample) when it ran,
         # else the society baseline's; never trained on

@@ -2,9 +2,9 @@
 
 Nothing is started, trained, converted or downloaded. :func:`plan_profile` checks
 
-* every section typed: the profile (:class:`training.pipeline.TrainConfig`), the society config
-  it names, ``sft`` / ``grpo`` / ``bandit`` / ``reward`` / ``adapter`` as the keyword arguments
-  of the classes they configure (an unknown or bad key is an error naming it);
+* every section typed: the profile (:class:`training.profile.TrainConfig`: ``sft`` / ``grpo`` /
+  ``bandit`` / ``reward`` / ``adapter`` are the classes they configure; an unknown or bad key is an
+  error naming it, :attr:`~training.profile.TrainConfig.section_problems`) and the society config it names;
 * every model resolvable: ``base_model`` (embedded alias, ``.gguf`` file, or -- with
   ``serving.engine: vllm`` -- a Hugging Face directory; a hub id is refused with the command that
   downloads it, since nothing here contacts the hub), each embedded alias
@@ -53,11 +53,11 @@ from training.pipeline import (
     PHASES,
     SENIOR_ALIAS,
     STAGE_AFTER_PHASE,
-    TrainConfig,
     _kind,
     junior_personas,
     role_split_config,
 )
+from training.profile import TrainConfig
 
 __all__ = ["Finding", "TrainPlan", "plan_profile", "gpu_stack_needs", "INSTALL_GPU", "HUB_ID"]
 
@@ -121,6 +121,8 @@ class TrainPlan:
         findings: errors, missing pieces and notes.
         expected_time: what is known of the time per phase (GPU profiles: that it is unmeasured);
             empty when the plan says nothing about it.
+        resolved: the whole profile with every default filled in
+            (:meth:`training.profile.TrainConfig.resolved`).
     """
 
     profile: str
@@ -132,6 +134,7 @@ class TrainPlan:
     gpu_stack: dict[str, dict[str, Any]] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
     expected_time: str = ""
+    resolved: dict[str, Any] = field(default_factory=dict)
 
     @property
     def errors(self) -> list[Finding]:
@@ -161,6 +164,11 @@ class TrainPlan:
                 out.append(f"  {'':<{w}}  {'':<10} {r['adapter']}")
         out += ["", "Servers:"] + [f"  - {s['server']}: {s['detail']}" for s in self.servers]
         out += ["", "Budgets:"] + [f"  {k:<8} {v}" for k, v in self.budgets.items()]
+        if self.resolved:
+            import yaml
+
+            out += ["", "Resolved profile (every default filled in):"]
+            out += ["  " + line for line in yaml.safe_dump(self.resolved, sort_keys=False).splitlines()]
         if self.expected_time:
             out += ["", f"Expected time per phase: {self.expected_time}"]
         if self.gpu_stack:
@@ -214,8 +222,8 @@ def gpu_stack_needs(cfg: TrainConfig) -> dict[str, str]:
     ``unsloth``: required when the profile names it (``serving.engine: vllm``, ``grpo.backend: verl``
     -- which also rolls out with vLLM --, ``sft.backend: unsloth``), optional for ``auto`` backends
     (used when present, else the TRL fallback)."""
-    sft_b = str(cfg.sft.get("backend", "auto"))
-    grpo_b = str(cfg.grpo.get("backend", "auto"))
+    sft_b = cfg.sft.backend
+    grpo_b = cfg.grpo.backend
     needs = {"vllm": "no", "verl": "no", "unsloth": "no"}
     if cfg.serving.engine == "vllm" or grpo_b == "verl":
         needs["vllm"] = "required"
@@ -238,7 +246,7 @@ def _resolve_base_model(cfg: TrainConfig, findings: list[Finding]) -> str:
     vllm = cfg.serving.engine == "vllm"
     if bm in EMBEDDED_MODELS:
         spec = EMBEDDED_MODELS[bm]
-        if vllm or str(cfg.grpo.get("backend", "auto")) != "trl":
+        if vllm or cfg.grpo.backend != "trl":
             return (
                 f"embedded {bm} ({spec.hf_name}); trained and served from its HF checkpoint "
                 "(training.checkpoints.hf_checkpoint: the GGUF dequantised once, no hub access)"
@@ -321,14 +329,15 @@ def plan_profile(cfg: TrainConfig, *, source: str = "", phases: set[int] | None 
     """Validate ``cfg`` and build its :class:`TrainPlan` (see the module docstring). Never raises for
     a problem of the profile: each becomes a :class:`Finding`."""
     phases = set(phases or PHASES)
-    plan = TrainPlan(profile=cfg.name, source=source or "(in memory)")
+    plan = TrainPlan(profile=cfg.name, source=source or "(in memory)", resolved=cfg.resolved())
     F = plan.findings
     vllm = cfg.serving.engine == "vllm"
 
     # -- typed sections -------------------------------------------------------------------------------
-    built, section_errors = cfg.typed_sections()
-    F += [Finding("error", where, msg) for where, msg in section_errors]
-    sft, grpo = built.get("sft"), built.get("grpo")
+    F += [Finding("error", where, msg) for where, msg in cfg.section_problems]
+    broken = {where.split(".")[0] for where, _ in cfg.section_problems}
+    sft = None if "sft" in broken else cfg.sft
+    grpo = None if "grpo" in broken else cfg.grpo
     if cfg.gather.n_runners + cfg.gather.remote_runners < 1:
         F.append(
             Finding("error", "gather.n_runners", "0 runners here needs gather.remote_runners >= 1 (sqlsociety runner)")
@@ -369,7 +378,7 @@ def plan_profile(cfg: TrainConfig, *, source: str = "", phases: set[int] | None 
     # -- files --------------------------------------------------------------------------------------------
     n_train = _split_count(cfg, cfg.gather.split, "gather.split", F) if 1 in phases or 3 in phases else None
     n_dev = _split_count(cfg, cfg.eval.split, "eval.split", F)
-    grpo_backend = str(cfg.grpo.get("backend", "auto"))
+    grpo_backend = cfg.grpo.backend
     verl_may_run = grpo_backend == "verl" or (grpo_backend == "auto" and present["verl"] and present["cuda"])
     verl_cfg: dict[str, Any] = {}
     if grpo is not None and (grpo_backend in ("verl", "auto")):
@@ -529,8 +538,7 @@ def plan_profile(cfg: TrainConfig, *, source: str = "", phases: set[int] | None 
         plan.phases.append({"step": "eval baseline roles", "what": "; ".join(role_evals["baseline"])})
     sft_backend = (
         "unsloth"
-        if str(cfg.sft.get("backend", "auto")) == "unsloth"
-        or (str(cfg.sft.get("backend", "auto")) == "auto" and present["unsloth"] and present["cuda"])
+        if cfg.sft.backend == "unsloth" or (cfg.sft.backend == "auto" and present["unsloth"] and present["cuda"])
         else "TRL"
     )
     what = {

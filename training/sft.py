@@ -63,11 +63,13 @@ import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
-from tools.value_types import type_problems
+from pydantic import model_validator
+
+from training.lora_training import LoraTrainingConfig
 from training.threads import torch_threads
 
 __all__ = [
@@ -88,118 +90,58 @@ logger = logging.getLogger(__name__)
 #: ``/proc/cpuinfo`` flags of native bf16 dot products (AVX512-BF16: ``VDPBF16PS``; AMX: tile bf16 matmul).
 CPU_BF16_FLAGS: tuple[str, ...] = ("avx512_bf16", "amx_bf16")
 
-#: The linear layers of llama/qwen2 blocks a LoRA adapts (all of them: attention and MLP).
-DEFAULT_TARGET_MODULES: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-def check_trl_args(config: Any, trl_class: str) -> None:
-    """Refuse ``config.trl_args`` keys that TRL's ``trl_class`` (``SFTConfig``, ``GRPOConfig``) does
-    not take, or that ``config`` has as its own field (set those as the field), and values whose type
-    does not fit the TRL field's annotation (:func:`tools.value_types.type_problems`; where the
-    annotation names a TRL/transformers class, e.g. ``SchedulerType | str``, TRL itself converts or
-    refuses the value). TRL is imported only when ``trl_args`` is not empty.
-
-    Raises:
-        ValueError: naming the keys and where they belong, or each wrongly typed key and the type it
-            wants, e.g. ``JuniorSFTConfig.trl_args.max_grad_norm: expected a number, got 'big'``.
-    """
-    args = config.trl_args
-    if not isinstance(args, dict):
-        raise ValueError(f"{type(config).__name__}.trl_args must be a mapping, got {type(args).__name__}")
-    if not args:
-        return
-    own = sorted(set(args) & {f.name for f in fields(config)})
-    if own:
-        raise ValueError(f"{type(config).__name__}.trl_args: set {own} as fields of the section, not in trl_args")
-    import trl
-
-    known = {f.name for f in fields(getattr(trl, trl_class))}
-    unknown = sorted(set(args) - known)
-    if unknown:
-        raise ValueError(f"{type(config).__name__}.trl_args: {unknown} are not options of trl.{trl_class}")
-    wrong = type_problems(getattr(trl, trl_class), args, prefix=f"{type(config).__name__}.trl_args.")
-    if wrong:
-        raise ValueError("; ".join(f"{key}: {msg}" for key, msg in wrong))
-
-
-@dataclass
-class JuniorSFTConfig:
-    """Settings of :class:`JuniorSFTTrainer`.
+class JuniorSFTConfig(LoraTrainingConfig):
+    """Settings of :class:`JuniorSFTTrainer` (the ``sft:`` section of a training profile); the shared
+    LoRA-training fields (``model``, ``output_dir``, ``max_steps``, ``learning_rate``, ``lora_*``,
+    ``target_modules``, ``logging_steps``, ``gradient_checkpointing``, ``num_threads``, ``seed``,
+    ``trl_args``: TRL's ``SFTConfig``) are :class:`training.lora_training.LoraTrainingConfig`'s.
 
     Attributes:
-        model: base model: embedded alias (``"smollm2-135m"``, ``"qwen2.5-coder-0.5b"``), a
-            ``.gguf`` path or a HF directory.
-        output_dir: where the adapter and metrics are written (created).
         max_steps: optimizer steps; ``<= 0`` -> ``num_train_epochs`` over the data instead.
         num_train_epochs: epochs when ``max_steps <= 0``.
-        learning_rate: AdamW learning rate (LoRA-typical 1e-4 .. 3e-4).
         per_device_train_batch_size, gradient_accumulation_steps: effective batch =
-            their product (sequences per step).
-        max_length: tokens per conversation after the chat template; longer ones are left out with
-            padding-free batches (the default), truncated from the right with padded batches -- keep
-            schemas compact.
-        lora_r, lora_alpha, lora_dropout, target_modules: PEFT ``LoraConfig`` (scale = alpha / r).
+            their product (sequences per step), each >= 1.
+        max_length: tokens per conversation after the chat template (>= 32); longer ones are left
+            out with padding-free batches (the default), truncated from the right with padded
+            batches -- keep schemas compact.
         loss_on: ``"completion"`` (last assistant message only) or ``"all"``.
         warmup_steps, lr_scheduler_type, weight_decay: optimiser schedule (HF names).
-        logging_steps: log the loss every this many steps (1 = a full loss curve).
-        seed: for data order, LoRA init and dropout.
         backend: ``"auto"`` (unsloth on CUDA if installed, else TRL), ``"trl"`` or ``"unsloth"``.
         load_in_4bit: unsloth only: QLoRA on a 4-bit base.
-        gradient_checkpointing: trade compute for memory (useful for the 0.5B model on GPU).
-        num_threads: CPU threads for torch; None -> :func:`torch_threads` (load-adaptive).
         head_on_loss_tokens_only: on the CPU, project the LM head only at the positions that have a
             label (:func:`head_on_loss_tokens`); False -> every position, as TRL does off CUDA.
-        trl_args: any other keyword argument of TRL's ``SFTConfig`` (so every TRL / transformers
-            ``TrainingArguments`` option, e.g. ``optim``, ``max_grad_norm``), applied over what the
-            fields above set; checked against ``SFTConfig`` when given (imports TRL, ~5 s). A TRL
-            option that is a field here (``max_steps``, ``learning_rate``...) is set as that field.
-            Set here, not as fields, are TRL's ``bf16`` (default: :func:`bf16_support`) and
+        trl_args: set here, not as fields, are TRL's ``bf16`` (default: :func:`bf16_support`) and
             ``padding_free`` (default: true); see the module docstring.
+
+    Raises (as a pydantic ``ValidationError``, a ``ValueError``): an unknown or wrongly typed key,
+    a value out of range (above), or a bad ``trl_args``.
     """
 
-    model: str = "smollm2-135m"
+    TRL_CLASS: ClassVar[str] = "SFTConfig"
+
     output_dir: str = "runs/sft/junior"
-    max_steps: int = 20
     num_train_epochs: float = 1.0
-    learning_rate: float = 2e-4
     per_device_train_batch_size: int = 2
     gradient_accumulation_steps: int = 1
     max_length: int = 512
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    target_modules: tuple[str, ...] = DEFAULT_TARGET_MODULES
-    loss_on: str = "completion"
+    loss_on: Literal["completion", "all"] = "completion"
     warmup_steps: int = 0
     lr_scheduler_type: str = "constant"
     weight_decay: float = 0.0
-    logging_steps: int = 1
-    seed: int = 0
-    backend: str = "auto"
+    backend: Literal["auto", "trl", "unsloth"] = "auto"
     load_in_4bit: bool = False
-    gradient_checkpointing: bool = False
-    num_threads: int | None = None
     head_on_loss_tokens_only: bool = True
-    trl_args: dict[str, Any] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        check_trl_args(self, "SFTConfig")
-        if self.loss_on not in ("completion", "all"):
-            raise ValueError(f"JuniorSFTConfig.loss_on = {self.loss_on!r}; use 'completion' or 'all'")
-        if self.backend not in ("auto", "trl", "unsloth"):
-            raise ValueError(f"JuniorSFTConfig.backend = {self.backend!r}; use 'auto', 'trl' or 'unsloth'")
+    @model_validator(mode="after")
+    def _sft_ranges(self) -> JuniorSFTConfig:
         if self.max_steps <= 0 and not self.num_train_epochs > 0:
             raise ValueError("JuniorSFTConfig: set max_steps > 0 or num_train_epochs > 0")
-        if self.lora_r < 1 or self.lora_alpha <= 0:
-            raise ValueError(
-                f"JuniorSFTConfig: lora_r must be >= 1 and lora_alpha > 0 (got {self.lora_r}, {self.lora_alpha})"
-            )
         if self.max_length < 32:
             raise ValueError(f"JuniorSFTConfig.max_length = {self.max_length}; must be >= 32 tokens")
-        for k in ("per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps"):
+        for k in ("per_device_train_batch_size", "gradient_accumulation_steps"):
             if getattr(self, k) < 1:
                 raise ValueError(f"JuniorSFTConfig.{k} must be >= 1, got {getattr(self, k)}")
-        self.target_modules = tuple(self.target_modules)
+        return self
 
 
 @dataclass
@@ -620,7 +562,7 @@ class JuniorSFTTrainer:
             threads=threads,
         )
         metrics = {
-            "config": asdict(cfg),
+            "config": cfg.model_dump(mode="json"),
             "rows": result.rows,
             "rows_over_max_length": over,
             "steps": result.steps,
