@@ -27,6 +27,7 @@ from society.evaluate import EvalSummary, evaluate
 from society.infra import InfrastructureError, ctrl_c_noted, dead_servers
 from society.llm import Endpoint
 from society.run import AGENTS, RunRecorder, SocietyRun, endpoint_failure, run_society
+from society.run_binding import BoundRun, bound_run
 from tools.sampling import more_than_split, sample_examples, select_ids
 from tools.spider import DataError, SplitNameError, load_examples, resolve_database
 
@@ -86,15 +87,16 @@ def _slots(concurrency: int) -> int:
 
 @contextmanager
 def serving(config: SocietyConfig, *, quiet: bool = False, proxy: bool = False,
-            parallel: int | None = None) -> Iterator[dict[str, Endpoint]]:
-    """:func:`society.serving.serve_config` with progress lines on stderr (unless ``quiet``)."""
+            parallel: int | None = None, adapters: dict[str, Path] | None = None) -> Iterator[dict[str, Endpoint]]:
+    """:func:`society.serving.serve_config` with progress lines on stderr (unless ``quiet``); ``adapters``:
+    model alias -> GGUF LoRA served for it (``--run``)."""
     from society.serving import serve_config
 
     def started(srv: object) -> None:
         if not quiet:
             err_console.print(f"[dim]{srv.name} ready at {srv.base_url} ({srv.parallel} slots)[/dim]")  # type: ignore[attr-defined]
 
-    with serve_config(config, proxy=proxy, parallel=parallel, on_start=started) as endpoints:
+    with serve_config(config, proxy=proxy, parallel=parallel, on_start=started, adapters=adapters) as endpoints:
         if proxy and endpoints and not quiet:
             err_console.print(f"[dim]aliases {', '.join(endpoints)} routed through Agent Lightning's LLMProxy at "
                               f"{next(iter(endpoints.values())).base_url}[/dim]")
@@ -185,6 +187,24 @@ def print_summary(s: EvalSummary, split: str) -> None:
 
 # ---------------------------------------------------------------------- commands
 
+_RUN_HELP = ("A training run directory or a folder of `sqlsociety export`: every role bound to its trained part "
+             "(juniors' and senior's LoRA adapters, the supervisor's bandit policy); untrained roles are named.")
+
+
+def _trained(run: Path | None, config: Path | None, model_alias: str | None) -> BoundRun | None:
+    """``--run``'s binding to serve (None without ``--run``), its role lines printed on stderr.
+
+    Raises:
+        typer.BadParameter: see :func:`society.run_binding.bound_run`.
+    """
+    if run is None:
+        return None
+    bound = bound_run(run, config, model_alias)
+    err_console.print(f"[dim]--run {escape(str(run))}:[/dim]", highlight=False)
+    for line in bound.notes:
+        err_console.print(f"[dim]  {escape(line)}[/dim]", highlight=False, soft_wrap=True)
+    return bound
+
 
 def ask(
     question: str = typer.Argument(..., help="The question, in English."),
@@ -209,6 +229,7 @@ def ask(
     llm_proxy: bool = typer.Option(
         False, "--llm-proxy", help="Route the embedded model aliases through Agent Lightning's LLMProxy."
     ),
+    run_dir: Path = typer.Option(None, "--run", help=_RUN_HELP),
 ) -> None:
     """Answer one question: prints the final SQL, its result, and the path through the graph."""
     check_agent(agent)
@@ -216,11 +237,13 @@ def ask(
         db_path = resolve_database(db, data_dir)
     except DataError as e:
         raise typer.BadParameter(str(e), param_hint="'--db'") from e
-    cfg = load_config(config, model_alias)
+    trained = _trained(run_dir, config, model_alias)
+    cfg = trained.society if trained else load_config(config, model_alias)
     db_id = db_path.stem if Path(db).suffix or Path(db).exists() else db
-    rec = RunRecorder(f"ask-{agent}", cfg, meta={"argv": sys.argv, "agent": agent, "db": str(db_path)})
+    rec = RunRecorder(f"ask-{agent}", cfg, meta={"argv": sys.argv, "agent": agent, "db": str(db_path),
+                                                 **({"trained": trained.meta} if trained else {})})
     try:
-        with serving(cfg, proxy=llm_proxy) as endpoints:
+        with serving(cfg, proxy=llm_proxy, adapters=trained.adapters if trained else None) as endpoints:
             run = run_society(question, db_path, cfg, db_id=db_id, endpoints=endpoints, agent=agent, recorder=rec,
                               question_id="ask")
     except KeyboardInterrupt:
@@ -284,6 +307,7 @@ def eval_cmd(
     llm_proxy: bool = typer.Option(
         False, "--llm-proxy", help="Route the embedded model aliases through Agent Lightning's LLMProxy."
     ),
+    run_dir: Path = typer.Option(None, "--run", help=_RUN_HELP),
 ) -> None:
     """Run an agent over a split with a progress bar; writes predictions and per-question JSONL; prints EX.
 
@@ -321,8 +345,10 @@ def eval_cmd(
     examples = _usable(examples)
     if not examples:
         raise typer.BadParameter(f"split {split!r} has no executable question", param_hint="'--split'")
-    cfg = load_config(config, model_alias)
+    trained = _trained(run_dir, config, model_alias)
+    cfg = trained.society if trained else load_config(config, model_alias)
     rec = RunRecorder(f"eval-{agent}-{split}", cfg, meta={
+        **({"trained": trained.meta} if trained else {}),
         "argv": sys.argv, "agent": agent, "split": split, "limit": limit, "sample": sample, "seed": seed,
         "concurrency": concurrency, "question_ids": [e.id for e in examples],
         "databases": sorted({e.db_id for e in examples}),
@@ -348,7 +374,8 @@ def eval_cmd(
 
         stop = threading.Event()
         try:
-            with ctrl_c_noted(stop), serving(cfg, proxy=llm_proxy, parallel=_slots(concurrency)) as endpoints:
+            with ctrl_c_noted(stop), serving(cfg, proxy=llm_proxy, parallel=_slots(concurrency),
+                                             adapters=trained.adapters if trained else None) as endpoints:
                 summary = evaluate(examples, cfg, agent=agent, concurrency=concurrency, endpoints=endpoints,
                                    recorder=rec, on_result=on_result, stop=stop)
         except KeyboardInterrupt:
@@ -371,13 +398,16 @@ def roles(
     config: Path = typer.Option(
         None, "--config", "-c", help="Society config YAML.", show_default="configs/society.yaml"
     ),
+    run_dir: Path = typer.Option(None, "--run", help=_RUN_HELP),
 ) -> None:
-    """Print the roles of a config and what each is bound to (model, prompt, sampling, policy, tools)."""
+    """Print the roles of a config and what each is bound to (model, prompt, sampling, policy, tools);
+    with ``--run``, also each role's trained part (or why it stays untrained)."""
     from society.roles import ROLE_TYPES
     from society.toolkit import web_search_available
 
-    cfg = load_config(config)
-    t = Table(title=f"roles · {cfg.name}" + (f" ({config})" if config else ""))
+    trained = bound_run(run_dir, config, serve=False) if run_dir is not None else None
+    cfg = trained.society if trained else load_config(config)
+    t = Table(title=f"roles · {cfg.name}" + (f" ({config or run_dir})" if config or run_dir else ""))
     for col in ("role", "type", "persona / policy", "model", "prompt · sampling · options"):
         t.add_column(col, overflow="fold")
     for r in cfg.roles:
@@ -415,6 +445,10 @@ def roles(
         f"llm: timeout={cfg.llm.timeout_s:g}s retries={cfg.llm.retries}; schema: compact={cfg.schema_.compact} "
         f"sample_rows={cfg.schema_.sample_rows}"
     )
+    if trained:
+        console.print(f"trained parts (--run {escape(str(run_dir))}):", highlight=False, soft_wrap=True)
+        for line in trained.notes:
+            console.print(f"  {escape(line)}", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from society.infra import InfrastructureError
+from training import trained_cli
 
 console = Console()
 
@@ -145,6 +146,8 @@ def runner(
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``train`` and ``runner`` to the root app."""
+    """Add ``train``, ``runner`` and ``export`` to the root app; ``--run`` of ``ask`` / ``eval`` / ``roles``
+    reads trained runs through :mod:`training.trained_cli`."""
     app.command("train")(train)
     app.command("runner")(runner)
+    trained_cli.register(app)
