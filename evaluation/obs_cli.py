@@ -31,6 +31,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from evaluation.tracing import langsmith_traces as lt
+from evaluation.tracing.langsmith_traces import disable_tracing_without_key
+from evaluation.tracing.trace_records import TraceError, group_by_rollout, read_records
+from evaluation.tracing.trace_render import render_tree
+from evaluation.tracing.trace_tree import build_tree
 from tools.files import OutputPathError, check_output_path
 
 console = Console()
@@ -67,7 +72,6 @@ def traces_list(
 ) -> None:
     """List the rollouts recorded in a run."""
     from evaluation.traces import list_rollouts
-    from evaluation.tracing.trace_records import TraceError
 
     try:
         rows = list_rollouts(run_dir, phase=phase, min_reward=min_reward, failed=failed)
@@ -106,9 +110,6 @@ def traces_show(
 ) -> None:
     """Show one rollout as a tree (node -> role -> LLM call -> tool call -> reward, per-role credit)."""
     from evaluation.traces import load_rollout_trace
-    from evaluation.tracing.trace_records import TraceError, group_by_rollout, read_records
-    from evaluation.tracing.trace_render import render_tree
-    from evaluation.tracing.trace_tree import build_tree
 
     if not source.exists():
         _fail(f"{source} does not exist; pass a run directory or a JSONL file from `traces export` / `traces pull`")
@@ -147,7 +148,6 @@ def traces_export(
     Nothing is written when the run directory or its store is unusable; the file appears only once
     complete."""
     from evaluation.traces import export_jsonl, store_path
-    from evaluation.tracing.trace_records import TraceError
 
     try:
         spath = store_path(run_dir)
@@ -177,9 +177,6 @@ def traces_pull(
     """Fetch traces from LangSmith (through the langsmith client) into the local JSONL format."""
     out = out or Path(f"langsmith-{run_id.replace('/', '_')}.jsonl")
     _check_out(out, "--out", [])
-    from evaluation.tracing import langsmith_traces as lt
-    from evaluation.tracing.trace_render import render_tree
-    from evaluation.tracing.trace_tree import build_tree
 
     try:
         groups = lt.pull_traces(project, run_id, limit=limit)
@@ -203,7 +200,6 @@ def traces_dashboard(
 ) -> None:
     """Serve Agent Lightning's dashboard (rollouts, attempts, spans) over the run's store until Ctrl-C."""
     from evaluation.traces import store_path
-    from evaluation.tracing.trace_records import TraceError
 
     try:
         path = store_path(run_dir)  # before Agent Lightning is imported (seconds)
@@ -269,7 +265,6 @@ def register(app: typer.Typer) -> None:
     Also makes "no LangSmith key" mean "nothing sent" for every command of this process
     (:func:`evaluation.tracing.langsmith_traces.disable_tracing_without_key`).
     """
-    from evaluation.tracing.langsmith_traces import disable_tracing_without_key
 
     disable_tracing_without_key()
     app.add_typer(traces_app, name="traces")

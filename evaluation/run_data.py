@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from evaluation.metrics.rewards import compute_reward
 from tools.files import read_jsonl
 from tools.spider import database_path, default_data_dir
 
@@ -88,8 +89,6 @@ def normalize_record(rec: Mapping) -> dict:
     if r.get("reward") is None and r.get("gold_sql"):
         db = _database_of(r)
         if db is not None:
-            from evaluation.metrics.rewards import compute_reward
-
             r["reward"] = float(compute_reward(r.get("pred_sql"), r["gold_sql"], db).total)
             r["reward_source"] = "evaluation.metrics.rewards.compute_reward"
     return r
