@@ -20,10 +20,12 @@ Layers, lowest first (a module may import its own layer and the layers below it,
                           ``judge``
  7    training            ``training.*`` but the pipeline, plan, GPU check and the CLI
  8    pipeline            ``training.pipeline`` (the four phases, then the report), ``training.plan``,
-                          ``training.gpu_check`` (runs the trainers and checks the GPU profile)
+                          ``training.gpu_check`` (runs the trainers and checks the GPU profile),
+                          ``training.trained`` (a run's trained parts bound, exported)
  9    CLI                 ``society.cli`` (the ``sqlsociety`` root), ``society.commands``,
                           ``training.cli``, ``evaluation.cli``, ``evaluation.obs_cli``,
-                          ``evaluation.judge_cli``
+                          ``evaluation.judge_cli``, ``society.run_binding`` (``--run``),
+                          ``training.trained_cli`` (``export``, the ``--run`` loader)
 ====  ==================  ==========================================================================
 
 The check (:func:`check`) reads the source with :mod:`ast` (nothing is imported) and reports
@@ -89,9 +91,9 @@ LAYERS: list[tuple[str, list[str]]] = [
                   "training.adapter_serving", "training.threads", "training.hooks", "training.reuse",
                   "training.lora_training", "training.profile", "training.role_aliases", "training.run_dir",
                   "training.run_serving", "training.senior_reward", "training.grpo_verl"]),
-    ("pipeline", ["training.pipeline", "training.plan", "training.gpu_check"]),
+    ("pipeline", ["training.pipeline", "training.plan", "training.gpu_check", "training.trained"]),
     ("cli", ["society.cli", "society.commands", "training.cli", "evaluation.cli", "evaluation.obs_cli",
-             "evaluation.judge_cli"]),
+             "evaluation.judge_cli", "society.run_binding", "training.trained_cli"]),
 ]
 
 #: Package (folder) layer name -> packages (fnmatch patterns), lowest first. A module may import the
@@ -120,8 +122,8 @@ LAZY_ALLOWED: dict[tuple[str, str], str] = {
     ("evaluation.traces", "evaluation.tracing.store"): _AGL,
     ("evaluation.obs_cli", "evaluation.tracing.store"): _AGL,
     ("training.pipeline", "evaluation.tracing.store"): _AGL,
-    ("training.grpo", "society.roles"): _GPU,
-    ("training.grpo", "society.llm"): _GPU,
+    ("training.senior_reward", "society.roles"): _GPU,
+    ("training.senior_reward", "society.llm"): _GPU,
     ("training.threads", "society.cpu_threads"): _GPU,
     ("training.adapter_serving", "society.llama_server"): _GPU,
     ("training.checkpoints", "society.models"): (
