@@ -10,16 +10,22 @@ choosing it and the server binding it) cannot be caused on demand, so those test
 from __future__ import annotations
 
 import doctest
+import os
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
 
 import pytest
 
 from society import health, llama_server, server_process
 from society.server_process import PORT_TRIES, ServerStartError
 from society.serving import serve_embedded
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -115,3 +121,25 @@ def test_a_server_that_exits_for_another_reason_is_not_retried(tmp_path, monkeyp
     with pytest.raises(ServerStartError, match="exited during start-up: exit code") as err:
         srv.start(timeout_s=60)
     assert not err.value.port_in_use and "in use" not in str(err.value).splitlines()[0] and len(chosen) == 1
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True", COLUMNS="400")  # Rich: no wrapped messages
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
+
+
+@pytest.mark.model
+def test_serving_check_cli_answers_and_refuses_nothing_to_do() -> None:
+    """``python -m society.serving --check ALIAS`` (install.sh runs it): exit 0 with the answer line;
+    without --check: exit 2 naming the option."""
+    r = _cli("society.serving", "--check", "smollm2-135m")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.startswith("llama-server smollm2-135m (") and "answered" in r.stdout
+    r = _cli("society.serving", "smollm2-135m")
+    assert r.returncode == 2 and "pass --check" in r.stderr
+
+
+def test_remote_worker_cli_needs_its_flag() -> None:
+    r = _cli("training.remote", "--store-url", "http://127.0.0.1:1", "--config", "x.yaml", "--worker-id", "w")
+    assert r.returncode == 2 and "pass --worker" in r.stderr

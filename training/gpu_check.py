@@ -44,13 +44,14 @@ the tiny model, the adapters and the database beside them. Exit status 0 when ev
 1 otherwise, 2 for bad arguments.
 
 Imports: only the standard library at module level; the steps import torch, transformers, peft,
-trl, datasets and the project's trainers -- never Agent Lightning, LangGraph, LangChain, LiteLLM
-or the serving modules, so the check runs on a machine that has only the training stack.
+trl, datasets and the project's trainers, the command line imports Typer (transformers 5 requires
+it; :data:`WHEEL_ROOTS` carries it where the machine lacks it) -- never Agent Lightning, LangGraph,
+LangChain, LiteLLM or the serving modules, so the check runs on a machine that has only the
+training stack.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -60,6 +61,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -594,8 +596,9 @@ def run_checks(
 #: Packages the GPU machine is known to have (their dependencies too): the wheel list leaves them out.
 PREINSTALLED = ("torch", "transformers", "peft", "accelerate", "pyarrow", "scikit-learn")
 
-#: What the check needs beyond :data:`PREINSTALLED`: the trainers' TRL and datasets, sqlglot for the reward.
-WHEEL_ROOTS = ("trl", "datasets", "sqlglot")
+#: What the check needs beyond :data:`PREINSTALLED`: the trainers' TRL and datasets, sqlglot for the reward,
+#: Typer for the command line.
+WHEEL_ROOTS = ("trl", "datasets", "sqlglot", "typer")
 
 
 def wheel_pins(
@@ -662,49 +665,67 @@ def markdown_table(results: list[StepResult]) -> str:
     return "\n".join(lines)
 
 
+class Device(str, Enum):
+    """Where the check runs."""
+
+    cuda = "cuda"
+    cpu = "cpu"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point (see the module docstring); returns the exit status."""
-    ap = argparse.ArgumentParser(prog="python -m training.gpu_check", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
-    ap.add_argument("--out", default="runs/gpu-check", help="output directory [default: runs/gpu-check]")
-    ap.add_argument("--sft-steps", type=int, default=3)
-    ap.add_argument("--grpo-steps", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=max(1, min(4, os.cpu_count() or 1)), help="CPU threads for torch")
-    ap.add_argument(
-        "--full",
-        action="store_true",
-        help="also check that the GPU stack (vllm, verl, unsloth, agentlightning) imports",
-    )
-    ap.add_argument(
-        "--wheel-pins",
-        action="store_true",
-        help="print the name==version pins of the wheels to carry to a machine that has only "
-        f"{', '.join(PREINSTALLED)} (one a line) and exit",
-    )
-    a = ap.parse_args(argv)
-    if a.wheel_pins:
-        print("\n".join(wheel_pins()))
-        return 0
-    if a.sft_steps < 1 or a.grpo_steps < 1 or a.threads < 1:
-        ap.error("--sft-steps, --grpo-steps and --threads must be >= 1")
-    if a.device == "cpu":
+    """CLI entry point (see the module docstring); returns the exit status: 0 every step passed,
+    1 a step failed, 2 bad arguments."""
+    import typer
+
+    app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False)
+
+    @app.command(help=__doc__.split("\n\n")[0])
+    def _check(
+        device: Device = typer.Option(Device.cuda, "--device", help="cuda (the GPU check) or cpu (its test)"),
+        out: str = typer.Option("runs/gpu-check", "--out", help="output directory"),
+        sft_steps: int = typer.Option(3, "--sft-steps", min=1, help="SFT optimizer steps (>= 1)"),
+        grpo_steps: int = typer.Option(2, "--grpo-steps", min=1, help="GRPO steps (>= 1)"),
+        threads: int = typer.Option(max(1, min(4, os.cpu_count() or 1)), "--threads", min=1,
+                                    help="CPU threads for torch (>= 1)"),
+        full: bool = typer.Option(False, "--full",
+                                  help="also check that the GPU stack (vllm, verl, unsloth, agentlightning) imports"),
+        pins: bool = typer.Option(False, "--wheel-pins",
+                                  help="print the name==version pins of the wheels to carry to a machine that has "
+                                  f"only {', '.join(PREINSTALLED)} (one a line) and exit"),
+    ) -> None:
+        if pins:
+            print("\n".join(wheel_pins()))
+            return
+        raise typer.Exit(_run(device.value, Path(out), sft_steps=sft_steps, grpo_steps=grpo_steps, threads=threads,
+                              full=full))
+
+    try:
+        app(args=argv, prog_name="python -m training.gpu_check")
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return 0
+
+
+def _run(device: str, out: Path, *, sft_steps: int, grpo_steps: int, threads: int, full: bool) -> int:
+    """Run the steps, write ``gpu_check.json`` and ``gpu_check.md`` under ``out``, print the table;
+    returns 0 when every step passed, else 1."""
+    if device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before torch is imported: the cpu run never touches a GPU
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    out = Path(a.out)
     t0 = time.perf_counter()
     results = run_checks(
-        a.device,
+        device,
         out,
-        sft_steps=a.sft_steps,
-        grpo_steps=a.grpo_steps,
-        threads=a.threads,
-        full=a.full,
+        sft_steps=sft_steps,
+        grpo_steps=grpo_steps,
+        threads=threads,
+        full=full,
         log=lambda s: print(s, file=sys.stderr, flush=True),
     )
     ok = all(r.ok for r in results)
     env = next((r.detail for r in results if r.step == "environment"), {})
     report = {
-        "device": a.device,
+        "device": device,
         "ok": ok,
         "total_seconds": round(time.perf_counter() - t0, 2),
         "versions": env.get("versions", {}),
@@ -713,7 +734,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     (out / "gpu_check.json").write_text(json.dumps(report, indent=1, default=str))
     md = (
-        f"gpu-check on `{a.device}`{' (' + str(env['gpu']) + ')' if env.get('gpu') else ''}: "
+        f"gpu-check on `{device}`{' (' + str(env['gpu']) + ')' if env.get('gpu') else ''}: "
         f"{'all steps passed' if ok else 'FAILED'} in {report['total_seconds']} s\n\n" + markdown_table(results) + "\n"
     )
     (out / "gpu_check.md").write_text(md)

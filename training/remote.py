@@ -32,7 +32,6 @@ dead store forever.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import signal
@@ -40,12 +39,14 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
+
+import typer
+
+from society.health import http_ok, poll_until
 
 __all__ = ["RunnerError", "parse_store_url", "store_alive", "run_runners", "parse_endpoint", "HEALTH_PATH"]
 
@@ -73,12 +74,8 @@ def parse_store_url(url: str) -> tuple[str, int]:
 
 
 def store_alive(url: str, timeout_s: float = 3.0) -> bool:
-    """True when the store server at ``url`` answers its health route with 200."""
-    try:
-        with urllib.request.urlopen(url.rstrip("/") + HEALTH_PATH, timeout=timeout_s) as r:
-            return r.status == 200
-    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, ValueError):
-        return False
+    """True when the store server at ``url`` answers its health route with 200 within ``timeout_s``."""
+    return http_ok(url.rstrip("/") + HEALTH_PATH, timeout_s=timeout_s)
 
 
 def parse_endpoint(text: str) -> tuple[str, tuple[str, str]]:
@@ -183,14 +180,11 @@ def run_runners(
         raise RunnerError(f"--config {cfg_path} does not exist; copy the trainer's runner_society.yaml")
     if n_runners < 1:
         raise RunnerError(f"--runners {n_runners}: use at least 1")
-    t0 = time.monotonic()
-    while not store_alive(store_url):
-        if time.monotonic() - t0 > wait_s:
-            raise RunnerError(
-                f"the store at {store_url} did not answer {HEALTH_PATH} within {wait_s:.0f} s; "
-                "is phase 1 running (its run directory has a store_url file)?"
-            )
-        time.sleep(1.0)
+    if not poll_until(lambda: store_alive(store_url), timeout_s=wait_s, poll_s=1.0):
+        raise RunnerError(
+            f"the store at {store_url} did not answer {HEALTH_PATH} within {wait_s:.0f} s; "
+            "is phase 1 running (its run directory has a store_url file)?"
+        )
     me = f"{socket.gethostname()}-{os.getpid()}"
     procs: list[subprocess.Popen[bytes]] = []
     env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP=os.environ.get("LITELLM_LOCAL_MODEL_COST_MAP", "True"))
@@ -264,26 +258,33 @@ def _stop(procs: Sequence[subprocess.Popen[bytes]], grace_s: float = 10.0) -> No
             p.wait()
 
 
-def _worker_main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m training.remote --worker")
-    ap.add_argument("--worker", action="store_true", required=True)
-    ap.add_argument("--store-url", required=True)
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--worker-id", required=True)
-    ap.add_argument("--data-dir")
-    ap.add_argument("--endpoint", action="append", default=[])
-    ap.add_argument("--heartbeat-s", type=float, default=5.0)
-    ap.add_argument("--poll-s", type=float, default=1.0)
-    ap.add_argument("--parent-pid", type=int)
-    a = ap.parse_args(argv)
-    if a.parent_pid is not None:
+worker_app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False)
+
+
+@worker_app.command(help="One runner process, started by `sqlsociety runner` (internal).")
+def _worker_cli(
+    worker: bool = typer.Option(False, "--worker", help="run one runner (required: this entry point is internal)"),
+    store_url: str = typer.Option(..., "--store-url", help="http://HOST:PORT of the trainer's store server"),
+    config: str = typer.Option(..., "--config", help="the society YAML the trainer's rollouts run"),
+    worker_id: str = typer.Option(..., "--worker-id", help="unique across hosts"),
+    data_dir: str | None = typer.Option(None, "--data-dir", help="Spider-format directory on this host"),
+    endpoint: list[str] = typer.Option([], "--endpoint", help="ALIAS=BASE_URL[,MODEL]; repeatable"),
+    heartbeat_s: float = typer.Option(5.0, "--heartbeat-s"),
+    poll_s: float = typer.Option(1.0, "--poll-s"),
+    parent_pid: int | None = typer.Option(None, "--parent-pid", help="die with this process"),
+) -> None:
+    """``python -m training.remote --worker ...``: one runner process of :func:`run_runners`
+    (exit 0 when interrupted, 2 for bad arguments)."""
+    if not worker:
+        raise typer.BadParameter("this entry point runs one runner started by `sqlsociety runner`; pass --worker",
+                                 param_hint="--worker")
+    if parent_pid is not None:
         from training.agent import die_with_parent
 
-        die_with_parent(a.parent_pid)
-    endpoints = dict(parse_endpoint(e) for e in a.endpoint)
-    _worker(a.store_url, a.config, a.worker_id, endpoints, a.data_dir, a.heartbeat_s, a.poll_s)
-    return 0
+        die_with_parent(parent_pid)
+    endpoints = dict(parse_endpoint(e) for e in endpoint)
+    _worker(store_url, config, worker_id, endpoints, data_dir, heartbeat_s, poll_s)
 
 
 if __name__ == "__main__":
-    sys.exit(_worker_main())
+    worker_app(prog_name="python -m training.remote")
