@@ -26,7 +26,7 @@ from typing import Any
 from evaluation.tracing.society_spans import society_run_records
 from evaluation.tracing.trace_records import TraceError, span_to_record
 from evaluation.tracing.trace_tree import RolloutTrace, build_tree
-from tools.files import atomic_writer
+from tools.files import atomic_writer, read_jsonl
 from tools.sqlite_files import read_only_uri
 
 logger = logging.getLogger(__name__)
@@ -161,22 +161,14 @@ def _reading(spath: Path) -> Iterator[None]:
 
 def _metrics_by_rollout(run_dir: Path) -> dict[str, dict]:
     path = run_dir / "metrics.jsonl"
-    out: dict[str, dict] = {}
     if not path.is_file():
-        return out
+        return {}
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
+        rows = read_jsonl(path, skip_bad=True)  # a run may be appending to it
+    except ValueError as e:
         logger.warning("ignoring %s: %s", path, e)
-        return out
-    for line in text.split("\n"):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict) and row.get("rollout_id"):
-            out[str(row["rollout_id"])] = row
-    return out
+        return {}
+    return {str(row["rollout_id"]): row for row in rows if row.get("rollout_id")}
 
 
 @dataclass(frozen=True)
@@ -277,17 +269,8 @@ def _list_society_run(
     records :func:`society_run_records` makes of the question's trace file)."""
     out = []
     qpath = run_dir / "questions.jsonl"
-    try:
-        lines = qpath.read_text(encoding="utf-8").split("\n") if qpath.is_file() else []
-    except (OSError, UnicodeDecodeError) as e:
-        raise TraceError(f"{qpath} cannot be read as UTF-8 text ({e}); it is not one `sqlsociety eval` wrote") from e
-    for line in lines:
-        try:
-            q = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if not isinstance(q, dict):
-            continue
+    questions = read_jsonl(qpath, error=TraceError, skip_bad=True) if qpath.is_file() else []
+    for q in questions:
         row = RolloutSummary(
             rollout_id=str(q.get("question_id") or q.get("run_id")), task_id=q.get("question_id"),
             status=str(q.get("status") or "?"), phase=q.get("agent"), db_id=q.get("db_id"), question=q.get("question"),

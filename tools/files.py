@@ -145,12 +145,14 @@ def atomic_write_text(path: str | Path, text: str, *, encoding: str = "utf-8") -
     return Path(path)
 
 
-def read_jsonl(path: str | Path, *, error: type[Exception] = ValueError, drop_truncated_tail: bool = True
-               ) -> list[dict[str, Any]]:
+def read_jsonl(path: str | Path, *, error: type[Exception] = ValueError, drop_truncated_tail: bool = True,
+               skip_bad: bool = False) -> list[dict[str, Any]]:
     """The JSON objects of a JSON-lines file, one per non-blank line, in file order.
 
     A run killed while appending leaves a truncated last line: with ``drop_truncated_tail`` (the
-    default) that line is dropped with a warning; every other bad line is an error.
+    default) that line is dropped with a warning; every other bad line is an error, unless
+    ``skip_bad``: then every line that is not a JSON object is left out, with one warning naming
+    how many and the first (for a viewer of a file another process may be writing).
 
     >>> import tempfile
     >>> p = Path(tempfile.mkdtemp()) / "r.jsonl"
@@ -161,6 +163,9 @@ def read_jsonl(path: str | Path, *, error: type[Exception] = ValueError, drop_tr
     Traceback (most recent call last):
     ...
     ValueError: ... line 4 is not JSON (Expecting value); fix or remove that line
+    >>> _ = p.write_text('{"a": 1}\\n[2]\\nnot json\\n{"a": 3}\\n')
+    >>> read_jsonl(p, skip_bad=True)
+    [{'a': 1}, {'a': 3}]
 
     Raises:
         error (ValueError unless given): the file is missing, unreadable or not UTF-8, or a line
@@ -177,6 +182,7 @@ def read_jsonl(path: str | Path, *, error: type[Exception] = ValueError, drop_tr
         raise error(f"{p} cannot be read ({exc.strerror or exc}); check its permissions") from exc
     last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
     rows: list[dict[str, Any]] = []
+    skipped: list[int] = []
     for i, line in enumerate(lines):
         if not line.strip():
             continue
@@ -186,8 +192,17 @@ def read_jsonl(path: str | Path, *, error: type[Exception] = ValueError, drop_tr
             if drop_truncated_tail and i == last:
                 logger.warning("%s: dropping truncated last line", p)
                 continue
+            if skip_bad:
+                skipped.append(i + 1)
+                continue
             raise error(f"{p} line {i + 1} is not JSON ({exc.msg}); fix or remove that line") from exc
         if not isinstance(row, dict):
+            if skip_bad:
+                skipped.append(i + 1)
+                continue
             raise error(f"{p} line {i + 1} is not a JSON object; fix or remove that line")
         rows.append(row)
+    if skipped:
+        logger.warning("%s: skipped %d line(s) that are not JSON objects (first: line %d)", p, len(skipped),
+                       skipped[0])
     return rows

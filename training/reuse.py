@@ -54,7 +54,7 @@ from filelock import FileLock
 from society import prompts
 from society.models import ensure_model
 from society.toolkit import schema_text
-from tools.files import atomic_write_text
+from tools.files import atomic_write_text, read_jsonl
 
 __all__ = [
     "PARTS",
@@ -535,19 +535,12 @@ def copy_store(match: ReuseMatch, run_dir: Path) -> dict[str, Any]:
     finally:
         src.close()
     os.replace(tmp, dest)
-    rows = []
     src_metrics = match.run_dir / "metrics.jsonl"
-    if src_metrics.is_file():
-        for line in src_metrics.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(row, dict) and str(row.get("phase", "")).startswith("1-gather"):
-                rows.append(line)
+    rows = [row for row in (read_jsonl(src_metrics, skip_bad=True) if src_metrics.is_file() else [])
+            if str(row.get("phase", "")).startswith("1-gather")]
     if rows:
-        with (run_dir / "metrics.jsonl").open("a", encoding="utf-8") as f:
-            f.write("\n".join(rows) + "\n")
+        with (run_dir / "metrics.jsonl").open("a", encoding="utf-8") as f:  # as training.hooks writes them
+            f.write("".join(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in rows))
     d = run_dir / "phases" / "1-gather"
     d.mkdir(parents=True, exist_ok=True)
     done = json.loads(match.summary.read_text())
