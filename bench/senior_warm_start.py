@@ -7,7 +7,7 @@ On recorded train rollouts (an exported traces file, ``training.adapter.export_t
 1. ``repairs``: ``HierarchicalTraceAdapter.select_repair`` -- every wrong query of the rollouts
    with a rewrite that matches gold by EX (the senior's logged reply, else ``--k`` fresh draws of
    the served senior, else ``--k`` draws with the gold SQL as a hint, hint removed);
-2. ``base``: :func:`training.grpo.prefilter_prompts` on every repair prompt, ``--prefilter-k``
+2. ``base``: :func:`training.senior_reward.prefilter_prompts` on every repair prompt, ``--prefilter-k``
    draws each of the base senior (temperature 1, as GRPO samples);
 3. ``sft``: :func:`training.grpo.warm_start_senior` (LoRA SFT, ``--sft-steps`` steps) on the pairs;
 4. ``warm``: the prefilter again with the warm start's LoRA served on the same base.
@@ -40,13 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from evaluation.stats import wilson_ci  # noqa: E402
 from training.adapter import HierarchicalTraceAdapter, load_traces  # noqa: E402
-from training.grpo import (  # noqa: E402
-    SeniorGRPOConfig,
-    SeniorReward,
-    openai_sampler,
-    prefilter_prompts,
-    warm_start_senior,
-)
+from training.grpo import SeniorGRPOConfig, warm_start_senior  # noqa: E402
+from training.senior_reward import SeniorReward, openai_sampler, prefilter_prompts  # noqa: E402
 
 STAGES = ("repairs", "base", "sft", "warm")
 STOP = ("</sql>", "```\n\n")  # the default senior's stop strings (configs/society.yaml)

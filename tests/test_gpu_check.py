@@ -82,7 +82,7 @@ def test_trainers_import_and_reward_runs_with_only_the_training_stack(blocked_en
         "import sys\n"
         "import training.sft, training.grpo, training.gpu_check\n"
         "from training.gpu_check import build_tiny_database\n"
-        "from training.grpo import SeniorReward\n"
+        "from training.senior_reward import SeniorReward\n"
         f"db = str(build_tiny_database(__import__('pathlib').Path({str(db)!r})))\n"
         "r = SeniorReward()\n"
         "v = r(prompts=['q', 'q'], completions=['```sql\\nSELECT count(*) FROM singer\\n```', 'no sql'],\n"

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import yaml
 
-from training.grpo import DEFAULT_VERL_CONFIG, load_verl_config
-from training.pipeline import SENIOR_ALIAS
+from training.grpo import DEFAULT_VERL_CONFIG
+from training.grpo_verl import load_verl_config
 from training.plan import base_is_hf_directory, plan_profile
 from training.profile import TrainConfig
+from training.role_aliases import SENIOR_ALIAS
 
 BASE = "./models/Qwen2.5-Coder-1.5B-Instruct"
 

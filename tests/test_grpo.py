@@ -17,7 +17,9 @@ from society.prompts import PROMPTS
 from society.toolkit import execute_summary
 from tools.schema import schema_prompt
 from tools.spider import load_examples
-from training.grpo import SeniorGRPOConfig, SeniorGRPOTrainer, SeniorReward, load_verl_config
+from training.grpo import SeniorGRPOConfig, SeniorGRPOTrainer
+from training.grpo_verl import load_verl_config
+from training.senior_reward import SeniorReward
 
 SMOL = "smollm2-135m"
 
@@ -210,7 +212,7 @@ def test_verl_agent_routes_the_senior_to_the_policy_model():
     import agentlightning as agl
 
     from society.config import SocietyConfig
-    from training.grpo import bind_policy_resource, senior_verl_agent
+    from training.grpo_verl import bind_policy_resource, senior_verl_agent
 
     cfg = SocietyConfig.load("configs/society.yaml")
     others = {a: ("http://127.0.0.1:9/v1", "base") for a in cfg.models}
@@ -227,7 +229,7 @@ def test_backend_auto_picks_verl_only_with_cuda_and_verl():
 
     import torch
 
-    from training.grpo import resolve_backend
+    from training.grpo_verl import resolve_backend
 
     gpu = torch.cuda.is_available() and importlib.util.find_spec("verl") is not None
     assert resolve_backend("auto") == ("verl" if gpu else "trl")
@@ -244,7 +246,7 @@ def test_prefilter_keeps_only_prompts_whose_rewards_differ(rows):
     kept set is known) scored by the real reward on the real databases."""
     from datasets import Dataset
 
-    from training.grpo import prefilter_prompts
+    from training.senior_reward import prefilter_prompts
 
     rewrites = [r for r in rows if r["node"] == "senior_rewrite"]
     ds = Dataset.from_list(rewrites)
@@ -271,7 +273,7 @@ def test_prefilter_keeps_only_prompts_whose_rewards_differ(rows):
 
 @pytest.mark.model
 def test_openai_sampler_draws_k_completions_from_the_served_model(rows, smol_server):
-    from training.grpo import openai_sampler
+    from training.senior_reward import openai_sampler
 
     sample = openai_sampler(smol_server.endpoint(), temperature=1.0, top_p=1.0, max_tokens=16, stop=["</sql>"])
     texts = sample(rows[0]["prompt"], 3)

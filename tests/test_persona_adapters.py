@@ -23,14 +23,9 @@ pytest.importorskip("agentlightning")
 pytest.importorskip("datasets")
 
 from training.adapter import HierarchicalTraceAdapter, LLMCall, SocietyTrace  # noqa: E402
-from training.pipeline import (  # noqa: E402
-    JUNIOR_ALIAS,
-    TrainingPipeline,
-    junior_personas,
-    persona_alias,
-    role_split_config,
-)
+from training.pipeline import TrainingPipeline  # noqa: E402
 from training.profile import TrainConfig  # noqa: E402
+from training.role_aliases import JUNIOR_ALIAS, junior_personas, persona_alias, role_split_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SYSTEM = "You are an expert on SQLite. Schema:\nCREATE TABLE head (head_id INT, name TEXT, age INT)"

@@ -168,14 +168,8 @@ def test_warm_start_then_grpo_on_smollm2(tmp_path: Path, smol_server) -> None:
     from safetensors.torch import load_file
 
     from training.adapter_serving import serve_adapter
-    from training.grpo import (
-        SeniorGRPOConfig,
-        SeniorGRPOTrainer,
-        SeniorReward,
-        openai_sampler,
-        prefilter_prompts,
-        warm_start_senior,
-    )
+    from training.grpo import SeniorGRPOConfig, SeniorGRPOTrainer, warm_start_senior
+    from training.senior_reward import SeniorReward, openai_sampler, prefilter_prompts
 
     adapter = HierarchicalTraceAdapter()
     traces = [adapter.adapt(s) for _, s in load_traces(FIXTURE)]

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from society.cli import app
 from training.profile import PROFILE_DIR, PROFILES, TrainConfig, TrainConfigError
+from training.role_aliases import NOISE_SEED_OFFSET, role_kind, with_junior_seed_offset
 
 
 def _profile(tmp_path: Path, **changes: dict) -> Path:
@@ -128,20 +129,19 @@ def test_noise_repeat_is_on_where_juniors_sample_and_needs_the_juniors_evaluatio
 
 def test_the_noise_repeat_shifts_every_junior_seed_and_nothing_else() -> None:
     from society.config import SocietyConfig
-    from training.pipeline import NOISE_SEED_OFFSET, _kind, with_junior_seed_offset
 
     sc = SocietyConfig.load(PROFILE_DIR.parent / "society.yaml")
-    juniors = [r for r in sc.roles if _kind(r.type) == "junior"]
+    juniors = [r for r in sc.roles if role_kind(r.type) == "junior"]
     unseeded = juniors[0].model_copy(update={"sampling": juniors[0].sampling.model_copy(update={"seed": None})})
     sc = sc.model_copy(update={"roles": [*sc.roles, unseeded.model_copy(update={"name": "junior_unseeded"})]})
     out = with_junior_seed_offset(sc)
     for before, after in zip(sc.roles, out.roles):
-        if _kind(before.type) == "junior" and before.sampling.seed is not None:
+        if role_kind(before.type) == "junior" and before.sampling.seed is not None:
             assert after.sampling.seed == before.sampling.seed + NOISE_SEED_OFFSET
             assert after.sampling.model_dump(exclude={"seed"}) == before.sampling.model_dump(exclude={"seed"})
         else:  # other roles, and a junior without a seed (the server draws a random one per request)
             assert after == before
-    assert [r.sampling.seed for r in sc.roles if _kind(r.type) == "junior"] == [11, 12, 13, None]  # input unchanged
+    assert [r.sampling.seed for r in sc.roles if role_kind(r.type) == "junior"] == [11, 12, 13, None]  # input kept
 
 
 def test_the_noise_repeat_is_a_resumable_stage_run_with_the_shifted_seeds(tmp_path: Path, monkeypatch) -> None:
@@ -158,7 +158,7 @@ def test_the_noise_repeat_is_a_resumable_stage_run_with_the_shifted_seeds(tmp_pa
 
     def fake_evaluate(todo, society, *, agent, on_result, **kw):
         assert agent == "juniors"
-        seeds = {r.name: r.sampling.seed for r in society.roles if tp._kind(r.type) == "junior"}
+        seeds = {r.name: r.sampling.seed for r in society.roles if role_kind(r.type) == "junior"}
         calls.append(([e.id for e in todo], seeds))
         for e in todo:
             on_result({"question_id": e.id, "match": False, "roles": {j: {"ex": False} for j in seeds}})
@@ -170,7 +170,7 @@ def test_the_noise_repeat_is_a_resumable_stage_run_with_the_shifted_seeds(tmp_pa
     pipe.evaluate_roles("baseline")
     (ids, base_seeds), (rep_ids, rep_seeds) = calls
     assert rep_ids == ids and len(ids) == 3  # the same questions
-    assert rep_seeds == {j: s + tp.NOISE_SEED_OFFSET for j, s in base_seeds.items()}
+    assert rep_seeds == {j: s + NOISE_SEED_OFFSET for j, s in base_seeds.items()}
     recs = read_jsonl(pipe.dir.role_eval_path(NOISE_STAGE))
     assert [r["question_id"] for r in recs] == ids and {r["stage"] for r in recs} == {NOISE_STAGE}
     assert pipe.evaluate_noise_repeat()["n"] == 3 and len(calls) == 2  # finished: kept, not run again

@@ -1,6 +1,6 @@
 """The phase-3 VERL path (GPU), checked as far as a CPU machine goes.
 
-* ``configs/verl_senior.yaml`` (through ``training.grpo.load_verl_config``) is merged over Agent
+* ``configs/verl_senior.yaml`` (through ``training.grpo_verl.load_verl_config``) is merged over Agent
   Lightning's packaged VERL config composed with verl's own defaults -- the real files of the verl
   release the ``gpu`` extra pins -- in OmegaConf struct mode, so a key verl does not have fails here,
   naming itself. (``agl.VERL`` merges with struct mode off: there a misspelt key is silently added and
@@ -12,7 +12,7 @@
   calls they make have the signatures they are made with (``load_reward_manager(num_examine=)``,
   the trainer's ``reward_fn=`` / ``val_reward_fn=``, the rollout manager's ``wake_up`` / ``sleep`` /
   ``server_addresses``).
-* ``training.grpo.build_senior_verl`` -- the part of ``train_senior_verl`` before Ray starts:
+* ``training.grpo_verl.build_senior_verl`` -- the part of ``train_senior_verl`` before Ray starts:
   ``agl.VERL`` on our config (with the ``ServedPolicyGuard`` trainer), the trace adapter, the tracer --
   built for real, without Ray or CUDA; and Agent Lightning's ``TaskRunner.run`` body on it (tokenizer,
   worker classes, reward managers, datasets, sampler, the trainer with its dataloaders) up to
@@ -55,7 +55,8 @@ pytest.importorskip("hydra", reason="hydra-core composes verl's config (scripts/
 from omegaconf import OmegaConf  # noqa: E402
 from omegaconf.errors import ConfigKeyError  # noqa: E402
 
-from training.grpo import DEFAULT_VERL_CONFIG, SeniorGRPOConfig, load_verl_config  # noqa: E402
+from training.grpo import DEFAULT_VERL_CONFIG, SeniorGRPOConfig  # noqa: E402
+from training.grpo_verl import load_verl_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 AGL_VERL = Path(agentlightning.__file__).parent / "verl"
@@ -342,7 +343,8 @@ import ray, torch, verl
 from agentlightning.store import InMemoryLightningStore
 from agentlightning.verl.daemon import AgentModeDaemon
 from agentlightning.verl.entrypoint import TaskRunner
-from training.grpo import SeniorGRPOConfig, build_senior_verl
+from training.grpo import SeniorGRPOConfig
+from training.grpo_verl import build_senior_verl
 from evaluation.tracing.store import SqliteLightningStore
 
 # The policy directory: TaskRunner.run reads only its tokenizer before Ray (hf_tokenizer, hf_processor) -- a
@@ -439,7 +441,7 @@ def test_build_senior_verl_runs_on_the_cpu_up_to_ray(built):
     out = built
     assert out["verl"] == _gpu_pin()
     assert out["algorithm"] == "agentlightning.algorithm.verl.interface.VERL"
-    assert out["trainer_cls"] == "SyncCheckedTrainer"  # training.grpo.sync_checked_trainer_cls
+    assert out["trainer_cls"] == "SyncCheckedTrainer"  # training.grpo_verl.sync_checked_trainer_cls
     assert (out["adapter"], out["agent_match"]) == ("TracerTraceToTriplet", SeniorGRPOConfig().agent_match)
     assert out["tracer"] == "StoreTracer" and out["n_runners"] == SeniorGRPOConfig().n_runners
     assert (out["adv"], out["lora_rank"], out["n"]) == ("grpo", 0, 4) and out["path"].endswith("policy")
@@ -480,7 +482,8 @@ def test_recorded_senior_spans_become_triplets_through_agent_match(tmp_path):
     from the project's own span reader (``HierarchicalTraceAdapter``, which reads the chat-model spans)."""
     from evaluation.tracing.store import SqliteLightningStore
     from training.adapter import HierarchicalTraceAdapter
-    from training.grpo import NODES, senior_verl_adapter
+    from training.grpo_verl import senior_verl_adapter
+    from training.senior_reward import NODES
 
     store_path = tmp_path / "store.sqlite"
     shutil.copy(STORE_FIXTURE, store_path)

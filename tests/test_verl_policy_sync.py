@@ -1,4 +1,4 @@
-"""Rollouts from the policy being trained: ``training.grpo.ServedPolicyGuard`` and
+"""Rollouts from the policy being trained: ``training.grpo_verl.ServedPolicyGuard`` and
 ``refuse_adapter_rollouts`` on the CPU.
 
 What is real here: a small causal language model (transformers' ``Qwen2ForCausalLM``, 2 layers, hidden
@@ -21,8 +21,8 @@ import copy
 import pytest
 import torch
 
-from training.grpo import (
-    DEFAULT_VERL_CONFIG,
+from training.grpo import DEFAULT_VERL_CONFIG
+from training.grpo_verl import (
     PolicyNotSyncedError,
     ServedPolicyGuard,
     load_verl_config,
@@ -162,7 +162,7 @@ def test_the_trained_senior_is_the_newest_step_with_weights(tmp_path):
     """verl 0.6's checkpoint layout: ``global_step_N/actor/huggingface`` always holds the config and
     tokenizer; the weights only with ``save_contents: [..., hf_model]``. Real files written by
     transformers' ``save_pretrained`` of the tiny model."""
-    from training.grpo import verl_trained_model
+    from training.grpo_verl import verl_trained_model
 
     with pytest.raises(FileNotFoundError, match="no global_step"):
         verl_trained_model(tmp_path)

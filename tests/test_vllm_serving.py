@@ -313,8 +313,10 @@ def test_pipeline_serves_trained_adapters_by_name_with_vllm(tmp_path, standin, m
 
     import yaml
 
-    from training.pipeline import JUNIOR_ALIAS, SENIOR_ALIAS, TrainingPipeline
+    from training.pipeline import TrainingPipeline
     from training.profile import TrainConfig
+    from training.role_aliases import JUNIOR_ALIAS, SENIOR_ALIAS
+    from training.run_serving import export_gguf
 
     root = Path(__file__).resolve().parent.parent
     base = tmp_path / "base"
@@ -331,7 +333,7 @@ def test_pipeline_serves_trained_adapters_by_name_with_vllm(tmp_path, standin, m
     pipe = TrainingPipeline(TrainConfig.load(tmp_path / "profile.yaml"), tmp_path / "run", echo=lambda m: None)
     for k, name in ((2, "junior"), (3, "senior")):
         pipe.dir.mark_done(k, {"adapter": str(adapter(tmp_path, f"{name}-adapter"))})
-    assert pipe._export_gguf(tmp_path / "junior-adapter", tmp_path / "x.gguf") is None
+    assert export_gguf(pipe.cfg, tmp_path / "junior-adapter", tmp_path / "x.gguf") is None
     monkeypatch.setenv("SQLSOCIETY_VLLM_COMMAND", " ".join(standin))
     with ExitStack() as stack:
         eps = pipe.endpoints(stack, pipe.society())
@@ -354,8 +356,9 @@ def test_pipeline_serves_verls_full_weight_senior_on_its_own_server(tmp_path, st
 
     import yaml
 
-    from training.pipeline import JUNIOR_ALIAS, SENIOR_ALIAS, TrainingPipeline
+    from training.pipeline import TrainingPipeline
     from training.profile import TrainConfig
+    from training.role_aliases import JUNIOR_ALIAS, SENIOR_ALIAS
 
     root = Path(__file__).resolve().parent.parent
     base, senior = tmp_path / "base", tmp_path / "verl" / "global_step_4" / "actor" / "huggingface"

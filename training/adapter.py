@@ -591,7 +591,7 @@ class HierarchicalTraceAdapter(agl.TraceAdapter[SocietyTrace]):
 
         Args:
             source: see :meth:`traces`.
-            sample: ``sample(prompt, k) -> list[str]`` (:func:`training.grpo.openai_sampler` on the
+            sample: ``sample(prompt, k) -> list[str]`` (:func:`training.senior_reward.openai_sampler` on the
                 served senior); None: logged replies only.
             k: draws per case and per kind (unhinted, hinted), >= 1.
             hints: try hinted draws where no unhinted one matched.

@@ -16,7 +16,7 @@ role-level agents of ``society.baselines``): the juniors (``eval.junior_limit`` 
 and after phase 2, the senior on the juniors' chosen candidates (``eval.senior_limit``) before and
 after phase 3, and the supervisor by offline replay of those held-out decisions in phase 4. With
 ``eval.noise_repeat`` the untrained juniors are evaluated a second time on their questions with
-every junior's sampling seed + :data:`NOISE_SEED_OFFSET` (``juniors_baseline_repeat``): the noise
+every junior's sampling seed + :data:`training.role_aliases.NOISE_SEED_OFFSET` (``juniors_baseline_repeat``): the noise
 floor the report sets beside each junior's SFT effect. A profile whose ``gather.split`` is its
 ``eval.split`` is refused (:class:`TrainConfig`).
 
@@ -29,11 +29,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,13 +40,8 @@ from evaluation.role_effects import NOISE_STAGE
 from society.candidate import Candidate
 from society.config import SocietyConfig
 from society.evaluate import evaluate, summarise_records
-from society.models import embedded_spec
 from society.policies import LLMPolicy, PolicyContext
 from society.prompts import get_prompt
-from society.proxy import llm_proxy
-from society.roles import ROLE_TYPES
-from society.serving import serve_config
-from society.vllm_serving import VLLMServer
 from tools.files import atomic_write_text, atomic_writer, read_jsonl
 from tools.sampling import disjoint_draws, sample_examples
 from tools.schema import schema_prompt
@@ -68,23 +61,20 @@ from training.reuse import (
     question_rows,
     society_parts,
 )
+from training.role_aliases import (
+    JUNIOR_ALIAS,
+    SENIOR_ALIAS,
+    junior_persona,
+    junior_personas,
+    persona_alias,
+    role_kind,
+    role_split_config,
+    with_junior_seed_offset,
+)
+from training.run_dir import PHASES, STAGE_AFTER_PHASE, PhaseReport, RunDir, route_library_logs
+from training.run_serving import export_gguf, serve_roles, serve_senior_adapter
 
 logger = logging.getLogger(__name__)
-
-#: Phase number -> name; stages evaluated on the dev subset: baseline, then one after each of 2-4.
-PHASES: dict[int, str] = {1: "gather", 2: "sft", 3: "grpo", 4: "bandit"}
-STAGE_AFTER_PHASE = {2: "sft", 3: "grpo", 4: "bandit"}
-
-#: Alias the pipeline gives the juniors / the senior when they share a model alias with other roles,
-#: so that routing a trained adapter changes that role only.
-JUNIOR_ALIAS = "junior_policy"
-SENIOR_ALIAS = "senior_policy"
-
-#: ``junior_adapters`` of a profile: ``shared`` -- one LoRA adapter for every junior persona, trained
-#: on all their admitted conversations (alias :data:`JUNIOR_ALIAS`); ``per_persona`` -- one adapter
-#: per persona, trained on that persona's own admitted conversations and served to it alone
-#: (alias :func:`persona_alias`), all by the one llama-server.
-JUNIOR_ADAPTER_MODES = ("shared", "per_persona")
 
 #: Role-level and society stages that run the untrained model only: reusable across runs
 #: (``reuse_from``, :mod:`training.reuse`).
@@ -94,17 +84,6 @@ BASE_STAGES = ("baseline", "juniors_baseline", NOISE_STAGE, "senior_baseline")
 class StageReuseRefused(TrainConfigError, ReuseRefused):
     """A ``reuse_from`` run holds a stage made with other settings (:class:`training.reuse.ReuseRefused`;
     the message names the stage, the run and each differing hash); the run stops before evaluating."""
-
-
-@dataclass
-class PhaseReport:
-    """What one phase (or stage evaluation) produced: ``artifacts`` name -> path/count, ``seconds``."""
-
-    phase: int
-    name: str
-    seconds: float
-    artifacts: dict[str, Any] = field(default_factory=dict)
-    skipped: bool = False
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -168,139 +147,6 @@ def dev_subset(cfg: TrainConfig, limit: int | None = None) -> list[Any]:
     return sample_examples(load_examples(cfg.data_dir, cfg.eval.split), limit or cfg.eval.limit, cfg.eval.seed)
 
 
-#: Loggers of the libraries under the pipeline (LiteLLM inside the LLMProxy, Agent Lightning's
-#: runners, the HTTP stack): their tracebacks and banners go to the run's log file.
-LIBRARY_LOGGERS = ("LiteLLM", "LiteLLM Proxy", "LiteLLM Router", "litellm", "agentlightning", "uvicorn",
-                   "uvicorn.error", "uvicorn.access", "httpx", "openai", "aiohttp", "asyncio")
-
-
-def route_library_logs(path: Path) -> None:
-    """Send :data:`LIBRARY_LOGGERS`' records (INFO and up) to ``path`` instead of the console, so the
-    console keeps one line per failure and the log file has the tracebacks."""
-    import litellm  # noqa: F401  (imported first: it attaches console handlers to its loggers on import)
-
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    for name in LIBRARY_LOGGERS:
-        lg = logging.getLogger(name)
-        lg.handlers = [handler]
-        lg.propagate = False
-
-
-def persona_alias(persona: str) -> str:
-    """The model alias of one junior persona's own adapter (``junior_adapters: per_persona``):
-    ``junior_policy_<persona>``, characters other than letters, digits, ``_``, ``-`` and ``.``
-    replaced by ``_`` (the alias names a llama-server LoRA and a LiteLLM model).
-
-    >>> persona_alias("step_by_step")
-    'junior_policy_step_by_step'
-    >>> persona_alias("my persona/2")
-    'junior_policy_my_persona_2'
-    """
-    return JUNIOR_ALIAS + "_" + "".join(c if c.isascii() and (c.isalnum() or c in "_-.") else "_" for c in persona)
-
-
-def junior_persona(role: Any) -> str:
-    """A junior role's persona as adapters are keyed: its ``persona``, else its name (what the
-    society records as the candidate's persona)."""
-    return str(role.persona or role.name)
-
-
-def junior_personas(society: Any) -> list[str]:
-    """The personas of the society's enabled junior roles, in config order, each once."""
-    out: list[str] = []
-    for r in society.roles:
-        if r.enabled and _kind(r.type) == "junior" and junior_persona(r) not in out:
-            out.append(junior_persona(r))
-    return out
-
-
-def role_split_config(society: Any, *, per_persona: bool = False) -> Any:
-    """Give the juniors and the senior model aliases of their own (``junior_policy``,
-    ``senior_policy``) bound to what they used before, so a trained adapter can be routed to one
-    role without changing the others; with ``per_persona`` every junior persona gets an alias of
-    its own (:func:`persona_alias`), so each can be served its own adapter. Idempotent."""
-    models = dict(society.models)
-    roles = []
-    for r in society.roles:
-        kind = _kind(r.type)
-        target = ((persona_alias(junior_persona(r)) if per_persona else JUNIOR_ALIAS) if kind == "junior"
-                  else SENIOR_ALIAS if kind == "senior" else None)
-        if target and r.model and r.model != target:
-            models.setdefault(target, models[r.model])
-            r = r.model_copy(update={"model": target})
-        roles.append(r)
-    return society.model_copy(update={"models": models, "roles": roles})
-
-
-def _kind(role_type: str) -> str:
-    return ROLE_TYPES[role_type].kind
-
-
-#: The noise control's sampling-seed shift (``eval.noise_repeat``): the second evaluation of the
-#: untrained juniors runs every junior with ``seed + NOISE_SEED_OFFSET``.
-NOISE_SEED_OFFSET = 1000
-
-
-def with_junior_seed_offset(society: Any, offset: int = NOISE_SEED_OFFSET) -> Any:
-    """A copy of ``society`` whose junior roles sample with ``seed + offset``; temperature, every other
-    sampling field and every other role unchanged.
-
-    llama.cpp with the same seed, temperature and prompt repeats its output token for token, so a
-    repeat of an evaluation measures sampling noise only with another seed. A junior without a seed
-    (``sampling.seed: null``) keeps None: the server then draws a random seed per request, so its two
-    evaluations differ anyway. At temperature 0 the seed does not matter and only the server's own
-    nondeterminism (batching) can move the repeat."""
-    roles = []
-    for r in society.roles:
-        if _kind(r.type) == "junior" and r.sampling.seed is not None:
-            r = r.model_copy(update={"sampling": r.sampling.model_copy(update={"seed": r.sampling.seed + offset})})
-        roles.append(r)
-    return society.model_copy(update={"roles": roles})
-
-
-class RunDir:
-    """Layout of a training run directory (see ``evaluation.run_data`` for the files the report reads)."""
-
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / "eval").mkdir(exist_ok=True)
-        (self.root / "phases").mkdir(exist_ok=True)
-
-    def phase_dir(self, k: int) -> Path:
-        d = self.root / "phases" / f"{k}-{PHASES[k]}"
-        d.mkdir(parents=True, exist_ok=True)
-        return d
-
-    def done(self, k: int) -> dict[str, Any] | None:
-        f = self.root / "phases" / f"{k}-{PHASES[k]}" / "done.json"
-        return json.loads(f.read_text()) if f.is_file() else None
-
-    def mark_done(self, k: int, info: dict[str, Any]) -> None:
-        f = self.phase_dir(k) / "done.json"
-        tmp = f.with_suffix(".tmp")
-        tmp.write_text(json.dumps(info, indent=2, default=str))
-        os.replace(tmp, f)
-
-    def role_eval_path(self, stage: str) -> Path:
-        """``eval/roles/<stage>.jsonl``: a role-level evaluation (``juniors_baseline``, ...)."""
-        d = self.root / "eval" / "roles"
-        d.mkdir(parents=True, exist_ok=True)
-        return d / f"{stage}.jsonl"
-
-    def eval_path(self, stage: str) -> Path:
-        return self.root / "eval" / f"{stage}.jsonl"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics.jsonl"
-
-    @property
-    def store(self) -> Path:
-        return self.root / "store.sqlite"
-
-
 # ----------------------------------------------------------------------------- the pipeline
 
 
@@ -342,33 +188,25 @@ class TrainingPipeline:
         bandit = self.dir.done(4)
         if bandit:
             roles = [r.model_copy(update={"policy": "bandit", "options": {**r.options, "path": bandit["policy"]}})
-                     if _kind(r.type) == "supervisor" else r for r in sc.roles]
+                     if role_kind(r.type) == "supervisor" else r for r in sc.roles]
             sc = sc.model_copy(update={"roles": roles})
         return sc
 
     def _senior_stop(self) -> list[str] | None:
         """The stop strings of the society's (first enabled) senior role, or None."""
         for r in self.society().roles:
-            if _kind(r.type) == "senior" and r.enabled:
+            if role_kind(r.type) == "senior" and r.enabled:
                 return list(r.sampling.stop) if r.sampling.stop else None
         return None
 
     def endpoints(self, stack: ExitStack, society: Any) -> dict[str, Any]:
-        """Start the servers the current stage needs and return alias -> ``Endpoint``: one llama-server
-        per embedded base model, serving the trained LoRA adapters too (juniors' after phase 2,
-        senior's after phase 3), each chosen per request by its role alias -- or, with
-        ``serving.engine: vllm``, one vLLM server (:meth:`_vllm_endpoints`); with ``llm_proxy``
-        every alias is then served through one Agent Lightning ``LLMProxy``."""
-        if self.cfg.serving.engine == "vllm":
-            eps = self._vllm_endpoints(stack, society)
-        else:
-            eps = self._llama_endpoints(stack, society)
-        if self.cfg.llm_proxy:
-            eps = stack.enter_context(llm_proxy(eps))
-        return eps
+        """The servers the current stage needs, alias -> ``Endpoint`` (:func:`training.run_serving.serve_roles`
+        with the adapters of the finished phases and VERL's trained senior)."""
+        return serve_roles(stack, society, self.cfg, self.dir.root, self._trained_adapters(),
+                           senior_model=(self.dir.done(3) or {}).get("model"))
 
     def junior_mode(self) -> str:
-        """``shared`` or ``per_persona`` (:data:`JUNIOR_ADAPTER_MODES`): what a finished phase 2
+        """``shared`` or ``per_persona`` (:data:`training.role_aliases.JUNIOR_ADAPTER_MODES`): what a finished phase 2
         trained (its ``done.json``; one written before the choice existed: ``shared``), else the
         profile's ``junior_adapters``."""
         done = self.dir.done(2)
@@ -391,81 +229,6 @@ class TrainingPipeline:
         if done and done.get("adapter"):
             out[SENIOR_ALIAS] = Path(done["adapter"])
         return out
-
-    def _vllm_endpoints(self, stack: ExitStack, society: Any) -> dict[str, Any]:
-        """``serving.engine: vllm``: one :class:`society.vllm_serving.VLLMServer` on the HF checkpoint
-        of ``base_model`` serves every embedded alias whose model is ``base_model`` (every embedded
-        alias when ``base_model`` is a Hugging Face directory) and the juniors' / senior's aliases once
-        their adapter is trained, each adapter by its alias name (``junior_policy``,
-        ``senior_policy``); aliases of other embedded models stay on llama.cpp. After VERL's phase 3
-        the senior's full weights get a second server (``RUN_DIR/vllm-senior.log``, same memory share).
-        The server's log is ``RUN_DIR/vllm.log``. Not run on a GPU here (see the README)."""
-        from training.checkpoints import hf_checkpoint
-
-        embedded = society.embedded_aliases()
-        trained = {a: p for a, p in self._trained_adapters().items() if a in embedded}
-        # a Hugging Face directory as base_model stands in for every embedded alias (their names say what
-        # runs on the CPU); VERL's phase 3 leaves the senior as a full model, served on its own
-        hf_base = (Path(self.cfg.base_model).expanduser() / "config.json").is_file()
-        senior_model = (self.dir.done(3) or {}).get("model") if SENIOR_ALIAS in embedded else None
-        own = {SENIOR_ALIAS} if senior_model else set()
-        on_vllm = ({a for a, m in embedded.items() if m == self.cfg.base_model or hf_base} | set(trained)) - own
-        rest = society.model_copy(update={"models": {a: m for a, m in society.models.items()
-                                                     if a not in on_vllm | own}})
-        eps: dict[str, Any] = {}
-        if rest.embedded_aliases():
-            eps.update(stack.enter_context(serve_config(rest)))
-        if on_vllm:
-            s = self.cfg.serving
-            srv = stack.enter_context(VLLMServer(
-                hf_checkpoint(self.cfg.base_model), served_model_name="base", adapters=trained,
-                max_lora_rank=s.max_lora_rank, max_loras=s.max_loras, gpu_memory_utilization=s.gpu_memory_utilization,
-                max_model_len=s.max_model_len, dtype=s.dtype, tensor_parallel_size=s.tensor_parallel_size,
-                extra_args=s.extra_args, log_path=self.dir.root / "vllm.log", startup_timeout_s=s.startup_timeout_s,
-                command_prefix=os.environ.get("SQLSOCIETY_VLLM_COMMAND", "").split() or None,
-            ))
-            for alias in sorted(on_vllm):
-                eps[alias] = srv.endpoint(alias if alias in trained else None)
-        if senior_model:
-            s = self.cfg.serving
-            srv = stack.enter_context(VLLMServer(
-                senior_model, served_model_name=SENIOR_ALIAS, gpu_memory_utilization=s.gpu_memory_utilization,
-                max_model_len=s.max_model_len, dtype=s.dtype, tensor_parallel_size=s.tensor_parallel_size,
-                extra_args=s.extra_args, log_path=self.dir.root / "vllm-senior.log",
-                startup_timeout_s=s.startup_timeout_s,
-                command_prefix=os.environ.get("SQLSOCIETY_VLLM_COMMAND", "").split() or None,
-            ))
-            eps[SENIOR_ALIAS] = srv.endpoint(None)
-        return eps
-
-    def _export_gguf(self, adapter_dir: Path, out: Path) -> Path | None:
-        """The adapter as a GGUF LoRA for llama.cpp; None with ``serving.engine: vllm`` (vLLM serves
-        the PEFT directory itself)."""
-        if self.cfg.serving.engine == "vllm":
-            return None
-        from training.export import export_lora_gguf
-
-        return export_lora_gguf(adapter_dir, self.cfg.base_model, out)
-
-    def _llama_endpoints(self, stack: ExitStack, society: Any) -> dict[str, Any]:
-        """llama.cpp serving (see :meth:`endpoints`)."""
-        from training.adapter_serving import serve_adapter
-        from training.checkpoints import resolve_gguf
-        from training.export import adapter_gguf
-
-        adapters: dict[str, Path] = {}
-        separate: dict[str, Path] = {}
-        embedded = society.embedded_aliases()
-        for alias, adapter in self._trained_adapters().items():
-            if alias in embedded:
-                gguf = adapter_gguf(adapter, self.cfg.base_model)
-                same_base = resolve_gguf(self.cfg.base_model) == resolve_gguf(embedded_spec(embedded[alias]).alias)
-                (adapters if same_base else separate)[alias] = gguf
-        eps = dict(stack.enter_context(serve_config(society, adapters=adapters)))
-        for alias, gguf in separate.items():  # base_model differs from the role's embedded model
-            srv = stack.enter_context(serve_adapter(gguf, self.cfg.base_model, model_alias=alias))
-            eps[alias] = srv.endpoint(alias)
-        return eps
 
     # -- stages -------------------------------------------------------------------------------------
     def evaluate_stage(self, stage: str, *, agent: str = "society", examples: list[Any] | None = None,
@@ -697,7 +460,7 @@ class TrainingPipeline:
 
     def evaluate_noise_repeat(self) -> dict[str, Any] | None:
         """The noise control (``eval.noise_repeat``): the untrained juniors on the questions of
-        ``juniors_baseline`` again, every junior's sampling seed + :data:`NOISE_SEED_OFFSET`
+        ``juniors_baseline`` again, every junior's sampling seed + :data:`training.role_aliases.NOISE_SEED_OFFSET`
         (:func:`with_junior_seed_offset`), as role-level stage
         :data:`evaluation.role_effects.NOISE_STAGE`; resumable like every stage. Returns its summary,
         or None (said once) when phase 2 finished before it ran: the juniors would be the trained ones."""
@@ -856,7 +619,7 @@ class TrainingPipeline:
         from training.sft import JuniorSFTTrainer
 
         res = JuniorSFTTrainer(self.cfg.sft.with_values(model=self.cfg.base_model, output_dir=str(out)), ds).train()
-        gguf = self._export_gguf(res.adapter_dir, res.adapter_dir / "adapter.gguf")
+        gguf = export_gguf(self.cfg, res.adapter_dir, res.adapter_dir / "adapter.gguf")
         self.echo(f"{label}: {res.steps} steps on {res.rows} rows, loss {res.losses[0][1]:.3f} -> "
                   f"{res.losses[-1][1]:.3f}, {res.mean_step_seconds:.1f} s/step; "
                   + (f"LoRA GGUF {gguf.name}" if gguf else "PEFT adapter served by name with vLLM"))
@@ -926,7 +689,8 @@ class TrainingPipeline:
         GRPO prompts, the prefilter runs before and after the warm start (``prefilter_base.json``,
         ``prefilter.json``: how many prompts have a pass rate strictly between 0 and 1 under each),
         and GRPO trains the warm start's adapter further on the prompts kept after it."""
-        from training.grpo import SeniorGRPOTrainer, resolve_backend, warm_start_senior
+        from training.grpo import SeniorGRPOTrainer, warm_start_senior
+        from training.grpo_verl import resolve_backend
 
         d = self.dir.phase_dir(3)
         with self._archive() as archive:
@@ -996,7 +760,7 @@ class TrainingPipeline:
             if prefilter.n_kept:
                 prompts = prefilter.dataset
         res = SeniorGRPOTrainer(cfg, prompts, reward_config=self._reward_config()).train()
-        gguf = self._export_gguf(Path(res.adapter_dir), Path(res.adapter_dir) / "adapter.gguf")
+        gguf = export_gguf(self.cfg, Path(res.adapter_dir), Path(res.adapter_dir) / "adapter.gguf")
         self.echo(f"phase 3 GRPO: {res.steps} steps, mean reward per step {res.rewards}")
         return {"adapter": str(res.adapter_dir), "adapter_gguf": str(gguf) if gguf else None,
                 "prompts": len(rl.prompts), "prefilter": prefilter.to_json() if prefilter else None,
@@ -1004,7 +768,7 @@ class TrainingPipeline:
 
     def _prefilter(self, prompts: Any, cfg: SeniorGRPOConfig, *, adapter: str | Path | None = None,
                    repairs: bool = False) -> tuple[Any, Any, Any]:
-        """:func:`training.grpo.prefilter_prompts` with the senior as served now, sampled as GRPO samples
+        """:func:`training.senior_reward.prefilter_prompts` with the senior as served now, sampled as GRPO samples
         (temperature, top_p, completion length, the senior's stop strings): the base model (phase 3
         has not trained it yet), or with ``adapter`` (a PEFT LoRA, e.g. the warm start's) on it.
 
@@ -1019,31 +783,15 @@ class TrainingPipeline:
         """
         import datasets
 
-        from training.grpo import SeniorReward, openai_sampler, prefilter_prompts
+        from training.senior_reward import SeniorReward, openai_sampler, prefilter_prompts
 
         society = self.society()
-        senior = next(r for r in society.roles if _kind(r.type) == "senior" and r.enabled)
+        senior = next(r for r in society.roles if role_kind(r.type) == "senior" and r.enabled)
         with ExitStack() as stack:
             if adapter is None:
                 ep = self.endpoints(stack, society)[senior.model]
-            elif self.cfg.serving.engine == "vllm":  # pragma: no cover - GPU only, not run here
-                from training.checkpoints import hf_checkpoint
-
-                s = self.cfg.serving
-                srv = stack.enter_context(VLLMServer(
-                    hf_checkpoint(self.cfg.base_model), served_model_name="base",
-                    adapters={SENIOR_ALIAS: Path(adapter)}, max_lora_rank=s.max_lora_rank, max_loras=s.max_loras,
-                    gpu_memory_utilization=s.gpu_memory_utilization, max_model_len=s.max_model_len, dtype=s.dtype,
-                    tensor_parallel_size=s.tensor_parallel_size, extra_args=s.extra_args,
-                    log_path=self.dir.root / "vllm.log", startup_timeout_s=s.startup_timeout_s))
-                ep = srv.endpoint(SENIOR_ALIAS)
             else:
-                from training.adapter_serving import serve_adapter
-
-                # 4 slots: the prefilter samples 4 prompts at once, as on the society's servers
-                srv = stack.enter_context(serve_adapter(adapter, self.cfg.base_model, model_alias=SENIOR_ALIAS,
-                                                        parallel=4))
-                ep = srv.endpoint(SENIOR_ALIAS)
+                ep = serve_senior_adapter(stack, self.cfg, self.dir.root, adapter)
             sample = openai_sampler(ep, temperature=cfg.temperature, top_p=cfg.top_p,
                                     max_tokens=cfg.max_completion_length, stop=cfg.stop, seed=cfg.seed)
             sel = None
@@ -1065,10 +813,10 @@ class TrainingPipeline:
         """Phase 3 on a GPU: Agent Lightning's VERL trains all of the senior's weights live on the
         gather split's tasks (the whole society runs; ``agent_match`` keeps the senior's calls),
         validated on the dev subset; the newest step's Hugging Face weights
-        (:func:`training.grpo.verl_trained_model`) are then served for the senior's alias by their own
+        (:func:`training.grpo_verl.verl_trained_model`) are then served for the senior's alias by their own
         vLLM server (:meth:`_vllm_endpoints`). UNVERIFIED: never run on a GPU (see the README)."""
         from training.agent import task_from_example
-        from training.grpo import train_senior_verl, verl_trained_model
+        from training.grpo_verl import train_senior_verl, verl_trained_model
 
         if self.cfg.serving.engine != "vllm":
             raise TrainConfigError("phase 3 (VERL) trains all of the senior's weights (configs/verl_senior.yaml, "
@@ -1134,7 +882,7 @@ class TrainingPipeline:
         from langchain_openai import ChatOpenAI
 
         society = self.society()
-        sup = next((r for r in society.roles if _kind(r.type) == "supervisor"), None)
+        sup = next((r for r in society.roles if role_kind(r.type) == "supervisor"), None)
         alias = (sup.model if sup and sup.model else None) or next(iter(society.models))
         prompt = get_prompt(sup.prompt if sup else None, "supervisor")
         vals = []

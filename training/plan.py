@@ -46,18 +46,17 @@ from society.config import ConfigError, SocietyConfig
 from society.llama_server import ServerNotInstalledError, find_llama_server
 from society.models import EMBEDDED_MODELS
 from tools.spider import DataError, load_examples
-from training.grpo import load_verl_config
-from training.pipeline import (
+from training.grpo_verl import load_verl_config
+from training.profile import TrainConfig
+from training.role_aliases import (
     JUNIOR_ALIAS,
     NOISE_SEED_OFFSET,
-    PHASES,
     SENIOR_ALIAS,
-    STAGE_AFTER_PHASE,
-    _kind,
     junior_personas,
+    role_kind,
     role_split_config,
 )
-from training.profile import TrainConfig
+from training.run_dir import PHASES, STAGE_AFTER_PHASE
 
 __all__ = ["Finding", "TrainPlan", "plan_profile", "gpu_stack_needs", "INSTALL_GPU", "HUB_ID"]
 
@@ -402,7 +401,7 @@ def plan_profile(cfg: TrainConfig, *, source: str = "", phases: set[int] | None 
         for r in split.roles:
             if not r.enabled:
                 continue
-            kind = _kind(r.type)
+            kind = role_kind(r.type)
             spec = split.models.get(r.model) if r.model else None
             if spec is None:
                 served = (
@@ -509,7 +508,8 @@ def plan_profile(cfg: TrainConfig, *, source: str = "", phases: set[int] | None 
 
     # -- the noise control ---------------------------------------------------------------------------------
     if society is not None and cfg.eval.junior_limit:
-        hot = [r.name for r in society.roles if r.enabled and _kind(r.type) == "junior" and r.sampling.temperature > 0]
+        hot = [r.name for r in society.roles
+               if r.enabled and role_kind(r.type) == "junior" and r.sampling.temperature > 0]
         if cfg.eval.noise_repeat and not hot:
             F.append(Finding("note", "eval.noise_repeat", "every junior samples at temperature 0: the repeat shows "
                              "only the server's own nondeterminism; it costs one more juniors-only evaluation"))
