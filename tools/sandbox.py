@@ -118,6 +118,13 @@ def open_readonly(path: str | Path, *, max_value_bytes: int = MAX_VALUE_BYTES) -
 
 
 def check_path(path: str | Path) -> Path:
+    """``path`` resolved, once it names an existing file (nothing is created or opened).
+
+    Raises:
+        TypeError: ``path`` is neither a str nor a path.
+        FileNotFoundError: it does not exist (the message names the expected Spider location).
+        ValueError: it is a directory.
+    """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"db_path must be a str or Path, got {type(path).__name__}")
     p = Path(path).expanduser()

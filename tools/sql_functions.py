@@ -25,6 +25,7 @@ _SMALL_OPERANDS = 1024  # total chars/bytes up to which the built-in (quadratic 
 #: an override (:mod:`tools.executor`, layer 5): SQLite's own ``trim`` then costs at most 4096 x 4096
 #: comparisons (about 40 ms), its ``instr``/``replace`` less.
 UTF8_RERUN_MAX_BYTES = 4096
+#: The SQLite functions :class:`StringFunctions` replaces on a connection's first run of a statement.
 ALL_OVERRIDES = ("trim", "ltrim", "rtrim", "instr", "replace", "printf", "format")
 #: Name the rerun gives a ``printf``/``format`` call it keeps guarded (:func:`guard_printf_calls`), + ``<k>_``.
 _GUARDED_PRINTF = "sqlsociety_guarded_printf_"

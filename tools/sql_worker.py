@@ -31,10 +31,12 @@ MAX_WORKER_MEMORY_BYTES = 1024 * 1024 * 1024
 #: SQLite's hard heap limit inside a worker, in bytes (allocations past it fail with "out of memory").
 WORKER_SQLITE_HEAP_BYTES = 256 * 1024 * 1024
 
+#: A frame's header: the payload's length in bytes, 8 bytes big-endian.
 FRAME = struct.Struct("!Q")
 
 
 def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to the file descriptor ``fd`` (``os.write`` may write part of it)."""
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
