@@ -16,13 +16,14 @@ Prints spans/s and rollouts/s for each, and the store write rate. Usage::
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import typer
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -54,25 +55,25 @@ async def build_store(path: Path, n: int) -> tuple[int, float]:
     return n_spans, time.perf_counter() - t0
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rollouts", type=int, default=1000, help="rollouts in the store (default 1000)")
-    ap.add_argument("--keep", type=Path, default=None, help="build the store in this directory and keep it")
-    args = ap.parse_args()
-    if args.rollouts < 1:
-        ap.error("--rollouts must be >= 1")
+app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False)
 
-    tmp = None if args.keep else tempfile.TemporaryDirectory()
-    root = args.keep or Path(tmp.name)  # type: ignore[union-attr]
+
+@app.command(help=__doc__.split("\n")[0])
+def main(
+    rollouts: int = typer.Option(1000, "--rollouts", min=1, help="rollouts in the store"),
+    keep: Path | None = typer.Option(None, "--keep", help="build the store in this directory and keep it"),
+) -> None:
+    tmp = None if keep else tempfile.TemporaryDirectory()
+    root = keep or Path(tmp.name)  # type: ignore[union-attr]
     root.mkdir(parents=True, exist_ok=True)
     path = root / "store.sqlite"
     if path.exists():
         path.unlink()
 
-    n_spans, build_s = asyncio.run(build_store(path, args.rollouts))
+    n_spans, build_s = asyncio.run(build_store(path, rollouts))
     mb = path.stat().st_size / 2**20
-    print(f"store: {args.rollouts} rollouts, {n_spans} spans, {mb:.1f} MiB; written through the store API "
-          f"in {build_s:.1f} s ({n_spans / build_s:,.0f} spans/s, {args.rollouts / build_s:,.1f} rollouts/s)")
+    print(f"store: {rollouts} rollouts, {n_spans} spans, {mb:.1f} MiB; written through the store API "
+          f"in {build_s:.1f} s ({n_spans / build_s:,.0f} spans/s, {rollouts / build_s:,.1f} rollouts/s)")
 
     ad = HierarchicalTraceAdapter()
     with RolloutArchive(path) as arc:
@@ -96,11 +97,11 @@ def main() -> None:
     def rate(seconds: float, reads: int = 1) -> str:
         return (
             f"{reads * n_spans / seconds:>10,.0f} spans/s  "
-            f"{reads * args.rollouts / seconds:>8,.1f} rollouts/s  ({seconds:.2f} s)"
+            f"{reads * rollouts / seconds:>8,.1f} rollouts/s  ({seconds:.2f} s)"
         )
 
     print("spans/s counts every span of the rollouts covered (the adapter reads only the "
-          f"{n_read / args.rollouts:.0f} per rollout named in SPAN_NAMES)")
+          f"{n_read / rollouts:.0f} per rollout named in SPAN_NAMES)")
     print(f"read all spans from SQLite  {rate(read_all_s)}")
     print(f"read adapter's spans        {rate(read_s)}")
     print(f"adapt (in memory)           {rate(adapt_s)}")
@@ -112,4 +113,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    app()

@@ -26,12 +26,13 @@ table (70 train + 50 dev questions, Qwen2.5-Coder-0.5B, 2026-11-22, about 45 min
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import time
 from pathlib import Path
+
+import typer
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -96,23 +97,25 @@ def gather(cfg: SocietyConfig, split: str, n: int, out: Path) -> None:
     print(f"{split}: {len(todo)} questions in {time.perf_counter() - t0:.0f} s", flush=True)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--train", type=int, default=60, help="Spider train questions for fitting the bandit")
-    ap.add_argument("--dev", type=int, default=40, help="Spider dev questions for the held-out replay")
-    ap.add_argument("--out", default="runs/bandit_replay", help="directory for records and the table")
-    ap.add_argument("--config", default=None, help="society config (default configs/society.yaml)")
-    ap.add_argument("--full", action="store_true", help="run the full society (senior rewrites, all reviewers)")
-    ap.add_argument("--no-run", action="store_true", help="only build the table from existing records")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
+app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False)
 
-    out = Path(args.out)
+
+@app.command(help=__doc__.split("\n")[0])
+def main(
+    train_n: int = typer.Option(60, "--train", help="Spider train questions for fitting the bandit"),
+    dev_n: int = typer.Option(40, "--dev", help="Spider dev questions for the held-out replay"),
+    out_dir: str = typer.Option("runs/bandit_replay", "--out", help="directory for records and the table"),
+    config: str | None = typer.Option(None, "--config", help="society config (default configs/society.yaml)"),
+    full: bool = typer.Option(False, "--full", help="run the full society (senior rewrites, all reviewers)"),
+    no_run: bool = typer.Option(False, "--no-run", help="only build the table from existing records"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if not args.no_run:
-        cfg = bench_config(args.config, fast=not args.full)
-        gather(cfg, "train", args.train, out / "train.jsonl")
-        gather(cfg, "dev", args.dev, out / "dev.jsonl")
+    if not no_run:
+        cfg = bench_config(config, fast=not full)
+        gather(cfg, "train", train_n, out / "train.jsonl")
+        gather(cfg, "dev", dev_n, out / "dev.jsonl")
     train = samples_from_records(read_records(out / "train.jsonl"))
     dev = samples_from_records(read_records(out / "dev.jsonl"))
     if not train or not dev:
@@ -120,7 +123,7 @@ def main() -> None:
             f"need records in {out}/train.jsonl and {out}/dev.jsonl (got {len(train)} / {len(dev)} samples)"
         )
     t0 = time.perf_counter()
-    bandit = SupervisorBandit(BanditConfig(seed=args.seed)).fit(train)
+    bandit = SupervisorBandit(BanditConfig(seed=seed)).fit(train)
     fit_s = time.perf_counter() - t0
     bandit.save(out / "policy.joblib")
     rows = compare_policies(dev, bandit)
@@ -135,4 +138,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    app()

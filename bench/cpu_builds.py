@@ -22,7 +22,6 @@ Run: ``python3 bench/cpu_builds.py [--rounds 5] [--threads 2] [--out results/cpu
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import os
@@ -35,6 +34,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+import typer
 
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]  # bench/society.py shadows the package
@@ -97,38 +98,40 @@ def measure(executable: Path, model: Path, threads: int) -> dict[str, Any]:
             "batched4_tok_s": batched}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--model", default="qwen2.5-coder-0.5b", help="embedded model alias")
-    ap.add_argument("--out", default=None, help="write the rounds as JSON here")
-    a = ap.parse_args()
+app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False)
 
+
+@app.command(help=__doc__.splitlines()[0])
+def main(
+    rounds: int = typer.Option(5, "--rounds"),
+    threads: int = typer.Option(2, "--threads"),
+    model_alias: str = typer.Option("qwen2.5-coder-0.5b", "--model", help="embedded model alias"),
+    out_path: str | None = typer.Option(None, "--out", help="write the rounds as JSON here"),
+) -> None:
     builds = {mode: build(mode) for mode in ("avx2", "dispatch")}
-    model = ensure_model(a.model)
-    print(f"model {a.model}; {a.threads} threads; {a.rounds} rounds; {os.cpu_count()} cores; "
+    model = ensure_model(model_alias)
+    print(f"model {model_alias}; {threads} threads; {rounds} rounds; {os.cpu_count()} cores; "
           f"load average {os.getloadavg()[0]:.2f} at start", flush=True)
     rows: list[dict[str, Any]] = []
-    for r in range(a.rounds):
+    for r in range(rounds):
         for mode, exe in builds.items():
-            row = {"round": r, "build": mode, **measure(exe, model, a.threads), "load_avg": os.getloadavg()[0]}
+            row = {"round": r, "build": mode, **measure(exe, model, threads), "load_avg": os.getloadavg()[0]}
             rows.append(row)
             print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
 
     keys = ("prompt_tok_s", "gen_tok_s", "batched4_tok_s")
     med = {m: {k: statistics.median(x[k] for x in rows if x["build"] == m) for k in keys} for m in builds}
-    print(f"\nbuild     variant            {'  '.join(f'{k:>16}' for k in keys)}   (median [min, max] of {a.rounds})")
+    print(f"\nbuild     variant            {'  '.join(f'{k:>16}' for k in keys)}   (median [min, max] of {rounds})")
     for m in builds:
         vals = [x for x in rows if x["build"] == m]
         cells = "  ".join(f"{med[m][k]:6.1f} [{min(v[k] for v in vals):.0f},{max(v[k] for v in vals):.0f}]".rjust(16)
                           for k in keys)
         print(f"{m:<9} {vals[0]['variant']:<18} {cells}")
     print("dispatch / avx2: " + ", ".join(f"{k} {med['dispatch'][k] / med['avx2'][k]:.2f}x" for k in keys))
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps({"rows": rows, "median": med}, indent=1))
+    if out_path:
+        Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(out_path).write_text(json.dumps({"rows": rows, "median": med}, indent=1))
 
 
 if __name__ == "__main__":
-    main()
+    app()

@@ -19,12 +19,13 @@ processes on the box slow every route alike). Usage::
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import typer
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -80,22 +81,25 @@ def run_server(adapter: Path | None, base: Path, texts: list[str], max_tokens: i
         return outs, time.perf_counter() - t0, toks
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--adapter", default=None, help="PEFT adapter dir trained on --model (default: train one)")
-    ap.add_argument("--prompts", type=int, default=6)
-    ap.add_argument("--max-tokens", type=int, default=48)
-    args = ap.parse_args()
+app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False)
 
+
+@app.command(help=__doc__.split("\n")[0])
+def main(
+    model_alias: str = typer.Option("smollm2-135m", "--model"),
+    adapter_dir: str | None = typer.Option(None, "--adapter",
+                                           help="PEFT adapter dir trained on --model (default: train one)"),
+    prompts: int = typer.Option(6, "--prompts"),
+    max_tokens: int = typer.Option(48, "--max-tokens"),
+) -> None:
     import torch
     from peft import PeftModel
 
     adapter = (
-        Path(args.adapter) if args.adapter else train_adapter(args.model, Path(tempfile.mkdtemp(prefix="lora-bench-")))
+        Path(adapter_dir) if adapter_dir else train_adapter(model_alias, Path(tempfile.mkdtemp(prefix="lora-bench-")))
     )
-    examples = load_examples(split="dev", limit=args.prompts)
-    model, tok = load_for_training(args.model)
+    examples = load_examples(split="dev", limit=prompts)
+    model, tok = load_for_training(model_alias)
     texts = [tok.apply_chat_template(junior_prompt(e), add_generation_prompt=True, tokenize=False) for e in examples]
 
     torch.set_num_threads(torch_threads())
@@ -104,7 +108,7 @@ def main() -> None:
     for t in texts:
         ids = tok(t, add_special_tokens=False, return_tensors="pt")
         with torch.no_grad():
-            out = pm.generate(**ids, max_new_tokens=args.max_tokens, do_sample=False)
+            out = pm.generate(**ids, max_new_tokens=max_tokens, do_sample=False)
         ref.append(tok.decode(out[0][ids["input_ids"].shape[1]:], skip_special_tokens=True))
     merged = pm.merge_and_unload().eval()
     t0 = time.perf_counter()
@@ -112,25 +116,25 @@ def main() -> None:
     for t in texts:
         ids = tok(t, add_special_tokens=False, return_tensors="pt")
         with torch.no_grad():
-            out = merged.generate(**ids, max_new_tokens=args.max_tokens, do_sample=False)
+            out = merged.generate(**ids, max_new_tokens=max_tokens, do_sample=False)
         new = out[0][ids["input_ids"].shape[1]:]
         hf_tok += int(new.shape[0])
         hf_out.append(tok.decode(new, skip_special_tokens=True))
     hf_s = time.perf_counter() - t0
 
-    q = resolve_gguf(args.model)
+    q = resolve_gguf(model_alias)
     rows = []
     for name, base, ad in (
         ("gguf", q, None),
         ("gguf+lora", q, adapter),
-        ("f32+lora", dequantized_gguf(args.model), adapter),
+        ("f32+lora", dequantized_gguf(model_alias), adapter),
     ):
-        outs, secs, toks = run_server(ad, base, texts, args.max_tokens)
+        outs, secs, toks = run_server(ad, base, texts, max_tokens)
         same = sum(a == b for a, b in zip(outs, ref)) if ad else None
         rows.append((name, toks, secs, same))
     rows.append(("hf merged", hf_tok, hf_s, sum(a == b for a, b in zip(hf_out, ref))))
 
-    print(f"\nmodel {args.model} ({q.name}), {len(texts)} junior prompts, <= {args.max_tokens} new tokens each, "
+    print(f"\nmodel {model_alias} ({q.name}), {len(texts)} junior prompts, <= {max_tokens} new tokens each, "
           f"load average {os.getloadavg()[0]:.1f}, torch threads {torch.get_num_threads()}\n")
     print("| route | tokens | seconds | tokens/s | = transformers+PEFT greedy |")
     print("|---|---:|---:|---:|---|")
@@ -140,4 +144,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    app()

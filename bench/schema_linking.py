@@ -19,7 +19,6 @@ below it linking stays out. Usage::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -27,6 +26,8 @@ import statistics
 import sys
 import time
 from pathlib import Path
+
+import typer
 
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]  # bench/society.py shadows the package
@@ -40,15 +41,17 @@ from tools.spider import load_examples  # noqa: E402
 THRESHOLD = 0.98
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--split", default="train")
-    ap.add_argument("--limit", type=int, default=None)
-    ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
-    a = ap.parse_args()
+app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False)
 
+
+@app.command(help=__doc__.splitlines()[0])
+def main(
+    split: str = typer.Option("train", "--split"),
+    limit: int | None = typer.Option(None, "--limit"),
+    out_path: Path | None = typer.Option(None, "--out", help="write the figures as JSON here"),
+) -> None:
     t0 = time.perf_counter()
-    examples = load_examples(split=a.split, limit=a.limit)
+    examples = load_examples(split=split, limit=limit)
     settings = (0, 1)
     acc = {n: {"gold_t": 0, "kept_t": 0, "gold_c": 0, "kept_c": 0, "covered": 0, "share": []} for n in settings}
     unparsed = 0
@@ -79,12 +82,12 @@ def main() -> None:
             pruned = dataclasses.replace(schema, tables=tuple(t for t in schema.tables if t.name in kept))
             r["share"].append(len(render_prompt(pruned, sample_rows=0, compact=True)) / full)
     n_q = len(examples) - unparsed
-    print(f"{a.split}: {len(examples)} questions, {unparsed} gold queries sqlglot could not parse (left out), "
+    print(f"{split}: {len(examples)} questions, {unparsed} gold queries sqlglot could not parse (left out), "
           f"{n_q} measured; full compact schema {statistics.fmean(full_chars):.0f} characters on average; "
           f"{time.perf_counter() - t0:.0f} s\n")
     print("| neighbours | table recall | column recall | questions fully covered | schema characters kept |")
     print("|---:|---:|---:|---:|---:|")
-    out = {"split": a.split, "questions": len(examples), "unparsed": unparsed, "threshold": THRESHOLD, "settings": {}}
+    out = {"split": split, "questions": len(examples), "unparsed": unparsed, "threshold": THRESHOLD, "settings": {}}
     for n in settings:
         r = acc[n]
         row = {"table_recall": r["kept_t"] / r["gold_t"], "column_recall": r["kept_c"] / r["gold_c"],
@@ -95,11 +98,11 @@ def main() -> None:
     best = max(out["settings"].values(), key=lambda x: x["table_recall"])
     verdict = "meets" if best["table_recall"] >= THRESHOLD else "is below"
     print(f"\nbest table recall {best['table_recall']:.4f} {verdict} the {THRESHOLD} needed to shorten the prompts")
-    if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(json.dumps(out, indent=1))
-        print(f"wrote {a.out}")
+    if out_path:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps(out, indent=1))
+        print(f"wrote {out_path}")
 
 
 if __name__ == "__main__":
-    main()
+    app()

@@ -27,13 +27,14 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import typer
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -59,25 +60,28 @@ def _band(pf: dict[str, Any]) -> str:
             f"mean pass {pf['mean_pass']:.3f}, rewards differ {pf['n_kept']}")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--traces", required=True, help="traces file (.jsonl[.gz]) or a run's store.sqlite")
-    ap.add_argument("--model", default="qwen2.5-coder-0.5b", help="the senior's embedded model")
-    ap.add_argument("--out", type=Path, default=Path("runs/senior_warm_start"))
-    ap.add_argument("--stages", default=",".join(STAGES), help=f"comma list of {STAGES}")
-    ap.add_argument("--k", type=int, default=2, help="draws per case (unhinted, then hinted)")
-    ap.add_argument("--prefilter-k", type=int, default=4, help="draws per prompt in the prefilter")
-    ap.add_argument("--sft-steps", type=int, default=8)
-    ap.add_argument("--max-tokens", type=int, default=200, help="completion tokens (the senior's max_tokens)")
-    ap.add_argument("--max-cases", type=int, default=None)
-    args = ap.parse_args()
-    stages = set(args.stages.split(","))
-    out: Path = args.out
+app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False)
+
+
+@app.command(help=__doc__.split("\n")[0])
+def main(
+    traces: str = typer.Option(..., "--traces", help="traces file (.jsonl[.gz]) or a run's store.sqlite"),
+    model: str = typer.Option("qwen2.5-coder-0.5b", "--model", help="the senior's embedded model"),
+    out_dir: Path = typer.Option(Path("runs/senior_warm_start"), "--out"),
+    stages_text: str = typer.Option(",".join(STAGES), "--stages", help=f"comma list of {STAGES}"),
+    k: int = typer.Option(2, "--k", help="draws per case (unhinted, then hinted)"),
+    prefilter_k: int = typer.Option(4, "--prefilter-k", help="draws per prompt in the prefilter"),
+    sft_steps: int = typer.Option(8, "--sft-steps"),
+    max_tokens: int = typer.Option(200, "--max-tokens", help="completion tokens (the senior's max_tokens)"),
+    max_cases: int | None = typer.Option(None, "--max-cases"),
+) -> None:
+    stages = set(stages_text.split(","))
+    out: Path = out_dir
     out.mkdir(parents=True, exist_ok=True)
-    cfg = SeniorGRPOConfig(model=args.model, output_dir=str(out / "grpo"), stop=STOP,
-                           max_completion_length=args.max_tokens,
-                           warm_start={"max_steps": args.sft_steps, "max_length": 1536, "learning_rate": 2e-4},
-                           warm_start_samples=args.k)
+    cfg = SeniorGRPOConfig(model=model, output_dir=str(out / "grpo"), stop=STOP,
+                           max_completion_length=max_tokens,
+                           warm_start={"max_steps": sft_steps, "max_length": 1536, "learning_rate": 2e-4},
+                           warm_start_samples=k)
     reward = SeniorReward(stop=STOP)
     from datasets import Dataset, load_from_disk
 
@@ -87,20 +91,20 @@ def main() -> None:
     adapter = HierarchicalTraceAdapter()
     t0 = time.perf_counter()
     if "repairs" in stages and not (out / "repairs").is_dir():
-        source: Any = args.traces
-        if not str(args.traces).endswith(".sqlite"):
-            source = [adapter.adapt(spans) for _, spans in load_traces(args.traces)]
-        with serve_embedded(args.model, n_ctx=4096, parallel=4) as srv:
-            sel = adapter.select_repair(source, sample=_sampler(srv.endpoint(), cfg), k=args.k, stop=STOP,
-                                        max_cases=args.max_cases)
+        source: Any = traces
+        if not str(traces).endswith(".sqlite"):
+            source = [adapter.adapt(spans) for _, spans in load_traces(traces)]
+        with serve_embedded(model, n_ctx=4096, parallel=4) as srv:
+            sel = adapter.select_repair(source, sample=_sampler(srv.endpoint(), cfg), k=k, stop=STOP,
+                                        max_cases=max_cases)
         sel.dataset.save_to_disk(str(out / "repairs" / "pairs"))
         sel.prompts.save_to_disk(str(out / "repairs" / "prompts"))
         (out / "repairs" / "summary.json").write_text(json.dumps(sel.summary, indent=1))
         print(f"repairs: {json.dumps(sel.summary)} ({time.perf_counter() - t0:.0f} s)", flush=True)
     prompts = load_from_disk(str(out / "repairs" / "prompts")) if (out / "repairs").is_dir() else None
     if "base" in stages and prompts is not None and not (out / "prefilter_base.json").is_file():
-        with serve_embedded(args.model, n_ctx=4096, parallel=4) as srv:
-            pf = prefilter_prompts(prompts, _sampler(srv.endpoint(), cfg), reward, args.prefilter_k)
+        with serve_embedded(model, n_ctx=4096, parallel=4) as srv:
+            pf = prefilter_prompts(prompts, _sampler(srv.endpoint(), cfg), reward, prefilter_k)
         (out / "prefilter_base.json").write_text(json.dumps({**pf.to_json(), "pass_rates": pf.pass_rates}))
         print(f"base: {pf.to_json()} ({time.perf_counter() - t0:.0f} s)", flush=True)
     if "sft" in stages and (out / "repairs").is_dir() and not (out / "warm" / "adapter_model.safetensors").is_file():
@@ -112,8 +116,8 @@ def main() -> None:
               f"{res.train_seconds:.0f} s", flush=True)
     if "warm" in stages and prompts is not None and (out / "warm" / "adapter_model.safetensors").is_file() \
             and not (out / "prefilter_warm.json").is_file():
-        with serve_adapter(out / "warm", args.model, model_alias="senior_policy", parallel=4, n_ctx=4096) as srv:
-            pf = prefilter_prompts(prompts, _sampler(srv.endpoint("senior_policy"), cfg), reward, args.prefilter_k)
+        with serve_adapter(out / "warm", model, model_alias="senior_policy", parallel=4, n_ctx=4096) as srv:
+            pf = prefilter_prompts(prompts, _sampler(srv.endpoint("senior_policy"), cfg), reward, prefilter_k)
         (out / "prefilter_warm.json").write_text(json.dumps({**pf.to_json(), "pass_rates": pf.pass_rates}))
         print(f"warm: {pf.to_json()} ({time.perf_counter() - t0:.0f} s)", flush=True)
     for name in ("base", "warm"):
@@ -123,4 +127,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    app()

@@ -27,7 +27,6 @@ Run: ``python3 bench/serving.py [--n 40] [--concurrency 1,2,4] [--old-python /pa
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -37,6 +36,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import typer
 
 # bench/society.py would shadow the `society` package when this file is run as a script
 _HERE = Path(__file__).resolve().parent
@@ -146,41 +147,43 @@ def run_one(examples: list, config: SocietyConfig, engine: str, concurrency: int
     return row
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=40, help="questions in the sample")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--concurrency", default="1,2,4")
-    ap.add_argument("--engines", default="new,old")
-    ap.add_argument("--old-python", default=None, help="a Python with llama_cpp[server] (old engine)")
-    ap.add_argument("--old-concurrency", default="1", help="concurrencies for the old engine")
-    ap.add_argument("--one-db", default="car_1", help="database for the one-database comparison ('' to skip)")
-    ap.add_argument("--agent", default="society")
-    ap.add_argument("--config", default=str(_HERE.parent / "configs" / "society.yaml"))
-    ap.add_argument("--out", default=None, help="write the rows as JSON here")
-    a = ap.parse_args()
+app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False)
 
-    config = SocietyConfig.load(a.config)
+
+@app.command(help=__doc__.splitlines()[0])
+def main(
+    n: int = typer.Option(40, "--n", help="questions in the sample"),
+    seed: int = typer.Option(0, "--seed"),
+    concurrency: str = typer.Option("1,2,4", "--concurrency"),
+    engines_text: str = typer.Option("new,old", "--engines"),
+    old_python: str | None = typer.Option(None, "--old-python", help="a Python with llama_cpp[server] (old engine)"),
+    old_concurrency: str = typer.Option("1", "--old-concurrency", help="concurrencies for the old engine"),
+    one_db: str = typer.Option("car_1", "--one-db", help="database for the one-database comparison ('' to skip)"),
+    agent: str = typer.Option("society", "--agent"),
+    config_path: str = typer.Option(str(_HERE.parent / "configs" / "society.yaml"), "--config"),
+    out_path: str | None = typer.Option(None, "--out", help="write the rows as JSON here"),
+) -> None:
+    config = SocietyConfig.load(config_path)
     dev = load_examples(split="dev")
-    sample = sample_examples(dev, a.n, a.seed)
-    print(f"sample: {len(sample)} dev questions over {len({e.db_id for e in sample})} databases (seed {a.seed}); "
+    sample = sample_examples(dev, n, seed)
+    print(f"sample: {len(sample)} dev questions over {len({e.db_id for e in sample})} databases (seed {seed}); "
           f"load average {os.getloadavg()[0]:.2f} at start; {os.cpu_count()} cores", flush=True)
     rows = []
-    engines = a.engines.split(",")
+    engines = engines_text.split(",")
     for engine in engines:
-        levels = a.concurrency if engine == "new" else a.old_concurrency
+        levels = concurrency if engine == "new" else old_concurrency
         for c in (int(x) for x in levels.split(",")):
-            if engine == "old" and not a.old_python:
+            if engine == "old" and not old_python:
                 print("old engine skipped: pass --old-python", flush=True)
                 break
-            row = run_one(sample, config, engine, c, a.agent, a.old_python)
+            row = run_one(sample, config, engine, c, agent, old_python)
             row["load_avg"] = round(os.getloadavg()[0], 2)
             rows.append(row)
             print(json.dumps(row), flush=True)
-    if a.one_db and "new" in engines:
-        one = sample_examples([e for e in dev if e.db_id == a.one_db], a.n, a.seed)
-        row = run_one(one, config, "new", 1, a.agent, None)
-        row["one_db"] = a.one_db
+    if one_db and "new" in engines:
+        one = sample_examples([e for e in dev if e.db_id == one_db], n, seed)
+        row = run_one(one, config, "new", 1, agent, None)
+        row["one_db"] = one_db
         row["load_avg"] = round(os.getloadavg()[0], 2)
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -204,9 +207,9 @@ def main() -> None:
         print(
             f"across databases / one database, s per question: {new1['s_per_q'] / one['s_per_q']:.2f}x (target <= 1.5)"
         )
-    if a.out:
-        Path(a.out).write_text(json.dumps(rows, indent=1))
+    if out_path:
+        Path(out_path).write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":
-    main()
+    app()

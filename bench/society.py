@@ -30,12 +30,13 @@ Prints a table and one JSON line (``--json`` to write it to a file).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import time
 from pathlib import Path
+
+import typer
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -199,39 +200,42 @@ def ChatModelsEndpoint(config: SocietyConfig) -> Endpoint:  # noqa: N802 - small
     return ChatModels(config).endpoint(next(iter(config.models)))
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", type=Path, default=SMOKE_CONFIG, help="society config (default: configs/smoke.yaml)")
-    p.add_argument("--n", type=int, default=5, help="questions measured (after 1 warm-up)")
-    p.add_argument("--agent", default="society", choices=AGENTS)
-    p.add_argument(
-        "--base-url", help="use this OpenAI-compatible server for every model alias instead of the embedded one"
-    )
-    p.add_argument("--model", default="local", help="model name with --base-url")
-    p.add_argument("--json", type=Path, help="also write the summary JSON here")
-    p.add_argument(
-        "--collect-runs",
-        action="store_true",
+app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False)
+
+
+@app.command(help=__doc__.split("\n\n")[0])
+def main(
+    config: Path = typer.Option(SMOKE_CONFIG, "--config", help="society config (default: configs/smoke.yaml)"),
+    n: int = typer.Option(5, "--n", help="questions measured (after 1 warm-up)"),
+    agent: str = typer.Option("society", "--agent", help=f"one of {', '.join(AGENTS)}"),
+    base_url: str | None = typer.Option(
+        None, "--base-url", help="use this OpenAI-compatible server for every model alias instead of the embedded one"
+    ),
+    model: str = typer.Option("local", "--model", help="model name with --base-url"),
+    json_out: Path | None = typer.Option(None, "--json", help="also write the summary JSON here"),
+    collect_runs: bool = typer.Option(
+        False, "--collect-runs",
         help="attach a LangChain tracer that builds every run tree in memory (tracing cost without network)",
-    )
-    a = p.parse_args(argv)
+    ),
+) -> None:
+    if agent not in AGENTS:
+        raise typer.BadParameter(f"{agent!r}: use one of {', '.join(AGENTS)}", param_hint="--agent")
     console = Console()
-    cfg = SocietyConfig.load(a.config)
-    if a.base_url:
+    cfg = SocietyConfig.load(config)
+    if base_url:
         for alias in list(cfg.models):
-            cfg = cfg.with_endpoint(alias, a.base_url, a.model)
-        summary = bench(cfg, {}, a.n, a.agent, console, a.collect_runs)
+            cfg = cfg.with_endpoint(alias, base_url, model)
+        summary = bench(cfg, {}, n, agent, console, collect_runs)
     else:
         from society.commands import serving
 
         with serving(cfg) as endpoints:
-            summary = bench(cfg, endpoints, a.n, a.agent, console, a.collect_runs)
+            summary = bench(cfg, endpoints, n, agent, console, collect_runs)
     line = json.dumps({k: v for k, v in summary.items() if k != "rows"})
     print(line)
-    if a.json:
-        a.json.write_text(json.dumps(summary, indent=2))
-    return 0
+    if json_out:
+        json_out.write_text(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    app()

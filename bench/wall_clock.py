@@ -28,7 +28,6 @@ model is assembled in the cache; assembling it first takes a few seconds more).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import socket
@@ -38,6 +37,8 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+
+import typer
 
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]  # bench/society.py shadows the package
@@ -230,25 +231,28 @@ def bench_store(runs: int) -> None:
     print(f"Trainer, 2 runner processes, 4 model-free tasks on the SQLite store: {_ms(took)}")
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--runs", type=int, default=20, help="repetitions per figure")
-    ap.add_argument("--cache-dir", type=Path, default=None, help="model cache (default: the usual one)")
-    ap.add_argument("--skip-models", action="store_true", help="leave out ensure_model (needs the model wheels)")
-    ap.add_argument("--skip-store", action="store_true", help="leave out the Trainer on the store (agentlightning)")
-    a = ap.parse_args(argv)
+app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False)
+
+
+@app.command(help=__doc__.split("\n")[0])
+def main(
+    runs: int = typer.Option(20, "--runs", help="repetitions per figure"),
+    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="model cache (default: the usual one)"),
+    skip_models: bool = typer.Option(False, "--skip-models", help="leave out ensure_model (needs the model wheels)"),
+    skip_store: bool = typer.Option(False, "--skip-store", help="leave out the Trainer on the store (agentlightning)"),
+) -> None:
     load = os.getloadavg()
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average before "
           f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    if not a.skip_models:
-        bench_models(a.cache_dir, a.runs)
-    bench_executor(a.runs)
-    bench_retry(a.runs)
-    if not a.skip_store:
-        bench_store(a.runs)
+    if not skip_models:
+        bench_models(cache_dir, runs)
+    bench_executor(runs)
+    bench_retry(runs)
+    if not skip_store:
+        bench_store(runs)
     load = os.getloadavg()
     print(f"load average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 
 
 if __name__ == "__main__":
-    main()
+    app()
