@@ -36,6 +36,7 @@ from evaluation.tracing.langsmith_traces import disable_tracing_without_key
 from evaluation.tracing.trace_records import TraceError, group_by_rollout, read_records
 from evaluation.tracing.trace_render import render_tree
 from evaluation.tracing.trace_tree import build_tree
+from evaluation.tracing.traces import export_jsonl, list_rollouts, load_rollout_trace, store_path
 from tools.files import OutputPathError, check_output_path
 
 console = Console()
@@ -71,7 +72,6 @@ def traces_list(
     limit: int = typer.Option(50, "--limit", min=1, help="Show at most this many (the most recent)."),
 ) -> None:
     """List the rollouts recorded in a run."""
-    from evaluation.traces import list_rollouts
 
     try:
         rows = list_rollouts(run_dir, phase=phase, min_reward=min_reward, failed=failed)
@@ -109,7 +109,6 @@ def traces_show(
     raw: bool = typer.Option(False, "--raw", help="Keep LangChain/LangGraph wrapper spans."),
 ) -> None:
     """Show one rollout as a tree (node -> role -> LLM call -> tool call -> reward, per-role credit)."""
-    from evaluation.traces import load_rollout_trace
 
     if not source.exists():
         _fail(f"{source} does not exist; pass a run directory or a JSONL file from `traces export` / `traces pull`")
@@ -147,7 +146,6 @@ def traces_export(
 
     Nothing is written when the run directory or its store is unusable; the file appears only once
     complete."""
-    from evaluation.traces import export_jsonl, store_path
 
     try:
         spath = store_path(run_dir)
@@ -199,7 +197,6 @@ def traces_dashboard(
     port: int = typer.Option(4747, "--port", help="Port to serve on."),
 ) -> None:
     """Serve Agent Lightning's dashboard (rollouts, attempts, spans) over the run's store until Ctrl-C."""
-    from evaluation.traces import store_path
 
     try:
         path = store_path(run_dir)  # before Agent Lightning is imported (seconds)

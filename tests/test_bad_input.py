@@ -218,7 +218,7 @@ def gathered_run(tmp_path: Path) -> Path:
 
 
 def test_traces_list_and_show_write_nothing_beside_the_store(gathered_run: Path, tmp_path: Path) -> None:
-    from evaluation.traces import list_rollouts
+    from evaluation.tracing.traces import list_rollouts
 
     before = _listing(gathered_run)
     runner = CliRunner()

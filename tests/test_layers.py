@@ -14,7 +14,7 @@ Layers, lowest first (a module may import its own layer and the layers below it,
  4    society evaluation  ``society.evaluate`` (an agent over a split through ``society.run``:
                           EX, ``predictions.sql``, ``summary.json``)
  5    store and tracing   ``evaluation.tracing``: ``store``, ``trace_records``, ``trace_tree``,
-                          ``trace_render``, ``society_spans``, ``langsmith_traces``; ``evaluation.traces``
+                          ``trace_render``, ``society_spans``, ``langsmith_traces``, ``traces``
  6    reports             ``evaluation.stats``, ``role_effects``, ``plots``, ``run_data`` (reading a
                           run directory), ``report_content`` (its tables), ``report`` (rendering),
                           ``judge``
@@ -83,7 +83,7 @@ LAYERS: list[tuple[str, list[str]]] = [
                  "society.toolkit", "society.roles", "society.config", "society.graph", "society.baselines",
                  "society.run"]),
     ("society evaluation", ["society.evaluate"]),
-    ("store and tracing", ["evaluation.tracing", "evaluation.tracing.*", "evaluation.traces"]),
+    ("store and tracing", ["evaluation.tracing", "evaluation.tracing.*"]),
     ("reports", ["evaluation.stats", "evaluation.role_effects", "evaluation.plots", "evaluation.run_data",
                  "evaluation.report_content", "evaluation.report", "evaluation.judge"]),
     ("training", ["training.agent", "training.adapter", "training.bandit", "training.gather", "training.remote",
@@ -119,7 +119,6 @@ _GPU = (
 
 #: (importer, imported) -> why the import stays inside a function although it crosses packages (folders).
 LAZY_ALLOWED: dict[tuple[str, str], str] = {
-    ("evaluation.traces", "evaluation.tracing.store"): _AGL,
     ("evaluation.obs_cli", "evaluation.tracing.store"): _AGL,
     ("training.pipeline", "evaluation.tracing.store"): _AGL,
     ("training.senior_reward", "society.roles"): _GPU,

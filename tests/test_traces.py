@@ -1,4 +1,4 @@
-"""Local traces (evaluation.traces, trace_records, trace_tree, trace_render; ``sqlsociety traces ...``)
+"""Local traces (evaluation.tracing.traces, trace_records, trace_tree, trace_render; ``sqlsociety traces ...``)
 on a real recorded run.
 
 ``tests/fixtures/obs/run`` was produced by ``tests/fixtures/obs/make_fixtures.py``: the real society
@@ -23,11 +23,11 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 from rich.console import Console
 from typer.testing import CliRunner
 
-from evaluation.traces import export_jsonl, list_rollouts, load_rollout_trace
 from evaluation.tracing.store import RolloutArchive
 from evaluation.tracing.trace_records import TraceError, group_by_rollout, read_records
 from evaluation.tracing.trace_render import render_tree
 from evaluation.tracing.trace_tree import build_tree
+from evaluation.tracing.traces import export_jsonl, list_rollouts, load_rollout_trace
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "obs" / "run"
 
