@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from society.cli import app
+from society.cli.root import app
 from tools.sampling import more_than_split
 from tools.spider import BUNDLED_DATA_DIR, DataError, SplitNameError, load_examples, split_file
 from tools.value_types import describe, type_problem

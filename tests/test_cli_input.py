@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from society.cli import app
+from society.cli.root import app
 from tools.spider import BUNDLED_DATA_DIR
 
 REPO = Path(__file__).resolve().parent.parent
@@ -368,7 +368,7 @@ def test_traces_report_bad_input_before_heavy_imports(tmp_path, setup):
     code = (
         "import sys\n"
         "from typer.testing import CliRunner\n"
-        "from society.cli import app\n"
+        "from society.cli.root import app\n"
         f"res = CliRunner().invoke(app, ['traces', 'list', {str(run_dir)!r}])\n"
         "print('EXIT', res.exit_code, 'AGL', 'agentlightning' in sys.modules)\n"
     )

@@ -144,7 +144,7 @@ def test_bad_data_dir_is_a_clear_error(tmp_path):
 
 
 def test_root_cli_registers_the_command():
-    from society.cli import app
+    from society.cli.root import app
 
     names = {c.name for c in app.registered_commands}
     assert "eval-predictions" in names

@@ -24,7 +24,7 @@ from evaluation.judge import (
 )
 from evaluation.metrics.ex import execution_match, run_query
 from society.candidate import Candidate
-from society.cli import app
+from society.cli.root import app
 from society.run import RunRecorder, SocietyRun
 from society.state import ExecSummary, SeniorTurn
 from tools.spider import load_examples

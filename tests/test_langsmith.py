@@ -413,7 +413,7 @@ def test_pull_reads_the_trace_back_into_the_local_format(
     # the command line does the same
     from typer.testing import CliRunner
 
-    from society.cli import app
+    from society.cli.root import app
 
     cli_out = tmp_path / "cli.jsonl"
     res = CliRunner().invoke(app, ["traces", "pull", "--project", "sqlsociety-test", "--run-id", "run-pull",

@@ -230,7 +230,7 @@ def test_bad_run_dir_is_a_clear_error(tmp_path: Path) -> None:
 def test_cli_report(run_dir: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from society.cli import app
+    from society.cli.root import app
 
     res = CliRunner().invoke(
         app, ["report", str(run_dir), "--html", str(tmp_path / "r.html"), "--md", str(tmp_path / "r.md")]

@@ -224,7 +224,7 @@ def test_web_search_tool_only_with_key_and_when_asked(monkeypatch):
 
 
 def test_roles_command_shows_bindings_and_a_config_swap(tmp_path):
-    from society.cli import app
+    from society.cli.root import app
 
     runner = CliRunner()
     res = runner.invoke(app, ["roles"], env={"COLUMNS": "200"})

@@ -144,7 +144,7 @@ def test_errors_name_what_to_do(tmp_path: Path, run_dir: Path) -> None:
 
 
 def test_cli_list_show_export(run_dir: Path, tmp_path: Path) -> None:
-    from society.cli import app
+    from society.cli.root import app
 
     runner = CliRunner()
     res = runner.invoke(app, ["traces", "list", str(run_dir)], terminal_width=200)

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from society.cli import app
+from society.cli.root import app
 from training.profile import PROFILE_DIR, PROFILES, TrainConfig, TrainConfigError
 from training.role_aliases import NOISE_SEED_OFFSET, role_kind, with_junior_seed_offset
 

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from society.cli import app
+from society.cli.root import app
 from training.plan import INSTALL_GPU, gpu_stack_needs, plan_profile
 from training.profile import TrainConfig, TrainConfigError
 

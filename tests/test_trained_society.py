@@ -27,7 +27,7 @@ from typer.testing import CliRunner  # noqa: E402
 from evaluation.metrics.ex import execution_match  # noqa: E402
 from society.bandit import BanditConfig, SupervisorBandit  # noqa: E402
 from society.candidate import Candidate  # noqa: E402
-from society.cli import app  # noqa: E402
+from society.cli.root import app  # noqa: E402
 from society.toolkit import execute_summary  # noqa: E402
 from tools.spider import default_data_dir, load_examples  # noqa: E402
 from training.checkpoints import resolve_gguf  # noqa: E402

@@ -1,4 +1,4 @@
-"""The ``sqlsociety`` command line (Typer + Rich).
+"""The ``sqlsociety`` command line (Typer + Rich): the root, above every other package (society/cli/).
 
 Each package contributes its commands through a ``register(app)`` function so the
 root stays readable: evaluation (eval-predictions), society (ask, eval, roles),
