@@ -174,7 +174,8 @@ def test_second_writer_is_refused_until_the_first_dies(tmp_path: Path) -> None:
     path = tmp_path / "store.sqlite"
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         f"import sys,time; sys.path.insert(0,{str(REPO)!r}); from evaluation.tracing.store import SqliteLightningStore; "
+         f"import sys,time; sys.path.insert(0,{str(REPO)!r}); "
+         "from evaluation.tracing.store import SqliteLightningStore; "
          f"s=SqliteLightningStore({str(path)!r}); print('open', flush=True); time.sleep(600)"],
         stdout=subprocess.PIPE, text=True,
     )
