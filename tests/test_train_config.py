@@ -190,3 +190,25 @@ def test_dry_run_shows_the_noise_repeat_and_its_cost() -> None:
     off = plan_profile(TrainConfig.model_validate({**TrainConfig.load("default").model_dump(),
                                                     "eval": {"junior_limit": 300, "noise_repeat": False}}))
     assert any(f.where == "eval.noise_repeat" and "without a noise floor" in f.message for f in off.findings)
+
+
+def test_sections_are_kept_as_written_for_config_yaml_and_the_gather_hash(tmp_path: Path) -> None:
+    """``config.yaml`` and the gather fingerprint see a typed section as the profile wrote it (a run made
+    before the sections were typed resumes with the same file and hashes); a section replaced in code
+    is taken as it is now."""
+    from evaluation.metrics.rewards import RewardConfig
+
+    p = _profile(tmp_path, reward={"timeout_s": 5}, sft={"max_steps": 3})
+    cfg = TrainConfig.load(p)
+    assert cfg.reward.timeout_s == 5.0 and cfg.as_written("reward") == {"timeout_s": 5}  # an int, as written
+    assert yaml.safe_load(cfg.to_yaml())["sft"] == {**yaml.safe_load(p.read_text())["sft"], "max_steps": 3}
+    again = TrainConfig.load(_written(tmp_path, cfg.to_yaml()))
+    assert again.to_yaml() == cfg.to_yaml() and again.resolved() == cfg.resolved()
+    changed = cfg.model_copy(update={"reward": RewardConfig(timeout_s=9.0)})
+    assert changed.as_written("reward") == {"timeout_s": 9.0}
+
+
+def _written(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "config.yaml"
+    p.write_text(text)
+    return p

@@ -269,7 +269,7 @@ class TrainConfig(TypedSettings):
                 "to a held-out split (e.g. dev)")
         return self
 
-    _written: dict[str, Any] = PrivateAttr(default_factory=dict)
+    _written: dict[str, tuple[int, Any]] = PrivateAttr(default_factory=dict)
     _problems: list[tuple[str, str]] = PrivateAttr(default_factory=list)
 
     @field_validator(*TYPED_SECTIONS, mode="before")
@@ -288,16 +288,19 @@ class TrainConfig(TypedSettings):
     def _keep_as_written(cls, data: Any, handler: Any) -> TrainConfig:
         cfg = handler(data)
         if isinstance(data, dict):
-            cfg._written = {k: copy.deepcopy(data[k]) for k in TYPED_SECTIONS if isinstance(data.get(k), dict)}
+            cfg._written = {k: (id(getattr(cfg, k)), copy.deepcopy(data[k]))
+                            for k in TYPED_SECTIONS if isinstance(data.get(k), dict)}
         return cfg
 
     def as_written(self, section: str) -> dict[str, Any]:
         """A typed section as the profile wrote it: the keys it gave with their values as read (a
         section built in code: its fields that differ from their defaults). What ``config.yaml``
-        keeps and the gather fingerprint hashes (``reward``), as before the sections were typed."""
-        if section in self._written:
-            return copy.deepcopy(self._written[section])
+        keeps and the gather fingerprint hashes (``reward``), as before the sections were typed. A
+        section replaced since (``model_copy(update=...)``) counts as built in code."""
         value = getattr(self, section)
+        built, written = self._written.get(section, (None, None))
+        if built == id(value):  # still the section built from that mapping (not replaced by model_copy)
+            return copy.deepcopy(written)
         if hasattr(value, "model_dump"):
             return value.model_dump(mode="json", exclude_unset=True)
         default = type(value)()
