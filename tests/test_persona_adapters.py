@@ -89,10 +89,10 @@ def test_per_persona_aliases_and_the_mode_a_finished_phase_2_recorded(tmp_path: 
         persona_alias("decompose")}
     # a resumed run follows what phase 2 trained, whatever the profile says now
     pipe.dir.mark_done(2, {"adapter": str(tmp_path / "a"), "rows": 3})  # written before the choice existed
-    assert pipe.junior_mode() == "shared" and pipe._trained_adapters() == {JUNIOR_ALIAS: tmp_path / "a"}
+    assert pipe.junior_mode() == "shared" and pipe.trained_adapters() == {JUNIOR_ALIAS: tmp_path / "a"}
     pipe.dir.mark_done(2, {"junior_adapters": "per_persona", "adapter": None, "adapters": {
         "direct": {"adapter": str(tmp_path / "d")}, "decompose": {"adapter": None, "rows": 0}}})
-    assert pipe._trained_adapters() == {persona_alias("direct"): tmp_path / "d"}
+    assert pipe.trained_adapters() == {persona_alias("direct"): tmp_path / "d"}
 
 
 def _chat(ep, max_tokens: int = 24) -> str:

@@ -133,6 +133,23 @@ def test_a_run_binds_what_exists_and_names_the_untrained_roles(trained_run: Path
     assert "  reviewer_semantic: untrained (no phase trains this role)\n" in res.stdout
 
 
+def test_loading_a_run_writes_nothing_in_it(trained_run: Path, tmp_path: Path) -> None:
+    """`roles --run` only reads: a run directory without eval/ (a run stopped before its first
+    evaluation) keeps exactly its files, each with its modification time."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    shutil.rmtree(run / "eval", ignore_errors=True)
+
+    def files() -> dict[str, float]:
+        return {str(p.relative_to(run)): p.stat().st_mtime_ns for p in sorted(run.rglob("*"))}
+
+    before = files()
+    load_trained(run)
+    res = _runner().invoke(app, ["roles", "--run", str(run)])
+    assert res.exit_code == 0, res.output
+    assert files() == before
+
+
 def test_not_a_run_is_refused_naming_it_and_what_to_pass(tmp_path: Path, trained_run: Path, tiny_data: Path) -> None:
     plain = tmp_path / "plain"
     plain.mkdir()

@@ -159,15 +159,17 @@ class TrainingPipeline:
         phases: which phases to run (subset of 1-4); earlier finished phases are re-served from
             their artifacts, unfinished earlier phases needed by a later one raise.
         echo: called with one line of progress text per event (the CLI prints it with Rich).
+        read_only: only read the run directory (``roles``/``eval``/``ask --run``): nothing is
+            created in it and no ``config.yaml`` is written.
 
     Raises:
         TrainConfigError: bad profile or phase selection.
     """
 
     def __init__(self, config: TrainConfig, run_dir: str | Path, *, phases: set[int] | None = None,
-                 echo: Callable[[str], None] = print) -> None:
+                 echo: Callable[[str], None] = print, read_only: bool = False) -> None:
         self.cfg = config
-        self.dir = RunDir(run_dir)
+        self.dir = RunDir(run_dir, create=not read_only)
         self.phases = set(phases or PHASES)
         bad = self.phases - set(PHASES)
         if bad:
@@ -175,7 +177,7 @@ class TrainingPipeline:
         self.echo = echo
         self.reports: list[PhaseReport] = []
         cfg_file = self.dir.root / "config.yaml"
-        if not cfg_file.exists():
+        if not read_only and not cfg_file.exists():
             cfg_file.write_text(config.to_yaml())
 
     # -- society with the trained parts routed in -------------------------------------------------
@@ -202,7 +204,7 @@ class TrainingPipeline:
     def endpoints(self, stack: ExitStack, society: Any) -> dict[str, Any]:
         """The servers the current stage needs, alias -> ``Endpoint`` (:func:`training.run_serving.serve_roles`
         with the adapters of the finished phases and VERL's trained senior)."""
-        return serve_roles(stack, society, self.cfg, self.dir.root, self._trained_adapters(),
+        return serve_roles(stack, society, self.cfg, self.dir.root, self.trained_adapters(),
                            senior_model=(self.dir.done(3) or {}).get("model"))
 
     def junior_mode(self) -> str:
@@ -214,7 +216,7 @@ class TrainingPipeline:
             return str(done.get("junior_adapters") or "shared")
         return self.cfg.junior_adapters
 
-    def _trained_adapters(self) -> dict[str, Path]:
+    def trained_adapters(self) -> dict[str, Path]:
         """Role alias -> PEFT adapter directory of the finished phases 2 (juniors: one alias, or one
         per persona that had rows to train on) and 3 (senior)."""
         out = {}
@@ -386,7 +388,7 @@ class TrainingPipeline:
         ``junior_resamples``, ``junior_temperature``, ``rationalize``) and the reward settings, the
         prompts, the sampling, and the train questions (the society's tasks and the juniors-only
         tasks, in order). None when a trained part is routed in or the model cannot be hashed."""
-        if self._trained_adapters() or self.dir.done(4) is not None:
+        if self.trained_adapters() or self.dir.done(4) is not None:
             return None
         g = self.cfg.gather
         society = self.society()
@@ -417,7 +419,7 @@ class TrainingPipeline:
         None when the stage is not one of :data:`BASE_STAGES`, a trained part is routed in (phase 2,
         3 or 4 finished), or a part cannot be hashed (a remote model, ``serving.engine: vllm``:
         said once when ``reuse_from`` is set)."""
-        if stage not in BASE_STAGES or self._trained_adapters() or self.dir.done(4) is not None:
+        if stage not in BASE_STAGES or self.trained_adapters() or self.dir.done(4) is not None:
             return None
         model = self._model_part(society, f"eval ({stage})", "evaluating it here")
         if model is None:

@@ -51,13 +51,18 @@ def route_library_logs(path: Path) -> None:
 
 
 class RunDir:
-    """Layout of a training run directory (see ``evaluation.run_data`` for the files the report reads)."""
+    """Layout of a training run directory (see ``evaluation.run_data`` for the files the report reads).
 
-    def __init__(self, root: str | Path) -> None:
+    ``create``: make the directory and its ``eval/`` and ``phases/`` folders (a run being trained);
+    False only reads what is there (a trained society loaded by ``--run``).
+    """
+
+    def __init__(self, root: str | Path, *, create: bool = True) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / "eval").mkdir(exist_ok=True)
-        (self.root / "phases").mkdir(exist_ok=True)
+        if create:
+            self.root.mkdir(parents=True, exist_ok=True)
+            (self.root / "eval").mkdir(exist_ok=True)
+            (self.root / "phases").mkdir(exist_ok=True)
 
     def phase_dir(self, k: int) -> Path:
         d = self.root / "phases" / f"{k}-{PHASES[k]}"

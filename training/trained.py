@@ -5,7 +5,7 @@ shared, or one per persona), the senior's GRPO adapter (phase 3) and the supervi
 bandit policy (phase 4). :func:`load_trained` binds them to the roles exactly as the pipeline's
 last evaluation stage does -- it asks :class:`training.pipeline.TrainingPipeline` of that run for
 its society (:meth:`~training.pipeline.TrainingPipeline.society`: the role split aliases and the
-bandit supervisor) and its trained adapters (``_trained_adapters``: model alias -> PEFT adapter),
+bandit supervisor) and its trained adapters (``trained_adapters``: model alias -> PEFT adapter),
 so there is one binding rule -- and says which roles stay untrained (a phase that did not finish,
 a persona with no SFT row, a senior trained with VERL). Served like the pipeline's llama.cpp
 stages: one llama-server per base model, each adapter chosen per request by its alias
@@ -254,9 +254,9 @@ def _load_run(root: Path) -> TrainedSociety:
     """A training run directory: the pipeline's own binding (see the module docstring)."""
     try:
         cfg = TrainConfig.load(root / "config.yaml", check_sections=False)
-        pipe = TrainingPipeline(cfg, root, echo=lambda _m: None)
+        pipe = TrainingPipeline(cfg, root, echo=lambda _m: None, read_only=True)
         society = pipe.society()
-        recorded = pipe._trained_adapters()  # the pipeline's alias -> adapter rule, not a copy of it
+        recorded = pipe.trained_adapters()  # the pipeline's alias -> adapter rule, not a copy of it
     except (TrainConfigError, ConfigError) as e:
         raise TrainedRunError(f"--run {root}: {e}") from e
     adapters = {alias: _in_run(root, p) for alias, p in recorded.items()}
