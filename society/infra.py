@@ -15,14 +15,21 @@ the bottom of that chain, shared by the LLM client (:mod:`society.llm`), the ser
 
 from __future__ import annotations
 
+import contextvars
 import signal
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
-__all__ = ["InfrastructureError", "ServerDied", "dead_servers", "describe_exit", "track_server", "untrack_server"]
+__all__ = ["InfrastructureError", "ServerDied", "dead_servers", "describe_exit", "interruptible", "track_server",
+           "untrack_server"]
+
+T = TypeVar("T")
+
+#: Seconds between the main thread's checks for a pending Ctrl-C while :func:`interruptible` waits.
+INTERRUPT_POLL_S = 0.2
 
 
 class InfrastructureError(RuntimeError):
@@ -129,3 +136,46 @@ def ctrl_c_noted(noted: threading.Event) -> Iterator[threading.Event]:
         yield noted
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def interruptible(fn: Callable[[], T], *, poll_s: float = INTERRUPT_POLL_S) -> T:
+    """``fn()``, run so that Ctrl-C stops the main thread within about ``poll_s`` seconds even while
+    ``fn`` blocks in a socket read.
+
+    CPython runs a signal handler only when the main thread is back in the interpreter. A SIGINT
+    that the kernel hands to another thread, or that lands just before the main thread enters a
+    blocking ``recv``, leaves the main thread in that read until it returns -- for a model call
+    held by a slow or stuck server, minutes (the Python signal documentation: "a long-running
+    calculation implemented purely in C ... may run uninterrupted for an arbitrary amount of
+    time"). In the main thread ``fn`` therefore runs in a daemon thread (with the caller's
+    ``contextvars`` copied, so tracing callbacks keep their parent span) while the main thread waits
+    in slices of ``poll_s`` seconds, seeing a pending Ctrl-C at the next slice; the abandoned thread
+    dies with the process. Outside the main thread ``fn`` is called as it is.
+
+    Returns:
+        What ``fn`` returns.
+
+    Raises:
+        Whatever ``fn`` raises; ``KeyboardInterrupt`` on Ctrl-C while waiting (``fn`` keeps running
+        in its daemon thread).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return fn()
+    ctx = contextvars.copy_context()
+    out: dict[str, Any] = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            out["value"] = ctx.run(fn)
+        except BaseException as e:  # noqa: BLE001 - handed to the waiting thread as it is
+            out["error"] = e
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="interruptible", daemon=True).start()
+    while not done.wait(poll_s):
+        pass
+    if "error" in out:
+        raise out["error"]
+    return out["value"]

@@ -30,7 +30,7 @@ from society.settings import ConfigError, LLMSettings, Sampling
 
 if TYPE_CHECKING:  # annotations only: society.config sits above the roles, which sit above this module
     from society.config import SocietyConfig
-from society.infra import dead_servers
+from society.infra import dead_servers, interruptible
 
 
 class LLMError(RuntimeError):
@@ -391,9 +391,18 @@ def invoke_llm(
         stop=stop_after_attempt(1 + settings.retries),
         wait=wait_exponential(multiplier=settings.backoff_s, max=settings.backoff_max_s),
     )
+    attempts = {"n": 0}
+
+    def run_attempts() -> AIMessage:
+        # tenacity keeps its statistics per thread: read them in the thread that retried
+        try:
+            return retrying(attempt)
+        finally:
+            attempts["n"] = int(retrying.statistics.get("attempt_number", 1))
+
     try:
         try:
-            msg = retrying(attempt)
+            msg = interruptible(run_attempts)  # Ctrl-C is seen while a request is held
         except RetryError as e:
             last = e.last_attempt.exception()
             raise EndpointUnavailable(
@@ -402,12 +411,12 @@ def invoke_llm(
             ) from last
     except LLMError as e:
         rec.error = str(e)
-        rec.attempts = retrying.statistics["attempt_number"]
+        rec.attempts = attempts["n"]
         rec.latency_s = time.perf_counter() - t0
         if log is not None:
             log.add_llm(rec)
         raise
-    rec.attempts = retrying.statistics["attempt_number"]
+    rec.attempts = attempts["n"]
     rec.latency_s = time.perf_counter() - t0
     text = msg.content if isinstance(msg.content, str) else str(msg.content)
     restored = restore_stop(text, getattr(chat, "stop", None), (msg.response_metadata or {}).get("finish_reason"))
