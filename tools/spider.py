@@ -28,6 +28,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from tools.sqlite_files import read_error_problem
+
 logger = logging.getLogger(__name__)
 
 #: Repository-relative location of the bundled Spider copy (CC BY-SA 4.0, see data/spider/PROVENANCE.md).
@@ -164,12 +166,8 @@ def database_problem(path: str | Path) -> str | None:
             if verdict != "ok":
                 verdict_text = " ".join(str(verdict).split())[:200]
                 return f"is corrupt (SQLite quick_check: {verdict_text}); re-copy the database file"
-    except sqlite3.DatabaseError as e:
-        if "not a database" in str(e).lower():
-            return f"is not an SQLite database ({e}); pass a .sqlite file"
-        return f"is corrupt ({e}); re-copy the database file"
     except sqlite3.Error as e:
-        return f"cannot be read ({e})"
+        return read_error_problem(e, not_a_database="pass a .sqlite file", corrupt="re-copy the database file")
     finally:
         conn.close()
     if n_tables == 0:

@@ -17,9 +17,10 @@ while a writer starts.
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 
-__all__ = ["read_only_uri", "side_files"]
+__all__ = ["read_error_problem", "read_only_uri", "side_files"]
 
 #: Suffixes of the files SQLite keeps beside a database (WAL, its shared-memory index, a rollback journal).
 SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
@@ -50,3 +51,24 @@ def read_only_uri(path: str | os.PathLike[str], *, snapshot: bool = False) -> st
     if snapshot and not wal.exists() and not journal.exists():
         uri += "&immutable=1"
     return uri
+
+
+def read_error_problem(e: sqlite3.Error, *, not_a_database: str, corrupt: str) -> str:
+    """What a failed read of an SQLite file says about the file, as the tail of a message that
+    begins with its path: not a database, corrupt, or unreadable; ``not_a_database`` and
+    ``corrupt`` say what to do in each case.
+
+    >>> read_error_problem(sqlite3.DatabaseError("file is not a database"), not_a_database="pass a .sqlite file",
+    ...                    corrupt="re-copy it")
+    'is not an SQLite database (file is not a database); pass a .sqlite file'
+    >>> read_error_problem(sqlite3.DatabaseError("database disk image is malformed"), not_a_database="-",
+    ...                    corrupt="re-copy it")
+    'is corrupt (database disk image is malformed); re-copy it'
+    >>> read_error_problem(sqlite3.InterfaceError("bad parameter"), not_a_database="-", corrupt="-")
+    'cannot be read (bad parameter)'
+    """
+    if isinstance(e, sqlite3.DatabaseError):
+        if "not a database" in str(e).lower():
+            return f"is not an SQLite database ({e}); {not_a_database}"
+        return f"is corrupt ({e}); {corrupt}"
+    return f"cannot be read ({e})"

@@ -27,7 +27,7 @@ from evaluation.tracing.society_spans import society_run_records
 from evaluation.tracing.trace_records import TraceError, span_to_record
 from evaluation.tracing.trace_tree import RolloutTrace, build_tree
 from tools.files import atomic_writer, read_jsonl
-from tools.sqlite_files import read_only_uri
+from tools.sqlite_files import read_error_problem, read_only_uri
 
 logger = logging.getLogger(__name__)
 
@@ -101,12 +101,9 @@ def _store_problem(p: Path) -> str | None:
         return f"cannot be opened read-only ({e})"
     try:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    except sqlite3.DatabaseError as e:
-        if "not a database" in str(e).lower():
-            return f"is not an SQLite database ({e}); pass the run directory of `sqlsociety train`"
-        return f"is corrupt ({e}); the run's traces cannot be read"
     except sqlite3.Error as e:
-        return f"cannot be read ({e})"
+        return read_error_problem(e, not_a_database="pass the run directory of `sqlsociety train`",
+                                  corrupt="the run's traces cannot be read")
     finally:
         conn.close()
     missing = [t for t in STORE_TABLES if t not in tables]
