@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from foreground import sigint_as_in_a_terminal
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,7 +48,8 @@ CHILD = textwrap.dedent("""
 def _run(mode: str, timeout: float) -> subprocess.CompletedProcess | None:
     try:
         return subprocess.run([sys.executable, "-c", CHILD, mode], cwd=REPO, capture_output=True, text=True,
-                              timeout=timeout, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+                              timeout=timeout, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+                              preexec_fn=sigint_as_in_a_terminal)
     except subprocess.TimeoutExpired:
         return None
 

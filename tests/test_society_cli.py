@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from foreground import sigint_as_in_a_terminal
 from holding_proxy import HoldingProxy, message_text
 
 from tools.sampling import select_ids
@@ -110,7 +111,7 @@ def test_eval_ctrl_c_stops_the_server_and_keeps_finished_questions(tmp_path, smo
              "single", "--config", str(config)],
             # PYTHONFAULTHANDLER: a hang after the interrupt ends with every thread's stack (SIGABRT below)
             cwd=tmp_path, env={**_env(tmp_path), "PYTHONFAULTHANDLER": "1"}, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True,
+            stderr=subprocess.PIPE, text=True, preexec_fn=sigint_as_in_a_terminal,
         )
         try:
             assert gate.wait_held(1, timeout=600), "no question reached the model"
