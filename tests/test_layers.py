@@ -17,7 +17,7 @@ Layers, lowest first (a module may import its own layer and the layers below it,
                           ``trace_render``, ``society_spans``, ``langsmith_traces``, ``traces``
  6    reports             ``evaluation.stats``, ``role_effects``, ``plots``, ``run_data`` (reading a
                           run directory), ``report_content`` (its tables), ``report`` (rendering),
-                          ``judge``
+                          ``judge``, ``candidates`` (how much the juniors' candidates differ)
  7    training            ``training.*`` but the pipeline, plan, GPU check and the CLI
  8    pipeline            ``training.pipeline`` (the four phases, then the report), ``training.plan``,
                           ``training.gpu_check`` (runs the trainers and checks the GPU profile),
@@ -25,7 +25,8 @@ Layers, lowest first (a module may import its own layer and the layers below it,
  9    CLI                 ``society.cli.root`` (the ``sqlsociety`` root), ``society.commands``,
                           ``training.cli``, ``evaluation.cli``, ``evaluation.obs_cli``,
                           ``evaluation.judge_cli``, ``society.run_binding`` (``--run``),
-                          ``training.trained_cli`` (``export``, the ``--run`` loader)
+                          ``training.trained_cli`` (``export``, the ``--run`` loader),
+                          ``evaluation.candidates_cli`` (``candidates``)
 ====  ==================  ==========================================================================
 
 The check (:func:`check`) reads the source with :mod:`ast` (nothing is imported) and reports
@@ -85,7 +86,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("society evaluation", ["society.evaluate"]),
     ("store and tracing", ["evaluation.tracing", "evaluation.tracing.*"]),
     ("reports", ["evaluation.stats", "evaluation.role_effects", "evaluation.plots", "evaluation.run_data",
-                 "evaluation.report_content", "evaluation.report", "evaluation.judge"]),
+                 "evaluation.report_content", "evaluation.report", "evaluation.judge", "evaluation.candidates"]),
     ("training", ["training.agent", "training.adapter", "training.bandit", "training.gather", "training.remote",
                   "training.sft", "training.grpo", "training.checkpoints", "training.export",
                   "training.adapter_serving", "training.threads", "training.hooks", "training.reuse",
@@ -93,7 +94,8 @@ LAYERS: list[tuple[str, list[str]]] = [
                   "training.run_serving", "training.senior_reward", "training.grpo_verl"]),
     ("pipeline", ["training.pipeline", "training.plan", "training.gpu_check", "training.trained"]),
     ("cli", ["society.cli", "society.cli.*", "society.commands", "training.cli", "evaluation.cli",
-             "evaluation.obs_cli", "evaluation.judge_cli", "society.run_binding", "training.trained_cli"]),
+             "evaluation.obs_cli", "evaluation.judge_cli", "society.run_binding", "training.trained_cli",
+             "evaluation.candidates_cli"]),
 ]
 
 #: Package (folder) layer name -> packages (fnmatch patterns), lowest first. A module may import the

@@ -2,7 +2,8 @@
 
 Each package contributes its commands through a ``register(app)`` function so the
 root stays readable: evaluation (eval-predictions), society (ask, eval, roles),
-training (train), observability (traces, report), judging (judge).
+training (train), observability (traces, report), judging (judge), the juniors' candidates
+(candidates).
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # litellm otherwi
 
 import typer
 
+from evaluation import candidates_cli, judge_cli, obs_cli
 from evaluation import cli as evaluation_cli
-from evaluation import judge_cli, obs_cli
 from society import commands as society_commands
 from training import cli as training_cli
 
@@ -35,7 +36,7 @@ def _root() -> None:
     """
 
 
-for _module in (evaluation_cli, society_commands, training_cli, obs_cli, judge_cli):
+for _module in (evaluation_cli, society_commands, training_cli, obs_cli, judge_cli, candidates_cli):
     _module.register(app)
 
 if __name__ == "__main__":  # pragma: no cover
