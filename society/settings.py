@@ -219,10 +219,14 @@ class SchemaSettings(_Strict):
 
 
 class ExecutionSettings(_Strict):
-    """Safe-executor limits for every tool call: ``timeout_s`` seconds per statement, ``max_rows`` rows kept."""
+    """Safe-executor limits for every tool call: ``timeout_s`` seconds per statement, ``max_rows`` rows
+    kept; ``error_hints``: a ``no such column`` / ``no such table`` error shown to a role carries what
+    the schema knows about that name (:func:`tools.error_hints.name_hint`: the alias's table and its
+    columns, the tables that have the column, close spellings)."""
 
     timeout_s: float = Field(default=5.0, gt=0)
     max_rows: int = Field(default=10_000, ge=1)
+    error_hints: bool = False
 
 
 class BaselineSettings(_Strict):

@@ -60,6 +60,8 @@ class ExecSummary(BaseModel):
         error_category: executor error category (``tools.sql_results.ErrorCategory`` value) or None.
         error: the error message, or None.
         elapsed_ms: execution wall time in milliseconds.
+        hint: what the schema says about a name the query used and the database lacks
+            (:func:`tools.error_hints.name_hint`; only with ``execution.error_hints``), or None.
     """
 
     sql: str = ""
@@ -72,14 +74,16 @@ class ExecSummary(BaseModel):
     error_category: str | None = None
     error: str | None = None
     elapsed_ms: float = 0.0
+    hint: str | None = None
 
     def as_text(self, max_rows: int = 5, max_chars: int = 600) -> str:
         """A short text for prompts: the error, or the columns and first rows, e.g.
-        ``"3 rows; columns: name, age\\n('Joe', 52)\\n..."``; at most ``max_chars`` characters."""
+        ``"3 rows; columns: name, age\\n('Joe', 52)\\n..."``; at most ``max_chars`` characters (an
+        error is given whole, with its schema hint on a second line when there is one)."""
         if not self.sql:
             return "no SQL to execute"
         if not self.ok:
-            return f"ERROR ({self.error_category}): {self.error}"
+            return f"ERROR ({self.error_category}): {self.error}" + (f"\n{self.hint}" if self.hint else "")
         head = f"{self.row_count}{'+' if self.truncated else ''} rows; columns: {', '.join(self.columns)}"
         lines = [head] + [str(tuple(r)) for r in self.rows[:max_rows]]
         if self.row_count > max_rows:

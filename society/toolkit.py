@@ -28,8 +28,9 @@ from langchain_core.tools import BaseTool, tool
 
 from society.llm import ToolCallRecord, child_config
 from society.state import ExecSummary
+from tools.error_hints import name_hint
 from tools.executor import execute_sql, result_digest
-from tools.schema import schema_prompt
+from tools.schema import load_schema, schema_prompt
 
 #: Rows of a result kept in an :class:`ExecSummary` (the digest and row count cover all rows).
 PREVIEW_ROWS = 20
@@ -43,18 +44,21 @@ def _json_value(v: Any) -> Any:
     return str(v)
 
 
-def execute_summary(db_path: str, sql: str | None, *, timeout_s: float = 5.0, max_rows: int = 10_000) -> ExecSummary:
+def execute_summary(db_path: str, sql: str | None, *, timeout_s: float = 5.0, max_rows: int = 10_000,
+                    hints: bool = False) -> ExecSummary:
     """Execute ``sql`` with the safe executor and summarise the outcome (never raises for bad SQL).
 
-    ``sql`` None or blank gives ``ExecSummary(sql="", ok=False, error="no SQL")``.
+    ``sql`` None or blank gives ``ExecSummary(sql="", ok=False, error="no SQL")``. With ``hints``, a
+    ``no such column`` / ``no such table`` error carries what the schema knows about the name
+    (:func:`tools.error_hints.name_hint`) in ``hint``.
     """
     if not sql or not sql.strip():
         return ExecSummary(sql="", ok=False, error_category="none", error="no SQL")
     res = execute_sql(db_path, sql, timeout_s=timeout_s, max_rows=max_rows)
     if not res.ok:
-        return ExecSummary(
-            sql=sql, ok=False, error_category=res.category.value, error=res.message, elapsed_ms=res.elapsed_ms
-        )
+        hint = name_hint(sql, res.message, load_schema(db_path, sample_rows=0)) if hints else None
+        return ExecSummary(sql=sql, ok=False, error_category=res.category.value, error=res.message,
+                           elapsed_ms=res.elapsed_ms, hint=hint)
     return ExecSummary(
         sql=sql,
         ok=True,
@@ -99,7 +103,7 @@ def sql_db_query(sql: str, config: RunnableConfig) -> tuple[str, ExecSummary]:
     """Run one read-only SQLite query on the question's database and return its result or error."""
     ctx = _ctx(config)
     ex = ctx.config.execution
-    summary = execute_summary(ctx.db_path, sql, timeout_s=ex.timeout_s, max_rows=ex.max_rows)
+    summary = execute_summary(ctx.db_path, sql, timeout_s=ex.timeout_s, max_rows=ex.max_rows, hints=ex.error_hints)
     return summary.as_text(), summary
 
 

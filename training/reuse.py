@@ -175,10 +175,17 @@ def _read_cache(path: Path) -> dict[str, str]:
 # ----------------------------------------------------------------------------- the parts
 
 
+#: Society settings added after runs were recorded: ``(section, key, value that keeps the old
+#: behaviour)``. At that value the key is left out of the hash, so a run made before the setting
+#: existed keeps its fingerprints (and stays reusable); any other value is hashed.
+ADDED_SETTINGS: tuple[tuple[str, str, Any], ...] = (("execution", "error_hints", False),)
+
+
 def config_part(config: Mapping[str, Any]) -> dict[str, Any]:
     """The society config as the ``config`` part hashes it: each role's ``model`` alias replaced by
     the alias's spec (so routing the juniors to an alias of their own changes nothing while it
-    serves the same model), and ``models``, ``name``, ``llm`` and each role's ``sampling`` dropped.
+    serves the same model), and ``models``, ``name``, ``llm`` and each role's ``sampling`` dropped;
+    a setting of :data:`ADDED_SETTINGS` at its old-behaviour value is left out.
 
     Args:
         config: ``SocietyConfig.model_dump(mode="json", by_alias=True)``.
@@ -191,6 +198,10 @@ def config_part(config: Mapping[str, Any]) -> dict[str, Any]:
     >>> moved = {**cfg, "name": "b", "roles": [{**cfg["roles"][0], "model": "junior_policy"}]}
     >>> config_part(moved) == config_part(cfg)
     True
+    >>> config_part({**cfg, "execution": {"max_rows": 9, "error_hints": False}})["execution"]
+    {'max_rows': 9}
+    >>> config_part({**cfg, "execution": {"max_rows": 9, "error_hints": True}})["execution"]
+    {'max_rows': 9, 'error_hints': True}
     """
     models = config.get("models") or {}
     roles = []
@@ -201,6 +212,9 @@ def config_part(config: Mapping[str, Any]) -> dict[str, Any]:
         roles.append(r)
     out = {k: v for k, v in config.items() if k not in ("models", "name", "llm", "roles")}
     out["roles"] = roles
+    for section, key, off in ADDED_SETTINGS:
+        if isinstance(out.get(section), dict) and out[section].get(key, off) == off:
+            out[section] = {k: v for k, v in out[section].items() if k != key}
     return out
 
 
