@@ -198,6 +198,34 @@ _REUSE_NOTE = (
     "batching.")
 
 
+_CONTROL_HEADERS = ["comparison", "n", "control", "EX", "tokens / q", "s / q", "LLM calls / q", "compared", "EX",
+                    "tokens / q", "s / q", "LLM calls / q", "Δ EX pts", "Holm p", "verdict"]
+
+
+def _control_rows(c: ReportContent) -> list[list[str]]:
+    """The one-shot control beside the society's figures (:func:`evaluation.control_effects.control_rows`):
+    per row the comparison, the paired questions, each agent's EX and cost per question on them, Δ, the
+    Holm-adjusted p and the verdict of :meth:`evaluation.stats.Effect.called`."""
+    out = []
+    for r in c.controls:
+        e = r.effect
+        cost = [[a.label, _pct(ex), _num(a.tokens, 0), _num(a.seconds), _num(a.llm_calls)]
+                for a, ex in ((r.control, e.before), (r.compared, e.after))]
+        out.append([f"{e.phase} · {e.role}: {e.metric}", str(e.n), *cost[0], *cost[1], _signed_pct(e.delta),
+                    "–" if e.p_holm is None else f"{e.p_holm:.3f}", "called" if e.called() else "not called"])
+    return out
+
+
+_CONTROL_NOTE = (
+    "The control is the one-shot agent a user would pick instead of the society (society.baselines 'single': the "
+    "writer junior, baselines.writer, drafts once; one LLM call), evaluated untrained (single_baseline) and with the "
+    "writer's phase-2 adapter (single_trained) on the juniors-only stages' questions. Each row pairs two agents by "
+    "question on the questions both ran (n; the society runs eval.limit questions, so its rows pair on the "
+    "intersection); Δ = compared − control; the costs are per-question means on those same questions: tokens "
+    "(prompt + completion, all LLM calls), wall seconds (machine load moves them) and LLM calls. The rows' "
+    "statistics are in the effects table above, Holm-adjusted with its other rows.")
+
+
 def _failure(rec: Mapping) -> str:
     """What to show when a record has no result: why the question failed, if recorded."""
     if rec.get("error"):
@@ -282,6 +310,9 @@ def render_html(c: ReportContent) -> str:
         effect_note=_EFFECT_NOTE,
         reuse_lines=reuse_lines(c),
         reuse_note=_REUSE_NOTE,
+        control_headers=_CONTROL_HEADERS,
+        control_rows=_control_rows(c),
+        control_note=_CONTROL_NOTE,
         adapter_headers=_ADAPTER_HEADERS,
         adapter_rows=_adapter_rows(c),
         adapter_note=_ADAPTER_NOTE,
@@ -346,6 +377,9 @@ def render_markdown(c: ReportContent) -> str:
         out += ["## Each phase on the role it trains (paired, same questions)", "",
                 effects_table_markdown(c.effects), "",
                 *[f"- {t}" for t in describe_effects(c.effects)], "", _EFFECT_NOTE, ""]
+    if c.controls:
+        out += ["## What the society's extra calls buy (the one-shot control, same questions)", "",
+                _md_table(_CONTROL_HEADERS, _control_rows(c)), "", _CONTROL_NOTE, ""]
     if c.reused:
         out += ["## Reused from an earlier run", "", *[f"- {t}" for t in reuse_lines(c)], "", _REUSE_NOTE, ""]
     if c.junior_adapters:

@@ -5,8 +5,10 @@ and the matplotlib PNGs, independent of the output format); :mod:`evaluation.rep
 Markdown.
 
 Sections: learning curves (raw + rolling-mean reward per phase), EX per stage, the
-multi-metric table, the bandit comparison, per-role breakdown, and side-by-side examples where
-the last stage's answer differs from the baseline's.
+multi-metric table, each phase's paired effect on its role, the one-shot control beside the
+juniors' pick and the society (:mod:`evaluation.control_effects`), the bandit comparison,
+per-role breakdown, and side-by-side examples where the last stage's answer differs from the
+baseline's.
 
 Metric definitions (all means over the questions of one ``eval/<stage>.jsonl``):
     * EX -- execution accuracy (Yu et al., Spider, EMNLP 2018): share of questions whose
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from evaluation import plots
+from evaluation.control_effects import ControlRow, adjust_with, control_rows
 from evaluation.metrics import sql_text
 from evaluation.role_effects import role_effects
 from evaluation.run_data import RunData
@@ -401,6 +404,9 @@ class ReportContent:
             :meth:`evaluation.stats.Effect.called` is the verdict).
         junior_adapters: :func:`junior_adapter_rows` (phase 2's adapters, shared or per persona).
         reused: :func:`reused_stages` (stages taken from an earlier run, and from where).
+        controls: :func:`evaluation.control_effects.control_rows`: the one-shot ``single`` agent beside the
+            juniors' pick and the society, paired, with each agent's tokens and seconds per question; their
+            effects are also the last rows of ``effects`` and Holm-adjusted with them (one family).
     """
 
     run: RunData
@@ -413,6 +419,7 @@ class ReportContent:
     effects: list[Effect] = field(default_factory=list)
     junior_adapters: list[dict] = field(default_factory=list)
     reused: list[dict] = field(default_factory=list)
+    controls: list[ControlRow] = field(default_factory=list)
 
 
 def compute_report(run: RunData) -> ReportContent:
@@ -435,6 +442,8 @@ def compute_report(run: RunData) -> ReportContent:
     role_ex = {r["role"]: {s: v for s, v in r["own_ex"].items() if v is not None} for r in roles}
     if any(role_ex.values()):
         pngs["role_ex"] = plots.figure_to_png(plots.role_candidate_ex(role_ex))
+    effects, controls = adjust_with(role_effects(run.evals, role_evals=run.role_evals, replay=run.replay),
+                                    control_rows(run.evals, run.role_evals))
     return ReportContent(
         run=run,
         stages=stages,
@@ -443,8 +452,9 @@ def compute_report(run: RunData) -> ReportContent:
         examples=examples,
         trained_stage=trained if examples or trained else None,
         pngs=pngs,
-        effects=role_effects(run.evals, role_evals=run.role_evals, replay=run.replay),
+        effects=effects,
         junior_adapters=junior_adapter_rows(run.phases),
         reused=reused_stages(run.run_dir),
+        controls=controls,
     )
 

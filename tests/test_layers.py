@@ -15,7 +15,8 @@ Layers, lowest first (a module may import its own layer and the layers below it,
                           EX, ``predictions.sql``, ``summary.json``)
  5    store and tracing   ``evaluation.tracing``: ``store``, ``trace_records``, ``trace_tree``,
                           ``trace_render``, ``society_spans``, ``langsmith_traces``, ``traces``
- 6    reports             ``evaluation.stats``, ``role_effects``, ``plots``, ``run_data`` (reading a
+ 6    reports             ``evaluation.stats``, ``role_effects``, ``control_effects`` (the one-shot
+                          control beside the society), ``plots``, ``run_data`` (reading a
                           run directory), ``report_content`` (its tables), ``report`` (rendering),
                           ``judge``, ``candidates`` (how much the juniors' candidates differ)
  7    training            ``training.*`` but the pipeline, plan, GPU check and the CLI
@@ -85,7 +86,8 @@ LAYERS: list[tuple[str, list[str]]] = [
                  "society.run"]),
     ("society evaluation", ["society.evaluate"]),
     ("store and tracing", ["evaluation.tracing", "evaluation.tracing.*"]),
-    ("reports", ["evaluation.stats", "evaluation.role_effects", "evaluation.plots", "evaluation.run_data",
+    ("reports", ["evaluation.stats", "evaluation.role_effects", "evaluation.control_effects",
+                 "evaluation.plots", "evaluation.run_data",
                  "evaluation.report_content", "evaluation.report", "evaluation.judge", "evaluation.candidates"]),
     ("training", ["training.agent", "training.adapter", "training.bandit", "training.gather", "training.remote",
                   "training.sft", "training.grpo", "training.checkpoints", "training.export",

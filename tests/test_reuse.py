@@ -156,8 +156,8 @@ def _pipeline(cfg: dict, run: Path, msgs: list[str]):
 
 @pytest.fixture(scope="module")
 def evaluated_run(tmp_path_factory) -> Path:
-    """A run whose society baseline (2 dev questions) and juniors-only baseline (3) were evaluated
-    for real on SmolLM2-135M."""
+    """A run whose society baseline (2 dev questions), juniors-only baseline (3) and one-shot baseline
+    (``single``, on the juniors' 3 questions) were evaluated for real on SmolLM2-135M."""
     tmp = tmp_path_factory.mktemp("reuse")
     run = tmp / "first"
     msgs: list[str] = []
@@ -174,7 +174,8 @@ def test_a_run_with_the_same_settings_reuses_the_baselines_and_the_report_names_
     from society.llama_server import LLAMA_SERVER_ENV
     from tools.files import read_jsonl
 
-    for stage, sub in (("baseline", ""), ("juniors_baseline", "roles")):
+    stages = (("baseline", ""), ("juniors_baseline", "roles"), ("single_baseline", "roles"))
+    for stage, sub in stages:
         fp = json.loads((evaluated_run / "eval" / sub / f"{stage}.fingerprint.json").read_text())
         assert sorted(fp["parts"]) == sorted(PARTS) and fp["stage"] == stage
     # no model server can start in the second run: what it reports was not evaluated again
@@ -185,17 +186,54 @@ def test_a_run_with_the_same_settings_reuses_the_baselines_and_the_report_names_
     pipe.check_reuse()
     base = pipe.evaluate_stage("baseline")
     pipe.evaluate_roles("baseline")
-    for stage, sub in (("baseline", ""), ("juniors_baseline", "roles")):
+    for stage, sub in stages:
         src = read_jsonl(evaluated_run / "eval" / sub / f"{stage}.jsonl")
         assert read_jsonl(run / "eval" / sub / f"{stage}.jsonl") == src
         reused = json.loads((run / "eval" / sub / f"{stage}.reused.json").read_text())
         assert reused["source_run"] == str(evaluated_run)
     assert base["reused_from"] == str(evaluated_run) and base["n"] == 2
-    assert sum(f"reused from {evaluated_run}" in m for m in msgs) == 2
+    assert sum(f"reused from {evaluated_run}" in m for m in msgs) == 3
     md = build_report(run).markdown.read_text()
     assert "## Reused from an earlier run" in md
     assert f"baseline (2 questions): reused from {evaluated_run}" in md
     assert f"juniors_baseline (3 questions): reused from {evaluated_run}" in md
+    assert f"single_baseline (3 questions): reused from {evaluated_run}" in md
+
+
+def test_the_stages_of_a_run_made_before_the_one_shot_control_keep_their_hashes(tmp_path: Path) -> None:
+    """Adding the one-shot stages changes no other stage's fingerprint: the 2026-12-05 default run (made
+    before them; its profile and fingerprints are committed under bench/results) would resume and reuse
+    its society and juniors-only baselines with the same hashes. Its profile loads with the control on
+    (``eval.single`` defaults to true) and the control gets a fingerprint of its own.
+
+    Hashes the real Qwen2.5-Coder GGUF (cached by path, size and mtime), the real schemas and the
+    questions drawn; nothing is evaluated. If this fails after a deliberate change of
+    configs/society.yaml, a prompt or the draw, that run can no longer be reused: say so where it is
+    used, and regenerate the committed fingerprints only from a run made with the new settings."""
+    from society.models import ModelNotInstalledError
+    from training.pipeline import TrainingPipeline, dev_subset
+    from training.profile import TrainConfig
+
+    old = REPO / "bench" / "results" / "default-2026-12-05-partial"
+    cfg = TrainConfig.load(old / "profile.yaml")
+    assert cfg.eval.single and cfg.eval.limit == 100 and cfg.eval.junior_limit == 300
+    pipe = TrainingPipeline(cfg, tmp_path / "run", read_only=True)
+    society = pipe.society()
+    try:
+        got = {
+            "baseline": pipe.stage_fingerprint("baseline", "society", society, dev_subset(cfg)),
+            "juniors_baseline": pipe.stage_fingerprint("juniors_baseline", "juniors", society,
+                                                       dev_subset(cfg, cfg.eval.junior_limit)),
+        }
+    except ModelNotInstalledError as e:
+        pytest.skip(f"the default model is not installed here: {e}")
+    for stage, fp in got.items():
+        want = Fingerprint.from_json(json.loads((old / f"{stage}.fingerprint.json").read_text()))
+        assert fp == want, f"{stage}: {[p for p in PARTS if fp.parts[p] != want.parts[p]]} differ"
+    single = pipe.stage_fingerprint("single_baseline", "single", society, pipe.single_examples())
+    assert single is not None and single.agent == "single"
+    assert single.parts["questions"] == got["juniors_baseline"].parts["questions"]  # the juniors' questions
+    assert not (tmp_path / "run").exists()
 
 
 def _society_copy(tmp_path: Path, edit) -> Path:

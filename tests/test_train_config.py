@@ -153,7 +153,7 @@ def test_the_noise_repeat_is_a_resumable_stage_run_with_the_shifted_seeds(tmp_pa
 
     cfg = yaml.safe_load((PROFILE_DIR / "smoke.yaml").read_text())
     cfg["society_config"] = str(PROFILE_DIR.parent / "smoke.yaml")
-    cfg["eval"].update(junior_limit=3, senior_limit=0, noise_repeat=True)
+    cfg["eval"].update(junior_limit=3, senior_limit=0, noise_repeat=True, single=False)
     calls: list[tuple[list[str], dict[str, int | None]]] = []
 
     def fake_evaluate(todo, society, *, agent, on_result, **kw):

@@ -145,6 +145,23 @@ def test_train_smoke_killed_in_phase1_resumes_and_runs_all_phases(tmp_path: Path
     md = (run / "report.md").read_text()
     assert "own candidate EX" in md and "end-to-end EX" in md
 
+    # the one-shot control (eval.single, on by default): untrained and with the writer's trained
+    # adapter, on the juniors-only stages' questions, one LLM call each; only the untrained one is
+    # fingerprinted (reusable across runs)
+    s_base, s_trained = role_stage("single_baseline"), role_stage("single_trained")
+    ids = [r["question_id"] for r in jb]
+    assert [r["question_id"] for r in s_base] == ids == [r["question_id"] for r in s_trained]
+    assert all(r["agent"] == "single" and r["llm_calls"] == 1 for r in s_base + s_trained)
+    fp = json.loads((run / "eval" / "roles" / "single_baseline.fingerprint.json").read_text())
+    assert (fp["stage"], fp["agent"]) == ("single_baseline", "single")
+    assert not (run / "eval" / "roles" / "single_trained.fingerprint.json").exists()
+    flat = " ".join(out.split())  # the CLI's lines are wrapped to the console width
+    assert "the one-shot agent writes with junior_direct on junior_policy, its phase-2 adapter" in flat
+    section = md.split("## What the society's extra calls buy (the one-shot control, same questions)")[1]
+    for what in ("single (untrained)", "juniors' pick (untrained)", "single (trained)", "juniors' pick (trained)",
+                 "society (untrained)", "society (bandit)"):
+        assert what in section, section
+
     # a second resume redoes nothing
     stamps = {p: p.stat().st_mtime for p in (run / "phases").glob("*/done.json")}
     res2 = subprocess.run(_cmd("--resume", str(run)), cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
@@ -152,6 +169,46 @@ def test_train_smoke_killed_in_phase1_resumes_and_runs_all_phases(tmp_path: Path
     assert (res2.stdout + res2.stderr).count("already done") == 4
     assert {p: p.stat().st_mtime for p in stamps} == stamps
     assert _succeeded(store) == after
+
+
+def test_the_one_shot_control_follows_eval_single(tmp_path: Path) -> None:
+    """``eval.single: false``: no single stage at the baseline or after phase 2. On, with no juniors-only
+    stage: the untrained one-shot agent on the society's questions (SmolLM2, a real llama-server), kept
+    when asked again; a run whose phase 2 finished first gets none (said); a writer the society does
+    not have stops the run before anything is evaluated."""
+    from tools.files import read_jsonl
+    from training.pipeline import TrainingPipeline, dev_subset
+    from training.profile import TrainConfig, TrainConfigError
+
+    cfg = yaml.safe_load((REPO / "configs" / "train" / "smoke.yaml").read_text())
+    cfg["society_config"] = str(REPO / "configs" / "smoke.yaml")
+    cfg["eval"].update(limit=2, junior_limit=0, senior_limit=0, noise_repeat=False, single=False)
+    off = TrainingPipeline(TrainConfig.model_validate(cfg), tmp_path / "off", phases={1}, echo=lambda _: None)
+    off.evaluate_roles("baseline")
+    off.evaluate_roles("sft")
+    assert not list((tmp_path / "off" / "eval").rglob("single_*"))
+
+    cfg["eval"]["single"] = True
+    msgs: list[str] = []
+    on = TrainingPipeline(TrainConfig.model_validate(cfg), tmp_path / "on", phases={1}, echo=msgs.append)
+    on.evaluate_roles("baseline")
+    recs = read_jsonl(on.dir.role_eval_path("single_baseline"))
+    assert [r["question_id"] for r in recs] == [e.id for e in dev_subset(on.cfg)]  # the society's 2 questions
+    assert all(r["agent"] == "single" and r["llm_calls"] == 1 for r in recs)
+    assert on.evaluate_single("baseline")["n"] == 2 and sum("EX (single_baseline)" in m for m in msgs) == 1
+
+    late = TrainingPipeline(TrainConfig.model_validate(cfg), tmp_path / "late", phases={1}, echo=msgs.append)
+    late.dir.mark_done(2, {})  # phase 2 finished before the control was evaluated: the writer is trained
+    assert late.evaluate_single("baseline") is None and any("no one-shot baseline" in m for m in msgs)
+
+    society = yaml.safe_load((REPO / "configs" / "smoke.yaml").read_text())
+    society["baselines"]["writer"] = "junior_nobody"
+    (tmp_path / "society.yaml").write_text(yaml.safe_dump(society))
+    bad = TrainingPipeline(TrainConfig.model_validate({**cfg, "society_config": str(tmp_path / "society.yaml")}),
+                           tmp_path / "bad", echo=lambda _: None)
+    with pytest.raises(TrainConfigError, match="baselines.writer 'junior_nobody'.*eval.single: false"):
+        bad.run()
+    assert not list((tmp_path / "bad" / "eval").rglob("*.jsonl"))
 
 
 def test_phase1_adds_juniors_only_rollouts_and_resamples_the_tasks_a_junior_got_wrong(tmp_path: Path) -> None:

@@ -89,8 +89,10 @@ def test_gpu_profile_plan_object():
     assert not plan.errors, plan.errors
     assert [p["step"] for p in plan.phases] == [
         "eval baseline",
+        "eval baseline roles",  # the one-shot control (eval.single) on the society's questions
         "1 gather",
         "2 sft",
+        "eval sft roles",
         "eval sft",
         "3 grpo",
         "eval grpo",

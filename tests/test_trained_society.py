@@ -224,6 +224,27 @@ def test_export_then_eval_run_serves_the_adapters_and_the_bandit(trained_run: Pa
 
 
 @pytest.mark.model
+def test_eval_run_agent_single_writes_with_the_writers_trained_adapter(trained_run: Path, tiny_data: Path,
+                                                                      tmp_path: Path, monkeypatch) -> None:
+    """`sqlsociety eval --run RUN --agent single`: the one-shot agent's writer (``baselines.writer``,
+    junior_direct) calls its trained adapter's alias, once per question -- what a user who wants one
+    call per question gets from the run."""
+    runs = tmp_path / "runs"
+    monkeypatch.setenv("SQLSOCIETY_RUNS_DIR", str(runs))
+    res = _runner().invoke(app, ["eval", "--run", str(trained_run), "--agent", "single", "--data-dir",
+                                 str(tiny_data), "--split", "dev", "--limit", "2"])
+    assert res.exit_code == 0, res.output
+    (rundir,) = list(runs.iterdir())
+    meta = json.loads((rundir / "meta.json").read_text())
+    assert meta["agent"] == "single" and set(meta["trained"]["adapters"]) == {DIRECT}
+    recs = [json.loads(x) for x in (rundir / "questions.jsonl").read_text().splitlines()]
+    assert len(recs) == 2 and all(r["agent"] == "single" and r["llm_calls"] == 1 for r in recs)
+    calls = [call for f in (rundir / "traces").glob("*.json")
+             for call in json.loads(f.read_text())["trace"]["llm_calls"]]
+    assert len(calls) == 2 and {(c["role"], c["model"]) for c in calls} == {("junior_direct", DIRECT)}, calls
+
+
+@pytest.mark.model
 def test_an_adapter_is_refused_on_another_base_model(trained_run: Path, tiny_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "export"
     r = _runner()

@@ -17,8 +17,12 @@ and after phase 2, the senior on the juniors' chosen candidates (``eval.senior_l
 after phase 3, and the supervisor by offline replay of those held-out decisions in phase 4. With
 ``eval.noise_repeat`` the untrained juniors are evaluated a second time on their questions with
 every junior's sampling seed + :data:`training.role_aliases.NOISE_SEED_OFFSET` (``juniors_baseline_repeat``): the noise
-floor the report sets beside each junior's SFT effect. A profile whose ``gather.split`` is its
-``eval.split`` is refused (:class:`TrainConfig`).
+floor the report sets beside each junior's SFT effect. With ``eval.single`` (the default) the
+one-shot control -- ``society.baselines``' ``single`` agent, the writer junior drafting once -- is
+evaluated on the juniors' questions before phase 1 (``single_baseline``, the untrained model) and
+after phase 2 (``single_trained``, the writer on its trained adapter), so the report sets every
+society figure beside what one call per question gets (:mod:`evaluation.control_effects`). A
+profile whose ``gather.split`` is its ``eval.split`` is refused (:class:`TrainConfig`).
 
 Resume: each phase writes ``RUN_DIR/phases/<k>-<name>/done.json`` when it finishes; a run started
 with ``--resume RUN_DIR`` skips finished phases (re-serving their artifacts) and phase 1 skips the
@@ -35,6 +39,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from evaluation.control_effects import SINGLE_BASELINE, SINGLE_TRAINED
 from evaluation.report import write_report
 from evaluation.role_effects import NOISE_STAGE
 from society.candidate import Candidate
@@ -78,7 +83,7 @@ logger = logging.getLogger(__name__)
 
 #: Role-level and society stages that run the untrained model only: reusable across runs
 #: (``reuse_from``, :mod:`training.reuse`).
-BASE_STAGES = ("baseline", "juniors_baseline", NOISE_STAGE, "senior_baseline")
+BASE_STAGES = ("baseline", "juniors_baseline", NOISE_STAGE, "senior_baseline", SINGLE_BASELINE)
 
 
 class StageReuseRefused(TrainConfigError, ReuseRefused):
@@ -343,9 +348,10 @@ class TrainingPipeline:
     def check_reuse(self) -> None:
         """Before anything runs: refuse (:class:`StageReuseRefused`) when a ``reuse_from`` run holds a
         stage this run would evaluate on the untrained model -- the society baseline, the juniors-only
-        baseline and its noise repeat -- made with other settings, so a mismatch found at a later
-        stage costs no evaluation first. (The senior-only baseline's inputs come from the juniors'
-        baseline, so it is checked when it runs.) Nothing when ``reuse_from`` is empty."""
+        baseline, its noise repeat and the one-shot baseline -- made with other settings, so a
+        mismatch found at a later stage costs no evaluation first. (The senior-only baseline's inputs
+        come from the juniors' baseline, so it is checked when it runs.) Nothing when ``reuse_from``
+        is empty."""
         if not self.cfg.reuse_from:
             return
         e = self.cfg.eval
@@ -356,6 +362,8 @@ class TrainingPipeline:
             stages.append(("juniors_baseline", "juniors", juniors, society))
             if e.noise_repeat:
                 stages.append((NOISE_STAGE, "juniors", juniors, with_junior_seed_offset(society)))
+        if e.single:
+            stages.append((SINGLE_BASELINE, "single", self.single_examples(), society))
         for stage, agent, examples, soc in stages:
             path = self.dir.eval_path(stage) if agent == "society" else self.dir.role_eval_path(stage)
             if path.with_suffix(".summary.json").is_file():
@@ -440,8 +448,9 @@ class TrainingPipeline:
 
     def evaluate_roles(self, stage: str) -> None:
         """The role-level evaluations of ``stage`` (``baseline``: juniors, their noise-control repeat
-        when ``eval.noise_repeat``, then senior; ``sft``: the juniors; ``grpo``: the senior), each on
-        its own fixed sample; nothing when its limit is 0."""
+        when ``eval.noise_repeat``, senior, then the one-shot control when ``eval.single``; ``sft``: the
+        juniors, then the one-shot control; ``grpo``: the senior), each on its own fixed sample; nothing
+        when its limit is 0 (or ``eval.single`` is false)."""
         e = self.cfg.eval
         if stage == "baseline":
             # a resumed run whose profile gained a role evaluation after the phase it judges: the
@@ -459,6 +468,68 @@ class TrainingPipeline:
             examples, given = self._senior_inputs()
             if examples:
                 self.evaluate_stage(f"senior_{stage}", agent="senior", examples=examples, given_sql=given)
+        if e.single and stage in ("baseline", "sft"):
+            self.evaluate_single(stage)
+
+    def single_examples(self) -> list[Any]:
+        """The one-shot control's questions: the juniors-only stages' draw (``eval.junior_limit``
+        questions, so each pairs with the juniors' pick question by question), or the society's
+        ``eval.limit`` draw when the profile has no juniors-only stage."""
+        return dev_subset(self.cfg, self.cfg.eval.junior_limit or None)
+
+    def single_writer(self, society: Any | None = None) -> tuple[str, str | None]:
+        """``(role, model alias)`` of the junior the one-shot ``single`` agent writes with
+        (``baselines.writer`` of the society config, as :mod:`society.baselines` finds it) in
+        ``society`` (default :meth:`society`: after phase 2 its alias carries the trained adapter).
+
+        Raises:
+            TrainConfigError: the writer is not an enabled junior role of the society (the message
+                names the config, the junior roles it has and ``eval.single: false``).
+        """
+        society = self.society() if society is None else society
+        name = society.baselines.writer
+        insts = society.instances("junior")
+        inst = next((i for i in insts if name in (i.name, i.config.name)), None)
+        if inst is None:
+            raise TrainConfigError(
+                f"eval.single: baselines.writer {name!r} of {self.cfg.society_path()} is not an enabled junior role "
+                f"(its juniors: {[i.name for i in insts]}); set baselines.writer to one of them, or eval.single: "
+                "false")
+        return inst.config.name, inst.config.model
+
+    def evaluate_single(self, stage: str) -> dict[str, Any] | None:
+        """The one-shot control (``eval.single``): :mod:`society.baselines`' ``single`` agent -- the
+        writer junior (:meth:`single_writer`) drafts once, one LLM call per question -- on
+        :meth:`single_examples`, as role-level stage :data:`evaluation.control_effects.SINGLE_BASELINE`
+        (``stage="baseline"``: the untrained model, fingerprinted and reusable like every stage of
+        :data:`BASE_STAGES`) or :data:`evaluation.control_effects.SINGLE_TRAINED` (``stage="sft"``:
+        after phase 2, the writer on its trained adapter, routed as :meth:`society` routes it: what a
+        user who wants one call per question gets from this run). Resumable like every stage.
+
+        Returns:
+            The stage summary (:meth:`evaluate_stage`), or None (said once) for the baseline when
+            phase 2 finished before it ran: the writer would be the trained one.
+
+        Raises:
+            ValueError: ``stage`` is neither ``baseline`` nor ``sft``.
+            TrainConfigError: the writer is not an enabled junior role (:meth:`single_writer`).
+        """
+        if stage not in ("baseline", "sft"):
+            raise ValueError(f"the one-shot control is evaluated at stage 'baseline' or 'sft', not {stage!r}")
+        name = SINGLE_BASELINE if stage == "baseline" else SINGLE_TRAINED
+        finished = self.dir.role_eval_path(name).with_suffix(".summary.json").is_file()
+        if stage == "baseline" and self.dir.done(2) is not None and not finished:
+            self.echo(f"eval: no one-shot baseline ({SINGLE_BASELINE}): phase 2 finished before it was evaluated; "
+                      "start a new run (or reuse_from a run that has it) to have one")
+            return None
+        society = self.society()
+        writer, alias = self.single_writer(society)
+        if stage == "sft" and not finished:
+            adapter = self.trained_adapters().get(alias or "")
+            self.echo(f"eval ({name}): the one-shot agent writes with {writer} on {alias}, "
+                      + (f"its phase-2 adapter {adapter}" if adapter else
+                         "which phase 2 gave no adapter (no admitted conversation of its persona): the base model"))
+        return self.evaluate_stage(name, agent="single", examples=self.single_examples(), society=society)
 
     def evaluate_noise_repeat(self) -> dict[str, Any] | None:
         """The noise control (``eval.noise_repeat``): the untrained juniors on the questions of
@@ -925,6 +996,8 @@ class TrainingPipeline:
         t_all = time.perf_counter()
         route_library_logs(self.dir.root / "train.log")
         self.check_reuse()
+        if self.cfg.eval.single:
+            self.single_writer()  # a profile whose control cannot run stops here, not hours in
         base = self.evaluate_stage("baseline")
         self.evaluate_roles("baseline")
         before = base["ex"]

@@ -530,8 +530,12 @@ def plan_profile(cfg: TrainConfig, *, source: str = "", phases: set[int] | None 
         "baseline": ([f"juniors only on {e.junior_limit} questions"] if e.junior_limit else [])
         + ([f"noise control: juniors only again on the same {e.junior_limit} questions, each junior's sampling "
             f"seed + {NOISE_SEED_OFFSET} (eval/roles/{NOISE_STAGE}.jsonl)"] if e.noise_repeat else [])
-        + ([f"senior only on <= {e.senior_limit} of the juniors' chosen candidates"] if e.senior_limit else []),
-        "sft": [f"juniors only on the same {e.junior_limit} questions"] if e.junior_limit else [],
+        + ([f"senior only on <= {e.senior_limit} of the juniors' chosen candidates"] if e.senior_limit else [])
+        + ([f"one-shot control (single, the writer junior once) on the same {e.junior_limit or e.limit} "
+            "questions"] if e.single else []),
+        "sft": ([f"juniors only on the same {e.junior_limit} questions"] if e.junior_limit else [])
+        + ([f"one-shot control on the same {e.junior_limit or e.limit} questions, the writer on its trained "
+            "adapter"] if e.single else []),
         "grpo": [f"senior only on the same <= {e.senior_limit} inputs"] if e.senior_limit else [],
     }
     if role_evals["baseline"]:
@@ -599,7 +603,9 @@ def plan_profile(cfg: TrainConfig, *, source: str = "", phases: set[int] | None 
     plan.budgets["eval"] = f"{n_eval} questions x {n_stages} stage(s)" + (
         f"; juniors only {e.junior_limit} questions x {1 + (2 in phases) + e.noise_repeat}"
         + (" (one is the noise control)" if e.noise_repeat else "") if e.junior_limit else "") + (
-        f"; senior only <= {e.senior_limit} inputs x {1 + (3 in phases)}" if e.senior_limit else "")
+        f"; senior only <= {e.senior_limit} inputs x {1 + (3 in phases)}" if e.senior_limit else "") + (
+        f"; one-shot control {e.junior_limit or n_eval} questions x {1 + (2 in phases)} (one LLM call each)"
+        if e.single else "")
     if sft is not None:
         seqs = sft.max_steps * sft.per_device_train_batch_size * sft.gradient_accumulation_steps
         n_personas = (len(junior_personas(society)) if society is not None

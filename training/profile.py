@@ -136,6 +136,12 @@ class EvalSection(TypedSettings):
             SFT effect, the Δ between the two untrained evaluations, and calls the effect only when
             it is larger. Worth its cost (one more juniors-only evaluation) when a junior samples at
             temperature > 0. Needs ``junior_limit``.
+        single: the one-shot control (default on): the ``single`` agent of ``society.baselines`` (the
+            writer junior, ``baselines.writer``, drafts once: one LLM call per question) on the
+            juniors-only evaluation's questions (the society's when ``junior_limit`` is 0), untrained
+            before phase 1 (stage ``single_baseline``) and with the writer's trained adapter after
+            phase 2 (``single_trained``); the report sets the juniors' pick and the society beside it
+            (:mod:`evaluation.control_effects`). Costs one call per question per stage.
         concurrency: questions run at once (threads).
     """
 
@@ -147,6 +153,7 @@ class EvalSection(TypedSettings):
     junior_limit: int = Field(0, ge=0)
     senior_limit: int = Field(0, ge=0)
     noise_repeat: bool = False
+    single: bool = True
 
     @model_validator(mode="after")
     def _senior_needs_juniors(self) -> EvalSection:
