@@ -29,7 +29,7 @@ from society.candidate import Candidate
 from society.llm import CallLog, ChatModels, EndpointUnavailable, LLMError, invoke_llm
 from society.policies import MajorityVotePolicy, PolicyContext, make_policy
 from society.prompts import PERSONA_PROMPTS, PROMPTS, PromptTemplate, feedback_section, get_prompt, hint_block
-from society.settings import renamed_keys
+from society.settings import Sampling, renamed_keys
 from society.state import (
     ExecSummary,
     JuniorState,
@@ -159,12 +159,14 @@ class Role:
             md["persona"] = self.instance.config.persona
         return md
 
-    def llm(self, ctx: RunContext, messages: list[BaseMessage], config: RunnableConfig, node: str) -> AIMessage:
-        """One LLM call of this role (see :func:`society.llm.invoke_llm`; raises its errors)."""
+    def llm(self, ctx: RunContext, messages: list[BaseMessage], config: RunnableConfig, node: str,
+            sampling: Sampling | None = None) -> AIMessage:
+        """One LLM call of this role (see :func:`society.llm.invoke_llm`; raises its errors), with the
+        role's sampling settings or ``sampling`` when given."""
         alias = self.instance.config.model
         if not alias:
             raise LLMError(f"role {self.name} has no model alias")
-        chat = ctx.models.chat(alias, self.instance.sampling)
+        chat = ctx.models.chat(alias, sampling or self.instance.sampling)
         return invoke_llm(
             chat, messages, config=config, settings=ctx.config.llm, log=ctx.log, role=self.name,
             label=self.label, node=node, alias=alias, metadata=self.metadata(ctx),
@@ -200,7 +202,15 @@ class Junior(Role):
     draft -> execute -> [fix -> execute] -> finish, the execution result routed back to it once.
 
     Options:
-        fix_on_error: rewrite the draft once when executing it fails (default True).
+        fix_on_error: try once more when executing the draft fails (default True).
+        on_error: how: ``"fix"`` (default) shows the junior the execution error in its own
+            conversation and asks for a corrected query (ReAct-style observation); ``"resample"``
+            draws a new answer to the original prompt at ``resample_temperature`` with the next
+            seed, the failed draft left out (execution-guided rejection sampling: a draft that does
+            not run is replaced by a fresh sample, as in execution-guided decoding, Wang et al.
+            2018). A small model often repeats its failed query when shown the error (measured in
+            docs/results.md); a fresh sample does not depend on it reading the feedback.
+        resample_temperature: in (0, 2], the temperature of that draw (default 0.8).
     """
 
     type_name = "junior"
@@ -208,6 +218,8 @@ class Junior(Role):
 
     class Options(_Options):
         fix_on_error: bool = True
+        on_error: Literal["fix", "resample"] = "fix"
+        resample_temperature: float = Field(default=0.8, gt=0.0, le=2.0)
 
     @classmethod
     def default_prompt_for(cls, rc: Any) -> str:
@@ -254,17 +266,25 @@ class Junior(Role):
         return "finish"
 
     def fix(self, state: JuniorState, config: RunnableConfig) -> dict:
-        """ReAct step: the executor's observation goes back into this junior's own conversation."""
+        """The one retry after a failed draft: with ``on_error: fix`` (a ReAct step) the executor's
+        observation goes back into this junior's own conversation; with ``on_error: resample`` the
+        original prompt is sampled again (:meth:`resample_settings`) and the failed draft is dropped
+        from the conversation."""
         ctx = run_context(config)
-        obs = HumanMessage(PROMPTS["junior_fix"].user.format(execution=state["exec"].as_text()))
-        msgs = [*state.get("messages", []), obs]
+        sampling = None
+        if self.options.on_error == "resample":
+            msgs = [m for m in state.get("messages", []) if not isinstance(m, AIMessage)]
+            sampling = self.resample_settings()
+        else:
+            obs = HumanMessage(PROMPTS["junior_fix"].user.format(execution=state["exec"].as_text()))
+            msgs = [*state.get("messages", []), obs]
         upd: dict[str, Any] = {
             "visits": [self._node("fix")],
             "fixed": True,
             "llm_calls": state.get("llm_calls", 0) + 1,
         }
         try:
-            ai = self.llm(ctx, msgs, config, "fix")
+            ai = self.llm(ctx, msgs, config, "fix", sampling=sampling)
         except LLMError as e:
             return {**upd, "errors": [_error_entry(self.name, e)]}
         raw = str(ai.content)
@@ -275,6 +295,14 @@ class Junior(Role):
             "draft_raw": raw,
             "draft_sql": sql or state.get("draft_sql"),
         }
+
+    def resample_settings(self) -> Sampling:
+        """The sampling of an ``on_error: resample`` draw: the role's own, at
+        ``resample_temperature``, with the next seed (``seed + 1``; no seed stays none), so the new
+        draw differs from the greedy or seeded draft it replaces."""
+        s = self.instance.sampling
+        seed = None if s.seed is None else s.seed + 1
+        return s.model_copy(update={"temperature": self.options.resample_temperature, "seed": seed})
 
     def finish(self, state: JuniorState, config: RunnableConfig) -> dict:
         sql = state.get("draft_sql")

@@ -289,3 +289,45 @@ def test_the_senior_trigger_is_a_config_choice(smol_server):
                       given_sql="SELECT count(*) FROM singer")
     assert run.path.count("senior_rewrite") == 1 and run.llm_calls == 1
     assert [t.kind for t in run.senior_turns] == ["check", "rewrite"] and run.senior_turns[0].verdict == "incorrect"
+
+
+class SamplingRecorder(BaseCallbackHandler):
+    """Each chat call's role, node and the sampling the client sent (LangChain's invocation params)."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+
+    def on_chat_model_start(self, serialized, messages, *, run_id, parent_run_id=None, tags=None, metadata=None, **kw):
+        params = kw.get("invocation_params") or {}
+        self.calls.append({"name": kw.get("name"), "node": (metadata or {}).get("node"),
+                           "temperature": params.get("temperature"), "seed": params.get("seed")})
+
+
+@pytest.mark.parametrize("on_error", ["fix", "resample"])
+def test_a_failed_draft_is_fixed_in_the_conversation_or_resampled_from_the_prompt(smol_server, failing_db,
+                                                                                   on_error):
+    """Every query on ``failing_db`` fails, so each junior that wrote SQL retries once. ``fix`` shows it
+    the error after its own draft; ``resample`` asks the original prompt again at the resample
+    temperature with the next seed, the failed draft left out."""
+    d = _raw()
+    for r in d["roles"]:
+        if r["type"] == "junior":
+            r["options"] = {"on_error": on_error, "resample_temperature": 0.9}
+    cfg = _cfg(smol_server, d)
+    rec = SamplingRecorder()
+    run = run_society("How many singers are there?", failing_db, cfg, agent="juniors", callbacks=[rec])
+    calls = run.trace["llm_calls"]
+    retried = [c.junior for c in run.candidates if c.fixed]
+    assert retried, [(c.junior, c.sql) for c in run.candidates]  # SmolLM2 wrote SQL reading `singer`
+    for name in retried:
+        draft, retry = ([c for c in calls if c["role"] == name and c["node"] == node][0] for node in ("draft", "fix"))
+        inst = next(i for i in cfg.instances("junior") if i.name == name)
+        if on_error == "resample":
+            assert retry["messages"] == draft["messages"]  # the same prompt, the failed draft not shown
+        else:
+            assert retry["messages"][: len(draft["messages"])] == draft["messages"]
+            assert "Running that query gave" in str(retry["messages"][-1]) and len(retry["messages"]) == len(
+                draft["messages"]) + 2
+        sent = [(c["temperature"], c["seed"]) for c in rec.calls if c["name"] == retry["label"] and c["node"] == "fix"]
+        own = (inst.sampling.temperature, inst.sampling.seed)
+        assert sent == [(0.9, inst.sampling.seed + 1) if on_error == "resample" else own], (sent, own)
