@@ -167,7 +167,8 @@ def test_trace_source_of_stores_written_before_the_source_key() -> None:
 
 
 def test_profiles_configure_rationalization_and_retire_sft_select(tmp_path: Path, caplog) -> None:
-    from training.gather import GatherConfig, select_tasks
+    from training.gather import GatherRun, select_tasks
+    from training.gather_config import GatherConfig
     from training.pipeline import sft_selection_lines
     from training.profile import PROFILE_DIR, TrainConfig
 
@@ -182,10 +183,10 @@ def test_profiles_configure_rationalization_and_retire_sft_select(tmp_path: Path
         assert "sft_select" not in TrainConfig.load(p).adapter
     assert "adapter.sft_select is ignored" in caplog.text and "own final SQL matches gold" in caplog.text
 
-    with pytest.raises(ValueError, match="rationalize needs agent='juniors'"):
-        GatherConfig(run_dir=tmp_path, rationalize=True)
-    tasks = select_tasks(GatherConfig(run_dir=tmp_path, task_ids=["train-0"], agent="juniors",
-                                      task_suffix="/rationalized", rationalize=True))
+    with pytest.raises(ValueError, match="gold_hint needs agent='juniors'"):
+        GatherRun(run_dir=tmp_path, task_ids=["train-0"], gold_hint=True)
+    tasks = select_tasks(GatherConfig(), GatherRun(run_dir=tmp_path, task_ids=["train-0"], agent="juniors",
+                                                   task_suffix="/rationalized", gold_hint=True))
     assert tasks[0]["task_id"] == "train-0/rationalized" and tasks[0]["rationalize"] is True
 
     ad = HierarchicalTraceAdapter()

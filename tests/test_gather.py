@@ -31,7 +31,8 @@ from society.candidate import Candidate  # noqa: E402
 from society.config import SMOKE_CONFIG, SocietyConfig  # noqa: E402
 from society.policies import PolicyContext  # noqa: E402
 from training.agent import ATTR, EpsilonGreedyPolicy, with_exploration  # noqa: E402
-from training.gather import GatherConfig, gather, select_tasks  # noqa: E402
+from training.gather import GatherRun, gather, select_tasks  # noqa: E402
+from training.gather_config import GatherConfig  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 #: Three train tasks (one small database).
@@ -99,24 +100,29 @@ def test_with_exploration_rewrites_the_supervisor_only() -> None:
 
 
 def test_select_tasks(tmp_path: Path) -> None:
-    tasks = select_tasks(GatherConfig(run_dir=tmp_path, task_ids=["train-3", "train-1"]))
+    settings = GatherConfig()
+    tasks = select_tasks(settings, GatherRun(run_dir=tmp_path, task_ids=["train-3", "train-1", "train-3"]))
     assert [t["task_id"] for t in tasks] == ["train-3", "train-1"]
     assert set(tasks[0]) == {"task_id", "question", "db_id", "db_path", "gold_sql"}
     assert Path(tasks[0]["db_path"]).is_file()
-    assert len(select_tasks(GatherConfig(run_dir=tmp_path, limit=3))) == 3
     with pytest.raises(ValueError, match="train-99999"):
-        select_tasks(GatherConfig(run_dir=tmp_path, task_ids=["train-99999"]))
+        select_tasks(settings, GatherRun(run_dir=tmp_path, task_ids=["train-99999"]))
     with pytest.raises(ValueError, match="n_runners"):
-        GatherConfig(run_dir=tmp_path, n_runners=0)
+        gather(GatherConfig(n_runners=0), GatherRun(run_dir=tmp_path / "none", task_ids=["train-0"]))
+    assert not (tmp_path / "none").exists()  # refused before anything is written
+    with pytest.raises(ValueError, match=r"give a list of ids, e.g. \['train-0'\]"):
+        GatherRun(run_dir=tmp_path, task_ids="train-0")  # one string would be read as 7 ids of one character
 
 
 _GATHER_SCRIPT = textwrap.dedent(
     """
     import json, sys
     sys.path.insert(0, {repo!r})
-    from training.gather import GatherConfig, gather
-    s = gather(GatherConfig(run_dir={run_dir!r}, society_config={config!r}, task_ids={tasks!r}, n_runners=2,
-                            epsilon=0.3, endpoints={endpoints!r}, progress=False))
+    from training.gather import GatherRun, gather
+    from training.gather_config import GatherConfig
+    s = gather(GatherConfig(n_runners=2, epsilon=0.3, rollout_timeout_s=None),
+               GatherRun(run_dir={run_dir!r}, society_config={config!r}, task_ids={tasks!r}, endpoints={endpoints!r},
+                         progress=False))
     print("SUMMARY " + json.dumps(s.to_json()), flush=True)
     """
 )
@@ -152,7 +158,7 @@ def test_gather_killed_and_resumed(tmp_path: Path, smol_server) -> None:
     aliases = SocietyConfig.load(config).embedded_aliases()
     # every model alias of the config (the smoke profile binds each role to its own alias) -> the SmolLM2 server
     endpoints = {a: (smol_server.base_url, smol_server.model) for a in aliases}
-    first = select_tasks(GatherConfig(run_dir=tmp_path / "unused", task_ids=TASKS[:1]))[0]["question"]
+    first = select_tasks(GatherConfig(), GatherRun(run_dir=tmp_path / "unused", task_ids=TASKS[:1]))[0]["question"]
     # the first run's calls go through a proxy that answers TASKS[0] only and holds the others, so the
     # kill lands while the other rollouts are provably in flight, however fast the machine is
     with HoldingProxy(smol_server.base_url, lambda body: first in message_text(body)) as gate:
@@ -181,8 +187,9 @@ def test_gather_killed_and_resumed(tmp_path: Path, smol_server) -> None:
 
     # 2. resume in-process: nothing lost, finished tasks not redone, the rest completed
     hook_log = tmp_path / "hook.log"
-    summary = gather(GatherConfig(run_dir=run_dir, society_config=config, task_ids=TASKS, n_runners=2,
-                                  epsilon=0.3, endpoints=endpoints, progress=False, hooks=[_RecordingHook(hook_log)]))
+    summary = gather(GatherConfig(n_runners=2, epsilon=0.3, rollout_timeout_s=None),
+                     GatherRun(run_dir=run_dir, society_config=config, task_ids=TASKS, endpoints=endpoints,
+                               progress=False, hooks=[_RecordingHook(hook_log)]))
     final = _succeeded(store)
     for rid, (task, reward) in after_kill.items():
         assert final[rid] == (task, reward)  # same ids, same rewards
@@ -203,8 +210,9 @@ def test_gather_killed_and_resumed(tmp_path: Path, smol_server) -> None:
         _check_society_spans(arc)
 
     # 4. a third call has nothing left to do
-    again = gather(GatherConfig(run_dir=run_dir, society_config=config, task_ids=TASKS, endpoints=endpoints,
-                                progress=False))
+    again = gather(GatherConfig(n_runners=2, epsilon=0.0, rollout_timeout_s=None),
+                   GatherRun(run_dir=run_dir, society_config=config, task_ids=TASKS, endpoints=endpoints,
+                             progress=False))
     assert (again.skipped, again.run) == (len(TASKS), 0)
 
 
@@ -212,10 +220,12 @@ _INTERRUPTIBLE_SCRIPT = textwrap.dedent(
     """
     import json, sys
     sys.path.insert(0, {repo!r})
-    from training.gather import GatherConfig, gather
+    from training.gather import GatherRun, gather
+    from training.gather_config import GatherConfig
     try:
-        s = gather(GatherConfig(run_dir={run_dir!r}, society_config={config!r}, task_ids={tasks!r}, n_runners=2,
-                                endpoints={endpoints!r}, progress=False))
+        s = gather(GatherConfig(n_runners=2, epsilon=0.0, rollout_timeout_s=None),
+                   GatherRun(run_dir={run_dir!r}, society_config={config!r}, task_ids={tasks!r},
+                             endpoints={endpoints!r}, progress=False))
     except KeyboardInterrupt:
         print("INTERRUPTED", flush=True)
         sys.exit(130)
@@ -251,7 +261,7 @@ def test_gather_ctrl_c_stops_and_is_not_summarised(tmp_path: Path, smol_server) 
     store = run_dir / "store.sqlite"
     config = _quick_config(tmp_path)
     tasks = [f"train-{i}" for i in range(8)]
-    first = select_tasks(GatherConfig(run_dir=tmp_path / "unused", task_ids=tasks[:1]))[0]["question"]
+    first = select_tasks(GatherConfig(), GatherRun(run_dir=tmp_path / "unused", task_ids=tasks[:1]))[0]["question"]
     with HoldingProxy(smol_server.base_url, lambda body: first in message_text(body)) as gate:
         endpoints = {a: (gate.base_url, smol_server.model) for a in SocietyConfig.load(config).embedded_aliases()}
         script = _INTERRUPTIBLE_SCRIPT.format(repo=str(REPO), run_dir=str(run_dir), config=str(config), tasks=tasks,
@@ -333,13 +343,13 @@ def test_juniors_only_gather_and_rejection_sampling_draws(tmp_path: Path, smol_s
     config = _quick_config(tmp_path)
     endpoints = {a: (smol_server.base_url, smol_server.model) for a in SocietyConfig.load(config).embedded_aliases()}
     run_dir = tmp_path / "run"
-    common = dict(run_dir=run_dir, society_config=config, task_ids=TASKS[:2], n_runners=1, endpoints=endpoints,
-                  progress=False)
-    first = gather(GatherConfig(**common, agent="juniors", task_suffix="/juniors"))
-    draw = gather(GatherConfig(**common, agent="juniors", task_suffix="/juniors#1",
+    settings = GatherConfig(n_runners=1, epsilon=0.0, rollout_timeout_s=None)
+    common = dict(run_dir=run_dir, society_config=config, task_ids=TASKS[:2], endpoints=endpoints, progress=False)
+    first = gather(settings, GatherRun(**common, agent="juniors", task_suffix="/juniors"))
+    draw = gather(settings, GatherRun(**common, agent="juniors", task_suffix="/juniors#1",
                                junior_sampling={"temperature": 0.8, "seed": 1000}))
     assert first.succeeded == draw.succeeded == 2
-    again = gather(GatherConfig(**common, agent="juniors", task_suffix="/juniors"))
+    again = gather(settings, GatherRun(**common, agent="juniors", task_suffix="/juniors"))
     assert again.run == 0 and again.skipped == 2  # resumable per suffix: nothing redone
     with RolloutArchive(run_dir / "store.sqlite") as arc:
         traces = list(HierarchicalTraceAdapter().traces(arc))
@@ -350,7 +360,7 @@ def test_juniors_only_gather_and_rejection_sampling_draws(tmp_path: Path, smol_s
         assert {c.role for c in t.llm_calls} == {"junior"}  # no senior, no reviewer
         assert not any(k.startswith("senior.") for k in t.outcomes)
     with pytest.raises(ValueError, match="agent"):
-        GatherConfig(run_dir=run_dir, agent="senior")
+        GatherRun(run_dir=run_dir, task_ids=TASKS[:1], agent="senior")
 
 
 _INTERRUPTED_ROLLOUT_SCRIPT = textwrap.dedent(
@@ -360,7 +370,8 @@ _INTERRUPTED_ROLLOUT_SCRIPT = textwrap.dedent(
     import agentlightning as agl
     from society.config import SMOKE_CONFIG, SocietyConfig
     from training.agent import InterruptedRolloutGuard, SocietyAgent, StoreTracer
-    from training.gather import GatherConfig, select_tasks
+    from training.gather import GatherRun, select_tasks
+    from training.gather_config import GatherConfig
     from evaluation.tracing.store import RolloutArchive, SqliteLightningStore
 
     class Interrupted(SocietyAgent):
@@ -373,7 +384,7 @@ _INTERRUPTED_ROLLOUT_SCRIPT = textwrap.dedent(
     hooks = [InterruptedRolloutGuard()] if {guard!r} else []
     runner.init(agent=Interrupted(SocietyConfig.load(SMOKE_CONFIG)), hooks=hooks)
     runner.init_worker(0, store)
-    task = select_tasks(GatherConfig(run_dir={unused!r}, task_ids=["train-0"]))[0]
+    task = select_tasks(GatherConfig(), GatherRun(run_dir={unused!r}, task_ids=["train-0"]))[0]
     unused = {{"unused": agl.LLM(endpoint="http://127.0.0.1:9/v1", model="none")}}  # the runner needs resources
     try:
         asyncio.run(runner.step(task, resources=unused))

@@ -93,7 +93,7 @@ LAYERS: list[tuple[str, list[str]]] = [
                   "training.sft", "training.grpo", "training.checkpoints", "training.export",
                   "training.adapter_serving", "training.threads", "training.hooks", "training.reuse",
                   "training.lora_training", "training.profile", "training.role_aliases", "training.run_dir",
-                  "training.run_serving", "training.senior_reward", "training.grpo_verl"]),
+                  "training.run_serving", "training.senior_reward", "training.grpo_verl", "training.gather_config"]),
     ("pipeline", ["training.pipeline", "training.plan", "training.gpu_check", "training.trained"]),
     ("cli", ["society.cli", "society.cli.*", "society.commands", "training.cli", "evaluation.cli",
              "evaluation.obs_cli", "evaluation.judge_cli", "society.run_binding", "training.trained_cli",

@@ -22,7 +22,8 @@ from evaluation.tracing.store import RolloutArchive  # noqa: E402
 from society.config import SMOKE_CONFIG, SocietyConfig  # noqa: E402
 from society.prompts import HINT_OPEN, PERSONA_PROMPTS, PROMPTS, hint_block, hint_remnants, strip_hint  # noqa: E402
 from training.adapter import HierarchicalTraceAdapter  # noqa: E402
-from training.gather import GatherConfig, gather  # noqa: E402
+from training.gather import GatherRun, gather  # noqa: E402
+from training.gather_config import GatherConfig  # noqa: E402
 
 pytestmark = pytest.mark.model
 
@@ -33,9 +34,9 @@ def test_rationalization_keeps_only_ex_correct_juniors_and_no_hint(tmp_path: Pat
     cfg = SocietyConfig.load(SMOKE_CONFIG)
     endpoints = {a: (smol_server.base_url, smol_server.model) for a in cfg.embedded_aliases()}
     run_dir = tmp_path / "run"
-    summary = gather(GatherConfig(run_dir=run_dir, society_config=SMOKE_CONFIG, task_ids=TASKS, n_runners=1,
-                                  endpoints=endpoints, progress=False, agent="juniors", task_suffix="/rationalized",
-                                  rationalize=True))
+    summary = gather(GatherConfig(n_runners=1, epsilon=0.0, rollout_timeout_s=None),
+                     GatherRun(run_dir=run_dir, society_config=SMOKE_CONFIG, task_ids=TASKS, endpoints=endpoints,
+                               progress=False, agent="juniors", task_suffix="/rationalized", gold_hint=True))
     assert summary.succeeded == len(TASKS)
     ad = HierarchicalTraceAdapter()
     with RolloutArchive(run_dir / "store.sqlite") as arc:

@@ -104,12 +104,13 @@ def _quick_config(tmp_path: Path) -> Path:
 GATHER = r"""
 import json, sys
 from society.config import SocietyConfig
-from training.gather import GatherConfig, gather
+from training.gather import GatherRun, gather
+from training.gather_config import GatherConfig
 cfg, run_dir, port, stub, tasks = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5].split(",")
 eps = {a: (stub, "stub") for a in SocietyConfig.load(cfg).models}
-s = gather(GatherConfig(run_dir=run_dir, society_config=cfg, task_ids=tasks, n_runners=0, remote_runners=2,
-                        port=port, store_host="127.0.0.1", max_attempts=2, unresponsive_s=6, rollout_timeout_s=150,
-                        endpoints=eps, progress=False))
+s = gather(GatherConfig(n_runners=0, remote_runners=2, epsilon=0.0, store_port=port, store_host="127.0.0.1",
+                        max_attempts=2, unresponsive_s=6, rollout_timeout_s=150),
+           GatherRun(run_dir=run_dir, society_config=cfg, task_ids=tasks, endpoints=eps, progress=False))
 print("SUMMARY", json.dumps(s.to_json()))
 """
 

@@ -167,12 +167,14 @@ def test_cli_list_show_export(run_dir: Path, tmp_path: Path) -> None:
 def test_fresh_rollout_renders(smol_server, tmp_path: Path) -> None:
     """Record one rollout now with the current society and LitAgent, and render it."""
     from society.config import SocietyConfig
-    from training.gather import GatherConfig, gather
+    from training.gather import GatherRun, gather
+    from training.gather_config import GatherConfig
 
     cfg_path = Path(__file__).resolve().parent.parent / "configs" / "smoke.yaml"
     endpoints = {a: (smol_server.base_url, smol_server.model) for a in SocietyConfig.load(cfg_path).embedded_aliases()}
-    gather(GatherConfig(run_dir=tmp_path, society_config=cfg_path, task_ids=["train-3"], n_runners=1,
-                        endpoints=endpoints, progress=False))
+    gather(GatherConfig(n_runners=1, epsilon=0.0, rollout_timeout_s=None),
+           GatherRun(run_dir=tmp_path, society_config=cfg_path, task_ids=["train-3"], endpoints=endpoints,
+                     progress=False))
     runs = _society_runs(tmp_path)
     (rid, run), = runs.items()
     trace = load_rollout_trace(tmp_path, rid)

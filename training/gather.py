@@ -11,8 +11,10 @@ lost, and rollouts left running by the dead process are marked ``cancelled``.
 
 Usage::
 
-    from training.gather import GatherConfig, gather
-    summary = gather(GatherConfig(run_dir="runs/train-1", society_config="configs/smoke.yaml", limit=20))
+    from training.gather import GatherRun, gather
+    from training.gather_config import GatherConfig
+    summary = gather(GatherConfig(n_runners=2), GatherRun(run_dir="runs/train-1", task_ids=["train-0", "train-1"],
+                                                          society_config="configs/smoke.yaml"))
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from training.agent import (
     task_from_example,
     with_exploration,
 )
+from training.gather_config import GatherConfig
 
 logger = logging.getLogger(__name__)
 
@@ -59,38 +62,25 @@ STORE_FILE = "store.sqlite"
 
 
 @dataclass
-class GatherConfig:
-    """Settings of phase 1 (TRL-style config dataclass).
+class GatherRun:
+    """What one :func:`gather` call runs, besides its settings (:class:`training.gather_config.GatherConfig`,
+    the profile's ``gather:`` section: split, runners, exploration rate, timeouts, store server); no
+    setting is in both.
 
     Attributes:
         run_dir: the run directory; the store is ``run_dir/store.sqlite`` (created or resumed).
+        task_ids: the Spider ids of the tasks to run, in order (e.g. ``["train-0", "train-5"]``; ids
+            repeated are run once); phase 1 draws them from the profile's ``limit`` / ``offset`` /
+            ``sample_seed`` (:meth:`training.pipeline.TrainingPipeline.gather_tasks`).
         society_config: the society YAML (or a loaded :class:`SocietyConfig`); default the
             package default (``configs/society.yaml``).
-        split: Spider split to gather on (``train``, ``dev``, ...).
         data_dir: Spider-format directory; default ``tools.spider.default_data_dir()``.
-        limit: use the first ``limit`` tasks of the split (after ``task_ids`` filtering); None = all.
-        task_ids: only these task ids (e.g. ``["train-0", "train-5"]``); None = all.
-        n_runners: parallel Agent Lightning runner processes (>= 1).
-        epsilon: supervisor exploration rate in [0, 1] (``training.agent.EpsilonGreedyPolicy``
-            around the configured policy), so the bandit of phase 4 gets logged propensities.
-        exploration_seed: seed of the exploration draws.
+        exploration_seed: seed of the supervisor's exploration draws (``GatherConfig.epsilon``).
         reward: reward weights (default ``RewardConfig()``, range [0, 1]).
         redo_failed: on resume, run again tasks whose rollouts all failed (endpoint down, crash).
-        max_attempts: attempts per rollout (Agent Lightning retries failed/timed-out attempts).
-        rollout_timeout_s: wall-clock limit of one attempt in seconds (None: no limit).
         endpoints: model alias -> ``Endpoint`` or ``(base_url, model[, api_key])``; aliases not given and
             marked ``embedded`` get a llama.cpp server started for the run (``society.serving.serve_config``).
-        port: port of Agent Lightning's store server; None picks a free port.
-        store_host: interface the store server (Agent Lightning's ``LightningStoreServer`` in front of
-            the SQLite store) binds to: ``localhost`` by default; ``0.0.0.0`` or the host's address
-            lets runners on other machines connect (``sqlsociety runner --store-url http://HOST:PORT``).
-        remote_runners: runners expected in other processes or on other hosts (``sqlsociety runner``);
-            they deepen the rollout queue (``n_runners + remote_runners + 1`` in flight). With
-            ``n_runners = 0`` this process runs no runner and waits for the remote ones.
-        unresponsive_s: an attempt whose runner sent no heartbeat for this many seconds (its process
-            or host died) becomes ``unresponsive`` and is retried when ``max_attempts > 1``; None:
-            only ``rollout_timeout_s`` ends such an attempt.
-        poll_interval_s: how often the algorithm checks for finished rollouts.
+        poll_interval_s: how often (seconds) the algorithm checks for finished rollouts.
         progress: show a Rich progress bar on stderr.
         hooks: Agent Lightning hooks for the trainer (e.g. ``training.hooks.MetricsHook`` for
             ``metrics.jsonl``); they run in the runner processes.
@@ -102,61 +92,46 @@ class GatherConfig:
         junior_sampling: ``{"temperature": t, "seed": s}``: the juniors sample with these instead of
             their configured sampling (rejection sampling draws); their rollouts are marked
             ``resample`` and SFT keeps only the juniors that got the answer right there.
-        rationalize: every junior is shown the task's gold SQL as a hint before its own prompt
-            (STaR rationalization, Zelikman et al. 2022, section 3.2); the rollouts are marked
-            ``rationalized`` and SFT keeps only the juniors whose own SQL then matched gold, with the
-            hint removed. Needs ``agent="juniors"``.
+        gold_hint: every junior is shown the task's gold SQL as a hint before its own prompt
+            (STaR rationalization, Zelikman et al. 2022, section 3.2; the round the profile's
+            ``gather.rationalize`` asks for); the rollouts are marked ``rationalized`` and SFT keeps
+            only the juniors whose own SQL then matched gold, with the hint removed. Needs
+            ``agent="juniors"``.
+
+    Raises:
+        ValueError: ``task_ids`` given as one string, an unknown ``agent``, ``gold_hint`` without
+            ``agent="juniors"``, or ``junior_sampling`` without ``temperature`` and ``seed``.
     """
 
     run_dir: str | os.PathLike[str]
+    task_ids: Sequence[str]
     society_config: str | os.PathLike[str] | SocietyConfig | None = None
-    split: str = "train"
     data_dir: str | os.PathLike[str] | None = None
-    limit: int | None = None
-    task_ids: Sequence[str] | None = None
-    n_runners: int = 2
-    epsilon: float = 0.0
     exploration_seed: int = 0
     reward: RewardConfig | None = None
     redo_failed: bool = True
-    max_attempts: int = 1
-    rollout_timeout_s: float | None = None
     endpoints: Mapping[str, Any] | None = None
-    port: int | None = None
-    store_host: str = "localhost"
-    remote_runners: int = 0
-    unresponsive_s: float | None = None
     poll_interval_s: float = 0.5
     progress: bool = True
     hooks: Sequence[agl.Hook] = ()
     agent: str = "society"
     task_suffix: str = ""
     junior_sampling: Mapping[str, Any] | None = None
-    rationalize: bool = False
+    gold_hint: bool = False
 
     def __post_init__(self) -> None:
+        if isinstance(self.task_ids, str):
+            raise ValueError(f"GatherRun.task_ids={self.task_ids!r}; give a list of ids, e.g. [{self.task_ids!r}]")
         if self.agent not in ("society", "juniors"):
-            raise ValueError(f"GatherConfig.agent={self.agent!r}; use 'society' or 'juniors'")
-        if self.rationalize and self.agent != "juniors":
-            raise ValueError("GatherConfig.rationalize needs agent='juniors': only the juniors are shown the gold SQL")
+            raise ValueError(f"GatherRun.agent={self.agent!r}; use 'society' or 'juniors'")
+        if self.gold_hint and self.agent != "juniors":
+            raise ValueError("GatherRun.gold_hint needs agent='juniors': only the juniors are shown the gold SQL")
         if self.junior_sampling is not None and not {"temperature", "seed"} <= set(self.junior_sampling):
-            raise ValueError(f"GatherConfig.junior_sampling={dict(self.junior_sampling)!r}; give temperature and seed")
-        if self.n_runners < 0 or self.remote_runners < 0:
-            raise ValueError(f"GatherConfig: n_runners={self.n_runners}, remote_runners={self.remote_runners}; "
-                             "neither can be negative")
-        if self.n_runners + self.remote_runners < 1:
-            raise ValueError("GatherConfig.n_runners=0 needs remote_runners >= 1 (sqlsociety runner processes)")
-        if self.unresponsive_s is not None and not self.unresponsive_s > 0:
-            raise ValueError(f"GatherConfig.unresponsive_s={self.unresponsive_s}; use None or seconds > 0")
-        if self.limit is not None and self.limit < 0:
-            raise ValueError(f"GatherConfig.limit={self.limit}; use None (all tasks) or a count >= 0")
-        if not 0.0 <= self.epsilon <= 1.0:
-            raise ValueError(f"GatherConfig.epsilon={self.epsilon}; the exploration rate must be in [0, 1]")
-        if self.max_attempts < 1:
-            raise ValueError(f"GatherConfig.max_attempts={self.max_attempts}; use at least 1")
+            raise ValueError(f"GatherRun.junior_sampling={dict(self.junior_sampling)!r}; give temperature and seed")
 
     @property
     def store_path(self) -> Path:
+        """``run_dir/store.sqlite``."""
         return Path(self.run_dir) / STORE_FILE
 
 
@@ -166,7 +141,7 @@ class GatherSummary:
 
     Attributes:
         store_path: the SQLite store.
-        tasks: tasks selected by the config.
+        tasks: tasks the run names (:func:`select_tasks`).
         skipped: tasks already done in the store (resume), not run again.
         recovered: rollouts left unfinished by a previous process and marked cancelled.
         run: tasks enqueued by this call.
@@ -293,33 +268,31 @@ def _infrastructure_stop(finished: list[agl.Rollout]) -> BaseException | None:
     return None
 
 
-def select_tasks(config: GatherConfig) -> list[dict[str, Any]]:
-    """The tasks the config selects, in split order (``training.agent.task_from_example`` dicts).
+def select_tasks(config: GatherConfig, run: GatherRun) -> list[dict[str, Any]]:
+    """The tasks ``run.task_ids`` names in ``config.split``, in the order given (repeats once), as
+    ``training.agent.task_from_example`` dicts marked with the run's suffix, agent, junior sampling
+    and gold hint.
 
     Raises:
         ValueError: ``task_ids`` names ids not in the split.
         tools.spider.DataError: the split cannot be read.
     """
-    examples = load_examples(config.data_dir, config.split)
-    if config.task_ids is not None:
-        wanted = list(dict.fromkeys(config.task_ids))
-        by_id = {e.id: e for e in examples}
-        missing = [t for t in wanted if t not in by_id]
-        if missing:
-            raise ValueError(
-                f"task ids {missing[:5]} are not in split {config.split!r} (ids look like '{config.split}-0')"
-            )
-        examples = [by_id[t] for t in wanted]
-    if config.limit is not None:
-        examples = examples[: config.limit]
-    tasks = [task_from_example(e) for e in examples]
+    examples = load_examples(run.data_dir, config.split)
+    wanted = list(dict.fromkeys(run.task_ids))
+    by_id = {e.id: e for e in examples}
+    missing = [t for t in wanted if t not in by_id]
+    if missing:
+        raise ValueError(
+            f"task ids {missing[:5]} are not in split {config.split!r} (ids look like '{config.split}-0')"
+        )
+    tasks = [task_from_example(by_id[t]) for t in wanted]
     for t in tasks:
-        t["task_id"] += config.task_suffix
-        if config.agent != "society":
-            t["agent"] = config.agent
-        if config.junior_sampling is not None:
-            t["junior_sampling"] = dict(config.junior_sampling)
-        if config.rationalize:
+        t["task_id"] += run.task_suffix
+        if run.agent != "society":
+            t["agent"] = run.agent
+        if run.junior_sampling is not None:
+            t["junior_sampling"] = dict(run.junior_sampling)
+        if run.gold_hint:
             t["rationalize"] = True
     return tasks
 
@@ -393,10 +366,11 @@ def _runner_invitation(run_dir: Path, cfg: SocietyConfig, host: str, port: int) 
         url_file.unlink(missing_ok=True)
 
 
-def gather(config: GatherConfig) -> GatherSummary:
-    """Run phase 1: the society on every selected task not yet done, through ``agl.Trainer``.
+def gather(config: GatherConfig, run: GatherRun) -> GatherSummary:
+    """Run phase 1's rollouts: the society (or the juniors, ``run.agent``) on every task of ``run``
+    not yet done, through ``agl.Trainer``, with the settings of ``config``.
 
-    Resumable: call it again with the same ``run_dir`` after a crash or kill; finished rollouts
+    Resumable: call it again with the same ``run.run_dir`` after a crash or kill; finished rollouts
     are kept and their tasks skipped.
 
     Returns:
@@ -405,22 +379,25 @@ def gather(config: GatherConfig) -> GatherSummary:
     Raises:
         evaluation.tracing.store.StoreLockedError: another process is gathering into the same run dir.
         society.config.ConfigError: unusable society config.
-        ValueError: bad task selection or endpoints.
+        ValueError: no runner (``n_runners`` and ``remote_runners`` both 0), bad task ids or endpoints.
     """
+    problem = config.runners_problem()
+    if problem is not None:
+        raise ValueError(f"gather.n_runners={config.n_runners}: {problem}")
     t0 = time.perf_counter()
-    run_dir = Path(config.run_dir)
+    run_dir = Path(run.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    sc = config.society_config
+    sc = run.society_config
     cfg = sc if isinstance(sc, SocietyConfig) else SocietyConfig.load(sc)
-    cfg = with_exploration(cfg, config.epsilon, config.exploration_seed)
-    tasks = select_tasks(config)
+    cfg = with_exploration(cfg, config.epsilon, run.exploration_seed)
+    tasks = select_tasks(config, run)
 
-    store = SqliteLightningStore(config.store_path, recover="cancel")
+    store = SqliteLightningStore(run.store_path, recover="cancel")
     with ExitStack() as stack0:
         stack0.callback(store.close)
         archive = store.archive
         stack0.callback(archive.close)
-        statuses = ("succeeded",) if config.redo_failed else ("succeeded", "failed")
+        statuses = ("succeeded",) if run.redo_failed else ("succeeded", "failed")
         done = archive.done_task_ids(statuses)
         todo = [t for t in tasks if t["task_id"] not in done]
         skipped = len(tasks) - len(todo)
@@ -428,7 +405,7 @@ def gather(config: GatherConfig) -> GatherSummary:
         rewards: dict[str, float | None] = {}
 
         with ExitStack() as stack:
-            progress = stack.enter_context(_progress(config.progress))
+            progress = stack.enter_context(_progress(run.progress))
             bar = progress.add_task("gather", total=len(tasks), completed=skipped, info="") if progress else None
 
             def on_finished(r: agl.Rollout) -> None:
@@ -442,9 +419,9 @@ def gather(config: GatherConfig) -> GatherSummary:
                     progress.update(bar, advance=1, info=info)
 
             if todo:
-                endpoints = stack.enter_context(_model_endpoints(cfg, config.endpoints))
+                endpoints = stack.enter_context(_model_endpoints(cfg, run.endpoints))
                 resources = {alias: _llm_resource(e) for alias, e in endpoints.items()}
-                agent = SocietyAgent(cfg, reward=config.reward, data_dir=config.data_dir)
+                agent = SocietyAgent(cfg, reward=run.reward, data_dir=run.data_dir)
                 interrupted = threading.Event()  # set by Ctrl-C; the algorithm stops on it too
                 algorithm = GatherAlgorithm(
                     resources,
@@ -454,19 +431,19 @@ def gather(config: GatherConfig) -> GatherSummary:
                         unresponsive_seconds=config.unresponsive_s,
                         retry_condition=["failed", "timeout", "unresponsive"] if config.max_attempts > 1 else [],
                     ),
-                    poll_interval_s=config.poll_interval_s,
+                    poll_interval_s=run.poll_interval_s,
                     on_finished=on_finished,
                     should_stop=_infrastructure_stop,
                     interrupted=interrupted,
                 )
-                port = config.port or free_port()
+                port = config.store_port or free_port()
                 strategy = ClientServerExecutionStrategy(
                     role="both" if config.n_runners > 0 else "algorithm", n_runners=max(config.n_runners, 1),
                     server_host=config.store_host, server_port=port,
                 )
                 trainer = agl.Trainer(
                     n_runners=max(config.n_runners, 1), store=store, algorithm=algorithm, tracer=StoreTracer(),
-                    strategy=strategy, hooks=[InterruptedRolloutGuard(), *config.hooks],
+                    strategy=strategy, hooks=[InterruptedRolloutGuard(), *run.hooks],
                 )
                 stack.enter_context(_runner_invitation(run_dir, cfg, config.store_host, port))
                 with ctrl_c_noted(interrupted):
@@ -478,7 +455,7 @@ def gather(config: GatherConfig) -> GatherSummary:
 
         ok = [v for v in rewards.values() if v is not None]
         summary = GatherSummary(
-            store_path=str(config.store_path),
+            store_path=str(run.store_path),
             tasks=len(tasks),
             skipped=skipped,
             recovered=len(store.recovered),

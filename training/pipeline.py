@@ -550,7 +550,7 @@ class TrainingPipeline:
     def phase1_gather(self) -> dict[str, Any]:
         """Phase 1: the baseline society over ``gather.limit`` train tasks into the persistent store."""
         from evaluation.tracing.store import task_id_of  # noqa: F401  (documents where task ids come from)
-        from training.gather import GatherConfig, gather
+        from training.gather import GatherRun, gather
 
         g = self.cfg.gather
         tasks, jtasks = self.gather_tasks()
@@ -573,14 +573,9 @@ class TrainingPipeline:
             hook = stack.enter_context(MetricsHook(self.dir.metrics, phase="1-gather", run_id=self.dir.root.name))
 
             def run(task_ids: list[str], **kw: Any) -> Any:
-                return gather(GatherConfig(
-                    run_dir=self.dir.root, society_config=society, split=g.split, data_dir=self.cfg.data_dir,
-                    task_ids=task_ids, n_runners=g.n_runners, epsilon=g.epsilon,
-                    reward=self._reward_config(), rollout_timeout_s=g.rollout_timeout_s,
-                    endpoints=eps, hooks=[hook], port=g.store_port, store_host=g.store_host,
-                    remote_runners=g.remote_runners, max_attempts=g.max_attempts, unresponsive_s=g.unresponsive_s,
-                    **kw,
-                ))
+                return gather(g, GatherRun(run_dir=self.dir.root, task_ids=task_ids, society_config=society,
+                                           data_dir=self.cfg.data_dir, reward=self._reward_config(), endpoints=eps,
+                                           hooks=[hook], **kw))
 
             summary = run([t.id for t in tasks])
             if g.junior_limit:
@@ -596,7 +591,7 @@ class TrainingPipeline:
                 unsolved = self._unsolved_tasks()
                 juniors["rationalized_tasks"] = len(unsolved)
                 hook.set_phase("1-gather-rationalized")  # hinted rollouts: their rewards are not the policy's
-                rz = run(unsolved, agent="juniors", task_suffix="/rationalized", rationalize=True)
+                rz = run(unsolved, agent="juniors", task_suffix="/rationalized", gold_hint=True)
                 juniors["rationalize"] = rz.to_json()
         with self._archive() as archive:
             stored = len(archive.rollouts(status="succeeded"))

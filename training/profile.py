@@ -1,13 +1,14 @@
 """A training profile (``configs/train/<profile>.yaml``) as one pydantic model, :class:`TrainConfig`.
 
-Every section is the model it feeds: ``gather`` / ``eval`` / ``serving`` / ``adapter`` are sections
-of their own here, ``sft`` is :class:`training.sft.JuniorSFTConfig`, ``grpo``
-:class:`training.grpo.SeniorGRPOConfig` (both on :class:`training.lora_training.LoraTrainingConfig`,
-TRL's other options in ``trl_args``), ``bandit`` :class:`society.bandit.BanditConfig` and ``reward``
-:class:`evaluation.metrics.rewards.RewardConfig`. Each default is written once, in its model. A key no model
-takes is refused naming the section and the keys it knows; a wrongly typed value names its dotted
-key and the type it wants (``sft.max_steps: expected an integer, got 'two'``,
-:func:`tools.value_types.section_problems`), before the class sees it.
+Every section is the model it feeds: ``gather`` is :class:`training.gather_config.GatherConfig`,
+``eval`` / ``serving`` / ``adapter`` are sections of their own here, ``sft`` is
+:class:`training.sft.JuniorSFTConfig`, ``grpo`` :class:`training.grpo.SeniorGRPOConfig` (both on
+:class:`training.lora_training.LoraTrainingConfig`, TRL's other options in ``trl_args``), ``bandit``
+:class:`society.bandit.BanditConfig` and ``reward`` :class:`evaluation.metrics.rewards.RewardConfig`.
+Each default is written once, in its model. A key no model takes is refused naming the section and
+the keys it knows; a wrongly typed value names its dotted key and the type it wants
+(``sft.max_steps: expected an integer, got 'two'``, :func:`tools.value_types.section_problems`),
+before the class sees it.
 
 The ``model`` / ``output_dir`` of ``sft`` and ``grpo`` are set by the pipeline (``base_model``, the
 phase directory); a profile need not give them.
@@ -32,11 +33,12 @@ from pydantic import Field, PrivateAttr, ValidationError, field_validator, model
 from evaluation.metrics.rewards import RewardConfig
 from society.bandit import BanditConfig
 from tools.value_types import SettingProblems, problems_of, section_problems
+from training.gather_config import GatherConfig
 from training.grpo import SeniorGRPOConfig
 from training.lora_training import TypedSettings
 from training.sft import JuniorSFTConfig
 
-__all__ = ["PROFILE_DIR", "PROFILES", "AdapterSection", "EvalSection", "GatherSection", "ServingSection",
+__all__ = ["PROFILE_DIR", "PROFILES", "AdapterSection", "EvalSection", "ServingSection",
            "TrainConfig", "TrainConfigError", "RETIRED_ADAPTER_KEYS", "TYPED_SECTIONS"]
 
 logger = logging.getLogger(__name__)
@@ -71,48 +73,6 @@ RETIRED_ADAPTER_KEYS: dict[str, str] = {
     "sft_select": "a junior's conversation enters SFT only when its own final SQL matches gold (per-junior "
                   "credit); the society's reward only ranks and deduplicates, the modes that admitted on it are gone",
 }
-
-
-class GatherSection(TypedSettings):
-    """Phase 1: ``limit`` train tasks (first in file order after ``offset``; with ``sample_seed``, drawn at
-    random across all the split's databases instead, :func:`tools.sampling.disjoint_draws`), ``n_runners`` parallel
-    Agent Lightning runners, supervisor exploration rate ``epsilon`` in [0, 1].
-
-    Runners on other machines (``sqlsociety runner --store-url``, see :mod:`training.remote`):
-    ``store_host`` is the interface the store server binds to (``0.0.0.0`` for other hosts),
-    ``store_port`` its port (None: a free one, written to ``RUN_DIR/store_url``),
-    ``remote_runners`` how many to expect (they deepen the queue; ``n_runners: 0`` runs none here),
-    ``max_attempts`` / ``unresponsive_s`` retry an attempt whose runner stopped sending heartbeats.
-
-    More junior data per CPU-hour: ``junior_limit`` juniors-only rollouts (the junior round and the
-    supervisor's pick, a few short calls per task) on the next train tasks after the society's; then
-    ``junior_resamples`` = k more draws at ``junior_temperature`` on each of those tasks where a
-    junior was wrong, whose correct juniors only go to SFT (rejection sampling, STaR: Zelikman et
-    al. 2022). All land in the same store: one ``to_sft`` view, and more supervisor decisions for
-    the bandit.
-
-    ``rationalize``: then every train question gathered above on which no junior's own SQL matched
-    gold in any draw is asked once more, juniors only, with the gold SQL shown to the juniors as a
-    hint (STaR rationalization, Zelikman et al. 2022, section 3.2; tasks ``train-N/rationalized``,
-    metrics phase ``1-gather-rationalized``); SFT keeps a junior's answer only when its own SQL
-    matches gold, with the hint removed. Not used for the bandit."""
-
-    split: str = "train"
-    limit: int = Field(8, ge=1)
-    offset: int = Field(0, ge=0)
-    sample_seed: int | None = None
-    n_runners: int = Field(1, ge=0)
-    epsilon: float = Field(0.2, ge=0.0, le=1.0)
-    rollout_timeout_s: float | None = 900.0
-    store_host: str = "localhost"
-    store_port: int | None = Field(None, ge=1, le=65535)
-    remote_runners: int = Field(0, ge=0)
-    max_attempts: int = Field(1, ge=1)
-    unresponsive_s: float | None = Field(None, gt=0)
-    junior_limit: int = Field(0, ge=0)
-    junior_resamples: int = Field(0, ge=0)
-    junior_temperature: float = Field(0.8, ge=0.0, le=2.0)
-    rationalize: bool = False
 
 
 class EvalSection(TypedSettings):
@@ -221,7 +181,8 @@ class TrainConfig(TypedSettings):
             (must be the model the society's junior/senior aliases serve); with
             ``serving.engine: vllm`` also a Hugging Face model directory.
         data_dir: Spider-format directory (None: the bundled copy).
-        gather / eval: see :class:`GatherSection` / :class:`EvalSection`.
+        gather: :class:`training.gather_config.GatherConfig` (phase 1; its gather calls take it as it is).
+        eval: :class:`EvalSection`.
         sft / grpo / bandit: :class:`training.sft.JuniorSFTConfig`,
             :class:`training.grpo.SeniorGRPOConfig`, :class:`society.bandit.BanditConfig`
             (``model`` and ``output_dir`` are set by the pipeline).
@@ -251,7 +212,7 @@ class TrainConfig(TypedSettings):
     society_config: str = "configs/smoke.yaml"
     base_model: str = "smollm2-135m"
     data_dir: str | None = None
-    gather: GatherSection = Field(default_factory=GatherSection)
+    gather: GatherConfig = Field(default_factory=GatherConfig)
     eval: EvalSection = Field(default_factory=EvalSection)
     sft: JuniorSFTConfig = Field(default_factory=JuniorSFTConfig)
     grpo: SeniorGRPOConfig = Field(default_factory=SeniorGRPOConfig)

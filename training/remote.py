@@ -2,13 +2,13 @@
 
 The trainer (phase 1, :func:`training.gather.gather`) keeps the SQLite store on its host and serves
 it with Agent Lightning 0.3's ``LightningStoreServer`` (``GatherConfig.store_host`` /
-``port``; ``remote_runners`` deepens the queue for them). A runner elsewhere connects with
-``LightningStoreClient``, dequeues rollouts, runs :class:`training.agent.SocietyAgent` on them and
-writes spans, rewards and the attempt's status back through the same server -- the trainer's store
-holds everything, exactly as with its own runners::
+``store_port``, the profile's ``gather:`` section; ``remote_runners`` deepens the queue for them).
+A runner elsewhere connects with ``LightningStoreClient``, dequeues rollouts, runs
+:class:`training.agent.SocietyAgent` on them and writes spans, rewards and the attempt's status back
+through the same server -- the trainer's store holds everything, exactly as with its own runners::
 
     # trainer host: the run directory gets `store_url` and `runner_society.yaml` while phase 1 runs
-    GatherConfig(run_dir=..., n_runners=0, remote_runners=4, store_host="0.0.0.0", port=4747,
+    GatherConfig(n_runners=0, remote_runners=4, store_host="0.0.0.0", store_port=4747,
                  max_attempts=2, unresponsive_s=60)
     # each other host (or process): two runners
     sqlsociety runner --store-url http://TRAINER:4747 --config runner_society.yaml --runners 2
