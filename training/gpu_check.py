@@ -312,6 +312,27 @@ def _versions(names: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
+@dataclass
+class _CheckRun:
+    """One :func:`run_checks` call: its arguments and what the steps that passed left for the later ones.
+
+    Attributes:
+        device: ``"cuda"`` or ``"cpu"``.
+        out: output directory.
+        sft_steps / grpo_steps: optimizer steps of each trainer (>= 1).
+        threads: CPU threads for torch in the trainers.
+        ctx: step name -> its detail (for each step that passed), and ``model_dir``, ``junior_adapter``,
+            ``senior_adapter`` (paths) once the step that makes them passed.
+    """
+
+    device: str
+    out: Path
+    sft_steps: int
+    grpo_steps: int
+    threads: int
+    ctx: dict[str, Any] = field(default_factory=dict)
+
+
 def run_checks(
     device: str,
     out: Path,
@@ -330,267 +351,323 @@ def run_checks(
         sft_steps / grpo_steps: optimizer steps of each trainer (>= 1).
         threads: CPU threads for torch in the trainers.
         full: also check the GPU stack imports.
+        log: called with one line as each step starts and ends.
+
+    Returns:
+        one :class:`StepResult` per step, in the order they ran.
     """
     out.mkdir(parents=True, exist_ok=True)
-    results: list[StepResult] = []
-    ctx: dict[str, Any] = {}
+    run = _CheckRun(device, out, sft_steps, grpo_steps, threads)
+    return [_run_step(run, name, needs, fn, log) for name, needs, fn in _steps(run, full)]
 
-    def step(name: str, needs: tuple[str, ...], fn: Callable[[], dict[str, Any]]) -> None:
-        missing = [n for n in needs if n not in ctx]
-        if missing:
-            results.append(StepResult(name, 0.0, False, f"skipped: needs {', '.join(missing)}"))
-            log(f"[gpu-check] {name}: skipped (needs {', '.join(missing)})")
-            return
-        log(f"[gpu-check] {name} ...")
-        t0 = time.perf_counter()
-        try:
-            detail = fn() or {}
-            r = StepResult(name, round(time.perf_counter() - t0, 3), True, "", detail)
-            ctx[name] = detail
-        except Exception as e:  # noqa: BLE001 - every failure becomes a table row
-            first = (str(e).strip().splitlines() or [""])[0]
-            r = StepResult(
-                name,
-                round(time.perf_counter() - t0, 3),
-                False,
-                f"{type(e).__name__}: {first}"[:300],
-                {"traceback": traceback.format_exc()[-4000:]},
-            )
-        results.append(r)
-        log(f"[gpu-check] {name}: {'pass' if r.ok else 'FAIL ' + r.error} ({r.seconds:.1f} s)")
 
-    def environment() -> dict[str, Any]:
-        import torch
-
-        for n in TRAINING_STACK[1:]:
-            __import__(n)
-        d: dict[str, Any] = {
-            "versions": _versions(TRAINING_STACK),
-            "python": sys.version.split()[0],
-            "cuda_available": torch.cuda.is_available(),
-        }
-        if device == "cuda":
-            if not torch.cuda.is_available():
-                raise CheckFailed(
-                    "--device cuda but torch.cuda.is_available() is False "
-                    f"(torch {torch.__version__}, CUDA build {torch.version.cuda})"
-                )
-            d.update(gpu=torch.cuda.get_device_name(0), cuda=torch.version.cuda, bf16=torch.cuda.is_bf16_supported())
-        elif torch.cuda.is_available():
-            raise CheckFailed("--device cpu but CUDA is visible; run through main() (it hides CUDA first)")
-        return d
-
-    def tiny_model() -> dict[str, Any]:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        d = build_tiny_model(out / "tiny-qwen2")
-        m = AutoModelForCausalLM.from_pretrained(str(d))
-        tok = AutoTokenizer.from_pretrained(str(d))
-        if m.config.model_type != "qwen2":
-            raise CheckFailed(f"model_type {m.config.model_type!r}, expected 'qwen2'")
-        ctx["model_dir"] = d
-        return {"dir": str(d), "parameters": sum(p.numel() for p in m.parameters()), "vocab": len(tok)}
-
-    def _cuda_reset() -> None:
-        import torch
-
-        if device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-
-    def _cuda_used(d: dict[str, Any], args: Any) -> None:
-        import torch
-
-        d.update(bf16=bool(args.bf16), use_cpu=bool(args.use_cpu))
-        if device == "cuda":
-            d["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-            if d["peak_cuda_mib"] <= 0 or args.use_cpu:
-                raise CheckFailed(f"trained without CUDA memory (use_cpu={args.use_cpu})")
-            if torch.cuda.is_bf16_supported() and not args.bf16:
-                raise CheckFailed("bf16 is supported by the GPU but the trainer's arguments have bf16=False")
-
-    def sft_config(backend: str, subdir: str) -> Any:
-        """The tiny junior SFT run of the check, on ``backend`` (``trl`` or ``unsloth``)."""
-        from training.sft import JuniorSFTConfig
-
-        return JuniorSFTConfig(model=str(ctx["model_dir"]), output_dir=str(out / subdir), max_steps=sft_steps,
-                               per_device_train_batch_size=2, max_length=128, learning_rate=1e-3, backend=backend,
-                               num_threads=threads, seed=0)
-
-    def sft() -> dict[str, Any]:
-        from training.sft import JuniorSFTTrainer
-
-        cfg = sft_config("trl", "junior-adapter")
-        trainer = JuniorSFTTrainer(cfg, sft_rows())
-        args = trainer._args()
-        _cuda_reset()
-        res = trainer.train()
-        d = {
-            "steps": res.steps,
-            "losses": [round(v, 4) for _, v in res.losses],
-            "mean_step_s": round(res.mean_step_seconds, 4),
-            "backend": res.backend,
-        }
-        _cuda_used(d, args)
-        if res.steps != sft_steps or not res.losses or not all(math.isfinite(v) for _, v in res.losses):
-            raise CheckFailed(
-                f"expected {sft_steps} steps with finite losses, got {res.steps} steps, losses {res.losses}"
-            )
-        ctx["junior_adapter"] = res.adapter_dir
-        return d
-
-    def reload(
-        key: str, prompts: list[list[dict[str, str]]], trained: Callable[[], bool]
-    ) -> Callable[[], dict[str, Any]]:
-        def run() -> dict[str, Any]:
-            d = greedy_twice(ctx["model_dir"], Path(ctx[key]), prompts, device=device)
-            if not d["equal"]:
-                raise CheckFailed("greedy output differs between two loads of the same adapter")
-            if trained() and not d["lora_b_abs_sum"] > 0:
-                raise CheckFailed("every lora_B weight is 0: the adapter was not trained")
-            return d
-
-        return run
-
-    def grpo() -> dict[str, Any]:
-        from training.grpo import SeniorGRPOConfig, SeniorGRPOTrainer
-
-        db = build_tiny_database(out / "singer.sqlite")
-        cfg = SeniorGRPOConfig(
-            model=str(ctx["model_dir"]),
-            output_dir=str(out / "senior-adapter"),
-            max_steps=grpo_steps,
-            num_generations=4,
-            prompts_per_step=1,
-            max_completion_length=16,
-            max_prompt_length=256,
-            learning_rate=1e-3,
-            num_threads=threads,
-            seed=0,
-            backend="trl",
-        )
-        trainer = SeniorGRPOTrainer(cfg, grpo_rows(db))
-        args = trainer._args()
-        _cuda_reset()
-        res = trainer.train()
-        d = {
-            "steps": res.steps,
-            "rewards": [round(r, 4) for r in res.rewards],
-            "reward_std": res.reward_std,
-            "mean_step_s": round(res.mean_step_seconds, 4),
-            "completions_scored": len(trainer.reward.records),
-        }
-        _cuda_used(d, args)
-        if res.steps != grpo_steps or not res.rewards or not all(math.isfinite(r) for r in res.rewards):
-            raise CheckFailed(
-                f"expected {grpo_steps} steps with finite rewards, got {res.steps} steps, rewards {res.rewards}"
-            )
-        if not trainer.reward.records:
-            raise CheckFailed("the execution reward scored no completion")
-        ctx["senior_adapter"] = res.adapter_dir
-        return d
-
-    def gpu_stack() -> dict[str, Any]:
-        bad = []
-        for n in GPU_STACK:
-            try:
-                __import__(n)
-            except Exception as e:  # noqa: BLE001 - reported as the step's error
-                bad.append(f"{n} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
-        if bad:
-            raise CheckFailed(
-                "does not import: " + "; ".join(bad) + " -- install with SQLSOCIETY_GPU=1 bash scripts/install.sh"
-            )
-        return {"versions": _versions(GPU_STACK)}
-
-    def unsloth_sft() -> dict[str, Any]:
-        from training.sft import JuniorSFTTrainer
-
-        cfg = sft_config("unsloth", "junior-adapter-unsloth")
-        res = JuniorSFTTrainer(cfg, sft_rows()).train()
-        if res.steps != sft_steps or res.backend != "unsloth":
-            raise CheckFailed(f"expected {sft_steps} unsloth steps, got {res.steps} with backend {res.backend}")
-        return {"steps": res.steps, "losses": [round(v, 4) for _, v in res.losses], "backend": res.backend}
-
-    def vllm_lora() -> dict[str, Any]:
-        import urllib.request
-
-        import torch
-        from transformers import AutoTokenizer
-
-        from society.vllm_serving import VLLMServer
-
-        tok = AutoTokenizer.from_pretrained(str(ctx["model_dir"]))
-        texts = [tok.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
-        peft = greedy_twice(ctx["model_dir"], Path(ctx["junior_adapter"]), prompts, device=device)
-        bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
-        srv = VLLMServer(
-            ctx["model_dir"],
-            served_model_name="tiny",
-            adapters={"junior_policy": ctx["junior_adapter"]},
-            max_lora_rank=16,
-            gpu_memory_utilization=0.2,
-            max_model_len=512,
-            dtype="bfloat16" if bf16 else "float32",
-            log_path=out / "vllm.log",
-        )
-
-        def complete(model: str, text: str) -> str:
-            body = json.dumps({"model": model, "prompt": text, "max_tokens": 12, "temperature": 0.0}).encode()
-            req = urllib.request.Request(
-                f"{srv.base_url}/completions", data=body, headers={"Content-Type": "application/json"}
-            )
-            with urllib.request.urlopen(req, timeout=120) as r:
-                return json.loads(r.read())["choices"][0]["text"]
-
-        with srv:
-            served = [complete("junior_policy", t) for t in texts]
-            detail: dict[str, Any] = {
-                "startup_s": round(srv.startup_s or 0.0, 1),
-                "models": srv.served_models(),
-                "vllm": served,
-                "peft": peft["texts"],
-                "equal_to_peft": served == peft["texts"],
-            }
-            if "senior_adapter" in ctx:
-                srv.load_adapter("senior_policy", ctx["senior_adapter"])
-                detail["hot_loaded"] = complete("senior_policy", texts[0])
-        if "junior_policy" not in detail["models"]:
-            raise CheckFailed(f"vLLM does not list the adapter: {detail['models']}")
-        return detail
-
-    def gpu_profile() -> dict[str, Any]:
-        from training.plan import plan_profile
-        from training.profile import TrainConfig
-
-        plan = plan_profile(TrainConfig.load("gpu"), source="gpu")
-        problems = [f"{f.where}: {f.message}" for f in plan.errors + plan.missing]
-        if problems:
-            raise CheckFailed("; ".join(problems))
-        return {"budgets": plan.budgets}
-
+def _steps(run: _CheckRun, full: bool) -> list[tuple[str, tuple[str, ...], Callable[[], dict[str, Any]]]]:
+    """``(name, the steps it needs, what it runs)`` of every step, in order (``full``: the GPU stack's too)."""
     prompts = [[{"role": "system", "content": SYSTEM}, {"role": "user", "content": _user(q)}] for q, _ in QA[:2]]
-    step("environment", (), environment)
-    step("tiny_model", ("environment",), tiny_model)
-    step("sft", ("tiny_model",), sft)
-    step("sft_reload", ("sft",), reload("junior_adapter", prompts, lambda: True))
-    step("grpo", ("tiny_model",), grpo)
-    # GRPO moves the weights only on a step whose group rewards differ (zero advantage otherwise):
-    # lora_B must be non-zero only when some logged step had reward_std > 0.
-    step(
-        "grpo_reload",
-        ("grpo",),
-        reload(
-            "senior_adapter",
-            [r["prompt"] for r in grpo_rows(out / "singer.sqlite")[:2]],
-            lambda: any(s > 0 for s in ctx["grpo"]["reward_std"]),
-        ),
-    )
+    steps: list[tuple[str, tuple[str, ...], Callable[[], dict[str, Any]]]] = [
+        ("environment", (), lambda: _environment(run)),
+        ("tiny_model", ("environment",), lambda: _tiny_model(run)),
+        ("sft", ("tiny_model",), lambda: _sft(run)),
+        ("sft_reload", ("sft",), lambda: _reload(run, "junior_adapter", prompts, trained=True)),
+        ("grpo", ("tiny_model",), lambda: _grpo(run)),
+        # GRPO moves the weights only on a step whose group rewards differ (zero advantage otherwise):
+        # lora_B must be non-zero only when some logged step had reward_std > 0.
+        ("grpo_reload", ("grpo",), lambda: _reload(
+            run, "senior_adapter", [r["prompt"] for r in grpo_rows(run.out / "singer.sqlite")[:2]],
+            trained=any(s > 0 for s in run.ctx["grpo"]["reward_std"]))),
+    ]
     if full:
-        step("gpu_stack", (), gpu_stack)
-        step("unsloth_sft", ("tiny_model", "gpu_stack"), unsloth_sft)
-        step("vllm_lora", ("sft", "gpu_stack"), vllm_lora)
-        step("gpu_profile", ("gpu_stack",), gpu_profile)
-    return results
+        steps += [
+            ("gpu_stack", (), _gpu_stack),
+            ("unsloth_sft", ("tiny_model", "gpu_stack"), lambda: _unsloth_sft(run)),
+            ("vllm_lora", ("sft", "gpu_stack"), lambda: _vllm_lora(run, prompts)),
+            ("gpu_profile", ("gpu_stack",), _gpu_profile),
+        ]
+    return steps
+
+
+def _run_step(run: _CheckRun, name: str, needs: tuple[str, ...], fn: Callable[[], dict[str, Any]],
+              log: Callable[[str], None]) -> StepResult:
+    """Run one step, timed (seconds, rounded to ms): skipped when a step it needs did not pass; any
+    exception becomes a failed result with the first line of its message and the traceback's tail.
+    A step that passes records its detail in ``run.ctx[name]``."""
+    missing = [n for n in needs if n not in run.ctx]
+    if missing:
+        log(f"[gpu-check] {name}: skipped (needs {', '.join(missing)})")
+        return StepResult(name, 0.0, False, f"skipped: needs {', '.join(missing)}")
+    log(f"[gpu-check] {name} ...")
+    t0 = time.perf_counter()
+    try:
+        detail = fn() or {}
+        r = StepResult(name, round(time.perf_counter() - t0, 3), True, "", detail)
+        run.ctx[name] = detail
+    except Exception as e:  # noqa: BLE001 - every failure becomes a table row
+        first = (str(e).strip().splitlines() or [""])[0]
+        r = StepResult(
+            name,
+            round(time.perf_counter() - t0, 3),
+            False,
+            f"{type(e).__name__}: {first}"[:300],
+            {"traceback": traceback.format_exc()[-4000:]},
+        )
+    log(f"[gpu-check] {name}: {'pass' if r.ok else 'FAIL ' + r.error} ({r.seconds:.1f} s)")
+    return r
+
+
+# ============================================================================ steps
+
+
+def _environment(run: _CheckRun) -> dict[str, Any]:
+    """The training stack imports; the versions, Python, and on ``cuda`` the GPU's name, CUDA and bf16.
+
+    Raises:
+        CheckFailed: ``cuda`` without a CUDA device, or ``cpu`` with CUDA visible.
+    """
+    import torch
+
+    for n in TRAINING_STACK[1:]:
+        __import__(n)
+    d: dict[str, Any] = {
+        "versions": _versions(TRAINING_STACK),
+        "python": sys.version.split()[0],
+        "cuda_available": torch.cuda.is_available(),
+    }
+    if run.device == "cuda":
+        if not torch.cuda.is_available():
+            raise CheckFailed(
+                "--device cuda but torch.cuda.is_available() is False "
+                f"(torch {torch.__version__}, CUDA build {torch.version.cuda})"
+            )
+        d.update(gpu=torch.cuda.get_device_name(0), cuda=torch.version.cuda, bf16=torch.cuda.is_bf16_supported())
+    elif torch.cuda.is_available():
+        raise CheckFailed("--device cpu but CUDA is visible; run through main() (it hides CUDA first)")
+    return d
+
+
+def _tiny_model(run: _CheckRun) -> dict[str, Any]:
+    """:func:`build_tiny_model` under ``out/tiny-qwen2``, reloaded by transformers; its directory,
+    parameter count and vocabulary size. Raises :class:`CheckFailed` when it does not load as qwen2."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    d = build_tiny_model(run.out / "tiny-qwen2")
+    m = AutoModelForCausalLM.from_pretrained(str(d))
+    tok = AutoTokenizer.from_pretrained(str(d))
+    if m.config.model_type != "qwen2":
+        raise CheckFailed(f"model_type {m.config.model_type!r}, expected 'qwen2'")
+    run.ctx["model_dir"] = d
+    return {"dir": str(d), "parameters": sum(p.numel() for p in m.parameters()), "vocab": len(tok)}
+
+
+def _cuda_reset(device: str) -> None:
+    """Reset CUDA's peak-memory counter before a trainer runs (``cuda`` only)."""
+    import torch
+
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _cuda_used(device: str, d: dict[str, Any], args: Any) -> None:
+    """Add the trainer's ``bf16`` / ``use_cpu`` (TRL arguments ``args``) and, on ``cuda``, its peak CUDA
+    memory in MiB to ``d``.
+
+    Raises:
+        CheckFailed: on ``cuda``, the trainer allocated no CUDA memory or ran with ``use_cpu``, or
+            left ``bf16`` off on a GPU that supports it.
+    """
+    import torch
+
+    d.update(bf16=bool(args.bf16), use_cpu=bool(args.use_cpu))
+    if device == "cuda":
+        d["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        if d["peak_cuda_mib"] <= 0 or args.use_cpu:
+            raise CheckFailed(f"trained without CUDA memory (use_cpu={args.use_cpu})")
+        if torch.cuda.is_bf16_supported() and not args.bf16:
+            raise CheckFailed("bf16 is supported by the GPU but the trainer's arguments have bf16=False")
+
+
+def _sft_config(run: _CheckRun, backend: str, subdir: str) -> Any:
+    """The tiny junior SFT run of the check, on ``backend`` (``trl`` or ``unsloth``), into ``out/subdir``."""
+    from training.sft import JuniorSFTConfig
+
+    return JuniorSFTConfig(model=str(run.ctx["model_dir"]), output_dir=str(run.out / subdir),
+                           max_steps=run.sft_steps, per_device_train_batch_size=2, max_length=128,
+                           learning_rate=1e-3, backend=backend, num_threads=run.threads, seed=0)
+
+
+def _sft(run: _CheckRun) -> dict[str, Any]:
+    """:class:`training.sft.JuniorSFTTrainer` (TRL) for ``sft_steps`` steps; steps, losses, seconds per
+    step. Raises :class:`CheckFailed` for another step count or a non-finite loss."""
+    from training.sft import JuniorSFTTrainer
+
+    cfg = _sft_config(run, "trl", "junior-adapter")
+    trainer = JuniorSFTTrainer(cfg, sft_rows())
+    args = trainer._args()
+    _cuda_reset(run.device)
+    res = trainer.train()
+    d = {
+        "steps": res.steps,
+        "losses": [round(v, 4) for _, v in res.losses],
+        "mean_step_s": round(res.mean_step_seconds, 4),
+        "backend": res.backend,
+    }
+    _cuda_used(run.device, d, args)
+    if res.steps != run.sft_steps or not res.losses or not all(math.isfinite(v) for _, v in res.losses):
+        raise CheckFailed(
+            f"expected {run.sft_steps} steps with finite losses, got {res.steps} steps, losses {res.losses}"
+        )
+    run.ctx["junior_adapter"] = res.adapter_dir
+    return d
+
+
+def _reload(run: _CheckRun, key: str, prompts: list[list[dict[str, str]]], *, trained: bool) -> dict[str, Any]:
+    """:func:`greedy_twice` with the adapter ``run.ctx[key]`` on ``prompts``.
+
+    Raises:
+        CheckFailed: the two loads' greedy outputs differ, or ``trained`` and every ``lora_B`` weight is 0.
+    """
+    d = greedy_twice(run.ctx["model_dir"], Path(run.ctx[key]), prompts, device=run.device)
+    if not d["equal"]:
+        raise CheckFailed("greedy output differs between two loads of the same adapter")
+    if trained and not d["lora_b_abs_sum"] > 0:
+        raise CheckFailed("every lora_B weight is 0: the adapter was not trained")
+    return d
+
+
+def _grpo(run: _CheckRun) -> dict[str, Any]:
+    """:class:`training.grpo.SeniorGRPOTrainer` (TRL GRPO) for ``grpo_steps`` steps on the SQLite file
+    of :func:`build_tiny_database`; steps, rewards, reward std per step, completions scored.
+
+    Raises:
+        CheckFailed: another step count, a non-finite reward, or no completion scored.
+    """
+    from training.grpo import SeniorGRPOConfig, SeniorGRPOTrainer
+
+    db = build_tiny_database(run.out / "singer.sqlite")
+    cfg = SeniorGRPOConfig(
+        model=str(run.ctx["model_dir"]),
+        output_dir=str(run.out / "senior-adapter"),
+        max_steps=run.grpo_steps,
+        num_generations=4,
+        prompts_per_step=1,
+        max_completion_length=16,
+        max_prompt_length=256,
+        learning_rate=1e-3,
+        num_threads=run.threads,
+        seed=0,
+        backend="trl",
+    )
+    trainer = SeniorGRPOTrainer(cfg, grpo_rows(db))
+    args = trainer._args()
+    _cuda_reset(run.device)
+    res = trainer.train()
+    d = {
+        "steps": res.steps,
+        "rewards": [round(r, 4) for r in res.rewards],
+        "reward_std": res.reward_std,
+        "mean_step_s": round(res.mean_step_seconds, 4),
+        "completions_scored": len(trainer.reward.records),
+    }
+    _cuda_used(run.device, d, args)
+    if res.steps != run.grpo_steps or not res.rewards or not all(math.isfinite(r) for r in res.rewards):
+        raise CheckFailed(
+            f"expected {run.grpo_steps} steps with finite rewards, got {res.steps} steps, rewards {res.rewards}"
+        )
+    if not trainer.reward.records:
+        raise CheckFailed("the execution reward scored no completion")
+    run.ctx["senior_adapter"] = res.adapter_dir
+    return d
+
+
+def _gpu_stack() -> dict[str, Any]:
+    """The versions of :data:`GPU_STACK`. Raises :class:`CheckFailed` naming each that does not import."""
+    bad = []
+    for n in GPU_STACK:
+        try:
+            __import__(n)
+        except Exception as e:  # noqa: BLE001 - reported as the step's error
+            bad.append(f"{n} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+    if bad:
+        raise CheckFailed(
+            "does not import: " + "; ".join(bad) + " -- install with SQLSOCIETY_GPU=1 bash scripts/install.sh"
+        )
+    return {"versions": _versions(GPU_STACK)}
+
+
+def _unsloth_sft(run: _CheckRun) -> dict[str, Any]:
+    """The junior SFT on ``backend="unsloth"``. Raises :class:`CheckFailed` for another step count or backend."""
+    from training.sft import JuniorSFTTrainer
+
+    cfg = _sft_config(run, "unsloth", "junior-adapter-unsloth")
+    res = JuniorSFTTrainer(cfg, sft_rows()).train()
+    if res.steps != run.sft_steps or res.backend != "unsloth":
+        raise CheckFailed(f"expected {run.sft_steps} unsloth steps, got {res.steps} with backend {res.backend}")
+    return {"steps": res.steps, "losses": [round(v, 4) for _, v in res.losses], "backend": res.backend}
+
+
+def _vllm_lora(run: _CheckRun, prompts: list[list[dict[str, str]]]) -> dict[str, Any]:
+    """:class:`society.vllm_serving.VLLMServer` on the tiny model with the junior adapter by name (and
+    the senior's hot-loaded when it was trained): greedy completions of ``prompts`` beside
+    transformers + PEFT's. Raises :class:`CheckFailed` when vLLM does not list the adapter."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from society.vllm_serving import VLLMServer
+
+    ctx = run.ctx
+    tok = AutoTokenizer.from_pretrained(str(ctx["model_dir"]))
+    texts = [tok.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
+    peft = greedy_twice(ctx["model_dir"], Path(ctx["junior_adapter"]), prompts, device=run.device)
+    bf16 = run.device == "cuda" and torch.cuda.is_bf16_supported()
+    srv = VLLMServer(
+        ctx["model_dir"],
+        served_model_name="tiny",
+        adapters={"junior_policy": ctx["junior_adapter"]},
+        max_lora_rank=16,
+        gpu_memory_utilization=0.2,
+        max_model_len=512,
+        dtype="bfloat16" if bf16 else "float32",
+        log_path=run.out / "vllm.log",
+    )
+    with srv:
+        served = [_complete(srv.base_url, "junior_policy", t) for t in texts]
+        detail: dict[str, Any] = {
+            "startup_s": round(srv.startup_s or 0.0, 1),
+            "models": srv.served_models(),
+            "vllm": served,
+            "peft": peft["texts"],
+            "equal_to_peft": served == peft["texts"],
+        }
+        if "senior_adapter" in ctx:
+            srv.load_adapter("senior_policy", ctx["senior_adapter"])
+            detail["hot_loaded"] = _complete(srv.base_url, "senior_policy", texts[0])
+    if "junior_policy" not in detail["models"]:
+        raise CheckFailed(f"vLLM does not list the adapter: {detail['models']}")
+    return detail
+
+
+def _complete(base_url: str, model: str, text: str) -> str:
+    """A greedy completion (12 tokens at most) of ``text`` by ``model`` at the OpenAI server ``base_url``."""
+    import urllib.request
+
+    body = json.dumps({"model": model, "prompt": text, "max_tokens": 12, "temperature": 0.0}).encode()
+    req = urllib.request.Request(
+        f"{base_url}/completions", data=body, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=120) as r:
+        return json.loads(r.read())["choices"][0]["text"]
+
+
+def _gpu_profile() -> dict[str, Any]:
+    """``sqlsociety train --profile gpu --dry-run``'s checks; its budgets. Raises :class:`CheckFailed`
+    listing each error and missing piece."""
+    from training.plan import plan_profile
+    from training.profile import TrainConfig
+
+    plan = plan_profile(TrainConfig.load("gpu"), source="gpu")
+    problems = [f"{f.where}: {f.message}" for f in plan.errors + plan.missing]
+    if problems:
+        raise CheckFailed("; ".join(problems))
+    return {"budgets": plan.budgets}
 
 
 #: Packages the GPU machine is known to have (their dependencies too): the wheel list leaves them out.

@@ -46,6 +46,7 @@ from society.config import ConfigError, SocietyConfig
 from society.llama_server import ServerNotInstalledError, find_llama_server
 from society.models import EMBEDDED_MODELS
 from tools.spider import DataError, load_examples
+from training.gather_config import GatherConfig
 from training.grpo_verl import load_verl_config
 from training.profile import TrainConfig
 from training.role_aliases import (
@@ -324,25 +325,92 @@ def _split_count(cfg: TrainConfig, split: str, where: str, findings: list[Findin
         return None
 
 
+@dataclass
+class _Checked:
+    """What the checks of :func:`plan_profile` found that the plan's sections are built from.
+
+    Attributes:
+        phases: the phases the run would run (subset of 1-4).
+        sft / grpo: the profile's trainer sections, None when the section has problems (its
+            defaults would be a guess).
+        present: ``cuda`` / ``vllm`` / ``verl`` / ``unsloth`` -> available on this machine.
+        society: the society config, None when it does not load.
+        base_desc: where ``base_model`` comes from (one line).
+        hf_base: :func:`base_is_hf_directory`.
+        n_train / n_dev: usable questions of the gather / eval split (None: not counted or unreadable).
+        verl_may_run: phase 3 may run through VERL (``grpo.backend: verl``, or ``auto`` with VERL and CUDA).
+        verl_cfg: the VERL YAML (empty when not read).
+        llama: the llama-server binary, ``(not installed)``, or empty with ``serving.engine: vllm``.
+    """
+
+    phases: set[int]
+    sft: Any
+    grpo: Any
+    present: dict[str, bool]
+    society: SocietyConfig | None
+    base_desc: str
+    hf_base: bool
+    n_train: int | None
+    n_dev: int | None
+    verl_may_run: bool
+    verl_cfg: dict[str, Any]
+    llama: str
+
+
 def plan_profile(cfg: TrainConfig, *, source: str = "", phases: set[int] | None = None) -> TrainPlan:
     """Validate ``cfg`` and build its :class:`TrainPlan` (see the module docstring). Never raises for
-    a problem of the profile: each becomes a :class:`Finding`."""
-    phases = set(phases or PHASES)
+    a problem of the profile: each becomes a :class:`Finding` (in the order the checks run: sections,
+    GPU stack, models, files, roles, noise control, budgets)."""
     plan = TrainPlan(profile=cfg.name, source=source or "(in memory)", resolved=cfg.resolved())
-    F = plan.findings
-    vllm = cfg.serving.engine == "vllm"
+    c = _check_profile(cfg, set(phases or PHASES), plan)
+    served_embedded = _plan_roles(cfg, c, plan)
+    _plan_servers(cfg, c, served_embedded, plan)
+    _note_noise_control(cfg, c.society, plan.findings)
+    society_after = _plan_phases(cfg, c, plan)
+    _plan_budgets(cfg, c, society_after, plan)
+    _plan_expected_time(cfg, c, plan)
+    return plan
 
-    # -- typed sections -------------------------------------------------------------------------------
+
+# ============================================================================ plan steps
+
+
+def _check_profile(cfg: TrainConfig, phases: set[int], plan: TrainPlan) -> _Checked:
+    """The checks before the plan: typed sections, GPU stack (into ``plan.gpu_stack``), models, files;
+    each problem appended to ``plan.findings``."""
+    F = plan.findings
+    sft, grpo = _check_sections(cfg, F)
+    present = _check_gpu_stack(cfg, plan)
+    base_desc = _resolve_base_model(cfg, F)
+    society = _load_society(cfg, F)
+    n_train = _split_count(cfg, cfg.gather.split, "gather.split", F) if 1 in phases or 3 in phases else None
+    n_dev = _split_count(cfg, cfg.eval.split, "eval.split", F)
+    grpo_backend = cfg.grpo.backend
+    verl_may_run = grpo_backend == "verl" or (grpo_backend == "auto" and present["verl"] and present["cuda"])
+    verl_cfg = _load_verl(cfg, grpo, F)
+    llama = "" if cfg.serving.engine == "vllm" else _llama_binary(F)
+    return _Checked(phases=phases, sft=sft, grpo=grpo, present=present, society=society, base_desc=base_desc,
+                    hf_base=base_is_hf_directory(cfg), n_train=n_train, n_dev=n_dev, verl_may_run=verl_may_run,
+                    verl_cfg=verl_cfg, llama=llama)
+
+
+def _check_sections(cfg: TrainConfig, F: list[Finding]) -> tuple[Any, Any]:
+    """Errors for the sections :meth:`TrainConfig.load` could not build and for a gather with no
+    runner; returns ``(sft, grpo)``, each None when its section is broken."""
     F += [Finding("error", where, msg) for where, msg in cfg.section_problems]
     broken = {where.split(".")[0] for where, _ in cfg.section_problems}
     sft = None if "sft" in broken else cfg.sft
     grpo = None if "grpo" in broken else cfg.grpo
-    if cfg.gather.n_runners + cfg.gather.remote_runners < 1:
-        F.append(
-            Finding("error", "gather.n_runners", "0 runners here needs gather.remote_runners >= 1 (sqlsociety runner)")
-        )
+    runners = cfg.gather.runners_problem()
+    if runners is not None:
+        F.append(Finding("error", "gather.n_runners", runners))
+    return sft, grpo
 
-    # -- GPU stack --------------------------------------------------------------------------------------
+
+def _check_gpu_stack(cfg: TrainConfig, plan: TrainPlan) -> dict[str, bool]:
+    """Fill ``plan.gpu_stack`` (:func:`gpu_stack_needs` against what this machine has) and add a
+    ``missing`` finding for each required component absent; returns component -> present."""
+    F = plan.findings
     needs = gpu_stack_needs(cfg)
     present = {"cuda": _cuda(), "vllm": _has("vllm"), "verl": _has("verl"), "unsloth": _has("unsloth")}
     for comp, need in needs.items():
@@ -365,116 +433,118 @@ def plan_profile(cfg: TrainConfig, *, source: str = "", phases: set[int] | None 
             F.append(Finding("missing", comp, what))
     if needs["verl"] == "required" and not _has("agentlightning"):
         F.append(Finding("missing", "agentlightning", "agentlightning is not installed (VERL runs through agl.VERL)"))
+    return present
 
-    # -- models -----------------------------------------------------------------------------------------
-    base_desc = _resolve_base_model(cfg, F)
-    society = None
+
+def _load_society(cfg: TrainConfig, F: list[Finding]) -> SocietyConfig | None:
+    """The profile's society config, or None with an error finding when it does not load."""
     try:
-        society = SocietyConfig.load(cfg.society_path())
+        return SocietyConfig.load(cfg.society_path())
     except ConfigError as e:
         F.append(Finding("error", "society_config", str(e)))
+        return None
 
-    # -- files --------------------------------------------------------------------------------------------
-    n_train = _split_count(cfg, cfg.gather.split, "gather.split", F) if 1 in phases or 3 in phases else None
-    n_dev = _split_count(cfg, cfg.eval.split, "eval.split", F)
+
+def _load_verl(cfg: TrainConfig, grpo: Any, F: list[Finding]) -> dict[str, Any]:
+    """The VERL YAML when VERL may run (``grpo.backend`` ``verl`` or ``auto``), else ``{}``; a file that
+    cannot be read is an error for ``verl``, a note for ``auto``."""
     grpo_backend = cfg.grpo.backend
-    verl_may_run = grpo_backend == "verl" or (grpo_backend == "auto" and present["verl"] and present["cuda"])
-    verl_cfg: dict[str, Any] = {}
     if grpo is not None and (grpo_backend in ("verl", "auto")):
         try:
-            verl_cfg = load_verl_config(grpo.verl_config)
+            return load_verl_config(grpo.verl_config)
         except (FileNotFoundError, ValueError) as e:
             F.append(Finding("error" if grpo_backend == "verl" else "note", "grpo.verl_config", str(e)))
-    if not vllm:
-        try:
-            llama = str(find_llama_server())
-        except ServerNotInstalledError as e:
-            F.append(Finding("error", "serving", str(e)))
-            llama = "(not installed)"
+    return {}
 
-    # -- roles -> models / adapters ----------------------------------------------------------------------
+
+def _llama_binary(F: list[Finding]) -> str:
+    """The llama-server binary llama.cpp serving would start, or ``(not installed)`` with an error."""
+    try:
+        return str(find_llama_server())
+    except ServerNotInstalledError as e:
+        F.append(Finding("error", "serving", str(e)))
+        return "(not installed)"
+
+
+def _plan_roles(cfg: TrainConfig, c: _Checked, plan: TrainPlan) -> dict[str, list[str]]:
+    """``plan.roles``: each enabled role of the society (its juniors and senior on their own aliases,
+    :func:`role_split_config`) with what serves it and the adapter it gets; returns embedded model ->
+    the aliases served from it. Nothing when the society config did not load."""
     served_embedded: dict[str, list[str]] = {}
-    hf_base = base_is_hf_directory(cfg)
-    if society is not None:
-        per_persona = cfg.junior_adapters == "per_persona"
-        split = role_split_config(society, per_persona=per_persona)
-        for r in split.roles:
-            if not r.enabled:
-                continue
-            kind = role_kind(r.type)
-            spec = split.models.get(r.model) if r.model else None
-            if spec is None:
-                served = (
-                    "no model (runs SQL only)" if kind != "supervisor" else f"policy {r.policy or 'majority_vote'}"
-                )
-            elif spec.base_url:
-                served = _check_endpoint(r.model, spec, F)
-            else:
-                if spec.embedded not in EMBEDDED_MODELS:
-                    F.append(
-                        Finding("error", f"society models.{r.model}", f"unknown embedded model {spec.embedded!r}")
-                    )
-                same = spec.embedded == cfg.base_model or hf_base
-                if vllm and same:
-                    served = f"vLLM server (base model {cfg.base_model}, for {spec.embedded})" if hf_base \
-                        else "vLLM server (base model)"
-                elif vllm:
-                    served = f"llama.cpp server ({spec.embedded}; not the base_model, so not on vLLM)"
-                else:
-                    served = f"llama.cpp server ({spec.embedded})"
-                served_embedded.setdefault(spec.embedded, []).append(r.model)
-            adapter = ""
-            if kind == "junior" and 2 in phases:
-                adapter = (f"after phase 2: LoRA {r.model} (its persona's own adapter, RUN_DIR/phases/2-sft/adapters/"
-                           f"{r.model}; sft.max_steps for each)" if per_persona
-                           else f"after phase 2: LoRA {JUNIOR_ALIAS} (RUN_DIR/phases/2-sft/adapter)") + (
-                    ", loaded by name into vLLM" if vllm else ", exported to GGUF for llama.cpp"
-                )
-            elif kind == "senior" and 3 in phases:
-                if verl_may_run:
-                    adapter = (
-                        f"phase 3: VERL trains all its weights live (its own vLLM rollout workers serve the "
-                        f"policy as main_llm, bound to {SENIOR_ALIAS}); after: the newest step's Hugging Face "
-                        f"weights, served as {SENIOR_ALIAS} by a second vLLM server"
-                    )
-                else:
-                    adapter = f"after phase 3: LoRA {SENIOR_ALIAS} (RUN_DIR/phases/3-grpo/adapter)"
-                    adapter += ", loaded by name into vLLM" if vllm else ", exported to GGUF for llama.cpp"
-            elif kind == "supervisor" and 4 in phases:
-                adapter = "after phase 4: bandit policy RUN_DIR/phases/4-bandit/policy.joblib"
-            if spec is not None and spec.base_url and kind in ("junior", "senior"):
-                adapter = "external endpoint: trained adapters are not routed to it"
-            plan.roles.append(
-                {"role": r.name, "kind": kind, "alias": r.model or "", "served_by": served, "adapter": adapter}
-            )
-
-    # -- servers ------------------------------------------------------------------------------------------
-    if vllm:
-        s = cfg.serving
-        plan.servers.append(
-            {
-                "server": "vLLM OpenAI server (society.vllm_serving.VLLMServer)",
-                "detail": (
-                    f"base {base_desc}; loopback, free port, health check, stopped with the run; --enable-lora "
-                    f"--max-lora-rank {s.max_lora_rank} --max-loras {s.max_loras}, adapters by name {JUNIOR_ALIAS}"
-                    f"{'' if verl_may_run else ' / ' + SENIOR_ALIAS} (hot-loaded after their phase); "
-                    f"--gpu-memory-utilization {s.gpu_memory_utilization}, --max-model-len {s.max_model_len}, "
-                    f"--dtype {s.dtype}, --tensor-parallel-size {s.tensor_parallel_size}"
-                ),
-            }
+    if c.society is None:
+        return served_embedded
+    split = role_split_config(c.society, per_persona=cfg.junior_adapters == "per_persona")
+    for r in split.roles:
+        if not r.enabled:
+            continue
+        kind = role_kind(r.type)
+        spec = split.models.get(r.model) if r.model else None
+        served = _served_by(cfg, c, r, kind, spec, plan.findings)
+        if spec is not None and not spec.base_url:
+            served_embedded.setdefault(spec.embedded, []).append(r.model)
+        adapter = _role_adapter(cfg, c, r, kind)
+        if spec is not None and spec.base_url and kind in ("junior", "senior"):
+            adapter = "external endpoint: trained adapters are not routed to it"
+        plan.roles.append(
+            {"role": r.name, "kind": kind, "alias": r.model or "", "served_by": served, "adapter": adapter}
         )
-        if verl_may_run and 3 in phases:
-            plan.servers.append(
-                {
-                    "server": "vLLM OpenAI server for the trained senior (after phase 3)",
-                    "detail": f"VERL's newest Hugging Face weights (RUN_DIR/phases/3-grpo/verl_checkpoints/"
-                    f"global_step_N/actor/huggingface) as {SENIOR_ALIAS}; --gpu-memory-utilization "
-                    f"{s.gpu_memory_utilization}, log RUN_DIR/vllm-senior.log",
-                }
+    return served_embedded
+
+
+def _served_by(cfg: TrainConfig, c: _Checked, r: Any, kind: str, spec: Any, F: list[Finding]) -> str:
+    """What serves role ``r`` (model spec ``spec``, None for a role without a model): its endpoint
+    (checked, :func:`_check_endpoint`), a llama.cpp or vLLM server, or its policy / SQL only."""
+    vllm = cfg.serving.engine == "vllm"
+    if spec is None:
+        return "no model (runs SQL only)" if kind != "supervisor" else f"policy {r.policy or 'majority_vote'}"
+    if spec.base_url:
+        return _check_endpoint(r.model, spec, F)
+    if spec.embedded not in EMBEDDED_MODELS:
+        F.append(
+            Finding("error", f"society models.{r.model}", f"unknown embedded model {spec.embedded!r}")
+        )
+    same = spec.embedded == cfg.base_model or c.hf_base
+    if vllm and same:
+        return f"vLLM server (base model {cfg.base_model}, for {spec.embedded})" if c.hf_base \
+            else "vLLM server (base model)"
+    if vllm:
+        return f"llama.cpp server ({spec.embedded}; not the base_model, so not on vLLM)"
+    return f"llama.cpp server ({spec.embedded})"
+
+
+def _role_adapter(cfg: TrainConfig, c: _Checked, r: Any, kind: str) -> str:
+    """What a role gets from the phases that run: the juniors' LoRA after phase 2 (shared or their
+    persona's own), the senior's LoRA or VERL weights after phase 3, the supervisor's bandit after
+    phase 4; empty otherwise."""
+    vllm = cfg.serving.engine == "vllm"
+    if kind == "junior" and 2 in c.phases:
+        return (f"after phase 2: LoRA {r.model} (its persona's own adapter, RUN_DIR/phases/2-sft/adapters/"
+                f"{r.model}; sft.max_steps for each)" if cfg.junior_adapters == "per_persona"
+                else f"after phase 2: LoRA {JUNIOR_ALIAS} (RUN_DIR/phases/2-sft/adapter)") + (
+            ", loaded by name into vLLM" if vllm else ", exported to GGUF for llama.cpp"
+        )
+    if kind == "senior" and 3 in c.phases:
+        if c.verl_may_run:
+            return (
+                f"phase 3: VERL trains all its weights live (its own vLLM rollout workers serve the "
+                f"policy as main_llm, bound to {SENIOR_ALIAS}); after: the newest step's Hugging Face "
+                f"weights, served as {SENIOR_ALIAS} by a second vLLM server"
             )
-        others = [] if hf_base else sorted(m for m in served_embedded if m != cfg.base_model)
+        adapter = f"after phase 3: LoRA {SENIOR_ALIAS} (RUN_DIR/phases/3-grpo/adapter)"
+        return adapter + (", loaded by name into vLLM" if vllm else ", exported to GGUF for llama.cpp")
+    if kind == "supervisor" and 4 in c.phases:
+        return "after phase 4: bandit policy RUN_DIR/phases/4-bandit/policy.joblib"
+    return ""
+
+
+def _plan_servers(cfg: TrainConfig, c: _Checked, served_embedded: dict[str, list[str]], plan: TrainPlan) -> None:
+    """``plan.servers``: the vLLM server(s) or the llama-server binary, a llama.cpp server per other
+    embedded model, the LLMProxy, and the rollout store with its runners."""
+    if cfg.serving.engine == "vllm":
+        plan.servers += _vllm_servers(cfg, c)
+        others = [] if c.hf_base else sorted(m for m in served_embedded if m != cfg.base_model)
     else:
-        plan.servers.append({"server": "llama.cpp llama-server", "detail": f"binary {llama}"})
+        plan.servers.append({"server": "llama.cpp llama-server", "detail": f"binary {c.llama}"})
         others = sorted(served_embedded)
     for m in others:
         plan.servers.append(
@@ -491,22 +561,56 @@ def plan_profile(cfg: TrainConfig, *, source: str = "", phases: set[int] | None 
                 "detail": "every model alias through one proxy (society.proxy.llm_proxy), spans recorded per call",
             }
         )
-    g = cfg.gather
+    plan.servers.append(_store_server(cfg.gather))
+
+
+def _vllm_servers(cfg: TrainConfig, c: _Checked) -> list[dict[str, str]]:
+    """``serving.engine: vllm``: the base model's server with the adapters by name, and the trained
+    senior's server after phase 3 when VERL may train it."""
+    s = cfg.serving
+    servers = [
+        {
+            "server": "vLLM OpenAI server (society.vllm_serving.VLLMServer)",
+            "detail": (
+                f"base {c.base_desc}; loopback, free port, health check, stopped with the run; --enable-lora "
+                f"--max-lora-rank {s.max_lora_rank} --max-loras {s.max_loras}, adapters by name {JUNIOR_ALIAS}"
+                f"{'' if c.verl_may_run else ' / ' + SENIOR_ALIAS} (hot-loaded after their phase); "
+                f"--gpu-memory-utilization {s.gpu_memory_utilization}, --max-model-len {s.max_model_len}, "
+                f"--dtype {s.dtype}, --tensor-parallel-size {s.tensor_parallel_size}"
+            ),
+        }
+    ]
+    if c.verl_may_run and 3 in c.phases:
+        servers.append(
+            {
+                "server": "vLLM OpenAI server for the trained senior (after phase 3)",
+                "detail": f"VERL's newest Hugging Face weights (RUN_DIR/phases/3-grpo/verl_checkpoints/"
+                f"global_step_N/actor/huggingface) as {SENIOR_ALIAS}; --gpu-memory-utilization "
+                f"{s.gpu_memory_utilization}, log RUN_DIR/vllm-senior.log",
+            }
+        )
+    return servers
+
+
+def _store_server(g: GatherConfig) -> dict[str, str]:
+    """The rollout store's server (host, port, runners here and remote) for the ``gather`` section ``g``."""
     remote = (
         f", {g.remote_runners} remote runner(s) expected (sqlsociety runner --store-url http://{g.store_host}:"
         f"{g.store_port or 'PORT'}; RUN_DIR/store_url while phase 1 runs)"
         if g.remote_runners
         else ""
     )
-    plan.servers.append(
-        {
-            "server": "rollout store",
-            "detail": f"RUN_DIR/store.sqlite behind Agent Lightning's LightningStoreServer on {g.store_host}"
-            f"{':' + str(g.store_port) if g.store_port else ''}, {g.n_runners} runner(s) on this host{remote}",
-        }
-    )
+    return {
+        "server": "rollout store",
+        "detail": f"RUN_DIR/store.sqlite behind Agent Lightning's LightningStoreServer on {g.store_host}"
+        f"{':' + str(g.store_port) if g.store_port else ''}, {g.n_runners} runner(s) on this host{remote}",
+    }
 
-    # -- the noise control ---------------------------------------------------------------------------------
+
+def _note_noise_control(cfg: TrainConfig, society: SocietyConfig | None, F: list[Finding]) -> None:
+    """A note when the noise control (``eval.noise_repeat``) is on though every junior samples at
+    temperature 0, or off though some junior samples at temperature > 0 (with the juniors-only
+    evaluation on)."""
     if society is not None and cfg.eval.junior_limit:
         hot = [r.name for r in society.roles
                if r.enabled and role_kind(r.type) == "junior" and r.sampling.temperature > 0]
@@ -517,16 +621,10 @@ def plan_profile(cfg: TrainConfig, *, source: str = "", phases: set[int] | None 
             F.append(Finding("note", "eval.noise_repeat", f"{', '.join(hot)} sample(s) at temperature > 0 but the "
                              "noise control is off: the juniors' SFT effects are reported without a noise floor"))
 
-    # -- phases -------------------------------------------------------------------------------------------
-    plan.phases.append(
-        {
-            "step": "eval baseline",
-            "what": f"{cfg.eval.limit} {cfg.eval.split} questions (seed "
-            f"{cfg.eval.seed}), concurrency {cfg.eval.concurrency}",
-        }
-    )
-    e = cfg.eval
-    role_evals = {
+
+def _role_evals(e: Any) -> dict[str, list[str]]:
+    """Stage (``baseline``, ``sft``, ``grpo``) -> the role-level evaluations run there (``eval`` section ``e``)."""
+    return {
         "baseline": ([f"juniors only on {e.junior_limit} questions"] if e.junior_limit else [])
         + ([f"noise control: juniors only again on the same {e.junior_limit} questions, each junior's sampling "
             f"seed + {NOISE_SEED_OFFSET} (eval/roles/{NOISE_STAGE}.jsonl)"] if e.noise_repeat else [])
@@ -538,14 +636,17 @@ def plan_profile(cfg: TrainConfig, *, source: str = "", phases: set[int] | None 
             "adapter"] if e.single else []),
         "grpo": [f"senior only on the same <= {e.senior_limit} inputs"] if e.senior_limit else [],
     }
-    if role_evals["baseline"]:
-        plan.phases.append({"step": "eval baseline roles", "what": "; ".join(role_evals["baseline"])})
+
+
+def _phase_what(cfg: TrainConfig, c: _Checked) -> dict[int, str]:
+    """Phase (1-4) -> what it does under this profile (one line each)."""
     sft_backend = (
         "unsloth"
-        if cfg.sft.backend == "unsloth" or (cfg.sft.backend == "auto" and present["unsloth"] and present["cuda"])
+        if cfg.sft.backend == "unsloth" or (cfg.sft.backend == "auto" and c.present["unsloth"] and c.present["cuda"])
         else "TRL"
     )
-    what = {
+    grpo = c.grpo
+    return {
         1: (f"society rollouts on {cfg.gather.limit} {cfg.gather.split} tasks drawn across its databases with seed "
             f"{cfg.gather.sample_seed}" if cfg.gather.sample_seed is not None else
             f"society rollouts on {cfg.gather.split} tasks {cfg.gather.offset}.."
@@ -560,10 +661,28 @@ def plan_profile(cfg: TrainConfig, *, source: str = "", phases: set[int] | None 
             "GRPO of the senior through Agent Lightning's VERL on its spans (agent_match "
             f"{grpo.agent_match if grpo else '?'})"
         )
-        if verl_may_run
+        if c.verl_may_run
         else "GRPO of the senior with TRL (in-process)",
         4: "contextual bandit for the supervisor on its logged decisions",
     }
+
+
+def _plan_phases(cfg: TrainConfig, c: _Checked, plan: TrainPlan) -> list[int]:
+    """``plan.phases``: the baseline evaluations, each phase with the evaluations after it, the report;
+    returns the phases after which the society is evaluated (``eval.society_stages``)."""
+    phases = c.phases
+    plan.phases.append(
+        {
+            "step": "eval baseline",
+            "what": f"{cfg.eval.limit} {cfg.eval.split} questions (seed "
+            f"{cfg.eval.seed}), concurrency {cfg.eval.concurrency}",
+        }
+    )
+    e = cfg.eval
+    role_evals = _role_evals(e)
+    if role_evals["baseline"]:
+        plan.phases.append({"step": "eval baseline roles", "what": "; ".join(role_evals["baseline"])})
+    what = _phase_what(cfg, c)
     society_after = [k for k in sorted(phases) if k in STAGE_AFTER_PHASE
                      and (e.society_stages == "every" or k == max(phases))]
     for k in sorted(phases):
@@ -576,13 +695,29 @@ def plan_profile(cfg: TrainConfig, *, source: str = "", phases: set[int] | None 
                 {"step": f"eval {STAGE_AFTER_PHASE[k]}", "what": f"the same {cfg.eval.limit} questions"}
             )
     plan.phases.append({"step": "report", "what": "RUN_DIR/report.html, report.md, train_summary.json"})
+    return society_after
 
-    # -- budgets ------------------------------------------------------------------------------------------
+
+def _plan_budgets(cfg: TrainConfig, c: _Checked, society_after: list[int], plan: TrainPlan) -> None:
+    """``plan.budgets``: gather, eval, sft, grpo (when their sections are usable), bandit."""
+    tasks = _gather_budget(cfg, c, plan)
+    plan.budgets["eval"] = _eval_budget(cfg, c, society_after)
+    if c.sft is not None:
+        plan.budgets["sft"] = _sft_budget(cfg, c)
+    if c.grpo is not None:
+        plan.budgets["grpo"] = _grpo_budget(c, tasks)
+    plan.budgets["bandit"] = "fitted in seconds on the logged supervisor decisions"
+
+
+def _gather_budget(cfg: TrainConfig, c: _Checked, plan: TrainPlan) -> int:
+    """``plan.budgets["gather"]`` (tasks, runners, the time bound at the rollout timeout) and a note
+    when the split has fewer questions than ``gather.limit``; returns the society's task count."""
     g = cfg.gather
+    n_train = c.n_train
     start = 0 if g.sample_seed is not None else g.offset
     tasks = g.limit if n_train is None else max(0, min(g.limit, n_train - start))
     if n_train is not None and tasks < g.limit:
-        F.append(
+        plan.findings.append(
             Finding(
                 "note",
                 "gather.limit",
@@ -598,45 +733,61 @@ def plan_profile(cfg: TrainConfig, *, source: str = "", phases: set[int] | None 
         + (f" + {g.remote_runners} remote" if g.remote_runners else "")
         + f", rollout timeout {g.rollout_timeout_s} s{bound}"
     )
-    n_eval = cfg.eval.limit if n_dev is None else min(cfg.eval.limit, n_dev)
+    return tasks
+
+
+def _eval_budget(cfg: TrainConfig, c: _Checked, society_after: list[int]) -> str:
+    """Questions x stages of the society's evaluation, and of the role-level ones that are on."""
+    e = cfg.eval
+    phases = c.phases
+    n_eval = cfg.eval.limit if c.n_dev is None else min(cfg.eval.limit, c.n_dev)
     n_stages = 1 + len(society_after)
-    plan.budgets["eval"] = f"{n_eval} questions x {n_stages} stage(s)" + (
+    return f"{n_eval} questions x {n_stages} stage(s)" + (
         f"; juniors only {e.junior_limit} questions x {1 + (2 in phases) + e.noise_repeat}"
         + (" (one is the noise control)" if e.noise_repeat else "") if e.junior_limit else "") + (
         f"; senior only <= {e.senior_limit} inputs x {1 + (3 in phases)}" if e.senior_limit else "") + (
         f"; one-shot control {e.junior_limit or n_eval} questions x {1 + (2 in phases)} (one LLM call each)"
         if e.single else "")
-    if sft is not None:
-        seqs = sft.max_steps * sft.per_device_train_batch_size * sft.gradient_accumulation_steps
-        n_personas = (len(junior_personas(society)) if society is not None
-                      and cfg.junior_adapters == "per_persona" else 0)
-        plan.budgets["sft"] = (
-            f"{sft.max_steps} steps x {sft.per_device_train_batch_size * sft.gradient_accumulation_steps} "
-            f"sequences = {seqs} sequences of <= {sft.max_length} tokens, LoRA r={sft.lora_r}"
-        ) + (f", for each of the {n_personas} persona adapters" if n_personas else "")
-    if grpo is not None:
-        if verl_may_run and verl_cfg:
-            d = verl_cfg.get("data") or {}
-            ro = (verl_cfg.get("actor_rollout_ref") or {}).get("rollout") or {}
-            tr = verl_cfg.get("trainer") or {}
-            bs = int(d.get("train_batch_size") or 1)
-            epochs = int(tr.get("total_epochs") or 1)
-            steps = epochs * math.ceil(tasks / bs) if tasks else 0
-            plan.budgets["grpo"] = (
-                f"VERL: {epochs} epoch(s) x ceil({tasks} tasks / train_batch_size {bs}) = {steps} steps, "
-                f"{ro.get('n', '?')} society runs per task, responses <= "
-                f"{d.get('max_response_length', '?')} tokens, {grpo.n_runners} runner(s)"
-            )
-        else:
-            plan.budgets["grpo"] = (
-                f"TRL: {grpo.max_steps} steps x {grpo.prompts_per_step} prompt(s) x "
-                f"{grpo.num_generations} completions of <= {grpo.max_completion_length} tokens"
-            )
-    plan.budgets["bandit"] = "fitted in seconds on the logged supervisor decisions"
-    if vllm or verl_may_run:
+
+
+def _sft_budget(cfg: TrainConfig, c: _Checked) -> str:
+    """Steps x sequences of the juniors' SFT (for each persona adapter with ``per_persona``)."""
+    sft, society = c.sft, c.society
+    seqs = sft.max_steps * sft.per_device_train_batch_size * sft.gradient_accumulation_steps
+    n_personas = (len(junior_personas(society)) if society is not None
+                  and cfg.junior_adapters == "per_persona" else 0)
+    return (
+        f"{sft.max_steps} steps x {sft.per_device_train_batch_size * sft.gradient_accumulation_steps} "
+        f"sequences = {seqs} sequences of <= {sft.max_length} tokens, LoRA r={sft.lora_r}"
+    ) + (f", for each of the {n_personas} persona adapters" if n_personas else "")
+
+
+def _grpo_budget(c: _Checked, tasks: int) -> str:
+    """VERL's epochs x batches over the ``tasks`` gathered tasks, or TRL's steps x prompts x completions."""
+    grpo = c.grpo
+    if c.verl_may_run and c.verl_cfg:
+        d = c.verl_cfg.get("data") or {}
+        ro = (c.verl_cfg.get("actor_rollout_ref") or {}).get("rollout") or {}
+        tr = c.verl_cfg.get("trainer") or {}
+        bs = int(d.get("train_batch_size") or 1)
+        epochs = int(tr.get("total_epochs") or 1)
+        steps = epochs * math.ceil(tasks / bs) if tasks else 0
+        return (
+            f"VERL: {epochs} epoch(s) x ceil({tasks} tasks / train_batch_size {bs}) = {steps} steps, "
+            f"{ro.get('n', '?')} society runs per task, responses <= "
+            f"{d.get('max_response_length', '?')} tokens, {grpo.n_runners} runner(s)"
+        )
+    return (
+        f"TRL: {grpo.max_steps} steps x {grpo.prompts_per_step} prompt(s) x "
+        f"{grpo.num_generations} completions of <= {grpo.max_completion_length} tokens"
+    )
+
+
+def _plan_expected_time(cfg: TrainConfig, c: _Checked, plan: TrainPlan) -> None:
+    """``plan.expected_time`` for a GPU profile (vLLM or VERL): unmeasured, and why."""
+    if cfg.serving.engine == "vllm" or c.verl_may_run:
         plan.expected_time = (
             "unmeasured for every phase (" + ", ".join(p["step"] for p in plan.phases[:-1])
             + "): this profile has never run on a GPU, and CPU timings do not carry over to vLLM/VERL; "
             "the work per phase is under Budgets"
         )
-    return plan
