@@ -28,7 +28,7 @@ control society         single trained -> society after its last stage    ``sing
 ======  ==============  ================================================  =============================
 
 Each row's :class:`evaluation.stats.Effect` is the EX (``match``) of the two agents paired by
-``question_id`` on the questions both ran (:func:`paired_records`): Δ = compared − control, with the
+``question_id`` on the questions both ran (:func:`evaluation.stats.paired_records`): Δ = compared − control, with the
 paired bootstrap CI and the exact McNemar p of :func:`evaluation.stats.paired_effect`. The society
 stage runs ``eval.limit`` questions and the single stages ``eval.junior_limit``: the society rows
 pair on their intersection, their ``n`` says how many, and the questions held by one side only are
@@ -50,10 +50,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from evaluation.stats import Effect, holm_effects, paired_effect
+from evaluation.stats import Effect, holm_effects, paired_effect, paired_records
 
 __all__ = ["SINGLE_BASELINE", "SINGLE_STAGES", "SINGLE_TRAINED", "AgentCost", "ControlRow", "adjust_with",
-           "agent_cost", "control_rows", "paired_records"]
+           "agent_cost", "control_rows"]
 
 #: Role-level stage: the one-shot ``single`` agent on the untrained model (``eval/roles/single_baseline.jsonl``).
 SINGLE_BASELINE = "single_baseline"
@@ -102,20 +102,6 @@ class ControlRow:
     effect: Effect
     control: AgentCost
     compared: AgentCost
-
-
-def paired_records(a: Sequence[Record], b: Sequence[Record]) -> tuple[list[tuple[Record, Record]], int]:
-    """The records of the questions both stages hold, paired by ``question_id`` (sorted), and how many
-    questions only one of them holds.
-
-    >>> pairs, unpaired = paired_records([{"question_id": "q2"}, {"question_id": "q1"}],
-    ...                                  [{"question_id": "q1", "match": True}, {"question_id": "q3"}])
-    >>> [(x["question_id"], y.get("match")) for x, y in pairs], unpaired
-    ([('q1', True)], 2)
-    """
-    qa = {str(r["question_id"]): r for r in a if r.get("question_id") is not None}
-    qb = {str(r["question_id"]): r for r in b if r.get("question_id") is not None}
-    return [(qa[q], qb[q]) for q in sorted(set(qa) & set(qb))], len(set(qa) ^ set(qb))
 
 
 def _mean(values: list[Any]) -> float | None:

@@ -60,7 +60,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from evaluation.stats import Effect, holm_effects, paired_effect
+from evaluation.stats import Effect, holm_effects, paired_effect, paired_records
 
 __all__ = ["NOISE_STAGE", "STAGES", "Pairs", "role_effects"]
 
@@ -89,10 +89,6 @@ class Pairs:
     unpaired: int = 0
 
 
-def _by_question(records: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
-    return {str(r.get("question_id")): r for r in records if r.get("question_id") is not None}
-
-
 Getter = Callable[[Mapping[str, Any]], Any]
 
 
@@ -100,8 +96,8 @@ def _pairs(a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]], get: 
     """Outcomes ``get`` reads from the questions both stages hold, paired by ``question_id`` (sorted);
     an outcome ``get`` finds absent (None) counts as 0 and is counted; questions held by one stage
     only are counted in ``unpaired``."""
-    qa, qb = _by_question(a), _by_question(b)
-    return _score([(get(qa[q]), get(qb[q])) for q in sorted(set(qa) & set(qb))], unpaired=len(set(qa) ^ set(qb)))
+    pairs, unpaired = paired_records(a, b)
+    return _score([(get(x), get(y)) for x, y in pairs], unpaired=unpaired)
 
 
 def _within(records: Sequence[Mapping[str, Any]], get_before: Getter, get_after: Getter) -> Pairs:

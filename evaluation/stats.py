@@ -43,13 +43,14 @@ References:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
 __all__ = [
+    "paired_records",
     "Effect",
     "check_paired",
     "describe_effects",
@@ -100,6 +101,21 @@ def check_paired(before: Iterable[Any], after: Iterable[Any]) -> tuple[list[int]
             f"before has {len(b)} outcomes but after has {len(a)}; they must be aligned question by question"
         )
     return b, a
+
+
+def paired_records(a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]]
+                   ) -> tuple[list[tuple[Mapping[str, Any], Mapping[str, Any]]], int]:
+    """The records of the questions both stages hold, paired by ``question_id`` (sorted), and how many
+    questions only one of them holds.
+
+    >>> pairs, unpaired = paired_records([{"question_id": "q2"}, {"question_id": "q1"}],
+    ...                                  [{"question_id": "q1", "match": True}, {"question_id": "q3"}])
+    >>> [(x["question_id"], y.get("match")) for x, y in pairs], unpaired
+    ([('q1', True)], 2)
+    """
+    qa = {str(r["question_id"]): r for r in a if r.get("question_id") is not None}
+    qb = {str(r["question_id"]): r for r in b if r.get("question_id") is not None}
+    return [(qa[q], qb[q]) for q in sorted(set(qa) & set(qb))], len(set(qa) ^ set(qb))
 
 
 def discordant_counts(before: Iterable[Any], after: Iterable[Any]) -> tuple[int, int]:
