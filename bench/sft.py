@@ -6,7 +6,7 @@ other in this process:
 
 * ``baseline``: the settings of the 2026-11-29 default run: float32, batches padded to their
   longest conversation, the LM head scored at every position (``head_on_loss_tokens_only: false``,
-  ``trl_args: {bf16: false, padding_free: false}``);
+  ``bf16: false``, ``padding_free: false``);
 * ``fast``: :class:`training.sft.JuniorSFTTrainer`'s defaults: bf16 where the CPU has native bf16
   (:func:`training.sft.bf16_support`), padding-free batches, the head scored at the loss positions
   only (:func:`training.sft.head_on_loss_tokens`); both with completion-only loss.
@@ -72,9 +72,9 @@ from training.sft import JuniorSFTConfig, JuniorSFTTrainer, bf16_support, split_
 from training.threads import torch_threads  # noqa: E402
 
 #: The arms: name -> settings over the profile's ``sft`` section (the baseline undoes the trainer's new
-#: defaults; ``trl_args`` are merged with the profile's).
+#: defaults: TRL's ``bf16`` and ``padding_free`` off).
 ARMS: dict[str, dict[str, Any]] = {
-    "baseline": {"head_on_loss_tokens_only": False, "trl_args": {"bf16": False, "padding_free": False}},
+    "baseline": {"head_on_loss_tokens_only": False, "bf16": False, "padding_free": False},
     "fast": {},
 }
 
@@ -182,8 +182,7 @@ def run_arm(name: str, sft: dict[str, Any], model: str, rows: list[dict[str, Any
             out: Path) -> dict[str, Any]:
     arm = ARMS[name]
     cfg = JuniorSFTConfig(**{**sft, **arm, "model": model, "output_dir": str(out / name), "max_steps": steps,
-                             "num_threads": threads, "logging_steps": 1,
-                             "trl_args": {**sft.get("trl_args", {}), **arm.get("trl_args", {})}})
+                             "num_threads": threads, "logging_steps": 1})
     load0 = os.getloadavg()[0]
     res = JuniorSFTTrainer(cfg, rows).train()
     later = res.step_seconds[1:] or res.step_seconds
@@ -267,7 +266,8 @@ def main() -> None:
     except TrainConfigError as e:
         ap.error(f"--profile: {e}")
     model = a.model or profile.base_model
-    sft = profile.sft.model_dump(exclude={"max_steps", "output_dir", "num_threads", "model"})
+    sft = {k: v for k, v in profile.sft.settings(given_only=True).items()
+           if k not in ("max_steps", "output_dir", "num_threads", "model")}
     base = JuniorSFTConfig(**sft)
     batch = base.per_device_train_batch_size * base.gradient_accumulation_steps
     need = a.steps * batch

@@ -62,11 +62,14 @@ import random
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import model_validator
+
 from society.candidate import candidate_context, epsilon_greedy, usable
+from tools.value_types import TypedSettings
 
 __all__ = ["BanditConfig", "SupervisorBandit", "as_sample", "featurize", "load_policy"]
 
@@ -100,9 +103,10 @@ _S_CUES = {
 }
 
 
-@dataclass
-class BanditConfig:
-    """Settings of :class:`SupervisorBandit`.
+class BanditConfig(TypedSettings):
+    """Settings of :class:`SupervisorBandit` (the ``bandit:`` section of a training profile): a
+    pydantic model, so an unknown key is refused and a wrongly typed value named with the type it
+    wants (:class:`tools.value_types.TypedSettings`).
 
     Attributes:
         feedback: ``"auto"`` (full information when samples carry ``candidate_rewards``, else
@@ -120,6 +124,9 @@ class BanditConfig:
         n_bootstrap: heads of the bootstrap ensemble (0: none; needed >= 2 for ``"thompson"``).
         sql_hash_bits / token_hash_bits: log2 of the hashed feature spaces.
         seed: SGD shuffling, bootstrap weights and exploration draws.
+
+    Raises (as a pydantic ``ValidationError``, a ``ValueError``): an unknown or wrongly typed key, or
+    a value out of the ranges above.
     """
 
     feedback: str = "auto"
@@ -135,7 +142,8 @@ class BanditConfig:
     token_hash_bits: int = 8
     seed: int = 0
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _ranges(self) -> BanditConfig:
         if self.feedback not in ("auto", "full", "bandit"):
             raise ValueError(f"BanditConfig.feedback = {self.feedback!r}; use 'auto', 'full' or 'bandit'")
         if self.exploration not in ("epsilon", "thompson"):
@@ -150,6 +158,7 @@ class BanditConfig:
             raise ValueError("BanditConfig: epochs >= 1, max_importance_weight >= 1 and alpha > 0 are required")
         if not (4 <= self.sql_hash_bits <= 20 and 4 <= self.token_hash_bits <= 16):
             raise ValueError("BanditConfig: sql_hash_bits in [4, 20] and token_hash_bits in [4, 16]")
+        return self
 
 
 # ============================================================================ features
@@ -452,7 +461,7 @@ class SupervisorBandit:
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
         joblib.dump({
-            "format": "sqlsociety.bandit", "version": _FORMAT_VERSION, "config": asdict(self.config),
+            "format": "sqlsociety.bandit", "version": _FORMAT_VERSION, "config": self.config.model_dump(),
             "model": self.model, "heads": self.heads, "n_updates": self.n_updates, "n_examples": self.n_examples,
         }, p)
         return p

@@ -48,7 +48,8 @@ WRONG_TYPES = [
     ("sft", {"max_steps": "two"}, "sft.max_steps: expected an integer, got 'two'"),
     ("sft", {"learning_rate": "fast"}, "sft.learning_rate: expected a number, got 'fast'"),
     ("sft", {"target_modules": "q_proj"}, "sft.target_modules: expected a list of strings, got 'q_proj'"),
-    ("grpo", {"num_generations": 2.5}, "grpo.num_generations: expected an integer, got 2.5"),
+    ("grpo", {"num_generations": 2.5}, "grpo.num_generations: expected an integer or null, got 2.5"),  # TRL's type
+    ("sft", {"max_grad_norm": "big"}, "sft.max_grad_norm: expected a number, got 'big'"),  # trl.SFTConfig's
     ("grpo", {"gradient_checkpointing": "yes please"},
      "grpo.gradient_checkpointing: expected true or false, got 'yes please'"),
     ("grpo", {"stop": "```"}, "grpo.stop: expected a list of strings or null, got '```'"),

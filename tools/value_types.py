@@ -1,9 +1,9 @@
 """Check values read from YAML against the annotated types of the settings they fill.
 
-A training profile's ``sft:`` / ``grpo:`` / ``bandit:`` / ``reward:`` sections are keyword
-arguments of dataclasses (``training.sft.JuniorSFTConfig``, ...), and ``trl_args`` keyword
-arguments of TRL's config classes. A dataclass does not check its annotations, so ``max_steps:
-two`` used to fail much later as "'<=' not supported between instances of 'str' and 'int'".
+A training profile's sections are keyword arguments of settings classes (``training.sft.JuniorSFTConfig``,
+``society.bandit.BanditConfig``, ...), and TRL's settings keyword arguments of TRL's config classes,
+dataclasses that do not check their annotations: ``max_steps: two`` used to fail much later as "'<='
+not supported between instances of 'str' and 'int'", and pydantic would read ``"5"`` as 5.
 :func:`type_problems` compares each value with its field's annotation first and says which key
 wants what: ``max_steps: expected an integer, got 'two'``.
 
@@ -12,6 +12,9 @@ Understood annotations: ``Any``, ``None``, ``bool``, ``int``, ``float`` (an int 
 one element type (a YAML list either way), fixed ``tuple[X, Y]``, ``dict``/``Mapping`` of key
 and value types, and their bare forms. Any other class (an Enum, ``ParallelismConfig``...) is
 accepted as it is: the class it belongs to converts or refuses it itself.
+
+:class:`TypedSettings` is the pydantic base of such settings classes: unknown keys refused, each value
+checked here before pydantic converts it.
 """
 
 from __future__ import annotations
@@ -24,8 +27,10 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["SettingProblems", "describe", "field_names", "problems_of", "section_problems", "type_problem",
-           "type_problems"]
+from pydantic import BaseModel, ConfigDict, model_validator
+
+__all__ = ["SettingProblems", "TypedSettings", "describe", "field_names", "problems_of", "section_problems",
+           "type_problem", "type_problems"]
 
 #: What YAML 1.1 (PyYAML) reads as text although it looks like a number: ``1e-4`` (no dot).
 _NUMBERISH = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*\Z")
@@ -172,6 +177,9 @@ def section_problems(cls: type, values: Any, prefix: str = "", *, section: str =
     not a mapping, unknown keys (one entry ``(section, "unknown key(s) [...]; known: [...]")``) and
     wrongly typed values (:func:`type_problems`, one entry per key).
 
+    A class with a ``settings_problems`` classmethod of this signature (one that takes settings beyond
+    its fields, :class:`training.lora_training.LoraTrainingConfig`) answers for itself.
+
     Args:
         cls: a dataclass or a pydantic model.
         values: the section as read (a YAML mapping).
@@ -186,6 +194,9 @@ def section_problems(cls: type, values: Any, prefix: str = "", *, section: str =
     >>> section_problems(C, {"steps": "two", "stpes": 3}, "c.")
     [('c', "unknown key(s) ['stpes']; known: ['steps']"), ('c.steps', "expected an integer, got 'two'")]
     """
+    own = getattr(cls, "settings_problems", None)
+    if own is not None:  # a class that takes more settings than its fields (e.g. TRL's): it knows them
+        return own(values, prefix, section=section, fixed=fixed)
     where = section or prefix.rstrip(".")
     if not isinstance(values, Mapping):
         return [(where, f"expected a mapping of settings, got {values!r}"[:200])]
@@ -193,6 +204,28 @@ def section_problems(cls: type, values: Any, prefix: str = "", *, section: str =
     unknown = sorted(set(values) - set(names))
     out = [(where, f"unknown key(s) {unknown}; known: {sorted(set(names) - set(fixed))}")] if unknown else []
     return out + type_problems(cls, values, prefix)
+
+
+class TypedSettings(BaseModel):
+    """A pydantic settings model read from YAML: unknown keys refused (``extra="forbid"``) and every
+    given value checked against its field's annotation before pydantic converts it
+    (:func:`type_problems`): ``"5"`` for a number is refused with a hint rather than read as 5, and
+    the message names the key and the type it wants. Each default is written once, as the field's.
+
+    Raises (as a pydantic ``ValidationError``, a ``ValueError``): :class:`SettingProblems` listing
+    each wrongly typed key.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _typed_input(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            wrong = type_problems(cls, data)
+            if wrong:
+                raise SettingProblems(wrong)
+        return data
 
 
 class SettingProblems(ValueError):

@@ -98,30 +98,27 @@ DEFAULT_VERL_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "verl
 
 class SeniorGRPOConfig(LoraTrainingConfig):
     """Settings of :class:`SeniorGRPOTrainer` (and of :func:`training.grpo_verl.train_senior_verl`): the ``grpo:``
-    section of a training profile. The shared LoRA-training fields are
-    :class:`training.lora_training.LoraTrainingConfig`'s (``trl_args``: TRL's ``GRPOConfig``).
+    section of a training profile: the project's own fields below and the shared LoRA ones
+    (``model``, ``lora_*``, ``target_modules``, ``num_threads``) of
+    :class:`training.lora_training.LoraTrainingConfig`, and every setting of TRL's ``GRPOConfig``
+    under its own name (``max_steps``, ``num_generations``, ``temperature``, ``beta``,
+    ``loss_type``, ...), read as attributes.
+
+    TRL settings with a project value (:attr:`TRL_DEFAULTS`, besides the base's): ``output_dir``
+    ``runs/grpo/senior`` (the pipeline sets it), ``max_steps`` 4 (each step = ``prompts_per_step``
+    prompts x ``num_generations``), ``learning_rate`` 5e-5 (the LoRA weights), ``num_generations``
+    2 (the GRPO group, >= 2), ``max_completion_length`` 96 new tokens, ``beta`` 0 (no KL term, no
+    reference model: the CPU run keeps one model in memory). The others are TRL's (``temperature``,
+    ``top_p``, ``epsilon``, ``num_iterations``, ``scale_rewards``, ...). The trainer derives
+    ``per_device_train_batch_size`` (``prompts_per_step x num_generations``), ``bf16`` (a CUDA GPU
+    that has it), ``use_cpu`` and, with ``stop``, ``generation_kwargs``; a TRL setting given in the
+    section wins over them.
 
     Attributes:
-        model: base model (embedded alias, ``.gguf`` path or HF directory).
-        output_dir: adapter + metrics directory (created).
-        max_steps: optimizer steps (each step = ``prompts_per_step`` prompts x ``num_generations``).
-        learning_rate: AdamW learning rate for the LoRA weights.
-        num_generations: completions sampled per prompt (the GRPO group, >= 2).
         prompts_per_step: prompts per optimizer step.
-        max_completion_length: new tokens per completion.
         max_prompt_length: prompts longer than this (tokens, after the chat template) are dropped
             with a warning rather than truncated (a cut schema makes the reward meaningless).
-        temperature, top_p: sampling of the group (diversity is what GRPO learns from).
-        beta: KL coefficient to the base (0 = no reference model).
-        epsilon: PPO clip range of the token ratio.
-        num_iterations: optimisation passes per generated batch (mu in the GRPO paper).
-        scale_rewards: TRL's reward scaling (``"group"`` std, ``"batch"`` or ``"none"``).
-        lora_r, lora_alpha, lora_dropout, target_modules: PEFT LoRA.
-        logging_steps: log every N steps (1 = per-step rewards).
-        num_threads: CPU threads for torch; None -> ``training.sft.torch_threads`` (load-adaptive).
-        gradient_checkpointing: recompute activations in the backward pass (saves memory on a
-            GPU; off by default: on the CPU it only costs time for these small models).
-        seed: sampling/data/LoRA-init seed.
+        lora_dropout: PEFT LoRA dropout (0 here; the other LoRA fields are the base's).
         backend: ``"auto"`` (``verl`` when CUDA and verl are present, else ``trl``; see
             :func:`resolve_backend`), ``"trl"`` (CPU/GPU, this process: :class:`SeniorGRPOTrainer`
             runs ``auto`` as ``trl``) or ``"verl"`` (GPU, see :func:`training.grpo_verl.train_senior_verl`).
@@ -138,15 +135,13 @@ class SeniorGRPOConfig(LoraTrainingConfig):
             tokens after the SQL block are never sampled and stay out of the loss; the reward also
             cuts each completion before the first of them, as the served senior's reply is cut.
             None or empty: completions run to EOS or ``max_completion_length``.
-        trl_args: any other keyword argument of TRL's ``GRPOConfig`` (e.g. ``optim``,
-            ``max_grad_norm``, ``loss_type``), applied over what the fields above set (TRL backend);
-            checked against ``GRPOConfig`` when given (see :func:`training.lora_training.check_trl_args`).
-        warm_start: None (off) or keyword arguments of :class:`training.sft.JuniorSFTConfig` for a
+        warm_start: None (off) or settings of :class:`training.sft.JuniorSFTConfig` for a
             supervised warm start of the senior on repair pairs before GRPO
             (``HierarchicalTraceAdapter.select_repair``, :func:`warm_start_senior`; the pipeline
-            runs it); ``{}`` takes the SFT defaults. The LoRA settings default to this config's
-            (``lora_r``, ``lora_alpha``, ``lora_dropout``, ``target_modules``, ``seed``), so GRPO
-            continues the same adapter. SLM-SQL's recipe: SFT, then GRPO (Sheng & Xu 2025).
+            runs it, TRL's ``SFTConfig`` settings included); ``{}`` takes the SFT defaults. The
+            LoRA settings default to this config's (``lora_r``, ``lora_alpha``, ``lora_dropout``,
+            ``target_modules``, ``seed``), so GRPO continues the same adapter. SLM-SQL's recipe:
+            SFT, then GRPO (Sheng & Xu 2025).
         warm_start_samples: k >= 1 -- draws of the served senior per wrong query that no logged
             senior reply fixed: k unhinted, then (if none matched) k with the gold SQL as a hint.
         init_adapter: a PEFT LoRA directory GRPO starts from and trains further (e.g. the warm
@@ -154,25 +149,25 @@ class SeniorGRPOConfig(LoraTrainingConfig):
             None: a fresh LoRA.
 
     Raises (as a pydantic ``ValidationError``, a ``ValueError``): an unknown or wrongly typed key, a
-    value out of range, a ``warm_start`` key :class:`training.sft.JuniorSFTConfig` does not take,
-    or a bad ``trl_args``.
+    value out of range (``num_generations < 2``, a ``max_steps``, ``max_completion_length``,
+    ``num_iterations``, ``prompts_per_step`` or ``max_prompt_length`` below 1, ``temperature <= 0``),
+    a ``warm_start`` setting :class:`training.sft.JuniorSFTConfig` refuses.
     """
 
     TRL_CLASS: ClassVar[str] = "GRPOConfig"
+    TRL_DEFAULTS: ClassVar[dict[str, Any]] = {
+        "output_dir": "runs/grpo/senior",
+        "max_steps": 4,
+        "learning_rate": 5e-5,
+        "num_generations": 2,
+        "max_completion_length": 96,
+        "beta": 0.0,
+        **LoraTrainingConfig.TRL_DEFAULTS,
+    }
+    TRL_SHOWN: ClassVar[tuple[str, ...]] = ("temperature", "top_p", "epsilon", "num_iterations", "scale_rewards")
 
-    output_dir: str = "runs/grpo/senior"
-    max_steps: int = 4
-    learning_rate: float = 5e-5
-    num_generations: int = 2
     prompts_per_step: int = 1
-    max_completion_length: int = 96
     max_prompt_length: int = 1024
-    temperature: float = 1.0
-    top_p: float = 1.0
-    beta: float = 0.0
-    epsilon: float = 0.2
-    num_iterations: int = 1
-    scale_rewards: Literal["group", "batch", "none"] = "group"
     lora_dropout: float = 0.0
     backend: Literal["auto", "trl", "verl"] = "auto"
     verl_config: str = str(DEFAULT_VERL_CONFIG)
@@ -198,14 +193,17 @@ class SeniorGRPOConfig(LoraTrainingConfig):
                              "point it at a PEFT LoRA directory (e.g. the warm start's) or leave it out")
         if self.prefilter_samples == 1 or self.prefilter_samples < 0:
             raise ValueError(f"SeniorGRPOConfig.prefilter_samples = {self.prefilter_samples}; use 0 (off) or k >= 2")
-        if self.num_generations < 2:
+        generations = self.set_value("num_generations")
+        if generations is not None and generations < 2:
             raise ValueError(
-                f"SeniorGRPOConfig.num_generations = {self.num_generations}; GRPO needs >= 2 completions per prompt"
+                f"SeniorGRPOConfig.num_generations = {generations}; GRPO needs >= 2 completions per prompt"
             )
         for k in ("max_steps", "prompts_per_step", "max_completion_length", "max_prompt_length", "num_iterations"):
-            if getattr(self, k) < 1:
-                raise ValueError(f"SeniorGRPOConfig.{k} must be >= 1, got {getattr(self, k)}")
-        if not self.temperature > 0:
+            value = getattr(self, k) if k in type(self).model_fields else self.set_value(k)
+            if value is not None and value < 1:
+                raise ValueError(f"SeniorGRPOConfig.{k} must be >= 1, got {value}")
+        temperature = self.set_value("temperature")
+        if temperature is not None and not temperature > 0:
             raise ValueError("SeniorGRPOConfig.temperature must be > 0 (GRPO needs diverse samples)")
         if self.stop is not None and not all(self.stop):
             raise ValueError(f"SeniorGRPOConfig.stop = {self.stop!r}; give a list of non-empty strings")
@@ -324,42 +322,26 @@ class SeniorGRPOTrainer:
         return self.dataset.select(keep)
 
     def _args(self) -> Any:
+        """TRL's ``GRPOConfig``: the project's values for TRL settings (``TRL_DEFAULTS``), what this
+        trainer derives (one step's batch = ``prompts_per_step x num_generations`` completions,
+        bf16 on a CUDA GPU that has it, ``use_cpu``, generation stopping at ``stop``), then the TRL
+        settings the config was given over all of it."""
         import torch
         from trl import GRPOConfig
 
         cfg = self.config
         cuda = torch.cuda.is_available()
-        kw = dict(
-            output_dir=cfg.output_dir,
-            max_steps=cfg.max_steps,
-            learning_rate=cfg.learning_rate,
-            per_device_train_batch_size=cfg.prompts_per_step * cfg.num_generations,
-            gradient_accumulation_steps=1,
-            num_generations=cfg.num_generations,
-            max_completion_length=cfg.max_completion_length,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            beta=cfg.beta,
-            epsilon=cfg.epsilon,
-            num_iterations=cfg.num_iterations,
-            scale_rewards=cfg.scale_rewards,
-            logging_steps=cfg.logging_steps,
-            save_strategy="no",
-            report_to="none",
-            seed=cfg.seed,
-            bf16=bool(cuda and torch.cuda.is_bf16_supported()),
-            fp16=False,
-            use_cpu=not cuda,
-            lr_scheduler_type="constant",
-            gradient_checkpointing=cfg.gradient_checkpointing,
-            dataloader_num_workers=0,
-            disable_tqdm=True,
-        )
+        kw = {
+            **cfg.TRL_DEFAULTS,
+            "per_device_train_batch_size": cfg.prompts_per_step * cfg.num_generations,
+            "bf16": bool(cuda and torch.cuda.is_bf16_supported()),
+            "use_cpu": not cuda,
+        }
         trl_args = dict(cfg.trl_args)
-        if cfg.stop:  # generation stops at the senior's stop strings; trl_args' own generation_kwargs win
+        if cfg.stop:  # generation stops at the senior's stop strings; the profile's own generation_kwargs win
             key = "stop" if trl_args.get("use_vllm") else "stop_strings"
             kw["generation_kwargs"] = {key: list(cfg.stop), **(trl_args.pop("generation_kwargs", None) or {})}
-        return GRPOConfig(**{**kw, **trl_args})  # the profile's trl_args win
+        return GRPOConfig(**{**kw, **trl_args})  # the profile's TRL settings win
 
     def train(self) -> GRPOResult:
         """Run GRPO, save the adapter and ``grpo_metrics.json``; return a :class:`GRPOResult`.
@@ -431,7 +413,7 @@ class SeniorGRPOTrainer:
             train_seconds=round(train_s, 3),
         )
         result.metrics_path.write_text(json.dumps({
-            "config": cfg.model_dump(mode="json"),
+            "config": cfg.settings(),
             "prompts": result.prompts,
             "dropped_long_prompts": self.dropped_long,
             "steps": steps,

@@ -3,7 +3,8 @@
 Every section is the model it feeds: ``gather`` is :class:`training.gather_config.GatherConfig`,
 ``eval`` / ``serving`` / ``adapter`` are sections of their own here, ``sft`` is
 :class:`training.sft.JuniorSFTConfig`, ``grpo`` :class:`training.grpo.SeniorGRPOConfig` (both on
-:class:`training.lora_training.LoraTrainingConfig`, TRL's other options in ``trl_args``), ``bandit``
+:class:`training.lora_training.LoraTrainingConfig`; TRL's settings under TRL's own names, checked
+against TRL's ``SFTConfig`` / ``GRPOConfig``), ``bandit``
 :class:`society.bandit.BanditConfig` and ``reward`` :class:`evaluation.metrics.rewards.RewardConfig`.
 Each default is written once, in its model. A key no model takes is refused naming the section and
 the keys it knows; a wrongly typed value names its dotted key and the type it wants
@@ -22,7 +23,6 @@ so a run started by older code resumes with the same file and the same content h
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 from pathlib import Path
 from typing import Any, Literal
@@ -50,6 +50,10 @@ PROFILES = ("smoke", "default", "long", "gpu")
 #: The sections that configure a class of their own (the trainers, the bandit, the reward, the
 #: adapter's views): kept as written in ``config.yaml`` (:meth:`TrainConfig.to_yaml`).
 TYPED_SECTIONS = ("sft", "grpo", "bandit", "adapter", "reward")
+
+#: Sections that were dataclasses before they were typed: one built in code is written as its values that
+#: differ from the defaults (what the gather fingerprint hashed for a ``reward`` built in code then).
+WRITTEN_AS_CHANGES = ("bandit", "reward")
 
 #: Fields of a section the pipeline sets itself (a profile need not give them).
 PIPELINE_SET = {"sft": ("model", "output_dir"), "grpo": ("model", "output_dir")}
@@ -269,11 +273,12 @@ class TrainConfig(TypedSettings):
         built, written = self._written.get(section, (None, None))
         if built == id(value):  # still the section built from that mapping (not replaced by model_copy)
             return copy.deepcopy(written)
-        if hasattr(value, "model_dump"):
-            return value.model_dump(mode="json", exclude_unset=True)
-        default = type(value)()
-        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)
-                if getattr(value, f.name) != getattr(default, f.name)}
+        if section in WRITTEN_AS_CHANGES:
+            default = type(value)().model_dump()
+            return {k: v for k, v in value.model_dump().items() if v != default[k]}
+        if hasattr(value, "settings"):
+            return value.settings(given_only=True)
+        return value.model_dump(mode="json", exclude_unset=True)
 
     def to_yaml(self) -> str:
         """The profile as ``RUN_DIR/config.yaml`` holds it: every field, the typed sections as written
@@ -286,12 +291,14 @@ class TrainConfig(TypedSettings):
 
     def resolved(self) -> dict[str, Any]:
         """Every setting with its default filled in (what ``--dry-run`` shows); ``sft`` / ``grpo``
-        with the ``model`` and ``output_dir`` the pipeline gives them."""
-        out = {name: (dataclasses.asdict(v) if dataclasses.is_dataclass(v) else
-                      v.model_dump(mode="json") if hasattr(v, "model_dump") else v)
+        with the ``model`` and ``output_dir`` the pipeline gives them, then their own fields, then
+        the TRL settings they set (:meth:`training.lora_training.LoraTrainingConfig.settings`: the
+        project's values and the profile's; every other TRL setting is TRL's default)."""
+        out = {name: (v.model_dump(mode="json") if hasattr(v, "model_dump") else v)
                for name, v in ((n, getattr(self, n)) for n in type(self).model_fields)}
         for name, where in (("sft", PHASE_OUTPUT["sft"][self.junior_adapters]), ("grpo", PHASE_OUTPUT["grpo"])):
-            out[name].update(model=self.base_model, output_dir=where)
+            rest = {k: v for k, v in getattr(self, name).settings().items() if k not in ("model", "output_dir")}
+            out[name] = {"model": self.base_model, "output_dir": where, **rest}
         return out
 
     @property

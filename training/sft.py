@@ -25,7 +25,7 @@ Backends:
     ``/proc/cpuinfo``, read at run time) and torch's oneDNN does bf16 (:func:`bf16_support`): TRL's
     ``bf16`` (autocast) is on and the frozen base is loaded in bfloat16; the LoRA weights stay
     float32 (PEFT's ``autocast_adapter_dtype``), as does the optimizer. Elsewhere float32. The choice
-    and its reason are logged and written to ``sft_metrics.json``; ``trl_args: {bf16: false}`` forces
+    and its reason are logged and written to ``sft_metrics.json``; ``sft: {bf16: false}`` forces
     float32.
   - **padding-free batches** (TRL's ``padding_free``): the conversations of a step are concatenated
     into one row with restarting ``position_ids`` instead of being padded to the longest; transformers
@@ -33,7 +33,7 @@ Backends:
     (``masking_utils.find_packed_sequence_indices``), so no token sees another conversation and the
     loss equals the padded batch's (``tests/test_sft.py`` checks it). TRL then does not truncate, so a
     conversation longer than ``max_length`` is left out (counted in the metrics): cut at ``max_length``
-    from the right it would lose the answer it is trained on. ``trl_args: {padding_free: false}``
+    from the right it would lose the answer it is trained on. ``sft: {padding_free: false}``
     restores padded batches with truncation.
   - **completion-only loss** (TRL's ``completion_only_loss``, from ``loss_on``), and the LM head
     scored on the loss positions only (``head_on_loss_tokens_only``, :func:`head_on_loss_tokens`):
@@ -91,56 +91,65 @@ logger = logging.getLogger(__name__)
 CPU_BF16_FLAGS: tuple[str, ...] = ("avx512_bf16", "amx_bf16")
 
 class JuniorSFTConfig(LoraTrainingConfig):
-    """Settings of :class:`JuniorSFTTrainer` (the ``sft:`` section of a training profile); the shared
-    LoRA-training fields (``model``, ``output_dir``, ``max_steps``, ``learning_rate``, ``lora_*``,
-    ``target_modules``, ``logging_steps``, ``gradient_checkpointing``, ``num_threads``, ``seed``,
-    ``trl_args``: TRL's ``SFTConfig``) are :class:`training.lora_training.LoraTrainingConfig`'s.
+    """Settings of :class:`JuniorSFTTrainer` (the ``sft:`` section of a training profile): the
+    project's own fields below and the shared LoRA ones (``model``, ``lora_*``, ``target_modules``,
+    ``num_threads``) of :class:`training.lora_training.LoraTrainingConfig`, and every setting of
+    TRL's ``SFTConfig`` under its own name (``max_steps``, ``learning_rate``, ``max_length``,
+    ``optim``, ...), read as attributes.
 
     Attributes:
-        max_steps: optimizer steps; ``<= 0`` -> ``num_train_epochs`` over the data instead.
-        num_train_epochs: epochs when ``max_steps <= 0``.
-        per_device_train_batch_size, gradient_accumulation_steps: effective batch =
-            their product (sequences per step), each >= 1.
-        max_length: tokens per conversation after the chat template (>= 32); longer ones are left
-            out with padding-free batches (the default), truncated from the right with padded
-            batches -- keep schemas compact.
         loss_on: ``"completion"`` (last assistant message only) or ``"all"``.
-        warmup_steps, lr_scheduler_type, weight_decay: optimiser schedule (HF names).
         backend: ``"auto"`` (unsloth on CUDA if installed, else TRL), ``"trl"`` or ``"unsloth"``.
         load_in_4bit: unsloth only: QLoRA on a 4-bit base.
         head_on_loss_tokens_only: on the CPU, project the LM head only at the positions that have a
             label (:func:`head_on_loss_tokens`); False -> every position, as TRL does off CUDA.
-        trl_args: set here, not as fields, are TRL's ``bf16`` (default: :func:`bf16_support`) and
-            ``padding_free`` (default: true); see the module docstring.
+
+    TRL settings with a project value (:attr:`TRL_DEFAULTS`, besides the base's): ``output_dir``
+    ``runs/sft/junior`` (the pipeline sets it), ``max_steps`` 20 (``<= 0``: ``num_train_epochs``
+    over the data instead), ``num_train_epochs`` 1, ``learning_rate`` 2e-4 (the LoRA weights),
+    ``per_device_train_batch_size`` 2 (a step trains ``per_device_train_batch_size x
+    gradient_accumulation_steps`` conversations), ``max_length`` 512 tokens per conversation after
+    the chat template (>= 32: longer ones are left out with padding-free batches, the default,
+    truncated from the right with padded ones -- keep schemas compact). The trainer derives
+    ``completion_only_loss`` (from ``loss_on``), ``padding_free`` (true with the TRL backend),
+    ``bf16`` (:func:`bf16_support`) and ``use_cpu``; a TRL setting given in the section wins over
+    all of these (``bf16: false`` forces float32, ``padding_free: false`` restores padded batches);
+    see the module docstring.
 
     Raises (as a pydantic ``ValidationError``, a ``ValueError``): an unknown or wrongly typed key,
-    a value out of range (above), or a bad ``trl_args``.
+    or a value out of range (above; ``max_steps <= 0`` with ``num_train_epochs <= 0``, a batch size
+    below 1).
     """
 
     TRL_CLASS: ClassVar[str] = "SFTConfig"
+    TRL_DEFAULTS: ClassVar[dict[str, Any]] = {
+        "output_dir": "runs/sft/junior",
+        "max_steps": 20,
+        "num_train_epochs": 1.0,
+        "learning_rate": 2e-4,
+        "per_device_train_batch_size": 2,
+        "max_length": 512,
+        **LoraTrainingConfig.TRL_DEFAULTS,
+    }
+    TRL_SHOWN: ClassVar[tuple[str, ...]] = ("gradient_accumulation_steps", "warmup_steps", "weight_decay")
 
-    output_dir: str = "runs/sft/junior"
-    num_train_epochs: float = 1.0
-    per_device_train_batch_size: int = 2
-    gradient_accumulation_steps: int = 1
-    max_length: int = 512
     loss_on: Literal["completion", "all"] = "completion"
-    warmup_steps: int = 0
-    lr_scheduler_type: str = "constant"
-    weight_decay: float = 0.0
     backend: Literal["auto", "trl", "unsloth"] = "auto"
     load_in_4bit: bool = False
     head_on_loss_tokens_only: bool = True
 
     @model_validator(mode="after")
     def _sft_ranges(self) -> JuniorSFTConfig:
-        if self.max_steps <= 0 and not self.num_train_epochs > 0:
+        steps, epochs = self.set_value("max_steps"), self.set_value("num_train_epochs")
+        if steps is not None and steps <= 0 and not (epochs is None or epochs > 0):
             raise ValueError("JuniorSFTConfig: set max_steps > 0 or num_train_epochs > 0")
-        if self.max_length < 32:
-            raise ValueError(f"JuniorSFTConfig.max_length = {self.max_length}; must be >= 32 tokens")
+        if not isinstance(self.set_value("max_length"), int) or self.set_value("max_length") < 32:
+            raise ValueError(f"JuniorSFTConfig.max_length = {self.set_value('max_length')}; must be >= 32 tokens "
+                             "(conversations longer than it are left out)")
         for k in ("per_device_train_batch_size", "gradient_accumulation_steps"):
-            if getattr(self, k) < 1:
-                raise ValueError(f"JuniorSFTConfig.{k} must be >= 1, got {getattr(self, k)}")
+            value = self.set_value(k)
+            if value is not None and value < 1:
+                raise ValueError(f"JuniorSFTConfig.{k} must be >= 1, got {value}")
         return self
 
 
@@ -160,7 +169,7 @@ class SFTResult:
         num_tokens: ``[(step, tokens)]``: tokens trained so far (prompt and completion, no padding;
             TRL's ``num_tokens``) at each logged step.
         precision: ``"bf16"`` (autocast, see the module docstring) or ``"fp32"``.
-        precision_reason: why (:func:`bf16_support`, or ``"trl_args sets bf16"``).
+        precision_reason: why (:func:`bf16_support`, or ``"the profile sets bf16: ..."``).
         padding_free: whether the batches were padding-free (TRL's ``padding_free``).
         rows_over_max_length: conversations left out as longer than ``max_length`` (padding-free only).
         head_on_loss_tokens_only: whether the LM head scored only the loss positions
@@ -435,44 +444,28 @@ class JuniorSFTTrainer:
         return model, tok, None
 
     def _args(self) -> Any:
-        """TRL's ``SFTConfig``: the fields of :class:`JuniorSFTConfig`, bf16 where :func:`bf16_support`
-        says so, padding-free batches (TRL backend), then ``trl_args`` over all of it. With padding-free
-        batches and no packing, TRL's ``max_length`` is None (TRL refuses it there); :meth:`train`
-        leaves out the conversations longer than ``config.max_length`` instead."""
+        """TRL's ``SFTConfig``: the project's values for TRL settings (``TRL_DEFAULTS``), what this
+        trainer derives (completion-only loss from ``loss_on``, bf16 where :func:`bf16_support` says
+        so, padding-free batches with the TRL backend, ``use_cpu``), then the TRL settings the config
+        was given over all of it. With padding-free batches and no packing, TRL's ``max_length`` is
+        None (TRL refuses it there); :meth:`train` leaves out the conversations longer than
+        ``config.max_length`` instead."""
         import torch
         from trl import SFTConfig
 
         cfg = self.config
         cuda = torch.cuda.is_available()
         bf16, _ = bf16_support()
-        kw = dict(
-            output_dir=cfg.output_dir,
-            max_steps=cfg.max_steps if cfg.max_steps > 0 else -1,
-            num_train_epochs=cfg.num_train_epochs,
-            learning_rate=cfg.learning_rate,
-            per_device_train_batch_size=cfg.per_device_train_batch_size,
-            gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-            max_length=cfg.max_length,
-            completion_only_loss=(cfg.loss_on == "completion"),
-            packing=False,
+        kw = {
+            **cfg.TRL_DEFAULTS,
+            "completion_only_loss": cfg.loss_on == "completion",
             # unsloth's own kernels are not checked with padding-free batches here (no GPU): padded there
-            padding_free=pick_backend(cfg.backend) == "trl",
-            warmup_steps=cfg.warmup_steps,
-            lr_scheduler_type=cfg.lr_scheduler_type,
-            weight_decay=cfg.weight_decay,
-            logging_steps=cfg.logging_steps,
-            save_strategy="no",
-            report_to="none",
-            seed=cfg.seed,
-            bf16=bf16,
-            fp16=False,
-            use_cpu=not cuda,
-            gradient_checkpointing=cfg.gradient_checkpointing,
-            dataloader_num_workers=0,
-            disable_tqdm=True,
-        )
-        kw.update(cfg.trl_args)  # the profile's trl_args win
-        if kw["padding_free"] and not kw["packing"]:
+            "padding_free": pick_backend(cfg.backend) == "trl",
+            "bf16": bf16,
+            "use_cpu": not cuda,
+            **cfg.trl_args,  # the profile's TRL settings win
+        }
+        if kw["padding_free"] and not kw.get("packing"):
             kw["max_length"] = None
         return SFTConfig(**kw)
 
@@ -494,7 +487,7 @@ class JuniorSFTTrainer:
         args = self._args()
         supported, reason = bf16_support()
         if "bf16" in cfg.trl_args:
-            reason = f"trl_args sets bf16: {args.bf16} ({reason})"
+            reason = f"the profile sets bf16: {args.bf16} ({reason})"
         precision = "bf16" if args.bf16 else "fp32"
         cuda = torch.cuda.is_available()
         if self.backend == "unsloth":  # pragma: no cover - needs CUDA
@@ -562,7 +555,7 @@ class JuniorSFTTrainer:
             threads=threads,
         )
         metrics = {
-            "config": cfg.model_dump(mode="json"),
+            "config": cfg.settings(),
             "rows": result.rows,
             "rows_over_max_length": over,
             "steps": result.steps,

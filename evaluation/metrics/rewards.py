@@ -52,14 +52,17 @@ import math
 import re
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
+
+from pydantic import Field, model_validator
 
 from evaluation.metrics.ex import DEFAULT_MAX_ROWS, ExMatch, compare_results, order_matters, run_query
 from evaluation.metrics.sql_text import extract_sql, statement_keyword
 from tools.schema import load_schema
 from tools.sql_results import ExecutionError, ExecutionResult
+from tools.value_types import TypedSettings
 
 __all__ = [
     "extract_sql",
@@ -531,9 +534,10 @@ DEFAULT_WEIGHTS: dict[str, float] = {
 Normalization = Literal["none", "unit", "symmetric"]
 
 
-@dataclass
-class RewardConfig:
-    """How :func:`compute_reward` weighs the components (TRL-style config dataclass).
+class RewardConfig(TypedSettings):
+    """How :func:`compute_reward` weighs the components (the ``reward:`` section of a training
+    profile): a pydantic model, so an unknown key is refused and a wrongly typed value named with the
+    type it wants (:class:`tools.value_types.TypedSettings`).
 
     Attributes:
         weights: component name -> weight >= 0 (names in ``COMPONENT_RANGES``; missing ones weigh 0).
@@ -555,13 +559,13 @@ class RewardConfig:
     unless ``weights`` names them (the defaults do not), e.g.
     ``RewardConfig(weights={**DEFAULT_WEIGHTS, "complexity": 0.1, "reasoning": 0.05})``.
 
-    Raises (on construction):
-        ValueError: unknown component, negative or non-finite weight, all weights zero, unknown
-            normalisation, a non-positive timeout, a non-positive complexity sigma, or a bad
-            reasoning length band.
+    Raises (on construction, as a pydantic ``ValidationError``, a ``ValueError``): an unknown or
+        wrongly typed key, an unknown component, a negative or non-finite weight, all weights zero,
+        an unknown normalisation, a non-positive timeout, a non-positive complexity sigma, or a bad
+        reasoning length band.
     """
 
-    weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     normalize: Normalization = "unit"
     keep_distinct: bool = False
     timeout_s: float = 5.0
@@ -573,7 +577,8 @@ class RewardConfig:
     reasoning_min_chars: int = REASONING_MIN_CHARS
     reasoning_max_chars: int = REASONING_MAX_CHARS
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _valid(self) -> RewardConfig:
         unknown = sorted(set(self.weights) - set(COMPONENT_RANGES))
         if unknown:
             raise ValueError(
@@ -596,6 +601,7 @@ class RewardConfig:
                 f"RewardConfig.reasoning_min_chars/max_chars = {self.reasoning_min_chars}/{self.reasoning_max_chars}; "
                 "need 0 < min <= max"
             )
+        return self
 
     @classmethod
     def sql_r1(cls, **kw: Any) -> RewardConfig:
