@@ -169,7 +169,7 @@ def test_trace_source_of_stores_written_before_the_source_key() -> None:
 def test_profiles_configure_rationalization_and_retire_sft_select(tmp_path: Path, caplog) -> None:
     from training.gather import GatherRun, select_tasks
     from training.gather_config import GatherConfig
-    from training.pipeline import sft_selection_lines
+    from training.phase_sft import sft_selection_lines
     from training.profile import PROFILE_DIR, TrainConfig
 
     for name, on in (("default", True), ("long", True), ("smoke", True), ("gpu", False)):

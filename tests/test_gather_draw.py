@@ -8,25 +8,24 @@ import os
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from training.pipeline import TrainingPipeline  # noqa: E402
 from training.profile import TrainConfig  # noqa: E402
+from training.run_questions import gather_tasks  # noqa: E402
 
 
-def _pipe(tmp_path, **gather):
+def _tasks(**gather):
     cfg = TrainConfig.load("smoke")
-    cfg = cfg.model_copy(update={"gather": cfg.gather.model_copy(update=gather)})
-    return TrainingPipeline(cfg, tmp_path / "run", phases={1}, echo=lambda s: None)
+    return gather_tasks(cfg.model_copy(update={"gather": cfg.gather.model_copy(update=gather)}))
 
 
 def test_file_order_by_default_and_a_draw_across_databases_with_a_seed(tmp_path):
-    tasks, jtasks = _pipe(tmp_path, limit=20, junior_limit=200, offset=5).gather_tasks()
+    tasks, jtasks = _tasks(limit=20, junior_limit=200, offset=5)
     idx = [t.index for t in tasks + jtasks]
     assert len(tasks) == 20 and len(jtasks) == 200 and idx == sorted(set(idx)) and idx[0] >= 5  # file order
     first_order_dbs = {t.db_id for t in tasks + jtasks}
 
-    a, ja = _pipe(tmp_path, limit=20, junior_limit=200, sample_seed=0).gather_tasks()
-    b, jb = _pipe(tmp_path, limit=20, junior_limit=200, sample_seed=0).gather_tasks()
-    c, _ = _pipe(tmp_path, limit=20, junior_limit=200, sample_seed=1).gather_tasks()
+    a, ja = _tasks(limit=20, junior_limit=200, sample_seed=0)
+    b, jb = _tasks(limit=20, junior_limit=200, sample_seed=0)
+    c, _ = _tasks(limit=20, junior_limit=200, sample_seed=1)
     assert [t.id for t in a + ja] == [t.id for t in b + jb]  # the same seed draws the same questions
     assert [t.id for t in a] != [t.id for t in c]
     assert len(a) == 20 and len(ja) == 200 and not {t.id for t in a} & {t.id for t in ja}

@@ -19,8 +19,12 @@ Layers, lowest first (a module may import its own layer and the layers below it,
                           control beside the society), ``plots``, ``run_data`` (reading a
                           run directory), ``report_content`` (its tables), ``report`` (rendering),
                           ``judge``, ``candidates`` (how much the juniors' candidates differ)
- 7    training            ``training.*`` but the pipeline, plan, GPU check and the CLI
- 8    pipeline            ``training.pipeline`` (the four phases, then the report), ``training.plan``,
+ 7    training            ``training.*`` but the pipeline, plan, GPU check and the CLI: the trainers,
+                          ``training.run_plan`` (a profile resolved against its run directory),
+                          ``training.stages`` (one evaluation stage) and ``training.phase_*`` (one
+                          phase each), which run from that plan
+ 8    pipeline            ``training.pipeline`` (the stages and phases in order, then the report),
+                          ``training.plan``,
                           ``training.gpu_check`` (runs the trainers and checks the GPU profile),
                           ``training.trained`` (a run's trained parts bound, exported)
  9    CLI                 ``society.cli.root`` (the ``sqlsociety`` root), ``society.commands``,
@@ -93,7 +97,10 @@ LAYERS: list[tuple[str, list[str]]] = [
                   "training.sft", "training.grpo", "training.checkpoints", "training.export",
                   "training.adapter_serving", "training.threads", "training.hooks", "training.reuse",
                   "training.lora_training", "training.profile", "training.role_aliases", "training.run_dir",
-                  "training.run_serving", "training.senior_reward", "training.grpo_verl", "training.gather_config"]),
+                  "training.run_serving", "training.senior_reward", "training.grpo_verl", "training.gather_config",
+                  "training.run_plan", "training.stages", "training.phase_gather", "training.phase_sft",
+                  "training.phase_grpo", "training.phase_bandit", "training.gpu_stack", "training.run_questions",
+                  "training.stage_plan"]),
     ("pipeline", ["training.pipeline", "training.plan", "training.gpu_check", "training.trained"]),
     ("cli", ["society.cli", "society.cli.*", "society.commands", "training.cli", "evaluation.cli",
              "evaluation.obs_cli", "evaluation.judge_cli", "society.run_binding", "training.trained_cli",
@@ -124,7 +131,7 @@ _GPU = (
 #: (importer, imported) -> why the import stays inside a function although it crosses packages (folders).
 LAZY_ALLOWED: dict[tuple[str, str], str] = {
     ("evaluation.obs_cli", "evaluation.tracing.store"): _AGL,
-    ("training.pipeline", "evaluation.tracing.store"): _AGL,
+    ("training.run_plan", "evaluation.tracing.store"): _AGL,
     ("training.senior_reward", "society.roles"): _GPU,
     ("training.senior_reward", "society.llm"): _GPU,
     ("training.threads", "society.cpu_threads"): _GPU,

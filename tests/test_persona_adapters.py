@@ -1,4 +1,4 @@
-"""One LoRA adapter per junior persona (``junior_adapters: per_persona``, training/pipeline.py).
+"""One LoRA adapter per junior persona (``junior_adapters: per_persona``, training/phase_sft.py).
 
 Phase 2 trains one adapter per persona on that persona's own admitted conversations; the one
 llama-server of the juniors' base model serves every adapter, each junior's requests naming its
@@ -23,9 +23,18 @@ pytest.importorskip("agentlightning")
 pytest.importorskip("datasets")
 
 from training.adapter import HierarchicalTraceAdapter, LLMCall, SocietyTrace  # noqa: E402
+from training.phase_sft import train_junior_adapter, train_juniors_per_persona  # noqa: E402
 from training.pipeline import TrainingPipeline  # noqa: E402
 from training.profile import TrainConfig  # noqa: E402
-from training.role_aliases import JUNIOR_ALIAS, junior_personas, persona_alias, role_split_config  # noqa: E402
+from training.role_aliases import (  # noqa: E402
+    JUNIOR_ALIAS,
+    junior_mode,
+    junior_personas,
+    persona_alias,
+    role_split_config,
+    route_society,
+    trained_adapters,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 SYSTEM = "You are an expert on SQLite. Schema:\nCREATE TABLE head (head_id INT, name TEXT, age INT)"
@@ -83,16 +92,20 @@ def test_per_persona_aliases_and_the_mode_a_finished_phase_2_recorded(tmp_path: 
     assert {r.model for r in shared.roles if r.type == "junior"} == {JUNIOR_ALIAS}
     assert junior_personas(per) == ["direct", "step_by_step", "decompose"]
 
-    pipe = TrainingPipeline(_profile("per_persona"), tmp_path / "run", phases={2}, echo=lambda s: None)
-    assert pipe.junior_mode() == "per_persona"
-    assert {r.model for r in pipe.society().roles if r.type == "junior"} == {persona_alias(p) for p in REPLIES} | {
+    profile = _profile("per_persona")
+    routed = route_society(society, {2: None}, profile.junior_adapters)
+    assert junior_mode({2: None}, profile.junior_adapters) == "per_persona"
+    assert {r.model for r in routed.roles if r.type == "junior"} == {persona_alias(p) for p in REPLIES} | {
         persona_alias("decompose")}
     # a resumed run follows what phase 2 trained, whatever the profile says now
-    pipe.dir.mark_done(2, {"adapter": str(tmp_path / "a"), "rows": 3})  # written before the choice existed
-    assert pipe.junior_mode() == "shared" and pipe.trained_adapters() == {JUNIOR_ALIAS: tmp_path / "a"}
-    pipe.dir.mark_done(2, {"junior_adapters": "per_persona", "adapter": None, "adapters": {
-        "direct": {"adapter": str(tmp_path / "d")}, "decompose": {"adapter": None, "rows": 0}}})
-    assert pipe.trained_adapters() == {persona_alias("direct"): tmp_path / "d"}
+    done = {2: {"adapter": str(tmp_path / "a"), "rows": 3}}  # written before the choice existed
+    assert junior_mode(done, profile.junior_adapters) == "shared"
+    assert trained_adapters(done) == {JUNIOR_ALIAS: tmp_path / "a"}
+    assert {r.model for r in route_society(society, done, profile.junior_adapters).roles
+            if r.type == "junior"} == {JUNIOR_ALIAS}
+    done = {2: {"junior_adapters": "per_persona", "adapter": None, "adapters": {
+        "direct": {"adapter": str(tmp_path / "d")}, "decompose": {"adapter": None, "rows": 0}}}}
+    assert trained_adapters(done) == {persona_alias("direct"): tmp_path / "d"}
 
 
 def _chat(ep, max_tokens: int = 24) -> str:
@@ -111,7 +124,7 @@ def test_each_persona_is_trained_and_served_its_own_adapter_and_shared_still_wor
     assert sorted(set(sel.dataset["persona"])) == ["direct", "step_by_step"]
     msgs: list[str] = []
     pipe = TrainingPipeline(_profile("per_persona", llm_proxy=False), tmp_path / "per", phases={2}, echo=msgs.append)
-    info = pipe.train_juniors_per_persona(sel.dataset, pipe.dir.phase_dir(2))
+    info = train_juniors_per_persona(pipe.resolve(), sel.dataset, pipe.dir.phase_dir(2), msgs.append)
     ad = info["adapters"]
     assert (ad["direct"]["rows"], ad["step_by_step"]["rows"], ad["decompose"]["rows"]) == (4, 4, 0)
     assert ad["decompose"]["adapter"] is None and any("(decompose): no conversation" in m for m in msgs)
@@ -119,9 +132,9 @@ def test_each_persona_is_trained_and_served_its_own_adapter_and_shared_still_wor
     assert all(Path(ad[p]["adapter_gguf"]).is_file() for p in REPLIES)
     pipe.dir.mark_done(2, {**info, "selection": sel.summary})
 
-    society = pipe.society()
+    plan = pipe.resolve().with_done(2, pipe.dir.done(2))
     with ExitStack() as stack:
-        eps = pipe.endpoints(stack, society)
+        eps = plan.serve(stack, plan.society)
         aliases = {p: persona_alias(p) for p in ("direct", "step_by_step", "decompose")}
         assert len({eps[a].base_url for a in aliases.values()}) == 1  # one llama-server serves every junior
         loaded = json.loads(urllib.request.urlopen(eps[aliases["direct"]].base_url[:-3] + "/lora-adapters").read())
@@ -145,13 +158,14 @@ def test_each_persona_is_trained_and_served_its_own_adapter_and_shared_still_wor
     # shared: one adapter on every junior's rows, every junior's requests name the same one
     shared = TrainingPipeline(_profile("shared", llm_proxy=False), tmp_path / "shared", phases={2},
                               echo=msgs.append)
-    one = shared._train_junior_adapter(sel.dataset, shared.dir.phase_dir(2) / "adapter", "phase 2 SFT")
+    one = train_junior_adapter(shared.resolve(), sel.dataset, shared.dir.phase_dir(2) / "adapter", "phase 2 SFT",
+                               msgs.append)
     assert one["rows"] == 8
     shared.dir.mark_done(2, {"junior_adapters": "shared", **one})
-    society = shared.society()
-    assert {r.model for r in society.roles if r.type == "junior"} == {JUNIOR_ALIAS}
+    plan = shared.resolve().with_done(2, shared.dir.done(2))
+    assert {r.model for r in plan.society.roles if r.type == "junior"} == {JUNIOR_ALIAS}
     with ExitStack() as stack:
-        eps = shared.endpoints(stack, society)
+        eps = plan.serve(stack, plan.society)
         loaded = json.loads(urllib.request.urlopen(eps[JUNIOR_ALIAS].base_url[:-3] + "/lora-adapters").read())
         assert [a["path"] for a in loaded] == [str(Path(one["adapter_gguf"]).resolve())]
         assert [x["scale"] for x in eps[JUNIOR_ALIAS].extra_body["lora"]] == [1.0]

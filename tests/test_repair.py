@@ -226,6 +226,8 @@ def test_pipeline_phase3_warm_starts_the_senior_then_runs_grpo(tmp_path: Path) -
     rollouts, repair pairs from them, SFT, the prefilter before and after, GRPO from the warm start."""
     import yaml
 
+    from training.phase_gather import gather_phase
+    from training.phase_grpo import grpo_phase
     from training.pipeline import TrainingPipeline
     from training.profile import TrainConfig
 
@@ -243,8 +245,8 @@ def test_pipeline_phase3_warm_starts_the_senior_then_runs_grpo(tmp_path: Path) -
     lines: list[str] = []
     pipe = TrainingPipeline(TrainConfig.load(tmp_path / "p.yaml"), tmp_path / "run", phases={1, 3},
                             echo=lines.append)
-    pipe.phase1_gather()
-    out = pipe.phase3_grpo()
+    gather_phase(pipe.resolve(), lines.append)
+    out = grpo_phase(pipe.resolve(), lines.append)
     print("\n".join(lines))
     d = tmp_path / "run" / "phases" / "3-grpo"
     warm = out["warm_start"]

@@ -161,9 +161,11 @@ def evaluated_run(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("reuse")
     run = tmp / "first"
     msgs: list[str] = []
-    pipe = _pipeline(_profile(tmp, "first"), run, msgs)
-    pipe.evaluate_stage("baseline")
-    pipe.evaluate_roles("baseline")
+    from training.stages import evaluate_roles, evaluate_society
+
+    plan = _pipeline(_profile(tmp, "first"), run, msgs).resolve()
+    evaluate_society(plan, "baseline", msgs.append)
+    evaluate_roles(plan, "baseline", msgs.append)
     return run
 
 
@@ -173,6 +175,7 @@ def test_a_run_with_the_same_settings_reuses_the_baselines_and_the_report_names_
     from evaluation.report import build_report
     from society.llama_server import LLAMA_SERVER_ENV
     from tools.files import read_jsonl
+    from training.stages import evaluate_roles, evaluate_society
 
     stages = (("baseline", ""), ("juniors_baseline", "roles"), ("single_baseline", "roles"))
     for stage, sub in stages:
@@ -182,10 +185,9 @@ def test_a_run_with_the_same_settings_reuses_the_baselines_and_the_report_names_
     monkeypatch.setenv(LLAMA_SERVER_ENV, str(tmp_path / "no-llama-server"))
     msgs: list[str] = []
     run = tmp_path / "second"
-    pipe = _pipeline(_profile(tmp_path, "second", reuse_from=[evaluated_run]), run, msgs)
-    pipe.check_reuse()
-    base = pipe.evaluate_stage("baseline")
-    pipe.evaluate_roles("baseline")
+    plan = _pipeline(_profile(tmp_path, "second", reuse_from=[evaluated_run]), run, msgs).resolve()
+    base = evaluate_society(plan, "baseline", msgs.append)
+    evaluate_roles(plan, "baseline", msgs.append)
     for stage, sub in stages:
         src = read_jsonl(evaluated_run / "eval" / sub / f"{stage}.jsonl")
         assert read_jsonl(run / "eval" / sub / f"{stage}.jsonl") == src
@@ -210,27 +212,29 @@ def test_the_stages_of_a_run_made_before_the_one_shot_control_keep_their_hashes(
     questions drawn; nothing is evaluated. If this fails after a deliberate change of
     configs/society.yaml, a prompt or the draw, that run can no longer be reused: say so where it is
     used, and regenerate the committed fingerprints only from a run made with the new settings."""
+    from society.config import SocietyConfig
     from society.models import ModelNotInstalledError
-    from training.pipeline import TrainingPipeline, dev_subset
     from training.profile import TrainConfig
+    from training.role_aliases import route_society
+    from training.run_questions import draw_questions
+    from training.stage_plan import Stage, fingerprint_run
 
     old = REPO / "bench" / "results" / "default-2026-12-05-partial"
     cfg = TrainConfig.load(old / "profile.yaml")
     assert cfg.eval.single and cfg.eval.limit == 100 and cfg.eval.junior_limit == 300
-    pipe = TrainingPipeline(cfg, tmp_path / "run", read_only=True)
-    society = pipe.society()
+    society = route_society(SocietyConfig.load(cfg.society_path()), {}, cfg.junior_adapters)
+    dev, juniors, _ = draw_questions(cfg, gather=False)
+    stages = [Stage(name="baseline", examples=dev, society=society),
+              Stage(name="juniors_baseline", agent="juniors", examples=juniors, society=society),
+              Stage(name="single_baseline", agent="single", examples=juniors, society=society)]
     try:
-        got = {
-            "baseline": pipe.stage_fingerprint("baseline", "society", society, dev_subset(cfg)),
-            "juniors_baseline": pipe.stage_fingerprint("juniors_baseline", "juniors", society,
-                                                       dev_subset(cfg, cfg.eval.junior_limit)),
-        }
+        got = {name: s.fingerprint for name, s in fingerprint_run(cfg, society, stages).stages.items()}
     except ModelNotInstalledError as e:
         pytest.skip(f"the default model is not installed here: {e}")
-    for stage, fp in got.items():
-        want = Fingerprint.from_json(json.loads((old / f"{stage}.fingerprint.json").read_text()))
+    for stage in ("baseline", "juniors_baseline"):
+        fp, want = got[stage], Fingerprint.from_json(json.loads((old / f"{stage}.fingerprint.json").read_text()))
         assert fp == want, f"{stage}: {[p for p in PARTS if fp.parts[p] != want.parts[p]]} differ"
-    single = pipe.stage_fingerprint("single_baseline", "single", society, pipe.single_examples())
+    single = got["single_baseline"]
     assert single is not None and single.agent == "single"
     assert single.parts["questions"] == got["juniors_baseline"].parts["questions"]  # the juniors' questions
     assert not (tmp_path / "run").exists()
@@ -245,13 +249,13 @@ def _society_copy(tmp_path: Path, edit) -> Path:
 
 
 def _refused(cfg: dict, run: Path, part: str) -> str:
-    from training.pipeline import StageReuseRefused
     from training.profile import TrainConfigError
+    from training.stage_plan import StageReuseRefused
 
     msgs: list[str] = []
     pipe = _pipeline(cfg, run, msgs)
     with pytest.raises(StageReuseRefused) as e:
-        pipe.check_reuse()
+        pipe.resolve()
     assert isinstance(e.value, TrainConfigError) and isinstance(e.value, ReuseRefused)
     assert f"{part} hash differs" in str(e.value)
     assert not list((run / "eval").rglob("*.jsonl"))  # nothing evaluated, nothing copied
@@ -311,7 +315,7 @@ def test_juniors_routed_per_persona_reuse_the_shared_runs_baseline(evaluated_run
     model: a per-persona run reuses a shared run's untrained stages."""
     cfg = _profile(tmp_path, "x", reuse_from=[evaluated_run])
     cfg["junior_adapters"] = "per_persona"
-    _pipeline(cfg, tmp_path / "run", []).check_reuse()  # does not raise
+    _pipeline(cfg, tmp_path / "run", []).resolve()  # does not raise
 
 
 @pytest.mark.model
@@ -321,7 +325,8 @@ def test_phase1_rollouts_are_reused_when_every_hash_matches_and_refused_when_the
     settings copies its store and gathers nothing again; one whose exploration rate differs is refused."""
     from evaluation.report import build_report
     from evaluation.tracing.store import RolloutArchive
-    from training.pipeline import StageReuseRefused
+    from training.phase_gather import gather_phase
+    from training.stage_plan import StageReuseRefused
 
     def profile(name: str, **gather) -> dict:
         cfg = _profile(tmp_path, name)
@@ -330,7 +335,7 @@ def test_phase1_rollouts_are_reused_when_every_hash_matches_and_refused_when_the
 
     first = tmp_path / "first"
     p1 = _pipeline(profile("first"), first, [])
-    info1 = p1.phase1_gather()
+    info1 = gather_phase(p1.resolve(), lambda _: None)
     p1.dir.mark_done(1, {**info1, "seconds": 42.0})
     assert (first / "phases" / "1-gather" / "fingerprint.json").is_file()
 
@@ -339,8 +344,7 @@ def test_phase1_rollouts_are_reused_when_every_hash_matches_and_refused_when_the
     cfg = profile("second")
     cfg["reuse_from"] = [str(first)]
     p2 = _pipeline(cfg, second, msgs)
-    p2.check_reuse()
-    info2 = p2.phase1_gather()
+    info2 = gather_phase(p2.resolve(), msgs.append)
     p2.dir.mark_done(1, {**info2, "seconds": 1.0})
     assert info2["run"] == 0 and info2["reused_from"] == str(first)  # every task found in the copied store
     with RolloutArchive(first / "store.sqlite") as a, RolloutArchive(second / "store.sqlite") as b:
@@ -358,5 +362,5 @@ def test_phase1_rollouts_are_reused_when_every_hash_matches_and_refused_when_the
     cfg = profile("third", epsilon=0.9)
     cfg["reuse_from"] = [str(first)]
     with pytest.raises(StageReuseRefused, match=r"stage 'gather' of .* config hash differs") as e:
-        _pipeline(cfg, tmp_path / "third", []).check_reuse()
+        _pipeline(cfg, tmp_path / "third", []).resolve()
     assert "questions hash differs" not in str(e.value) and not (tmp_path / "third" / "store.sqlite").exists()

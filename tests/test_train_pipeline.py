@@ -177,29 +177,33 @@ def test_the_one_shot_control_follows_eval_single(tmp_path: Path) -> None:
     when asked again; a run whose phase 2 finished first gets none (said); a writer the society does
     not have stops the run before anything is evaluated."""
     from tools.files import read_jsonl
-    from training.pipeline import TrainingPipeline, dev_subset
+    from training.pipeline import TrainingPipeline
     from training.profile import TrainConfig, TrainConfigError
+    from training.run_questions import dev_subset
+    from training.stages import evaluate_roles, evaluate_single
 
     cfg = yaml.safe_load((REPO / "configs" / "train" / "smoke.yaml").read_text())
     cfg["society_config"] = str(REPO / "configs" / "smoke.yaml")
     cfg["eval"].update(limit=2, junior_limit=0, senior_limit=0, noise_repeat=False, single=False)
     off = TrainingPipeline(TrainConfig.model_validate(cfg), tmp_path / "off", phases={1}, echo=lambda _: None)
-    off.evaluate_roles("baseline")
-    off.evaluate_roles("sft")
+    evaluate_roles(off.resolve(), "baseline")
+    evaluate_roles(off.resolve(), "sft")
     assert not list((tmp_path / "off" / "eval").rglob("single_*"))
 
     cfg["eval"]["single"] = True
     msgs: list[str] = []
     on = TrainingPipeline(TrainConfig.model_validate(cfg), tmp_path / "on", phases={1}, echo=msgs.append)
-    on.evaluate_roles("baseline")
+    evaluate_roles(on.resolve(), "baseline", msgs.append)
     recs = read_jsonl(on.dir.role_eval_path("single_baseline"))
     assert [r["question_id"] for r in recs] == [e.id for e in dev_subset(on.cfg)]  # the society's 2 questions
     assert all(r["agent"] == "single" and r["llm_calls"] == 1 for r in recs)
-    assert on.evaluate_single("baseline")["n"] == 2 and sum("EX (single_baseline)" in m for m in msgs) == 1
+    assert evaluate_single(on.resolve(), "baseline", msgs.append)["n"] == 2
+    assert sum("EX (single_baseline)" in m for m in msgs) == 1
 
     late = TrainingPipeline(TrainConfig.model_validate(cfg), tmp_path / "late", phases={1}, echo=msgs.append)
     late.dir.mark_done(2, {})  # phase 2 finished before the control was evaluated: the writer is trained
-    assert late.evaluate_single("baseline") is None and any("no one-shot baseline" in m for m in msgs)
+    assert evaluate_single(late.resolve(), "baseline", msgs.append) is None
+    assert any("no one-shot baseline" in m for m in msgs)
 
     society = yaml.safe_load((REPO / "configs" / "smoke.yaml").read_text())
     society["baselines"]["writer"] = "junior_nobody"
@@ -214,6 +218,7 @@ def test_the_one_shot_control_follows_eval_single(tmp_path: Path) -> None:
 def test_phase1_adds_juniors_only_rollouts_and_resamples_the_tasks_a_junior_got_wrong(tmp_path: Path) -> None:
     from evaluation.tracing.store import RolloutArchive
     from training.adapter import HierarchicalTraceAdapter
+    from training.phase_gather import gather_phase
     from training.pipeline import TrainingPipeline
     from training.profile import TrainConfig
 
@@ -223,7 +228,7 @@ def test_phase1_adds_juniors_only_rollouts_and_resamples_the_tasks_a_junior_got_
                          rationalize=False)
     cfg["eval"].update(limit=1, junior_limit=0, senior_limit=0)
     pipe = TrainingPipeline(TrainConfig.model_validate(cfg), tmp_path / "run", phases={1}, echo=lambda _: None)
-    info = pipe.phase1_gather()
+    info = gather_phase(pipe.resolve(), lambda _: None)
     with RolloutArchive(tmp_path / "run" / "store.sqlite") as arc:
         traces = list(HierarchicalTraceAdapter().traces(arc))
     ids = sorted(str(t.task_id) for t in traces)
@@ -241,18 +246,21 @@ def test_an_evaluation_stage_stopped_part_way_keeps_its_finished_questions(tmp_p
     (Ctrl-C at a chosen moment cannot be caused for real in a test); everything else is real: the
     SmolLM2 server, the Spider databases, the juniors agent and the records it writes.
     """
-    import training.pipeline as tp
+    import training.stages as ts
     from evaluation.run_data import ReportError, load_run
     from tools.files import read_jsonl
-    from training.pipeline import TrainingPipeline, dev_subset
+    from training.pipeline import TrainingPipeline
     from training.profile import TrainConfig
+    from training.run_questions import dev_subset
 
     cfg = yaml.safe_load((REPO / "configs" / "train" / "smoke.yaml").read_text())
     cfg["society_config"] = str(REPO / "configs" / "smoke.yaml")
     msgs: list[str] = []
     pipe = TrainingPipeline(TrainConfig.model_validate(cfg), tmp_path / "run", phases={1}, echo=msgs.append)
     examples = dev_subset(pipe.cfg, 3)
-    real_evaluate = tp.evaluate
+    plan = pipe.resolve()
+    stage = plan.stage("juniors_x", "juniors", examples)
+    real_evaluate = ts.evaluate
     seen: list[str] = []
 
     def evaluate_then_ctrl_c(todo, *args, on_result, **kw):
@@ -264,9 +272,9 @@ def test_an_evaluation_stage_stopped_part_way_keeps_its_finished_questions(tmp_p
 
         return real_evaluate(todo, *args, on_result=on_result_stop, **kw)
 
-    monkeypatch.setattr(tp, "evaluate", evaluate_then_ctrl_c)
+    monkeypatch.setattr(ts, "evaluate", evaluate_then_ctrl_c)
     with pytest.raises(KeyboardInterrupt):
-        pipe.evaluate_stage("juniors_x", agent="juniors", examples=examples)
+        ts.evaluate_stage(stage, plan, msgs.append)
     path = pipe.dir.role_eval_path("juniors_x")
     partial = path.with_suffix(".partial.jsonl")
     assert not path.exists() and not path.with_suffix(".summary.json").exists()
@@ -277,9 +285,9 @@ def test_an_evaluation_stage_stopped_part_way_keeps_its_finished_questions(tmp_p
     with partial.open("a") as f:
         f.write('{"question_id": "dev-')  # a writer killed mid-line
     run_again: list[str] = []
-    monkeypatch.setattr(tp, "evaluate", lambda todo, *a, **k: run_again.extend(e.id for e in todo)
+    monkeypatch.setattr(ts, "evaluate", lambda todo, *a, **k: run_again.extend(e.id for e in todo)
                         or real_evaluate(todo, *a, **k))
-    out = pipe.evaluate_stage("juniors_x", agent="juniors", examples=examples)
+    out = ts.evaluate_stage(stage, plan, msgs.append)
     assert run_again == [e.id for e in examples if e.id not in seen]
     recs = read_jsonl(path)
     assert [r["question_id"] for r in recs] == [e.id for e in examples]

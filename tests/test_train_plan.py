@@ -16,7 +16,8 @@ import yaml
 from typer.testing import CliRunner
 
 from society.cli.root import app
-from training.plan import INSTALL_GPU, gpu_stack_needs, plan_profile
+from training.gpu_stack import INSTALL_GPU, gpu_stack_needs
+from training.plan import plan_profile
 from training.profile import TrainConfig, TrainConfigError
 
 ROOT = Path(__file__).resolve().parent.parent

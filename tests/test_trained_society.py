@@ -1,7 +1,7 @@
 """A trained society outside `sqlsociety train`: `--run` on ask/eval/roles and `sqlsociety export`.
 
 The run directory is the smallest real one: the pipeline's own layout and ``done.json`` files
-(written by :class:`training.pipeline.TrainingPipeline`), a real PEFT LoRA adapter on SmolLM2-135M
+(written as :class:`training.pipeline.TrainingPipeline` writes it), a real PEFT LoRA adapter on SmolLM2-135M
 for one junior persona (random A and B, ``init_lora_weights=False``, so it changes what the model
 says; exported to GGUF by ``training.export``), no phase 3 (the senior stays untrained), and a real
 bandit policy fitted on a few real decisions (Spider dev questions, the gold query and a wrong one,
@@ -31,9 +31,10 @@ from society.cli.root import app  # noqa: E402
 from society.toolkit import execute_summary  # noqa: E402
 from tools.spider import default_data_dir, load_examples  # noqa: E402
 from training.checkpoints import resolve_gguf  # noqa: E402
-from training.pipeline import TrainingPipeline, persona_alias  # noqa: E402
+from training.pipeline import TrainingPipeline  # noqa: E402
 from training.profile import TrainConfig  # noqa: E402
 from training.reuse import file_sha256  # noqa: E402
+from training.role_aliases import persona_alias  # noqa: E402
 from training.trained import EXPORT_MANIFEST, load_trained  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent

@@ -336,7 +336,8 @@ def test_pipeline_serves_trained_adapters_by_name_with_vllm(tmp_path, standin, m
     assert export_gguf(pipe.cfg, tmp_path / "junior-adapter", tmp_path / "x.gguf") is None
     monkeypatch.setenv("SQLSOCIETY_VLLM_COMMAND", " ".join(standin))
     with ExitStack() as stack:
-        eps = pipe.endpoints(stack, pipe.society())
+        plan = pipe.resolve()
+        eps = plan.serve(stack, plan.society)
         assert set(eps) == {JUNIOR_ALIAS, SENIOR_ALIAS}
         assert eps[JUNIOR_ALIAS].model == JUNIOR_ALIAS and eps[SENIOR_ALIAS].model == SENIOR_ALIAS
         assert eps[JUNIOR_ALIAS].base_url == eps[SENIOR_ALIAS].base_url
@@ -377,7 +378,8 @@ def test_pipeline_serves_verls_full_weight_senior_on_its_own_server(tmp_path, st
     pipe.dir.mark_done(3, {"adapter": None, "adapter_gguf": None, "model": str(senior), "backend": "verl"})
     monkeypatch.setenv("SQLSOCIETY_VLLM_COMMAND", " ".join(standin))
     with ExitStack() as stack:
-        eps = pipe.endpoints(stack, pipe.society())
+        plan = pipe.resolve()
+        eps = plan.serve(stack, plan.society)
         assert set(eps) == {JUNIOR_ALIAS, SENIOR_ALIAS}
         assert eps[JUNIOR_ALIAS].model == "base" and eps[SENIOR_ALIAS].model == SENIOR_ALIAS
         assert eps[JUNIOR_ALIAS].base_url != eps[SENIOR_ALIAS].base_url

@@ -25,25 +25,6 @@ def _phases(text: str) -> set[int]:
     return out
 
 
-def _missing_gpu_stack(needs: dict[str, str]) -> list[str]:
-    """The required GPU components (``training.plan.gpu_stack_needs``) this machine lacks."""
-    import importlib.util
-
-    missing = []
-    for comp, need in needs.items():
-        if need != "required":
-            continue
-        if comp == "cuda":
-            import torch
-
-            ok = torch.cuda.is_available()
-        else:
-            ok = importlib.util.find_spec(comp) is not None
-        if not ok:
-            missing.append("CUDA" if comp == "cuda" else comp)
-    return missing
-
-
 def train(
     config: Path | None = typer.Option(None, "--config", help="Training profile YAML (overrides --profile)."),
     profile: str = typer.Option(
@@ -91,9 +72,9 @@ def train(
                                 phases=_phases(phases))
             typer.echo(plan.render())  # plain text, not wrapped to the terminal
             raise typer.Exit(2 if plan.errors else 0)
-        from training.plan import INSTALL_GPU, gpu_stack_needs
+        from training.gpu_stack import INSTALL_GPU, missing_gpu_stack
 
-        gpu_missing = _missing_gpu_stack(gpu_stack_needs(cfg))
+        gpu_missing = missing_gpu_stack(cfg)
         if gpu_missing:
             raise TrainConfigError(
                 f"profile {cfg.name!r} needs {', '.join(gpu_missing)}, missing on this machine; install the GPU "

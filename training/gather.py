@@ -71,7 +71,7 @@ class GatherRun:
         run_dir: the run directory; the store is ``run_dir/store.sqlite`` (created or resumed).
         task_ids: the Spider ids of the tasks to run, in order (e.g. ``["train-0", "train-5"]``; ids
             repeated are run once); phase 1 draws them from the profile's ``limit`` / ``offset`` /
-            ``sample_seed`` (:meth:`training.pipeline.TrainingPipeline.gather_tasks`).
+            ``sample_seed`` (:func:`training.run_questions.gather_draw`).
         society_config: the society YAML (or a loaded :class:`SocietyConfig`); default the
             package default (``configs/society.yaml``).
         data_dir: Spider-format directory; default ``tools.spider.default_data_dir()``.

@@ -47,6 +47,7 @@ from society.llama_server import ServerNotInstalledError, find_llama_server
 from society.models import EMBEDDED_MODELS
 from tools.spider import DataError, load_examples
 from training.gather_config import GatherConfig
+from training.gpu_stack import INSTALL_GPU, gpu_stack_needs
 from training.grpo_verl import load_verl_config
 from training.profile import TrainConfig
 from training.role_aliases import (
@@ -59,10 +60,7 @@ from training.role_aliases import (
 )
 from training.run_dir import PHASES, STAGE_AFTER_PHASE
 
-__all__ = ["Finding", "TrainPlan", "plan_profile", "gpu_stack_needs", "INSTALL_GPU", "HUB_ID"]
-
-#: What installs the GPU stack (the ``gpu`` extra) on a CUDA machine.
-INSTALL_GPU = "SQLSOCIETY_GPU=1 bash scripts/install.sh"
+__all__ = ["Finding", "TrainPlan", "plan_profile", "HUB_ID"]
 
 #: A Hugging Face hub id: ``owner/name``.
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -217,28 +215,6 @@ def _cuda() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def gpu_stack_needs(cfg: TrainConfig) -> dict[str, str]:
-    """Component -> ``"required"`` / ``"optional"`` / ``"no"`` for ``cuda``, ``vllm``, ``verl``,
-    ``unsloth``: required when the profile names it (``serving.engine: vllm``, ``grpo.backend: verl``
-    -- which also rolls out with vLLM --, ``sft.backend: unsloth``), optional for ``auto`` backends
-    (used when present, else the TRL fallback)."""
-    sft_b = cfg.sft.backend
-    grpo_b = cfg.grpo.backend
-    needs = {"vllm": "no", "verl": "no", "unsloth": "no"}
-    if cfg.serving.engine == "vllm" or grpo_b == "verl":
-        needs["vllm"] = "required"
-    if grpo_b == "verl":
-        needs["verl"] = "required"
-    elif grpo_b == "auto":
-        needs["verl"] = "optional"
-    if sft_b == "unsloth":
-        needs["unsloth"] = "required"
-    elif sft_b == "auto":
-        needs["unsloth"] = "optional"
-    cuda = "required" if "required" in needs.values() else "optional"
-    return {"cuda": cuda, **needs}
-
-
 def _resolve_base_model(cfg: TrainConfig, findings: list[Finding]) -> str:
     """A one-line description of where ``base_model`` comes from (or an error finding)."""
     bm = cfg.base_model
@@ -317,12 +293,83 @@ def _check_endpoint(alias: str, spec: Any, findings: list[Finding]) -> str:
     return f"endpoint {spec.base_url} model {spec.model} (not contacted)"
 
 
-def _split_count(cfg: TrainConfig, split: str, where: str, findings: list[Finding]) -> int | None:
+@dataclass
+class _Read:
+    """What a dry run reads outside the profile, all of it at once before any check
+    (:func:`_read_outside`); a reader that failed leaves its value empty and its message in the
+    matching ``*_error`` field, which the checks turn into a finding in their order.
+
+    Attributes:
+        resolved: :meth:`training.profile.TrainConfig.resolved`; society_file: the society config's path.
+        problems: ``(dotted key, message)`` of each broken section (:attr:`TrainConfig.section_problems`);
+            runners: ``gather.runners_problem()`` (None: fine).
+        needs: :func:`training.gpu_stack.gpu_stack_needs`.
+        society: the society config (None: it did not load); split: the same with the juniors and the
+            senior on their own aliases (:func:`role_split_config`); kinds: role type -> its kind
+            (:func:`role_kind`); personas: how many junior personas it has.
+        n_train / n_dev: usable questions of the gather split (None: not counted) / the eval split.
+        verl_cfg: the VERL YAML (empty when not read); llama: the llama-server binary (empty with
+            ``serving.engine: vllm``, ``(not installed)`` when absent).
+    """
+
+    resolved: dict[str, Any]
+    society_file: Path
+    problems: list[tuple[str, str]]
+    runners: str | None
+    needs: dict[str, str]
+    society: SocietyConfig | None = None
+    society_error: str = ""
+    split: SocietyConfig | None = None
+    kinds: dict[str, str] = field(default_factory=dict)
+    personas: int = 0
+    n_train: int | None = None
+    train_error: str = ""
+    n_dev: int | None = None
+    dev_error: str = ""
+    verl_cfg: dict[str, Any] = field(default_factory=dict)
+    verl_error: str = ""
+    llama: str = ""
+    llama_error: str = ""
+
+
+def _read_outside(cfg: TrainConfig, phases: set[int]) -> _Read:
+    """Read, once, everything the checks need from outside the profile: its resolved form and
+    section problems, the GPU stack it needs, the society config (and its role split), the gather
+    split's question count (when phase 1 or 3 runs) and the eval split's, the VERL YAML (when VERL
+    may run and the ``grpo`` section is usable), the llama-server binary (llama.cpp serving). Never
+    raises for a problem of the profile (it is kept for :func:`_check_profile`)."""
+    problems = list(cfg.section_problems)
+    got = _Read(resolved=cfg.resolved(), society_file=cfg.society_path(), problems=problems,
+                runners=cfg.gather.runners_problem(), needs=gpu_stack_needs(cfg))
     try:
-        return len(load_examples(cfg.data_dir, split))
+        got.society = SocietyConfig.load(got.society_file)
+    except ConfigError as e:
+        got.society_error = str(e)
+    if got.society is not None:
+        got.split = role_split_config(got.society, per_persona=cfg.junior_adapters == "per_persona")
+        got.kinds = {r.type: role_kind(r.type) for r in got.society.roles}
+        got.personas = len(junior_personas(got.society))
+    if 1 in phases or 3 in phases:
+        try:
+            got.n_train = len(load_examples(cfg.data_dir, cfg.gather.split))
+        except DataError as e:
+            got.train_error = str(e)
+    try:
+        got.n_dev = len(load_examples(cfg.data_dir, cfg.eval.split))
     except DataError as e:
-        findings.append(Finding("error", where, str(e)))
-        return None
+        got.dev_error = str(e)
+    grpo_broken = any(where.split(".")[0] == "grpo" for where, _ in problems)
+    if not grpo_broken and cfg.grpo.backend in ("verl", "auto"):
+        try:
+            got.verl_cfg = load_verl_config(cfg.grpo.verl_config)
+        except (FileNotFoundError, ValueError) as e:
+            got.verl_error = str(e)
+    if cfg.serving.engine != "vllm":
+        try:
+            got.llama = str(find_llama_server())
+        except ServerNotInstalledError as e:
+            got.llama, got.llama_error = "(not installed)", str(e)
+    return got
 
 
 @dataclass
@@ -334,7 +381,8 @@ class _Checked:
         sft / grpo: the profile's trainer sections, None when the section has problems (its
             defaults would be a guess).
         present: ``cuda`` / ``vllm`` / ``verl`` / ``unsloth`` -> available on this machine.
-        society: the society config, None when it does not load.
+        society: the society config, None when it does not load; split, kinds, personas: as
+            :class:`_Read` has them.
         base_desc: where ``base_model`` comes from (one line).
         hf_base: :func:`base_is_hf_directory`.
         n_train / n_dev: usable questions of the gather / eval split (None: not counted or unreadable).
@@ -348,6 +396,9 @@ class _Checked:
     grpo: Any
     present: dict[str, bool]
     society: SocietyConfig | None
+    split: SocietyConfig | None
+    kinds: dict[str, str]
+    personas: int
     base_desc: str
     hf_base: bool
     n_train: int | None
@@ -361,11 +412,13 @@ def plan_profile(cfg: TrainConfig, *, source: str = "", phases: set[int] | None 
     """Validate ``cfg`` and build its :class:`TrainPlan` (see the module docstring). Never raises for
     a problem of the profile: each becomes a :class:`Finding` (in the order the checks run: sections,
     GPU stack, models, files, roles, noise control, budgets)."""
-    plan = TrainPlan(profile=cfg.name, source=source or "(in memory)", resolved=cfg.resolved())
-    c = _check_profile(cfg, set(phases or PHASES), plan)
+    phases = set(phases or PHASES)
+    got = _read_outside(cfg, phases)
+    plan = TrainPlan(profile=cfg.name, source=source or "(in memory)", resolved=got.resolved)
+    c = _check_profile(cfg, phases, plan, got)
     served_embedded = _plan_roles(cfg, c, plan)
     _plan_servers(cfg, c, served_embedded, plan)
-    _note_noise_control(cfg, c.society, plan.findings)
+    _note_noise_control(cfg, c, plan.findings)
     society_after = _plan_phases(cfg, c, plan)
     _plan_budgets(cfg, c, society_after, plan)
     _plan_expected_time(cfg, c, plan)
@@ -375,43 +428,46 @@ def plan_profile(cfg: TrainConfig, *, source: str = "", phases: set[int] | None 
 # ============================================================================ plan steps
 
 
-def _check_profile(cfg: TrainConfig, phases: set[int], plan: TrainPlan) -> _Checked:
-    """The checks before the plan: typed sections, GPU stack (into ``plan.gpu_stack``), models, files;
-    each problem appended to ``plan.findings``."""
+def _check_profile(cfg: TrainConfig, phases: set[int], plan: TrainPlan, got: _Read) -> _Checked:
+    """The checks before the plan, on what :func:`_read_outside` read: typed sections, GPU stack (into
+    ``plan.gpu_stack``), models, files; each problem appended to ``plan.findings`` in that order."""
     F = plan.findings
-    sft, grpo = _check_sections(cfg, F)
-    present = _check_gpu_stack(cfg, plan)
+    sft, grpo = _check_sections(cfg, got, F)
+    present = _check_gpu_stack(got.needs, plan)
     base_desc = _resolve_base_model(cfg, F)
-    society = _load_society(cfg, F)
-    n_train = _split_count(cfg, cfg.gather.split, "gather.split", F) if 1 in phases or 3 in phases else None
-    n_dev = _split_count(cfg, cfg.eval.split, "eval.split", F)
+    for where, error in (("society_config", got.society_error), ("gather.split", got.train_error),
+                         ("eval.split", got.dev_error)):
+        if error:
+            F.append(Finding("error", where, error))
     grpo_backend = cfg.grpo.backend
     verl_may_run = grpo_backend == "verl" or (grpo_backend == "auto" and present["verl"] and present["cuda"])
-    verl_cfg = _load_verl(cfg, grpo, F)
-    llama = "" if cfg.serving.engine == "vllm" else _llama_binary(F)
-    return _Checked(phases=phases, sft=sft, grpo=grpo, present=present, society=society, base_desc=base_desc,
-                    hf_base=base_is_hf_directory(cfg), n_train=n_train, n_dev=n_dev, verl_may_run=verl_may_run,
-                    verl_cfg=verl_cfg, llama=llama)
+    if got.verl_error:
+        F.append(Finding("error" if grpo_backend == "verl" else "note", "grpo.verl_config", got.verl_error))
+    if got.llama_error:
+        F.append(Finding("error", "serving", got.llama_error))
+    return _Checked(phases=phases, sft=sft, grpo=grpo, present=present, society=got.society, split=got.split,
+                    kinds=got.kinds, personas=got.personas, base_desc=base_desc, hf_base=base_is_hf_directory(cfg),
+                    n_train=got.n_train, n_dev=got.n_dev, verl_may_run=verl_may_run, verl_cfg=got.verl_cfg,
+                    llama=got.llama)
 
 
-def _check_sections(cfg: TrainConfig, F: list[Finding]) -> tuple[Any, Any]:
+def _check_sections(cfg: TrainConfig, got: _Read, F: list[Finding]) -> tuple[Any, Any]:
     """Errors for the sections :meth:`TrainConfig.load` could not build and for a gather with no
     runner; returns ``(sft, grpo)``, each None when its section is broken."""
-    F += [Finding("error", where, msg) for where, msg in cfg.section_problems]
-    broken = {where.split(".")[0] for where, _ in cfg.section_problems}
+    F += [Finding("error", where, msg) for where, msg in got.problems]
+    broken = {where.split(".")[0] for where, _ in got.problems}
     sft = None if "sft" in broken else cfg.sft
     grpo = None if "grpo" in broken else cfg.grpo
-    runners = cfg.gather.runners_problem()
-    if runners is not None:
-        F.append(Finding("error", "gather.n_runners", runners))
+    if got.runners is not None:
+        F.append(Finding("error", "gather.n_runners", got.runners))
     return sft, grpo
 
 
-def _check_gpu_stack(cfg: TrainConfig, plan: TrainPlan) -> dict[str, bool]:
-    """Fill ``plan.gpu_stack`` (:func:`gpu_stack_needs` against what this machine has) and add a
-    ``missing`` finding for each required component absent; returns component -> present."""
+def _check_gpu_stack(needs: dict[str, str], plan: TrainPlan) -> dict[str, bool]:
+    """Fill ``plan.gpu_stack`` (``needs``: :func:`training.gpu_stack.gpu_stack_needs`, against what this
+    machine has) and add a ``missing`` finding for each required component absent; returns component
+    -> present."""
     F = plan.findings
-    needs = gpu_stack_needs(cfg)
     present = {"cuda": _cuda(), "vllm": _has("vllm"), "verl": _has("verl"), "unsloth": _has("unsloth")}
     for comp, need in needs.items():
         note = ""
@@ -436,48 +492,18 @@ def _check_gpu_stack(cfg: TrainConfig, plan: TrainPlan) -> dict[str, bool]:
     return present
 
 
-def _load_society(cfg: TrainConfig, F: list[Finding]) -> SocietyConfig | None:
-    """The profile's society config, or None with an error finding when it does not load."""
-    try:
-        return SocietyConfig.load(cfg.society_path())
-    except ConfigError as e:
-        F.append(Finding("error", "society_config", str(e)))
-        return None
-
-
-def _load_verl(cfg: TrainConfig, grpo: Any, F: list[Finding]) -> dict[str, Any]:
-    """The VERL YAML when VERL may run (``grpo.backend`` ``verl`` or ``auto``), else ``{}``; a file that
-    cannot be read is an error for ``verl``, a note for ``auto``."""
-    grpo_backend = cfg.grpo.backend
-    if grpo is not None and (grpo_backend in ("verl", "auto")):
-        try:
-            return load_verl_config(grpo.verl_config)
-        except (FileNotFoundError, ValueError) as e:
-            F.append(Finding("error" if grpo_backend == "verl" else "note", "grpo.verl_config", str(e)))
-    return {}
-
-
-def _llama_binary(F: list[Finding]) -> str:
-    """The llama-server binary llama.cpp serving would start, or ``(not installed)`` with an error."""
-    try:
-        return str(find_llama_server())
-    except ServerNotInstalledError as e:
-        F.append(Finding("error", "serving", str(e)))
-        return "(not installed)"
-
-
 def _plan_roles(cfg: TrainConfig, c: _Checked, plan: TrainPlan) -> dict[str, list[str]]:
     """``plan.roles``: each enabled role of the society (its juniors and senior on their own aliases,
     :func:`role_split_config`) with what serves it and the adapter it gets; returns embedded model ->
     the aliases served from it. Nothing when the society config did not load."""
     served_embedded: dict[str, list[str]] = {}
-    if c.society is None:
+    split = c.split
+    if split is None:
         return served_embedded
-    split = role_split_config(c.society, per_persona=cfg.junior_adapters == "per_persona")
     for r in split.roles:
         if not r.enabled:
             continue
-        kind = role_kind(r.type)
+        kind = c.kinds[r.type]
         spec = split.models.get(r.model) if r.model else None
         served = _served_by(cfg, c, r, kind, spec, plan.findings)
         if spec is not None and not spec.base_url:
@@ -607,13 +633,13 @@ def _store_server(g: GatherConfig) -> dict[str, str]:
     }
 
 
-def _note_noise_control(cfg: TrainConfig, society: SocietyConfig | None, F: list[Finding]) -> None:
+def _note_noise_control(cfg: TrainConfig, c: _Checked, F: list[Finding]) -> None:
     """A note when the noise control (``eval.noise_repeat``) is on though every junior samples at
     temperature 0, or off though some junior samples at temperature > 0 (with the juniors-only
     evaluation on)."""
-    if society is not None and cfg.eval.junior_limit:
-        hot = [r.name for r in society.roles
-               if r.enabled and role_kind(r.type) == "junior" and r.sampling.temperature > 0]
+    if c.society is not None and cfg.eval.junior_limit:
+        hot = [r.name for r in c.society.roles
+               if r.enabled and c.kinds[r.type] == "junior" and r.sampling.temperature > 0]
         if cfg.eval.noise_repeat and not hot:
             F.append(Finding("note", "eval.noise_repeat", "every junior samples at temperature 0: the repeat shows "
                              "only the server's own nondeterminism; it costs one more juniors-only evaluation"))
@@ -752,10 +778,9 @@ def _eval_budget(cfg: TrainConfig, c: _Checked, society_after: list[int]) -> str
 
 def _sft_budget(cfg: TrainConfig, c: _Checked) -> str:
     """Steps x sequences of the juniors' SFT (for each persona adapter with ``per_persona``)."""
-    sft, society = c.sft, c.society
+    sft = c.sft
     seqs = sft.max_steps * sft.per_device_train_batch_size * sft.gradient_accumulation_steps
-    n_personas = (len(junior_personas(society)) if society is not None
-                  and cfg.junior_adapters == "per_persona" else 0)
+    n_personas = c.personas if c.society is not None and cfg.junior_adapters == "per_persona" else 0
     return (
         f"{sft.max_steps} steps x {sft.per_device_train_batch_size * sft.gradient_accumulation_steps} "
         f"sequences = {seqs} sequences of <= {sft.max_length} tokens, LoRA r={sft.lora_r}"

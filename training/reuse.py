@@ -33,8 +33,10 @@ parses and scores answers, the llama-server build and its slot/batch settings (a
 with a fixed seed the server's sampling is repeatable per request; batching may still move a
 token), the executor's limits.
 
-Functions here are small and pure where they can be (doctests); :func:`society_parts` and
-:func:`model_part` read the society config, the prompt registry and the model files.
+Functions here are small and pure where they can be (doctests); they read no model and no database:
+the caller finds the GGUF files (:func:`used_models` names them) and reads each database's schema text
+as the society shows it (:func:`schema_settings`), and :func:`model_part` / :func:`society_parts` hash
+what they are given (:mod:`training.stage_plan` does both for a run).
 """
 
 from __future__ import annotations
@@ -52,8 +54,6 @@ from typing import Any
 from filelock import FileLock
 
 from society import prompts
-from society.models import ensure_model
-from society.toolkit import schema_text
 from tools.files import atomic_write_text, read_jsonl
 
 __all__ = [
@@ -77,8 +77,10 @@ __all__ = [
     "question_rows",
     "reused_path",
     "sampling_part",
+    "schema_settings",
     "sha256_json",
     "society_parts",
+    "used_models",
 ]
 
 #: The parts of a fingerprint, in the order messages name them.
@@ -249,16 +251,13 @@ def prompt_registry() -> dict[str, Any]:
     }
 
 
-def model_part(society: Any, *, engine: str = "llama.cpp", cache: str | os.PathLike[str] | None = None,
-               model_files: Mapping[str, str | os.PathLike[str]] | None = None) -> dict[str, Any]:
-    """The ``model`` part: ``{"engine": engine, "files": {embedded model -> sha256 of its GGUF}}``
-    for the models the society's enabled roles use.
+def used_models(society: Any, *, engine: str = "llama.cpp") -> list[str]:
+    """The embedded models (sorted) the society's enabled roles use: the GGUF files the ``model`` part
+    hashes.
 
     Args:
         society: a :class:`society.config.SocietyConfig`.
         engine: the serving engine; only ``llama.cpp`` serves the GGUF file that is hashed.
-        cache: :func:`file_sha256`'s cache file.
-        model_files: embedded model -> GGUF path (default :func:`society.models.ensure_model`).
 
     Raises:
         NotReusable: a role's alias is a remote endpoint (its weights cannot be hashed), or the
@@ -267,42 +266,65 @@ def model_part(society: Any, *, engine: str = "llama.cpp", cache: str | os.PathL
     if engine != "llama.cpp":
         raise NotReusable(f"serving.engine {engine!r} serves a checkpoint other than the hashed GGUF file")
     used = {r.model for r in society.roles if r.enabled and r.model}
-    files: dict[str, str] = {}
+    out: list[str] = []
     for alias in sorted(used):
         spec = society.models[alias]
         if not spec.embedded:
             raise NotReusable(f"model alias {alias!r} is a remote endpoint ({spec.base_url}); its weights cannot be "
                               "hashed")
-        if spec.embedded not in files:
-            path = (model_files or {}).get(spec.embedded) or ensure_model(spec.embedded)
-            files[spec.embedded] = file_sha256(path, cache=cache)
-    return {"engine": engine, "files": files}
+        if spec.embedded not in out:
+            out.append(spec.embedded)
+    return out
 
 
-def society_parts(society: Any, examples: Sequence[Any], *, given_sql: Mapping[str, str | None] | None = None,
-                  model: Mapping[str, Any]) -> dict[str, Any]:
+def model_part(society: Any, *, model_files: Mapping[str, str | os.PathLike[str]], engine: str = "llama.cpp",
+               cache: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """The ``model`` part: ``{"engine": engine, "files": {embedded model -> sha256 of its GGUF}}``
+    for the models the society's enabled roles use (:func:`used_models`).
+
+    Args:
+        society: a :class:`society.config.SocietyConfig`.
+        model_files: embedded model -> its GGUF file (``society.models.ensure_model``), for each of
+            :func:`used_models`.
+        engine: the serving engine; only ``llama.cpp`` serves the GGUF file that is hashed.
+        cache: :func:`file_sha256`'s cache file.
+
+    Raises:
+        NotReusable: as :func:`used_models`.
+        KeyError: ``model_files`` lacks a model the society uses.
+    """
+    return {"engine": engine, "files": {m: file_sha256(model_files[m], cache=cache)
+                                        for m in used_models(society, engine=engine)}}
+
+
+def schema_settings(society: Any) -> dict[str, Any]:
+    """How the society shows a database's schema (``society.toolkit.schema_text``'s keyword arguments:
+    ``compact``, ``sample_rows``, ``max_chars``): the schema texts :func:`society_parts` hashes are read
+    with these."""
+    s = society.schema_
+    return {"compact": s.compact, "sample_rows": s.sample_rows, "max_chars": s.max_chars}
+
+
+def society_parts(society: Any, examples: Sequence[Any], *, schemas: Mapping[str, str],
+                  given_sql: Mapping[str, str | None] | None = None, model: Mapping[str, Any]) -> dict[str, Any]:
     """The values of the five parts (before hashing) for ``society`` on ``examples``.
 
     Args:
         society: the :class:`society.config.SocietyConfig` the stage runs.
         examples: the stage's questions (``tools.spider.SpiderExample``), in order.
+        schemas: database id -> its schema text as the society shows it (``society.toolkit.schema_text``
+            with :func:`schema_settings`), for (at least) every database of ``examples``.
         given_sql: question id -> the SQL the role is given (senior stages).
         model: :func:`model_part`'s value.
 
     Raises:
-        tools.spider.DataError, OSError: a question's database cannot be read for its schema text.
+        KeyError: ``schemas`` lacks a database of ``examples``.
     """
     dump = society.model_dump(mode="json", by_alias=True)
-    s = society.schema_
-    schemas = {}
-    for e in examples:
-        if str(e.db_id) not in schemas:
-            schemas[str(e.db_id)] = schema_text(str(e.db_path), compact=s.compact, sample_rows=s.sample_rows,
-                                                max_chars=s.max_chars)
     return {
         "model": dict(model),
         "config": config_part(dump),
-        "prompts": {"registry": prompt_registry(), "schemas": schemas},
+        "prompts": {"registry": prompt_registry(), "schemas": {str(e.db_id): schemas[str(e.db_id)] for e in examples}},
         "sampling": sampling_part(dump),
         "questions": question_rows(examples, given_sql),
     }
@@ -412,7 +434,7 @@ def reused_path(stage_file: Path) -> Path:
 
 def stage_file(run_dir: Path, stage: str, *, role_level: bool) -> Path:
     """Where a run keeps a stage's records: ``eval/<stage>.jsonl`` or, role-level,
-    ``eval/roles/<stage>.jsonl`` (the layout of :class:`training.pipeline.RunDir`).
+    ``eval/roles/<stage>.jsonl`` (the layout of :class:`training.run_dir.RunDir`).
 
     >>> stage_file(Path("r"), "juniors_baseline", role_level=True).as_posix()
     'r/eval/roles/juniors_baseline.jsonl'

@@ -1,18 +1,24 @@
 """Which model alias each role of the society is served under while it trains: the juniors and the
 senior get aliases of their own (:data:`JUNIOR_ALIAS`, :data:`SENIOR_ALIAS`, or one per junior
 persona, :func:`persona_alias`), so a trained adapter can be routed to one role without changing
-the others; and the noise control's copy of the society with shifted junior seeds
-(:func:`with_junior_seed_offset`). Pure functions of a :class:`society.config.SocietyConfig`.
+the others; the society as a run's finished phases route it (:func:`route_society`: their adapters,
+:func:`trained_adapters`, and the bandit supervisor); the one-shot control's writer
+(:func:`single_writer`); and the noise control's copy of the society with shifted junior seeds
+(:func:`with_junior_seed_offset`). Pure functions of a :class:`society.config.SocietyConfig` and of
+the phases' ``done.json`` contents.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from society.roles import ROLE_TYPES
+from training.profile import TrainConfigError
 
-__all__ = ["JUNIOR_ADAPTER_MODES", "JUNIOR_ALIAS", "NOISE_SEED_OFFSET", "SENIOR_ALIAS", "junior_persona",
-           "junior_personas", "persona_alias", "role_kind", "role_split_config", "with_junior_seed_offset"]
+__all__ = ["JUNIOR_ADAPTER_MODES", "JUNIOR_ALIAS", "NOISE_SEED_OFFSET", "SENIOR_ALIAS", "junior_mode",
+           "junior_persona", "junior_personas", "persona_alias", "role_kind", "role_split_config", "route_society",
+           "single_writer", "trained_adapters", "with_junior_seed_offset"]
 
 #: Alias the pipeline gives the juniors / the senior when they share a model alias with other roles,
 #: so that routing a trained adapter changes that role only.
@@ -102,3 +108,74 @@ def with_junior_seed_offset(society: Any, offset: int = NOISE_SEED_OFFSET) -> An
             r = r.model_copy(update={"sampling": r.sampling.model_copy(update={"seed": r.sampling.seed + offset})})
         roles.append(r)
     return society.model_copy(update={"roles": roles})
+
+
+# ----------------------------------------------------------------------------- routing by finished phases
+
+
+def junior_mode(done: dict[int, dict[str, Any] | None], profile_mode: str) -> str:
+    """``shared`` or ``per_persona`` (:data:`JUNIOR_ADAPTER_MODES`): what a finished phase 2 trained
+    (``done[2]``, its ``done.json``; one written before the choice existed: ``shared``), else the
+    profile's ``junior_adapters`` (``profile_mode``).
+
+    >>> junior_mode({2: None}, "per_persona"), junior_mode({2: {}}, "per_persona")
+    ('per_persona', 'shared')
+    """
+    if done.get(2) is not None:
+        return str(done[2].get("junior_adapters") or "shared")
+    return profile_mode
+
+
+def trained_adapters(done: dict[int, dict[str, Any] | None]) -> dict[str, Path]:
+    """Role alias -> PEFT adapter directory of the finished phases 2 (juniors: one alias, or one per
+    persona that had rows to train on) and 3 (senior), from their ``done.json`` (``done[k]``).
+
+    >>> sorted(trained_adapters({2: {"adapter": "a"}, 3: {"adapter": "s"}}).items())
+    [('junior_policy', PosixPath('a')), ('senior_policy', PosixPath('s'))]
+    >>> trained_adapters({2: {"junior_adapters": "per_persona", "adapters": {"p": {"adapter": None}}}})
+    {}
+    """
+    out = {}
+    sft = done.get(2)
+    if sft and sft.get("junior_adapters") == "per_persona":
+        for persona, info in (sft.get("adapters") or {}).items():
+            if info.get("adapter"):
+                out[persona_alias(persona)] = Path(info["adapter"])
+    elif sft and sft.get("adapter"):
+        out[JUNIOR_ALIAS] = Path(sft["adapter"])
+    grpo = done.get(3)
+    if grpo and grpo.get("adapter"):
+        out[SENIOR_ALIAS] = Path(grpo["adapter"])
+    return out
+
+
+def route_society(society: Any, done: dict[int, dict[str, Any] | None], profile_mode: str) -> Any:
+    """``society`` as a stage of a run runs it: the juniors and the senior on aliases of their own
+    (:func:`role_split_config`; one per junior persona when :func:`junior_mode` is ``per_persona``)
+    and, once phase 4 finished (``done[4]``), the supervisor on the bandit policy it wrote."""
+    sc = role_split_config(society, per_persona=junior_mode(done, profile_mode) == "per_persona")
+    bandit = done.get(4)
+    if bandit:
+        roles = [r.model_copy(update={"policy": "bandit", "options": {**r.options, "path": bandit["policy"]}})
+                 if role_kind(r.type) == "supervisor" else r for r in sc.roles]
+        sc = sc.model_copy(update={"roles": roles})
+    return sc
+
+
+def single_writer(society: Any, society_file: Path) -> tuple[str, str | None]:
+    """``(role, model alias)`` of the junior the one-shot ``single`` agent writes with
+    (``baselines.writer`` of the society config, as :mod:`society.baselines` finds it).
+
+    Raises:
+        training.profile.TrainConfigError: the writer is not an enabled junior role of the society (the
+            message names the config ``society_file``, the junior roles it has and ``eval.single: false``).
+    """
+    name = society.baselines.writer
+    insts = society.instances("junior")
+    inst = next((i for i in insts if name in (i.name, i.config.name)), None)
+    if inst is None:
+        raise TrainConfigError(
+            f"eval.single: baselines.writer {name!r} of {society_file} is not an enabled junior role "
+            f"(its juniors: {[i.name for i in insts]}); set baselines.writer to one of them, or eval.single: "
+            "false")
+    return inst.config.name, inst.config.model

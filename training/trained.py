@@ -3,8 +3,8 @@
 A training run directory (``sqlsociety train``) holds the juniors' LoRA adapters (phase 2: one
 shared, or one per persona), the senior's GRPO adapter (phase 3) and the supervisor's fitted
 bandit policy (phase 4). :func:`load_trained` binds them to the roles exactly as the pipeline's
-last evaluation stage does -- it asks :class:`training.pipeline.TrainingPipeline` of that run for
-its society (:meth:`~training.pipeline.TrainingPipeline.society`: the role split aliases and the
+last evaluation stage does -- it routes that run's society by its finished phases as the pipeline
+does (:func:`training.role_aliases.route_society`: the role split aliases and the
 bandit supervisor) and its trained adapters (``trained_adapters``: model alias -> PEFT adapter),
 so there is one binding rule -- and says which roles stay untrained (a phase that did not finish,
 a persona with no SFT row, a senior trained with VERL). Served like the pipeline's llama.cpp
@@ -43,9 +43,10 @@ from society.roles import ROLE_TYPES
 from society.settings import ModelSpec
 from tools.files import atomic_write_text
 from training.checkpoints import resolve_gguf
-from training.pipeline import PHASES, TrainingPipeline
 from training.profile import TrainConfig, TrainConfigError
 from training.reuse import file_sha256
+from training.role_aliases import route_society, trained_adapters
+from training.run_dir import PHASES, RunDir
 
 __all__ = [
     "EXPORT_MANIFEST",
@@ -254,9 +255,9 @@ def _load_run(root: Path) -> TrainedSociety:
     """A training run directory: the pipeline's own binding (see the module docstring)."""
     try:
         cfg = TrainConfig.load(root / "config.yaml", check_sections=False)
-        pipe = TrainingPipeline(cfg, root, echo=lambda _m: None, read_only=True)
-        society = pipe.society()
-        recorded = pipe.trained_adapters()  # the pipeline's alias -> adapter rule, not a copy of it
+        done = {k: RunDir(root, create=False).done(k) for k in PHASES}
+        society = route_society(SocietyConfig.load(cfg.society_path()), done, cfg.junior_adapters)
+        recorded = trained_adapters(done)  # the pipeline's alias -> adapter rule, not a copy of it
     except (TrainConfigError, ConfigError) as e:
         raise TrainedRunError(f"--run {root}: {e}") from e
     adapters = {alias: _in_run(root, p) for alias, p in recorded.items()}
@@ -264,7 +265,6 @@ def _load_run(root: Path) -> TrainedSociety:
     if policy is not None:
         society = _with_policy(society, _in_run(root, Path(policy)))
     society = _adapters_on_base(society, adapters, cfg.base_model, root)
-    done = {k: pipe.dir.done(k) for k in PHASES}
     roles = _run_bindings(society, adapters, done, root)
     stamps = [(root / "phases" / f"{k}-{PHASES[k]}" / "done.json").stat().st_mtime for k in PHASES if done[k]]
     trained_at = _iso(max(stamps)) if stamps else None

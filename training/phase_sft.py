@@ -1,0 +1,148 @@
+"""Phase 2 of ``sqlsociety train`` (:func:`sft_phase`): the juniors' conversations whose own SQL matched
+gold (``training.adapter.HierarchicalTraceAdapter.select_sft`` over the run's store) -> LoRA SFT
+(:class:`training.sft.JuniorSFTTrainer`) -> a GGUF LoRA served by llama.cpp (a PEFT adapter loaded by
+name with vLLM). One adapter for every junior (``junior_adapters: shared``) or one per junior persona
+(``per_persona``, :func:`train_juniors_per_persona`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tools.files import atomic_write_text
+from training.profile import TrainConfigError
+from training.role_aliases import junior_persona, junior_personas, persona_alias
+from training.run_plan import RunPlan
+from training.run_serving import export_gguf
+
+__all__ = ["sft_phase", "sft_selection_lines", "train_junior_adapter", "train_juniors_per_persona"]
+
+
+def sft_selection_lines(summary: dict[str, Any]) -> list[str]:
+    """The phase-2 echo of an SFT selection summary (``training.adapter.SftSelection.summary``): what
+    was kept and why the rest was not, what the removed reward-or-correct rule would have admitted
+    with a wrong own SQL, and the kept rows per source and persona."""
+    old = summary["old_rule"]
+    lines = [
+        f"phase 2 SFT dataset: {summary['kept']} of {summary['conversations']} junior conversations (own SQL "
+        f"matched gold; {summary['own_sql_wrong']} wrong left out, {summary['duplicates']} duplicates, "
+        f"{summary['hint_left']} with a trace of the hint); the old rule (reward >= {old['min_reward']} or own SQL "
+        f"correct) would have admitted {old['admitted']}, {old['admitted_with_wrong_own_sql']} of them with a wrong "
+        "own SQL",
+    ]
+    parts = []
+    for source, personas in summary["by_source"].items():
+        if personas:
+            parts.append(f"{source}: " + ", ".join(f"{p or '?'} {c['kept']}/{c['conversations']}"
+                                                  for p, c in sorted(personas.items())))
+    if parts:
+        lines.append("phase 2 SFT rows kept/read by source and persona: " + "; ".join(parts))
+    return lines
+
+
+def sft_phase(plan: RunPlan, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Phase 2: select the SFT rows, then train. Writes ``sft_dataset.jsonl`` and its card
+    ``sft_selection.json`` (:class:`training.adapter.SftSelection`; also in ``done.json`` as
+    ``selection``).
+
+    Returns:
+        ``done.json``'s fields (:func:`train_junior_adapter`'s, or :func:`train_juniors_per_persona`'s).
+
+    Raises:
+        TrainConfigError: no junior conversation has an own SQL that matched gold (the message says
+            what to gather more of).
+    """
+    from training.adapter import HierarchicalTraceAdapter
+
+    d = plan.run_dir.phase_dir(2)
+    with plan.archive() as archive:
+        sel = HierarchicalTraceAdapter().select_sft(archive, min_reward=plan.cfg.adapter.sft_min_reward)
+    ds = sel.dataset
+    ds.to_json(str(d / "sft_dataset.jsonl"))
+    atomic_write_text(d / "sft_selection.json", json.dumps(sel.summary, indent=2) + "\n")
+    for line in sft_selection_lines(sel.summary):
+        echo(line)
+    if len(ds) == 0:
+        raise TrainConfigError(
+            f"phase 2: none of the {sel.summary['conversations']} junior conversations has an own SQL that "
+            "matched gold; gather more (gather.limit, gather.junior_limit, gather.junior_resamples) or set "
+            "gather.rationalize: true")
+    if plan.cfg.junior_adapters == "per_persona":
+        return {**train_juniors_per_persona(plan, ds, d, echo), "selection": sel.summary}
+    info = train_junior_adapter(plan, ds, d / "adapter", "phase 2 SFT", echo)
+    return {"junior_adapters": "shared", **info, "selection": sel.summary}
+
+
+def train_junior_adapter(plan: RunPlan, ds: Any, out: Path, label: str,
+                         echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """LoRA SFT of the base model on ``ds`` into ``out``, exported to GGUF (llama.cpp); returns
+    ``adapter``, ``adapter_gguf``, ``rows``, ``steps``, ``losses``, ``seconds_per_step``."""
+    from training.sft import JuniorSFTTrainer
+
+    cfg = plan.cfg
+    res = JuniorSFTTrainer(cfg.sft.with_values(model=cfg.base_model, output_dir=str(out)), ds).train()
+    gguf = export_gguf(cfg, res.adapter_dir, res.adapter_dir / "adapter.gguf")
+    echo(f"{label}: {res.steps} steps on {res.rows} rows, loss {res.losses[0][1]:.3f} -> "
+         f"{res.losses[-1][1]:.3f}, {res.mean_step_seconds:.1f} s/step; "
+         + (f"LoRA GGUF {gguf.name}" if gguf else "PEFT adapter served by name with vLLM"))
+    return {"adapter": str(res.adapter_dir), "adapter_gguf": str(gguf) if gguf else None, "rows": res.rows,
+            "steps": res.steps, "losses": res.losses, "seconds_per_step": res.mean_step_seconds}
+
+
+def train_juniors_per_persona(plan: RunPlan, ds: Any, d: Path, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """``junior_adapters: per_persona``: one LoRA adapter per junior persona of the plan's society
+    (:func:`training.role_aliases.junior_personas`), each trained (``sft`` settings, the same for every
+    persona) on that persona's own rows of ``ds`` into ``d/adapters/<alias>/`` and exported to GGUF;
+    the one llama-server serves them all, each persona's requests naming its own
+    (:func:`training.role_aliases.persona_alias`). A persona with no row keeps the base model (said,
+    and recorded with ``adapter: None``). A row is the persona's by its ``role_instance`` (the
+    society's junior instances), else by its ``persona`` column; rows of no current persona are
+    counted (``rows_of_no_persona``) and not trained on.
+
+    Args:
+        plan: the run's plan (its society and profile).
+        ds: the SFT rows (:meth:`training.adapter.HierarchicalTraceAdapter.select_sft`'s dataset:
+            ``messages``, ``role_instance``, ``persona``, ...).
+        d: the phase directory.
+        echo: called with one line per persona left on the base model and per adapter trained.
+
+    Returns:
+        ``done.json`` fields: ``junior_adapters: per_persona``, ``adapters`` (persona -> the
+        fields of one adapter, or ``{"rows": 0, "adapter": None}``), ``adapter`` None, ``rows``
+        and ``steps`` summed over personas, ``seconds_per_step`` their mean.
+
+    Raises:
+        TrainConfigError: no persona has a row.
+    """
+    society = plan.society
+    personas = junior_personas(society)
+    of_instance = {i.name: junior_persona(i.config) for i in society.instances("junior")}
+    rows: dict[str, list[int]] = {p: [] for p in personas}
+    orphans = 0
+    for i, (inst, persona) in enumerate(zip(ds["role_instance"], ds["persona"])):
+        key = of_instance.get(inst) or (persona if persona in rows else None)
+        if key is None:
+            orphans += 1
+        else:
+            rows[key].append(i)
+    if not any(rows.values()):
+        raise TrainConfigError(f"phase 2 (junior_adapters: per_persona): none of the {len(ds)} SFT rows belongs "
+                               f"to a junior persona of the society ({personas}); check the society config")
+    adapters: dict[str, dict[str, Any]] = {}
+    for p in personas:
+        if not rows[p]:
+            echo(f"phase 2 SFT ({p}): no conversation of this persona had its own SQL match gold; it keeps "
+                 "the base model")
+            adapters[p] = {"alias": persona_alias(p), "rows": 0, "adapter": None, "adapter_gguf": None}
+            continue
+        info = train_junior_adapter(plan, ds.select(rows[p]), d / "adapters" / persona_alias(p),
+                                    f"phase 2 SFT ({p})", echo)
+        adapters[p] = {"alias": persona_alias(p), **info}
+    trained = [a for a in adapters.values() if a["adapter"]]
+    return {"junior_adapters": "per_persona", "adapters": adapters, "adapter": None, "adapter_gguf": None,
+            "rows": sum(a["rows"] for a in trained), "steps": sum(a["steps"] for a in trained),
+            "seconds_per_step": sum(a["seconds_per_step"] for a in trained) / len(trained),
+            "rows_of_no_persona": orphans}
