@@ -101,10 +101,113 @@ def test_trl_args_reach_trl_and_typos_fail_at_load(tmp_path: Path) -> None:
     assert SeniorGRPOTrainer._args(SimpleNamespace(config=grpo)).max_grad_norm == 0.25
     with pytest.raises(ValueError, match=r"\['max_grad_nrom'\] are not options of trl.SFTConfig"):
         JuniorSFTConfig(trl_args={"max_grad_nrom": 1.0})
-    with pytest.raises(ValueError, match=r"set \['max_steps'\] as fields"):
-        SeniorGRPOConfig(trl_args={"max_steps": 3})
+    assert SeniorGRPOConfig(trl_args={"max_steps": 3}).max_steps == 3  # TRL's setting, wherever it is written
+    with pytest.raises(ValueError, match=r"set \['lora_r'\] in the section, not in trl_args"):
+        SeniorGRPOConfig(trl_args={"lora_r": 4})
+    with pytest.raises(ValueError, match=r"\['max_steps'\] given both in the section and in trl_args"):
+        SeniorGRPOConfig(max_steps=2, trl_args={"max_steps": 3})
     with pytest.raises(TrainConfigError, match="max_grad_nrom"):
         TrainConfig.load(_profile(tmp_path, grpo={"trl_args": {"max_grad_nrom": 1.0}}))
+
+
+def test_trl_owns_trl_settings_and_the_project_writes_its_values_once(tmp_path: Path) -> None:
+    """A TRL setting has TRL's name only (no trainer config declares a field of TRL's class); the
+    project's value for one is written once (``TRL_DEFAULTS``) and only where TRL's default differs
+    (or, named here, where it is pinned on purpose)."""
+    import dataclasses
+
+    from trl import GRPOConfig, SFTConfig
+
+    from training.grpo import SeniorGRPOConfig
+    from training.sft import JuniorSFTConfig
+
+    pinned = {"report_to": "transformers 4 (the GPU extra) logs to every installed logger by default",
+              "beta": "the CPU run keeps one model in memory (no reference model)"}
+    for ours, theirs in ((JuniorSFTConfig, SFTConfig), (SeniorGRPOConfig, GRPOConfig)):
+        trl_fields = {f.name: f for f in dataclasses.fields(theirs)}
+        assert set(ours.model_fields) & set(trl_fields) == set(), ours
+        assert set(ours.TRL_DEFAULTS) <= set(trl_fields) and set(ours.TRL_SHOWN) <= set(trl_fields)
+        same = {k for k, v in ours.TRL_DEFAULTS.items() if v == trl_fields[k].default}
+        assert same <= set(pinned), (ours, same)
+
+
+def test_a_trl_setting_in_the_section_reaches_trl_and_the_project_value_applies_otherwise(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from trl import GRPOConfig, SFTConfig
+
+    from training.grpo import SeniorGRPOTrainer
+    from training.sft import JuniorSFTTrainer
+
+    cfg = TrainConfig.load(_profile(tmp_path, sft={"max_grad_norm": 0.5, "warmup_steps": 3},
+                                    grpo={"temperature": 0.7, "loss_type": "dr_grpo", "trl_args": {"optim": "sgd"}}))
+    sft = JuniorSFTTrainer._args(SimpleNamespace(config=cfg.sft.with_values(output_dir=str(tmp_path / "s"))))
+    assert (sft.max_grad_norm, sft.warmup_steps, sft.max_steps) == (0.5, 3, 2)  # given (max_steps: smoke's 2)
+    assert (sft.learning_rate, sft.num_train_epochs, sft.lr_scheduler_type, sft.save_strategy) == \
+        (2e-4, 1.0, "constant", "no")  # the project's values (JuniorSFTConfig.TRL_DEFAULTS)
+    assert sft.adam_beta1 == SFTConfig.adam_beta1 and cfg.sft.adam_beta1 == SFTConfig.adam_beta1  # TRL's own
+    grpo_cfg = cfg.grpo.with_values(output_dir=str(tmp_path / "g"))
+    grpo = SeniorGRPOTrainer._args(SimpleNamespace(config=grpo_cfg))
+    assert (grpo.temperature, grpo.loss_type, grpo.optim) == (0.7, "dr_grpo", "sgd")
+    assert (grpo.beta, grpo.learning_rate, grpo.num_generations) == (0.0, 5e-5, 2)
+    assert grpo.top_p == GRPOConfig.top_p and grpo_cfg.top_p == GRPOConfig.top_p
+    assert grpo.per_device_train_batch_size == grpo_cfg.prompts_per_step * 2  # derived by the trainer
+    assert (cfg.sft.max_steps, cfg.sft.max_length, cfg.grpo.temperature) == (2, 384, 0.7)  # read as attributes
+    shown = cfg.resolved()
+    assert shown["sft"]["max_grad_norm"] == 0.5 and shown["grpo"]["top_p"] == GRPOConfig.top_p
+    assert "trl_args" not in shown["sft"]
+    with pytest.raises(TrainConfigError, match=r"grpo: unknown key\(s\) \['num_generatons'\].*did you mean "
+                                               r"'num_generations'"):
+        TrainConfig.load(_profile(tmp_path, grpo={"num_generatons": 4}))
+    with pytest.raises(TrainConfigError, match=r"sft.max_grad_norm: expected a number, got 'big'"):
+        TrainConfig.load(_profile(tmp_path, sft={"max_grad_norm": "big"}))
+
+
+def test_the_bandit_and_reward_sections_are_typed_settings_models() -> None:
+    """``BanditConfig`` and ``RewardConfig`` check themselves, not only inside a profile: an unknown key
+    and a wrongly typed value (named with the type it wants) are refused; defaults and attributes are as
+    they were, and a bandit policy's config round-trips."""
+    from pydantic import ValidationError
+
+    from evaluation.metrics.rewards import DEFAULT_WEIGHTS, RewardConfig
+    from society.bandit import BanditConfig
+    from tools.value_types import TypedSettings
+
+    for cls, wrong, words, unknown in ((BanditConfig, {"epochs": "5"}, "epochs: expected an integer, got '5'",
+                                        {"epsilon_": 0.1}),
+                                       (RewardConfig, {"timeout_s": "5"}, "timeout_s: expected a number, got '5'",
+                                        {"weigths": {}})):
+        assert issubclass(cls, TypedSettings)
+        with pytest.raises(ValidationError, match=words):
+            cls(**wrong)
+        with pytest.raises(ValidationError, match=next(iter(unknown))):
+            cls(**unknown)
+    assert RewardConfig().weights == DEFAULT_WEIGHTS and RewardConfig(timeout_s=2).timeout_s == 2.0
+    with pytest.raises(ValidationError, match="RewardConfig.timeout_s = 0"):
+        RewardConfig(timeout_s=0)
+    bandit = BanditConfig(epsilon=0.2, n_bootstrap=3)
+    assert (bandit.epsilon, bandit.feedback, bandit.sql_hash_bits) == (0.2, "auto", 12)
+    assert BanditConfig(**bandit.model_dump()) == bandit
+
+
+RUN_CONFIG = Path(__file__).resolve().parent / "fixtures" / "run_config_2026-12-05.yaml"
+
+
+def test_a_run_written_before_trl_owned_its_settings_loads_as_it_was(tmp_path: Path) -> None:
+    """The ``config.yaml`` of the 2026-12-05 default run (written while ``max_steps``, ``num_generations``
+    ... were fields of the project's classes): it loads, the file it would write differs only by the
+    ``eval.single`` default added since, every typed section is kept as written (what the gather
+    fingerprint hashes for ``reward``), and the trainers see the values the run was started with."""
+    text = RUN_CONFIG.read_text()
+    raw = yaml.safe_load(text)
+    cfg = TrainConfig.load(_written(tmp_path, text))
+    assert yaml.safe_load(cfg.to_yaml()) == {**raw, "eval": {**raw["eval"], "single": True}}
+    assert {k: cfg.as_written(k) for k in ("sft", "grpo", "bandit", "adapter", "reward")} == \
+        {k: raw[k] for k in ("sft", "grpo", "bandit", "adapter", "reward")}
+    assert (cfg.sft.max_steps, cfg.sft.per_device_train_batch_size, cfg.sft.max_length, cfg.sft.learning_rate) == \
+        (180, 2, 768, 2e-4)
+    assert (cfg.grpo.max_steps, cfg.grpo.num_generations, cfg.grpo.max_completion_length, cfg.grpo.scale_rewards,
+            cfg.grpo.prefilter_samples, cfg.grpo.learning_rate, cfg.grpo.beta) == (12, 4, 160, "none", 4, 5e-5, 0.0)
 
 
 def test_a_profile_that_gathers_on_its_evaluation_split_is_refused(tmp_path: Path) -> None:
