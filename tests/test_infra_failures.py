@@ -211,10 +211,22 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
+def _server_exits(run: Path) -> str:
+    """The run log's reports of a model server that exited (how, and its log's tail), for a failure message:
+    the pipeline's own output cuts them, and pytest's temporary directory does not outlive three sessions."""
+    log = run / "train.log"
+    if not log.is_file():
+        return ""
+    lines = log.read_text(errors="replace").splitlines()
+    hits = [i for i, line in enumerate(lines) if "model server" in line and "exited:" in line]
+    return "\n--- model server exits in train.log ---\n" + "\n".join(
+        "\n".join(lines[i:i + 25]) for i in hits[:3]) if hits else "\n(no model server exit in train.log)"
+
+
 def _resume_completes_phase1(run: Path, store: Path, before: dict[str, list[str]]) -> None:
     out = subprocess.run(_train("--resume", str(run), "--phases", "1"), cwd=REPO, env=_env(), capture_output=True,
                          text=True, timeout=900)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:] + _server_exits(run)
     assert (run / "phases" / "1-gather" / "done.json").is_file()
     after = _stored(store)
     assert len(after) == N_TASKS and all(len(v) == 1 for v in after.values()), after  # each task once
