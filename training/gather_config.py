@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from training.lora_training import TypedSettings
+from tools.value_types import TypedSettings
 
 __all__ = ["GatherConfig"]
 

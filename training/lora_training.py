@@ -33,7 +33,7 @@ from pydantic_core import to_jsonable_python
 
 from tools.value_types import SettingProblems, TypedSettings, field_names, type_problems
 
-__all__ = ["DEFAULT_TARGET_MODULES", "LoraTrainingConfig", "TypedSettings", "trl_config_class", "trl_default"]
+__all__ = ["DEFAULT_TARGET_MODULES", "LoraTrainingConfig", "trl_config_class", "trl_default"]
 
 #: The linear layers of llama/qwen2 blocks a LoRA adapts (all of them: attention and MLP).
 DEFAULT_TARGET_MODULES: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

@@ -32,10 +32,9 @@ from pydantic import Field, PrivateAttr, ValidationError, field_validator, model
 
 from evaluation.metrics.rewards import RewardConfig
 from society.bandit import BanditConfig
-from tools.value_types import SettingProblems, problems_of, section_problems
+from tools.value_types import SettingProblems, TypedSettings, problems_of, section_problems
 from training.gather_config import GatherConfig
 from training.grpo import SeniorGRPOConfig
-from training.lora_training import TypedSettings
 from training.sft import JuniorSFTConfig
 
 __all__ = ["PROFILE_DIR", "PROFILES", "AdapterSection", "EvalSection", "ServingSection",
