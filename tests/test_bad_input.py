@@ -22,6 +22,8 @@ from typer.testing import CliRunner
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
+from cli_text import flat
+
 from society.cli.root import app
 from tools.sampling import more_than_split
 from tools.spider import BUNDLED_DATA_DIR, DataError, SplitNameError, load_examples, split_file
@@ -171,11 +173,6 @@ def test_eval_says_when_it_runs_fewer_questions_than_asked(tmp_path: Path, optio
 # --------------------------------------------------------------------------- 3. a split outside --data-dir
 
 
-def _flat(text: str) -> str:
-    """``text`` with Rich's box borders and line wrapping taken out."""
-    return " ".join(text.replace("│", " ").split())
-
-
 def test_split_with_a_path_is_refused_and_names_the_option(tmp_path: Path) -> None:
     d = _four_question_dir(tmp_path)
     other = tmp_path / "other"
@@ -184,14 +181,14 @@ def test_split_with_a_path_is_refused_and_names_the_option(tmp_path: Path) -> No
     for split in ("../other/dev", str(other / "dev"), "..\\other\\dev"):
         r = CliRunner().invoke(app, ["eval", "--data-dir", str(d), "--split", split, "--agent", "single"],
                                terminal_width=300)
-        text = _flat(r.output)
+        text = flat(r.output)
         assert r.exit_code == 2, r.output
         assert "Invalid value for '--split'" in text and "holds a path separator" in text, text
         assert "pass that folder as --data-dir and the plain split name as --split" in text, text
         assert not (tmp_path / "runs").exists()
     r = CliRunner().invoke(app, ["eval-predictions", "--data-dir", str(d), "--split", "../other/dev", "--pred",
                                  str(tmp_path / "p.sql")], terminal_width=300)
-    assert r.exit_code == 2 and "holds a path separator" in _flat(r.output)
+    assert r.exit_code == 2 and "holds a path separator" in flat(r.output)
     with pytest.raises(SplitNameError, match=r"split '\.\./other/dev' holds a path separator"):
         load_examples(d, "../other/dev")
     for split in ("", "..", "dev\x00"):

@@ -37,6 +37,8 @@ from typer.testing import CliRunner
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
+from cli_text import flat
+
 from evaluation import candidates
 from evaluation.candidates import (
     CandidatesInputError,
@@ -222,8 +224,8 @@ def test_cli_bad_input_names_the_file_and_what_to_pass(tmp_path: Path) -> None:
     for path, what, todo in cases:
         r = _cli(str(path))
         assert r.exit_code == 2, (path, r.output)
-        flat = " ".join(r.output.split())
-        assert str(path) in flat and what in flat and todo in flat, (path, flat)
+        text = flat(r.output)
+        assert str(path) in text and what in text and todo in text, (path, text)
 
 
 def test_a_failed_record_counts_as_a_failure_of_every_row(tmp_path: Path) -> None:
@@ -265,14 +267,14 @@ def test_cli_bad_control_names_it(tmp_path: Path) -> None:
     no_match = _write(tmp_path, "nomatch.jsonl", json.dumps({"question_id": "dev-1"}) + "\n")
     r = _cli(str(RECORDS), "--control", str(no_match))
     assert r.exit_code == 2
-    flat = " ".join(r.output.split())
-    assert f"{no_match}: record 1 (question dev-1) has no match" in flat and "--agent single" in flat
+    text = flat(r.output)
+    assert f"{no_match}: record 1 (question dev-1) has no match" in text and "--agent single" in text
     yes = _write(tmp_path, "yes.jsonl", json.dumps({"question_id": "dev-1", "match": "yes"}) + "\n")
     r = _cli(str(RECORDS), "--control", str(yes))
     assert r.exit_code == 2
-    assert f"{yes}: record 1 (question dev-1): match is 'yes', not true/false/null" in " ".join(r.output.split())
+    assert f"{yes}: record 1 (question dev-1): match is 'yes', not true/false/null" in flat(r.output)
     other = _write(tmp_path, "other.jsonl", json.dumps({"question_id": "dev-999", "match": True}) + "\n")
     r = _cli(str(RECORDS), "--control", str(other))
     assert r.exit_code == 2
-    flat = " ".join(r.output.split())
-    assert f"{other} and {RECORDS} have no question in common" in flat and "same questions" in flat
+    text = flat(r.output)
+    assert f"{other} and {RECORDS} have no question in common" in text and "same questions" in text

@@ -18,6 +18,7 @@ from pathlib import Path
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import pytest
+from cli_text import flat
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -41,12 +42,7 @@ def _assert_clean(res, code: int) -> str:
     assert "Traceback" not in out, out
     assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
     assert res.exit_code == code, out
-    return " ".join(out.split())  # Rich boxes: compare on collapsed whitespace
-
-
-def _flat(text: str) -> str:
-    """Collapse whitespace and Rich's box-drawing borders, so messages read as one line."""
-    return " ".join(text.replace("│", " ").split())
+    return flat(out)
 
 
 # ------------------------------------------------------------------------------- data slices
@@ -256,11 +252,11 @@ def test_long_prediction_is_cut_in_the_records(tmp_path, spider):
 
 
 def test_help_shows_defaults():
-    out = _flat(_run("eval-predictions", "--help").output)
+    out = flat(_run("eval-predictions", "--help").output)
     assert "[default: (bundled data/spider, or $SQLSOCIETY_DATA_DIR)]" in out
     assert "[default: (<pred>.eval.jsonl)]" in out
     for command in ("roles", "ask", "eval"):
-        out = _flat(_run(command, "--help").output)
+        out = flat(_run(command, "--help").output)
         assert "[default: (configs/society.yaml)]" in out, command
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import typer
+from cli_text import flat
 from typer.testing import CliRunner
 
 from evaluation import cli as evaluation_cli
@@ -112,14 +113,14 @@ def test_wrong_line_count_is_a_clear_error(data_dir, tmp_path):
     pred.write_text("SELECT 1\nSELECT 2\nSELECT 3\n")
     res = _run("--data-dir", str(data_dir), "--pred", str(pred))
     assert res.exit_code == 2
-    text = " ".join(res.output.split())
+    text = flat(res.output)
     assert "short.sql" in text and "3 lines" in text and "10" in text and "8" in text
 
 
 def test_missing_prediction_file_is_a_clear_error(data_dir, tmp_path):
     res = _run("--data-dir", str(data_dir), "--pred", str(tmp_path / "nope.sql"))
     assert res.exit_code == 2
-    text = " ".join(res.output.split())
+    text = flat(res.output)
     assert "nope.sql" in text and "does not exist" in text
 
 
@@ -131,7 +132,7 @@ def test_misaligned_db_id_suffix_is_a_clear_error(data_dir, tmp_path):
     pred.write_text("\n".join(lines))
     res = _run("--data-dir", str(data_dir), "--pred", str(pred))
     assert res.exit_code == 2
-    text = " ".join(res.output.split())
+    text = flat(res.output)
     assert "out of order" in text and "pets_1" in text
 
 
@@ -140,7 +141,7 @@ def test_bad_data_dir_is_a_clear_error(tmp_path):
     pred.write_text("SELECT 1\n")
     res = _run("--data-dir", str(tmp_path / "nowhere"), "--pred", str(pred))
     assert res.exit_code == 2
-    assert "does not exist" in " ".join(res.output.split())
+    assert "does not exist" in flat(res.output)
 
 
 def test_root_cli_registers_the_command():

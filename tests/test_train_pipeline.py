@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cli_text import flat
 
 pytestmark = pytest.mark.model
 
@@ -155,8 +156,8 @@ def test_train_smoke_killed_in_phase1_resumes_and_runs_all_phases(tmp_path: Path
     fp = json.loads((run / "eval" / "roles" / "single_baseline.fingerprint.json").read_text())
     assert (fp["stage"], fp["agent"]) == ("single_baseline", "single")
     assert not (run / "eval" / "roles" / "single_trained.fingerprint.json").exists()
-    flat = " ".join(out.split())  # the CLI's lines are wrapped to the console width
-    assert "the one-shot agent writes with junior_direct on junior_policy, its phase-2 adapter" in flat
+    text = flat(out)  # the CLI's lines are wrapped to the console width
+    assert "the one-shot agent writes with junior_direct on junior_policy, its phase-2 adapter" in text
     section = md.split("## What the society's extra calls buy (the one-shot control, same questions)")[1]
     for what in ("single (untrained)", "juniors' pick (untrained)", "single (trained)", "juniors' pick (trained)",
                  "society (untrained)", "society (bandit)"):

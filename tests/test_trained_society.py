@@ -22,6 +22,7 @@ import yaml
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 pytest.importorskip("peft")
 
+from cli_text import flat
 from typer.testing import CliRunner  # noqa: E402
 
 from evaluation.metrics.ex import execution_match  # noqa: E402
@@ -159,14 +160,14 @@ def test_not_a_run_is_refused_naming_it_and_what_to_pass(tmp_path: Path, trained
                  ["roles", "--run", str(tmp_path / "missing")]):
         res = r.invoke(app, args)
         assert res.exit_code == 2, res.output
-        err = " ".join(res.stderr.replace("│", " ").split())
+        err = flat(res.stderr)
         assert "not a trained society" in err or "does not exist" in err, err
         assert "sqlsociety export" in err and "sqlsociety train" in err, err
     res = r.invoke(app, ["export", str(plain), str(tmp_path / "out")])
-    assert res.exit_code == 2 and "not a trained society" in " ".join(res.stdout.split()), res.output
+    assert res.exit_code == 2 and "not a trained society" in flat(res.stdout), res.output
     assert not (tmp_path / "out").exists()
     res = r.invoke(app, ["roles", "--run", str(trained_run), "--config", str(REPO / "configs" / "smoke.yaml")])
-    assert res.exit_code == 2 and "drop --config" in " ".join(res.stderr.replace("│", " ").split()), res.output
+    assert res.exit_code == 2 and "drop --config" in flat(res.stderr), res.output
 
 
 @pytest.mark.model
@@ -254,7 +255,7 @@ def test_an_adapter_is_refused_on_another_base_model(trained_run: Path, tiny_dat
     res = r.invoke(app, ["eval", "--run", str(out), "--data-dir", str(tiny_data), "--limit", "1",
                          "--model-alias", "qwen2.5-coder-0.5b"])
     assert res.exit_code == 2, res.output
-    err = " ".join(res.stderr.replace("│", " ").split())
+    err = flat(res.stderr)
     assert f"was trained on {SMOL}" in err and "qwen2.5-coder-0.5b" in err and "sha256" in err, err
     # 2. the base file the export names is not the file this machine has under that id
     m = json.loads((out / EXPORT_MANIFEST).read_text())
@@ -262,7 +263,7 @@ def test_an_adapter_is_refused_on_another_base_model(trained_run: Path, tiny_dat
     (out / EXPORT_MANIFEST).write_text(json.dumps(m))
     res = r.invoke(app, ["eval", "--run", str(out), "--data-dir", str(tiny_data), "--limit", "1"])
     assert res.exit_code == 2, res.output
-    err = " ".join(res.stderr.replace("│", " ").split())
+    err = flat(res.stderr)
     assert "000000000000" in err and f"would be served {SMOL}" in err, err
 
 
