@@ -85,7 +85,7 @@ class TrainingPipeline:
         self.plan: RunPlan | None = None
         cfg_file = self.dir.root / "config.yaml"
         if not cfg_file.exists():
-            cfg_file.write_text(config.to_yaml())
+            cfg_file.write_text(config.record.yaml)
 
     def resolve(self) -> RunPlan:
         """The run's plan (:func:`training.run_plan.resolve_run`), resolved on the first call: a

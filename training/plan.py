@@ -339,7 +339,7 @@ def _read_outside(cfg: TrainConfig, phases: set[int]) -> _Read:
     may run and the ``grpo`` section is usable), the llama-server binary (llama.cpp serving). Never
     raises for a problem of the profile (it is kept for :func:`_check_profile`)."""
     problems = list(cfg.section_problems)
-    got = _Read(resolved=cfg.resolved(), society_file=cfg.society_path(), problems=problems,
+    got = _Read(resolved=cfg.resolved(), society_file=cfg.record.society_file, problems=problems,
                 runners=cfg.gather.runners_problem(), needs=gpu_stack_needs(cfg))
     try:
         got.society = SocietyConfig.load(got.society_file)

@@ -18,17 +18,23 @@ Compatibility with run directories written before the sections were typed: the `
 run writes (:meth:`TrainConfig.to_yaml`) keeps those five sections as the profile wrote them, and
 the gather fingerprint hashes the ``reward`` section as written (:meth:`TrainConfig.as_written`),
 so a run started by older code resumes with the same file and the same content hashes.
+
+A :class:`TrainConfig` is frozen; what a run takes from it besides its settings -- the society file,
+the sections as written, the ``config.yaml`` text -- is worked out once, when the config is built,
+into :attr:`TrainConfig.record` (a :class:`ProfileRecord`), which the run and ``--dry-run`` read.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from evaluation.metrics.rewards import RewardConfig
 from society.bandit import BanditConfig
@@ -37,7 +43,7 @@ from training.gather_config import GatherConfig
 from training.grpo import SeniorGRPOConfig
 from training.sft import JuniorSFTConfig
 
-__all__ = ["PROFILE_DIR", "PROFILES", "AdapterSection", "EvalSection", "ServingSection",
+__all__ = ["PROFILE_DIR", "PROFILES", "AdapterSection", "EvalSection", "ProfileRecord", "ServingSection",
            "TrainConfig", "TrainConfigError", "RETIRED_ADAPTER_KEYS", "TYPED_SECTIONS"]
 
 logger = logging.getLogger(__name__)
@@ -174,6 +180,27 @@ class AdapterSection(TypedSettings):
     rl_reward: str = "rollout"
 
 
+@dataclass(frozen=True)
+class ProfileRecord:
+    """What a run takes from its profile besides the settings, worked out once when the
+    :class:`TrainConfig` is built (loaded, validated or copied) and read from
+    :attr:`TrainConfig.record` by the run (``config.yaml``, :func:`training.run_plan.resolve_run`)
+    and by ``--dry-run`` (:func:`training.plan.plan_profile`).
+
+    Attributes:
+        society_file: the society YAML (:meth:`TrainConfig.society_path`: a relative ``society_config``
+            taken from the repository root).
+        written: each typed section (:data:`TYPED_SECTIONS`) as the profile wrote it
+            (:meth:`TrainConfig.as_written`): what ``config.yaml`` keeps and, for ``reward``, what the
+            gather fingerprint hashes. Read it, do not change it (the record is shared).
+        yaml: the text of ``RUN_DIR/config.yaml`` (:meth:`TrainConfig.to_yaml`).
+    """
+
+    society_file: Path
+    written: Mapping[str, dict[str, Any]]
+    yaml: str
+
+
 class TrainConfig(TypedSettings):
     """A training profile (``configs/train/<profile>.yaml``), validated.
 
@@ -203,6 +230,9 @@ class TrainConfig(TypedSettings):
             :class:`training.reuse.ReuseRefused` naming the hash). Relative paths are taken from
             the working directory.
 
+    Frozen (a field cannot be set): change one with ``model_copy(update=...)``; the copy makes its
+    own :attr:`record`.
+
     Raises (as a ``ValidationError``; :meth:`load` raises :class:`TrainConfigError`):
         an unknown key or a wrongly typed value in any section (:func:`tools.value_types.section_problems`);
         a value a section's class refuses;
@@ -227,6 +257,8 @@ class TrainConfig(TypedSettings):
     junior_adapters: Literal["shared", "per_persona"] = "shared"
     reuse_from: list[str] = Field(default_factory=list)
 
+    model_config = ConfigDict(frozen=True)
+
     @model_validator(mode="after")
     def _held_out_evaluation(self) -> TrainConfig:
         """Refuse a profile whose gather split (phase-1 rollouts: the questions phases 2-4 train on)
@@ -242,6 +274,7 @@ class TrainConfig(TypedSettings):
 
     _written: dict[str, tuple[int, Any]] = PrivateAttr(default_factory=dict)
     _problems: list[tuple[str, str]] = PrivateAttr(default_factory=list)
+    _record: ProfileRecord | None = PrivateAttr(default=None)
 
     @field_validator(*TYPED_SECTIONS, mode="before")
     @classmethod
@@ -261,7 +294,35 @@ class TrainConfig(TypedSettings):
         if isinstance(data, dict):
             cfg._written = {k: (id(getattr(cfg, k)), copy.deepcopy(data[k]))
                             for k in TYPED_SECTIONS if isinstance(data.get(k), dict)}
+        cfg._record = cfg._make_record()
         return cfg
+
+    def _make_record(self) -> ProfileRecord:
+        return ProfileRecord(society_file=self.society_path(),
+                             written={k: self.as_written(k) for k in TYPED_SECTIONS},
+                             yaml=self.to_yaml())
+
+    @property
+    def record(self) -> ProfileRecord:
+        """The society file, the sections as written and the ``config.yaml`` text of this profile
+        (:class:`ProfileRecord`), worked out when the config was built (or copied)."""
+        if self._record is None:  # a copy, or built without validation (model_construct)
+            self._record = self._make_record()
+        return self._record
+
+    def __copy__(self) -> TrainConfig:
+        """pydantic's shallow copy, without :attr:`record`: ``model_copy(update=...)`` sets the new
+        fields after copying, so the copy makes its own record when it is first read (a section
+        replaced by ``update`` counts as built in code, :meth:`as_written`)."""
+        copied = super().__copy__()
+        copied._record = None
+        return copied
+
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> TrainConfig:
+        """pydantic's deep copy (``model_copy(deep=True)``), without :attr:`record`, as :meth:`__copy__`."""
+        copied = super().__deepcopy__(memo)
+        copied._record = None
+        return copied
 
     def as_written(self, section: str) -> dict[str, Any]:
         """A typed section as the profile wrote it: the keys it gave with their values as read (a

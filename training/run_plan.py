@@ -178,7 +178,7 @@ def resolve_run(cfg: TrainConfig, run_dir: RunDir, *, phases: set[int] | None = 
     """
     phases = set(phases or PHASES)
     e = cfg.eval
-    society_file, reward = cfg.society_path(), cfg.as_written("reward")
+    society_file, reward = cfg.record.society_file, cfg.record.written["reward"]
     done = {k: run_dir.done(k) for k in PHASES}
     loaded = SocietyConfig.load(society_file)
     society = route_society(loaded, done, cfg.junior_adapters)
