@@ -163,6 +163,26 @@ def test_a_trl_setting_in_the_section_reaches_trl_and_the_project_value_applies_
         TrainConfig.load(_profile(tmp_path, sft={"max_grad_norm": "big"}))
 
 
+def test_grpo_scale_rewards_takes_only_the_values_trl_reads(tmp_path: Path) -> None:
+    """TRL annotates ``GRPOConfig.scale_rewards`` as ``str`` but reads only ``group``, ``batch``, ``none``
+    and true / false (as ``group`` / ``none``); its trainer refuses another value only when it first
+    scales rewards, in phase 3. The profile refuses one at load, naming the key and the values."""
+    from types import SimpleNamespace
+
+    from training.grpo import SeniorGRPOTrainer
+
+    for bad in ("grup", 1, None):  # 1 == True in Python, but YAML's 1 is no boolean
+        with pytest.raises(TrainConfigError, match=r"grpo.scale_rewards: expected one of 'group', 'batch', "
+                                                   r"'none', true, false; got "):
+            TrainConfig.load(_profile(tmp_path, grpo={"scale_rewards": bad}))
+    with pytest.raises(TrainConfigError, match=r"grpo.trl_args.scale_rewards: expected one of 'group'"):
+        TrainConfig.load(_profile(tmp_path, grpo={"trl_args": {"scale_rewards": "Group"}}))
+    for given, read in (("batch", "batch"), ("none", "none"), (True, "group"), (False, "none")):
+        cfg = TrainConfig.load(_profile(tmp_path, grpo={"scale_rewards": given}))
+        grpo = cfg.grpo.with_values(output_dir=str(tmp_path / "g"))
+        assert SeniorGRPOTrainer._args(SimpleNamespace(config=grpo)).scale_rewards == read
+
+
 def test_the_bandit_and_reward_sections_are_typed_settings_models() -> None:
     """``BanditConfig`` and ``RewardConfig`` check themselves, not only inside a profile: an unknown key
     and a wrongly typed value (named with the type it wants) are refused; defaults and attributes are as
@@ -311,6 +331,11 @@ def test_sections_are_kept_as_written_for_config_yaml_and_the_gather_hash(tmp_pa
     assert again.to_yaml() == cfg.to_yaml() and again.resolved() == cfg.resolved()
     changed = cfg.model_copy(update={"reward": RewardConfig(timeout_s=9.0)})
     assert changed.as_written("reward") == {"timeout_s": 9.0}
+    # what the run reads (config.yaml, the gather hash's reward) is made once per config, a copy's its own
+    assert cfg.record.written["reward"] == {"timeout_s": 5} and cfg.record.yaml == cfg.to_yaml()
+    assert changed.record.written["reward"] == {"timeout_s": 9.0} and changed.record.yaml == changed.to_yaml()
+    with pytest.raises(ValueError, match="frozen"):
+        cfg.reward = RewardConfig(timeout_s=9.0)  # a field is not set in place: the record would go stale
 
 
 def _written(tmp_path: Path, text: str) -> Path:

@@ -151,7 +151,8 @@ class SeniorGRPOConfig(LoraTrainingConfig):
     Raises (as a pydantic ``ValidationError``, a ``ValueError``): an unknown or wrongly typed key, a
     value out of range (``num_generations < 2``, a ``max_steps``, ``max_completion_length``,
     ``num_iterations``, ``prompts_per_step`` or ``max_prompt_length`` below 1, ``temperature <= 0``),
-    a ``warm_start`` setting :class:`training.sft.JuniorSFTConfig` refuses.
+    a ``scale_rewards`` TRL does not read (:attr:`TRL_CHOICES`: ``group``, ``batch``, ``none``, true,
+    false), a ``warm_start`` setting :class:`training.sft.JuniorSFTConfig` refuses.
     """
 
     TRL_CLASS: ClassVar[str] = "GRPOConfig"
@@ -165,6 +166,10 @@ class SeniorGRPOConfig(LoraTrainingConfig):
         **LoraTrainingConfig.TRL_DEFAULTS,
     }
     TRL_SHOWN: ClassVar[tuple[str, ...]] = ("temperature", "top_p", "epsilon", "num_iterations", "scale_rewards")
+    #: TRL annotates ``scale_rewards`` as ``str``; ``GRPOConfig`` reads these (True as ``"group"``, False as
+    #: ``"none"``, in its ``__post_init__``), and ``GRPOTrainer`` refuses any other only when it first
+    #: scales rewards (trl 1.16).
+    TRL_CHOICES: ClassVar[dict[str, tuple[Any, ...]]] = {"scale_rewards": ("group", "batch", "none", True, False)}
 
     prompts_per_step: int = 1
     max_prompt_length: int = 1024

@@ -33,7 +33,7 @@ from pydantic_core import to_jsonable_python
 
 from tools.value_types import SettingProblems, TypedSettings, field_names, type_problems
 
-__all__ = ["DEFAULT_TARGET_MODULES", "LoraTrainingConfig", "trl_config_class", "trl_default"]
+__all__ = ["DEFAULT_TARGET_MODULES", "LoraTrainingConfig", "choice_problem", "trl_config_class", "trl_default"]
 
 #: The linear layers of llama/qwen2 blocks a LoRA adapts (all of them: attention and MLP).
 DEFAULT_TARGET_MODULES: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -69,6 +69,21 @@ def _listed(keys: Any) -> str:
     return str(sorted(keys))
 
 
+def choice_problem(value: Any, choices: tuple[Any, ...]) -> str | None:
+    """Why ``value`` is none of ``choices`` (compared with their types: ``1`` is not ``True``), or None
+    when it is one; strings shown quoted, booleans as YAML writes them.
+
+    >>> choice_problem("grup", ("group", "none", True, False))
+    "expected one of 'group', 'none', true, false; got 'grup'"
+    >>> choice_problem(1, ("group", True)), choice_problem(True, ("group", True))
+    ("expected one of 'group', true; got 1", None)
+    """
+    if any(type(value) is type(c) and value == c for c in choices):
+        return None
+    shown = ", ".join(str(c).lower() if isinstance(c, bool) else repr(c) for c in choices)
+    return f"expected one of {shown}; got {value!r}"[:200]
+
+
 class LoraTrainingConfig(TypedSettings):
     """What SFT and GRPO both set: the base model, the PEFT LoRA, torch's CPU threads, and TRL's
     settings.
@@ -93,8 +108,8 @@ class LoraTrainingConfig(TypedSettings):
 
     Raises (as a pydantic ``ValidationError``): :class:`tools.value_types.SettingProblems` for a key
     that is neither a field nor a TRL setting, a wrongly typed value (a TRL setting checked against
-    TRL's annotation), a TRL setting given both in the section and in ``trl_args``; ``lora_r < 1``,
-    ``lora_alpha <= 0``, ``logging_steps < 1``.
+    TRL's annotation; one of :attr:`TRL_CHOICES` against the values TRL reads), a TRL setting given
+    both in the section and in ``trl_args``; ``lora_r < 1``, ``lora_alpha <= 0``, ``logging_steps < 1``.
     """
 
     #: The TRL config class whose settings the section also takes.
@@ -111,6 +126,9 @@ class LoraTrainingConfig(TypedSettings):
     }
     #: TRL settings :meth:`settings` (so ``--dry-run``) lists at TRL's default too: the knobs worth seeing.
     TRL_SHOWN: ClassVar[tuple[str, ...]] = ()
+    #: TRL settings whose annotation takes more than TRL reads: name -> every value TRL takes, checked
+    #: (type and value, :func:`choice_problem`) instead of the annotation.
+    TRL_CHOICES: ClassVar[dict[str, tuple[Any, ...]]] = {}
 
     model: str = "smollm2-135m"
     lora_r: int = 8
@@ -156,7 +174,7 @@ class LoraTrainingConfig(TypedSettings):
             hint = "; ".join(f"did you mean {m[0]!r} for {k!r}?" for k, m in near.items() if m)
             out.insert(0, (where, f"unknown key(s) {unknown}; known: {_listed(set(own) - set(fixed))} and the "
                                   f"settings of trl.{cls.TRL_CLASS}" + (f" ({hint})" if hint else "")))
-        out += type_problems(trl_cls, flat, prefix)
+        out += cls._trl_value_problems(trl_cls, flat, prefix)
         mine = sorted(set(nested) & set(own))
         if mine:
             out.append((f"{prefix}trl_args", f"{cls.__name__}: set {mine} in the section, not in trl_args "
@@ -168,7 +186,20 @@ class LoraTrainingConfig(TypedSettings):
         if twice:
             out.append((f"{prefix}trl_args", f"{cls.__name__}: {twice} given both in the section and in trl_args; "
                                              "keep one"))
-        return out + type_problems(trl_cls, nested, f"{prefix}trl_args.")
+        return out + cls._trl_value_problems(trl_cls, nested, f"{prefix}trl_args.")
+
+    @classmethod
+    def _trl_value_problems(cls, trl_cls: type, values: Mapping[str, Any], prefix: str) -> list[tuple[str, str]]:
+        """TRL settings of ``values`` checked against TRL's annotations, those of :attr:`TRL_CHOICES`
+        against their values instead; ``(prefix + key, message)`` in the order of ``values``."""
+        wrong = dict(type_problems(trl_cls, {k: v for k, v in values.items() if k not in cls.TRL_CHOICES}, prefix))
+        out = []
+        for key, value in values.items():
+            choices = cls.TRL_CHOICES.get(key)
+            problem = wrong.get(prefix + key) if choices is None else choice_problem(value, choices)
+            if problem:
+                out.append((prefix + key, problem))
+        return out
 
     @model_validator(mode="before")
     @classmethod
