@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LIBRARY_LOGGERS", "PHASES", "STAGE_AFTER_PHASE", "PhaseReport", "RunDir", "route_library_logs"]
+__all__ = ["LIBRARY_LOGGERS", "PHASES", "STAGE_AFTER_PHASE", "PhaseReport", "RunDir", "rebase_paths",
+           "route_library_logs"]
 
 #: Phase number -> name; stages evaluated on the dev subset: baseline, then one after each of 2-4.
 PHASES: dict[int, str] = {1: "gather", 2: "sft", 3: "grpo", 4: "bandit"}
@@ -49,6 +50,26 @@ def route_library_logs(path: Path) -> None:
         lg.propagate = False
 
 
+def rebase_paths(value: Any, old: str, new: str) -> Any:
+    """``value`` with every string that is the directory ``old`` or a path under it moved under
+    ``new``, through nested dicts and lists (other values unchanged): how a ``done.json`` written
+    in a run directory at ``old`` reads once the directory was moved or copied to ``new``
+    (another disk, another machine).
+
+    >>> rebase_paths({"adapter": "/a/run/phases/2-sft/adapter", "runs": ["/a/run", "/a/runner"], "steps": 3},
+    ...              "/a/run", "/b/r")
+    {'adapter': '/b/r/phases/2-sft/adapter', 'runs': ['/b/r', '/a/runner'], 'steps': 3}
+    """
+    if isinstance(value, str):
+        if value == old:
+            return new
+        return new + value[len(old):] if value.startswith(old.rstrip("/") + "/") else value
+    if isinstance(value, dict):
+        return {k: rebase_paths(v, old, new) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rebase_paths(v, old, new) for v in value]
+    return value
+
 
 class RunDir:
     """Layout of a training run directory (see ``evaluation.run_data`` for the files the report reads).
@@ -70,13 +91,21 @@ class RunDir:
         return d
 
     def done(self, k: int) -> dict[str, Any] | None:
+        """Phase ``k``'s ``done.json`` (None: not finished). It names the directory it was written in
+        (``run_dir``); when the run has been moved since, its paths read as under the current root
+        (:func:`rebase_paths`), so a run copied to another disk or machine resumes and loads."""
         f = self.root / "phases" / f"{k}-{PHASES[k]}" / "done.json"
-        return json.loads(f.read_text()) if f.is_file() else None
+        if not f.is_file():
+            return None
+        info = json.loads(f.read_text())
+        was, now = info.get("run_dir"), str(self.root.resolve())
+        return rebase_paths(info, was, now) if isinstance(was, str) and was != now else info
 
     def mark_done(self, k: int, info: dict[str, Any]) -> None:
+        """Write phase ``k``'s ``done.json``: ``info`` and ``run_dir``, this directory's absolute path."""
         f = self.phase_dir(k) / "done.json"
         tmp = f.with_suffix(".tmp")
-        tmp.write_text(json.dumps(info, indent=2, default=str))
+        tmp.write_text(json.dumps({**info, "run_dir": str(self.root.resolve())}, indent=2, default=str))
         os.replace(tmp, f)
 
     def role_eval_path(self, stage: str) -> Path:
