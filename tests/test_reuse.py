@@ -204,9 +204,10 @@ def test_a_run_with_the_same_settings_reuses_the_baselines_and_the_report_names_
 
 def test_the_stages_of_a_run_made_before_the_one_shot_control_keep_their_hashes(tmp_path: Path) -> None:
     """Adding the one-shot stages changes no other stage's fingerprint: the 2026-12-05 default run (made
-    before them; its profile and fingerprints are committed under bench/results) would resume and reuse
-    its society and juniors-only baselines with the same hashes. Its profile loads with the control on
-    (``eval.single`` defaults to true) and the control gets a fingerprint of its own.
+    before them; its profile, records and fingerprints are committed under bench/results, laid out as a
+    run directory) is a ``reuse_from`` source for its society and juniors-only baselines. Its profile
+    loads with the control on (``eval.single`` defaults to true) and the control gets a fingerprint of
+    its own.
 
     Hashes the real Qwen2.5-Coder GGUF (cached by path, size and mtime), the real schemas and the
     questions drawn; nothing is evaluated. If this fails after a deliberate change of
@@ -231,9 +232,11 @@ def test_the_stages_of_a_run_made_before_the_one_shot_control_keep_their_hashes(
         got = {name: s.fingerprint for name, s in fingerprint_run(cfg, society, stages).stages.items()}
     except ModelNotInstalledError as e:
         pytest.skip(f"the default model is not installed here: {e}")
-    for stage in ("baseline", "juniors_baseline"):
-        fp, want = got[stage], Fingerprint.from_json(json.loads((old / f"{stage}.fingerprint.json").read_text()))
-        assert fp == want, f"{stage}: {[p for p in PARTS if fp.parts[p] != want.parts[p]]} differ"
+    # the committed folder is laid out as a run directory: `reuse_from: [<that folder>]` takes both stages
+    for stage, role_level in (("baseline", False), ("juniors_baseline", True)):
+        match = find_reusable(got[stage], [old], role_level=role_level)  # ReuseRefused names a differing hash
+        assert match is not None, f"{stage}: not found in {old}"
+        assert match.fingerprint == got[stage] and match.records.is_file() and match.summary.is_file()
     single = got["single_baseline"]
     assert single is not None and single.agent == "single"
     assert single.parts["questions"] == got["juniors_baseline"].parts["questions"]  # the juniors' questions
