@@ -166,8 +166,8 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
     A record with no junior in ``roles`` (a question whose run failed before any junior answered,
     ``status: "failed"``) is kept: every junior counts as a failure there (``missing``), see
     :attr:`CandidatesSummary.without_juniors`. A file in which *no* record has a junior is refused.
-    Compact records (``roles`` without ``candidates``, as in ``bench/results/*/*.records.jsonl``)
-    are read too: everything but :func:`agreement` is measured from ``roles``.
+    Compact records (``roles`` without ``candidates``, as in the per-question records committed under
+    ``bench/results``) are read too: everything but :func:`agreement` is measured from ``roles``.
 
     Returns:
         One dict per question, in file order (a truncated last line, from a run killed while

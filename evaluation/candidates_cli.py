@@ -10,7 +10,8 @@ against each junior on the same questions (paired bootstrap CI, exact McNemar p,
 oracle and each junior against the control on the questions both files hold; questions held by
 one file only are counted and printed.
 
-Compact records (``roles`` without ``candidates``, e.g. ``bench/results/*/juniors_baseline.records.jsonl``)
+Compact records (``roles`` without ``candidates``, e.g. the committed
+``bench/results/default-2026-12-05-partial/eval/roles/juniors_baseline.jsonl``)
 give everything but the agreement of the candidates' results.
 
 Read-only: writes nothing. Bad input (a missing file, not JSON lines, records without a junior in

@@ -246,7 +246,7 @@ def test_a_failed_record_counts_as_a_failure_of_every_row(tmp_path: Path) -> Non
 
 
 def test_compact_records_without_candidates_give_all_but_the_agreement(tmp_path: Path) -> None:
-    # the compact form of bench/results/*/*.records.jsonl: roles (sql, ok, fixed, ex), no candidates
+    # the compact form of the records committed under bench/results: roles (sql, ok, fixed, ex), no candidates
     lines = []
     for rec in read_records(RECORDS):
         roles = {k: {f: v[f] for f in ("sql", "ok", "fixed", "ex") if f in v} if k.startswith("junior") else v
