@@ -23,8 +23,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol, TypeVar
 
-__all__ = ["InfrastructureError", "ServerDied", "dead_servers", "describe_exit", "interruptible", "track_server",
-           "untrack_server"]
+__all__ = ["STATUS_UNKNOWN", "InfrastructureError", "ServerDied", "dead_servers", "describe_exit", "interruptible",
+           "track_server", "untrack_server"]
 
 T = TypeVar("T")
 
@@ -36,12 +36,18 @@ class InfrastructureError(RuntimeError):
     """A model server or endpoint failed; nothing about the question or the policy."""
 
 
+#: The status of a process that exited, as seen from a process that cannot wait for it (a forked
+#: child of the one that started it): no signal and no exit code has this number.
+STATUS_UNKNOWN = 1 << 16
+
+
 class ServerDied(InfrastructureError):
     """A model server that was serving exited.
 
     Attributes:
         server: the server's description (``llama-server qwen2.5-coder-0.5b (file.gguf)``).
-        returncode: the process status (negative: killed by that signal).
+        returncode: the process status (negative: killed by that signal; :data:`STATUS_UNKNOWN`
+            when it was seen exited from a process other than the one that started it).
         log_tail: the last lines of the server's log.
     """
 
@@ -64,7 +70,11 @@ def describe_exit(returncode: int) -> str:
     'exit code 1'
     >>> describe_exit(-4).split(' — ')[0]
     'SIGILL (Illegal instruction)'
+    >>> describe_exit(STATUS_UNKNOWN)
+    'exited (its status goes to the process that started it, not this one)'
     """
+    if returncode == STATUS_UNKNOWN:
+        return "exited (its status goes to the process that started it, not this one)"
     if returncode >= 0:
         return f"exit code {returncode}"
     try:

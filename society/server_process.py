@@ -33,9 +33,10 @@ import portpicker
 from tenacity import Retrying, retry_if_exception, stop_after_attempt
 
 from society.health import http_ok, poll_until
-from society.infra import InfrastructureError, ServerDied, describe_exit, track_server, untrack_server
+from society.infra import STATUS_UNKNOWN, InfrastructureError, ServerDied, describe_exit, track_server, untrack_server
 
-__all__ = ["PORT_TRIES", "ManagedServer", "ServerStartError", "free_port", "port_clash"]
+__all__ = ["PORT_TRIES", "ManagedServer", "ServerStartError", "free_port", "port_clash",
+           "process_start"]
 
 #: Start-up tries on a fresh free port when the chosen one was taken before the server bound it.
 PORT_TRIES = 3
@@ -73,6 +74,23 @@ def port_clash(log_text: str) -> bool:
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that no process is bound to now (``portpicker``)."""
     return int(portpicker.pick_unused_port())
+
+
+def process_start(pid: int) -> int | None:
+    """The start time of the live process ``pid`` (clock ticks since boot, field 22 of Linux
+    ``/proc/<pid>/stat``, proc(5)), or None when no such process runs: it never existed, it exited
+    (a zombie, state ``Z``/``X``, counts as exited), or ``/proc`` cannot be read. With the start
+    time a process is told from a later one that got the same pid.
+
+    >>> process_start(os.getpid()) is not None
+    True
+    """
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2:].split()  # after "pid (comm) ": state is field 3, starttime 22
+    return None if fields[0] in ("Z", "X") else int(fields[19])
 
 
 def _server_pids(launcher_pid: int) -> list[int]:
@@ -146,6 +164,8 @@ class ManagedServer:
         self._user_log = Path(log_path) if log_path is not None else None
         self.log_path: Path | None = self._user_log
         self._proc: subprocess.Popen[bytes] | None = None
+        self._owner_pid: int | None = None  # the process that started the launcher (only it can wait for it)
+        self._launcher_start: int | None = None
         self._lock = threading.RLock()
         self.startup_s: float | None = None
 
@@ -187,8 +207,21 @@ class ManagedServer:
 
     @property
     def running(self) -> bool:
-        """True while the server process is alive."""
-        return self._proc is not None and self._proc.poll() is None
+        """True while the server process is alive (:meth:`_exit_status`)."""
+        return self._proc is not None and self._exit_status(self._proc) is None
+
+    def _exit_status(self, proc: subprocess.Popen[bytes]) -> int | None:
+        """None while the launcher runs, else its status (negative: the signal it died of) -- or
+        :data:`society.infra.STATUS_UNKNOWN` in another process than the one that started it.
+
+        Only the starting process can wait for the launcher. In a forked child (an Agent Lightning
+        runner, which inherits this object) ``Popen.poll`` gets ``ECHILD`` and reports exit code 0 for
+        a server that is alive and well; there the launcher's ``/proc`` entry is read instead
+        (:func:`process_start`: gone, a zombie, or another process under the same pid = exited)."""
+        if os.getpid() == self._owner_pid:
+            return proc.poll()
+        start = process_start(proc.pid)
+        return None if start is not None and start == self._launcher_start else STATUS_UNKNOWN
 
     def start(self, timeout_s: float = 180) -> ManagedServer:
         """Start the server and wait until ``GET /health`` answers 200 (model loaded).
@@ -232,6 +265,7 @@ class ManagedServer:
             log_start = log.tell()  # a user's log file keeps earlier starts: read this one's part only
             self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                           env=self.child_env(), start_new_session=True)
+        self._owner_pid, self._launcher_start = os.getpid(), process_start(self._proc.pid)
         atexit.register(self.stop)
         url = f"http://{self.host}:{self.port}/health"
         proc = self._proc
@@ -272,11 +306,12 @@ class ManagedServer:
                                 port_in_use=clash)
 
     def failure(self) -> ServerDied | None:
-        """:class:`ServerDied` if the server was started and has exited without :meth:`stop`; else None."""
+        """:class:`ServerDied` if the server was started and has exited without :meth:`stop`; else None.
+        Right in any process, also one forked after the start (:meth:`_exit_status`)."""
         proc = self._proc
         if proc is None:
             return None
-        rc = proc.poll()
+        rc = self._exit_status(proc)
         return None if rc is None else ServerDied(self.name, rc, self._log_tail(20))
 
     def check(self) -> None:

@@ -299,6 +299,45 @@ def test_server_killed_while_serving_is_server_died(hf_dir, standin):
     assert srv.failure() is None
 
 
+def _seen_from_a_forked_child(srv: VLLMServer) -> list:
+    """``[srv.running, headline of srv.failure() or None]`` as a forked child of this process sees them
+    (what an Agent Lightning runner is to the process that started the servers)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: look, report through the pipe, leave without running any cleanup
+        os.close(r)
+        err = srv.failure()
+        os.write(w, json.dumps([srv.running, None if err is None else err.headline]).encode())
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        seen = json.loads(f.read())
+    os.waitpid(pid, 0)
+    return seen
+
+
+def test_a_forked_process_sees_the_server_alive_while_it_runs_and_dead_once_killed(hf_dir, standin):
+    """In a process forked after the start (an Agent Lightning runner) ``Popen.poll`` cannot wait for the
+    launcher and answers exit code 0 (ECHILD) for a server that is alive. On 2026-12-06 that stopped a
+    phase-1 gather: one request timed out under load, the runner asked which servers had died and
+    heard "llama-server ... exited: exit code 0" of a live one, so the request was not retried. Both
+    halves are asserted: alive while it runs, and exited once its process is killed."""
+    srv = VLLMServer(hf_dir, served_model_name="base", command_prefix=standin).start()
+    try:
+        assert _seen_from_a_forked_child(srv) == [True, None]
+        assert srv.running and srv.failure() is None  # the starting process itself is not disturbed
+        children = Path(f"/proc/{srv.pid}/task/{srv.pid}/children").read_text().split()
+        os.kill(int(children[0]), signal.SIGKILL)
+        deadline = time.monotonic() + EVENT_WAIT_S  # the event (the launcher gone), bounded generously
+        while _seen_from_a_forked_child(srv)[0] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        running, headline = _seen_from_a_forked_child(srv)
+        assert running is False
+        assert headline.startswith("model server vllm base") and "goes to the process that started it" in headline
+    finally:
+        srv.stop()
+
+
 def test_export_has_no_vllm_command_line_any_more():
     import training.export as export
 
