@@ -229,7 +229,7 @@ def test_backend_auto_picks_verl_only_with_cuda_and_verl():
 
     import torch
 
-    from training.grpo_verl import resolve_backend
+    from training.run_plan import resolve_backend
 
     gpu = torch.cuda.is_available() and importlib.util.find_spec("verl") is not None
     assert resolve_backend("auto") == ("verl" if gpu else "trl")

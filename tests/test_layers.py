@@ -99,7 +99,8 @@ LAYERS: list[tuple[str, list[str]]] = [
                   "training.lora_training", "training.profile", "training.role_aliases", "training.run_dir",
                   "training.run_serving", "training.senior_reward", "training.grpo_verl", "training.gather_config",
                   "training.run_plan", "training.stages", "training.phase_gather", "training.phase_sft",
-                  "training.phase_grpo", "training.phase_bandit", "training.gpu_stack", "training.run_questions",
+                  "training.phase_grpo", "training.phase_grpo_verl", "training.senior_prefilter",
+                  "training.phase_bandit", "training.gpu_stack", "training.run_questions",
                   "training.stage_plan"]),
     ("pipeline", ["training.pipeline", "training.plan", "training.gpu_check", "training.trained"]),
     ("cli", ["society.cli", "society.cli.*", "society.commands", "training.cli", "evaluation.cli",
@@ -131,7 +132,7 @@ _GPU = (
 #: (importer, imported) -> why the import stays inside a function although it crosses packages (folders).
 LAZY_ALLOWED: dict[tuple[str, str], str] = {
     ("evaluation.obs_cli", "evaluation.tracing.store"): _AGL,
-    ("training.run_plan", "evaluation.tracing.store"): _AGL,
+    ("training.run_dir", "evaluation.tracing.store"): _AGL,
     ("training.senior_reward", "society.roles"): _GPU,
     ("training.senior_reward", "society.llm"): _GPU,
     ("training.threads", "society.cpu_threads"): _GPU,

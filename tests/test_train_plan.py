@@ -208,3 +208,42 @@ def test_per_persona_adapters_in_the_plan(tmp_path):
     shared = plan_profile(TrainConfig.load(profile(tmp_path, junior_adapters="shared")))
     assert {r["alias"] for r in shared.roles if r["kind"] == "junior"} == {"junior_policy"}
     assert "for each of the" not in shared.budgets["sft"]
+
+
+def test_the_run_plan_resolves_personas_senior_and_backend_once(tmp_path):
+    """What the phases used to work out on the way (personas and their aliases, the senior's alias and
+    stop strings, the GRPO backend) is in the plan, resolved from the society config and the profile."""
+    from training.run_dir import RunDir
+    from training.run_plan import resolve_run
+
+    cfg = TrainConfig.load(profile(tmp_path, society_config=str(ROOT / "configs/society.yaml"),
+                                   junior_adapters="per_persona", grpo={"backend": "trl"}))
+    plan = resolve_run(cfg, RunDir(tmp_path / "run"), phases={2, 3}, echo=lambda _: None)
+    assert plan.personas == {"direct": "junior_policy_direct", "step_by_step": "junior_policy_step_by_step",
+                             "decompose": "junior_policy_decompose"}
+    assert plan.persona_of == {"junior_direct": "direct", "junior_step_by_step": "step_by_step",
+                               "junior_decompose": "decompose"}
+    senior = next(r for r in plan.society.roles if r.type == "senior")
+    assert plan.senior_alias == senior.model == "senior_policy"
+    assert plan.senior_stop == (list(senior.sampling.stop) if senior.sampling.stop else None)
+    assert plan.grpo_backend == "trl"
+    assert resolve_run(cfg, RunDir(tmp_path / "run"), phases={2}, echo=lambda _: None).grpo_backend is None
+
+
+@pytest.mark.skipif(importlib.util.find_spec("verl") is not None, reason="verl is installed: it may run here")
+def test_a_verl_backend_that_cannot_run_here_stops_the_run_before_any_evaluation(tmp_path):
+    from training.run_dir import RunDir
+    from training.run_plan import resolve_run
+
+    cfg = TrainConfig.load(profile(tmp_path, grpo={"backend": "verl"}))
+    run = tmp_path / "run"
+    with pytest.raises(TrainConfigError, match=r"grpo.backend 'verl' needs a CUDA GPU and the verl package"):
+        resolve_run(cfg, RunDir(run), phases={1, 2, 3, 4}, echo=lambda _: None)
+    assert not list((run / "eval").iterdir())  # nothing evaluated, nothing written
+
+
+def test_a_run_without_a_store_says_to_run_phase_1_first(tmp_path):
+    from training.run_dir import RunDir
+
+    with pytest.raises(TrainConfigError, match=r"store.sqlite does not exist: run phase 1 \(gather\) first"):
+        RunDir(tmp_path / "run").archive()

@@ -9,6 +9,8 @@ function                          what it does
 :func:`adapter_gguf`              the GGUF LoRA file of an adapter, exported when missing or older
 :func:`merge_adapter`             PEFT adapter merged into the base -> HF directory (for
                                   ``transformers serve`` and for vLLM/verl without LoRA)
+:func:`served_weights`            the files a training run's servers load, resolved once
+                                  (:class:`ServedWeights`)
 ================================  ==============================================================
 
 The base models come from :mod:`training.checkpoints`; serving an adapter and checking what is
@@ -43,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from training.checkpoints import ExportError, finish_gguf, gguf_field, load_for_training, resolve_gguf
+from training.checkpoints import ExportError, finish_gguf, gguf_field, hf_checkpoint, load_for_training, resolve_gguf
 
 __all__ = [
     "AdapterInfo",
@@ -51,6 +53,8 @@ __all__ = [
     "export_lora_gguf",
     "adapter_gguf",
     "merge_adapter",
+    "ServedWeights",
+    "served_weights",
 ]
 
 #: Architectures whose GGUF stores attn_q / attn_k rows permuted for llama.cpp's rope layout
@@ -267,3 +271,51 @@ def adapter_gguf(adapter: str | os.PathLike[str], base_model: str | os.PathLike[
     if not a.is_file():
         raise FileNotFoundError(f"LoRA adapter {a} does not exist; pass a PEFT adapter directory or an adapter .gguf")
     return a
+
+
+@dataclass(frozen=True)
+class ServedWeights:
+    """The files the servers of a training run's stage load (:func:`served_weights`).
+
+    Attributes:
+        base: the base model as the engine loads it: a GGUF file (llama.cpp) or a Hugging Face
+            directory (vLLM, :func:`training.checkpoints.hf_checkpoint`).
+        loras: role alias -> adapter served on its role model's server, chosen per request by
+            the alias: a GGUF LoRA file (llama.cpp) or a PEFT directory (vLLM).
+        own: role alias -> GGUF LoRA whose base model is not its role's model (llama.cpp): it
+            gets a llama-server of its own on ``base``. Always empty with vLLM.
+    """
+
+    base: Path
+    loras: dict[str, Path]
+    own: dict[str, Path]
+
+
+def served_weights(engine: str, base_model: str | os.PathLike[str], adapters: dict[str, Path],
+                   role_models: dict[str, str]) -> ServedWeights:
+    """Resolve, once per stage, every file its servers load: the base model and each trained adapter
+    in the engine's form (a PEFT adapter is exported to GGUF here when its ``adapter.gguf`` is
+    missing or older, :func:`adapter_gguf`).
+
+    Args:
+        engine: ``"llama.cpp"`` or ``"vllm"`` (the profile's ``serving.engine``).
+        base_model: the model the adapters were trained on (alias, GGUF path or HF directory).
+        adapters: role alias -> PEFT adapter directory (or a GGUF LoRA file, llama.cpp).
+        role_models: role alias -> the embedded model alias its role is served by (an adapter whose
+            model resolves to another GGUF than ``base_model`` goes to :attr:`ServedWeights.own`).
+
+    Raises:
+        FileNotFoundError, ValueError: a model or an adapter cannot be found
+            (:func:`training.checkpoints.resolve_gguf`, :func:`adapter_gguf`).
+        training.checkpoints.ExportError: an adapter cannot be exported.
+    """
+    if engine == "vllm":
+        return ServedWeights(base=hf_checkpoint(base_model), loras={a: Path(p) for a, p in adapters.items()}, own={})
+    base = resolve_gguf(base_model)
+    loras: dict[str, Path] = {}
+    own: dict[str, Path] = {}
+    for alias, adapter in adapters.items():
+        gguf = adapter_gguf(adapter, base)
+        (loras if resolve_gguf(role_models.get(alias, base_model)) == base else own)[alias] = gguf
+    return ServedWeights(base=base, loras=loras, own=own)
+

@@ -120,8 +120,9 @@ class SeniorGRPOConfig(LoraTrainingConfig):
             with a warning rather than truncated (a cut schema makes the reward meaningless).
         lora_dropout: PEFT LoRA dropout (0 here; the other LoRA fields are the base's).
         backend: ``"auto"`` (``verl`` when CUDA and verl are present, else ``trl``; see
-            :func:`resolve_backend`), ``"trl"`` (CPU/GPU, this process: :class:`SeniorGRPOTrainer`
-            runs ``auto`` as ``trl``) or ``"verl"`` (GPU, see :func:`training.grpo_verl.train_senior_verl`).
+            :func:`training.run_plan.resolve_backend`), ``"trl"`` (CPU/GPU, this process:
+            :class:`SeniorGRPOTrainer` runs ``auto`` as ``trl``) or ``"verl"`` (GPU, see
+            :func:`training.grpo_verl.train_senior_verl`).
         verl_config: YAML of the VERL path (default ``configs/verl_senior.yaml``).
         agent_match: regex on agent (LangGraph node) names whose LLM calls VERL trains on.
         senior_alias: the society's model alias of the senior (bound to VERL's served policy).
@@ -494,7 +495,8 @@ def warm_start_senior(repairs: Any, config: SeniorGRPOConfig, output_dir: str | 
     Raises:
         ValueError: no warm start configured, or no repair rows (the trainer's message).
     """
-    res = JuniorSFTTrainer(warm_start_sft_config(config, output_dir), repairs).train()
+    sft_config = warm_start_sft_config(config, output_dir)
+    res = JuniorSFTTrainer(sft_config, repairs).train()
     card = Path(res.adapter_dir) / "sqlsociety_adapter.json"
     if card.is_file():
         meta = json.loads(card.read_text())

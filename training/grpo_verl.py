@@ -6,7 +6,8 @@ check) drives the *whole society* as the LitAgent, and ``agent_match`` keeps onl
 calls as training transitions; its settings are ``configs/verl_senior.yaml``
 (:data:`training.grpo.DEFAULT_VERL_CONFIG`). Not run on the CPU build machine; what runs before Ray
 starts (:func:`build_senior_verl`) and the config against verl's own are checked there by
-``tests/test_verl_config.py``. :func:`resolve_backend` picks TRL or VERL for ``grpo.backend``.
+``tests/test_verl_config.py``. :func:`training.run_plan.resolve_backend` picks TRL or VERL for
+``grpo.backend``.
 """
 
 from __future__ import annotations
@@ -19,32 +20,6 @@ from typing import Any
 from training.grpo import DEFAULT_VERL_CONFIG, SeniorGRPOConfig
 
 logger = logging.getLogger(__name__)
-
-def resolve_backend(backend: str) -> str:
-    """The GRPO backend to run: ``"auto"`` -> ``"verl"`` when ``torch.cuda.is_available()`` and the
-    ``verl`` package is importable, else ``"trl"``; ``"trl"`` as is.
-
-    Raises:
-        ValueError: ``backend`` is not ``trl`` / ``verl`` / ``auto``, or ``verl`` is asked for on a
-            machine without CUDA or without verl (install ``.[gpu]`` on a GPU machine, or use ``trl``).
-    """
-    import importlib.util
-
-    if backend not in ("trl", "verl", "auto"):
-        raise ValueError(f"grpo backend {backend!r}: use 'trl', 'verl' or 'auto'")
-    if backend == "trl":
-        return "trl"
-    import torch
-
-    cuda = torch.cuda.is_available()
-    has_verl = importlib.util.find_spec("verl") is not None
-    if backend == "auto":
-        return "verl" if cuda and has_verl else "trl"
-    if not cuda or not has_verl:
-        raise ValueError(f"grpo backend 'verl' needs a CUDA GPU and the verl package (CUDA available: {cuda}, "
-                         f"verl installed: {has_verl}); install '.[gpu]' on a GPU machine or set grpo.backend: trl")
-    return "verl"
-
 
 def load_verl_config(
     path: str | Path | None = None,

@@ -67,7 +67,7 @@ def bandit_phase(plan: RunPlan, echo: Callable[[str], None] = print) -> dict[str
     from training.bandit import SupervisorBandit, compare_policies, replay_outcomes
 
     d = plan.run_dir.phase_dir(4)
-    with plan.archive() as archive:
+    with plan.run_dir.archive() as archive:
         samples = HierarchicalTraceAdapter().to_bandit(archive)
     with (d / "bandit_samples.jsonl").open("w") as f:
         for s in samples:

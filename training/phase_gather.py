@@ -17,7 +17,6 @@ from typing import Any
 from tools.files import atomic_write_text
 from training.reuse import copy_store, gather_files
 from training.run_plan import RunPlan
-from training.run_questions import gather_tasks
 
 __all__ = ["gather_phase"]
 
@@ -36,7 +35,8 @@ def gather_phase(plan: RunPlan, echo: Callable[[str], None] = print) -> dict[str
 
     cfg, d = plan.cfg, plan.run_dir
     g = cfg.gather
-    tasks, jtasks = plan.gather or gather_tasks(cfg)
+    assert plan.gather is not None, "resolve_run draws phase 1's train tasks whenever phase 1 runs"
+    tasks, jtasks = plan.gather
     society = plan.society
     juniors: dict[str, Any] = {}
     fp, reused = plan.gather_fp, None
@@ -71,7 +71,7 @@ def gather_phase(plan: RunPlan, echo: Callable[[str], None] = print) -> dict[str
             hook.set_phase("1-gather-rationalized")  # hinted rollouts: their rewards are not the policy's
             rz = run(unsolved, agent="juniors", task_suffix="/rationalized", gold_hint=True)
             juniors["rationalize"] = rz.to_json()
-    with plan.archive() as archive:
+    with plan.run_dir.archive() as archive:
         stored = len(archive.rollouts(status="succeeded"))
     extra = []
     if g.junior_limit:
@@ -98,7 +98,7 @@ def _unsolved_tasks(plan: RunPlan) -> list[str]:
 
     seen: set[str] = set()
     solved: set[str] = set()
-    with plan.archive() as archive:
+    with plan.run_dir.archive() as archive:
         for t in HierarchicalTraceAdapter().traces(archive):
             if t.task_id is None or trace_source(t) == "rationalized":
                 continue
@@ -115,7 +115,7 @@ def _tasks_with_a_wrong_junior(plan: RunPlan, suffix: str) -> list[str]:
     from training.adapter import HierarchicalTraceAdapter
 
     out = []
-    with plan.archive() as archive:
+    with plan.run_dir.archive() as archive:
         for t in HierarchicalTraceAdapter().traces(archive):
             tid = str(t.task_id or "")
             juniors = t.outcomes.get("juniors") or []

@@ -14,7 +14,6 @@ from typing import Any
 
 from tools.files import atomic_write_text
 from training.profile import TrainConfigError
-from training.role_aliases import junior_persona, junior_personas, persona_alias
 from training.run_plan import RunPlan
 from training.run_serving import export_gguf
 
@@ -58,7 +57,7 @@ def sft_phase(plan: RunPlan, echo: Callable[[str], None] = print) -> dict[str, A
     from training.adapter import HierarchicalTraceAdapter
 
     d = plan.run_dir.phase_dir(2)
-    with plan.archive() as archive:
+    with plan.run_dir.archive() as archive:
         sel = HierarchicalTraceAdapter().select_sft(archive, min_reward=plan.cfg.adapter.sft_min_reward)
     ds = sel.dataset
     ds.to_json(str(d / "sft_dataset.jsonl"))
@@ -94,10 +93,10 @@ def train_junior_adapter(plan: RunPlan, ds: Any, out: Path, label: str,
 
 def train_juniors_per_persona(plan: RunPlan, ds: Any, d: Path, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """``junior_adapters: per_persona``: one LoRA adapter per junior persona of the plan's society
-    (:func:`training.role_aliases.junior_personas`), each trained (``sft`` settings, the same for every
+    (:attr:`training.run_plan.RunPlan.personas`), each trained (``sft`` settings, the same for every
     persona) on that persona's own rows of ``ds`` into ``d/adapters/<alias>/`` and exported to GGUF;
-    the one llama-server serves them all, each persona's requests naming its own
-    (:func:`training.role_aliases.persona_alias`). A persona with no row keeps the base model (said,
+    the one llama-server serves them all, each persona's requests naming its own (its alias in
+    ``plan.personas``). A persona with no row keeps the base model (said,
     and recorded with ``adapter: None``). A row is the persona's by its ``role_instance`` (the
     society's junior instances), else by its ``persona`` column; rows of no current persona are
     counted (``rows_of_no_persona``) and not trained on.
@@ -117,30 +116,27 @@ def train_juniors_per_persona(plan: RunPlan, ds: Any, d: Path, echo: Callable[[s
     Raises:
         TrainConfigError: no persona has a row.
     """
-    society = plan.society
-    personas = junior_personas(society)
-    of_instance = {i.name: junior_persona(i.config) for i in society.instances("junior")}
-    rows: dict[str, list[int]] = {p: [] for p in personas}
+    rows: dict[str, list[int]] = {p: [] for p in plan.personas}
     orphans = 0
     for i, (inst, persona) in enumerate(zip(ds["role_instance"], ds["persona"])):
-        key = of_instance.get(inst) or (persona if persona in rows else None)
+        key = plan.persona_of.get(inst) or (persona if persona in rows else None)
         if key is None:
             orphans += 1
         else:
             rows[key].append(i)
     if not any(rows.values()):
         raise TrainConfigError(f"phase 2 (junior_adapters: per_persona): none of the {len(ds)} SFT rows belongs "
-                               f"to a junior persona of the society ({personas}); check the society config")
+                               f"to a junior persona of the society ({list(plan.personas)}); check the society "
+                               "config")
     adapters: dict[str, dict[str, Any]] = {}
-    for p in personas:
+    for p, alias in plan.personas.items():
         if not rows[p]:
             echo(f"phase 2 SFT ({p}): no conversation of this persona had its own SQL match gold; it keeps "
                  "the base model")
-            adapters[p] = {"alias": persona_alias(p), "rows": 0, "adapter": None, "adapter_gguf": None}
+            adapters[p] = {"alias": alias, "rows": 0, "adapter": None, "adapter_gguf": None}
             continue
-        info = train_junior_adapter(plan, ds.select(rows[p]), d / "adapters" / persona_alias(p),
-                                    f"phase 2 SFT ({p})", echo)
-        adapters[p] = {"alias": persona_alias(p), **info}
+        info = train_junior_adapter(plan, ds.select(rows[p]), d / "adapters" / alias, f"phase 2 SFT ({p})", echo)
+        adapters[p] = {"alias": alias, **info}
     trained = [a for a in adapters.values() if a["adapter"]]
     return {"junior_adapters": "per_persona", "adapters": adapters, "adapter": None, "adapter_gguf": None,
             "rows": sum(a["rows"] for a in trained), "steps": sum(a["steps"] for a in trained),

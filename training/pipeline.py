@@ -47,13 +47,15 @@ from evaluation.report import write_report
 from training.phase_bandit import bandit_phase
 from training.phase_gather import gather_phase
 from training.phase_grpo import grpo_phase
+from training.phase_grpo_verl import verl_grpo_phase
 from training.phase_sft import sft_phase
 from training.profile import TrainConfig, TrainConfigError
 from training.run_dir import PHASES, STAGE_AFTER_PHASE, PhaseReport, RunDir, route_library_logs
 from training.run_plan import RunPlan, resolve_run
 from training.stages import evaluate_roles, evaluate_society
 
-#: Phase number -> the function that runs it on the run's plan (``done.json``'s fields returned).
+#: Phase number -> the function that runs it on the run's plan (``done.json``'s fields returned); phase 3
+#: runs :func:`training.phase_grpo_verl.verl_grpo_phase` instead when ``RunPlan.grpo_backend`` is ``verl``.
 PHASE_STEPS: dict[int, Callable[[RunPlan, Callable[[str], None]], dict[str, Any]]] = {
     1: gather_phase, 2: sft_phase, 3: grpo_phase, 4: bandit_phase}
 
@@ -125,7 +127,8 @@ class TrainingPipeline:
             else:
                 self.echo(f"phase {k} ({PHASES[k]}) ...")
                 t0 = time.perf_counter()
-                info = step(plan, echo)
+                run_step = verl_grpo_phase if k == 3 and plan.grpo_backend == "verl" else step
+                info = run_step(plan, echo)
                 info["seconds"] = round(time.perf_counter() - t0, 1)
                 self.dir.mark_done(k, info)
                 self.plan = plan = plan.with_done(k, self.dir.done(k))

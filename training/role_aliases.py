@@ -18,7 +18,7 @@ from training.profile import TrainConfigError
 
 __all__ = ["JUNIOR_ADAPTER_MODES", "JUNIOR_ALIAS", "NOISE_SEED_OFFSET", "SENIOR_ALIAS", "junior_mode",
            "junior_persona", "junior_personas", "persona_alias", "role_kind", "role_split_config", "route_society",
-           "single_writer", "trained_adapters", "with_junior_seed_offset"]
+           "senior_role", "single_writer", "trained_adapters", "with_junior_seed_offset"]
 
 #: Alias the pipeline gives the juniors / the senior when they share a model alias with other roles,
 #: so that routing a trained adapter changes that role only.
@@ -86,6 +86,11 @@ def role_kind(role_type: str) -> str:
     ('junior', 'reviewer')
     """
     return ROLE_TYPES[role_type].kind
+
+
+def senior_role(society: Any) -> Any | None:
+    """The society's first enabled senior role (its ``RoleConfig``), or None when it has none."""
+    return next((r for r in society.roles if r.enabled and role_kind(r.type) == "senior"), None)
 
 
 #: The noise control's sampling-seed shift (``eval.noise_repeat``): the second evaluation of the

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from training.profile import TrainConfigError
+
 __all__ = ["LIBRARY_LOGGERS", "PHASES", "STAGE_AFTER_PHASE", "PhaseReport", "RunDir", "rebase_paths",
            "route_library_logs"]
 
@@ -124,3 +126,16 @@ class RunDir:
     @property
     def store(self) -> Path:
         return self.root / "store.sqlite"
+
+    def archive(self) -> Any:
+        """The run's rollout store (``store.sqlite``, written by phase 1), opened:
+        ``evaluation.tracing.store.RolloutArchive``, a context manager.
+
+        Raises:
+            TrainConfigError: the run has no store yet (phase 1 has not run).
+        """
+        from evaluation.tracing.store import RolloutArchive
+
+        if not self.store.is_file():
+            raise TrainConfigError(f"{self.store} does not exist: run phase 1 (gather) first, e.g. --phases 1,2")
+        return RolloutArchive(self.store)

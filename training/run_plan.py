@@ -16,8 +16,9 @@ field              what it holds
 ``dev``            the society stages' questions (``eval.limit`` drawn with ``eval.seed``)
 ``juniors``        the juniors-only, noise-control, senior pool and one-shot stages' questions
                    (``eval.junior_limit``, the society's draw when 0)
-``gather``         phase 1's train tasks, ``(society, juniors-only)``, when phase 1 runs
-                   (:func:`training.run_questions.gather_draw`)
+``gather``         phase 1's train tasks, ``(society, juniors-only)``, when phase 1 runs or phase
+                   3 runs with VERL (it trains live on the society's tasks;
+                   :func:`training.run_questions.gather_draw`)
 ``stages``         the untrained-model stages still to evaluate (``BASE_STAGES`` but the
                    senior's, whose inputs come from the juniors' baseline), each a
                    :class:`training.stage_plan.Stage` with its fingerprint and the ``reuse_from``
@@ -26,6 +27,13 @@ field              what it holds
                    nothing is hashed, ``model_problem`` says why when the model cannot be)
 ``gather_fp``      phase 1's fingerprint and ``gather_reuse`` the run whose store is copied
 ``writer``         ``(role, alias)`` of the one-shot control's writer (``eval.single``)
+``personas``       junior persona -> its model alias (:func:`training.role_aliases.persona_alias`),
+                   in the society config's order, and ``persona_of`` junior instance -> persona:
+                   what phase 2 splits its rows by with ``junior_adapters: per_persona``
+``grpo_backend``   ``trl`` or ``verl``: what phase 3 runs with (``grpo.backend`` resolved once,
+                   :func:`resolve_backend`); None when phase 3 does not run
+``senior_alias``   the senior role's model alias as routed (None: no enabled senior) and
+                   ``senior_stop`` its stop strings: what phase 3 serves and samples
 =================  ===================================================================================
 
 The one-shot control's writer and every ``reuse_from`` run are checked here, so a writer the society
@@ -53,13 +61,22 @@ from society.config import SocietyConfig
 from tools.spider import SpiderExample
 from training.profile import TrainConfig, TrainConfigError
 from training.reuse import Fingerprint, ReuseMatch
-from training.role_aliases import route_society, single_writer, trained_adapters, with_junior_seed_offset
+from training.role_aliases import (
+    junior_persona,
+    junior_personas,
+    persona_alias,
+    route_society,
+    senior_role,
+    single_writer,
+    trained_adapters,
+    with_junior_seed_offset,
+)
 from training.run_dir import PHASES, RunDir
 from training.run_questions import draw_questions
 from training.run_serving import serve_roles
 from training.stage_plan import BASE_STAGES, Stage, fingerprint_run
 
-__all__ = ["RunPlan", "resolve_run", "stage_path"]
+__all__ = ["RunPlan", "resolve_backend", "resolve_run", "stage_path"]
 
 
 class RunPlan(BaseModel):
@@ -82,6 +99,11 @@ class RunPlan(BaseModel):
     gather_fp: Fingerprint | None = None
     gather_reuse: ReuseMatch | None = None
     writer: tuple[str, str | None] | None = None
+    personas: dict[str, str] = Field(default_factory=dict)
+    persona_of: dict[str, str] = Field(default_factory=dict)
+    grpo_backend: str | None = None
+    senior_alias: str | None = None
+    senior_stop: list[str] | None = None
 
     @property
     def trained(self) -> dict[str, Path]:
@@ -101,26 +123,14 @@ class RunPlan(BaseModel):
         return self.model_copy(update={"done": done,
                                        "society": route_society(self.society, done, self.cfg.junior_adapters)})
 
-    def serve(self, stack: ExitStack, society: SocietyConfig) -> dict[str, Any]:
+    def serve(self, stack: ExitStack, society: SocietyConfig, *,
+              senior_adapter: str | Path | None = None) -> dict[str, Any]:
         """Start the servers ``society`` needs now on ``stack``: alias -> ``Endpoint``
         (:func:`training.run_serving.serve_roles` with the finished phases' adapters and VERL's
-        trained senior)."""
+        trained senior); with ``senior_adapter`` only the senior's alias, the base model with that
+        LoRA on it (phase 3's prefilter of the warm-started senior)."""
         return serve_roles(stack, society, self.cfg, self.run_dir.root, self.trained,
-                           senior_model=(self.done.get(3) or {}).get("model"))
-
-    def archive(self) -> Any:
-        """The run's rollout store (``store.sqlite``, written by phase 1), opened:
-        ``evaluation.tracing.store.RolloutArchive``, a context manager.
-
-        Raises:
-            TrainConfigError: the run has no store yet (phase 1 has not run).
-        """
-        from evaluation.tracing.store import RolloutArchive
-
-        store = self.run_dir.store
-        if not store.is_file():
-            raise TrainConfigError(f"{store} does not exist: run phase 1 (gather) first, e.g. --phases 1,2")
-        return RolloutArchive(store)
+                           senior_model=(self.done.get(3) or {}).get("model"), senior_adapter=senior_adapter)
 
     def stage(self, name: str, agent: str = "society", examples: Sequence[SpiderExample] | None = None, *,
               society: SocietyConfig | None = None, given_sql: dict[str, str | None] | None = None,
@@ -145,6 +155,33 @@ class RunPlan(BaseModel):
                 echo(f"eval ({name}): not reusable ({self.model_problem}); evaluating it here")
             return stage
         return fingerprint_run(self.cfg, stage.society, [stage], model=self.model, echo=echo).stages[name]
+
+
+def resolve_backend(backend: str) -> str:
+    """The GRPO backend to run: ``"auto"`` -> ``"verl"`` when ``torch.cuda.is_available()`` and the
+    ``verl`` package is importable, else ``"trl"``; ``"trl"`` as is.
+
+    Raises:
+        TrainConfigError: ``backend`` is not ``trl`` / ``verl`` / ``auto``, or ``verl`` is asked for on a
+            machine without CUDA or without verl (install ``.[gpu]`` on a GPU machine, or use ``trl``).
+    """
+    import importlib.util
+
+    if backend not in ("trl", "verl", "auto"):
+        raise TrainConfigError(f"grpo.backend {backend!r}: use 'trl', 'verl' or 'auto'")
+    if backend == "trl":
+        return "trl"
+    import torch
+
+    cuda = torch.cuda.is_available()
+    has_verl = importlib.util.find_spec("verl") is not None
+    if backend == "auto":
+        return "verl" if cuda and has_verl else "trl"
+    if not cuda or not has_verl:
+        raise TrainConfigError(f"grpo.backend 'verl' needs a CUDA GPU and the verl package (CUDA available: "
+                               f"{cuda}, verl installed: {has_verl}); install '.[gpu]' on a GPU machine or set "
+                               "grpo.backend: trl")
+    return "verl"
 
 
 def stage_path(run_dir: RunDir, name: str, role_level: bool) -> Path:
@@ -173,18 +210,25 @@ def resolve_run(cfg: TrainConfig, run_dir: RunDir, *, phases: set[int] | None = 
     Raises:
         training.stage_plan.StageReuseRefused: a ``reuse_from`` run holds a stage (or phase 1's store)
             made with other settings.
-        TrainConfigError: a ``reuse_from`` entry is not a directory; the one-shot writer is not a junior.
+        TrainConfigError: a ``reuse_from`` entry is not a directory; the one-shot writer is not a junior;
+            ``grpo.backend`` cannot run here (:func:`resolve_backend`).
         society.config.ConfigError, tools.spider.DataError: the society config or a split cannot be read.
     """
     phases = set(phases or PHASES)
     e = cfg.eval
     society_file, reward = cfg.record.society_file, cfg.record.written["reward"]
     done = {k: run_dir.done(k) for k in PHASES}
+    backend = resolve_backend(cfg.grpo.backend) if 3 in phases and done[3] is None else None
     loaded = SocietyConfig.load(society_file)
     society = route_society(loaded, done, cfg.junior_adapters)
     writer = single_writer(society, society_file) if e.single else None
     noisy = with_junior_seed_offset(society)
-    dev, juniors, gather = draw_questions(cfg, gather=1 in phases and done[1] is None)
+    senior = senior_role(society)
+    personas = {p: persona_alias(p) for p in junior_personas(society)}
+    persona_of = {i.name: junior_persona(i.config) for i in society.instances("junior")}
+    untrained = not trained_adapters(done) and done[4] is None
+    gathering = 1 in phases and done[1] is None
+    dev, juniors, gather = draw_questions(cfg, gather=gathering or backend == "verl")
     base = [Stage(name="baseline", examples=dev, society=society)]
     if e.junior_limit:
         base.append(Stage(name="juniors_baseline", agent="juniors", examples=juniors, society=society))
@@ -194,10 +238,12 @@ def resolve_run(cfg: TrainConfig, run_dir: RunDir, *, phases: set[int] | None = 
         base.append(Stage(name=SINGLE_BASELINE, agent="single", examples=juniors, society=society))
     pending = [s for s in base if not _finished(run_dir, s.name, s.role_level)]
     senior_pending = e.senior_limit and not _finished(run_dir, "senior_baseline", True)
-    untrained = not trained_adapters(done) and done[4] is None
-    hashes = fingerprint_run(cfg, society, pending, gather=gather, reward=reward,
-                             hash_model=untrained and bool(pending or gather or senior_pending),
+    hashes = fingerprint_run(cfg, society, pending, gather=gather if gathering else None, reward=reward,
+                             hash_model=untrained and bool(pending or gathering or senior_pending),
                              store_exists=run_dir.store.exists(), echo=echo)
     return RunPlan(cfg=cfg, run_dir=run_dir, phases=phases, done=done, society=society, dev=dev, juniors=juniors,
                    gather=gather, model=hashes.model, model_problem=hashes.model_problem, stages=hashes.stages,
-                   gather_fp=hashes.gather_fp, gather_reuse=hashes.gather_reuse, writer=writer)
+                   gather_fp=hashes.gather_fp, gather_reuse=hashes.gather_reuse, writer=writer,
+                   personas=personas, persona_of=persona_of, grpo_backend=backend,
+                   senior_alias=senior.model if senior else None,
+                   senior_stop=list(senior.sampling.stop) if senior and senior.sampling.stop else None)
