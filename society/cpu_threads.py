@@ -7,21 +7,42 @@ now, :func:`default_threads` applies it to a new llama.cpp server.
 
 from __future__ import annotations
 
+import logging
 import os
 
 __all__ = ["busy_cores", "default_threads", "idle_threads"]
 
+_log = logging.getLogger(__name__)
+
 
 def default_threads() -> int:
     """CPU threads for a new llama.cpp server: ``$SQLSOCIETY_LLAMA_THREADS`` if set, else the idle
-    cores at start-up (:func:`idle_threads`), clamped to 1..8.
+    cores at start-up (:func:`idle_threads`), clamped to 1..8. Fewer than the cores (up to 8) without
+    ``$SQLSOCIETY_LLAMA_THREADS`` is logged as a warning (this module's logger): the server keeps
+    its threads while it runs.
 
     llama.cpp's CPU threads spin on barriers, so on a busy 2-core box 1 thread is faster than 2.
 
     Raises:
         ValueError: ``$SQLSOCIETY_LLAMA_THREADS`` is not a positive integer.
     """
-    return idle_threads("SQLSOCIETY_LLAMA_THREADS", cap=8)
+    n = idle_threads("SQLSOCIETY_LLAMA_THREADS", cap=8)
+    cores = _cores()
+    if n < min(cores, 8) and not os.environ.get("SQLSOCIETY_LLAMA_THREADS", "").strip():
+        # a server keeps its threads while it runs: one started beside a passing job stays slow for hours
+        _log.warning("a new llama-server gets %d CPU thread(s) of %d: the rest were busy when it started, and it "
+                     "keeps that for as long as it runs (a training phase: hours; measured 2026-12-06, 1 of 2 "
+                     "threads decoded juniors-only rollouts at 12 s per question against 5 s with 2); set "
+                     "SQLSOCIETY_LLAMA_THREADS=%d to use every core", n, cores, min(cores, 8))
+    return n
+
+
+def _cores() -> int:
+    """The cores this process may run on (its CPU affinity; the CPU count off Linux)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def idle_threads(env_var: str, *, cap: int | None = None, sample_s: float = 1.0) -> int:
@@ -47,10 +68,7 @@ def idle_threads(env_var: str, *, cap: int | None = None, sample_s: float = 1.0)
         if not env.isdigit() or int(env) < 1:
             raise ValueError(f"{env_var} must be a positive integer, got {env!r}")
         return int(env)
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
+    cores = _cores()
     return max(1, min(cap or cores, cores, round(cores - busy_cores(cores, sample_s))))
 
 

@@ -66,3 +66,36 @@ def test_the_environment_wins_and_is_checked(monkeypatch) -> None:
     monkeypatch.setenv("SQLSOCIETY_TEST_THREADS", "zero")
     with pytest.raises(ValueError, match="SQLSOCIETY_TEST_THREADS must be a positive integer"):
         idle_threads("SQLSOCIETY_TEST_THREADS")
+
+
+@pytest.mark.skipif(CORES < 2, reason="one core: a server can never get fewer threads than cores")
+def test_a_server_started_beside_a_busy_job_says_it_keeps_fewer_threads(monkeypatch, caplog) -> None:
+    """Real CPU-bound children, one per core (the load average replaced, every core busy, as above).
+    A llama-server keeps the threads it starts with; one started beside a passing job stayed at 1 of 2
+    threads for a whole phase on 2026-12-06 (12 s against 5 s per question). The choice is logged
+    with the variable that overrides it; a thread count set by that variable is not."""
+    from society.cpu_threads import default_threads
+
+    monkeypatch.setattr(os, "getloadavg", lambda: (float(CORES),) * 3)
+    monkeypatch.delenv("SQLSOCIETY_LLAMA_THREADS", raising=False)
+    burners = [subprocess.Popen(
+        [sys.executable, "-c", "import time\nt = time.time()\nprint('spinning', flush=True)\n"
+                               "while time.time() - t < 60: pass"],
+        stdout=subprocess.PIPE, text=True) for _ in range(CORES)]
+    try:
+        assert all(b.stdout.readline() == "spinning\n" for b in burners)
+        with caplog.at_level("WARNING", logger="society.cpu_threads"):
+            n = default_threads()
+        assert n < min(CORES, 8)
+        (rec,) = [r for r in caplog.records if r.name == "society.cpu_threads"]
+        assert f"gets {n} CPU thread(s) of {CORES}" in rec.getMessage()
+        assert f"SQLSOCIETY_LLAMA_THREADS={min(CORES, 8)}" in rec.getMessage()
+        caplog.clear()
+        monkeypatch.setenv("SQLSOCIETY_LLAMA_THREADS", "1")
+        with caplog.at_level("WARNING", logger="society.cpu_threads"):
+            assert default_threads() == 1
+        assert not [r for r in caplog.records if r.name == "society.cpu_threads"]
+    finally:
+        for b in burners:
+            b.kill()
+            b.wait()
