@@ -346,7 +346,10 @@ def test_juniors_only_gather_and_rejection_sampling_draws(tmp_path: Path, smol_s
     settings = GatherConfig(n_runners=1, epsilon=0.0, rollout_timeout_s=None)
     common = dict(run_dir=run_dir, society_config=config, task_ids=TASKS[:2], endpoints=endpoints, progress=False)
     first = gather(settings, GatherRun(**common, agent="juniors", task_suffix="/juniors"))
+    # rejection sampling draws again only the juniors that were wrong: on the first task one junior
+    # here (whichever it was), on the second every junior (the task is not named)
     draw = gather(settings, GatherRun(**common, agent="juniors", task_suffix="/juniors#1",
+                               task_juniors={TASKS[0]: ["junior_decompose"]},
                                junior_sampling={"temperature": 0.8, "seed": 1000}))
     assert first.succeeded == draw.succeeded == 2
     again = gather(settings, GatherRun(**common, agent="juniors", task_suffix="/juniors"))
@@ -355,12 +358,33 @@ def test_juniors_only_gather_and_rejection_sampling_draws(tmp_path: Path, smol_s
         traces = list(HierarchicalTraceAdapter().traces(arc))
     by_task = {t.task_id: t for t in traces}
     assert set(by_task) == {f"{t}/juniors" for t in TASKS[:2]} | {f"{t}/juniors#1" for t in TASKS[:2]}
+    every = ["junior_decompose", "junior_direct", "junior_step_by_step"]
+    assert sorted(by_task[f"{TASKS[1]}/juniors#1"].outcomes["juniors"]) == sorted(by_task[f"{TASKS[0]}/juniors"]
+                                                                                   .outcomes["juniors"]) == every
+    assert by_task[f"{TASKS[0]}/juniors#1"].outcomes["juniors"] == ["junior_decompose"]
+    assert {c.role_instance for c in by_task[f"{TASKS[0]}/juniors#1"].llm_calls} == {"junior_decompose"}
     for tid, t in by_task.items():
         assert t.outcomes["agent"] == "juniors" and t.outcomes["resample"] == int("#" in tid)
         assert {c.role for c in t.llm_calls} == {"junior"}  # no senior, no reviewer
         assert not any(k.startswith("senior.") for k in t.outcomes)
     with pytest.raises(ValueError, match="agent"):
         GatherRun(run_dir=run_dir, task_ids=TASKS[:1], agent="senior")
+    with pytest.raises(ValueError, match="task_juniors needs agent='juniors'"):
+        GatherRun(run_dir=run_dir, task_ids=TASKS[:1], task_juniors={TASKS[0]: ["junior_direct"]})
+
+
+def test_a_junior_drawn_alone_keeps_the_seed_it_has_in_a_draw_of_all() -> None:
+    from training.agent import with_junior_sampling, with_only_juniors
+
+    full = with_junior_sampling(SocietyConfig.load(SMOKE_CONFIG), temperature=0.8, seed=1000)
+    alone = with_only_juniors(full, ["junior_decompose"])
+    juniors = {r.name: r for r in alone.roles if r.type == "junior"}
+    assert [n for n, r in juniors.items() if r.enabled] == ["junior_decompose"]
+    assert {n: r.sampling for n, r in juniors.items()} == {r.name: r.sampling for r in full.roles
+                                                           if r.type == "junior"}
+    assert [r for r in alone.roles if r.type != "junior"] == [r for r in full.roles if r.type != "junior"]
+    with pytest.raises(ValueError, match=r"give one or more of the enabled junior roles \['junior_direct'"):
+        with_only_juniors(full, ["junior_nobody"])
 
 
 _INTERRUPTED_ROLLOUT_SCRIPT = textwrap.dedent(

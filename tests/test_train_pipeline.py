@@ -238,6 +238,12 @@ def test_phase1_adds_juniors_only_rollouts_and_resamples_the_tasks_a_junior_got_
                    and any(t.outcomes.get(f"junior.{j}.ex") != 1 for j in t.outcomes["juniors"]))
     assert ids == sorted(["train-0", *first, *[f"{w}/juniors#1" for w in wrong]])
     assert info["resampled_tasks"] == len(wrong) and info["stored_succeeded"] == len(ids)
+    by_id = {str(t.task_id): t for t in traces}
+    for w in wrong:  # each draw again is of the juniors that were wrong on that task, and of them only
+        o = by_id[f"{w}/juniors"].outcomes
+        assert sorted(by_id[f"{w}/juniors#1"].outcomes["juniors"]) == sorted(
+            j for j in o["juniors"] if o.get(f"junior.{j}.ex") != 1)
+    assert info["resampled_juniors"] == sum(len(by_id[f"{w}/juniors#1"].outcomes["juniors"]) for w in wrong)
 
 
 def test_an_evaluation_stage_stopped_part_way_keeps_its_finished_questions(tmp_path: Path, monkeypatch) -> None:

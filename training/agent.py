@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -271,6 +271,21 @@ def with_junior_sampling(config: SocietyConfig, *, temperature: float, seed: int
     return config.model_copy(update={"roles": roles})
 
 
+def with_only_juniors(config: SocietyConfig, names: Sequence[str]) -> SocietyConfig:
+    """A copy of ``config`` in which only the junior roles named (config names) are enabled; every other
+    role unchanged. Rejection sampling draws again only the juniors that were wrong on a task.
+
+    Raises:
+        ValueError: a name is not an enabled junior role of ``config`` (the message lists them).
+    """
+    juniors = [r.name for r in config.roles if r.type == "junior" and r.enabled]
+    unknown = [n for n in names if n not in juniors]
+    if unknown or not names:
+        raise ValueError(f"juniors {list(names)!r}: give one or more of the enabled junior roles {juniors}")
+    roles = [r.model_copy(update={"enabled": r.name in names}) if r.type == "junior" else r for r in config.roles]
+    return config.model_copy(update={"roles": roles})
+
+
 # --------------------------------------------------------------------------------------------
 # Tasks
 # --------------------------------------------------------------------------------------------
@@ -280,7 +295,8 @@ def task_from_example(ex: SpiderExample) -> dict[str, Any]:
     """The rollout input for one Spider example: ``task_id``, ``question``, ``db_id``, ``db_path``, ``gold_sql``.
 
     Optional keys a gather may add: ``agent`` (``society``, the default, or ``juniors``),
-    ``junior_sampling`` (``{"temperature", "seed"}``, see :func:`with_junior_sampling`) and
+    ``junior_sampling`` (``{"temperature", "seed"}``, see :func:`with_junior_sampling`), ``juniors``
+    (the junior roles that run, by config name; :func:`with_only_juniors`) and
     ``rationalize`` (True: every junior is shown ``gold_sql`` as a hint, STaR rationalization;
     only with ``agent: juniors``)."""
     return {"task_id": ex.id, "question": ex.question, "db_id": ex.db_id, "db_path": str(ex.db_path),
@@ -492,6 +508,8 @@ class SocietyAgent(agl.LitAgent[dict]):
         resample = task.get("junior_sampling")
         if resample:
             cfg = with_junior_sampling(cfg, temperature=float(resample["temperature"]), seed=int(resample["seed"]))
+        if task.get("juniors"):  # after the sampling: a junior keeps the seed it has in a draw of all juniors
+            cfg = with_only_juniors(cfg, task["juniors"])
         rationalize = bool(task.get("rationalize"))
         if rationalize and agent != "juniors":
             raise ValueError(f"task {task['task_id']}: rationalize needs agent 'juniors' (a hinted society run "

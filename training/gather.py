@@ -92,6 +92,9 @@ class GatherRun:
         junior_sampling: ``{"temperature": t, "seed": s}``: the juniors sample with these instead of
             their configured sampling (rejection sampling draws); their rollouts are marked
             ``resample`` and SFT keeps only the juniors that got the answer right there.
+        task_juniors: Spider id -> the junior roles (their config names) that run on that task, the
+            others left out (rejection sampling draws again only the juniors that were wrong there);
+            tasks not named run every junior. Needs ``agent="juniors"``.
         gold_hint: every junior is shown the task's gold SQL as a hint before its own prompt
             (STaR rationalization, Zelikman et al. 2022, section 3.2; the round the profile's
             ``gather.rationalize`` asks for); the rollouts are marked ``rationalized`` and SFT keeps
@@ -99,8 +102,9 @@ class GatherRun:
             ``agent="juniors"``.
 
     Raises:
-        ValueError: ``task_ids`` given as one string, an unknown ``agent``, ``gold_hint`` without
-            ``agent="juniors"``, or ``junior_sampling`` without ``temperature`` and ``seed``.
+        ValueError: ``task_ids`` given as one string, an unknown ``agent``, ``gold_hint`` or
+            ``task_juniors`` without ``agent="juniors"``, or ``junior_sampling`` without
+            ``temperature`` and ``seed``.
     """
 
     run_dir: str | os.PathLike[str]
@@ -117,6 +121,7 @@ class GatherRun:
     agent: str = "society"
     task_suffix: str = ""
     junior_sampling: Mapping[str, Any] | None = None
+    task_juniors: Mapping[str, Sequence[str]] | None = None
     gold_hint: bool = False
 
     def __post_init__(self) -> None:
@@ -126,6 +131,8 @@ class GatherRun:
             raise ValueError(f"GatherRun.agent={self.agent!r}; use 'society' or 'juniors'")
         if self.gold_hint and self.agent != "juniors":
             raise ValueError("GatherRun.gold_hint needs agent='juniors': only the juniors are shown the gold SQL")
+        if self.task_juniors and self.agent != "juniors":
+            raise ValueError("GatherRun.task_juniors needs agent='juniors': it chooses which juniors run on a task")
         if self.junior_sampling is not None and not {"temperature", "seed"} <= set(self.junior_sampling):
             raise ValueError(f"GatherRun.junior_sampling={dict(self.junior_sampling)!r}; give temperature and seed")
 
@@ -270,8 +277,8 @@ def _infrastructure_stop(finished: list[agl.Rollout]) -> BaseException | None:
 
 def select_tasks(config: GatherConfig, run: GatherRun) -> list[dict[str, Any]]:
     """The tasks ``run.task_ids`` names in ``config.split``, in the order given (repeats once), as
-    ``training.agent.task_from_example`` dicts marked with the run's suffix, agent, junior sampling
-    and gold hint.
+    ``training.agent.task_from_example`` dicts marked with the run's suffix, agent, junior sampling,
+    the juniors that run (``run.task_juniors``) and gold hint.
 
     Raises:
         ValueError: ``task_ids`` names ids not in the split.
@@ -287,6 +294,8 @@ def select_tasks(config: GatherConfig, run: GatherRun) -> list[dict[str, Any]]:
         )
     tasks = [task_from_example(by_id[t]) for t in wanted]
     for t in tasks:
+        if run.task_juniors and t["task_id"] in run.task_juniors:
+            t["juniors"] = list(run.task_juniors[t["task_id"]])
         t["task_id"] += run.task_suffix
         if run.agent != "society":
             t["agent"] = run.agent

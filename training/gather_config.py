@@ -49,10 +49,10 @@ class GatherConfig(TypedSettings):
             or host died) becomes ``unresponsive``; None: only ``rollout_timeout_s`` ends it.
         junior_limit: more junior data per CPU-hour: juniors-only rollouts (the junior round and the
             supervisor's pick, a few short calls per task) on this many more train tasks (>= 0).
-        junior_resamples: k more draws (>= 0) at ``junior_temperature`` (in [0, 2]) on each of those tasks
-            where a junior was wrong, whose correct juniors only go to SFT (rejection sampling, STaR:
-            Zelikman et al. 2022). All land in the same store: one ``to_sft`` view, and more supervisor
-            decisions for the bandit.
+        junior_resamples: k more draws (>= 0) at ``junior_temperature`` (in [0, 2]) of each junior that
+            was wrong on one of those tasks (only those juniors run again), whose correct answers only go
+            to SFT (rejection sampling, STaR: Zelikman et al. 2022). All land in the same store: one
+            ``to_sft`` view, and more supervisor decisions for the bandit.
         rationalize: then every train question gathered above on which no junior's own SQL matched gold
             in any draw is asked once more, juniors only, with the gold SQL shown to the juniors as a hint
             (STaR rationalization, Zelikman et al. 2022, section 3.2; tasks ``train-N/rationalized``,

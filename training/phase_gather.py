@@ -1,9 +1,9 @@
 """Phase 1 of ``sqlsociety train`` (:func:`gather_phase`): the untrained society's rollouts on the
 gather split's train tasks into the run's persistent store (``RUN_DIR/store.sqlite``), through
 :func:`training.gather.gather` -- the society on ``gather.limit`` tasks, the juniors alone on
-``gather.junior_limit`` more (the tasks a junior got wrong drawn again ``gather.junior_resamples``
-times), and with ``gather.rationalize`` the questions no junior solved asked again with the gold SQL
-as a hint. With ``reuse_from`` a matching run's store is copied first
+``gather.junior_limit`` more (on each task, the juniors that got it wrong drawn again
+``gather.junior_resamples`` times), and with ``gather.rationalize`` the questions no junior solved
+asked again with the gold SQL as a hint. With ``reuse_from`` a matching run's store is copied first
 (:attr:`training.run_plan.RunPlan.gather_reuse`) and every task it holds is skipped.
 """
 
@@ -59,10 +59,11 @@ def gather_phase(plan: RunPlan, echo: Callable[[str], None] = print) -> dict[str
         if g.junior_limit:
             js = run([t.id for t in jtasks], agent="juniors", task_suffix="/juniors")
             juniors["juniors_only"] = js.to_json()
-            wrong = _tasks_with_a_wrong_junior(plan, "/juniors") if g.junior_resamples else []
+            wrong = _tasks_with_a_wrong_junior(plan, "/juniors") if g.junior_resamples else {}
             juniors["resampled_tasks"] = len(wrong)
+            juniors["resampled_juniors"] = sum(len(v) for v in wrong.values())
             for j in range(1, g.junior_resamples + 1):
-                rs = run(wrong, agent="juniors", task_suffix=f"/juniors#{j}",
+                rs = run(list(wrong), agent="juniors", task_suffix=f"/juniors#{j}", task_juniors=wrong,
                          junior_sampling={"temperature": g.junior_temperature, "seed": 1000 * j})
                 juniors[f"resample_{j}"] = rs.to_json()
         if g.rationalize:
@@ -76,7 +77,8 @@ def gather_phase(plan: RunPlan, echo: Callable[[str], None] = print) -> dict[str
     extra = []
     if g.junior_limit:
         extra.append(f"juniors only on {g.junior_limit} more tasks, {juniors['resampled_tasks']} of them "
-                     f"resampled {g.junior_resamples}x at temperature {g.junior_temperature}")
+                     f"resampled {g.junior_resamples}x at temperature {g.junior_temperature} (the "
+                     f"{juniors['resampled_juniors']} wrong juniors only)")
     if g.rationalize:
         extra.append(f"{juniors['rationalized_tasks']} questions no junior solved asked again with the gold SQL "
                      "as a hint (rationalization)")
@@ -109,16 +111,18 @@ def _unsolved_tasks(plan: RunPlan) -> list[str]:
     return sorted(seen - solved, key=lambda x: (len(x), x))
 
 
-def _tasks_with_a_wrong_junior(plan: RunPlan, suffix: str) -> list[str]:
-    """Spider ids of the ``suffix`` rollouts (e.g. the juniors-only ones) where some junior's own
-    candidate did not match gold: the tasks rejection sampling draws again."""
+def _tasks_with_a_wrong_junior(plan: RunPlan, suffix: str) -> dict[str, list[str]]:
+    """Spider id -> the junior roles (config names) whose own candidate did not match gold in the
+    ``suffix`` rollout (e.g. the juniors-only one) of that task: what rejection sampling draws again,
+    only where some junior was wrong."""
     from training.adapter import HierarchicalTraceAdapter
 
-    out = []
+    role_of = {i.name: i.config.name for i in plan.society.instances("junior")}
+    out: dict[str, set[str]] = {}
     with plan.run_dir.archive() as archive:
         for t in HierarchicalTraceAdapter().traces(archive):
             tid = str(t.task_id or "")
-            juniors = t.outcomes.get("juniors") or []
-            if tid.endswith(suffix) and any(t.outcomes.get(f"junior.{j}.ex") != 1 for j in juniors):
-                out.append(tid[: -len(suffix)])
-    return sorted(set(out))
+            wrong = [j for j in t.outcomes.get("juniors") or [] if t.outcomes.get(f"junior.{j}.ex") != 1]
+            if tid.endswith(suffix) and wrong:
+                out.setdefault(tid[: -len(suffix)], set()).update(role_of.get(j, j) for j in wrong)
+    return {k: sorted(out[k]) for k in sorted(out)}
