@@ -19,12 +19,19 @@ __all__ = ["verl_grpo_phase"]
 
 
 def verl_grpo_phase(plan: RunPlan, echo: Callable[[str], None] = print) -> dict[str, Any]:  # pragma: no cover
-    """Phase 3 on a GPU: Agent Lightning's VERL trains all of the senior's weights live on the
-    gather split's tasks (:attr:`training.run_plan.RunPlan.gather`; the whole society runs; ``agent_match``
-    keeps the senior's calls),
-    validated on the dev subset; the newest step's Hugging Face weights
+    """Phase 3 on a GPU: Agent Lightning's VERL trains all of the senior's weights live on the gather
+    split's tasks (:attr:`training.run_plan.RunPlan.gather`; the whole society runs; ``agent_match`` keeps
+    the senior's calls), validated on the dev subset; the newest step's Hugging Face weights
     (:func:`training.grpo_verl.verl_trained_model`) are then served for the senior's alias by their own
-    vLLM server (:meth:`training.run_plan.RunPlan.serve`). UNVERIFIED: never run on a GPU (see the README)."""
+    vLLM server (:meth:`training.run_plan.RunPlan.serve`). UNVERIFIED: never run on a GPU (see the README).
+
+    Returns:
+        ``done.json``'s fields: ``model`` (the trained senior's HF directory), ``prompts`` (the senior's
+        decision points in the store), ``backend: verl``; ``adapter`` and ``adapter_gguf`` None.
+
+    Raises:
+        TrainConfigError: ``serving.engine`` is not ``vllm``, or VERL left no checkpoint.
+    """
     from training.agent import task_from_example
     from training.grpo_verl import train_senior_verl, verl_trained_model
 
