@@ -180,6 +180,8 @@ def test_grpo_input_errors(rows, tmp_path):
         SeniorGRPOConfig(warm_start={"max_steps": "two"})
     with pytest.raises(ValueError, match="warm_start_samples"):
         SeniorGRPOConfig(warm_start={}, warm_start_samples=0)
+    with pytest.raises(ValueError, match="warm_start_cases = 0"):
+        SeniorGRPOConfig(warm_start={}, warm_start_cases=0)
     with pytest.raises(ValueError, match="adapter_config.json"):
         SeniorGRPOConfig(init_adapter=str(tmp_path))
     from training.grpo import warm_start_sft_config

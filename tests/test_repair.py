@@ -102,6 +102,20 @@ def test_a_wrong_query_is_a_repair_case_and_a_right_one_never_is(traces) -> None
     assert {c.task_id for c in cases} == {"train-0"}
 
 
+def test_a_capped_draw_of_cases_keeps_the_seniors_inputs_and_draws_the_rest(traces) -> None:
+    adapter = HierarchicalTraceAdapter()
+    full = adapter.repair_cases(traces)
+    one = adapter.repair_cases(traces, max_cases=1, seed=3)
+    assert [c.sql for c in one] == [EMPTY]  # the senior's logged input before any junior candidate
+    two = [c.sql for c in adapter.repair_cases(traces, max_cases=2, seed=3)]
+    assert len(two) == 2 and two[0] == EMPTY and set(two) < {c.sql for c in full}
+    assert two == [c.sql for c in adapter.repair_cases(traces, max_cases=2, seed=3)]  # the same draw again
+    picked = {adapter.repair_cases(traces, max_cases=2, seed=s)[1].sql for s in range(20)}
+    assert picked == {WRONG, BROKEN}  # the seed draws among the juniors' wrong candidates
+    with pytest.raises(ValueError, match="n >= 1"):
+        adapter.repair_cases(traces, max_cases=0)
+
+
 def test_select_repair_uses_own_replies_then_draws_then_hints_and_drops_the_hint(traces) -> None:
     """Deterministic policy: unhinted draws are wrong; hinted draws give the gold query, for the
     failing query with a reply that mentions the hint (which must then stay out)."""
@@ -240,7 +254,8 @@ def test_pipeline_phase3_warm_starts_the_senior_then_runs_grpo(tmp_path: Path) -
     # gather SmolLM2 still repaired none of 9 queries (2026-12-05, at temperature 1.0 and at 0.5), so
     # the run took the fallback branch: the SFT branch is exercised by test_warm_start_then_grpo_on_smollm2
     raw["grpo"].update(backend="trl", max_steps=1, num_generations=2, max_completion_length=96, prefilter_samples=2,
-                       temperature=0.5, warm_start={"max_steps": 2, "max_length": 1024}, warm_start_samples=5)
+                       temperature=0.5, warm_start={"max_steps": 2, "max_length": 1024}, warm_start_samples=5,
+                       warm_start_cases=6)
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw))
     lines: list[str] = []
     pipe = TrainingPipeline(TrainConfig.load(tmp_path / "p.yaml"), tmp_path / "run", phases={1, 3},
@@ -251,7 +266,7 @@ def test_pipeline_phase3_warm_starts_the_senior_then_runs_grpo(tmp_path: Path) -
     d = tmp_path / "run" / "phases" / "3-grpo"
     warm = out["warm_start"]
     sel = json.loads((d / "repair_selection.json").read_text())
-    assert warm["selection"] == sel and sel["cases"]["total"] >= 1
+    assert warm["selection"] == sel and 1 <= sel["cases"]["total"] <= 6  # warm_start_cases caps the draw
     assert warm["prompts"] >= sel["cases"]["total"]  # the repair prompts joined the GRPO prompts
     base = json.loads((d / "prefilter_base.json").read_text())
     assert base["n_in"] == warm["prompts"] and 0 <= base["n_pass_band"] <= base["n_kept"] <= base["n_in"]

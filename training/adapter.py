@@ -61,6 +61,7 @@ from society.llm import cut_at_stop, message_dicts, restore_stop
 from society.prompts import PROMPTS, PromptTemplate, hint_block, hint_remnants, strip_hint
 from society.roles import SENIOR_TRIGGERS, repair_messages, senior_triggers
 from society.toolkit import execute_summary
+from tools.sampling import sample_examples
 from tools.spider import database_path, default_data_dir
 from training.agent import (
     ATTR,
@@ -291,6 +292,33 @@ def trace_source(t: SocietyTrace) -> str:
                           resample=bool(t.outcomes.get("resample")), rationalized=bool(t.outcomes.get("rationalized")))
 
 
+def draw_repair_cases(cases: Sequence[RepairCase], n: int, seed: int = 0) -> list[RepairCase]:
+    """At most ``n`` of ``cases``: every ``senior`` case (the senior's logged inputs, the prompts it
+    really sees) first, then the rest filled by a uniform random draw of the ``junior`` cases
+    (:func:`tools.sampling.sample_examples`, ``seed``); returned in the order given.
+
+    Raises:
+        ValueError: ``n`` < 1.
+
+    >>> c = [RepairCase(f"train-{i}", "junior" if i % 3 else "senior", "SELECT 1", [], [], "SELECT 2", "db")
+    ...      for i in range(9)]
+    >>> [x.task_id for x in draw_repair_cases(c, 5, seed=1)][:1], len(draw_repair_cases(c, 5, seed=1))
+    (['train-0'], 5)
+    >>> sum(x.origin == "senior" for x in draw_repair_cases(c, 5, seed=1))
+    3
+    >>> draw_repair_cases(c, 5, seed=1) == draw_repair_cases(c, 5, seed=1), len(draw_repair_cases(c, 99))
+    (True, 9)
+    """
+    if n < 1:
+        raise ValueError(f"a draw of repair cases needs n >= 1, got {n}")
+    if n >= len(cases):
+        return list(cases)
+    senior = [i for i, c in enumerate(cases) if c.origin == "senior"][:n]
+    junior = [i for i, c in enumerate(cases) if c.origin != "senior"]
+    keep = set(senior) | set(sample_examples(junior, n - len(senior), seed) if n > len(senior) else [])
+    return [c for i, c in enumerate(cases) if i in keep]
+
+
 @dataclass
 class RLData:
     """The senior's decision points in the two shapes the RL trainers take.
@@ -499,7 +527,7 @@ class HierarchicalTraceAdapter(agl.TraceAdapter[SocietyTrace]):
         return SftSelection(datasets.Dataset.from_dict(rows, features=_sft_features()), summary)
 
     def repair_cases(self, source: Any, *, prompt: PromptTemplate | None = None,
-                     max_cases: int | None = None) -> list[RepairCase]:
+                     max_cases: int | None = None, seed: int = 0) -> list[RepairCase]:
         """The wrong queries of the train rollouts, each posed to the senior as a repair.
 
         Read from every succeeded rollout but rationalization ones (their candidates were drafted
@@ -515,10 +543,13 @@ class HierarchicalTraceAdapter(agl.TraceAdapter[SocietyTrace]):
         Args:
             source: see :meth:`traces`.
             prompt: the senior's rewrite prompt (default ``PROMPTS["senior_rewrite"]``).
-            max_cases: keep at most this many (in reading order); None = all.
+            max_cases: keep at most this many (:func:`draw_repair_cases`: every logged senior input
+                first, then a random draw of the juniors' wrong candidates across the rollouts --
+                the store holds them grouped by database, so its first ones would cover few); None = all.
+            seed: the draw's seed.
 
         Returns:
-            :class:`RepairCase` list.
+            :class:`RepairCase` list, in reading order.
         """
         tmpl = prompt or PROMPTS["senior_rewrite"]
         ex_cache: dict[tuple[str, str, str], bool] = {}
@@ -568,11 +599,11 @@ class HierarchicalTraceAdapter(agl.TraceAdapter[SocietyTrace]):
                 cases[key] = RepairCase(base, "junior", sql, [dict(systems[inst]), user], _case_triggers(ex, cands),
                                         gold, db)
         out = list(cases.values())
-        return out if max_cases is None else out[:max_cases]
+        return out if max_cases is None else draw_repair_cases(out, max_cases, seed)
 
     def select_repair(self, source: Any, *, sample: Any = None, k: int = 2, hints: bool = True,
                       stop: Sequence[str] | None = None, prompt: PromptTemplate | None = None,
-                      max_cases: int | None = None) -> RepairSelection:
+                      max_cases: int | None = None, seed: int = 0) -> RepairSelection:
         """The senior's repair conversations: for each :meth:`repair_cases` case, a reply whose SQL
         matches gold by EX (:func:`evaluation.metrics.ex.execution_match`), found in this order:
 
@@ -596,7 +627,7 @@ class HierarchicalTraceAdapter(agl.TraceAdapter[SocietyTrace]):
             k: draws per case and per kind (unhinted, hinted), >= 1.
             hints: try hinted draws where no unhinted one matched.
             stop: the senior's stop strings.
-            prompt, max_cases: see :meth:`repair_cases`.
+            prompt, max_cases, seed: see :meth:`repair_cases`.
 
         Returns:
             :class:`RepairSelection`.
@@ -608,7 +639,7 @@ class HierarchicalTraceAdapter(agl.TraceAdapter[SocietyTrace]):
 
         if k < 1:
             raise ValueError(f"select_repair needs k >= 1 draws per case, got {k}")
-        cases = self.repair_cases(source, prompt=prompt, max_cases=max_cases)
+        cases = self.repair_cases(source, prompt=prompt, max_cases=max_cases, seed=seed)
         rows: dict[str, list[Any]] = {c: [] for c in ("messages", "task_id", "origin", "source", "triggers")}
         kept = {"own": 0, "sampled": 0, "hinted": 0}
         draws = {"unhinted": 0, "hinted": 0}
@@ -844,6 +875,7 @@ __all__ = [
     "SftSelection",
     "SocietyTrace",
     "candidate_features",
+    "draw_repair_cases",
     "export_traces",
     "load_traces",
     "trace_source",

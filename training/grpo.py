@@ -145,6 +145,11 @@ class SeniorGRPOConfig(LoraTrainingConfig):
             SFT, then GRPO (Sheng & Xu 2025).
         warm_start_samples: k >= 1 -- draws of the served senior per wrong query that no logged
             senior reply fixed: k unhinted, then (if none matched) k with the gold SQL as a hint.
+        warm_start_cases: at most this many wrong queries become repair cases (and GRPO prompts):
+            every logged senior input, then a random draw (``seed``) of the juniors' wrong candidates
+            (:func:`training.adapter.draw_repair_cases`); None = all of them. A store of 1,000
+            juniors-only rollouts holds ~1,500 (~13 s each to repair on 2 CPU cores, and the
+            prefilter samples each again before and after the warm start), so a CPU profile caps it.
         init_adapter: a PEFT LoRA directory GRPO starts from and trains further (e.g. the warm
             start's); its own LoRA settings then apply and the ``lora_*`` fields are not used.
             None: a fresh LoRA.
@@ -184,6 +189,7 @@ class SeniorGRPOConfig(LoraTrainingConfig):
     prefilter_samples: int = 0
     warm_start: dict[str, Any] | None = None
     warm_start_samples: int = 2
+    warm_start_cases: int | None = None
     init_adapter: str | None = None
 
     @model_validator(mode="after")
@@ -194,6 +200,9 @@ class SeniorGRPOConfig(LoraTrainingConfig):
                 raise SettingProblems(wrong)
         if self.warm_start_samples < 1:
             raise ValueError(f"SeniorGRPOConfig.warm_start_samples = {self.warm_start_samples}; use k >= 1")
+        if self.warm_start_cases is not None and self.warm_start_cases < 1:
+            raise ValueError(f"SeniorGRPOConfig.warm_start_cases = {self.warm_start_cases}; use n >= 1 wrong "
+                             "queries, or leave it out for all of them")
         if self.init_adapter is not None and not (Path(self.init_adapter) / "adapter_config.json").is_file():
             raise ValueError(f"SeniorGRPOConfig.init_adapter = {self.init_adapter!r} holds no adapter_config.json; "
                              "point it at a PEFT LoRA directory (e.g. the warm start's) or leave it out")

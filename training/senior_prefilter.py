@@ -24,7 +24,8 @@ def prefilter_senior(plan: RunPlan, prompts: Any, cfg: SeniorGRPOConfig, *, adap
     has not trained it yet), or with ``adapter`` (a PEFT LoRA, e.g. the warm start's) on it.
 
     With ``repairs``, on the same server and first, the warm start's repair pairs are selected
-    (``HierarchicalTraceAdapter.select_repair`` with ``k = warm_start_samples``) and their
+    (``HierarchicalTraceAdapter.select_repair`` with ``k = warm_start_samples`` on at most
+    ``warm_start_cases`` wrong queries) and their
     prompts added to ``prompts`` (those with the same messages are not added twice).
 
     Returns:
@@ -46,7 +47,8 @@ def prefilter_senior(plan: RunPlan, prompts: Any, cfg: SeniorGRPOConfig, *, adap
         if repairs:
             with plan.run_dir.archive() as archive:
                 sel = HierarchicalTraceAdapter().select_repair(archive, sample=sample, k=cfg.warm_start_samples,
-                                                               stop=cfg.stop)
+                                                               stop=cfg.stop, max_cases=cfg.warm_start_cases,
+                                                               seed=cfg.seed)
             seen = {json.dumps(p, sort_keys=True) for p in prompts["prompt"]}
             extra = [i for i, p in enumerate(sel.prompts["prompt"]) if json.dumps(p, sort_keys=True) not in seen]
             prompts = datasets.concatenate_datasets([prompts.cast(sel.prompts.features),
