@@ -175,17 +175,22 @@ def reuse_lines(c: ReportContent) -> list[str]:
 
     >>> from types import SimpleNamespace as NS
     >>> reuse_lines(NS(reused=[{"stage": "baseline", "n": 100, "source_run": "runs/a", "source_seconds": 3600.0},
-    ...                        {"stage": "gather", "n": 60, "unit": "rollouts", "source_run": "runs/a"}]))
+    ...                        {"stage": "gather", "n": 60, "unit": "rollouts", "source_run": "runs/a"},
+    ...                        {"stage": "baseline", "n": 100, "of": 300, "source_run": "runs/b"}]))
     ... # doctest: +NORMALIZE_WHITESPACE
     ['baseline (100 questions): reused from runs/a, where it took 60.0 min; not evaluated in this run',
-     'gather (60 rollouts): reused from runs/a; not gathered again']
+     'gather (60 rollouts): reused from runs/a; not gathered again',
+     'baseline (100 of 300 questions): reused from runs/b; the other 200 evaluated in this run']
     """
     out = []
     for r in c.reused:
         cost = f", where it took {r['source_seconds'] / 60:.1f} min" if r.get("source_seconds") is not None else ""
         what = "not gathered again" if r.get("unit") == "rollouts" else "not evaluated in this run"
-        out.append(f"{r['stage']} ({r.get('n', '?')} {r.get('unit', 'questions')}): reused from {r['source_run']}"
-                   f"{cost}; {what}")
+        n, of = r.get("n"), r.get("of")
+        count = f"{n if n is not None else '?'} {r.get('unit', 'questions')}"
+        if isinstance(n, int) and isinstance(of, int) and of > n:
+            count, what = f"{n} of {of} {r.get('unit', 'questions')}", f"the other {of - n} evaluated in this run"
+        out.append(f"{r['stage']} ({count}): reused from {r['source_run']}{cost}; {what}")
     return out
 
 

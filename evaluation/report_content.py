@@ -184,8 +184,10 @@ def reused_stages(run_dir: str | Path) -> list[dict[str, Any]]:
     """What this run took from an earlier run instead of running it (``training.reuse``): phase 1's
     rollouts (``phases/1-gather/reused.json``), then the stages (``eval/<stage>.reused.json`` and
     ``eval/roles/<stage>.reused.json``) in file-name order: ``stage``, ``source_run``, ``n`` and its
-    ``unit`` (``questions``, or ``rollouts`` for phase 1), ``source_seconds`` (what it cost where it
-    ran) and ``parts`` (the matching content hashes). Unreadable files are skipped."""
+    ``unit`` (``questions``, or ``rollouts`` for phase 1), ``of`` (the stage's questions in this run,
+    from its ``.summary.json``; more than ``n`` when the run evaluated the rest itself, e.g. a stage
+    widened on resume), ``source_seconds`` (what it cost where it ran) and ``parts`` (the matching
+    content hashes). Unreadable files are skipped."""
     run = Path(run_dir)
     out = []
     files = sorted(run.glob("phases/*/reused.json")) + sorted([*run.glob("eval/*.reused.json"),
@@ -196,8 +198,12 @@ def reused_stages(run_dir: str | Path) -> list[dict[str, Any]]:
         except (OSError, ValueError):
             continue
         if isinstance(data, dict):
+            try:
+                of = json.loads(Path(str(f).removesuffix(".reused.json") + ".summary.json").read_text()).get("n")
+            except (OSError, ValueError, AttributeError):
+                of = None
             out.append({"stage": data.get("stage", f.name.removesuffix(".reused.json")),
-                        "source_run": data.get("source_run"), "n": data.get("n"),
+                        "source_run": data.get("source_run"), "n": data.get("n"), "of": of,
                         "unit": data.get("unit", "questions"),
                         "source_seconds": data.get("source_seconds"), "parts": data.get("parts") or {}})
     return out

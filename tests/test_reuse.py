@@ -134,6 +134,21 @@ def test_copy_stage_says_where_the_records_came_from(tmp_path: Path) -> None:
     assert Fingerprint.from_json(json.loads(fingerprint_path(dest).read_text())) == fp
 
 
+def test_the_report_says_when_a_reused_stage_was_widened_here(tmp_path: Path) -> None:
+    from evaluation.report_content import reused_stages
+
+    fp = Fingerprint.of("baseline", "society", {p: p for p in PARTS})
+    src = _source(tmp_path / "old", "baseline", fp)
+    dest = tmp_path / "new" / "eval" / "baseline.jsonl"
+    copy_stage(find_reusable(fp, [src], role_level=False), dest)
+    (got,) = reused_stages(tmp_path / "new")
+    assert got["n"] == got["of"]  # taken whole
+    summary = json.loads(dest.with_suffix(".summary.json").read_text())
+    dest.with_suffix(".summary.json").write_text(json.dumps({**summary, "n": summary["n"] + 200}))
+    (got,) = reused_stages(tmp_path / "new")  # the run evaluated 200 more questions itself
+    assert got["of"] == got["n"] + 200 and got["source_run"] == str(src)
+
+
 # ----------------------------------------------------------------------------- the pipeline, for real
 
 
