@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Pack a stopped training run directory into a small folder that can be committed, and unpack it
+# again, so that a run longer than one sitting continues on another (fresh) machine.
+#
+#   scripts/pack-run.sh pack   RUN_DIR PACK_DIR   # RUN_DIR must not be running
+#   scripts/pack-run.sh unpack PACK_DIR RUN_DIR   # then: sqlsociety train --resume RUN_DIR
+#
+# pack: the rollout store is checkpointed (WAL), copied with SQLite's VACUUM INTO, checked with
+# PRAGMA integrity_check and compressed with xz -9 (a 217 MB phase-1 store becomes ~6 MB); the
+# per-rollout metrics are compressed too; config.yaml, runner_society.yaml, eval/ (per-question
+# records and summaries), phases/*/*.json and train.log are copied as they are. Trained adapters
+# (phases/2-sft, 3-grpo weights) are not packed: pack a run between phases 1 and 2, or accept that
+# resuming retrains them. stopped.json records when, at which commit, and the store's rollouts by
+# status. Nothing in RUN_DIR is changed except the WAL checkpoint.
+set -euo pipefail
+
+die() { echo "pack-run: $*" >&2; exit 2; }
+[ $# -eq 3 ] || die "usage: $0 pack RUN_DIR PACK_DIR | unpack PACK_DIR RUN_DIR"
+mode=$1 src=$(realpath -m "$2") dst=$(realpath -m "$3")
+
+case "$mode" in
+pack)
+    [ -f "$src/config.yaml" ] || die "$src has no config.yaml: not a run directory made by sqlsociety train"
+    [ -f "$src/store.sqlite" ] || die "$src has no store.sqlite: nothing to pack"
+    pid=$(cat "$src/store.sqlite.lock" 2>/dev/null || true)
+    cmd=$( { [ -n "$pid" ] && tr '\0' ' ' < "/proc/$pid/cmdline"; } 2>/dev/null || true)
+    if [[ $cmd == *society.cli* || $cmd == *sqlsociety* ]]; then  # the lock file's pid is a live training run
+        die "$src is in use by process $pid; stop the run (Ctrl-C or kill -INT $pid) and wait for it to exit"
+    fi
+    [ -e "$dst/store.sqlite.xz" ] && die "$dst already holds a packed store; choose another PACK_DIR"
+    mkdir -p "$dst"
+    python3 - "$src/store.sqlite" "$dst/store.sqlite" <<'EOF'
+import sqlite3, sys
+src, dst = sys.argv[1], sys.argv[2]
+con = sqlite3.connect(src)
+con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+con.execute("VACUUM INTO ?", (dst,))
+con.close()
+out = sqlite3.connect(dst)
+ok = out.execute("PRAGMA integrity_check").fetchone()[0]
+if ok != "ok":
+    sys.exit(f"pack-run: the copied store fails integrity_check: {ok}")
+EOF
+    xz -T2 -9 "$dst/store.sqlite"
+    [ -f "$src/metrics.jsonl" ] && xz -T2 -9 -c "$src/metrics.jsonl" > "$dst/metrics.jsonl.xz"
+    for f in config.yaml runner_society.yaml train.log; do [ -f "$src/$f" ] && cp "$src/$f" "$dst/"; done
+    [ -d "$src/eval" ] && cp -r "$src/eval" "$dst/"
+    if [ -d "$src/phases" ]; then
+        (cd "$src" && find phases -name '*.json' -print0 | xargs -0 -r cp --parents -t "$dst")
+    fi
+    commit=$(git -C "$(dirname "$(realpath "$0")")" rev-parse --short HEAD 2>/dev/null || true)
+    python3 - "$src/store.sqlite" "$dst/stopped.json" "$commit" <<'EOF'
+import json, sqlite3, sys, time
+con = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True)
+by_status = dict(con.execute("SELECT status, COUNT(*) FROM rollouts GROUP BY status").fetchall())
+json.dump({"packed_at_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "packed_by_commit": sys.argv[3] or None,
+           "rollouts_by_status": by_status}, open(sys.argv[2], "w"), indent=2)
+EOF
+    du -sh "$dst"
+    ;;
+unpack)
+    [ -f "$src/store.sqlite.xz" ] || die "$src has no store.sqlite.xz: not a folder made by '$0 pack'"
+    [ -e "$dst/store.sqlite" ] && die "$dst already has a store.sqlite; unpack into a new directory"
+    mkdir -p "$dst"
+    (cd "$src" && find . -type f ! -name '*.xz' ! -name stopped.json -print0 | xargs -0 -r cp --parents -t "$dst")
+    xz -dc "$src/store.sqlite.xz" > "$dst/store.sqlite"
+    [ -f "$src/metrics.jsonl.xz" ] && xz -dc "$src/metrics.jsonl.xz" > "$dst/metrics.jsonl"
+    echo "unpacked into $dst; continue with: sqlsociety train --resume $dst"
+    ;;
+*) die "unknown mode '$mode'; use pack or unpack" ;;
+esac

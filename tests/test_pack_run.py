@@ -1,0 +1,83 @@
+"""scripts/pack-run.sh: a stopped run directory packed small and unpacked whole, and a running one refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "pack-run.sh"
+
+
+def _run_dir(root: Path) -> Path:
+    run = root / "run"
+    (run / "eval" / "roles").mkdir(parents=True)
+    (run / "phases" / "1-gather").mkdir(parents=True)
+    con = sqlite3.connect(run / "store.sqlite")
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("CREATE TABLE rollouts (rollout_id TEXT, status TEXT)")
+    con.executemany("INSERT INTO rollouts VALUES (?, ?)",
+                    [(f"ro-{i}", "succeeded" if i % 4 else "cancelled") for i in range(40)])
+    con.commit()
+    con.close()
+    (run / "config.yaml").write_text("name: smoke\n")
+    (run / "metrics.jsonl").write_text('{"reward": 1.0}\n' * 50)
+    (run / "eval" / "roles" / "juniors_baseline.jsonl").write_text('{"question_id": "dev-1"}\n')
+    (run / "phases" / "1-gather" / "done.json").write_text("{}")
+    return run
+
+
+def _sh(*args: str | Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(SCRIPT), *map(str, args)], capture_output=True, text=True)
+
+
+def test_a_packed_run_unpacks_with_every_rollout_and_record(tmp_path: Path) -> None:
+    run = _run_dir(tmp_path)
+    packed = _sh("pack", run, tmp_path / "packed")
+    assert packed.returncode == 0, packed.stderr
+    stopped = json.loads((tmp_path / "packed" / "stopped.json").read_text())
+    assert stopped["rollouts_by_status"] == {"succeeded": 30, "cancelled": 10}
+    assert not (tmp_path / "packed" / "store.sqlite").exists()  # only the compressed copy is kept
+    out = _sh("unpack", tmp_path / "packed", tmp_path / "again")
+    assert out.returncode == 0, out.stderr
+    again = tmp_path / "again"
+    rows = sqlite3.connect(again / "store.sqlite").execute("SELECT COUNT(*) FROM rollouts").fetchone()[0]
+    assert rows == 40
+    for f in ("config.yaml", "metrics.jsonl", "eval/roles/juniors_baseline.jsonl", "phases/1-gather/done.json"):
+        assert (again / f).read_bytes() == (run / f).read_bytes(), f
+    assert _sh("unpack", tmp_path / "packed", again).returncode == 2  # never over an existing store
+    assert "already holds" in _sh("pack", run, tmp_path / "packed").stderr
+
+
+def test_a_run_in_use_is_refused_and_left_alone(tmp_path: Path) -> None:
+    run = _run_dir(tmp_path)
+    # a process whose command line names the CLI holds the run's lock, as `sqlsociety train` does
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "society.cli"])
+    try:
+        (run / "store.sqlite.lock").write_text(str(holder.pid))
+        out = _sh("pack", run, tmp_path / "packed")
+        assert out.returncode == 2 and f"in use by process {holder.pid}" in out.stderr
+        assert not (tmp_path / "packed").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    os.remove(run / "store.sqlite.lock")
+    assert _sh("pack", run, tmp_path / "packed").returncode == 0
+
+
+def test_a_folder_that_is_not_a_run_is_refused(tmp_path: Path) -> None:
+    out = _sh("pack", tmp_path, tmp_path / "p")
+    assert out.returncode == 2 and "no config.yaml" in out.stderr
+    out = _sh("unpack", tmp_path, tmp_path / "r")
+    assert out.returncode == 2 and "no store.sqlite.xz" in out.stderr
+
+
+@pytest.fixture(autouse=True)
+def _needs_xz() -> None:
+    if subprocess.run(["which", "xz"], capture_output=True).returncode:
+        pytest.skip("xz is not installed")
