@@ -310,6 +310,14 @@ def _check_society_spans(arc: RolloutArchive) -> None:
         assert any(s.attributes.get(f"{ATTR}.kind") == "society_run" for s in spans)
         llm = [s for s in spans if any(k.startswith("gen_ai.prompt") for k in s.attributes)]
         assert llm, "no LLM span reached the store"
+        nodes = [s for s in spans if s.name == "chain.chain"]
+        assert nodes and all(s.attributes.get("langchain.run_name") for s in nodes)
+        # a node records a summary of the state it got, not the state (schema text, messages, candidates)
+        for s in nodes:
+            got = json.loads(s.attributes["chain.inputs"])
+            values = got.values() if isinstance(got, dict) else [got]
+            assert all(v is None or isinstance(v, (bool, int, float)) or (isinstance(v, str) and len(v) <= 200)
+                       for v in values), s.attributes["chain.inputs"][:300]
         assert spans[-1].attributes.get("agentlightning.reward.0.value") == pytest.approx(rec.reward)
 
 
