@@ -177,9 +177,10 @@ def input_summary(inputs: Any, max_chars: int = 200) -> Any:
     node's ``chain.inputs``; in a society rollout that was ~72 % of the store's bytes (7.5 of 10.4 MB
     over 50 rollouts), a copy of what the LLM spans and the run object already hold, read by nothing.
 
-    >>> input_summary({"question": "How many singers?", "schema": "x" * 2310, "candidates": [1, 2, 3],
-    ...                "turn": 0, "run": {"a": 1}})
-    {'question': 'How many singers?', 'schema': '<2,310 chars>', 'candidates': '<list of 3>', 'turn': 0, 'run': '<dict of 1 keys>'}
+    >>> s = input_summary({"question": "How many singers?", "schema": "x" * 2310, "candidates": [1, 2, 3],
+    ...                    "turn": 0, "run": {"a": 1}})
+    >>> s["question"], s["schema"], s["candidates"], s["turn"], s["run"]
+    ('How many singers?', '<2,310 chars>', '<list of 3>', 0, '<dict of 1 keys>')
     >>> input_summary("short"), input_summary(None)
     ('short', None)
     """
