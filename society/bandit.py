@@ -124,6 +124,10 @@ class BanditConfig(TypedSettings):
         n_bootstrap: heads of the bootstrap ensemble (0: none; needed >= 2 for ``"thompson"``).
         sql_hash_bits / token_hash_bits: log2 of the hashed feature spaces.
         seed: SGD shuffling, bootstrap weights and exploration draws.
+        held_out_contested: training (phase 4): contested decisions the bandit is judged on, >= 0.
+            When the dev decisions of the untrained juniors hold fewer, whole train questions are
+            held out of the fit until their first-draw decisions make up the rest
+            (``training.bandit.hold_out_contested``, seeded with ``seed``); 0: dev decisions only.
 
     Raises (as a pydantic ``ValidationError``, a ``ValueError``): an unknown or wrongly typed key, or
     a value out of the ranges above.
@@ -141,9 +145,12 @@ class BanditConfig(TypedSettings):
     sql_hash_bits: int = 12
     token_hash_bits: int = 8
     seed: int = 0
+    held_out_contested: int = 150
 
     @model_validator(mode="after")
     def _ranges(self) -> BanditConfig:
+        if self.held_out_contested < 0:
+            raise ValueError(f"BanditConfig.held_out_contested = {self.held_out_contested}; use a count >= 0")
         if self.feedback not in ("auto", "full", "bandit"):
             raise ValueError(f"BanditConfig.feedback = {self.feedback!r}; use 'auto', 'full' or 'bandit'")
         if self.exploration not in ("epsilon", "thompson"):

@@ -233,3 +233,33 @@ def test_samples_from_real_society_records():
         assert s["reward"] == float(bool(r["roles"][junior]["ex"]))
     rows = {row["policy"]: row for row in compare_policies(samples, SupervisorBandit().fit(samples))}
     assert rows["oracle"]["ex"] >= rows["majority_vote"]["ex"]
+
+
+def test_held_out_train_questions_are_deterministic_disjoint_and_hold_enough_contested() -> None:
+    from training.bandit import hold_out_contested, is_contested, question_of
+
+    ran = {"sql": "SELECT 1", "executes": 1}
+    rng = random.Random(7)
+
+    def decision(task: str) -> dict:
+        rewards = [float(rng.random() < 0.5) for _ in range(3)]
+        return {"task_id": task, "question": task, "candidates": [dict(ran) for _ in range(3)], "action": 0,
+                "reward": rewards[0], "candidate_rewards": rewards}
+
+    samples = ([decision(f"train-{i}/juniors") for i in range(200)]       # first draws: all three juniors
+               + [decision(f"train-{i}/juniors#1") for i in range(0, 200, 3)]  # rejection-sampling draws
+               + [decision(f"train-{i}") for i in range(500, 540)])         # society rollouts, other questions
+    train, held = hold_out_contested(samples, 30, seed=1)
+    assert (train, held) == hold_out_contested(samples, 30, seed=1)  # the same split every time
+    assert sum(is_contested(s) for s in held) == 30  # stops at the question that makes up the need
+    held_q = {question_of(s["task_id"]) for s in held}
+    assert all(s["task_id"].endswith("/juniors") for s in held)  # judged on first draws only
+    assert not held_q & {question_of(s["task_id"]) for s in train}  # no held-out question is trained on
+    assert len(train) + len(held) + sum(question_of(s["task_id"]) in held_q for s in samples
+                                        if s["task_id"].endswith("#1")) == len(samples)
+    other = {question_of(s["task_id"]) for s in hold_out_contested(samples, 30, seed=2)[1]}
+    assert other != held_q  # the seed draws the questions
+    _, capped = hold_out_contested(samples, 10_000, seed=1)
+    assert len({question_of(s["task_id"]) for s in capped}) == 100  # never more than half of the questions
+    with pytest.raises(ValueError, match="need >= 0"):
+        hold_out_contested(samples, -1)

@@ -1,10 +1,12 @@
 """Phase 4: fit the supervisor's contextual bandit (``society.bandit``) on logged decisions.
 
 :func:`samples_from_records` turns evaluation records into samples, :func:`split_samples` splits
-them by task, :func:`compare_policies` replays logged decisions offline against random, majority
-vote, the logging policies and the oracle, :func:`format_table` prints that comparison. The model
-itself (features, :class:`~society.bandit.SupervisorBandit`, :func:`~society.bandit.load_policy`)
-lives in ``society.bandit``, beside the other supervisor policies; its names are re-exported here.
+them by task, :func:`hold_out_contested` holds out whole train questions until their decisions hold
+enough contested ones (:func:`is_contested`), :func:`compare_policies` replays logged decisions
+offline against random, majority vote, the logging policies and the oracle, :func:`format_table`
+prints that comparison. The model itself (features, :class:`~society.bandit.SupervisorBandit`,
+:func:`~society.bandit.load_policy`) lives in ``society.bandit``, beside the other supervisor
+policies; its names are re-exported here.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ __all__ = [
     "samples_from_records",
     "compare_policies",
     "format_table",
+    "hold_out_contested",
+    "is_contested",
+    "question_of",
     "split_samples",
 ]
 
@@ -105,6 +110,98 @@ def split_samples(samples: Sequence[Any], holdout: float = 0.3, seed: int = 0) -
     return train, held
 
 
+def is_contested(sample: Any) -> bool:
+    """A decision where the choice matters: the usable candidates' rewards differ (a candidate that
+    did not run is never picked while another one ran, :func:`society.candidate.usable`); elsewhere
+    every sensible policy scores the same.
+
+    Raises:
+        ValueError: the sample has no ``candidate_rewards`` (see :func:`as_sample`).
+
+    >>> ok = {"sql": "SELECT 1", "executes": 1}
+    >>> is_contested({"candidates": [ok, ok], "action": 0, "candidate_rewards": [1.0, 0.0]})
+    True
+    >>> is_contested({"candidates": [ok, {"sql": "SELEC", "executes": 0}], "action": 0, "candidate_rewards": [1, 0]})
+    False
+    """
+    s = as_sample(sample)
+    if s["candidate_rewards"] is None:
+        raise ValueError(f"sample {s['task_id']} has no candidate_rewards; contested needs every candidate's reward")
+    return len({s["candidate_rewards"][i] for i in usable(s["candidates"])}) > 1
+
+
+def question_of(task_id: str) -> str:
+    """The question a rollout's task id names, without its rollout-kind suffix (``/juniors``,
+    ``/juniors#1``, ``/rationalized``).
+
+    >>> question_of("train-12/juniors#1"), question_of("train-12")
+    ('train-12', 'train-12')
+    """
+    return str(task_id).split("/")[0]
+
+
+def hold_out_contested(samples: Sequence[Any], need: int, *, seed: int = 0, first_draw: str = "/juniors",
+                       max_share: float = 0.5) -> tuple[list[dict], list[dict]]:
+    """Hold out whole train questions for judging the bandit, until their decisions include ``need``
+    contested ones (:func:`is_contested`).
+
+    The questions that have a first-draw juniors-only decision (task id ending in ``first_draw``:
+    all three juniors drafted, nothing resampled or hinted) are taken in a random order
+    (``random.Random(seed)``, over their sorted ids) one by one; each taken question's first-draw
+    decisions are held out, and **every** decision on it (society rollout, resample draws) leaves
+    the training side, so no held-out question is ever trained on. Deterministic in ``seed``.
+
+    Args:
+        samples: the train decisions (``BanditSample`` or dicts, :func:`as_sample`), each with
+            ``candidate_rewards``.
+        need: contested held-out decisions wanted (0: hold nothing out).
+        max_share: at most this share of those questions is held out (rounded down), so the fit
+            keeps the rest, in (0, 1].
+
+    Returns:
+        ``(train, held)`` as :func:`as_sample` dicts; ``held`` falls short of ``need`` contested only
+        when ``max_share`` of the questions is reached.
+
+    Raises:
+        ValueError: ``need`` < 0, ``max_share`` outside (0, 1], or a sample without ``candidate_rewards``.
+
+    >>> ok = {"sql": "SELECT 1", "executes": 1}
+    >>> def d(t, r): return {"task_id": t, "candidates": [ok, ok], "action": 0, "candidate_rewards": r}
+    >>> xs = [d(f"train-{i}/juniors", [1, i % 2]) for i in range(8)] + [d("train-1/juniors#1", [0, 1])]
+    >>> train, held = hold_out_contested(xs, 2, seed=3)
+    >>> held_q = {question_of(h["task_id"]) for h in held}
+    >>> sum(is_contested(h) for h in held), held_q & {question_of(t["task_id"]) for t in train}
+    (2, set())
+    >>> hold_out_contested(xs, 2, seed=3) == (train, held), len(hold_out_contested(xs, 0)[1])
+    (True, 0)
+    >>> len({question_of(h["task_id"]) for h in hold_out_contested(xs, 99)[1]})  # half of the 8 questions
+    4
+    """
+    if need < 0:
+        raise ValueError(f"hold_out_contested needs need >= 0, got {need}")
+    if not 0.0 < max_share <= 1.0:
+        raise ValueError(f"hold_out_contested needs max_share in (0, 1], got {max_share}")
+    norm = [as_sample(s) for s in samples]
+    if need == 0:
+        return norm, []
+    first = {}
+    for s in norm:
+        if s["task_id"].endswith(first_draw):
+            first.setdefault(question_of(s["task_id"]), []).append(s)
+    order = sorted(first)
+    random.Random(seed).shuffle(order)
+    held_q: set[str] = set()
+    held: list[dict] = []
+    found = 0
+    for q in order[:int(len(order) * max_share)]:
+        if found >= need:
+            break
+        held_q.add(q)
+        held.extend(first[q])
+        found += sum(is_contested(s) for s in first[q])
+    return [s for s in norm if question_of(s["task_id"]) not in held_q], held
+
+
 # ============================================================================ offline replay
 
 
@@ -157,7 +254,7 @@ def compare_policies(
 
     # decisions where the choice matters: the usable candidates' rewards differ (a candidate that
     # did not run is never picked while another one ran)
-    contested = [len({s["candidate_rewards"][i] for i in usable(s["candidates"])}) > 1 for s in norm]
+    contested = [is_contested(s) for s in norm]
 
     def row(name: str, picks: list[float], ex_picks: list[float], mask: list[bool] | None = None,
             note: str = "") -> dict[str, Any]:

@@ -23,7 +23,7 @@ from training.profile import TrainConfigError
 from training.role_aliases import role_kind
 from training.run_plan import RunPlan
 
-__all__ = ["bandit_phase", "dev_decisions"]
+__all__ = ["DEV_DECISION_STAGES", "bandit_phase", "dev_decisions", "held_out_dev"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,41 +58,80 @@ def dev_decisions(eval_jsonl: Path) -> list[dict[str, Any]]:
     return out
 
 
+#: The evaluation stages whose records can hold the untrained juniors' dev decisions, in the order
+#: phase 4 looks: the juniors-only baseline (its own larger sample), its noise repeat (the same
+#: questions, other seeds: used when the baseline's records were kept without their candidates),
+#: the society baseline.
+DEV_DECISION_STAGES = (("juniors_baseline", True), ("juniors_baseline_repeat", True), ("baseline", False))
+
+
+def held_out_dev(plan: RunPlan) -> tuple[str | None, list[dict[str, Any]]]:
+    """The first of :data:`DEV_DECISION_STAGES` whose records yield decisions (:func:`dev_decisions`):
+    ``(stage name, decisions)``; ``(None, [])`` when none does."""
+    for stage, role_level in DEV_DECISION_STAGES:
+        path = plan.run_dir.role_eval_path(stage) if role_level else plan.run_dir.eval_path(stage)
+        held = dev_decisions(path)
+        if held:
+            return stage, held
+    return None, []
+
+
 def bandit_phase(plan: RunPlan, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Phase 4: supervisor (context, action, reward) samples from the train rollouts -> contextual
-    bandit (joblib). Compared offline on held-out *dev* decisions (the baseline evaluation's
-    logged candidates, never trained on) with random choice, majority vote, the logged policy
-    and the LLM supervisor (asked live on the same candidates)."""
+    bandit (joblib), judged offline on held-out decisions it never trained on: the untrained
+    juniors' *dev* decisions (:func:`held_out_dev`) and, when those hold fewer than
+    ``bandit.held_out_contested`` contested ones, whole *train* questions held out of the fit
+    (:func:`training.bandit.hold_out_contested`). Each is scored against random choice, majority
+    vote, the logged policy and the oracle (``bandit_comparison.json``: all held-out decisions;
+    ``done.json``'s ``comparison_by_split``: dev and train apart); the LLM supervisor, asked live,
+    on the dev decisions (they keep the candidates' full records).
+
+    Raises:
+        TrainConfigError: the store holds no supervisor decision with usable candidates.
+    """
     from training.adapter import HierarchicalTraceAdapter
-    from training.bandit import SupervisorBandit, compare_policies, replay_outcomes
+    from training.bandit import SupervisorBandit, compare_policies, hold_out_contested, is_contested, replay_outcomes
 
     d = plan.run_dir.phase_dir(4)
     with plan.run_dir.archive() as archive:
         samples = HierarchicalTraceAdapter().to_bandit(archive)
-    with (d / "bandit_samples.jsonl").open("w") as f:
-        for s in samples:
-            f.write(json.dumps(s.to_dict(), default=str) + "\n")
     if not samples:
         raise TrainConfigError("phase 4: no supervisor decision with usable candidates in the store; gather more")
-    bandit = SupervisorBandit(plan.cfg.bandit).fit(samples)
+    cfg = plan.cfg.bandit
+    dev_stage, dev = held_out_dev(plan)
+    dev_contested = sum(is_contested(s) for s in dev)
+    train, held_train = hold_out_contested(samples, max(0, cfg.held_out_contested - dev_contested), seed=cfg.seed)
+    with (d / "bandit_samples.jsonl").open("w") as f:
+        for s in train:
+            f.write(json.dumps({**s, "split": "train"}, default=str) + "\n")
+        for s in held_train:
+            f.write(json.dumps({**s, "split": "held_out"}, default=str) + "\n")
+    if not train:
+        raise TrainConfigError("phase 4: every train decision was held out; lower bandit.held_out_contested")
+    bandit = SupervisorBandit(cfg).fit(train)
     path = bandit.save(d / "policy.joblib")
-    # held-out dev decisions: the juniors-only baseline's (its own larger sample) when it ran,
-    # else the society baseline's; never trained on
-    roles_base = plan.run_dir.role_eval_path("juniors_baseline")
-    held = dev_decisions(roles_base if roles_base.is_file() else plan.run_dir.eval_path("baseline"))
+    held = [*({**s, "split": "dev"} for s in dev), *({**s, "split": "train"} for s in held_train)]
     table = compare_policies(held, bandit) if held else []
+    by_split = {name: compare_policies(part, bandit) for name, part in (("dev", dev), ("train", held_train)) if part}
     if held:
         with (d / "replay.jsonl").open("w") as f:
-            for row in replay_outcomes(held, bandit):
-                f.write(json.dumps(row) + "\n")
-    if held:
-        llm = _llm_supervisor_replay(plan, held)
+            for row, s in zip(replay_outcomes(held, bandit), held):
+                f.write(json.dumps({**row, "split": s["split"]}) + "\n")
+    if dev:
+        llm = _llm_supervisor_replay(plan, dev)
         if llm is not None:
-            table.insert(3, llm)
+            by_split["dev"].insert(3, llm)
+            if not held_train:
+                table.insert(3, llm)
     (plan.run_dir.root / "bandit_comparison.json").write_text(json.dumps(table, indent=2, default=str))
-    echo(f"phase 4 bandit: fitted on {len(samples)} train decisions -> {path.name}; held-out dev replay on "
-              f"{len(held)}: " + ", ".join(f"{r['policy']} EX {100 * r['ex']:.0f}%" for r in table))
-    return {"policy": str(path), "samples": len(samples), "held_out": len(held), "comparison": table}
+    n_contested = sum(is_contested(s) for s in held)
+    echo(f"phase 4 bandit: fitted on {len(train)} train decisions -> {path.name}; held out {len(held)} decisions "
+         f"({n_contested} contested): {len(dev)} dev from {dev_stage or 'no stage'} ({dev_contested} contested), "
+         f"{len(held_train)} on {len({s['task_id'] for s in held_train})} train questions left out of the fit; "
+         + ", ".join(f"{r['policy']} EX {100 * r['ex']:.0f}%" for r in table))
+    return {"policy": str(path), "samples": len(train), "held_out": len(held), "held_out_contested": n_contested,
+            "held_out_dev": len(dev), "held_out_dev_stage": dev_stage, "held_out_train": len(held_train),
+            "comparison": table, "comparison_by_split": by_split}
 
 
 def _llm_supervisor_replay(plan: RunPlan, held: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -120,11 +159,8 @@ def _llm_supervisor_replay(plan: RunPlan, held: list[dict[str, Any]]) -> dict[st
                     question=q, schema=sc, candidates=text
                 ),
             )
-            try:
-                idx = LLMPolicy().choose(s["question"], cands, ctx).index
-            except Exception as e:  # noqa: BLE001 - an endpoint failure scores this decision 0
-                logger.warning("LLM supervisor replay failed on %s: %s", s["task_id"], e)
-                idx = -1
+            # a dead endpoint raises and stops the phase (resumable): it never scores a decision 0
+            idx = LLMPolicy().choose(s["question"], cands, ctx).index
             vals.append(s["candidate_rewards"][idx] if idx >= 0 else 0.0)
     n = len(vals)
     return {"policy": "llm", "n": n, "mean_reward": sum(vals) / n, "ex": sum(v >= 1.0 for v in vals) / n,
