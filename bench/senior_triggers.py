@@ -57,7 +57,7 @@ from evaluation.stats import mcnemar_exact, paired_bootstrap_ci, wilson_ci  # no
 from society.candidate import majority_vote  # noqa: E402
 from society.roles import same_sql, senior_triggers  # noqa: E402
 from society.state import ExecSummary  # noqa: E402
-from tools.spider import database_path, default_data_dir  # noqa: E402
+from tools.spider import recorded_database  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RECORDS = [ROOT / "bench/results/bandit_replay/train.jsonl.gz",
@@ -77,8 +77,7 @@ def read_records(path: Path) -> list[dict[str, Any]]:
 
 
 def _db(rec: dict[str, Any]) -> str:
-    p = str(rec.get("db_path") or "")
-    return p if p and Path(p).is_file() else str(database_path(default_data_dir(), str(rec.get("db_id"))))
+    return recorded_database(rec.get("db_path"), rec.get("db_id"))
 
 
 def pick_view(rec: dict[str, Any], pick: str = "majority_vote") -> dict[str, Any] | None:

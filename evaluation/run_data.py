@@ -24,7 +24,7 @@ from typing import Any
 
 from evaluation.metrics.rewards import compute_reward
 from tools.files import read_jsonl
-from tools.spider import database_path, default_data_dir
+from tools.spider import recorded_database
 
 #: Stages in display order; any other ``eval/<stage>.jsonl`` is appended after these, sorted.
 STAGE_ORDER: tuple[str, ...] = ("baseline", "sft", "grpo", "bandit")
@@ -98,13 +98,8 @@ def _database_of(rec: Mapping) -> Path | None:
     """The record's SQLite file: its ``db_path`` when that exists here, else ``db_id`` looked up in
     the data directory (``tools.spider.default_data_dir()``, so reports made on another machine
     still find the bundled databases); None when neither exists."""
-    if rec.get("db_path") and Path(rec["db_path"]).is_file():
-        return Path(rec["db_path"])
-    if rec.get("db_id"):
-        p = database_path(default_data_dir(), str(rec["db_id"]))
-        if p.is_file():
-            return p
-    return None
+    p = recorded_database(rec.get("db_path"), rec.get("db_id"))
+    return Path(p) if p and Path(p).is_file() else None
 
 
 def _stage_key(stage: str) -> tuple[int, str]:

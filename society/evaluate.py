@@ -189,17 +189,21 @@ def evaluate(
 def summarise_records(agent: str, recs: list[dict[str, Any]], wall: float, *, run_dir: str = "") -> EvalSummary:
     """The :class:`EvalSummary` of per-question records (``questions.jsonl`` lines) of ``agent``.
 
-    Per-question means over ``recs`` (0 when empty); ``wall`` (seconds) is taken as given, so a
-    caller that evaluated in several attempts passes their total.
+    Per-question means over the records of ``recs`` that hold the key (0 when none does: a record
+    kept from an older, smaller format lacks e.g. ``turns`` and is not counted as 0); ``wall``
+    (seconds) is taken as given, so a caller that evaluated in several attempts passes their total.
 
     >>> s = summarise_records("juniors", [{"match": True, "seconds": 2.0}, {"match": False, "seconds": 4.0}], 6.5)
     >>> (s.n, s.ex, s.seconds_per_q, s.wall_seconds)
     (2, 0.5, 3.0, 6.5)
+    >>> summarise_records("society", [{"match": True, "turns": 2}, {"match": True}], 1.0).turns_per_q
+    2.0
     """
     n = len(recs)
 
     def mean(key: str) -> float:
-        return sum(float(r.get(key) or 0) for r in recs) / n if n else 0.0
+        have = [float(r[key] or 0) for r in recs if r.get(key) is not None]
+        return sum(have) / len(have) if have else 0.0
 
     return EvalSummary(
         agent=agent, n=n, ex=mean("match"), executed_ok=mean("executed_ok"),

@@ -263,3 +263,24 @@ def test_held_out_train_questions_are_deterministic_disjoint_and_hold_enough_con
     assert len({question_of(s["task_id"]) for s in capped}) == 100  # never more than half of the questions
     with pytest.raises(ValueError, match="need >= 0"):
         hold_out_contested(samples, -1)
+
+
+def test_held_out_dev_decisions_written_on_another_machine_find_their_database_here(tmp_path) -> None:
+    import json
+    from pathlib import Path
+
+    from training.phase_bandit import dev_decisions
+
+    fixture = Path(__file__).parent / "fixtures" / "obs" / "run" / "eval" / "baseline.jsonl"
+    recs = [json.loads(line) for line in fixture.read_text().splitlines() if line.strip()]
+    moved = tmp_path / "baseline.jsonl"
+    moved.write_text("".join(json.dumps({**r, "db_path": f"/gone/{r['db_id']}.sqlite"}) + "\n" for r in recs))
+    held = dev_decisions(moved)
+    assert held and len(held) == len(dev_decisions(fixture))
+    assert all(Path(d["db_path"]).is_file() and d["db_path"].endswith(f"{Path(d['db_path']).stem}.sqlite")
+               for d in held)
+    # a record kept without its candidates (the compact form committed under bench/results) is no decision
+    compact = tmp_path / "compact.jsonl"
+    compact.write_text("".join(json.dumps({k: r[k] for k in ("question_id", "db_id", "match", "roles")}) + "\n"
+                               for r in recs))
+    assert dev_decisions(compact) == []

@@ -130,6 +130,25 @@ def database_path(data_dir: str | Path, db_id: str) -> Path:
 QUICK_CHECK_MAX_BYTES = 64 * 1024 * 1024
 
 
+def recorded_database(db_path: str | Path | None, db_id: str | None, data_dir: str | Path | None = None) -> str:
+    """The database of a record written maybe on another machine: ``db_path`` when that file exists
+    here, else ``db_id``'s file under ``data_dir`` (default :func:`default_data_dir`), else
+    ``db_path`` as given (``""`` when neither is known); the caller checks the file.
+
+    >>> recorded_database("/nowhere/x.sqlite", None)
+    '/nowhere/x.sqlite'
+    >>> recorded_database("/nowhere/concert_singer.sqlite", "concert_singer", "/data").endswith(
+    ...     "database/concert_singer/concert_singer.sqlite")
+    True
+    """
+    p = str(db_path or "")
+    if p and Path(p).is_file():
+        return p
+    if db_id:
+        return str(database_path(data_dir if data_dir is not None else default_data_dir(), str(db_id)))
+    return p
+
+
 def database_problem(path: str | Path) -> str | None:
     """Why ``path`` cannot serve as a question's database, or None when it can.
 

@@ -62,7 +62,7 @@ from society.prompts import PROMPTS, PromptTemplate, hint_block, hint_remnants, 
 from society.roles import SENIOR_TRIGGERS, repair_messages, senior_triggers
 from society.toolkit import execute_summary
 from tools.sampling import sample_examples
-from tools.spider import database_path, default_data_dir
+from tools.spider import recorded_database
 from training.agent import (
     ATTR,
     KIND_ROLE_OUTCOMES,
@@ -781,11 +781,8 @@ def _case_triggers(ex: Any, candidates: Sequence[Any]) -> list[str]:
 
 def _db_path(t: SocietyTrace) -> str:
     """The rollout's database: the recorded path when it exists here, else ``db_id`` under the data dir."""
-    p = str(t.outcomes.get("db_path") or t.run.get("db_path") or "")
-    if p and Path(p).is_file():
-        return p
-    db_id = t.outcomes.get("db_id") or t.run.get("db_id")
-    return str(database_path(default_data_dir(), str(db_id))) if db_id else p
+    return recorded_database(t.outcomes.get("db_path") or t.run.get("db_path"),
+                             t.outcomes.get("db_id") or t.run.get("db_id"))
 
 
 #: The execution features of each candidate: society's one definition (``agreement`` is the share of

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from evaluation.metrics.ex import execution_match
 from society.bandit import BanditConfig, SupervisorBandit, as_sample, featurize, load_policy
 from society.candidate import candidate_context, majority_vote, usable
-from tools.spider import database_path, default_data_dir
+from tools.spider import recorded_database
 
 __all__ = [
     "BanditConfig",
@@ -67,9 +66,7 @@ def samples_from_records(records: Sequence[Mapping[str, Any]], *, round: int = -
         action = int(ch.get("index", -1))
         if not cands or not 0 <= action < len(cands):
             continue
-        gold, db = r.get("gold_sql"), r.get("db_path")
-        if db and not Path(db).is_file() and r.get("db_id"):  # recorded on another machine
-            db = str(database_path(default_data_dir(), str(r["db_id"])))
+        gold, db = r.get("gold_sql"), recorded_database(r.get("db_path"), r.get("db_id"))
         if not gold or not db:
             raise ValueError(
                 f"record {r.get('question_id', k)} lacks gold_sql/db_path; use "

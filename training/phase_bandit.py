@@ -19,6 +19,7 @@ from society.policies import LLMPolicy, PolicyContext
 from society.prompts import get_prompt
 from tools.files import read_jsonl
 from tools.schema import schema_prompt
+from tools.spider import recorded_database
 from training.profile import TrainConfigError
 from training.role_aliases import role_kind
 from training.run_plan import RunPlan
@@ -32,7 +33,9 @@ def dev_decisions(eval_jsonl: Path) -> list[dict[str, Any]]:
     """Held-out supervisor decisions from a dev-subset evaluation file (``eval/<stage>.jsonl``):
     per question the last round's candidates (features of ``training.adapter.candidate_features``),
     the logged action and each candidate's own EX as ``candidate_rewards`` (full information, so
-    any policy's choice is scored exactly). Questions with no candidate are left out."""
+    any policy's choice is scored exactly). Questions with no candidate are left out; a record
+    written on another machine finds its database by ``db_id`` here
+    (:func:`tools.spider.recorded_database`)."""
     from training.adapter import candidate_features
 
     out = []
@@ -50,7 +53,8 @@ def dev_decisions(eval_jsonl: Path) -> list[dict[str, Any]]:
         roles = r.get("roles") or {}
         own = [float(bool((roles.get(c["junior"]) or {}).get("ex"))) for c in cands]
         out.append({
-            "task_id": r.get("question_id"), "question": r["question"], "db_path": r["db_path"],
+            "task_id": r.get("question_id"), "question": r["question"],
+            "db_path": recorded_database(r.get("db_path"), r.get("db_id")),
             "candidates": candidate_features(cands), "raw_candidates": cands,
             "action": action, "policy": ch.get("policy", ""), "candidate_rewards": own,
             "propensity": float((ch.get("info") or {}).get("propensity", 1.0) or 1.0), "reward": own[action],
