@@ -688,7 +688,11 @@ def _phase_what(cfg: TrainConfig, c: _Checked) -> dict[int, str]:
             f"{grpo.agent_match if grpo else '?'})"
         )
         if c.verl_may_run
-        else "GRPO of the senior with TRL (in-process)",
+        else "GRPO of the senior with TRL (in-process)"
+        + (f", warm-started by SFT on repair pairs (on {'at most ' if grpo.warm_start_cases else ''}"
+           f"{grpo.warm_start_cases or 'all the'} wrong queries: {grpo.warm_start_samples} draws each, then "
+           f"{grpo.warm_start_samples} with the gold SQL as a hint)"
+           if grpo is not None and grpo.warm_start is not None else ""),
         4: "contextual bandit for the supervisor on its logged decisions",
     }
 
