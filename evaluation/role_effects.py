@@ -51,6 +51,12 @@ untrained* junior show. The SFT row is called only when ``|Δ| > |noise Δ|`` an
 own p >= 0.05, besides the Holm-adjusted p < 0.05 and a CI that excludes 0
 (:meth:`evaluation.stats.Effect.called`). Noise rows are controls, not claims: they are not in the
 Holm family.
+
+One adapter per persona against one for all. When the run also evaluated the trained juniors on a
+shared adapter (:data:`SHARED_STAGE`, ``compare_shared_adapter`` of ``training.profile``: trained
+on the same rows, the same settings), each junior gets a row (phase ``2 SFT``, metric "own
+candidate EX, shared adapter -> its own adapter") paired :data:`SHARED_STAGE` -> ``juniors_sft``
+on the same questions: a positive Δ favours the persona's own adapter. These are in the Holm family.
 """
 
 from __future__ import annotations
@@ -62,7 +68,7 @@ from typing import Any
 
 from evaluation.stats import Effect, holm_effects, paired_effect, paired_records
 
-__all__ = ["NOISE_STAGE", "STAGES", "Pairs", "role_effects"]
+__all__ = ["NOISE_STAGE", "SHARED_STAGE", "STAGES", "Pairs", "role_effects"]
 
 #: Stage order of a training run (``training.pipeline``: baseline, then after phases 2, 3, 4).
 STAGES = ("baseline", "sft", "grpo", "bandit")
@@ -70,6 +76,10 @@ STAGES = ("baseline", "sft", "grpo", "bandit")
 #: The role-level stage of the noise control: the untrained juniors on the questions of
 #: ``juniors_baseline`` again, every junior's sampling seed shifted (``training.pipeline``).
 NOISE_STAGE = "juniors_baseline_repeat"
+
+#: The role-level stage of the shared-adapter comparison: the juniors after phase 2 on one adapter
+#: trained on every persona's rows, on the questions of ``juniors_sft`` (``training.stages``).
+SHARED_STAGE = "juniors_sft_shared"
 
 
 @dataclass(frozen=True)
@@ -195,6 +205,11 @@ def role_effects(evals: Mapping[str, Sequence[Mapping[str, Any]]], *, seed: int 
             if role_level_juniors and j in noise:
                 out.append(noise.pop(j))
     out.extend(noise.values())  # noise rows without an SFT row to sit under (phase 2 not evaluated yet)
+    shared = roles.get(SHARED_STAGE)
+    if js and shared:
+        for j in _juniors(shared, js):
+            out.append(_effect("2 SFT", j, "own candidate EX, shared adapter -> its own adapter",
+                               _pairs(shared, js, _junior_ex(j)), seed))
     out.extend(grpo_rows)
     if grpo and not grpo_rows:
         out.append(_effect("3 GRPO", "senior", "EX of output vs its input",

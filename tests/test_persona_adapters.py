@@ -172,6 +172,31 @@ def test_each_persona_is_trained_and_served_its_own_adapter_and_shared_still_wor
         out = _chat(eps[JUNIOR_ALIAS])
     assert out.startswith(("```sql", "<reasoning>")), out
 
+    # compare_shared_adapter: the per-persona run's juniors judged once more, all on the shared adapter
+    # (the same rows); the routed society keeps its per-persona adapters
+    from evaluation.role_effects import SHARED_STAGE, role_effects
+    from training.phase_sft import SHARED_COMPARISON
+    from training.stages import evaluate_shared_comparison
+
+    per = pipe.resolve()
+    assert evaluate_shared_comparison(per.with_done(2, pipe.dir.done(2)), msgs.append) is None  # none trained
+    plan = per.with_done(2, {**pipe.dir.done(2), SHARED_COMPARISON: one})
+    assert {r.model for r in plan.society.roles if r.type == "junior"} == set(aliases.values())
+    summary = evaluate_shared_comparison(plan, msgs.append)
+    recs = [json.loads(x) for x in pipe.dir.role_eval_path(SHARED_STAGE).read_text().splitlines()]
+    assert summary["n"] == len(recs) == len(plan.juniors) > 0
+    assert all(r["agent"] == "juniors" and {"junior_direct", "junior_step_by_step"} <= set(r["roles"]) for r in recs)
+    with ExitStack() as stack:  # what that stage served: every junior on junior_policy, the shared GGUF
+        society = role_split_config(plan.society, per_persona=False)
+        assert {r.model for r in society.roles if r.type == "junior"} == {JUNIOR_ALIAS}
+        eps = plan.serve(stack, society, adapters={JUNIOR_ALIAS: Path(one["adapter"])})
+        loaded = json.loads(urllib.request.urlopen(eps[JUNIOR_ALIAS].base_url[:-3] + "/lora-adapters").read())
+        on = [x["id"] for x in eps[JUNIOR_ALIAS].extra_body["lora"] if x["scale"] > 0]
+        assert [a["path"] for a in loaded if a["id"] in on] == [str(Path(one["adapter_gguf"]).resolve())]
+    rows = [e for e in role_effects({}, role_evals={"juniors_sft": recs, SHARED_STAGE: recs})
+            if "shared adapter" in e.metric]
+    assert {e.role for e in rows} >= {"junior_direct", "junior_step_by_step"} and all(e.delta == 0 for e in rows)
+
 
 def test_the_report_lists_each_personas_adapter_and_its_loss_curve(tmp_path: Path) -> None:
     from evaluation.report import build_report

@@ -243,6 +243,20 @@ def test_a_profile_that_gathers_on_its_evaluation_split_is_refused(tmp_path: Pat
     assert TrainConfig.model_validate({"gather": {"split": "train"}, "eval": {"split": "dev"}}).eval.split == "dev"
 
 
+def test_the_shared_adapter_comparison_needs_per_persona_adapters_and_the_juniors_evaluation() -> None:
+    assert {n: TrainConfig.load(n).compare_shared_adapter for n in ("smoke", "default", "long")} == \
+        {"smoke": False, "default": False, "long": True}
+    base = {"gather": {"split": "train"}, "eval": {"split": "dev", "junior_limit": 10}}
+    assert TrainConfig.model_validate({**base, "junior_adapters": "per_persona", "compare_shared_adapter": True})
+    with pytest.raises(ValueError, match="needs junior_adapters: per_persona"):
+        TrainConfig.model_validate({**base, "junior_adapters": "shared", "compare_shared_adapter": True})
+    with pytest.raises(ValueError, match="eval.junior_limit > 0"):
+        TrainConfig.model_validate({**base, "eval": {"split": "dev", "junior_limit": 0},
+                                    "junior_adapters": "per_persona", "compare_shared_adapter": True})
+    plan = CliRunner().invoke(app, ["train", "--profile", "long", "--dry-run"]).output
+    assert "one shared adapter" in plan and "juniors_sft_shared" in plan
+
+
 def test_noise_repeat_is_on_where_juniors_sample_and_needs_the_juniors_evaluation(tmp_path: Path) -> None:
     assert {n: TrainConfig.load(n).eval.noise_repeat for n in ("smoke", "default", "long")} == \
         {"smoke": False, "default": True, "long": True}

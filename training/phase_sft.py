@@ -17,7 +17,12 @@ from training.profile import TrainConfigError
 from training.run_plan import RunPlan
 from training.run_serving import export_gguf
 
-__all__ = ["sft_phase", "sft_selection_lines", "train_junior_adapter", "train_juniors_per_persona"]
+__all__ = ["SHARED_COMPARISON", "sft_phase", "sft_selection_lines", "train_junior_adapter",
+           "train_juniors_per_persona"]
+
+#: ``done.json`` key of phase 2's shared adapter trained beside the per-persona ones
+#: (``compare_shared_adapter``), and the role-level stage that judges it.
+SHARED_COMPARISON = "shared_comparison"
 
 
 def sft_selection_lines(summary: dict[str, Any]) -> list[str]:
@@ -48,7 +53,9 @@ def sft_phase(plan: RunPlan, echo: Callable[[str], None] = print) -> dict[str, A
     ``selection``).
 
     Returns:
-        ``done.json``'s fields (:func:`train_junior_adapter`'s, or :func:`train_juniors_per_persona`'s).
+        ``done.json``'s fields (:func:`train_junior_adapter`'s, or :func:`train_juniors_per_persona`'s;
+        with ``compare_shared_adapter`` also :data:`SHARED_COMPARISON`: the shared adapter trained on
+        all the rows, :func:`train_junior_adapter`'s fields).
 
     Raises:
         TrainConfigError: no junior conversation has an own SQL that matched gold (the message says
@@ -70,7 +77,11 @@ def sft_phase(plan: RunPlan, echo: Callable[[str], None] = print) -> dict[str, A
             "matched gold; gather more (gather.limit, gather.junior_limit, gather.junior_resamples) or set "
             "gather.rationalize: true")
     if plan.cfg.junior_adapters == "per_persona":
-        return {**train_juniors_per_persona(plan, ds, d, echo), "selection": sel.summary}
+        out = {**train_juniors_per_persona(plan, ds, d, echo), "selection": sel.summary}
+        if plan.cfg.compare_shared_adapter:  # the same rows, one adapter for all: judged beside, never routed
+            out[SHARED_COMPARISON] = train_junior_adapter(plan, ds, d / "adapter_shared",
+                                                          "phase 2 SFT (one shared adapter, for the comparison)", echo)
+        return out
     info = train_junior_adapter(plan, ds, d / "adapter", "phase 2 SFT", echo)
     return {"junior_adapters": "shared", **info, "selection": sel.summary}
 

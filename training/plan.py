@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from evaluation.role_effects import NOISE_STAGE
+from evaluation.role_effects import NOISE_STAGE, SHARED_STAGE
 from society.config import ConfigError, SocietyConfig
 from society.llama_server import ServerNotInstalledError, find_llama_server
 from society.models import EMBEDDED_MODELS
@@ -648,7 +648,7 @@ def _note_noise_control(cfg: TrainConfig, c: _Checked, F: list[Finding]) -> None
                              "noise control is off: the juniors' SFT effects are reported without a noise floor"))
 
 
-def _role_evals(e: Any) -> dict[str, list[str]]:
+def _role_evals(e: Any, compare_shared: bool = False) -> dict[str, list[str]]:
     """Stage (``baseline``, ``sft``, ``grpo``) -> the role-level evaluations run there (``eval`` section ``e``)."""
     return {
         "baseline": ([f"juniors only on {e.junior_limit} questions"] if e.junior_limit else [])
@@ -658,6 +658,8 @@ def _role_evals(e: Any) -> dict[str, list[str]]:
         + ([f"one-shot control (single, the writer junior once) on the same {e.junior_limit or e.limit} "
             "questions"] if e.single else []),
         "sft": ([f"juniors only on the same {e.junior_limit} questions"] if e.junior_limit else [])
+        + ([f"juniors only again on the same {e.junior_limit} questions, every junior on the one shared adapter "
+            f"(eval/roles/{SHARED_STAGE}.jsonl)"] if compare_shared else [])
         + ([f"one-shot control on the same {e.junior_limit or e.limit} questions, the writer on its trained "
             "adapter"] if e.single else []),
         "grpo": [f"senior only on the same <= {e.senior_limit} inputs"] if e.senior_limit else [],
@@ -709,7 +711,7 @@ def _plan_phases(cfg: TrainConfig, c: _Checked, plan: TrainPlan) -> list[int]:
         }
     )
     e = cfg.eval
-    role_evals = _role_evals(e)
+    role_evals = _role_evals(e, cfg.compare_shared_adapter)
     if role_evals["baseline"]:
         plan.phases.append({"step": "eval baseline roles", "what": "; ".join(role_evals["baseline"])})
     what = _phase_what(cfg, c)
@@ -788,7 +790,8 @@ def _sft_budget(cfg: TrainConfig, c: _Checked) -> str:
     return (
         f"{sft.max_steps} steps x {sft.per_device_train_batch_size * sft.gradient_accumulation_steps} "
         f"sequences = {seqs} sequences of <= {sft.max_length} tokens, LoRA r={sft.lora_r}"
-    ) + (f", for each of the {n_personas} persona adapters" if n_personas else "")
+    ) + (f", for each of the {n_personas} persona adapters" if n_personas else "") + (
+        ", and once more for one shared adapter (compare_shared_adapter)" if cfg.compare_shared_adapter else "")
 
 
 def _grpo_budget(c: _Checked, tasks: int) -> str:

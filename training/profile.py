@@ -224,6 +224,12 @@ class TrainConfig(TypedSettings):
         junior_adapters: ``shared`` (one LoRA for all juniors) or ``per_persona`` (one per junior
             persona, each trained on that persona's own admitted conversations;
             :data:`JUNIOR_ADAPTER_MODES`).
+        compare_shared_adapter: with ``per_persona``, phase 2 also trains one shared adapter on all
+            the personas' rows (the same ``sft`` settings), and after phase 2 the juniors are
+            evaluated on it too (``eval/roles/juniors_sft_shared``, the juniors-only questions), so
+            the report compares one adapter per persona with one for all on the same questions. The
+            society keeps the per-persona adapters. Costs one more SFT and one more juniors-only
+            evaluation.
         reuse_from: earlier run directories whose untrained-model stages (:data:`BASE_STAGES`)
             this run takes instead of evaluating them again, when their content hashes match
             (:mod:`training.reuse`; a source whose stage differs in any hash stops the run with
@@ -255,6 +261,7 @@ class TrainConfig(TypedSettings):
     llm_proxy: bool = True
     serving: ServingSection = Field(default_factory=ServingSection)
     junior_adapters: Literal["shared", "per_persona"] = "shared"
+    compare_shared_adapter: bool = False
     reuse_from: list[str] = Field(default_factory=list)
 
     model_config = ConfigDict(frozen=True)
@@ -270,6 +277,16 @@ class TrainConfig(TypedSettings):
                 "evaluations score, and phases 2-4 would train on them, so every before/after effect would be "
                 "measured on training questions. Set gather.split to the training split (e.g. train) and eval.split "
                 "to a held-out split (e.g. dev)")
+        return self
+
+    @model_validator(mode="after")
+    def _shared_comparison(self) -> TrainConfig:
+        """Refuse ``compare_shared_adapter`` where there is nothing to compare it with."""
+        if self.compare_shared_adapter and (self.junior_adapters != "per_persona" or not self.eval.junior_limit):
+            raise ValueError(
+                "compare_shared_adapter compares one adapter per persona with one shared adapter on the juniors-only "
+                f"questions; it needs junior_adapters: per_persona (got {self.junior_adapters}) and eval.junior_limit "
+                f"> 0 (got {self.eval.junior_limit}). Set both, or remove compare_shared_adapter")
         return self
 
     _written: dict[str, tuple[int, Any]] = PrivateAttr(default_factory=dict)

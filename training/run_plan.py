@@ -123,18 +123,18 @@ class RunPlan(BaseModel):
         return self.model_copy(update={"done": done,
                                        "society": route_society(self.society, done, self.cfg.junior_adapters)})
 
-    def serve(self, stack: ExitStack, society: SocietyConfig, *,
-              senior_adapter: str | Path | None = None) -> dict[str, Any]:
+    def serve(self, stack: ExitStack, society: SocietyConfig, *, senior_adapter: str | Path | None = None,
+              adapters: dict[str, Path] | None = None) -> dict[str, Any]:
         """Start the servers ``society`` needs now on ``stack``: alias -> ``Endpoint``
-        (:func:`training.run_serving.serve_roles` with the finished phases' adapters and VERL's
-        trained senior); with ``senior_adapter`` only the senior's alias, the base model with that
-        LoRA on it (phase 3's prefilter of the warm-started senior)."""
-        return serve_roles(stack, society, self.cfg, self.run_dir.root, self.trained,
+        (:func:`training.run_serving.serve_roles` with the finished phases' adapters, and ``adapters``
+        beside them, and VERL's trained senior); with ``senior_adapter`` only the senior's alias, the
+        base model with that LoRA on it (phase 3's prefilter of the warm-started senior)."""
+        return serve_roles(stack, society, self.cfg, self.run_dir.root, {**self.trained, **(adapters or {})},
                            senior_model=(self.done.get(3) or {}).get("model"), senior_adapter=senior_adapter)
 
     def stage(self, name: str, agent: str = "society", examples: Sequence[SpiderExample] | None = None, *,
               society: SocietyConfig | None = None, given_sql: dict[str, str | None] | None = None,
-              echo: Callable[[str], None] = print) -> Stage:
+              adapters: dict[str, Path] | None = None, echo: Callable[[str], None] = print) -> Stage:
         """The stage ``name`` as this run evaluates it: the one resolved in :attr:`stages`, else ``agent``
         on ``examples`` (default :attr:`dev`) with the society as routed now (or ``society``) --
         fingerprinted and looked up in ``reuse_from`` (:func:`training.stage_plan.fingerprint_run`)
@@ -147,7 +147,7 @@ class RunPlan(BaseModel):
         if name in self.stages:
             return self.stages[name]
         stage = Stage(name=name, agent=agent, examples=list(self.dev if examples is None else examples),
-                      society=society or self.society, given_sql=given_sql)
+                      society=society or self.society, given_sql=given_sql, adapters=adapters)
         if name not in BASE_STAGES or not self.untrained or _finished(self.run_dir, name, stage.role_level):
             return stage
         if self.model is None:

@@ -13,6 +13,7 @@ run before anything is evaluated (:class:`StageReuseRefused`).
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -53,9 +54,10 @@ class StageReuseRefused(TrainConfigError, ReuseRefused):
 class Stage(BaseModel):
     """One evaluation stage of a run: ``name`` (``baseline``, ``juniors_sft``, ...), the ``agent``
     evaluated (``society``, ``juniors``, ``senior``, ``single``), its ``examples`` in order, the
-    ``society`` config it runs, the SQL a senior stage gives per question id (``given_sql``), and for
-    an untrained-model stage its ``fingerprint`` and the ``reuse_from`` run it is taken from
-    (``reuse``; None: evaluated here)."""
+    ``society`` config it runs, the SQL a senior stage gives per question id (``given_sql``), adapters
+    served beside the finished phases' ones (``adapters``: alias -> PEFT directory, e.g. the shared
+    adapter phase 2 trains for a comparison), and for an untrained-model stage its ``fingerprint``
+    and the ``reuse_from`` run it is taken from (``reuse``; None: evaluated here)."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
 
@@ -64,6 +66,7 @@ class Stage(BaseModel):
     examples: list[SpiderExample]
     society: SocietyConfig
     given_sql: dict[str, str | None] | None = None
+    adapters: dict[str, Path] | None = None
     fingerprint: Fingerprint | None = None
     reuse: ReuseMatch | None = None
 

@@ -22,14 +22,16 @@ import json
 import time
 from collections.abc import Callable, Iterable
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 from evaluation.control_effects import SINGLE_BASELINE, SINGLE_TRAINED
-from evaluation.role_effects import NOISE_STAGE
+from evaluation.role_effects import NOISE_STAGE, SHARED_STAGE
 from society.evaluate import evaluate, summarise_records
 from tools.files import atomic_write_text, atomic_writer, read_jsonl
+from training.phase_sft import SHARED_COMPARISON
 from training.reuse import copy_stage, fingerprint_path
-from training.role_aliases import with_junior_seed_offset
+from training.role_aliases import JUNIOR_ALIAS, role_split_config, with_junior_seed_offset
 from training.run_plan import RunPlan, stage_path
 from training.stage_plan import Stage
 
@@ -83,7 +85,7 @@ def evaluate_stage(stage: Stage, plan: RunPlan, echo: Callable[[str], None] = pr
         echo(f"eval ({name}): {len(earlier)} of {len(examples)} questions kept from an earlier attempt "
              f"({partial.name}); running the other {len(todo)}")
     with ExitStack() as stack:
-        eps = plan.serve(stack, stage.society) if todo else {}  # no server when every question is kept
+        eps = plan.serve(stack, stage.society, adapters=stage.adapters) if todo else {}  # none when all are kept
         bar = stack.enter_context(
             Progress(
                 TextColumn(f"[bold]eval ({name})[/bold]"),
@@ -167,6 +169,8 @@ def evaluate_roles(plan: RunPlan, stage: str, echo: Callable[[str], None] = prin
                 return
     if e.junior_limit and stage in ("baseline", "sft"):
         evaluate_stage(plan.stage(f"juniors_{stage}", "juniors", plan.juniors, echo=echo), plan, echo)
+    if e.junior_limit and stage == "sft":
+        evaluate_shared_comparison(plan, echo)
     if e.noise_repeat and stage == "baseline":
         evaluate_noise_repeat(plan, echo)
     if e.senior_limit and stage in ("baseline", "grpo"):
@@ -176,6 +180,23 @@ def evaluate_roles(plan: RunPlan, stage: str, echo: Callable[[str], None] = prin
             evaluate_stage(plan.stage(f"senior_{stage}", "senior", examples, given_sql=given, echo=echo), plan, echo)
     if e.single and stage in ("baseline", "sft"):
         evaluate_single(plan, stage, echo)
+
+
+def evaluate_shared_comparison(plan: RunPlan, echo: Callable[[str], None] = print) -> dict[str, Any] | None:
+    """``compare_shared_adapter``: the juniors-only evaluation after phase 2 again, every junior on the
+    one shared adapter phase 2 trained beside the per-persona ones (``done.json``'s
+    :data:`training.phase_sft.SHARED_COMPARISON`), as role-level stage
+    :data:`evaluation.role_effects.SHARED_STAGE` on the same questions. The routed society keeps the
+    per-persona adapters; only this stage serves the shared one (alias
+    :data:`training.role_aliases.JUNIOR_ALIAS`). Returns its summary, or None when phase 2 trained no
+    shared adapter (the profile does not ask for it)."""
+    info = (plan.done.get(2) or {}).get(SHARED_COMPARISON) or {}
+    if not info.get("adapter"):
+        return None
+    society = role_split_config(plan.society, per_persona=False)
+    stage = plan.stage(SHARED_STAGE, "juniors", plan.juniors, society=society,
+                       adapters={JUNIOR_ALIAS: Path(info["adapter"])}, echo=echo)
+    return evaluate_stage(stage, plan, echo)
 
 
 def evaluate_single(plan: RunPlan, stage: str, echo: Callable[[str], None] = print) -> dict[str, Any] | None:
