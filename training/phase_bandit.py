@@ -8,7 +8,6 @@ LLM supervisor asked live on the same candidates.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
@@ -25,8 +24,6 @@ from training.role_aliases import role_kind
 from training.run_plan import RunPlan
 
 __all__ = ["DEV_DECISION_STAGES", "bandit_phase", "dev_decisions", "held_out_dev"]
-
-logger = logging.getLogger(__name__)
 
 
 def dev_decisions(eval_jsonl: Path) -> list[dict[str, Any]]:
@@ -94,7 +91,14 @@ def bandit_phase(plan: RunPlan, echo: Callable[[str], None] = print) -> dict[str
         TrainConfigError: the store holds no supervisor decision with usable candidates.
     """
     from training.adapter import HierarchicalTraceAdapter
-    from training.bandit import SupervisorBandit, compare_policies, hold_out_contested, is_contested, replay_outcomes
+    from training.bandit import (
+        SupervisorBandit,
+        compare_policies,
+        hold_out_contested,
+        is_contested,
+        question_of,
+        replay_outcomes,
+    )
 
     d = plan.run_dir.phase_dir(4)
     with plan.run_dir.archive() as archive:
@@ -105,11 +109,13 @@ def bandit_phase(plan: RunPlan, echo: Callable[[str], None] = print) -> dict[str
     dev_stage, dev = held_out_dev(plan)
     dev_contested = sum(is_contested(s) for s in dev)
     train, held_train = hold_out_contested(samples, max(0, cfg.held_out_contested - dev_contested), seed=cfg.seed)
-    with (d / "bandit_samples.jsonl").open("w") as f:
-        for s in train:
-            f.write(json.dumps({**s, "split": "train"}, default=str) + "\n")
-        for s in held_train:
-            f.write(json.dumps({**s, "split": "held_out"}, default=str) + "\n")
+    held_q = {question_of(s["task_id"]) for s in held_train}
+    judged = {s["task_id"] for s in held_train}
+    with (d / "bandit_samples.jsonl").open("w") as f:  # every decision: trained on, judged, or neither
+        for s in samples:
+            split = ("train" if question_of(s.task_id) not in held_q else
+                     "held_out" if s.task_id in judged else "left_out")
+            f.write(json.dumps({**s.to_dict(), "split": split}, default=str) + "\n")
     if not train:
         raise TrainConfigError("phase 4: every train decision was held out; lower bandit.held_out_contested")
     bandit = SupervisorBandit(cfg).fit(train)
@@ -125,8 +131,8 @@ def bandit_phase(plan: RunPlan, echo: Callable[[str], None] = print) -> dict[str
         llm = _llm_supervisor_replay(plan, dev)
         if llm is not None:
             by_split["dev"].insert(3, llm)
-            if not held_train:
-                table.insert(3, llm)
+            table.insert(3, llm if not held_train else
+                         {**llm, "note": f"{llm['note']}; on the {len(dev)} dev decisions only"})
     (plan.run_dir.root / "bandit_comparison.json").write_text(json.dumps(table, indent=2, default=str))
     n_contested = sum(is_contested(s) for s in held)
     echo(f"phase 4 bandit: fitted on {len(train)} train decisions -> {path.name}; held out {len(held)} decisions "
