@@ -21,7 +21,7 @@ __all__ = ["SHARED_COMPARISON", "sft_phase", "sft_selection_lines", "train_junio
            "train_juniors_per_persona"]
 
 #: ``done.json`` key of phase 2's shared adapter trained beside the per-persona ones
-#: (``compare_shared_adapter``), and the role-level stage that judges it.
+#: (``compare_shared_adapter``; judged by ``training.stages.evaluate_shared_comparison``).
 SHARED_COMPARISON = "shared_comparison"
 
 

@@ -3,7 +3,7 @@ stage (:func:`evaluate_stage`: a :class:`training.stage_plan.Stage` -- the socie
 on its fixed questions -- evaluated, resumed or reused, into ``RUN_DIR/eval/<stage>.jsonl``, role-level
 agents ``RUN_DIR/eval/roles/<stage>.jsonl``), the society's stage (:func:`evaluate_society`) and the
 role-level stages that judge each phase on its own role (:func:`evaluate_roles`: the juniors, their
-noise repeat, the senior, the one-shot control).
+noise repeat, the juniors on one shared adapter beside their own, the senior, the one-shot control).
 
 Files beside ``<stage>.jsonl``:
 
