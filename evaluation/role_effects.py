@@ -56,7 +56,9 @@ One adapter per persona against one for all. When the run also evaluated the tra
 shared adapter (:data:`SHARED_STAGE`, ``compare_shared_adapter`` of ``training.profile``: trained
 on the same rows, the same settings), each junior gets a row (phase ``2 SFT``, metric "own
 candidate EX, shared adapter -> its own adapter") paired :data:`SHARED_STAGE` -> ``juniors_sft``
-on the same questions: a positive Δ favours the persona's own adapter. These are in the Holm family.
+on the same questions: a positive Δ favours the persona's own adapter. These are ``kind="comparison"``
+rows, Holm-adjusted among themselves (:data:`evaluation.stats.FAMILIES`), so the secondary question
+does not weaken the phases' effect rows.
 """
 
 from __future__ import annotations
@@ -209,7 +211,7 @@ def role_effects(evals: Mapping[str, Sequence[Mapping[str, Any]]], *, seed: int 
     if js and shared:
         for j in _juniors(shared, js):
             out.append(_effect("2 SFT", j, "own candidate EX, shared adapter -> its own adapter",
-                               _pairs(shared, js, _junior_ex(j)), seed))
+                               _pairs(shared, js, _junior_ex(j)), seed, kind="comparison"))
     out.extend(grpo_rows)
     if grpo and not grpo_rows:
         out.append(_effect("3 GRPO", "senior", "EX of output vs its input",

@@ -19,7 +19,7 @@ When an effect is called (the rule of :meth:`Effect.called`, used by every table
 the report): at ``alpha`` = 0.05, all of
 
 1. its Holm-adjusted McNemar p < ``alpha`` (the family: the report's effect rows, noise rows
-   excluded);
+   excluded; comparison rows form a family of their own);
 2. its paired-bootstrap CI excludes 0;
 3. where the row has a noise control (the untrained role evaluated twice on the same questions
    with different sampling seeds, see :mod:`evaluation.role_effects`): ``|delta| > |noise delta|``
@@ -27,7 +27,10 @@ the report): at ``alpha`` = 0.05, all of
    "significantly" mean the test's p-values are not calibrated for this evaluation, so no effect
    of that role is called).
 
-Noise rows (``kind="noise"``) are controls, not claims: they carry their raw p only.
+Noise rows (``kind="noise"``) are controls, not claims: they carry their raw p only. Comparison
+rows (``kind="comparison"``: two trained variants side by side, e.g. one adapter per persona
+against one shared adapter) are claims of a secondary question, Holm-adjusted among themselves so
+that they do not weaken the effect rows' family.
 
 References:
     McNemar, Q. (1947). "Note on the sampling error of the difference between correlated
@@ -50,6 +53,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "FAMILIES",
     "paired_records",
     "Effect",
     "check_paired",
@@ -72,6 +76,9 @@ DEFAULT_RESAMPLES = 10_000
 DEFAULT_CONFIDENCE = 0.95
 #: Significance level of the report's verdicts.
 DEFAULT_ALPHA = 0.05
+
+#: The kinds of :class:`Effect` rows that are claims, each its own Holm family (:func:`holm_effects`).
+FAMILIES = ("effect", "comparison")
 
 
 def _as_binary(values: Iterable[Any], name: str) -> list[int]:
@@ -287,9 +294,10 @@ class Effect:
             already included in ``n``, ``before``, ``after``.
         unpaired: questions held by only one of the two stages' records, left out of ``n``
             (e.g. a stage that did not finish).
-        kind: ``"effect"`` (a claim: a phase's effect on its role) or ``"noise"`` (a control: the
+        kind: ``"effect"`` (a claim: a phase's effect on its role), ``"noise"`` (a control: the
             untrained role evaluated twice on the same questions with different sampling seeds;
-            ``before``/``after`` are the two untrained evaluations).
+            ``before``/``after`` are the two untrained evaluations) or ``"comparison"`` (a claim
+            of a secondary question, two trained variants; its own Holm family).
         noise_delta / noise_p: ``delta`` and raw ``p`` of this row's noise control; None when the
             run has none for it.
     """
@@ -342,7 +350,7 @@ class Effect:
         """The report's rule (module docstring): an effect row whose Holm-adjusted p (raw p when not
         adjusted) < ``alpha``, whose CI excludes 0 and that clears its noise control when it has one.
         Always False for a noise row."""
-        if self.kind != "effect":
+        if self.kind not in FAMILIES:
             return False
         return self.ci_excludes_zero and self.p_verdict < alpha and self.above_noise(alpha) is not False
 
@@ -383,24 +391,29 @@ def paired_effect(
 
 def holm_effects(effects: Iterable[Effect]) -> list[Effect]:
     """The effects with ``p_holm`` set: Holm (:func:`holm_adjust`) over the raw p of the rows of
-    ``kind == "effect"`` (the family of one report); noise rows are returned with ``p_holm=None``.
-    Order and every other field are kept.
+    each kind of :data:`FAMILIES` apart (``effect``: the family of one report; ``comparison``: its
+    own); noise rows are returned with ``p_holm=None``. Order and every other field are kept.
 
     >>> a = paired_effect([0] * 10, [1] * 10, role="a")
     >>> b = paired_effect([0, 1] * 5, [1, 0] * 5, role="b")
     >>> [(e.role, round(e.p, 4), round(e.p_holm, 4)) for e in holm_effects([a, b])]
     [('a', 0.002, 0.0039), ('b', 1.0, 1.0)]
+    >>> c = dataclasses.replace(b, role="c", kind="comparison")  # its own family: a keeps p_holm = p
+    >>> [(e.role, round(e.p_holm, 4)) for e in holm_effects([a, c])]
+    [('a', 0.002), ('c', 1.0)]
     """
     effects = list(effects)
-    idx = [i for i, e in enumerate(effects) if e.kind == "effect"]
-    adjusted = dict(zip(idx, holm_adjust([effects[i].p for i in idx])))
+    adjusted: dict[int, float] = {}
+    for kind in FAMILIES:
+        idx = [i for i, e in enumerate(effects) if e.kind == kind]
+        adjusted.update(zip(idx, holm_adjust([effects[i].p for i in idx])))
     return [dataclasses.replace(e, p_holm=adjusted.get(i)) for i, e in enumerate(effects)]
 
 
 def _with_holm(effects: Iterable[Effect]) -> list[Effect]:
     """``effects`` as given when every effect row is already adjusted, else :func:`holm_effects` over them."""
     effects = list(effects)
-    if all(e.p_holm is not None for e in effects if e.kind == "effect"):
+    if all(e.p_holm is not None for e in effects if e.kind in FAMILIES):
         return effects
     return holm_effects(effects)
 
@@ -430,7 +443,7 @@ def effect_cells(e: Effect) -> list[str]:
     return [
         e.phase, e.role, e.metric, str(e.n), _pct(e.before), _pct(e.after), _pct(e.delta, True),
         f"[{_pct(e.ci_low, True)}, {_pct(e.ci_high, True)}]", _p_text(e.p),
-        _p_text(e.p_holm) if e.kind == "effect" else "–",
+        _p_text(e.p_holm) if e.kind in FAMILIES else "–",
         "–" if e.noise_delta is None else _pct(e.noise_delta, True), str(e.fixed), str(e.broken), missing_text(e),
         verdict,
     ]
@@ -474,14 +487,16 @@ def describe_effects(effects: Iterable[Effect], *, alpha: float = DEFAULT_ALPHA)
     10 fixed, 0 broken): distinguishable from zero.
     """
     effects = _with_holm(effects)
-    m = sum(e.kind == "effect" for e in effects)
+    family = {k: sum(e.kind == k for e in effects) for k in FAMILIES}
     out = []
     for e in effects:
         label = " ".join(x for x in (e.phase, e.role, e.metric) if x)
         conf = f"{round(100 * e.confidence):d}%"
         ps = f"McNemar p = {_p_text(e.p)}"
-        if e.kind == "effect":
-            ps += f", Holm-adjusted p = {_p_text(e.p_verdict)} over {m} row{'s' if m != 1 else ''}"
+        if e.kind in FAMILIES:
+            m = family[e.kind]
+            ps += (f", Holm-adjusted p = {_p_text(e.p_verdict)} over {m} {'comparison ' if e.kind != 'effect' else ''}"
+                   f"row{'s' if m != 1 else ''}")
         if e.noise_delta is not None:
             ps += f"; noise floor Δ {_pct(e.noise_delta, True)} pts (p = {_p_text(e.noise_p)})"
         head = (f"{label}: {_pct(e.delta, True)} pts ({conf} CI {_pct(e.ci_low, True)} to {_pct(e.ci_high, True)}, "

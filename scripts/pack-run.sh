@@ -7,11 +7,12 @@
 #
 # pack: the rollout store is checkpointed (WAL), copied with SQLite's VACUUM INTO, checked with
 # PRAGMA integrity_check and compressed with xz -9 (a 217 MB phase-1 store becomes ~6 MB); the
-# per-rollout metrics are compressed too; config.yaml, runner_society.yaml, eval/ (per-question
-# records and summaries), phases/*/*.json and train.log are copied as they are. Trained adapters
-# (phases/2-sft, 3-grpo weights) are not packed: pack a run between phases 1 and 2, or accept that
-# resuming retrains them. stopped.json records when, at which commit, and the store's rollouts by
-# status. Nothing in RUN_DIR is changed except the WAL checkpoint.
+# per-rollout metrics are compressed too; everything else is copied as it is -- config.yaml,
+# eval/ (per-question records and summaries), phases/ (done.json files, trained PEFT adapters,
+# the bandit policy, replays), reports -- except what is rebuilt or useless elsewhere: GGUF
+# exports of adapters (re-exported from the PEFT adapter when a server needs one), trainer
+# checkpoint-*/ folders, lock files and server logs. stopped.json records when, at which commit,
+# and the store's rollouts by status. Nothing in RUN_DIR is changed except the WAL checkpoint.
 set -euo pipefail
 
 die() { echo "pack-run: $*" >&2; exit 2; }
@@ -43,11 +44,9 @@ if ok != "ok":
 EOF
     xz -T2 -9 "$dst/store.sqlite"
     [ -f "$src/metrics.jsonl" ] && xz -T2 -9 -c "$src/metrics.jsonl" > "$dst/metrics.jsonl.xz"
-    for f in config.yaml runner_society.yaml train.log; do [ -f "$src/$f" ] && cp "$src/$f" "$dst/"; done
-    [ -d "$src/eval" ] && cp -r "$src/eval" "$dst/"
-    if [ -d "$src/phases" ]; then
-        (cd "$src" && find phases -name '*.json' -print0 | xargs -0 -r cp --parents -t "$dst")
-    fi
+    tar -C "$src" -cf - --exclude='./store.sqlite*' --exclude='./metrics.jsonl' --exclude='*.gguf' \
+        --exclude='checkpoint-*' --exclude='*.lock' --exclude='./vllm*.log' --exclude='./llama*.log' . \
+        | tar -C "$dst" -xf -
     commit=$(git -C "$(dirname "$(realpath "$0")")" rev-parse --short HEAD 2>/dev/null || true)
     python3 - "$src/store.sqlite" "$dst/stopped.json" "$commit" <<'EOF'
 import json, sqlite3, sys, time
@@ -62,7 +61,8 @@ unpack)
     [ -f "$src/store.sqlite.xz" ] || die "$src has no store.sqlite.xz: not a folder made by '$0 pack'"
     [ -e "$dst/store.sqlite" ] && die "$dst already has a store.sqlite; unpack into a new directory"
     mkdir -p "$dst"
-    (cd "$src" && find . -type f ! -name '*.xz' ! -name stopped.json -print0 | xargs -0 -r cp --parents -t "$dst")
+    tar -C "$src" -cf - --exclude='./store.sqlite.xz' --exclude='./metrics.jsonl.xz' --exclude='./stopped.json' . \
+        | tar -C "$dst" -xf -
     xz -dc "$src/store.sqlite.xz" > "$dst/store.sqlite"
     [ -f "$src/metrics.jsonl.xz" ] && xz -dc "$src/metrics.jsonl.xz" > "$dst/metrics.jsonl"
     echo "unpacked into $dst; continue with: sqlsociety train --resume $dst"

@@ -260,7 +260,16 @@ class ChatModels:
         return client
 
 
-def _is_retryable(exc: BaseException) -> bool:
+def is_retryable(exc: BaseException) -> bool:
+    """Whether a model call's exception says the endpoint failed (connection, timeout, 429, 5xx, a
+    transport error) rather than the request (a 4xx such as a prompt over the context): the former
+    is retried, and once retries are spent is an infrastructure failure, never a result.
+
+    >>> import openai, httpx
+    >>> req = httpx.Request("POST", "http://127.0.0.1:1/v1/chat/completions")
+    >>> is_retryable(openai.APIConnectionError(request=req)), is_retryable(ValueError("bad reply"))
+    (True, False)
+    """
     try:
         import httpx
         import openai
@@ -377,7 +386,7 @@ def invoke_llm(
         try:
             return chat.invoke(list(messages), config=cfg)
         except Exception as exc:  # noqa: BLE001 - classified below
-            if not _is_retryable(exc):
+            if not is_retryable(exc):
                 raise LLMRequestError(f"{label}: {alias} rejected the request: {type(exc).__name__}: {exc}") from exc
             dead = dead_servers()
             if dead:  # no point retrying against a server that has exited
@@ -387,7 +396,7 @@ def invoke_llm(
             raise
 
     retrying = Retrying(
-        retry=retry_if_exception(_is_retryable),
+        retry=retry_if_exception(is_retryable),
         stop=stop_after_attempt(1 + settings.retries),
         wait=wait_exponential(multiplier=settings.backoff_s, max=settings.backoff_max_s),
     )

@@ -277,8 +277,9 @@ def test_held_out_dev_decisions_written_on_another_machine_find_their_database_h
     moved.write_text("".join(json.dumps({**r, "db_path": f"/gone/{r['db_id']}.sqlite"}) + "\n" for r in recs))
     held = dev_decisions(moved)
     assert held and len(held) == len(dev_decisions(fixture))
-    assert all(Path(d["db_path"]).is_file() and d["db_path"].endswith(f"{Path(d['db_path']).stem}.sqlite")
-               for d in held)
+    from tools.spider import database_path, default_data_dir
+    here = {r["question_id"]: str(database_path(default_data_dir(), r["db_id"])) for r in recs}
+    assert all(d["db_path"] == here[d["task_id"]] and Path(d["db_path"]).is_file() for d in held)
     # a record kept without its candidates (the compact form committed under bench/results) is no decision
     compact = tmp_path / "compact.jsonl"
     compact.write_text("".join(json.dumps({k: r[k] for k in ("question_id", "db_id", "match", "roles")}) + "\n"

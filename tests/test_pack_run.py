@@ -29,6 +29,13 @@ def _run_dir(root: Path) -> Path:
     (run / "metrics.jsonl").write_text('{"reward": 1.0}\n' * 50)
     (run / "eval" / "roles" / "juniors_baseline.jsonl").write_text('{"question_id": "dev-1"}\n')
     (run / "phases" / "1-gather" / "done.json").write_text("{}")
+    adapter = run / "phases" / "2-sft" / "adapters" / "junior_policy_direct"
+    (adapter / "checkpoint-2").mkdir(parents=True)
+    (adapter / "adapter_model.safetensors").write_bytes(b"\x00" * 64)
+    (adapter / "adapter_config.json").write_text("{}")
+    (adapter / "adapter.gguf").write_bytes(b"GGUF")
+    (adapter / "checkpoint-2" / "optimizer.pt").write_bytes(b"\x00")
+    (run / "phases" / "2-sft" / "done.json").write_text("{}")
     return run
 
 
@@ -48,8 +55,13 @@ def test_a_packed_run_unpacks_with_every_rollout_and_record(tmp_path: Path) -> N
     again = tmp_path / "again"
     rows = sqlite3.connect(again / "store.sqlite").execute("SELECT COUNT(*) FROM rollouts").fetchone()[0]
     assert rows == 40
-    for f in ("config.yaml", "metrics.jsonl", "eval/roles/juniors_baseline.jsonl", "phases/1-gather/done.json"):
+    ad = "phases/2-sft/adapters/junior_policy_direct"
+    for f in ("config.yaml", "metrics.jsonl", "eval/roles/juniors_baseline.jsonl", "phases/1-gather/done.json",
+              "phases/2-sft/done.json", f"{ad}/adapter_model.safetensors", f"{ad}/adapter_config.json"):
         assert (again / f).read_bytes() == (run / f).read_bytes(), f
+    # a trained adapter travels as its PEFT files: the GGUF export is made again where a server needs
+    # it, trainer checkpoints stay behind
+    assert not (again / ad / "adapter.gguf").exists() and not (again / ad / "checkpoint-2").exists()
     assert _sh("unpack", tmp_path / "packed", again).returncode == 2  # never over an existing store
     assert "already holds" in _sh("pack", run, tmp_path / "packed").stderr
 

@@ -196,6 +196,7 @@ def test_each_persona_is_trained_and_served_its_own_adapter_and_shared_still_wor
     rows = [e for e in role_effects({}, role_evals={"juniors_sft": recs, SHARED_STAGE: recs})
             if "shared adapter" in e.metric]
     assert {e.role for e in rows} >= {"junior_direct", "junior_step_by_step"} and all(e.delta == 0 for e in rows)
+    assert all(e.kind == "comparison" for e in rows)  # its own Holm family, beside the phases' effects
 
 
 def test_the_report_lists_each_personas_adapter_and_its_loss_curve(tmp_path: Path) -> None:

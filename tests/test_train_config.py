@@ -69,9 +69,10 @@ def test_a_typo_in_a_section_fails_at_load(tmp_path: Path, section: str, values:
 
 
 def test_retired_bandit_holdout_is_dropped_with_a_warning_and_read_nowhere(tmp_path: Path, caplog) -> None:
-    """``adapter.bandit_holdout`` was validated and never read (phase 4 is judged on held-out *dev*
-    decisions, not a share of the train ones): no shipped profile has it, an older profile or run
-    directory that does still loads (with a warning), and the key is not part of the schema."""
+    """``adapter.bandit_holdout`` was validated and never read (phase 4 is judged on held-out dev
+    decisions and whole held-out train questions, ``bandit.held_out_contested``, not a random share):
+    no shipped profile has it, an older profile or run directory that does still loads (with a
+    warning), and the key is not part of the schema."""
     assert all("bandit_holdout" not in (PROFILE_DIR / f"{n}.yaml").read_text() for n in PROFILES)
     with caplog.at_level("WARNING", logger="training.pipeline"):
         cfg = TrainConfig.load(_profile(tmp_path, adapter={"bandit_holdout": 0.3}))

@@ -293,9 +293,10 @@ def trace_source(t: SocietyTrace) -> str:
 
 
 def draw_repair_cases(cases: Sequence[RepairCase], n: int, seed: int = 0) -> list[RepairCase]:
-    """At most ``n`` of ``cases``: every ``senior`` case (the senior's logged inputs, the prompts it
-    really sees) first, then the rest filled by a uniform random draw of the ``junior`` cases
-    (:func:`tools.sampling.sample_examples`, ``seed``); returned in the order given.
+    """At most ``n`` of ``cases``: the ``senior`` cases first (the senior's logged inputs, the prompts
+    it really sees: all of them, or a random draw of ``n`` when there are more), then the rest
+    filled by a uniform random draw of the ``junior`` cases (:func:`tools.sampling.sample_examples`,
+    ``seed``); returned in the order given.
 
     Raises:
         ValueError: ``n`` < 1.
@@ -313,7 +314,8 @@ def draw_repair_cases(cases: Sequence[RepairCase], n: int, seed: int = 0) -> lis
         raise ValueError(f"a draw of repair cases needs n >= 1, got {n}")
     if n >= len(cases):
         return list(cases)
-    senior = [i for i, c in enumerate(cases) if c.origin == "senior"][:n]
+    senior = [i for i, c in enumerate(cases) if c.origin == "senior"]
+    senior = sample_examples(senior, n, seed) if len(senior) > n else senior
     junior = [i for i, c in enumerate(cases) if c.origin != "senior"]
     keep = set(senior) | set(sample_examples(junior, n - len(senior), seed) if n > len(senior) else [])
     return [c for i, c in enumerate(cases) if i in keep]
@@ -543,7 +545,7 @@ class HierarchicalTraceAdapter(agl.TraceAdapter[SocietyTrace]):
         Args:
             source: see :meth:`traces`.
             prompt: the senior's rewrite prompt (default ``PROMPTS["senior_rewrite"]``).
-            max_cases: keep at most this many (:func:`draw_repair_cases`: every logged senior input
+            max_cases: keep at most this many (:func:`draw_repair_cases`: the logged senior inputs
                 first, then a random draw of the juniors' wrong candidates across the rollouts --
                 the store holds them grouped by database, so its first ones would cover few); None = all.
             seed: the draw's seed.

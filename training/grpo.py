@@ -146,7 +146,7 @@ class SeniorGRPOConfig(LoraTrainingConfig):
         warm_start_samples: k >= 1 -- draws of the served senior per wrong query that no logged
             senior reply fixed: k unhinted, then (if none matched) k with the gold SQL as a hint.
         warm_start_cases: at most this many wrong queries become repair cases (and GRPO prompts):
-            every logged senior input, then a random draw (``seed``) of the juniors' wrong candidates
+            the logged senior inputs first, then a random draw (``seed``) of the juniors' wrong candidates
             (:func:`training.adapter.draw_repair_cases`); None = all of them. A store of 1,000
             juniors-only rollouts holds ~1,500 (~13 s each to repair on 2 CPU cores, and the
             prefilter samples each again before and after the warm start), so a CPU profile caps it.

@@ -1,19 +1,23 @@
 """Phase 4 of ``sqlsociety train`` (:func:`bandit_phase`): the supervisor's (context, action, reward)
 samples from the train rollouts (``training.adapter.HierarchicalTraceAdapter.to_bandit``) -> a
-contextual bandit (:class:`training.bandit.SupervisorBandit`, joblib), compared offline on held-out
-*dev* decisions (:func:`dev_decisions`) with random choice, majority vote, the logged policy and the
-LLM supervisor asked live on the same candidates.
+contextual bandit (:class:`training.bandit.SupervisorBandit`, joblib), compared offline on decisions
+it never trained on -- the untrained juniors' *dev* decisions (:func:`dev_decisions`) and, where
+those hold too few contested ones, whole train questions held out of the fit -- with random
+choice, majority vote, the logged policy and the LLM supervisor asked live on the same candidates.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from society.candidate import Candidate
+from society.infra import InfrastructureError, dead_servers
+from society.llm import is_retryable
 from society.policies import LLMPolicy, PolicyContext
 from society.prompts import get_prompt
 from tools.files import read_jsonl
@@ -24,6 +28,8 @@ from training.role_aliases import role_kind
 from training.run_plan import RunPlan
 
 __all__ = ["DEV_DECISION_STAGES", "bandit_phase", "dev_decisions", "held_out_dev"]
+
+logger = logging.getLogger(__name__)
 
 
 def dev_decisions(eval_jsonl: Path) -> list[dict[str, Any]]:
@@ -153,7 +159,8 @@ def _llm_supervisor_replay(plan: RunPlan, held: list[dict[str, Any]]) -> dict[st
     sup = next((r for r in society.roles if role_kind(r.type) == "supervisor"), None)
     alias = (sup.model if sup and sup.model else None) or next(iter(society.models))
     prompt = get_prompt(sup.prompt if sup else None, "supervisor")
-    vals = []
+    vals: list[float] = []
+    refused = 0
     with ExitStack() as stack:
         ep = plan.serve(stack, society).get(alias)
         if ep is None:
@@ -169,10 +176,21 @@ def _llm_supervisor_replay(plan: RunPlan, held: list[dict[str, Any]]) -> dict[st
                     question=q, schema=sc, candidates=text
                 ),
             )
-            # a dead endpoint raises and stops the phase (resumable): it never scores a decision 0
-            idx = LLMPolicy().choose(s["question"], cands, ctx).index
+            try:
+                idx = LLMPolicy().choose(s["question"], cands, ctx).index
+            except Exception as e:  # noqa: BLE001 - sorted below: the endpoint's failure or the request's
+                dead = dead_servers()
+                if dead or is_retryable(e):  # the endpoint, not the policy: stop (resumable), score nothing
+                    raise (dead[0] if dead else InfrastructureError(
+                        f"phase 4, LLM supervisor replay on {s['task_id']}: the endpoint failed ({e}); nothing "
+                        "was recorded; check the server and resume")) from e
+                logger.warning("LLM supervisor replay: the request for %s was refused (%s); scored 0", s["task_id"], e)
+                refused += 1
+                idx = -1
             vals.append(s["candidate_rewards"][idx] if idx >= 0 else 0.0)
     n = len(vals)
     return {"policy": "llm", "n": n, "mean_reward": sum(vals) / n, "ex": sum(v >= 1.0 for v in vals) / n,
-            "note": "LLM supervisor asked live on the logged candidates (base model)"}
+            "note": "LLM supervisor asked live on the logged candidates (base model)"
+                    + (f"; {refused} requests refused by the server (e.g. over the context), scored 0"
+                       if refused else "")}
 

@@ -17,7 +17,7 @@ from training.profile import TrainConfigError
 from training.run_plan import RunPlan
 from training.run_serving import export_gguf
 
-__all__ = ["SHARED_COMPARISON", "sft_phase", "sft_selection_lines", "train_junior_adapter",
+__all__ = ["SHARED_COMPARISON", "persona_rows", "sft_phase", "sft_selection_lines", "train_junior_adapter",
            "train_juniors_per_persona"]
 
 #: ``done.json`` key of phase 2's shared adapter trained beside the per-persona ones
@@ -54,8 +54,10 @@ def sft_phase(plan: RunPlan, echo: Callable[[str], None] = print) -> dict[str, A
 
     Returns:
         ``done.json``'s fields (:func:`train_junior_adapter`'s, or :func:`train_juniors_per_persona`'s;
-        with ``compare_shared_adapter`` also :data:`SHARED_COMPARISON`: the shared adapter trained on
-        all the rows, :func:`train_junior_adapter`'s fields).
+        with ``compare_shared_adapter`` also :data:`SHARED_COMPARISON`: one adapter trained on every
+        row the persona adapters train on, with the same ``sft`` settings -- so ``sft.max_steps``
+        steps for all of them, where each persona's adapter has that many for its own --
+        :func:`train_junior_adapter`'s fields).
 
     Raises:
         TrainConfigError: no junior conversation has an own SQL that matched gold (the message says
@@ -78,8 +80,10 @@ def sft_phase(plan: RunPlan, echo: Callable[[str], None] = print) -> dict[str, A
             "gather.rationalize: true")
     if plan.cfg.junior_adapters == "per_persona":
         out = {**train_juniors_per_persona(plan, ds, d, echo), "selection": sel.summary}
-        if plan.cfg.compare_shared_adapter:  # the same rows, one adapter for all: judged beside, never routed
-            out[SHARED_COMPARISON] = train_junior_adapter(plan, ds, d / "adapter_shared",
+        if plan.cfg.compare_shared_adapter:  # the personas' rows, one adapter for all: judged beside, never routed
+            rows, _ = persona_rows(plan, ds)
+            out[SHARED_COMPARISON] = train_junior_adapter(plan, ds.select(sorted(i for r in rows.values() for i in r)),
+                                                          d / "adapter_shared",
                                                           "phase 2 SFT (one shared adapter, for the comparison)", echo)
         return out
     info = train_junior_adapter(plan, ds, d / "adapter", "phase 2 SFT", echo)
@@ -100,6 +104,22 @@ def train_junior_adapter(plan: RunPlan, ds: Any, out: Path, label: str,
          + (f"LoRA GGUF {gguf.name}" if gguf else "PEFT adapter served by name with vLLM"))
     return {"adapter": str(res.adapter_dir), "adapter_gguf": str(gguf) if gguf else None, "rows": res.rows,
             "steps": res.steps, "losses": res.losses, "seconds_per_step": res.mean_step_seconds}
+
+
+def persona_rows(plan: RunPlan, ds: Any) -> tuple[dict[str, list[int]], int]:
+    """The rows of ``ds`` each junior persona of the plan's society trains on: persona -> row indices
+    (every persona of :attr:`training.run_plan.RunPlan.personas`, maybe with none), by the row's
+    ``role_instance`` (the society's junior instances), else its ``persona`` column; and how many
+    rows belong to no current persona."""
+    rows: dict[str, list[int]] = {p: [] for p in plan.personas}
+    orphans = 0
+    for i, (inst, persona) in enumerate(zip(ds["role_instance"], ds["persona"])):
+        key = plan.persona_of.get(inst) or (persona if persona in rows else None)
+        if key is None:
+            orphans += 1
+        else:
+            rows[key].append(i)
+    return rows, orphans
 
 
 def train_juniors_per_persona(plan: RunPlan, ds: Any, d: Path, echo: Callable[[str], None] = print) -> dict[str, Any]:
@@ -127,14 +147,7 @@ def train_juniors_per_persona(plan: RunPlan, ds: Any, d: Path, echo: Callable[[s
     Raises:
         TrainConfigError: no persona has a row.
     """
-    rows: dict[str, list[int]] = {p: [] for p in plan.personas}
-    orphans = 0
-    for i, (inst, persona) in enumerate(zip(ds["role_instance"], ds["persona"])):
-        key = plan.persona_of.get(inst) or (persona if persona in rows else None)
-        if key is None:
-            orphans += 1
-        else:
-            rows[key].append(i)
+    rows, orphans = persona_rows(plan, ds)
     if not any(rows.values()):
         raise TrainConfigError(f"phase 2 (junior_adapters: per_persona): none of the {len(ds)} SFT rows belongs "
                                f"to a junior persona of the society ({list(plan.personas)}); check the society "

@@ -77,8 +77,9 @@ class TrainConfigError(ValueError):
 #: ``adapter:`` keys older profiles and run directories carry that nothing reads any more: dropped on
 #: :meth:`TrainConfig.load` with a warning, so those files still load and resume.
 RETIRED_ADAPTER_KEYS: dict[str, str] = {
-    "bandit_holdout": "phase 4 fits the bandit on every train decision and judges it on the held-out dev "
-                      "decisions of the baseline evaluation, never on a share of the train decisions",
+    "bandit_holdout": "phase 4 judges the bandit on the untrained juniors' dev decisions and, where those hold "
+                      "fewer than bandit.held_out_contested contested ones, on whole train questions it holds out "
+                      "of the fit; there is no random share of decisions to set",
     "sft_select": "a junior's conversation enters SFT only when its own final SQL matches gold (per-junior "
                   "credit); the society's reward only ranks and deduplicates, the modes that admitted on it are gone",
 }

@@ -192,6 +192,9 @@ def evaluate_shared_comparison(plan: RunPlan, echo: Callable[[str], None] = prin
     shared adapter (the profile does not ask for it)."""
     info = (plan.done.get(2) or {}).get(SHARED_COMPARISON) or {}
     if not info.get("adapter"):
+        if plan.cfg.compare_shared_adapter and plan.done.get(2) is not None:
+            echo(f"eval ({SHARED_STAGE}): phase 2 finished without a shared adapter (before the profile asked for "
+                 "compare_shared_adapter); this run has no shared-adapter comparison")
         return None
     society = role_split_config(plan.society, per_persona=False)
     stage = plan.stage(SHARED_STAGE, "juniors", plan.juniors, society=society,
