@@ -128,6 +128,10 @@ class BanditConfig(TypedSettings):
             When the dev decisions of the untrained juniors hold fewer, whole train questions are
             held out of the fit until their first-draw decisions make up the rest
             (``training.bandit.hold_out_contested``, seeded with ``seed``); 0: dev decisions only.
+        held_out_max_share: training: at most this share of the juniors-only train questions is held
+            out for that, in (0, 1]. The default, 0.7, leaves 300 of 1,000 questions (with their
+            rejection-sampling draws, ~600 decisions) to fit on, when ~16 % of first draws are
+            contested and the dev decisions hold ~40 of the 150.
 
     Raises (as a pydantic ``ValidationError``, a ``ValueError``): an unknown or wrongly typed key, or
     a value out of the ranges above.
@@ -146,11 +150,14 @@ class BanditConfig(TypedSettings):
     token_hash_bits: int = 8
     seed: int = 0
     held_out_contested: int = 150
+    held_out_max_share: float = 0.7
 
     @model_validator(mode="after")
     def _ranges(self) -> BanditConfig:
         if self.held_out_contested < 0:
             raise ValueError(f"BanditConfig.held_out_contested = {self.held_out_contested}; use a count >= 0")
+        if not 0.0 < self.held_out_max_share <= 1.0:
+            raise ValueError(f"BanditConfig.held_out_max_share = {self.held_out_max_share}; use a share in (0, 1]")
         if self.feedback not in ("auto", "full", "bandit"):
             raise ValueError(f"BanditConfig.feedback = {self.feedback!r}; use 'auto', 'full' or 'bandit'")
         if self.exploration not in ("epsilon", "thompson"):

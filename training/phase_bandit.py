@@ -87,11 +87,12 @@ def bandit_phase(plan: RunPlan, echo: Callable[[str], None] = print) -> dict[str
     """Phase 4: supervisor (context, action, reward) samples from the train rollouts -> contextual
     bandit (joblib), judged offline on held-out decisions it never trained on: the untrained
     juniors' *dev* decisions (:func:`held_out_dev`) and, when those hold fewer than
-    ``bandit.held_out_contested`` contested ones, whole *train* questions held out of the fit
-    (:func:`training.bandit.hold_out_contested`). Each is scored against random choice, majority
-    vote, the logged policy and the oracle (``bandit_comparison.json``: all held-out decisions;
-    ``done.json``'s ``comparison_by_split``: dev and train apart); the LLM supervisor, asked live,
-    on the dev decisions (they keep the candidates' full records).
+    ``bandit.held_out_contested`` contested ones, whole *train* questions held out of the fit (at
+    most ``bandit.held_out_max_share`` of them; :func:`training.bandit.hold_out_contested`). Each
+    is scored against random choice, majority vote, the logged policy and the oracle
+    (``bandit_comparison.json``: all held-out decisions; ``done.json``'s ``comparison_by_split``:
+    dev and train apart); the LLM supervisor, asked live, on the dev decisions (they keep the
+    candidates' full records).
 
     Raises:
         TrainConfigError: the store holds no supervisor decision with usable candidates.
@@ -114,7 +115,8 @@ def bandit_phase(plan: RunPlan, echo: Callable[[str], None] = print) -> dict[str
     cfg = plan.cfg.bandit
     dev_stage, dev = held_out_dev(plan)
     dev_contested = sum(is_contested(s) for s in dev)
-    train, held_train = hold_out_contested(samples, max(0, cfg.held_out_contested - dev_contested), seed=cfg.seed)
+    train, held_train = hold_out_contested(samples, max(0, cfg.held_out_contested - dev_contested), seed=cfg.seed,
+                                           max_share=cfg.held_out_max_share)
     held_q = {question_of(s["task_id"]) for s in held_train}
     judged = {s["task_id"] for s in held_train}
     with (d / "bandit_samples.jsonl").open("w") as f:  # every decision: trained on, judged, or neither
