@@ -217,12 +217,13 @@ RUN_CONFIG = Path(__file__).resolve().parent / "fixtures" / "run_config_2026-12-
 def test_a_run_written_before_trl_owned_its_settings_loads_as_it_was(tmp_path: Path) -> None:
     """The ``config.yaml`` of the 2026-12-05 default run (written while ``max_steps``, ``num_generations``
     ... were fields of the project's classes): it loads, the file it would write differs only by the
-    ``eval.single`` default added since, every typed section is kept as written (what the gather
+    ``eval.single`` and ``compare_shared_adapter`` defaults added since, every typed section is kept as written (what the gather
     fingerprint hashes for ``reward``), and the trainers see the values the run was started with."""
     text = RUN_CONFIG.read_text()
     raw = yaml.safe_load(text)
     cfg = TrainConfig.load(_written(tmp_path, text))
-    assert yaml.safe_load(cfg.to_yaml()) == {**raw, "eval": {**raw["eval"], "single": True}}
+    assert yaml.safe_load(cfg.to_yaml()) == {**raw, "eval": {**raw["eval"], "single": True},
+                                             "compare_shared_adapter": False}
     assert {k: cfg.as_written(k) for k in ("sft", "grpo", "bandit", "adapter", "reward")} == \
         {k: raw[k] for k in ("sft", "grpo", "bandit", "adapter", "reward")}
     assert (cfg.sft.max_steps, cfg.sft.per_device_train_batch_size, cfg.sft.max_length, cfg.sft.learning_rate) == \
@@ -304,7 +305,7 @@ def test_the_noise_repeat_is_a_resumable_stage_run_with_the_shifted_seeds(tmp_pa
             on_result({"question_id": e.id, "match": False, "roles": {j: {"ex": False} for j in seeds}})
 
     monkeypatch.setattr(ts, "evaluate", fake_evaluate)
-    monkeypatch.setattr(RunPlan, "serve", lambda self, stack, society: {})
+    monkeypatch.setattr(RunPlan, "serve", lambda self, stack, society, **kw: {})
     msgs: list[str] = []
     plan = TrainingPipeline(TrainConfig.model_validate(cfg), tmp_path / "run", echo=msgs.append).resolve()
     ts.evaluate_roles(plan, "baseline", msgs.append)
