@@ -236,7 +236,8 @@ def test_samples_from_real_society_records():
 
 
 def test_held_out_train_questions_are_deterministic_disjoint_and_hold_enough_contested() -> None:
-    from training.bandit import hold_out_contested, is_contested, question_of
+    from training.bandit import hold_out_contested, is_contested
+    from training.gather_config import question_of
 
     ran = {"sql": "SELECT 1", "executes": 1}
     rng = random.Random(7)

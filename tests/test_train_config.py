@@ -217,8 +217,9 @@ RUN_CONFIG = Path(__file__).resolve().parent / "fixtures" / "run_config_2026-12-
 def test_a_run_written_before_trl_owned_its_settings_loads_as_it_was(tmp_path: Path) -> None:
     """The ``config.yaml`` of the 2026-12-05 default run (written while ``max_steps``, ``num_generations``
     ... were fields of the project's classes): it loads, the file it would write differs only by the
-    ``eval.single`` and ``compare_shared_adapter`` defaults added since, every typed section is kept as written (what the gather
-    fingerprint hashes for ``reward``), and the trainers see the values the run was started with."""
+    ``eval.single`` and ``compare_shared_adapter`` defaults added since, every typed section is kept
+    as written (what the gather fingerprint hashes for ``reward``), and the trainers see the values
+    the run was started with."""
     text = RUN_CONFIG.read_text()
     raw = yaml.safe_load(text)
     cfg = TrainConfig.load(_written(tmp_path, text))

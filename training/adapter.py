@@ -72,6 +72,7 @@ from training.agent import (
     SOURCES,
     rollout_source,
 )
+from training.gather_config import question_of
 
 #: The span names the adapter reads (chat-model spans, their OpenAI children, annotations, objects);
 #: reading a store skips the others (graph/node/tool spans), which are most of the bytes.
@@ -570,7 +571,7 @@ class HierarchicalTraceAdapter(agl.TraceAdapter[SocietyTrace]):
             db = _db_path(t)
             if not gold or not Path(db).is_file():
                 continue
-            base = str(t.task_id).split("/")[0]
+            base = question_of(t.task_id)
             choices = t.run.get("choices") or []
             cands = (choices[-1].get("candidates") if choices else None) or t.run.get("candidates") or []
             turns = [x for x in t.run.get("senior_turns") or [] if x.get("kind") == "rewrite"]

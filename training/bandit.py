@@ -19,6 +19,7 @@ from evaluation.metrics.ex import execution_match
 from society.bandit import BanditConfig, SupervisorBandit, as_sample, featurize, load_policy
 from society.candidate import candidate_context, majority_vote, usable
 from tools.spider import recorded_database
+from training.gather_config import JUNIORS_SUFFIX, question_of
 
 __all__ = [
     "BanditConfig",
@@ -32,7 +33,6 @@ __all__ = [
     "format_table",
     "hold_out_contested",
     "is_contested",
-    "question_of",
     "split_samples",
 ]
 
@@ -127,17 +127,7 @@ def is_contested(sample: Any) -> bool:
     return len({s["candidate_rewards"][i] for i in usable(s["candidates"])}) > 1
 
 
-def question_of(task_id: str) -> str:
-    """The question a rollout's task id names, without its rollout-kind suffix (``/juniors``,
-    ``/juniors#1``, ``/rationalized``).
-
-    >>> question_of("train-12/juniors#1"), question_of("train-12")
-    ('train-12', 'train-12')
-    """
-    return str(task_id).split("/")[0]
-
-
-def hold_out_contested(samples: Sequence[Any], need: int, *, seed: int = 0, first_draw: str = "/juniors",
+def hold_out_contested(samples: Sequence[Any], need: int, *, seed: int = 0, first_draw: str = JUNIORS_SUFFIX,
                        max_share: float = 0.5) -> tuple[list[dict], list[dict]]:
     """Hold out whole train questions for judging the bandit, until their decisions include ``need``
     contested ones (:func:`is_contested`).

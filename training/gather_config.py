@@ -20,7 +20,21 @@ from pydantic import Field
 
 from tools.value_types import TypedSettings
 
-__all__ = ["GatherConfig"]
+__all__ = ["JUNIORS_SUFFIX", "GatherConfig", "question_of"]
+
+#: Task-id suffix of a juniors-only first draw (``train-12/juniors``); its rejection-sampling draws
+#: are ``/juniors#<k>``, rationalization ``/rationalized`` (``training.phase_gather``).
+JUNIORS_SUFFIX = "/juniors"
+
+
+def question_of(task_id: str) -> str:
+    """The Spider question a rollout's task id names, without its rollout-kind suffix (``/juniors``,
+    ``/juniors#1``, ``/rationalized``).
+
+    >>> question_of("train-12/juniors#1"), question_of("train-12")
+    ('train-12', 'train-12')
+    """
+    return str(task_id).split("/")[0]
 
 
 class GatherConfig(TypedSettings):

@@ -103,9 +103,9 @@ def bandit_phase(plan: RunPlan, echo: Callable[[str], None] = print) -> dict[str
         compare_policies,
         hold_out_contested,
         is_contested,
-        question_of,
         replay_outcomes,
     )
+    from training.gather_config import question_of
 
     d = plan.run_dir.phase_dir(4)
     with plan.run_dir.archive() as archive:

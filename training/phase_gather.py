@@ -15,6 +15,7 @@ from contextlib import ExitStack
 from typing import Any
 
 from tools.files import atomic_write_text
+from training.gather_config import JUNIORS_SUFFIX, question_of
 from training.reuse import copy_store, gather_files
 from training.run_plan import RunPlan
 
@@ -57,13 +58,13 @@ def gather_phase(plan: RunPlan, echo: Callable[[str], None] = print) -> dict[str
 
         summary = run([t.id for t in tasks])
         if g.junior_limit:
-            js = run([t.id for t in jtasks], agent="juniors", task_suffix="/juniors")
+            js = run([t.id for t in jtasks], agent="juniors", task_suffix=JUNIORS_SUFFIX)
             juniors["juniors_only"] = js.to_json()
-            wrong = _tasks_with_a_wrong_junior(plan, "/juniors") if g.junior_resamples else {}
+            wrong = _tasks_with_a_wrong_junior(plan, JUNIORS_SUFFIX) if g.junior_resamples else {}
             juniors["resampled_tasks"] = len(wrong)
             juniors["resampled_juniors"] = sum(len(v) for v in wrong.values())
             for j in range(1, g.junior_resamples + 1):
-                rs = run(list(wrong), agent="juniors", task_suffix=f"/juniors#{j}", task_juniors=wrong,
+                rs = run(list(wrong), agent="juniors", task_suffix=f"{JUNIORS_SUFFIX}#{j}", task_juniors=wrong,
                          junior_sampling={"temperature": g.junior_temperature, "seed": 1000 * j})
                 juniors[f"resample_{j}"] = rs.to_json()
         if g.rationalize:
@@ -104,7 +105,7 @@ def _unsolved_tasks(plan: RunPlan) -> list[str]:
         for t in HierarchicalTraceAdapter().traces(archive):
             if t.task_id is None or trace_source(t) == "rationalized":
                 continue
-            base = str(t.task_id).split("/")[0]
+            base = question_of(t.task_id)
             seen.add(base)
             if any(t.outcomes.get(f"junior.{j}.ex") == 1 for j in t.outcomes.get("juniors") or []):
                 solved.add(base)
