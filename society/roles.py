@@ -41,6 +41,8 @@ from society.state import (
     Verdict,
 )
 from society.toolkit import call_tool, sql_db_query, tools_for
+from tools.examples import bank_for
+from tools.spider import DataError
 
 if TYPE_CHECKING:  # annotations only: society.config validates against ROLE_TYPES defined here
     from society.config import RoleInstance, SocietyConfig
@@ -211,6 +213,12 @@ class Junior(Role):
             2018). A small model often repeats its failed query when shown the error (measured in
             docs/results.md); a fresh sample does not depend on it reading the feedback.
         resample_temperature: in (0, 2], the temperature of that draw (default 0.8).
+        examples_k: with ``examples`` in the role's ``tools:``, how many worked examples start its
+            draft prompt (0..8, default 3): the questions of ``examples_split`` most similar to
+            the question, with their gold SQL, never from the question's own database
+            (:mod:`tools.examples`, after DAIL-SQL's example selection).
+        examples_split: the gold split they come from (default ``train``, read from
+            :func:`tools.spider.default_data_dir`); checked when the role is built.
     """
 
     type_name = "junior"
@@ -220,6 +228,19 @@ class Junior(Role):
         fix_on_error: bool = True
         on_error: Literal["fix", "resample"] = "fix"
         resample_temperature: float = Field(default=0.8, gt=0.0, le=2.0)
+        examples_k: int = Field(default=3, ge=0, le=8)
+        examples_split: str = "train"
+
+    def __init__(self, instance: RoleInstance) -> None:
+        super().__init__(instance)
+        if "examples" in self.instance.config.tools:
+            try:
+                bank_for(self.options.examples_split)
+            except DataError as e:
+                raise ValueError(
+                    f"role {self.name!r} lists the examples tool, but its examples_split "
+                    f"{self.options.examples_split!r} cannot be read: {e}"
+                ) from e
 
     @classmethod
     def default_prompt_for(cls, rc: Any) -> str:
@@ -239,6 +260,7 @@ class Junior(Role):
         ctx = run_context(config)
         fb = feedback_section(state.get("junior_feedback"), "A reviewer rejected the previous answer")
         fb += self.outside_knowledge(ctx, state["question"], config, "draft")
+        fb = self.worked_examples(ctx, state["question"], config) + fb
         assert self.prompt is not None
         msgs = self.prompt.render(question=state["question"], schema=state.get("schema_text", ""), feedback=fb)
         if state.get("junior_hint"):
@@ -250,6 +272,18 @@ class Junior(Role):
             return {**upd, "draft_sql": None, "draft_raw": "", "errors": [_error_entry(self.name, e)]}
         raw = str(ai.content)
         return {**upd, "messages": [*msgs, AIMessage(raw)], "draft_raw": raw, "draft_sql": _extract_sql(raw)}
+
+    def worked_examples(self, ctx: RunContext, question: str, config: RunnableConfig) -> str:
+        """The worked-examples section of the draft prompt ('' without the ``examples`` tool): one
+        traced ``sql_examples`` tool call (:func:`society.toolkit.sql_examples`)."""
+        tools = tools_for(self.instance.config.tools)
+        if "sql_examples" not in tools or self.options.examples_k == 0:
+            return ""
+        msg = call_tool(tools["sql_examples"],
+                        {"question": question, "k": self.options.examples_k, "split": self.options.examples_split},
+                        config=config, role=self.name, label=self.label, node="draft", log=ctx.log,
+                        metadata=self.metadata(ctx))
+        return "" if msg.status == "error" else str(msg.content)
 
     def execute_draft(self, state: JuniorState, config: RunnableConfig) -> dict:
         ctx = run_context(config)

@@ -144,8 +144,9 @@ class RoleConfig(_Strict):
         sampling: see :class:`Sampling`.
         count: how many instances of this role to run (juniors only; >1 adds ``_1``, ``_2`` suffixes).
         policy: the supervisor's policy name (``society.policies.POLICIES``).
-        tools: tools the role may use: ``schema``, ``executor``, ``web_search`` (web search is present
-            only when ``TAVILY_API_KEY`` is set).
+        tools: tools the role may use: ``schema``, ``executor``, ``examples`` (a junior's prompt
+            then starts with worked examples of similar questions: ``society.toolkit.sql_examples``),
+            ``web_search`` (web search is present only when ``TAVILY_API_KEY`` is set).
         options: role-type options, validated by the role type's ``Options`` model.
         enabled: False drops the role without deleting it.
     """
@@ -165,7 +166,7 @@ class RoleConfig(_Strict):
     @field_validator("tools")
     @classmethod
     def _known_tools(cls, v: list[str]) -> list[str]:
-        known = {"schema", "executor", "web_search"}
+        known = {"schema", "executor", "examples", "web_search"}
         bad = [t for t in v if t not in known]
         if bad:
             raise ValueError(f"unknown tools {bad}; known tools: {sorted(known)}")

@@ -6,6 +6,9 @@ tool               what it does
 ``sql_db_schema``  prompt-ready schema of the run's database (``tools.schema``; cached)
 ``sql_db_query``   runs one read-only statement with the safe executor (``tools.executor``);
                    content = short text for the model, artifact = :class:`society.state.ExecSummary`
+``sql_examples``   worked examples: the gold split's questions most similar to the question, with
+                   their SQL, from other databases (``tools.examples``); for a role whose config
+                   lists ``examples`` in ``tools:``
 ``web_search``     Tavily web search (``tavily-python``); present only when ``TAVILY_API_KEY``
                    is set **and** the role's config lists ``web_search`` in ``tools:``
 =================  ===========================================================================
@@ -29,6 +32,7 @@ from langchain_core.tools import BaseTool, tool
 from society.llm import ToolCallRecord, child_config
 from society.state import ExecSummary
 from tools.error_hints import name_hint
+from tools.examples import as_dicts, bank_for, examples_text
 from tools.executor import execute_sql, result_digest
 from tools.schema import load_schema, schema_prompt
 
@@ -107,6 +111,15 @@ def sql_db_query(sql: str, config: RunnableConfig) -> tuple[str, ExecSummary]:
     return summary.as_text(), summary
 
 
+@tool("sql_examples", response_format="content_and_artifact")
+def sql_examples(question: str, k: int, split: str, config: RunnableConfig) -> tuple[str, list[dict[str, Any]]]:
+    """Return up to k worked examples (similar questions of the gold split, with their SQL) from
+    databases other than the question's: a prompt section and the examples as dicts."""
+    ctx = _ctx(config)
+    found = bank_for(split).similar(question, k, exclude_db=ctx.db_id or None)
+    return examples_text(found), as_dicts(found)
+
+
 def web_search_available(role_tools: list[str]) -> bool:
     """True when the role asks for ``web_search`` and ``TAVILY_API_KEY`` is set."""
     return "web_search" in role_tools and bool(os.environ.get("TAVILY_API_KEY"))
@@ -142,6 +155,8 @@ def tools_for(role_tools: list[str]) -> dict[str, BaseTool]:
         out["sql_db_schema"] = sql_db_schema
     if "executor" in role_tools:
         out["sql_db_query"] = sql_db_query
+    if "examples" in role_tools:
+        out["sql_examples"] = sql_examples
     if web_search_available(role_tools):
         out["web_search"] = make_web_search()
     return out

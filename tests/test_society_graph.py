@@ -331,3 +331,40 @@ def test_a_failed_draft_is_fixed_in_the_conversation_or_resampled_from_the_promp
         sent = [(c["temperature"], c["seed"]) for c in rec.calls if c["name"] == retry["label"] and c["node"] == "fix"]
         own = (inst.sampling.temperature, inst.sampling.seed)
         assert sent == [(0.9, inst.sampling.seed + 1) if on_error == "resample" else own], (sent, own)
+
+
+def test_a_junior_with_the_examples_tool_drafts_after_worked_examples_from_other_databases(smol_server):
+    """The ``examples`` tool puts the gold train split's most similar questions, with their SQL, at
+    the start of that junior's draft prompt (a traced ``sql_examples`` call); never from the
+    question's own database (here a train database, whose paraphrases are in the bank); the other
+    juniors' prompts are unchanged."""
+    d = _raw()
+    d["roles"][0].update(tools=["schema", "executor", "examples"], options={"examples_k": 2})
+    cfg = _cfg(smol_server, d)
+    db = resolve_database("department_management")
+    run = run_society("How many heads of the departments are older than 56?", db, cfg, agent="juniors")
+    calls = run.trace["llm_calls"]
+    drafts = {c["role"]: c["messages"][-1]["content"] for c in calls if c["node"] == "draft"}
+    assert "Worked examples from other databases:" in drafts["junior_direct"]
+    assert drafts["junior_direct"].count("\nSQL: ") == 2
+    assert not any("Worked examples" in text for role, text in drafts.items() if role != "junior_direct")
+    tool = [t for t in run.trace["tool_calls"] if t["tool"] == "sql_examples"]
+    assert [(t["role"], t["node"], t["args"]["k"], t["ok"]) for t in tool] == [
+        ("junior_direct", "draft", 2, True)]
+    # the examples shown are exactly the bank's nearest questions outside department_management
+    from tools.examples import bank_for
+
+    shown = bank_for("train").similar("How many heads of the departments are older than 56?", 2,
+                                      exclude_db="department_management")
+    assert all(e.db_id != "department_management" for e in shown)
+    for e in shown:
+        assert f"Question: {e.question}\nSQL: {' '.join(e.sql.split())}" in drafts["junior_direct"]
+
+
+def test_an_unreadable_examples_split_is_refused_when_the_society_is_built(smol_server):
+    from society.graph import build_graph
+
+    d = _raw()
+    d["roles"][0].update(tools=["schema", "executor", "examples"], options={"examples_split": "nosuchsplit"})
+    with pytest.raises(ValueError, match="junior_direct.*examples_split 'nosuchsplit'"):
+        build_graph(_cfg(smol_server, d))
