@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from evaluation.stats import Effect, holm_effects, paired_effect, wilson_ci
+from society.candidate import majority_vote
 from tools.files import read_jsonl
 
 __all__ = [
@@ -74,6 +75,8 @@ __all__ = [
     "pick_counts",
     "pick_effects",
     "pick_outcomes",
+    "pool_records",
+    "Pooled",
     "read_control",
     "read_records",
     "read_summary",
@@ -213,6 +216,99 @@ def read_control(path: str | Path) -> list[dict[str, Any]]:
         if r["match"] is not None and r["match"] not in (True, False):  # 0/1 compare equal to False/True
             raise CandidatesInputError(f"{where}: match is {r['match']!r}, not true/false/null; {CONTROL_HINT}")
     return rows
+
+
+# --------------------------------------------------------------------------- pooling evaluations
+
+
+@dataclass(frozen=True)
+class Pooled:
+    """What :func:`pool_records` made of several juniors-only evaluations.
+
+    Attributes:
+        records: one record per question held by every evaluation, in the first one's order.
+        left_out: questions held by some of the evaluations only (not pooled), per file index.
+        renamed: ``(file index, junior, new name)`` for each junior whose name an earlier file used.
+    """
+
+    records: list[dict[str, Any]]
+    left_out: dict[int, int]
+    renamed: list[tuple[int, str, str]]
+
+
+def pool_records(sets: Sequence[Sequence[Record]]) -> Pooled:
+    """The juniors of several juniors-only evaluations of the same questions, as the candidates of
+    one society: per question, every evaluation's juniors (``roles``) and candidates side by side,
+    and the supervisor's pick recomputed by majority vote on the candidates' execution results
+    (:func:`society.candidate.majority_vote`, the default supervisor's rule: the largest group of
+    equal results, then a non-empty result, then candidate order, i.e. the earlier file first).
+
+    This is exact for juniors-only evaluations: there each junior answers the question alone (no
+    junior sees another's draft), so juniors run apart, with their own seeds, write what they would
+    have written together. A junior whose name an earlier file used gets ``_<file number>``
+    appended (file numbers from 1), keeping its persona, so two draws of a persona pool into its
+    pass@k.
+
+    Args:
+        sets: the records of each evaluation (:func:`read_records`), two or more; each record needs
+            its ``candidates`` list (full records).
+
+    Raises:
+        ValueError: fewer than two sets, no question common to all, or a record without a
+            ``candidates`` list (compact records cannot be voted on again).
+
+    >>> a = [{"question_id": "q1", "roles": {"junior_d": {"ex": False, "persona": "direct"}},
+    ...       "candidates": [{"junior": "junior_d", "persona": "direct", "sql": "S1", "ok": True,
+    ...                       "result_digest": "x", "row_count": 1}]}]
+    >>> b = [{"question_id": "q1", "roles": {"junior_d": {"ex": True, "persona": "direct"}},
+    ...       "candidates": [{"junior": "junior_d", "persona": "direct", "sql": "S2", "ok": True,
+    ...                       "result_digest": "y", "row_count": 1}]},
+    ...      {"question_id": "q2", "roles": {}, "candidates": []}]
+    >>> p = pool_records([a, b])
+    >>> sorted(p.records[0]["roles"]), p.records[0]["roles"]["supervisor"]["choice"], p.left_out, p.renamed
+    (['junior_d', 'junior_d_2', 'supervisor'], 'junior_d', {1: 1}, [(1, 'junior_d', 'junior_d_2')])
+    >>> oracle_outcomes(p.records), pick_outcomes(p.records)
+    ([1], ([0], 0))
+    """
+    if len(sets) < 2:
+        raise ValueError(f"pooling needs two or more evaluations, got {len(sets)}")
+    ids = [[str(r.get("question_id")) for r in rs] for rs in sets]
+    common = set(ids[0]).intersection(*map(set, ids[1:]))
+    if not common:
+        raise ValueError("the evaluations have no question in common; pool evaluations of the same questions")
+    by_id = [{str(r.get("question_id")): r for r in rs} for rs in sets]
+    names: dict[tuple[int, str], str] = {}
+    taken: set[str] = set()
+    renamed: list[tuple[int, str, str]] = []
+    for i, rs in enumerate(sets):
+        own = {str(k) for r in rs for k in _roles(r) if _is_junior(k)}
+        own |= {str(c.get("junior")) for r in rs for c in r.get("candidates") or [] if isinstance(c, Mapping)}
+        for j in sorted(own):
+            new = j if j not in taken else f"{j}_{i + 1}"
+            names[(i, j)] = new
+            if new != j:
+                renamed.append((i, j, new))
+        taken |= set(names[(i, j)] for j in own)
+    out = []
+    for qid in ids[0]:
+        if qid not in common:
+            continue
+        roles: dict[str, Any] = {}
+        cands: list[dict[str, Any]] = []
+        for i, table in enumerate(by_id):
+            r = table[qid]
+            if not isinstance(r.get("candidates"), list):
+                raise ValueError(f"evaluation {i + 1}, question {qid}: no candidates list (compact records); "
+                                 "pool the evaluations' full per-question records")
+            roles |= {names[(i, k)]: v for k, v in _roles(r).items() if _is_junior(k)}
+            cands += [{**c, "junior": names[(i, str(c.get("junior")))]} for c in r["candidates"]
+                      if isinstance(c, Mapping)]
+        pick, _, _ = majority_vote(cands)
+        roles["supervisor"] = {"choice": cands[pick]["junior"] if pick >= 0 else None,
+                               "policy": "majority_vote (pooled)"}
+        out.append({"question_id": qid, "roles": roles, "candidates": cands})
+    left = {i: len(set(x) - common) for i, x in enumerate(ids) if set(x) - common}
+    return Pooled(out, left, renamed)
 
 
 # --------------------------------------------------------------------------- per-question outcomes
@@ -454,6 +550,8 @@ class CandidatesSummary:
         within: :func:`pick_effects` (the pick vs each junior, Holm over those rows).
         without_juniors: records with no junior in ``roles`` (a failed run): every junior, the
             oracle and the pick count as failures there.
+        pooled: for records pooled from several files (:func:`read_summary`), what was pooled and
+            left out, else ''.
     """
 
     n: int
@@ -467,6 +565,7 @@ class CandidatesSummary:
     picks: dict[str, int]
     within: list[Effect]
     without_juniors: int = 0
+    pooled: str = ""
 
 
 def pick_effects(records: Sequence[Record], *, seed: int = 0) -> list[Effect]:
@@ -585,18 +684,36 @@ def against_control(records: Sequence[Record], control: Sequence[Record], *, see
     return ControlComparison(holm_effects(effects), len(shared), only_r, only_c, base_missing)
 
 
-def read_summary(path: str | Path, control: str | Path | None = None, *,
+def read_summary(path: str | Path | Sequence[str | Path], control: str | Path | None = None, *,
                  seed: int = 0) -> tuple[CandidatesSummary, ControlComparison | None]:
     """:func:`summarize` the records at ``path`` and, with ``control``, :func:`against_control`
-    against the control file (read-only).
+    against the control file (read-only). Several paths are pooled first (:func:`pool_records`):
+    their juniors side by side as one society's candidates, the pick voted again.
 
     Raises:
-        CandidatesInputError: an unusable file (see :func:`read_records`, :func:`read_control`) or
-            no question in common.
+        CandidatesInputError: an unusable file (see :func:`read_records`, :func:`read_control`), no
+            question in common, or records that cannot be pooled (the message says why).
     """
-    records = read_records(path)
+    paths = [path] if isinstance(path, (str, Path)) else list(path)
+    if len(paths) == 1:
+        records = read_records(paths[0])
+    else:
+        try:
+            pooled = pool_records([read_records(p) for p in paths])
+        except ValueError as e:
+            raise CandidatesInputError(f"cannot pool {', '.join(map(str, paths))}: {e}") from e
+        records = pooled.records
+        note = f"pooled {len(paths)} evaluations on the {len(records)} questions all hold"
+        if pooled.left_out:
+            note += "; left out: " + ", ".join(f"{n} only in {paths[i]}" for i, n in pooled.left_out.items())
+        if pooled.renamed:
+            note += "; renamed: " + ", ".join(f"{j} of {paths[i]} → {new}" for i, j, new in pooled.renamed)
+    name = " + ".join(map(str, paths))
     cmp = None
     if control is not None:
         ctl = read_control(control)
-        cmp = against_control(records, ctl, seed=seed, records_name=str(path), control_name=str(control))
-    return summarize(records, seed=seed), cmp
+        cmp = against_control(records, ctl, seed=seed, records_name=name, control_name=str(control))
+    summary = summarize(records, seed=seed)
+    if len(paths) > 1:
+        summary = dataclasses.replace(summary, pooled=note)
+    return summary, cmp

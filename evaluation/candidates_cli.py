@@ -1,4 +1,4 @@
-"""``sqlsociety candidates RECORDS [--control CONTROL] [--markdown]``: how much the juniors differ.
+"""``sqlsociety candidates RECORDS... [--control CONTROL] [--markdown]``: how much the juniors differ.
 
 Reads the per-question records of a juniors-only evaluation (a training run's
 ``eval/roles/juniors_<stage>.jsonl``, or ``questions.jsonl`` of ``sqlsociety eval --agent
@@ -9,6 +9,11 @@ against each junior on the same questions (paired bootstrap CI, exact McNemar p,
 ``--control`` (e.g. ``questions.jsonl`` of ``sqlsociety eval --agent single``), also the pick, the
 oracle and each junior against the control on the questions both files hold; questions held by
 one file only are counted and printed.
+
+Several RECORDS files, evaluations of the same questions, are pooled
+(:func:`evaluation.candidates.pool_records`): their juniors as the candidates of one society, the
+pick voted again by majority vote on the results -- what adding a junior (or another draw of a
+persona) would give, without running the others again. Only questions in every file are pooled.
 
 Compact records (``roles`` without ``candidates``, e.g. the committed
 ``bench/results/default-2026-12-05-partial/eval/roles/juniors_baseline.jsonl``)
@@ -94,6 +99,7 @@ def _effect_table(effects: Sequence[Effect]) -> tuple[list[str], list[list[str]]
 def _agreement_text(s: CandidatesSummary) -> str:
     failed = (f"; {s.without_juniors} records without any junior (failed runs) count as failures of every row"
               if s.without_juniors else "")
+    failed += f"; {s.pooled}" if s.pooled else ""
     if s.agreement is None:
         return ("agreement of the candidates' results: not measured, the records hold no candidates list (compact "
                 f"records; pass the evaluation's full records for it){failed}")
@@ -108,7 +114,7 @@ def _pairing_text(c: ControlComparison) -> str:
                                                         "counted as failures" if c.control_missing else ""))
 
 
-def _print_rich(records: Path, control: Path | None, s: CandidatesSummary, c: ControlComparison | None) -> None:
+def _print_rich(records: str, control: Path | None, s: CandidatesSummary, c: ControlComparison | None) -> None:
     console = Console()  # made here: the terminal's width (or COLUMNS) when the command runs
 
     def table(title: str, head: list[str], rows: list[list[str]], section_before: int | None = None) -> None:
@@ -136,7 +142,7 @@ def _print_rich(records: Path, control: Path | None, s: CandidatesSummary, c: Co
                       soft_wrap=True)
 
 
-def _print_markdown(records: Path, control: Path | None, s: CandidatesSummary, c: ControlComparison | None) -> None:
+def _print_markdown(records: str, control: Path | None, s: CandidatesSummary, c: ControlComparison | None) -> None:
     from tabulate import tabulate
 
     def md(head: list[str], rows: list[list[str]]) -> str:
@@ -153,7 +159,9 @@ def _print_markdown(records: Path, control: Path | None, s: CandidatesSummary, c
 
 
 def candidates(
-    records: Path = typer.Argument(..., help="Per-question records of a juniors-only evaluation (JSON lines)."),
+    records: list[Path] = typer.Argument(
+        ..., help="Per-question records of a juniors-only evaluation (JSON lines); several evaluations of the "
+        "same questions are pooled: their juniors side by side as one society's, the pick voted again."),
     control: Path | None = typer.Option(
         None, "--control", help="Per-question records of a control evaluation (question_id, match), e.g. the "
         "one-shot `single` agent's questions.jsonl."),
@@ -166,7 +174,10 @@ def candidates(
         summary, comparison = read_summary(records, control, seed=seed)
     except CandidatesInputError as e:
         _fail(str(e))
-    (_print_markdown if markdown else _print_rich)(records, control, summary, comparison)
+    name = " + ".join(map(str, records))
+    if len(records) > 1:
+        name += " (pooled, the pick voted again)"
+    (_print_markdown if markdown else _print_rich)(name, control, summary, comparison)
 
 
 def register(app: typer.Typer) -> None:

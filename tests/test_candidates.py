@@ -278,3 +278,52 @@ def test_cli_bad_control_names_it(tmp_path: Path) -> None:
     assert r.exit_code == 2
     text = flat(r.output)
     assert f"{other} and {RECORDS} have no question in common" in text and "same questions" in text
+
+
+# --------------------------------------------------------------------------- pooling evaluations
+
+
+def test_pooling_two_evaluations_sets_their_juniors_side_by_side_and_votes_again(tmp_path: Path) -> None:
+    """Pooled with a copy of its first 9 records, the fixture's juniors appear twice (the copy's
+    renamed ``_2``, same persona): the oracle is unchanged, each persona has 2 draws whose pass@2
+    equals pass@1 (the draws are identical), and the pick voted again over 6 candidates is the same
+    junior's result (every group doubles) on the 9 questions both hold."""
+    lines = RECORDS.read_text(encoding="utf-8").splitlines()
+    copy = _write(tmp_path, "copy.jsonl", "\n".join(lines[:9]) + "\n")
+    one = summarize(read_records(RECORDS)[:9])
+    s, cmp = candidates.read_summary([RECORDS, copy], CONTROL)
+    assert s.n == 9
+    assert [r.label for r in s.juniors] == ["junior_decompose", "junior_decompose_2", "junior_direct",
+                                            "junior_direct_2", "junior_step_by_step", "junior_step_by_step_2"]
+    assert {r.label: r.draws for r in s.personas} == {"decompose": 2, "direct": 2, "step_by_step": 2}
+    assert (s.oracle.k, s.pick.k) == (one.oracle.k, one.pick.k)
+    for p, rates in s.pass_at_k.items():
+        assert rates[1] == pytest.approx(rates[0])
+    assert "pooled 2 evaluations on the 9 questions all hold; left out: 3 only in" in s.pooled
+    assert "junior_direct of" in s.pooled and "→ junior_direct_2" in s.pooled
+    assert cmp is not None and (cmp.paired, cmp.only_control) == (9, 1)  # the first 9 are in the control; dev-63 not
+
+
+def test_pooling_votes_across_the_evaluations() -> None:
+    """A question on which each evaluation's junior alone is split 1-1 is decided by the pooled vote."""
+    def rec(qid, name, sql, digest, ex):
+        return {"question_id": qid, "roles": {name: {"ex": ex, "persona": name[7:]}, "supervisor": {"choice": name}},
+                "candidates": [{"junior": name, "persona": name[7:], "sql": sql, "ok": True,
+                                "result_digest": digest, "row_count": 1}]}
+
+    a = [rec("q", "junior_direct", "SELECT 1", "x", False)]
+    b = [rec("q", "junior_decompose", "SELECT 2", "y", True)]
+    c = [rec("q", "junior_examples", "SELECT 3", "y", True)]
+    p = candidates.pool_records([a, b, c])
+    assert p.records[0]["roles"]["supervisor"]["choice"] == "junior_decompose"  # y has 2 votes of 3
+    assert candidates.pick_outcomes(p.records) == ([1], 0)
+    assert candidates.pool_records([a, b]).records[0]["roles"]["supervisor"]["choice"] == "junior_direct"  # tie: order
+
+
+def test_compact_records_cannot_be_pooled(tmp_path: Path) -> None:
+    compact = [{k: v for k, v in json.loads(line).items() if k != "candidates"}
+               for line in RECORDS.read_text(encoding="utf-8").splitlines()]
+    path = _write(tmp_path, "compact.jsonl", "".join(json.dumps(r) + "\n" for r in compact))
+    r = _cli(str(RECORDS), str(path))
+    assert r.exit_code == 2
+    assert "cannot pool" in flat(r.output) and "no candidates list (compact records)" in flat(r.output)
