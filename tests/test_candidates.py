@@ -297,7 +297,7 @@ def test_pooling_two_evaluations_sets_their_juniors_side_by_side_and_votes_again
                                             "junior_direct_2", "junior_step_by_step", "junior_step_by_step_2"]
     assert {r.label: r.draws for r in s.personas} == {"decompose": 2, "direct": 2, "step_by_step": 2}
     assert (s.oracle.k, s.pick.k) == (one.oracle.k, one.pick.k)
-    for p, rates in s.pass_at_k.items():
+    for rates in s.pass_at_k.values():
         assert rates[1] == pytest.approx(rates[0])
     assert "pooled 2 evaluations on the 9 questions all hold; left out: 3 only in" in s.pooled
     assert "junior_direct of" in s.pooled and "→ junior_direct_2" in s.pooled
