@@ -246,8 +246,8 @@ def pool_records(sets: Sequence[Sequence[Record]]) -> Pooled:
     This is exact for juniors-only evaluations: there each junior answers the question alone (no
     junior sees another's draft), so juniors run apart, with their own seeds, write what they would
     have written together. A junior whose name an earlier file used gets ``_<file number>``
-    appended (file numbers from 1), keeping its persona, so two draws of a persona pool into its
-    pass@k.
+    appended (file numbers from 1; then ``_2``, ``_3``... until no junior holds the name), keeping
+    its persona, so two draws of a persona pool into its pass@k.
 
     Args:
         sets: the records of each evaluation (:func:`read_records`), two or more; each record needs
@@ -269,6 +269,12 @@ def pool_records(sets: Sequence[Sequence[Record]]) -> Pooled:
     (['junior_d', 'junior_d_2', 'supervisor'], 'junior_d', {1: 1}, [(1, 'junior_d', 'junior_d_2')])
     >>> oracle_outcomes(p.records), pick_outcomes(p.records)
     ([1], ([0], 0))
+
+    A new name is never one that another junior holds (``count: n`` juniors are ``<name>_1`` ...):
+
+    >>> c = [{**a[0], "roles": {**a[0]["roles"], "junior_d_2": {"ex": False}}}]
+    >>> pool_records([c, b]).renamed
+    [(1, 'junior_d', 'junior_d_2_2')]
     """
     if len(sets) < 2:
         raise ValueError(f"pooling needs two or more evaluations, got {len(sets)}")
@@ -284,11 +290,14 @@ def pool_records(sets: Sequence[Sequence[Record]]) -> Pooled:
         own = {str(k) for r in rs for k in _roles(r) if _is_junior(k)}
         own |= {str(c.get("junior")) for r in rs for c in r.get("candidates") or [] if isinstance(c, Mapping)}
         for j in sorted(own):
-            new = j if j not in taken else f"{j}_{i + 1}"
+            new, n = j, 1
+            while new in taken or (new != j and new in own):  # never a name an earlier file or this one uses
+                new = f"{j}_{i + 1}" + (f"_{n}" if n > 1 else "")
+                n += 1
             names[(i, j)] = new
+            taken.add(new)
             if new != j:
                 renamed.append((i, j, new))
-        taken |= set(names[(i, j)] for j in own)
     out = []
     for qid in ids[0]:
         if qid not in common:

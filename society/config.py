@@ -114,6 +114,8 @@ class SocietyConfig(_Strict):
                 raise ValueError(f"role {r.name}: model alias {r.model!r} is not in `models:` ({sorted(self.models)})")
             if isinstance(r.prompt, str) and r.prompt not in PROMPTS:
                 raise ValueError(f"role {r.name}: unknown prompt {r.prompt!r}; known prompts: {sorted(PROMPTS)}")
+            if "examples" in r.tools and rtype.kind != "junior":
+                raise ValueError(f"role {r.name}: the examples tool is for juniors only (it starts their drafts)")
             if r.count > 1 and rtype.kind != "junior":
                 raise ValueError(f"role {r.name}: count > 1 is only supported for juniors")
             if rtype.kind == "supervisor":

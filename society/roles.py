@@ -233,7 +233,7 @@ class Junior(Role):
 
     def __init__(self, instance: RoleInstance) -> None:
         super().__init__(instance)
-        if "examples" in self.instance.config.tools:
+        if "examples" in self.instance.config.tools and self.options.examples_k > 0:
             try:
                 bank_for(self.options.examples_split)
             except DataError as e:

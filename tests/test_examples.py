@@ -47,3 +47,15 @@ def test_bad_input_is_named() -> None:
     with pytest.raises(DataError, match="nosuchsplit"):
         bank_for("nosuchsplit")
     assert examples_text([]) == ""
+
+
+def test_the_examples_tool_is_refused_on_a_role_that_is_not_a_junior() -> None:
+    import yaml
+
+    from society.config import SMOKE_CONFIG, SocietyConfig
+
+    data = yaml.safe_load(SMOKE_CONFIG.read_text())
+    senior = next(r for r in data["roles"] if r["type"] == "senior")
+    senior["tools"] = ["schema", "executor", "examples"]
+    with pytest.raises(ValueError, match=f"role {senior['name']}: the examples tool is for juniors only"):
+        SocietyConfig.from_dict(data)

@@ -382,3 +382,32 @@ def test_phase1_rollouts_are_reused_when_every_hash_matches_and_refused_when_the
     with pytest.raises(StageReuseRefused, match=r"stage 'gather' of .* config hash differs") as e:
         _pipeline(cfg, tmp_path / "third", []).resolve()
     assert "questions hash differs" not in str(e.value) and not (tmp_path / "third" / "store.sqlite").exists()
+
+
+def test_what_the_example_juniors_are_shown_is_part_of_the_prompts_hash(tmp_path: Path, monkeypatch) -> None:
+    """A junior with the ``examples`` tool adds the worked examples each question is shown to the
+    ``prompts`` part; a society without one keeps its part as before (no key added); another example
+    bank (here a data directory whose train split holds a tenth of the questions) changes it."""
+    from society.config import SocietyConfig
+    from tools.spider import BUNDLED_DATA_DIR, load_examples
+    from training.reuse import worked_examples_part
+
+    data = yaml.safe_load((REPO / "configs" / "smoke.yaml").read_text())
+    plain = SocietyConfig.from_dict(data)
+    data["roles"][0].update(tools=["schema", "executor", "examples"], options={"examples_k": 2})
+    with_examples = SocietyConfig.from_dict(data)
+    dev = load_examples(None, "dev", limit=3)
+    assert worked_examples_part(plain, dev) == {}
+    shown = worked_examples_part(with_examples, dev)
+    assert list(shown) == [data["roles"][0]["name"]]
+    part = shown[data["roles"][0]["name"]]
+    assert list(part) == [e.id for e in dev] and all(len(v) == 2 for v in part.values())
+    assert all(db != e.db_id for e in dev for _, _, db in part[e.id])
+
+    small = tmp_path / "spider"
+    small.mkdir()
+    rows = json.loads((BUNDLED_DATA_DIR / "train_spider_min.json").read_text())[::10]
+    (small / "train_spider_min.json").write_text(json.dumps(rows))
+    (small / "database").symlink_to(BUNDLED_DATA_DIR / "database")
+    monkeypatch.setenv("SQLSOCIETY_DATA_DIR", str(small))
+    assert worked_examples_part(with_examples, dev) != shown

@@ -12,8 +12,9 @@ Buckley 1988; scikit-learn's ``TfidfVectorizer`` with sub-linear term frequency)
 words that name tables and columns (its "masked question similarity"); that is not done here, so
 two questions about the same kind of entity look alike even when their SQL differs. Spider's dev
 databases are not in its train split, so on dev every example comes from another database; on the
-train split itself :meth:`ExampleBank.similar` leaves out the question's own database by default (its
-paraphrases would hand the junior the gold answer).
+train split itself the question's own database must be left out (its paraphrases would hand the
+junior the gold answer): :meth:`ExampleBank.similar` does so when given ``exclude_db``, as the
+society's ``sql_examples`` tool always does.
 
 :class:`ExampleBank` is immutable once built; :func:`bank_for` builds one per split file and caches it
 (the TF-IDF fit over 7,000 questions takes about a second).
@@ -32,7 +33,7 @@ from tools.spider import default_data_dir, load_examples, split_file
 
 __all__ = ["Example", "ExampleBank", "as_dicts", "bank_for", "examples_text", "mask_question"]
 
-_QUOTED = re.compile(r"\"[^\"]*\"|'[^']*'|“[^”]*”|‘[^’]*’")
+_QUOTED = re.compile(r"\"[^\"]*\"|(?<!\w)'[^']*'(?!\w)|“[^”]*”|‘[^’]*’")
 _NUMBER = re.compile(r"\b\d+(?:[.,]\d+)*\b")
 
 
@@ -53,6 +54,8 @@ def mask_question(question: str) -> str:
     'Which singers are older than number and from value?'
     >>> mask_question("Show names with code 'A1' or 2,000.5 items")
     'Show names with code value or number items'
+    >>> mask_question("the student's name and the teacher's id")
+    "the student's name and the teacher's id"
     """
     return _NUMBER.sub("number", _QUOTED.sub("value", question))
 

@@ -54,6 +54,8 @@ from typing import Any
 from filelock import FileLock
 
 from society import prompts
+from society.roles import ROLE_TYPES
+from tools.examples import bank_for
 from tools.files import atomic_write_text, read_jsonl
 
 __all__ = [
@@ -305,6 +307,29 @@ def schema_settings(society: Any) -> dict[str, Any]:
     return {"compact": s.compact, "sample_rows": s.sample_rows, "max_chars": s.max_chars}
 
 
+def worked_examples_part(society: Any, examples: Sequence[Any]) -> dict[str, Any]:
+    """What the juniors with the ``examples`` tool are shown: role -> question id -> the worked
+    examples' ``[question, sql, db_id]`` (:meth:`tools.examples.ExampleBank.similar` with the role's
+    resolved ``examples_k`` and ``examples_split``, the question's database left out, as
+    :func:`society.toolkit.sql_examples` does). Empty when no enabled role has the tool, so the
+    ``prompts`` part of every other society is unchanged; with it, a different bank (another split
+    file, databases present or missing, ``$SQLSOCIETY_DATA_DIR``) gives a different hash.
+
+    Raises:
+        tools.spider.DataError: the role's split cannot be read.
+    """
+    out: dict[str, Any] = {}
+    for r in society.roles:
+        if not r.enabled or "examples" not in r.tools or ROLE_TYPES[r.type].kind != "junior":
+            continue
+        opts = ROLE_TYPES[r.type].Options.model_validate(r.options)
+        bank = bank_for(opts.examples_split)
+        out[r.name] = {str(e.id): [[x.question, x.sql, x.db_id] for x in
+                                   bank.similar(str(e.question), opts.examples_k, exclude_db=str(e.db_id))]
+                       for e in examples}
+    return out
+
+
 def society_parts(society: Any, examples: Sequence[Any], *, schemas: Mapping[str, str],
                   given_sql: Mapping[str, str | None] | None = None, model: Mapping[str, Any]) -> dict[str, Any]:
     """The values of the five parts (before hashing) for ``society`` on ``examples``.
@@ -321,10 +346,12 @@ def society_parts(society: Any, examples: Sequence[Any], *, schemas: Mapping[str
         KeyError: ``schemas`` lacks a database of ``examples``.
     """
     dump = society.model_dump(mode="json", by_alias=True)
+    shown = worked_examples_part(society, examples)
     return {
         "model": dict(model),
         "config": config_part(dump),
-        "prompts": {"registry": prompt_registry(), "schemas": {str(e.db_id): schemas[str(e.db_id)] for e in examples}},
+        "prompts": {"registry": prompt_registry(), "schemas": {str(e.db_id): schemas[str(e.db_id)] for e in examples},
+                    **({"worked_examples": shown} if shown else {})},
         "sampling": sampling_part(dump),
         "questions": question_rows(examples, given_sql),
     }
