@@ -32,7 +32,7 @@ from langchain_core.tools import BaseTool, tool
 from society.llm import ToolCallRecord, child_config
 from society.state import ExecSummary
 from tools.error_hints import name_hint
-from tools.examples import as_dicts, bank_for, examples_text
+from tools.examples import as_dicts, examples_text, shown_for
 from tools.executor import execute_sql, result_digest
 from tools.schema import load_schema, schema_prompt
 
@@ -116,7 +116,7 @@ def sql_examples(question: str, k: int, split: str, config: RunnableConfig) -> t
     """Return up to k worked examples (similar questions of the gold split, with their SQL) from
     databases other than the question's: a prompt section and the examples as dicts."""
     ctx = _ctx(config)
-    found = bank_for(split).similar(question, k, exclude_db=ctx.db_id or None)
+    found = shown_for(question, ctx.db_id, k=k, split=split)
     return examples_text(found), as_dicts(found)
 
 

@@ -31,7 +31,7 @@ from typing import Any
 
 from tools.spider import default_data_dir, load_examples, split_file
 
-__all__ = ["Example", "ExampleBank", "as_dicts", "bank_for", "examples_text", "mask_question"]
+__all__ = ["Example", "ExampleBank", "as_dicts", "bank_for", "examples_text", "mask_question", "shown_for"]
 
 _QUOTED = re.compile(r"\"[^\"]*\"|(?<!\w)'[^']*'(?!\w)|“[^”]*”|‘[^’]*’")
 _NUMBER = re.compile(r"\b\d+(?:[.,]\d+)*\b")
@@ -140,6 +140,17 @@ def bank_for(split: str = "train", data_dir: str | Path | None = None) -> Exampl
     root = Path(data_dir) if data_dir is not None else default_data_dir()
     f = split_file(root, split)
     return _bank(str(root), split, f.stat().st_mtime_ns)
+
+
+def shown_for(question: str, db_id: str | None, *, k: int = 3, split: str = "train") -> list[Example]:
+    """The worked examples a junior is shown for ``question`` on database ``db_id``: the ``k`` most
+    similar of ``split``'s bank (:func:`bank_for`), none from ``db_id`` (None or '' leaves none out).
+    The one rule both the society's ``sql_examples`` tool and the reuse fingerprint apply.
+
+    Raises:
+        tools.spider.DataError: ``split`` cannot be read; ValueError: ``k`` < 0.
+    """
+    return bank_for(split).similar(question, k, exclude_db=db_id or None)
 
 
 def examples_text(examples: Sequence[Example]) -> str:

@@ -55,7 +55,7 @@ from filelock import FileLock
 
 from society import prompts
 from society.roles import ROLE_TYPES
-from tools.examples import bank_for
+from tools.examples import shown_for
 from tools.files import atomic_write_text, read_jsonl
 
 __all__ = [
@@ -309,11 +309,11 @@ def schema_settings(society: Any) -> dict[str, Any]:
 
 def worked_examples_part(society: Any, examples: Sequence[Any]) -> dict[str, Any]:
     """What the juniors with the ``examples`` tool are shown: role -> question id -> the worked
-    examples' ``[question, sql, db_id]`` (:meth:`tools.examples.ExampleBank.similar` with the role's
-    resolved ``examples_k`` and ``examples_split``, the question's database left out, as
-    :func:`society.toolkit.sql_examples` does). Empty when no enabled role has the tool, so the
-    ``prompts`` part of every other society is unchanged; with it, a different bank (another split
-    file, databases present or missing, ``$SQLSOCIETY_DATA_DIR``) gives a different hash.
+    examples' ``[question, sql, db_id]`` (:func:`tools.examples.shown_for` with the role's resolved
+    ``examples_k`` and ``examples_split``, the rule :func:`society.toolkit.sql_examples` applies).
+    Empty when no enabled role has the tool, so the ``prompts`` part of every other society is
+    unchanged; with it, a different bank (another split file, databases present or missing,
+    ``$SQLSOCIETY_DATA_DIR``) gives a different hash.
 
     Raises:
         tools.spider.DataError: the role's split cannot be read.
@@ -323,9 +323,9 @@ def worked_examples_part(society: Any, examples: Sequence[Any]) -> dict[str, Any
         if not r.enabled or "examples" not in r.tools or ROLE_TYPES[r.type].kind != "junior":
             continue
         opts = ROLE_TYPES[r.type].Options.model_validate(r.options)
-        bank = bank_for(opts.examples_split)
+        k, split = opts.examples_k, opts.examples_split
         out[r.name] = {str(e.id): [[x.question, x.sql, x.db_id] for x in
-                                   bank.similar(str(e.question), opts.examples_k, exclude_db=str(e.db_id))]
+                                   shown_for(str(e.question), str(e.db_id), k=k, split=split)]
                        for e in examples}
     return out
 
