@@ -176,11 +176,13 @@ def reuse_lines(c: ReportContent) -> list[str]:
     >>> from types import SimpleNamespace as NS
     >>> reuse_lines(NS(reused=[{"stage": "baseline", "n": 100, "source_run": "runs/a", "source_seconds": 3600.0},
     ...                        {"stage": "gather", "n": 60, "unit": "rollouts", "source_run": "runs/a"},
-    ...                        {"stage": "baseline", "n": 100, "of": 300, "source_run": "runs/b"}]))
+    ...                        {"stage": "baseline", "n": 100, "of": 300, "source_run": "runs/b"},
+    ...                        {"stage": "baseline", "n": 100, "of": 100, "source_n": 300, "source_run": "runs/c"}]))
     ... # doctest: +NORMALIZE_WHITESPACE
     ['baseline (100 questions): reused from runs/a, where it took 60.0 min; not evaluated in this run',
      'gather (60 rollouts): reused from runs/a; not gathered again',
-     'baseline (100 of 300 questions): reused from runs/b; the other 200 evaluated in this run']
+     'baseline (100 of 300 questions): reused from runs/b; the other 200 evaluated in this run',
+     'baseline (100 questions, among the 300 of its stage there): reused from runs/c; not evaluated in this run']
     """
     out = []
     for r in c.reused:
@@ -190,6 +192,8 @@ def reuse_lines(c: ReportContent) -> list[str]:
         count = f"{n if n is not None else '?'} {r.get('unit', 'questions')}"
         if isinstance(n, int) and isinstance(of, int) and of > n:
             count, what = f"{n} of {of} {r.get('unit', 'questions')}", f"the other {of - n} evaluated in this run"
+        if isinstance(n, int) and isinstance(r.get("source_n"), int) and r["source_n"] > n:
+            count += f", among the {r['source_n']} of its stage there"
         out.append(f"{r['stage']} ({count}): reused from {r['source_run']}{cost}; {what}")
     return out
 

@@ -186,8 +186,9 @@ def reused_stages(run_dir: str | Path) -> list[dict[str, Any]]:
     ``eval/roles/<stage>.reused.json``) in file-name order: ``stage``, ``source_run``, ``n`` and its
     ``unit`` (``questions``, or ``rollouts`` for phase 1), ``of`` (the stage's questions in this run,
     from its ``.summary.json``; more than ``n`` when the run evaluated the rest itself, e.g. a stage
-    widened on resume), ``source_seconds`` (what it cost where it ran) and ``parts`` (the matching
-    content hashes). Unreadable files are skipped."""
+    widened on resume), ``source_n`` (the source stage's questions when only some of them were this
+    stage's, ``training.reuse.copy_questions``; else None), ``source_seconds`` (what it cost where it
+    ran) and ``parts`` (the matching content hashes). Unreadable files are skipped."""
     run = Path(run_dir)
     out = []
     files = sorted(run.glob("phases/*/reused.json")) + sorted([*run.glob("eval/*.reused.json"),
@@ -204,6 +205,7 @@ def reused_stages(run_dir: str | Path) -> list[dict[str, Any]]:
                 of = None
             out.append({"stage": data.get("stage", f.name.removesuffix(".reused.json")),
                         "source_run": data.get("source_run"), "n": data.get("n"), "of": of,
+                        "source_n": data.get("source_n"),
                         "unit": data.get("unit", "questions"),
                         "source_seconds": data.get("source_seconds"), "parts": data.get("parts") or {}})
     return out

@@ -24,6 +24,7 @@ from training.reuse import (  # noqa: E402
     PARTS,
     Fingerprint,
     ReuseRefused,
+    copy_questions,
     copy_stage,
     file_sha256,
     find_reusable,
@@ -147,6 +148,56 @@ def test_the_report_says_when_a_reused_stage_was_widened_here(tmp_path: Path) ->
     dest.with_suffix(".summary.json").write_text(json.dumps({**summary, "n": summary["n"] + 200}))
     (got,) = reused_stages(tmp_path / "new")  # the run evaluated 200 more questions itself
     assert got["of"] == got["n"] + 200 and got["source_run"] == str(src)
+
+
+def test_a_stage_takes_its_questions_from_a_source_stage_that_holds_them_among_more(tmp_path: Path) -> None:
+    """A source stage on 5 questions whose fingerprint is what this run's settings give on those 5
+    (``rebuild``) lends its records of the 2 this stage asks; one made with other settings, or one
+    that does not hold the questions, is refused."""
+    ids = [f"dev-{i}" for i in range(5)]
+
+    def fp(qs: list[str], **changed: str) -> Fingerprint:
+        return Fingerprint.of("baseline", "society", {**{p: p for p in PARTS}, "questions": qs, **changed})
+
+    src = tmp_path / "old"
+    recs = src / "eval" / "baseline.jsonl"
+    recs.parent.mkdir(parents=True)
+    recs.write_text("".join(json.dumps({"question_id": q, "match": i % 2 == 0, "seconds": 10.0 + i}) + "\n"
+                            for i, q in enumerate(ids)))
+    recs.with_suffix(".summary.json").write_text(json.dumps({"stage": "baseline", "n": 5, "seconds": 99.0}))
+    fingerprint_path(recs).write_text(json.dumps(fp(ids).to_json()))
+    want = fp(["dev-1", "dev-3"])
+    asked: list[list[str]] = []
+
+    def rebuild(qs: list[str]) -> Fingerprint:
+        asked.append(qs)
+        return fp(qs)
+
+    m = find_reusable(want, [src], want_ids=["dev-1", "dev-3"], rebuild=rebuild)
+    assert m is not None and m.questions == ("dev-1", "dev-3") and m.want == want and asked == [ids]
+    with pytest.raises(ReuseRefused, match="questions hash differs"):  # a caller that cannot rebuild: whole only
+        find_reusable(want, [src])
+    dest = tmp_path / "new" / "eval" / "baseline.jsonl"
+    partial = dest.with_suffix(".partial.jsonl")
+    info = copy_questions(m, dest, partial)
+    taken = [json.loads(x) for x in partial.read_text().splitlines()]
+    assert [r["question_id"] for r in taken] == ["dev-1", "dev-3"] and [r["match"] for r in taken] == [False, False]
+    assert all(r["stage_seconds"] == 0.0 for r in taken)  # they cost nothing in this run
+    assert (info["n"], info["source_n"], info["source_seconds"], info["parts"]) == (2, 5, 11.0 + 13.0, want.parts)
+    assert json.loads(reused_path(dest).read_text()) == info
+    whole = find_reusable(fp(ids), [src])
+    assert whole is not None and whole.questions is None
+    with pytest.raises(ValueError, match="use copy_stage"):
+        copy_questions(whole, dest, partial)
+
+    other = fp(["dev-1"], sampling="other")  # this run's sampling differs: refused on the source's questions
+    with pytest.raises(ReuseRefused, match=r"sampling hash differs .*compared on its 5 questions, which hold this "
+                                           r"stage's 1"):
+        find_reusable(other, [src], want_ids=["dev-1"], rebuild=lambda qs: fp(qs, sampling="other"))
+    with pytest.raises(ReuseRefused, match="questions hash differs"):  # a question the source does not hold
+        find_reusable(fp(["dev-9"]), [src], want_ids=["dev-9"], rebuild=rebuild)
+    with pytest.raises(ReuseRefused, match="questions hash differs"):  # a source question not in this run's split
+        find_reusable(want, [src], want_ids=["dev-1", "dev-3"], rebuild=lambda qs: None)
 
 
 # ----------------------------------------------------------------------------- the pipeline, for real
@@ -325,6 +376,36 @@ def test_another_model_file_is_refused(evaluated_run: Path, tmp_path: Path, monk
 def test_other_questions_are_refused(evaluated_run: Path, tmp_path: Path) -> None:
     msg = _refused(_profile(tmp_path, "x", reuse_from=[evaluated_run], seed=1), tmp_path / "run", "questions")
     assert "model hash differs" not in msg and "sampling hash differs" not in msg
+
+
+@pytest.mark.model
+def test_a_smaller_society_sample_takes_its_questions_from_the_larger_one(evaluated_run: Path, tmp_path: Path,
+                                                                           monkeypatch) -> None:
+    """A run drawing 1 dev question with the same seed as a run that drew 2 (``random.Random(seed)
+    .sample`` draws the smaller sample first) takes that question's record, with no model server."""
+    from evaluation.report import build_report
+    from society.llama_server import LLAMA_SERVER_ENV
+    from tools.files import read_jsonl
+    from training.stages import evaluate_roles, evaluate_society
+
+    monkeypatch.setenv(LLAMA_SERVER_ENV, str(tmp_path / "no-llama-server"))
+    cfg = _profile(tmp_path, "smaller", reuse_from=[evaluated_run])
+    cfg["eval"]["limit"] = 1
+    msgs: list[str] = []
+    run = tmp_path / "smaller"
+    plan = _pipeline(cfg, run, msgs).resolve()
+    base = evaluate_society(plan, "baseline", msgs.append)
+    evaluate_roles(plan, "baseline", msgs.append)  # the juniors' 3 questions: taken whole
+    src = {r["question_id"]: r for r in read_jsonl(evaluated_run / "eval" / "baseline.jsonl")}
+    (got,) = read_jsonl(run / "eval" / "baseline.jsonl")
+    assert {k: v for k, v in got.items() if k != "stage"} == {k: v for k, v in src[got["question_id"]].items()
+                                                             if k != "stage"}
+    assert base["n"] == 1 and base["reused_from"] == str(evaluated_run) and base["ex"] == float(got["match"])
+    assert base["seconds"] < 5 and any("1 of the 2 questions" in m for m in msgs)
+    fp = json.loads((run / "eval" / "baseline.fingerprint.json").read_text())
+    assert fp == plan.stage("baseline").fingerprint.to_json()  # this stage's own hashes, not the source's
+    md = build_report(run).markdown.read_text()
+    assert f"baseline (1 questions, among the 2 of its stage there): reused from {evaluated_run}" in md
 
 
 @pytest.mark.model

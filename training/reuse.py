@@ -28,6 +28,14 @@ stage is never made of one run's records and another's settings. A source withou
 passed over; a stage no source has is evaluated as usual. What was reused and from where is
 written beside the stage (``<stage>.reused.json``) and shown in the report.
 
+A source stage on more questions is used for this stage's questions when it holds every one of them
+and it is what this run would have made on all of its questions: the caller fingerprints this run's
+settings on the source's questions (their ids read from its records, :func:`holds_questions`) and
+every part must equal the source's. A society baseline of 100 questions drawn with seed 0 lies inside
+one of 300 drawn with the same seed (``random.Random(seed).sample`` draws the smaller sample first),
+so a default-profile run takes its 100 from a ``long`` run's 300. Only those questions' records are
+taken.
+
 Not hashed (the same in both runs is assumed, and said in the report's note): the code that
 parses and scores answers, the llama-server build and its slot/batch settings (at temperature > 0
 with a fixed seed the server's sampling is repeatable per request; batching may still move a
@@ -65,6 +73,7 @@ __all__ = [
     "ReuseMatch",
     "ReuseRefused",
     "config_part",
+    "copy_questions",
     "copy_stage",
     "copy_store",
     "default_hash_cache",
@@ -73,6 +82,7 @@ __all__ = [
     "find_reusable",
     "fingerprint_path",
     "gather_files",
+    "holds_questions",
     "stage_files",
     "model_part",
     "prompt_registry",
@@ -472,12 +482,16 @@ def stage_file(run_dir: Path, stage: str, *, role_level: bool) -> Path:
 @dataclass(frozen=True)
 class ReuseMatch:
     """A finished stage of an earlier run whose fingerprint matches: its ``run_dir``, records file
-    ``records`` and summary file ``summary``."""
+    ``records``, summary file ``summary`` and ``fingerprint``; ``questions``: None when the stage is
+    taken whole, else the ids of this stage's questions taken from a source stage that holds more
+    (:func:`holds_questions`), with this stage's own fingerprint ``want``."""
 
     run_dir: Path
     records: Path
     summary: Path
     fingerprint: Fingerprint
+    questions: tuple[str, ...] | None = None
+    want: Fingerprint | None = None
 
 
 def stage_files(role_level: bool) -> Callable[[Path, str], tuple[Path, Path, Path]]:
@@ -505,10 +519,26 @@ def gather_files(root: Path, stage: str = "gather") -> tuple[Path, Path, Path]:
     return root / "store.sqlite", d / "done.json", d / "fingerprint.json"
 
 
+def holds_questions(want_ids: Sequence[str], source_ids: Sequence[str]) -> bool:
+    """Whether a source stage on ``source_ids`` holds every one of ``want_ids`` and more (a stage on
+    the same questions matches whole or not at all).
+
+    >>> holds_questions(["b"], ["a", "b", "c"]), holds_questions(["a", "b"], ["b", "a"]), holds_questions(["d"], ["a"])
+    (True, False, False)
+    """
+    have = set(source_ids)
+    return bool(want_ids) and set(want_ids) <= have and len(have) > len(set(want_ids))
+
+
 def find_reusable(want: Fingerprint, sources: Sequence[str | os.PathLike[str]], *, role_level: bool = False,
-                  where: Callable[[Path, str], tuple[Path, Path, Path]] | None = None) -> ReuseMatch | None:
+                  where: Callable[[Path, str], tuple[Path, Path, Path]] | None = None,
+                  want_ids: Sequence[str] | None = None,
+                  rebuild: Callable[[list[str]], Fingerprint | None] | None = None) -> ReuseMatch | None:
     """The first source run that finished ``want.stage`` (its records, summary and fingerprint are
-    there), when its fingerprint equals ``want``; None when no source has the stage.
+    there), when its fingerprint equals ``want``; or, given ``want_ids`` and ``rebuild``, when its
+    records hold every question of ``want_ids`` among more (:func:`holds_questions`) and ``rebuild``
+    of its question ids (in its records' order) equals its fingerprint: the match's ``questions``
+    then name this stage's. None when no source has the stage.
 
     Args:
         want: this run's fingerprint of the stage.
@@ -516,12 +546,17 @@ def find_reusable(want: Fingerprint, sources: Sequence[str | os.PathLike[str]], 
         role_level: the stage is a role-level one (``eval/roles/``).
         where: run directory, stage -> ``(records, summary, fingerprint)`` paths (default
             :func:`stage_files`; :func:`gather_files` for phase 1's store).
+        want_ids: this stage's question ids; None: only a whole match.
+        rebuild: question ids -> this run's fingerprint of the stage on those questions (None when
+            one of them is not in this run's split).
 
     Raises:
         ReuseRefused: the first source that finished the stage has no fingerprint (made before
             fingerprints were written) or differs in a part (the message names it,
-            :func:`mismatch_message`); later sources are not tried, so what is reused never
-            depends on which of two disagreeing runs comes first silently.
+            :func:`mismatch_message`; for a source that holds this stage's questions among more, the
+            parts in which it differs from this run's settings on its questions); later sources are
+            not tried, so what is reused never depends on which of two disagreeing runs comes first
+            silently.
         FileNotFoundError: a source is not a directory.
     """
     where = where or stage_files(role_level)
@@ -540,9 +575,18 @@ def find_reusable(want: Fingerprint, sources: Sequence[str | os.PathLike[str]], 
             have = Fingerprint.from_json(json.loads(fp_file.read_text()))
         except ValueError as e:
             raise ReuseRefused(f"{fp_file}: unreadable fingerprint ({e}); remove {root} from reuse_from") from None
-        if differing_parts(want, have):
-            raise ReuseRefused(mismatch_message(want.stage, root, want, have))
-        return ReuseMatch(root, records, summary, have)
+        if not differing_parts(want, have):
+            return ReuseMatch(root, records, summary, have)
+        source_ids = [str(r.get("question_id")) for r in read_jsonl(records)] if want_ids and rebuild else []
+        if want_ids and rebuild and want.agent == have.agent and holds_questions(want_ids, source_ids):
+            alt = rebuild(source_ids)
+            if alt is not None and not differing_parts(alt, have):
+                return ReuseMatch(root, records, summary, have, questions=tuple(str(q) for q in want_ids), want=want)
+            if alt is not None:
+                raise ReuseRefused(mismatch_message(want.stage, root, alt, have).replace(
+                    "; its records are not reused", f" (compared on its {len(source_ids)} questions, which hold this "
+                    f"stage's {len(want_ids)}); its records are not reused", 1))
+        raise ReuseRefused(mismatch_message(want.stage, root, want, have))
     return None
 
 
@@ -566,6 +610,36 @@ def copy_stage(match: ReuseMatch, dest: Path) -> dict[str, Any]:
     }, indent=2) + "\n")
     atomic_write_text(dest.with_suffix(".summary.json"), json.dumps(summary, indent=2, default=str))
     return summary
+
+
+def copy_questions(match: ReuseMatch, dest: Path, partial: Path) -> dict[str, Any]:
+    """Take the records of ``match.questions`` (a source stage that holds more questions than this
+    one, :func:`find_reusable`) into this run as finished questions of an interrupted attempt:
+    written to ``partial`` (the stage's ``<stage>.partial.jsonl``, with ``stage_seconds`` 0, since
+    they cost nothing here), so the stage's own resume path sums them up with nothing left to run;
+    ``<stage>.reused.json`` beside ``dest`` says where from.
+
+    Returns:
+        ``reused.json``'s content: ``stage``, ``source_run``, ``source_file``, ``n`` (questions taken),
+        ``source_n`` (the source stage's questions), ``source_seconds`` (what the taken questions cost
+        there: the sum of their records' ``seconds``), ``parts`` (this stage's hashes) and
+        ``source_questions`` (the source's ``questions`` hash).
+
+    Raises:
+        ValueError: ``match`` is a whole-stage match (use :func:`copy_stage`).
+    """
+    if match.questions is None or match.want is None:
+        raise ValueError("copy_questions takes a match on part of a source stage's questions; use copy_stage")
+    by_id = {str(r.get("question_id")): r for r in read_jsonl(match.records)}
+    taken = [{**by_id[q], "stage": match.want.stage, "stage_seconds": 0.0} for q in match.questions]
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(partial, "".join(json.dumps(r, default=str) + "\n" for r in taken))
+    info = {"stage": match.want.stage, "source_run": str(match.run_dir), "source_file": str(match.records),
+            "n": len(taken), "source_n": len(by_id),
+            "source_seconds": sum(float(r.get("seconds") or 0) for r in taken),
+            "parts": match.want.parts, "source_questions": match.fingerprint.parts.get("questions")}
+    atomic_write_text(reused_path(dest), json.dumps(info, indent=2) + "\n")
+    return info
 
 
 def copy_store(match: ReuseMatch, run_dir: Path) -> dict[str, Any]:

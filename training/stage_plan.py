@@ -6,8 +6,9 @@ untrained-model ones (:data:`BASE_STAGES`) with the ``reuse_from`` run each is t
 (``society.toolkit.schema_text``), then hashes with :mod:`training.reuse` -- the model part once
 (:func:`training.reuse.model_part`), each stage still to evaluate (:func:`training.reuse.society_parts`)
 and phase 1's store when phase 1 runs -- and finds each in ``reuse_from``
-(:func:`training.reuse.find_reusable`). A source that has a stage made with other settings stops the
-run before anything is evaluated (:class:`StageReuseRefused`).
+(:func:`training.reuse.find_reusable`; a source stage on more questions of the evaluation split is
+compared with this run's settings on its questions, and holds this stage's among them). A source that
+has a stage made with other settings stops the run before anything is evaluated (:class:`StageReuseRefused`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from evaluation.role_effects import NOISE_STAGE
 from society.config import SocietyConfig
 from society.models import ensure_model
 from society.toolkit import schema_text
-from tools.spider import SpiderExample
+from tools.spider import SpiderExample, load_examples
 from training.profile import TrainConfig, TrainConfigError
 from training.reuse import (
     Fingerprint,
@@ -97,7 +98,8 @@ def fingerprint_run(cfg: TrainConfig, society: SocietyConfig, stages: list[Stage
                     echo: Callable[[str], None] = print) -> RunHashes:
     """Fingerprint the untrained-model ``stages`` (those of :data:`BASE_STAGES`; others are kept as
     given) and, with ``gather`` (phase 1's tasks), the phase-1 store, then find each in ``reuse_from``
-    (:func:`training.reuse.find_reusable`, in that order).
+    (:func:`training.reuse.find_reusable`, in that order; a source stage that holds all of a stage's
+    questions among more is used for those questions).
 
     Phase 1's fingerprint hashes the model, the society config with the gather settings that change
     what is drawn (``epsilon``, ``junior_resamples``, ``junior_temperature``, ``rationalize``) and the
@@ -150,12 +152,31 @@ def fingerprint_run(cfg: TrainConfig, society: SocietyConfig, stages: list[Stage
         gather_fp = Fingerprint.of("gather", "society+juniors", parts)
     elif gather is not None and why and cfg.reuse_from:
         echo(f"phase 1: not reusable ({why}); gathering here")
+    split: dict[str, SpiderExample] = {}
+
+    def rebuild(s: Stage) -> Callable[[list[str]], Fingerprint | None]:
+        """This run's fingerprint of stage ``s`` on other questions of the evaluation split (a source
+        stage's, to take this stage's questions from it)."""
+        def on(ids: list[str]) -> Fingerprint | None:
+            if not split:
+                split.update((str(e.id), e) for e in load_examples(cfg.data_dir, cfg.eval.split))
+            if any(i not in split for i in ids):
+                return None
+            exs = [split[i] for i in ids]
+            for e in exs:
+                if str(e.db_id) not in schemas:
+                    schemas[str(e.db_id)] = schema_text(str(e.db_path), **settings)
+            return Fingerprint.of(s.name, s.agent, society_parts(s.society, exs, schemas=schemas,
+                                                                 given_sql=s.given_sql, model=model))
+        return on
+
     found: dict[str, ReuseMatch | None] = {}
     gather_reuse = None
     try:
         for s in stages:
             if s.name in fps and cfg.reuse_from:
-                found[s.name] = find_reusable(fps[s.name], cfg.reuse_from, role_level=s.role_level)
+                found[s.name] = find_reusable(fps[s.name], cfg.reuse_from, role_level=s.role_level,
+                                              want_ids=[str(e.id) for e in s.examples], rebuild=rebuild(s))
         if gather_fp is not None and cfg.reuse_from and not store_exists:
             gather_reuse = find_reusable(gather_fp, cfg.reuse_from, where=gather_files)
     except ReuseRefused as e:

@@ -30,7 +30,7 @@ from evaluation.role_effects import NOISE_STAGE, SHARED_STAGE
 from society.evaluate import evaluate, summarise_records
 from tools.files import atomic_write_text, atomic_writer, read_jsonl
 from training.phase_sft import SHARED_COMPARISON
-from training.reuse import copy_stage, fingerprint_path
+from training.reuse import copy_questions, copy_stage, fingerprint_path
 from training.role_aliases import JUNIOR_ALIAS, role_split_config, with_junior_seed_offset
 from training.run_plan import RunPlan, stage_path
 from training.stage_plan import Stage
@@ -43,7 +43,8 @@ def evaluate_stage(stage: Stage, plan: RunPlan, echo: Callable[[str], None] = pr
     """Evaluate ``stage`` (``society.evaluate.evaluate`` of its agent on its examples, the servers its
     society needs started from ``plan``, :meth:`training.run_plan.RunPlan.serve`), unless it finished
     before (its summary is returned) or ``plan``'s ``reuse_from`` has it (:attr:`Stage.reuse`: copied,
-    :func:`training.reuse.copy_stage`).
+    :func:`training.reuse.copy_stage`; or, when a source stage holds its questions among more, their
+    records taken as an earlier attempt's, :func:`training.reuse.copy_questions`).
 
     Each question's record is appended to ``<stage>.partial.jsonl`` as it finishes, so a stage
     stopped part-way (a dead server, Ctrl-C, a killed process) keeps its finished questions: the
@@ -60,14 +61,22 @@ def evaluate_stage(stage: Stage, plan: RunPlan, echo: Callable[[str], None] = pr
     if summary_path.is_file():
         return json.loads(summary_path.read_text())
     name, fp = stage.name, stage.fingerprint
+    reused_from = None
     if fp is not None and plan.cfg.reuse_from:
-        if stage.reuse is not None:
+        if stage.reuse is not None and stage.reuse.questions is not None:  # part of a larger stage
+            info = copy_questions(stage.reuse, path, path.with_suffix(".partial.jsonl"))
+            reused_from = str(stage.reuse.run_dir)
+            echo(f"eval ({name}): {info['n']} of the {info['source_n']} questions of that stage in {reused_from} "
+                 f"are this stage's (model, config, prompts and sampling hashes match, and each question's id, "
+                 f"database, text and gold SQL); their records are taken from there")
+        elif stage.reuse is not None:
             out = copy_stage(stage.reuse, path)
             path.with_suffix(".partial.jsonl").unlink(missing_ok=True)
             echo(f"EX ({name}) = {100 * out['ex']:.2f}% on {out['n']} dev questions, reused from "
                  f"{stage.reuse.run_dir} (model, config, prompts, sampling and questions hashes all match)")
             return out
-        echo(f"eval ({name}): no run in reuse_from has this stage; evaluating it here")
+        else:
+            echo(f"eval ({name}): no run in reuse_from has this stage; evaluating it here")
     examples = stage.examples
     partial = path.with_suffix(".partial.jsonl")
     wanted = {str(e.id) for e in examples}
@@ -81,7 +90,7 @@ def evaluate_stage(stage: Stage, plan: RunPlan, echo: Callable[[str], None] = pr
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    if earlier:
+    if earlier and not reused_from:
         echo(f"eval ({name}): {len(earlier)} of {len(examples)} questions kept from an earlier attempt "
              f"({partial.name}); running the other {len(todo)}")
     with ExitStack() as stack:
@@ -120,7 +129,8 @@ def evaluate_stage(stage: Stage, plan: RunPlan, echo: Callable[[str], None] = pr
             r = {k: v for k, v in r.items() if k != "stage_seconds"}
             f.write(json.dumps({**r, "stage": name}, default=str) + "\n")
     out = {"stage": name, "ex": summary.ex, "n": len(recs), "seconds": seconds, "resumed": len(earlier),
-           **{k: v for k, v in summary.model_dump().items() if k not in {"ex", "run_dir"}}}
+           **{k: v for k, v in summary.model_dump().items() if k not in {"ex", "run_dir"}},
+           **({"reused_from": reused_from} if reused_from else {})}
     if fp is not None:
         atomic_write_text(fingerprint_path(path), json.dumps(fp.to_json(), indent=2) + "\n")
     atomic_write_text(summary_path, json.dumps(out, indent=2, default=str))
