@@ -201,10 +201,12 @@ def reuse_lines(c: ReportContent) -> list[str]:
 _REUSE_NOTE = (
     "Phase 1's rollouts and the stages of the untrained model are reused from an earlier run only when the "
     "sha256 hashes of the model file, the resolved society config, every prompt text and schema text, the roles' "
-    "sampling settings and the questions (ids, databases, gold SQL, given SQL) all equal this run's; phase 1 also "
-    "hashes its gather and reward settings (training.reuse; the hashes are in eval/<stage>.reused.json and "
-    "phases/1-gather/reused.json). Not hashed: the answer-parsing and scoring code, the llama-server build and its "
-    "batching.")
+    "sampling settings and the questions (ids, databases, gold SQL, given SQL) all equal this run's; a stage taken "
+    "from a larger one (\"among the N of its stage there\") matched on all of that stage's questions with this run's "
+    "settings, and only this stage's questions were taken. Phase 1 also hashes its gather and reward settings "
+    "(training.reuse; the hashes are in eval/<stage>.reused.json and phases/1-gather/reused.json). Not hashed: the "
+    "answer-parsing and scoring code, the llama-server build and its batching (a question taken from a larger stage "
+    "ran among other neighbours).")
 
 
 _CONTROL_HEADERS = ["comparison", "n", "control", "EX", "tokens / q", "s / q", "LLM calls / q", "compared", "EX",

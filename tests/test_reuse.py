@@ -181,9 +181,9 @@ def test_a_stage_takes_its_questions_from_a_source_stage_that_holds_them_among_m
     partial = dest.with_suffix(".partial.jsonl")
     info = copy_questions(m, dest, partial)
     taken = [json.loads(x) for x in partial.read_text().splitlines()]
-    assert [r["question_id"] for r in taken] == ["dev-1", "dev-3"] and [r["match"] for r in taken] == [False, False]
+    assert [(r["question_id"], r["seconds"]) for r in taken] == [("dev-1", 11.0), ("dev-3", 13.0)]
     assert all(r["stage_seconds"] == 0.0 for r in taken)  # they cost nothing in this run
-    assert (info["n"], info["source_n"], info["source_seconds"], info["parts"]) == (2, 5, 11.0 + 13.0, want.parts)
+    assert (info["n"], info["source_n"], info["source_question_seconds"], info["parts"]) == (2, 5, 24.0, want.parts)
     assert json.loads(reused_path(dest).read_text()) == info
     whole = find_reusable(fp(ids), [src])
     assert whole is not None and whole.questions is None
@@ -194,7 +194,7 @@ def test_a_stage_takes_its_questions_from_a_source_stage_that_holds_them_among_m
     with pytest.raises(ReuseRefused, match=r"sampling hash differs .*compared on its 5 questions, which hold this "
                                            r"stage's 1"):
         find_reusable(other, [src], want_ids=["dev-1"], rebuild=lambda qs: fp(qs, sampling="other"))
-    with pytest.raises(ReuseRefused, match="questions hash differs"):  # a question the source does not hold
+    with pytest.raises(ReuseRefused, match="its 5 questions do not hold all of this stage's 1"):  # not held
         find_reusable(fp(["dev-9"]), [src], want_ids=["dev-9"], rebuild=rebuild)
     with pytest.raises(ReuseRefused, match="questions hash differs"):  # a source question not in this run's split
         find_reusable(want, [src], want_ids=["dev-1", "dev-3"], rebuild=lambda qs: None)
@@ -401,6 +401,7 @@ def test_a_smaller_society_sample_takes_its_questions_from_the_larger_one(evalua
     assert {k: v for k, v in got.items() if k != "stage"} == {k: v for k, v in src[got["question_id"]].items()
                                                              if k != "stage"}
     assert base["n"] == 1 and base["reused_from"] == str(evaluated_run) and base["ex"] == float(got["match"])
+    assert (base["reused"], base["resumed"]) == (1, 0)
     assert base["seconds"] < 5 and any("1 of the 2 questions" in m for m in msgs)
     fp = json.loads((run / "eval" / "baseline.fingerprint.json").read_text())
     assert fp == plan.stage("baseline").fingerprint.to_json()  # this stage's own hashes, not the source's

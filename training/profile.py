@@ -232,7 +232,8 @@ class TrainConfig(TypedSettings):
             society keeps the per-persona adapters. Costs one more SFT and one more juniors-only
             evaluation.
         reuse_from: earlier run directories whose untrained-model stages (:data:`BASE_STAGES`)
-            this run takes instead of evaluating them again, when their content hashes match
+            this run takes instead of evaluating them again, when their content hashes match, or
+            when a source stage holds this one's questions among more and matches on those
             (:mod:`training.reuse`; a source whose stage differs in any hash stops the run with
             :class:`training.reuse.ReuseRefused` naming the hash). Relative paths are taken from
             the working directory.

@@ -33,13 +33,17 @@ and it is what this run would have made on all of its questions: the caller fing
 settings on the source's questions (their ids read from its records, :func:`holds_questions`) and
 every part must equal the source's. A society baseline of 100 questions drawn with seed 0 lies inside
 one of 300 drawn with the same seed (``random.Random(seed).sample`` draws the smaller sample first),
-so a default-profile run takes its 100 from a ``long`` run's 300. Only those questions' records are
-taken.
+for these sizes (checked on Spider dev: 100 and 200 lie inside 300, while 20, 50 or 80 do not, since
+``sample`` picks its method by size), so a default-profile run takes its 100 from a ``long`` run's
+300. Only those questions' records are taken. Stages that give the role a query (the senior's) match
+only whole.
 
 Not hashed (the same in both runs is assumed, and said in the report's note): the code that
 parses and scores answers, the llama-server build and its slot/batch settings (at temperature > 0
 with a fixed seed the server's sampling is repeatable per request; batching may still move a
-token), the executor's limits.
+token), the executor's limits. A question taken from a larger stage was answered among other
+questions (its neighbours in the server's prompt cache and batches differ); taken whole, a stage's
+context is the same.
 
 Functions here are small and pure where they can be (doctests); they read no model and no database:
 the caller finds the GGUF files (:func:`used_models` names them) and reads each database's schema text
@@ -577,16 +581,22 @@ def find_reusable(want: Fingerprint, sources: Sequence[str | os.PathLike[str]], 
             raise ReuseRefused(f"{fp_file}: unreadable fingerprint ({e}); remove {root} from reuse_from") from None
         if not differing_parts(want, have):
             return ReuseMatch(root, records, summary, have)
-        source_ids = [str(r.get("question_id")) for r in read_jsonl(records)] if want_ids and rebuild else []
-        if want_ids and rebuild and want.agent == have.agent and holds_questions(want_ids, source_ids):
-            alt = rebuild(source_ids)
-            if alt is not None and not differing_parts(alt, have):
-                return ReuseMatch(root, records, summary, have, questions=tuple(str(q) for q in want_ids), want=want)
-            if alt is not None:
-                raise ReuseRefused(mismatch_message(want.stage, root, alt, have).replace(
-                    "; its records are not reused", f" (compared on its {len(source_ids)} questions, which hold this "
-                    f"stage's {len(want_ids)}); its records are not reused", 1))
-        raise ReuseRefused(mismatch_message(want.stage, root, want, have))
+        msg = mismatch_message(want.stage, root, want, have)
+        if want_ids and rebuild and want.agent == have.agent:
+            source_ids = [str(r.get("question_id")) for r in read_jsonl(records)]
+            if holds_questions(want_ids, source_ids):
+                alt = rebuild(source_ids)
+                if alt is not None and not differing_parts(alt, have):
+                    return ReuseMatch(root, records, summary, have, questions=tuple(str(q) for q in want_ids),
+                                      want=want)
+                if alt is not None:
+                    msg = mismatch_message(want.stage, root, alt, have).replace(
+                        "; its records are not reused", f" (compared on its {len(source_ids)} questions, which hold "
+                        f"this stage's {len(want_ids)}); its records are not reused", 1)
+            elif differing_parts(want, have) == ["questions"]:
+                msg = msg.replace("; its records are not reused", f" (its {len(set(source_ids))} questions do not "
+                                  f"hold all of this stage's {len(want_ids)}); its records are not reused", 1)
+        raise ReuseRefused(msg)
     return None
 
 
@@ -621,9 +631,10 @@ def copy_questions(match: ReuseMatch, dest: Path, partial: Path) -> dict[str, An
 
     Returns:
         ``reused.json``'s content: ``stage``, ``source_run``, ``source_file``, ``n`` (questions taken),
-        ``source_n`` (the source stage's questions), ``source_seconds`` (what the taken questions cost
-        there: the sum of their records' ``seconds``), ``parts`` (this stage's hashes) and
-        ``source_questions`` (the source's ``questions`` hash).
+        ``source_n`` (the source stage's questions), ``source_question_seconds`` (the sum of the taken
+        records' ``seconds``: question time, not wall time when the source ran questions
+        concurrently), ``parts`` (this stage's hashes) and ``source_questions`` (the source's
+        ``questions`` hash).
 
     Raises:
         ValueError: ``match`` is a whole-stage match (use :func:`copy_stage`).
@@ -636,7 +647,7 @@ def copy_questions(match: ReuseMatch, dest: Path, partial: Path) -> dict[str, An
     atomic_write_text(partial, "".join(json.dumps(r, default=str) + "\n" for r in taken))
     info = {"stage": match.want.stage, "source_run": str(match.run_dir), "source_file": str(match.records),
             "n": len(taken), "source_n": len(by_id),
-            "source_seconds": sum(float(r.get("seconds") or 0) for r in taken),
+            "source_question_seconds": sum(float(r.get("seconds") or 0) for r in taken),
             "parts": match.want.parts, "source_questions": match.fingerprint.parts.get("questions")}
     atomic_write_text(reused_path(dest), json.dumps(info, indent=2) + "\n")
     return info

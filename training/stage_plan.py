@@ -176,7 +176,8 @@ def fingerprint_run(cfg: TrainConfig, society: SocietyConfig, stages: list[Stage
         for s in stages:
             if s.name in fps and cfg.reuse_from:
                 found[s.name] = find_reusable(fps[s.name], cfg.reuse_from, role_level=s.role_level,
-                                              want_ids=[str(e.id) for e in s.examples], rebuild=rebuild(s))
+                                              want_ids=[str(e.id) for e in s.examples],
+                                              rebuild=None if s.given_sql is not None else rebuild(s))
         if gather_fp is not None and cfg.reuse_from and not store_exists:
             gather_reuse = find_reusable(gather_fp, cfg.reuse_from, where=gather_files)
     except ReuseRefused as e:

@@ -12,7 +12,8 @@ Files beside ``<stage>.jsonl``:
                            removed when the stage finishes)
 ``<stage>.summary.json``   the stage's summary; once there the stage is finished and is not run again
 ``.fingerprint.json``      an untrained-model stage's content hashes (:mod:`training.reuse`)
-``<stage>.reused.json``    where a reused stage came from (:func:`training.reuse.copy_stage`)
+``<stage>.reused.json``    where a reused stage came from (:func:`training.reuse.copy_stage`, or
+                           :func:`training.reuse.copy_questions` for a stage taken in part)
 =========================  ==========================================================================
 """
 
@@ -53,8 +54,10 @@ def evaluate_stage(stage: Stage, plan: RunPlan, echo: Callable[[str], None] = pr
     stage writes ``<stage>.fingerprint.json``.
 
     Returns:
-        The summary: ``stage``, ``ex`` (0-1), ``n`` (questions), ``seconds``, ``resumed`` and the
-        agent's own fields (``society.evaluate.summarise_records``); ``reused_from`` when copied.
+        The summary: ``stage``, ``ex`` (0-1), ``n`` (questions), ``seconds`` (the source's when copied
+        whole; this run's, about 0, when taken in part), ``resumed`` and the agent's own fields
+        (``society.evaluate.summarise_records``); ``reused_from`` when copied, and ``reused`` (questions
+        taken) when taken in part.
     """
     path = stage_path(plan.run_dir, stage.name, stage.role_level)
     summary_path = path.with_suffix(".summary.json")
@@ -128,9 +131,10 @@ def evaluate_stage(stage: Stage, plan: RunPlan, echo: Callable[[str], None] = pr
         for r in recs:
             r = {k: v for k, v in r.items() if k != "stage_seconds"}
             f.write(json.dumps({**r, "stage": name}, default=str) + "\n")
-    out = {"stage": name, "ex": summary.ex, "n": len(recs), "seconds": seconds, "resumed": len(earlier),
+    out = {"stage": name, "ex": summary.ex, "n": len(recs), "seconds": seconds,
+           "resumed": 0 if reused_from else len(earlier),
            **{k: v for k, v in summary.model_dump().items() if k not in {"ex", "run_dir"}},
-           **({"reused_from": reused_from} if reused_from else {})}
+           **({"reused_from": reused_from, "reused": len(earlier)} if reused_from else {})}
     if fp is not None:
         atomic_write_text(fingerprint_path(path), json.dumps(fp.to_json(), indent=2) + "\n")
     atomic_write_text(summary_path, json.dumps(out, indent=2, default=str))
