@@ -2,8 +2,15 @@
 # Pack a stopped training run directory into a small folder that can be committed, and unpack it
 # again, so that a run longer than one sitting continues on another (fresh) machine.
 #
-#   scripts/pack-run.sh pack   RUN_DIR PACK_DIR   # RUN_DIR must not be running
+#   scripts/pack-run.sh pack   RUN_DIR PACK_DIR [--untrained]   # RUN_DIR must not be running
 #   scripts/pack-run.sh unpack PACK_DIR RUN_DIR   # then: sqlsociety train --resume RUN_DIR
+#
+# --untrained packs only what the untrained model made: phase 1 (its store, phases/1-*, its metrics
+# rows) and the untrained stages (eval/baseline*, eval/roles/{juniors_baseline,juniors_baseline_repeat,
+# senior_baseline,single_baseline}*); the trained phases' adapters (tens of MB) and every stage after
+# them are left out, so a run resumed from the pack trains and judges them again (nothing of one
+# training is mixed with another's). Use it while phase 1 is finished and the store holds nothing
+# of later phases (phases 2 and 4 add no rollouts; phase 3 does: pack before it starts).
 #
 # pack: the rollout store is checkpointed (WAL), copied with SQLite's VACUUM INTO, checked with
 # PRAGMA integrity_check and compressed with xz -9 (a 217 MB phase-1 store becomes ~6 MB); the
@@ -16,7 +23,9 @@
 set -euo pipefail
 
 die() { echo "pack-run: $*" >&2; exit 2; }
-[ $# -eq 3 ] || die "usage: $0 pack RUN_DIR PACK_DIR | unpack PACK_DIR RUN_DIR"
+untrained=0
+if [ $# -eq 4 ] && [ "$1" = pack ] && [ "$4" = --untrained ]; then untrained=1; set -- "$1" "$2" "$3"; fi
+[ $# -eq 3 ] || die "usage: $0 pack RUN_DIR PACK_DIR [--untrained] | unpack PACK_DIR RUN_DIR"
 mode=$1 src=$(realpath -m "$2") dst=$(realpath -m "$3")
 
 case "$mode" in
@@ -43,17 +52,37 @@ if ok != "ok":
     sys.exit(f"pack-run: the copied store fails integrity_check: {ok}")
 EOF
     xz -T2 -9 "$dst/store.sqlite"
-    [ -f "$src/metrics.jsonl" ] && xz -T2 -9 -c "$src/metrics.jsonl" > "$dst/metrics.jsonl.xz"
+    if [ "$untrained" = 1 ] && [ -f "$src/metrics.jsonl" ]; then  # phase 1's metrics rows only
+        python3 -c 'import json, sys
+for line in open(sys.argv[1], encoding="utf-8"):
+    try:
+        row = json.loads(line)
+    except ValueError:
+        continue
+    if str(row.get("phase", "")).startswith("1-"):
+        sys.stdout.write(line)' "$src/metrics.jsonl" | xz -T2 -9 -c > "$dst/metrics.jsonl.xz"
+    elif [ -f "$src/metrics.jsonl" ]; then
+        xz -T2 -9 -c "$src/metrics.jsonl" > "$dst/metrics.jsonl.xz"
+    fi
     tar -C "$src" -cf - --exclude='./store.sqlite*' --exclude='./metrics.jsonl' --exclude='*.gguf' \
         --exclude='checkpoint-*' --exclude='*.lock' --exclude='./vllm*.log' --exclude='./llama*.log' . \
         | tar -C "$dst" -xf -
+    if [ "$untrained" = 1 ]; then  # what the trained phases made goes
+        find "$dst/phases" -mindepth 1 -maxdepth 1 ! -name '1-*' -exec rm -rf {} + 2>/dev/null || true
+        find "$dst/eval" -maxdepth 1 -type f ! -name 'baseline.*' -delete 2>/dev/null || true
+        find "$dst/eval" -mindepth 1 -maxdepth 1 -type d ! -name roles -exec rm -rf {} + 2>/dev/null || true
+        find "$dst/eval/roles" -mindepth 1 -maxdepth 1 ! -name 'juniors_baseline.*' \
+            ! -name 'juniors_baseline_repeat.*' ! -name 'senior_baseline.*' ! -name 'single_baseline.*' \
+            -exec rm -rf {} + 2>/dev/null || true
+        rm -rf "$dst"/report* "$dst"/plots "$dst"/export 2>/dev/null || true
+    fi
     commit=$(git -C "$(dirname "$(realpath "$0")")" rev-parse --short HEAD 2>/dev/null || true)
-    python3 - "$src/store.sqlite" "$dst/stopped.json" "$commit" <<'EOF'
+    python3 - "$src/store.sqlite" "$dst/stopped.json" "$commit" "$untrained" <<'EOF'
 import json, sqlite3, sys, time
 con = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True)
 by_status = dict(con.execute("SELECT status, COUNT(*) FROM rollouts GROUP BY status").fetchall())
 json.dump({"packed_at_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "packed_by_commit": sys.argv[3] or None,
-           "rollouts_by_status": by_status}, open(sys.argv[2], "w"), indent=2)
+           "untrained_only": sys.argv[4] == "1", "rollouts_by_status": by_status}, open(sys.argv[2], "w"), indent=2)
 EOF
     du -sh "$dst"
     ;;

@@ -66,6 +66,30 @@ def test_a_packed_run_unpacks_with_every_rollout_and_record(tmp_path: Path) -> N
     assert "already holds" in _sh("pack", run, tmp_path / "packed").stderr
 
 
+def test_an_untrained_pack_keeps_phase_1_and_the_untrained_stages_only(tmp_path: Path) -> None:
+    run = _run_dir(tmp_path)
+    rows = [{"phase": "1-gather", "reward": 1.0}, {"phase": "2-sft", "loss": 0.5},
+            {"phase": "1-gather-rationalized", "reward": 0.0}, {"reward": 2.0}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + "not json\n")
+    for f in ("eval/baseline.jsonl", "eval/baseline.summary.json", "eval/sft.jsonl", "eval/sft.summary.json",
+              "eval/roles/juniors_baseline_repeat.summary.json", "eval/roles/single_baseline.jsonl",
+              "eval/roles/juniors_sft.partial.jsonl", "eval/roles/juniors_sft_shared.jsonl", "report.md"):
+        (run / f).write_text("{}\n")
+    packed = _sh("pack", run, tmp_path / "packed", "--untrained")
+    assert packed.returncode == 0, packed.stderr
+    assert json.loads((tmp_path / "packed" / "stopped.json").read_text())["untrained_only"] is True
+    assert _sh("unpack", tmp_path / "packed", tmp_path / "again").returncode == 0
+    again = tmp_path / "again"
+    kept = sorted(p.relative_to(again).as_posix() for p in again.rglob("*") if p.is_file())
+    assert kept == ["config.yaml", "eval/baseline.jsonl", "eval/baseline.summary.json",
+                    "eval/roles/juniors_baseline.jsonl", "eval/roles/juniors_baseline_repeat.summary.json",
+                    "eval/roles/single_baseline.jsonl", "metrics.jsonl", "phases/1-gather/done.json", "store.sqlite"]
+    assert [json.loads(x)["phase"] for x in (again / "metrics.jsonl").read_text().splitlines()] == \
+        ["1-gather", "1-gather-rationalized"]
+    assert sqlite3.connect(again / "store.sqlite").execute("SELECT COUNT(*) FROM rollouts").fetchone()[0] == 40
+    assert _sh("pack", run, tmp_path / "p2", "--everything").returncode == 2  # an unknown option is refused
+
+
 def test_a_run_in_use_is_refused_and_left_alone(tmp_path: Path) -> None:
     run = _run_dir(tmp_path)
     # a process whose command line names the CLI holds the run's lock, as `sqlsociety train` does
