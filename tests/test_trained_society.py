@@ -184,6 +184,18 @@ def test_export_then_eval_run_serves_the_adapters_and_the_bandit(trained_run: Pa
     base_sha = file_sha256(resolve_gguf(SMOL))
     assert m["base_model"]["id"] == SMOL and m["base_model"]["sha256"] == base_sha
     assert set(m["adapters"]) == {DIRECT} and (out / "adapters" / f"{DIRECT}.gguf").is_file()
+    # compact by default: the run's F32 adapter re-exported in F16 (half the bytes); --dtype f32 copies it
+    import gguf
+
+    run_gguf = load_trained(trained_run).gguf_adapters()[DIRECT]
+    lora = [t for t in gguf.GGUFReader(str(out / "adapters" / f"{DIRECT}.gguf")).tensors if ".lora_" in t.name]
+    assert lora and {t.tensor_type for t in lora} == {gguf.GGMLQuantizationType.F16}
+    assert m["adapters"][DIRECT]["dtype"] == "f16" and "(F16)" in (out / "card.md").read_text()
+    f32 = tmp_path / "export-f32"
+    assert r.invoke(app, ["export", "--dtype", "f32", str(trained_run), str(f32)]).exit_code == 0
+    assert (f32 / "adapters" / f"{DIRECT}.gguf").read_bytes() == run_gguf.read_bytes()
+    assert (out / "adapters" / f"{DIRECT}.gguf").stat().st_size < 0.6 * run_gguf.stat().st_size
+    assert r.invoke(app, ["export", "--dtype", "q4", str(trained_run), str(tmp_path / "x")]).exit_code == 2
     files = [f for f in out.rglob("*") if f.is_file()]
     assert sum(f.stat().st_size for f in files) < 5_000_000
     assert base_sha not in {file_sha256(f, cache=tmp_path / "h.json") for f in files}

@@ -138,6 +138,8 @@ def export_lora_gguf(
     adapter_dir: str | os.PathLike[str],
     base_gguf: str | os.PathLike[str],
     out_path: str | os.PathLike[str] | None = None,
+    *,
+    dtype: str = "f32",
 ) -> Path:
     """Convert a PEFT LoRA adapter into a llama.cpp GGUF LoRA adapter for ``base_gguf``.
 
@@ -147,18 +149,27 @@ def export_lora_gguf(
         base_gguf: the GGUF the adapter will be applied to (alias or path); gives the architecture,
             tensor names, head counts and shapes to check against.
         out_path: default ``<adapter_dir>/adapter.gguf``.
+        dtype: ``f32`` (what training serves) or ``f16`` (half the size, for an export: llama.cpp's
+            own converter writes LoRA tensors in F16 by default; the product ``B @ A`` then carries
+            F16's rounding, a relative 2**-11 per weight).
 
     Returns:
-        The written file: F32 ``lora_a``/``lora_b`` pairs (a few MB for rank 8-16), loadable with
+        The written file: ``lora_a``/``lora_b`` pairs in ``dtype`` (4.4 M weights for rank 8 on all
+        projections of a 0.5B Qwen2: 17.6 MB in F32, 8.8 MB in F16), loadable with
         ``llama-server -m base --lora file`` (``society.llama_server.LlamaServer(..., loras={name: file})``).
 
     Raises:
         ExportError: a tensor that is not LoRA A/B (e.g. trained embeddings or ``modules_to_save``),
             a module with no GGUF counterpart, or a shape that does not fit the base tensor.
+        ValueError: ``dtype`` is neither ``f32`` nor ``f16``.
     """
     import gguf
     import numpy as np
     import torch
+
+    if dtype not in ("f32", "f16"):
+        raise ValueError(f"dtype must be 'f32' or 'f16', got {dtype!r}")
+    np_dtype = np.float16 if dtype == "f16" else np.float32
 
     info = read_adapter_info(adapter_dir)
     base = resolve_gguf(base_gguf)
@@ -228,8 +239,8 @@ def export_lora_gguf(
         if arch in _PERMUTED_QK_ARCHS and gname.endswith((".attn_q.weight", ".attn_k.weight")):
             heads = n_head if ".attn_q." in gname else n_head_kv
             b = _permute_rows(b, heads)
-        writer.add_tensor(gname + ".lora_a", np.ascontiguousarray(a.numpy()))
-        writer.add_tensor(gname + ".lora_b", np.ascontiguousarray(b.numpy()))
+        writer.add_tensor(gname + ".lora_a", np.ascontiguousarray(a.numpy().astype(np_dtype)))
+        writer.add_tensor(gname + ".lora_b", np.ascontiguousarray(b.numpy().astype(np_dtype)))
     return finish_gguf(writer, tmp, out)
 
 

@@ -415,15 +415,21 @@ def _load_export(root: Path) -> TrainedSociety:
 # ----------------------------------------------------------------------------- export
 
 
-def export_trained(source: str | Path, out: str | Path, *, now: datetime | None = None) -> Path:
+def export_trained(source: str | Path, out: str | Path, *, now: datetime | None = None,
+                   dtype: Literal["f16", "f32"] = "f16") -> Path:
     """Write the trained society of ``source`` (a run directory or an export) to the folder ``out``
     (layout in the module docstring): GGUF adapters, the bandit policy, the bound society config, the
-    manifest and ``card.md``. A few MB: the base model is named (id + sha256), not copied.
+    manifest and ``card.md``. The base model is named (id + sha256), not copied; each adapter of a
+    0.5B model at rank 8 is 8.8 MB in F16.
 
     Args:
         source: a training run directory or an export folder (:func:`load_trained`).
         out: a folder that does not exist yet (or is empty).
         now: the export's timestamp (default: the current UTC time).
+        dtype: the adapters' tensors: ``f16`` (half the size; converted from a run's PEFT adapters by
+            :func:`training.export.export_lora_gguf`) or ``f32`` (the GGUF files the run served,
+            copied byte for byte). An export's adapters are copied as they are either way. The
+            manifest records each adapter's ``dtype``.
 
     Returns:
         ``out``.
@@ -436,6 +442,8 @@ def export_trained(source: str | Path, out: str | Path, *, now: datetime | None 
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"export folder {out} exists and is not empty; pass a new folder")
+    if dtype not in ("f16", "f32"):
+        raise ValueError(f"dtype must be 'f16' or 'f32', got {dtype!r}")
     base_sha = t.base_hash()
     ggufs = t.gguf_adapters()
     tmp = out.with_name(out.name + ".partial")
@@ -444,8 +452,16 @@ def export_trained(source: str | Path, out: str | Path, *, now: datetime | None 
     adapters: dict[str, dict[str, Any]] = {}
     for alias, g in sorted(ggufs.items()):
         rel = f"adapters/{alias}.gguf"
-        shutil.copyfile(g, tmp / rel)
-        adapters[alias] = {"file": rel, "sha256": _sha256(tmp / rel),
+        peft = Path(t.adapters[alias])
+        if t.kind == "run" and dtype == "f16" and peft.is_dir():
+            from training.export import export_lora_gguf
+
+            export_lora_gguf(peft, t.base_model, tmp / rel, dtype="f16")
+            kind = "f16"
+        else:
+            shutil.copyfile(g, tmp / rel)
+            kind = ((t.manifest.get("adapters") or {}).get(alias) or {}).get("dtype", "f32")
+        adapters[alias] = {"file": rel, "sha256": _sha256(tmp / rel), "dtype": kind,
                            "roles": [r.role for r in t.roles if r.alias == alias]}
     society = t.society
     policy = _policy_path(society)
@@ -532,9 +548,15 @@ def render_card(manifest: dict[str, Any], roles: list[RoleBinding], role_table: 
     for r in roles:
         bound = r.trained or f"untrained: {r.why_untrained}"
         out.append(f"| {r.role} | {r.kind} | {r.alias or '–'} | {bound} |")
-    files = ", ".join("`" + v["file"] + "`" for v in manifest["adapters"].values()) or "none"
+    files = ", ".join("`" + v["file"] + "`" + (f" ({str(v['dtype']).upper()})" if v.get("dtype") else "")
+                      for v in manifest["adapters"].values()) or "none"
     policy = "`policy.joblib`" if manifest.get("policy") else "none"
-    out += ["", f"Adapters: {files}; bandit policy: {policy}.", ""]
+    out += ["", f"Adapters: {files}; bandit policy: {policy}."]
+    if any(v.get("dtype") == "f16" for v in manifest["adapters"].values()):
+        out += ["The run served its adapters in F32; F16 halves their size and rounds each LoRA weight to 11 "
+                "significant bits, which can change a token where two were nearly tied (judge the export with "
+                "`sqlsociety eval --run`, not the run's figures)."]
+    out += [""]
     if role_table:
         out += ["The run's per-role results, from its report.md:", "", role_table, ""]
     else:

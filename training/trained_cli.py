@@ -47,14 +47,19 @@ def load_for_cli(path: Path, model_alias: str | None, serve: bool) -> BoundRun:
 def export_cmd(
     run_dir: Path = typer.Argument(..., help="A training run directory (or an exported folder)."),
     out: Path = typer.Argument(..., help="The folder to write (must not exist, or be empty)."),
+    dtype: str = typer.Option("f16", "--dtype", help="The adapters' tensors: f16 (half the size of what "
+                              "training served) or f32 (the run's own GGUF files, byte for byte)."),
 ) -> None:
     """Export a trained society as a self-contained folder: the society YAML with every role bound,
     the GGUF LoRA adapters, the bandit policy and a card. The base model is named (id + sha256), not
     copied. Run it with `sqlsociety eval --run OUT`. Exit 2: not a run, or OUT not empty."""
     from training.trained import TrainedRunError, export_trained, load_trained
 
+    if dtype not in ("f16", "f32"):
+        console.print(f"[red]error:[/red] --dtype {escape(dtype)}: use f16 or f32", highlight=False)
+        raise typer.Exit(2)
     try:
-        written = export_trained(run_dir, out)
+        written = export_trained(run_dir, out, dtype=dtype)  # type: ignore[arg-type]
     except (TrainedRunError, FileExistsError) as e:
         console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
