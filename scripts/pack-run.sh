@@ -10,7 +10,9 @@
 # senior_baseline,single_baseline}*); the trained phases' adapters (tens of MB) and every stage after
 # them are left out, so a run resumed from the pack trains and judges them again (nothing of one
 # training is mixed with another's). Use it while phase 1 is finished and the store holds nothing
-# of later phases (phases 2 and 4 add no rollouts; phase 3 does: pack before it starts).
+# of later phases (phases 2 and 4 add no rollouts; phase 3 does: pack before it starts). A run in
+# use may be packed this way while phase 1 is finished and phase 3 has not begun: nothing then
+# writes its store, and SQLite's VACUUM INTO copies what the last transaction committed.
 #
 # pack: the rollout store is checkpointed (WAL), copied with SQLite's VACUUM INTO, checked with
 # PRAGMA integrity_check and compressed with xz -9 (a 217 MB phase-1 store becomes ~6 MB); the
@@ -34,16 +36,24 @@ pack)
     [ -f "$src/store.sqlite" ] || die "$src has no store.sqlite: nothing to pack"
     pid=$(cat "$src/store.sqlite.lock" 2>/dev/null || true)
     cmd=$( { [ -n "$pid" ] && tr '\0' ' ' < "/proc/$pid/cmdline"; } 2>/dev/null || true)
+    live=0
     if [[ $cmd == *society.cli* || $cmd == *sqlsociety* ]]; then  # the lock file's pid is a live training run
-        die "$src is in use by process $pid; stop the run (Ctrl-C or kill -INT $pid) and wait for it to exit"
+        if [ "$untrained" = 1 ] && [ -f "$src/phases/1-gather/done.json" ] && ! compgen -G "$src/phases/3-*" > /dev/null
+        then
+            live=1
+            echo "pack-run: $src is in use by process $pid, between phase 1 and phase 3: its store is not written; packing the untrained part" >&2
+        else
+            die "$src is in use by process $pid; stop the run (Ctrl-C or kill -INT $pid) and wait for it to exit (--untrained packs a live run between phases 1 and 3)"
+        fi
     fi
     [ -e "$dst/store.sqlite.xz" ] && die "$dst already holds a packed store; choose another PACK_DIR"
     mkdir -p "$dst"
-    python3 - "$src/store.sqlite" "$dst/store.sqlite" <<'EOF'
+    python3 - "$src/store.sqlite" "$dst/store.sqlite" "$live" <<'EOF'
 import sqlite3, sys
-src, dst = sys.argv[1], sys.argv[2]
+src, dst, live = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
 con = sqlite3.connect(src)
-con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+if not live:  # a live run's connections keep their WAL; VACUUM INTO reads through it
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 con.execute("VACUUM INTO ?", (dst,))
 con.close()
 out = sqlite3.connect(dst)

@@ -99,6 +99,13 @@ def test_a_run_in_use_is_refused_and_left_alone(tmp_path: Path) -> None:
         out = _sh("pack", run, tmp_path / "packed")
         assert out.returncode == 2 and f"in use by process {holder.pid}" in out.stderr
         assert not (tmp_path / "packed").exists()
+        # its untrained part may be packed while the run is between phases 1 and 3 (nothing writes the store)
+        live = _sh("pack", run, tmp_path / "live", "--untrained")
+        assert live.returncode == 0 and "between phase 1 and phase 3" in live.stderr, live.stderr
+        assert not (tmp_path / "live" / "phases" / "2-sft").exists()
+        (run / "phases" / "3-grpo").mkdir()
+        assert _sh("pack", run, tmp_path / "live3", "--untrained").returncode == 2  # phase 3 writes rollouts
+        (run / "phases" / "3-grpo").rmdir()
     finally:
         holder.kill()
         holder.wait()
