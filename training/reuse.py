@@ -32,11 +32,10 @@ A source stage on more questions is used for this stage's questions when it hold
 and it is what this run would have made on all of its questions: the caller fingerprints this run's
 settings on the source's questions (their ids read from its records, :func:`holds_questions`) and
 every part must equal the source's. A society baseline of 100 questions drawn with seed 0 lies inside
-one of 300 drawn with the same seed (``random.Random(seed).sample`` draws the smaller sample first),
-for these sizes (checked on Spider dev: 100 and 200 lie inside 300, while 20, 50 or 80 do not, since
-``sample`` picks its method by size), so a default-profile run takes its 100 from a ``long`` run's
-300. Only those questions' records are taken. Stages that give the role a query (the senior's) match
-only whole.
+one of 300 drawn with the same seed (checked on Spider dev: 100 and 200 lie inside 300, while 20, 50
+or 80 do not, since ``random.Random(seed).sample`` picks its method by size), so a default-profile
+run takes its 100 from a ``long`` run's 300. Only those questions' records are taken. Stages that
+give the role a query (the senior's) match only whole.
 
 Not hashed (the same in both runs is assumed, and said in the report's note): the code that
 parses and scores answers, the llama-server build and its slot/batch settings (at temperature > 0
