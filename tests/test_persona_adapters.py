@@ -130,6 +130,20 @@ def test_each_persona_is_trained_and_served_its_own_adapter_and_shared_still_wor
     assert ad["decompose"]["adapter"] is None and any("(decompose): no conversation" in m for m in msgs)
     assert ad["direct"]["adapter"] != ad["step_by_step"]["adapter"]
     assert all(Path(ad[p]["adapter_gguf"]).is_file() for p in REPLIES)
+    # phase 2 stopped after its adapters finished: a resumed one keeps each adapter (same rows and
+    # settings) untouched; other rows into the same directory are trained again
+    stamps = {p: Path(ad[p]["adapter_gguf"]).stat().st_mtime_ns for p in REPLIES}
+    said: list[str] = []
+    kept = train_juniors_per_persona(pipe.resolve(), sel.dataset, pipe.dir.phase_dir(2), said.append)
+    assert kept == json.loads(json.dumps(info))  # as recorded (JSON: tuples read back as lists)
+    assert sum("kept the adapter finished before the stop" in m for m in said) == 2, said
+    assert {p: Path(ad[p]["adapter_gguf"]).stat().st_mtime_ns for p in REPLIES} == stamps
+    direct_rows = [i for i, p in enumerate(sel.dataset["persona"]) if p == "direct"]
+    fewer = train_junior_adapter(pipe.resolve(), sel.dataset.select(direct_rows[1:]),
+                                 Path(ad["direct"]["adapter"]), "phase 2 SFT (direct)", said.append)
+    assert fewer["rows"] == 3 and any("trained from other rows or settings" in m for m in said), said
+    info = train_juniors_per_persona(pipe.resolve(), sel.dataset, pipe.dir.phase_dir(2), said.append)
+    assert info["adapters"]["direct"]["rows"] == 4  # the first rows again: trained again, not kept
     pipe.dir.mark_done(2, {**info, "selection": sel.summary})
 
     plan = pipe.resolve().with_done(2, pipe.dir.done(2))

@@ -14,15 +14,19 @@ from typing import Any
 
 from tools.files import atomic_write_text
 from training.profile import TrainConfigError
+from training.reuse import sha256_json
 from training.run_plan import RunPlan
 from training.run_serving import export_gguf
 
-__all__ = ["SHARED_COMPARISON", "persona_rows", "sft_phase", "sft_selection_lines", "train_junior_adapter",
-           "train_juniors_per_persona"]
+__all__ = ["ADAPTER_DONE", "SHARED_COMPARISON", "adapter_key", "persona_rows", "sft_phase", "sft_selection_lines",
+           "train_junior_adapter", "train_juniors_per_persona"]
 
 #: ``done.json`` key of phase 2's shared adapter trained beside the per-persona ones
 #: (``compare_shared_adapter``; judged by ``training.stages.evaluate_shared_comparison``).
 SHARED_COMPARISON = "shared_comparison"
+
+#: The file a finished phase-2 adapter leaves in its directory (:func:`train_junior_adapter`).
+ADAPTER_DONE = "sft_done.json"
 
 
 def sft_selection_lines(summary: dict[str, Any]) -> list[str]:
@@ -90,20 +94,44 @@ def sft_phase(plan: RunPlan, echo: Callable[[str], None] = print) -> dict[str, A
     return {"junior_adapters": "shared", **info, "selection": sel.summary}
 
 
+def adapter_key(plan: RunPlan, ds: Any) -> str:
+    """What one adapter of phase 2 is trained from, as a sha256 (hex, 64 characters): the rows'
+    conversations in order, the ``sft`` settings and the base model. Equal keys train the same
+    adapter, so a resumed phase 2 keeps an adapter finished before the stop (:data:`ADAPTER_DONE`)."""
+    return sha256_json({"messages": list(ds["messages"]), "sft": plan.cfg.sft.settings(),
+                        "base_model": plan.cfg.base_model})
+
+
 def train_junior_adapter(plan: RunPlan, ds: Any, out: Path, label: str,
                          echo: Callable[[str], None] = print) -> dict[str, Any]:
     """LoRA SFT of the base model on ``ds`` into ``out``, exported to GGUF (llama.cpp); returns
-    ``adapter``, ``adapter_gguf``, ``rows``, ``steps``, ``losses``, ``seconds_per_step``."""
+    ``adapter``, ``adapter_gguf``, ``rows``, ``steps``, ``losses``, ``seconds_per_step``.
+
+    A finished adapter leaves ``out/`` :data:`ADAPTER_DONE` (these fields and :func:`adapter_key`),
+    written last; when the file is there with the same key, the adapter is kept and not trained
+    again (phase 2 stopped between two adapters resumes after the last one finished). A file with
+    another key (other rows or settings) is said and the adapter trained again."""
     from training.sft import JuniorSFTTrainer
 
     cfg = plan.cfg
+    key = adapter_key(plan, ds)
+    done = out / ADAPTER_DONE
+    if done.is_file():
+        kept = json.loads(done.read_text())
+        if kept.get("key") == key:
+            echo(f"{label}: kept the adapter finished before the stop ({done})")
+            return kept["info"]
+        echo(f"{label}: {done} was trained from other rows or settings; training again")
+        done.unlink()
     res = JuniorSFTTrainer(cfg.sft.with_values(model=cfg.base_model, output_dir=str(out)), ds).train()
     gguf = export_gguf(cfg, res.adapter_dir, res.adapter_dir / "adapter.gguf")
     echo(f"{label}: {res.steps} steps on {res.rows} rows, loss {res.losses[0][1]:.3f} -> "
          f"{res.losses[-1][1]:.3f}, {res.mean_step_seconds:.1f} s/step; "
          + (f"LoRA GGUF {gguf.name}" if gguf else "PEFT adapter served by name with vLLM"))
-    return {"adapter": str(res.adapter_dir), "adapter_gguf": str(gguf) if gguf else None, "rows": res.rows,
+    info = {"adapter": str(res.adapter_dir), "adapter_gguf": str(gguf) if gguf else None, "rows": res.rows,
             "steps": res.steps, "losses": res.losses, "seconds_per_step": res.mean_step_seconds}
+    atomic_write_text(done, json.dumps({"key": key, "info": info}) + "\n")
+    return info
 
 
 def persona_rows(plan: RunPlan, ds: Any) -> tuple[dict[str, list[int]], int]:
