@@ -279,3 +279,45 @@ def test_pipeline_phase3_warm_starts_the_senior_then_runs_grpo(tmp_path: Path) -
     else:  # nothing repaired: GRPO starts from a fresh LoRA, as the log says
         assert meta["init_adapter"] is None and any("no repair pair" in line for line in lines)
     assert out["steps"] == 1 and (d / "adapter" / "adapter_model.safetensors").is_file()
+
+    # resumed after it stopped: the repair selection and the base prefilter are kept, not redrawn
+    from training.phase_grpo import STEP_FILES
+
+    lines.clear()
+    again = grpo_phase(pipe.resolve(), lines.append)
+    assert any("kept the repair selection and the base senior's prefilter" in line for line in lines), lines
+    assert again["warm_start"]["selection"] == warm["selection"]
+    assert again["warm_start"]["prefilter_base"] == warm["prefilter_base"]
+    # a run stopped after a selection that repaired one query (SmolLM2 repairs none here, so the pair
+    # is written by hand, in the selection's own columns): the warm start and the prefilter after it
+    # run, then a second resume keeps both (the adapter's file untouched)
+    import datasets
+
+    from training.phase_grpo import _save_dataset
+
+    reply = "```sql\nSELECT count(*) FROM singer\n```"
+    messages = [{"role": "user", "content": "Rewrite: SELECT count(*) FROM singr"},
+                {"role": "assistant", "content": reply}]
+    pair = datasets.Dataset.from_list([{"messages": messages, "task_id": "t0", "origin": "senior", "source": "own",
+                                        "triggers": ["error"]}])
+    _save_dataset(pair, d / "repair_dataset.jsonl")
+    lines.clear()
+    third = grpo_phase(pipe.resolve(), lines.append)
+    ws = third["warm_start"]
+    assert ws["rows"] == 1 and ws["steps"] == 2 and (d / "warm_start" / STEP_FILES["warm_start"]).is_file()
+    assert (d / STEP_FILES["prefilter"]).is_file() and third["prefilter"] == ws["prefilter_warm"]
+    stamp = (d / "warm_start" / "adapter_model.safetensors").stat().st_mtime_ns
+    lines.clear()
+    fourth = grpo_phase(pipe.resolve(), lines.append)
+    assert sum("phase 3: kept" in line for line in lines) == 3, lines
+    assert (d / "warm_start" / "adapter_model.safetensors").stat().st_mtime_ns == stamp
+    assert fourth["warm_start"]["losses"] == json.loads(json.dumps(ws["losses"]))
+    assert fourth["prefilter"] == third["prefilter"]
+    # other settings: nothing kept, the selection runs again
+    raw["grpo"]["temperature"] = 0.6
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw))
+    lines.clear()
+    grpo_phase(TrainingPipeline(TrainConfig.load(tmp_path / "p.yaml"), tmp_path / "run", phases={1, 3},
+                                echo=lines.append).resolve(), lines.append)
+    assert any("was made from other settings or data" in line for line in lines), lines
+    assert not any("phase 3: kept" in line for line in lines), lines

@@ -13,13 +13,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tools.files import atomic_write_text
+from tools.files import atomic_write_text, read_jsonl
 from training.profile import TrainConfigError
+from training.reuse import sha256_json
 from training.run_plan import RunPlan
 from training.run_serving import export_gguf
 from training.senior_prefilter import prefilter_senior
 
-__all__ = ["grpo_phase", "senior_decisions"]
+__all__ = ["STEP_FILES", "grpo_phase", "kept_step", "phase3_key", "senior_decisions"]
+
+#: The record each step of phase 3 before GRPO leaves when it finishes (under the phase directory;
+#: the warm start's in its adapter's directory): the repair selection with the base senior's
+#: prefilter (its datasets in ``repair_dataset.jsonl`` and ``warm_prompts.jsonl``), the warm start, the
+#: prefilter of the senior GRPO starts from.
+STEP_FILES = {"select": "warm_select_done.json", "warm_start": "sft_done.json", "prefilter": "prefilter_done.json"}
 
 
 def senior_decisions(plan: RunPlan, echo: Callable[[str], None] = print) -> tuple[Path, Any]:
@@ -50,6 +57,46 @@ def senior_decisions(plan: RunPlan, echo: Callable[[str], None] = print) -> tupl
     return d, rl
 
 
+def phase3_key(plan: RunPlan, cfg: Any, rl: Any) -> str:
+    """What phase 3's steps before GRPO start from, as a sha256 (hex): the ``grpo`` settings but
+    where they are written (``output_dir``, ``init_adapter``), the reward, and the senior's
+    decision points. Equal keys redo the same steps, so a resumed phase 3 keeps those that finished
+    (:func:`kept_step`)."""
+    settings = {k: v for k, v in cfg.settings().items() if k not in ("output_dir", "init_adapter")}
+    return sha256_json({"grpo": settings, "reward": plan.cfg.reward.model_dump(mode="json"),
+                        "prompts": list(rl.prompts["prompt"])})
+
+
+def kept_step(path: Path, key: str, echo: Callable[[str], None], what: str) -> dict[str, Any] | None:
+    """The record a step of phase 3 left in ``path`` when it finished, if made with ``key``
+    (said: ``kept <what> finished before the stop``); None when there is none, or one made from
+    other settings or data (removed, and said: the step runs again)."""
+    if not path.is_file():
+        return None
+    rec = json.loads(path.read_text())
+    if rec.get("key") == key:
+        echo(f"phase 3: kept {what} finished before the stop ({path.name})")
+        return rec
+    echo(f"phase 3: {path.name} was made from other settings or data; {what} runs again")
+    path.unlink()
+    return None
+
+
+def _save_dataset(ds: Any, path: Path) -> None:
+    """``ds`` as JSON lines in ``path`` and its features beside (``<path>.features.json``), so
+    :func:`_load_dataset` gives it back with the same columns and types, also when empty."""
+    atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in ds))
+    atomic_write_text(path.with_name(path.name + ".features.json"), json.dumps(ds.features.to_dict()) + "\n")
+
+
+def _load_dataset(path: Path) -> Any:
+    import datasets
+
+    features = datasets.Features.from_dict(json.loads(path.with_name(path.name + ".features.json").read_text()))
+    rows = read_jsonl(path, drop_truncated_tail=False)
+    return datasets.Dataset.from_dict({c: [r[c] for r in rows] for c in features}, features=features)
+
+
 def grpo_phase(plan: RunPlan, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Phase 3 with TRL (``grpo.backend`` resolved to ``trl``, :attr:`training.run_plan.RunPlan.grpo_backend`;
     the pipeline runs :func:`training.phase_grpo_verl.verl_grpo_phase` for ``verl``): the senior's
@@ -61,46 +108,79 @@ def grpo_phase(plan: RunPlan, echo: Callable[[str], None] = print) -> dict[str, 
     the hint removed; :func:`training.grpo.warm_start_senior`), the repair prompts join the
     GRPO prompts, the prefilter runs before and after the warm start (``prefilter_base.json``,
     ``prefilter.json``: how many prompts have a pass rate strictly between 0 and 1 under each),
-    and GRPO trains the warm start's adapter further on the prompts kept after it."""
+    and GRPO trains the warm start's adapter further on the prompts kept after it.
+
+    Resume: each step before GRPO leaves a record when it finishes (:data:`STEP_FILES`, keyed by
+    :func:`phase3_key`), so a phase 3 stopped part-way keeps the repair selection with the base
+    prefilter, the warm start's adapter and the prefilter after it, and runs from the first step
+    not finished. GRPO itself runs again whole."""
     from training.grpo import SeniorGRPOTrainer, warm_start_senior
+    from training.senior_reward import PrefilterResult
 
     d, rl = senior_decisions(plan, echo)
     warm_on = plan.cfg.grpo.warm_start is not None
     stop = plan.cfg.grpo.stop if "stop" in plan.cfg.grpo.model_fields_set else plan.senior_stop
     cfg = plan.cfg.grpo.with_values(stop=stop, backend="trl", model=plan.cfg.base_model,
                                     output_dir=str(d / "adapter"))
+    key = phase3_key(plan, cfg, rl)
     prompts, prefilter, warm, base_pf = rl.prompts, None, None, None
     if warm_on:
-        base_pf, sel, prompts = prefilter_senior(plan, rl.prompts, cfg, repairs=True)
-        sel.dataset.to_json(str(d / "repair_dataset.jsonl"))
-        atomic_write_text(d / "repair_selection.json", json.dumps(sel.summary, indent=2) + "\n")
-        c, k = sel.summary["cases"], sel.summary["kept"]
+        rec = kept_step(d / STEP_FILES["select"], key, echo, "the repair selection and the base senior's prefilter")
+        if rec is None:
+            base_pf, sel, prompts = prefilter_senior(plan, rl.prompts, cfg, repairs=True)
+            summary, repairs = sel.summary, sel.dataset
+            _save_dataset(repairs, d / "repair_dataset.jsonl")
+            _save_dataset(prompts, d / "warm_prompts.jsonl")
+            atomic_write_text(d / STEP_FILES["select"], json.dumps(
+                {"key": key, "selection": summary, "prefilter_base": base_pf.to_record() if base_pf else None}) + "\n")
+        else:
+            summary, repairs = rec["selection"], _load_dataset(d / "repair_dataset.jsonl")
+            prompts = _load_dataset(d / "warm_prompts.jsonl")
+            base_pf = PrefilterResult.from_record(rec["prefilter_base"], prompts) if rec["prefilter_base"] else None
+        atomic_write_text(d / "repair_selection.json", json.dumps(summary, indent=2) + "\n")
+        c, k = summary["cases"], summary["kept"]
         echo(f"phase 3 warm start: {c['total']} wrong queries to repair ({c['senior']} the senior's inputs, "
                   f"{c['junior']} juniors' candidates); {k['total']} repaired ({k['own']} by the senior's own "
                   f"reply, {k['sampled']} by a fresh draw, {k['hinted']} by a hinted draw, hint removed), "
-                  f"{sel.summary['unsolved']} not")
-        warm = {"selection": sel.summary, "prompts": len(prompts)}
+                  f"{summary['unsolved']} not")
+        warm = {"selection": summary, "prompts": len(prompts)}
         if base_pf is not None:
             (d / "prefilter_base.json").write_text(json.dumps(base_pf.to_json(), indent=2))
             warm["prefilter_base"] = base_pf.to_json()
         if len(prompts) == 0:
             raise TrainConfigError("phase 3: no senior prompt and no wrong query to repair in the store; gather "
                                    "more rollouts")
-        if len(sel.dataset) == 0:
+        if len(repairs) == 0:
             echo("phase 3 warm start: no repair pair, so GRPO starts from a fresh LoRA (raise "
                       "grpo.warm_start_samples or gather more rollouts)")
         else:
-            ws = warm_start_senior(sel.dataset, cfg, d / "warm_start")
-            warm.update({"adapter": str(ws.adapter_dir), "rows": ws.rows, "steps": ws.steps, "losses": ws.losses,
-                         "seconds_per_step": ws.mean_step_seconds})
-            echo(f"phase 3 warm start: SFT {ws.steps} steps on {ws.rows} repair pairs, loss "
-                      f"{ws.losses[0][1]:.3f} -> {ws.losses[-1][1]:.3f}")
-            cfg = cfg.with_values(init_adapter=str(ws.adapter_dir))
+            ws_dir = d / "warm_start"
+            key = sha256_json([key, list(repairs["messages"])])
+            rec = kept_step(ws_dir / STEP_FILES["warm_start"], key, echo, "the warm start's adapter")
+            if rec is None:
+                ws = warm_start_senior(repairs, cfg, ws_dir)
+                ws_info = {"rows": ws.rows, "steps": ws.steps, "losses": ws.losses,
+                           "seconds_per_step": ws.mean_step_seconds}
+                atomic_write_text(ws_dir / STEP_FILES["warm_start"], json.dumps({"key": key, "info": ws_info}) + "\n")
+            else:
+                ws_info = rec["info"]
+            warm.update({"adapter": str(ws_dir), **ws_info})
+            echo(f"phase 3 warm start: SFT {ws_info['steps']} steps on {ws_info['rows']} repair pairs, loss "
+                      f"{ws_info['losses'][0][1]:.3f} -> {ws_info['losses'][-1][1]:.3f}")
+            cfg = cfg.with_values(init_adapter=str(ws_dir))
     if cfg.prefilter_samples:
         if warm is not None and not cfg.init_adapter:  # no warm start trained: the base senior's, measured above
             prefilter = base_pf
         else:
-            prefilter = prefilter_senior(plan, prompts, cfg, adapter=cfg.init_adapter)[0]
+            key = sha256_json([key, "prefilter", bool(cfg.init_adapter)])
+            rec = kept_step(d / STEP_FILES["prefilter"], key, echo, "the prefilter")
+            if rec is None:
+                prefilter = prefilter_senior(plan, prompts, cfg, adapter=cfg.init_adapter)[0]
+                if prefilter is not None:
+                    atomic_write_text(d / STEP_FILES["prefilter"],
+                                      json.dumps({"key": key, "prefilter": prefilter.to_record()}) + "\n")
+            else:
+                prefilter = PrefilterResult.from_record(rec["prefilter"], prompts)
         assert prefilter is not None
         (d / "prefilter.json").write_text(json.dumps(prefilter.to_json(), indent=2))
         who = "the warm-started senior" if cfg.init_adapter else "the base senior"

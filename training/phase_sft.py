@@ -120,7 +120,9 @@ def train_junior_adapter(plan: RunPlan, ds: Any, out: Path, label: str,
         kept = json.loads(done.read_text())
         if kept.get("key") == key:
             echo(f"{label}: kept the adapter finished before the stop ({done})")
-            return kept["info"]
+            info = kept["info"]  # its paths as under ``out`` now (the run may have been moved since)
+            return {**info, "adapter": str(out),
+                    "adapter_gguf": str(out / Path(info["adapter_gguf"]).name) if info["adapter_gguf"] else None}
         echo(f"{label}: {done} was trained from other rows or settings; training again")
         done.unlink()
     res = JuniorSFTTrainer(cfg.sft.with_values(model=cfg.base_model, output_dir=str(out)), ds).train()

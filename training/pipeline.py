@@ -26,8 +26,9 @@ profile whose ``gather.split`` is its ``eval.split`` is refused (:class:`TrainCo
 
 Resume: each phase writes ``RUN_DIR/phases/<k>-<name>/done.json`` when it finishes; a run started
 with ``--resume RUN_DIR`` skips finished phases (re-serving their artifacts), phase 1 skips the
-tasks already in the store and phase 2 keeps each adapter that finished (``sft_done.json``), so a
-killed run loses no rollout and no finished adapter, and redoes no phase.
+tasks already in the store, phase 2 keeps each adapter that finished (``sft_done.json``) and phase 3
+each step before GRPO (:data:`training.phase_grpo.STEP_FILES`), so a killed run loses no rollout,
+no finished adapter and no finished selection, warm start or prefilter, and redoes no phase.
 
 The profile flows one way: :func:`training.run_plan.resolve_run` resolves it against the run
 directory once (the society as routed, every stage's questions, the untrained stages' fingerprints

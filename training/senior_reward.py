@@ -156,6 +156,24 @@ class PrefilterResult:
                 "n_never_pass": sum(r == 0.0 for r in self.pass_rates),
                 "n_always_pass": sum(r == 1.0 for r in self.pass_rates)}
 
+    def to_record(self) -> dict[str, Any]:
+        """Everything but the dataset, as JSON: :meth:`from_record` rebuilds the result from it and
+        the prompts the filter ran on (a phase 3 resumed after its prefilter)."""
+        return {"n_in": self.n_in, "n_kept": self.n_kept, "k": self.k, "seconds": self.seconds,
+                "mean_reward": self.mean_reward, "kept_ids": list(self.kept_ids), "pass_rates": list(self.pass_rates)}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], prompts: Any) -> PrefilterResult:
+        """The result :meth:`to_record` wrote, its ``dataset`` the kept rows of ``prompts`` (the
+        prompts the filter ran on, a ``datasets.Dataset`` of ``record["n_in"]`` rows).
+
+        Raises:
+            ValueError: ``prompts`` has another number of rows than the filter ran on.
+        """
+        if len(prompts) != record["n_in"]:
+            raise ValueError(f"the prefilter ran on {record['n_in']} prompts, {len(prompts)} given")
+        return cls(dataset=prompts.select(record["kept_ids"]), **record)
+
 
 def prefilter_prompts(
     dataset: Any, sample: Any, reward: SeniorReward, k: int, *, max_workers: int = 4
