@@ -141,7 +141,8 @@ def test_each_persona_is_trained_and_served_its_own_adapter_and_shared_still_wor
     direct_rows = [i for i, p in enumerate(sel.dataset["persona"]) if p == "direct"]
     fewer = train_junior_adapter(pipe.resolve(), sel.dataset.select(direct_rows[1:]),
                                  Path(ad["direct"]["adapter"]), "phase 2 SFT (direct)", said.append)
-    assert fewer["rows"] == 3 and any("trained from other rows or settings" in m for m in said), said
+    assert fewer["rows"] == 3, fewer
+    assert any("was made from other settings or data; the adapter runs again" in m for m in said), said
     info = train_juniors_per_persona(pipe.resolve(), sel.dataset, pipe.dir.phase_dir(2), said.append)
     assert info["adapters"]["direct"]["rows"] == 4  # the first rows again: trained again, not kept
     pipe.dir.mark_done(2, {**info, "selection": sel.summary})

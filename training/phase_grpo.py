@@ -16,11 +16,12 @@ from typing import Any
 from tools.files import atomic_write_text, read_jsonl
 from training.profile import TrainConfigError
 from training.reuse import sha256_json
+from training.run_dir import kept_step, mark_step
 from training.run_plan import RunPlan
 from training.run_serving import export_gguf
 from training.senior_prefilter import prefilter_senior
 
-__all__ = ["STEP_FILES", "grpo_phase", "kept_step", "phase3_key", "senior_decisions"]
+__all__ = ["STEP_FILES", "grpo_phase", "phase3_key", "senior_decisions"]
 
 #: The record each step of phase 3 before GRPO leaves when it finishes (under the phase directory;
 #: the warm start's in its adapter's directory): the repair selection with the base senior's
@@ -61,25 +62,10 @@ def phase3_key(plan: RunPlan, cfg: Any, rl: Any) -> str:
     """What phase 3's steps before GRPO start from, as a sha256 (hex): the ``grpo`` settings but
     where they are written (``output_dir``, ``init_adapter``), the reward, and the senior's
     decision points. Equal keys redo the same steps, so a resumed phase 3 keeps those that finished
-    (:func:`kept_step`)."""
+    (:func:`training.run_dir.kept_step`)."""
     settings = {k: v for k, v in cfg.settings().items() if k not in ("output_dir", "init_adapter")}
     return sha256_json({"grpo": settings, "reward": plan.cfg.reward.model_dump(mode="json"),
                         "prompts": list(rl.prompts["prompt"])})
-
-
-def kept_step(path: Path, key: str, echo: Callable[[str], None], what: str) -> dict[str, Any] | None:
-    """The record a step of phase 3 left in ``path`` when it finished, if made with ``key``
-    (said: ``kept <what> finished before the stop``); None when there is none, or one made from
-    other settings or data (removed, and said: the step runs again)."""
-    if not path.is_file():
-        return None
-    rec = json.loads(path.read_text())
-    if rec.get("key") == key:
-        echo(f"phase 3: kept {what} finished before the stop ({path.name})")
-        return rec
-    echo(f"phase 3: {path.name} was made from other settings or data; {what} runs again")
-    path.unlink()
-    return None
 
 
 def _save_dataset(ds: Any, path: Path) -> None:
@@ -125,14 +111,15 @@ def grpo_phase(plan: RunPlan, echo: Callable[[str], None] = print) -> dict[str, 
     key = phase3_key(plan, cfg, rl)
     prompts, prefilter, warm, base_pf = rl.prompts, None, None, None
     if warm_on:
-        rec = kept_step(d / STEP_FILES["select"], key, echo, "the repair selection and the base senior's prefilter")
+        rec = kept_step(d / STEP_FILES["select"], key, echo, "phase 3",
+                        "the repair selection and the base senior's prefilter")
         if rec is None:
             base_pf, sel, prompts = prefilter_senior(plan, rl.prompts, cfg, repairs=True)
             summary, repairs = sel.summary, sel.dataset
             _save_dataset(repairs, d / "repair_dataset.jsonl")
             _save_dataset(prompts, d / "warm_prompts.jsonl")
-            atomic_write_text(d / STEP_FILES["select"], json.dumps(
-                {"key": key, "selection": summary, "prefilter_base": base_pf.to_record() if base_pf else None}) + "\n")
+            mark_step(d / STEP_FILES["select"], key, selection=summary,
+                      prefilter_base=base_pf.to_record() if base_pf else None)
         else:
             summary, repairs = rec["selection"], _load_dataset(d / "repair_dataset.jsonl")
             prompts = _load_dataset(d / "warm_prompts.jsonl")
@@ -156,12 +143,12 @@ def grpo_phase(plan: RunPlan, echo: Callable[[str], None] = print) -> dict[str, 
         else:
             ws_dir = d / "warm_start"
             key = sha256_json([key, list(repairs["messages"])])
-            rec = kept_step(ws_dir / STEP_FILES["warm_start"], key, echo, "the warm start's adapter")
+            rec = kept_step(ws_dir / STEP_FILES["warm_start"], key, echo, "phase 3", "the warm start's adapter")
             if rec is None:
                 ws = warm_start_senior(repairs, cfg, ws_dir)
                 ws_info = {"rows": ws.rows, "steps": ws.steps, "losses": ws.losses,
                            "seconds_per_step": ws.mean_step_seconds}
-                atomic_write_text(ws_dir / STEP_FILES["warm_start"], json.dumps({"key": key, "info": ws_info}) + "\n")
+                mark_step(ws_dir / STEP_FILES["warm_start"], key, info=ws_info)
             else:
                 ws_info = rec["info"]
             warm.update({"adapter": str(ws_dir), **ws_info})
@@ -173,12 +160,11 @@ def grpo_phase(plan: RunPlan, echo: Callable[[str], None] = print) -> dict[str, 
             prefilter = base_pf
         else:
             key = sha256_json([key, "prefilter", bool(cfg.init_adapter)])
-            rec = kept_step(d / STEP_FILES["prefilter"], key, echo, "the prefilter")
+            rec = kept_step(d / STEP_FILES["prefilter"], key, echo, "phase 3", "the prefilter")
             if rec is None:
                 prefilter = prefilter_senior(plan, prompts, cfg, adapter=cfg.init_adapter)[0]
                 if prefilter is not None:
-                    atomic_write_text(d / STEP_FILES["prefilter"],
-                                      json.dumps({"key": key, "prefilter": prefilter.to_record()}) + "\n")
+                    mark_step(d / STEP_FILES["prefilter"], key, prefilter=prefilter.to_record())
             else:
                 prefilter = PrefilterResult.from_record(rec["prefilter"], prompts)
         assert prefilter is not None

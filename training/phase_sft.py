@@ -15,6 +15,7 @@ from typing import Any
 from tools.files import atomic_write_text
 from training.profile import TrainConfigError
 from training.reuse import sha256_json
+from training.run_dir import kept_step, mark_step
 from training.run_plan import RunPlan
 from training.run_serving import export_gguf
 
@@ -115,16 +116,11 @@ def train_junior_adapter(plan: RunPlan, ds: Any, out: Path, label: str,
 
     cfg = plan.cfg
     key = adapter_key(plan, ds)
-    done = out / ADAPTER_DONE
-    if done.is_file():
-        kept = json.loads(done.read_text())
-        if kept.get("key") == key:
-            echo(f"{label}: kept the adapter finished before the stop ({done})")
-            info = kept["info"]  # its paths as under ``out`` now (the run may have been moved since)
-            return {**info, "adapter": str(out),
-                    "adapter_gguf": str(out / Path(info["adapter_gguf"]).name) if info["adapter_gguf"] else None}
-        echo(f"{label}: {done} was trained from other rows or settings; training again")
-        done.unlink()
+    kept = kept_step(out / ADAPTER_DONE, key, echo, label, "the adapter")
+    if kept is not None:  # its paths as under ``out`` now (the run may have been moved since)
+        info = kept["info"]
+        return {**info, "adapter": str(out),
+                "adapter_gguf": str(out / Path(info["adapter_gguf"]).name) if info["adapter_gguf"] else None}
     res = JuniorSFTTrainer(cfg.sft.with_values(model=cfg.base_model, output_dir=str(out)), ds).train()
     gguf = export_gguf(cfg, res.adapter_dir, res.adapter_dir / "adapter.gguf")
     echo(f"{label}: {res.steps} steps on {res.rows} rows, loss {res.losses[0][1]:.3f} -> "
@@ -132,7 +128,7 @@ def train_junior_adapter(plan: RunPlan, ds: Any, out: Path, label: str,
          + (f"LoRA GGUF {gguf.name}" if gguf else "PEFT adapter served by name with vLLM"))
     info = {"adapter": str(res.adapter_dir), "adapter_gguf": str(gguf) if gguf else None, "rows": res.rows,
             "steps": res.steps, "losses": res.losses, "seconds_per_step": res.mean_step_seconds}
-    atomic_write_text(done, json.dumps({"key": key, "info": info}) + "\n")
+    mark_step(out / ADAPTER_DONE, key, info=info)
     return info
 
 

@@ -12,14 +12,44 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tools.files import atomic_write_text
 from training.profile import TrainConfigError
 
-__all__ = ["LIBRARY_LOGGERS", "PHASES", "STAGE_AFTER_PHASE", "PhaseReport", "RunDir", "rebase_paths",
-           "route_library_logs"]
+__all__ = ["LIBRARY_LOGGERS", "PHASES", "STAGE_AFTER_PHASE", "PhaseReport", "RunDir", "kept_step", "mark_step",
+           "rebase_paths", "route_library_logs"]
 
 #: Phase number -> name; stages evaluated on the dev subset: baseline, then one after each of 2-4.
 PHASES: dict[int, str] = {1: "gather", 2: "sft", 3: "grpo", 4: "bandit"}
 STAGE_AFTER_PHASE = {2: "sft", 3: "grpo", 4: "bandit"}
+
+
+def mark_step(path: Path, key: str, **fields: Any) -> None:
+    """Record that a step inside a phase finished: ``{"key": key, **fields}`` written atomically to
+    ``path`` (JSON), read back by :func:`kept_step` when the phase is resumed."""
+    atomic_write_text(path, json.dumps({"key": key, **fields}, default=str) + "\n")
+
+
+def kept_step(path: Path, key: str, echo: Any, label: str, what: str) -> dict[str, Any] | None:
+    """The record :func:`mark_step` left in ``path``, if made with ``key``: the step finished
+    before the stop and is kept (said: ``<label>: kept <what> finished before the stop``). None
+    when there is none, or when it was made with another key (other rows, settings or data: the
+    record is removed and ``echo`` says the step runs again).
+
+    Args:
+        path: the record's file.
+        key: what the step is made from now (a sha256 of its inputs and settings).
+        echo: called with the one line said.
+        label / what: the phase's label, and the step's result in words.
+    """
+    if not path.is_file():
+        return None
+    rec = json.loads(path.read_text())
+    if rec.get("key") == key:
+        echo(f"{label}: kept {what} finished before the stop ({path.name})")
+        return rec
+    echo(f"{label}: {path.name} was made from other settings or data; {what} runs again")
+    path.unlink()
+    return None
 
 
 @dataclass
