@@ -287,3 +287,21 @@ def _chat(ep, max_tokens: int = 16) -> str:
                                  headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=300) as resp:
         return json.loads(resp.read())["choices"][0]["message"]["content"]
+
+
+def test_the_committed_proof_run_export_loads_with_every_trained_role_and_intact_files() -> None:
+    """The export of the `long` run (bench/results/long-2026-12-06-export, what the README tells a
+    user to try) loads as it is committed: every junior, the senior and the supervisor bound, each
+    adapter's bytes equal to the sha256 its manifest recorded at export (a broken or re-encoded file
+    fails here), the supervisor on the bandit policy that ships beside it."""
+    root = Path(__file__).resolve().parents[1] / "bench" / "results" / "long-2026-12-06-export"
+    t = load_trained(root)
+    assert t.kind == "export" and t.profile == "long"
+    bound = {r.role: r.trained for r in t.roles}
+    assert all(bound[r] for r in ("junior_direct", "junior_step_by_step", "junior_decompose", "senior", "supervisor"))
+    assert not bound["reviewer_semantic"]
+    manifest = json.loads((root / EXPORT_MANIFEST).read_text())
+    assert set(t.adapters) == set(manifest["adapters"]) and len(t.adapters) == 4
+    for alias, info in manifest["adapters"].items():
+        assert file_sha256(t.adapters[alias]) == info["sha256"], alias
+    assert t.society.role("supervisor").policy == "bandit"
