@@ -313,6 +313,32 @@ def test_pipeline_phase3_warm_starts_the_senior_then_runs_grpo(tmp_path: Path) -
     assert (d / "warm_start" / "adapter_model.safetensors").stat().st_mtime_ns == stamp
     assert fourth["warm_start"]["losses"] == json.loads(json.dumps(ws["losses"]))
     assert fourth["prefilter"] == third["prefilter"]
+    # a second run whose phase-1 store was copied from this one (as training.reuse.copy_store leaves it):
+    # the repair selection and the base prefilter are taken from here, not drawn again, and the report
+    # lists them; another key (other grpo settings) takes nothing
+    import sqlite3
+
+    from evaluation.report_content import reused_stages
+    from training.phase_grpo import reused_select
+
+    run2 = tmp_path / "run2"
+    (run2 / "phases" / "1-gather").mkdir(parents=True)
+    src, dst = sqlite3.connect(tmp_path / "run" / "store.sqlite"), sqlite3.connect(run2 / "store.sqlite")
+    src.backup(dst)
+    src.close(), dst.close()
+    (run2 / "phases" / "1-gather" / "reused.json").write_text(json.dumps({"source_run": str(tmp_path / "run")}))
+    assert reused_select(run2, run2 / "phases" / "3-grpo", "another key") is None
+    lines.clear()
+    second = grpo_phase(TrainingPipeline(TrainConfig.load(tmp_path / "p.yaml"), run2, phases={1, 3},
+                                         echo=lines.append).resolve(), lines.append)
+    assert any("prefilter reused from" in line for line in lines), lines
+    assert not any("phase 3: kept" in line for line in lines), lines
+    assert second["warm_start"]["reused_from"] == str(tmp_path / "run")
+    assert second["warm_start"]["selection"] == warm["selection"]
+    assert second["warm_start"]["prefilter_base"] == warm["prefilter_base"]
+    assert second["warm_start"]["rows"] == 1  # the source's repair pair, copied
+    [listed] = [r for r in reused_stages(run2) if r["unit"] == "wrong queries"]
+    assert listed["source_run"] == str(tmp_path / "run") and listed["n"] == sel["cases"]["total"]
     # other settings: nothing kept, the selection runs again
     raw["grpo"]["temperature"] = 0.6
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw))

@@ -9,6 +9,7 @@ Lightning's VERL trains all of the senior's weights live instead (``grpo.backend
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from training.run_plan import RunPlan
 from training.run_serving import export_gguf
 from training.senior_prefilter import prefilter_senior
 
-__all__ = ["STEP_FILES", "grpo_phase", "phase3_key", "senior_decisions"]
+__all__ = ["SELECT_FILES", "STEP_FILES", "grpo_phase", "phase3_key", "reused_select", "senior_decisions"]
 
 #: The record each step of phase 3 before GRPO leaves when it finishes (under the phase directory;
 #: the warm start's in its adapter's directory): the repair selection with the base senior's
@@ -66,6 +67,59 @@ def phase3_key(plan: RunPlan, cfg: Any, rl: Any) -> str:
     settings = {k: v for k, v in cfg.settings().items() if k not in ("output_dir", "init_adapter")}
     return sha256_json({"grpo": settings, "reward": plan.cfg.reward.model_dump(mode="json"),
                         "prompts": list(rl.prompts["prompt"])})
+
+
+#: What the repair selection step leaves in the phase directory besides its record: the repair pairs
+#: and the GRPO prompts, each with its features file (:func:`_save_dataset`).
+SELECT_FILES = ("repair_dataset.jsonl", "warm_prompts.jsonl")
+
+
+def reused_select(run_root: Path, phase_dir: Path, key: str) -> dict[str, Any] | None:
+    """Take the repair selection and the base senior's prefilter from the run this run's phase-1
+    store was copied from (``phases/1-gather/reused.json``, :func:`training.reuse.copy_store`), when
+    that run finished the step with the same :func:`phase3_key`.
+
+    The step runs only the untrained senior (fresh and hinted draws on the store's wrong queries, the
+    prefilter's draws): with the same store (its fingerprint matched: model file, society config,
+    prompts, sampling, questions) and the same key (``grpo`` settings, reward, senior prompts) it
+    would make the same records, so they are copied rather than drawn again (about 36 min of the
+    2026-12-06 run). Copies the step's record (with ``reused_from`` added) and :data:`SELECT_FILES`
+    into ``phase_dir`` and writes ``reused.json`` beside them (``stage``, ``source_run``,
+    ``source_file``, ``n`` wrong queries, ``unit``, ``source_seconds``: the step's time there when
+    recorded), which the report lists with the other reused work.
+
+    Args:
+        run_root: this run's directory.
+        phase_dir: this run's ``phases/3-grpo``.
+        key: this run's :func:`phase3_key`.
+
+    Returns:
+        The copied record (``key``, ``selection``, ``prefilter_base``, ``reused_from``), or None when
+        the store was not reused, the source has no finished selection, or its key differs (the
+        step then runs here).
+    """
+    import shutil
+
+    info = run_root / "phases" / "1-gather" / "reused.json"
+    if not info.is_file():
+        return None
+    src = Path(json.loads(info.read_text())["source_run"]) / "phases" / "3-grpo"
+    step = src / STEP_FILES["select"]
+    files = [src / n for f in SELECT_FILES for n in (f, f + ".features.json")]
+    if not step.is_file() or not all(f.is_file() for f in files):
+        return None
+    rec = json.loads(step.read_text())
+    if rec.get("key") != key:
+        return None
+    for f in files:
+        shutil.copyfile(f, phase_dir / f.name)
+    rec["reused_from"] = str(src.parent.parent)
+    mark_step(phase_dir / STEP_FILES["select"], key, **{k: v for k, v in rec.items() if k != "key"})
+    info = {"stage": "phase 3 repair selection and base prefilter", "source_run": rec["reused_from"],
+            "source_file": str(step), "n": (rec.get("selection") or {}).get("cases", {}).get("total"),
+            "unit": "wrong queries", "source_seconds": rec.get("seconds")}
+    atomic_write_text(phase_dir / "reused.json", json.dumps(info, indent=2) + "\n")
+    return rec
 
 
 def _save_dataset(ds: Any, path: Path) -> None:
@@ -113,13 +167,21 @@ def grpo_phase(plan: RunPlan, echo: Callable[[str], None] = print) -> dict[str, 
     if warm_on:
         rec = kept_step(d / STEP_FILES["select"], key, echo, "phase 3",
                         "the repair selection and the base senior's prefilter")
+        reused_from = rec.get("reused_from") if rec else None
         if rec is None:
+            rec = reused_select(plan.run_dir.root, d, key)
+            if rec is not None:
+                reused_from = rec["reused_from"]
+                echo(f"phase 3: the repair selection and the base senior's prefilter reused from {reused_from} "
+                     "(its phase-1 store is this run's, and the grpo settings, reward and senior prompts hash alike)")
+        if rec is None:
+            t0 = time.monotonic()
             base_pf, sel, prompts = prefilter_senior(plan, rl.prompts, cfg, repairs=True)
             summary, repairs = sel.summary, sel.dataset
             _save_dataset(repairs, d / "repair_dataset.jsonl")
             _save_dataset(prompts, d / "warm_prompts.jsonl")
             mark_step(d / STEP_FILES["select"], key, selection=summary,
-                      prefilter_base=base_pf.to_record() if base_pf else None)
+                      prefilter_base=base_pf.to_record() if base_pf else None, seconds=time.monotonic() - t0)
         else:
             summary, repairs = rec["selection"], _load_dataset(d / "repair_dataset.jsonl")
             prompts = _load_dataset(d / "warm_prompts.jsonl")
@@ -130,7 +192,7 @@ def grpo_phase(plan: RunPlan, echo: Callable[[str], None] = print) -> dict[str, 
                   f"{c['junior']} juniors' candidates); {k['total']} repaired ({k['own']} by the senior's own "
                   f"reply, {k['sampled']} by a fresh draw, {k['hinted']} by a hinted draw, hint removed), "
                   f"{summary['unsolved']} not")
-        warm = {"selection": summary, "prompts": len(prompts)}
+        warm = {"selection": summary, "prompts": len(prompts), **({"reused_from": reused_from} if reused_from else {})}
         if base_pf is not None:
             (d / "prefilter_base.json").write_text(json.dumps(base_pf.to_json(), indent=2))
             warm["prefilter_base"] = base_pf.to_json()

@@ -37,6 +37,11 @@ or 80 do not, since ``random.Random(seed).sample`` picks its method by size), so
 run takes its 100 from a ``long`` run's 300. Only those questions' records are taken. Stages that
 give the role a query (the senior's) match only whole.
 
+Phase 3's first step (the repair selection and the base senior's prefilter) also runs only the untrained
+senior on the store's queries: a run whose store was copied takes that step from the source run when the
+source finished it with the same phase-3 key (``grpo`` settings, reward, senior prompts;
+:func:`training.phase_grpo.reused_select`).
+
 Not hashed (the same in both runs is assumed, and said in the report's note): the code that
 parses and scores answers, the llama-server build and its slot/batch settings (at temperature > 0
 with a fixed seed the server's sampling is repeatable per request; batching may still move a
