@@ -359,3 +359,15 @@ def _written(tmp_path: Path, text: str) -> Path:
     p = tmp_path / "config.yaml"
     p.write_text(text)
     return p
+
+
+def test_default_and_long_train_phase_1_and_3_alike_so_a_default_run_can_reuse_a_long_runs_work() -> None:
+    """``long`` is ``default`` judged on more questions: the gather and grpo sections (and the reward)
+    must stay equal, or a default run with ``reuse_from: [a long run]`` could not take that run's store
+    (phase 1's hash) nor its phase-3 repair selection (``training.phase_grpo.reused_select``: the same
+    phase-3 key)."""
+    d, lg = (TrainConfig.load(PROFILE_DIR / f"{n}.yaml") for n in ("default", "long"))
+    assert d.gather.model_dump() == lg.gather.model_dump()
+    assert d.grpo.settings() == lg.grpo.settings() and d.grpo.warm_start is not None
+    assert d.reward.model_dump() == lg.reward.model_dump() and d.sft.model_dump() == lg.sft.model_dump()
+    assert d.eval.limit < lg.eval.limit and d.eval.junior_limit == lg.eval.junior_limit
