@@ -326,8 +326,14 @@ def test_pipeline_phase3_warm_starts_the_senior_then_runs_grpo(tmp_path: Path) -
     src, dst = sqlite3.connect(tmp_path / "run" / "store.sqlite"), sqlite3.connect(run2 / "store.sqlite")
     src.backup(dst)
     src.close(), dst.close()
-    (run2 / "phases" / "1-gather" / "reused.json").write_text(json.dumps({"source_run": str(tmp_path / "run")}))
+    copied = {"source_run": str(tmp_path / "run"), "n": 4}
+    (run2 / "phases" / "1-gather" / "reused.json").write_text(json.dumps(copied))
+    source_key = json.loads((d / STEP_FILES["select"]).read_text())["key"]
     assert reused_select(run2, run2 / "phases" / "3-grpo", "another key") is None
+    # a phase 1 that stored more rollouts than it copied has other wrong queries: nothing taken
+    (run2 / "phases" / "1-gather" / "done.json").write_text(json.dumps({"stored_succeeded": 5}))
+    assert reused_select(run2, run2 / "phases" / "3-grpo", source_key) is None
+    (run2 / "phases" / "1-gather" / "done.json").unlink()  # phase 1 not marked done here: no count to compare
     lines.clear()
     second = grpo_phase(TrainingPipeline(TrainConfig.load(tmp_path / "p.yaml"), run2, phases={1, 3},
                                          echo=lines.append).resolve(), lines.append)

@@ -95,15 +95,18 @@ def reused_select(run_root: Path, phase_dir: Path, key: str) -> dict[str, Any] |
 
     Returns:
         The copied record (``key``, ``selection``, ``prefilter_base``, ``reused_from``), or None when
-        the store was not reused, the source has no finished selection, or its key differs (the
-        step then runs here).
+        the store was not reused, this run's phase 1 stored more rollouts than it copied, the source
+        has no finished selection, or its key differs (the step then runs here).
     """
     import shutil
 
-    info = run_root / "phases" / "1-gather" / "reused.json"
+    info, done = (run_root / "phases" / "1-gather" / n for n in ("reused.json", "done.json"))
     if not info.is_file():
         return None
-    src = Path(json.loads(info.read_text())["source_run"]) / "phases" / "3-grpo"
+    copied = json.loads(info.read_text())
+    if done.is_file() and json.loads(done.read_text()).get("stored_succeeded") != copied.get("n", -1):
+        return None  # this run's phase 1 added rollouts to the copied store: other wrong queries to draw from
+    src = Path(copied["source_run"]) / "phases" / "3-grpo"
     step = src / STEP_FILES["select"]
     files = [src / n for f in SELECT_FILES for n in (f, f + ".features.json")]
     if not step.is_file() or not all(f.is_file() for f in files):
