@@ -24,7 +24,9 @@ From them:
   Chen et al. (2021);
 * :func:`pick_effects` -- the pick against each junior's own candidate, and
   :func:`against_control` -- the pick, the oracle and each junior against a control evaluation
-  (e.g. the one-shot ``single`` agent's records) on the questions both hold, as
+  (e.g. the one-shot ``single`` agent's records) on the questions both hold, and
+  :func:`against_before` -- each of them against the same row of another juniors-only evaluation
+  (e.g. untrained -> trained), as
   :class:`evaluation.stats.Effect` rows (paired bootstrap CI, exact McNemar p, Holm over the rows
   of one table: see :mod:`evaluation.stats` for the formulas and their sources).
 
@@ -62,6 +64,7 @@ __all__ = [
     "CandidatesSummary",
     "ControlComparison",
     "Rate",
+    "against_before",
     "against_control",
     "agreement",
     "junior_names",
@@ -693,15 +696,79 @@ def against_control(records: Sequence[Record], control: Sequence[Record], *, see
     return ControlComparison(holm_effects(effects), len(shared), only_r, only_c, base_missing)
 
 
+def against_before(records: Sequence[Record], before: Sequence[Record], *, seed: int = 0,
+                   records_name: str = "records", before_name: str = "before") -> ControlComparison:
+    """The pick, the oracle and each junior against *the same row* of another juniors-only
+    evaluation of the same questions (``before``, e.g. the untrained juniors; ``records`` = after,
+    e.g. the juniors on a trained adapter), paired by ``question_id``: the effect of whatever
+    changed between the two evaluations on each junior's own candidate and on the pick.
+    Difference, paired bootstrap CI and exact McNemar p per row
+    (:func:`evaluation.stats.paired_effect`), Holm over the rows (:func:`evaluation.stats.holm_effects`).
+
+    The result is a :class:`ControlComparison` whose "control" is ``before``: ``only_control`` counts
+    the questions only ``before`` holds, ``control_missing`` the paired questions where ``before``'s
+    pick had no outcome. A junior that only one side has gets no row.
+
+    >>> def rec(q, a, b):
+    ...     return {"question_id": q, "roles": {"junior_a": {"ex": a}, "junior_b": {"ex": b},
+    ...                                         "supervisor": {"choice": "junior_a"}}}
+    >>> old = [rec(q, False, q < 2) for q in range(4)]
+    >>> new = [rec(q, q < 3, q < 2) for q in range(4)]
+    >>> cmp = against_before(new, old)
+    >>> for e in cmp.effects:
+    ...     print(e.role, e.before, e.after, e.fixed, e.broken)
+    pick 0.0 0.75 3 0
+    oracle 0.5 0.75 1 0
+    junior_a 0.0 0.75 3 0
+    junior_b 0.5 0.5 0 0
+
+    Raises:
+        CandidatesInputError: no question in common, or no junior in common (the message names both
+            files by ``records_name``/``before_name``).
+    """
+    by_q = {str(r.get("question_id")): r for r in records}
+    old = {str(r.get("question_id")): r for r in before}
+    shared = sorted(set(by_q) & set(old))
+    only_r, only_b = len(set(by_q) - set(old)), len(set(old) - set(by_q))
+    if not shared:
+        raise CandidatesInputError(
+            f"{before_name} and {records_name} have no question in common ({len(old)} and {len(by_q)} questions); "
+            "pass two evaluations of the same questions (same split and --ids, or the same --sample and --seed)")
+    after_recs, before_recs = [by_q[q] for q in shared], [old[q] for q in shared]
+    juniors = [j for j in junior_names(after_recs) if j in set(junior_names(before_recs))]
+    if not juniors:
+        raise CandidatesInputError(
+            f"{before_name} and {records_name} have no junior in common ({', '.join(junior_names(before_recs))} vs "
+            f"{', '.join(junior_names(after_recs))}); pass two juniors-only evaluations of the same society config")
+    (pick_b, miss_pb), (pick_a, miss_pa) = pick_outcomes(before_recs), pick_outcomes(after_recs)
+    rows = [("pick", pick_b, miss_pb, pick_a, miss_pa),
+            ("oracle", oracle_outcomes(before_recs), 0, oracle_outcomes(after_recs), 0)]
+    personas = junior_personas(after_recs)
+    for j in juniors:
+        b, mb = junior_outcomes(before_recs, j)
+        a, ma = junior_outcomes(after_recs, j)
+        rows.append((j if personas[j] in j else f"{j} ({personas[j]})", b, mb, a, ma))
+    effects = [dataclasses.replace(paired_effect(b, a, phase="vs before", role=role, metric="EX", seed=seed),
+                                   missing_before=mb, missing_after=ma, unpaired=only_r + only_b)
+               for role, b, mb, a, ma in rows]
+    return ControlComparison(holm_effects(effects), len(shared), only_r, only_b, miss_pb)
+
+
 def read_summary(path: str | Path | Sequence[str | Path], control: str | Path | None = None, *,
-                 seed: int = 0) -> tuple[CandidatesSummary, ControlComparison | None]:
-    """:func:`summarize` the records at ``path`` and, with ``control``, :func:`against_control`
-    against the control file (read-only). Several paths are pooled first (:func:`pool_records`):
-    their juniors side by side as one society's candidates, the pick voted again.
+                 before: str | Path | None = None, seed: int = 0,
+                 ) -> tuple[CandidatesSummary, ControlComparison | None, ControlComparison | None]:
+    """:func:`summarize` the records at ``path``; with ``control``, :func:`against_control` against
+    the control file; with ``before``, :func:`against_before` against another juniors-only
+    evaluation of the same questions (read-only). Several paths are pooled first
+    (:func:`pool_records`): their juniors side by side as one society's candidates, the pick voted again.
+
+    Returns:
+        ``(summary, against the control or None, against before or None)``.
 
     Raises:
         CandidatesInputError: an unusable file (see :func:`read_records`, :func:`read_control`), no
-            question in common, or records that cannot be pooled (the message says why).
+            question (or, with ``before``, no junior) in common, or records that cannot be pooled
+            (the message says why).
     """
     paths = [path] if isinstance(path, (str, Path)) else list(path)
     if len(paths) == 1:
@@ -722,7 +789,11 @@ def read_summary(path: str | Path | Sequence[str | Path], control: str | Path | 
     if control is not None:
         ctl = read_control(control)
         cmp = against_control(records, ctl, seed=seed, records_name=name, control_name=str(control))
+    vs_before = None
+    if before is not None:
+        vs_before = against_before(records, read_records(before), seed=seed, records_name=name,
+                                   before_name=str(before))
     summary = summarize(records, seed=seed)
     if len(paths) > 1:
         summary = dataclasses.replace(summary, pooled=note)
-    return summary, cmp
+    return summary, cmp, vs_before

@@ -1,4 +1,4 @@
-"""``sqlsociety candidates RECORDS... [--control CONTROL] [--markdown]``: how much the juniors differ.
+"""``sqlsociety candidates RECORDS... [--control CONTROL] [--before BEFORE] [--markdown]``: how the juniors differ.
 
 Reads the per-question records of a juniors-only evaluation (a training run's
 ``eval/roles/juniors_<stage>.jsonl``, or ``questions.jsonl`` of ``sqlsociety eval --agent
@@ -8,7 +8,10 @@ how often the candidates return the same rows, how often each junior is picked, 
 against each junior on the same questions (paired bootstrap CI, exact McNemar p, Holm p). With
 ``--control`` (e.g. ``questions.jsonl`` of ``sqlsociety eval --agent single``), also the pick, the
 oracle and each junior against the control on the questions both files hold; questions held by
-one file only are counted and printed.
+one file only are counted and printed. With ``--before`` (another juniors-only evaluation of the
+same questions, e.g. the untrained juniors when RECORDS are the trained ones), each junior, the pick
+and the oracle against the same row of BEFORE (:func:`evaluation.candidates.against_before`): the
+training effect per junior, paired, Holm over the rows.
 
 Several RECORDS files, evaluations of the same questions, are pooled
 (:func:`evaluation.candidates.pool_records`): their juniors as the candidates of one society, the
@@ -114,7 +117,13 @@ def _pairing_text(c: ControlComparison) -> str:
                                                         "counted as failures" if c.control_missing else ""))
 
 
-def _print_rich(records: str, control: Path | None, s: CandidatesSummary, c: ControlComparison | None) -> None:
+def _before_text(c: ControlComparison) -> str:
+    return (f"{c.paired} questions in both files; left out: {c.only_records} only in the records, "
+            f"{c.only_control} only in the before file")
+
+
+def _print_rich(records: str, control: Path | None, s: CandidatesSummary, c: ControlComparison | None,
+                before: Path | None = None, b: ControlComparison | None = None) -> None:
     console = Console()  # made here: the terminal's width (or COLUMNS) when the command runs
 
     def table(title: str, head: list[str], rows: list[list[str]], section_before: int | None = None) -> None:
@@ -140,9 +149,13 @@ def _print_rich(records: str, control: Path | None, s: CandidatesSummary, c: Con
         table(f"each row (after) vs the control (before) · {control}", *_effect_table(c.effects))
         console.print(escape(_pairing_text(c)) + "; the oracle row is an upper bound chosen with the gold answer",
                       soft_wrap=True)
+    if b is not None:
+        table(f"each row (after) vs the same row of {before} (before)", *_effect_table(b.effects))
+        console.print(escape(_before_text(b)), soft_wrap=True)
 
 
-def _print_markdown(records: str, control: Path | None, s: CandidatesSummary, c: ControlComparison | None) -> None:
+def _print_markdown(records: str, control: Path | None, s: CandidatesSummary, c: ControlComparison | None,
+                    before: Path | None = None, b: ControlComparison | None = None) -> None:
     from tabulate import tabulate
 
     def md(head: list[str], rows: list[list[str]]) -> str:
@@ -155,6 +168,9 @@ def _print_markdown(records: str, control: Path | None, s: CandidatesSummary, c:
     if c is not None:
         out += ["", f"Each row (after) against the control `{control}` (before) ({_pairing_text(c)}; the oracle is "
                 "an upper bound chosen with the gold answer):", "", md(*_effect_table(c.effects))]
+    if b is not None:
+        out += ["", f"Each row (after) against the same row of `{before}` (before) ({_before_text(b)}):", "",
+                md(*_effect_table(b.effects))]
     typer.echo("\n".join(out))
 
 
@@ -165,19 +181,23 @@ def candidates(
     control: Path | None = typer.Option(
         None, "--control", help="Per-question records of a control evaluation (question_id, match), e.g. the "
         "one-shot `single` agent's questions.jsonl."),
+    before: Path | None = typer.Option(
+        None, "--before", help="Per-question records of another juniors-only evaluation of the same questions "
+        "(e.g. the untrained juniors): each junior, the pick and the oracle against the same row there."),
     markdown: bool = typer.Option(False, "--markdown", help="Print GitHub Markdown tables instead of Rich tables."),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed (the same seed gives the same CIs)."),
 ) -> None:
     """How much the juniors' candidates differ: EX per junior and persona, pass@k, oracle, the pick,
-    agreement, and (with --control) all of them against a control on the same questions. Writes nothing."""
+    agreement, and (with --control) all of them against a control on the same questions, (with --before)
+    each against itself in another evaluation of them. Writes nothing."""
     try:
-        summary, comparison = read_summary(records, control, seed=seed)
+        summary, comparison, vs_before = read_summary(records, control, before=before, seed=seed)
     except CandidatesInputError as e:
         _fail(str(e))
     name = " + ".join(map(str, records))
     if len(records) > 1:
         name += " (pooled, the pick voted again)"
-    (_print_markdown if markdown else _print_rich)(name, control, summary, comparison)
+    (_print_markdown if markdown else _print_rich)(name, control, summary, comparison, before, vs_before)
 
 
 def register(app: typer.Typer) -> None:

@@ -291,7 +291,8 @@ def test_pooling_two_evaluations_sets_their_juniors_side_by_side_and_votes_again
     lines = RECORDS.read_text(encoding="utf-8").splitlines()
     copy = _write(tmp_path, "copy.jsonl", "\n".join(lines[:9]) + "\n")
     one = summarize(read_records(RECORDS)[:9])
-    s, cmp = candidates.read_summary([RECORDS, copy], CONTROL)
+    s, cmp, vs_before = candidates.read_summary([RECORDS, copy], CONTROL)
+    assert vs_before is None
     assert s.n == 9
     assert [r.label for r in s.juniors] == ["junior_decompose", "junior_decompose_2", "junior_direct",
                                             "junior_direct_2", "junior_step_by_step", "junior_step_by_step_2"]
@@ -327,3 +328,53 @@ def test_compact_records_cannot_be_pooled(tmp_path: Path) -> None:
     r = _cli(str(RECORDS), str(path))
     assert r.exit_code == 2
     assert "cannot pool" in flat(r.output) and "no candidates list (compact records)" in flat(r.output)
+
+
+# --------------------------------------------------------------------------- against another evaluation (--before)
+
+LONG_RUN = Path(__file__).resolve().parent.parent / "bench" / "results"
+UNTRAINED = LONG_RUN / "long-2026-12-06-partial" / "eval" / "roles" / "juniors_baseline.jsonl"
+TRAINED = LONG_RUN / "long-2026-12-06-juniors" / "eval" / "roles" / "juniors_sft.jsonl.xz"
+
+
+def test_against_before_agrees_with_the_reports_role_effects_on_a_recorded_run() -> None:
+    """The long run's 300 untrained -> trained juniors (committed records, the second xz-compressed):
+    every junior row equals the report's phase-2 row (evaluation.role_effects), computed apart."""
+    from evaluation.candidates import against_before
+    from evaluation.role_effects import role_effects
+
+    before, after = read_records(UNTRAINED), read_records(TRAINED)
+    cmp = against_before(after, before)
+    assert (cmp.paired, cmp.only_records, cmp.only_control) == (300, 0, 0)
+    rows = {e.role: e for e in cmp.effects}
+    report = {e.role: e for e in role_effects({}, role_evals={"juniors_baseline": before, "juniors_sft": after})
+              if e.phase == "2 SFT"}
+    assert set(report) == {"junior_direct", "junior_step_by_step", "junior_decompose"}
+    for j, e in report.items():
+        mine = rows[j]
+        assert (mine.n, mine.before, mine.after, mine.fixed, mine.broken, mine.p) == (
+            e.n, e.before, e.after, e.fixed, e.broken, e.p), j
+        assert (mine.ci_low, mine.ci_high) == (e.ci_low, e.ci_high)  # same seed, same pairs
+    pick = rows["pick"]  # the supervisor's majority vote, from match
+    assert pick.before == sum(r["match"] for r in before) / 300 and pick.after == sum(r["match"] for r in after) / 300
+    assert all(e.p_holm is not None and e.p_holm >= e.p for e in cmp.effects)
+
+
+def test_against_before_refuses_files_without_a_common_question_or_junior(tmp_path: Path) -> None:
+    from evaluation.candidates import against_before
+
+    recs = read_records(RECORDS)
+    with pytest.raises(CandidatesInputError, match="no question in common"):
+        against_before(recs, [{"question_id": "dev-999", "roles": {}}], before_name="old.jsonl")
+    renamed = [{**r, "roles": {"junior_other": {"ex": True}}} for r in recs]
+    with pytest.raises(CandidatesInputError, match="no junior in common"):
+        against_before(recs, renamed, before_name="old.jsonl")
+
+
+def test_cli_before_prints_each_row_against_itself() -> None:
+    r = _cli(str(TRAINED), "--before", str(UNTRAINED), "--markdown")
+    assert r.exit_code == 0, r.output
+    text = flat(r.output)
+    assert "against the same row of" in text and "300 questions in both files" in text
+    direct = next(line for line in r.output.splitlines() if line.startswith("| junior_direct") and "+6.7" in line)
+    assert "| 31 " in direct and "| 11 " in direct  # fixed / broken of the recorded run

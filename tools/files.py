@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import lzma
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -147,7 +148,8 @@ def atomic_write_text(path: str | Path, text: str, *, encoding: str = "utf-8") -
 
 def read_jsonl(path: str | Path, *, error: type[Exception] = ValueError, drop_truncated_tail: bool = True,
                skip_bad: bool = False) -> list[dict[str, Any]]:
-    """The JSON objects of a JSON-lines file, one per non-blank line, in file order.
+    """The JSON objects of a JSON-lines file (xz-compressed when its name ends in ``.xz``), one per
+    non-blank line, in file order.
 
     A run killed while appending leaves a truncated last line: with ``drop_truncated_tail`` (the
     default) that line is dropped with a warning; every other bad line is an error, unless
@@ -166,6 +168,11 @@ def read_jsonl(path: str | Path, *, error: type[Exception] = ValueError, drop_tr
     >>> _ = p.write_text('{"a": 1}\\n[2]\\nnot json\\n{"a": 3}\\n')
     >>> read_jsonl(p, skip_bad=True)
     [{'a': 1}, {'a': 3}]
+    >>> import lzma
+    >>> x = p.with_suffix(".jsonl.xz")
+    >>> _ = x.write_bytes(lzma.compress(b'{"a": 1}\\n'))  # ".xz": read through lzma
+    >>> read_jsonl(x)
+    [{'a': 1}]
 
     Raises:
         error (ValueError unless given): the file is missing, unreadable or not UTF-8, or a line
@@ -173,11 +180,19 @@ def read_jsonl(path: str | Path, *, error: type[Exception] = ValueError, drop_tr
     """
     p = Path(path)
     try:
-        lines = p.read_text(encoding="utf-8").splitlines()
+        if p.suffix == ".xz":  # committed records are xz-compressed JSON lines
+            with lzma.open(p, "rt", encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        else:
+            lines = p.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError as exc:
         raise error(f"{p} does not exist") from exc
     except UnicodeDecodeError as exc:
         raise error(f"{p} is not UTF-8 text ({exc}); pass a JSON-lines file") from exc
+    except EOFError as exc:
+        raise error(f"{p} is a truncated xz file ({exc}); copy it again or decompress what is left with xz") from exc
+    except lzma.LZMAError as exc:
+        raise error(f"{p} is named .xz but is not xz data ({exc}); rename it or pass the uncompressed file") from exc
     except OSError as exc:
         raise error(f"{p} cannot be read ({exc.strerror or exc}); check its permissions") from exc
     last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
