@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 
-__all__ = ["busy_cores", "default_threads", "idle_threads"]
+__all__ = ["busy_cores", "chosen_threads", "default_threads", "idle_threads"]
 
 _log = logging.getLogger(__name__)
 
@@ -18,7 +18,7 @@ _log = logging.getLogger(__name__)
 def default_threads() -> int:
     """CPU threads for a new llama.cpp server: ``$SQLSOCIETY_LLAMA_THREADS`` if set, else the idle
     cores at start-up (:func:`idle_threads`), clamped to 1..8. Fewer than the cores (up to 8) without
-    ``$SQLSOCIETY_LLAMA_THREADS`` is logged as a warning (this module's logger): the server keeps
+    ``$SQLSOCIETY_LLAMA_THREADS`` is logged as a warning (:func:`chosen_threads`): the server keeps
     its threads while it runs.
 
     llama.cpp's CPU threads spin on barriers, so on a busy 2-core box 1 thread is faster than 2.
@@ -26,14 +26,35 @@ def default_threads() -> int:
     Raises:
         ValueError: ``$SQLSOCIETY_LLAMA_THREADS`` is not a positive integer.
     """
-    n = idle_threads("SQLSOCIETY_LLAMA_THREADS", cap=8)
+    return chosen_threads("SQLSOCIETY_LLAMA_THREADS", "a new llama-server", cap=8, cost=(
+        "a training phase: hours; measured 2026-12-06 on an idle 2-core machine, juniors-only rollouts: "
+        "195 tokens/s on 1 thread, 249 on 2"))
+
+
+def chosen_threads(env_var: str, what: str, *, cap: int | None = None, cost: str = "") -> int:
+    """:func:`idle_threads` for a worker that keeps its thread count for as long as it runs (a
+    llama.cpp server, a torch training run), with a warning on this module's logger when that is
+    fewer than the cores (up to ``cap``) and ``env_var`` is unset: a job passing at the moment it
+    starts would otherwise slow it for its whole life, silently.
+
+    Args:
+        env_var: the variable that sets the count (and silences the warning).
+        what: the worker, for the message (e.g. ``"a torch training run"``).
+        cap: at most this many threads.
+        cost: what too few threads cost, measured, for the message.
+
+    Returns:
+        The thread count, >= 1.
+
+    Raises:
+        ValueError: ``env_var`` is set and not a positive integer.
+    """
+    n = idle_threads(env_var, cap=cap)
     cores = _cores()
-    if n < min(cores, 8) and not os.environ.get("SQLSOCIETY_LLAMA_THREADS", "").strip():
-        # a server keeps its threads while it runs: one started beside a passing job stays slow for hours
-        _log.warning("a new llama-server gets %d CPU thread(s) of %d: the rest were busy when it started, and it "
-                     "keeps that for as long as it runs (a training phase: hours; measured 2026-12-06 on an idle "
-                     "2-core machine, juniors-only rollouts: 195 tokens/s on 1 thread, 249 on 2); set "
-                     "SQLSOCIETY_LLAMA_THREADS=%d to use every core", n, cores, min(cores, 8))
+    full = min(cores, cap) if cap else cores
+    if n < full and not os.environ.get(env_var, "").strip():
+        _log.warning("%s gets %d CPU thread(s) of %d: the rest were busy when it started, and it keeps that for as "
+                     "long as it runs (%s); set %s=%d to use every core", what, n, cores, cost, env_var, full)
     return n
 
 

@@ -68,6 +68,22 @@ def test_the_environment_wins_and_is_checked(monkeypatch) -> None:
         idle_threads("SQLSOCIETY_TEST_THREADS")
 
 
+def _burners() -> list[subprocess.Popen]:
+    """Real CPU-bound children, one per core, each spinning (it said so) for at most 60 s."""
+    burners = [subprocess.Popen(
+        [sys.executable, "-c", "import time\nt = time.time()\nprint('spinning', flush=True)\n"
+                               "while time.time() - t < 60: pass"],
+        stdout=subprocess.PIPE, text=True) for _ in range(CORES)]
+    assert all(b.stdout.readline() == "spinning\n" for b in burners)
+    return burners
+
+
+def _stop(burners: list[subprocess.Popen]) -> None:
+    for b in burners:
+        b.kill()
+        b.wait()
+
+
 @pytest.mark.skipif(CORES < 2, reason="one core: a server can never get fewer threads than cores")
 def test_a_server_started_beside_a_busy_job_says_it_keeps_fewer_threads(monkeypatch, caplog) -> None:
     """Real CPU-bound children, one per core (the load average replaced, every core busy, as above).
@@ -78,12 +94,8 @@ def test_a_server_started_beside_a_busy_job_says_it_keeps_fewer_threads(monkeypa
 
     monkeypatch.setattr(os, "getloadavg", lambda: (float(CORES),) * 3)
     monkeypatch.delenv("SQLSOCIETY_LLAMA_THREADS", raising=False)
-    burners = [subprocess.Popen(
-        [sys.executable, "-c", "import time\nt = time.time()\nprint('spinning', flush=True)\n"
-                               "while time.time() - t < 60: pass"],
-        stdout=subprocess.PIPE, text=True) for _ in range(CORES)]
+    burners = _burners()
     try:
-        assert all(b.stdout.readline() == "spinning\n" for b in burners)
         with caplog.at_level("WARNING", logger="society.cpu_threads"):
             n = default_threads()
         assert n < min(CORES, 8)
@@ -96,6 +108,32 @@ def test_a_server_started_beside_a_busy_job_says_it_keeps_fewer_threads(monkeypa
             assert default_threads() == 1
         assert not [r for r in caplog.records if r.name == "society.cpu_threads"]
     finally:
-        for b in burners:
-            b.kill()
-            b.wait()
+        _stop(burners)
+
+
+@pytest.mark.skipif(CORES < 2, reason="one core: a training run can never get fewer threads than cores")
+def test_a_torch_run_started_beside_a_busy_job_says_it_keeps_fewer_threads(monkeypatch, caplog) -> None:
+    """As above for torch training (training.threads.torch_threads): on 2026-12-07 a junior adapter
+    started while a test ran took 1 thread for its 180 SFT steps (about 14 s each against 8.4 on 2),
+    with no word of it. Now the choice is logged with SQLSOCIETY_TORCH_THREADS; an explicit count
+    (the argument or the variable) is taken as given, silently."""
+    from training.threads import torch_threads
+
+    monkeypatch.setattr(os, "getloadavg", lambda: (float(CORES),) * 3)
+    monkeypatch.delenv("SQLSOCIETY_TORCH_THREADS", raising=False)
+    burners = _burners()
+    try:
+        with caplog.at_level("WARNING", logger="society.cpu_threads"):
+            n = torch_threads()
+        assert 1 <= n < CORES
+        (rec,) = [r for r in caplog.records if r.name == "society.cpu_threads"]
+        assert rec.getMessage().startswith(f"a torch training run gets {n} CPU thread(s) of {CORES}")
+        assert f"SQLSOCIETY_TORCH_THREADS={CORES}" in rec.getMessage()
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="society.cpu_threads"):
+            assert torch_threads(2) == 2
+            monkeypatch.setenv("SQLSOCIETY_TORCH_THREADS", "1")
+            assert torch_threads() == 1
+        assert not [r for r in caplog.records if r.name == "society.cpu_threads"]
+    finally:
+        _stop(burners)
