@@ -649,6 +649,20 @@ class ControlComparison:
     control_missing: int
 
 
+def _by_question(records: Sequence[Record], other: Sequence[Record], records_name: str, other_name: str,
+                 what_to_pass: str) -> tuple[dict[str, Record], dict[str, Record], list[str], int, int]:
+    """Both files keyed by ``question_id``, the ids both hold (sorted), and how many only one holds;
+    :class:`CandidatesInputError` naming both files when none is shared."""
+    by_q = {str(r.get("question_id")): r for r in records}
+    oth = {str(r.get("question_id")): r for r in other}
+    shared = sorted(set(by_q) & set(oth))
+    if not shared:
+        raise CandidatesInputError(
+            f"{other_name} and {records_name} have no question in common ({len(oth)} and {len(by_q)} questions, "
+            "e.g. " + ", ".join(sorted(oth)[:3]) + " vs " + ", ".join(sorted(by_q)[:3]) + "); " + what_to_pass)
+    return by_q, oth, shared, len(set(by_q) - set(oth)), len(set(oth) - set(by_q))
+
+
 def against_control(records: Sequence[Record], control: Sequence[Record], *, seed: int = 0,
                     records_name: str = "records", control_name: str = "control") -> ControlComparison:
     """The pick, the oracle and each junior against ``control`` on the questions both hold
@@ -669,15 +683,9 @@ def against_control(records: Sequence[Record], control: Sequence[Record], *, see
         CandidatesInputError: no question in common (the message names both files by
             ``records_name``/``control_name``).
     """
-    by_q = {str(r.get("question_id")): r for r in records}
-    ctl = {str(r.get("question_id")): r for r in control}
-    shared = sorted(set(by_q) & set(ctl))
-    only_r, only_c = len(set(by_q) - set(ctl)), len(set(ctl) - set(by_q))
-    if not shared:
-        raise CandidatesInputError(
-            f"{control_name} and {records_name} have no question in common ({len(ctl)} and {len(by_q)} questions, "
-            "e.g. " + ", ".join(sorted(ctl)[:3]) + " vs " + ", ".join(sorted(by_q)[:3]) + "); pass a control "
-            "evaluated on the same questions (same split, sample size and sampling seed)")
+    by_q, ctl, shared, only_r, only_c = _by_question(
+        records, control, records_name, control_name,
+        "pass a control evaluated on the same questions (same split, sample size and sampling seed)")
     recs = [by_q[q] for q in shared]
     raw_ctl = [ctl[q].get("match") for q in shared]
     base = [int(bool(x)) for x in raw_ctl]
@@ -726,14 +734,9 @@ def against_before(records: Sequence[Record], before: Sequence[Record], *, seed:
         CandidatesInputError: no question in common, or no junior in common (the message names both
             files by ``records_name``/``before_name``).
     """
-    by_q = {str(r.get("question_id")): r for r in records}
-    old = {str(r.get("question_id")): r for r in before}
-    shared = sorted(set(by_q) & set(old))
-    only_r, only_b = len(set(by_q) - set(old)), len(set(old) - set(by_q))
-    if not shared:
-        raise CandidatesInputError(
-            f"{before_name} and {records_name} have no question in common ({len(old)} and {len(by_q)} questions); "
-            "pass two evaluations of the same questions (same split and --ids, or the same --sample and --seed)")
+    by_q, old, shared, only_r, only_b = _by_question(
+        records, before, records_name, before_name,
+        "pass two evaluations of the same questions (same split and --ids, or the same --sample and --seed)")
     after_recs, before_recs = [by_q[q] for q in shared], [old[q] for q in shared]
     juniors = [j for j in junior_names(after_recs) if j in set(junior_names(before_recs))]
     if not juniors:

@@ -68,72 +68,62 @@ def test_the_environment_wins_and_is_checked(monkeypatch) -> None:
         idle_threads("SQLSOCIETY_TEST_THREADS")
 
 
-def _burners() -> list[subprocess.Popen]:
-    """Real CPU-bound children, one per core, each spinning (it said so) for at most 60 s."""
+@pytest.fixture
+def every_core_busy(monkeypatch):
+    """Real CPU-bound children, one per core, each spinning (it said so) for at most 60 s; the load
+    average replaced by one reporting every core busy, so the measured sample decides."""
+    monkeypatch.setattr(os, "getloadavg", lambda: (float(CORES),) * 3)
     burners = [subprocess.Popen(
         [sys.executable, "-c", "import time\nt = time.time()\nprint('spinning', flush=True)\n"
                                "while time.time() - t < 60: pass"],
         stdout=subprocess.PIPE, text=True) for _ in range(CORES)]
-    assert all(b.stdout.readline() == "spinning\n" for b in burners)
-    return burners
+    try:
+        assert all(b.stdout.readline() == "spinning\n" for b in burners)
+        yield
+    finally:
+        for b in burners:
+            b.kill()
+            b.wait()
 
 
-def _stop(burners: list[subprocess.Popen]) -> None:
-    for b in burners:
-        b.kill()
-        b.wait()
+def _logged(caplog, fn):
+    """``fn()`` and the messages it logged on society.cpu_threads (WARNING and above)."""
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="society.cpu_threads"):
+        value = fn()
+    return value, [r.getMessage() for r in caplog.records if r.name == "society.cpu_threads"]
 
 
 @pytest.mark.skipif(CORES < 2, reason="one core: a server can never get fewer threads than cores")
-def test_a_server_started_beside_a_busy_job_says_it_keeps_fewer_threads(monkeypatch, caplog) -> None:
+def test_a_server_started_beside_a_busy_job_says_it_keeps_fewer_threads(monkeypatch, caplog, every_core_busy) -> None:
     """Real CPU-bound children, one per core (the load average replaced, every core busy, as above).
     A llama-server keeps the threads it starts with; one started beside a passing job stayed at 1 of 2
     threads for a whole phase on 2026-12-06 (195 against 249 tokens/s once idle). The choice is logged
     with the variable that overrides it; a thread count set by that variable is not."""
     from society.cpu_threads import default_threads
 
-    monkeypatch.setattr(os, "getloadavg", lambda: (float(CORES),) * 3)
     monkeypatch.delenv("SQLSOCIETY_LLAMA_THREADS", raising=False)
-    burners = _burners()
-    try:
-        with caplog.at_level("WARNING", logger="society.cpu_threads"):
-            n = default_threads()
-        assert n < min(CORES, 8)
-        (rec,) = [r for r in caplog.records if r.name == "society.cpu_threads"]
-        assert f"gets {n} CPU thread(s) of {CORES}" in rec.getMessage()
-        assert f"SQLSOCIETY_LLAMA_THREADS={min(CORES, 8)}" in rec.getMessage()
-        caplog.clear()
-        monkeypatch.setenv("SQLSOCIETY_LLAMA_THREADS", "1")
-        with caplog.at_level("WARNING", logger="society.cpu_threads"):
-            assert default_threads() == 1
-        assert not [r for r in caplog.records if r.name == "society.cpu_threads"]
-    finally:
-        _stop(burners)
+    n, (msg,) = _logged(caplog, default_threads)
+    assert n < min(CORES, 8)
+    assert f"gets {n} CPU thread(s) of {CORES}" in msg and f"SQLSOCIETY_LLAMA_THREADS={min(CORES, 8)}" in msg
+    monkeypatch.setenv("SQLSOCIETY_LLAMA_THREADS", "1")
+    assert _logged(caplog, default_threads) == (1, [])
 
 
 @pytest.mark.skipif(CORES < 2, reason="one core: a training run can never get fewer threads than cores")
-def test_a_torch_run_started_beside_a_busy_job_says_it_keeps_fewer_threads(monkeypatch, caplog) -> None:
+def test_a_torch_run_started_beside_a_busy_job_says_it_keeps_fewer_threads(
+        monkeypatch, caplog, every_core_busy) -> None:
     """As above for torch training (training.threads.torch_threads): on 2026-12-07 a junior adapter
     started while a test ran took 1 thread for its 180 SFT steps (about 14 s each against 8.4 on 2),
     with no word of it. Now the choice is logged with SQLSOCIETY_TORCH_THREADS; an explicit count
     (the argument or the variable) is taken as given, silently."""
     from training.threads import torch_threads
 
-    monkeypatch.setattr(os, "getloadavg", lambda: (float(CORES),) * 3)
     monkeypatch.delenv("SQLSOCIETY_TORCH_THREADS", raising=False)
-    burners = _burners()
-    try:
-        with caplog.at_level("WARNING", logger="society.cpu_threads"):
-            n = torch_threads()
-        assert 1 <= n < CORES
-        (rec,) = [r for r in caplog.records if r.name == "society.cpu_threads"]
-        assert rec.getMessage().startswith(f"a torch training run gets {n} CPU thread(s) of {CORES}")
-        assert f"SQLSOCIETY_TORCH_THREADS={CORES}" in rec.getMessage()
-        caplog.clear()
-        with caplog.at_level("WARNING", logger="society.cpu_threads"):
-            assert torch_threads(2) == 2
-            monkeypatch.setenv("SQLSOCIETY_TORCH_THREADS", "1")
-            assert torch_threads() == 1
-        assert not [r for r in caplog.records if r.name == "society.cpu_threads"]
-    finally:
-        _stop(burners)
+    n, (msg,) = _logged(caplog, torch_threads)
+    assert 1 <= n < CORES
+    assert msg.startswith(f"a torch training run gets {n} CPU thread(s) of {CORES}")
+    assert f"SQLSOCIETY_TORCH_THREADS={CORES}" in msg
+    assert _logged(caplog, lambda: torch_threads(2)) == (2, [])
+    monkeypatch.setenv("SQLSOCIETY_TORCH_THREADS", "1")
+    assert _logged(caplog, torch_threads) == (1, [])
