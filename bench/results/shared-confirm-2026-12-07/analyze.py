@@ -17,7 +17,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[2]))
 
 from evaluation.candidates import against_before, against_control, read_control, read_records  # noqa: E402
-from evaluation.stats import holm_adjust, wilson_ci  # noqa: E402
+from evaluation.stats import holm_adjust, paired_effect, paired_records, wilson_ci  # noqa: E402
 from society.candidate import majority_vote  # noqa: E402
 
 
@@ -69,3 +69,9 @@ print()
 control("untrained", untrained, arms["single_untrained"])
 if arms["single_shared"].is_file():
     control("shared adapter (the writer junior on it)", shared, arms["single_shared"])
+    a, b = read_control(arms["single_untrained"]), read_control(arms["single_shared"])
+    pairs, _ = paired_records(a, b)
+    e = paired_effect([bool(x.get("match")) for x, _ in pairs], [bool(y.get("match")) for _, y in pairs])
+    print(f"one-shot, untrained -> the writer junior on the shared adapter: {100 * e.before:.1f} -> "
+          f"{100 * e.after:.1f}  {100 * e.delta:+.1f} [{100 * e.ci_low:+.1f}, {100 * e.ci_high:+.1f}]  "
+          f"{e.fixed}/{e.broken}  p {e.p:.4f}")
