@@ -233,3 +233,31 @@ def test_the_report_lists_each_personas_adapter_and_its_loss_curve(tmp_path: Pat
     assert "| decompose | junior_policy_decompose | 0 | – | not trained: base model |" in md
     assert "junior_policy_decompose" in paths.html.read_text()
     assert list(training_signals({"2-sft": done})) == ["2-sft (direct): loss"]
+
+
+@pytest.mark.model
+def test_missed_first_spends_the_step_budget_on_the_questions_the_first_draft_missed(tmp_path: Path) -> None:
+    from datasets import Dataset
+
+    sources = ["juniors"] * 5 + ["rationalized", "resample", "rationalized"]
+    rows = [{"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": f"Question: {QUESTION}"},
+                          {"role": "assistant", "content": REPLIES["direct"] + " " * k}],
+             "source": s, "persona": "direct", "role_instance": "junior_direct"} for k, s in enumerate(sources)]
+    ds = Dataset.from_list(rows)
+    sft = {"max_steps": 2, "per_device_train_batch_size": 2, "max_length": 256, "learning_rate": 5e-3, "lora_r": 8,
+           "lora_alpha": 16}  # a budget of 4 rows for 8 admitted
+    said: list[str] = []
+    out = {}
+    for fill in ("missed_first", "random"):
+        pipe = TrainingPipeline(_profile("per_persona", llm_proxy=False, sft=sft,
+                                         adapter={"sft_min_reward": 0.0, "sft_fill": fill}),
+                                tmp_path / fill, phases={2}, echo=said.append)
+        out[fill] = train_junior_adapter(pipe.resolve(), ds, tmp_path / "adapter", f"phase 2 SFT ({fill})",
+                                         said.append)
+    first, every = out["missed_first"], out["random"]
+    assert (first["fill"], first["rows"], first["rows_admitted"], first["rows_missed"]) == ("missed_first", 4, 8, 3)
+    assert (every["fill"], every["rows"], every["rows_admitted"]) == ("random", 8, 8)
+    assert first["steps"] == every["steps"] == 2  # the same compute, other rows
+    # the same directory, other rows: the random fill's adapter was trained, not the first one kept
+    assert any("was made from other settings or data; the adapter runs again" in m for m in said), said
+    assert Path(every["adapter_gguf"]).is_file()

@@ -53,6 +53,7 @@ def test_shipped_profiles_build_every_section(name: str) -> None:
         ("reward", {"weigths": {}}, "reward: unknown key(s) ['weigths']"),
         ("adapter", {"sft_min_rewad": 0.5}, "sft_min_rewad"),
         ("adapter", {"sft_min_reward": "high"}, "adapter.sft_min_reward"),
+        ("adapter", {"sft_fill": "hardest"}, "adapter.sft_fill"),
     ],
 )
 def test_a_typo_in_a_section_fails_at_load(tmp_path: Path, section: str, values: dict, words: str) -> None:

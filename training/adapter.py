@@ -69,6 +69,7 @@ from training.agent import (
     KIND_SOCIETY_RUN,
     LC_METADATA,
     LC_RUN_NAME,
+    MISSED_SOURCES,
     SOURCES,
     rollout_source,
 )
@@ -489,7 +490,7 @@ class HierarchicalTraceAdapter(agl.TraceAdapter[SocietyTrace]):
                 counts["conversations"] += 1
                 n_read += 1
                 # the removed rule: reward >= min_reward OR own correct (its draws: own correct only)
-                old = own_ok if src in ("resample", "rationalized") else (
+                old = own_ok if src in MISSED_SOURCES else (
                     own_ok or (t.reward is not None and t.reward >= min_reward))
                 old_admitted += int(old)
                 old_wrong += int(old and not own_ok)

@@ -352,6 +352,11 @@ def _task_db_path(task: Mapping[str, Any], data_dir: Path | None) -> Path:
 #: Where a rollout's junior conversations come from (``sqlsociety.source``), in report order.
 SOURCES = ("society", "juniors", "resample", "rationalized")
 
+#: The sources of a conversation answering a question the junior's first draft missed: a
+#: rejection-sampling redraw, a STaR rationalization (what ``adapter.sft_fill: missed_first`` trains on
+#: first, :func:`training.phase_sft.fill_rows`).
+MISSED_SOURCES = ("resample", "rationalized")
+
 
 def rollout_source(agent: str, *, resample: bool = False, rationalized: bool = False) -> str:
     """The source of a rollout, one of :data:`SOURCES`: ``rationalized`` (a juniors-only rollout whose

@@ -8,19 +8,21 @@ name with vLLM). One adapter for every junior (``junior_adapters: shared``) or o
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import random
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from tools.files import atomic_write_text
+from training.agent import MISSED_SOURCES
 from training.profile import TrainConfigError
 from training.reuse import sha256_json
 from training.run_dir import kept_step, mark_step
 from training.run_plan import RunPlan
 from training.run_serving import export_gguf
 
-__all__ = ["ADAPTER_DONE", "SHARED_COMPARISON", "adapter_key", "persona_rows", "sft_phase", "sft_selection_lines",
-           "train_junior_adapter", "train_juniors_per_persona"]
+__all__ = ["ADAPTER_DONE", "SHARED_COMPARISON", "adapter_key", "fill_rows", "persona_rows", "sft_phase",
+           "sft_selection_lines", "step_budget", "train_junior_adapter", "train_juniors_per_persona"]
 
 #: ``done.json`` key of phase 2's shared adapter trained beside the per-persona ones
 #: (``compare_shared_adapter``; judged by ``training.stages.evaluate_shared_comparison``).
@@ -95,6 +97,81 @@ def sft_phase(plan: RunPlan, echo: Callable[[str], None] = print) -> dict[str, A
     return {"junior_adapters": "shared", **info, "selection": sel.summary}
 
 
+def step_budget(max_steps: int, batch: int, accumulation: int = 1) -> int | None:
+    """How many rows an SFT run of ``max_steps`` optimizer steps reads: steps x per-device batch x
+    gradient accumulation (one device); None when ``max_steps <= 0`` (the run is bounded by epochs,
+    so it reads every row).
+
+    >>> step_budget(180, 2)
+    360
+    >>> step_budget(10, 2, 4)
+    80
+    >>> step_budget(-1, 2) is None
+    True
+    """
+    return max_steps * batch * accumulation if max_steps > 0 else None
+
+
+def fill_rows(sources: Sequence[str], budget: int | None, rule: str = "random", seed: int = 0) -> list[int]:
+    """The rows (indices into ``sources``, ascending) one SFT adapter trains on.
+
+    ``random`` keeps every row (the trainer then draws its ``budget`` rows at random). ``missed_first``,
+    when ``budget`` is smaller than the rows: the rows of questions the junior's first draft missed
+    (sources in :data:`training.agent.MISSED_SOURCES`: a rejection-sampling redraw that matched gold, a
+    STaR rationalization; Zelikman et al. 2022) fill the budget first -- a random ``budget`` of them when
+    they are more -- and the others are drawn at random (``random.Random(seed)``) into what is left.
+    A junior's own right first drafts are what its model already writes (low loss), the missed ones
+    what it does not (bench/results/direct-missed-first-2026-12-07).
+
+    Args:
+        sources: each row's source (:data:`training.agent.SOURCES`), length n >= 0.
+        budget: rows the run reads (:func:`step_budget`); None = unbounded (every row kept).
+        rule: ``random`` or ``missed_first`` (``adapter.sft_fill``).
+        seed: the draw's seed (the ``sft`` seed).
+
+    Returns:
+        Sorted indices, ``min(n, budget)`` of them for ``missed_first``, all n for ``random``.
+
+    Raises:
+        ValueError: an unknown ``rule``.
+
+    >>> fill_rows(["juniors", "rationalized", "juniors", "resample"], 2, "missed_first")
+    [1, 3]
+    >>> fill_rows(["juniors", "rationalized", "juniors", "resample"], 2)
+    [0, 1, 2, 3]
+    >>> len(fill_rows(["juniors", "rationalized", "juniors", "resample"], 3, "missed_first"))
+    3
+    >>> fill_rows(["juniors", "resample"], None, "missed_first")
+    [0, 1]
+    """
+    if rule not in ("random", "missed_first"):
+        raise ValueError(f"adapter.sft_fill: {rule!r}; use 'random' or 'missed_first'")
+    n = len(sources)
+    if rule == "random" or budget is None or budget >= n:
+        return list(range(n))
+    rng = random.Random(seed)
+    missed = [i for i, s in enumerate(sources) if s in MISSED_SOURCES]
+    if len(missed) >= budget:
+        return sorted(rng.sample(missed, budget))
+    taken = set(missed)
+    rest = [i for i in range(n) if i not in taken]
+    return sorted(missed + rng.sample(rest, budget - len(missed)))
+
+
+def filled(plan: RunPlan, ds: Any) -> tuple[Any, dict[str, Any]]:
+    """``ds`` cut to the rows one adapter trains on (:func:`fill_rows` with the plan's ``adapter.sft_fill``,
+    its ``sft`` step budget and seed), and what was done: ``fill``, ``rows_admitted``, ``rows_missed``
+    (admitted rows of missed questions, before the cut)."""
+    sft = plan.cfg.sft
+    sources = list(ds["source"]) if "source" in ds.column_names else [""] * len(ds)
+    keep = fill_rows(sources, step_budget(int(sft.max_steps), int(sft.per_device_train_batch_size),
+                                          int(sft.gradient_accumulation_steps)),
+                     plan.cfg.adapter.sft_fill, int(sft.seed))
+    info = {"fill": plan.cfg.adapter.sft_fill, "rows_admitted": len(ds),
+            "rows_missed": sum(s in MISSED_SOURCES for s in sources)}
+    return (ds if len(keep) == len(ds) else ds.select(keep)), info
+
+
 def adapter_key(plan: RunPlan, ds: Any) -> str:
     """What one adapter of phase 2 is trained from, as a sha256 (hex, 64 characters): the rows'
     conversations in order, the ``sft`` settings and the base model. Equal keys train the same
@@ -105,8 +182,10 @@ def adapter_key(plan: RunPlan, ds: Any) -> str:
 
 def train_junior_adapter(plan: RunPlan, ds: Any, out: Path, label: str,
                          echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """LoRA SFT of the base model on ``ds`` into ``out``, exported to GGUF (llama.cpp); returns
-    ``adapter``, ``adapter_gguf``, ``rows``, ``steps``, ``losses``, ``seconds_per_step``.
+    """LoRA SFT of the base model on ``ds`` (cut to the step budget by ``adapter.sft_fill``,
+    :func:`filled`) into ``out``, exported to GGUF (llama.cpp); returns ``adapter``, ``adapter_gguf``,
+    ``rows`` (trained on), ``fill``, ``rows_admitted``, ``rows_missed``, ``steps``, ``losses``,
+    ``seconds_per_step``.
 
     A finished adapter leaves ``out/`` :data:`ADAPTER_DONE` (these fields and :func:`adapter_key`),
     written last; when the file is there with the same key, the adapter is kept and not trained
@@ -115,6 +194,7 @@ def train_junior_adapter(plan: RunPlan, ds: Any, out: Path, label: str,
     from training.sft import JuniorSFTTrainer
 
     cfg = plan.cfg
+    ds, fill = filled(plan, ds)
     key = adapter_key(plan, ds)
     kept = kept_step(out / ADAPTER_DONE, key, echo, label, "the adapter")
     if kept is not None:  # its paths as under ``out`` now (the run may have been moved since)
@@ -127,7 +207,7 @@ def train_junior_adapter(plan: RunPlan, ds: Any, out: Path, label: str,
          f"{res.losses[-1][1]:.3f}, {res.mean_step_seconds:.1f} s/step; "
          + (f"LoRA GGUF {gguf.name}" if gguf else "PEFT adapter served by name with vLLM"))
     info = {"adapter": str(res.adapter_dir), "adapter_gguf": str(gguf) if gguf else None, "rows": res.rows,
-            "steps": res.steps, "losses": res.losses, "seconds_per_step": res.mean_step_seconds}
+            **fill, "steps": res.steps, "losses": res.losses, "seconds_per_step": res.mean_step_seconds}
     mark_step(out / ADAPTER_DONE, key, info=info)
     return info
 

@@ -175,10 +175,17 @@ class AdapterSection(TypedSettings):
             matched gold): the threshold of the removed reward-or-correct rule, whose wrongly
             admitted conversations phase 2 counts (``phases/2-sft/sft_selection.json``).
         rl_reward: the reward of the senior's GRPO triplets (``to_rl(reward=...)``).
+        sft_fill: which admitted rows an SFT adapter trains on when its step budget
+            (``sft.max_steps`` x batch x accumulation) holds fewer rows than it has:
+            ``random`` -- all of them, the trainer drawing its batches at random (what ran before
+            this setting existed); ``missed_first`` -- the rows of questions the junior's first
+            draft missed (redraws that matched gold, STaR rationalizations) first, the rest drawn
+            at random into what is left (:func:`training.phase_sft.fill_rows`).
     """
 
     sft_min_reward: float = 0.5
     rl_reward: str = "rollout"
+    sft_fill: Literal["random", "missed_first"] = "random"
 
 
 @dataclass(frozen=True)

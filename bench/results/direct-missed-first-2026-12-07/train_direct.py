@@ -1,0 +1,62 @@
+"""The direct junior's adapter with the ``missed_first`` fill (PLAN.md beside this file).
+
+Trains on the long run's admitted direct conversations (``phases/2-sft/sft_dataset.jsonl`` of a run
+that reused the long run's phase 1: the same 2,133 rows), cut by ``training.phase_sft.fill_rows`` to
+the default profile's step budget, with the default profile's ``sft`` settings; exports the adapter
+to an F16 GGUF LoRA and writes a copy of the long run's export whose direct adapter is the new one.
+
+    python3 train_direct.py SFT_DATASET OUT_DIR EXPORT_COPY
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from datasets import Dataset
+
+from training.export import export_lora_gguf
+from training.phase_sft import fill_rows, step_budget
+from training.profile import TrainConfig
+from training.sft import JuniorSFTTrainer
+
+HERE = Path(__file__).resolve().parent
+LONG_EXPORT = HERE.parent / "long-2026-12-06-export"
+
+
+def main(dataset: str, out: str, export_copy: str) -> None:
+    cfg = TrainConfig.load("default")
+    rows = [json.loads(line) for line in open(dataset, encoding="utf-8")]
+    direct = [r for r in rows if r["persona"] == "direct"]
+    sft = cfg.sft
+    budget = step_budget(int(sft.max_steps), int(sft.per_device_train_batch_size),
+                         int(sft.gradient_accumulation_steps))
+    keep = fill_rows([r["source"] for r in direct], budget, "missed_first", int(sft.seed))
+    picked = [direct[i] for i in keep]
+    counts: dict[str, int] = {}
+    for r in picked:
+        counts[r["source"]] = counts.get(r["source"], 0) + 1
+    print(f"direct rows {len(direct)}, budget {budget}, kept {len(picked)} by source {counts}", flush=True)
+    ds = Dataset.from_list([{"messages": r["messages"]} for r in picked])
+    res = JuniorSFTTrainer(sft.with_values(model=cfg.base_model, output_dir=out), ds).train()
+    print(f"{res.steps} steps on {res.rows} rows ({res.rows_over_max_length} over max_length), "
+          f"{res.mean_step_seconds:.2f} s/step, {res.train_seconds / 60:.1f} min", flush=True)
+    dst = Path(export_copy)
+    shutil.copytree(LONG_EXPORT, dst)
+    gguf = export_lora_gguf(res.adapter_dir, cfg.base_model, dst / "adapters" / "junior_policy_direct.gguf",
+                            dtype="f16")
+    manifest = json.loads((dst / "sqlsociety-export.json").read_text())
+    manifest["adapters"]["junior_policy_direct"]["sha256"] = hashlib.sha256(gguf.read_bytes()).hexdigest()
+    (dst / "sqlsociety-export.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    json.dump({"direct_rows": len(direct), "budget": budget, "kept": len(picked), "kept_by_source": counts,
+               "steps": res.steps, "rows_over_max_length": res.rows_over_max_length,
+               "mean_step_seconds": res.mean_step_seconds, "train_seconds": res.train_seconds,
+               "losses": res.losses, "gguf_sha256": manifest["adapters"]["junior_policy_direct"]["sha256"]},
+              open(HERE / "train_direct.json", "w"), indent=1)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])
