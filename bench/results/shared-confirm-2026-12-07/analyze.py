@@ -54,24 +54,29 @@ def control(title: str, records: list[dict], single: Path) -> None:
           f"[{100 * e.ci_low:+.1f}, {100 * e.ci_high:+.1f}]  {e.fixed}/{e.broken}  p {e.p:.4f}")
 
 
-arms = {name: HERE / name / "questions.jsonl.xz" for name in
-        ("juniors_untrained", "juniors_shared", "juniors_per_persona", "single_untrained", "single_shared")}
-untrained, shared = voted(read_records(arms["juniors_untrained"])), voted(read_records(arms["juniors_shared"]))
-show("untrained -> shared adapter", shared, untrained)
-if arms["juniors_per_persona"].is_file():
-    raw = read_records(arms["juniors_per_persona"])
-    per = voted(raw)
-    bandit = sum(bool(r.get("match")) for r in raw)
-    print(f"\nper-persona arm: the export's bandit pick {bandit}/{len(raw)}; majority vote used below")
-    show("untrained -> per-persona adapters", per, untrained)
-    show("shared adapter -> per-persona adapters (positive favours per persona)", per, shared)
-print()
-control("untrained", untrained, arms["single_untrained"])
-if arms["single_shared"].is_file():
-    control("shared adapter (the writer junior on it)", shared, arms["single_shared"])
-    a, b = read_control(arms["single_untrained"]), read_control(arms["single_shared"])
-    pairs, _ = paired_records(a, b)
-    e = paired_effect([bool(x.get("match")) for x, _ in pairs], [bool(y.get("match")) for _, y in pairs])
-    print(f"one-shot, untrained -> the writer junior on the shared adapter: {100 * e.before:.1f} -> "
-          f"{100 * e.after:.1f}  {100 * e.delta:+.1f} [{100 * e.ci_low:+.1f}, {100 * e.ci_high:+.1f}]  "
-          f"{e.fixed}/{e.broken}  p {e.p:.4f}")
+def main() -> None:
+    arms = {name: HERE / name / "questions.jsonl.xz" for name in
+            ("juniors_untrained", "juniors_shared", "juniors_per_persona", "single_untrained", "single_shared")}
+    untrained, shared = voted(read_records(arms["juniors_untrained"])), voted(read_records(arms["juniors_shared"]))
+    show("untrained -> shared adapter", shared, untrained)
+    if arms["juniors_per_persona"].is_file():
+        raw = read_records(arms["juniors_per_persona"])
+        per = voted(raw)
+        bandit = sum(bool(r.get("match")) for r in raw)
+        print(f"\nper-persona arm: the export's bandit pick {bandit}/{len(raw)}; majority vote used below")
+        show("untrained -> per-persona adapters", per, untrained)
+        show("shared adapter -> per-persona adapters (positive favours per persona)", per, shared)
+    print()
+    control("untrained", untrained, arms["single_untrained"])
+    if arms["single_shared"].is_file():
+        control("shared adapter (the writer junior on it)", shared, arms["single_shared"])
+        a, b = read_control(arms["single_untrained"]), read_control(arms["single_shared"])
+        pairs, _ = paired_records(a, b)
+        e = paired_effect([bool(x.get("match")) for x, _ in pairs], [bool(y.get("match")) for _, y in pairs])
+        print(f"one-shot, untrained -> the writer junior on the shared adapter: {100 * e.before:.1f} -> "
+              f"{100 * e.after:.1f}  {100 * e.delta:+.1f} [{100 * e.ci_low:+.1f}, {100 * e.ci_high:+.1f}]  "
+              f"{e.fixed}/{e.broken}  p {e.p:.4f}")
+
+
+if __name__ == "__main__":
+    main()
