@@ -258,6 +258,7 @@ def test_missed_first_spends_the_step_budget_on_the_questions_the_first_draft_mi
     assert (first["fill"], first["rows"], first["rows_admitted"], first["rows_missed"]) == ("missed_first", 4, 8, 3)
     assert (every["fill"], every["rows"], every["rows_admitted"]) == ("random", 8, 8)
     assert first["steps"] == every["steps"] == 2  # the same compute, other rows
+    assert any("on 4 rows (missed_first: of 8 admitted, 3 of missed questions)" in m for m in said), said
     # the same directory, other rows: the random fill's adapter was trained, not the first one kept
     assert any("was made from other settings or data; the adapter runs again" in m for m in said), said
     assert Path(every["adapter_gguf"]).is_file()

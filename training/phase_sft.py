@@ -203,7 +203,9 @@ def train_junior_adapter(plan: RunPlan, ds: Any, out: Path, label: str,
                 "adapter_gguf": str(out / Path(info["adapter_gguf"]).name) if info["adapter_gguf"] else None}
     res = JuniorSFTTrainer(cfg.sft.with_values(model=cfg.base_model, output_dir=str(out)), ds).train()
     gguf = export_gguf(cfg, res.adapter_dir, res.adapter_dir / "adapter.gguf")
-    echo(f"{label}: {res.steps} steps on {res.rows} rows, loss {res.losses[0][1]:.3f} -> "
+    cut = "" if fill["rows_admitted"] == res.rows else (
+        f" ({fill['fill']}: of {fill['rows_admitted']} admitted, {fill['rows_missed']} of missed questions)")
+    echo(f"{label}: {res.steps} steps on {res.rows} rows{cut}, loss {res.losses[0][1]:.3f} -> "
          f"{res.losses[-1][1]:.3f}, {res.mean_step_seconds:.1f} s/step; "
          + (f"LoRA GGUF {gguf.name}" if gguf else "PEFT adapter served by name with vLLM"))
     info = {"adapter": str(res.adapter_dir), "adapter_gguf": str(gguf) if gguf else None, "rows": res.rows,
