@@ -3,10 +3,14 @@
 
 from __future__ import annotations
 
+import doctest
+from types import SimpleNamespace
+
 import pytest
 
+from training import phase_sft
 from training.agent import MISSED_SOURCES, SOURCES
-from training.phase_sft import fill_rows, step_budget
+from training.phase_sft import fill_rows, filled, step_budget
 
 #: a persona's admitted rows as the long run had them, in store order: mostly right first drafts
 ROWS = ["juniors"] * 12 + ["society"] * 3 + ["resample"] * 2 + ["rationalized"] * 4 + ["juniors"] * 5
@@ -41,3 +45,28 @@ def test_the_budget_is_steps_times_rows_per_step_and_bad_rules_are_named() -> No
     with pytest.raises(ValueError, match="adapter.sft_fill: 'hardest'; use 'random' or 'missed_first'"):
         fill_rows(ROWS, 4, "hardest")
     assert set(MISSED_SOURCES) < set(SOURCES)
+
+
+def _plan(fill: str, steps: int, batch: int, accumulation: int = 1) -> SimpleNamespace:
+    """The two profile sections :func:`filled` reads (a plan stands in; the trainer is not involved)."""
+    sft = SimpleNamespace(max_steps=steps, per_device_train_batch_size=batch,
+                          gradient_accumulation_steps=accumulation, seed=0)
+    return SimpleNamespace(cfg=SimpleNamespace(sft=sft, adapter=SimpleNamespace(sft_fill=fill)))
+
+
+def test_an_adapters_rows_are_cut_to_its_budget_by_the_profile() -> None:
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.Dataset.from_list([{"messages": [{"role": "user", "content": str(i)}], "source": s}
+                                     for i, s in enumerate(ROWS)])
+    cut, info = filled(_plan("missed_first", 2, 2, 2), ds)  # 2 steps x 2 rows x 2 accumulated = 8
+    assert len(cut) == 8 and info == {"fill": "missed_first", "rows_admitted": 26, "rows_missed": 6}
+    assert sorted(cut["source"]).count("rationalized") == 4 and cut["source"].count("resample") == 2
+    same, info = filled(_plan("random", 2, 2, 2), ds)
+    assert same is ds and info["fill"] == "random"  # nothing cut: the adapter's resume key is unchanged
+    bare = ds.remove_columns("source")  # rows from before sources were recorded: none counts as missed
+    cut, info = filled(_plan("missed_first", 1, 3), bare)
+    assert len(cut) == 3 and info["rows_missed"] == 0
+
+
+def test_doctests() -> None:
+    assert doctest.testmod(phase_sft).failed == 0

@@ -21,7 +21,7 @@ from training.run_dir import kept_step, mark_step
 from training.run_plan import RunPlan
 from training.run_serving import export_gguf
 
-__all__ = ["ADAPTER_DONE", "SHARED_COMPARISON", "adapter_key", "fill_rows", "persona_rows", "sft_phase",
+__all__ = ["ADAPTER_DONE", "SHARED_COMPARISON", "adapter_key", "fill_rows", "filled", "persona_rows", "sft_phase",
            "sft_selection_lines", "step_budget", "train_junior_adapter", "train_juniors_per_persona"]
 
 #: ``done.json`` key of phase 2's shared adapter trained beside the per-persona ones
@@ -62,8 +62,9 @@ def sft_phase(plan: RunPlan, echo: Callable[[str], None] = print) -> dict[str, A
     Returns:
         ``done.json``'s fields (:func:`train_junior_adapter`'s, or :func:`train_juniors_per_persona`'s;
         with ``compare_shared_adapter`` also :data:`SHARED_COMPARISON`: one adapter trained on every
-        row the persona adapters train on, with the same ``sft`` settings -- so ``sft.max_steps``
-        steps for all of them, where each persona's adapter has that many for its own --
+        persona's admitted rows (cut by ``adapter.sft_fill`` as one set), with the same ``sft``
+        settings -- so ``sft.max_steps`` steps for all of them, where each persona's adapter has that
+        many for its own --
         :func:`train_junior_adapter`'s fields).
 
     Raises:
@@ -130,7 +131,10 @@ def fill_rows(sources: Sequence[str], budget: int | None, rule: str = "random", 
         seed: the draw's seed (the ``sft`` seed).
 
     Returns:
-        Sorted indices, ``min(n, budget)`` of them for ``missed_first``, all n for ``random``.
+        Sorted indices: all n for ``random`` or a ``budget`` of None; else ``min(n, budget)`` of them.
+        The trainer later leaves out rows longer than ``sft.max_length``; with ``missed_first`` each
+        such row is a slot of the budget the trainer fills by reading other rows again
+        (``rows_over_max_length`` in the adapter's record).
 
     Raises:
         ValueError: an unknown ``rule``.
@@ -184,8 +188,9 @@ def train_junior_adapter(plan: RunPlan, ds: Any, out: Path, label: str,
                          echo: Callable[[str], None] = print) -> dict[str, Any]:
     """LoRA SFT of the base model on ``ds`` (cut to the step budget by ``adapter.sft_fill``,
     :func:`filled`) into ``out``, exported to GGUF (llama.cpp); returns ``adapter``, ``adapter_gguf``,
-    ``rows`` (trained on), ``fill``, ``rows_admitted``, ``rows_missed``, ``steps``, ``losses``,
-    ``seconds_per_step``.
+    ``rows`` (given to the trainer, which reads ``sft.max_steps`` x batch of them), ``fill``,
+    ``rows_admitted``, ``rows_missed``, ``rows_over_max_length`` (left out by the trainer), ``steps``,
+    ``losses``, ``seconds_per_step``.
 
     A finished adapter leaves ``out/`` :data:`ADAPTER_DONE` (these fields and :func:`adapter_key`),
     written last; when the file is there with the same key, the adapter is kept and not trained
@@ -209,7 +214,8 @@ def train_junior_adapter(plan: RunPlan, ds: Any, out: Path, label: str,
          f"{res.losses[-1][1]:.3f}, {res.mean_step_seconds:.1f} s/step; "
          + (f"LoRA GGUF {gguf.name}" if gguf else "PEFT adapter served by name with vLLM"))
     info = {"adapter": str(res.adapter_dir), "adapter_gguf": str(gguf) if gguf else None, "rows": res.rows,
-            **fill, "steps": res.steps, "losses": res.losses, "seconds_per_step": res.mean_step_seconds}
+            **fill, "rows_over_max_length": res.rows_over_max_length, "steps": res.steps, "losses": res.losses,
+            "seconds_per_step": res.mean_step_seconds}
     mark_step(out / ADAPTER_DONE, key, info=info)
     return info
 
