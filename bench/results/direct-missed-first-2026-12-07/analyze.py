@@ -55,5 +55,21 @@ def main() -> None:
                  arm["single_missed_first"])
 
 
+def pooled() -> None:
+    """Post hoc, decided after all three draws were seen: the three planned untrained -> per-persona
+    comparisons pooled, which together cover every executable dev question (972). The direct adapter
+    differs by draw (random fill on the first 600, missed_first on these 372). Draw 1's records are the
+    long run's stages, whose pick already was the majority vote."""
+    base = HERE.parent
+    before = (read_records(base / "long-2026-12-06-partial/eval/roles/juniors_baseline.jsonl")
+              + confirm.voted(read_records(base / "shared-confirm-2026-12-07/juniors_untrained/questions.jsonl.xz"))
+              + confirm.voted(read_records(HERE / "juniors_untrained/questions.jsonl.xz")))
+    after = (read_records(base / "long-2026-12-06-juniors/eval/roles/juniors_sft.jsonl.xz")
+             + confirm.voted(read_records(base / "shared-confirm-2026-12-07/juniors_per_persona/questions.jsonl.xz"))
+             + confirm.voted(read_records(HERE / "juniors_missed_first/questions.jsonl.xz")))
+    confirm.show("post hoc: the three draws pooled (every executable dev question)", after, before)
+
+
 if __name__ == "__main__":
     main()
+    pooled()
