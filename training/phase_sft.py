@@ -122,7 +122,8 @@ def fill_rows(sources: Sequence[str], budget: int | None, rule: str = "random", 
     STaR rationalization; Zelikman et al. 2022) fill the budget first -- a random ``budget`` of them when
     they are more -- and the others are drawn at random (``random.Random(seed)``) into what is left.
     A junior's own right first drafts are what its model already writes (low loss), the missed ones
-    what it does not (bench/results/direct-missed-first-2026-12-07).
+    what it does not; tried on the direct junior (bench/results/direct-missed-first-2026-12-07) it was
+    not better than ``random`` on 372 fresh dev questions (one-shot EX −2.7 pts, p = 0.30).
 
     Args:
         sources: each row's source (:data:`training.agent.SOURCES`), length n >= 0.
