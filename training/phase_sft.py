@@ -11,11 +11,11 @@ import json
 import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from tools.files import atomic_write_text
 from training.agent import MISSED_SOURCES
-from training.profile import TrainConfigError
+from training.profile import SftFill, TrainConfigError
 from training.reuse import sha256_json
 from training.run_dir import kept_step, mark_step
 from training.run_plan import RunPlan
@@ -149,8 +149,8 @@ def fill_rows(sources: Sequence[str], budget: int | None, rule: str = "random", 
     >>> fill_rows(["juniors", "resample"], None, "missed_first")
     [0, 1]
     """
-    if rule not in ("random", "missed_first"):
-        raise ValueError(f"adapter.sft_fill: {rule!r}; use 'random' or 'missed_first'")
+    if rule not in get_args(SftFill):
+        raise ValueError(f"adapter.sft_fill: {rule!r}; use {' or '.join(map(repr, get_args(SftFill)))}")
     n = len(sources)
     if rule == "random" or budget is None or budget >= n:
         return list(range(n))

@@ -43,7 +43,7 @@ from training.gather_config import GatherConfig
 from training.grpo import SeniorGRPOConfig
 from training.sft import JuniorSFTConfig
 
-__all__ = ["PROFILE_DIR", "PROFILES", "AdapterSection", "EvalSection", "ProfileRecord", "ServingSection",
+__all__ = ["PROFILE_DIR", "PROFILES", "AdapterSection", "EvalSection", "ProfileRecord", "ServingSection", "SftFill",
            "TrainConfig", "TrainConfigError", "RETIRED_ADAPTER_KEYS", "TYPED_SECTIONS"]
 
 logger = logging.getLogger(__name__)
@@ -167,6 +167,10 @@ class ServingSection(TypedSettings):
     extra_args: list[str] = Field(default_factory=list)
 
 
+#: ``adapter.sft_fill``'s choices (:func:`training.phase_sft.fill_rows`).
+SftFill = Literal["random", "missed_first"]
+
+
 class AdapterSection(TypedSettings):
     """Selection thresholds of the :class:`training.adapter.HierarchicalTraceAdapter` views.
 
@@ -185,7 +189,7 @@ class AdapterSection(TypedSettings):
 
     sft_min_reward: float = 0.5
     rl_reward: str = "rollout"
-    sft_fill: Literal["random", "missed_first"] = "random"
+    sft_fill: SftFill = "random"
 
 
 @dataclass(frozen=True)
