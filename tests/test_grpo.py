@@ -20,6 +20,7 @@ from tools.spider import load_examples
 from training.grpo import SeniorGRPOConfig, SeniorGRPOTrainer
 from training.grpo_verl import load_verl_config
 from training.senior_reward import SeniorReward
+from training.sft import bf16_support
 
 SMOL = "smollm2-135m"
 
@@ -121,6 +122,8 @@ def test_grpo_tiny_real_run(rows, tmp_path):
         assert (res.adapter_dir / "adapter_model.safetensors").is_file()
         m = json.loads(res.metrics_path.read_text())
         assert m["steps"] == 1 and m["completions_scored"] == 4 and m["prompts"] == 2
+        # the CPU's native bf16 is used where it has it (read at run time), as in SFT
+        assert m["precision"] == ("bf16" if bf16_support()[0] else "fp32") and m["precision_reason"]
         if res.reward_std[0] > 0:
             break
 
@@ -152,13 +155,15 @@ def test_grpo_generation_stops_at_the_stop_strings(rows, tmp_path):
     follow it, from a token holding two newlines.
     """
     cfg = SeniorGRPOConfig(model=SMOL, output_dir=str(tmp_path / "grpo"), max_steps=1, num_generations=4,
-                           max_completion_length=32, max_prompt_length=640, learning_rate=1e-4, stop=("\n",))
+                           max_completion_length=32, max_prompt_length=640, learning_rate=1e-4, stop=("\n",),
+                           bf16=False)
     trainer = SeniorGRPOTrainer(cfg, rows[:1])
     trainer.train()
     recs = trainer.reward.records
     assert len(recs) == 4
     assert max(r["after_stop_chars"] for r in recs) <= 1, recs
     m = json.loads((tmp_path / "grpo" / "grpo_metrics.json").read_text())
+    assert m["precision"] == "fp32" and m["precision_reason"].startswith("the profile sets bf16: False")
     assert m["completions_with_text_after_stop"] == sum(r["after_stop_chars"] > 0 for r in recs)
     logged = next(h for h in m["log_history"] if "completions/min_length" in h)
     assert logged["completions/min_length"] < 32  # a completion stopped before the length limit: not vacuous
@@ -274,6 +279,44 @@ def test_prefilter_keeps_only_prompts_whose_rewards_differ(rows):
 
 
 @pytest.mark.model
+def test_prefilter_stops_once_it_has_kept_what_grpo_needs(rows):
+    """With ``need``, prompts are tried in a seeded random order and sampling stops once ``need`` are
+    kept: the prompts never tried are not sampled at all. A deterministic policy (right then wrong on
+    every second prompt of the list, always wrong on the others) scored by the real reward."""
+    from datasets import Dataset
+
+    from training.senior_reward import PrefilterResult, prefilter_prompts
+
+    def copy(r: dict, j: int) -> dict:  # the same case asked again, its prompt told apart
+        last = {**r["prompt"][-1], "content": f"{r['prompt'][-1]['content']} (copy {j})"}
+        return {**r, "task_id": f"{r['task_id']}-{j}", "prompt": [*r["prompt"][:-1], last]}
+
+    many = [copy(r, j) for j in range(4) for r in rows if r["node"] == "senior_rewrite"]
+    ds = Dataset.from_list(many)
+    mixed = {i for i in range(len(many)) if i % 2 == 0}
+    asked: list[int] = []
+
+    def sample(prompt, k):
+        i = next(i for i, r in enumerate(many) if r["prompt"] == prompt)
+        asked.append(i)
+        good, bad = f"<sql>{many[i]['gold_sql']}</sql>", f"<sql>{_wrong(many[i]['gold_sql'])}</sql>"
+        return [good, bad][:k] if i in mixed else [bad] * k
+
+    full = prefilter_prompts(ds, sample, SeniorReward(), k=2, max_workers=1)
+    assert full.tried_ids is None and full.n_tried == len(many) and set(full.kept_ids) == mixed
+    asked.clear()
+    res = prefilter_prompts(ds, sample, SeniorReward(), k=2, max_workers=1, need=2, seed=3)
+    assert res.n_kept == 2 and set(res.kept_ids) <= mixed and res.n_in == len(many)
+    assert res.n_tried == len(asked) < len(many) and res.tried_ids == asked  # the rest never sampled
+    assert len(res.pass_rates) == res.n_tried and res.to_json()["n_tried"] == res.n_tried
+    again = PrefilterResult.from_record(res.to_record(), ds)  # a resumed phase 3 rebuilds it
+    assert again.tried_ids == res.tried_ids and again.dataset["task_id"] == res.dataset["task_id"]
+    asked.clear()
+    assert prefilter_prompts(ds, sample, SeniorReward(), k=2, max_workers=1, need=2, seed=3).tried_ids == res.tried_ids
+    with pytest.raises(ValueError, match="need = 0"):
+        prefilter_prompts(ds, sample, SeniorReward(), k=2, need=0)
+
+
 def test_openai_sampler_draws_k_completions_from_the_served_model(rows, smol_server):
     from training.senior_reward import openai_sampler
 

@@ -77,6 +77,7 @@ from training.sft import (
     JuniorSFTTrainer,
     SFTResult,
     StepTimer,
+    bf16_support,
     save_adapter,
     torch_threads,
 )
@@ -130,7 +131,8 @@ class SeniorGRPOConfig(LoraTrainingConfig):
         prefilter_samples: k > 1 -- before training, sample k completions per prompt with the
             served base model and keep only prompts whose rewards differ
             (:func:`training.senior_reward.prefilter_prompts`, DAPO's dynamic sampling done up front;
-            the pipeline runs it); 0 = train on every prompt.
+            the pipeline runs it, and stops sampling the policy GRPO starts from once it has the
+            ``max_steps x prompts_per_step`` prompts GRPO trains on); 0 = train on every prompt.
         stop: the served senior's stop strings (its role's ``sampling.stop``). Generation stops at
             them (transformers' ``stop_strings``, or vLLM's ``stop`` with TRL's ``use_vllm``), so
             tokens after the SQL block are never sampled and stay out of the loss; the reward also
@@ -339,17 +341,19 @@ class SeniorGRPOTrainer:
     def _args(self) -> Any:
         """TRL's ``GRPOConfig``: the project's values for TRL settings (``TRL_DEFAULTS``), what this
         trainer derives (one step's batch = ``prompts_per_step x num_generations`` completions,
-        bf16 on a CUDA GPU that has it, ``use_cpu``, generation stopping at ``stop``), then the TRL
+        bf16 where :func:`training.sft.bf16_support` says so -- a CUDA GPU that has it, or a CPU with
+        native bf16 dot products --, ``use_cpu``, generation stopping at ``stop``), then the TRL
         settings the config was given over all of it."""
         import torch
         from trl import GRPOConfig
 
         cfg = self.config
         cuda = torch.cuda.is_available()
+        bf16, _ = bf16_support()
         kw = {
             **cfg.TRL_DEFAULTS,
             "per_device_train_batch_size": cfg.prompts_per_step * cfg.num_generations,
-            "bf16": bool(cuda and torch.cuda.is_bf16_supported()),
+            "bf16": bf16,
             "use_cpu": not cuda,
         }
         trl_args = dict(cfg.trl_args)
@@ -364,6 +368,7 @@ class SeniorGRPOTrainer:
         Raises:
             RuntimeError: no optimizer step was taken.
         """
+        import torch
         from peft import LoraConfig
         from trl import GRPOTrainer
 
@@ -372,7 +377,14 @@ class SeniorGRPOTrainer:
         cfg = self.config
         out = Path(cfg.output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        model, tok = load_for_training(cfg.model)
+        args = self._args()
+        _, reason = bf16_support()
+        if "bf16" in cfg.trl_args:
+            reason = f"the profile sets bf16: {args.bf16} ({reason})"
+        cuda = torch.cuda.is_available()
+        # on the CPU under bf16 the frozen base is loaded in bfloat16, as the SFT trainer does; the LoRA
+        # weights PEFT adds (or loads from init_adapter) stay float32, as does the optimizer
+        model, tok = load_for_training(cfg.model, dtype=torch.bfloat16 if args.bf16 and not cuda else None)
         tok.padding_side = "left"  # generation pads on the left
         data = self._filter_long(tok)
         peft_config: Any = LoraConfig(
@@ -388,7 +400,7 @@ class SeniorGRPOTrainer:
         trainer = GRPOTrainer(
             model=model,
             reward_funcs=[self.reward],
-            args=self._args(),
+            args=args,
             train_dataset=data,
             processing_class=tok,
             peft_config=peft_config,
@@ -396,11 +408,11 @@ class SeniorGRPOTrainer:
         )
         if cfg.stop and not trainer.args.use_vllm:
             _stop_at_strings(trainer, tok)
-        import torch
-
         prev_threads = torch.get_num_threads()
-        threads = torch_threads(cfg.num_threads) if not torch.cuda.is_available() else prev_threads
+        threads = torch_threads(cfg.num_threads) if not cuda else prev_threads
         torch.set_num_threads(threads)
+        precision = "bf16" if args.bf16 else "fp32"
+        logger.info("GRPO: %s (%s), %d torch threads", precision, reason, threads)
         t0 = time.perf_counter()
         try:
             trainer.train()
@@ -441,6 +453,8 @@ class SeniorGRPOTrainer:
             "mean_step_seconds": result.mean_step_seconds,
             "train_seconds": result.train_seconds,
             "threads": threads,
+            "precision": precision,
+            "precision_reason": reason,
             "log_history": trainer.state.log_history,
         }, indent=1, default=str))
         return result

@@ -150,8 +150,10 @@ def grpo_phase(plan: RunPlan, echo: Callable[[str], None] = print) -> dict[str, 
     rewrite that matches gold -- the senior's own, else a fresh draw, else a hinted draw with
     the hint removed; :func:`training.grpo.warm_start_senior`), the repair prompts join the
     GRPO prompts, the prefilter runs before and after the warm start (``prefilter_base.json``,
-    ``prefilter.json``: how many prompts have a pass rate strictly between 0 and 1 under each),
-    and GRPO trains the warm start's adapter further on the prompts kept after it.
+    ``prefilter.json``: how many prompts have a pass rate strictly between 0 and 1 under each;
+    before on every prompt, after on prompts tried in a random order until the ``max_steps x
+    prompts_per_step`` that GRPO trains on are kept), and GRPO trains the warm start's adapter
+    further on the prompts kept after it.
 
     Resume: each step before GRPO leaves a record when it finishes (:data:`STEP_FILES`, keyed by
     :func:`phase3_key`), so a phase 3 stopped part-way keeps the repair selection with the base
@@ -224,10 +226,11 @@ def grpo_phase(plan: RunPlan, echo: Callable[[str], None] = print) -> dict[str, 
         if warm is not None and not cfg.init_adapter:  # no warm start trained: the base senior's, measured above
             prefilter = base_pf
         else:
+            need = cfg.max_steps * cfg.prompts_per_step  # the prompts GRPO trains on: it stops once it has them
             key = sha256_json([key, "prefilter", bool(cfg.init_adapter)])
             rec = kept_step(d / STEP_FILES["prefilter"], key, echo, "phase 3", "the prefilter")
             if rec is None:
-                prefilter = prefilter_senior(plan, prompts, cfg, adapter=cfg.init_adapter)[0]
+                prefilter = prefilter_senior(plan, prompts, cfg, adapter=cfg.init_adapter, need=need)[0]
                 if prefilter is not None:
                     mark_step(d / STEP_FILES["prefilter"], key, prefilter=prefilter.to_record())
             else:
@@ -235,7 +238,9 @@ def grpo_phase(plan: RunPlan, echo: Callable[[str], None] = print) -> dict[str, 
         assert prefilter is not None
         (d / "prefilter.json").write_text(json.dumps(prefilter.to_json(), indent=2))
         who = "the warm-started senior" if cfg.init_adapter else "the base senior"
-        echo(f"phase 3 prefilter: {prefilter.n_kept} of {prefilter.n_in} senior prompts have rewards that "
+        tried = (f"{prefilter.n_tried} tried of {prefilter.n_in}, in a random order until GRPO's prompts were found"
+                 if prefilter.n_tried < prefilter.n_in else f"{prefilter.n_in}")
+        echo(f"phase 3 prefilter: {prefilter.n_kept} of {tried} senior prompts have rewards that "
                   f"differ over {prefilter.k} samples of {who}, {prefilter.n_pass_band} a pass rate strictly "
                   f"between 0 and 1 ({prefilter.seconds:.0f} s)"
                   + ("; training on those" if prefilter.n_kept else
@@ -245,7 +250,7 @@ def grpo_phase(plan: RunPlan, echo: Callable[[str], None] = print) -> dict[str, 
             warm["prefilter_warm"] = prefilter.to_json() if cfg.init_adapter else None
             before = (warm.get("prefilter_base") or {}).get("n_pass_band")
             echo(f"phase 3 warm start: prompts with a pass rate strictly between 0 and 1: {before} before, "
-                      + (f"{prefilter.n_pass_band} after (of {prefilter.n_in})" if cfg.init_adapter else
+                      + (f"{prefilter.n_pass_band} after (of {prefilter.n_tried} tried)" if cfg.init_adapter else
                          f"no warm start trained (of {prefilter.n_in})"))
         if prefilter.n_kept:
             prompts = prefilter.dataset

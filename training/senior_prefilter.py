@@ -18,7 +18,7 @@ __all__ = ["prefilter_senior"]
 
 
 def prefilter_senior(plan: RunPlan, prompts: Any, cfg: SeniorGRPOConfig, *, adapter: str | Path | None = None,
-                     repairs: bool = False) -> tuple[Any, Any, Any]:
+                     repairs: bool = False, need: int | None = None) -> tuple[Any, Any, Any]:
     """:func:`training.senior_reward.prefilter_prompts` with the senior as served now, sampled as GRPO samples
     (temperature, top_p, completion length, the senior's stop strings): the base model (phase 3
     has not trained it yet), or with ``adapter`` (a PEFT LoRA, e.g. the warm start's) on it.
@@ -27,6 +27,9 @@ def prefilter_senior(plan: RunPlan, prompts: Any, cfg: SeniorGRPOConfig, *, adap
     (``HierarchicalTraceAdapter.select_repair`` with ``k = warm_start_samples`` on at most
     ``warm_start_cases`` wrong queries) and their
     prompts added to ``prompts`` (those with the same messages are not added twice).
+
+    ``need``: the prefilter stops once it has kept this many prompts, tried in a random order
+    (``cfg.seed``); None tries them all (:func:`training.senior_reward.prefilter_prompts`).
 
     Returns:
         ``(prefilter, repairs, prompts)``: the :class:`training.grpo.PrefilterResult` (None when
@@ -56,5 +59,5 @@ def prefilter_senior(plan: RunPlan, prompts: Any, cfg: SeniorGRPOConfig, *, adap
         pf = None
         if cfg.prefilter_samples and len(prompts):
             pf = prefilter_prompts(prompts, sample, SeniorReward(plan.cfg.reward, stop=cfg.stop),
-                                   cfg.prefilter_samples)
+                                   cfg.prefilter_samples, need=need, seed=cfg.seed)
         return pf, sel, prompts
