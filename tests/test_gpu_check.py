@@ -125,6 +125,7 @@ def test_gpu_check_script_runs_end_to_end_on_cpu(blocked_env, tmp_path):
     assert steps["sft_reload"]["detail"]["equal"] and steps["sft_reload"]["detail"]["lora_b_abs_sum"] > 0
     assert steps["sft_reload"]["detail"]["dtype"] == "float32"
     assert steps["grpo"]["detail"]["steps"] == 2 and steps["grpo"]["detail"]["completions_scored"] >= 8
+    assert steps["grpo"]["detail"]["bf16"] is bf16_support()[0]  # GRPO too (2026-12-07)
     assert steps["grpo_reload"]["detail"]["equal"]
     for name in ("junior-adapter", "senior-adapter"):
         assert (out / name / "adapter_config.json").is_file() and (out / name / "adapter_model.safetensors").is_file()

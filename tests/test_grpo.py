@@ -278,7 +278,6 @@ def test_prefilter_keeps_only_prompts_whose_rewards_differ(rows):
         SeniorGRPOConfig(prefilter_samples=1)
 
 
-@pytest.mark.model
 def test_prefilter_stops_once_it_has_kept_what_grpo_needs(rows):
     """With ``need``, prompts are tried in a seeded random order and sampling stops once ``need`` are
     kept: the prompts never tried are not sampled at all. A deterministic policy (right then wrong on
@@ -315,8 +314,20 @@ def test_prefilter_stops_once_it_has_kept_what_grpo_needs(rows):
     assert prefilter_prompts(ds, sample, SeniorReward(), k=2, max_workers=1, need=2, seed=3).tried_ids == res.tried_ids
     with pytest.raises(ValueError, match="need = 0"):
         prefilter_prompts(ds, sample, SeniorReward(), k=2, need=0)
+    empty = prefilter_prompts(ds.select([]), sample, SeniorReward(), k=2)
+    assert (empty.n_in, empty.n_kept, empty.n_tried) == (0, 0, 0)
 
 
+def test_grpo_prompts_needed_doctests():
+    """How many prompts the prefilter looks for: ``training.phase_grpo.grpo_prompts_needed``'s examples."""
+    import doctest
+
+    from training import phase_grpo
+
+    assert doctest.testmod(phase_grpo).attempted >= 2 and doctest.testmod(phase_grpo).failed == 0
+
+
+@pytest.mark.model
 def test_openai_sampler_draws_k_completions_from_the_served_model(rows, smol_server):
     from training.senior_reward import openai_sampler
 

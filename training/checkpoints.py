@@ -194,7 +194,8 @@ def load_for_training(
 
     Args:
         model: alias, ``.gguf`` path or HF directory (see :func:`hf_checkpoint`).
-        dtype: torch dtype; default float32 (bf16/fp16 training is off on the CPU).
+        dtype: torch dtype; default float32 (the SFT and GRPO trainers pass torch.bfloat16 for the
+            frozen base where :func:`training.sft.bf16_support` says the CPU has native bf16).
 
     The tokenizer gets a pad token (its eos) when it has none.
     """

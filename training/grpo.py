@@ -111,8 +111,9 @@ class SeniorGRPOConfig(LoraTrainingConfig):
     2 (the GRPO group, >= 2), ``max_completion_length`` 96 new tokens, ``beta`` 0 (no KL term, no
     reference model: the CPU run keeps one model in memory). The others are TRL's (``temperature``,
     ``top_p``, ``epsilon``, ``num_iterations``, ``scale_rewards``, ...). The trainer derives
-    ``per_device_train_batch_size`` (``prompts_per_step x num_generations``), ``bf16`` (a CUDA GPU
-    that has it), ``use_cpu`` and, with ``stop``, ``generation_kwargs``; a TRL setting given in the
+    ``per_device_train_batch_size`` (``prompts_per_step x num_generations``), ``bf16`` (where
+    :func:`training.sft.bf16_support` says so: a CUDA GPU that has it, a CPU with native bf16 dot
+    products), ``use_cpu`` and, with ``stop``, ``generation_kwargs``; a TRL setting given in the
     section wins over them.
 
     Attributes:

@@ -9,6 +9,7 @@ Lightning's VERL trains all of the senior's weights live instead (``grpo.backend
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +23,8 @@ from training.run_plan import RunPlan
 from training.run_serving import export_gguf
 from training.senior_prefilter import prefilter_senior
 
-__all__ = ["SELECT_FILES", "STEP_FILES", "grpo_phase", "phase3_key", "reused_select", "senior_decisions"]
+__all__ = ["SELECT_FILES", "STEP_FILES", "grpo_phase", "grpo_prompts_needed", "phase3_key", "reused_select",
+           "senior_decisions"]
 
 #: The record each step of phase 3 before GRPO leaves when it finishes (under the phase directory;
 #: the warm start's in its adapter's directory): the repair selection with the base senior's
@@ -57,6 +59,25 @@ def senior_decisions(plan: RunPlan, echo: Callable[[str], None] = print) -> tupl
         raise TrainConfigError("phase 3: the store holds no senior LLM call; check that the society config has a "
                                "senior role and that phase 1 rollouts succeeded")
     return d, rl
+
+
+def grpo_prompts_needed(cfg: Any) -> int:
+    """How many distinct prompts TRL's GRPO draws in ``max_steps`` optimizer steps: each step takes
+    ``prompts_per_step x gradient_accumulation_steps`` prompts' groups, and with ``num_iterations``
+    = mu each generated batch serves mu steps, so ceil(max_steps x prompts_per_step x GA / mu)
+    (at least 1). The prefilter stops once it has kept this many (:func:`grpo_phase`). Prompts that
+    GRPO drops as longer than ``max_prompt_length`` are not allowed for (none in the 2026-12-06 run).
+
+    >>> from training.grpo import SeniorGRPOConfig
+    >>> grpo_prompts_needed(SeniorGRPOConfig(max_steps=12))
+    12
+    >>> grpo_prompts_needed(SeniorGRPOConfig(max_steps=12, prompts_per_step=2, gradient_accumulation_steps=3,
+    ...                                      num_iterations=4))
+    18
+    """
+    ga = cfg.set_value("gradient_accumulation_steps") or 1
+    mu = cfg.set_value("num_iterations") or 1
+    return max(1, math.ceil(cfg.max_steps * cfg.prompts_per_step * ga / mu))
 
 
 def phase3_key(plan: RunPlan, cfg: Any, rl: Any) -> str:
@@ -151,9 +172,11 @@ def grpo_phase(plan: RunPlan, echo: Callable[[str], None] = print) -> dict[str, 
     the hint removed; :func:`training.grpo.warm_start_senior`), the repair prompts join the
     GRPO prompts, the prefilter runs before and after the warm start (``prefilter_base.json``,
     ``prefilter.json``: how many prompts have a pass rate strictly between 0 and 1 under each;
-    before on every prompt, after on prompts tried in a random order until the ``max_steps x
-    prompts_per_step`` that GRPO trains on are kept), and GRPO trains the warm start's adapter
-    further on the prompts kept after it.
+    before on every prompt, after -- and without a warm start, the one prefilter GRPO's prompts
+    come from -- on prompts tried in a random order until the prompts GRPO trains on are kept,
+    :func:`grpo_prompts_needed`; the two counts are then over different prompts, so the log gives
+    each as a share of its own), and GRPO trains the warm start's adapter further on the prompts
+    kept after it.
 
     Resume: each step before GRPO leaves a record when it finishes (:data:`STEP_FILES`, keyed by
     :func:`phase3_key`), so a phase 3 stopped part-way keeps the repair selection with the base
@@ -226,7 +249,7 @@ def grpo_phase(plan: RunPlan, echo: Callable[[str], None] = print) -> dict[str, 
         if warm is not None and not cfg.init_adapter:  # no warm start trained: the base senior's, measured above
             prefilter = base_pf
         else:
-            need = cfg.max_steps * cfg.prompts_per_step  # the prompts GRPO trains on: it stops once it has them
+            need = grpo_prompts_needed(cfg)  # the prompts GRPO trains on: the prefilter stops once it has them
             key = sha256_json([key, "prefilter", bool(cfg.init_adapter)])
             rec = kept_step(d / STEP_FILES["prefilter"], key, echo, "phase 3", "the prefilter")
             if rec is None:
@@ -238,19 +261,21 @@ def grpo_phase(plan: RunPlan, echo: Callable[[str], None] = print) -> dict[str, 
         assert prefilter is not None
         (d / "prefilter.json").write_text(json.dumps(prefilter.to_json(), indent=2))
         who = "the warm-started senior" if cfg.init_adapter else "the base senior"
-        tried = (f"{prefilter.n_tried} tried of {prefilter.n_in}, in a random order until GRPO's prompts were found"
-                 if prefilter.n_tried < prefilter.n_in else f"{prefilter.n_in}")
-        echo(f"phase 3 prefilter: {prefilter.n_kept} of {tried} senior prompts have rewards that "
-                  f"differ over {prefilter.k} samples of {who}, {prefilter.n_pass_band} a pass rate strictly "
+        tried = (f" (tried in a random order until GRPO's prompts were found, of {prefilter.n_in})"
+                 if prefilter.n_tried < prefilter.n_in else "")
+        echo(f"phase 3 prefilter: {prefilter.n_kept} of {prefilter.n_tried} senior prompts{tried} have rewards "
+                  f"that differ over {prefilter.k} samples of {who}, {prefilter.n_pass_band} a pass rate strictly "
                   f"between 0 and 1 ({prefilter.seconds:.0f} s)"
                   + ("; training on those" if prefilter.n_kept else
                      "; none does, so GRPO trains on every prompt (expect steps without advantage: gather "
                      "more rollouts or raise grpo.temperature)"))
         if warm is not None:
             warm["prefilter_warm"] = prefilter.to_json() if cfg.init_adapter else None
-            before = (warm.get("prefilter_base") or {}).get("n_pass_band")
+            base_json = warm.get("prefilter_base") or {}
+            before = (f"{base_json['n_pass_band']} of {base_json['n_in']}" if base_json.get("n_in")
+                      else "not measured")
             echo(f"phase 3 warm start: prompts with a pass rate strictly between 0 and 1: {before} before, "
-                      + (f"{prefilter.n_pass_band} after (of {prefilter.n_tried} tried)" if cfg.init_adapter else
+                      + (f"{prefilter.n_pass_band} of {prefilter.n_tried} tried after" if cfg.init_adapter else
                          f"no warm start trained (of {prefilter.n_in})"))
         if prefilter.n_kept:
             prompts = prefilter.dataset

@@ -32,7 +32,7 @@ def prefilter_senior(plan: RunPlan, prompts: Any, cfg: SeniorGRPOConfig, *, adap
     (``cfg.seed``); None tries them all (:func:`training.senior_reward.prefilter_prompts`).
 
     Returns:
-        ``(prefilter, repairs, prompts)``: the :class:`training.grpo.PrefilterResult` (None when
+        ``(prefilter, repairs, prompts)``: the :class:`training.senior_reward.PrefilterResult` (None when
         ``prefilter_samples`` is 0), the ``RepairSelection`` (None without ``repairs``), and the
         prompts the prefilter ran on.
     """

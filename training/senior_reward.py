@@ -117,12 +117,14 @@ class PrefilterResult:
     """What :func:`prefilter_prompts` kept.
 
     Attributes:
-        dataset: the prompts whose sampled rewards differ (a ``datasets.Dataset``, same columns).
-        n_in / n_kept: prompts before / after the filter.
+        dataset: the prompts whose sampled rewards differ (a ``datasets.Dataset``, same columns), in
+            the order they were tried.
+        n_in / n_kept: prompts given to the filter / kept by it (``n_tried``: sampled, ``n_in``
+            unless it stopped early).
         k: completions sampled per prompt.
         seconds: wall time of the sampling.
         mean_reward: mean reward of all sampled completions, in the reward's range ([0, 1] by default).
-        kept_ids: row indices (into the input) of the kept prompts.
+        kept_ids: row indices (into the input) of the kept prompts, in the order they were tried.
         pass_rates: per prompt tried (in the order of ``tried_ids``), the share of its k completions
             that pass: a rewrite whose SQL matches gold by EX, a check whose verdict is right (reward 1).
         tried_ids: row indices of the prompts sampled, in the order tried, when the filter stopped
@@ -130,7 +132,8 @@ class PrefilterResult:
         n_pass_band: prompts whose pass rate is strictly between 0 and 1 (some completions pass,
             some do not): the prompts with an EX advantage to follow. A subset of the kept ones
             (a pass and a fail always differ in reward); the rest of the kept ones differ only in
-            partial credit.
+            partial credit. Like ``mean_pass`` and :meth:`to_json`'s never/always counts, over the
+            prompts tried only.
         mean_pass: mean of ``pass_rates``.
     """
 
@@ -192,8 +195,10 @@ def prefilter_prompts(
     """Dynamic sampling done before training: draw ``k`` completions per prompt with the served
     policy and keep only the prompts whose rewards differ.
 
-    With ``need``, the prompts are tried in a random order (``seed``) and sampling stops once
-    ``need`` are kept (the prompts already in flight finish, so a few more may be kept): DAPO fills
+    With ``need``, the prompts are tried in a random order (``seed``), ``max_workers`` at a time, and
+    sampling stops after the first such batch that brings the kept ones to ``need`` (so a few more
+    may be kept; whole batches, so which prompts were tried does not depend on which request
+    finished first, at the cost of slots idle at each batch's end). DAPO fills
     its batch with groups whose rewards differ and stops drawing, and GRPO trains on
     ``max_steps x prompts_per_step`` prompts, so sampling the rest would cost time for nothing
     (on 2 CPU cores ~1.5 s per completion; 112 prompts x 4 took 11 min in the 2026-12-06 run, of
@@ -245,7 +250,7 @@ def prefilter_prompts(
     tried: list[int] = []
     scored: list[list[tuple[float, float | None]]] = []
     with ThreadPoolExecutor(max_workers=max_workers) as pool:
-        step = len(order) if need is None else max_workers
+        step = max(1, len(order)) if need is None else max_workers
         for start in range(0, len(order), step):
             batch = order[start:start + step]
             tried += batch
