@@ -23,8 +23,8 @@ from training.run_plan import RunPlan
 from training.run_serving import export_gguf
 from training.senior_prefilter import prefilter_senior
 
-__all__ = ["SELECT_FILES", "STEP_FILES", "grpo_phase", "grpo_prompts_needed", "phase3_key", "reused_select",
-           "senior_decisions"]
+__all__ = ["KEY_IGNORED", "SELECT_FILES", "STEP_FILES", "grpo_phase", "grpo_prompts_needed", "phase3_key",
+           "reused_select", "senior_decisions"]
 
 #: The record each step of phase 3 before GRPO leaves when it finishes (under the phase directory;
 #: the warm start's in its adapter's directory): the repair selection with the base senior's
@@ -80,12 +80,19 @@ def grpo_prompts_needed(cfg: Any) -> int:
     return max(1, math.ceil(cfg.max_steps * cfg.prompts_per_step * ga / mu))
 
 
+#: ``grpo`` settings left out of :func:`phase3_key`: where the steps write (``output_dir``,
+#: ``init_adapter``) and the VERL path's own settings, which the CPU steps never read -- among them
+#: ``verl_config``, an absolute path into the checkout, so that before 2026-12-07 no other checkout's
+#: run could reuse a repair selection (the key differed by the path alone).
+KEY_IGNORED = ("output_dir", "init_adapter", "verl_config", "agent_match", "senior_alias", "n_runners")
+
+
 def phase3_key(plan: RunPlan, cfg: Any, rl: Any) -> str:
     """What phase 3's steps before GRPO start from, as a sha256 (hex): the ``grpo`` settings but
-    where they are written (``output_dir``, ``init_adapter``), the reward, and the senior's
-    decision points. Equal keys redo the same steps, so a resumed phase 3 keeps those that finished
-    (:func:`training.run_dir.kept_step`)."""
-    settings = {k: v for k, v in cfg.settings().items() if k not in ("output_dir", "init_adapter")}
+    :data:`KEY_IGNORED`, the reward, and the senior's decision points. Equal keys redo the same
+    steps, so a resumed phase 3 keeps those that finished (:func:`training.run_dir.kept_step`) and
+    a run reusing another's store takes its selection (:func:`reused_select`)."""
+    settings = {k: v for k, v in cfg.settings().items() if k not in KEY_IGNORED}
     return sha256_json({"grpo": settings, "reward": plan.cfg.reward.model_dump(mode="json"),
                         "prompts": list(rl.prompts["prompt"])})
 
