@@ -335,3 +335,20 @@ def test_openai_sampler_draws_k_completions_from_the_served_model(rows, smol_ser
     texts = sample(rows[0]["prompt"], 3)
     assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
     assert all("</sql>" not in t for t in texts)  # the server stopped at the stop string
+
+
+def test_phase3_key_does_not_depend_on_the_checkout_path(tmp_path):
+    """The key of phase 3's steps before GRPO is the same from any checkout (``verl_config`` is an
+    absolute path into it) and wherever the steps write; a setting the steps read changes it."""
+    from types import SimpleNamespace
+
+    from evaluation.metrics.rewards import RewardConfig
+    from training.phase_grpo import phase3_key
+
+    plan = SimpleNamespace(cfg=SimpleNamespace(reward=RewardConfig()))
+    rl = SimpleNamespace(prompts={"prompt": [[{"role": "user", "content": "Rewrite: SELECT 1"}]]})
+    here = SeniorGRPOConfig(max_steps=12, output_dir=str(tmp_path / "a"))
+    elsewhere = SeniorGRPOConfig(max_steps=12, output_dir=str(tmp_path / "b"),
+                                 verl_config="/elsewhere/configs/verl_senior.yaml", n_runners=8)
+    assert phase3_key(plan, here, rl) == phase3_key(plan, elsewhere, rl)
+    assert phase3_key(plan, here, rl) != phase3_key(plan, SeniorGRPOConfig(max_steps=12, warm_start_samples=3), rl)
