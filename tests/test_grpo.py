@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -352,3 +353,19 @@ def test_phase3_key_does_not_depend_on_the_checkout_path(tmp_path):
                                  verl_config="/elsewhere/configs/verl_senior.yaml", n_runners=8)
     assert phase3_key(plan, here, rl) == phase3_key(plan, elsewhere, rl)
     assert phase3_key(plan, here, rl) != phase3_key(plan, SeniorGRPOConfig(max_steps=12, warm_start_samples=3), rl)
+
+
+def test_databases_here_points_another_machines_paths_at_this_data_dir(rows):
+    """A repair selection taken from another run holds that machine's absolute database paths; each
+    is pointed at the database of the same name here, and a path that exists is kept."""
+    from datasets import Dataset
+
+    from training.phase_grpo import databases_here
+
+    here = rows[0]["db_path"]
+    name = Path(here).stem
+    ds = Dataset.from_list([{"db_path": f"/elsewhere/src-0/data/spider/database/{name}/{name}.sqlite"},
+                            {"db_path": here}])
+    out = databases_here(ds)["db_path"]
+    assert all(Path(p).is_file() for p in out) and out[1] == here and Path(out[0]).stem == name
+    assert databases_here(Dataset.from_list([{"messages": "x"}]))["messages"] == ["x"]

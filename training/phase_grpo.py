@@ -23,8 +23,8 @@ from training.run_plan import RunPlan
 from training.run_serving import export_gguf
 from training.senior_prefilter import prefilter_senior
 
-__all__ = ["KEY_IGNORED", "SELECT_FILES", "STEP_FILES", "grpo_phase", "grpo_prompts_needed", "phase3_key",
-           "reused_select", "senior_decisions"]
+__all__ = ["KEY_IGNORED", "SELECT_FILES", "STEP_FILES", "databases_here", "grpo_phase", "grpo_prompts_needed",
+           "phase3_key", "reused_select", "senior_decisions"]
 
 #: The record each step of phase 3 before GRPO leaves when it finishes (under the phase directory;
 #: the warm start's in its adapter's directory): the repair selection with the base senior's
@@ -160,6 +160,19 @@ def _save_dataset(ds: Any, path: Path) -> None:
     atomic_write_text(path.with_name(path.name + ".features.json"), json.dumps(ds.features.to_dict()) + "\n")
 
 
+def databases_here(ds: Any) -> Any:
+    """``ds`` with each ``db_path`` pointing at a file on this machine: the recorded path when it
+    exists here, else the database of the same name under the data directory
+    (:func:`tools.spider.recorded_database`, the file's stem as ``db_id``). A repair selection taken
+    from another run (:func:`reused_select`) or resumed on another machine holds that machine's
+    absolute paths. Datasets without a ``db_path`` column are returned as they are."""
+    from tools.spider import recorded_database
+
+    if "db_path" not in ds.column_names:
+        return ds
+    return ds.map(lambda r: {"db_path": recorded_database(r["db_path"], Path(r["db_path"]).stem or None)})
+
+
 def _load_dataset(path: Path) -> Any:
     import datasets
 
@@ -218,8 +231,8 @@ def grpo_phase(plan: RunPlan, echo: Callable[[str], None] = print) -> dict[str, 
             mark_step(d / STEP_FILES["select"], key, selection=summary,
                       prefilter_base=base_pf.to_record() if base_pf else None, seconds=time.monotonic() - t0)
         else:
-            summary, repairs = rec["selection"], _load_dataset(d / "repair_dataset.jsonl")
-            prompts = _load_dataset(d / "warm_prompts.jsonl")
+            summary, repairs = rec["selection"], databases_here(_load_dataset(d / "repair_dataset.jsonl"))
+            prompts = databases_here(_load_dataset(d / "warm_prompts.jsonl"))
             base_pf = PrefilterResult.from_record(rec["prefilter_base"], prompts) if rec["prefilter_base"] else None
         atomic_write_text(d / "repair_selection.json", json.dumps(summary, indent=2) + "\n")
         c, k = summary["cases"], summary["kept"]
