@@ -80,6 +80,7 @@ from training.sft import (
     bf16_support,
     save_adapter,
     torch_threads,
+    trainer_precision,
 )
 
 logger = logging.getLogger(__name__)
@@ -379,13 +380,9 @@ class SeniorGRPOTrainer:
         out = Path(cfg.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         args = self._args()
-        _, reason = bf16_support()
-        if "bf16" in cfg.trl_args:
-            reason = f"the profile sets bf16: {args.bf16} ({reason})"
+        precision, reason, base_dtype = trainer_precision(args.bf16, cfg.trl_args)  # as the SFT trainer
         cuda = torch.cuda.is_available()
-        # on the CPU under bf16 the frozen base is loaded in bfloat16, as the SFT trainer does; the LoRA
-        # weights PEFT adds (or loads from init_adapter) stay float32, as does the optimizer
-        model, tok = load_for_training(cfg.model, dtype=torch.bfloat16 if args.bf16 and not cuda else None)
+        model, tok = load_for_training(cfg.model, dtype=base_dtype)  # a LoRA from init_adapter stays float32
         tok.padding_side = "left"  # generation pads on the left
         data = self._filter_long(tok)
         peft_config: Any = LoraConfig(
@@ -412,7 +409,6 @@ class SeniorGRPOTrainer:
         prev_threads = torch.get_num_threads()
         threads = torch_threads(cfg.num_threads) if not cuda else prev_threads
         torch.set_num_threads(threads)
-        precision = "bf16" if args.bf16 else "fp32"
         logger.info("GRPO: %s (%s), %d torch threads", precision, reason, threads)
         t0 = time.perf_counter()
         try:

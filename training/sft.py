@@ -78,6 +78,7 @@ __all__ = [
     "SFTResult",
     "StepTimer",
     "bf16_support",
+    "trainer_precision",
     "cpu_flags",
     "head_on_loss_tokens",
     "split_conversation",
@@ -292,6 +293,26 @@ def bf16_support(cpuinfo_path: str | Path = "/proc/cpuinfo") -> tuple[bool, str]
     return True, f"CPU reports {', '.join(native)} and torch's oneDNN does bf16"
 
 
+def trainer_precision(bf16: bool, given: Any) -> tuple[str, str, Any]:
+    """How a TRL trainer here trains, for the SFT and the GRPO trainer alike: its ``bf16`` argument
+    (derived from :func:`bf16_support`, or given in the profile's section), ``given`` the section's
+    TRL settings (``trl_args``).
+
+    Returns:
+        ``(precision, reason, base_dtype)``: ``"bf16"`` or ``"fp32"``; why (:func:`bf16_support`'s
+        reason, or ``"the profile sets bf16: ..."``); ``torch.bfloat16`` for the frozen base on the
+        CPU under bf16 (no float32 copy to cast from at every matmul; PEFT keeps the LoRA weights and
+        the optimizer float32), else None (the loader's float32).
+    """
+    import torch
+
+    reason = bf16_support()[1]
+    if "bf16" in given:
+        reason = f"the profile sets bf16: {bf16} ({reason})"
+    base = torch.bfloat16 if bf16 and not torch.cuda.is_available() else None
+    return ("bf16" if bf16 else "fp32"), reason, base
+
+
 @contextmanager
 def head_on_loss_tokens(enabled: bool = True) -> Iterator[bool]:
     """While open, TRL's fused LM head takes its own compact branch on the CPU too: it projects and
@@ -485,17 +506,12 @@ class JuniorSFTTrainer:
         out = Path(cfg.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         args = self._args()
-        supported, reason = bf16_support()
-        if "bf16" in cfg.trl_args:
-            reason = f"the profile sets bf16: {args.bf16} ({reason})"
-        precision = "bf16" if args.bf16 else "fp32"
+        precision, reason, base_dtype = trainer_precision(args.bf16, cfg.trl_args)
         cuda = torch.cuda.is_available()
         if self.backend == "unsloth":  # pragma: no cover - needs CUDA
             model, tok, peft_config = self._load_unsloth()
         else:
-            # on the CPU the frozen base is kept in bf16 under bf16 autocast (no float32 copy to cast from
-            # at every matmul); the LoRA weights PEFT adds stay float32
-            model, tok, peft_config = self._load_trl(torch.bfloat16 if args.bf16 and not cuda else None)
+            model, tok, peft_config = self._load_trl(base_dtype)
         timer = StepTimer.make()
         prev_threads = torch.get_num_threads()
         threads = torch_threads(cfg.num_threads) if self.backend == "trl" else prev_threads
@@ -568,7 +584,7 @@ class JuniorSFTTrainer:
             "backend": result.backend,
             "precision": precision,
             "precision_reason": reason,
-            "bf16_supported": supported,
+            "bf16_supported": bf16_support()[0],
             "padding_free": result.padding_free,
             "head_on_loss_tokens_only": compact_head,
             "threads": threads,
