@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tools.files import atomic_write_text, read_jsonl
+from tools.spider import recorded_database
 from training.profile import TrainConfigError
 from training.reuse import sha256_json
 from training.run_dir import kept_step, mark_step
@@ -166,8 +167,6 @@ def databases_here(ds: Any) -> Any:
     (:func:`tools.spider.recorded_database`, the file's stem as ``db_id``). A repair selection taken
     from another run (:func:`reused_select`) or resumed on another machine holds that machine's
     absolute paths. Datasets without a ``db_path`` column are returned as they are."""
-    from tools.spider import recorded_database
-
     if "db_path" not in ds.column_names:
         return ds
     return ds.map(lambda r: {"db_path": recorded_database(r["db_path"], Path(r["db_path"]).stem or None)})
