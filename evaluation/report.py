@@ -179,18 +179,22 @@ def reuse_lines(c: ReportContent) -> list[str]:
     ...                        {"stage": "baseline", "n": 100, "of": 300, "source_run": "runs/b"},
     ...                        {"stage": "baseline", "n": 100, "of": 100, "source_n": 300, "source_run": "runs/c"},
     ...                        {"stage": "phase 3 repair selection", "n": 100, "unit": "wrong queries",
+    ...                         "source_run": "runs/a"},
+    ...                        {"stage": "phase 4 LLM supervisor replay", "n": 300, "unit": "decisions",
     ...                         "source_run": "runs/a"}]))
     ... # doctest: +NORMALIZE_WHITESPACE
     ['baseline (100 questions): reused from runs/a, where it took 60.0 min; not evaluated in this run',
      'gather (60 rollouts): reused from runs/a; not gathered again',
      'baseline (100 of 300 questions): reused from runs/b; the other 200 evaluated in this run',
      'baseline (100 questions, among the 300 of its stage there): reused from runs/c; not evaluated in this run',
-     'phase 3 repair selection (100 wrong queries): reused from runs/a; not drawn again']
+     'phase 3 repair selection (100 wrong queries): reused from runs/a; not drawn again',
+     'phase 4 LLM supervisor replay (300 decisions): reused from runs/a; not asked again']
     """
     out = []
     for r in c.reused:
         cost = f", where it took {r['source_seconds'] / 60:.1f} min" if r.get("source_seconds") is not None else ""
-        what = {"rollouts": "not gathered again", "wrong queries": "not drawn again"}.get(
+        what = {"rollouts": "not gathered again", "wrong queries": "not drawn again",
+                "decisions": "not asked again"}.get(
             r.get("unit"), "not evaluated in this run")
         n, of = r.get("n"), r.get("of")
         count = f"{n if n is not None else '?'} {r.get('unit', 'questions')}"
@@ -210,7 +214,9 @@ _REUSE_NOTE = (
     "settings, and only this stage's questions were taken. Phase 1 also hashes its gather and reward settings "
     "(training.reuse; the hashes are in eval/<stage>.reused.json and phases/1-gather/reused.json). Phase 3's repair "
     "selection and base-senior prefilter (untrained senior only) are taken from the run whose store was copied, when "
-    "its grpo settings, reward and senior prompts hash alike (phases/3-grpo/reused.json). Not hashed: the "
+    "its grpo settings, reward and senior prompts hash alike (phases/3-grpo/reused.json); phase 4's replay of the "
+    "LLM supervisor (the base model) when the model file, the supervisor's prompt and the decisions with their "
+    "schema texts hash alike (phases/4-bandit/reused.json). Not hashed: the "
     "answer-parsing and scoring code, the llama-server build and its batching (a question taken from a larger stage "
     "ran among other neighbours).")
 

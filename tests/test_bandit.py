@@ -286,3 +286,56 @@ def test_held_out_dev_decisions_written_on_another_machine_find_their_database_h
     compact.write_text("".join(json.dumps({k: r[k] for k in ("question_id", "db_id", "match", "roles")}) + "\n"
                                for r in recs))
     assert dev_decisions(compact) == []
+
+
+def test_the_llm_supervisor_replay_is_taken_only_from_a_record_with_the_same_key(tmp_path) -> None:
+    import json
+    from pathlib import Path
+
+    from society.prompts import PROMPTS
+    from training.phase_bandit import (
+        LLM_REPLAY_FILE,
+        dev_decisions,
+        llm_replay_key,
+        llm_replay_sources,
+        reused_llm_replay,
+    )
+
+    fixture = Path(__file__).parent / "fixtures" / "obs" / "run" / "eval" / "baseline.jsonl"
+    held = dev_decisions(fixture)
+    assert held
+    from tools.schema import schema_prompt
+    schemas = {Path(s["db_path"]).stem: schema_prompt(s["db_path"], compact=True, sample_rows=0) for s in held}
+    model = {"engine": "llama.cpp", "sha256": "0" * 64}
+    key = llm_replay_key(model, PROMPTS["supervisor"], held, schemas)
+    # each input moves the key: the model file, the prompt, a candidate, a reward, the schema shown
+    moved = [{**c, "sql": (c.get("sql") or "") + " "} for c in held[0]["raw_candidates"]]
+    other_cands = [{**held[0], "raw_candidates": moved}]
+    variants = [llm_replay_key({**model, "sha256": "1" * 64}, PROMPTS["supervisor"], held, schemas),
+                llm_replay_key(model, PROMPTS["junior_direct"], held, schemas),
+                llm_replay_key(model, PROMPTS["supervisor"], other_cands + held[1:], schemas),
+                llm_replay_key(model, PROMPTS["supervisor"], [{**held[0], "candidate_rewards": [
+                    1.0 - r for r in held[0]["candidate_rewards"]]}] + held[1:], schemas),
+                llm_replay_key(model, PROMPTS["supervisor"], held, {k: v + "\n" for k, v in schemas.items()})]
+    assert key not in variants and len(set(variants)) == len(variants)
+
+    def record(run: Path, k: str | None, ex: float) -> None:
+        d = run / "phases" / "4-bandit"
+        d.mkdir(parents=True)
+        (d / LLM_REPLAY_FILE).write_text(json.dumps({"key": k, "row": {"policy": "llm", "n": len(held), "ex": ex}}))
+
+    here, a, b, c = (tmp_path / n for n in ("here", "a", "b", "c"))
+    record(a, variants[0], 0.1)  # another model file: passed over
+    (b / "phases" / "4-bandit").mkdir(parents=True)
+    (b / "phases" / "4-bandit" / LLM_REPLAY_FILE).write_text("{not json")  # unreadable: passed over
+    record(c, key, 0.5)
+    stage = here / "eval" / "roles" / "juniors_baseline_repeat.jsonl"
+    stage.parent.mkdir(parents=True)
+    (stage.parent / "juniors_baseline_repeat.reused.json").write_text(json.dumps({"source_run": str(c)}))
+    sources = llm_replay_sources(here, [a, b], stage)
+    assert sources == [here, a, b, c]  # this run, reuse_from in order, the dev stage's source run
+    path, rec = reused_llm_replay(sources, key)
+    assert path.parent.parent.parent == c and rec["row"]["ex"] == 0.5
+    assert reused_llm_replay(sources[:3], key) is None  # no source with this key: asked again
+    record(here, key, 0.7)  # a resumed phase 4 keeps its own first
+    assert reused_llm_replay(sources, key)[1]["row"]["ex"] == 0.7

@@ -107,8 +107,13 @@ def test_train_smoke_killed_in_phase1_resumes_and_runs_all_phases(tmp_path: Path
     assert (Path(grpo["adapter"]) / "adapter_model.safetensors").stat().st_size > 0
     bandit = json.loads((run / "phases" / "4-bandit" / "done.json").read_text())
     assert bandit["samples"] > 0 and Path(bandit["policy"]).stat().st_size > 0
-    policies = {row["policy"] for row in json.loads((run / "bandit_comparison.json").read_text())}
-    assert {"bandit", "random", "majority_vote"} <= policies
+    rows = {row["policy"]: row for row in json.loads((run / "bandit_comparison.json").read_text())}
+    assert {"bandit", "random", "majority_vote"} <= set(rows)
+    # the LLM supervisor's replay is recorded with its key (a later run with the same model file,
+    # prompt and decisions takes it), its row the comparison's, one choice per dev decision
+    replay = json.loads((run / "phases" / "4-bandit" / "llm_replay.json").read_text())
+    assert len(replay["key"]) == 64 and replay["row"]["n"] == len(replay["choices"]) == bandit["held_out_dev"]
+    assert "llm" in rows and rows["llm"]["ex"] == replay["row"]["ex"]
 
     ids = None
     for stage in ("baseline", "sft", "grpo", "bandit"):  # EX per stage on the same dev questions

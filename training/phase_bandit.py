@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -18,16 +19,19 @@ from typing import Any
 from society.candidate import Candidate
 from society.infra import InfrastructureError, dead_servers
 from society.llm import is_retryable
+from society.models import ensure_model
 from society.policies import LLMPolicy, PolicyContext
-from society.prompts import get_prompt
-from tools.files import read_jsonl
+from society.prompts import PromptTemplate, get_prompt
+from tools.files import atomic_write_text, read_jsonl
 from tools.schema import schema_prompt
 from tools.spider import recorded_database
 from training.profile import TrainConfigError
+from training.reuse import file_sha256, sha256_json
 from training.role_aliases import role_kind
 from training.run_plan import RunPlan
 
-__all__ = ["DEV_DECISION_STAGES", "bandit_phase", "dev_decisions", "held_out_dev"]
+__all__ = ["DEV_DECISION_STAGES", "LLM_REPLAY_FILE", "LLM_REPLAY_REQUEST", "bandit_phase", "dev_decisions",
+           "held_out_dev", "llm_replay_key", "llm_replay_sources", "reused_llm_replay"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +96,8 @@ def bandit_phase(plan: RunPlan, echo: Callable[[str], None] = print) -> dict[str
     is scored against random choice, majority vote, the logged policy and the oracle
     (``bandit_comparison.json``: all held-out decisions; ``done.json``'s ``comparison_by_split``:
     dev and train apart); the LLM supervisor, asked live, on the dev decisions (they keep the
-    candidates' full records).
+    candidates' full records), or its row taken from an earlier run that asked the same model the
+    same things (:func:`reused_llm_replay`; ``phases/4-bandit/reused.json`` says from where).
 
     Raises:
         TrainConfigError: the store holds no supervisor decision with usable candidates.
@@ -136,7 +141,7 @@ def bandit_phase(plan: RunPlan, echo: Callable[[str], None] = print) -> dict[str
             for row, s in zip(replay_outcomes(held, bandit), held):
                 f.write(json.dumps({**row, "split": s["split"]}) + "\n")
     if dev:
-        llm = _llm_supervisor_replay(plan, dev)
+        llm = _llm_supervisor_replay(plan, dev, dev_stage, echo)
         if llm is not None:
             by_split["dev"].insert(3, llm)
             table.insert(3, llm if not held_train else
@@ -152,25 +157,149 @@ def bandit_phase(plan: RunPlan, echo: Callable[[str], None] = print) -> dict[str
             "comparison": table, "comparison_by_split": by_split}
 
 
-def _llm_supervisor_replay(plan: RunPlan, held: list[dict[str, Any]]) -> dict[str, Any] | None:
+#: Phase 4's record of the LLM supervisor's replay (in ``phases/4-bandit``): ``key``
+#: (:func:`llm_replay_key`, None when the model cannot be hashed), ``row`` (the comparison row),
+#: ``choices`` (per decision: ``task_id``, the chosen ``index``, -1 when refused, and its ``reward``),
+#: ``seconds``; ``reused_from`` when it was taken from another run.
+LLM_REPLAY_FILE = "llm_replay.json"
+
+#: The request settings of the LLM supervisor's replay (greedy, a short answer: the candidate's number).
+LLM_REPLAY_REQUEST = {"temperature": 0.0, "max_tokens": 8}
+
+
+def llm_replay_key(model: Mapping[str, Any], prompt: PromptTemplate, decisions: Sequence[Mapping[str, Any]],
+                   schemas: Mapping[str, str]) -> str:
+    """What the LLM supervisor's replay depends on, as a sha256 (hex): the served model (``model``:
+    engine and the GGUF file's sha256), the supervisor's prompt texts, :data:`LLM_REPLAY_REQUEST`,
+    and per decision in order its task id, question, the schema text shown (``schemas``: database
+    name, the file's stem, -> text) and the candidates as logged with each one's reward. Database
+    paths are left out, so a run on another machine or checkout gets the same key; equal keys send
+    the model the same requests (the answer-parsing code is not hashed, as for the reused stages,
+    :mod:`training.reuse`).
+
+    Args:
+        model: ``{"engine": ..., "sha256": ...}`` of what serves the supervisor's alias.
+        prompt: the supervisor's prompt template.
+        decisions: :func:`dev_decisions` rows (``task_id``, ``question``, ``db_path``,
+            ``raw_candidates``, ``candidate_rewards``).
+        schemas: database name -> the schema text the replay shows.
+
+    Raises:
+        KeyError: a decision's database has no schema text in ``schemas``.
+
+    >>> d = [{"task_id": "dev-1", "question": "How many?", "db_path": "/a/concert_singer.sqlite",
+    ...       "raw_candidates": [{"sql": "SELECT 1"}], "candidate_rewards": [1.0]}]
+    >>> m, p, sch = {"engine": "llama.cpp", "sha256": "ab"}, PromptTemplate("s", "u"), {"concert_singer": "t(a)"}
+    >>> k = llm_replay_key(m, p, d, sch)
+    >>> k == llm_replay_key(m, p, [{**d[0], "db_path": "/b/concert_singer.sqlite"}], sch)  # another machine
+    True
+    >>> k == llm_replay_key({**m, "sha256": "cd"}, p, d, sch), k == llm_replay_key(m, PromptTemplate("s", "v"), d, sch)
+    (False, False)
+    >>> k == llm_replay_key(m, p, [{**d[0], "raw_candidates": [{"sql": "SELECT 2"}]}], sch)
+    False
+    """
+    rows = [[str(s["task_id"]), str(s["question"]), sha256_json(schemas[Path(s["db_path"]).stem]),
+             list(s["raw_candidates"]), list(s["candidate_rewards"])] for s in decisions]
+    return sha256_json({"model": dict(model), "prompt": [prompt.system, prompt.user],
+                        "request": LLM_REPLAY_REQUEST, "decisions": rows})
+
+
+def llm_replay_sources(run_root: Path, reuse_from: Sequence[str | Path], dev_stage_file: Path | None) -> list[Path]:
+    """Where phase 4 looks for an LLM-supervisor replay record to keep or take, in order: this run
+    (a phase 4 resumed after its replay finished), each ``reuse_from`` run, and the run the dev
+    decisions' stage was taken from (its ``<stage>.reused.json``'s ``source_run``); each once.
+
+    >>> llm_replay_sources(Path("/r/new"), ["/r/a", "/r/new"], None)
+    [PosixPath('/r/new'), PosixPath('/r/a')]
+    """
+    out = [Path(run_root), *(Path(p) for p in reuse_from)]
+    info = dev_stage_file.with_name(dev_stage_file.name.removesuffix(".jsonl") + ".reused.json") \
+        if dev_stage_file is not None else None
+    if info is not None and info.is_file():
+        try:
+            src = json.loads(info.read_text()).get("source_run")
+        except (OSError, ValueError, AttributeError):
+            src = None
+        if src:
+            out.append(Path(src))
+    seen: list[Path] = []
+    for p in out:
+        if p not in seen:
+            seen.append(p)
+    return seen
+
+
+def reused_llm_replay(sources: Sequence[Path], key: str) -> tuple[Path, dict[str, Any]] | None:
+    """The first :data:`LLM_REPLAY_FILE` under ``<source>/phases/4-bandit`` made with ``key``:
+    ``(its path, the record)``; None when no source has one (unreadable or other-keyed records are
+    passed over: the replay then runs here)."""
+    for src in sources:
+        f = Path(src) / "phases" / "4-bandit" / LLM_REPLAY_FILE
+        try:
+            rec = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(rec, dict) and rec.get("key") == key and isinstance(rec.get("row"), dict):
+            return f, rec
+    return None
+
+
+def _served_model(plan: RunPlan, alias: str) -> dict[str, Any] | None:
+    """``{"engine", "sha256"}`` of the GGUF file serving ``alias`` on llama.cpp; None when it cannot
+    be hashed (another engine, a remote endpoint)."""
+    spec = plan.society.models.get(alias)
+    if plan.cfg.serving.engine != "llama.cpp" or spec is None or not spec.embedded:
+        return None
+    return {"engine": "llama.cpp", "sha256": file_sha256(ensure_model(spec.embedded))}
+
+
+def _llm_supervisor_replay(plan: RunPlan, held: list[dict[str, Any]], dev_stage: str | None,
+                           echo: Callable[[str], None] = print) -> dict[str, Any] | None:
     """EX of the LLM supervisor policy choosing among the same held-out candidates (one model
-    call per decision with more than one distinct candidate), on the base model."""
+    call per decision with more than one distinct candidate), on the base model; kept from this run
+    or taken from an earlier one when its :func:`llm_replay_key` is equal (:func:`reused_llm_replay`),
+    else asked and recorded in :data:`LLM_REPLAY_FILE`."""
     from langchain_openai import ChatOpenAI
 
     society = plan.society
     sup = next((r for r in society.roles if role_kind(r.type) == "supervisor"), None)
     alias = (sup.model if sup and sup.model else None) or next(iter(society.models))
     prompt = get_prompt(sup.prompt if sup else None, "supervisor")
-    vals: list[float] = []
+    d = plan.run_dir.phase_dir(4)
+    schemas: dict[str, str] = {}
+    for s in held:
+        db = Path(s["db_path"]).stem
+        if db not in schemas:
+            schemas[db] = schema_prompt(s["db_path"], compact=True, sample_rows=0)
+    model = _served_model(plan, alias)
+    key = llm_replay_key(model, prompt, held, schemas) if model is not None else None
+    role_level = dict(DEV_DECISION_STAGES).get(dev_stage or "")
+    stage_file = None if role_level is None else (
+        plan.run_dir.role_eval_path(dev_stage) if role_level else plan.run_dir.eval_path(dev_stage))
+    found = reused_llm_replay(llm_replay_sources(plan.run_dir.root, plan.cfg.reuse_from, stage_file), key) \
+        if key is not None else None
+    if found is not None:
+        path, rec = found
+        if path.parent != d:
+            src_run = path.parent.parent.parent
+            atomic_write_text(d / LLM_REPLAY_FILE, json.dumps({**rec, "reused_from": str(src_run)}, indent=2) + "\n")
+            atomic_write_text(d / "reused.json", json.dumps({
+                "stage": "phase 4 LLM supervisor replay", "source_run": str(src_run), "source_file": str(path),
+                "n": rec["row"].get("n"), "unit": "decisions", "source_seconds": rec.get("seconds")}, indent=2) + "\n")
+            echo(f"phase 4: the LLM supervisor's replay on {rec['row'].get('n')} dev decisions taken from {src_run} "
+                 "(same model file, prompt and decisions); not asked again")
+        return rec["row"]
+    t0 = time.perf_counter()
+    choices: list[dict[str, Any]] = []
     refused = 0
     with ExitStack() as stack:
         ep = plan.serve(stack, society).get(alias)
         if ep is None:
             return None
-        chat = ChatOpenAI(base_url=ep.base_url, model=ep.model, api_key=ep.api_key, temperature=0.0, max_tokens=8)
+        chat = ChatOpenAI(base_url=ep.base_url, model=ep.model, api_key=ep.api_key, **LLM_REPLAY_REQUEST)
         for s in held:
             cands = [Candidate(**c) for c in s["raw_candidates"]]
-            schema = schema_prompt(s["db_path"], compact=True, sample_rows=0)
+            schema = schemas[Path(s["db_path"]).stem]
             ctx = PolicyContext(
                 schema_text=schema,
                 ask_llm=lambda msgs: str(chat.invoke(msgs).content),
@@ -189,10 +318,15 @@ def _llm_supervisor_replay(plan: RunPlan, held: list[dict[str, Any]]) -> dict[st
                 logger.warning("LLM supervisor replay: the request for %s was refused (%s); scored 0", s["task_id"], e)
                 refused += 1
                 idx = -1
-            vals.append(s["candidate_rewards"][idx] if idx >= 0 else 0.0)
+            choices.append({"task_id": s["task_id"], "index": idx,
+                            "reward": s["candidate_rewards"][idx] if idx >= 0 else 0.0})
+    vals = [c["reward"] for c in choices]
     n = len(vals)
-    return {"policy": "llm", "n": n, "mean_reward": sum(vals) / n, "ex": sum(v >= 1.0 for v in vals) / n,
-            "note": "LLM supervisor asked live on the logged candidates (base model)"
-                    + (f"; {refused} requests refused by the server (e.g. over the context), scored 0"
-                       if refused else "")}
-
+    row = {"policy": "llm", "n": n, "mean_reward": sum(vals) / n, "ex": sum(v >= 1.0 for v in vals) / n,
+           "note": "LLM supervisor asked live on the logged candidates (base model)"
+                   + (f"; {refused} requests refused by the server (e.g. over the context), scored 0"
+                      if refused else "")}
+    atomic_write_text(d / LLM_REPLAY_FILE, json.dumps({"key": key, "row": row, "dev_stage": dev_stage,
+                                                       "seconds": round(time.perf_counter() - t0, 1),
+                                                       "choices": choices}, indent=2) + "\n")
+    return row
