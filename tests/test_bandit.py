@@ -305,7 +305,7 @@ def test_the_llm_supervisor_replay_is_taken_only_from_a_record_with_the_same_key
     held = dev_decisions(fixture)
     assert held
     from tools.schema import schema_prompt
-    schemas = {Path(s["db_path"]).stem: schema_prompt(s["db_path"], compact=True, sample_rows=0) for s in held}
+    schemas = {s["db_path"]: schema_prompt(s["db_path"], compact=True, sample_rows=0) for s in held}
     model = {"engine": "llama.cpp", "sha256": "0" * 64}
     key = llm_replay_key(model, PROMPTS["supervisor"], held, schemas)
     # each input moves the key: the model file, the prompt, a candidate, a reward, the schema shown
@@ -319,15 +319,18 @@ def test_the_llm_supervisor_replay_is_taken_only_from_a_record_with_the_same_key
                 llm_replay_key(model, PROMPTS["supervisor"], held, {k: v + "\n" for k, v in schemas.items()})]
     assert key not in variants and len(set(variants)) == len(variants)
 
-    def record(run: Path, k: str | None, ex: float) -> None:
+    def record(run: Path, k: str | None, ex: float, **drop: bool) -> None:
         d = run / "phases" / "4-bandit"
-        d.mkdir(parents=True)
-        (d / LLM_REPLAY_FILE).write_text(json.dumps({"key": k, "row": {"policy": "llm", "n": len(held), "ex": ex}}))
+        d.mkdir(parents=True, exist_ok=True)
+        row = {"policy": "llm", "n": len(held), "mean_reward": ex, "ex": ex, "note": "asked live"}
+        kept = {f: v for f, v in row.items() if f not in drop}
+        (d / LLM_REPLAY_FILE).write_text(json.dumps({"key": k, "row": kept}))
 
     here, a, b, c = (tmp_path / n for n in ("here", "a", "b", "c"))
     record(a, variants[0], 0.1)  # another model file: passed over
     (b / "phases" / "4-bandit").mkdir(parents=True)
     (b / "phases" / "4-bandit" / LLM_REPLAY_FILE).write_text("{not json")  # unreadable: passed over
+    assert reused_llm_replay([b], key) is None
     record(c, key, 0.5)
     stage = here / "eval" / "roles" / "juniors_baseline_repeat.jsonl"
     stage.parent.mkdir(parents=True)
@@ -337,5 +340,7 @@ def test_the_llm_supervisor_replay_is_taken_only_from_a_record_with_the_same_key
     path, rec = reused_llm_replay(sources, key)
     assert path.parent.parent.parent == c and rec["row"]["ex"] == 0.5
     assert reused_llm_replay(sources[:3], key) is None  # no source with this key: asked again
+    record(b, key, 0.9, note=True)  # the right key but a row without its note: passed over
+    assert reused_llm_replay(sources, key)[1]["row"]["ex"] == 0.5
     record(here, key, 0.7)  # a resumed phase 4 keeps its own first
     assert reused_llm_replay(sources, key)[1]["row"]["ex"] == 0.7

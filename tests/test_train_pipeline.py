@@ -113,7 +113,8 @@ def test_train_smoke_killed_in_phase1_resumes_and_runs_all_phases(tmp_path: Path
     # prompt and decisions takes it), its row the comparison's, one choice per dev decision
     replay = json.loads((run / "phases" / "4-bandit" / "llm_replay.json").read_text())
     assert len(replay["key"]) == 64 and replay["row"]["n"] == len(replay["choices"]) == bandit["held_out_dev"]
-    assert "llm" in rows and rows["llm"]["ex"] == replay["row"]["ex"]
+    assert "llm" in rows and rows["llm"]["ex"] == replay["row"]["ex"] == (
+        sum(c["reward"] >= 1.0 for c in replay["choices"]) / len(replay["choices"]))  # the row is its choices
 
     ids = None
     for stage in ("baseline", "sft", "grpo", "bandit"):  # EX per stage on the same dev questions

@@ -26,12 +26,12 @@ from tools.files import atomic_write_text, read_jsonl
 from tools.schema import schema_prompt
 from tools.spider import recorded_database
 from training.profile import TrainConfigError
-from training.reuse import file_sha256, sha256_json
+from training.reuse import file_sha256, reused_path, sha256_json
 from training.role_aliases import role_kind
 from training.run_plan import RunPlan
 
-__all__ = ["DEV_DECISION_STAGES", "LLM_REPLAY_FILE", "LLM_REPLAY_REQUEST", "bandit_phase", "dev_decisions",
-           "held_out_dev", "llm_replay_key", "llm_replay_sources", "reused_llm_replay"]
+__all__ = ["DEV_DECISION_STAGES", "LLM_REPLAY_FILE", "LLM_REPLAY_REQUEST", "LLM_REPLAY_ROW_FIELDS", "bandit_phase",
+           "dev_decisions", "held_out_dev", "llm_replay_key", "llm_replay_sources", "reused_llm_replay"]
 
 logger = logging.getLogger(__name__)
 
@@ -172,24 +172,25 @@ def llm_replay_key(model: Mapping[str, Any], prompt: PromptTemplate, decisions: 
     """What the LLM supervisor's replay depends on, as a sha256 (hex): the served model (``model``:
     engine and the GGUF file's sha256), the supervisor's prompt texts, :data:`LLM_REPLAY_REQUEST`,
     and per decision in order its task id, question, the schema text shown (``schemas``: database
-    name, the file's stem, -> text) and the candidates as logged with each one's reward. Database
-    paths are left out, so a run on another machine or checkout gets the same key; equal keys send
-    the model the same requests (the answer-parsing code is not hashed, as for the reused stages,
-    :mod:`training.reuse`).
+    path -> text; the text is hashed, not the path) and the candidates as logged with each one's
+    reward. Database paths are left out, so a run on another machine or checkout gets the same key.
+    Not hashed, as the answer-parsing code of the reused stages (:mod:`training.reuse`): the code
+    that formats the candidates into the prompt and reads the model's answer (``LLMPolicy``).
 
     Args:
         model: ``{"engine": ..., "sha256": ...}`` of what serves the supervisor's alias.
         prompt: the supervisor's prompt template.
         decisions: :func:`dev_decisions` rows (``task_id``, ``question``, ``db_path``,
             ``raw_candidates``, ``candidate_rewards``).
-        schemas: database name -> the schema text the replay shows.
+        schemas: database path (each decision's ``db_path``) -> the schema text the replay shows.
 
     Raises:
         KeyError: a decision's database has no schema text in ``schemas``.
 
     >>> d = [{"task_id": "dev-1", "question": "How many?", "db_path": "/a/concert_singer.sqlite",
     ...       "raw_candidates": [{"sql": "SELECT 1"}], "candidate_rewards": [1.0]}]
-    >>> m, p, sch = {"engine": "llama.cpp", "sha256": "ab"}, PromptTemplate("s", "u"), {"concert_singer": "t(a)"}
+    >>> m, p = {"engine": "llama.cpp", "sha256": "ab"}, PromptTemplate("s", "u")
+    >>> sch = {"/a/concert_singer.sqlite": "t(a)", "/b/concert_singer.sqlite": "t(a)"}
     >>> k = llm_replay_key(m, p, d, sch)
     >>> k == llm_replay_key(m, p, [{**d[0], "db_path": "/b/concert_singer.sqlite"}], sch)  # another machine
     True
@@ -198,7 +199,7 @@ def llm_replay_key(model: Mapping[str, Any], prompt: PromptTemplate, decisions: 
     >>> k == llm_replay_key(m, p, [{**d[0], "raw_candidates": [{"sql": "SELECT 2"}]}], sch)
     False
     """
-    rows = [[str(s["task_id"]), str(s["question"]), sha256_json(schemas[Path(s["db_path"]).stem]),
+    rows = [[str(s["task_id"]), str(s["question"]), sha256_json(schemas[s["db_path"]]),
              list(s["raw_candidates"]), list(s["candidate_rewards"])] for s in decisions]
     return sha256_json({"model": dict(model), "prompt": [prompt.system, prompt.user],
                         "request": LLM_REPLAY_REQUEST, "decisions": rows})
@@ -209,12 +210,19 @@ def llm_replay_sources(run_root: Path, reuse_from: Sequence[str | Path], dev_sta
     (a phase 4 resumed after its replay finished), each ``reuse_from`` run, and the run the dev
     decisions' stage was taken from (its ``<stage>.reused.json``'s ``source_run``); each once.
 
+    Args:
+        run_root: this run's directory.
+        reuse_from: the profile's ``reuse_from`` runs.
+        dev_stage_file: the records the dev decisions were read from (:func:`held_out_dev`), or None.
+
+    Returns:
+        Run directories in the order they are looked in.
+
     >>> llm_replay_sources(Path("/r/new"), ["/r/a", "/r/new"], None)
     [PosixPath('/r/new'), PosixPath('/r/a')]
     """
     out = [Path(run_root), *(Path(p) for p in reuse_from)]
-    info = dev_stage_file.with_name(dev_stage_file.name.removesuffix(".jsonl") + ".reused.json") \
-        if dev_stage_file is not None else None
+    info = reused_path(dev_stage_file) if dev_stage_file is not None else None
     if info is not None and info.is_file():
         try:
             src = json.loads(info.read_text()).get("source_run")
@@ -229,26 +237,40 @@ def llm_replay_sources(run_root: Path, reuse_from: Sequence[str | Path], dev_sta
     return seen
 
 
+#: The fields a recorded replay's comparison row must have to be taken.
+LLM_REPLAY_ROW_FIELDS = ("policy", "n", "mean_reward", "ex", "note")
+
+
 def reused_llm_replay(sources: Sequence[Path], key: str) -> tuple[Path, dict[str, Any]] | None:
-    """The first :data:`LLM_REPLAY_FILE` under ``<source>/phases/4-bandit`` made with ``key``:
-    ``(its path, the record)``; None when no source has one (unreadable or other-keyed records are
-    passed over: the replay then runs here)."""
+    """The first :data:`LLM_REPLAY_FILE` under ``<source>/phases/4-bandit`` made with ``key``.
+
+    Args:
+        sources: run directories in order (:func:`llm_replay_sources`).
+        key: this run's :func:`llm_replay_key`.
+
+    Returns:
+        ``(its path, the record)``, or None when no source has one: unreadable records, records made
+        with another key and rows lacking one of :data:`LLM_REPLAY_ROW_FIELDS` are passed over, and
+        the replay then runs here.
+    """
     for src in sources:
         f = Path(src) / "phases" / "4-bandit" / LLM_REPLAY_FILE
         try:
             rec = json.loads(f.read_text())
         except (OSError, ValueError):
             continue
-        if isinstance(rec, dict) and rec.get("key") == key and isinstance(rec.get("row"), dict):
+        row = rec.get("row") if isinstance(rec, dict) else None
+        if isinstance(row, dict) and rec.get("key") == key and all(k in row for k in LLM_REPLAY_ROW_FIELDS):
             return f, rec
     return None
 
 
 def _served_model(plan: RunPlan, alias: str) -> dict[str, Any] | None:
     """``{"engine", "sha256"}`` of the GGUF file serving ``alias`` on llama.cpp; None when it cannot
-    be hashed (another engine, a remote endpoint)."""
+    be hashed (another engine, a remote endpoint) or a trained adapter is routed to it (not the base
+    model)."""
     spec = plan.society.models.get(alias)
-    if plan.cfg.serving.engine != "llama.cpp" or spec is None or not spec.embedded:
+    if plan.cfg.serving.engine != "llama.cpp" or spec is None or not spec.embedded or alias in plan.trained:
         return None
     return {"engine": "llama.cpp", "sha256": file_sha256(ensure_model(spec.embedded))}
 
@@ -268,9 +290,8 @@ def _llm_supervisor_replay(plan: RunPlan, held: list[dict[str, Any]], dev_stage:
     d = plan.run_dir.phase_dir(4)
     schemas: dict[str, str] = {}
     for s in held:
-        db = Path(s["db_path"]).stem
-        if db not in schemas:
-            schemas[db] = schema_prompt(s["db_path"], compact=True, sample_rows=0)
+        if s["db_path"] not in schemas:
+            schemas[s["db_path"]] = schema_prompt(s["db_path"], compact=True, sample_rows=0)
     model = _served_model(plan, alias)
     key = llm_replay_key(model, prompt, held, schemas) if model is not None else None
     role_level = dict(DEV_DECISION_STAGES).get(dev_stage or "")
@@ -280,15 +301,20 @@ def _llm_supervisor_replay(plan: RunPlan, held: list[dict[str, Any]], dev_stage:
         if key is not None else None
     if found is not None:
         path, rec = found
-        if path.parent != d:
+        if path.parent == d:
+            echo(f"phase 4: kept the LLM supervisor's replay finished before the stop ({LLM_REPLAY_FILE})")
+        else:
             src_run = path.parent.parent.parent
-            atomic_write_text(d / LLM_REPLAY_FILE, json.dumps({**rec, "reused_from": str(src_run)}, indent=2) + "\n")
+            rec = {**rec, "reused_from": str(src_run),
+                   "row": {**rec["row"], "note": f"{rec['row']['note']}; recorded in {src_run}, not asked again"}}
+            atomic_write_text(d / LLM_REPLAY_FILE, json.dumps(rec, indent=2) + "\n")
             atomic_write_text(d / "reused.json", json.dumps({
                 "stage": "phase 4 LLM supervisor replay", "source_run": str(src_run), "source_file": str(path),
                 "n": rec["row"].get("n"), "unit": "decisions", "source_seconds": rec.get("seconds")}, indent=2) + "\n")
             echo(f"phase 4: the LLM supervisor's replay on {rec['row'].get('n')} dev decisions taken from {src_run} "
                  "(same model file, prompt and decisions); not asked again")
         return rec["row"]
+    (d / "reused.json").unlink(missing_ok=True)  # an earlier attempt's, taken under another key
     t0 = time.perf_counter()
     choices: list[dict[str, Any]] = []
     refused = 0
@@ -299,7 +325,7 @@ def _llm_supervisor_replay(plan: RunPlan, held: list[dict[str, Any]], dev_stage:
         chat = ChatOpenAI(base_url=ep.base_url, model=ep.model, api_key=ep.api_key, **LLM_REPLAY_REQUEST)
         for s in held:
             cands = [Candidate(**c) for c in s["raw_candidates"]]
-            schema = schemas[Path(s["db_path"]).stem]
+            schema = schemas[s["db_path"]]
             ctx = PolicyContext(
                 schema_text=schema,
                 ask_llm=lambda msgs: str(chat.invoke(msgs).content),
