@@ -28,7 +28,7 @@ from tools.spider import recorded_database
 from training.profile import TrainConfigError
 from training.reuse import file_sha256, reused_path, sha256_json
 from training.role_aliases import role_kind
-from training.run_plan import RunPlan
+from training.run_plan import RunPlan, stage_path
 
 __all__ = ["DEV_DECISION_STAGES", "LLM_REPLAY_FILE", "LLM_REPLAY_REQUEST", "LLM_REPLAY_ROW_FIELDS", "bandit_phase",
            "dev_decisions", "held_out_dev", "llm_replay_key", "llm_replay_sources", "reused_llm_replay"]
@@ -80,8 +80,7 @@ def held_out_dev(plan: RunPlan) -> tuple[str | None, list[dict[str, Any]]]:
     """The first of :data:`DEV_DECISION_STAGES` whose records yield decisions (:func:`dev_decisions`):
     ``(stage name, decisions)``; ``(None, [])`` when none does."""
     for stage, role_level in DEV_DECISION_STAGES:
-        path = plan.run_dir.role_eval_path(stage) if role_level else plan.run_dir.eval_path(stage)
-        held = dev_decisions(path)
+        held = dev_decisions(stage_path(plan.run_dir, stage, role_level))
         if held:
             return stage, held
     return None, []
@@ -295,8 +294,7 @@ def _llm_supervisor_replay(plan: RunPlan, held: list[dict[str, Any]], dev_stage:
     model = _served_model(plan, alias)
     key = llm_replay_key(model, prompt, held, schemas) if model is not None else None
     role_level = dict(DEV_DECISION_STAGES).get(dev_stage or "")
-    stage_file = None if role_level is None else (
-        plan.run_dir.role_eval_path(dev_stage) if role_level else plan.run_dir.eval_path(dev_stage))
+    stage_file = None if role_level is None else stage_path(plan.run_dir, dev_stage, role_level)
     found = reused_llm_replay(llm_replay_sources(plan.run_dir.root, plan.cfg.reuse_from, stage_file), key) \
         if key is not None else None
     if found is not None:
