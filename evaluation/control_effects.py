@@ -79,6 +79,8 @@ class AgentCost:
         tokens: mean prompt + completion tokens per question (None when no record carries ``tokens``).
         seconds: mean wall seconds per question (None when no record carries ``seconds``).
         llm_calls: mean LLM calls per question (None when no record carries ``llm_calls``).
+        cached_calls: of those calls, how many (in all) the run's response cache answered
+            (``society.response_cache``): counted in tokens and calls, almost no seconds.
     """
 
     label: str
@@ -87,6 +89,7 @@ class AgentCost:
     tokens: float | None
     seconds: float | None
     llm_calls: float | None
+    cached_calls: int = 0
 
 
 @dataclass(frozen=True)
@@ -111,14 +114,15 @@ def _mean(values: list[Any]) -> float | None:
 
 def agent_cost(label: str, stage: str, records: Sequence[Record]) -> AgentCost:
     """Per-question means of ``tokens``, ``seconds`` and ``llm_calls`` over ``records`` (a field no
-    record carries is None).
+    record carries is None), and the sum of their ``cached_calls``.
 
     >>> agent_cost("single", "single_baseline", [{"tokens": 300, "seconds": 1.0, "llm_calls": 1},
-    ...                                          {"tokens": 340, "seconds": 3.0, "llm_calls": 1}])
-    AgentCost(label='single', stage='single_baseline', n=2, tokens=320.0, seconds=2.0, llm_calls=1.0)
+    ...                                          {"tokens": 340, "seconds": 3.0, "llm_calls": 1, "cached_calls": 1}])
+    AgentCost(label='single', stage='single_baseline', n=2, tokens=320.0, seconds=2.0, llm_calls=1.0, cached_calls=1)
     """
     return AgentCost(label, stage, len(records), _mean([r.get("tokens") for r in records]),
-                     _mean([r.get("seconds") for r in records]), _mean([r.get("llm_calls") for r in records]))
+                     _mean([r.get("seconds") for r in records]), _mean([r.get("llm_calls") for r in records]),
+                     sum(int(r.get("cached_calls") or 0) for r in records))
 
 
 def _row(phase: str, role: str, metric: str, control: tuple[str, str, Sequence[Record]],

@@ -72,10 +72,48 @@ def _stage_rows(c: ReportContent) -> list[list[str]]:
             _num(v["turns"]),
             _num(v["llm_calls"]),
             _num(v["tokens"], 0),
-            _num(v["seconds"]),
+            _seconds(v["seconds"], int(v.get("cached_calls") or 0)),
         ]
         for s, v in c.stages.items()
     ]
+
+
+CACHED_MARK = "‡"
+
+
+def _seconds(value: float | None, cached_calls: int) -> str:
+    """A seconds cell, marked :data:`CACHED_MARK` when some of its calls came from the response cache.
+
+    >>> _seconds(2.345, 0), _seconds(0.4, 3)
+    ('2.35', '0.40 ‡')
+    """
+    return _num(value) + (f" {CACHED_MARK}" if cached_calls else "")
+
+
+def cache_note(c: ReportContent) -> str:
+    """The sentence under the tables for the stages (society and role-level) whose seconds count calls
+    answered from the run's response cache (``eval.response_cache``), with how many; empty when none.
+
+    >>> from types import SimpleNamespace as NS
+    >>> cache_note(NS(run=NS(evals={"sft": [{"llm_calls": 4, "cached_calls": 0}]}, role_evals={})))
+    ''
+    >>> print(cache_note(NS(run=NS(evals={"sft": [{"llm_calls": 4, "cached_calls": 3}] * 2},
+    ...                            role_evals={"single_trained": [{"llm_calls": 1, "cached_calls": 1}]}))))
+    ... # doctest: +ELLIPSIS
+    ‡ Seconds that count LLM calls answered from the run's response cache: sft 6 of 8 calls, single_trained 1 of 1. ...
+    """
+    parts = []
+    for name, recs in {**c.run.evals, **c.run.role_evals}.items():
+        cached = sum(int(r.get("cached_calls") or 0) for r in recs)
+        if cached:
+            calls = sum(int(r.get("llm_calls") or 0) for r in recs)
+            parts.append(f"{name} {cached} of {calls}" + (" calls" if not parts else ""))
+    if not parts:
+        return ""
+    return (f"{CACHED_MARK} Seconds that count LLM calls answered from the run's response cache: {', '.join(parts)}. "
+            "Such a call repeated a request an earlier stage of this run sent (the same model and adapter files by "
+            "sha256, prompt and greedy or seeded sampling) and got that call's reply and token counts; it took almost "
+            "no time, so these seconds understate what the stage costs live. Its tokens and LLM calls count as live.")
 
 
 _PHASE_HEADERS = ["phase", "rollouts", "mean reward", "first fifth", "last fifth", "EX", "tokens", "latency s"]
@@ -232,7 +270,7 @@ def _control_rows(c: ReportContent) -> list[list[str]]:
     out = []
     for r in c.controls:
         e = r.effect
-        cost = [[a.label, _pct(ex), _num(a.tokens, 0), _num(a.seconds), _num(a.llm_calls)]
+        cost = [[a.label, _pct(ex), _num(a.tokens, 0), _seconds(a.seconds, a.cached_calls), _num(a.llm_calls)]
                 for a, ex in ((r.control, e.before), (r.compared, e.after))]
         out.append([f"{e.phase} · {e.role}: {e.metric}", str(e.n), *cost[0], *cost[1], _signed_pct(e.delta),
                     "–" if e.p_holm is None else f"{e.p_holm:.3f}", "called" if e.called() else "not called"])
@@ -326,6 +364,7 @@ def render_html(c: ReportContent) -> str:
         phase_rows=_phase_rows(c),
         stage_headers=_STAGE_HEADERS,
         stage_rows=_stage_rows(c),
+        cache_note=cache_note(c),
         reward_computed=any(r.get("reward_source") for recs in run.evals.values() for r in recs),
         effect_headers=effect_headers(c.effects),
         effect_rows=_effect_rows(c),
@@ -396,13 +435,16 @@ def render_markdown(c: ReportContent) -> str:
         out += ["## Learning curves (rollouts per phase)", "", _md_table(_PHASE_HEADERS, _phase_rows(c)), ""]
     if c.stages:
         out += ["## Metrics per stage (fixed dev subset)", "", _md_table(_STAGE_HEADERS, _stage_rows(c)), ""]
+        out += [cache_note(c), ""] if cache_note(c) else []
     if c.effects:
         out += ["## Each phase on the role it trains (paired, same questions)", "",
                 effects_table_markdown(c.effects), "",
                 *[f"- {t}" for t in describe_effects(c.effects)], "", _EFFECT_NOTE, ""]
     if c.controls:
         out += ["## What the society's extra calls buy (the one-shot control, same questions)", "",
-                _md_table(_CONTROL_HEADERS, _control_rows(c)), "", _CONTROL_NOTE, ""]
+                _md_table(_CONTROL_HEADERS, _control_rows(c)), "", _CONTROL_NOTE, "",
+                *([cache_note(c), ""] if any(r.control.cached_calls or r.compared.cached_calls for r in c.controls)
+                  else [])]
     if c.reused:
         out += ["## Reused from an earlier run", "", *[f"- {t}" for t in reuse_lines(c)], "", _REUSE_NOTE, ""]
     if c.junior_adapters:

@@ -56,9 +56,10 @@ def stage_summary(records: Sequence[Mapping]) -> dict[str, float | int | None]:
         records: eval records of one stage.
 
     Returns:
-        ``{"n", "ex", "exec_success", "mean_reward", "turns", "llm_calls", "tokens", "seconds"}``;
-        ``ex``/``exec_success`` are fractions in [0, 1]; the others are per-question means; a
-        metric whose field no record carries is None.
+        ``{"n", "ex", "exec_success", "mean_reward", "turns", "llm_calls", "tokens", "seconds",
+        "cached_calls"}``; ``ex``/``exec_success`` are fractions in [0, 1]; ``cached_calls`` is the
+        stage's calls answered from the run's response cache (a sum); the others are per-question
+        means; a metric whose field no record carries is None.
     """
     return {
         "n": len(records),
@@ -71,6 +72,7 @@ def stage_summary(records: Sequence[Mapping]) -> dict[str, float | int | None]:
         "llm_calls": _mean(r.get("llm_calls") for r in records),
         "tokens": _mean(r.get("tokens") for r in records),
         "seconds": _mean(r.get("seconds") for r in records),
+        "cached_calls": sum(int(r.get("cached_calls") or 0) for r in records),
     }
 
 

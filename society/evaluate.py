@@ -20,6 +20,7 @@ from evaluation.metrics.ex import execution_match
 from evaluation.metrics.sql_text import single_line
 from society.config import SocietyConfig
 from society.infra import InfrastructureError, dead_servers
+from society.response_cache import ResponseCache
 from society.run import RunRecorder, SocietyRun, endpoint_failure, run_society
 from tools.sampling import group_by_database
 
@@ -34,6 +35,8 @@ class EvalSummary(BaseModel):
         failed: questions marked failed (endpoint down / graph error).
         seconds_per_q / llm_calls_per_q / tokens_per_q / turns_per_q: per-question means.
         wall_seconds: wall time of the whole evaluation.
+        cached_calls: LLM calls answered from the response cache, over all questions (counted in
+            ``llm_calls_per_q`` and the tokens; their seconds are almost none).
         run_dir: the run directory.
     """
 
@@ -47,6 +50,7 @@ class EvalSummary(BaseModel):
     tokens_per_q: float
     turns_per_q: float
     wall_seconds: float
+    cached_calls: int = 0
     run_dir: str = ""
 
 
@@ -62,6 +66,7 @@ def evaluate(
     on_result: Callable[[dict[str, Any]], None] | None = None,
     stop: threading.Event | None = None,
     given_sql: Mapping[str, str | None] | None = None,
+    response_cache: ResponseCache | None = None,
 ) -> EvalSummary:
     """Run ``agent`` on each example (``tools.spider.SpiderExample``) and score EX.
 
@@ -84,6 +89,8 @@ def evaluate(
             is raised once the questions in hand finish; finished ones are kept.
         given_sql: question id -> the SQL the ``senior`` agent refines (required for that agent;
             a question missing from it runs with nothing to refine).
+        response_cache: repeated deterministic requests are answered from it (``run_society``'s
+            argument; each record's ``cached_calls`` counts them).
 
     Raises:
         society.infra.InfrastructureError: a model server died or an endpoint stayed down; the
@@ -102,7 +109,8 @@ def evaluate(
     def one(i: int, ex: Any) -> dict[str, Any]:
         try:
             run = run_society(ex.question, ex.db_path, config, question_id=ex.id, db_id=ex.db_id, endpoints=endpoints,
-                              agent=agent, callbacks=callbacks, given_sql=(given_sql or {}).get(ex.id))
+                              agent=agent, callbacks=callbacks, given_sql=(given_sql or {}).get(ex.id),
+                              response_cache=response_cache)
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as e:  # noqa: BLE001 - e.g. a missing database: mark this question failed, go on
@@ -209,5 +217,5 @@ def summarise_records(agent: str, recs: list[dict[str, Any]], wall: float, *, ru
         agent=agent, n=n, ex=mean("match"), executed_ok=mean("executed_ok"),
         failed=sum(r.get("status") == "failed" for r in recs), seconds_per_q=mean("seconds"),
         llm_calls_per_q=mean("llm_calls"), tokens_per_q=mean("tokens"), turns_per_q=mean("turns"),
-        wall_seconds=wall, run_dir=run_dir,
+        wall_seconds=wall, cached_calls=sum(int(r.get("cached_calls") or 0) for r in recs), run_dir=run_dir,
     )

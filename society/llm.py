@@ -2,7 +2,8 @@
 
 * :class:`Endpoint` / :class:`ChatModels`: resolve a role's model alias (config ``models:``,
   optionally overridden at run time, e.g. by the trainer) to a ``langchain_openai.ChatOpenAI``
-  with the role's sampling settings; clients are cached per (endpoint, sampling).
+  with the role's sampling settings; clients are cached per (endpoint, sampling), and given a
+  :class:`society.response_cache.ResponseCache` they answer a repeated deterministic request from it.
 * :func:`invoke_llm`: every LLM call of every role goes through here. It invokes the model with
   a LangChain config carrying ``run_name`` (e.g. ``junior:step_by_step``), ``tags`` ``[role, node]``
   and ``metadata`` ``{role, role_instance, node, question_id, db_id, run_id, ...}`` on top of the
@@ -26,6 +27,7 @@ from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.runnables import RunnableConfig
 from tenacity import RetryError, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
+from society.response_cache import HIT, ResponseCache, scope_key
 from society.settings import ConfigError, LLMSettings, Sampling
 
 if TYPE_CHECKING:  # annotations only: society.config sits above the roles, which sit above this module
@@ -55,12 +57,16 @@ class LLMRequestError(LLMError):
 class Endpoint:
     """An OpenAI-compatible endpoint: ``base_url`` (ending in ``/v1``), ``model`` name, ``api_key``,
     and ``extra_body``: request fields sent with every call (e.g. llama-server's per-request
-    ``lora`` choice, see :meth:`society.llama_server.LlamaServer.endpoint`), or None."""
+    ``lora`` choice, see :meth:`society.llama_server.LlamaServer.endpoint`), or None; ``weights``: a
+    content identity of what answers under it (the trainer's: sha256 of the GGUF model file and of
+    the LoRA adapter served for the alias), or None when unknown -- only then-identified replies are
+    kept in a :class:`society.response_cache.ResponseCache`."""
 
     base_url: str
     model: str
     api_key: str = "sk-no-key"
     extra_body: Mapping[str, Any] | None = field(default=None, hash=False)
+    weights: str | None = field(default=None, hash=False)
 
 
 def as_endpoint(value: Endpoint | Sequence[str] | Mapping[str, Any]) -> Endpoint:
@@ -92,6 +98,8 @@ class LLMCallRecord:
         started / latency_s: wall-clock start (epoch seconds) and duration of all attempts (seconds).
         attempts: attempts made (1 + retries used).
         error: the final error, or None.
+        cached: the reply came from the run's response cache (:mod:`society.response_cache`): the
+            same request was answered earlier; its tokens are that call's, its latency the lookup's.
     """
 
     role: str
@@ -108,6 +116,7 @@ class LLMCallRecord:
     latency_s: float = 0.0
     attempts: int = 1
     error: str | None = None
+    cached: bool = False
 
 
 @dataclass
@@ -143,8 +152,9 @@ class CallLog:
             self.tool_calls.append(rec)
 
     def per_role(self) -> dict[str, dict[str, Any]]:
-        """Role instance -> ``{"llm_calls", "input_tokens", "output_tokens", "tokens"}`` (ints) and
-        ``"model_s"`` (seconds inside its LLM calls)."""
+        """Role instance -> ``{"llm_calls", "input_tokens", "output_tokens", "tokens"}`` (ints),
+        ``"model_s"`` (seconds inside its LLM calls) and, when some of its calls were answered from the
+        response cache, ``"cached_calls"`` (how many; counted in ``llm_calls`` and the tokens)."""
         out: dict[str, dict[str, Any]] = {}
         with self._lock:
             for c in self.llm_calls:
@@ -152,6 +162,8 @@ class CallLog:
                     c.role, {"llm_calls": 0, "input_tokens": 0, "output_tokens": 0, "tokens": 0, "model_s": 0.0}
                 )
                 d["llm_calls"] += 1
+                if c.cached:
+                    d["cached_calls"] = d.get("cached_calls", 0) + 1
                 d["input_tokens"] += c.input_tokens
                 d["output_tokens"] += c.output_tokens
                 d["tokens"] += c.input_tokens + c.output_tokens
@@ -190,14 +202,18 @@ class ChatModels:
         config: the society config (its ``models:`` and ``llm:`` sections).
         endpoints: run-time overrides, alias -> :class:`Endpoint` (e.g. the embedded server the CLI
             started, or the trainer's LoRA-served model). They win over ``models:``.
+        cache: replies of deterministic requests to endpoints with a ``weights`` identity are kept
+            here and answer repeats (:mod:`society.response_cache`); None (default): every call is live.
 
     Raises (from :meth:`endpoint`):
         ConfigError: an alias is embedded but no endpoint for it was given.
     """
 
-    def __init__(self, config: SocietyConfig, endpoints: dict[str, Endpoint] | None = None) -> None:
+    def __init__(self, config: SocietyConfig, endpoints: dict[str, Endpoint] | None = None,
+                 cache: ResponseCache | None = None) -> None:
         self.config = config
         self.endpoints = dict(endpoints or {})
+        self.cache = cache
         self._clients: dict[tuple, Any] = {}
         self._lock = threading.Lock()
 
@@ -218,7 +234,9 @@ class ChatModels:
 
     def chat(self, alias: str, sampling: Sampling) -> Any:
         """A cached ``ChatOpenAI`` for ``alias`` with ``sampling``; the client does no retries itself
-        (:func:`invoke_llm` does) and times out after ``llm.timeout_s`` seconds."""
+        (:func:`invoke_llm` does) and times out after ``llm.timeout_s`` seconds. With :attr:`cache`,
+        an endpoint with ``weights`` and deterministic sampling, its replies go through the cache
+        (:func:`society.response_cache.scope_key`); otherwise no LangChain cache is used at all."""
         from langchain_openai import ChatOpenAI
 
         ep = self.endpoint(alias)
@@ -233,6 +251,7 @@ class ChatModels:
             sampling.top_p,
             tuple(sampling.stop or ()),
             json.dumps(extra, sort_keys=True),
+            ep.weights,
         )
         with self._lock:
             client = self._clients.get(key)
@@ -255,6 +274,10 @@ class ChatModels:
                     kwargs["top_p"] = sampling.top_p
                 if sampling.stop:
                     kwargs["stop"] = list(sampling.stop)
+                scope = None if self.cache is None else scope_key(
+                    ep.weights, temperature=sampling.temperature, max_tokens=sampling.max_tokens,
+                    seed=sampling.seed, top_p=sampling.top_p, stop=sampling.stop, extra_body=extra)
+                kwargs["cache"] = self.cache.scoped(scope) if self.cache is not None and scope else False
                 client = ChatOpenAI(**kwargs)
                 self._clients[key] = client
         return client
@@ -432,6 +455,7 @@ def invoke_llm(
     if restored != text:
         msg = msg.model_copy(update={"content": restored})
     rec.response = restored
+    rec.cached = (msg.response_metadata or {}).get("response_cache") == HIT
     usage = getattr(msg, "usage_metadata", None) or {}
     rec.input_tokens = int(usage.get("input_tokens", 0) or 0)
     rec.output_tokens = int(usage.get("output_tokens", 0) or 0)

@@ -79,7 +79,8 @@ def llm_proxy(endpoints: Mapping[str, Endpoint], *, startup_timeout_s: float = 1
         quiet: lower LiteLLM's and uvicorn's log level to WARNING.
 
     Yields:
-        alias -> ``Endpoint("http://127.0.0.1:<port>/v1", model=alias, api_key=<master key>)``.
+        alias -> ``Endpoint("http://127.0.0.1:<port>/v1", model=alias, api_key=<master key>)``, each
+        keeping its endpoint's ``weights`` identity (the proxy routes to the same weights).
         The proxy stops when the context exits (normally, on error or on Ctrl-C).
 
     Raises:
@@ -120,7 +121,8 @@ def llm_proxy(endpoints: Mapping[str, Endpoint], *, startup_timeout_s: float = 1
     except Exception as e:  # noqa: BLE001 - surfaced with the cause
         raise ProxyStartError(f"Agent Lightning LLMProxy did not start on 127.0.0.1:{port}: {e}") from e
     try:
-        yield {alias: Endpoint(f"http://127.0.0.1:{port}/v1", alias, key) for alias in endpoints}
+        yield {alias: Endpoint(f"http://127.0.0.1:{port}/v1", alias, key, weights=ep.weights)
+               for alias, ep in endpoints.items()}
     finally:
         try:
             _run(proxy.stop())

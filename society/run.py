@@ -43,6 +43,7 @@ from pydantic import BaseModel, Field
 from society.candidate import Candidate
 from society.config import SocietyConfig
 from society.llm import CallLog, ChatModels, Endpoint, as_endpoint
+from society.response_cache import ResponseCache
 from society.roles import ENDPOINT_FAILURE, RunContext
 from society.state import ExecSummary, Review, SeniorTurn, SupervisorChoice
 
@@ -70,7 +71,9 @@ class SocietyRun(BaseModel):
         senior_turns / reviews: every senior check/rewrite and every review.
         turns: review rounds done; junior_rounds: junior rounds done.
         llm_calls / input_tokens / output_tokens / tokens: totals over all roles.
-        per_role: role instance -> {llm_calls, input_tokens, output_tokens, tokens, model_s}.
+        cached_calls: of ``llm_calls``, those answered from the response cache (their tokens are the
+            earlier live call's; their seconds almost none, so ``seconds`` understates a live run).
+        per_role: role instance -> {llm_calls, input_tokens, output_tokens, tokens, model_s[, cached_calls]}.
         seconds: wall time of the run; model_seconds: time with at least one LLM call in flight.
         errors: non-fatal problems (a junior's endpoint error, a policy fallback, ...).
         trace: LLM and tool calls (``CallLog.to_json()``); excluded from the JSONL line.
@@ -94,6 +97,7 @@ class SocietyRun(BaseModel):
     turns: int = 0
     junior_rounds: int = 0
     llm_calls: int = 0
+    cached_calls: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
     tokens: int = 0
@@ -182,14 +186,16 @@ def get_graph(config: SocietyConfig, agent: str = "society") -> Any:
     return g
 
 
-def get_models(config: SocietyConfig, endpoints: dict[str, Any] | None) -> ChatModels:
-    """A cached :class:`ChatModels` for ``config`` + ``endpoints`` (so HTTP clients are reused)."""
+def get_models(config: SocietyConfig, endpoints: dict[str, Any] | None,
+               cache: ResponseCache | None = None) -> ChatModels:
+    """A cached :class:`ChatModels` for ``config`` + ``endpoints`` + ``cache`` (so HTTP clients are reused)."""
     eps = {a: as_endpoint(e) for a, e in (endpoints or {}).items()}
     key = json.dumps(
         [
             config.model_dump(mode="json", include={"models", "llm"}),
-            {a: [e.base_url, e.model, e.api_key, e.extra_body] for a, e in sorted(eps.items())},
+            {a: [e.base_url, e.model, e.api_key, e.extra_body, e.weights] for a, e in sorted(eps.items())},
             [(a, m.api_key) for a, m in sorted(config.models.items())],
+            None if cache is None else [str(cache.path), id(cache)],
         ],
         sort_keys=True,
         default=str,
@@ -197,7 +203,7 @@ def get_models(config: SocietyConfig, endpoints: dict[str, Any] | None) -> ChatM
     with _CACHE_LOCK:
         m = _MODELS_CACHE.get(key)
         if m is None:
-            m = _MODELS_CACHE[key] = ChatModels(config, eps)
+            m = _MODELS_CACHE[key] = ChatModels(config, eps, cache)
     return m
 
 
@@ -219,6 +225,7 @@ def run_society(
     recorder: RunRecorder | None = None,
     given_sql: str | None = None,
     junior_hint: str | None = None,
+    response_cache: ResponseCache | None = None,
 ) -> SocietyRun:
     """Answer ``question`` on the SQLite database ``db_path`` with the society (or a baseline).
 
@@ -242,6 +249,8 @@ def run_society(
             rationalization: the gold SQL, see :func:`society.prompts.hint_block`); None: no hint.
             Every agent whose juniors draft uses it (``society``, ``juniors``, the baselines' writer);
             ``senior`` ignores it.
+        response_cache: answer repeated deterministic requests to endpoints with a ``weights``
+            identity from it (:mod:`society.response_cache`); the run's ``cached_calls`` counts them.
 
     Returns:
         :class:`SocietyRun`; ``status == "failed"`` with ``error`` set when an endpoint stayed down
@@ -266,8 +275,8 @@ def run_society(
     run_id = uuid.uuid4().hex[:12]
     qid = question_id or f"q-{run_id}"
     ctx = RunContext(
-        config=config, models=get_models(config, endpoints), db_path=str(db_path), db_id=db_id or db_path.stem,
-        question_id=qid, run_id=run_id, log=CallLog(), metadata=dict(metadata or {}),
+        config=config, models=get_models(config, endpoints, response_cache), db_path=str(db_path),
+        db_id=db_id or db_path.stem, question_id=qid, run_id=run_id, log=CallLog(), metadata=dict(metadata or {}),
     )
     graph = get_graph(config, agent)
     invoke_cfg: dict[str, Any] = {
@@ -334,6 +343,7 @@ def _run_from_state(state: dict[str, Any], ctx: RunContext, *, agent: str, secon
         turns=int(state.get("turn") or 0),
         junior_rounds=int(state["junior_round"]) + 1 if "junior_round" in state else 0,
         llm_calls=sum(int(v["llm_calls"]) for v in per_role.values()),
+        cached_calls=sum(int(v.get("cached_calls", 0)) for v in per_role.values()),
         input_tokens=inp,
         output_tokens=out,
         tokens=inp + out,

@@ -7,8 +7,8 @@ Layers, lowest first (a module may import its own layer and the layers below it,
                           four packages' ``__init__`` (docstrings only)
  1    sql                 ``evaluation.metrics``: ``sql_text``, ``ex``, ``rewards`` (SQL text,
                           execution accuracy and rewards, used by the society and training)
- 2    serving             ``society.infra``, ``settings``, ``llm``, ``models``, ``cpu_threads``,
-                          ``health``, ``server_process``, ``llama_server``, ``serving``, ``proxy``
+ 2    serving             ``society.infra``, ``settings``, ``response_cache``, ``llm``, ``models``,
+                          ``cpu_threads``, ``health``, ``server_process``, ``llama_server``, ``serving``, ``proxy``
  3    society             ``society.candidate``, ``prompts``, ``policies``, ``bandit``, ``state``,
                           ``toolkit``, ``roles``, ``config``, ``graph``, ``baselines``, ``run``
  4    society evaluation  ``society.evaluate`` (an agent over a split through ``society.run``:
@@ -82,9 +82,9 @@ PACKAGES = ("tools", "society", "training", "evaluation")
 LAYERS: list[tuple[str, list[str]]] = [
     ("tools", ["tools", "tools.*", "society", "training", "evaluation"]),
     ("sql", ["evaluation.metrics", "evaluation.metrics.*"]),
-    ("serving", ["society.infra", "society.settings", "society.llm", "society.models", "society.cpu_threads",
-                 "society.health", "society.server_process", "society.llama_server", "society.serving",
-                 "society.vllm_serving", "society.proxy"]),
+    ("serving", ["society.infra", "society.settings", "society.response_cache", "society.llm", "society.models",
+                 "society.cpu_threads", "society.health", "society.server_process", "society.llama_server",
+                 "society.serving", "society.vllm_serving", "society.proxy"]),
     ("society", ["society.candidate", "society.prompts", "society.policies", "society.bandit", "society.state",
                  "society.toolkit", "society.roles", "society.config", "society.graph", "society.baselines",
                  "society.run"]),

@@ -162,6 +162,19 @@ def test_train_smoke_killed_in_phase1_resumes_and_runs_all_phases(tmp_path: Path
     fp = json.loads((run / "eval" / "roles" / "single_baseline.fingerprint.json").read_text())
     assert (fp["stage"], fp["agent"]) == ("single_baseline", "single")
     assert not (run / "eval" / "roles" / "single_trained.fingerprint.json").exists()
+    # the response cache (eval.response_cache, on by default): the one-shot's writer sends the direct
+    # junior's first request of the juniors-only stage with the same weights, so its one call is the
+    # cached reply; the society after phase 4 runs the same trained juniors as the sft stage before it
+    assert (run / "eval" / "responses.sqlite").is_file()
+    assert all(r["cached_calls"] == 1 for r in s_trained), [r["cached_calls"] for r in s_trained]
+    last = [json.loads(line) for line in (run / "eval" / "bandit.jsonl").read_text().splitlines()]
+    assert all(r["per_role"][j].get("cached_calls", 0) >= 1 for r in last
+               for j in ("junior_direct", "junior_step_by_step", "junior_decompose"))
+    assert not any(r.get("cached_calls") for r in js)  # the first stage of the trained adapters asks live
+    # before it, only the untrained society had asked: its questions are the juniors' cached ones
+    society_ids = {r["question_id"] for r in last}
+    assert {r["question_id"] for r in jb if r.get("cached_calls")} <= society_ids < {r["question_id"] for r in jb}
+    assert "answered from the run's response cache" in md
     text = flat(out)  # the CLI's lines are wrapped to the console width
     assert "the one-shot agent writes with junior_direct on junior_policy, its phase-2 adapter" in text
     section = md.split("## What the society's extra calls buy (the one-shot control, same questions)")[1]

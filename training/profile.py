@@ -113,6 +113,12 @@ class EvalSection(TypedSettings):
             phase 2 (``single_trained``); the report sets the juniors' pick and the society beside it
             (:mod:`evaluation.control_effects`). Costs one call per question per stage.
         concurrency: questions run at once (threads).
+        response_cache: the run's evaluation stages answer a request they sent before -- the same
+            served weights (sha256 of the model and adapter files), prompt and greedy or seeded
+            sampling -- from ``RUN_DIR/eval/responses.sqlite`` (:mod:`society.response_cache`): the
+            society's juniors repeat the juniors-only stage's requests on the questions both run,
+            the one-shot's writer the direct junior's first one. Default on; their tokens count as
+            live, their seconds do not (the report says which stages had such calls).
     """
 
     split: str = "dev"
@@ -124,6 +130,7 @@ class EvalSection(TypedSettings):
     senior_limit: int = Field(0, ge=0)
     noise_repeat: bool = False
     single: bool = True
+    response_cache: bool = True
 
     @model_validator(mode="after")
     def _senior_needs_juniors(self) -> EvalSection:

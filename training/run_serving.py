@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,13 @@ from society.models import embedded_spec
 from society.proxy import llm_proxy
 from society.serving import serve_config
 from society.vllm_serving import VLLMServer
+from training.checkpoints import resolve_gguf
 from training.export import served_weights
 from training.profile import TrainConfig
+from training.reuse import file_sha256, sha256_json
 from training.role_aliases import SENIOR_ALIAS
 
-__all__ = ["export_gguf", "serve_roles"]
+__all__ = ["export_gguf", "serve_roles", "served_identity"]
 
 
 def serve_roles(stack: ExitStack, society: Any, cfg: TrainConfig, run_root: Path, trained: dict[str, Path],
@@ -46,6 +49,8 @@ def serve_roles(stack: ExitStack, society: Any, cfg: TrainConfig, run_root: Path
     (llama.cpp with 4 slots, as the prefilter samples 4 prompts at once), no proxy.
 
     Every file the servers load is resolved first, once (:func:`training.export.served_weights`).
+    On llama.cpp each endpoint carries the content identity of its weights (:func:`served_identity`),
+    so an evaluation's response cache can tell them apart; vLLM's endpoints carry none (not cached).
     """
     engine = cfg.serving.engine
     embedded = society.embedded_aliases()
@@ -97,9 +102,33 @@ def serve_roles(stack: ExitStack, society: Any, cfg: TrainConfig, run_root: Path
         for alias, gguf in weights.own.items():  # base_model differs from the role's embedded model
             srv = stack.enter_context(LlamaServer(weights.base, model_alias=f"{alias}-base", loras={alias: gguf}))
             eps[alias] = srv.endpoint(alias)
+        eps = {a: replace(e, weights=served_identity(a, embedded, weights)) for a, e in eps.items()}
     if cfg.llm_proxy:
         eps = stack.enter_context(llm_proxy(eps))
     return eps
+
+
+def served_identity(alias: str, embedded: dict[str, Any], weights: Any) -> str | None:
+    """The content identity of what llama.cpp answers ``alias`` with: sha256 of
+    ``{"gguf": sha256 of the model file, "lora": sha256 of the alias's GGUF LoRA or None}`` (file hashes
+    by :func:`training.reuse.file_sha256`, remembered per path, size and mtime); None for an alias that
+    is not an embedded model here. The response cache keys replies by it
+    (:attr:`society.llm.Endpoint.weights`), so a new adapter file is never answered from an old one's
+    replies.
+
+    Args:
+        alias: a role alias.
+        embedded: the society's embedded aliases (alias -> model name).
+        weights: the stage's :class:`training.export.ServedWeights`.
+    """
+    if alias in weights.own:
+        model, lora = weights.base, weights.own[alias]
+    elif alias in embedded:
+        model = resolve_gguf(embedded_spec(embedded[alias]).alias)
+        lora = weights.loras.get(alias) if model == weights.base else None
+    else:
+        return None
+    return sha256_json({"gguf": file_sha256(model), "lora": None if lora is None else file_sha256(lora)})
 
 
 def export_gguf(cfg: TrainConfig, adapter_dir: Path, out: Path) -> Path | None:

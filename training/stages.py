@@ -29,6 +29,7 @@ from typing import Any
 from evaluation.control_effects import SINGLE_BASELINE, SINGLE_TRAINED
 from evaluation.role_effects import NOISE_STAGE, SHARED_STAGE
 from society.evaluate import evaluate, summarise_records
+from society.response_cache import ResponseCache
 from tools.files import atomic_write_text, atomic_writer, read_jsonl
 from training.phase_sft import SHARED_COMPARISON
 from training.reuse import copy_questions, copy_stage, fingerprint_path
@@ -38,6 +39,19 @@ from training.stage_plan import Stage
 
 __all__ = ["evaluate_noise_repeat", "evaluate_roles", "evaluate_single", "evaluate_society", "evaluate_stage",
            "senior_inputs"]
+
+
+RESPONSE_CACHE = "eval/responses.sqlite"
+"""The run's response cache, under its directory (``eval.response_cache``)."""
+
+
+def response_cache_path(run_root: Path) -> Path:
+    """``run_root / RESPONSE_CACHE``.
+
+    >>> response_cache_path(Path("runs/r")).as_posix()
+    'runs/r/eval/responses.sqlite'
+    """
+    return run_root / RESPONSE_CACHE
 
 
 def evaluate_stage(stage: Stage, plan: RunPlan, echo: Callable[[str], None] = print) -> dict[str, Any]:
@@ -121,8 +135,11 @@ def evaluate_stage(stage: Stage, plan: RunPlan, echo: Callable[[str], None] = pr
             bar.update(task, advance=1, ex=f"EX {100 * ex:.1f}%")
 
         if todo:
+            cache = ResponseCache(response_cache_path(plan.run_dir.root)) if plan.cfg.eval.response_cache else None
+            if cache is not None:
+                stack.callback(cache.close)
             evaluate(todo, stage.society, agent=stage.agent, concurrency=plan.cfg.eval.concurrency, endpoints=eps,
-                     on_result=on_result, given_sql=stage.given_sql)
+                     on_result=on_result, given_sql=stage.given_sql, response_cache=cache)
     order = {str(e.id): i for i, e in enumerate(examples)}
     recs.sort(key=lambda r: order[str(r["question_id"])])
     seconds = earlier_seconds + time.perf_counter() - t0
