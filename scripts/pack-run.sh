@@ -74,7 +74,9 @@ for line in open(sys.argv[1], encoding="utf-8"):
     elif [ -f "$src/metrics.jsonl" ]; then
         xz -T2 -9 -c "$src/metrics.jsonl" > "$dst/metrics.jsonl.xz"
     fi
-    tar -C "$src" -cf - --exclude='./store.sqlite*' --exclude='./metrics.jsonl' --exclude='*.gguf' \
+    # the response cache (eval/responses.sqlite) only saves model calls: left out, a resumed run asks again
+    tar -C "$src" -cf - --exclude='./store.sqlite*' --exclude='./eval/responses.sqlite*' --exclude='./metrics.jsonl' \
+        --exclude='*.gguf' \
         --exclude='checkpoint-*' --exclude='*.lock' --exclude='./vllm*.log' --exclude='./llama*.log' . \
         | tar -C "$dst" -xf -
     if [ "$untrained" = 1 ]; then  # what the trained phases made goes

@@ -5,7 +5,7 @@ src=$1 dst=$2
 mkdir -p "$dst"
 cd "$src"
 find . -type f \
-  ! -name 'store.sqlite*' ! -name '*.gguf' ! -name 'adapter_model.safetensors' ! -name '*.lock' \
+  ! -name 'store.sqlite*' ! -name 'responses.sqlite*' ! -name '*.gguf' ! -name 'adapter_model.safetensors' ! -name '*.lock' \
   ! -path '*/checkpoint-*' ! -name '*.log' ! -name 'sft_dataset.jsonl' ! -name 'metrics.jsonl' \
   ! -name 'optimizer.pt' ! -name 'scheduler.pt' ! -name 'rng_state.pth' ! -name 'training_args.bin' \
   ! -name 'tokenizer*' ! -name 'vocab.json' ! -name 'merges.txt' ! -name 'chat_template*' ! -name 'special_tokens_map.json' \
