@@ -111,9 +111,10 @@ def cache_note(c: ReportContent) -> str:
     if not parts:
         return ""
     return (f"{CACHED_MARK} Seconds that count LLM calls answered from the run's response cache: {', '.join(parts)}. "
-            "Such a call repeated a request an earlier stage of this run sent (the same model and adapter files by "
-            "sha256, prompt and greedy or seeded sampling) and got that call's reply and token counts; it took almost "
-            "no time, so these seconds understate what the stage costs live. Its tokens and LLM calls count as live.")
+            "Such a call repeated a request this run had sent before (the same model and adapter files by sha256, "
+            "prompt and greedy or seeded sampling) and got that call's reply and token counts: the stage's EX takes "
+            "that earlier draw, not an independent one, and its seconds, almost none for such a call, understate "
+            "what the stage costs live. Its tokens and LLM calls count as live.")
 
 
 _PHASE_HEADERS = ["phase", "rollouts", "mean reward", "first fifth", "last fifth", "EX", "tokens", "latency s"]
@@ -219,18 +220,24 @@ def reuse_lines(c: ReportContent) -> list[str]:
     ...                        {"stage": "phase 3 repair selection", "n": 100, "unit": "wrong queries",
     ...                         "source_run": "runs/a"},
     ...                        {"stage": "phase 4 LLM supervisor replay", "n": 300, "unit": "decisions",
-    ...                         "source_run": "runs/a"}]))
+    ...                         "source_run": "runs/a"},
+    ...                        {"stage": "single_baseline", "n": 300, "source_run": "runs/d", "source_seconds": 6.0,
+    ...                         "source_cached_calls": 300}]))
     ... # doctest: +NORMALIZE_WHITESPACE
     ['baseline (100 questions): reused from runs/a, where it took 60.0 min; not evaluated in this run',
      'gather (60 rollouts): reused from runs/a; not gathered again',
      'baseline (100 of 300 questions): reused from runs/b; the other 200 evaluated in this run',
      'baseline (100 questions, among the 300 of its stage there): reused from runs/c; not evaluated in this run',
      'phase 3 repair selection (100 wrong queries): reused from runs/a; not drawn again',
-     'phase 4 LLM supervisor replay (300 decisions): reused from runs/a; not asked again']
+     'phase 4 LLM supervisor replay (300 decisions): reused from runs/a; not asked again',
+     "single_baseline (300 questions): reused from runs/d, where it took 0.1 min (300 of its calls answered from
+      that run's response cache); not evaluated in this run"]
     """
     out = []
     for r in c.reused:
         cost = f", where it took {r['source_seconds'] / 60:.1f} min" if r.get("source_seconds") is not None else ""
+        if cost and r.get("source_cached_calls"):
+            cost += f" ({r['source_cached_calls']} of its calls answered from that run's response cache)"
         what = {"rollouts": "not gathered again", "wrong queries": "not drawn again",
                 "decisions": "not asked again"}.get(
             r.get("unit"), "not evaluated in this run")

@@ -147,6 +147,12 @@ class CallLog:
         with self._lock:
             self.llm_calls.append(rec)
 
+    def asked(self, role: str, alias: str, messages: list[dict[str, str]]) -> bool:
+        """Whether ``role`` already sent ``messages`` to ``alias`` in this log (one question): such a
+        repeat is not answered from the response cache (:func:`invoke_llm`)."""
+        with self._lock:
+            return any(c.role == role and c.alias == alias and c.messages == messages for c in self.llm_calls)
+
     def add_tool(self, rec: ToolCallRecord) -> None:
         with self._lock:
             self.tool_calls.append(rec)
@@ -386,6 +392,10 @@ def invoke_llm(
         role / label / node / alias: attribution: role instance, run name, graph node, model alias.
         metadata: extra metadata for the run (merged over ``{role, role_instance, node, model_alias}``).
 
+    A ``chat`` with a response cache (:meth:`ChatModels.chat`) answers a request this run sent before
+    from it, unless ``role`` sent the same messages to ``alias`` earlier in ``log`` (the same question,
+    e.g. a junior round started over without feedback): that repeat goes live, as it would uncached.
+
     Returns:
         The model's ``AIMessage`` (``usage_metadata`` holds token counts when the server reports them).
 
@@ -402,6 +412,8 @@ def invoke_llm(
         model=str(getattr(chat, "model_name", "")), base_url=str(getattr(chat, "openai_api_base", "") or ""),
         messages=message_dicts(messages), started=time.time(),
     )
+    if log is not None and getattr(chat, "cache", None) not in (None, False) and log.asked(role, alias, rec.messages):
+        chat = chat.model_copy(update={"cache": False})  # asked again within the question: live, as uncached
     t0 = time.perf_counter()
 
     def attempt() -> AIMessage:

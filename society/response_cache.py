@@ -3,9 +3,10 @@
 An evaluation often sends a request it has sent before: the society's juniors draft the same
 question with the same adapter and seed as the juniors-only stage did; the one-shot control's
 writer sends the direct junior's first request. When the request is deterministic (greedy, or
-seeded sampling) and the weights behind the endpoint are the same files, the reply is the same
-computation, so :class:`ResponseCache` keeps it (an SQLite file) and LangChain's chat-model cache
-protocol (``BaseChatModel(cache=...)``) answers the repeat from it.
+seeded sampling) and the weights behind the endpoint are the same files, a live repeat would be a
+draw from the same distribution as the first reply, so :class:`ResponseCache` keeps the first reply
+(an SQLite file) and LangChain's chat-model cache protocol (``BaseChatModel(cache=...)``) answers
+the repeat from it.
 
 A request is only cached when it can be identified by content:
 
@@ -18,9 +19,17 @@ A request is only cached when it can be identified by content:
 
 The key is ``sha256(scope, prompt)``: the scope (:func:`scope_key`) hashes the weights identity and
 the sampling settings (temperature, max_tokens, seed, top_p, stop) and the request fields sent
-with every call except the server's adapter slot (``lora``: the identity names the adapter by
-content); the prompt is the messages as LangChain serializes them. The server's URL, port and
-model alias are not in it (a new server on another port serves the same files).
+with every call except the server's adapter slot ids (``lora``: the identity names the adapter by
+content; its non-zero scales are kept); the prompt is the messages as LangChain serializes them.
+The server's URL, port and model alias are not in it (a new server on another port serves the same
+files). Nor is anything given at call time (bound tools, ``response_format``, a ``stop`` passed to
+``invoke``): the cache is for the clients :meth:`society.llm.ChatModels.chat` makes, which
+:func:`society.llm.invoke_llm` calls with the messages alone.
+
+Within one question a request sent a second time (a junior round that starts over without
+feedback) goes to the server (:func:`society.llm.invoke_llm`), as it would without the cache.
+A cache that cannot be read or written (a locked or damaged file) never fails a call: the call goes
+live and a warning says why.
 
 What a hit gives back: the stored reply, its text, ``response_metadata`` (``finish_reason``) and
 ``usage_metadata`` (token counts, so token costs stay those of a live call), with
@@ -28,8 +37,11 @@ What a hit gives back: the stored reply, its text, ``response_metadata`` (``fini
 ``cached`` in the run's call log. Its latency is the lookup's, so the seconds of a run with hits
 understate what live calls cost (reports say so where they show seconds).
 
-llama.cpp's server batches requests, and a batch now and then moves a token of a greedy reply;
-a hit returns the first reply, as a live call would return one of them.
+What a hit is not: an independent second draw. llama.cpp's server batches requests, and what else
+is in the batch moves the numerics: a greedy reply now and then by a token, a seeded draw at a
+temperature often (measured 2026-12-07, all live: the society's step-by-step junior, seeded at 0.3,
+wrote the juniors-only stage's SQL on 50 of the same 100 questions, the greedy direct junior on 99).
+A live repeat is another draw from the same distribution; a hit returns the first one.
 """
 
 from __future__ import annotations
@@ -38,6 +50,8 @@ import hashlib
 import json
 import sqlite3
 import threading
+import uuid
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -53,8 +67,8 @@ HIT = "hit"
 
 
 def deterministic(temperature: float | None, seed: int | None) -> bool:
-    """Whether a request with these sampling settings gives one reply: greedy (temperature 0) or
-    seeded.
+    """Whether requests with these sampling settings may share a reply: greedy (temperature 0) or
+    seeded (the server is asked for the same draw; see the module's note on batching).
 
     >>> deterministic(0.0, None), deterministic(0.3, 12), deterministic(0.8, None), deterministic(None, None)
     (True, True, False, False)
@@ -84,8 +98,10 @@ def scope_key(weights: str | None, *, temperature: float | None, max_tokens: int
     if not weights or not deterministic(temperature, seed):
         return None
     extra = {k: v for k, v in (extra_body or {}).items() if k != "lora"}
+    scales = sorted(float(e.get("scale", 1.0)) for e in (extra_body or {}).get("lora") or []
+                    if float(e.get("scale", 1.0)) != 0.0)
     body = {"weights": weights, "temperature": temperature, "max_tokens": max_tokens, "seed": seed,
-            "top_p": top_p, "stop": list(stop or []), "extra_body": extra}
+            "top_p": top_p, "stop": list(stop or []), "extra_body": extra, "lora_scales": scales}
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -99,6 +115,7 @@ class ResponseCache:
 
     Attributes:
         hits / misses: lookups answered / not answered since this object was made.
+        token: a random id of this object (callers key their clients by it).
 
     Raises:
         sqlite3.Error: the file cannot be opened as an SQLite database (the message names it).
@@ -117,6 +134,7 @@ class ResponseCache:
                                 "saves model calls) and run again") from e
         self.hits = 0
         self.misses = 0
+        self.token = uuid.uuid4().hex
 
     def __repr__(self) -> str:
         return f"ResponseCache({str(self.path)!r}, hits={self.hits}, misses={self.misses})"
@@ -126,7 +144,11 @@ class ResponseCache:
             return int(self._db.execute("SELECT count(*) FROM replies").fetchone()[0])
 
     def get(self, key: str) -> dict[str, Any] | None:
-        """The stored reply of ``key`` (:meth:`put`'s mapping), or None."""
+        """The stored reply of ``key`` (:meth:`put`'s mapping), or None.
+
+        Raises:
+            sqlite3.Error: the file cannot be read; ValueError: a stored reply is not JSON.
+        """
         with self._lock:
             row = self._db.execute("SELECT reply FROM replies WHERE key = ?", (key,)).fetchone()
             if row is None:
@@ -137,7 +159,11 @@ class ResponseCache:
 
     def put(self, key: str, reply: Mapping[str, Any]) -> None:
         """Store ``reply`` (JSON-serializable) under ``key``; an existing reply is kept (the first
-        one answers every repeat)."""
+        one answers every repeat).
+
+        Raises:
+            sqlite3.Error: the file cannot be written.
+        """
         text = json.dumps(dict(reply), sort_keys=True, default=str)
         with self._lock:
             self._db.execute("INSERT OR IGNORE INTO replies (key, reply) VALUES (?, ?)", (key, text))
@@ -148,8 +174,20 @@ class ResponseCache:
         return ScopedResponseCache(self, scope)
 
     def close(self) -> None:
+        """Close the SQLite connection (lookups then fail and go live, see :class:`ScopedResponseCache`)."""
         with self._lock:
             self._db.close()
+
+
+_WARNED: set[tuple[str, str]] = set()
+
+
+def _warn_once(store: ResponseCache, kind: str, message: str) -> None:
+    """Warn (``warnings.warn``, RuntimeWarning) once per cache object and ``kind`` of failure."""
+    key = (store.token, kind)
+    if key not in _WARNED:
+        _WARNED.add(key)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
 def _reply(gen: Generation) -> dict[str, Any] | None:
@@ -176,8 +214,13 @@ class ScopedResponseCache(BaseCache):
         return hashlib.sha256(f"{self.scope}\n{prompt}".encode()).hexdigest()
 
     def lookup(self, prompt: str, llm_string: str) -> list[Generation] | None:
-        """The stored reply as one ``ChatGeneration`` marked :data:`HIT`, or None."""
-        got = self.store.get(self._key(prompt))
+        """The stored reply as one ``ChatGeneration`` marked :data:`HIT`, or None (also when the
+        cache cannot be read: warned once, the call goes live)."""
+        try:
+            got = self.store.get(self._key(prompt))
+        except (sqlite3.Error, ValueError) as e:
+            _warn_once(self.store, "read", f"the response cache {self.store.path} cannot be read ({e}); calls go live")
+            return None
         if got is None:
             return None
         meta = {**got.get("response_metadata", {}), "response_cache": HIT}
@@ -190,8 +233,13 @@ class ScopedResponseCache(BaseCache):
         if len(return_val) != 1:
             return
         reply = _reply(return_val[0])
-        if reply is not None:
+        if reply is None:
+            return
+        try:
             self.store.put(self._key(prompt), reply)
+        except sqlite3.Error as e:
+            _warn_once(self.store, "write",
+                       f"the response cache {self.store.path} cannot be written ({e}); replies not kept")
 
     def clear(self, **kwargs: Any) -> None:
         """Not supported per scope: delete the cache file to clear it.

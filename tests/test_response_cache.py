@@ -171,3 +171,45 @@ def test_served_identity_names_the_model_and_the_adapter_by_content(tmp_path):
     assert served_identity("juniors", embedded, retrained) == ids["juniors"]
     alone = ServedWeights(base=base, loras={}, own={"senior": one})  # an adapter on a server of its own
     assert served_identity("senior", embedded, alone) == ids["juniors"]
+
+
+def test_an_adapter_scale_other_than_one_is_another_scope():
+    kw = dict(temperature=0.0, max_tokens=96, seed=11, top_p=None, stop=None)
+    full = scope_key("w", extra_body={"lora": [{"id": 0, "scale": 1.0}, {"id": 1, "scale": 0.0}]}, **kw)
+    assert full == scope_key("w", extra_body={"lora": [{"id": 1, "scale": 1.0}, {"id": 0, "scale": 0.0}]}, **kw)
+    assert full != scope_key("w", extra_body={"lora": [{"id": 0, "scale": 0.5}]}, **kw)
+
+
+@pytest.mark.model
+def test_a_cache_that_cannot_be_read_sends_the_call_live(smol_server, tmp_path):
+    ex = load_examples(split="dev", limit=1)[0]
+    cfg = _config(smol_server)
+    cache = ResponseCache(tmp_path / "responses.sqlite")
+    cache.close()  # every read and write now raises sqlite3.ProgrammingError
+    with pytest.warns(RuntimeWarning, match="cannot be read"):
+        run = run_society(ex.question, ex.db_path, cfg, agent="juniors", response_cache=cache,
+                          endpoints=_endpoints(cfg, smol_server, "weights-a"))
+    assert run.cached_calls == 0 and run.llm_calls >= 3 and not run.errors
+    assert len(run.candidates) == 3 and all(c.raw for c in run.candidates)  # answered live, not failed
+
+
+@pytest.mark.model
+def test_a_request_repeated_within_one_question_goes_live(smol_server, tmp_path):
+    from langchain_core.messages import HumanMessage
+
+    from society.llm import CallLog, ChatModels, invoke_llm
+
+    cfg = _config(smol_server)
+    models = ChatModels(cfg, _endpoints(cfg, smol_server, "weights-a"), ResponseCache(tmp_path / "r.sqlite"))
+    sampling = next(r.sampling for r in cfg.roles if r.name == "junior_direct")
+    chat = models.chat("juniors", sampling)
+    msgs = [HumanMessage("Write SQL that counts the rows of table singer.")]
+    kw = dict(config=None, settings=cfg.llm, role="junior_direct", label="junior:direct", node="draft",
+              alias="juniors")
+    question = CallLog()
+    invoke_llm(chat, msgs, log=question, **kw)
+    invoke_llm(chat, msgs, log=question, **kw)  # the same question asks again: live
+    assert [c.cached for c in question.llm_calls] == [False, False]
+    other = CallLog()  # another question (or stage) sending the same request: answered from the cache
+    invoke_llm(chat, msgs, log=other, **kw)
+    assert [c.cached for c in other.llm_calls] == [True]

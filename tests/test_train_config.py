@@ -218,13 +218,13 @@ RUN_CONFIG = Path(__file__).resolve().parent / "fixtures" / "run_config_2026-12-
 def test_a_run_written_before_trl_owned_its_settings_loads_as_it_was(tmp_path: Path) -> None:
     """The ``config.yaml`` of the 2026-12-05 default run (written while ``max_steps``, ``num_generations``
     ... were fields of the project's classes): it loads, the file it would write differs only by the
-    ``eval.single`` and ``compare_shared_adapter`` defaults added since, every typed section is kept
-    as written (what the gather fingerprint hashes for ``reward``), and the trainers see the values
-    the run was started with."""
+    ``eval.single``, ``eval.response_cache`` and ``compare_shared_adapter`` defaults added since, every
+    typed section is kept as written (what the gather fingerprint hashes for ``reward``), and the
+    trainers see the values the run was started with."""
     text = RUN_CONFIG.read_text()
     raw = yaml.safe_load(text)
     cfg = TrainConfig.load(_written(tmp_path, text))
-    assert yaml.safe_load(cfg.to_yaml()) == {**raw, "eval": {**raw["eval"], "single": True},
+    assert yaml.safe_load(cfg.to_yaml()) == {**raw, "eval": {**raw["eval"], "single": True, "response_cache": True},
                                              "compare_shared_adapter": False}
     assert {k: cfg.as_written(k) for k in ("sft", "grpo", "bandit", "adapter", "reward")} == \
         {k: raw[k] for k in ("sft", "grpo", "bandit", "adapter", "reward")}
@@ -298,11 +298,13 @@ def test_the_noise_repeat_is_a_resumable_stage_run_with_the_shifted_seeds(tmp_pa
     cfg["society_config"] = str(PROFILE_DIR.parent / "smoke.yaml")
     cfg["eval"].update(junior_limit=3, senior_limit=0, noise_repeat=True, single=False)
     calls: list[tuple[list[str], dict[str, int | None]]] = []
+    cached: list[bool] = []
 
     def fake_evaluate(todo, society, *, agent, on_result, **kw):
         assert agent == "juniors"
         seeds = {r.name: r.sampling.seed for r in society.roles if role_kind(r.type) == "junior"}
         calls.append(([e.id for e in todo], seeds))
+        cached.append(kw.get("response_cache") is not None)
         for e in todo:
             on_result({"question_id": e.id, "match": False, "roles": {j: {"ex": False} for j in seeds}})
 
@@ -314,6 +316,7 @@ def test_the_noise_repeat_is_a_resumable_stage_run_with_the_shifted_seeds(tmp_pa
     (ids, base_seeds), (rep_ids, rep_seeds) = calls
     assert rep_ids == ids and len(ids) == 3  # the same questions
     assert rep_seeds == {j: s + NOISE_SEED_OFFSET for j, s in base_seeds.items()}
+    assert cached == [True, False]  # the repeat is a live second draw, never answered from the response cache
     recs = read_jsonl(plan.run_dir.role_eval_path(NOISE_STAGE))
     assert [r["question_id"] for r in recs] == ids and {r["stage"] for r in recs} == {NOISE_STAGE}
     assert ts.evaluate_noise_repeat(plan, msgs.append)["n"] == 3 and len(calls) == 2  # finished: kept, not run again

@@ -621,6 +621,7 @@ def copy_stage(match: ReuseMatch, dest: Path) -> dict[str, Any]:
     atomic_write_text(reused_path(dest), json.dumps({
         "stage": match.fingerprint.stage, "source_run": str(match.run_dir), "source_file": str(match.records),
         "n": summary.get("n"), "source_seconds": summary.get("seconds"), "parts": match.fingerprint.parts,
+        **({"source_cached_calls": summary["cached_calls"]} if summary.get("cached_calls") else {}),
     }, indent=2) + "\n")
     atomic_write_text(dest.with_suffix(".summary.json"), json.dumps(summary, indent=2, default=str))
     return summary

@@ -19,7 +19,7 @@ from society.proxy import llm_proxy
 from society.serving import serve_config
 from society.vllm_serving import VLLMServer
 from training.checkpoints import resolve_gguf
-from training.export import served_weights
+from training.export import ServedWeights, served_weights
 from training.profile import TrainConfig
 from training.reuse import file_sha256, sha256_json
 from training.role_aliases import SENIOR_ALIAS
@@ -108,7 +108,7 @@ def serve_roles(stack: ExitStack, society: Any, cfg: TrainConfig, run_root: Path
     return eps
 
 
-def served_identity(alias: str, embedded: dict[str, Any], weights: Any) -> str | None:
+def served_identity(alias: str, embedded: dict[str, Any], weights: ServedWeights) -> str | None:
     """The content identity of what llama.cpp answers ``alias`` with: sha256 of
     ``{"gguf": sha256 of the model file, "lora": sha256 of the alias's GGUF LoRA or None}`` (file hashes
     by :func:`training.reuse.file_sha256`, remembered per path, size and mtime); None for an alias that
@@ -120,6 +120,11 @@ def served_identity(alias: str, embedded: dict[str, Any], weights: Any) -> str |
         alias: a role alias.
         embedded: the society's embedded aliases (alias -> model name).
         weights: the stage's :class:`training.export.ServedWeights`.
+
+    Raises:
+        FileNotFoundError: a served file is gone (:func:`training.reuse.file_sha256`).
+        society.models.UnknownModelError, ModelNotInstalledError, ModelIntegrityError: an embedded model
+            cannot be resolved (:func:`training.checkpoints.resolve_gguf`).
     """
     if alias in weights.own:
         model, lora = weights.base, weights.own[alias]

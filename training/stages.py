@@ -135,7 +135,9 @@ def evaluate_stage(stage: Stage, plan: RunPlan, echo: Callable[[str], None] = pr
             bar.update(task, advance=1, ex=f"EX {100 * ex:.1f}%")
 
         if todo:
-            cache = ResponseCache(response_cache_path(plan.run_dir.root)) if plan.cfg.eval.response_cache else None
+            # the noise repeat measures a live second draw: never answered from the cache
+            use_cache = plan.cfg.eval.response_cache and name != NOISE_STAGE
+            cache = ResponseCache(response_cache_path(plan.run_dir.root)) if use_cache else None
             if cache is not None:
                 stack.callback(cache.close)
             evaluate(todo, stage.society, agent=stage.agent, concurrency=plan.cfg.eval.concurrency, endpoints=eps,
