@@ -59,8 +59,8 @@ class Endpoint:
     and ``extra_body``: request fields sent with every call (e.g. llama-server's per-request
     ``lora`` choice, see :meth:`society.llama_server.LlamaServer.endpoint`), or None; ``weights``: a
     content identity of what answers under it (the trainer's: sha256 of the GGUF model file and of
-    the LoRA adapter served for the alias), or None when unknown -- only then-identified replies are
-    kept in a :class:`society.response_cache.ResponseCache`."""
+    the LoRA adapter served for the alias), or None when unknown: then its replies are never kept in a
+    :class:`society.response_cache.ResponseCache`."""
 
     base_url: str
     model: str
