@@ -51,6 +51,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from evaluation.stats import Effect, holm_effects, paired_effect, paired_records
+from society.response_cache import cached_calls
 
 __all__ = ["SINGLE_BASELINE", "SINGLE_STAGES", "SINGLE_TRAINED", "AgentCost", "ControlRow", "adjust_with",
            "agent_cost", "control_rows"]
@@ -122,7 +123,7 @@ def agent_cost(label: str, stage: str, records: Sequence[Record]) -> AgentCost:
     """
     return AgentCost(label, stage, len(records), _mean([r.get("tokens") for r in records]),
                      _mean([r.get("seconds") for r in records]), _mean([r.get("llm_calls") for r in records]),
-                     sum(int(r.get("cached_calls") or 0) for r in records))
+                     cached_calls(records))
 
 
 def _row(phase: str, role: str, metric: str, control: tuple[str, str, Sequence[Record]],

@@ -26,6 +26,7 @@ from tabulate import tabulate
 from evaluation.report_content import ReportContent, compute_report
 from evaluation.run_data import load_run
 from evaluation.stats import describe_effects, effect_cells, effect_headers, effects_table_markdown
+from society.response_cache import cached_calls
 from tools.files import atomic_write_text  # a failure leaves no half-written report
 
 # --------------------------------------------------------------------------- rendering
@@ -104,7 +105,7 @@ def cache_note(c: ReportContent) -> str:
     """
     parts = []
     for name, recs in {**c.run.evals, **c.run.role_evals}.items():
-        cached = sum(int(r.get("cached_calls") or 0) for r in recs)
+        cached = cached_calls(recs)
         if cached:
             calls = sum(int(r.get("llm_calls") or 0) for r in recs)
             parts.append(f"{name} {cached} of {calls}" + (" calls" if not parts else ""))
@@ -442,7 +443,7 @@ def render_markdown(c: ReportContent) -> str:
         out += ["## Learning curves (rollouts per phase)", "", _md_table(_PHASE_HEADERS, _phase_rows(c)), ""]
     if c.stages:
         out += ["## Metrics per stage (fixed dev subset)", "", _md_table(_STAGE_HEADERS, _stage_rows(c)), ""]
-        out += [cache_note(c), ""] if cache_note(c) else []
+        out += [note, ""] if (note := cache_note(c)) else []
     if c.effects:
         out += ["## Each phase on the role it trains (paired, same questions)", "",
                 effects_table_markdown(c.effects), "",

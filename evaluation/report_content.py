@@ -33,6 +33,7 @@ from evaluation.metrics import sql_text
 from evaluation.role_effects import role_effects
 from evaluation.run_data import RunData
 from evaluation.stats import Effect
+from society.response_cache import cached_calls
 
 #: Which stage trains which role family (role names are matched by prefix).
 ROLE_TRAINING_STAGE: dict[str, str] = {"junior": "sft", "senior": "grpo", "supervisor": "bandit"}
@@ -72,7 +73,7 @@ def stage_summary(records: Sequence[Mapping]) -> dict[str, float | int | None]:
         "llm_calls": _mean(r.get("llm_calls") for r in records),
         "tokens": _mean(r.get("tokens") for r in records),
         "seconds": _mean(r.get("seconds") for r in records),
-        "cached_calls": sum(int(r.get("cached_calls") or 0) for r in records),
+        "cached_calls": cached_calls(records),
     }
 
 

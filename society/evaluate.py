@@ -20,7 +20,7 @@ from evaluation.metrics.ex import execution_match
 from evaluation.metrics.sql_text import single_line
 from society.config import SocietyConfig
 from society.infra import InfrastructureError, dead_servers
-from society.response_cache import ResponseCache
+from society.response_cache import ResponseCache, cached_calls
 from society.run import RunRecorder, SocietyRun, endpoint_failure, run_society
 from tools.sampling import group_by_database
 
@@ -217,5 +217,5 @@ def summarise_records(agent: str, recs: list[dict[str, Any]], wall: float, *, ru
         agent=agent, n=n, ex=mean("match"), executed_ok=mean("executed_ok"),
         failed=sum(r.get("status") == "failed" for r in recs), seconds_per_q=mean("seconds"),
         llm_calls_per_q=mean("llm_calls"), tokens_per_q=mean("tokens"), turns_per_q=mean("turns"),
-        wall_seconds=wall, cached_calls=sum(int(r.get("cached_calls") or 0) for r in recs), run_dir=run_dir,
+        wall_seconds=wall, cached_calls=cached_calls(recs), run_dir=run_dir,
     )

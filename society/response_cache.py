@@ -52,7 +52,7 @@ import sqlite3
 import threading
 import uuid
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,10 +60,20 @@ from langchain_core.caches import BaseCache
 from langchain_core.messages import AIMessage
 from langchain_core.outputs import ChatGeneration, Generation
 
-__all__ = ["HIT", "ResponseCache", "ScopedResponseCache", "deterministic", "scope_key"]
+__all__ = ["HIT", "ResponseCache", "ScopedResponseCache", "cached_calls", "deterministic", "scope_key"]
 
 HIT = "hit"
 """``response_metadata["response_cache"]`` of a reply taken from the cache."""
+
+
+def cached_calls(records: Iterable[Mapping[str, Any]]) -> int:
+    """How many LLM calls of ``records`` (per-question records, ``SocietyRun`` fields) the response
+    cache answered: the sum of their ``cached_calls`` (0 where a record has none).
+
+    >>> cached_calls([{"cached_calls": 3}, {"cached_calls": None}, {}])
+    3
+    """
+    return sum(int(r.get("cached_calls") or 0) for r in records)
 
 
 def deterministic(temperature: float | None, seed: int | None) -> bool:

@@ -157,6 +157,11 @@ class RunDir:
     def store(self) -> Path:
         return self.root / "store.sqlite"
 
+    @property
+    def response_cache(self) -> Path:
+        """``eval/responses.sqlite``: the evaluation stages' response cache (``eval.response_cache``)."""
+        return self.root / "eval" / "responses.sqlite"
+
     def archive(self) -> Any:
         """The run's rollout store (``store.sqlite``, written by phase 1), opened:
         ``evaluation.tracing.store.RolloutArchive``, a context manager.

@@ -41,19 +41,6 @@ __all__ = ["evaluate_noise_repeat", "evaluate_roles", "evaluate_single", "evalua
            "senior_inputs"]
 
 
-RESPONSE_CACHE = "eval/responses.sqlite"
-"""The run's response cache, under its directory (``eval.response_cache``)."""
-
-
-def response_cache_path(run_root: Path) -> Path:
-    """``run_root / RESPONSE_CACHE``.
-
-    >>> response_cache_path(Path("runs/r")).as_posix()
-    'runs/r/eval/responses.sqlite'
-    """
-    return run_root / RESPONSE_CACHE
-
-
 def evaluate_stage(stage: Stage, plan: RunPlan, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Evaluate ``stage`` (``society.evaluate.evaluate`` of its agent on its examples, the servers its
     society needs started from ``plan``, :meth:`training.run_plan.RunPlan.serve`), unless it finished
@@ -137,7 +124,7 @@ def evaluate_stage(stage: Stage, plan: RunPlan, echo: Callable[[str], None] = pr
         if todo:
             # the noise repeat measures a live second draw: never answered from the cache
             use_cache = plan.cfg.eval.response_cache and name != NOISE_STAGE
-            cache = ResponseCache(response_cache_path(plan.run_dir.root)) if use_cache else None
+            cache = ResponseCache(plan.run_dir.response_cache) if use_cache else None
             if cache is not None:
                 stack.callback(cache.close)
             evaluate(todo, stage.society, agent=stage.agent, concurrency=plan.cfg.eval.concurrency, endpoints=eps,
