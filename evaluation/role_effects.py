@@ -36,6 +36,8 @@ replay.jsonl``), those judge the roles instead, and the rows become
 phase      role        metric                                         before -> after (paired)
 =========  ==========  =============================================  ==========================
 2 SFT      each junior own candidate EX                                juniors_baseline -> _sft
+2 SFT      juniors'    EX of the supervisor's pick among them          juniors_baseline -> _sft
+           pick        (when the records carry ``match``)
 3 GRPO     senior      EX of its output on the fixed inputs            senior_baseline -> _grpo
 3 GRPO     senior      EX of its output vs its input, base / trained   input -> output, each
 4 bandit   supervisor  EX of the chosen candidate, all / contested     majority vote -> bandit
@@ -44,7 +46,7 @@ all        society     end-to-end EX                                   baseline 
 
 Noise control. When the run also evaluated the untrained juniors a second time on the same
 questions with every junior's sampling seed shifted (:data:`NOISE_STAGE`, ``eval.noise_repeat``
-of ``training.pipeline``), each junior's SFT row is followed by a ``kind="noise"`` row
+of ``training.pipeline``), each junior's SFT row (and the pick's) is followed by a ``kind="noise"`` row
 (phase ``noise``: ``juniors_baseline`` -> :data:`NOISE_STAGE`, same pairing rules) and carries that
 row's Δ and p as ``noise_delta``/``noise_p``: the difference two evaluations of the *same
 untrained* junior show. The SFT row is called only when ``|Δ| > |noise Δ|`` and the noise row's
@@ -70,7 +72,7 @@ from typing import Any
 
 from evaluation.stats import Effect, holm_effects, paired_effect, paired_records
 
-__all__ = ["NOISE_STAGE", "SHARED_STAGE", "STAGES", "Pairs", "role_effects"]
+__all__ = ["NOISE_STAGE", "PICK", "SHARED_STAGE", "STAGES", "Pairs", "role_effects"]
 
 #: Stage order of a training run (``training.pipeline``: baseline, then after phases 2, 3, 4).
 STAGES = ("baseline", "sft", "grpo", "bandit")
@@ -82,6 +84,10 @@ NOISE_STAGE = "juniors_baseline_repeat"
 #: The role-level stage of the shared-adapter comparison: the juniors after phase 2 on one adapter
 #: trained on every persona's rows, on the questions of ``juniors_sft`` (``training.stages``).
 SHARED_STAGE = "juniors_sft_shared"
+
+#: The role name of the juniors-only stages' pick (the supervisor's choice among the juniors'
+#: candidates; its EX is the record's ``match``), the row issue 20 asks to move with the juniors.
+PICK = "juniors' pick"
 
 
 @dataclass(frozen=True)
@@ -135,6 +141,16 @@ def _chosen_ex(r: Mapping[str, Any]) -> Any:
     roles = r.get("roles") or {}
     choice = (roles.get("supervisor") or {}).get("choice")
     return (roles.get(choice) or {}).get("ex") if choice else None
+
+
+def _has_pick(records: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether juniors-only records carry the pick's outcome (``match``); constructed ones may not."""
+    return any("match" in r for r in records)
+
+
+def _pick_ex(r: Mapping[str, Any]) -> Any:
+    """EX of a juniors-only record's final SQL: the supervisor's pick among the juniors' candidates."""
+    return r.get("match")
 
 
 def _net_senior(r: Mapping[str, Any]) -> Any:
@@ -207,6 +223,14 @@ def role_effects(evals: Mapping[str, Sequence[Mapping[str, Any]]], *, seed: int 
             if role_level_juniors and j in noise:
                 out.append(noise.pop(j))
     out.extend(noise.values())  # noise rows without an SFT row to sit under (phase 2 not evaluated yet)
+    if role_level_juniors and _has_pick(jb) and _has_pick(js):  # the juniors-only stage's own pick
+        e = _effect("2 SFT", PICK, "EX of the supervisor's pick among the juniors' candidates",
+                    _pairs(jb, js, _pick_ex), seed)
+        n = (_effect("noise", PICK, "EX of the pick, untrained juniors evaluated twice (other sampling seeds)",
+                     _pairs(jb, jr, _pick_ex), seed, kind="noise") if jr and _has_pick(jr) else None)
+        if e is not None and n is not None:
+            e = dataclasses.replace(e, noise_delta=n.delta, noise_p=n.p)
+        out.extend([e, n])
     shared = roles.get(SHARED_STAGE)
     if js and shared:
         for j in _juniors(shared, js):

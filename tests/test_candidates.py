@@ -339,7 +339,7 @@ TRAINED = LONG_RUN / "long-2026-12-06-juniors" / "eval" / "roles" / "juniors_sft
 
 def test_against_before_agrees_with_the_reports_role_effects_on_a_recorded_run() -> None:
     """The long run's 300 untrained -> trained juniors (committed records, the second xz-compressed):
-    every junior row equals the report's phase-2 row (evaluation.role_effects), computed apart."""
+    every junior row and the pick equal the report's phase-2 rows (evaluation.role_effects), computed apart."""
     from evaluation.candidates import against_before
     from evaluation.role_effects import role_effects
 
@@ -349,9 +349,9 @@ def test_against_before_agrees_with_the_reports_role_effects_on_a_recorded_run()
     rows = {e.role: e for e in cmp.effects}
     report = {e.role: e for e in role_effects({}, role_evals={"juniors_baseline": before, "juniors_sft": after})
               if e.phase == "2 SFT"}
-    assert set(report) == {"junior_direct", "junior_step_by_step", "junior_decompose"}
+    assert set(report) == {"junior_direct", "junior_step_by_step", "junior_decompose", "juniors' pick"}
     for j, e in report.items():
-        mine = rows[j]
+        mine = rows["pick" if j == "juniors' pick" else j]
         assert (mine.n, mine.before, mine.after, mine.fixed, mine.broken, mine.p) == (
             e.n, e.before, e.after, e.fixed, e.broken, e.p), j
         assert (mine.ci_low, mine.ci_high) == (e.ci_low, e.ci_high)  # same seed, same pairs

@@ -154,3 +154,26 @@ def test_noise_rows_without_an_sft_stage_yet():
     jr = [{"question_id": q, "roles": {"junior_a": {"ex": i < 2}}} for i, q in enumerate(qs[:5])]
     (n,) = role_effects({}, role_evals={"juniors_baseline": jb, NOISE_STAGE: jr})
     assert (n.kind, n.n, n.broken, n.unpaired, n.p_holm) == ("noise", 5, 1, 1, None)
+
+
+def test_the_juniors_pick_has_its_own_sft_row_with_its_noise_floor():
+    # juniors-only records carry the pick's EX as ``match``: 10 of 40 right before, 20 after, 12 on the repeat
+    qs = [f"dev-{i}" for i in range(40)]
+
+    def recs(right: int) -> list[dict]:
+        return [{"question_id": q, "match": i < right, "roles": {"junior_a": {"ex": i < 10}}}
+                for i, q in enumerate(qs)]
+
+    rows = role_effects({}, role_evals={"juniors_baseline": recs(10), "juniors_sft": recs(20), NOISE_STAGE: recs(12)})
+    by = {(e.phase, e.role): e for e in rows}
+    pick, floor = by[("2 SFT", "juniors' pick")], by[("noise", "juniors' pick")]
+    assert (pick.before, pick.after, pick.fixed, pick.broken) == (0.25, 0.5, 10, 0)
+    assert (floor.kind, floor.delta, floor.p_holm) == ("noise", pytest.approx(2 / 40), None)
+    assert (pick.noise_delta, pick.noise_p) == (floor.delta, floor.p) and pick.called()
+    assert [e.role for e in rows].index("juniors' pick") == [e.role for e in rows].index("junior_a") + 2
+    # in the Holm family with the junior's row (the junior did not move: p = 1)
+    assert pick.p_holm == pytest.approx(min(1.0, 2 * pick.p))
+    # records without the pick's outcome (constructed, or another agent's) get no such row
+    bare = [{k: v for k, v in r.items() if k != "match"} for r in recs(10)]
+    assert all(e.role != "juniors' pick" for e in role_effects({}, role_evals={"juniors_baseline": bare,
+                                                                               "juniors_sft": recs(20)}))
