@@ -50,6 +50,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from evaluation.role_effects import PICK
 from evaluation.stats import Effect, holm_effects, paired_effect, paired_records
 from society.response_cache import cached_calls
 
@@ -165,10 +166,10 @@ def control_rows(evals: Mapping[str, Sequence[Record]], role_evals: Mapping[str,
     single_t = ("single (trained)", SINGLE_TRAINED, st or [])
     out: list[ControlRow | None] = []
     if sb and jb:
-        out.append(_row("control", "juniors' pick", "EX, one-shot single -> juniors' pick, both untrained",
+        out.append(_row("control", PICK, "EX, one-shot single -> juniors' pick, both untrained",
                         single_u, ("juniors' pick (untrained)", "juniors_baseline", jb), seed))
     if st and js:
-        out.append(_row("control", "juniors' pick", "EX, one-shot single -> juniors' pick, both trained",
+        out.append(_row("control", PICK, "EX, one-shot single -> juniors' pick, both trained",
                         single_t, ("juniors' pick (trained)", "juniors_sft", js), seed))
     if sb and st:
         out.append(_row("2 SFT", "one-shot single", "EX, untrained -> the writer's trained adapter",

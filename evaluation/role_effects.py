@@ -153,6 +153,13 @@ def _pick_ex(r: Mapping[str, Any]) -> Any:
     return r.get("match")
 
 
+def _with_floor(e: Effect | None, noise: Effect | None) -> list[Effect | None]:
+    """An SFT row carrying its noise row's Δ and p (``noise_delta``/``noise_p``), then that noise row."""
+    if e is not None and noise is not None:
+        e = dataclasses.replace(e, noise_delta=noise.delta, noise_p=noise.p)
+    return [e, noise]
+
+
 def _net_senior(r: Mapping[str, Any]) -> Any:
     s = (r.get("roles") or {}).get("senior") or {}
     if s.get("before_ex") is None or s.get("after_ex") is None:
@@ -217,20 +224,14 @@ def role_effects(evals: Mapping[str, Sequence[Mapping[str, Any]]], *, seed: int 
     if base and sft:
         for j in _juniors(base, sft):
             e = _effect("2 SFT", j, "own candidate EX", _pairs(base, sft, _junior_ex(j)), seed)
-            if e is not None and role_level_juniors and j in noise:
-                e = dataclasses.replace(e, noise_delta=noise[j].delta, noise_p=noise[j].p)
-            out.append(e)
-            if role_level_juniors and j in noise:
-                out.append(noise.pop(j))
+            out.extend(_with_floor(e, noise.pop(j, None) if role_level_juniors else None))
     out.extend(noise.values())  # noise rows without an SFT row to sit under (phase 2 not evaluated yet)
     if role_level_juniors and _has_pick(jb) and _has_pick(js):  # the juniors-only stage's own pick
         e = _effect("2 SFT", PICK, "EX of the supervisor's pick among the juniors' candidates",
                     _pairs(jb, js, _pick_ex), seed)
         n = (_effect("noise", PICK, "EX of the pick, untrained juniors evaluated twice (other sampling seeds)",
                      _pairs(jb, jr, _pick_ex), seed, kind="noise") if jr and _has_pick(jr) else None)
-        if e is not None and n is not None:
-            e = dataclasses.replace(e, noise_delta=n.delta, noise_p=n.p)
-        out.extend([e, n])
+        out.extend(_with_floor(e, n))
     shared = roles.get(SHARED_STAGE)
     if js and shared:
         for j in _juniors(shared, js):
