@@ -4,7 +4,8 @@ Per PLAN.md: the one-shot agent (the direct junior's prompt, one call) untrained
 180-step direct adapter (B) and on the 540-step one (C), paired by question on all 972 executable dev
 questions (three recorded pieces for A and B, one evaluation for C) and per draw. McNemar exact p,
 paired bootstrap 95 % CI (seed 0), Holm over the plan's two rows (C − B, C − A); Wilson 95 % per EX.
-Reads only; writes nothing.
+Reads only; writes nothing. ``analyze.py RECORDS`` judges another arm's one-shot records on the same 972
+questions in C's place (``../direct-gold-2026-12-08``: the adapter trained on gold SQL).
 """
 
 from __future__ import annotations
@@ -51,10 +52,11 @@ def line(name: str, e, holm: float | None = None) -> str:
 def main() -> None:
     a = [read_control(p) for p in A]
     b = [read_control(p) for p in B]
-    c_all = read_control(C) if C.is_file() else None
+    arm = Path(sys.argv[1]) if len(sys.argv) > 1 else C
+    c_all = read_control(arm) if arm.is_file() else None
     whole_a, whole_b = [r for x in a for r in x], [r for x in b for r in x]
     print(ex("A untrained", whole_a), "|", ex("B 180 steps", whole_b),
-          "|", ex("C 540 steps", c_all) if c_all else "C not run yet")
+          "|", ex(f"C {arm.parent.name}", c_all) if c_all else "C not run yet")
     print(f"\nall {len(whole_a)} executable dev questions")
     if c_all:
         cb, ca = effect(whole_b, c_all), effect(whole_a, c_all)

@@ -63,8 +63,8 @@ def main(recorded: str, out: str, export_copy: str, n: str) -> None:
     assert checked > 100, checked
     rest = [e for e in train if e.id not in used]
     picked = sample_examples(rest, int(n), 0)
-    rows = [{"task_id": e.id, "db_id": e.db_id, "messages": conversation(e.question, e.db_path, e.gold_sql.strip(), schema)}
-            for e in picked]
+    rows = [{"task_id": e.id, "db_id": e.db_id,
+             "messages": conversation(e.question, e.db_path, e.gold_sql.strip(), schema)} for e in picked]
     print(f"rendering checked on {checked} recorded direct rows; {len(rest)} train questions outside phase 1's "
           f"{len(used)}; {len(rows)} drawn over {len({e.db_id for e in picked})} databases", flush=True)
     with lzma.open(HERE / "gold_rows.jsonl.xz", "wt", encoding="utf-8") as f:
