@@ -10,24 +10,23 @@ adapter to an F16 GGUF LoRA into a copy of the long run's export (its direct ada
 
 from __future__ import annotations
 
-import hashlib
 import json
-import shutil
 import sys
 from collections import Counter
 from pathlib import Path
 
 from datasets import Dataset
 
-from training.export import export_lora_gguf
 from training.profile import TrainConfig
 from training.sft import JuniorSFTTrainer
 
 HERE = Path(__file__).resolve().parent
-LONG_EXPORT = HERE.parent / "long-2026-12-06-export"
+sys.path.insert(0, str(HERE.parent))
+
+from swap_adapter import export_copy  # noqa: E402  (bench/results/swap_adapter.py)
 
 
-def main(dataset: str, out: str, export_copy: str, steps: str) -> None:
+def main(dataset: str, out: str, export_copy_dir: str, steps: str) -> None:
     cfg = TrainConfig.load("default")
     direct = [r for r in map(json.loads, open(dataset, encoding="utf-8")) if r["persona"] == "direct"]
     counts = Counter(r["source"] for r in direct)
@@ -36,17 +35,11 @@ def main(dataset: str, out: str, export_copy: str, steps: str) -> None:
     res = JuniorSFTTrainer(cfg.sft.with_values(model=cfg.base_model, output_dir=out, max_steps=int(steps)), ds).train()
     print(f"{res.steps} steps on {res.rows} rows ({res.rows_over_max_length} over max_length), "
           f"{res.mean_step_seconds:.2f} s/step, {res.train_seconds / 60:.1f} min", flush=True)
-    dst = Path(export_copy)
-    shutil.copytree(LONG_EXPORT, dst)
-    gguf = export_lora_gguf(res.adapter_dir, cfg.base_model, dst / "adapters" / "junior_policy_direct.gguf",
-                            dtype="f16")
-    manifest = json.loads((dst / "sqlsociety-export.json").read_text())
-    manifest["adapters"]["junior_policy_direct"]["sha256"] = hashlib.sha256(gguf.read_bytes()).hexdigest()
-    (dst / "sqlsociety-export.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    sha = export_copy(res.adapter_dir, cfg.base_model, export_copy_dir)
     json.dump({"direct_rows": len(direct), "by_source": dict(counts), "steps": res.steps, "rows": res.rows,
                "rows_over_max_length": res.rows_over_max_length, "mean_step_seconds": res.mean_step_seconds,
                "train_seconds": res.train_seconds, "losses": res.losses,
-               "gguf_sha256": manifest["adapters"]["junior_policy_direct"]["sha256"]},
+               "gguf_sha256": sha},
               open(HERE / "train_direct.json", "w"), indent=1)
 
 

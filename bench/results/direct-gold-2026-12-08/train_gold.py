@@ -13,10 +13,8 @@ replaced, and writes ``train_gold.json`` and the rows (``gold_rows.jsonl.xz``) b
 
 from __future__ import annotations
 
-import hashlib
 import json
 import lzma
-import shutil
 import sys
 from pathlib import Path
 
@@ -27,14 +25,15 @@ from society.prompts import PROMPTS
 from society.toolkit import schema_text
 from tools.sampling import sample_examples
 from tools.spider import load_examples
-from training.export import export_lora_gguf
 from training.profile import TrainConfig
 from training.reuse import schema_settings
 from training.run_questions import gather_draw
 from training.sft import JuniorSFTTrainer
 
 HERE = Path(__file__).resolve().parent
-LONG_EXPORT = HERE.parent / "long-2026-12-06-export"
+sys.path.insert(0, str(HERE.parent))
+
+from swap_adapter import export_copy  # noqa: E402  (bench/results/swap_adapter.py)
 
 
 def conversation(question: str, db_path: str, sql: str, schema: dict) -> list[dict[str, str]]:
@@ -46,7 +45,7 @@ def conversation(question: str, db_path: str, sql: str, schema: dict) -> list[di
             {"role": "assistant", "content": f"```sql\n{sql}\n```"}]
 
 
-def main(recorded: str, out: str, export_copy: str, n: str) -> None:
+def main(recorded: str, out: str, export_copy_dir: str, n: str) -> None:
     cfg = TrainConfig.load("default")
     schema = schema_settings(load_config(Path(cfg.society_config)))
     train = load_examples(cfg.data_dir, "train")
@@ -73,17 +72,11 @@ def main(recorded: str, out: str, export_copy: str, n: str) -> None:
     res = JuniorSFTTrainer(cfg.sft.with_values(model=cfg.base_model, output_dir=out), ds).train()
     print(f"{res.steps} steps on {res.rows} rows ({res.rows_over_max_length} over max_length), "
           f"{res.mean_step_seconds:.2f} s/step, {res.train_seconds / 60:.1f} min", flush=True)
-    dst = Path(export_copy)
-    shutil.copytree(LONG_EXPORT, dst)
-    gguf = export_lora_gguf(res.adapter_dir, cfg.base_model, dst / "adapters" / "junior_policy_direct.gguf",
-                            dtype="f16")
-    manifest = json.loads((dst / "sqlsociety-export.json").read_text())
-    manifest["adapters"]["junior_policy_direct"]["sha256"] = hashlib.sha256(gguf.read_bytes()).hexdigest()
-    (dst / "sqlsociety-export.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    sha = export_copy(res.adapter_dir, cfg.base_model, export_copy_dir)
     json.dump({"rendering_checked": checked, "outside_phase1": len(rest), "rows": len(rows), "steps": res.steps,
                "rows_trained": res.rows, "rows_over_max_length": res.rows_over_max_length,
                "mean_step_seconds": res.mean_step_seconds, "train_seconds": res.train_seconds,
-               "losses": res.losses, "gguf_sha256": manifest["adapters"]["junior_policy_direct"]["sha256"]},
+               "losses": res.losses, "gguf_sha256": sha},
               open(HERE / "train_gold.json", "w"), indent=1)
 
 

@@ -10,24 +10,23 @@ to an F16 GGUF LoRA and writes a copy of the long run's export whose direct adap
 
 from __future__ import annotations
 
-import hashlib
 import json
-import shutil
 import sys
 from pathlib import Path
 
 from datasets import Dataset
 
-from training.export import export_lora_gguf
 from training.phase_sft import fill_rows, step_budget
 from training.profile import TrainConfig
 from training.sft import JuniorSFTTrainer
 
 HERE = Path(__file__).resolve().parent
-LONG_EXPORT = HERE.parent / "long-2026-12-06-export"
+sys.path.insert(0, str(HERE.parent))
+
+from swap_adapter import export_copy  # noqa: E402  (bench/results/swap_adapter.py)
 
 
-def main(dataset: str, out: str, export_copy: str) -> None:
+def main(dataset: str, out: str, export_copy_dir: str) -> None:
     cfg = TrainConfig.load("default")
     rows = [json.loads(line) for line in open(dataset, encoding="utf-8")]
     direct = [r for r in rows if r["persona"] == "direct"]
@@ -44,17 +43,11 @@ def main(dataset: str, out: str, export_copy: str) -> None:
     res = JuniorSFTTrainer(sft.with_values(model=cfg.base_model, output_dir=out), ds).train()
     print(f"{res.steps} steps on {res.rows} rows ({res.rows_over_max_length} over max_length), "
           f"{res.mean_step_seconds:.2f} s/step, {res.train_seconds / 60:.1f} min", flush=True)
-    dst = Path(export_copy)
-    shutil.copytree(LONG_EXPORT, dst)
-    gguf = export_lora_gguf(res.adapter_dir, cfg.base_model, dst / "adapters" / "junior_policy_direct.gguf",
-                            dtype="f16")
-    manifest = json.loads((dst / "sqlsociety-export.json").read_text())
-    manifest["adapters"]["junior_policy_direct"]["sha256"] = hashlib.sha256(gguf.read_bytes()).hexdigest()
-    (dst / "sqlsociety-export.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    sha = export_copy(res.adapter_dir, cfg.base_model, export_copy_dir)
     json.dump({"direct_rows": len(direct), "budget": budget, "kept": len(picked), "kept_by_source": counts,
                "steps": res.steps, "rows_over_max_length": res.rows_over_max_length,
                "mean_step_seconds": res.mean_step_seconds, "train_seconds": res.train_seconds,
-               "losses": res.losses, "gguf_sha256": manifest["adapters"]["junior_policy_direct"]["sha256"]},
+               "losses": res.losses, "gguf_sha256": sha},
               open(HERE / "train_direct.json", "w"), indent=1)
 
 
